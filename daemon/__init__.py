@@ -1,0 +1,1 @@
+"""qnode.daemon: the node service (config, supervision, link layer, MQTT, metrics, CLI)."""

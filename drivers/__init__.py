@@ -1,0 +1,1 @@
+"""qnode.drivers: transports and instrument drivers (synchronous; no asyncio)."""

@@ -1,0 +1,263 @@
+"""The C engines behind ``qnode.native``'s public classes, and stream utilities.
+
+Thin cffi glue: numpy arrays go in and out by pointer (no copies of tag data on the hot path).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _api, _spec
+from ._spec import CLUSTER_DTYPE, NFoldResult, StreamStats
+from .tags import TAG_DTYPE, TagBlock
+
+
+class NativeCoreMissing(ImportError):
+    """The compiled extension ``qnode.native._qcore`` is not there."""
+
+
+try:
+    from ._qcore import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    _ffi = _lib = None
+    _IMPORT_ERROR = exc
+
+
+def native_available() -> bool:
+    """True when the compiled core can be used."""
+    return _lib is not None
+
+
+def native_error() -> str | None:
+    """Why the compiled core cannot be used, or None."""
+    return None if _IMPORT_ERROR is None else str(_IMPORT_ERROR)
+
+
+def _lib_or_raise():
+    if _lib is None:
+        raise NativeCoreMissing(
+            "qnode's native coincidence core (qnode.native._qcore) is not built. Build it by "
+            "installing the checkout: `pip install -e .` (or `pip install .`), which needs gcc and "
+            "the Python headers (Debian: build-essential python3-dev). The numpy reference is "
+            f"available as qnode.native.reference. Import error: {_IMPORT_ERROR}")
+    return _lib
+
+
+def _ptr(ctype: str, arr: np.ndarray):
+    return _ffi.cast(ctype, arr.ctypes.data) if arr.size else _ffi.NULL
+
+
+def _tags_ptr(block: TagBlock):
+    return _ffi.cast("qn_tag *", block.ctypes.data) if block.size else _ffi.NULL
+
+
+def _raise_for(rc: int, what: str) -> None:
+    if rc == _lib.QN_ENOMEM:
+        raise MemoryError(f"{what}: out of memory")
+    if rc == _lib.QN_EARG:
+        raise ValueError(f"{what}: invalid arguments")
+    if rc == _lib.QN_ECAPACITY:
+        raise RuntimeError(f"{what}: output buffer too small (a bug in qnode.native)")
+    raise RuntimeError(f"{what}: error code {rc}")
+
+
+def _stats(raw) -> StreamStats:
+    return StreamStats(**{f.name: int(getattr(raw, f.name))
+                          for f in _spec.dataclasses.fields(StreamStats)})
+
+
+def _order_error(block: TagBlock, index: int, partial: object) -> _spec.StreamOrderError:
+    prev = int(block["time"][index - 1]) if index > 0 else None
+    return _spec.StreamOrderError(index, int(block["time"][index]),
+                                  prev if prev is not None else -1, partial)
+
+
+class _NativePairs:
+    """The C pair engine (2-fold counts, accidentals, correlation histograms)."""
+
+    def __init__(self, setup: _spec.PairSetup):
+        lib = _lib_or_raise()
+        self._n_channels = len(setup.channels)
+        self._n_specs = len(setup.specs)
+        self._n_bins = sum(s.n_bins for s in setup.specs)
+        chans = np.array(setup.channels, np.int32)
+        specs = _ffi.new("qn_pair_spec[]", self._n_specs)
+        for cs, s in zip(specs, setup.specs):
+            cs.a, cs.b, cs.lo, cs.hi, cs.bin_width, cs.n_bins = s.a, s.b, s.lo, s.hi, s.bin_width, s.n_bins
+        out = _ffi.new("qn_pairs **")
+        rc = lib.qn_pairs_new(out, self._n_channels, _ptr("int32_t *", chans),
+                              _ptr("int64_t *", setup.delays), self._n_specs, specs)
+        if rc != lib.QN_OK:
+            _raise_for(rc, "qn_pairs_new")
+        self._p = _ffi.gc(out[0], lib.qn_pairs_free)
+        self._bad = _ffi.new("int64_t *")
+
+    def process(self, block: TagBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        counts = np.zeros(self._n_specs, np.int64)
+        hist = np.zeros(self._n_bins, np.int64)
+        singles = np.zeros(self._n_channels, np.int64)
+        rc = _lib.qn_pairs_process(self._p, _tags_ptr(block), block.size, _ptr("int64_t *", counts),
+                                   _ptr("int64_t *", hist), _ptr("int64_t *", singles), self._bad)
+        if rc == _lib.QN_EORDER:
+            raise _order_error(block, self._bad[0], (counts, hist, singles))
+        if rc != _lib.QN_OK:
+            _raise_for(rc, "qn_pairs_process")
+        return counts, hist, singles
+
+    def stats(self) -> StreamStats:
+        raw = _ffi.new("qn_stats *")
+        _lib.qn_pairs_stats(self._p, raw)
+        return _stats(raw)
+
+
+class _NativeNFold:
+    """The C N-fold cluster engine."""
+
+    def __init__(self, setup: _spec.NFoldSetup):
+        lib = _lib_or_raise()
+        self._n_channels = len(setup.channels)
+        self._hist_size = (1 << self._n_channels) if setup.histogram else 0
+        chans = np.array(setup.channels, np.int32)
+        out = _ffi.new("qn_nfold **")
+        rc = lib.qn_nfold_new(out, self._n_channels, _ptr("int32_t *", chans),
+                              _ptr("int64_t *", setup.delays), setup.window, setup.min_fold,
+                              int(setup.histogram))
+        if rc != lib.QN_OK:
+            _raise_for(rc, "qn_nfold_new")
+        self._p = _ffi.gc(out[0], lib.qn_nfold_free)
+        self._n_events = _ffi.new("int64_t *")
+        self._bad = _ffi.new("int64_t *")
+
+    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        # Every closed cluster consumed at least one tag, plus the one open cluster.
+        capacity = n + int(_lib.qn_nfold_pending(self._p)) + 1
+        return np.zeros(self._hist_size, np.int64), np.empty(capacity, CLUSTER_DTYPE)
+
+    def _result(self, hist, events, singles) -> NFoldResult:
+        return NFoldResult(events[: self._n_events[0]].copy(),
+                           hist if self._hist_size else None, singles)
+
+    def process(self, block: TagBlock) -> NFoldResult:
+        hist, events = self._buffers(block.size)
+        singles = np.zeros(self._n_channels, np.int64)
+        rc = _lib.qn_nfold_process(self._p, _tags_ptr(block), block.size, _ptr("int64_t *", hist),
+                                   _ptr("int64_t *", singles), _ptr("qn_cluster *", events),
+                                   events.size, self._n_events, self._bad)
+        if rc == _lib.QN_EORDER:
+            raise _order_error(block, self._bad[0], self._result(hist, events, singles))
+        if rc != _lib.QN_OK:
+            _raise_for(rc, "qn_nfold_process")
+        return self._result(hist, events, singles)
+
+    def flush(self) -> NFoldResult:
+        hist, events = self._buffers(0)
+        rc = _lib.qn_nfold_flush(self._p, _ptr("int64_t *", hist), _ptr("qn_cluster *", events),
+                                 events.size, self._n_events)
+        if rc != _lib.QN_OK:
+            _raise_for(rc, "qn_nfold_flush")
+        return self._result(hist, events, np.zeros(self._n_channels, np.int64))
+
+    def stats(self) -> StreamStats:
+        raw = _ffi.new("qn_stats *")
+        _lib.qn_nfold_stats(self._p, raw)
+        return _stats(raw)
+
+
+class Coincidences(_api.Coincidences):
+    __doc__ = _api.Coincidences.__doc__
+
+    def _make_engine(self, setup):
+        return _NativePairs(setup)
+
+
+class Correlation(_api.Correlation):
+    __doc__ = _api.Correlation.__doc__
+
+    def _make_engine(self, setup):
+        return _NativePairs(setup)
+
+
+class NFold(_api.NFold):
+    __doc__ = _api.NFold.__doc__
+
+    def _make_engine(self, setup):
+        return _NativeNFold(setup)
+
+
+# ------------------------------------------------------------------ stream utilities
+
+def _int64_array(name: str, a: object) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integer picoseconds, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
+    """Merge per-channel sorted time arrays (ps) into one TagBlock, equal times ordered by channel."""
+    lib = _lib_or_raise()
+    chans = list(times_by_channel)
+    arrays = [_int64_array(f"times for channel {c}", times_by_channel[c]) for c in chans]
+    total = sum(a.size for a in arrays)
+    out = np.empty(total, TAG_DTYPE)
+    ptrs = _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in arrays] or [_ffi.NULL])
+    lengths = np.array([a.size for a in arrays] or [0], np.int64)
+    channels = np.array(chans or [0], np.int32)
+    bad = _ffi.new("int64_t *")
+    rc = lib.qn_merge(len(chans), _ffi.cast("const int64_t **", ptrs), _ptr("int64_t *", lengths),
+                      _ptr("int32_t *", channels), _tags_ptr(out), bad)
+    if rc == lib.QN_EORDER:
+        raise ValueError(f"merge_channels: times for channel {chans[bad[0]]} are not sorted")
+    if rc != lib.QN_OK:
+        _raise_for(rc, "qn_merge")
+    return out
+
+
+def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> tuple[np.ndarray, int]:
+    """Non-paralysable dead time on one detector's sorted times: a click at t blinds the detector
+    for [t, t + dead_ps). Returns (keep mask, time of the last registered click) so that calls on
+    consecutive pieces of a stream chain exactly."""
+    lib = _lib_or_raise()
+    t = _int64_array("times_ps", times_ps)
+    keep = np.empty(t.size, np.uint8)
+    last = _ffi.new("int64_t *", int(last_click_ps))
+    lib.qn_dead_time(_ptr("int64_t *", t), t.size, int(dead_ps), last, _ptr("uint8_t *", keep))
+    return keep.view(np.bool_), int(last[0])
+
+
+def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Histogram floor((t - t0)/bin) mod n_bins (n_bins a power of two); adds into ``out``."""
+    lib = _lib_or_raise()
+    t = _int64_array("times_ps", times_ps)
+    hist = np.zeros(n_bins, np.int64) if out is None else out
+    if hist.dtype != np.int64 or hist.size != n_bins or not hist.flags.c_contiguous:
+        raise ValueError("out must be a contiguous int64 array of n_bins entries")
+    rc = lib.qn_bin_mod(_ptr("int64_t *", t), t.size, int(t0_ps), int(bin_ps), int(n_bins),
+                        _ptr("int64_t *", hist))
+    if rc != lib.QN_OK:
+        raise ValueError(f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
+    return hist
+
+
+def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> np.ndarray:
+    """Every difference b[j] - a[i] with lo <= diff <= hi, for sorted ``a`` and ``b`` (ps),
+    ordered by i then j."""
+    lib = _lib_or_raise()
+    a = _int64_array("a_ps", a_ps)
+    b = _int64_array("b_ps", b_ps)
+    cap = max(16, 2 * min(a.size, b.size))
+    while True:
+        out = np.empty(cap, np.int64)
+        n = lib.qn_pair_deltas(_ptr("int64_t *", a), a.size, _ptr("int64_t *", b), b.size,
+                               int(lo_ps), int(hi_ps), _ptr("int64_t *", out), cap)
+        if n <= cap:
+            return out[:n]
+        cap = int(n)
+
+
+def sum_times(block: TagBlock) -> int:
+    """Sum of the time field: the memory-bandwidth baseline of the benchmarks."""
+    return int(_lib_or_raise().qn_sum_times(_tags_ptr(block), block.size))

@@ -1,0 +1,42 @@
+"""qnode: the node daemon of a photonic quantum network.
+
+The design card fixes the top-level folders (daemon/ drivers/ native/ hal_sim/); ``package_dir`` maps
+them into the ``qnode`` import namespace, which is a PEP 420 namespace package (there is no
+``qnode/__init__.py``). The cffi extension ``qnode.native._qcore`` is built from ``native/qcore.c``
+for both ``pip install .`` and ``pip install -e .``.
+"""
+from setuptools import setup
+
+SUBPACKAGES = {
+    "qnode.native": "native",
+    "qnode.hal_sim": "hal_sim",
+    "qnode.drivers": "drivers",
+    "qnode.daemon": "daemon",
+}
+
+setup(
+    name="qnode",
+    version="0.1.0",
+    description="Node daemon for photonic quantum networks: instruments, coincidence core, MQTT heralding",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=list(SUBPACKAGES),
+    package_dir=SUBPACKAGES,
+    package_data={"qnode.native": ["qcore.c", "qcore.h"]},
+    setup_requires=["cffi>=1.16"],
+    cffi_modules=["native/build_qcore.py:ffibuilder"],
+    install_requires=[
+        "cffi>=1.16",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=0.23",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={"console_scripts": ["qnode = qnode.daemon.cli:main"]},
+    zip_safe=False,
+)
