@@ -68,10 +68,9 @@ def _stats(raw) -> StreamStats:
                           for f in _spec.dataclasses.fields(StreamStats)})
 
 
-def _order_error(block: TagBlock, index: int, partial: object) -> _spec.StreamOrderError:
-    prev = int(block["time"][index - 1]) if index > 0 else None
-    return _spec.StreamOrderError(index, int(block["time"][index]),
-                                  prev if prev is not None else -1, partial)
+def _order_error(block: TagBlock, index: int, previous_ps: int, partial: object) -> _spec.StreamOrderError:
+    """``previous_ps``: the engine's last good record time (the C engines stop right there)."""
+    return _spec.StreamOrderError(index, int(block["time"][index]), previous_ps, partial)
 
 
 class _NativePairs:
@@ -101,7 +100,7 @@ class _NativePairs:
         rc = _lib.qn_pairs_process(self._p, _tags_ptr(block), block.size, _ptr("int64_t *", counts),
                                    _ptr("int64_t *", hist), _ptr("int64_t *", singles), self._bad)
         if rc == _lib.QN_EORDER:
-            raise _order_error(block, self._bad[0], (counts, hist, singles))
+            raise _order_error(block, self._bad[0], self.stats().last_time, (counts, hist, singles))
         if rc != _lib.QN_OK:
             _raise_for(rc, "qn_pairs_process")
         return counts, hist, singles
@@ -146,7 +145,8 @@ class _NativeNFold:
                                    _ptr("int64_t *", singles), _ptr("qn_cluster *", events),
                                    events.size, self._n_events, self._bad)
         if rc == _lib.QN_EORDER:
-            raise _order_error(block, self._bad[0], self._result(hist, events, singles))
+            raise _order_error(block, self._bad[0], self.stats().last_time,
+                                   self._result(hist, events, singles))
         if rc != _lib.QN_OK:
             _raise_for(rc, "qn_nfold_process")
         return self._result(hist, events, singles)

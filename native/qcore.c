@@ -19,9 +19,12 @@
 #if defined(__GNUC__)
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* Keep rare paths out of line so the hot loop keeps its registers. */
+#define COLD __attribute__((noinline, cold))
 #else
 #define LIKELY(x) (x)
 #define UNLIKELY(x) (x)
+#define COLD
 #endif
 
 /* ---------------------------------------------------------------- shared pieces */
@@ -59,7 +62,7 @@ static inline int32_t lut_get(const chan_lut *lut, int32_t channel) {
 }
 
 /* Book-keeping for a non-TIME_TAG record. */
-static void stats_record(qn_stats *s, const qn_tag *t) {
+COLD static void stats_record(qn_stats *s, const qn_tag *t) {
     switch (t->type) {
     case QN_OVERFLOW_BEGIN:
         s->overflows++;
@@ -84,54 +87,6 @@ static void stats_init(qn_stats *s) {
     memset(s, 0, sizeof(*s));
     s->overflow_since = -1;
     s->last_time = INT64_MIN;
-}
-
-/* A ring of recent raw times on one channel: newest at `head`, up to `count` valid entries.
- * Entries are dropped only once no future tag can pair with them (older than now - lookback);
- * otherwise the ring grows. */
-typedef struct {
-    int64_t *buf;
-    int64_t mask;
-    int64_t head;
-    int64_t count;
-    int64_t lookback;
-} ring;
-
-static int ring_init(ring *r, int64_t cap) {
-    r->buf = malloc(sizeof(int64_t) * (size_t)cap);
-    if (!r->buf) return QN_ENOMEM;
-    r->mask = cap - 1;
-    r->head = cap - 1;
-    r->count = 0;
-    return QN_OK;
-}
-
-static int ring_grow(ring *r) {
-    int64_t cap = r->mask + 1;
-    int64_t *nb = malloc(sizeof(int64_t) * (size_t)(2 * cap));
-    if (!nb) return QN_ENOMEM;
-    for (int64_t k = 0; k < r->count; k++)
-        nb[k] = r->buf[(r->head - r->count + 1 + k) & r->mask];
-    free(r->buf);
-    r->buf = nb;
-    r->mask = 2 * cap - 1;
-    r->head = r->count - 1;
-    return QN_OK;
-}
-
-static inline int ring_push(ring *r, int64_t t) {
-    if (UNLIKELY(r->count == r->mask + 1)) {
-        int64_t oldest = r->buf[(r->head + 1) & r->mask];
-        if (oldest >= t - r->lookback) {
-            if (ring_grow(r) != QN_OK) return QN_ENOMEM;
-        } else {
-            r->count--;
-        }
-    }
-    r->head = (r->head + 1) & r->mask;
-    r->buf[r->head] = t;
-    r->count++;
-    return QN_OK;
 }
 
 /* A FIFO of delayed times, oldest at `start`. */
@@ -169,39 +124,81 @@ static inline int fifo_push(fifo *q, int64_t t) {
 
 /* ---------------------------------------------------------------- pair engine */
 
-/* What a tag arriving on one channel must look up: partner tags with raw time in
- * [t + rlo, t + rhi]; dt = sign * (t_partner - t) + dd. */
+/* Pair engine. A pair is counted once, when its later tag (in stream order) arrives: that tag
+ * looks back for partner tags with raw time in [t + rlo, t + rhi]. The hot path only compares
+ * with the partner channel's newest time; on a possible hit it scans back through the chunk
+ * itself and then through `carry`, the tags of earlier chunks that a future window can reach. */
+
 typedef struct {
-    int32_t partner;
-    int32_t spec;
     int64_t rlo;
     int64_t rhi;
-    int64_t sign;
+    const int64_t *partner_newest; /* the partner channel's newest tag time */
+    int32_t partner;               /* configured index of the partner channel */
+    int32_t partner_channel;       /* its channel number */
+    int64_t *count;          /* the spec's counter (engine-owned) */
+    int64_t *hist;           /* the spec's histogram (engine-owned) + 1 spare slot, or NULL */
+    int64_t n_bins;          /* hist[n_bins] is the spare slot: non-matches land there */
+    int64_t sign;            /* dt = sign * (t_partner - t) + dd */
     int64_t dd;
     int64_t lo;
     int64_t bin_width;
-    int64_t hist_offset; /* -1: count only */
+    double inv_bin_width;
 } pair_entry;
+
+/* A channel's entries that share one partner: one look at the partner's newest time (against
+ * the group's lowest rlo) decides whether any of them needs a scan. */
+typedef struct {
+    int64_t rlo;
+    const int64_t *partner_newest;
+    const pair_entry *begin, *end;
+} pair_group;
+
+/* Everything the hot loop touches for one channel, in one cache line. */
+typedef struct {
+    int64_t newest;                       /* time of this channel's newest tag, or INT64_MIN */
+    int64_t singles;                      /* since the last process call */
+    pair_group first;                     /* first partner group (a never-hit dummy if none) */
+    const pair_group *more_begin, *more_end; /* further partner groups */
+} pair_chan;
+
+static const int64_t never_newest = INT64_MIN;
 
 struct qn_pairs {
     int32_t n_channels;
     int32_t n_specs;
+    int64_t n_bins;
     chan_lut lut;
-    ring *rings;
-    int32_t *entry_start; /* entries of channel i: entries[entry_start[i] .. entry_start[i+1]) */
-    uint8_t *keep;        /* channel i is somebody's partner: store its tags */
+    int32_t *channels;
+    uint8_t *keep;     /* channel index -> some entry looks at its tags */
+    pair_chan *chans;
+    pair_chan other;     /* stands in for every unconfigured channel: its singles are `other_tags` */
+    pair_chan **chan_of; /* channel number - lut.base -> its pair_chan, or &other */
+    int32_t multi_group; /* some channel has more than one partner group */
     pair_entry *entries;
+    pair_group *groups;
+    int64_t *spec_bins;      /* per spec: histogram bins (0 = count only) */
+    int64_t lookback;  /* a future window never reaches below (newest record) - lookback */
+    int64_t *carry_t;  /* kept tags of earlier chunks, time-ordered */
+    int32_t *carry_c;  /* their channel indices */
+    int64_t carry_n, carry_cap;
+    int64_t *counts;   /* per spec, since the last process call */
+    int64_t *hist;     /* all specs' bins, each followed by a spare slot, since the last call */
     qn_stats stats;
 };
 
 void qn_pairs_free(qn_pairs *p) {
     if (!p) return;
-    if (p->rings)
-        for (int32_t i = 0; i < p->n_channels; i++) free(p->rings[i].buf);
-    free(p->rings);
-    free(p->entry_start);
+    free(p->channels);
     free(p->keep);
+    free(p->chans);
     free(p->entries);
+    free(p->groups);
+    free(p->spec_bins);
+    free(p->chan_of);
+    free(p->carry_t);
+    free(p->carry_c);
+    free(p->counts);
+    free(p->hist);
     free(p->lut.index);
     free(p);
 }
@@ -210,6 +207,7 @@ int qn_pairs_new(qn_pairs **out, int32_t n_channels, const int32_t *channels, co
                  int32_t n_specs, const qn_pair_spec *specs) {
     *out = NULL;
     if (n_channels < 1 || n_specs < 1) return QN_EARG;
+    int64_t n_bins = 0;
     for (int32_t s = 0; s < n_specs; s++) {
         const qn_pair_spec *sp = &specs[s];
         if (sp->a < 0 || sp->a >= n_channels || sp->b < 0 || sp->b >= n_channels || sp->a == sp->b)
@@ -217,55 +215,98 @@ int qn_pairs_new(qn_pairs **out, int32_t n_channels, const int32_t *channels, co
         if (sp->hi < sp->lo) return QN_EARG;
         if (sp->n_bins > 0 && (sp->bin_width < 1 || sp->hi != sp->lo + sp->n_bins * sp->bin_width - 1))
             return QN_EARG;
+        if (sp->n_bins > 0) n_bins += sp->n_bins + 1;
     }
     qn_pairs *p = calloc(1, sizeof(*p));
     if (!p) return QN_ENOMEM;
     p->n_channels = n_channels;
     p->n_specs = n_specs;
+    p->n_bins = n_bins;
     int rc = lut_init(&p->lut, n_channels, channels);
     if (rc != QN_OK) goto fail;
     rc = QN_ENOMEM;
-    p->rings = calloc((size_t)n_channels, sizeof(ring));
-    p->entry_start = calloc((size_t)n_channels + 1, sizeof(int32_t));
+    p->channels = malloc(sizeof(int32_t) * (size_t)n_channels);
     p->keep = calloc((size_t)n_channels, 1);
+    p->chans = calloc((size_t)n_channels, sizeof(pair_chan));
     p->entries = calloc((size_t)n_specs * 2, sizeof(pair_entry));
-    if (!p->rings || !p->entry_start || !p->keep || !p->entries) goto fail;
+    p->groups = calloc((size_t)n_specs * 2, sizeof(pair_group));
+    p->spec_bins = calloc((size_t)n_specs, sizeof(int64_t));
+    p->chan_of = calloc((size_t)p->lut.size, sizeof(pair_chan *));
+    p->counts = calloc((size_t)n_specs, sizeof(int64_t));
+    p->hist = calloc((size_t)(n_bins > 0 ? n_bins : 1), sizeof(int64_t));
+    if (!p->channels || !p->keep || !p->chans || !p->entries || !p->groups || !p->spec_bins ||
+        !p->chan_of ||
+        !p->counts || !p->hist)
+        goto fail;
+    p->other.newest = INT64_MIN;
+    p->other.first.partner_newest = &never_newest;
+    p->other.more_begin = p->other.more_end = NULL;
+    for (uint32_t k = 0; k < p->lut.size; k++) p->chan_of[k] = &p->other;
+    for (int32_t s = 0; s < n_specs; s++) p->spec_bins[s] = specs[s].n_bins > 0 ? specs[s].n_bins : 0;
+    for (int32_t c = 0; c < n_channels; c++) {
+        p->channels[c] = channels[c];
+        p->chans[c].newest = INT64_MIN;
+        p->chan_of[channels[c] - p->lut.base] = &p->chans[c];
+    }
 
-    /* Each spec yields one entry on channel b (partner a) and one on channel a (partner b). */
-    int32_t k = 0;
-    int64_t *min_rlo = malloc(sizeof(int64_t) * (size_t)n_channels);
-    if (!min_rlo) goto fail;
-    for (int32_t i = 0; i < n_channels; i++) min_rlo[i] = INT64_MAX;
+    /* Each spec yields one entry on channel b (partner a) and one on channel a (partner b). A
+     * channel's entries are laid out grouped by partner. */
+    int32_t k = 0, g = 0;
+    p->lookback = 0;
     for (int32_t c = 0; c < n_channels; c++) {
-        p->entry_start[c] = k;
-        int64_t off = 0;
-        for (int32_t s = 0; s < n_specs; s++) {
-            const qn_pair_spec *sp = &specs[s];
-            int64_t dd = delays[sp->b] - delays[sp->a];
-            int64_t this_off = sp->n_bins > 0 ? off : -1;
-            if (sp->n_bins > 0) off += sp->n_bins;
-            pair_entry e = {0};
-            if (sp->b == c) { /* dt = (t - t_a) + dd  =>  t_a in [t + dd - hi, t + dd - lo] */
-                e.partner = sp->a; e.rlo = dd - sp->hi; e.rhi = dd - sp->lo; e.sign = -1;
-            } else if (sp->a == c) { /* dt = (t_b - t) + dd  =>  t_b in [t - dd + lo, t - dd + hi] */
-                e.partner = sp->b; e.rlo = sp->lo - dd; e.rhi = sp->hi - dd; e.sign = 1;
-            } else {
-                continue;
+        const int32_t chan_first_group = g;
+        for (int32_t partner = 0; partner < n_channels; partner++) {
+            const int32_t group_begin = k;
+            int64_t off = 0;
+            for (int32_t s = 0; s < n_specs; s++) {
+                const qn_pair_spec *sp = &specs[s];
+                const int64_t dd = delays[sp->b] - delays[sp->a];
+                int64_t *hist = sp->n_bins > 0 ? p->hist + off : NULL;
+                if (sp->n_bins > 0) off += sp->n_bins + 1;
+                pair_entry e = {0};
+                if (sp->b == c && sp->a == partner) { /* dt = (t - t_a) + dd */
+                    e.rlo = dd - sp->hi; e.rhi = dd - sp->lo; e.sign = -1;
+                } else if (sp->a == c && sp->b == partner) { /* dt = (t_b - t) + dd */
+                    e.rlo = sp->lo - dd; e.rhi = sp->hi - dd; e.sign = 1;
+                } else {
+                    continue;
+                }
+                e.partner = partner;
+                e.partner_channel = channels[partner];
+                e.partner_newest = &p->chans[partner].newest;
+                e.count = &p->counts[s];
+                e.hist = hist;
+                e.n_bins = sp->n_bins;
+                e.dd = dd;
+                e.lo = sp->lo;
+                e.bin_width = sp->bin_width;
+                e.inv_bin_width = sp->bin_width > 0 ? 1.0 / (double)sp->bin_width : 0.0;
+                p->entries[k++] = e;
+                p->keep[partner] = 1;
+                if (-e.rlo > p->lookback) p->lookback = -e.rlo;
             }
-            e.spec = s; e.dd = dd; e.lo = sp->lo; e.bin_width = sp->bin_width;
-            e.hist_offset = this_off;
-            p->entries[k++] = e;
-            p->keep[e.partner] = 1;
-            if (e.rlo < min_rlo[e.partner]) min_rlo[e.partner] = e.rlo;
+            if (k == group_begin) continue;
+            pair_group *grp = &p->groups[g++];
+            grp->begin = p->entries + group_begin;
+            grp->end = p->entries + k;
+            grp->partner_newest = &p->chans[partner].newest;
+            grp->rlo = INT64_MAX;
+            for (const pair_entry *e = grp->begin; e < grp->end; e++)
+                if (e->rlo < grp->rlo) grp->rlo = e->rlo;
         }
+        pair_chan *ch = &p->chans[c];
+        if (g > chan_first_group) {
+            ch->first = p->groups[chan_first_group];
+            ch->more_begin = p->groups + chan_first_group + 1;
+        } else {
+            ch->first.rlo = 0;
+            ch->first.partner_newest = &never_newest;
+            ch->first.begin = ch->first.end = NULL;
+            ch->more_begin = p->groups + g;
+        }
+        ch->more_end = p->groups + g;
+        if (ch->more_end != ch->more_begin) p->multi_group = 1;
     }
-    p->entry_start[n_channels] = k;
-    for (int32_t c = 0; c < n_channels; c++) {
-        if (ring_init(&p->rings[c], 1024) != QN_OK) { free(min_rlo); goto fail; }
-        int64_t lb = min_rlo[c] == INT64_MAX ? 0 : -min_rlo[c];
-        p->rings[c].lookback = lb > 0 ? lb : 0;
-    }
-    free(min_rlo);
     stats_init(&p->stats);
     *out = p;
     return QN_OK;
@@ -274,62 +315,167 @@ fail:
     return rc;
 }
 
-int qn_pairs_process(qn_pairs *p, const qn_tag *tags, int64_t n, int64_t *counts, int64_t *hist,
-                     int64_t *singles, int64_t *bad_index) {
+/* Histogram one pair: bin = (dt - lo) / bin_width without a division (a float estimate,
+ * corrected to be exact). */
+static inline void pair_bin(const pair_entry *e, int64_t v, int64_t t) {
+    const int64_t x = e->sign * (v - t) + e->dd - e->lo;
+    int64_t q = (int64_t)((double)x * e->inv_bin_width);
+    q -= (q * e->bin_width > x);
+    q += ((q + 1) * e->bin_width <= x);
+    e->hist[q]++;
+}
+
+/* The rare path: partner tags before record i of this chunk, then in the carry. Counting is
+ * branch-free (channels interleave at random, so a branch on the channel would mispredict);
+ * histogramming branches, as a shared dummy bin would serialise on its increments. */
+static void pair_scan(const qn_pairs *p, const pair_entry *e, const qn_tag *tags, int64_t i,
+                      int64_t t) {
+    const int64_t lo = t + e->rlo, hi = t + e->rhi;
+    const uint64_t want = (uint64_t)(uint32_t)e->partner_channel << 32; /* a plain tag on it */
+    const uint64_t mask = 0xFFFFFFFF000000FFull; /* channel and type (reserved/missed ignored) */
+    int64_t hits = 0, j;
+    for (j = i - 1; j >= 0; j--) {
+        const int64_t v = tags[j].time;
+        if (v < lo) break;
+        uint64_t head;
+        memcpy(&head, &tags[j], sizeof head);
+        const int64_t match = (v <= hi) & ((head & mask) == want);
+        if (e->hist && match) pair_bin(e, v, t);
+        hits += match;
+    }
+    if (j < 0) {
+        for (j = p->carry_n - 1; j >= 0; j--) {
+            const int64_t v = p->carry_t[j];
+            if (v < lo) break;
+            const int64_t match = (v <= hi) & (p->carry_c[j] == e->partner);
+            if (e->hist && match) pair_bin(e, v, t);
+            hits += match;
+        }
+    }
+    *e->count += hits;
+}
+
+COLD static void pair_scan_group(const qn_pairs *p, const pair_group *grp, const qn_tag *tags,
+                                 int64_t i, int64_t t) {
+    for (const pair_entry *e = grp->begin; e < grp->end; e++)
+        if (*e->partner_newest >= t + e->rlo) pair_scan(p, e, tags, i, t);
+}
+
+COLD static void pair_more_groups(const qn_pairs *p, const pair_chan *ch, const qn_tag *tags,
+                                  int64_t i, int64_t t) {
+    for (const pair_group *grp = ch->more_begin; grp < ch->more_end; grp++)
+        if (*grp->partner_newest >= t + grp->rlo) pair_scan_group(p, grp, tags, i, t);
+}
+
+/* Keep the tags that a future window can reach: time >= (newest record) - lookback. */
+static int pair_update_carry(qn_pairs *p, const qn_tag *tags, int64_t n) {
+    if (n == 0) return QN_OK;
+    const int64_t horizon = p->stats.last_time - p->lookback;
+    int64_t first = n; /* first record of the chunk at or after the horizon */
+    while (first > 0 && tags[first - 1].time >= horizon) first--;
+    int64_t keep_old = 0; /* carry entries still needed */
+    if (first == 0) {
+        int64_t j = p->carry_n;
+        while (j > 0 && p->carry_t[j - 1] >= horizon) j--;
+        keep_old = p->carry_n - j;
+        memmove(p->carry_t, p->carry_t + j, sizeof(int64_t) * (size_t)keep_old);
+        memmove(p->carry_c, p->carry_c + j, sizeof(int32_t) * (size_t)keep_old);
+    }
+    const int64_t need = keep_old + (n - first);
+    if (need > p->carry_cap) {
+        int64_t cap = p->carry_cap ? p->carry_cap : 256;
+        while (cap < need) cap *= 2;
+        int64_t *nt = realloc(p->carry_t, sizeof(int64_t) * (size_t)cap);
+        if (!nt) return QN_ENOMEM;
+        p->carry_t = nt;
+        int32_t *nc = realloc(p->carry_c, sizeof(int32_t) * (size_t)cap);
+        if (!nc) return QN_ENOMEM;
+        p->carry_c = nc;
+        p->carry_cap = cap;
+    }
+    int64_t m = keep_old;
+    for (int64_t j = first; j < n; j++) {
+        if (tags[j].type != QN_TIME_TAG) continue;
+        const int32_t c = lut_get(&p->lut, tags[j].channel);
+        if (c < 0 || !p->keep[c]) continue;
+        p->carry_t[m] = tags[j].time;
+        p->carry_c[m] = c;
+        m++;
+    }
+    p->carry_n = m;
+    return QN_OK;
+}
+
+/* The hot loop, for records [0, n). Returns how many records it consumed (< n on an ordering
+ * error). `multi_group` is a compile-time constant in each caller below. */
+static inline int64_t pair_kernel(qn_pairs *p, const qn_tag *restrict tags, int64_t n,
+                                  const int multi_group) {
     qn_stats *st = &p->stats;
     int64_t last = st->last_time;
-    int64_t other = 0, ntags = 0;
-    const int32_t *estart = p->entry_start;
-    const pair_entry *entries = p->entries;
-    ring *rings = p->rings;
-    int rc = QN_OK;
-    int64_t i;
-    for (i = 0; i < n; i++) {
-        const int64_t t = tags[i].time;
-        if (UNLIKELY(t < last)) { rc = QN_EORDER; break; }
+    pair_chan *const *const chan_of = p->chan_of;
+    pair_chan *const other = &p->other;
+    const int64_t lut_base = p->lut.base;
+    const uint32_t lut_size = p->lut.size;
+    const qn_tag *rec = tags, *const end = tags + n;
+    for (; rec < end; rec++) {
+        const int64_t t = rec->time;
+        if (UNLIKELY(t < last)) break;
         last = t;
-        if (UNLIKELY(tags[i].type != QN_TIME_TAG)) { stats_record(st, &tags[i]); continue; }
-        const int32_t c = lut_get(&p->lut, tags[i].channel);
-        if (UNLIKELY(c < 0)) { other++; continue; }
-        singles[c]++;
-        ntags++;
-        for (int32_t j = estart[c]; j < estart[c + 1]; j++) {
-            const pair_entry *e = &entries[j];
-            const ring *r = &rings[e->partner];
-            const int64_t lo = t + e->rlo, hi = t + e->rhi;
-            int64_t idx = r->head;
-            const int64_t *buf = r->buf;
-            const int64_t mask = r->mask;
-            if (e->hist_offset < 0) {
-                int64_t hits = 0;
-                for (int64_t left = r->count; left > 0; left--) {
-                    const int64_t v = buf[idx];
-                    if (v < lo) break;
-                    hits += (v <= hi);
-                    idx = (idx - 1) & mask;
-                }
-                counts[e->spec] += hits;
-            } else {
-                int64_t *h = hist + e->hist_offset;
-                for (int64_t left = r->count; left > 0; left--) {
-                    const int64_t v = buf[idx];
-                    if (v < lo) break;
-                    if (v <= hi) {
-                        const int64_t dt = e->sign * (v - t) + e->dd;
-                        h[(dt - e->lo) / e->bin_width]++;
-                        counts[e->spec]++;
-                    }
-                    idx = (idx - 1) & mask;
-                }
-            }
+        /* type, reserved and missed in one test: all zero for a plain time tag */
+        uint64_t head;
+        memcpy(&head, rec, sizeof head);
+        if (UNLIKELY((uint32_t)head != 0) && rec->type != QN_TIME_TAG) {
+            stats_record(st, rec);
+            continue;
         }
-        if (p->keep[c] && UNLIKELY(ring_push(&rings[c], t) != QN_OK)) { rc = QN_ENOMEM; i++; break; }
+        const uint32_t off = (uint32_t)((int64_t)rec->channel - lut_base);
+        pair_chan *ch = LIKELY(off < lut_size) ? chan_of[off] : other;
+        ch->singles++;
+        if (UNLIKELY(*ch->first.partner_newest >= t + ch->first.rlo))
+            pair_scan_group(p, &ch->first, tags, rec - tags, t);
+        if (multi_group && UNLIKELY(ch->more_begin != ch->more_end))
+            pair_more_groups(p, ch, tags, rec - tags, t);
+        ch->newest = t;
     }
-    st->records += i;
-    st->tags += ntags;
-    st->other_tags += other;
     st->last_time = last;
-    if (bad_index) *bad_index = i;
+    return rec - tags;
+}
+
+static int64_t pair_kernel_single(qn_pairs *p, const qn_tag *restrict tags, int64_t n) {
+    return pair_kernel(p, tags, n, 0);
+}
+
+static int64_t pair_kernel_multi(qn_pairs *p, const qn_tag *restrict tags, int64_t n) {
+    return pair_kernel(p, tags, n, 1);
+}
+
+int qn_pairs_process(qn_pairs *p, const qn_tag *restrict tags, int64_t n, int64_t *counts,
+                     int64_t *hist, int64_t *singles, int64_t *bad_index) {
+    qn_stats *st = &p->stats;
+    const int64_t done = p->multi_group ? pair_kernel_multi(p, tags, n)
+                                        : pair_kernel_single(p, tags, n);
+    int rc = done < n ? QN_EORDER : QN_OK;
+    for (int32_t c = 0; c < p->n_channels; c++) {
+        singles[c] = p->chans[c].singles;
+        st->tags += p->chans[c].singles;
+        p->chans[c].singles = 0;
+    }
+    st->other_tags += p->other.singles;
+    p->other.singles = 0;
+    st->records += done;
+    if (pair_update_carry(p, tags, done) != QN_OK && rc == QN_OK) rc = QN_ENOMEM;
+    memcpy(counts, p->counts, sizeof(int64_t) * (size_t)p->n_specs);
+    memset(p->counts, 0, sizeof(int64_t) * (size_t)p->n_specs);
+    /* Histograms leave in spec order, without their spare slots. */
+    const int64_t *src = p->hist;
+    for (int32_t s = 0; s < p->n_specs; s++) {
+        if (!p->spec_bins[s]) continue;
+        memcpy(hist, src, sizeof(int64_t) * (size_t)p->spec_bins[s]);
+        hist += p->spec_bins[s];
+        src += p->spec_bins[s] + 1;
+    }
+    if (p->n_bins > 0) memset(p->hist, 0, sizeof(int64_t) * (size_t)p->n_bins);
+    if (bad_index) *bad_index = done;
     return rc;
 }
 
@@ -486,8 +632,10 @@ int qn_nfold_process(qn_nfold *p, const qn_tag *tags, int64_t n, int64_t *hist, 
     st->tags += ntags;
     st->other_tags += other;
     st->last_time = last;
-    /* Every tag still to be fed has delayed time >= last (pending ones are > last after the
-     * release loop), so a cluster that ended before `last` is complete. */
+    /* Release up to the newest record (the chunk may end with records that released nothing):
+     * then every tag still to be fed has delayed time >= last, and a cluster that ended before
+     * `last` is complete. */
+    if (rc == QN_OK && !p->all_equal) rc = nfold_release(p, last, 0, &o);
     if (rc == QN_OK && p->open && p->t_open + p->window < last) rc = nfold_emit(p, &o);
     *n_events = o.n_events;
     if (bad_index) *bad_index = i;
@@ -596,7 +744,7 @@ int64_t qn_pair_deltas(const int64_t *a, int64_t na, const int64_t *b, int64_t n
 
 /* The bandwidth baseline: a streaming sum over the time field. */
 int64_t qn_sum_times(const qn_tag *tags, int64_t n) {
-    int64_t s = 0;
-    for (int64_t i = 0; i < n; i++) s += tags[i].time;
-    return s;
+    uint64_t s = 0; /* unsigned: wraps like numpy's int64 sum instead of overflowing */
+    for (int64_t i = 0; i < n; i++) s += (uint64_t)tags[i].time;
+    return (int64_t)s;
 }

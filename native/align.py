@@ -1,0 +1,796 @@
+"""Clock alignment of two nodes' photon streams: initial offset, frequency offset, drift tracking.
+
+Each node's time tagger stamps photons with its own clock. Photon pairs split between the nodes are
+detected at (nearly) the same true time, so the cross-correlation of the two streams peaks at the
+clock offset. The method is qcrypto's (s-fifteen-instruments/qcrypto, ``remotecrypto/pfind.c``,
+``remotecrypto/costream.c``) and fpfind's (s-fifteen-instruments/fpfind):
+
+* :func:`find_offset` (pfind): both streams are binned modulo ``n_bins`` at a coarse and at a fine
+  resolution; the FFT cross-correlation FFT(a)*·FFT(b) of the coarse histograms gives the offset
+  modulo the coarse span, the fine one resolves it within one coarse bin, and the exact pair
+  differences (:func:`qnode.native.pair_deltas`) around the fine peak give a background-subtracted
+  centroid. The peak height in sigma above the correlation's mean (pfind's ``maxval/sigma``) is the
+  significance; below ``min_significance`` an :class:`AlignmentError` is raised.
+* :func:`find_offset_and_drift` (fpfind): the same correlation on an "early" and a "late" span
+  separated by Ts; the peak's drift between them over Ts is the frequency offset. The correction is
+  applied and the correlation repeated at finer resolution (coarse -> ... -> fine -> exact pair
+  differences) until it converges. If the first, coarse correlation is not significant the bin
+  width is doubled (fpfind does the same, up to 100 us).
+* :class:`DriftTracker` (costream's servo, with the frequency servo of fpfind's ``freqservo``
+  folded in): a 2-state Kalman filter (offset, frequency) fed, every ``interval_ps``, with the
+  background-corrected mean residual of the coincidences inside the tracking window.
+
+Clock model (all of this module)
+--------------------------------
+Node a is the reference. A photon stamped ``t_a`` by node a is stamped by node b at::
+
+    t_b = t_a + offset_ps + drift_ppm * 1e-6 * (t_a - ref_ps)
+
+i.e. ``t_b = t_a * (1 + drift) + const`` written about a reference time ``ref_ps`` (in a's
+timebase) so that no float ever holds an absolute timestamp. ``offset_ps`` is t_b - t_a at
+``t_a = ref_ps``; ``drift_ppm > 0`` means b's clock runs fast. All times are int64 picoseconds;
+floats only ever hold differences (relative times, residuals), so timestamps beyond 2**53 ps
+(about 2.5 h) lose nothing.
+
+Backends
+--------
+The two helpers used, ``bin_mod`` and ``pair_deltas``, are taken from ``backend`` (default: the C
+core, :mod:`qnode.native.core`); any object with those two functions and the same signatures (e.g.
+:mod:`qnode.native.reference`) can be passed instead, which is how the differential tests run.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from . import core as _core
+
+__all__ = [
+    "AlignmentError", "Backend", "ClockEstimate", "DriftTracker", "OffsetEstimate", "PeakInfo",
+    "STEP_DTYPE", "StageInfo", "TrackStatus", "TrackerReport", "TrackerState", "find_offset",
+    "find_offset_and_drift",
+]
+
+PS_PER_S = 10**12
+
+#: pfind's defaults: 2^17 bins of 2 ns (fine) and 2048 ns (coarse).
+DEFAULT_N_BINS = 2**17
+DEFAULT_COARSE_BIN_PS = 2_048_000
+DEFAULT_FINE_BIN_PS = 2_000
+
+
+class Backend(Protocol):
+    """What the alignment needs from a core: ``bin_mod`` and ``pair_deltas`` (see
+    :func:`qnode.native.bin_mod`, :func:`qnode.native.pair_deltas`)."""
+
+    def bin_mod(self, times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
+                out: np.ndarray | None = None) -> np.ndarray: ...
+
+    def pair_deltas(self, a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int,
+                    hi_ps: int) -> np.ndarray: ...
+
+
+class AlignmentError(ValueError):
+    """No significant correlation peak (or no coincidences) between the two streams.
+
+    ``significance`` is the peak height in sigma that was found (``nan`` if not applicable) and
+    ``stage`` names the correlation that failed."""
+
+    def __init__(self, message: str, *, significance: float = math.nan, stage: str = ""):
+        super().__init__(message)
+        self.significance = significance
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class PeakInfo:
+    """One FFT cross-correlation: ``n_bins`` bins of ``bin_ps``; the peak at lag ``lag`` bins.
+
+    ``offset_ps`` is the 3-bin centroid of the peak (ps, b - a, relative to the offset the streams
+    were shifted by before correlating); ``significance = (height - mean) / sigma`` (pfind's
+    ``maxval/sigma``), where ``mean`` is the local baseline at the peak and ``sigma`` the rms
+    scatter about the baseline (see :func:`_correlate`)."""
+
+    bin_ps: int
+    n_bins: int
+    lag: int
+    offset_ps: float
+    height: float
+    mean: float
+    sigma: float
+    significance: float
+
+    @property
+    def span_ps(self) -> int:
+        """The correlation's period: offsets are known modulo this (ps)."""
+        return self.bin_ps * self.n_bins
+
+
+@dataclass(frozen=True)
+class OffsetEstimate:
+    """Result of :func:`find_offset`: ``b ≈ a + offset_ps`` (ps).
+
+    ``significance`` is the coarse peak's height in sigma, ``uncertainty_ps`` the statistical
+    standard error of the refined centroid, ``n_pairs`` the background-subtracted number of
+    coincidences in the refined peak, ``n_background`` the accidentals under it, ``peak_rms_ps``
+    its rms width (both detectors' jitter, combined)."""
+
+    offset_ps: int
+    significance: float
+    uncertainty_ps: float
+    n_pairs: int
+    n_background: float
+    peak_rms_ps: float
+    coarse: PeakInfo
+    fine: PeakInfo
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One early/late iteration of :func:`find_offset_and_drift`: the residual offsets (ps) found
+    in the early and late spans at resolution ``bin_ps`` (0: exact pair differences) and their
+    significances (nan for the exact stage)."""
+
+    bin_ps: int
+    early_residual_ps: float
+    late_residual_ps: float
+    early_significance: float
+    late_significance: float
+
+
+@dataclass(frozen=True)
+class ClockEstimate:
+    """Offset and frequency offset of node b's clock against node a's.
+
+    Model: ``t_b = t_a + offset_ps + drift_ppm * 1e-6 * (t_a - ref_ps)`` (ps; ``ref_ps`` in a's
+    timebase). ``offset_uncertainty_ps`` and ``drift_uncertainty_ppm`` are statistical standard
+    errors; ``significance`` is the smaller of the early and late spans' first (coarse) peak
+    heights in sigma; ``n_pairs`` the coincidences used in the final early+late refinement."""
+
+    offset_ps: int
+    drift_ppm: float
+    ref_ps: int
+    offset_uncertainty_ps: float
+    drift_uncertainty_ppm: float
+    significance: float
+    n_pairs: int
+    span_ps: int
+    separation_ps: int
+    stages: tuple[StageInfo, ...] = field(default=())
+
+    def offset_at(self, t_a_ps: int) -> int:
+        """t_b - t_a (ps) at a-time ``t_a_ps``."""
+        return self.offset_ps + round(self.drift_ppm * 1e-6 * (int(t_a_ps) - self.ref_ps))
+
+    def to_reference(self, b_ps: npt.ArrayLike) -> np.ndarray:
+        """Node b's timestamps (ps) mapped into node a's timebase (int64, rounded to 1 ps)."""
+        return _to_a(_times(b_ps, "b_ps", check_sorted=False), self.offset_ps, self.ref_ps, 0.0,
+                     self.drift_ppm * 1e-6)
+
+    def to_node_b(self, a_ps: npt.ArrayLike) -> np.ndarray:
+        """Node a's timestamps (ps) mapped into node b's timebase (int64, rounded to 1 ps)."""
+        return _to_b(_times(a_ps, "a_ps", check_sorted=False), self.offset_ps, self.ref_ps, 0.0,
+                     self.drift_ppm * 1e-6)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _backend(backend: object | None) -> Backend:
+    return _core if backend is None else backend  # type: ignore[return-value]
+
+
+def _times(x: npt.ArrayLike, name: str, check_sorted: bool = True) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integer picoseconds, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if check_sorted and arr.size > 1 and np.any(arr[1:] < arr[:-1]):
+        raise ValueError(f"{name} must be sorted (time-ordered)")
+    return arr
+
+
+def _to_a(b: np.ndarray, base: int, ref: int, dev: float, rate: float) -> np.ndarray:
+    """Inverse of the model ``t_b = t_a + base + dev + rate*(t_a - ref)``: t_a from t_b (int64).
+
+    With u = t_b - base - ref: t_a = ref + u - (dev + rate*u)/(1 + rate). Only the small
+    correction term is computed in float64 (its rounding error is rate * 2**-53 * |u|)."""
+    u = b - np.int64(base + ref)
+    corr = np.rint((dev + rate * u.astype(np.float64)) / (1.0 + rate)).astype(np.int64)
+    return u - corr + np.int64(ref)
+
+
+def _to_b(a: np.ndarray, base: int, ref: int, dev: float, rate: float) -> np.ndarray:
+    """The model ``t_b = t_a + base + dev + rate*(t_a - ref)`` on int64 arrays."""
+    v = (a - np.int64(ref)).astype(np.float64)
+    return a + np.int64(base) + np.rint(dev + rate * v).astype(np.int64)
+
+
+BASELINE_HALFWIDTH = 64
+"""Lags either side of a lag (excluding the 2 next to it) whose mean is its local baseline."""
+
+
+def _correlate(a: np.ndarray, b: np.ndarray, t0: int, bin_ps: int, n_bins: int, bk: Backend,
+               center_ps: float = 0.0, halfwidth_ps: float | None = None) -> PeakInfo:
+    """FFT cross-correlation c[k] = sum_i A[i] B[i+k] of the two streams binned modulo n_bins
+    (same origin t0); the maximum is searched among lags within ``halfwidth_ps`` of
+    ``center_ps`` (the whole period if None), and reported as a signed lag near the center.
+
+    pfind takes the mean and sigma over all lags. Here each lag's baseline is the mean of the
+    lags 3..64 away on either side, so that data shorter than the correlation period (whose
+    accidental background is then a triangle, not flat) neither inflates sigma nor pulls the
+    maximum; sigma is the rms of c - baseline over all lags but the 5 around the peak."""
+    ha = bk.bin_mod(a, t0, bin_ps, n_bins).astype(np.float64)
+    hb = bk.bin_mod(b, t0, bin_ps, n_bins).astype(np.float64)
+    c = np.fft.irfft(np.conj(np.fft.rfft(ha)) * np.fft.rfft(hb), n=n_bins)
+    m = min(BASELINE_HALFWIDTH, n_bins // 4)
+    ring = np.zeros(n_bins)
+    ring[3:m + 1] = ring[-m:-2] = 1.0 / (2 * (m - 2))
+    base = np.fft.irfft(np.fft.rfft(c) * np.fft.rfft(ring), n=n_bins)
+    r = c - base
+    kc = int(round(center_ps / bin_ps))
+    if halfwidth_ps is None:
+        lags = np.arange(kc - n_bins // 2, kc + n_bins // 2, dtype=np.int64)
+    else:
+        k_lo = math.floor((center_ps - halfwidth_ps) / bin_ps)
+        k_hi = math.ceil((center_ps + halfwidth_ps) / bin_ps)
+        if k_hi - k_lo + 1 > n_bins:
+            raise ValueError("search range exceeds the correlation period")
+        lags = np.arange(k_lo, k_hi + 1, dtype=np.int64)
+    k = int(lags[int(np.argmax(r[lags % n_bins]))])
+    rest = np.ones(n_bins, bool)
+    rest[(k + np.arange(-2, 3)) % n_bins] = False
+    sigma = float(np.sqrt(np.mean(np.square(r[rest])))) if rest.any() else 0.0
+    w = np.maximum(r[(k + np.arange(-1, 2)) % n_bins], 0.0)
+    frac = float((w[2] - w[0]) / w.sum()) if w.sum() > 0 else 0.0
+    kk = k % n_bins
+    sig = float(r[kk]) / sigma if sigma > 0 else 0.0
+    return PeakInfo(bin_ps=bin_ps, n_bins=n_bins, lag=k, offset_ps=(k + frac) * bin_ps,
+                    height=float(c[kk]), mean=float(base[kk]), sigma=sigma, significance=sig)
+
+
+@dataclass(frozen=True)
+class _Centroid:
+    offset_ps: float
+    uncertainty_ps: float
+    n_signal: float
+    n_background: float
+    rms_ps: float
+
+
+def _refine(a: np.ndarray, b: np.ndarray, center_ps: float, halfwidth_ps: int, bk: Backend,
+            stage: str) -> _Centroid:
+    """Background-subtracted centroid of the coincidence peak from the exact pair differences.
+
+    Differences b - a within ``6 * halfwidth_ps`` of ``center_ps`` are taken; those more than
+    ``2 * halfwidth_ps`` away estimate the flat accidental density; the centroid is then iterated
+    inside a window of +-min(halfwidth, 5 sigma) around the current centre, each time removing the
+    accidentals' contribution (uniform over the window, so their mean is the window centre)."""
+    h_max = int(halfwidth_ps)
+    c_int = int(round(center_ps))
+    d = bk.pair_deltas(a, b, c_int - 6 * h_max, c_int + 6 * h_max)
+    x = (np.asarray(d, np.int64) - c_int).astype(np.float64)
+    rho = np.count_nonzero(np.abs(x) > 2 * h_max) / (8.0 * h_max)  # accidentals per ps
+    core = x[np.abs(x) <= h_max]
+    if core.size == 0:
+        raise AlignmentError(f"{stage}: no pair differences within {h_max} ps of the expected "
+                             f"offset", stage=stage)
+    c = float(np.median(core))
+    h = float(h_max)
+    ns = nb = 0.0
+    sigma = float(h_max)
+    for _ in range(8):
+        sel = x[np.abs(x - c) <= h]
+        nb = rho * 2.0 * h
+        ns = sel.size - nb
+        if ns < 3.0 + 5.0 * math.sqrt(nb):
+            raise AlignmentError(f"{stage}: only {ns:.1f} coincidences above {nb:.1f} "
+                                 f"accidentals in the refinement window (no peak)", stage=stage)
+        mu = (float(sel.sum()) - nb * c) / ns
+        var = (float(np.square(sel - mu).sum()) - nb * (h * h / 3.0 + (c - mu) ** 2)) / ns
+        sigma = math.sqrt(max(var, 1.0))
+        done = abs(mu - c) < 0.01
+        c = mu
+        h = min(float(h_max), max(5.0 * sigma, 50.0))
+        if done:
+            break
+    unc = math.sqrt(ns * sigma**2 + nb * h * h / 3.0) / ns
+    return _Centroid(float(c_int + c), float(unc), float(ns), float(nb), float(sigma))
+
+
+def _check_sig(peak: PeakInfo, threshold: float, stage: str) -> None:
+    if not peak.significance >= threshold:
+        raise AlignmentError(
+            f"{stage}: correlation peak significance {peak.significance:.2f} sigma is below the "
+            f"threshold {threshold:g} (bin {peak.bin_ps} ps x {peak.n_bins}); the streams do not "
+            f"look correlated (check the offset hint, rates, or use longer spans)",
+            significance=peak.significance, stage=stage)
+
+
+# ----------------------------------------------------------------------------- pfind
+
+def find_offset(a_ps: npt.ArrayLike, b_ps: npt.ArrayLike, *,
+                coarse_bin_ps: int = DEFAULT_COARSE_BIN_PS, fine_bin_ps: int = DEFAULT_FINE_BIN_PS,
+                n_bins: int = DEFAULT_N_BINS, offset_hint_ps: int = 0,
+                refine_halfwidth_ps: int | None = None, min_significance: float = 6.0,
+                backend: object | None = None) -> OffsetEstimate:
+    """Clock offset between two nodes' photon streams, qcrypto pfind's way (two-resolution FFT
+    cross-correlation), refined with the exact pair differences.
+
+    ``a_ps``, ``b_ps``: sorted int64 photon times (ps) of node a and node b (one channel or all
+    detectors merged) over the same stretch of time. Returns ``offset_ps`` with ``b ≈ a +
+    offset_ps``. The clocks must not drift apart by more than about a fine bin over the data
+    (use :func:`find_offset_and_drift` otherwise).
+
+    Unambiguous range: the coarse correlation knows the offset modulo the coarse span
+    ``S = coarse_bin_ps * n_bins`` (pfind's defaults: 2.048 us x 2^17 = 268 ms), so the result lies
+    in ``[offset_hint_ps - S/2, offset_hint_ps + S/2)``. The fine correlation is searched within
+    two coarse bins of the coarse peak, so ``fine_bin_ps * n_bins`` must exceed 4 coarse bins.
+    The refinement takes pair differences within ``refine_halfwidth_ps`` (default 4 fine bins) of
+    the fine peak. An offset outside the range aliases in the FFT (binning is modulo the span);
+    the exact pair differences then show no peak there and :class:`AlignmentError` is raised
+    (stage ``"refine"``) rather than a wrong offset returned.
+
+    Raises :class:`AlignmentError` when the coarse or fine peak is below ``min_significance``
+    sigma (the error names the significance).
+    """
+    bk = _backend(backend)
+    a = _times(a_ps, "a_ps")
+    b = _times(b_ps, "b_ps")
+    if a.size == 0 or b.size == 0:
+        raise AlignmentError("find_offset: a stream is empty", stage="input")
+    search = 2 * coarse_bin_ps + 2 * fine_bin_ps
+    if 2 * search >= fine_bin_ps * n_bins:
+        raise ValueError(f"fine span {fine_bin_ps * n_bins} ps must exceed 4 coarse bins "
+                         f"({4 * coarse_bin_ps} ps)")
+    hint = int(offset_hint_ps)
+    bs = b - np.int64(hint)
+    t0 = int(a[0])
+    coarse = _correlate(a, bs, t0, coarse_bin_ps, n_bins, bk)
+    _check_sig(coarse, min_significance, "coarse")
+    fine = _correlate(a, bs, t0, fine_bin_ps, n_bins, bk, coarse.offset_ps, search)
+    _check_sig(fine, min_significance, "fine")
+    h = int(refine_halfwidth_ps or 4 * fine_bin_ps)
+    r = _refine(a, bs, fine.offset_ps, h, bk, "refine")
+    return OffsetEstimate(offset_ps=hint + int(round(r.offset_ps)),
+                          significance=coarse.significance, uncertainty_ps=r.uncertainty_ps,
+                          n_pairs=int(round(r.n_signal)), n_background=r.n_background,
+                          peak_rms_ps=r.rms_ps, coarse=coarse, fine=fine)
+
+
+# ----------------------------------------------------------------------------- fpfind
+
+@dataclass
+class _Model:
+    """``t_b = t_a + base + dev + rate * (t_a - ref)``; base, ref int ps; dev float ps."""
+
+    base: int
+    ref: int
+    dev: float
+    rate: float
+
+    def to_a(self, b: np.ndarray) -> np.ndarray:
+        return _to_a(b, self.base, self.ref, self.dev, self.rate)
+
+    def to_b(self, a: np.ndarray) -> np.ndarray:
+        return _to_b(a, self.base, self.ref, self.dev, self.rate)
+
+    def correct(self, r1: float, t1: float, r2: float, t2: float) -> None:
+        """Apply residuals r1, r2 (ps, a units, measured at a-times t1, t2 relative to ref):
+        residual(t) = r1 + eps (t - t1), and t_b = M(t_a + residual)."""
+        eps = (r2 - r1) / (t2 - t1)
+        self.dev += (1.0 + self.rate) * (r1 - eps * t1)
+        self.rate += (1.0 + self.rate) * eps
+
+
+def _window(a: np.ndarray, b: np.ndarray, m: _Model, start: int, length: int,
+            margin: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """a's times in [start, start+length) and b's times mapped to a's timebase within
+    [start - margin, start + length + margin); plus the mean of a's times relative to m.ref."""
+    stop = start + length
+    aw = a[np.searchsorted(a, start):np.searchsorted(a, stop)]
+    lo_hi = m.to_b(np.array([start - margin, stop + margin], np.int64))
+    bw = m.to_a(b[np.searchsorted(b, lo_hi[0] - 1000):np.searchsorted(b, lo_hi[1] + 1000)])
+    t_mean = float((aw - start).mean()) + (start - m.ref) if aw.size else length / 2 + start - m.ref
+    return aw, bw, t_mean
+
+
+def find_offset_and_drift(a_ps: npt.ArrayLike, b_ps: npt.ArrayLike, *,
+                          span_ps: int = 100_000_000_000, separation_ps: int | None = None,
+                          offset_hint_ps: int = 0, drift_hint_ppm: float = 0.0,
+                          coarse_bin_ps: int = DEFAULT_COARSE_BIN_PS,
+                          fine_bin_ps: int = DEFAULT_FINE_BIN_PS, n_bins: int = DEFAULT_N_BINS,
+                          resolution_step: int = 16, max_coarse_doublings: int = 4,
+                          max_drift_ppm: float = 100.0, refine_halfwidth_ps: int | None = None,
+                          min_significance: float = 6.0, max_refinements: int = 4,
+                          backend: object | None = None) -> ClockEstimate:
+    """Offset and frequency offset of b's clock against a's, fpfind's early/late way.
+
+    ``a_ps``, ``b_ps``: sorted int64 photon times (ps) of the two nodes covering at least
+    ``span_ps + separation_ps``. The early span is the first ``span_ps`` (Ta, default 0.1 s) of
+    the overlap (in a's timebase), the late span starts ``separation_ps`` (Ts, default: as late
+    as the data allow) after it. Each iteration correlates both spans (b mapped through the current
+    model), converts the two residual offsets into an offset and frequency correction
+    (df = peak drift / Ts) and applies it; the bin width goes from ``coarse_bin_ps`` down by
+    ``resolution_step`` per iteration to ``fine_bin_ps``, and then up to ``max_refinements``
+    passes on the exact pair differences (:func:`find_offset`'s centroid) follow.
+
+    Returns a :class:`ClockEstimate` with ``t_b = t_a + offset_ps + drift_ppm*1e-6*(t_a -
+    ref_ps)``, ``ref_ps`` = start of the early span (a's timebase).
+
+    Limits: the first correlation needs |drift - drift_hint| * Ta of at most about a coarse bin
+    (default: ~20 ppm at 0.1 s); if its peak is below ``min_significance`` the coarse bin is
+    doubled up to ``max_coarse_doublings`` times (fpfind). The offset must lie within half the
+    coarse span of ``offset_hint_ps``; the late peak is searched within ``max_drift_ppm`` * Ts
+    of the early one. The statistical errors are ~ sigma_peak / sqrt(pairs per span) for the
+    offset and sqrt(2) times that / Ts for the drift.
+    """
+    bk = _backend(backend)
+    a = _times(a_ps, "a_ps")
+    b = _times(b_ps, "b_ps")
+    if a.size == 0 or b.size == 0:
+        raise AlignmentError("find_offset_and_drift: a stream is empty", stage="input")
+    m = _Model(base=int(offset_hint_ps), ref=int(a[0]), dev=0.0,
+               rate=float(drift_hint_ppm) * 1e-6)
+    b_ends = m.to_a(b[[0, -1]])
+    start = max(int(a[0]), int(b_ends[0]))
+    end = min(int(a[-1]), int(b_ends[1]))
+    ta = int(span_ps)
+    ts = int(separation_ps) if separation_ps is not None else end - start - ta
+    if ts < ta or start + ts + ta > end + 1:
+        raise ValueError(f"need overlapping data of at least 2 spans: span {ta} ps, separation "
+                         f"{ts} ps, overlap {end - start} ps")
+    m.dev += m.rate * (start - m.ref)   # re-anchor the model at the early span's start
+    m.ref = start
+    late_start = start + ts
+    stages: list[StageInfo] = []
+
+    # iteration 0: coarse, global search on the early span (doubling the bin if needed)
+    bin_ps = int(coarse_bin_ps)
+    for doubling in range(max_coarse_doublings + 1):
+        span_c = bin_ps * n_bins
+        aw, bw, t1 = _window(a, b, m, start, ta, span_c // 2)
+        early = _correlate(aw, bw, start, bin_ps, n_bins, bk)
+        if early.significance >= min_significance or doubling == max_coarse_doublings:
+            break
+        bin_ps *= 2
+    _check_sig(early, min_significance, f"early span, coarse bin {bin_ps} ps")
+    hw = max_drift_ppm * 1e-6 * ts + 4 * bin_ps
+    aw, bw, t2 = _window(a, b, m, late_start, ta, int(abs(early.offset_ps) + hw))
+    late = _correlate(aw, bw, late_start, bin_ps, n_bins, bk, early.offset_ps, hw)
+    _check_sig(late, min_significance, f"late span, coarse bin {bin_ps} ps")
+    significance = min(early.significance, late.significance)
+    stages.append(StageInfo(bin_ps, early.offset_ps, late.offset_ps, early.significance,
+                            late.significance))
+    m.correct(early.offset_ps, t1, late.offset_ps, t2)
+
+    # finer correlations around the corrected model
+    while bin_ps > fine_bin_ps:
+        prev = bin_ps
+        bin_ps = max(int(fine_bin_ps), bin_ps // resolution_step)
+        hw = 4.0 * prev
+        res = []
+        for where, s in (("early", start), ("late", late_start)):
+            aw, bw, t = _window(a, b, m, s, ta, int(hw) + bin_ps)
+            p = _correlate(aw, bw, s, bin_ps, n_bins, bk, 0.0, hw)
+            _check_sig(p, min_significance, f"{where} span, bin {bin_ps} ps")
+            res.append((p, t))
+        (p1, t1), (p2, t2) = res
+        stages.append(StageInfo(bin_ps, p1.offset_ps, p2.offset_ps, p1.significance,
+                                p2.significance))
+        m.correct(p1.offset_ps, t1, p2.offset_ps, t2)
+
+    # exact pair differences
+    h = int(refine_halfwidth_ps or 4 * fine_bin_ps)
+    cents: list[_Centroid] = []
+    for _ in range(max(1, max_refinements)):
+        cents = []
+        times = []
+        for where, s in (("early", start), ("late", late_start)):
+            aw, bw, t = _window(a, b, m, s, ta, 6 * h + 1000)
+            cents.append(_refine(aw, bw, 0.0, h, bk, f"{where} span refinement"))
+            times.append(t)
+        c1, c2 = cents
+        stages.append(StageInfo(0, c1.offset_ps, c2.offset_ps, math.nan, math.nan))
+        m.correct(c1.offset_ps, times[0], c2.offset_ps, times[1])
+        if abs(c1.offset_ps) < 0.5 and abs(c2.offset_ps) < 0.5:
+            break
+    c1, c2 = cents
+    t1, t2 = times
+    sd_rate = math.hypot(c1.uncertainty_ps, c2.uncertainty_ps) / (t2 - t1)
+    sd_off = math.hypot(c1.uncertainty_ps, sd_rate * t1)
+    return ClockEstimate(offset_ps=m.base + int(round(m.dev)), drift_ppm=float(m.rate * 1e6),
+                         ref_ps=m.ref,
+                         offset_uncertainty_ps=sd_off, drift_uncertainty_ppm=sd_rate * 1e6,
+                         significance=significance,
+                         n_pairs=int(round(c1.n_signal + c2.n_signal)), span_ps=ta,
+                         separation_ps=ts, stages=tuple(stages))
+
+
+# ----------------------------------------------------------------------------- costream servo
+
+class TrackStatus(enum.IntEnum):
+    """LOCKED: the last interval gave a measurement. HOLDOVER: no usable coincidences for less
+    than ``lock_timeout_ps`` (the model coasts). LOST: none for longer (costream switches its
+    servo off after 100 ms without tracking events); the tracker keeps coasting and re-locks by
+    itself if coincidences reappear in the tracking window, else re-run
+    :func:`find_offset_and_drift` and :meth:`DriftTracker.reset`."""
+
+    LOCKED = 0
+    HOLDOVER = 1
+    LOST = 2
+
+
+#: One record per tracking interval (see :meth:`DriftTracker.update`).
+STEP_DTYPE = np.dtype([
+    ("time_ps", np.int64),        # a-time of the measurement (mean of a's photons in the interval)
+    ("offset_ps", np.int64),      # model t_b - t_a at time_ps, after this interval's update
+    ("drift_ppm", np.float64),    # model frequency offset after the update
+    ("residual_ps", np.float64),  # measured mean residual b - a (nan if no measurement)
+    ("n_pairs", np.int64),        # pairs within +-tracking_window_ps
+    ("n_accidentals", np.int64),  # pairs in the displaced window of the same width
+    ("status", np.uint8),         # TrackStatus
+])
+
+
+@dataclass(frozen=True)
+class TrackerState:
+    """The tracker after the last processed interval.
+
+    ``offset_ps`` is t_b - t_a at a-time ``time_ps``; ``drift_ppm`` the frequency offset; the
+    uncertainties are the Kalman filter's standard deviations. ``n_coincidences`` and
+    ``n_accidentals`` are totals since the start (pairs in the tracking window, and in the
+    displaced window of the same width), ``residual_rms_ps`` the coincidence peak's rms width in
+    the last measured interval. ``lock_losses`` counts transitions into LOST."""
+
+    time_ps: int
+    offset_ps: int
+    drift_ppm: float
+    offset_uncertainty_ps: float
+    drift_uncertainty_ppm: float
+    status: TrackStatus
+    n_coincidences: int
+    n_accidentals: int
+    residual_rms_ps: float
+    n_intervals: int
+    lock_losses: int
+
+
+@dataclass(frozen=True)
+class TrackerReport:
+    """What one :meth:`DriftTracker.update` did: the state after it and one :data:`STEP_DTYPE`
+    record per interval processed."""
+
+    state: TrackerState
+    steps: np.ndarray
+
+    @property
+    def n_coincidences(self) -> int:
+        return int(self.steps["n_pairs"].sum())
+
+    @property
+    def n_accidentals(self) -> int:
+        return int(self.steps["n_accidentals"].sum())
+
+
+class DriftTracker:
+    """Streaming clock servo for two nodes' photon streams (qcrypto costream's tracking, with a
+    frequency loop as in fpfind's freqservo).
+
+    Feed matching chunks of both nodes' sorted int64 photon times (ps) to :meth:`update`; state is
+    kept across calls (a coincidence straddling a chunk boundary counts once). Time is cut into
+    intervals of ``interval_ps`` of a's timebase; per interval, b's photons are mapped through the
+    current model, pairs with |b' - a| <= ``tracking_window_ps`` are collected (and, for the
+    accidentals, pairs in the window displaced by ``accidental_shift_ps``), and the
+    background-corrected mean residual feeds a Kalman filter with state (offset, frequency):
+    constant-frequency dynamics with white phase noise ``phase_noise_ps_per_sqrt_s`` and a random
+    walk of the frequency ``freq_noise_ppm_per_sqrt_s`` (the default, 0.003 ppm/sqrt(s), follows
+    a frequency ramp of 1 ppm/min with ~1 ps lag at 21 k coincidences/s; larger values follow
+    faster changes but make the frequency noisier, which matters while coasting). An interval is
+    usable if it has at least ``min_pairs`` pairs above the accidentals and pairs/accidentals >=
+    ``min_pairs_to_accidentals`` (QKDServer's 2.5); otherwise the model coasts (HOLDOVER), and
+    after ``lock_timeout_ps`` without a usable interval the status is LOST (see
+    :class:`TrackStatus`). :meth:`flush` ends the run; chunks after it are not accepted.
+
+    Clock model: ``t_b = t_a + offset + drift_ppm*1e-6*(t_a - t_ref)`` as in :class:`ClockEstimate`.
+    """
+
+    def __init__(self, estimate: ClockEstimate, *, tracking_window_ps: int = 1_000,
+                 accidental_shift_ps: int = 20_000, interval_ps: int = 10_000_000_000,
+                 min_pairs: int = 10, min_pairs_to_accidentals: float = 2.5,
+                 lock_timeout_ps: int = 100_000_000_000, freq_noise_ppm_per_sqrt_s: float = 0.003,
+                 phase_noise_ps_per_sqrt_s: float = 1.0, backend: object | None = None):
+        if accidental_shift_ps <= 2 * tracking_window_ps:
+            raise ValueError("accidental_shift_ps must exceed twice the tracking window")
+        self._bk = _backend(backend)
+        self.tracking_window_ps = int(tracking_window_ps)
+        self.accidental_shift_ps = int(accidental_shift_ps)
+        self.interval_ps = int(interval_ps)
+        self.min_pairs = int(min_pairs)
+        self.min_pairs_to_accidentals = float(min_pairs_to_accidentals)
+        self.lock_timeout_ps = int(lock_timeout_ps)
+        self._qf = (freq_noise_ppm_per_sqrt_s * 1e6) ** 2      # (ps/s)^2 per s
+        self._qp = phase_noise_ps_per_sqrt_s ** 2              # ps^2 per s
+        self.reset(estimate)
+
+    def reset(self, estimate: ClockEstimate) -> None:
+        """Restart from a new estimate (e.g. after LOST), dropping buffered data."""
+        self._m = _Model(base=int(estimate.offset_ps), ref=int(estimate.ref_ps), dev=0.0,
+                         rate=estimate.drift_ppm * 1e-6)
+        self._nu = estimate.drift_ppm * 1e6                    # frequency, ps/s
+        self._P = np.diag([max(estimate.offset_uncertainty_ps, 1.0) ** 2,
+                           max(estimate.drift_uncertainty_ppm * 1e6, 1.0) ** 2])
+        self._a = np.empty(0, np.int64)
+        self._b = np.empty(0, np.int64)
+        self._next: int | None = None
+        self._start = 0
+        self._steps = np.empty(0, STEP_DTYPE)
+        self._last_good: int | None = None
+        self._status = TrackStatus.LOCKED
+        self._n_pairs = self._n_acc = self._n_int = self._losses = 0
+        self._rms = math.nan
+        self._time = int(estimate.ref_ps)
+        self._a_last: int | None = None
+        self._b_last: int | None = None
+        self._flushed = False
+
+    # -- model access
+    def offset_at(self, t_a_ps: int) -> int:
+        """Current model's t_b - t_a (ps) at a-time ``t_a_ps``."""
+        m = self._m
+        return m.base + int(round(m.dev + m.rate * (int(t_a_ps) - m.ref)))
+
+    def to_reference(self, b_ps: npt.ArrayLike) -> np.ndarray:
+        """Node b's timestamps (ps) in node a's timebase through the current model (int64)."""
+        return self._m.to_a(_times(b_ps, "b_ps", check_sorted=False))
+
+    def to_node_b(self, a_ps: npt.ArrayLike) -> np.ndarray:
+        """Node a's timestamps (ps) in node b's timebase through the current model (int64)."""
+        return self._m.to_b(_times(a_ps, "a_ps", check_sorted=False))
+
+    @property
+    def state(self) -> TrackerState:
+        sd = np.sqrt(np.maximum(np.diag(self._P), 0.0))
+        return TrackerState(time_ps=self._time, offset_ps=self.offset_at(self._time),
+                            drift_ppm=self._m.rate * 1e6, offset_uncertainty_ps=float(sd[0]),
+                            drift_uncertainty_ppm=float(sd[1]) * 1e-6, status=self._status,
+                            n_coincidences=self._n_pairs, n_accidentals=self._n_acc,
+                            residual_rms_ps=self._rms, n_intervals=self._n_int,
+                            lock_losses=self._losses)
+
+    @property
+    def status(self) -> TrackStatus:
+        return self._status
+
+    # -- Kalman filter
+    def _predict(self, t: int) -> None:
+        m = self._m
+        dt = (t - m.ref) / PS_PER_S                            # s
+        m.dev += self._nu * dt
+        m.ref = t
+        F = np.array([[1.0, dt], [0.0, 1.0]])
+        adt = abs(dt)
+        Q = self._qf * np.array([[adt**3 / 3, dt**2 / 2], [dt**2 / 2, adt]])
+        Q[0, 0] += self._qp * adt
+        self._P = F @ self._P @ F.T + Q
+
+    def _measure(self, residual_ps: float, variance_ps2: float) -> None:
+        m = self._m
+        y = residual_ps * (1.0 + m.rate)
+        P = self._P
+        s = P[0, 0] + variance_ps2
+        k = P[:, 0] / s
+        m.dev += k[0] * y
+        self._nu = float(self._nu + k[1] * y)
+        m.dev = float(m.dev)
+        m.rate = self._nu / PS_PER_S
+        self._P = P - np.outer(k, P[0, :])
+
+    # -- streaming
+    def update(self, a_chunk_ps: npt.ArrayLike, b_chunk_ps: npt.ArrayLike, *,
+               end_ps: int | None = None) -> TrackerReport:
+        """Add the next chunks of both nodes' sorted photon times (ps; b in b's own timebase)
+        and process every interval that is complete.
+
+        Data are complete up to a-time ``end_ps`` if given (the caller vouches that both nodes'
+        chunks cover everything before it; this is how a dark detector is noticed), else up to
+        the earlier of a's last photon and b's last photon mapped into a's timebase."""
+        if self._flushed:
+            raise RuntimeError("DriftTracker.update after flush(); reset() first")
+        a = _times(a_chunk_ps, "a_chunk_ps")
+        b = _times(b_chunk_ps, "b_chunk_ps")
+        if a.size:
+            if self._a_last is not None and a[0] < self._a_last:
+                raise ValueError("a_chunk_ps goes back in time against the previous chunk")
+            self._a_last = int(a[-1])
+            self._a = np.concatenate([self._a, a]) if self._a.size else a
+        if b.size:
+            if self._b_last is not None and b[0] < self._b_last:
+                raise ValueError("b_chunk_ps goes back in time against the previous chunk")
+            self._b_last = int(b[-1])
+            self._b = np.concatenate([self._b, b]) if self._b.size else b
+        if end_ps is not None:
+            horizon = int(end_ps)
+        elif self._a_last is None or self._b_last is None:
+            return TrackerReport(self.state, np.empty(0, STEP_DTYPE))
+        else:
+            horizon = min(self._a_last,
+                          int(self._m.to_a(np.array([self._b_last], np.int64))[0]))
+        if self._next is None:
+            if not self._a.size:
+                return TrackerReport(self.state, np.empty(0, STEP_DTYPE))
+            self._next = self._start = int(self._a[0])
+        state = self._run(horizon)
+        return TrackerReport(state, self._steps)
+
+    def flush(self) -> TrackerReport:
+        """Process what is buffered as if both streams were complete (end of the run)."""
+        self._flushed = True
+        if self._next is None or self._a_last is None:
+            return TrackerReport(self.state, np.empty(0, STEP_DTYPE))
+        horizon = self._a_last + self.interval_ps + self.accidental_shift_ps + \
+            self.tracking_window_ps + 1
+        state = self._run(horizon)
+        return TrackerReport(state, self._steps)
+
+    def _run(self, horizon: int) -> TrackerState:
+        w, shift = self.tracking_window_ps, self.accidental_shift_ps
+        reach = shift + w
+        steps = []
+        a_all = self._a
+        b_all = self._b
+        assert self._next is not None
+        while self._next + self.interval_ps + reach <= horizon:
+            s = self._next
+            e = s + self.interval_ps
+            aw = a_all[np.searchsorted(a_all, s):np.searchsorted(a_all, e)]
+            lo_hi = self._m.to_b(np.array([s - reach, e + reach], np.int64))
+            braw = b_all[np.searchsorted(b_all, lo_hi[0] - 1000):
+                         np.searchsorted(b_all, lo_hi[1] + 1000)]
+            t_m = s + int(round(float((aw - s).mean()))) if aw.size else s + self.interval_ps // 2
+            self._predict(t_m)
+            bw = self._m.to_a(braw)
+            n_pairs = n_acc = 0
+            residual = math.nan
+            if aw.size and bw.size:
+                d = self._bk.pair_deltas(aw, bw, -w, w)
+                n_pairs = int(d.size)
+                n_acc = int(self._bk.pair_deltas(aw, bw, shift - w, shift + w).size)
+                ns = n_pairs - n_acc
+                if ns >= self.min_pairs and n_pairs >= self.min_pairs_to_accidentals * n_acc:
+                    x = np.asarray(d, np.float64)
+                    mu = float(x.sum()) / ns            # accidentals: uniform, mean 0
+                    var = (float(np.square(x).sum()) - n_acc * w * w / 3.0) / ns - mu * mu
+                    self._rms = math.sqrt(max(var, 1.0))
+                    residual = mu
+                    self._measure(mu, max(var, 100.0) / ns)
+                    self._last_good = t_m
+            if not math.isnan(residual):
+                self._status = TrackStatus.LOCKED
+            else:
+                since = t_m - (self._last_good if self._last_good is not None else self._start)
+                if since > self.lock_timeout_ps:
+                    if self._status != TrackStatus.LOST:
+                        self._losses += 1
+                    self._status = TrackStatus.LOST
+                else:
+                    self._status = TrackStatus.HOLDOVER
+            self._n_pairs += n_pairs
+            self._n_acc += n_acc
+            self._n_int += 1
+            self._time = t_m
+            steps.append((t_m, self.offset_at(t_m), self._m.rate * 1e6, residual, n_pairs, n_acc,
+                          int(self._status)))
+            self._next = e
+        # drop what no later interval needs
+        self._a = a_all[np.searchsorted(a_all, self._next):]
+        b_keep = int(self._m.to_b(np.array([self._next - reach], np.int64))[0]) - 1000
+        self._b = b_all[np.searchsorted(b_all, b_keep):]
+        self._steps = np.array(steps, STEP_DTYPE)
+        return self.state

@@ -1,0 +1,294 @@
+"""The numpy reference of the coincidence core: the oracle of the differential tests.
+
+Same public classes and functions as :mod:`qnode.native`, same semantics (see ``_api.py``), built
+on a different algorithm so that agreement means something: pairs are found with
+``numpy.searchsorted`` over a retained tail of each channel plus the new chunk, counting exactly
+the pairs in which at least one tag is new; N-fold clusters are formed greedily over the released
+tags sorted by delayed time. It is 10-100x slower than the C engines; use it by name, for tests and
+for checking.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _api, _spec
+from ._spec import CLUSTER_DTYPE, NFoldResult, StreamStats
+from .tags import TAG_DTYPE, TagBlock, TagType
+
+_I64_MIN = np.iinfo(np.int64).min
+
+
+class _Stream:
+    """Ordering check and record bookkeeping shared by the reference engines."""
+
+    def __init__(self, channels: tuple[int, ...]):
+        self.stats = StreamStats()
+        self._index = {c: i for i, c in enumerate(channels)}
+
+    def ordered_prefix(self, block: TagBlock) -> int:
+        """Length of the leading part of ``block`` that keeps time order."""
+        t = block["time"]
+        if t.size == 0:
+            return 0
+        prev = np.concatenate(([self.stats.last_time], t[:-1]))
+        back = np.flatnonzero(t < prev)
+        return int(back[0]) if back.size else t.size
+
+    def take(self, block: TagBlock) -> tuple[np.ndarray, np.ndarray]:
+        """Account for ``block`` (already ordered); return (raw times, channel indices) of its tags
+        on configured channels."""
+        st = self.stats
+        st.records += block.size
+        if block.size:
+            st.last_time = int(block["time"][-1])
+        is_tag = block["type"] == TagType.TIME_TAG
+        for rec in block[~is_tag]:
+            kind, t = int(rec["type"]), int(rec["time"])
+            if kind == TagType.OVERFLOW_BEGIN:
+                st.overflows += 1
+                if st.overflow_since < 0:
+                    st.overflow_since = t
+            elif kind == TagType.OVERFLOW_END:
+                if st.overflow_since >= 0:
+                    st.dead_time_ps += t - st.overflow_since
+                    st.overflow_since = -1
+            elif kind == TagType.MISSED_EVENTS:
+                st.missed_events += int(rec["missed"])
+            else:
+                st.errors += 1
+        tags = block[is_tag]
+        ch = tags["channel"]
+        idx = np.full(ch.size, -1, np.int64)
+        for c, i in self._index.items():
+            idx[ch == c] = i
+        known = idx >= 0
+        st.tags += int(known.sum())
+        st.other_tags += int((~known).sum())
+        return tags["time"][known].astype(np.int64), idx[known]
+
+    def order_error(self, block: TagBlock, n: int, partial: object) -> _spec.StreamOrderError:
+        prev = int(block["time"][n - 1]) if n else self.stats.last_time
+        return _spec.StreamOrderError(n, int(block["time"][n]), prev, partial)
+
+
+def _pair_count_and_deltas(x: np.ndarray, y: np.ndarray, dd: int, lo: int, hi: int,
+                           want_deltas: bool) -> tuple[int, np.ndarray | None]:
+    """Pairs (x_i, y_j) with lo <= (y_j - x_i) + dd <= hi, for sorted x; and their dt values."""
+    left = np.searchsorted(x, y + dd - hi, side="left")
+    right = np.searchsorted(x, y + dd - lo, side="right")
+    n = np.maximum(right - left, 0)
+    total = int(n.sum())
+    if not want_deltas:
+        return total, None
+    # Expand each y_j into its run of partners x[left_j : right_j].
+    owner = np.repeat(np.arange(y.size), n)
+    start = np.repeat(left, n)
+    within = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    return total, y[owner] - x[start + within] + dd
+
+
+class _NumpyPairs:
+    def __init__(self, setup: _spec.PairSetup):
+        self._setup = setup
+        self._stream = _Stream(setup.channels)
+        n = len(setup.channels)
+        self._tails = [np.empty(0, np.int64) for _ in range(n)]
+        d = setup.delays
+        # Longest look-back any pair needs: keep every tag this close to the newest record.
+        self._keep_ps = max(abs(int(d[s.b] - d[s.a])) + max(abs(s.lo), abs(s.hi))
+                            for s in setup.specs) + 1
+
+    def process(self, block: TagBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n_ok = self._stream.ordered_prefix(block)
+        result = self._process(block[:n_ok])
+        if n_ok < block.size:
+            raise self._stream.order_error(block, n_ok, result)
+        return result
+
+    def _process(self, block: TagBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        setup = self._setup
+        times, idx = self._stream.take(block)
+        n_ch = len(setup.channels)
+        singles = np.bincount(idx, minlength=n_ch).astype(np.int64)
+        new = [times[idx == c] for c in range(n_ch)]
+        counts = np.zeros(len(setup.specs), np.int64)
+        hists = []
+        for k, s in enumerate(setup.specs):
+            dd = int(setup.delays[s.b] - setup.delays[s.a])
+            all_a = np.concatenate((self._tails[s.a], new[s.a]))
+            want = s.n_bins > 0
+            # Pairs whose b-tag is new (any a-tag), then pairs of a new a-tag with an old b-tag.
+            n1, d1 = _pair_count_and_deltas(all_a, new[s.b], dd, s.lo, s.hi, want)
+            n2, d2 = _pair_count_and_deltas(new[s.a], self._tails[s.b], dd, s.lo, s.hi, want)
+            counts[k] = n1 + n2
+            if want:
+                dts = np.concatenate((d1, d2))
+                hists.append(np.bincount((dts - s.lo) // s.bin_width, minlength=s.n_bins))
+        horizon = self._stream.stats.last_time - self._keep_ps
+        for c in range(n_ch):
+            merged = np.concatenate((self._tails[c], new[c]))
+            self._tails[c] = merged[merged >= horizon]
+        hist = np.concatenate(hists).astype(np.int64) if hists else np.zeros(0, np.int64)
+        return counts, hist, singles
+
+    def stats(self) -> StreamStats:
+        return _spec.dataclasses.replace(self._stream.stats)
+
+
+class _NumpyNFold:
+    def __init__(self, setup: _spec.NFoldSetup):
+        self._setup = setup
+        self._stream = _Stream(setup.channels)
+        self._min_delay = int(setup.delays.min())
+        self._shift = setup.delays - self._min_delay
+        self._pending_t = np.empty(0, np.int64)   # shifted delayed times, not yet released
+        self._pending_c = np.empty(0, np.int64)
+        self._open = False
+        self._t_open = 0
+        self._mask = 0
+
+    def _empty_hist(self) -> np.ndarray | None:
+        return np.zeros(1 << len(self._setup.channels), np.int64) if self._setup.histogram else None
+
+    def _feed(self, t: np.ndarray, c: np.ndarray, hist, events: list) -> None:
+        """Feed released tags, sorted by delayed time, to the greedy cluster rule."""
+        w = self._setup.window
+        i, n = 0, t.size
+        while i < n:
+            if not self._open:
+                self._open, self._t_open, self._mask = True, int(t[i]), 0
+            j = int(np.searchsorted(t, self._t_open + w, side="right"))
+            if j > i:
+                self._mask |= int(np.bitwise_or.reduce(np.left_shift(np.uint64(1), c[i:j].astype(np.uint64))))
+                i = j
+            if i < n:
+                self._emit(hist, events)
+        return None
+
+    def _emit(self, hist, events: list) -> None:
+        if hist is not None:
+            hist[self._mask] += 1
+        if bin(self._mask).count("1") >= self._setup.min_fold:
+            events.append((self._t_open + self._min_delay, self._mask))
+        self._open = False
+
+    def _release(self, upto: int | None, hist, events: list) -> None:
+        order = np.argsort(self._pending_t, kind="stable")
+        t, c = self._pending_t[order], self._pending_c[order]
+        k = t.size if upto is None else int(np.searchsorted(t, upto, side="right"))
+        self._feed(t[:k], c[:k], hist, events)
+        self._pending_t, self._pending_c = t[k:], c[k:]
+
+    def _result(self, hist, events: list, singles) -> NFoldResult:
+        return NFoldResult(np.array(events, CLUSTER_DTYPE), hist, singles)
+
+    def process(self, block: TagBlock) -> NFoldResult:
+        n_ok = self._stream.ordered_prefix(block)
+        result = self._process(block[:n_ok])
+        if n_ok < block.size:
+            raise self._stream.order_error(block, n_ok, result)
+        return result
+
+    def _process(self, block: TagBlock) -> NFoldResult:
+        times, idx = self._stream.take(block)
+        singles = np.bincount(idx, minlength=len(self._setup.channels)).astype(np.int64)
+        self._pending_t = np.concatenate((self._pending_t, times + self._shift[idx]))
+        self._pending_c = np.concatenate((self._pending_c, idx))
+        hist, events = self._empty_hist(), []
+        last = self._stream.stats.last_time
+        if last != _I64_MIN:
+            self._release(last, hist, events)
+            if self._open and self._t_open + self._setup.window < last:
+                self._emit(hist, events)
+        return self._result(hist, events, singles)
+
+    def flush(self) -> NFoldResult:
+        hist, events = self._empty_hist(), []
+        self._release(None, hist, events)
+        if self._open:
+            self._emit(hist, events)
+        return self._result(hist, events, np.zeros(len(self._setup.channels), np.int64))
+
+    def stats(self) -> StreamStats:
+        return _spec.dataclasses.replace(self._stream.stats)
+
+
+class Coincidences(_api.Coincidences):
+    __doc__ = _api.Coincidences.__doc__
+
+    def _make_engine(self, setup):
+        return _NumpyPairs(setup)
+
+
+class Correlation(_api.Correlation):
+    __doc__ = _api.Correlation.__doc__
+
+    def _make_engine(self, setup):
+        return _NumpyPairs(setup)
+
+
+class NFold(_api.NFold):
+    __doc__ = _api.NFold.__doc__
+
+    def _make_engine(self, setup):
+        return _NumpyNFold(setup)
+
+
+# ------------------------------------------------------------------ stream utilities
+
+def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
+    """Reference of :func:`qnode.native.merge_channels`."""
+    chans = list(times_by_channel)
+    arrays = [np.asarray(times_by_channel[c], np.int64) for c in chans]
+    for c, a in zip(chans, arrays):
+        if a.size > 1 and np.any(np.diff(a) < 0):
+            raise ValueError(f"merge_channels: times for channel {c} are not sorted")
+    t = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+    ch = np.concatenate([np.full(a.size, c, np.int32) for c, a in zip(chans, arrays)]) \
+        if arrays else np.empty(0, np.int32)
+    order = np.lexsort((ch, t))
+    out = np.zeros(t.size, TAG_DTYPE)
+    out["time"], out["channel"] = t[order], ch[order]
+    return out
+
+
+def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> tuple[np.ndarray, int]:
+    """Reference of :func:`qnode.native.dead_time_filter` (a plain loop: the rule is sequential)."""
+    keep = np.zeros(len(times_ps), bool)
+    last = int(last_click_ps)
+    for i, t in enumerate(np.asarray(times_ps, np.int64).tolist()):
+        if t - last >= dead_ps:
+            keep[i] = True
+            last = t
+    return keep, last
+
+
+def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Reference of :func:`qnode.native.bin_mod`."""
+    if bin_ps < 1 or n_bins < 1 or n_bins & (n_bins - 1):
+        raise ValueError(f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
+    hist = np.zeros(n_bins, np.int64) if out is None else out
+    q = np.floor_divide(np.asarray(times_ps, np.int64) - t0_ps, bin_ps)
+    hist += np.bincount(np.mod(q, n_bins), minlength=n_bins)
+    return hist
+
+
+def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> np.ndarray:
+    """Reference of :func:`qnode.native.pair_deltas`."""
+    a = np.asarray(a_ps, np.int64)
+    b = np.asarray(b_ps, np.int64)
+    # dt = b - a: pairs (x=a, y=b) with lo <= y - x <= hi, ordered by a then b.
+    left = np.searchsorted(b, a + lo_ps, side="left")
+    right = np.searchsorted(b, a + hi_ps, side="right")
+    n = np.maximum(right - left, 0)
+    owner = np.repeat(np.arange(a.size), n)
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    return b[np.repeat(left, n) + within] - a[owner]
+
+
+def sum_times(block: TagBlock) -> int:
+    """Reference of :func:`qnode.native.sum_times` (wraps around like int64 in C)."""
+    return int(block["time"].sum(dtype=np.int64))

@@ -1,0 +1,82 @@
+"""Stream utilities of the core (merge, dead time, binning, pair deltas) against the reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from qnode import native
+from qnode.native import reference
+
+sorted_times = arrays(np.int64, st.integers(0, 80), elements=st.integers(-5000, 5000)).map(np.sort)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(-3, 40), sorted_times, max_size=6))
+def test_merge_channels_matches_reference(by_channel):
+    got = native.merge_channels(by_channel)
+    want = reference.merge_channels(by_channel)
+    assert np.array_equal(got, want)
+    native.check_block(got)
+    # equal times come ordered by channel
+    t, c = got["time"], got["channel"]
+    same = t[1:] == t[:-1]
+    assert np.all(c[1:][same] >= c[:-1][same])
+
+
+def test_merge_channels_rejects_unsorted_input_naming_the_channel():
+    with pytest.raises(ValueError, match="channel 5"):
+        native.merge_channels({1: np.array([1, 2]), 5: np.array([3, 1])})
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=sorted_times, dead=st.integers(0, 600), last=st.integers(-10**6, 0),
+       cut=st.integers(0, 80))
+def test_dead_time_filter_matches_reference_and_chains(times, dead, last, cut):
+    keep, new_last = native.dead_time_filter(times, dead, last)
+    keep_ref, last_ref = reference.dead_time_filter(times, dead, last)
+    assert keep.tolist() == keep_ref.tolist() and new_last == last_ref
+    k1, l1 = native.dead_time_filter(times[:cut], dead, last)
+    k2, l2 = native.dead_time_filter(times[cut:], dead, l1)
+    assert np.concatenate([k1, k2]).tolist() == keep.tolist() and l2 == new_last
+    kept = times[keep]
+    assert np.all(np.diff(kept) >= dead)
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=arrays(np.int64, st.integers(0, 200), elements=st.integers(-10**9, 10**9)),
+       t0=st.integers(-10**9, 10**9), bin_ps=st.integers(1, 10**6),
+       log2_bins=st.integers(0, 10))
+def test_bin_mod_matches_reference(times, t0, bin_ps, log2_bins):
+    n = 1 << log2_bins
+    assert np.array_equal(native.bin_mod(times, t0, bin_ps, n), reference.bin_mod(times, t0, bin_ps, n))
+
+
+def test_bin_mod_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        native.bin_mod(np.arange(5), 0, 1, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=sorted_times, b=sorted_times, lo=st.integers(-3000, 3000), width=st.integers(0, 3000))
+def test_pair_deltas_matches_reference(a, b, lo, width):
+    got = native.pair_deltas(a, b, lo, lo + width)
+    want = reference.pair_deltas(a, b, lo, lo + width)
+    assert got.tolist() == want.tolist()
+    brute = [int(y - x) for x in a for y in b if lo <= y - x <= lo + width]
+    assert got.tolist() == brute
+
+
+def test_pair_deltas_grows_its_buffer_for_dense_pairs():
+    a = np.zeros(100, np.int64)
+    b = np.zeros(100, np.int64)
+    assert native.pair_deltas(a, b, 0, 0).size == 10_000
+
+
+def test_sum_times_matches_numpy_including_wraparound():
+    block = native.tag_block(np.array([2**62, 2**62, 2**62, 5], np.int64), np.zeros(4, np.int32))
+    assert native.sum_times(block) == reference.sum_times(block)
+    rng = np.random.default_rng(0)
+    block = native.tag_block(np.sort(rng.integers(0, 2**40, 10_000)), np.zeros(10_000, np.int32))
+    assert native.sum_times(block) == int(block["time"].sum())
