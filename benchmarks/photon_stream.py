@@ -5,7 +5,7 @@ node with two detectors of 20 % efficiency (≈ 9 Mcps singles per detector), 1 
 20 ns dead time, 20 ps jitter, bob's clock offset and drifting by 1 ppm. Prints the median over
 several runs of total tags generated (all four detectors) per second of wall time.
 
-    python benchmarks/photon_stream.py [--seconds 0.2] [--runs 5] [--slice-ms 2]
+    python benchmarks/photon_stream.py [--seconds 0.2] [--runs 5] [--slice-ms 10]
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.2, help="simulated emission time per run (s)")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--slice-ms", type=float, default=2.0, help="emission slice (ms)")
+    ap.add_argument("--slice-ms", type=float, default=10.0, help="emission slice (ms)")
     ap.add_argument("--pulsed", action="store_true", help="80 MHz pulsed source, μ = 1.25")
     args = ap.parse_args()
     link = lab_link(args.pulsed)

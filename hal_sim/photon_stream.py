@@ -4,7 +4,8 @@ How a step works (one emission slice [t0, t1) of ``slice_ps``):
 
 1. The source emits pairs; each pair falls in an outcome class (which detector, if any, each photon
    clicks, before dead time) with probabilities from the fibres, analyzers, detector efficiencies
-   and the state's correlation E. Each class arrives as sorted emission times.
+   and the state's correlation E. The pairs not lost arrive as one sorted run of emission times
+   with a class per pair; each channel takes its photons from that run, already sorted.
 2. Each photon's tag time is emission + fibre delay + detector delay + clipped Gaussian jitter; it
    joins its channel's pending buffer.
 3. Per node, the horizon H = t1 + min over its channels (delay − jitter clip): no later slice can
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qnode.native import TagBlock, dead_time_filter, merge_channels
+from qnode.native import TagBlock, detector_finalize, merge_channels, route_pairs
 
 from . import _validate as v
 from .clock import ClockModel
@@ -82,46 +83,32 @@ class _Channel:
         self.dark_rng = dark_rng
         self.pending_t = _EMPTY_T
         self.pending_id = _EMPTY_T
-        self.new_t: list[np.ndarray] = []
-        self.new_id: list[np.ndarray] = []
+        self.new_t = _EMPTY_T
+        self.new_id = _EMPTY_T
         self.last_click = _FAR_PAST
 
-    def add_photons(self, emission_ps: np.ndarray, ids: np.ndarray | None) -> None:
-        """Queue photons of one outcome class (sorted emission times, ps); jitter comes later."""
-        self.new_t.append(emission_ps)
-        self.new_id.append(np.full(emission_ps.size, _UNPAIRED_ID, np.int64) if ids is None else ids)
+    def add_photons(self, emission_ps: np.ndarray, ids: np.ndarray) -> None:
+        """Queue this slice's photons (sorted emission times, ps, with their pair ids); delay and
+        jitter come at :meth:`finalize`."""
+        self.new_t, self.new_id = emission_ps, ids
 
     def finalize(self, h_prev: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """Registered tags with true time in [.., h): (times, ids), sorted; keeps the rest pending."""
+        """Registered tags with true time in [.., h): (times, ids), sorted; keeps the rest pending.
+
+        The slice's photons arrive as sorted emission times; delay and jitter leave them nearly
+        sorted (disorder within 2 x the jitter clip), and pending tags overlap them only in that
+        window, so :func:`qnode.native.detector_finalize` sorts them with one insertion pass.
+        """
+        new_t, new_id = self.new_t, self.new_id
+        self.new_t = self.new_id = _EMPTY_T
+        jitter = (gaussian_f32(self.jitter_rng, new_t.size, self.sigma)
+                  if self.sigma > 0.0 and new_t.size else None)
         n_dark = int(self.dark_rng.poisson(self.detector.dark_count_rate_hz * (h - h_prev) * 1e-12))
-        parts_t = [self.pending_t, *self.new_t]
-        parts_id = [self.pending_id, *self.new_id]
-        if n_dark:
-            parts_t.append(np.sort(self.dark_rng.integers(h_prev, h, n_dark, dtype=np.int64)))
-            parts_id.append(np.full(n_dark, _DARK_ID, np.int64))
-        n_new = sum(x.size for x in self.new_t)
-        self.new_t, self.new_id = [], []
-        t = np.concatenate(parts_t)
-        ids = np.concatenate(parts_id)
-        # Photons of this slice: emission time + delays + clipped Gaussian jitter, in one go.
-        new = t[self.pending_t.size:self.pending_t.size + n_new]
-        new += self.delay_ps
-        if self.sigma > 0.0 and n_new:
-            j = gaussian_f32(self.jitter_rng, n_new, self.sigma)
-            np.clip(j, -self.clip_ps, self.clip_ps, out=j)
-            np.rint(j, out=j)
-            new += j.astype(np.int64)
-        if len(parts_t) > 1 and t.size > 1:
-            # The parts are sorted or nearly sorted (jitter ≪ spacing): timsort merges runs fast.
-            order = np.argsort(t, kind="stable")
-            t = t[order]
-            ids = ids[order]
-        cut = int(np.searchsorted(t, h, side="left"))
-        self.pending_t, self.pending_id = t[cut:].copy(), ids[cut:].copy()
-        t, ids = t[:cut], ids[:cut]
-        if self.detector.dead_time_ps > 0 and t.size:
-            keep, self.last_click = dead_time_filter(t, self.detector.dead_time_ps, self.last_click)
-            t, ids = t[keep], ids[keep]
+        dark = (np.sort(self.dark_rng.integers(h_prev, h, n_dark, dtype=np.int64)) if n_dark
+                else _EMPTY_T)
+        t, ids, self.pending_t, self.pending_id, self.last_click = detector_finalize(
+            (self.pending_t, self.pending_id), (new_t, new_id), jitter, self.delay_ps,
+            self.clip_ps, dark, _DARK_ID, h, self.detector.dead_time_ps, self.last_click)
         return t, ids
 
 
@@ -137,7 +124,7 @@ class PhotonStreamSimulator:
     """
 
     def __init__(self, link: Link, seed: int | np.random.SeedSequence = 0, *,
-                 slice_ps: int = 2_000_000_000):
+                 slice_ps: int = 10_000_000_000):
         self.slice_ps = v.integer("PhotonStreamSimulator", "slice_ps", slice_ps, 1)
         if not isinstance(link, Link):
             raise ValueError(f"PhotonStreamSimulator.link must be a Link, got {type(link).__name__}")
@@ -152,6 +139,7 @@ class PhotonStreamSimulator:
             self._channels[node.name] = [
                 _Channel(node.name, d, delay, np.random.default_rng(next(seeds)),
                          np.random.default_rng(next(seeds))) for d in node.detectors]
+        self._outputs = [ch for chans in self._channels.values() for ch in chans]
         self._clocks = {node.name: ClockModel(node.clock, np.random.default_rng(next(seeds)))
                         for node in link.nodes}
         self._rotations = {node.name: node.fibre.rotation_matrix for node in link.nodes}
@@ -273,6 +261,14 @@ class PhotonStreamSimulator:
         self._classes = classes
         self._n_both_classes = n_both
         self._probs = p / p.sum()
+        # Kept pairs (all classes but the last) get their class from a cdf; each class routes its
+        # photons to outputs numbered over all nodes' channels (self._outputs).
+        kept = self._probs[:-1]
+        self._keep_probability = float(kept.sum())
+        self._cdf = np.cumsum(kept / kept.sum()) if kept.sum() > 0 else np.ones(kept.size)
+        index = {id(ch): o for o, ch in enumerate(self._outputs)}
+        self._route = np.array([[index[id(ch)] if ch is not None else -1 for ch in cls]
+                                for cls in classes], np.int32).reshape(len(classes), 2)
 
     # ------------------------------------------------------------------ streaming
 
@@ -309,20 +305,13 @@ class PhotonStreamSimulator:
         yield self.flush()
 
     def _emit(self, t0: int, t1: int) -> ChunkTruth:
-        times, n_emitted = self.link.source.emit(self._source_rng, t0, t1, self._probs)
-        n_both = 0
-        for c, (ca, cb) in enumerate(self._classes):
-            e = times[c]
-            if e.size == 0:
-                continue
-            ids = None
-            if c < self._n_both_classes:
-                ids = np.arange(self._next_id + n_both, self._next_id + n_both + e.size,
-                                dtype=np.int64)
-                n_both += e.size
-            for ch in (ca, cb):
-                if ch is not None:
-                    ch.add_photons(e, ids)
+        times, n_emitted = self.link.source.emit(self._source_rng, t0, t1, self._keep_probability)
+        # Pairs seen at both ends get consecutive ids in emission order; other photons id -1.
+        per_t, per_id, n_both = route_pairs(times, self._source_rng.random(times.size), self._cdf,
+                                            self._route, len(self._outputs),
+                                            self._n_both_classes, self._next_id)
+        for ch, t, ids in zip(self._outputs, per_t, per_id):
+            ch.add_photons(t, ids)
         if n_both:
             self._hits = np.concatenate([self._hits, np.zeros(n_both, np.uint8)])
             self._next_id += n_both

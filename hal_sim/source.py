@@ -2,8 +2,10 @@
 
 A source emits pairs in an emission-time slice [t0, t1) (int64 ps). Each pair falls into one of a
 set of outcome classes (which detector, if any, each photon reaches) with given probabilities; the
-source returns, per class, the *sorted* emission times of that class's pairs, and the total number
-of pairs emitted (including pairs lost on both sides). Both photons of a pair are emitted at the
+last class is 'lost on both sides'. The source is told the probability that a pair is kept (not
+lost on both sides) and returns the *sorted* emission times of the kept pairs and the total
+number of pairs emitted: lost pairs are only counted, never generated. The simulator then gives
+each kept pair its class. Both photons of a pair are emitted at the
 same time (the ~ps biphoton correlation time is below any detector's jitter).
 """
 from __future__ import annotations
@@ -56,10 +58,9 @@ class PairSource(Protocol):
     """What the stream needs from a source."""
 
     def emit(self, rng: np.random.Generator, t0_ps: int, t1_ps: int,
-             class_probabilities: np.ndarray) -> tuple[list[np.ndarray], int]:
-        """Pairs emitted in [t0, t1): sorted emission times (int64 ps) for each class except the
-        last (the 'lost on both sides' class, whose pairs are only counted), and the number of
-        pairs emitted in all classes."""
+             keep_probability: float) -> tuple[np.ndarray, int]:
+        """Pairs emitted in [t0, t1), each kept independently with ``keep_probability``: the
+        sorted emission times (int64 ps) of the kept pairs, and the number of pairs emitted."""
         ...
 
     def mean_pairs(self, duration_ps: int) -> float:
@@ -80,12 +81,13 @@ class CWSource:
     def mean_pairs(self, duration_ps: int) -> float:
         return self.pair_rate_hz * duration_ps * 1e-12
 
-    def emit(self, rng, t0_ps, t1_ps, class_probabilities):
-        # Thinning a Poisson process by independent class labels gives independent Poisson
-        # processes, one per class.
-        counts = rng.poisson(self.mean_pairs(t1_ps - t0_ps) * class_probabilities)
-        times = [sorted_uniform_ps(rng, int(n), t0_ps, t1_ps) for n in counts[:-1]]
-        return times, int(counts.sum())
+    def emit(self, rng, t0_ps, t1_ps, keep_probability):
+        # A thinned Poisson process: kept pairs form a Poisson process of rate B*p_keep, lost
+        # ones an independent one of rate B*(1 - p_keep), which is only counted.
+        mean = self.mean_pairs(t1_ps - t0_ps)
+        n_kept = int(rng.poisson(mean * keep_probability))
+        n_lost = int(rng.poisson(mean * (1.0 - keep_probability)))
+        return sorted_uniform_ps(rng, n_kept, t0_ps, t1_ps), n_kept + n_lost
 
 
 @dataclass(frozen=True)
@@ -129,24 +131,20 @@ class PulsedSource:
     def mean_pairs(self, duration_ps: int) -> float:
         return self.mean_pairs_per_pulse * duration_ps / self.period_ps
 
-    def emit(self, rng, t0_ps, t1_ps, class_probabilities):
+    def emit(self, rng, t0_ps, t1_ps, keep_probability):
         k0, k1 = self.pulse_range(t0_ps, t1_ps)
         n_pulses = k1 - k0
         p, mu = self.period_ps, self.mean_pairs_per_pulse
         if self.statistics == "poisson":
-            counts = rng.poisson(mu * n_pulses * class_probabilities)
-            times = []
-            for n in counts[:-1]:
-                k = sorted_uniform_ps(rng, int(n), 0, n_pulses)
-                times.append(self.phase_ps + (k + k0) * p)
-            return times, int(counts.sum())
+            # Independent Poisson pair numbers per pulse: kept pairs fall on pulses uniformly.
+            n_kept = int(rng.poisson(mu * n_pulses * keep_probability))
+            n_lost = int(rng.poisson(mu * n_pulses * (1.0 - keep_probability)))
+            k = sorted_uniform_ps(rng, n_kept, 0, n_pulses)
+            return self.phase_ps + (k + k0) * p, n_kept + n_lost
         # Thermal: pairs in one pulse are bunched, so draw pulses explicitly. Non-empty pulses
         # (probability μ/(1+μ)) by geometric gaps; given n >= 1, n − 1 is again thermal(μ).
         pulses = bernoulli_positions(rng, n_pulses, mu / (1.0 + mu))
         per_pulse = rng.geometric(1.0 / (1.0 + mu), pulses.size)
         pair_pulse = np.repeat(pulses, per_pulse)
-        cls = np.searchsorted(np.cumsum(class_probabilities), rng.random(pair_pulse.size),
-                              side="right")
-        times = [self.phase_ps + (pair_pulse[cls == c] + k0) * p
-                 for c in range(len(class_probabilities) - 1)]
-        return times, int(pair_pulse.size)
+        kept = rng.random(pair_pulse.size) < keep_probability
+        return self.phase_ps + (pair_pulse[kept] + k0) * p, int(pair_pulse.size)

@@ -202,6 +202,8 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     arrays = [_int64_array(f"times for channel {c}", times_by_channel[c]) for c in chans]
     total = sum(a.size for a in arrays)
     out = np.empty(total, TAG_DTYPE)
+    if len(chans) > 64:
+        raise ValueError(f"merge_channels: at most 64 channels, got {len(chans)}")
     ptrs = _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in arrays] or [_ffi.NULL])
     lengths = np.array([a.size for a in arrays] or [0], np.int64)
     channels = np.array(chans or [0], np.int32)
@@ -213,6 +215,68 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     if rc != lib.QN_OK:
         _raise_for(rc, "qn_merge")
     return out
+
+
+def route_pairs(times_ps: np.ndarray, uniforms: np.ndarray, cdf: np.ndarray, route: np.ndarray,
+                n_outputs: int, n_both_classes: int, first_id: int
+                ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Simulation support: pair i (sorted ``times_ps``) takes the first class c with
+    ``uniforms[i] < cdf[c]``; ``route[c, side]`` is the output its photon on that side reaches
+    (or -1). Pairs of classes < ``n_both_classes`` get consecutive ids from ``first_id``; other
+    photons id -1. Returns per output (sorted times, ids), and the number of ids given."""
+    lib = _lib_or_raise()
+    t = _int64_array("times_ps", times_ps)
+    u = np.ascontiguousarray(uniforms, np.float64)
+    c = np.ascontiguousarray(cdf, np.float64)
+    r = np.ascontiguousarray(route, np.int32)
+    if u.shape != t.shape or r.ndim != 2 or r.shape[0] != c.size or r.max(initial=-1) >= n_outputs:
+        raise ValueError("route_pairs: uniforms must match times, route must be (classes, sides) "
+                         "with outputs below n_outputs")
+    outs_t = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
+    outs_i = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
+    counts = np.zeros(n_outputs, np.int64)
+    n_ids = lib.qn_route_pairs(
+        _ptr("int64_t *", t), _ptr("double *", u), t.size, c.size, _ptr("double *", c),
+        _ptr("int32_t *", r), r.shape[1], int(n_both_classes), int(first_id),
+        _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_t] or [_ffi.NULL]),
+        _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_i] or [_ffi.NULL]),
+        _ptr("int64_t *", counts))
+    if n_ids < 0:
+        raise ValueError("route_pairs: at most 64 classes, 8 sides and 64 outputs")
+    return ([a[:k] for a, k in zip(outs_t, counts)], [a[:k] for a, k in zip(outs_i, counts)],
+            int(n_ids))
+
+
+def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
+                      jitter: np.ndarray | None, delay_ps: int, clip_ps: float,
+                      dark_ps: np.ndarray, dark_id: int, horizon_ps: int, dead_ps: int,
+                      last_click_ps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Simulation support: one detector's tags up to ``horizon_ps``.
+
+    ``pending``: (sorted times, ids) left over; ``new``: (sorted emission times, ids) to which
+    ``delay_ps`` and the float32 ``jitter`` (clipped at +-``clip_ps``, rounded) are added; ``dark_ps``:
+    sorted dark-count times, id ``dark_id``. Records before the horizon pass the non-paralysable
+    dead time. Returns (times, ids) registered, (times, ids) still pending, new last click."""
+    lib = _lib_or_raise()
+    pt, pi = (_int64_array("pending times", pending[0]), _int64_array("pending ids", pending[1]))
+    nt, ni = (_int64_array("new times", new[0]), _int64_array("new ids", new[1]))
+    dk = _int64_array("dark_ps", dark_ps)
+    if pt.shape != pi.shape or nt.shape != ni.shape:
+        raise ValueError("detector_finalize: times and ids differ in length")
+    jit = None if jitter is None else np.ascontiguousarray(jitter, np.float32)
+    if jit is not None and jit.shape != nt.shape:
+        raise ValueError("detector_finalize: jitter must match the new times")
+    total = pt.size + nt.size + dk.size
+    out_t, out_i = np.empty(total, np.int64), np.empty(total, np.int64)
+    last = _ffi.new("int64_t *", int(last_click_ps))
+    cut = _ffi.new("int64_t *")
+    m = lib.qn_detector_finalize(
+        _ptr("int64_t *", pt), _ptr("int64_t *", pi), pt.size, _ptr("int64_t *", nt),
+        _ptr("int64_t *", ni), _ffi.NULL if jit is None else _ptr("float *", jit), nt.size,
+        int(delay_ps), float(clip_ps), _ptr("int64_t *", dk), int(dark_id), dk.size,
+        int(horizon_ps), int(dead_ps), last, _ptr("int64_t *", out_t), _ptr("int64_t *", out_i), cut)
+    c = int(cut[0])
+    return out_t[:m], out_i[:m], out_t[c:].copy(), out_i[c:].copy(), int(last[0])
 
 
 def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> tuple[np.ndarray, int]:

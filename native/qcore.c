@@ -6,6 +6,7 @@
  */
 #include "qcore.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -657,46 +658,247 @@ void qn_nfold_stats(const qn_nfold *p, qn_stats *out) { *out = p->stats; }
 
 /* ---------------------------------------------------------------- stream utilities */
 
-/* k-way merge of per-channel sorted time arrays into one TagBlock; equal times are ordered by
- * channel number. */
-int qn_merge(int32_t k, const int64_t **times, const int64_t *lengths, const int32_t *channels,
-             qn_tag *out, int64_t *bad_index) {
-    int64_t *pos = calloc((size_t)(k > 0 ? k : 1), sizeof(int64_t));
-    if (!pos) return QN_ENOMEM;
+/* Branch-free two-way merge of sorted (time, payload) runs; ties go to run a. Only the two
+ * indices carry from one output to the next, so interleaved runs cost no mispredictions. */
+static void merge2(const int64_t *at, const int64_t *ap, int64_t na, const int64_t *bt,
+                   const int64_t *bp, int64_t nb, int64_t *ot, int64_t *op) {
+    int64_t i = 0, j = 0, o = 0;
+    while (i < na && j < nb) {
+        const int64_t ta = at[i], tb = bt[j], pa = ap[i], pb = bp[j];
+        const int64_t take_a = ta <= tb;
+        const int64_t m = -take_a; /* all ones when a is taken: masks keep gcc from branching */
+        ot[o] = (ta & m) | (tb & ~m);
+        op[o] = (pa & m) | (pb & ~m);
+        i += take_a;
+        j += 1 - take_a;
+        o++;
+    }
+    for (; i < na; i++, o++) { ot[o] = at[i]; op[o] = ap[i]; }
+    for (; j < nb; j++, o++) { ot[o] = bt[j]; op[o] = bp[j]; }
+}
+
+/* merge2 for two channels' times, writing TagBlock records; ties go to channel a. */
+static void merge2_tags(const int64_t *at, int64_t na, int32_t cha, const int64_t *bt, int64_t nb,
+                        int32_t chb, qn_tag *out) {
+    int64_t i = 0, j = 0, o = 0;
+    const uint64_t head_a = (uint64_t)(uint32_t)cha << 32, head_b = (uint64_t)(uint32_t)chb << 32;
+    while (i < na && j < nb) {
+        const int64_t ta = at[i], tb = bt[j];
+        const int64_t take_a = ta <= tb;
+        const int64_t m = -take_a;
+        const uint64_t head = (head_a & (uint64_t)m) | (head_b & ~(uint64_t)m);
+        memcpy(&out[o], &head, sizeof head); /* type, reserved, missed = 0; channel */
+        out[o].time = (ta & m) | (tb & ~m);
+        i += take_a;
+        j += 1 - take_a;
+        o++;
+    }
+    for (; i < na; i++, o++) { memcpy(&out[o], &head_a, sizeof head_a); out[o].time = at[i]; }
+    for (; j < nb; j++, o++) { memcpy(&out[o], &head_b, sizeof head_b); out[o].time = bt[j]; }
+}
+
+static int check_runs(int32_t k, const int64_t **times, const int64_t *lengths, int64_t *bad) {
+    if (k < 0 || k > 64) return QN_EARG;
     for (int32_t c = 0; c < k; c++)
         for (int64_t j = 1; j < lengths[c]; j++)
-            if (times[c][j] < times[c][j - 1]) { *bad_index = c; free(pos); return QN_EORDER; }
-    int64_t n = 0;
-    for (;;) {
-        int32_t best = -1;
-        int64_t bt = 0;
-        int32_t bch = 0;
-        for (int32_t c = 0; c < k; c++) {
-            if (pos[c] >= lengths[c]) continue;
-            int64_t t = times[c][pos[c]];
-            if (best < 0 || t < bt || (t == bt && channels[c] < bch)) { best = c; bt = t; bch = channels[c]; }
-        }
-        if (best < 0) break;
-        /* Copy the run of `best` that stays ahead of every other head. */
-        int64_t limit = INT64_MAX;
-        int32_t limit_ch = 0;
-        for (int32_t c = 0; c < k; c++) {
-            if (c == best || pos[c] >= lengths[c]) continue;
-            int64_t t = times[c][pos[c]];
-            if (t < limit || (t == limit && channels[c] < limit_ch)) { limit = t; limit_ch = channels[c]; }
-        }
-        const int64_t *src = times[best];
-        int64_t j = pos[best], end = lengths[best];
-        for (; j < end; j++) {
-            int64_t t = src[j];
-            if (t > limit || (t == limit && bch > limit_ch)) break;
-            qn_tag *o = &out[n++];
-            o->type = QN_TIME_TAG; o->reserved = 0; o->missed = 0; o->channel = bch; o->time = t;
-        }
-        pos[best] = j;
-    }
-    free(pos);
+            if (times[c][j] < times[c][j - 1]) { *bad = c; return QN_EORDER; }
     return QN_OK;
+}
+
+/* Merge k sorted (time, payload) runs into out_*, stably (ties keep run order), by rounds of
+ * two-way merges of neighbouring runs. */
+static int merge_k(int32_t k, const int64_t **times, const int64_t **payload,
+                   const int64_t *lengths, int64_t *out_t, int64_t *out_p) {
+    int64_t total = 0;
+    for (int32_t c = 0; c < k; c++) total += lengths[c];
+    if (k == 0) return QN_OK;
+    if (k == 1) {
+        memcpy(out_t, times[0], sizeof(int64_t) * (size_t)total);
+        memcpy(out_p, payload[0], sizeof(int64_t) * (size_t)total);
+        return QN_OK;
+    }
+    /* Two scratch buffers of `total`; each round writes the merged runs back to back. */
+    int64_t *buf = malloc(sizeof(int64_t) * (size_t)total * 4);
+    if (!buf) return QN_ENOMEM;
+    int64_t *st[2] = {buf, buf + total}, *sp[2] = {buf + 2 * total, buf + 3 * total};
+    const int64_t *rt[64], *rp[64];
+    int64_t rn[64];
+    for (int32_t c = 0; c < k; c++) { rt[c] = times[c]; rp[c] = payload[c]; rn[c] = lengths[c]; }
+    int32_t n_runs = k, side = 0;
+    while (n_runs > 1) {
+        int64_t *dt = n_runs <= 2 ? out_t : st[side], *dp = n_runs <= 2 ? out_p : sp[side];
+        int32_t m = 0;
+        for (int32_t r = 0; r < n_runs; r += 2, m++) {
+            if (r + 1 < n_runs) {
+                merge2(rt[r], rp[r], rn[r], rt[r + 1], rp[r + 1], rn[r + 1], dt, dp);
+            } else {
+                memcpy(dt, rt[r], sizeof(int64_t) * (size_t)rn[r]);
+                memcpy(dp, rp[r], sizeof(int64_t) * (size_t)rn[r]);
+            }
+            const int64_t len = rn[r] + (r + 1 < n_runs ? rn[r + 1] : 0);
+            rt[m] = dt; rp[m] = dp; rn[m] = len;
+            dt += len; dp += len;
+        }
+        n_runs = m;
+        side ^= 1;
+    }
+    free(buf);
+    return QN_OK;
+}
+
+/* k-way merge of per-channel sorted time arrays into one TagBlock; equal times are ordered by
+ * channel number (runs are merged in channel order, ties keep run order). */
+int qn_merge(int32_t k, const int64_t **times, const int64_t *lengths, const int32_t *channels,
+             qn_tag *out, int64_t *bad_index) {
+    int rc = check_runs(k, times, lengths, bad_index);
+    if (rc != QN_OK) return rc;
+    int32_t order[64];
+    const int64_t *rt[64], *rp[64];
+    int64_t rn[64], total = 0;
+    for (int32_t c = 0; c < k; c++) order[c] = c;
+    for (int32_t c = 1; c < k; c++) /* insertion sort of the runs by channel number */
+        for (int32_t d = c; d > 0 && channels[order[d]] < channels[order[d - 1]]; d--) {
+            int32_t tmp = order[d]; order[d] = order[d - 1]; order[d - 1] = tmp;
+        }
+    for (int32_t c = 0; c < k; c++) total += lengths[c];
+    if (k == 2) { /* the usual case (two detectors behind one analyzer): straight into the tags */
+        merge2_tags(times[order[0]], lengths[order[0]], channels[order[0]], times[order[1]],
+                    lengths[order[1]], channels[order[1]], out);
+        return QN_OK;
+    }
+    /* merged times, merged channels, and each run's channel repeated as its payload */
+    int64_t *scratch = malloc(sizeof(int64_t) * (size_t)(3 * total + 1));
+    if (!scratch) return QN_ENOMEM;
+    int64_t *mt = scratch, *mc = scratch + total, *ch_runs = scratch + 2 * total;
+    int64_t off = 0;
+    for (int32_t c = 0; c < k; c++) {
+        const int32_t r = order[c];
+        rt[c] = times[r];
+        rn[c] = lengths[r];
+        for (int64_t j = 0; j < lengths[r]; j++) ch_runs[off + j] = channels[r];
+        rp[c] = ch_runs + off;
+        off += lengths[r];
+    }
+    rc = merge_k(k, rt, rp, rn, mt, mc);
+    if (rc == QN_OK) {
+        for (int64_t o = 0; o < total; o++) {
+            out[o].type = QN_TIME_TAG; out[o].reserved = 0; out[o].missed = 0;
+            out[o].channel = (int32_t)mc[o]; out[o].time = mt[o];
+        }
+    }
+    free(scratch);
+    return rc;
+}
+
+/* Simulation support (hal_sim): give each pair a class and route its photons.
+ * Pair i gets the first class c with uniforms[i] < cdf[c] (the last class if none). For each
+ * side s, route[c * n_sides + s] names the output the photon reaches, or is -1. Classes below
+ * n_both_classes reach both sides: those pairs get ids first_id, first_id + 1, ... in order; other
+ * photons get id -1. Outputs must hold n entries each. Returns the number of ids given. */
+int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, int32_t n_classes,
+                       const double *cdf, const int32_t *route, int32_t n_sides,
+                       int32_t n_both_classes, int64_t first_id, int64_t **out_times,
+                       int64_t **out_ids, int64_t *out_counts) {
+    /* Branch-free: classes and routes are random, so branches would mispredict. A photon that
+     * reaches no output is written to a discard slot whose count never advances. */
+    if (n_classes < 1 || n_classes > 64 || n_sides < 1 || n_sides > 8) return -1;
+    int32_t n_out = 0;
+    for (int32_t k = 0; k < n_classes * n_sides; k++)
+        if (route[k] + 1 > n_out) n_out = route[k] + 1;
+    if (n_out > 64) return -1;
+    int64_t discard_t[1], discard_id[1];
+    int64_t *ot[65], *oi[65], counts[65];
+    for (int32_t o = 0; o < n_out; o++) { ot[o] = out_times[o]; oi[o] = out_ids[o]; counts[o] = out_counts[o]; }
+    ot[n_out] = discard_t; oi[n_out] = discard_id; counts[n_out] = 0;
+    int32_t slot[64 * 8]; /* route with -1 replaced by the discard slot */
+    for (int32_t k = 0; k < n_classes * n_sides; k++) slot[k] = route[k] < 0 ? n_out : route[k];
+    int64_t id = first_id;
+    for (int64_t i = 0; i < n; i++) {
+        const double u = uniforms[i];
+        int32_t c = 0;
+        for (int32_t k = 0; k < n_classes - 1; k++) c += u >= cdf[k];
+        const int64_t both = c < n_both_classes;
+        const int64_t pair_id = both ? id : -1;
+        id += both;
+        for (int32_t side = 0; side < n_sides; side++) {
+            const int32_t o = slot[c * n_sides + side];
+            const int64_t k = counts[o];
+            ot[o][k] = times[i];
+            oi[o][k] = pair_id;
+            counts[o] = k + (o != n_out);
+        }
+    }
+    for (int32_t o = 0; o < n_out; o++) out_counts[o] = counts[o];
+    return id - first_id;
+}
+
+/* Simulation support (hal_sim): finalise one detector's tags up to a horizon, in one buffer.
+ * out = pending (sorted) ++ new (sorted emission times + delay_ps + rint(clip(jitter))), sorted by
+ * an insertion pass (the jitter leaves it nearly sorted); dark counts (sorted) are merged in from
+ * the back; records before horizon_ps pass the non-paralysable dead time (chained through
+ * *last_click) and are compacted to the front. Returns how many were registered; *cut is where
+ * the still-pending records start (they run to the end of the n_pending + n_new + n_dark). */
+static void sort_nearly_sorted_pairs(int64_t *times, int64_t *payload, int64_t n);
+
+int64_t qn_detector_finalize(const int64_t *pending_t, const int64_t *pending_id, int64_t n_pending,
+                             const int64_t *new_t, const int64_t *new_id, const float *jitter,
+                             int64_t n_new, int64_t delay_ps, float clip_ps,
+                             const int64_t *dark_t, int64_t dark_id, int64_t n_dark,
+                             int64_t horizon_ps, int64_t dead_ps, int64_t *last_click,
+                             int64_t *out_t, int64_t *out_id, int64_t *cut) {
+    memcpy(out_t, pending_t, sizeof(int64_t) * (size_t)n_pending);
+    memcpy(out_id, pending_id, sizeof(int64_t) * (size_t)n_pending);
+    for (int64_t i = 0; i < n_new; i++) {
+        float j = jitter ? jitter[i] : 0.0f;
+        j = j < -clip_ps ? -clip_ps : (j > clip_ps ? clip_ps : j);
+        out_t[n_pending + i] = new_t[i] + delay_ps + (int64_t)lrintf(j);
+        out_id[n_pending + i] = new_id[i];
+    }
+    int64_t n = n_pending + n_new;
+    sort_nearly_sorted_pairs(out_t, out_id, n);
+    /* merge the darks from the back: the buffer holds n + n_dark */
+    int64_t i = n - 1, j = n_dark - 1, k = n + n_dark - 1;
+    while (j >= 0) {
+        if (i >= 0 && out_t[i] > dark_t[j]) { out_t[k] = out_t[i]; out_id[k] = out_id[i]; i--; }
+        else { out_t[k] = dark_t[j]; out_id[k] = dark_id; j--; }
+        k--;
+    }
+    n += n_dark;
+    int64_t lo = 0, hi = n; /* first record at or after the horizon */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (out_t[mid] < horizon_ps) lo = mid + 1; else hi = mid;
+    }
+    *cut = lo;
+    int64_t last = *last_click, m = 0;
+    for (int64_t r = 0; r < lo; r++) {
+        const int64_t t = out_t[r];
+        const int64_t ok = (t - last) >= dead_ps;
+        out_t[m] = t;          /* branch-free compaction: overwritten unless kept */
+        out_id[m] = out_id[r];
+        m += ok;
+        last = ok ? t : last;
+    }
+    *last_click = last;
+    return m;
+}
+
+/* Stable insertion sort of (times, payload) by time: linear for nearly sorted input (sorted
+ * times plus a small jitter). */
+static void sort_nearly_sorted_pairs(int64_t *times, int64_t *payload, int64_t n) {
+    for (int64_t i = 1; i < n; i++) {
+        const int64_t t = times[i];
+        if (LIKELY(t >= times[i - 1])) continue;
+        const int64_t pl = payload[i];
+        int64_t j = i;
+        while (j > 0 && times[j - 1] > t) {
+            times[j] = times[j - 1];
+            payload[j] = payload[j - 1];
+            j--;
+        }
+        times[j] = t;
+        payload[j] = pl;
+    }
 }
 
 /* Non-paralysable dead time: a detector that clicks at t is blind during [t, t + dead_ps). */

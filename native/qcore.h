@@ -78,6 +78,16 @@ void qn_nfold_free(qn_nfold *p);
 
 int qn_merge(int32_t k, const int64_t **times, const int64_t *lengths, const int32_t *channels,
              qn_tag *out, int64_t *bad_index);
+int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, int32_t n_classes,
+                       const double *cdf, const int32_t *route, int32_t n_sides,
+                       int32_t n_both_classes, int64_t first_id, int64_t **out_times,
+                       int64_t **out_ids, int64_t *out_counts);
+int64_t qn_detector_finalize(const int64_t *pending_t, const int64_t *pending_id, int64_t n_pending,
+                             const int64_t *new_t, const int64_t *new_id, const float *jitter,
+                             int64_t n_new, int64_t delay_ps, float clip_ps,
+                             const int64_t *dark_t, int64_t dark_id, int64_t n_dark,
+                             int64_t horizon_ps, int64_t dead_ps, int64_t *last_click,
+                             int64_t *out_t, int64_t *out_id, int64_t *cut);
 int64_t qn_dead_time(const int64_t *times, int64_t n, int64_t dead_ps, int64_t *last_click,
                      uint8_t *keep);
 int qn_bin_mod(const int64_t *times, int64_t n, int64_t t0, int64_t bin_ps, int64_t n_bins,

@@ -254,6 +254,44 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     return out
 
 
+def route_pairs(times_ps, uniforms, cdf, route, n_outputs, n_both_classes, first_id):
+    """Reference of :func:`qnode.native.route_pairs`."""
+    t = np.asarray(times_ps, np.int64)
+    cdf = np.asarray(cdf, np.float64)
+    route = np.asarray(route, np.int32)
+    cls = np.minimum(np.searchsorted(cdf, np.asarray(uniforms), side="right"), cdf.size - 1)
+    both = cls < n_both_classes
+    ids = np.full(t.size, -1, np.int64)
+    ids[both] = first_id + np.arange(int(both.sum()))
+    outs_t, outs_i = [], []
+    for o in range(n_outputs):
+        sel = (route[cls] == o).any(axis=1)
+        outs_t.append(t[sel])
+        outs_i.append(ids[sel])
+    return outs_t, outs_i, int(both.sum())
+
+
+def detector_finalize(pending, new, jitter, delay_ps, clip_ps, dark_ps, dark_id, horizon_ps,
+                      dead_ps, last_click_ps):
+    """Reference of :func:`qnode.native.detector_finalize`, step by step."""
+    new_t = np.asarray(new[0], np.int64) + delay_ps
+    if jitter is not None:
+        j = np.clip(np.asarray(jitter, np.float32), np.float32(-clip_ps), np.float32(clip_ps))
+        new_t = new_t + np.rint(j).astype(np.int64)
+    t = np.concatenate((np.asarray(pending[0], np.int64), new_t))
+    ids = np.concatenate((np.asarray(pending[1], np.int64), np.asarray(new[1], np.int64)))
+    order = np.argsort(t, kind="stable")
+    t, ids = t[order], ids[order]
+    dark = np.asarray(dark_ps, np.int64)
+    # darks go after records of equal time, as in a merge that favours the earlier buffer
+    pos = np.searchsorted(t, dark, side="right")
+    t = np.insert(t, pos, dark)
+    ids = np.insert(ids, pos, np.full(dark.size, dark_id, np.int64))
+    cut = int(np.searchsorted(t, horizon_ps, side="left"))
+    keep, last = dead_time_filter(t[:cut], dead_ps, last_click_ps)
+    return t[:cut][keep], ids[:cut][keep], t[cut:], ids[cut:], last
+
+
 def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> tuple[np.ndarray, int]:
     """Reference of :func:`qnode.native.dead_time_filter` (a plain loop: the rule is sequential)."""
     keep = np.zeros(len(times_ps), bool)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what the test suite needs into ./.venv and run the whole suite.
+#   bash tests/run.sh [pytest arguments]
+# Exits 0 only when tests ran and all passed (pytest exits 5 when it collects nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+echo "== installing qnode (builds the C core) and the test requirements"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/qnode info
+
+echo "== running the test suite"
+exec .venv/bin/python -m pytest "$@"
