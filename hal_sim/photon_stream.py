@@ -117,15 +117,19 @@ class PhotonStreamSimulator:
 
     ``link``: the configuration. ``seed``: everything is deterministic from it (one
     ``numpy.random.SeedSequence`` spawned per component). ``slice_ps``: emission time per step
-    (ps); memory and chunk size scale with it.
+    (ps); memory and chunk size scale with it. ``clock_history_ps``: how far behind the stream the
+    clocks' truth (:meth:`time_difference_ps`) stays available; older history is dropped so that
+    memory stays bounded on long runs.
 
     Use :meth:`stream` for a run of given length, or :meth:`step` repeatedly and :meth:`flush` at
     the end. Cumulative truth is in :attr:`truth`, per-chunk truth in each :class:`SimChunk`.
     """
 
     def __init__(self, link: Link, seed: int | np.random.SeedSequence = 0, *,
-                 slice_ps: int = 10_000_000_000):
+                 slice_ps: int = 10_000_000_000, clock_history_ps: int = 2_000_000_000_000):
         self.slice_ps = v.integer("PhotonStreamSimulator", "slice_ps", slice_ps, 1)
+        self.clock_history_ps = v.integer("PhotonStreamSimulator", "clock_history_ps",
+                                          clock_history_ps, 0)
         if not isinstance(link, Link):
             raise ValueError(f"PhotonStreamSimulator.link must be a Link, got {type(link).__name__}")
         self.link = link
@@ -200,6 +204,20 @@ class PhotonStreamSimulator:
             raise ValueError(f"set_analyzer_vector: vector must be a unit 3-vector, got {vector!r}")
         self._vectors[n.name][names.index(analyzer)] = vec
         self._build_classes()
+
+    def time_difference_ps(self, node_a: str, channel_a: int, node_b: str, channel_b: int,
+                           emission_ps: int) -> int:
+        """Ground truth for clock alignment: t_b - t_a (node times, ps) of the two photons of a pair
+        emitted at true time ``emission_ps``, before jitter; includes fibre and detector delays,
+        both clocks' offsets, drifts and frequency walks."""
+        def node_time(node: str, channel: int) -> int:
+            ch = next((c for c in self._channels[self._node(node).name] if c.channel == channel),
+                      None)
+            if ch is None:
+                raise ValueError(f"node {node!r} has no channel {channel}")
+            return int(self._clocks[node].to_node_time(
+                np.array([int(emission_ps) + ch.delay_ps], np.int64))[0])
+        return node_time(node_b, channel_b) - node_time(node_a, channel_a)
 
     def expected_correlation(self, analyzer_a: str, analyzer_b: str) -> float:
         """E for the named analyzers of node 0 and node 1 under the current configuration."""
@@ -332,7 +350,7 @@ class PhotonStreamSimulator:
             singles[ch.channel] = int(t.size)
             darks[ch.channel] = int(np.count_nonzero(ids == _DARK_ID))
             by_channel[ch.channel] = clock.to_node_time(t)
-        clock.prune(h_prev)
+        clock.prune(h_prev - self.clock_history_ps)
         return merge_channels(by_channel), singles, darks, paired
 
     def _finalize(self, truth: ChunkTruth, horizons: dict[str, int], final: bool = False) -> SimChunk:
