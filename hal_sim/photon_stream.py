@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qnode.native import TagBlock, detector_finalize, merge_channels, route_pairs
+from qnode.native import SimRandom, TagBlock, detector_finalize, merge_channels, route_pairs
 
 from . import _validate as v
 from .clock import ClockModel
@@ -41,25 +41,6 @@ _FAR_PAST = -(2**62)
 _EMPTY_T = np.zeros(0, np.int64)
 
 
-def gaussian_f32(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
-    """``n`` Gaussian samples of standard deviation ``sigma`` (float32) by Box–Muller.
-
-    About twice as fast as ``Generator.standard_normal`` for this use. The radius uses a float64
-    uniform, so the tails reach sqrt(2·53·ln 2) ≈ 8.6σ, beyond the 8σ clip.
-    """
-    m = (n + 1) // 2
-    r = np.log1p(-rng.random(m))
-    r *= -2.0 * sigma * sigma
-    np.sqrt(r, out=r)
-    r32 = r.astype(np.float32)
-    angle = rng.random(m, dtype=np.float32)
-    angle *= np.float32(2.0 * np.pi)
-    out = np.empty(2 * m, np.float32)
-    np.multiply(r32, np.cos(angle), out=out[:m])
-    np.multiply(r32, np.sin(angle), out=out[m:])
-    return out[:n]
-
-
 @dataclass
 class SimChunk:
     """One step of the stream: a time-ordered TagBlock per node (node times, ps) and its truth."""
@@ -72,7 +53,7 @@ class _Channel:
     """Runtime state of one detector: pending tags, dead-time chain, its random streams."""
 
     def __init__(self, node: str, detector: Detector, fibre_delay_ps: int,
-                 jitter_rng: np.random.Generator, dark_rng: np.random.Generator):
+                 jitter_rng: SimRandom, dark_rng: np.random.Generator):
         self.node = node
         self.detector = detector
         self.channel = detector.channel
@@ -101,14 +82,13 @@ class _Channel:
         """
         new_t, new_id = self.new_t, self.new_id
         self.new_t = self.new_id = _EMPTY_T
-        jitter = (gaussian_f32(self.jitter_rng, new_t.size, self.sigma)
-                  if self.sigma > 0.0 and new_t.size else None)
         n_dark = int(self.dark_rng.poisson(self.detector.dark_count_rate_hz * (h - h_prev) * 1e-12))
         dark = (np.sort(self.dark_rng.integers(h_prev, h, n_dark, dtype=np.int64)) if n_dark
                 else _EMPTY_T)
         t, ids, self.pending_t, self.pending_id, self.last_click = detector_finalize(
-            (self.pending_t, self.pending_id), (new_t, new_id), jitter, self.delay_ps,
-            self.clip_ps, dark, _DARK_ID, h, self.detector.dead_time_ps, self.last_click)
+            (self.pending_t, self.pending_id), (new_t, new_id), self.jitter_rng, self.sigma,
+            self.delay_ps, self.clip_ps, dark, _DARK_ID, h, self.detector.dead_time_ps,
+            self.last_click)
         return t, ids
 
 
@@ -135,13 +115,14 @@ class PhotonStreamSimulator:
         self.link = link
         ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         n_channels = sum(len(n.detectors) for n in link.nodes)
-        seeds = iter(ss.spawn(1 + 2 * n_channels + len(link.nodes)))
-        self._source_rng = np.random.default_rng(next(seeds))
+        seeds = iter(ss.spawn(2 + 2 * n_channels + len(link.nodes)))
+        self._source_rng = np.random.default_rng(next(seeds))  # pair counts (numpy)
+        self._pair_stream = SimRandom(next(seeds))  # emission times and classes (C kernels)
         self._channels: dict[str, list[_Channel]] = {}
         for node in link.nodes:
             delay = node.fibre.propagation_delay_ps
             self._channels[node.name] = [
-                _Channel(node.name, d, delay, np.random.default_rng(next(seeds)),
+                _Channel(node.name, d, delay, SimRandom(next(seeds)),
                          np.random.default_rng(next(seeds))) for d in node.detectors]
         self._outputs = [ch for chans in self._channels.values() for ch in chans]
         self._clocks = {node.name: ClockModel(node.clock, np.random.default_rng(next(seeds)))
@@ -323,9 +304,10 @@ class PhotonStreamSimulator:
         yield self.flush()
 
     def _emit(self, t0: int, t1: int) -> ChunkTruth:
-        times, n_emitted = self.link.source.emit(self._source_rng, t0, t1, self._keep_probability)
+        times, n_emitted = self.link.source.emit(self._source_rng, self._pair_stream, t0, t1,
+                                                 self._keep_probability)
         # Pairs seen at both ends get consecutive ids in emission order; other photons id -1.
-        per_t, per_id, n_both = route_pairs(times, self._source_rng.random(times.size), self._cdf,
+        per_t, per_id, n_both = route_pairs(times, self._pair_stream, self._cdf,
                                             self._route, len(self._outputs),
                                             self._n_both_classes, self._next_id)
         for ch, t, ids in zip(self._outputs, per_t, per_id):

@@ -15,23 +15,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from qnode.native import SimRandom
+
 from . import _validate as v
 
 _EMPTY = np.zeros(0, np.int64)
-
-
-def sorted_uniform_ps(rng: np.random.Generator, n: int, lo: int, hi: int) -> np.ndarray:
-    """``n`` sorted i.i.d. uniform integers in [lo, hi) (ps), without a sort: uniform order
-    statistics are normalised partial sums of n+1 exponentials. Floats only hold offsets < hi−lo."""
-    if n <= 0:
-        return _EMPTY
-    # −log(1 − u) is an exact exponential and cheaper than numpy's ziggurat here.
-    c = np.cumsum(np.log1p(-rng.random(n + 1)))
-    offsets = c[:-1]
-    offsets *= (hi - lo) / c[-1]  # both negative: the ratio is positive
-    out = offsets.astype(np.int64)
-    out += lo
-    return out
 
 
 def bernoulli_positions(rng: np.random.Generator, n: int, q: float) -> np.ndarray:
@@ -57,10 +45,11 @@ def bernoulli_positions(rng: np.random.Generator, n: int, q: float) -> np.ndarra
 class PairSource(Protocol):
     """What the stream needs from a source."""
 
-    def emit(self, rng: np.random.Generator, t0_ps: int, t1_ps: int,
+    def emit(self, rng: np.random.Generator, stream: SimRandom, t0_ps: int, t1_ps: int,
              keep_probability: float) -> tuple[np.ndarray, int]:
         """Pairs emitted in [t0, t1), each kept independently with ``keep_probability``: the
-        sorted emission times (int64 ps) of the kept pairs, and the number of pairs emitted."""
+        sorted emission times (int64 ps) of the kept pairs, and the number of pairs emitted.
+        ``rng`` draws counts, ``stream`` (C kernels) the sorted times."""
         ...
 
     def mean_pairs(self, duration_ps: int) -> float:
@@ -81,13 +70,13 @@ class CWSource:
     def mean_pairs(self, duration_ps: int) -> float:
         return self.pair_rate_hz * duration_ps * 1e-12
 
-    def emit(self, rng, t0_ps, t1_ps, keep_probability):
+    def emit(self, rng, stream, t0_ps, t1_ps, keep_probability):
         # A thinned Poisson process: kept pairs form a Poisson process of rate B*p_keep, lost
         # ones an independent one of rate B*(1 - p_keep), which is only counted.
         mean = self.mean_pairs(t1_ps - t0_ps)
         n_kept = int(rng.poisson(mean * keep_probability))
         n_lost = int(rng.poisson(mean * (1.0 - keep_probability)))
-        return sorted_uniform_ps(rng, n_kept, t0_ps, t1_ps), n_kept + n_lost
+        return stream.sorted_uniform(n_kept, t0_ps, t1_ps), n_kept + n_lost
 
 
 @dataclass(frozen=True)
@@ -131,7 +120,7 @@ class PulsedSource:
     def mean_pairs(self, duration_ps: int) -> float:
         return self.mean_pairs_per_pulse * duration_ps / self.period_ps
 
-    def emit(self, rng, t0_ps, t1_ps, keep_probability):
+    def emit(self, rng, stream, t0_ps, t1_ps, keep_probability):
         k0, k1 = self.pulse_range(t0_ps, t1_ps)
         n_pulses = k1 - k0
         p, mu = self.period_ps, self.mean_pairs_per_pulse
@@ -139,7 +128,7 @@ class PulsedSource:
             # Independent Poisson pair numbers per pulse: kept pairs fall on pulses uniformly.
             n_kept = int(rng.poisson(mu * n_pulses * keep_probability))
             n_lost = int(rng.poisson(mu * n_pulses * (1.0 - keep_probability)))
-            k = sorted_uniform_ps(rng, n_kept, 0, n_pulses)
+            k = stream.sorted_uniform(n_kept, 0, n_pulses)
             return self.phase_ps + (k + k0) * p, n_kept + n_lost
         # Thermal: pairs in one pulse are bunched, so draw pulses explicitly. Non-empty pulses
         # (probability μ/(1+μ)) by geometric gaps; given n >= 1, n − 1 is again thermal(μ).

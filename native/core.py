@@ -25,6 +25,10 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     _IMPORT_ERROR = exc
 
 
+if _lib is not None:
+    _lib.qn_init()
+
+
 def native_available() -> bool:
     """True when the compiled core can be used."""
     return _lib is not None
@@ -217,26 +221,74 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     return out
 
 
-def route_pairs(times_ps: np.ndarray, uniforms: np.ndarray, cdf: np.ndarray, route: np.ndarray,
+class SimRandom:
+    """A xoshiro256** random stream with ziggurat normal and exponential variates, for the
+    simulator's C kernels (hal_sim). Deterministic from ``seed``; ``copy()`` forks an identical
+    stream (the differential tests feed the numpy references from one)."""
+
+    def __init__(self, seed: int | np.random.SeedSequence = 0, *, _state: np.ndarray | None = None):
+        _lib_or_raise()
+        if _state is not None:
+            self.state = _state.copy()
+        else:
+            ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+            self.state = ss.generate_state(4, np.uint64)
+            if not self.state.any():  # the one state xoshiro cannot leave
+                self.state[0] = 1
+
+    def copy(self) -> "SimRandom":
+        return SimRandom(_state=self.state)
+
+    @property
+    def _ptr(self):
+        return _ffi.cast("uint64_t *", self.state.ctypes.data)
+
+    def _fill(self, kind: int, n: int) -> np.ndarray:
+        out = np.empty(int(n), np.float64)
+        _lib.qn_rng_fill(self._ptr, kind, _ptr("double *", out), out.size)
+        return out
+
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` uniform variates in (0, 1)."""
+        return self._fill(0, n)
+
+    def normal(self, n: int) -> np.ndarray:
+        """``n`` standard normal variates."""
+        return self._fill(1, n)
+
+    def exponential(self, n: int) -> np.ndarray:
+        """``n`` standard exponential variates."""
+        return self._fill(2, n)
+
+    def sorted_uniform(self, n: int, lo: int, hi: int) -> np.ndarray:
+        """``n`` sorted i.i.d. uniform integers in [lo, hi) (int64 ps), from normalised partial sums
+        of exponentials (no sort)."""
+        if n and hi <= lo:
+            raise ValueError(f"sorted_uniform: empty range [{lo}, {hi})")
+        out = np.empty(int(n), np.int64)
+        _lib.qn_rng_sorted_uniform(self._ptr, out.size, int(lo), int(hi), _ptr("int64_t *", out))
+        return out
+
+
+def route_pairs(times_ps: np.ndarray, rng: SimRandom, cdf: np.ndarray, route: np.ndarray,
                 n_outputs: int, n_both_classes: int, first_id: int
                 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Simulation support: pair i (sorted ``times_ps``) takes the first class c with
-    ``uniforms[i] < cdf[c]``; ``route[c, side]`` is the output its photon on that side reaches
-    (or -1). Pairs of classes < ``n_both_classes`` get consecutive ids from ``first_id``; other
-    photons id -1. Returns per output (sorted times, ids), and the number of ids given."""
+    u < ``cdf[c]`` (u uniform from ``rng``); ``route[c, side]`` is the output its photon on that
+    side reaches (or -1). Pairs of classes < ``n_both_classes`` get consecutive ids from
+    ``first_id``; other photons id -1. Returns per output (sorted times, ids), and the number of
+    ids given."""
     lib = _lib_or_raise()
     t = _int64_array("times_ps", times_ps)
-    u = np.ascontiguousarray(uniforms, np.float64)
     c = np.ascontiguousarray(cdf, np.float64)
     r = np.ascontiguousarray(route, np.int32)
-    if u.shape != t.shape or r.ndim != 2 or r.shape[0] != c.size or r.max(initial=-1) >= n_outputs:
-        raise ValueError("route_pairs: uniforms must match times, route must be (classes, sides) "
-                         "with outputs below n_outputs")
+    if r.ndim != 2 or r.shape[0] != c.size or r.max(initial=-1) >= n_outputs:
+        raise ValueError("route_pairs: route must be (classes, sides) with outputs below n_outputs")
     outs_t = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
     outs_i = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
     counts = np.zeros(n_outputs, np.int64)
     n_ids = lib.qn_route_pairs(
-        _ptr("int64_t *", t), _ptr("double *", u), t.size, c.size, _ptr("double *", c),
+        _ptr("int64_t *", t), rng._ptr, t.size, c.size, _ptr("double *", c),
         _ptr("int32_t *", r), r.shape[1], int(n_both_classes), int(first_id),
         _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_t] or [_ffi.NULL]),
         _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_i] or [_ffi.NULL]),
@@ -248,33 +300,31 @@ def route_pairs(times_ps: np.ndarray, uniforms: np.ndarray, cdf: np.ndarray, rou
 
 
 def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
-                      jitter: np.ndarray | None, delay_ps: int, clip_ps: float,
+                      rng: SimRandom, sigma_ps: float, delay_ps: int, clip_ps: float,
                       dark_ps: np.ndarray, dark_id: int, horizon_ps: int, dead_ps: int,
                       last_click_ps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Simulation support: one detector's tags up to ``horizon_ps``.
 
     ``pending``: (sorted times, ids) left over; ``new``: (sorted emission times, ids) to which
-    ``delay_ps`` and the float32 ``jitter`` (clipped at +-``clip_ps``, rounded) are added; ``dark_ps``:
-    sorted dark-count times, id ``dark_id``. Records before the horizon pass the non-paralysable
-    dead time. Returns (times, ids) registered, (times, ids) still pending, new last click."""
+    ``delay_ps`` and Gaussian jitter (``sigma_ps`` from ``rng``, clipped at +-``clip_ps``, rounded)
+    are added; ``dark_ps``: sorted dark-count times, id ``dark_id``. Records before the horizon pass
+    the non-paralysable dead time. Returns (times, ids) registered, (times, ids) still pending,
+    and the new last click."""
     lib = _lib_or_raise()
     pt, pi = (_int64_array("pending times", pending[0]), _int64_array("pending ids", pending[1]))
     nt, ni = (_int64_array("new times", new[0]), _int64_array("new ids", new[1]))
     dk = _int64_array("dark_ps", dark_ps)
     if pt.shape != pi.shape or nt.shape != ni.shape:
         raise ValueError("detector_finalize: times and ids differ in length")
-    jit = None if jitter is None else np.ascontiguousarray(jitter, np.float32)
-    if jit is not None and jit.shape != nt.shape:
-        raise ValueError("detector_finalize: jitter must match the new times")
     total = pt.size + nt.size + dk.size
     out_t, out_i = np.empty(total, np.int64), np.empty(total, np.int64)
     last = _ffi.new("int64_t *", int(last_click_ps))
     cut = _ffi.new("int64_t *")
     m = lib.qn_detector_finalize(
         _ptr("int64_t *", pt), _ptr("int64_t *", pi), pt.size, _ptr("int64_t *", nt),
-        _ptr("int64_t *", ni), _ffi.NULL if jit is None else _ptr("float *", jit), nt.size,
-        int(delay_ps), float(clip_ps), _ptr("int64_t *", dk), int(dark_id), dk.size,
-        int(horizon_ps), int(dead_ps), last, _ptr("int64_t *", out_t), _ptr("int64_t *", out_i), cut)
+        _ptr("int64_t *", ni), rng._ptr, float(sigma_ps), nt.size, int(delay_ps), float(clip_ps),
+        _ptr("int64_t *", dk), int(dark_id), dk.size, int(horizon_ps), int(dead_ps), last,
+        _ptr("int64_t *", out_t), _ptr("int64_t *", out_i), cut)
     c = int(cut[0])
     return out_t[:m], out_i[:m], out_t[c:].copy(), out_i[c:].copy(), int(last[0])
 

@@ -790,12 +790,132 @@ int qn_merge(int32_t k, const int64_t **times, const int64_t *lengths, const int
     return rc;
 }
 
+/* ---------------------------------------------------------------- simulation random numbers */
+
+/* xoshiro256** (Blackman & Vigna, "Scrambled linear pseudorandom number generators", 2021): the
+ * state is 4 words held by the caller (seeded from numpy's SeedSequence; never all zero). */
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static inline uint64_t rng_next(uint64_t *s) {
+    const uint64_t result = rotl(s[1] * 5, 7) * 9;
+    const uint64_t t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* Uniform in (0, 1): 53 random bits, never 0 (so log() is safe). */
+static inline double rng_uniform(uint64_t *s) {
+    return ((double)(rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* Ziggurat tables (Marsaglia & Tsang, "The Ziggurat Method for Generating Random Variables",
+ * J. Stat. Softw. 5(8), 2000): 128 layers for the normal, 256 for the exponential. Built once. */
+static uint32_t zig_kn[128], zig_ke[256];
+static double zig_wn[128], zig_fn[128], zig_we[256], zig_fe[256];
+
+/* Build the ziggurat tables; the Python wrapper calls it once, at import. */
+void qn_init(void) {
+    const double m1 = 2147483648.0, m2 = 4294967296.0;
+    double dn = 3.442619855899, tn = dn, vn = 9.91256303526217e-3;
+    double q = vn / exp(-0.5 * dn * dn);
+    zig_kn[0] = (uint32_t)((dn / q) * m1);
+    zig_kn[1] = 0;
+    zig_wn[0] = q / m1;
+    zig_wn[127] = dn / m1;
+    zig_fn[0] = 1.0;
+    zig_fn[127] = exp(-0.5 * dn * dn);
+    for (int i = 126; i >= 1; i--) {
+        dn = sqrt(-2.0 * log(vn / dn + exp(-0.5 * dn * dn)));
+        zig_kn[i + 1] = (uint32_t)((dn / tn) * m1);
+        tn = dn;
+        zig_fn[i] = exp(-0.5 * dn * dn);
+        zig_wn[i] = dn / m1;
+    }
+    double de = 7.697117470131487, te = de, ve = 3.949659822581572e-3;
+    q = ve / exp(-de);
+    zig_ke[0] = (uint32_t)((de / q) * m2);
+    zig_ke[1] = 0;
+    zig_we[0] = q / m2;
+    zig_we[255] = de / m2;
+    zig_fe[0] = 1.0;
+    zig_fe[255] = exp(-de);
+    for (int i = 254; i >= 1; i--) {
+        de = -log(ve / de + exp(-de));
+        zig_ke[i + 1] = (uint32_t)((de / te) * m2);
+        te = de;
+        zig_fe[i] = exp(-de);
+        zig_we[i] = de / m2;
+    }
+}
+
+/* Standard normal. The layer index comes from the low bits, the value from the high 32, so
+ * the two are independent (the original SHR3 version shares bits between them). */
+static double rng_normal(uint64_t *s) {
+    for (;;) {
+        const uint64_t r = rng_next(s);
+        const int32_t hz = (int32_t)(r >> 32);
+        const int iz = (int)(r & 127);
+        const uint32_t ahz = hz < 0 ? (uint32_t)(-(int64_t)hz) : (uint32_t)hz;
+        const double x = hz * zig_wn[iz];
+        if (LIKELY(ahz < zig_kn[iz])) return x;
+        if (iz == 0) { /* the tail beyond r = 3.442620 */
+            double xt, y;
+            do {
+                xt = -log(rng_uniform(s)) * 0.2904764; /* 1 / r */
+                y = -log(rng_uniform(s));
+            } while (y + y < xt * xt);
+            return hz > 0 ? 3.442620 + xt : -3.442620 - xt;
+        }
+        if (zig_fn[iz] + rng_uniform(s) * (zig_fn[iz - 1] - zig_fn[iz]) < exp(-0.5 * x * x)) return x;
+    }
+}
+
+/* Standard exponential. */
+static double rng_exponential(uint64_t *s) {
+    for (;;) {
+        const uint64_t r = rng_next(s);
+        const uint32_t jz = (uint32_t)(r >> 32);
+        const int iz = (int)(r & 255);
+        const double x = jz * zig_we[iz];
+        if (LIKELY(jz < zig_ke[iz])) return x;
+        if (iz == 0) return 7.69711747013104972 - log(rng_uniform(s));
+        if (zig_fe[iz] + rng_uniform(s) * (zig_fe[iz - 1] - zig_fe[iz]) < exp(-x)) return x;
+    }
+}
+
+/* Fill out[n] with kind 0 uniform (0,1), 1 standard normal, 2 standard exponential. */
+void qn_rng_fill(uint64_t *state, int32_t kind, double *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        out[i] = kind == 1 ? rng_normal(state) : kind == 2 ? rng_exponential(state) : rng_uniform(state);
+}
+
+/* n sorted i.i.d. uniform integers in [lo, hi) without a sort: uniform order statistics are the
+ * normalised partial sums of n + 1 exponentials. The partial sums pass through `out` as doubles. */
+void qn_rng_sorted_uniform(uint64_t *state, int64_t n, int64_t lo, int64_t hi, int64_t *out) {
+    double c = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        c += rng_exponential(state);
+        memcpy(&out[i], &c, sizeof c);
+    }
+    const double total = c + rng_exponential(state);
+    const double scale = (double)(hi - lo) / total;
+    for (int64_t i = 0; i < n; i++) {
+        double ci;
+        memcpy(&ci, &out[i], sizeof ci);
+        int64_t v = lo + (int64_t)(ci * scale);
+        out[i] = v < hi ? v : hi - 1; /* rounding can reach hi only when ci == total */
+    }
+}
+
 /* Simulation support (hal_sim): give each pair a class and route its photons.
- * Pair i gets the first class c with uniforms[i] < cdf[c] (the last class if none). For each
+ * Pair i gets the first class c with u < cdf[c] (the last class if none), u uniform from the
+ * generator `state`. For each
  * side s, route[c * n_sides + s] names the output the photon reaches, or is -1. Classes below
  * n_both_classes reach both sides: those pairs get ids first_id, first_id + 1, ... in order; other
  * photons get id -1. Outputs must hold n entries each. Returns the number of ids given. */
-int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, int32_t n_classes,
+int64_t qn_route_pairs(const int64_t *times, uint64_t *state, int64_t n, int32_t n_classes,
                        const double *cdf, const int32_t *route, int32_t n_sides,
                        int32_t n_both_classes, int64_t first_id, int64_t **out_times,
                        int64_t **out_ids, int64_t *out_counts) {
@@ -814,7 +934,7 @@ int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, 
     for (int32_t k = 0; k < n_classes * n_sides; k++) slot[k] = route[k] < 0 ? n_out : route[k];
     int64_t id = first_id;
     for (int64_t i = 0; i < n; i++) {
-        const double u = uniforms[i];
+        const double u = rng_uniform(state);
         int32_t c = 0;
         for (int32_t k = 0; k < n_classes - 1; k++) c += u >= cdf[k];
         const int64_t both = c < n_both_classes;
@@ -833,7 +953,8 @@ int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, 
 }
 
 /* Simulation support (hal_sim): finalise one detector's tags up to a horizon, in one buffer.
- * out = pending (sorted) ++ new (sorted emission times + delay_ps + rint(clip(jitter))), sorted by
+ * out = pending (sorted) ++ new (sorted emission times + delay_ps + rint(clip(sigma_ps * N(0,1)))
+ * with the normal from the generator `state`), sorted by
  * an insertion pass (the jitter leaves it nearly sorted); dark counts (sorted) are merged in from
  * the back; records before horizon_ps pass the non-paralysable dead time (chained through
  * *last_click) and are compacted to the front. Returns how many were registered; *cut is where
@@ -841,17 +962,17 @@ int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, 
 static void sort_nearly_sorted_pairs(int64_t *times, int64_t *payload, int64_t n);
 
 int64_t qn_detector_finalize(const int64_t *pending_t, const int64_t *pending_id, int64_t n_pending,
-                             const int64_t *new_t, const int64_t *new_id, const float *jitter,
-                             int64_t n_new, int64_t delay_ps, float clip_ps,
+                             const int64_t *new_t, const int64_t *new_id, uint64_t *state,
+                             double sigma_ps, int64_t n_new, int64_t delay_ps, double clip_ps,
                              const int64_t *dark_t, int64_t dark_id, int64_t n_dark,
                              int64_t horizon_ps, int64_t dead_ps, int64_t *last_click,
                              int64_t *out_t, int64_t *out_id, int64_t *cut) {
     memcpy(out_t, pending_t, sizeof(int64_t) * (size_t)n_pending);
     memcpy(out_id, pending_id, sizeof(int64_t) * (size_t)n_pending);
     for (int64_t i = 0; i < n_new; i++) {
-        float j = jitter ? jitter[i] : 0.0f;
+        double j = sigma_ps > 0.0 ? sigma_ps * rng_normal(state) : 0.0;
         j = j < -clip_ps ? -clip_ps : (j > clip_ps ? clip_ps : j);
-        out_t[n_pending + i] = new_t[i] + delay_ps + (int64_t)lrintf(j);
+        out_t[n_pending + i] = new_t[i] + delay_ps + (int64_t)lrint(j);
         out_id[n_pending + i] = new_id[i];
     }
     int64_t n = n_pending + n_new;

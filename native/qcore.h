@@ -78,13 +78,16 @@ void qn_nfold_free(qn_nfold *p);
 
 int qn_merge(int32_t k, const int64_t **times, const int64_t *lengths, const int32_t *channels,
              qn_tag *out, int64_t *bad_index);
-int64_t qn_route_pairs(const int64_t *times, const double *uniforms, int64_t n, int32_t n_classes,
+void qn_init(void);
+void qn_rng_fill(uint64_t *state, int32_t kind, double *out, int64_t n);
+void qn_rng_sorted_uniform(uint64_t *state, int64_t n, int64_t lo, int64_t hi, int64_t *out);
+int64_t qn_route_pairs(const int64_t *times, uint64_t *state, int64_t n, int32_t n_classes,
                        const double *cdf, const int32_t *route, int32_t n_sides,
                        int32_t n_both_classes, int64_t first_id, int64_t **out_times,
                        int64_t **out_ids, int64_t *out_counts);
 int64_t qn_detector_finalize(const int64_t *pending_t, const int64_t *pending_id, int64_t n_pending,
-                             const int64_t *new_t, const int64_t *new_id, const float *jitter,
-                             int64_t n_new, int64_t delay_ps, float clip_ps,
+                             const int64_t *new_t, const int64_t *new_id, uint64_t *state,
+                             double sigma_ps, int64_t n_new, int64_t delay_ps, double clip_ps,
                              const int64_t *dark_t, int64_t dark_id, int64_t n_dark,
                              int64_t horizon_ps, int64_t dead_ps, int64_t *last_click,
                              int64_t *out_t, int64_t *out_id, int64_t *cut);

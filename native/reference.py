@@ -254,12 +254,12 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     return out
 
 
-def route_pairs(times_ps, uniforms, cdf, route, n_outputs, n_both_classes, first_id):
-    """Reference of :func:`qnode.native.route_pairs`."""
+def route_pairs(times_ps, rng, cdf, route, n_outputs, n_both_classes, first_id):
+    """Reference of :func:`qnode.native.route_pairs` (same random stream: ``rng.uniform``)."""
     t = np.asarray(times_ps, np.int64)
     cdf = np.asarray(cdf, np.float64)
     route = np.asarray(route, np.int32)
-    cls = np.minimum(np.searchsorted(cdf, np.asarray(uniforms), side="right"), cdf.size - 1)
+    cls = np.minimum(np.searchsorted(cdf, rng.uniform(t.size), side="right"), cdf.size - 1)
     both = cls < n_both_classes
     ids = np.full(t.size, -1, np.int64)
     ids[both] = first_id + np.arange(int(both.sum()))
@@ -271,12 +271,13 @@ def route_pairs(times_ps, uniforms, cdf, route, n_outputs, n_both_classes, first
     return outs_t, outs_i, int(both.sum())
 
 
-def detector_finalize(pending, new, jitter, delay_ps, clip_ps, dark_ps, dark_id, horizon_ps,
-                      dead_ps, last_click_ps):
-    """Reference of :func:`qnode.native.detector_finalize`, step by step."""
+def detector_finalize(pending, new, rng, sigma_ps, delay_ps, clip_ps, dark_ps, dark_id,
+                      horizon_ps, dead_ps, last_click_ps):
+    """Reference of :func:`qnode.native.detector_finalize`, step by step (same random stream:
+    ``rng.normal``)."""
     new_t = np.asarray(new[0], np.int64) + delay_ps
-    if jitter is not None:
-        j = np.clip(np.asarray(jitter, np.float32), np.float32(-clip_ps), np.float32(clip_ps))
+    if sigma_ps > 0 and new_t.size:
+        j = np.clip(sigma_ps * rng.normal(new_t.size), -clip_ps, clip_ps)
         new_t = new_t + np.rint(j).astype(np.int64)
     t = np.concatenate((np.asarray(pending[0], np.int64), new_t))
     ids = np.concatenate((np.asarray(pending[1], np.int64), np.asarray(new[1], np.int64)))

@@ -97,10 +97,10 @@ def test_route_pairs_matches_reference(times, n_classes, seed, first_id):
     cdf /= cdf[-1]
     route = rng.integers(-1, 3, (n_classes, 2)).astype(np.int32)
     route[:, 1] = np.where(route[:, 1] == route[:, 0], -1, route[:, 1])  # a photon per side
-    uniforms = rng.random(times.size)
     n_both = int(rng.integers(0, n_classes + 1))
-    got = native.route_pairs(times, uniforms, cdf, route, 3, n_both, first_id)
-    want = reference.route_pairs(times, uniforms, cdf, route, 3, n_both, first_id)
+    stream = native.SimRandom(seed)
+    got = native.route_pairs(times, stream.copy(), cdf, route, 3, n_both, first_id)
+    want = reference.route_pairs(times, stream.copy(), cdf, route, 3, n_both, first_id)
     assert got[2] == want[2]
     for g, w in zip(got[0] + got[1], want[0] + want[1]):
         assert g.tolist() == w.tolist()
@@ -108,17 +108,17 @@ def test_route_pairs_matches_reference(times, n_classes, seed, first_id):
 
 @settings(max_examples=200, deadline=None)
 @given(pending=sorted_times, new=sorted_times, dark=sorted_times, seed=st.integers(0, 2**32 - 1),
-       delay=st.integers(-100, 100), clip=st.sampled_from([0.0, 5.0, 80.0]),
-       horizon=st.integers(-6000, 6000), dead=st.integers(0, 300), last=st.integers(-10**6, 0))
-def test_detector_finalize_matches_reference(pending, new, dark, seed, delay, clip, horizon, dead,
-                                             last):
-    rng = np.random.default_rng(seed)
-    jitter = (rng.normal(0, 40, new.size)).astype(np.float32)
+       sigma=st.sampled_from([0.0, 3.0, 40.0]), delay=st.integers(-100, 100),
+       clip=st.sampled_from([0.0, 5.0, 80.0]), horizon=st.integers(-6000, 6000),
+       dead=st.integers(0, 300), last=st.integers(-10**6, 0))
+def test_detector_finalize_matches_reference(pending, new, dark, seed, sigma, delay, clip, horizon,
+                                             dead, last):
+    stream = native.SimRandom(seed)
     args = ((pending, np.arange(pending.size, dtype=np.int64)),
-            (new, 1000 + np.arange(new.size, dtype=np.int64)), jitter, delay, clip, dark, -2,
-            horizon, dead, last)
-    got = native.detector_finalize(*args)
-    want = reference.detector_finalize(*args)
+            (new, 1000 + np.arange(new.size, dtype=np.int64)))
+    rest = (sigma, delay, clip, dark, -2, horizon, dead, last)
+    got = native.detector_finalize(*args, stream.copy(), *rest)
+    want = reference.detector_finalize(*args, stream.copy(), *rest)
     for g, w in zip(got[:4], want[:4]):
         assert g.tolist() == w.tolist()
     assert got[4] == want[4]
