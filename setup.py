@@ -1,9 +1,9 @@
 """qnode: the node daemon of a photonic quantum network.
 
-The design card fixes the top-level folders (daemon/ drivers/ native/ hal_sim/); ``package_dir`` maps
-them into the ``qnode`` import namespace, which is a PEP 420 namespace package (there is no
-``qnode/__init__.py``). The cffi extension ``qnode.native._qcore`` is built from ``native/qcore.c``
-for both ``pip install .`` and ``pip install -e .``.
+The design card fixes the top-level folders (daemon/ drivers/ native/ hal_sim/);
+``package_dir`` maps them into the ``qnode`` import namespace, which is a PEP 420 namespace
+package (there is no ``qnode/__init__.py``). The cffi extension ``qnode.native._qcore`` is built
+from ``native/qcore.c`` for both ``pip install .`` and ``pip install -e .``.
 """
 from setuptools import setup
 
@@ -17,7 +17,8 @@ SUBPACKAGES = {
 setup(
     name="qnode",
     version="0.1.0",
-    description="Node daemon for photonic quantum networks: instruments, coincidence core, MQTT heralding",
+    description=("Node daemon for photonic quantum networks: instruments, coincidence core, "
+                 "MQTT heralding"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

@@ -68,7 +68,8 @@ def run_all(block: np.ndarray, chunk: int, repeats: int, numpy_tags: int) -> dic
     sum_rate = median_rate(n, lambda: [native.sum_times(c) for c in chunks], repeats)
     ref_chunks = chunks_of(block[:numpy_tags], chunk)
     results = {"tags": n, "chunk": chunk, "sum_mtags_s": sum_rate / 1e6, "functions": {}}
-    for (name, make), (_, make_ref) in zip(engines(native).items(), engines(reference).items()):
+    both = zip(engines(native).items(), engines(reference).items(), strict=True)
+    for (name, make), (_, make_ref) in both:
         def run(make=make, cs=chunks):
             engine = make()
             for c in cs:
@@ -107,7 +108,8 @@ def main() -> None:
     res["config"] = vars(args)
     print(f"{res['tags']:,} tags in chunks of {res['chunk']:,}; medians of {args.repeats} runs")
     print(f"  baseline (a) streaming int64 sum over the records: {res['sum_mtags_s']:8.0f} Mtags/s")
-    print(f"  {'function':34s} {'Mtags/s':>9s} {'x sum':>7s} {'numpy Mtags/s':>14s} {'x numpy':>8s}")
+    print(f"  {'function':34s} {'Mtags/s':>9s} {'x sum':>7s} {'numpy Mtags/s':>14s} "
+          f"{'x numpy':>8s}")
     for name, f in res["functions"].items():
         print(f"  {name:34s} {f['mtags_s']:9.0f} {f['vs_sum']:7.2f} {f['numpy_mtags_s']:14.1f} "
               f"{f['vs_numpy']:8.0f}")

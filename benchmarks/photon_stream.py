@@ -13,8 +13,15 @@ import argparse
 import statistics
 import time
 
-from qnode.hal_sim import (BellDiagonalState, Clock, CWSource, Link, PhotonStreamSimulator,
-                           PulsedSource, simple_node)
+from qnode.hal_sim import (
+    BellDiagonalState,
+    Clock,
+    CWSource,
+    Link,
+    PhotonStreamSimulator,
+    PulsedSource,
+    simple_node,
+)
 
 
 def lab_link(pulsed: bool = False) -> Link:
@@ -40,7 +47,8 @@ def run_once(link: Link, seconds: float, slice_ps: int, seed: int) -> tuple[int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=0.2, help="simulated emission time per run (s)")
+    ap.add_argument("--seconds", type=float, default=0.2,
+                    help="simulated emission time per run (s)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--slice-ms", type=float, default=10.0, help="emission slice (ms)")
     ap.add_argument("--pulsed", action="store_true", help="80 MHz pulsed source, μ = 1.25")

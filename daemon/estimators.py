@@ -48,13 +48,15 @@ def expected_accidentals(singles_1: float, singles_2: float, window_ps: float,
     """
     n1, n2 = _count("singles_1", singles_1), _count("singles_2", singles_2)
     if window_ps < 0 or duration_ps <= 0:
-        raise ValueError(f"window_ps must be >= 0 and duration_ps > 0, got {window_ps}, {duration_ps}")
+        raise ValueError(
+            f"window_ps must be >= 0 and duration_ps > 0, got {window_ps}, {duration_ps}")
     a = n1 * n2 * 2.0 * window_ps / duration_ps
     rel2 = (1.0 / n1 if n1 else 0.0) + (1.0 / n2 if n2 else 0.0)
     return Estimate(a, a * math.sqrt(rel2))
 
 
-def car(coincidences: float, accidentals: float, *, accidentals_sigma: float | None = None) -> Estimate:
+def car(coincidences: float, accidentals: float, *,
+        accidentals_sigma: float | None = None) -> Estimate:
     """Coincidence-to-accidental ratio CAR = (C − A)/A (accidental-subtracted form; some papers
     quote C/A = CAR + 1).
 
@@ -110,7 +112,8 @@ def correlation(n_pp: float, n_mm: float, n_pm: float, n_mp: float,
     E = (S − D)/(S + D), σ² = (2D)²·var_S/(S+D)⁴ + (2S)²·var_D/(S+D)⁴, which is (1 − E²)/ΣN
     without accidentals.
     """
-    n = [_count(k, x) for k, x in zip(("n_pp", "n_mm", "n_pm", "n_mp"), (n_pp, n_mm, n_pm, n_mp))]
+    n = [_count(k, x)
+         for k, x in zip(("n_pp", "n_mm", "n_pm", "n_mp"), (n_pp, n_mm, n_pm, n_mp), strict=True)]
     acc = [0.0] * 4 if accidentals is None else [_count("accidentals", x) for x in accidentals]
     if len(acc) != 4:
         raise ValueError(f"accidentals must be 4 counts (A++, A--, A+-, A-+), got {len(acc)}")

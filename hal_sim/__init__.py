@@ -43,7 +43,7 @@ from .truth import ChunkTruth, RunTruth
 
 __all__ = [
     "Analyzer", "BELL_CORRELATIONS", "BellDiagonalState", "CWSource", "ChunkTruth", "Clock",
-    "ClockModel", "Detector", "Fibre", "JITTER_CLIP_SIGMAS", "Link", "Node", "PhotonStreamSimulator",
-    "PulsedSource", "RunTruth", "SMF28_GROUP_INDEX", "SimChunk", "basis", "linear_polariser",
-    "simple_node",
+    "ClockModel", "Detector", "Fibre", "JITTER_CLIP_SIGMAS", "Link", "Node",
+    "PhotonStreamSimulator", "PulsedSource", "RunTruth", "SMF28_GROUP_INDEX", "SimChunk", "basis",
+    "linear_polariser", "simple_node",
 ]

@@ -28,7 +28,8 @@ class Node:
             raise ValueError(f"Node({self.name!r}).analyzers must name at least one analyzer")
         chans = [d.channel for a in self.analyzers for d in (a.plus, a.minus)]
         if len(set(chans)) != len(chans):
-            raise ValueError(f"Node({self.name!r}): detector channels must be distinct, got {chans}")
+            raise ValueError(
+                f"Node({self.name!r}): detector channels must be distinct, got {chans}")
         names = [a.name for a in self.analyzers]
         if len(set(names)) != len(names):
             raise ValueError(f"Node({self.name!r}): analyzer names must be distinct, got {names}")
@@ -55,7 +56,8 @@ class Link:
         if len(self.nodes) != 2:
             raise ValueError(f"Link.nodes must be two nodes, got {len(self.nodes)}")
         if self.nodes[0].name == self.nodes[1].name:
-            raise ValueError(f"Link.nodes must have distinct names, got {self.nodes[0].name!r} twice")
+            raise ValueError(
+                f"Link.nodes must have distinct names, got {self.nodes[0].name!r} twice")
 
 
 def simple_node(name: str, channels: tuple[int, int], *, basis_vector=(0.0, 0.0, 1.0),

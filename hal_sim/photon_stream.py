@@ -31,8 +31,8 @@ from . import _validate as v
 from .clock import ClockModel
 from .detector import Detector
 from .link import Link, Node
-from .polarisation import BellDiagonalState
 from .optics import check_rotation
+from .polarisation import BellDiagonalState
 from .truth import ChunkTruth, RunTruth
 
 _DARK_ID = -2
@@ -111,7 +111,8 @@ class PhotonStreamSimulator:
         self.clock_history_ps = v.integer("PhotonStreamSimulator", "clock_history_ps",
                                           clock_history_ps, 0)
         if not isinstance(link, Link):
-            raise ValueError(f"PhotonStreamSimulator.link must be a Link, got {type(link).__name__}")
+            raise ValueError(
+                f"PhotonStreamSimulator.link must be a Link, got {type(link).__name__}")
         self.link = link
         ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         n_channels = sum(len(n.detectors) for n in link.nodes)
@@ -145,7 +146,7 @@ class PhotonStreamSimulator:
             w = w / w.sum()
             self.truth.detector_efficiency[node.name] = float(sum(
                 wi * (a.plus.efficiency + a.minus.efficiency) / 2
-                for wi, a in zip(w, node.analyzers)))
+                for wi, a in zip(w, node.analyzers, strict=True)))
             self.truth.channel_delay_ps[node.name] = {
                 ch.channel: ch.delay_ps + node.clock.offset_ps for ch in self._channels[node.name]}
             self.truth.singles[node.name] = {ch.channel: 0 for ch in self._channels[node.name]}
@@ -175,7 +176,8 @@ class PhotonStreamSimulator:
         self._build_classes()
 
     def set_analyzer_vector(self, node: str, analyzer: str, vector: object) -> None:
-        """Point one analyzer at a new Bloch vector (e.g. a waveplate moved) from the next slice on."""
+        """Point one analyzer at a new Bloch vector (e.g. a waveplate moved) from the next
+        slice on."""
         n = self._node(node)
         names = [a.name for a in n.analyzers]
         if analyzer not in names:
@@ -310,7 +312,7 @@ class PhotonStreamSimulator:
         per_t, per_id, n_both = route_pairs(times, self._pair_stream, self._cdf,
                                             self._route, len(self._outputs),
                                             self._n_both_classes, self._next_id)
-        for ch, t, ids in zip(self._outputs, per_t, per_id):
+        for ch, t, ids in zip(self._outputs, per_t, per_id, strict=True):
             ch.add_photons(t, ids)
         if n_both:
             self._hits = np.concatenate([self._hits, np.zeros(n_both, np.uint8)])
@@ -335,7 +337,8 @@ class PhotonStreamSimulator:
         clock.prune(h_prev - self.clock_history_ps)
         return merge_channels(by_channel), singles, darks, paired
 
-    def _finalize(self, truth: ChunkTruth, horizons: dict[str, int], final: bool = False) -> SimChunk:
+    def _finalize(self, truth: ChunkTruth, horizons: dict[str, int],
+                  final: bool = False) -> SimChunk:
         names = list(self._channels)
         hs = {n: max(horizons[n], self._horizon[n]) for n in names}
         results = {n: self._finalize_node(n, hs[n]) for n in names}
@@ -351,7 +354,8 @@ class PhotonStreamSimulator:
             truth.singles[name] = singles
             truth.dark_counts[name] = darks
             self._horizon[name] = hs[name]
-            emitted_final.append(hs[name] - max(c.delay_ps + c.clip_ps for c in self._channels[name]))
+            emitted_final.append(
+                hs[name] - max(c.delay_ps + c.clip_ps for c in self._channels[name]))
         done_before = min(emitted_final)
         id_end = self._hits_lo
         while self._open_slices and (final or self._open_slices[0][0] <= done_before):

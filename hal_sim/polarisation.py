@@ -91,8 +91,10 @@ class BellDiagonalState:
     def correlation(self, a: object, b: object, rotation_a: object = None,
                     rotation_b: object = None) -> float:
         """E = (R_a·a)ᵀ·T·(R_b·b) for analyzer Bloch vectors a, b (rotations default to I)."""
-        va = np.asarray(a, float) if rotation_a is None else np.asarray(rotation_a, float) @ np.asarray(a, float)
-        vb = np.asarray(b, float) if rotation_b is None else np.asarray(rotation_b, float) @ np.asarray(b, float)
+        va = (np.asarray(a, float) if rotation_a is None
+              else np.asarray(rotation_a, float) @ np.asarray(a, float))
+        vb = (np.asarray(b, float) if rotation_b is None
+              else np.asarray(rotation_b, float) @ np.asarray(b, float))
         return float(va @ self.correlation_matrix @ vb)
 
 
@@ -102,7 +104,8 @@ class Analyzer:
     with a detector on each output port.
 
     * ``name``: label used in ground truth (e.g. "Z", "X", "a1").
-    * ``vector``: unit Bloch vector of the '+' outcome (see :func:`basis`, :func:`linear_polariser`).
+    * ``vector``: unit Bloch vector of the '+' outcome (see :func:`basis`,
+      :func:`linear_polariser`).
     * ``plus`` / ``minus``: the detectors on the '+' and '−' ports.
     * ``weight``: relative probability that a photon goes to this analyzer when a node has several
       (passive basis choice by a beam splitter); weights are normalised per node.
@@ -117,7 +120,8 @@ class Analyzer:
     def __post_init__(self) -> None:
         vec = np.asarray(self.vector, dtype=float)
         if vec.shape != (3,) or not np.isfinite(vec).all():
-            raise ValueError(f"Analyzer({self.name!r}).vector must be 3 finite numbers, got {self.vector!r}")
+            raise ValueError(
+                f"Analyzer({self.name!r}).vector must be 3 finite numbers, got {self.vector!r}")
         if not math.isclose(float(np.linalg.norm(vec)), 1.0, abs_tol=1e-9):
             raise ValueError(f"Analyzer({self.name!r}).vector must be a unit vector, "
                              f"got norm {np.linalg.norm(vec):.6g}")

@@ -9,21 +9,49 @@ Public API (C engines; the numpy oracle with identical semantics is ``qnode.nati
 * stream utilities: :func:`merge_channels`, :func:`dead_time_filter`, :func:`bin_mod`,
   :func:`pair_deltas`; for hal_sim, :class:`SimRandom`, :func:`route_pairs` and
   :func:`detector_finalize`.
-* :mod:`qnode.native.align`: clock alignment of two nodes' streams.
-"""
-from ._spec import (CLUSTER_DTYPE, NFoldResult, PairCounts, StreamOrderError, StreamStats)
-from .core import (Coincidences, Correlation, NativeCoreMissing, NFold, bin_mod, dead_time_filter,
-                   detector_finalize,
-                   merge_channels, native_available, native_error, pair_deltas, route_pairs,
-                   SimRandom, sum_times)
-from .tags import (TAG_DTYPE, TagBlock, TagBlockError, TagType, check_block, empty_block,
-                   sort_block, tag_block, time_tags)
+* :mod:`qnode.native.align` (offset, frequency) and :mod:`qnode.native.tracking` (drift servo):
+  clock alignment of two nodes' streams.
 
-__all__ = [
-    "CLUSTER_DTYPE", "Coincidences", "Correlation", "NFold", "detector_finalize", "NFoldResult", "NativeCoreMissing",
-    "PairCounts", "SimRandom", "StreamOrderError", "StreamStats", "TAG_DTYPE", "TagBlock", "TagBlockError",
-    "TagType", "bin_mod", "check_block", "dead_time_filter", "empty_block", "merge_channels",
-    "native_available", "native_error", "pair_deltas", "route_pairs", "sort_block", "sum_times",
-    "tag_block",
-    "time_tags",
-]
+The C-backed names load on first use: without the compiled extension they raise
+:class:`NativeCoreMissing`, which says how to build it, while the tag model and
+``qnode.native.reference`` keep working.
+"""
+# These imports are re-exported: ruff cannot see that they are used, as __all__ is computed.
+from ._loader import NativeCoreMissing, native_available, native_error  # noqa: F401
+from ._spec import (  # noqa: F401
+    CLUSTER_DTYPE,
+    NFoldResult,
+    PairCounts,
+    StreamOrderError,
+    StreamStats,
+)
+from .tags import (  # noqa: F401
+    TAG_DTYPE,
+    TagBlock,
+    TagBlockError,
+    TagType,
+    check_block,
+    empty_block,
+    sort_block,
+    tag_block,
+    time_tags,
+)
+
+_CORE_NAMES = frozenset({
+    "Coincidences", "Correlation", "NFold", "SimRandom", "bin_mod", "dead_time_filter",
+    "detector_finalize", "merge_channels", "pair_deltas", "route_pairs", "sum_times",
+})
+
+
+def __getattr__(name: str):
+    if name in _CORE_NAMES:
+        from . import core  # raises NativeCoreMissing when the extension is not built
+        return getattr(core, name)
+    raise AttributeError(f"module 'qnode.native' has no attribute {name!r}")
+
+
+__all__ = sorted(_CORE_NAMES | {
+    "CLUSTER_DTYPE", "NFoldResult", "NativeCoreMissing", "PairCounts", "StreamOrderError",
+    "StreamStats", "TAG_DTYPE", "TagBlock", "TagBlockError", "TagType", "check_block",
+    "empty_block", "native_available", "native_error", "sort_block", "tag_block", "time_tags",
+})

@@ -72,7 +72,8 @@ class Coincidences:
 
     def _empty(self) -> PairCounts:
         return PairCounts(np.zeros(self._n, np.int64),
-                          None if self.accidental_offset_ps is None else np.zeros(self._n, np.int64),
+                          (None if self.accidental_offset_ps is None
+                           else np.zeros(self._n, np.int64)),
                           np.zeros(len(self.channels), np.int64))
 
     def _result(self, counts: np.ndarray, singles: np.ndarray) -> PairCounts:

@@ -109,8 +109,9 @@ def coincidence_setup(pairs: Sequence[tuple[int, int]], window_ps: int,
     if accidental_offset_ps is not None:
         off = _int("accidental_offset_ps", accidental_offset_ps)
         if abs(off) <= 2 * w:
-            raise ValueError(f"accidental_offset_ps ({off}) must exceed the full window 2*window_ps "
-                             f"({2 * w}) so the displaced window does not overlap the true one")
+            raise ValueError(f"accidental_offset_ps ({off}) must exceed the full window "
+                             f"2*window_ps ({2 * w}) so the displaced window does not overlap "
+                             "the true one")
         specs += [PairSpec(idx[a], idx[b], off - w, off + w) for a, b in pairs]
     return PairSetup(chans, _delays(chans, delays_ps), tuple(specs))
 
@@ -140,7 +141,8 @@ def nfold_setup(channels: Iterable[int], window_ps: int, delays_ps: Mapping[int,
                 min_fold: int = 2) -> NFoldSetup:
     chans = _channels(channels)
     if len(chans) > 64:
-        raise ValueError(f"N-fold clusters take at most 64 channels (a uint64 mask), got {len(chans)}")
+        raise ValueError(
+            f"N-fold clusters take at most 64 channels (a uint64 mask), got {len(chans)}")
     w = _int("window_ps", window_ps, 0)
     mf = _int("min_fold", min_fold, 1)
     if mf > len(chans):

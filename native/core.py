@@ -8,45 +8,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _api, _spec
+from . import _api, _loader, _spec
 from ._spec import CLUSTER_DTYPE, NFoldResult, StreamStats
 from .tags import TAG_DTYPE, TagBlock
 
-
-class NativeCoreMissing(ImportError):
-    """The compiled extension ``qnode.native._qcore`` is not there."""
-
-
-try:
-    from ._qcore import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
-    _IMPORT_ERROR: Exception | None = None
-except ImportError as exc:  # pragma: no cover - exercised only on a broken install
-    _ffi = _lib = None
-    _IMPORT_ERROR = exc
-
-
-if _lib is not None:
-    _lib.qn_init()
-
-
-def native_available() -> bool:
-    """True when the compiled core can be used."""
-    return _lib is not None
-
-
-def native_error() -> str | None:
-    """Why the compiled core cannot be used, or None."""
-    return None if _IMPORT_ERROR is None else str(_IMPORT_ERROR)
-
-
-def _lib_or_raise():
-    if _lib is None:
-        raise NativeCoreMissing(
-            "qnode's native coincidence core (qnode.native._qcore) is not built. Build it by "
-            "installing the checkout: `pip install -e .` (or `pip install .`), which needs gcc and "
-            "the Python headers (Debian: build-essential python3-dev). The numpy reference is "
-            f"available as qnode.native.reference. Import error: {_IMPORT_ERROR}")
-    return _lib
+# Importing this module without the compiled extension raises NativeCoreMissing, naming the
+# command that builds it.
+_ffi, _lib = _loader.require()
 
 
 def _ptr(ctype: str, arr: np.ndarray):
@@ -72,7 +40,8 @@ def _stats(raw) -> StreamStats:
                           for f in _spec.dataclasses.fields(StreamStats)})
 
 
-def _order_error(block: TagBlock, index: int, previous_ps: int, partial: object) -> _spec.StreamOrderError:
+def _order_error(block: TagBlock, index: int, previous_ps: int,
+                 partial: object) -> _spec.StreamOrderError:
     """``previous_ps``: the engine's last good record time (the C engines stop right there)."""
     return _spec.StreamOrderError(index, int(block["time"][index]), previous_ps, partial)
 
@@ -81,14 +50,15 @@ class _NativePairs:
     """The C pair engine (2-fold counts, accidentals, correlation histograms)."""
 
     def __init__(self, setup: _spec.PairSetup):
-        lib = _lib_or_raise()
+        lib = _lib
         self._n_channels = len(setup.channels)
         self._n_specs = len(setup.specs)
         self._n_bins = sum(s.n_bins for s in setup.specs)
         chans = np.array(setup.channels, np.int32)
         specs = _ffi.new("qn_pair_spec[]", self._n_specs)
-        for cs, s in zip(specs, setup.specs):
-            cs.a, cs.b, cs.lo, cs.hi, cs.bin_width, cs.n_bins = s.a, s.b, s.lo, s.hi, s.bin_width, s.n_bins
+        for cs, s in zip(specs, setup.specs, strict=True):
+            cs.a, cs.b, cs.lo, cs.hi = s.a, s.b, s.lo, s.hi
+            cs.bin_width, cs.n_bins = s.bin_width, s.n_bins
         out = _ffi.new("qn_pairs **")
         rc = lib.qn_pairs_new(out, self._n_channels, _ptr("int32_t *", chans),
                               _ptr("int64_t *", setup.delays), self._n_specs, specs)
@@ -119,7 +89,7 @@ class _NativeNFold:
     """The C N-fold cluster engine."""
 
     def __init__(self, setup: _spec.NFoldSetup):
-        lib = _lib_or_raise()
+        lib = _lib
         self._n_channels = len(setup.channels)
         self._hist_size = (1 << self._n_channels) if setup.histogram else 0
         chans = np.array(setup.channels, np.int32)
@@ -200,8 +170,9 @@ def _int64_array(name: str, a: object) -> np.ndarray:
 
 
 def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
-    """Merge per-channel sorted time arrays (ps) into one TagBlock, equal times ordered by channel."""
-    lib = _lib_or_raise()
+    """Merge per-channel sorted time arrays (ps) into one TagBlock, equal times ordered
+    by channel."""
+    lib = _lib
     chans = list(times_by_channel)
     arrays = [_int64_array(f"times for channel {c}", times_by_channel[c]) for c in chans]
     total = sum(a.size for a in arrays)
@@ -227,7 +198,6 @@ class SimRandom:
     stream (the differential tests feed the numpy references from one)."""
 
     def __init__(self, seed: int | np.random.SeedSequence = 0, *, _state: np.ndarray | None = None):
-        _lib_or_raise()
         if _state is not None:
             self.state = _state.copy()
         else:
@@ -236,7 +206,7 @@ class SimRandom:
             if not self.state.any():  # the one state xoshiro cannot leave
                 self.state[0] = 1
 
-    def copy(self) -> "SimRandom":
+    def copy(self) -> SimRandom:
         return SimRandom(_state=self.state)
 
     @property
@@ -278,7 +248,7 @@ def route_pairs(times_ps: np.ndarray, rng: SimRandom, cdf: np.ndarray, route: np
     side reaches (or -1). Pairs of classes < ``n_both_classes`` get consecutive ids from
     ``first_id``; other photons id -1. Returns per output (sorted times, ids), and the number of
     ids given."""
-    lib = _lib_or_raise()
+    lib = _lib
     t = _int64_array("times_ps", times_ps)
     c = np.ascontiguousarray(cdf, np.float64)
     r = np.ascontiguousarray(route, np.int32)
@@ -295,14 +265,16 @@ def route_pairs(times_ps: np.ndarray, rng: SimRandom, cdf: np.ndarray, route: np
         _ptr("int64_t *", counts))
     if n_ids < 0:
         raise ValueError("route_pairs: at most 64 classes, 8 sides and 64 outputs")
-    return ([a[:k] for a, k in zip(outs_t, counts)], [a[:k] for a, k in zip(outs_i, counts)],
+    return ([a[:k] for a, k in zip(outs_t, counts, strict=True)],
+            [a[:k] for a, k in zip(outs_i, counts, strict=True)],
             int(n_ids))
 
 
 def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
                       rng: SimRandom, sigma_ps: float, delay_ps: int, clip_ps: float,
                       dark_ps: np.ndarray, dark_id: int, horizon_ps: int, dead_ps: int,
-                      last_click_ps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+                      last_click_ps: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Simulation support: one detector's tags up to ``horizon_ps``.
 
     ``pending``: (sorted times, ids) left over; ``new``: (sorted emission times, ids) to which
@@ -310,7 +282,7 @@ def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndar
     are added; ``dark_ps``: sorted dark-count times, id ``dark_id``. Records before the horizon pass
     the non-paralysable dead time. Returns (times, ids) registered, (times, ids) still pending,
     and the new last click."""
-    lib = _lib_or_raise()
+    lib = _lib
     pt, pi = (_int64_array("pending times", pending[0]), _int64_array("pending ids", pending[1]))
     nt, ni = (_int64_array("new times", new[0]), _int64_array("new ids", new[1]))
     dk = _int64_array("dark_ps", dark_ps)
@@ -329,11 +301,12 @@ def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndar
     return out_t[:m], out_i[:m], out_t[c:].copy(), out_i[c:].copy(), int(last[0])
 
 
-def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> tuple[np.ndarray, int]:
+def dead_time_filter(times_ps: np.ndarray, dead_ps: int,
+                     last_click_ps: int) -> tuple[np.ndarray, int]:
     """Non-paralysable dead time on one detector's sorted times: a click at t blinds the detector
     for [t, t + dead_ps). Returns (keep mask, time of the last registered click) so that calls on
     consecutive pieces of a stream chain exactly."""
-    lib = _lib_or_raise()
+    lib = _lib
     t = _int64_array("times_ps", times_ps)
     keep = np.empty(t.size, np.uint8)
     last = _ffi.new("int64_t *", int(last_click_ps))
@@ -344,7 +317,7 @@ def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> 
 def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
             out: np.ndarray | None = None) -> np.ndarray:
     """Histogram floor((t - t0)/bin) mod n_bins (n_bins a power of two); adds into ``out``."""
-    lib = _lib_or_raise()
+    lib = _lib
     t = _int64_array("times_ps", times_ps)
     hist = np.zeros(n_bins, np.int64) if out is None else out
     if hist.dtype != np.int64 or hist.size != n_bins or not hist.flags.c_contiguous:
@@ -352,14 +325,15 @@ def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
     rc = lib.qn_bin_mod(_ptr("int64_t *", t), t.size, int(t0_ps), int(bin_ps), int(n_bins),
                         _ptr("int64_t *", hist))
     if rc != lib.QN_OK:
-        raise ValueError(f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
+        raise ValueError(
+            f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
     return hist
 
 
 def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> np.ndarray:
     """Every difference b[j] - a[i] with lo <= diff <= hi, for sorted ``a`` and ``b`` (ps),
     ordered by i then j."""
-    lib = _lib_or_raise()
+    lib = _lib
     a = _int64_array("a_ps", a_ps)
     b = _int64_array("b_ps", b_ps)
     cap = max(16, 2 * min(a.size, b.size))
@@ -374,4 +348,4 @@ def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> n
 
 def sum_times(block: TagBlock) -> int:
     """Sum of the time field: the memory-bandwidth baseline of the benchmarks."""
-    return int(_lib_or_raise().qn_sum_times(_tags_ptr(block), block.size))
+    return int(_lib.qn_sum_times(_tags_ptr(block), block.size))

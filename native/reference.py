@@ -161,7 +161,8 @@ class _NumpyNFold:
                 self._open, self._t_open, self._mask = True, int(t[i]), 0
             j = int(np.searchsorted(t, self._t_open + w, side="right"))
             if j > i:
-                self._mask |= int(np.bitwise_or.reduce(np.left_shift(np.uint64(1), c[i:j].astype(np.uint64))))
+                self._mask |= int(np.bitwise_or.reduce(
+                    np.left_shift(np.uint64(1), c[i:j].astype(np.uint64))))
                 i = j
             if i < n:
                 self._emit(hist, events)
@@ -242,12 +243,13 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     """Reference of :func:`qnode.native.merge_channels`."""
     chans = list(times_by_channel)
     arrays = [np.asarray(times_by_channel[c], np.int64) for c in chans]
-    for c, a in zip(chans, arrays):
+    for c, a in zip(chans, arrays, strict=True):
         if a.size > 1 and np.any(np.diff(a) < 0):
             raise ValueError(f"merge_channels: times for channel {c} are not sorted")
     t = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
-    ch = np.concatenate([np.full(a.size, c, np.int32) for c, a in zip(chans, arrays)]) \
-        if arrays else np.empty(0, np.int32)
+    ch = (np.concatenate([np.full(a.size, c, np.int32)
+                          for c, a in zip(chans, arrays, strict=True)])
+          if arrays else np.empty(0, np.int32))
     order = np.lexsort((ch, t))
     out = np.zeros(t.size, TAG_DTYPE)
     out["time"], out["channel"] = t[order], ch[order]
@@ -293,7 +295,8 @@ def detector_finalize(pending, new, rng, sigma_ps, delay_ps, clip_ps, dark_ps, d
     return t[:cut][keep], ids[:cut][keep], t[cut:], ids[cut:], last
 
 
-def dead_time_filter(times_ps: np.ndarray, dead_ps: int, last_click_ps: int) -> tuple[np.ndarray, int]:
+def dead_time_filter(times_ps: np.ndarray, dead_ps: int,
+                     last_click_ps: int) -> tuple[np.ndarray, int]:
     """Reference of :func:`qnode.native.dead_time_filter` (a plain loop: the rule is sequential)."""
     keep = np.zeros(len(times_ps), bool)
     last = int(last_click_ps)
@@ -308,7 +311,8 @@ def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
             out: np.ndarray | None = None) -> np.ndarray:
     """Reference of :func:`qnode.native.bin_mod`."""
     if bin_ps < 1 or n_bins < 1 or n_bins & (n_bins - 1):
-        raise ValueError(f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
+        raise ValueError(
+            f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
     hist = np.zeros(n_bins, np.int64) if out is None else out
     q = np.floor_divide(np.asarray(times_ps, np.int64) - t0_ps, bin_ps)
     hist += np.bincount(np.mod(q, n_bins), minlength=n_bins)

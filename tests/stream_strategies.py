@@ -15,7 +15,7 @@ from qnode.native import TAG_DTYPE, TagType
 def split(block: np.ndarray, cuts: list[int]) -> list[np.ndarray]:
     """Split at the given cut points (sorted, repeats allowed: they make empty chunks)."""
     edges = [0, *sorted(min(max(c, 0), block.size) for c in cuts), block.size]
-    return [block[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    return [block[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 @st.composite

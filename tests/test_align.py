@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 import types
-from fractions import Fraction
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from qnode import native
-from qnode.native import align
+from qnode.native import align, tracking
 
 PS = 10**12
 A0 = 3 * 3600 * PS            # node a's clock reads 3 h at the start (> 2**53 ps)
@@ -85,7 +85,7 @@ def first(s: Streams, seconds: float) -> tuple[np.ndarray, np.ndarray]:
             s.b[:np.searchsorted(s.b, s.b[0] + int(seconds * PS))])
 
 
-def run_tracker(tracker: align.DriftTracker, s: Streams, chunk_s: float,
+def run_tracker(tracker: tracking.DriftTracker, s: Streams, chunk_s: float,
                 t_end_s: float | None = None) -> np.ndarray:
     """Feed both streams in chunks of ``chunk_s`` of each node's own clock; all step records."""
     steps = []
@@ -276,7 +276,7 @@ def minute(request) -> Streams:
 def test_tracker_follows_drift_over_a_minute(minute: Streams) -> None:
     s = minute
     est = align.find_offset_and_drift(*first(s, 2.0))
-    tracker = align.DriftTracker(est)
+    tracker = tracking.DriftTracker(est)
     steps = run_tracker(tracker, s, chunk_s=0.5)
     assert steps.size == 6000                 # 10 ms intervals
     err = steps["offset_ps"] - s.offset_at(steps["time_ps"])
@@ -285,9 +285,9 @@ def test_tracker_follows_drift_over_a_minute(minute: Streams) -> None:
     settled = steps["time_ps"] >= A0 + 50 * 10**9
     assert np.abs(err[settled]).max() <= 50
     assert np.sqrt(np.mean(err[settled] ** 2)) <= 15
-    assert np.all(steps["status"][settled] == align.TrackStatus.LOCKED)
+    assert np.all(steps["status"][settled] == tracking.TrackStatus.LOCKED)
     state = tracker.state
-    assert state.status == align.TrackStatus.LOCKED and state.lock_losses == 0
+    assert state.status == tracking.TrackStatus.LOCKED and state.lock_losses == 0
     assert abs(state.drift_ppm - s.drift_at(state.time_ps)) < 0.01
     assert abs(steps["drift_ppm"][-1] - s.drift_at(int(steps["time_ps"][-1]))) < 0.01
     assert state.residual_rms_ps == pytest.approx(PEAK_RMS, rel=0.25)
@@ -304,16 +304,16 @@ def test_tracker_follows_drift_over_a_minute(minute: Streams) -> None:
 def test_tracker_reports_lock_loss_and_relocks() -> None:
     s = simulate(3.0, seed=41, offset_ps=-1_234_567, drift_ppm=-2.5, b_dark=(1.5, 1.8))
     est = align.find_offset_and_drift(*first(s, 1.0))
-    tracker = align.DriftTracker(est)
+    tracker = tracking.DriftTracker(est)
     steps = run_tracker(tracker, s, chunk_s=0.25)
     t = (steps["time_ps"] - A0) / PS
     status = steps["status"]
-    assert np.all(status[t < 1.49] == align.TrackStatus.LOCKED)
+    assert np.all(status[t < 1.49] == tracking.TrackStatus.LOCKED)
     dark = (t > 1.51) & (t < 1.79)
-    assert np.all(np.isin(status[dark], [align.TrackStatus.HOLDOVER, align.TrackStatus.LOST]))
-    assert np.all(status[(t > 1.62) & (t < 1.79)] == align.TrackStatus.LOST)  # > 100 ms dark
+    assert np.all(np.isin(status[dark], [tracking.TrackStatus.HOLDOVER, tracking.TrackStatus.LOST]))
+    assert np.all(status[(t > 1.62) & (t < 1.79)] == tracking.TrackStatus.LOST)  # > 100 ms dark
     assert np.all(steps["n_pairs"][dark] == 0)
-    assert np.all(status[t > 1.81] == align.TrackStatus.LOCKED)       # coasting kept the window
+    assert np.all(status[t > 1.81] == tracking.TrackStatus.LOCKED)       # coasting kept the window
     assert tracker.state.lock_losses == 1
     err = steps["offset_ps"] - s.offset_at(steps["time_ps"])
     # while coasting the error grows with the frequency error (~2e-4 ppm rms * 0.3 s ~ 60 ps)
@@ -325,23 +325,23 @@ def test_tracker_lost_on_uncorrelated_or_dark_stream() -> None:
     s = simulate(1.0, seed=42, offset_ps=5_000_000, drift_ppm=1.0)
     est = align.find_offset_and_drift(*first(s, 1.0), span_ps=PS // 10)
     # node b goes dark: only a's photons arrive, the caller vouches for the time span
-    tracker = align.DriftTracker(est)
+    tracker = tracking.DriftTracker(est)
     rep = tracker.update(s.a, np.empty(0, np.int64), end_ps=int(s.a[-1]))
     assert rep.steps.size > 50 and rep.n_coincidences == 0
-    assert rep.state.status == align.TrackStatus.LOST and rep.state.lock_losses == 1
+    assert rep.state.status == tracking.TrackStatus.LOST and rep.state.lock_losses == 1
     # node b sees unrelated light
     u = simulate(1.0, seed=43, offset_ps=5_000_000, drift_ppm=1.0, correlated=False)
-    tracker = align.DriftTracker(est)
+    tracker = tracking.DriftTracker(est)
     steps = run_tracker(tracker, u, chunk_s=0.25)
-    assert tracker.state.status == align.TrackStatus.LOST
-    assert np.all(steps["status"] != align.TrackStatus.LOCKED)
+    assert tracker.state.status == tracking.TrackStatus.LOST
+    assert np.all(steps["status"] != tracking.TrackStatus.LOCKED)
 
 
 def test_tracker_chunking_does_not_change_results() -> None:
     s = simulate(1.0, seed=44, offset_ps=-77_777_777, drift_ppm=1.5)
     est = align.find_offset_and_drift(s.a, s.b, span_ps=PS // 10)
-    one = run_tracker(align.DriftTracker(est), s, chunk_s=10.0)
-    many = run_tracker(align.DriftTracker(est), s, chunk_s=0.0371)
+    one = run_tracker(tracking.DriftTracker(est), s, chunk_s=10.0)
+    many = run_tracker(tracking.DriftTracker(est), s, chunk_s=0.0371)
     np.testing.assert_array_equal(one, many)
     # every pair both nodes detected is counted exactly once across chunk boundaries
     found = int(many["n_pairs"].sum() - many["n_accidentals"].sum())
@@ -369,6 +369,6 @@ def test_backends_agree(backend) -> None:
     assert (e_ref.offset_ps, e_ref.drift_ppm, e_ref.offset_uncertainty_ps) == \
         (e_c.offset_ps, e_c.drift_ppm, e_c.offset_uncertainty_ps)
     np.testing.assert_equal([vars(x) for x in e_ref.stages], [vars(x) for x in e_c.stages])
-    steps_c = run_tracker(align.DriftTracker(e_c), s, chunk_s=0.3)
-    steps_ref = run_tracker(align.DriftTracker(e_c, backend=backend), s, chunk_s=0.3)
+    steps_c = run_tracker(tracking.DriftTracker(e_c), s, chunk_s=0.3)
+    steps_ref = run_tracker(tracking.DriftTracker(e_c, backend=backend), s, chunk_s=0.3)
     np.testing.assert_array_equal(steps_ref, steps_c)

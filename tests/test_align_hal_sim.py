@@ -8,8 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qnode.hal_sim import BellDiagonalState, Clock, CWSource, Link, PhotonStreamSimulator, simple_node
-from qnode.native.align import DriftTracker, TrackStatus, find_offset, find_offset_and_drift
+from qnode.hal_sim import (
+    BellDiagonalState,
+    Clock,
+    CWSource,
+    Link,
+    PhotonStreamSimulator,
+    simple_node,
+)
+from qnode.native.align import find_offset, find_offset_and_drift
+from qnode.native.tracking import DriftTracker, TrackStatus
 
 DETECTOR = dict(efficiency=0.5, dark_count_rate_hz=500.0, dead_time_ps=20_000, jitter_ps=40.0)
 

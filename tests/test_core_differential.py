@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from stream_strategies import brute_clusters, brute_pair_deltas, chunkings, split, tag_streams
 
 from qnode import native
 from qnode.native import reference
+
+from stream_strategies import brute_clusters, brute_pair_deltas, chunkings, split, tag_streams
 
 CHANNELS = (1, 2, 3, 4)
 PAIRS = [(1, 2), (3, 4), (1, 4), (2, 3)]
@@ -153,7 +154,7 @@ def test_large_random_stream_many_channels_native_equals_reference():
     t = np.cumsum(rng.exponential(25.0, n)).astype(np.int64)  # 40 tags/ns across channels
     block = native.sort_block(native.tag_block(t, rng.integers(0, 16, n)))
     pairs = [(a, b) for a in range(8) for b in range(8, 16) if (a + b) % 3 == 0][:40]
-    delays = {c: int(d) for c, d in zip(channels, rng.integers(-2000, 2000, 16))}
+    delays = {c: int(d) for c, d in zip(channels, rng.integers(-2000, 2000, 16), strict=True)}
     cuts = sorted(rng.integers(0, n, 30).tolist())
     counters = [m.Coincidences(pairs, 500, delays_ps=delays, accidental_offset_ps=-7000,
                                channels=channels) for m in BACKENDS]

@@ -50,7 +50,8 @@ def test_dead_time_filter_matches_reference_and_chains(times, dead, last, cut):
        log2_bins=st.integers(0, 10))
 def test_bin_mod_matches_reference(times, t0, bin_ps, log2_bins):
     n = 1 << log2_bins
-    assert np.array_equal(native.bin_mod(times, t0, bin_ps, n), reference.bin_mod(times, t0, bin_ps, n))
+    assert np.array_equal(native.bin_mod(times, t0, bin_ps, n),
+                          reference.bin_mod(times, t0, bin_ps, n))
 
 
 def test_bin_mod_rejects_non_power_of_two():
@@ -85,7 +86,8 @@ def test_sum_times_matches_numpy_including_wraparound():
 def test_merge_handles_the_extremes_of_int64():
     lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
     got = native.merge_channels({3: np.array([lo, hi]), 1: np.array([lo, 0, hi])})
-    assert got["time"].tolist() == [lo, lo, 0, hi, hi] and got["channel"].tolist() == [1, 3, 1, 1, 3]
+    assert (got["time"].tolist() == [lo, lo, 0, hi, hi]
+            and got["channel"].tolist() == [1, 3, 1, 1, 3])
 
 
 @settings(max_examples=150, deadline=None)
@@ -102,7 +104,7 @@ def test_route_pairs_matches_reference(times, n_classes, seed, first_id):
     got = native.route_pairs(times, stream.copy(), cdf, route, 3, n_both, first_id)
     want = reference.route_pairs(times, stream.copy(), cdf, route, 3, n_both, first_id)
     assert got[2] == want[2]
-    for g, w in zip(got[0] + got[1], want[0] + want[1]):
+    for g, w in zip(got[0] + got[1], want[0] + want[1], strict=True):
         assert g.tolist() == w.tolist()
 
 
@@ -119,6 +121,6 @@ def test_detector_finalize_matches_reference(pending, new, dark, seed, sigma, de
     rest = (sigma, delay, clip, dark, -2, horizon, dead, last)
     got = native.detector_finalize(*args, stream.copy(), *rest)
     want = reference.detector_finalize(*args, stream.copy(), *rest)
-    for g, w in zip(got[:4], want[:4]):
+    for g, w in zip(got[:4], want[:4], strict=True):
         assert g.tolist() == w.tolist()
     assert got[4] == want[4]

@@ -11,9 +11,22 @@ import numpy as np
 import pytest
 
 from qnode.daemon import estimators as est
-from qnode.hal_sim import (Analyzer, BellDiagonalState, Clock, ClockModel, CWSource, Detector,
-                           Fibre, Link, Node, PhotonStreamSimulator, PulsedSource, basis,
-                           linear_polariser, simple_node)
+from qnode.hal_sim import (
+    Analyzer,
+    BellDiagonalState,
+    Clock,
+    ClockModel,
+    CWSource,
+    Detector,
+    Fibre,
+    Link,
+    Node,
+    PhotonStreamSimulator,
+    PulsedSource,
+    basis,
+    linear_polariser,
+    simple_node,
+)
 from qnode.native import Coincidences, Correlation, check_block, sort_block
 
 W = 1_000                 # coincidence half-window w (ps): |dt| <= 1 ns
@@ -82,7 +95,8 @@ def test_true_coincidences_match_brightness_times_efficiencies(cw_run):
     sim, _, totals = cw_run
     t_s = T_PS * 1e-12
     eta_a, eta_b = sim.truth.arm_efficiency("alice"), sim.truth.arm_efficiency("bob")
-    f = _registered_fraction(_incoming_rate(sim, "alice")) * _registered_fraction(_incoming_rate(sim, "bob"))
+    f = (_registered_fraction(_incoming_rate(sim, "alice"))
+         * _registered_fraction(_incoming_rate(sim, "bob")))
     expected = B * eta_a * eta_b * t_s * f          # B·η1·η2·T, thinned by dead time
     c, a = totals.coincidences.sum(), totals.accidentals.sum()
     sigma = math.sqrt(c + a + expected)
@@ -196,7 +210,7 @@ def _measured_correlations(sim, blocks, a_chans, b_chans):
     pairs = [(a, b) for a in a_chans for b in b_chans]
     totals = count(sim, blocks, [p for (ap, am), (bp, bm) in pairs
                                  for p in ((ap, bp), (am, bm), (ap, bm), (am, bp))])
-    for k, ((ia, (ap, am)), (ib, (bp, bm))) in enumerate(
+    for k, ((ia, _), (ib, _)) in enumerate(
             (x, y) for x in enumerate(a_chans) for y in enumerate(b_chans)):
         n = totals.coincidences[4 * k: 4 * k + 4]
         acc = totals.accidentals[4 * k: 4 * k + 4]
@@ -214,7 +228,8 @@ def test_chsh_correlations_match_werner_visibility():
     names_a, names_b = ["a0", "a1"], ["b0", "b1"]
     for (i, j), measured in e.items():
         expected = sim.expected_correlation(names_a[i], names_b[j])
-        assert expected == pytest.approx(v * math.cos(2 * ([0, math.pi / 4][i] - [math.pi / 8, 3 * math.pi / 8][j])))
+        assert expected == pytest.approx(
+            v * math.cos(2 * ([0, math.pi / 4][i] - [math.pi / 8, 3 * math.pi / 8][j])))
         assert measured.within(expected), ((i, j), measured, expected)
     s = est.chsh(e[(0, 0)], e[(0, 1)], e[(1, 0)], e[(1, 1)])
     assert s.within(2 * math.sqrt(2) * v)
@@ -228,8 +243,9 @@ def test_pauli_correlations_of_a_bell_diagonal_state():
     assert np.allclose(state.correlation_matrix, expected_t)
 
     def node(name, chans):
-        return Node(name, Fibre(0.2), [Analyzer(b, basis(b), det(chans[2 * i]), det(chans[2 * i + 1]))
-                                       for i, b in enumerate("ZXY")])
+        return Node(name, Fibre(0.2),
+                    [Analyzer(b, basis(b), det(chans[2 * i]), det(chans[2 * i + 1]))
+                     for i, b in enumerate("ZXY")])
     link = Link(CWSource(1.5e6), state, (node("alice", [1, 2, 5, 6, 9, 10]),
                                         node("bob", [3, 4, 7, 8, 11, 12])))
     sim, blocks = run(link, seed=9, duration_ps=300_000_000_000)
@@ -305,7 +321,8 @@ def test_dead_time_thins_singles_and_spaces_clicks():
     dead = 100_000
     node = lambda name, ch: simple_node(name, ch, efficiency=1.0, dead_time_ps=dead,  # noqa: E731
                                         dark_count_rate_hz=0.0, jitter_ps=20.0)
-    link = Link(CWSource(8e6), BellDiagonalState.werner(1.0), (node("alice", (1, 2)), node("bob", (3, 4))))
+    link = Link(CWSource(8e6), BellDiagonalState.werner(1.0),
+                (node("alice", (1, 2)), node("bob", (3, 4))))
     duration = 50_000_000_000
     sim, blocks = run(link, seed=2, duration_ps=duration, slice_ps=1_000_000_000)
     lam = 8e6 * sim.truth.arm_transmission["alice"] / 2
@@ -319,7 +336,8 @@ def test_dead_time_thins_singles_and_spaces_clicks():
 
 def test_dark_counts_only():
     node = lambda name, ch: simple_node(name, ch, dark_count_rate_hz=2e5, dead_time_ps=0)  # noqa: E731
-    link = Link(CWSource(0.0), BellDiagonalState.werner(1.0), (node("alice", (1, 2)), node("bob", (3, 4))))
+    link = Link(CWSource(0.0), BellDiagonalState.werner(1.0),
+                (node("alice", (1, 2)), node("bob", (3, 4))))
     sim, blocks = run(link, seed=4, duration_ps=100_000_000_000)
     assert sim.truth.pairs_emitted == 0
     for node_name, per in sim.truth.dark_counts.items():
@@ -330,8 +348,11 @@ def test_dark_counts_only():
 
 # ------------------------------------------------------------------ streaming properties
 
-def _small_link(clock=Clock(offset_ps=-3_000, drift_ppm=3.0, frequency_walk_ppm_per_sqrt_s=0.5,
-                            walk_step_ps=10_000_000)):
+_SMALL_LINK_CLOCK = Clock(offset_ps=-3_000, drift_ppm=3.0, frequency_walk_ppm_per_sqrt_s=0.5,
+                          walk_step_ps=10_000_000)
+
+
+def _small_link(clock=_SMALL_LINK_CLOCK):
     return Link(CWSource(3e6), BellDiagonalState.werner(0.8),
                 (simple_node("alice", (1, 2), length_km=2.0),
                  simple_node("bob", (3, 4), length_km=0.1, clock=clock)))
@@ -340,7 +361,8 @@ def _small_link(clock=Clock(offset_ps=-3_000, drift_ppm=3.0, frequency_walk_ppm_
 def test_deterministic_from_seed():
     def blocks(seed):
         sim = PhotonStreamSimulator(_small_link(), seed=seed, slice_ps=700_000_000)
-        return [b.tobytes() for c in sim.stream(5_000_000_000) for b in c.blocks.values()], sim.truth
+        return ([b.tobytes() for c in sim.stream(5_000_000_000) for b in c.blocks.values()],
+                sim.truth)
     a, ta = blocks(21)
     b, tb = blocks(21)
     c, _ = blocks(22)
