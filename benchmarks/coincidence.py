@@ -5,6 +5,8 @@ pairs on (1,2) and on (3,4) with 100 ps rms jitter, the rest uncorrelated; proce
 --chunk records. Each figure is the median over --repeats runs. Baselines:
   (a) a streaming int64 sum over the same records' time field (memory bandwidth, C);
   (b) the numpy reference (qnode.native.reference) on a prefix of the stream.
+Besides the streaming engines it times the stream utilities and the offset search
+(qnode.native.align.find_offset with the C helpers against the same with the numpy ones).
 
     python benchmarks/coincidence.py [--seconds 1.0] [--repeats 5] [--json out.json]
 """
@@ -15,11 +17,12 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from qnode import native
-from qnode.native import reference
+from qnode.native import align, reference
 
 WINDOW_PS = 500  # |dt| <= 500 ps: a 1 ns full coincidence window
 
@@ -62,25 +65,77 @@ def engines(mod) -> dict[str, Callable[[], object]]:
     }
 
 
+@dataclass
+class Workload:
+    """One benchmark line: the same work done by the C core and by the numpy reference (on
+    ``ref_tags`` tags, usually fewer)."""
+
+    name: str
+    tags: int
+    run: Callable[[], object]
+    ref_tags: int
+    run_ref: Callable[[], object]
+
+
+def engine_workloads(chunks: list[np.ndarray], ref_chunks: list[np.ndarray]) -> list[Workload]:
+    def streaming(make: Callable[[], object], cs: list[np.ndarray]) -> Callable[[], None]:
+        def run() -> None:
+            engine = make()
+            for c in cs:
+                engine.process(c)
+        return run
+
+    n, n_ref = sum(c.size for c in chunks), sum(c.size for c in ref_chunks)
+    both = zip(engines(native).items(), engines(reference).items(), strict=True)
+    return [Workload(name, n, streaming(make, chunks), n_ref, streaming(make_ref, ref_chunks))
+            for (name, make), (_, make_ref) in both]
+
+
+def per_channel_chunks(chunks: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+    """Each chunk split into per-channel time arrays, as a tagger with per-channel streams
+    (e.g. an ID900) delivers them."""
+    return [{ch: c["time"][c["channel"] == ch] for ch in (1, 2, 3, 4)} for c in chunks]
+
+
+def utility_workloads(block: np.ndarray, chunk: int, ref_tags: int) -> list[Workload]:
+    """The stream utilities and the offset search, on this stream's per-channel times."""
+    split = per_channel_chunks(chunks_of(block, chunk))
+    split_ref = per_channel_chunks(chunks_of(block[:ref_tags], chunk))
+    per_channel = {ch: block["time"][block["channel"] == ch] for ch in (1, 2, 3, 4)}
+    short = block[:ref_tags]
+    per_channel_ref = {ch: short["time"][short["channel"] == ch] for ch in (1, 2, 3, 4)}
+    times, times_ref = block["time"], short["time"]
+    t1, t2 = per_channel[1], per_channel[2]
+    t1_ref, t2_ref = per_channel_ref[1], per_channel_ref[2]
+    # the offset search on 0.1 s of channels 1 and 2 (true pairs at zero delay)
+    span = int(0.1e12)
+    a01, b01 = t1[t1 < t1[0] + span], t2[t2 < t1[0] + span]
+    return [
+        Workload("merge_channels (4 ch, per chunk)", times.size,
+                 lambda: [native.merge_channels(c) for c in split],
+                 times_ref.size, lambda: [reference.merge_channels(c) for c in split_ref]),
+        Workload("bin_mod (2 ns, 2^17 bins)", times.size,
+                 lambda: native.bin_mod(times, 0, 2_000, 1 << 17), times_ref.size,
+                 lambda: reference.bin_mod(times_ref, 0, 2_000, 1 << 17)),
+        Workload("pair_deltas (ch1-ch2, +-1 ns)", t1.size + t2.size,
+                 lambda: native.pair_deltas(t1, t2, -1_000, 1_000), t1_ref.size + t2_ref.size,
+                 lambda: reference.pair_deltas(t1_ref, t2_ref, -1_000, 1_000)),
+        Workload("align.find_offset (0.1 s, 2 ch)", a01.size + b01.size,
+                 lambda: align.find_offset(a01, b01), a01.size + b01.size,
+                 lambda: align.find_offset(a01, b01, backend=reference)),
+    ]
+
+
 def run_all(block: np.ndarray, chunk: int, repeats: int, numpy_tags: int) -> dict:
     chunks = chunks_of(block, chunk)
-    n = block.size
-    sum_rate = median_rate(n, lambda: [native.sum_times(c) for c in chunks], repeats)
-    ref_chunks = chunks_of(block[:numpy_tags], chunk)
-    results = {"tags": n, "chunk": chunk, "sum_mtags_s": sum_rate / 1e6, "functions": {}}
-    both = zip(engines(native).items(), engines(reference).items(), strict=True)
-    for (name, make), (_, make_ref) in both:
-        def run(make=make, cs=chunks):
-            engine = make()
-            for c in cs:
-                engine.process(c)
-        def run_ref(make=make_ref, cs=ref_chunks):
-            engine = make()
-            for c in cs:
-                engine.process(c)
-        rate = median_rate(n, run, repeats)
-        ref_rate = median_rate(sum(c.size for c in ref_chunks), run_ref, max(1, repeats // 2))
-        results["functions"][name] = {
+    sum_rate = median_rate(block.size, lambda: [native.sum_times(c) for c in chunks], repeats)
+    results = {"tags": block.size, "chunk": chunk, "sum_mtags_s": sum_rate / 1e6, "functions": {}}
+    workloads = (engine_workloads(chunks, chunks_of(block[:numpy_tags], chunk))
+                 + utility_workloads(block, chunk, numpy_tags))
+    for w in workloads:
+        rate = median_rate(w.tags, w.run, repeats)
+        ref_rate = median_rate(w.ref_tags, w.run_ref, max(1, repeats // 2))
+        results["functions"][w.name] = {
             "mtags_s": rate / 1e6,
             "vs_sum": rate / sum_rate,
             "numpy_mtags_s": ref_rate / 1e6,

@@ -124,3 +124,23 @@ def test_detector_finalize_matches_reference(pending, new, dark, seed, sigma, de
     for g, w in zip(got[:4], want[:4], strict=True):
         assert g.tolist() == w.tolist()
     assert got[4] == want[4]
+
+
+@pytest.mark.parametrize("n_channels", [1, 2, 3, 5, 8, 17, 37])
+def test_merge_channels_many_channels_matches_reference(n_channels):
+    """Several merge rounds, odd run counts, ties across channels."""
+    rng = np.random.default_rng(n_channels)
+    by_channel = {int(c): np.sort(rng.integers(0, 5_000, rng.integers(0, 400)))
+                  for c in rng.choice(np.arange(-50, 50), n_channels, replace=False)}
+    assert np.array_equal(native.merge_channels(by_channel), reference.merge_channels(by_channel))
+
+
+@pytest.mark.parametrize("bin_ps", [1, 3, 7, 2_000, 10**9 + 7])
+def test_bin_mod_far_from_t0_uses_exact_arithmetic(bin_ps):
+    """Beyond 2**52 ps from t0 a float estimate could be off; the result must stay exact."""
+    rng = np.random.default_rng(bin_ps)
+    big = np.concatenate([rng.integers(2**52 - 10**6, 2**52 + 10**6, 2_000),
+                          rng.integers(2**61, 2**62, 2_000), -rng.integers(2**61, 2**62, 2_000)])
+    for t0 in (0, 12345, -(2**52)):
+        got = native.bin_mod(big, t0, bin_ps, 1 << 10)
+        assert np.array_equal(got, reference.bin_mod(big, t0, bin_ps, 1 << 10))
