@@ -30,6 +30,11 @@ setup(
     install_requires=[
         "cffi>=1.16",
         "numpy>=1.24",
+        "pyserial>=3.5",      # serial instruments (and pty / socket:// URLs under hal_sim)
+        "pyvisa>=1.13",       # SCPI instruments over VISA
+        "pyvisa-py>=0.7",     # a pure-Python VISA backend, so no vendor VISA is needed
+        "pyzmq>=25",          # ID Quantique time controllers speak SCPI over ZeroMQ
+        "ptufile>=2024.1",    # PicoQuant PTU files (the field's maintained reader/writer)
     ],
     extras_require={
         "test": [
