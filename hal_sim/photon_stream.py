@@ -19,6 +19,7 @@ about one slice of tags plus the jitter clip.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .detector import Detector
 from .link import Link, Node
 from .optics import check_rotation
 from .polarisation import BellDiagonalState
+from .source import CWSource, PulsedSource
 from .truth import ChunkTruth, RunTruth
 
 _DARK_ID = -2
@@ -168,6 +170,14 @@ class PhotonStreamSimulator:
         """Change the pair state from the next slice on."""
         self._state = state
         self._build_classes()
+
+    def set_source(self, source: CWSource | PulsedSource) -> None:
+        """Replace the pair source (e.g. the pump power or the crystal's phase matching changed)
+        from the next slice on."""
+        if not isinstance(source, (CWSource, PulsedSource)):
+            raise ValueError(f"set_source: expected a CWSource or PulsedSource, got "
+                             f"{type(source).__name__}")
+        self.link = dataclasses.replace(self.link, source=source)
 
     def set_rotation(self, node: str, matrix: object) -> None:
         """Set the polarisation rotation of ``node``'s fibre (3×3, Poincaré sphere) from the next
