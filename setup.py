@@ -21,10 +21,11 @@ setup(
                  "MQTT heralding"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
-    package_data={"qnode.native": ["qcore.c", "qcore.h"]},
+    package_data={"qnode.native": ["qcore.c", "qcore.h"],
+                  "qnode.hal_sim": ["benches/*.toml", "sims/*.yaml"]},
     setup_requires=["cffi>=1.16"],
     cffi_modules=["native/build_qcore.py:ffibuilder"],
     install_requires=[
@@ -41,6 +42,7 @@ setup(
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
+            "pyvisa-sim>=0.7",  # VISA drivers against pyvisa-sim YAML (the @sim backend)
         ],
     },
     entry_points={"console_scripts": ["qnode = qnode.daemon.cli:main"]},

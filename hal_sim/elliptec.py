@@ -27,9 +27,7 @@ interpolates during a move, so the physics coupling sees the plate turn.
 
 Device errors go through the protocol: :meth:`inject_error` makes the next request answer
 ``GS<code>`` (and the next ``gs`` report it once, then 0, as the real one clears a fault status on
-read). Unknown commands answer ``GS03`` (not supported). :attr:`line_noise` sends the next N
-replies with a corrupted data field but intact framing (a garbled reply that still parses as a
-line, unlike :class:`~qnode.hal_sim.serve.Faults` garbling, which truncates the terminator).
+read). Unknown commands answer ``GS03`` (not supported).
 """
 from __future__ import annotations
 
@@ -52,6 +50,8 @@ class ElliptecTwin(WireDevice):
     speed (deg/s); ``angle_deg``: the starting angle (deg); ``clock``/``sleep``: time sources
     (s), replaceable in tests.
     """
+
+    reply_terminator = b"\r\n"
 
     model = 0x0E  # ELL14
 
@@ -77,7 +77,6 @@ class ElliptecTwin(WireDevice):
         self._t_start = self._t_end = clock()
         self._pending_error: int | None = None
         self._status = 0
-        self.line_noise = 0
         self.moves: list[tuple[float, float, float]] = []  # (from deg, to deg, duration s)
 
     # ------------------------------------------------------------------ state the physics reads
@@ -179,9 +178,6 @@ class ElliptecTwin(WireDevice):
         return self._reply("PO", f"{self.position_pulses & 0xFFFFFFFF:08X}")
 
     def _reply(self, code: str, data: str) -> bytes:
-        if self.line_noise > 0:
-            self.line_noise -= 1
-            data = "#" + data[1:] if data else "#"
         return f"{self.address:X}{code}{data}\r\n".encode("ascii")
 
 

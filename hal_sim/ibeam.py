@@ -41,6 +41,8 @@ class IBeamSmartTwin(WireDevice):
     Exposes :attr:`power_mw` (optical output now, mW) and :attr:`emission_on` for the physics.
     """
 
+    reply_terminator = b"[OK]\r\n"  # with the prompt off, as after the init sequence
+
     def __init__(self, *, max_power_uw: float = 200_000.0, tau_power_s: float = 0.05,
                  tau_thermal_s: float = 30.0, ambient_c: float = 22.0,
                  diode_temperature_c: float = 25.0, firmware: str = "iBPs-001A01-05",
@@ -59,7 +61,6 @@ class IBeamSmartTwin(WireDevice):
         self.channel_enabled = {1: False, 2: False}
         self.emission = False
         self.external_modulation = False
-        self.line_noise = 0
         self._pending_error: str | None = None
         self._p0_uw = 0.0
         self._t0 = clock()
@@ -110,13 +111,8 @@ class IBeamSmartTwin(WireDevice):
             lines, self._pending_error = [self._pending_error], None
         else:
             lines = self._execute(cmd.lower())
-        if self.line_noise > 0:
-            self.line_noise -= 1
-            head = "~"
-        else:
-            head = ""
         out = (request.decode("ascii", errors="replace") + "\r\n") if self.echo else ""
-        out += head + "\r\n" + "".join(line + "\r\n" for line in lines) + "[OK]\r\n"
+        out += "\r\n" + "".join(line + "\r\n" for line in lines) + "[OK]\r\n"
         if self.prompt:
             out += "CMD> "
         return out.encode("ascii")

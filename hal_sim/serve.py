@@ -11,7 +11,8 @@ A server runs it on a background thread:
   :meth:`~TcpServer.restart` on the same port, which is how reconnects are tested.
 
 Fault injection (:class:`Faults`, shared by both servers; thread-safe, take effect at once): slow
-replies, dropped replies, garbled replies, a hang (requests read, never answered) and
+replies, dropped replies, garbled replies (framing kept: the driver must reject the content),
+truncated replies (the terminator never comes), a hang (requests read, never answered) and
 disconnects. Device-reported errors belong to the device (its protocol decides what they look
 like).
 """
@@ -27,7 +28,10 @@ from dataclasses import dataclass, field
 
 
 class WireDevice(ABC):
-    """The protocol side of a simulated instrument."""
+    """The protocol side of a simulated instrument. ``reply_terminator`` is what ends each of
+    its replies (garbled replies keep it, so they arrive as complete but wrong messages)."""
+
+    reply_terminator: bytes = b""
 
     @abstractmethod
     def split(self, buffer: bytearray) -> list[bytes]:
@@ -55,20 +59,24 @@ class Faults:
 
     ``delay_s``: every reply is sent this late (a slow instrument, or one that answers after the
     driver's timeout: the late answer must not be taken for the next command's).
-    ``drop``: the next N replies are swallowed. ``garble``: the next N replies are mangled
-    (truncated and a byte flipped). ``hang``: requests are read but nothing is answered until
-    cleared.
+    ``drop``: the next N replies are swallowed. ``garble``: the next N replies arrive complete
+    (``terminator`` kept) but wrong: half the body, its first byte no longer ASCII.
+    ``truncate``: the next N replies stop half way (the terminator never comes). ``hang``:
+    requests are read but nothing is answered until cleared.
     """
 
+    terminator: bytes = b""
     delay_s: float = 0.0
     drop: int = 0
     garble: int = 0
+    truncate: int = 0
     hang: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def clear(self) -> None:
         with self.lock:
-            self.delay_s, self.drop, self.garble, self.hang = 0.0, 0, 0, False
+            self.delay_s, self.drop, self.garble, self.truncate = 0.0, 0, 0, 0
+            self.hang = False
 
     def apply(self, reply: bytes) -> tuple[bytes | None, float]:
         """(reply to send or None, delay in s) after the configured faults."""
@@ -78,11 +86,16 @@ class Faults:
             if self.drop > 0:
                 self.drop -= 1
                 return None, 0.0
+            if self.truncate > 0 and reply:
+                self.truncate -= 1
+                return reply[: len(reply) // 2], self.delay_s
             if self.garble > 0 and reply:
                 self.garble -= 1
-                mangled = bytearray(reply[: max(1, len(reply) // 2)])
-                mangled[0] ^= 0x55
-                return bytes(mangled), self.delay_s
+                term = self.terminator if reply.endswith(self.terminator) else b""
+                body = reply[: len(reply) - len(term)] or b"?"
+                mangled = bytearray(body[: max(1, len(body) // 2)])
+                mangled[0] ^= 0x80  # not ASCII any more: no strict parser accepts it
+                return bytes(mangled) + term, self.delay_s
             return reply, self.delay_s
 
 
@@ -92,7 +105,7 @@ class _Server(ABC):
     def __init__(self, device: WireDevice, name: str):
         self.device = device
         self.name = name
-        self.faults = Faults()
+        self.faults = Faults(terminator=device.reply_terminator)
         self.requests: list[bytes] = []  # everything received, for tests and logs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -285,7 +298,8 @@ class TcpServer(_Server):
                 self._client = None
 
     def _close_io(self) -> None:
-        self.disconnect()
+        # The listener first: a reconnect must find the port closed, not a dying server.
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        self.disconnect()

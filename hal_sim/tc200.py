@@ -17,8 +17,7 @@ T(t) = T_set + (T_0 − T_set)·exp(−t/τ_heat); with it off, it relaxes to ``
 temperature into the SPDC phase-matching efficiency (:mod:`qnode.hal_sim.physics_coupling`).
 
 Device errors through the protocol: :meth:`inject_error` answers the next command with the given
-error text; :attr:`alarm` sets the sensor-alarm status bit (0x40). :attr:`line_noise` corrupts
-the next N responses (a wrong character in the echo; framing intact).
+error text; :attr:`alarm` sets the sensor-alarm status bit (0x40).
 """
 from __future__ import annotations
 
@@ -46,6 +45,8 @@ class TC200Twin(WireDevice):
     ``fwhm_c``: the crystal's phase-matching optimum and width (°C); ``clock``: a time source (s).
     """
 
+    reply_terminator = b"> "
+
     def __init__(self, *, ambient_c: float = 22.0, setpoint_c: float = 25.0,
                  tau_heat_s: float = 30.0, tau_cool_s: float = 60.0, optimum_c: float = 45.0,
                  fwhm_c: float = 2.0, clock: Callable[[], float] = time.monotonic):
@@ -65,7 +66,6 @@ class TC200Twin(WireDevice):
         self.tmax_c = 200.0
         self.tuned = False
         self.alarm = False
-        self.line_noise = 0
         self._pending_error: str | None = None
 
     # ------------------------------------------------------------------ state the physics reads
@@ -110,7 +110,7 @@ class TC200Twin(WireDevice):
             err, self._pending_error = self._pending_error, None
             return self._frame(cmd, err)
         if cmd == "stat?":
-            echo = self._noisy(cmd)
+            echo = cmd
             return f"{echo}\r{self.status_byte():x} > ".encode("ascii")
         return self._frame(cmd, self._execute(cmd))
 
@@ -185,13 +185,7 @@ class TC200Twin(WireDevice):
             if setpoint is not None:
                 self._setpoint = setpoint
 
-    def _noisy(self, echo: str) -> str:
-        if self.line_noise > 0:
-            self.line_noise -= 1
-            return "#" + echo[1:]
-        return echo
-
     def _frame(self, cmd: str, response: str | None) -> bytes:
-        echo = self._noisy(cmd)
+        echo = cmd
         body = "" if response is None else response + "\r"
         return f"{echo}\r{body}> ".encode("ascii")

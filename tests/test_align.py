@@ -126,15 +126,10 @@ NUMPY_BACKEND = types.SimpleNamespace(bin_mod=_np_bin_mod, pair_deltas=_np_pair_
 
 
 def _backends() -> list:
-    out = [pytest.param(NUMPY_BACKEND, id="test-numpy")]
-    try:
-        from qnode.native import reference
-    except ImportError:
-        out.append(pytest.param(None, id="qnode.native.reference",
-                                marks=pytest.mark.skip("qnode.native.reference not present")))
-    else:
-        out.append(pytest.param(reference, id="qnode.native.reference"))
-    return out
+    from qnode.native import reference
+
+    return [pytest.param(NUMPY_BACKEND, id="test-numpy"),
+            pytest.param(reference, id="qnode.native.reference")]
 
 
 # ----------------------------------------------------------------------------- pfind

@@ -111,17 +111,16 @@ def test_dropped_reply_times_out_then_recovers(served):
 
 
 def test_truncated_reply_times_out_with_the_partial_reply(served):
-    # serve.Faults garbling truncates the reply: the terminator never comes.
     spec, _, server, driver = served
-    server.faults.garble = 1
+    server.faults.truncate = 1
     with pytest.raises(InstrumentTimeout, match="partial reply"):
         spec.probes[0][0](driver)
     probe_ok(spec, driver)
 
 
 def test_garbled_but_framed_reply_raises_garbled_then_recovers(served):
-    spec, twin, _, driver = served
-    twin.line_noise = 1
+    spec, _, server, driver = served
+    server.faults.garble = 1
     with pytest.raises(GarbledReply) as err:
         spec.probes[0][0](driver)
     assert err.value.reply

@@ -1,0 +1,51 @@
+"""``python -m qnode.hal_sim``: run simulated instruments for a test bench or a demo.
+
+    python -m qnode.hal_sim bench --config bench.toml [--json]
+
+starts every instrument in the file on a real pty or loopback TCP port, prints where each one
+is (what a node config names in a lab), then a line ``ready``, and serves until Ctrl-C/SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from . import (
+    bench as bench_mod,
+    instruments,  # noqa: F401 - registers the simulated instrument kinds
+)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        bench = bench_mod.Bench.from_file(args.config)
+    except bench_mod.BenchConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with bench:
+        rows = bench.describe()
+        print(bench_mod.format_json(rows) if args.json else bench_mod.format_table(rows))
+        print("ready", flush=True)
+        stop.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qnode.hal_sim",
+                                     description="simulated instruments for qnode")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="serve the simulated instruments of a bench file")
+    b.add_argument("--config", required=True, help="bench TOML file")
+    b.add_argument("--json", action="store_true", help="print the addresses as JSON")
+    b.set_defaults(func=_cmd_bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
