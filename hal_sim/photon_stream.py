@@ -179,6 +179,30 @@ class PhotonStreamSimulator:
                              f"{type(source).__name__}")
         self.link = dataclasses.replace(self.link, source=source)
 
+    def set_detector(self, node: str, channel: int, *, efficiency: float | None = None,
+                     dark_count_rate_hz: float | None = None) -> None:
+        """Change one detector's efficiency (0-1) and/or dark-count rate (Hz) from the next slice
+        on (e.g. an SNSPD's bias current changed)."""
+        n = self._node(node)
+        changes = {k: v for k, v in (("efficiency", efficiency),
+                                     ("dark_count_rate_hz", dark_count_rate_hz)) if v is not None}
+        analyzers = list(n.analyzers)
+        for i, an in enumerate(analyzers):
+            for side in ("plus", "minus"):
+                det = getattr(an, side)
+                if det.channel == channel:
+                    new_det = dataclasses.replace(det, **changes)  # validates the values
+                    analyzers[i] = dataclasses.replace(an, **{side: new_det})
+                    new_node = dataclasses.replace(n, analyzers=tuple(analyzers))
+                    nodes = tuple(new_node if x.name == n.name else x for x in self.link.nodes)
+                    self.link = dataclasses.replace(self.link, nodes=nodes)
+                    for ch in self._channels[n.name]:
+                        if ch.channel == channel:
+                            ch.detector = new_det
+                    self._build_classes()
+                    return
+        raise ValueError(f"node {node!r} has no detector on channel {channel}")
+
     def set_rotation(self, node: str, matrix: object) -> None:
         """Set the polarisation rotation of ``node``'s fibre (3×3, Poincaré sphere) from the next
         slice on."""

@@ -116,3 +116,24 @@ def _set_source_rate(sim: PhotonStreamSimulator, rate_hz: float) -> None:
     else:
         sim.set_source(dataclasses.replace(source,
                                            mean_pairs_per_pulse=rate_hz / source.rep_rate_hz))
+
+
+class BiasedDetectors(Protocol):
+    """What the coupling reads from a detector-bias controller's simulation (e.g.
+    :class:`qnode.hal_sim.single_quantum.SingleQuantumSim`)."""
+
+    def efficiency(self, det: int) -> float: ...
+    def dark_count_rate_hz(self, det: int) -> float: ...
+
+
+def apply_detector_bias(sim: PhotonStreamSimulator, detectors: BiasedDetectors,
+                        wiring: Mapping[int, tuple[str, int]]) -> dict[tuple[str, int], tuple]:
+    """Push each biased detector's efficiency and dark-count rate (functions of its bias
+    current) into the photon simulator. ``wiring`` maps the controller's detector index to the
+    (node, tagger channel) it feeds. Returns {(node, channel): (efficiency, dark Hz)}."""
+    applied = {}
+    for det, (node, channel) in wiring.items():
+        eff, dark = detectors.efficiency(det), detectors.dark_count_rate_hz(det)
+        sim.set_detector(node, channel, efficiency=eff, dark_count_rate_hz=dark)
+        applied[(node, channel)] = (eff, dark)
+    return applied
