@@ -58,9 +58,13 @@ def test_bias_current_sets_efficiency_and_dark_counts_of_the_photon_stream():
             measured[bias] = (n, eff, dark)
     # working point (18 uA) >> below the knee (12 uA)
     assert measured[18.0][0] > 20 * measured[12.0][0]
-    # darks grow as exp((I - I_sw) / (dark_scale * I_sw)) towards the switching current
-    ratio = measured[19.8][2] / measured[18.0][2]
-    assert ratio == pytest.approx(math.exp(1.8 / (snspd.dark_scale * 20.0)), rel=1e-6)
+    # darks: floor + D_sw * exp((I - I_sw) / (dark_scale * I_sw)), steeply up towards switching
+    def darks(i_ua: float) -> float:
+        return snspd.dark_floor_hz + snspd.dark_at_switching_hz * math.exp(
+            (i_ua - 20.0) / (snspd.dark_scale * 20.0))
+    assert measured[19.8][2] == pytest.approx(darks(19.8), rel=1e-9)
+    assert measured[18.0][2] == pytest.approx(darks(18.0), rel=1e-9)
+    assert measured[19.8][2] > 15 * measured[18.0][2]
 
 
 def test_set_detector_rejects_unknown_channels_and_bad_values():
