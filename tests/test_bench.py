@@ -12,6 +12,8 @@ import pytest
 
 from qnode.drivers.elliptec import Elliptec
 from qnode.drivers.ibeam import IBeamSmart
+from qnode.drivers.id900 import ID900
+from qnode.drivers.single_quantum import SingleQuantum
 from qnode.drivers.tc200 import TC200
 from qnode.hal_sim import bench, instruments  # noqa: F401 - registers the kinds
 
@@ -30,6 +32,13 @@ def test_example_bench_serves_instruments_the_drivers_reach():
             assert pump.identify()
         with Elliptec(addresses["hwp"], timeout_s=0.5) as hwp:
             assert hwp.identify().pulses_per_travel > 0
+        with ID900(addresses["tagger.scpi"], timeout_s=0.5) as tagger:
+            assert tagger.identify().split(",")[1] == "ID900"
+        host, control = addresses["snspd.control"].rsplit(":", 1)
+        counts = addresses["snspd.counts"].rsplit(":", 1)[1]
+        with SingleQuantum.connect(host, control_port=int(control), counts_port=int(counts),
+                                   timeout_s=1.0) as snspd:
+            assert snspd.number_of_detectors == 2
 
 
 @pytest.mark.parametrize("text, key", [
@@ -42,6 +51,9 @@ def test_example_bench_serves_instruments_the_drivers_reach():
     ("[[instrument]]\nname = 'a'\nkind = 'tc200'\ncolour = 1\n", "instrument[0].colour"),
     ("[bench]\nname = 3\n[[instrument]]\nname = 'a'\nkind = 'tc200'\n", "bench.name"),
     ("[benhc]\n", "benhc"),
+    ("[[instrument]]\nname = 'a'\nkind = 'tc200'\n[link]\nvisibility = 2\n", "link.visibility"),
+    ("[[instrument]]\nname = 'a'\nkind = 'tc200'\n[link]\n[[link.node]]\nname = 'x'\n",
+     "link.node"),
     ("", "instrument"),
 ])
 def test_malformed_bench_files_name_the_key(text, key):
@@ -68,7 +80,8 @@ def test_command_line_prints_addresses_then_serves_until_sigterm():
                 break
             lines.append(line)
         rows = json.loads("".join(lines))
-        assert [r["name"] for r in rows] == ["pump", "oven", "hwp"]
+        assert [r["name"] for r in rows] == ["pump", "oven", "hwp", "snspd.control",
+                                             "snspd.counts", "tagger.scpi", "tagger.dlt"]
         with TC200(next(r["address"] for r in rows if r["name"] == "oven"), timeout_s=0.5) as t:
             assert t.identify()
         proc.send_signal(signal.SIGTERM)
@@ -76,3 +89,20 @@ def test_command_line_prints_addresses_then_serves_until_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_second_tagger_on_one_link_is_refused_with_the_key(tmp_path):
+    text = EXAMPLE.read_text() + ("\n[[instrument]]\nname = 'tagger2'\nkind = 'id900'\n"
+                                  "[instrument.options]\nnode = 'bob'\n")
+    f = tmp_path / "two_taggers.toml"
+    f.write_text(text)
+    with pytest.raises(bench.BenchConfigError, match=r"instrument\[5\]: the \[link\] already"):
+        bench.Bench.from_file(f)
+
+
+def test_a_tagger_without_a_link_is_refused(tmp_path):
+    f = tmp_path / "nolink.toml"
+    f.write_text("[[instrument]]\nname = 't'\nkind = 'id900'\n[instrument.options]\n"
+                 "node = 'alice'\n")
+    with pytest.raises(bench.BenchConfigError, match=r"instrument\[0\]: needs a \[link\]"):
+        bench.Bench.from_file(f)
