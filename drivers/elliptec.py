@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ._driver import Driver
 from .errors import DeviceError, GarbledReply
 from .transport import SerialTransport
 
@@ -51,7 +52,7 @@ class ElliptecInfo:
         return self.pulses_per_travel / self.travel
 
 
-class Elliptec:
+class Elliptec(Driver):
     """One Elliptec stage (ELL14) on a serial port.
 
     ``port``: a device path / pty path / pyserial URL (``socket://host:port``), or an already
@@ -82,21 +83,8 @@ class Elliptec:
         self.transport.open()
         self.identify()
 
-    # ------------------------------------------------------------------ life cycle
-    def close(self) -> None:
-        self.transport.close()
-
-    def reconnect(self) -> None:
-        """Reopen the port (bounded back-off, see the transport) and identify again."""
-        with self.transport.lock:
-            self.transport.reconnect()
-            self.identify()
-
-    def __enter__(self) -> Elliptec:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _after_reconnect(self) -> None:
+        self.identify()  # the deg scale comes from the `in` reply
 
     # ------------------------------------------------------------------ commands
     def identify(self) -> ElliptecInfo:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 
+from ._driver import Driver
 from .errors import DeviceError, GarbledReply
 from .transport import SerialTransport
 
@@ -26,7 +27,7 @@ _VALUE = re.compile(r"^\s*([A-Za-z][\w ]*?)\s*=\s*([-+]?\d+(?:\.\d*)?)\s*([A-Za-
 _MAX_LINES = 16
 
 
-class IBeamSmart:
+class IBeamSmart(Driver):
     """An iBeam smart on a serial port.
 
     ``port``: device path / pty path / pyserial URL, or a built
@@ -65,21 +66,8 @@ class IBeamSmart:
             self.transport.resync()
             self._setting("talk usual")
 
-    def close(self) -> None:
-        self.transport.close()
-
-    def reconnect(self) -> None:
-        """Reopen the port (bounded back-off, see the transport) and rerun the init sequence
-        (a power-cycled laser comes back with echo and prompt on)."""
-        with self.transport.lock:
-            self.transport.reconnect()
-            self.initialize()
-
-    def __enter__(self) -> IBeamSmart:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _after_reconnect(self) -> None:
+        self.initialize()  # a power-cycled laser comes back with echo and prompt on
 
     # ------------------------------------------------------------------ identity
     def identify(self) -> str:

@@ -44,6 +44,7 @@ import zmq
 
 from qnode.native import TagBlock, merge_channels
 
+from ._driver import Driver
 from .errors import DeviceError, GarbledReply
 from .tagger import TimeTagger
 from .zmq_transport import ZmqReqTransport
@@ -69,7 +70,7 @@ def _check_input(n: int) -> int:
     return n
 
 
-class ID900:
+class ID900(Driver):
     """SCPI control of an ID900/ID1000 Time Controller (manual §9; commands per driver_anchors §4a).
 
     ``address``: the device's host (port 5555 is added), a ``tcp://host:port`` endpoint, or a
@@ -93,22 +94,6 @@ class ID900:
         """The device's host name or IP (what the DLT's ``--address`` wants)."""
         return urlsplit(self.transport.address).hostname or self.transport.address
 
-    def open(self) -> None:
-        self.transport.open()
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def reconnect(self) -> None:
-        """Close and reopen with bounded back-off (Disconnected when the device stays away)."""
-        self.transport.reconnect()
-
-    def __enter__(self) -> ID900:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- raw access
     def command(self, command: str) -> str:
@@ -237,7 +222,7 @@ class ID900:
         self.command(";:".join(f"RAW{_check_input(n)}:SEND {state}" for n in inputs))
 
 
-class DataLinkTarget:
+class DataLinkTarget(Driver):
     """The DataLinkTarget service (manual §10): text commands over ZMQ REQ (port 6060), JSON
     replies; ``{"error": {"description": ...}}`` raises DeviceError.
 
@@ -253,12 +238,6 @@ class DataLinkTarget:
             self.transport = ZmqReqTransport(_endpoint(address, DLT_PORT), instrument=name,
                                              timeout_s=timeout_s,
                                              **transport_options)  # type: ignore[arg-type]
-
-    def open(self) -> None:
-        self.transport.open()
-
-    def close(self) -> None:
-        self.transport.close()
 
     def request(self, command: str) -> object:
         """Send one command; the decoded JSON reply."""

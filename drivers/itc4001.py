@@ -25,6 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from ._driver import Driver
 from .errors import DeviceError, GarbledReply, InstrumentTimeout
 from .transport import Transport
 from .visa import DEFAULT_BACKEND, VisaTransport
@@ -43,7 +44,7 @@ class Identity:
     firmware: str
 
 
-class Itc4001:
+class Itc4001(Driver):
     """One ITC4001 over a transport (normally :class:`~qnode.drivers.visa.VisaTransport`).
 
     Units: current in A, temperature in °C, power in W, time in s. The driver holds the
@@ -66,19 +67,6 @@ class Itc4001:
                                  timeout_s=timeout_s, read_termination="\n",
                                  write_termination="\n", **transport_options))  # type: ignore[arg-type]
 
-    # -- life cycle
-    def open(self) -> Itc4001:
-        self.transport.open()
-        return self
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> Itc4001:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- low-level helpers
     def _garbled(self, message: str, command: str, reply: str) -> GarbledReply:

@@ -29,6 +29,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from ._driver import Driver
 from .errors import DeviceError, GarbledReply, InstrumentError, InstrumentTimeout
 from .transport import SerialTransport
 
@@ -67,7 +68,7 @@ class CountsSample:
     rates_hz: tuple[float, ...]
 
 
-class SingleQuantum:
+class SingleQuantum(Driver):
     """A Single Quantum SNSPD system. Detectors are numbered from 0 here (column ``det + 1`` of
     the counts CSV). Units: bias µA, trigger mV, period ms, rates Hz.
     """
@@ -95,7 +96,7 @@ class SingleQuantum:
                                      timeout_s=timeout_s, **options)
         return cls(control, counts, use_label_props=use_label_props)
 
-    # -- life cycle
+    # -- life cycle: two links (control and counts)
     def open(self) -> SingleQuantum:
         self.control.open()
         if self.counts_link is not None:
@@ -111,12 +112,6 @@ class SingleQuantum:
         self.control.reconnect()
         if self.counts_link is not None:
             self.counts_link.reconnect()
-
-    def __enter__(self) -> SingleQuantum:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- control messages
     def _garbled(self, link: SerialTransport, message: str, command: str | None,

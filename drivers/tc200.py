@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ._driver import Driver
 from .errors import DeviceError, GarbledReply
 from .transport import SerialTransport
 
@@ -61,7 +62,7 @@ class TC200Status:
         return bool(self.raw & 0x80)
 
 
-class TC200:
+class TC200(Driver):
     """A TC200 on a serial port.
 
     ``port``: device path / pty path / pyserial URL, or a built
@@ -82,20 +83,6 @@ class TC200:
                                 "rtscts": False, "xonxoff": False},
                 **transport_options)  # type: ignore[arg-type]
         self.transport.open()
-
-    # ------------------------------------------------------------------ life cycle
-    def close(self) -> None:
-        self.transport.close()
-
-    def reconnect(self) -> None:
-        """Reopen the port (bounded back-off, see the transport)."""
-        self.transport.reconnect()
-
-    def __enter__(self) -> TC200:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ identity and status
     def identify(self) -> str:
