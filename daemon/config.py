@@ -1,0 +1,345 @@
+"""A node's configuration: one TOML file per node, validated completely at start.
+
+Every problem is a :class:`ConfigError` naming the file, the key (``instruments.hwp.kind``) and what
+is wrong, so a lab host finds a typo before the daemon touches an instrument. Example:
+``systemd/alice.example.toml``. Layout::
+
+    [node]
+    id = "alice"                  # letters, digits, - and _: it appears in MQTT topics
+    network = "lab"               # topics live under qnet/v1/<network>/<id>/
+    roles = ["analyzer"]          # source | analyzer | herald | memory | repeater
+    state_dir = "/var/lib/qnode/alice"   # optional: $STATE_DIRECTORY (systemd) or ./state
+
+    [broker]
+    url = "mqtts://broker.lab:8883"      # mqtt:// (1883) or mqtts:// (8883, TLS)
+    ca_file = "/etc/qnode/ca.crt"        # mqtts: the CA, and the node's client certificate
+    client_cert = "/etc/qnode/alice.crt"
+    client_key = "/etc/qnode/alice.key"
+    keepalive_s = 30
+
+    [instruments.tagger]          # the table's name is the instrument's name
+    kind = "id900"                # see INSTRUMENT_KINDS
+    address = "10.0.0.5"
+    timeout_s = 1.0
+    [instruments.tagger.options]  # passed to the driver
+
+    [[links]]
+    id = "alice-bob"              # used in topics: herald/<link>
+    peer = "bob"
+    type = "M"                    # M (measure directly) | K (create and keep)
+    herald = "station"            # K only: the midpoint station node
+    hmac_key_file = "/etc/qnode/links/alice-bob.key"   # signs protocol messages on this link
+
+    [thresholds]                  # when the node reports itself degraded
+    max_qber = 0.11
+    min_visibility = 0.9
+    min_car = 2.5
+
+    [metrics]
+    prometheus_port = 9108        # 0: no Prometheus endpoint
+    telemetry_interval_s = 5.0
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROLES = ("source", "analyzer", "herald", "memory", "repeater")
+LINK_TYPES = ("M", "K")
+
+#: instrument kind -> (what its address is, the driver that serves it)
+INSTRUMENT_KINDS: dict[str, tuple[str, str]] = {
+    "elliptec": ("serial port or pyserial URL", "qnode.drivers.elliptec.Elliptec"),
+    "tc200": ("serial port or pyserial URL", "qnode.drivers.tc200.TC200"),
+    "ibeam": ("serial port or pyserial URL", "qnode.drivers.ibeam.IBeamSmart"),
+    "itc4001": ("VISA resource name", "qnode.drivers.itc4001.Itc4001"),
+    "single_quantum": ("host or host:port", "qnode.drivers.single_quantum.SingleQuantum"),
+    "id900": ("host or tcp://host:port", "qnode.drivers.id900.ID900"),
+    "replay": ("tag file path (PTU or qnode raw)", "qnode.drivers.replay.FileReplayTagger"),
+}
+TAGGER_KINDS = ("id900", "replay")
+
+#: what each role needs among its instruments (kinds, any one of them)
+ROLE_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "analyzer": (TAGGER_KINDS,),
+    "herald": (TAGGER_KINDS,),
+    "source": (("ibeam", "itc4001"), ("tc200",)),
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # no '/', '+', '#': safe inside MQTT topics
+
+
+class ConfigError(ValueError):
+    """A node config is invalid. ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, path: str, key: str, problem: str):
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path = path
+        self.key = key
+        self.problem = problem
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerConfig:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    keepalive_s: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class InstrumentConfig:
+    name: str
+    kind: str
+    address: str
+    timeout_s: float = 1.0
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkConfig:
+    id: str
+    peer: str
+    type: str
+    herald: str | None = None
+    hmac_key_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    max_qber: float = 0.11
+    min_visibility: float = 0.9
+    min_car: float = 2.5
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    prometheus_port: int = 9108
+    telemetry_interval_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    """A validated node configuration (see the module docstring for the file format)."""
+
+    path: str
+    id: str
+    network: str
+    roles: tuple[str, ...]
+    state_dir: Path
+    broker: BrokerConfig
+    instruments: Mapping[str, InstrumentConfig]
+    links: tuple[LinkConfig, ...]
+    thresholds: Thresholds
+    metrics: MetricsConfig
+
+    @property
+    def topic_prefix(self) -> str:
+        """``qnet/v1/<network>/<node>`` (DESIGN §5)."""
+        return f"qnet/v1/{self.network}/{self.id}"
+
+
+class _Reader:
+    """Typed access to one table of the file, naming keys in errors."""
+
+    def __init__(self, path: str, prefix: str, table: object, allowed: set[str]):
+        if not isinstance(table, dict):
+            raise ConfigError(path, prefix, f"must be a table, got {type(table).__name__}")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(path, self._key(prefix, unknown[0]),
+                              f"unknown key (known: {', '.join(sorted(allowed))})")
+        self.path, self.prefix, self.table = path, prefix, table
+
+    @staticmethod
+    def _key(prefix: str, name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self._key(self.prefix, name), problem)
+
+    def has(self, name: str) -> bool:
+        return name in self.table
+
+    def string(self, name: str, default: str | None = None, *, pattern: re.Pattern | None = None,
+               choices: tuple[str, ...] | None = None) -> str:
+        if name not in self.table:
+            if default is None:
+                raise self.fail(name, "is required")
+            return default
+        v = self.table[name]
+        if not isinstance(v, str) or not v:
+            raise self.fail(name, f"must be a non-empty string, got {v!r}")
+        if pattern is not None and not pattern.match(v):
+            raise self.fail(name, f"{v!r} may use only letters, digits, '-' and '_' (1-64)")
+        if choices is not None and v not in choices:
+            raise self.fail(name, f"{v!r} is not one of {list(choices)}")
+        return v
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        v = self.table.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise self.fail(name, f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        return float(v)
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        v = self.table.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.fail(name, f"must be an integer in [{lo}, {hi}], got {v!r}")
+        return v
+
+    def file(self, name: str, *, required: bool) -> Path | None:
+        if name not in self.table:
+            if required:
+                raise self.fail(name, "is required")
+            return None
+        p = Path(self.string(name))
+        if not p.is_file():
+            raise self.fail(name, f"file {str(p)!r} does not exist or is not a file")
+        if not os.access(p, os.R_OK):
+            raise self.fail(name, f"file {str(p)!r} is not readable by this user")
+        return p
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a node config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(str(p), "(file)", f"cannot read: {exc.strerror or exc}") from exc
+    return parse_config(text, str(p))
+
+
+def parse_config(text: str, path: str = "<config>") -> NodeConfig:
+    """Validate a node config's text; :class:`ConfigError` names the key and the problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", f"not valid TOML: {exc}") from exc
+    top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "thresholds",
+                                  "metrics"})
+    if not top.has("node"):
+        raise top.fail("node", "the [node] table is required")
+    if not top.has("broker"):
+        raise top.fail("broker", "the [broker] table is required")
+
+    node = _Reader(path, "node", raw["node"], {"id", "network", "roles", "state_dir"})
+    node_id = node.string("id", pattern=_NAME)
+    network = node.string("network", pattern=_NAME)
+    roles = _roles(node)
+    state_dir = Path(node.string(
+        "state_dir", os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "state"))
+
+    broker = _broker(_Reader(path, "broker", raw["broker"],
+                             {"url", "ca_file", "client_cert", "client_key", "keepalive_s"}))
+    instruments = _instruments(path, raw.get("instruments", {}))
+    links = _links(path, raw.get("links", []), node_id)
+    th = _Reader(path, "thresholds", raw.get("thresholds", {}),
+                 {"max_qber", "min_visibility", "min_car"})
+    thresholds = Thresholds(th.number("max_qber", 0.11, 0, 0.5),
+                            th.number("min_visibility", 0.9, 0, 1),
+                            th.number("min_car", 2.5, 0, 1e9))
+    me = _Reader(path, "metrics", raw.get("metrics", {}),
+                 {"prometheus_port", "telemetry_interval_s"})
+    metrics = MetricsConfig(me.integer("prometheus_port", 9108, 0, 65535),
+                            me.number("telemetry_interval_s", 5.0, 0.1, 3600))
+
+    for role in roles:
+        for needed in ROLE_NEEDS.get(role, ()):
+            if not any(i.kind in needed for i in instruments.values()):
+                raise ConfigError(path, "instruments",
+                                  f"role {role!r} needs an instrument of kind "
+                                  f"{' or '.join(needed)}")
+    return NodeConfig(path, node_id, network, roles, state_dir, broker, instruments, links,
+                      thresholds, metrics)
+
+
+def _roles(node: _Reader) -> tuple[str, ...]:
+    roles = node.table.get("roles")
+    if not isinstance(roles, list) or not roles:
+        raise node.fail("roles", f"must be a non-empty list of {list(ROLES)}")
+    for i, r in enumerate(roles):
+        if r not in ROLES:
+            raise node.fail(f"roles[{i}]", f"{r!r} is not one of {list(ROLES)}")
+    if len(set(roles)) != len(roles):
+        raise node.fail("roles", "lists a role twice")
+    return tuple(roles)
+
+
+def _broker(b: _Reader) -> BrokerConfig:
+    url = b.string("url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise b.fail("url", f"{url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise b.fail("url", f"{url!r} names no host")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError as exc:
+        raise b.fail("url", f"{url!r}: the port must be a number in 1-65535") from exc
+    tls = parts.scheme == "mqtts"
+    ca = b.file("ca_file", required=tls)
+    cert = b.file("client_cert", required=False)
+    key = b.file("client_key", required=cert is not None)
+    if not tls and (ca or cert):
+        raise b.fail("url", "TLS files are given but the URL is mqtt://; use mqtts://")
+    if key is not None and cert is None:
+        raise b.fail("client_cert", "client_key is given without client_cert")
+    return BrokerConfig(url, parts.hostname, port, tls, ca, cert, key,
+                        b.number("keepalive_s", 30, 1, 3600))
+
+
+def _instruments(path: str, raw: object) -> dict[str, InstrumentConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "instruments", "must be a table of [instruments.<name>] tables")
+    out = {}
+    for name, table in raw.items():
+        key = f"instruments.{name}"
+        if not _NAME.match(name):
+            raise ConfigError(path, key, "instrument names may use only letters, digits, - and _")
+        r = _Reader(path, key, table, {"kind", "address", "timeout_s", "options"})
+        kind = r.string("kind", choices=tuple(INSTRUMENT_KINDS))
+        address = r.string("address")
+        if kind == "replay" and not Path(address).is_file():
+            raise r.fail("address", f"tag file {address!r} does not exist")
+        options = table.get("options", {})
+        if not isinstance(options, dict):
+            raise r.fail("options", "must be a table")
+        out[name] = InstrumentConfig(name, kind, address, r.number("timeout_s", 1.0, 0.001, 600),
+                                     options)
+    return out
+
+
+def _links(path: str, raw: object, node_id: str) -> tuple[LinkConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(path, "links", "must be an array of [[links]] tables")
+    links, ids = [], set()
+    for i, table in enumerate(raw):
+        r = _Reader(path, f"links[{i}]", table, {"id", "peer", "type", "herald", "hmac_key_file"})
+        link_id = r.string("id", pattern=_NAME)
+        if link_id in ids:
+            raise r.fail("id", f"{link_id!r} is used by another link")
+        ids.add(link_id)
+        peer = r.string("peer", pattern=_NAME)
+        if peer == node_id:
+            raise r.fail("peer", f"a link's peer cannot be the node itself ({node_id!r})")
+        ltype = r.string("type", choices=LINK_TYPES)
+        herald = r.string("herald", pattern=_NAME) if r.has("herald") else None
+        if ltype == "K" and herald is None:
+            raise r.fail("herald", "a K-type link names its herald (midpoint) station")
+        if ltype == "M" and herald is not None:
+            raise r.fail("herald", "only K-type links have a herald station")
+        links.append(LinkConfig(link_id, peer, ltype, herald,
+                                r.file("hmac_key_file", required=False)))
+    return tuple(links)
