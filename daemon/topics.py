@@ -1,0 +1,111 @@
+"""The MQTT topic tree (DESIGN §5): everything a node publishes lives under its own prefix.
+
+``qnet/v1/<network>/<node>/`` then one of:
+
+==================  ==========================================================  =========
+``status``          the node's state (retained; the last will says ``offline``)  node
+``telemetry``       periodic metrics                                             node
+``cmd``             requests to the node                                         anyone
+``reply/<who>``     the node's replies to requester ``who``                       node
+``herald/<link>``   a herald station's per-chunk batch of successes on a link    station
+``ll/<peer>``       link-layer messages from the node to ``peer``                node
+``proto/<peer>``    purification / swap messages from the node to ``peer``       node
+==================  ==========================================================  =========
+
+The node segment of a topic names its publisher (the broker's ACL lets a node publish only under
+its own prefix), so a message's ``sender`` must equal it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+VERSION_SEGMENT = "v1"
+NODE_KINDS = ("status", "telemetry", "cmd")
+ARG_KINDS = ("reply", "herald", "ll", "proto")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topic:
+    """A parsed topic: ``node`` published it (or, for ``cmd``, is addressed by it)."""
+
+    network: str
+    node: str
+    kind: str
+    arg: str | None = None
+
+    def __str__(self) -> str:
+        tail = self.kind if self.arg is None else f"{self.kind}/{self.arg}"
+        return f"qnet/{VERSION_SEGMENT}/{self.network}/{self.node}/{tail}"
+
+
+def _check(name: str, value: str) -> str:
+    if not _SEGMENT.match(value):
+        raise ValueError(f"{name} {value!r} may use only letters, digits, '-' and '_' (1-64)")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    """The topics of one node of a network."""
+
+    network: str
+    node: str
+
+    def __post_init__(self) -> None:
+        _check("network", self.network)
+        _check("node", self.node)
+
+    @property
+    def root(self) -> str:
+        return f"qnet/{VERSION_SEGMENT}/{self.network}/{self.node}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status"
+
+    @property
+    def telemetry(self) -> str:
+        return f"{self.root}/telemetry"
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.root}/cmd"
+
+    def reply(self, requester: str) -> str:
+        return f"{self.root}/reply/{_check('requester', requester)}"
+
+    def herald(self, link: str) -> str:
+        return f"{self.root}/herald/{_check('link', link)}"
+
+    def ll(self, peer: str) -> str:
+        return f"{self.root}/ll/{_check('peer', peer)}"
+
+    def proto(self, peer: str) -> str:
+        return f"{self.root}/proto/{_check('peer', peer)}"
+
+    def subscriptions(self, heralds: dict[str, str] | None = None) -> list[str]:
+        """What this node subscribes to: link-layer and protocol messages addressed to it from
+        any node, its own command topic, and the herald topic of each of its K-type links
+        (``heralds``: link id -> herald station node)."""
+        base = f"qnet/{VERSION_SEGMENT}/{self.network}"
+        subs = [f"{base}/+/ll/{self.node}", f"{base}/+/proto/{self.node}", self.cmd]
+        for link, station in sorted((heralds or {}).items()):
+            subs.append(f"{base}/{_check('station', station)}/herald/{_check('link', link)}")
+        return subs
+
+
+def parse_topic(topic: str) -> Topic:
+    """Split a qnode topic; ValueError naming what is wrong for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != "qnet" or parts[1] != VERSION_SEGMENT:
+        raise ValueError(f"topic {topic!r} is not qnet/{VERSION_SEGMENT}/<network>/<node>/<kind>")
+    network, node, kind, rest = parts[2], parts[3], parts[4], parts[5:]
+    _check("network", network)
+    _check("node", node)
+    if kind in NODE_KINDS and not rest:
+        return Topic(network, node, kind)
+    if kind in ARG_KINDS and len(rest) == 1:
+        return Topic(network, node, kind, _check(kind, rest[0]))
+    raise ValueError(f"topic {topic!r}: unknown kind {'/'.join(parts[4:])!r}")
