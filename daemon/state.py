@@ -1,0 +1,148 @@
+"""What a node must remember across restarts, in SQLite (DESIGN §7, stdlib ``sqlite3``).
+
+* each link end's state (pair inventory, sequence numbers, unacknowledged EXPIREs) as the link
+  layer's JSON snapshot;
+* the node's next message id, so ids keep increasing after a restart (peers de-duplicate by id);
+* the de-duplication window of every sender, so a redelivery that arrives after a restart is
+  still recognised.
+
+The database runs in WAL mode with ``synchronous=FULL``: a committed sequence number survives a
+power cut. :meth:`StateStore.transaction` makes several updates atomic (e.g. accept a herald
+and advance the message id together).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS links (
+    link TEXT PRIMARY KEY, snapshot TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dedup (
+    sender TEXT PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL);
+"""
+
+
+class StateError(RuntimeError):
+    """The state database cannot be used (wrong schema, unreadable, corrupt); names the file."""
+
+
+class StateStore:
+    """A node's SQLite state at ``path`` (created with its directory if missing).
+
+    Thread-safe: one connection, one lock. Open once per daemon; close on shutdown.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_schema()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot use the state database: {exc}") from exc
+
+    def _check_schema(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] != str(SCHEMA_VERSION):
+            raise StateError(f"{self.path}: state schema {row[0]}, this qnode reads "
+                             f"{SCHEMA_VERSION}; move the file aside to start afresh")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all (nesting joins the outer one)."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+
+    # -- link ends
+    def save_link(self, link: str, snapshot: Mapping[str, Any]) -> None:
+        """Store one link end's snapshot (JSON-able)."""
+        text = json.dumps(snapshot, sort_keys=True, allow_nan=False)
+        with self.transaction():
+            self._db.execute("INSERT INTO links VALUES (?, ?, ?) ON CONFLICT(link) DO UPDATE "
+                             "SET snapshot=excluded.snapshot, updated=excluded.updated",
+                             (link, text, time.time()))
+
+    def load_links(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT link, snapshot FROM links ORDER BY link").fetchall()
+        out = {}
+        for link, text in rows:
+            try:
+                out[link] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise StateError(f"{self.path}: link {link!r}: corrupt snapshot: {exc}") from exc
+        return out
+
+    def forget_link(self, link: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM links WHERE link=?", (link,))
+
+    # -- own message ids
+    def next_message_id(self) -> int:
+        """The id the node's next message gets (0 for a new node)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
+        return int(row[0]) if row else 0
+
+    def save_next_message_id(self, next_id: int) -> None:
+        if next_id < self.next_message_id():
+            raise ValueError(f"message ids must not go back: {next_id} < "
+                             f"{self.next_message_id()}")
+        with self.transaction():
+            self._db.execute("INSERT INTO meta VALUES ('next_id', ?) ON CONFLICT(key) DO UPDATE "
+                             "SET value=excluded.value", (str(next_id),))
+
+    # -- de-duplication windows (see qnode.daemon.messages.Deduplicator)
+    def save_dedup(self, snapshot: Mapping[str, tuple[int, int]]) -> None:
+        with self.transaction():
+            for sender, (highest, seen) in snapshot.items():
+                blob = seen.to_bytes((seen.bit_length() + 7) // 8 or 1, "little")
+                self._db.execute("INSERT INTO dedup VALUES (?, ?, ?) ON CONFLICT(sender) DO "
+                                 "UPDATE SET highest=excluded.highest, seen=excluded.seen",
+                                 (sender, highest, blob))
+
+    def load_dedup(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT sender, highest, seen FROM dedup").fetchall()
+        return {s: (int(h), int.from_bytes(b, "little")) for s, h, b in rows}
