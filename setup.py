@@ -36,6 +36,7 @@ setup(
         "pyvisa-py>=0.7",     # a pure-Python VISA backend, so no vendor VISA is needed
         "pyzmq>=25",          # ID Quantique time controllers speak SCPI over ZeroMQ
         "ptufile>=2024.1",    # PicoQuant PTU files (the field's maintained reader/writer)
+        "aiomqtt>=2.0",       # MQTT for the daemon: the maintained successor of asyncio-mqtt
     ],
     extras_require={
         "test": [

@@ -6,7 +6,8 @@ Every payload is one JSON object::
      "body": {...}, "sig": "9f2c..."}
 
 * ``v``: schema version (:data:`SCHEMA_VERSION`); ``type``: the message type (``area.name``);
-  ``sender``: the publishing node, which must equal the topic's node segment; ``id``: a
+  ``sender``: the publishing node, which must equal the topic's node segment (except on ``cmd``
+  topics, whose node segment is the addressee); ``id``: a
   per-sender message id, increasing by one per message; ``ts``: the sender's wall clock (s,
   informative only); ``body``: the type's content.
 * ``sig``: HMAC-SHA256 (hex) over the canonical JSON of everything else, keyed with the shared
@@ -170,7 +171,8 @@ def decode(payload: bytes, topic: Topic, *, key: bytes | None = None,
     body = _field(env, "body", (dict,), where)
     if not 0 <= msg_id <= MAX_ID or not math.isfinite(ts):
         raise MessageRejected("bad_envelope", f"id {msg_id} or ts {ts} out of range", topic=where)
-    if sender != topic.node:
+    # The node segment names the publisher, except on `cmd`, where it names the addressee.
+    if topic.kind != "cmd" and sender != topic.node:
         raise MessageRejected("sender_mismatch", f"sender {sender!r} published under node "
                                                  f"{topic.node!r}", topic=where)
     sig = env.get("sig")

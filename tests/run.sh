@@ -15,5 +15,14 @@ echo "== installing qnode (builds the C core) and the test requirements"
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/qnode info
 
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    # The MQTT tests run a real broker (Debian's mosquitto); install it where it is missing.
+    echo "== installing mosquitto (the MQTT tests start their own brokers on loopback)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
+fi
+
 echo "== running the test suite"
 exec .venv/bin/python -m pytest "$@"

@@ -90,6 +90,15 @@ def test_bad_payloads_are_rejected_with_a_reason(payload, kwargs, reason):
     assert "qnet/v1/lab/alice/ll/bob" in str(err.value)
 
 
+def test_commands_come_from_other_nodes_but_their_topic_names_the_addressee():
+    cmd = parse_topic(ALICE.cmd)
+    m = decode(encode(Message("cmd.status", "operator", 1, {})), cmd)
+    assert m.sender == "operator"
+    with pytest.raises(MessageRejected) as err:  # elsewhere the topic's node is the sender
+        decode(encode(Message("ll.ok", "operator", 1, {})), LL)
+    assert err.value.reason == "sender_mismatch"
+
+
 def test_redeliveries_and_replays_are_refused():
     dedup = Deduplicator(window=8)
     payload = encode(msg(10), KEY)

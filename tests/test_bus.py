@@ -1,0 +1,334 @@
+"""The MQTT bus against a real mosquitto: signed delivery exactly once and in order, a broker
+restart mid-run without loss or double application, hostile payloads rejected and counted, the
+last will, and a raising handler that does not stop delivery."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from qnode.daemon.bus import NodeBus
+from qnode.daemon.messages import Deduplicator, Message, encode
+from qnode.daemon.topics import Topic, Topics
+
+from mosquitto import Mosquitto, find_mosquitto
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+
+NET = "lab"
+KEY = b"alice-bob link key 0123456789abc"
+ALICE, BOB = Topics(NET, "alice"), Topics(NET, "bob")
+TIMEOUT_S = 15.0  # generous: only reached when something is broken
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "mosquitto")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def make_bus(broker: Mosquitto, topics: Topics, **kw: Any) -> NodeBus:
+    kw.setdefault("reconnect_initial_s", 0.05)
+    kw.setdefault("reconnect_max_s", 0.4)
+    return NodeBus(topics, broker.host, broker.port, **kw)
+
+
+@contextlib.asynccontextmanager
+async def running(bus: NodeBus) -> AsyncIterator[NodeBus]:
+    """Run ``bus`` until the block ends (then close it and make sure its task is gone)."""
+    task = asyncio.create_task(bus.run())
+    try:
+        await asyncio.wait_for(bus.wait_connected(), TIMEOUT_S)
+        yield bus
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.close(drain_timeout_s=1.0), TIMEOUT_S)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+class Inbox:
+    """A handler recording what it is given; ``wait_for(pred)`` without polling."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Topic, Message]] = []
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, topic: Topic, msg: Message) -> None:
+        async with self._changed:
+            self.items.append((topic, msg))
+            self._changed.notify_all()
+
+    async def wait_for(self, pred: Callable[[list[tuple[Topic, Message]]], object],
+                       timeout_s: float = TIMEOUT_S) -> None:
+        async def until() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: pred(self.items))
+        await asyncio.wait_for(until(), timeout_s)
+
+    def bodies(self, field: str = "n") -> list[object]:
+        return [m.body.get(field) for _, m in self.items]
+
+
+def pair(broker: Mosquitto, **kw: Any) -> tuple[NodeBus, NodeBus, Inbox]:
+    alice = make_bus(broker, ALICE, keys={"bob": KEY}, **kw)
+    bob = make_bus(broker, BOB, keys={"alice": KEY}, **kw)
+    inbox = Inbox()
+    bob.on("ll", inbox)
+    return alice, bob, inbox
+
+
+@pytest.mark.asyncio
+async def test_signed_messages_arrive_exactly_once_in_order(broker: Mosquitto) -> None:
+    alice, bob, inbox = pair(broker)
+    n = 100
+    async with running(bob), running(alice):
+        sent = [alice.publish(ALICE.ll("bob"), "ll.test", {"n": i}, sign_with="bob")
+                for i in range(n)]
+        await inbox.wait_for(lambda items: len(items) >= n)
+        await asyncio.wait_for(alice.drain(), TIMEOUT_S)
+    assert inbox.bodies() == list(range(n))
+    assert [m.id for _, m in inbox.items] == [m.id for m in sent]
+    assert all(m.signed and m.sender == "alice" for _, m in inbox.items)
+    assert {str(t) for t, _ in inbox.items} == {ALICE.ll("bob")}
+    assert not bob.rejected and bob.received == n
+    assert alice.acked == alice.published == n and alice.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_broker_restart_loses_nothing_and_applies_nothing_twice(broker: Mosquitto) -> None:
+    alice, bob, inbox = pair(broker)
+    total, stop_at = 200, 60
+    reached = asyncio.Event()
+
+    async def outage() -> None:
+        await reached.wait()
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(1.0)  # the outage itself: the broker is gone for ~1 s
+        await asyncio.to_thread(broker.start)
+
+    async with running(bob), running(alice):
+        chaos = asyncio.create_task(outage())
+        for i in range(total):
+            if i == stop_at:
+                reached.set()
+            alice.publish(ALICE.ll("bob"), "ll.test", {"n": i}, sign_with="bob")
+            await asyncio.sleep(0.005)  # a steady stream that outlasts the outage start
+        await asyncio.wait_for(chaos, TIMEOUT_S)
+        # A sentinel after everything: per-topic order means every resend is in before it.
+        alice.publish(ALICE.ll("bob"), "ll.test", {"n": "end"}, sign_with="bob")
+        try:
+            await inbox.wait_for(lambda items: items and items[-1][1].body["n"] == "end")
+        except TimeoutError:
+            pytest.fail(f"sentinel not received: got {inbox.bodies()}\nalice "
+                        f"{alice.metrics()}\nbob {bob.metrics()}\n{broker.log_tail(80)}")
+        await asyncio.wait_for(alice.drain(), TIMEOUT_S)
+    got = inbox.bodies()[:-1]
+    assert sorted(got) == list(range(total)), "lost or applied twice"
+    assert got == list(range(total)), "out of order"
+    ids = [m.id for _, m in inbox.items]
+    assert len(set(ids)) == len(ids)
+    assert alice.queued > 0 or alice.resent > 0, alice.metrics()
+    assert alice.reconnects >= 1 and bob.reconnects >= 1, (alice.metrics(), bob.metrics())
+    assert set(bob.rejected) <= {"duplicate"}, bob.metrics()  # resends dropped, nothing else
+
+
+@pytest.mark.asyncio
+async def test_persistent_session_queues_for_an_absent_node(broker: Mosquitto) -> None:
+    dedup = Deduplicator()
+    alice = make_bus(broker, ALICE, keys={"bob": KEY})
+    async with running(make_bus(broker, BOB, keys={"alice": KEY}, dedup=dedup)):
+        pass  # bob's session (and its subscriptions) now exist on the broker; bob leaves
+    async with running(alice):
+        for i in range(20):
+            alice.publish(ALICE.ll("bob"), "ll.test", {"n": i}, sign_with="bob")
+        await asyncio.wait_for(alice.drain(), TIMEOUT_S)  # all with the broker, bob away
+        bob = make_bus(broker, BOB, keys={"alice": KEY}, dedup=dedup)  # bob "restarts"
+        inbox = Inbox()
+        bob.on("ll", inbox)
+        async with running(bob):
+            await inbox.wait_for(lambda items: len(items) >= 20)
+    assert inbox.bodies() == list(range(20))
+
+
+@pytest.mark.asyncio
+async def test_hostile_payloads_are_rejected_counted_and_logged(
+        broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="qnode.bus")
+    bob = make_bus(broker, BOB, keys={"alice": KEY}, max_bytes=4096)
+    inbox = Inbox()
+    bob.on("ll", inbox)
+    topic = ALICE.ll("bob")
+
+    def env(mid: int, key: bytes | None = KEY, **over: object) -> bytes:
+        raw = json.loads(encode(Message("ll.test", "alice", mid, {"n": mid}), key))
+        raw.update(over)
+        return json.dumps(raw).encode()
+
+    hostile = [
+        ("oversized", env(1, body={"pad": "x" * 5000})),
+        ("not_json", b"\xff\xfe{not json"),
+        ("not_json", b""),
+        ("bad_envelope", b"[1, 2, 3]"),
+        ("bad_envelope", env(2, id="2")),                  # wrongly typed field
+        ("bad_envelope", env(3, body=[1])),
+        ("bad_envelope", env(4, extra=True)),
+        ("bad_version", env(5, v=99)),
+        ("sender_mismatch", env(6, sender="mallory")),
+        ("unsigned", env(7, key=None)),
+        ("bad_signature", env(8, key=b"a key mallory made up")),  # forged
+        ("bad_signature", env(9, body={"n": 10})),          # tampered after signing
+    ]
+    async with running(bob), aiomqtt.Client(broker.host, broker.port,
+                                            identifier="raw-alice") as raw:
+        for _, payload in hostile:
+            await raw.publish(topic, payload, qos=1)
+        good = env(10)
+        await raw.publish(topic, good, qos=1)
+        await raw.publish(topic, good, qos=1)  # a replay
+        await raw.publish(topic, env(11), qos=1)
+        await inbox.wait_for(lambda items: len(items) >= 2)
+        assert bob.connected
+    expected: dict[str, int] = {}
+    for reason, _ in hostile:
+        expected[reason] = expected.get(reason, 0) + 1
+    expected["duplicate"] = 1
+    assert dict(bob.rejected) == expected
+    assert inbox.bodies() == [10, 11] and bob.received == 2
+    logged = {getattr(r, "reason", None) for r in caplog.records if r.name == "qnode.bus"}
+    assert set(expected) <= logged
+    assert all(getattr(r, "topic", None) == topic for r in caplog.records
+               if getattr(r, "reason", None))
+
+
+@pytest.mark.asyncio
+async def test_rejection_log_is_rate_limited(broker: Mosquitto,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="qnode.bus")
+    bob = make_bus(broker, BOB)
+    for _ in range(500):
+        await bob.deliver(ALICE.ll("bob"), b"junk")
+    assert bob.rejected["not_json"] == 500
+    assert sum(1 for r in caplog.records if getattr(r, "reason", None) == "not_json") <= 2
+
+
+async def read_status(broker: Mosquitto, topics: Topics,
+                      want: str | None = None) -> dict[str, object]:
+    """The retained status of ``topics`` as a fresh subscriber sees it (or, with ``want``,
+    the first status with that state)."""
+    async with aiomqtt.Client(broker.host, broker.port) as c:
+        await c.subscribe(topics.status, qos=1)
+        async def first() -> dict[str, object]:
+            async for m in c.messages:
+                env = json.loads(m.payload)  # type: ignore[arg-type]
+                if want is None or env["body"]["state"] == want:
+                    return env
+            raise AssertionError("unreachable")
+        return await asyncio.wait_for(first(), TIMEOUT_S)
+
+
+BUS_PROCESS = """
+import asyncio, sys
+from qnode.daemon.bus import NodeBus
+from qnode.daemon.topics import Topics
+asyncio.run(NodeBus(Topics(sys.argv[1], sys.argv[2]), "127.0.0.1", int(sys.argv[3])).run())
+"""
+
+
+@pytest.mark.asyncio
+async def test_last_will_and_clean_close_leave_offline_status(broker: Mosquitto) -> None:
+    carol = Topics(NET, "carol")
+    # A bus in a process that is killed: the broker publishes the will.
+    proc = subprocess.Popen([sys.executable, "-c", BUS_PROCESS, NET, "carol", str(broker.port)],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        async with aiomqtt.Client(broker.host, broker.port) as watcher:
+            await watcher.subscribe(carol.status, qos=1)
+
+            async def next_state(state: str) -> dict[str, object]:
+                async for m in watcher.messages:
+                    env = json.loads(m.payload)  # type: ignore[arg-type]
+                    if env["body"]["state"] == state:
+                        return env
+                raise AssertionError("unreachable")
+
+            online = await asyncio.wait_for(next_state("online"), TIMEOUT_S)
+            proc.send_signal(signal.SIGKILL)
+            offline = await asyncio.wait_for(next_state("offline"), TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert online["type"] == offline["type"] == "status" and online["sender"] == "carol"
+    retained = await read_status(broker, carol)
+    assert retained["body"] == {"state": "offline"} and retained["sender"] == "carol"
+
+    # A bus that connects says online (retained), and a clean close() says offline.
+    dave = Topics(NET, "dave")
+    bus = make_bus(broker, dave)
+    async with running(bus):
+        assert (await read_status(broker, dave))["body"]["state"] == "online"
+        bus.status("online", links=2)
+        await asyncio.wait_for(bus.drain(), TIMEOUT_S)
+        assert (await read_status(broker, dave))["body"] == {"state": "online", "links": 2}
+    assert (await read_status(broker, dave))["body"] == {"state": "offline"}
+
+    # A bus whose task is cancelled (supervisor shutdown) says offline too.
+    erin = Topics(NET, "erin")
+    bus = make_bus(broker, erin)
+    task = asyncio.create_task(bus.run())
+    await asyncio.wait_for(bus.wait_connected(), TIMEOUT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await read_status(broker, erin))["body"] == {"state": "offline"}
+
+
+@pytest.mark.asyncio
+async def test_raising_handler_does_not_stop_delivery(broker: Mosquitto) -> None:
+    alice, bob, inbox = pair(broker)
+
+    async def handler(topic: Topic, msg: Message) -> None:
+        if msg.body["n"] == 0:
+            raise RuntimeError("handler bug")
+        await inbox(topic, msg)
+
+    bob.on("ll", handler)
+    async with running(bob), running(alice):
+        for i in range(3):
+            alice.publish(ALICE.ll("bob"), "ll.test", {"n": i}, sign_with="bob")
+        await inbox.wait_for(lambda items: len(items) >= 2)
+    assert inbox.bodies() == [1, 2]
+    assert bob.handler_errors == 1 and bob.received == 3
+
+
+@pytest.mark.asyncio
+async def test_telemetry_dropped_offline_and_queue_bounded(broker: Mosquitto) -> None:
+    from qnode.daemon.bus import BusOverloaded
+    bus = make_bus(broker, ALICE, keys={"bob": KEY}, max_queue=3)
+    bus.publish(ALICE.telemetry, "telemetry", {"x": 1}, state_changing=False)
+    assert bus.dropped_telemetry == 1
+    for i in range(3):
+        bus.publish(ALICE.ll("bob"), "ll.test", {"n": i}, sign_with="bob")
+    with pytest.raises(BusOverloaded):
+        bus.publish(ALICE.ll("bob"), "ll.test", {"n": 3}, sign_with="bob")
+    assert bus.queued == 3 and bus.pending == 3
+    async with running(bus):
+        await asyncio.wait_for(bus.drain(), TIMEOUT_S)
+        assert bus.acked == 3 and bus.pending == 0
