@@ -308,7 +308,14 @@ class SerialTransport(StreamTransport):
     def _close(self) -> None:
         if self._port is not None:
             port, self._port = self._port, None
-            port.close()
+            try:
+                port.close()
+            finally:
+                # pyserial's socket:// close() skips the socket's close() when shutdown() fails
+                # on a reset connection, leaking the socket: close it here in any case.
+                sock = getattr(port, "_socket", None)
+                if sock is not None:
+                    sock.close()
 
     def _write_raw(self, data: bytes) -> None:
         assert self._port is not None

@@ -285,8 +285,8 @@ class TcpServer(_Server):
                 data = client.recv(4096)
             except TimeoutError:
                 continue
-            except OSError:
-                self._client = None
+            except OSError:  # reset by the driver: drop (and close) this connection
+                self.disconnect()
                 continue
             if not data:  # the driver closed its side
                 self.disconnect()
@@ -295,7 +295,7 @@ class TcpServer(_Server):
             try:
                 self._serve_bytes(buffer, client.sendall)
             except OSError:
-                self._client = None
+                self.disconnect()
 
     def _close_io(self) -> None:
         # The listener first: a reconnect must find the port closed, not a dying server.
