@@ -24,20 +24,9 @@ import numpy as np
 from qnode import native
 from qnode.native import align, reference
 
+from streams import make_stream  # benchmarks/streams.py (scripts run from this folder)
+
 WINDOW_PS = 500  # |dt| <= 500 ps: a 1 ns full coincidence window
-
-
-def make_stream(seconds: float, rate_mcps: float, pairs_mcps: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    span = int(seconds * 1e12)
-    per_channel: dict[int, np.ndarray] = {}
-    for a, b in ((1, 2), (3, 4)):
-        pairs = rng.integers(0, span, int(pairs_mcps * 1e6 * seconds))
-        for ch in (a, b):
-            noise = rng.integers(0, span, int((rate_mcps - pairs_mcps) * 1e6 * seconds))
-            jittered = pairs + np.rint(rng.normal(0, 100, pairs.size)).astype(np.int64)
-            per_channel[ch] = np.sort(np.concatenate([noise, jittered]))
-    return native.merge_channels(per_channel)
 
 
 def chunks_of(block: np.ndarray, size: int) -> list[np.ndarray]:

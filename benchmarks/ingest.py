@@ -29,23 +29,12 @@ from qnode import native
 from qnode.daemon.acquisition import AcquisitionPipeline
 from qnode.drivers.tagger import TimeTagger
 
+from streams import make_stream  # benchmarks/streams.py (scripts run from this folder)
+
 PAIRS = [(1, 2), (3, 4), (1, 3), (2, 4)]
 WINDOW_PS = 500
 ACC_OFFSET_PS = 10_000
 NFOLD_CHANNELS = (1, 2, 3, 4)
-
-
-def make_stream(seconds: float, rate_mcps: float, pairs_mcps: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    span = int(seconds * 1e12)
-    per_channel: dict[int, np.ndarray] = {}
-    for a, b in ((1, 2), (3, 4)):
-        pairs = rng.integers(0, span, int(pairs_mcps * 1e6 * seconds))
-        for ch in (a, b):
-            noise = rng.integers(0, span, int((rate_mcps - pairs_mcps) * 1e6 * seconds))
-            jittered = pairs + np.rint(rng.normal(0, 100, pairs.size)).astype(np.int64)
-            per_channel[ch] = np.sort(np.concatenate([noise, jittered]))
-    return native.merge_channels(per_channel)
 
 
 class MemoryTagger(TimeTagger):
