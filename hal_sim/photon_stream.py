@@ -38,7 +38,6 @@ from .source import CWSource, PulsedSource
 from .truth import ChunkTruth, RunTruth
 
 _DARK_ID = -2
-_UNPAIRED_ID = -1
 _FAR_PAST = -(2**62)
 _EMPTY_T = np.zeros(0, np.int64)
 

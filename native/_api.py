@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from . import _spec
-from ._spec import CLUSTER_DTYPE, NFoldResult, PairCounts, StreamStats
+from ._spec import NFoldResult, PairCounts, StreamStats
 from .tags import TAG_DTYPE, TagBlock, check_block
 
 
@@ -194,7 +194,3 @@ class NFold:
     @property
     def stats(self) -> StreamStats:
         return self._engine.stats()
-
-
-def empty_events(n: int = 0) -> np.ndarray:
-    return np.zeros(n, CLUSTER_DTYPE)

@@ -50,7 +50,6 @@ class _NativePairs:
     """The C pair engine (2-fold counts, accidentals, correlation histograms)."""
 
     def __init__(self, setup: _spec.PairSetup):
-        lib = _lib
         self._n_channels = len(setup.channels)
         self._n_specs = len(setup.specs)
         self._n_bins = sum(s.n_bins for s in setup.specs)
@@ -60,11 +59,11 @@ class _NativePairs:
             cs.a, cs.b, cs.lo, cs.hi = s.a, s.b, s.lo, s.hi
             cs.bin_width, cs.n_bins = s.bin_width, s.n_bins
         out = _ffi.new("qn_pairs **")
-        rc = lib.qn_pairs_new(out, self._n_channels, _ptr("int32_t *", chans),
+        rc = _lib.qn_pairs_new(out, self._n_channels, _ptr("int32_t *", chans),
                               _ptr("int64_t *", setup.delays), self._n_specs, specs)
-        if rc != lib.QN_OK:
+        if rc != _lib.QN_OK:
             _raise_for(rc, "qn_pairs_new")
-        self._p = _ffi.gc(out[0], lib.qn_pairs_free)
+        self._p = _ffi.gc(out[0], _lib.qn_pairs_free)
         self._bad = _ffi.new("int64_t *")
 
     def process(self, block: TagBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,17 +88,16 @@ class _NativeNFold:
     """The C N-fold cluster engine."""
 
     def __init__(self, setup: _spec.NFoldSetup):
-        lib = _lib
         self._n_channels = len(setup.channels)
         self._hist_size = (1 << self._n_channels) if setup.histogram else 0
         chans = np.array(setup.channels, np.int32)
         out = _ffi.new("qn_nfold **")
-        rc = lib.qn_nfold_new(out, self._n_channels, _ptr("int32_t *", chans),
+        rc = _lib.qn_nfold_new(out, self._n_channels, _ptr("int32_t *", chans),
                               _ptr("int64_t *", setup.delays), setup.window, setup.min_fold,
                               int(setup.histogram))
-        if rc != lib.QN_OK:
+        if rc != _lib.QN_OK:
             _raise_for(rc, "qn_nfold_new")
-        self._p = _ffi.gc(out[0], lib.qn_nfold_free)
+        self._p = _ffi.gc(out[0], _lib.qn_nfold_free)
         self._n_events = _ffi.new("int64_t *")
         self._bad = _ffi.new("int64_t *")
 
@@ -172,7 +170,6 @@ def _int64_array(name: str, a: object) -> np.ndarray:
 def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     """Merge per-channel sorted time arrays (ps) into one TagBlock, equal times ordered
     by channel."""
-    lib = _lib
     chans = list(times_by_channel)
     arrays = [_int64_array(f"times for channel {c}", times_by_channel[c]) for c in chans]
     total = sum(a.size for a in arrays)
@@ -183,11 +180,11 @@ def merge_channels(times_by_channel: Mapping[int, np.ndarray]) -> TagBlock:
     lengths = np.array([a.size for a in arrays] or [0], np.int64)
     channels = np.array(chans or [0], np.int32)
     bad = _ffi.new("int64_t *")
-    rc = lib.qn_merge(len(chans), _ffi.cast("const int64_t **", ptrs), _ptr("int64_t *", lengths),
+    rc = _lib.qn_merge(len(chans), _ffi.cast("const int64_t **", ptrs), _ptr("int64_t *", lengths),
                       _ptr("int32_t *", channels), _tags_ptr(out), bad)
-    if rc == lib.QN_EORDER:
+    if rc == _lib.QN_EORDER:
         raise ValueError(f"merge_channels: times for channel {chans[bad[0]]} are not sorted")
-    if rc != lib.QN_OK:
+    if rc != _lib.QN_OK:
         _raise_for(rc, "qn_merge")
     return out
 
@@ -248,7 +245,6 @@ def route_pairs(times_ps: np.ndarray, rng: SimRandom, cdf: np.ndarray, route: np
     side reaches (or -1). Pairs of classes < ``n_both_classes`` get consecutive ids from
     ``first_id``; other photons id -1. Returns per output (sorted times, ids), and the number of
     ids given."""
-    lib = _lib
     t = _int64_array("times_ps", times_ps)
     c = np.ascontiguousarray(cdf, np.float64)
     r = np.ascontiguousarray(route, np.int32)
@@ -257,7 +253,7 @@ def route_pairs(times_ps: np.ndarray, rng: SimRandom, cdf: np.ndarray, route: np
     outs_t = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
     outs_i = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
     counts = np.zeros(n_outputs, np.int64)
-    n_ids = lib.qn_route_pairs(
+    n_ids = _lib.qn_route_pairs(
         _ptr("int64_t *", t), rng._ptr, t.size, c.size, _ptr("double *", c),
         _ptr("int32_t *", r), r.shape[1], int(n_both_classes), int(first_id),
         _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_t] or [_ffi.NULL]),
@@ -282,7 +278,6 @@ def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndar
     are added; ``dark_ps``: sorted dark-count times, id ``dark_id``. Records before the horizon pass
     the non-paralysable dead time. Returns (times, ids) registered, (times, ids) still pending,
     and the new last click."""
-    lib = _lib
     pt, pi = (_int64_array("pending times", pending[0]), _int64_array("pending ids", pending[1]))
     nt, ni = (_int64_array("new times", new[0]), _int64_array("new ids", new[1]))
     dk = _int64_array("dark_ps", dark_ps)
@@ -292,7 +287,7 @@ def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndar
     out_t, out_i = np.empty(total, np.int64), np.empty(total, np.int64)
     last = _ffi.new("int64_t *", int(last_click_ps))
     cut = _ffi.new("int64_t *")
-    m = lib.qn_detector_finalize(
+    m = _lib.qn_detector_finalize(
         _ptr("int64_t *", pt), _ptr("int64_t *", pi), pt.size, _ptr("int64_t *", nt),
         _ptr("int64_t *", ni), rng._ptr, float(sigma_ps), nt.size, int(delay_ps), float(clip_ps),
         _ptr("int64_t *", dk), int(dark_id), dk.size, int(horizon_ps), int(dead_ps), last,
@@ -306,25 +301,23 @@ def dead_time_filter(times_ps: np.ndarray, dead_ps: int,
     """Non-paralysable dead time on one detector's sorted times: a click at t blinds the detector
     for [t, t + dead_ps). Returns (keep mask, time of the last registered click) so that calls on
     consecutive pieces of a stream chain exactly."""
-    lib = _lib
     t = _int64_array("times_ps", times_ps)
     keep = np.empty(t.size, np.uint8)
     last = _ffi.new("int64_t *", int(last_click_ps))
-    lib.qn_dead_time(_ptr("int64_t *", t), t.size, int(dead_ps), last, _ptr("uint8_t *", keep))
+    _lib.qn_dead_time(_ptr("int64_t *", t), t.size, int(dead_ps), last, _ptr("uint8_t *", keep))
     return keep.view(np.bool_), int(last[0])
 
 
 def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
             out: np.ndarray | None = None) -> np.ndarray:
     """Histogram floor((t - t0)/bin) mod n_bins (n_bins a power of two); adds into ``out``."""
-    lib = _lib
     t = _int64_array("times_ps", times_ps)
     hist = np.zeros(n_bins, np.int64) if out is None else out
     if hist.dtype != np.int64 or hist.size != n_bins or not hist.flags.c_contiguous:
         raise ValueError("out must be a contiguous int64 array of n_bins entries")
-    rc = lib.qn_bin_mod(_ptr("int64_t *", t), t.size, int(t0_ps), int(bin_ps), int(n_bins),
+    rc = _lib.qn_bin_mod(_ptr("int64_t *", t), t.size, int(t0_ps), int(bin_ps), int(n_bins),
                         _ptr("int64_t *", hist))
-    if rc != lib.QN_OK:
+    if rc != _lib.QN_OK:
         raise ValueError(
             f"bin_mod: bin_ps must be >= 1 and n_bins a power of two, got {bin_ps}, {n_bins}")
     return hist
@@ -333,13 +326,12 @@ def bin_mod(times_ps: np.ndarray, t0_ps: int, bin_ps: int, n_bins: int,
 def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> np.ndarray:
     """Every difference b[j] - a[i] with lo <= diff <= hi, for sorted ``a`` and ``b`` (ps),
     ordered by i then j."""
-    lib = _lib
     a = _int64_array("a_ps", a_ps)
     b = _int64_array("b_ps", b_ps)
     cap = max(16, 2 * min(a.size, b.size))
     while True:
         out = np.empty(cap, np.int64)
-        n = lib.qn_pair_deltas(_ptr("int64_t *", a), a.size, _ptr("int64_t *", b), b.size,
+        n = _lib.qn_pair_deltas(_ptr("int64_t *", a), a.size, _ptr("int64_t *", b), b.size,
                                int(lo_ps), int(hi_ps), _ptr("int64_t *", out), cap)
         if n <= cap:
             return out[:n]
