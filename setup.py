@@ -37,13 +37,18 @@ setup(
         "pyzmq>=25",          # ID Quantique time controllers speak SCPI over ZeroMQ
         "ptufile>=2024.1",    # PicoQuant PTU files (the field's maintained reader/writer)
         "aiomqtt>=2.0",       # MQTT for the daemon: the maintained successor of asyncio-mqtt
+        "prometheus-client>=0.20",  # the Prometheus project's own client: the metrics endpoint
     ],
     extras_require={
+        # `qnode demo`: an embedded MQTT broker (DESIGN §5) and the report's plots
+        "demo": ["amqtt>=0.11", "matplotlib>=3.7"],
         "test": [
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
             "pyvisa-sim>=0.7",  # VISA drivers against pyvisa-sim YAML (the @sim backend)
+            "amqtt>=0.11",      # the demo runs in the suite
+            "matplotlib>=3.7",
         ],
     },
     entry_points={"console_scripts": ["qnode = qnode.daemon.cli:main"]},

@@ -1,0 +1,323 @@
+"""The Prometheus endpoint (DESIGN §7): the latest telemetry record of each node, as metrics.
+
+:class:`PrometheusExporter` serves ``/metrics`` from its own
+:class:`~prometheus_client.CollectorRegistry` (never the process-wide one, so two exporters, or
+tests, do not see each other's metrics). Its collector turns the latest
+:class:`~qnode.daemon.telemetry.Telemetry` record given to :meth:`PrometheusExporter.update`
+into metric families at scrape time; a node that publishes telemetry every few seconds has
+nothing else to keep up to date. Records of several nodes (``qnode demo`` runs a whole network
+in one process) are exported side by side, told apart by the ``node`` label.
+
+Names follow the Prometheus conventions: prefix ``qnode_``, base units in the name (``_seconds``,
+``_hertz``, ``_celsius``, ``_ratio`` for dimensionless fractions), counters end in ``_total``.
+Telemetry's ``_ms`` and ``_ps`` figures are converted to seconds and ``ppb`` to a ratio. State
+fields are exported as one gauge per possible state with value 1 for the current one (the
+"enum" idiom), so ``qnode_instrument_state{state="degraded"} == 1`` is an alert rule. Labels:
+``node`` on everything, ``link`` on link metrics, ``channel`` on singles, ``instrument`` (and
+``kind``) on instrument health, ``state`` on state gauges; ``link`` type, peer and role are in
+``qnode_link_info``. A field missing from the record (or ``None``, or of the wrong type) is
+simply not exported; a scrape never fails because of a record's content.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .telemetry import INSTRUMENT_STATES, NODE_STATES, SCHEMA_VERSION, TRACKER_STATES, Telemetry
+
+PREFIX = "qnode_"
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float, or None if it is not a number (bools are not numbers here; numpy
+    scalars are)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+# (telemetry field, metric name without prefix, help, scale to base units)
+_Field = tuple[str, str, str, float]
+
+_NODE_GAUGES: tuple[_Field, ...] = (
+    ("uptime_s", "uptime_seconds", "Time since the daemon started (s).", 1.0),
+    ("t", "telemetry_timestamp_seconds",
+     "Wall clock when the exported telemetry record was built (s since the epoch).", 1.0),
+    ("ingest_mtags_s", "ingest_rate_hertz", "Time tags ingested per second (1/s).", 1e6),
+    ("memory_used", "memory_used_qubits", "Stored qubits (pairs) in the quantum memory.", 1.0),
+    ("memory_capacity", "memory_capacity_qubits", "Capacity of the quantum memory.", 1.0),
+    ("source_brightness_hz", "source_brightness_hertz",
+     "Pair rate the SPDC source reached at its set point (1/s).", 1.0),
+    ("source_temperature_c", "source_temperature_celsius", "Crystal oven temperature (°C).",
+     1.0),
+)
+_NODE_COUNTERS: tuple[_Field, ...] = (
+    ("tags_total", "tags_total", "Time tags ingested.", 1.0),
+    ("dropped_chunks_total", "dropped_chunks_total",
+     "Tag chunks dropped because the pipeline was full.", 1.0),
+    ("dropped_tags_total", "dropped_tags_total", "Time tags dropped with those chunks.", 1.0),
+    ("role_restarts_total", "role_restarts_total", "Role tasks restarted after a failure.", 1.0),
+)
+_LINK_GAUGES: tuple[_Field, ...] = (
+    ("expected_seq", "link_expected_sequence",
+     "The next link-layer sequence number this end expects.", 1.0),
+    ("herald_rate_hz", "link_herald_rate_hertz",
+     "Heralded successes per second (station) or accepted heralds (end) (1/s).", 1.0),
+    ("pairs_live", "link_pairs_live", "Pairs in the inventory, not yet delivered.", 1.0),
+    ("expires_unacked", "link_expires_unacked", "EXPIRE messages not yet acknowledged.", 1.0),
+    ("fidelity_estimate", "link_fidelity_ratio",
+     "Fidelity estimate stamped on new pairs (0..1).", 1.0),
+    ("coincidence_rate_hz", "link_coincidence_rate_hertz",
+     "Cross-node coincidences per second (1/s).", 1.0),
+    ("accidental_rate_hz", "link_accidental_rate_hertz",
+     "Accidental coincidences per second, from the displaced window (1/s).", 1.0),
+    ("car", "link_coincidence_to_accidental_ratio", "Coincidence-to-accidental ratio.", 1.0),
+    ("visibility", "link_visibility_ratio", "Two-photon interference visibility (0..1).", 1.0),
+    ("chsh_s", "link_chsh_s", "CHSH S value (local bound 2, Tsirelson 2.83).", 1.0),
+    ("chsh_s_err", "link_chsh_s_error", "Standard error of the CHSH S value.", 1.0),
+    ("offset_ps", "link_clock_offset_seconds",
+     "Peer clock minus own clock, from the alignment servo (s).", 1e-12),
+    ("drift_ppb", "link_clock_drift_ratio",
+     "Peer clock frequency relative to own clock, minus one.", 1e-9),
+    ("remote_tags_rate_hz", "link_remote_tags_rate_hertz",
+     "Peer time tags received over the network per second (1/s).", 1.0),
+)
+_LINK_COUNTERS: tuple[_Field, ...] = (
+    ("heralds_total", "link_heralds_total",
+     "Successes heralded (station) or heralds accepted (end).", 1.0),
+    ("pairs_delivered_total", "link_pairs_delivered_total", "Pairs delivered.", 1.0),
+    ("pairs_expired_total", "link_pairs_expired_total", "Pairs expired before delivery.", 1.0),
+)
+#: NodeBus.metrics() keys -> (metric name, help); counters unless noted in _BUS_GAUGES
+_BUS_COUNTERS = {
+    "published": ("bus_published_total", "MQTT messages published."),
+    "acked": ("bus_acked_total", "State-changing messages the broker acknowledged."),
+    "resent": ("bus_resent_total", "Messages sent again after a reconnect."),
+    "queued": ("bus_queued_total", "Messages published while disconnected."),
+    "dropped_telemetry": ("bus_dropped_telemetry_total", "Telemetry not sent (disconnected)."),
+    "received": ("bus_received_total", "Messages accepted and handled."),
+    "handler_errors": ("bus_handler_errors_total", "Message handlers that raised."),
+    "reconnects": ("bus_reconnects_total", "Reconnections to the broker after the first."),
+}
+_BUS_GAUGES = {
+    "pending": ("bus_pending_messages", "State-changing messages not yet acknowledged."),
+    "connected": ("bus_connected", "1 while connected to the broker."),
+}
+
+
+class TelemetryCollector(Collector):
+    """A custom collector: metric families built from the latest record of each node."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, Telemetry] = {}
+
+    def update(self, record: Telemetry) -> None:
+        """Replace ``record['node']``'s record (the exporter keeps a reference: build a new
+        record each interval rather than mutating an old one)."""
+        node = record.get("node")
+        if not isinstance(node, str):
+            raise ValueError("a telemetry record needs a 'node' (str)")
+        with self._lock:
+            self._records[node] = record
+
+    def forget(self, node: str) -> None:
+        """Stop exporting ``node``."""
+        with self._lock:
+            self._records.pop(node, None)
+
+    def records(self) -> dict[str, Telemetry]:
+        with self._lock:
+            return dict(self._records)
+
+    def describe(self) -> list[Metric]:
+        return []  # names depend on the records; do not collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        families = _Families()
+        for node, record in sorted(self.records().items()):
+            _node_metrics(families, node, record)
+        yield from families.all()
+
+
+class _Families:
+    """Metric families by name, created on first use with the labels they will carry."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Metric] = {}
+
+    def _get(self, make: Callable[..., Metric], name: str, doc: str,
+             labels: tuple[str, ...]) -> Metric:
+        family = self._by_name.get(name)
+        if family is None:
+            family = self._by_name[name] = make(PREFIX + name, doc, labels=labels)
+        return family
+
+    def gauge(self, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
+        if value is not None:
+            fam = self._get(GaugeMetricFamily, name, doc, tuple(labels))
+            fam.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+
+    def counter(self, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
+        if value is not None and not math.isnan(value):
+            fam = self._get(CounterMetricFamily, name, doc, tuple(labels))
+            fam.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+
+    def info(self, name: str, doc: str, labels: dict[str, str], info: dict[str, str]) -> None:
+        fam = self._get(InfoMetricFamily, name, doc, tuple(labels))
+        fam.add_metric(list(labels.values()), info)  # type: ignore[attr-defined]
+
+    def state(self, name: str, doc: str, labels: dict[str, str], states: tuple[str, ...],
+              current: object) -> None:
+        """One gauge per state, 1 for ``current`` (added to the list if it is unknown)."""
+        if not isinstance(current, str):
+            return
+        for s in states if current in states else (*states, current):
+            self.gauge(name, doc, {**labels, "state": s}, 1.0 if s == current else 0.0)
+
+    def all(self) -> list[Metric]:
+        return list(self._by_name.values())
+
+
+def _fields(fam: _Families, fields: tuple[_Field, ...], record: Mapping[str, Any],
+            labels: dict[str, str], *, counter: bool) -> None:
+    add = fam.counter if counter else fam.gauge
+    for key, name, doc, scale in fields:
+        value = _number(record.get(key))
+        add(name, doc, labels, None if value is None else value * scale)
+
+
+def _node_metrics(fam: _Families, node: str, rec: Telemetry) -> None:
+    lab = {"node": node}
+    roles = rec.get("roles")
+    fam.info("node", "The node: roles and telemetry schema version.", lab, {
+        "roles": ",".join(r for r in roles if isinstance(r, str))
+        if isinstance(roles, list) else "",
+        "schema": str(rec.get("v", SCHEMA_VERSION))})
+    fam.state("node_state", "1 for the node's current state.", lab, NODE_STATES,
+              rec.get("state"))
+    _fields(fam, _NODE_GAUGES, rec, lab, counter=False)
+    _fields(fam, _NODE_COUNTERS, rec, lab, counter=True)
+    for channel, rate in sorted(_mapping(rec.get("singles_hz")).items()):
+        fam.gauge("singles_rate_hertz", "Detector singles per second, per tagger channel (1/s).",
+                  {**lab, "channel": str(channel)}, _number(rate))
+    for name, health in sorted(_mapping(rec.get("instruments")).items()):
+        health = _mapping(health)
+        ilab = {**lab, "instrument": str(name), "kind": str(health.get("kind", ""))}
+        fam.state("instrument_state", "1 for the instrument's current state.", ilab,
+                  INSTRUMENT_STATES, health.get("state"))
+        fam.counter("instrument_errors_total", "Errors of the instrument (timeouts, garbled "
+                    "replies, device errors).", ilab, _number(health.get("errors_total")))
+    for link, lt in sorted(_mapping(rec.get("links")).items()):
+        _link_metrics(fam, {**lab, "link": str(link)}, _mapping(lt))
+    _bus_metrics(fam, lab, _mapping(rec.get("bus")))
+
+
+def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) -> None:
+    fam.info("link", "A link end: its type (K/M), peer and this node's role on it.", lab,
+             {k: str(lt.get(k, "")) for k in ("type", "peer", "role")})
+    _fields(fam, _LINK_GAUGES, lt, lab, counter=False)
+    _fields(fam, _LINK_COUNTERS, lt, lab, counter=True)
+    for q, key in (("0.5", "herald_latency_ms_p50"), ("0.99", "herald_latency_ms_p99")):
+        ms = _number(lt.get(key))
+        fam.gauge("link_herald_latency_seconds", "Herald latency quantile: receipt time minus "
+                  "the chunk's publish time (s).", {**lab, "quantile": q},
+                  None if ms is None else ms * 1e-3)
+    for basis in ("z", "x"):
+        fam.gauge("link_qber_ratio", "Quantum bit error rate per basis (0..1).",
+                  {**lab, "basis": basis}, _number(lt.get(f"qber_{basis}")))
+    for bell, key in (("psi+", "psi_plus_total"), ("psi-", "psi_minus_total")):
+        fam.counter("link_bell_states_total", "Bell-state measurement outcomes at the herald "
+                    "station.", {**lab, "bell_state": bell}, _number(lt.get(key)))
+    fam.state("link_tracker_state", "1 for the clock tracker's current state.", lab,
+              TRACKER_STATES, lt.get("tracker_state"))
+
+
+def _bus_metrics(fam: _Families, lab: dict[str, str], bus: Mapping[str, Any]) -> None:
+    for key, (name, doc) in _BUS_COUNTERS.items():
+        fam.counter(name, doc, lab, _number(bus.get(key)))
+    for key, (name, doc) in _BUS_GAUGES.items():
+        value = bus.get(key)
+        fam.gauge(name, doc, lab, float(value) if isinstance(value, bool) else _number(value))
+    for reason, count in sorted(_mapping(bus.get("rejected")).items()):
+        fam.counter("bus_rejected_total", "Incoming MQTT messages rejected, by reason.",
+                    {**lab, "reason": str(reason)}, _number(count))
+
+
+class PrometheusExporter:
+    """``/metrics`` on ``host:port`` (port 0: any free port; :attr:`port` tells which).
+
+    ``update(record)`` after each telemetry interval; ``start()`` once; ``close()`` on shutdown
+    (also as a context manager). The HTTP server runs in a daemon thread and never touches the
+    event loop.
+    """
+
+    def __init__(self, port: int, host: str = "0.0.0.0"):
+        self.host = host
+        self.requested_port = port
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = TelemetryCollector()
+        self.registry.register(self.collector)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`), else the requested one."""
+        return int(self._server.server_port) if self._server is not None else self.requested_port
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/metrics"
+
+    def update(self, record: Telemetry) -> None:
+        """Export ``record`` as the latest of its node (ValueError without a ``node``)."""
+        self.collector.update(record)
+
+    def start(self) -> None:
+        """Listen; OSError (e.g. the port is taken) names the address."""
+        if self._server is not None:
+            return
+        try:
+            started = start_http_server(self.requested_port, self.host, self.registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"Prometheus endpoint on {self.host}:{self.requested_port}:"
+                                     f" {exc.strerror or exc}") from exc
+        if not isinstance(started, tuple):  # old clients return None: no port, no shutdown
+            raise RuntimeError("prometheus-client is too old: start_http_server must return "
+                               "(server, thread); upgrade prometheus-client")
+        self._server, self._thread = started
+
+    def close(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> PrometheusExporter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,157 @@
+"""The node's telemetry record: what it publishes on ``telemetry`` and exports to Prometheus.
+
+One JSON object per ``metrics.telemetry_interval_s`` (DESIGN §7), built by the node from its
+counters; :mod:`qnode.daemon.metrics` exports the latest one on the Prometheus endpoint, ``qnode
+status`` and the demo's live view print it, and the demo's report plots a run's records. Every
+field is optional except ``node``, ``roles``, ``t`` and ``uptime_s``: a node reports what its
+roles measure. Units are in the names (``_hz``, ``_ps``, ``_ms``, ``_s``); rates are averages
+over the interval since the previous record unless the name says ``_total``.
+"""
+from __future__ import annotations
+
+from typing import Literal, TypedDict, get_args, get_origin, get_type_hints
+
+SCHEMA_VERSION = 1
+
+
+class InstrumentHealth(TypedDict):
+    kind: str
+    state: str                  # offline | connecting | calibrating | ready | degraded
+    errors_total: int
+
+
+class LinkTelemetry(TypedDict, total=False):
+    type: Literal["K", "M"]
+    peer: str
+    role: str                   # "end" (memory/analyzer end) | "station" (herald) | "counter"
+    # link layer (both kinds)
+    expected_seq: int
+    heralds_total: int          # successes heralded (station) or accepted (end)
+    herald_rate_hz: float
+    pairs_live: int             # in the inventory, not yet delivered
+    pairs_delivered_total: int
+    pairs_expired_total: int
+    expires_unacked: int
+    herald_latency_ms_p50: float  # end: receipt time − the chunk's publish time (wall clock)
+    herald_latency_ms_p99: float
+    fidelity_estimate: float    # the goodness stamped on new pairs
+    # herald station (K)
+    psi_plus_total: int
+    psi_minus_total: int
+    # measure-directly counting (M)
+    coincidence_rate_hz: float
+    accidental_rate_hz: float
+    car: float
+    qber_z: float
+    qber_x: float
+    visibility: float
+    chsh_s: float
+    chsh_s_err: float
+    offset_ps: float            # peer clock − own clock, from the alignment servo
+    drift_ppb: float
+    tracker_state: str          # LOCKED | HOLDOVER | LOST | ACQUIRING
+    remote_tags_rate_hz: float  # peer tags received over the network
+
+
+class Histogram(TypedDict):
+    bin_ps: int
+    first_bin_ps: int           # left edge of bin 0, relative delay (ps)
+    counts: list[int]
+
+
+class Telemetry(TypedDict, total=False):
+    v: int                      # SCHEMA_VERSION
+    node: str
+    roles: list[str]
+    t: float                    # wall clock (s since the epoch) when built
+    uptime_s: float
+    state: str                  # starting | ready | degraded | stopping
+    instruments: dict[str, InstrumentHealth]
+    singles_hz: dict[str, float]          # channel -> rate
+    ingest_mtags_s: float
+    tags_total: int
+    dropped_chunks_total: int
+    dropped_tags_total: int
+    links: dict[str, LinkTelemetry]
+    g2: Histogram                         # the cross-node start-stop histogram (M counter)
+    memory_used: int                      # stored qubits/pairs
+    memory_capacity: int
+    source_brightness_hz: float           # source role: pair rate set point reached
+    source_temperature_c: float
+    source_pump_power_mw: float
+    role_restarts_total: int
+    bus: dict[str, object]                # NodeBus.metrics()
+
+
+#: The envelope ``type`` of a telemetry message (DESIGN §5).
+TELEMETRY_TYPE = "telemetry"
+#: The states a node reports in ``Telemetry.state``, and an instrument in ``InstrumentHealth``.
+NODE_STATES = ("starting", "ready", "degraded", "stopping")
+INSTRUMENT_STATES = ("offline", "connecting", "calibrating", "ready", "degraded")
+TRACKER_STATES = ("LOCKED", "HOLDOVER", "LOST", "ACQUIRING")
+_REQUIRED = ("node", "roles", "t", "uptime_s")
+
+
+def _check(value: object, hint: object, where: str) -> None:
+    """Raise ValueError if ``value`` does not fit the type ``hint`` (the subset used above)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif hint in (int, str):
+        ok = isinstance(value, hint) and not isinstance(value, bool)  # type: ignore[arg-type]
+    elif hint is object:
+        ok = True
+    elif origin is Literal:
+        ok = value in args
+    elif origin is list:
+        ok = isinstance(value, list)
+        if ok:
+            for i, item in enumerate(value):  # type: ignore[arg-type]
+                _check(item, args[0], f"{where}[{i}]")
+    elif origin is dict:
+        ok = isinstance(value, dict)
+        if ok:
+            for key, item in value.items():  # type: ignore[union-attr]
+                _check(key, args[0], f"{where} key {key!r}")
+                _check(item, args[1], f"{where}[{key!r}]")
+    elif isinstance(hint, type) and issubclass(hint, dict):  # a TypedDict
+        ok = isinstance(value, dict)
+        if ok:
+            _check_fields(value, hint, where)  # type: ignore[arg-type]
+    else:  # pragma: no cover - a hint this checker does not know: accept
+        ok = True
+    if not ok:
+        raise ValueError(f"telemetry field {where}: expected {_name(hint)}, got "
+                         f"{type(value).__name__} {value!r:.60}")
+
+
+def _name(hint: object) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_fields(record: dict[str, object], cls: type, where: str) -> None:
+    hints = get_type_hints(cls)
+    for key in getattr(cls, "__required_keys__", ()):
+        if key not in record:
+            raise ValueError(f"telemetry field {where}.{key}: missing")
+    for key, value in record.items():
+        if key in hints and value is not None:  # None: "not measured", same as absent
+            _check(value, hints[key], f"{where}.{key}" if where else key)
+
+
+def validate(obj: object) -> Telemetry:
+    """``obj`` if it is a telemetry record, else ValueError naming the first bad field.
+
+    Required: ``node``, ``roles``, ``t``, ``uptime_s``. Known fields must have their declared
+    types (``float`` fields accept ints; ``None`` counts as absent); unknown fields are allowed,
+    so a newer node's records still pass. Floats may be NaN (not measurable this interval).
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"a telemetry record is a JSON object, got {type(obj).__name__}")
+    for key in _REQUIRED:
+        if obj.get(key) is None:
+            raise ValueError(f"telemetry field {key}: missing")
+    _check_fields(obj, Telemetry, "")
+    return obj  # type: ignore[return-value]
