@@ -72,9 +72,10 @@ class ChunkEvents:
     not configured). A cluster is reported in the chunk where it became complete, so it may start
     in the previous one. ``dead_time_ps``/``missed_events``: tagger dead time (overflow) and
     missed events reported in this chunk. ``dropped_before``: chunks dropped just before this one.
-    ``processing_s``: time the core spent on it. ``final``: the end-of-stream record — emitted
-    once after the source ended, with no tags and the N-fold clusters completed by the final
-    flush.
+    ``processing_s``: time the core spent on it. ``block``: the chunk itself, when the pipeline
+    was made with ``keep_blocks`` (for consumers that forward or re-count tags). ``final``: the
+    end-of-stream record — emitted once after the source ended, with no tags and the N-fold
+    clusters completed by the final flush.
     """
 
     chunk_index: int
@@ -90,6 +91,7 @@ class ChunkEvents:
     dropped_before: int = 0
     processing_s: float = 0.0
     final: bool = False
+    block: TagBlock | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,8 @@ class AcquisitionPipeline:
     for (pair and N-fold channels always are). ``nfold_channels``/``nfold_window_ps``/
     ``nfold_min_fold``: also run :class:`qnode.native.NFold` (same ``delays_ps``) and report its
     clusters. ``queue_chunks``: chunk queue limit; ``event_queue_chunks``: ChunkEvents queue
-    limit. ``policy``: ``"block"`` or ``"drop_oldest"``.
+    limit. ``policy``: ``"block"`` or ``"drop_oldest"``. ``keep_blocks``: attach each chunk to its
+    events (``ChunkEvents.block``).
 
     One consumer of :meth:`events`; create and use the pipeline on one event loop. It starts on
     the first :meth:`events` call (or :meth:`start`, or ``async with``) and runs one
@@ -154,7 +157,8 @@ class AcquisitionPipeline:
                  nfold_channels: Iterable[int] | None = None,
                  nfold_window_ps: int | None = None, nfold_min_fold: int = 2,
                  singles_channels: Iterable[int] = (), queue_chunks: int = 8,
-                 event_queue_chunks: int = 8, policy: Policy = "block"):
+                 event_queue_chunks: int = 8, policy: Policy = "block",
+                 keep_blocks: bool = False):
         from qnode.native import Coincidences, NFold  # the C core; NativeCoreMissing if unbuilt
 
         if policy not in _POLICIES:
@@ -165,6 +169,7 @@ class AcquisitionPipeline:
             raise ValueError(f"event_queue_chunks must be >= 1, got {event_queue_chunks}")
         self.tagger = tagger
         self.policy: Policy = policy
+        self.keep_blocks = bool(keep_blocks)
         self.queue_chunks = int(queue_chunks)
         self.event_queue_chunks = int(event_queue_chunks)
         self.pairs = [(int(a), int(b)) for a, b in pairs]
@@ -411,7 +416,8 @@ class AcquisitionPipeline:
             accidentals=({} if counts.accidentals is None
                          else dict(zip(self.pairs, counts.accidentals.tolist(), strict=True))),
             clusters=clusters, dead_time_ps=dead, missed_events=missed,
-            dropped_before=dropped_before, processing_s=elapsed)
+            dropped_before=dropped_before, processing_s=elapsed,
+            block=block if self.keep_blocks else None)
 
     def _final(self) -> ChunkEvents:
         clusters = (np.zeros(0, CLUSTER_DTYPE) if self.nfold is None

@@ -64,7 +64,7 @@ log = logging.getLogger("qnode.bus")
 Handler = Callable[[Topic, Message], Awaitable[None]]
 
 #: Topic kinds whose messages change state: they must be signed with the link key.
-SIGNED_KINDS = frozenset({"ll", "proto", "herald"})
+SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags"})
 STATUS_TYPE = "status"
 
 

@@ -25,12 +25,74 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run one node from its config until SIGTERM/SIGINT (the systemd unit's ExecStart)."""
+    import asyncio
+
+    from .config import ConfigError, load_config
+    from .logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"qnode: config error: {exc}", file=sys.stderr)
+        return 2
+    from .node import Node
+
+    node = Node(config, ready_timeout_s=args.ready_timeout)
+    if config.metrics.prometheus_port:
+        from .metrics import PrometheusExporter
+
+        exporter = PrometheusExporter(config.metrics.prometheus_port)
+        exporter.start()
+        node.telemetry_listeners.append(exporter.update)
+    try:
+        asyncio.run(node.run())
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import main as status_main
+
+    return status_main(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qnode", description="photonic quantum-network node")
     parser.add_argument("--version", action="version", version=f"qnode {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="show the installation: version, native core")
     info.set_defaults(func=_cmd_info)
+
+    run = sub.add_parser("run", help="run a node from its config file (systemd: qnode@<node>)")
+    run.add_argument("--config", required=True, help="the node's TOML config")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    run.add_argument("--ready-timeout", type=float, default=None, metavar="S",
+                     help="fail if instruments are not up within S seconds (default: wait)")
+    run.set_defaults(func=_cmd_run)
+
+    from .status import add_arguments as status_arguments
+
+    status = sub.add_parser("status", help="show a network's nodes as seen over MQTT")
+    status_arguments(status)
+    status.set_defaults(func=_cmd_status)
+
+    demo = sub.add_parser("demo", help="a whole simulated network with a live view and a report")
+    demo.add_argument("--duration", type=float, default=60.0, metavar="S")
+    demo.add_argument("--report", default="qnode-demo-report", metavar="DIR")
+    demo.add_argument("--broker", default=None,
+                      help="mqtt://host:port of a broker to use instead of the embedded one")
+    demo.add_argument("--keep", action="store_true", help="keep the generated configs")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

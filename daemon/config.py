@@ -30,6 +30,33 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     herald = "station"            # K only: the midpoint station node
     hmac_key_file = "/etc/qnode/links/alice-bob.key"   # signs protocol messages on this link
 
+    [herald]                      # role herald: the midpoint station of one K-type link
+    tagger = "tagger"             # the instrument (a tagger kind) behind the BSM
+    link = "alice-repeater"       # the link it heralds (same id in both ends' [[links]])
+    ends = ["alice", "repeater"]  # the two memory nodes
+    channels = [1, 2, 3, 4]       # detectors c-H, c-V, d-H, d-V (BS outputs c, d behind PBSs)
+    window_ps = 1000              # the two clicks of one success lie within this
+    hmac_key_file = "/etc/qnode/links/alice-repeater.key"
+
+    [memory]                      # roles memory / repeater: the store of heralded pairs
+    capacity = 1000               # live pairs per link; the oldest are expired beyond it
+    max_pair_age_s = 1.0          # cut-off: pairs older than this are expired (0: never)
+    fidelity = 0.9                # fidelity estimate stamped on new pairs (no QDevice yet)
+
+    [analyzer]                    # role analyzer (M-type links)
+    tagger = "tagger"
+    channels = [1, 2]             # the detectors of outcome 0 and outcome 1
+    window_ps = 500               # cross-node coincidence window, both edges inclusive
+    waveplate = "hwp"             # optional: the basis-setting half-wave plate
+    angle_deg = 0.0               # its angle (fast axis; 22.5 is the X basis)
+    align_s = 1.0                 # tags used to find the peer's clock offset at start
+
+    [source]                      # role source: an SPDC source at its working point
+    pump = "pump"                 # ibeam or itc4001
+    oven = "oven"                 # tc200
+    pump_power_mw = 40.0          # ibeam: mW; itc4001: the set current in mA
+    oven_temperature_c = 35.0
+
     [thresholds]                  # when the node reports itself degraded
     max_qber = 0.11
     min_visibility = 0.9
@@ -129,6 +156,43 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeraldRoleConfig:
+    """The midpoint station of K-type link ``link`` between ``ends``."""
+
+    tagger: str
+    link: str
+    ends: tuple[str, str]
+    channels: tuple[int, int, int, int] = (1, 2, 3, 4)
+    window_ps: int = 1000
+    hmac_key_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    capacity: int = 1000
+    max_pair_age_s: float = 1.0
+    fidelity: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzerConfig:
+    tagger: str
+    channels: tuple[int, int] = (1, 2)
+    window_ps: int = 500
+    waveplate: str | None = None
+    angle_deg: float = 0.0
+    align_s: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    pump: str
+    oven: str
+    pump_power_mw: float = 40.0
+    oven_temperature_c: float = 35.0
+
+
+@dataclasses.dataclass(frozen=True)
 class NodeConfig:
     """A validated node configuration (see the module docstring for the file format)."""
 
@@ -142,6 +206,10 @@ class NodeConfig:
     links: tuple[LinkConfig, ...]
     thresholds: Thresholds
     metrics: MetricsConfig
+    herald: HeraldRoleConfig | None = None
+    memory: MemoryConfig | None = None
+    analyzer: AnalyzerConfig | None = None
+    source: SourceConfig | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -228,7 +296,7 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(syntax)", f"not valid TOML: {exc}") from exc
     top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "thresholds",
-                                  "metrics"})
+                                  "metrics", *ROLE_TABLES})
     if not top.has("node"):
         raise top.fail("node", "the [node] table is required")
     if not top.has("broker"):
@@ -261,8 +329,98 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
                 raise ConfigError(path, "instruments",
                                   f"role {role!r} needs an instrument of kind "
                                   f"{' or '.join(needed)}")
-    return NodeConfig(path, node_id, network, roles, state_dir, broker, instruments, links,
-                      thresholds, metrics)
+    for table in ROLE_TABLES:
+        if table in raw and table not in roles and not (table == "memory" and "repeater" in roles):
+            raise top.fail(table, f"configures role {table!r}, which node.roles does not list")
+    return NodeConfig(
+        path, node_id, network, roles, state_dir, broker, instruments, links, thresholds,
+        metrics,
+        herald=_herald(path, raw.get("herald"), instruments, links) if "herald" in roles else None,
+        memory=_memory(path, raw.get("memory", {}))
+        if {"memory", "repeater"} & set(roles) else None,
+        analyzer=_analyzer(path, raw.get("analyzer", {}), instruments)
+        if "analyzer" in roles else None,
+        source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None)
+
+
+ROLE_TABLES = ("herald", "memory", "analyzer", "source")
+
+
+def _instrument_ref(r: _Reader, name: str, instruments: Mapping[str, InstrumentConfig],
+                    kinds: tuple[str, ...], *, required: bool = True) -> str | None:
+    """An instrument named by a role table (default: the only one of ``kinds``)."""
+    if not r.has(name):
+        fitting = [i.name for i in instruments.values() if i.kind in kinds]
+        if len(fitting) == 1:
+            return fitting[0]
+        if not required:
+            return None
+        raise r.fail(name, f"is required: name the instrument ({' or '.join(kinds)}) to use"
+                     + (f"; candidates {fitting}" if fitting else ""))
+    ref = r.string(name)
+    if ref not in instruments:
+        raise r.fail(name, f"no instrument {ref!r} (configured: {sorted(instruments)})")
+    if instruments[ref].kind not in kinds:
+        raise r.fail(name, f"instrument {ref!r} is a {instruments[ref].kind}, "
+                     f"expected {' or '.join(kinds)}")
+    return ref
+
+
+def _channels(r: _Reader, name: str, n: int, default: tuple[int, ...]) -> tuple[int, ...]:
+    v = r.table.get(name, list(default))
+    if (not isinstance(v, list) or len(v) != n
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 16
+                       for c in v) or len(set(v)) != n):
+        raise r.fail(name, f"must be a list of {n} different channel numbers, got {v!r}")
+    return tuple(v)
+
+
+def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
+            links: tuple[LinkConfig, ...]) -> HeraldRoleConfig:
+    if raw is None:
+        raise ConfigError(path, "herald", "role 'herald' needs a [herald] table (link, ends)")
+    r = _Reader(path, "herald", raw,
+                {"tagger", "link", "ends", "channels", "window_ps", "hmac_key_file"})
+    tagger = _instrument_ref(r, "tagger", instruments, TAGGER_KINDS)
+    assert tagger is not None
+    ends = r.table.get("ends")
+    if (not isinstance(ends, list) or len(ends) != 2 or len(set(ends)) != 2
+            or not all(isinstance(e, str) and _NAME.match(e) for e in ends)):
+        raise r.fail("ends", f"must name the link's two memory nodes, got {ends!r}")
+    return HeraldRoleConfig(tagger, r.string("link", pattern=_NAME), (ends[0], ends[1]),
+                            _channels(r, "channels", 4, (1, 2, 3, 4)),  # type: ignore[arg-type]
+                            r.integer("window_ps", 1000, 1, 10**9),
+                            r.file("hmac_key_file", required=False))
+
+
+def _memory(path: str, raw: object) -> MemoryConfig:
+    r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity"})
+    return MemoryConfig(r.integer("capacity", 1000, 1, 10**7),
+                        r.number("max_pair_age_s", 1.0, 0, 86400),
+                        r.number("fidelity", 0.9, 0, 1))
+
+
+def _analyzer(path: str, raw: object,
+              instruments: Mapping[str, InstrumentConfig]) -> AnalyzerConfig:
+    r = _Reader(path, "analyzer", raw,
+                {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "align_s"})
+    tagger = _instrument_ref(r, "tagger", instruments, TAGGER_KINDS)
+    assert tagger is not None
+    return AnalyzerConfig(tagger, _channels(r, "channels", 2, (1, 2)),  # type: ignore[arg-type]
+                          r.integer("window_ps", 500, 1, 10**9),
+                          _instrument_ref(r, "waveplate", instruments, ("elliptec",),
+                                          required=False),
+                          r.number("angle_deg", 0.0, -360, 360),
+                          r.number("align_s", 1.0, 0.01, 600))
+
+
+def _source(path: str, raw: object, instruments: Mapping[str, InstrumentConfig]) -> SourceConfig:
+    r = _Reader(path, "source", raw, {"pump", "oven", "pump_power_mw", "oven_temperature_c"})
+    pump = _instrument_ref(r, "pump", instruments, ("ibeam", "itc4001"))
+    oven = _instrument_ref(r, "oven", instruments, ("tc200",))
+    assert pump is not None and oven is not None
+    return SourceConfig(pump, oven, r.number("pump_power_mw", 40.0, 0, 10_000),
+                        r.number("oven_temperature_c", 35.0, 0, 200))
 
 
 def _roles(node: _Reader) -> tuple[str, ...]:

@@ -10,6 +10,7 @@
 ``herald/<link>``   a herald station's per-chunk batch of successes on a link    station
 ``ll/<peer>``       link-layer messages from the node to ``peer``                node
 ``proto/<peer>``    purification / swap messages from the node to ``peer``       node
+``tags/<link>``     the node's time tags for the counter of M-type ``link``       node
 ==================  ==========================================================  =========
 
 The node segment of a topic names its publisher (the broker's ACL lets a node publish only under
@@ -22,7 +23,7 @@ import re
 
 VERSION_SEGMENT = "v1"
 NODE_KINDS = ("status", "telemetry", "cmd")
-ARG_KINDS = ("reply", "herald", "ll", "proto")
+ARG_KINDS = ("reply", "herald", "ll", "proto", "tags")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -78,6 +79,9 @@ class Topics:
 
     def herald(self, link: str) -> str:
         return f"{self.root}/herald/{_check('link', link)}"
+
+    def tags(self, link: str) -> str:
+        return f"{self.root}/tags/{_check('link', link)}"
 
     def ll(self, peer: str) -> str:
         return f"{self.root}/ll/{_check('peer', peer)}"

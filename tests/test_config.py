@@ -104,3 +104,43 @@ def test_unreadable_or_broken_files_say_so(tmp_path):
     bad.write_text("[node\n")
     with pytest.raises(ConfigError, match=r"bad.toml: \(syntax\): not valid TOML"):
         load_config(bad)
+
+
+STATION = MINIMAL.replace('roles = ["memory"]', 'roles = ["herald"]') + """
+[instruments.tagger]
+kind = "id900"
+address = "127.0.0.1"
+"""
+
+
+def test_role_tables_get_defaults_and_resolve_instruments():
+    cfg = parse_config(STATION + '[herald]\nlink = "a-b"\nends = ["a", "b"]\n')
+    assert cfg.herald.tagger == "tagger" and cfg.herald.channels == (1, 2, 3, 4)
+    assert cfg.herald.ends == ("a", "b") and cfg.memory is None and cfg.analyzer is None
+    mem = parse_config(MINIMAL + "[memory]\ncapacity = 10\n").memory
+    assert mem.capacity == 10 and mem.max_pair_age_s == 1.0
+
+
+@pytest.mark.parametrize("table, key, problem", [
+    ('[herald]\nlink = "a-b"\nends = ["a"]\n', "herald.ends", "two memory nodes"),
+    ('[herald]\nends = ["a", "b"]\n', "herald.link", "is required"),
+    ('[herald]\nlink = "a-b"\nends = ["a", "b"]\nchannels = [1, 1, 2, 3]\n', "herald.channels",
+     "4 different"),
+    ('[herald]\nlink = "a-b"\nends = ["a", "b"]\ntagger = "hwp"\n', "herald.tagger",
+     "no instrument"),
+    ('[herald]\nlink = "a-b"\nends = ["a", "b"]\nwindow_ps = 0\n', "herald.window_ps",
+     "integer in"),
+    ('[herald]\nlink = "a-b"\nends = ["a", "b"]\n[source]\npump = "p"\n', "source",
+     "node.roles does not list"),
+    ('[herald]\nlink = "a-b"\nends = ["a", "b"]\ncolour = 2\n', "herald.colour", "unknown key"),
+])
+def test_role_table_mistakes_name_the_key(table, key, problem):
+    with pytest.raises(ConfigError) as err:
+        parse_config(STATION + table, "s.toml")
+    assert err.value.key == key, str(err.value)
+    assert problem in str(err.value)
+
+
+def test_a_herald_role_without_its_table_says_what_it_needs():
+    with pytest.raises(ConfigError, match=r"herald: role 'herald' needs a \[herald\] table"):
+        parse_config(STATION)

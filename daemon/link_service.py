@@ -1,0 +1,281 @@
+"""One link end at work: the link layer's :class:`~.linklayer.LinkEnd` wired to MQTT and SQLite.
+
+:class:`LinkService` applies heralds, the peer's EXPIRE/EXPIRE_ACK and CREATE requests to its
+link end and, for every call, **stores the new snapshot before sending** what the call returned
+(write-ahead, see :mod:`.linklayer`): a crash after the send can never make this end forget an
+EXPIRE the peer already acted on. It enforces the memory's limits (``capacity`` live pairs,
+cut-off ``max_pair_age_s``) by expiring the oldest pairs, which tells the peer. The peer's
+messages go on ``ll/<peer>`` signed with the link key; answers to a CREATE (ACK/OK/ERR) go on
+``reply/<requester>``.
+
+:class:`LinkRouter` is the node's entry point for link-layer traffic: it owns the bus handlers for
+``herald``, ``ll`` and ``cmd`` and dispatches by link id.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .linklayer import (
+    Create,
+    Err,
+    ErrCode,
+    Expire,
+    ExpireAck,
+    Herald,
+    LinkEnd,
+    Message,
+    Ok,
+    message_from_dict,
+    seq_add,
+    seq_diff,
+    split_actions,
+)
+from .messages import Message as Envelope
+from .topics import Topic
+
+if TYPE_CHECKING:
+    from .node import NodeContext
+    from .telemetry import LinkTelemetry
+
+log = logging.getLogger("qnode.link")
+
+TICK_S = 0.1
+
+
+class LinkService:
+    """Link ``link_id`` towards ``peer`` at this node (see the module docstring).
+
+    ``goodness``: the fidelity estimate stamped on new pairs; ``capacity``: live pairs kept
+    (0: no limit); ``max_pair_age_s``: pairs older than this (since their herald arrived) are
+    expired (0: never); ``comm_delay_s``: the EXPIRE resend period is twice this.
+    ``restart_policy``: what a restart does with the pairs it had (see ``LinkEnd.restore``).
+    """
+
+    def __init__(self, ctx: NodeContext, link_id: str, peer: str, link_type: str, *,
+                 goodness: float, capacity: int = 0, max_pair_age_s: float = 0.0,
+                 comm_delay_s: float = 0.25, restart_policy: str = "resume"):
+        self.ctx, self.link, self.peer, self.type = ctx, link_id, peer, link_type
+        self.capacity, self.max_pair_age_s = capacity, max_pair_age_s
+        now = ctx.now()
+        snap = ctx.store.load_links().get(link_id)
+        self._startup: list[Message] = []
+        if snap is not None:
+            self.end, self._startup = LinkEnd.restore(snap, now=now,
+                                                      restart_policy=restart_policy)  # type: ignore[arg-type]
+            self.end.set_goodness(goodness)
+            log.info("link %s restored at seq %d (%s)", link_id, self.end.expected_seq,
+                     restart_policy, extra={"link": link_id, "peer": peer,
+                                            "expected_seq": self.end.expected_seq})
+        else:
+            self.end = LinkEnd(ctx.node, peer, link_id, comm_delay=comm_delay_s,
+                               goodness=goodness)
+        self._lock = asyncio.Lock()
+        self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
+        self._requesters: dict[int, str] = {}   # create id -> requesting node
+        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=20_000)
+        self.heralds_total = 0
+        self._heralds_at_last = 0
+        self.rejected = 0
+        self.oks_total = 0
+        self.errs: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------------ inputs
+    async def start(self) -> None:
+        """Send what the restore returned (resent EXPIREs), persisting first."""
+        async with self._lock:
+            await self._commit(self._startup)
+            self._startup = []
+
+    async def on_herald(self, msg: Envelope) -> None:
+        try:
+            batch = Herald.from_dict(msg.body)
+        except ValueError as exc:
+            self._reject(msg, exc)
+            return
+        self.latencies_ms.append(max(0.0, (time.time() - msg.ts) * 1e3))
+        await self.on_local_herald(batch)
+
+    async def on_local_herald(self, batch: Herald) -> None:
+        """Apply a batch heralded by this node itself (the counter of an M-type link)."""
+        async with self._lock:
+            now = self.ctx.now()
+            before = self.end.expected_seq
+            actions = list(self.end.on_herald(batch, now))
+            accepted = seq_diff(self.end.expected_seq, before)
+            if accepted:
+                self._batches.append((before, accepted, now))
+                self.heralds_total += accepted
+            actions += self._enforce_limits(now)
+            await self._commit(actions)
+
+    async def on_peer_message(self, msg: Envelope, parsed: Message) -> None:
+        async with self._lock:
+            now = self.ctx.now()
+            if isinstance(parsed, Expire):
+                actions = self.end.on_expire(parsed, now)
+            elif isinstance(parsed, ExpireAck):
+                actions = self.end.on_expire_ack(parsed, now)
+            else:
+                self._reject(msg, ValueError(f"{parsed.TYPE} is not a peer message"))
+                return
+            await self._commit(list(actions))
+
+    async def request(self, create: Create, requester: str) -> None:
+        async with self._lock:
+            actions = list(self.end.request(create, self.ctx.now()))
+            for a in actions:
+                cid = getattr(a, "create_id", None)
+                if cid is not None:
+                    self._requesters[cid] = requester
+            await self._commit(actions)
+
+    async def tick_loop(self) -> None:
+        """Resend unacknowledged EXPIREs, time out requests, apply the cut-off."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            async with self._lock:
+                now = self.ctx.now()
+                actions = list(self.end.tick(now)) + self._enforce_limits(now)
+                if actions:
+                    await self._commit(actions)
+
+    async def persist(self) -> None:
+        """Store the link end now (at shutdown)."""
+        async with self._lock:
+            snap = self.end.snapshot()
+            await self.ctx.persist(lambda: self.ctx.store.save_link(self.link, snap))
+
+    # ------------------------------------------------------------------ limits
+    def _enforce_limits(self, now: float) -> list[Message]:
+        out: list[Message] = []
+        if self.max_pair_age_s > 0:
+            while self._batches and now - self._batches[0][2] > self.max_pair_age_s:
+                lo, n, _ = self._batches.popleft()
+                out += self.end.expire(lo, seq_add(lo, n), now)
+        if self.capacity > 0:
+            excess = self.end.stats()["pairs_live"] - self.capacity
+            while excess > 0 and self._batches:
+                lo, n, t = self._batches[0]
+                k = min(n, excess)
+                out += self.end.expire(lo, seq_add(lo, k), now)
+                excess -= k
+                if k == n:
+                    self._batches.popleft()
+                else:
+                    self._batches[0] = (seq_add(lo, k), n - k, t)
+        return out
+
+    # ------------------------------------------------------------------ output
+    async def _commit(self, actions: Iterable[Message]) -> None:
+        """Persist the link end, then send: peer messages on ll/<peer>, answers to requesters."""
+        actions = list(actions)
+        snap = self.end.snapshot()
+        await self.ctx.persist(lambda: self.ctx.store.save_link(self.link, snap))
+        up, to_peer = split_actions(actions)
+        bus, topics = self.ctx.bus, self.ctx.topics
+        for m in to_peer:
+            bus.publish(topics.ll(self.peer), m.TYPE, m.to_dict(), sign_with=self.peer)
+        for m in up:
+            if isinstance(m, Ok):
+                self.oks_total += 1
+            elif isinstance(m, Err):
+                self.errs[ErrCode(m.code).name] += 1
+            cid = getattr(m, "create_id", None)
+            requester = self._requesters.get(cid) if cid is not None else None
+            if requester is not None:
+                bus.publish(topics.reply(requester), m.TYPE, m.to_dict())
+
+    def _reject(self, msg: Envelope, exc: Exception) -> None:
+        self.rejected += 1
+        log.warning("link %s: rejected %s from %s id %d: %s", self.link, msg.type, msg.sender,
+                    msg.id, exc, extra={"link": self.link, "sender": msg.sender,
+                                        "type": msg.type, "error": str(exc)})
+
+    # ------------------------------------------------------------------ views
+    def telemetry(self, interval_s: float) -> LinkTelemetry:
+        stats = self.end.stats()
+        lat = np.asarray(self.latencies_ms, dtype=float)
+        rate = (self.heralds_total - self._heralds_at_last) / interval_s
+        self._heralds_at_last = self.heralds_total
+        t: LinkTelemetry = {
+            "type": self.type, "peer": self.peer, "role": "end",  # type: ignore[typeddict-item]
+            "expected_seq": stats["expected_seq"], "heralds_total": self.heralds_total,
+            "herald_rate_hz": rate, "pairs_live": stats["pairs_live"],
+            "pairs_delivered_total": stats["pairs_delivered_total"],
+            "pairs_expired_total": stats["pairs_expired_total"],
+            "expires_unacked": stats["expires_unacked"],
+            "fidelity_estimate": self.end.goodness,
+        }
+        if lat.size:
+            t["herald_latency_ms_p50"] = float(np.percentile(lat, 50))
+            t["herald_latency_ms_p99"] = float(np.percentile(lat, 99))
+        self.latencies_ms.clear()
+        return t
+
+
+class LinkRouter:
+    """The node's handlers for ``herald``, ``ll`` and ``cmd`` traffic, dispatching by link."""
+
+    def __init__(self, ctx: NodeContext):
+        self.ctx = ctx
+        self.services: dict[str, LinkService] = {}
+        self.rejected: collections.Counter[str] = collections.Counter()
+        ctx.bus.on("herald", self._on_herald)
+        ctx.bus.on("ll", self._on_ll)
+        ctx.bus.on("cmd", self._on_cmd)
+
+    def add(self, service: LinkService) -> LinkService:
+        self.services[service.link] = service
+        return service
+
+    def _count(self, reason: str, msg: Envelope, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("rejected %s from %s id %d: %s", msg.type, msg.sender, msg.id, detail,
+                    extra={"reason": reason, "sender": msg.sender, "type": msg.type})
+
+    async def _on_herald(self, topic: Topic, msg: Envelope) -> None:
+        service = self.services.get(topic.arg or "")
+        if service is None:
+            self._count("unknown_link", msg, f"no link {topic.arg!r} here")
+            return
+        await service.on_herald(msg)
+
+    async def _on_ll(self, topic: Topic, msg: Envelope) -> None:
+        try:
+            parsed = message_from_dict({**msg.body, "type": msg.type})
+        except ValueError as exc:
+            self._count("bad_body", msg, str(exc))
+            return
+        service = self.services.get(getattr(parsed, "link", ""))
+        if service is None or service.peer != msg.sender:
+            self._count("unknown_link", msg, f"no link {getattr(parsed, 'link', '')!r} with "
+                                             f"{msg.sender}")
+            return
+        await service.on_peer_message(msg, parsed)
+
+    async def _on_cmd(self, topic: Topic, msg: Envelope) -> None:
+        if msg.type != "CREATE":
+            self._count("unknown_command", msg, f"command {msg.type!r}")
+            return
+        try:
+            create = Create.from_dict(msg.body)
+        except ValueError as exc:
+            self._count("bad_body", msg, str(exc))
+            return
+        service = next((s for s in self.services.values()
+                        if s.peer == create.remote_node and s.type == create.tpe), None)
+        if service is None:
+            self.ctx.bus.publish(self.ctx.topics.reply(msg.sender), "ERR",
+                                 Err(None, ErrCode.UNSUPP).to_dict())
+            return
+        await service.request(create, msg.sender)
+
+    def telemetry(self, interval_s: float) -> dict[str, Any]:
+        return {link: s.telemetry(interval_s) for link, s in self.services.items()}

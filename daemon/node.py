@@ -1,0 +1,328 @@
+"""The node daemon: one asyncio program that runs a node's config (``qnode run --config``).
+
+Start-up (DESIGN §7)::
+
+    state (SQLite) → MQTT bus → supervisor: instruments on their threads, role tasks
+    → every instrument READY → READY=1 and retained status "ready" → WATCHDOG=1 from the loop
+
+Shutdown on SIGTERM/SIGINT (or :meth:`Node.stop`): STOPPING=1, roles persist their link state,
+the bus drains what the broker has not acknowledged (bounded) and publishes the retained
+``offline`` status, instruments close, and the process exits 0 within seconds.
+
+The roles (:mod:`.role_station`, :mod:`.role_memory`, :mod:`.role_analyzer`,
+:mod:`.role_source`) share a :class:`NodeContext`: the config, bus, state store, supervisor, and
+the rules for persisting link state *before* sending what a link-layer call returned.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .bus import NodeBus
+from .config import NodeConfig
+from .instruments import driver_factory
+from .link_service import LinkRouter
+from .messages import Deduplicator, IdCounter
+from .sdnotify import Notifier, watchdog_interval_s, watchdog_loop
+from .state import StateStore
+from .supervisor import InstrumentState, ManagedInstrument, Supervisor
+from .telemetry import SCHEMA_VERSION, Telemetry
+from .topics import Topics
+
+log = logging.getLogger("qnode.node")
+
+#: message ids are leased from the state store in blocks, so a restart never reuses one
+ID_LEASE = 100_000
+
+
+class LeasedIds(IdCounter):
+    """Own message ids that keep increasing across restarts and crashes: the store holds the
+    end of the current lease, so after a crash ids continue above anything ever sent."""
+
+    def __init__(self, store: StateStore, lease: int = ID_LEASE):
+        super().__init__(store.next_message_id())
+        self.store, self.lease = store, lease
+        self._limit = self.next_id + lease
+        store.save_next_message_id(self._limit)
+
+    def __call__(self) -> int:
+        if self.next_id >= self._limit:
+            self._limit = self.next_id + self.lease
+            self.store.save_next_message_id(self._limit)
+        return super().__call__()
+
+
+class Role(Protocol):
+    """A node role: supervised tasks, a share of the telemetry, persistence at shutdown."""
+
+    name: str
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]: ...
+
+    def fill_telemetry(self, record: Telemetry, interval_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NodeContext:
+    """What roles share: config, bus, store, supervisor and a few helpers."""
+
+    def __init__(self, config: NodeConfig, bus: NodeBus, store: StateStore,
+                 supervisor: Supervisor, keys: dict[str, bytes]):
+        self.config, self.bus, self.store, self.supervisor = config, bus, store, supervisor
+        self.keys = keys
+        self.node = config.id
+        self.topics = bus.topics
+        self._router: LinkRouter | None = None
+
+    @property
+    def router(self) -> LinkRouter:
+        """The node's link-layer dispatcher (made on first use: it claims the bus handlers for
+        ``herald``, ``ll`` and ``cmd``)."""
+        if self._router is None:
+            self._router = LinkRouter(self)
+        return self._router
+
+    def instrument(self, name: str) -> ManagedInstrument:
+        return self.supervisor.instruments[name]
+
+    def now(self) -> float:
+        """Monotonic seconds: the link layer's clock."""
+        return time.monotonic()
+
+    async def persist(self, fn: Callable[[], None]) -> None:
+        """Run a store write off the loop and wait for it (write-ahead: before sending)."""
+        await asyncio.to_thread(fn)
+
+
+def read_keys(config: NodeConfig) -> dict[str, bytes]:
+    """HMAC keys by the name the bus looks them up under: the peer (``ll``/``proto``/``tags``)
+    and the link id (``herald``)."""
+    keys: dict[str, bytes] = {}
+    for link in config.links:
+        if link.hmac_key_file is not None:
+            key = link.hmac_key_file.read_bytes().strip()
+            keys[link.peer] = key
+            keys[link.id] = key
+    if config.herald is not None and config.herald.hmac_key_file is not None:
+        keys[config.herald.link] = config.herald.hmac_key_file.read_bytes().strip()
+    return keys
+
+
+def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    b = config.broker
+    if not b.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+    if b.client_cert is not None:
+        ctx.load_cert_chain(str(b.client_cert), str(b.client_key) if b.client_key else None)
+    return ctx
+
+
+class Node:
+    """A running node. ``await Node(config).run()`` returns after :meth:`stop` (or SIGTERM with
+    ``handle_signals``). ``notifier``: systemd notifications (default: from the environment).
+    ``telemetry_listeners`` get every record built (the Prometheus exporter, tests)."""
+
+    def __init__(self, config: NodeConfig, *, notifier: Notifier | None = None,
+                 handle_signals: bool = True, ready_timeout_s: float | None = None):
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.handle_signals = handle_signals
+        self.ready_timeout_s = ready_timeout_s
+        self.telemetry_listeners: list[Callable[[Telemetry], None]] = []
+        self.roles: list[Role] = []
+        self.state = "starting"
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self.ctx: NodeContext | None = None
+        self._last_telemetry = time.monotonic()
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask the node to shut down (idempotent; call on the node's loop)."""
+        self._stop.set()
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    # ------------------------------------------------------------------ main
+    async def run(self) -> None:
+        cfg = self.config
+        store = StateStore(cfg.state_dir / "qnode.sqlite")
+        try:
+            await self._run(store)
+        finally:
+            store.close()
+
+    async def _run(self, store: StateStore) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        dedup = Deduplicator()
+        dedup.restore(store.load_dedup())
+        keys = read_keys(cfg)
+        heralds = {link.id: link.herald for link in cfg.links
+                   if link.type == "K" and link.herald is not None}
+        bus = NodeBus(Topics(cfg.network, cfg.id), cfg.broker.host, cfg.broker.port,
+                      tls=tls_context(cfg), keys=keys, ids=LeasedIds(store), dedup=dedup,
+                      heralds=heralds, keepalive_s=int(cfg.broker.keepalive_s))
+        sup = Supervisor()
+        self.ctx = ctx = NodeContext(cfg, bus, store, sup, keys)
+        self.roles = build_roles(ctx)
+        calibrations = _collect(self.roles, "calibrations")
+        checks = _collect(self.roles, "health_checks")
+        for inst in cfg.instruments.values():
+            factory = driver_factory(inst)
+            if factory is None:
+                continue
+            sup.add_instrument(ManagedInstrument(
+                inst.name, factory, calibrate=calibrations.get(inst.name),
+                health_check=checks.get(inst.name), check_interval_s=5.0,
+                backoff_initial_s=0.2, backoff_max_s=10.0))
+        sup.add_task("bus", bus.run)
+        for role in self.roles:
+            for name, factory in role.tasks().items():
+                sup.add_task(f"{role.name}:{name}", factory)
+        sup.add_task("telemetry", self._telemetry_loop)
+        sup.add_task("persist", self._persist_loop)
+        interval = watchdog_interval_s()
+        if interval is not None:
+            sup.add_task("watchdog", lambda: watchdog_loop(self.notifier, interval,
+                                                           healthy=self._healthy))
+        log.info("node starting", extra={"node": cfg.id, "roles": ",".join(cfg.roles),
+                                         "broker": cfg.broker.url,
+                                         "instruments": len(cfg.instruments)})
+        await sup.start()
+        bus.status("starting", roles=list(cfg.roles))
+        try:
+            await self._bring_up(sup, bus)
+            await self._stop.wait()
+        finally:
+            await self._shutdown(sup, bus, store, dedup)
+
+    async def _bring_up(self, sup: Supervisor, bus: NodeBus) -> None:
+        """READY=1 once every instrument is up (the roles' tasks already run)."""
+        waiter = asyncio.ensure_future(sup.wait_ready(self.ready_timeout_s))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        if self._stop.is_set():
+            return
+        if not waiter.result():
+            down = [n for n, i in sup.instruments.items() if i.state is not InstrumentState.READY]
+            raise RuntimeError(f"instruments not ready within {self.ready_timeout_s} s: {down}")
+        self.state = "ready"
+        self.notifier.ready(f"{self.config.id}: {len(sup.instruments)} instruments ready")
+        bus.status("ready", roles=list(self.config.roles),
+                   links=[link.id for link in self.config.links])
+        self._ready.set()
+        log.info("node ready", extra={"node": self.config.id})
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s; stopping", sig.name, extra={"signal": sig.name})
+        self.stop()
+
+    def _healthy(self) -> bool:
+        assert self.ctx is not None
+        return self.ctx.supervisor.healthy()
+
+    async def _shutdown(self, sup: Supervisor, bus: NodeBus, store: StateStore,
+                        dedup: Deduplicator) -> None:
+        self.state = "stopping"
+        self.notifier.stopping(f"{self.config.id}: stopping")
+        log.info("node stopping", extra={"node": self.config.id})
+        for role in self.roles:
+            try:
+                await asyncio.wait_for(role.close(), 5.0)
+            except Exception:
+                log.exception("role %s failed to close", role.name, extra={"role": role.name})
+        with contextlib.suppress(Exception):
+            await bus.close(drain_timeout_s=2.0)
+        await sup.stop()
+        store.save_dedup(dedup.snapshot())
+        log.info("node stopped", extra={"node": self.config.id})
+
+    # ------------------------------------------------------------------ periodic work
+    async def _persist_loop(self) -> None:
+        """Persist the de-duplication windows once a second (a crash may then accept a
+        redelivery of the last second's messages again; every link-layer message is
+        idempotent under the EGP rule, so that is harmless)."""
+        assert self.ctx is not None
+        while True:
+            await asyncio.sleep(1.0)
+            snap = self.ctx.bus.dedup.snapshot()
+            await self.ctx.persist(lambda s=snap: self.ctx.store.save_dedup(s))  # type: ignore
+
+    def telemetry(self) -> Telemetry:
+        """A telemetry record now (DESIGN §7); see :mod:`.telemetry`."""
+        assert self.ctx is not None
+        now = time.monotonic()
+        interval = max(now - self._last_telemetry, 1e-3)
+        self._last_telemetry = now
+        sup = self.ctx.supervisor
+        record: Telemetry = {
+            "v": SCHEMA_VERSION, "node": self.config.id, "roles": list(self.config.roles),
+            "t": time.time(), "uptime_s": now - self.started,
+            "state": self.state if sup.healthy() or self.state != "ready" else "degraded",
+            "instruments": {n: {"kind": self.config.instruments[n].kind,
+                                "state": i.state.value, "errors_total": i.failures}
+                            for n, i in sup.instruments.items()},
+            "role_restarts_total": sum(sup.restarts.values()),
+            "links": {},
+        }
+        for role in self.roles:
+            role.fill_telemetry(record, interval)
+        record["bus"] = self.ctx.bus.metrics()
+        return record
+
+    async def _telemetry_loop(self) -> None:
+        assert self.ctx is not None
+        period = self.config.metrics.telemetry_interval_s
+        while True:
+            await asyncio.sleep(period)
+            record = self.telemetry()
+            # retained, so `qnode status` sees every node's latest figures at once
+            self.ctx.bus.publish(self.ctx.topics.telemetry, "telemetry", record,
+                                 state_changing=False, retain=True)
+            for listener in self.telemetry_listeners:
+                try:
+                    listener(record)
+                except Exception:
+                    log.exception("telemetry listener failed")
+
+
+def _collect(roles: list[Role], attr: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for role in roles:
+        out.update(getattr(role, attr, {}))
+    return out
+
+
+def build_roles(ctx: NodeContext) -> list[Role]:
+    """The role objects of ``ctx.config.roles`` (memory and repeater share one)."""
+    roles: list[Role] = []
+    names = set(ctx.config.roles)
+    if "herald" in names:
+        from .role_station import HeraldStationRole
+        roles.append(HeraldStationRole(ctx))
+    if names & {"memory", "repeater"}:
+        from .role_memory import MemoryRole
+        roles.append(MemoryRole(ctx))
+    if "analyzer" in names:
+        from .role_analyzer import AnalyzerRole
+        roles.append(AnalyzerRole(ctx))
+    if "source" in names:
+        from .role_source import SourceRole
+        roles.append(SourceRole(ctx))
+    return roles

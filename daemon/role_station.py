@@ -1,0 +1,150 @@
+"""Role ``herald``: the midpoint station of a K-type link (DESIGN §1, §4).
+
+Four detectors behind a 50:50 beam splitter (outputs c, d) and a PBS on each output
+(``[herald].channels`` = c-H, c-V, d-H, d-V). A photon from each memory node meeting at the beam
+splitter announces a Bell state by its two-click pattern (polarisation encoding; Lütkenhaus,
+Calsamiglia & Suominen 1999: linear optics identifies two of the four Bell states):
+
+* Ψ− : one click in each output with orthogonal polarisations (c-H & d-V, or c-V & d-H);
+* Ψ+ : both clicks in one output with orthogonal polarisations (c-H & c-V, or d-H & d-V);
+* any other pattern (same polarisation, three or four clicks) is a failure.
+
+The station runs the tagger through the acquisition pipeline with the native N-fold core
+(window ``[herald].window_ps``), classifies each cluster of exactly two clicks, numbers the
+successes with :class:`~.linklayer.HeraldStation` and publishes **one** signed ``HERALD`` batch
+per tagger chunk on ``herald/<link>`` — an empty batch too: it is the heartbeat that lets an end
+see a lost tail. The station's counter is stored before the batch is sent.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .acquisition import AcquisitionPipeline, ChunkEvents
+from .instruments import make_tagger
+from .linklayer import BELL_STATES, HeraldStation
+
+if TYPE_CHECKING:
+    from .node import NodeContext
+    from .telemetry import Telemetry
+
+log = logging.getLogger("qnode.station")
+
+PSI_PLUS = BELL_STATES.index("psi+")
+PSI_MINUS = BELL_STATES.index("psi-")
+FAILURE = 255
+
+
+def pattern_table(mask_of: Callable[[list[int]], int], channels: tuple[int, int, int, int]
+                  ) -> np.ndarray:
+    """Lookup ``mask -> Bell state code`` (FAILURE for every other pattern) for 4 detectors."""
+    c_h, c_v, d_h, d_v = channels
+    table = np.full(16, FAILURE, dtype=np.uint8)
+    for a, b, code in ((c_h, d_v, PSI_MINUS), (c_v, d_h, PSI_MINUS),
+                       (c_h, c_v, PSI_PLUS), (d_h, d_v, PSI_PLUS)):
+        table[mask_of([a, b])] = code
+    return table
+
+
+def classify(clusters: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, times_ps) of the successes among N-fold ``clusters`` (time, mask)."""
+    codes = table[clusters["mask"] & 0xF]
+    codes[clusters["mask"] > 0xF] = FAILURE
+    ok = codes != FAILURE
+    return codes[ok], np.ascontiguousarray(clusters["time"][ok], dtype=np.int64)
+
+
+class HeraldStationRole:
+    name = "herald"
+
+    def __init__(self, ctx: NodeContext):
+        cfg = ctx.config.herald
+        assert cfg is not None
+        self.ctx, self.cfg = ctx, cfg
+        stored = ctx.store.load_links().get(self._key)
+        self.station = (HeraldStation.restore(stored) if stored is not None
+                        else HeraldStation([cfg.link]))
+        self.calibrations: dict[str, Callable] = {}
+        self.health_checks: dict[str, Callable] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.singles: dict[int, int] = {}
+        self._last_counts: collections.Counter[str] = collections.Counter()
+        self._last_singles: dict[int, int] = {}
+        self._pipeline: AcquisitionPipeline | None = None
+
+    @property
+    def _key(self) -> str:
+        return f"station:{self.cfg.link}"
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {"acquire": self._acquire}
+
+    async def _acquire(self) -> None:
+        inst = self.ctx.instrument(self.cfg.tagger)
+        await inst.wait_ready()
+        icfg = self.ctx.config.instruments[self.cfg.tagger]
+        tagger = make_tagger(icfg, inst.driver, self.cfg.channels)
+        c_h, c_v, d_h, d_v = self.cfg.channels
+        pipeline = AcquisitionPipeline(
+            tagger, pairs=[(c_h, d_v), (c_v, d_h), (c_h, c_v), (d_h, d_v)],
+            window_ps=self.cfg.window_ps, nfold_channels=self.cfg.channels,
+            nfold_window_ps=self.cfg.window_ps, nfold_min_fold=2, policy="block")
+        assert pipeline.nfold is not None
+        table = pattern_table(pipeline.nfold.mask_of, self.cfg.channels)
+        self._pipeline = pipeline
+        log.info("herald station streaming", extra={"link": self.cfg.link,
+                                                   "tagger": self.cfg.tagger})
+        try:
+            async with pipeline:
+                async for events in pipeline.events():
+                    await self._chunk(events, table)
+        finally:
+            self._pipeline = None
+            await asyncio.to_thread(tagger.close)
+
+    async def _chunk(self, events: ChunkEvents, table: np.ndarray) -> None:
+        codes, times = classify(events.clusters, table)
+        link = self.cfg.link
+        if codes.size:
+            self.station.successes(link, codes, times)
+        self.counts["psi+"] += int(np.count_nonzero(codes == PSI_PLUS))
+        self.counts["psi-"] += int(np.count_nonzero(codes == PSI_MINUS))
+        self.counts["clusters"] += int(events.clusters.size)
+        self.counts["tags"] += events.n_tags
+        for ch, n in events.singles.items():
+            self.singles[ch] = self.singles.get(ch, 0) + n
+        (batch,) = self.station.flush(events.chunk_index)
+        snap = self.station.snapshot()
+        await self.ctx.persist(lambda: self.ctx.store.save_link(self._key, snap))
+        self.ctx.bus.publish(self.ctx.topics.herald(link), batch.TYPE, batch.to_dict(),
+                             sign_with=link)
+
+    async def close(self) -> None:
+        snap = self.station.snapshot()
+        await self.ctx.persist(lambda: self.ctx.store.save_link(self._key, snap))
+
+    def fill_telemetry(self, record: Telemetry, interval_s: float) -> None:
+        c, last = self.counts, self._last_counts
+        heralds = c["psi+"] + c["psi-"]
+        rate = (heralds - last["psi+"] - last["psi-"]) / interval_s
+        singles = {str(ch): (n - self._last_singles.get(ch, 0)) / interval_s
+                   for ch, n in self.singles.items()}
+        self._last_counts = collections.Counter(c)
+        self._last_singles = dict(self.singles)
+        record["links"][self.cfg.link] = {
+            "type": "K", "peer": "+".join(self.cfg.ends), "role": "station",
+            "expected_seq": self.station.next_seq(self.cfg.link), "heralds_total": heralds,
+            "herald_rate_hz": rate, "psi_plus_total": c["psi+"], "psi_minus_total": c["psi-"]}
+        record["singles_hz"] = singles
+        p = self._pipeline
+        if p is not None:
+            st = p.stats()
+            record["ingest_mtags_s"] = st.processing_mtags_per_s
+            record["tags_total"] = st.tags_processed
+            record["dropped_chunks_total"] = st.chunks_dropped
+            record["dropped_tags_total"] = st.tags_dropped

@@ -1,0 +1,85 @@
+"""Running ``qnode run`` daemons as real processes in tests (not a test module).
+
+    with Daemon(config_path, env=...) as d:   # started; stopped with SIGTERM on exit
+        d.wait_for_log("node ready")
+
+Each daemon logs key=value lines to a file; :meth:`Daemon.stop` sends SIGTERM and returns the
+exit code (the test decides what it expects).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def node_config(path: Path, *, node: str, roles: list[str], broker_port: int, state_dir: Path,
+                body: str = "", network: str = "t", telemetry_interval_s: float = 0.5) -> Path:
+    """Write a node config (no Prometheus endpoint) and return its path."""
+    path.write_text(
+        f"[node]\nid = \"{node}\"\nnetwork = \"{network}\"\nroles = {json.dumps(roles)}\n"
+        f"state_dir = \"{state_dir}\"\n\n[broker]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n"
+        f"keepalive_s = 5\n\n[metrics]\nprometheus_port = 0\n"
+        f"telemetry_interval_s = {telemetry_interval_s}\n\n{body}")
+    return path
+
+
+class Daemon:
+    """``python -m qnode.daemon.cli run --config`` with its output in ``<config>.log``."""
+
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None):
+        self.config = config
+        self.log_path = config.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qnode.daemon.cli", "run", "--config", str(self.config),
+             "--log-level", "INFO"], stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before "
+                                     f"{text!r}:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout_s} s:\n{self.log()[-3000:]}")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then the exit code (SIGKILL after ``timeout_s``: code -9)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
