@@ -39,7 +39,7 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     hmac_key_file = "/etc/qnode/links/alice-repeater.key"
 
     [memory]                      # roles memory / repeater: the store of heralded pairs
-    capacity = 1000               # live pairs per link; the oldest are expired beyond it
+    capacity = 1000               # live pairs per link; the oldest are expired beyond (0: no limit)
     max_pair_age_s = 1.0          # cut-off: pairs older than this are expired (0: never)
     fidelity = 0.9                # fidelity estimate stamped on new pairs (no QDevice yet)
 
@@ -50,6 +50,8 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     waveplate = "hwp"             # optional: the basis-setting half-wave plate
     angle_deg = 0.0               # its angle (fast axis; 22.5 is the X basis)
     align_s = 1.0                 # tags used to find the peer's clock offset at start
+    capacity = 20000              # delivered-pair inventory of the link, as [memory] (0: no limit)
+    max_pair_age_s = 1.0
 
     [source]                      # role source: an SPDC source at its working point
     pump = "pump"                 # ibeam or itc4001
@@ -182,6 +184,8 @@ class AnalyzerConfig:
     waveplate: str | None = None
     angle_deg: float = 0.0
     align_s: float = 1.0
+    capacity: int = 20_000
+    max_pair_age_s: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,7 +399,7 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
 
 def _memory(path: str, raw: object) -> MemoryConfig:
     r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity"})
-    return MemoryConfig(r.integer("capacity", 1000, 1, 10**7),
+    return MemoryConfig(r.integer("capacity", 1000, 0, 10**7),
                         r.number("max_pair_age_s", 1.0, 0, 86400),
                         r.number("fidelity", 0.9, 0, 1))
 
@@ -403,7 +407,8 @@ def _memory(path: str, raw: object) -> MemoryConfig:
 def _analyzer(path: str, raw: object,
               instruments: Mapping[str, InstrumentConfig]) -> AnalyzerConfig:
     r = _Reader(path, "analyzer", raw,
-                {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "align_s"})
+                {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "align_s",
+                 "capacity", "max_pair_age_s"})
     tagger = _instrument_ref(r, "tagger", instruments, TAGGER_KINDS)
     assert tagger is not None
     return AnalyzerConfig(tagger, _channels(r, "channels", 2, (1, 2)),  # type: ignore[arg-type]
@@ -411,7 +416,9 @@ def _analyzer(path: str, raw: object,
                           _instrument_ref(r, "waveplate", instruments, ("elliptec",),
                                           required=False),
                           r.number("angle_deg", 0.0, -360, 360),
-                          r.number("align_s", 1.0, 0.01, 600))
+                          r.number("align_s", 1.0, 0.01, 600),
+                          r.integer("capacity", 20_000, 0, 10**7),
+                          r.number("max_pair_age_s", 1.0, 0, 86400))
 
 
 def _source(path: str, raw: object, instruments: Mapping[str, InstrumentConfig]) -> SourceConfig:

@@ -77,9 +77,11 @@ def _toml_str(s: str | Path) -> str:
 
 def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  telemetry_interval_s: float = 1.0, network: str = NETWORK,
-                 memory_fidelity: float = 0.9) -> NetworkPlan:
+                 memory_fidelity: float = 0.9, max_pair_age_s: float = 2.0,
+                 capacity: int = 20_000) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
-    --json`` rows by name). Link keys are fresh random files under ``workdir/keys``."""
+    --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
+    ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none)."""
     keys = workdir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
 
@@ -101,13 +103,13 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         return (f"[instruments.tagger]\nkind = \"id900\"\n"
                 f"address = {_toml_str(addresses[f'{inst}.scpi'])}\ntimeout_s = 2.0\n"
                 f"[instruments.tagger.options]\ndlt = {_toml_str(addresses[f'{inst}.dlt'])}\n"
-                f"inputs = {json.dumps(inputs)}\n\n")
+                f"inputs = {json.dumps(inputs)}\nchunk_interval_s = 0.1\n\n")
 
     def k_link(link: str, peer: str, station: str) -> str:
         return (f"[[links]]\nid = {_toml_str(link)}\npeer = {_toml_str(peer)}\ntype = \"K\"\n"
                 f"herald = {_toml_str(station)}\nhmac_key_file = {_toml_str(key(link))}\n\n")
 
-    memory = (f"[memory]\ncapacity = 2000\nmax_pair_age_s = 0.5\n"
+    memory = (f"[memory]\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n"
               f"fidelity = {memory_fidelity}\n\n")
     plan = NetworkPlan()
 
@@ -133,7 +135,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
             + f"[instruments.hwp]\nkind = \"elliptec\"\n"
               f"address = {_toml_str(addresses[f'{name}-hwp'])}\n\n"
               f"[analyzer]\nchannels = [1, 2]\nwindow_ps = 1000\nangle_deg = 0.0\n"
-              f"align_s = 1.0\n\n"
+              f"align_s = 1.0\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n\n"
               f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
               f"hmac_key_file = {_toml_str(key('m-ab'))}\n")
     return plan
@@ -292,6 +294,56 @@ async def _watch(broker_url: str, network: str, duration_s: float, recorder: Any
     return latest
 
 
+STATIONS = ("herald1", "herald2", "analyzer-a")  # nodes that herald: stopped first
+
+
+class DemoNetwork:
+    """The bench and one daemon per node, under ``workdir`` (configs, keys, state, truth);
+    logs in ``log_dir``. ``plan_options`` go to :func:`plan_network`."""
+
+    def __init__(self, workdir: Path, broker_url: str, log_dir: Path, **plan_options: Any):
+        self.workdir, self.broker_url, self.log_dir = workdir, broker_url, log_dir
+        self.plan_options = plan_options
+        self.bench = BenchProcess(bench_config_path(), workdir / "truth.json",
+                                  log_dir / "hal_sim.log")
+        self.daemons: dict[str, DaemonProcess] = {}
+        self.exit_codes: dict[str, int | None] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        addresses = self.bench.start()
+        plan = plan_network(addresses, self.broker_url, self.workdir, **self.plan_options)
+        plan.write(self.workdir / "configs")
+        self.daemons = {n.name: DaemonProcess(n, self.log_dir) for n in plan.nodes.values()}
+        for d in self.daemons.values():
+            d.start()
+
+    def state_dir(self, node: str) -> Path:
+        return self.workdir / "state" / node
+
+    def truth(self) -> dict[str, Any] | None:
+        path = self.workdir / "truth.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def stop(self, names: list[str] | tuple[str, ...], timeout_s: float = 15.0) -> None:
+        """SIGTERM ``names`` together and wait for them; exit codes in ``exit_codes``."""
+        procs = [self.daemons[n] for n in names if n in self.daemons
+                 and n not in self.exit_codes]
+        for d in procs:
+            d.terminate()
+        for d in procs:
+            self.exit_codes[d.node.name] = d.wait(timeout_s)
+
+    def close(self, settle_s: float = 1.0) -> None:
+        """Stop the nodes that herald first, let the ends apply what is in flight, then the
+        rest and the bench."""
+        self.stop(STATIONS)
+        time.sleep(settle_s)
+        self.stop(tuple(self.daemons))
+        self.bench.stop()
+
+
 async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None = None,
                    keep: bool = False) -> dict[str, Any]:
     from .liveview import LiveView
@@ -299,44 +351,33 @@ async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None =
 
     report_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="qnode-demo-"))
-    logs = report_dir / "logs"
-    logs.mkdir(exist_ok=True)
     broker = None
     if broker_url is None:
         broker = await EmbeddedBroker().start()
         broker_url = broker.url
-    bench = BenchProcess(bench_config_path(), work / "truth.json", logs / "hal_sim.log")
-    procs: list[DaemonProcess] = []
+    net = DemoNetwork(work, broker_url, report_dir / "logs")
+    latest: dict[str, dict] = {}
     try:
         print(f"qnode demo: broker {broker_url}; starting the simulated instruments ...",
               flush=True)
-        addresses = await asyncio.to_thread(bench.start)
-        plan = plan_network(addresses, broker_url, work)
-        plan.write(work / "configs")
-        procs = [DaemonProcess(n, logs) for n in plan.nodes.values()]
-        for p in procs:
-            p.start()
-        print(f"qnode demo: {len(procs)} daemons started ({', '.join(plan.nodes)}); "
+        await asyncio.to_thread(net.start)
+        print(f"qnode demo: {len(net.daemons)} daemons started ({', '.join(net.daemons)}); "
               f"running {duration_s:.0f} s", flush=True)
         recorder = Recorder(report_dir)
         view = LiveView()
         try:
-            latest = await _watch(broker_url, NETWORK, duration_s, recorder, view, procs)
+            latest = await _watch(broker_url, NETWORK, duration_s, recorder, view,
+                                  list(net.daemons.values()))
         finally:
             view.close()
             recorder.close()
     finally:
-        for p in procs:
-            p.terminate()
-        codes = {p.node.name: await asyncio.to_thread(p.wait, 15.0) for p in procs}
-        bench.stop()
+        await asyncio.to_thread(net.close)
         if broker is not None:
             await broker.stop()
-    truth = None
-    if (work / "truth.json").exists():
-        truth = json.loads((work / "truth.json").read_text())
-    summary = write_report(report_dir, truth=truth,
-                           summary_extra={"exit_codes": codes, "run_duration_s": duration_s,
+    summary = write_report(report_dir, truth=net.truth(),
+                           summary_extra={"exit_codes": net.exit_codes,
+                                          "run_duration_s": duration_s,
                                           "nodes_heard": sorted(latest)})
     if keep:
         shutil.copytree(work / "configs", report_dir / "configs", dirs_exist_ok=True)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qnode.link")
 
 TICK_S = 0.1
+LAZY_PERSIST_S = 1.0
 
 
 class LinkService:
@@ -76,6 +77,11 @@ class LinkService:
         else:
             self.end = LinkEnd(ctx.node, peer, link_id, comm_delay=comm_delay_s,
                                goodness=goodness)
+        # the limits are checked at most every limit_check_s (≥ TICK_S): fewer, larger EXPIREs
+        self.limit_check_s = max(TICK_S, max_pair_age_s / 4 if max_pair_age_s > 0 else 0.5)
+        self._next_limit_check = 0.0
+        self._dirty = False
+        self._persisted_at = 0.0
         self._lock = asyncio.Lock()
         self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
         self._requesters: dict[int, str] = {}   # create id -> requesting node
@@ -112,7 +118,6 @@ class LinkService:
             if accepted:
                 self._batches.append((before, accepted, now))
                 self.heralds_total += accepted
-            actions += self._enforce_limits(now)
             await self._commit(actions)
 
     async def on_peer_message(self, msg: Envelope, parsed: Message) -> None:
@@ -145,40 +150,64 @@ class LinkService:
                 actions = list(self.end.tick(now)) + self._enforce_limits(now)
                 if actions:
                     await self._commit(actions)
+                if self._dirty and now - self._persisted_at >= LAZY_PERSIST_S:
+                    await self._persist_now()
 
     async def persist(self) -> None:
         """Store the link end now (at shutdown)."""
         async with self._lock:
-            snap = self.end.snapshot()
-            await self.ctx.persist(lambda: self.ctx.store.save_link(self.link, snap))
+            await self._persist_now()
+
+    async def _persist_now(self) -> None:
+        snap = self.end.snapshot()
+        self._dirty = False
+        self._persisted_at = self.ctx.now()
+        await self.ctx.persist(lambda: self.ctx.store.save_link(self.link, snap))
 
     # ------------------------------------------------------------------ limits
     def _enforce_limits(self, now: float) -> list[Message]:
-        out: list[Message] = []
+        """Expire what is past the cut-off or beyond the capacity: the oldest pairs, in **one**
+        range per check (one EXPIRE, not one per herald batch)."""
+        if now < self._next_limit_check:
+            return []
+        self._next_limit_check = now + self.limit_check_s
+        lo: int | None = None
+        hi: int | None = None
         if self.max_pair_age_s > 0:
             while self._batches and now - self._batches[0][2] > self.max_pair_age_s:
-                lo, n, _ = self._batches.popleft()
-                out += self.end.expire(lo, seq_add(lo, n), now)
+                b_lo, n, _ = self._batches.popleft()
+                lo = b_lo if lo is None else lo
+                hi = seq_add(b_lo, n)
         if self.capacity > 0:
             excess = self.end.stats()["pairs_live"] - self.capacity
             while excess > 0 and self._batches:
-                lo, n, t = self._batches[0]
+                b_lo, n, t = self._batches[0]
                 k = min(n, excess)
-                out += self.end.expire(lo, seq_add(lo, k), now)
+                lo = b_lo if lo is None else lo
+                hi = seq_add(b_lo, k)
                 excess -= k
                 if k == n:
                     self._batches.popleft()
                 else:
-                    self._batches[0] = (seq_add(lo, k), n - k, t)
-        return out
+                    self._batches[0] = (seq_add(b_lo, k), n - k, t)
+        if lo is None or hi is None:
+            return []
+        return list(self.end.expire(lo, hi, now))
 
     # ------------------------------------------------------------------ output
     async def _commit(self, actions: Iterable[Message]) -> None:
-        """Persist the link end, then send: peer messages on ll/<peer>, answers to requesters."""
+        """Persist the link end, then send: peer messages on ll/<peer>, answers to requesters.
+
+        Write-ahead where it matters: a call that sends anything is stored first. A call that
+        sends nothing (a herald batch accepted in order) is stored lazily, at most
+        ``LAZY_PERSIST_S`` later: if a crash loses it, the restarted end is behind, sees the jump
+        at the next batch and EXPIREs the lost range to the peer, so both ends still agree."""
         actions = list(actions)
-        snap = self.end.snapshot()
-        await self.ctx.persist(lambda: self.ctx.store.save_link(self.link, snap))
         up, to_peer = split_actions(actions)
+        if not up and not to_peer:
+            self._dirty = True
+            return
+        await self._persist_now()
         bus, topics = self.ctx.bus, self.ctx.topics
         for m in to_peer:
             bus.publish(topics.ll(self.peer), m.TYPE, m.to_dict(), sign_with=self.peer)

@@ -75,11 +75,9 @@ class AnalyzerRole:
                              f"link, found {len(links)}")
         self.link = links[0]
         self.counter = ctx.node < self.link.peer
-        mem = ctx.config.memory
         self.service = ctx.router.add(LinkService(
-            ctx, self.link.id, self.link.peer, "M", goodness=0.5,
-            capacity=mem.capacity if mem else 100_000,
-            max_pair_age_s=mem.max_pair_age_s if mem else 10.0))
+            ctx, self.link.id, self.link.peer, "M", goodness=0.5, capacity=cfg.capacity,
+            max_pair_age_s=cfg.max_pair_age_s))
         self.calibrations: dict[str, Callable[[Any], None]] = {}
         if cfg.waveplate is not None:
             self.calibrations[cfg.waveplate] = lambda d: d.move_absolute_deg(cfg.angle_deg)
@@ -87,6 +85,7 @@ class AnalyzerRole:
         self.pipeline: AcquisitionPipeline | None = None
         self.counting: CrossNodeCounter | None = None
         self.sent_tags = 0
+        self._count_lock = asyncio.Lock()  # own chunks and peer messages both trigger counting
         if self.counter:
             self.counting = CrossNodeCounter(cfg.channels, cfg.window_ps, cfg.align_s)
             self.station = HeraldStation([self.link.id])
@@ -167,10 +166,12 @@ class AnalyzerRole:
 
     async def _count(self) -> None:
         assert self.counting is not None
-        result = await asyncio.to_thread(self.counting.process)
-        if result is None:
-            return
-        codes, times = result
+        async with self._count_lock:
+            result = await asyncio.to_thread(self.counting.process)
+            if result is not None:
+                await self._herald(*result)
+
+    async def _herald(self, codes: np.ndarray, times: np.ndarray) -> None:
         link = self.link.id
         if codes.size:
             self.station.successes(link, codes, times)
@@ -188,13 +189,19 @@ class AnalyzerRole:
         if self.counting is not None:
             t.update(self.counting.telemetry(interval_s, self.cfg.angle_deg))
             t["role"] = "counter"
+            v = t.get("visibility")
+            if v is not None:  # Werner assumption: F = (1 + 3V)/4 (one basis measured)
+                self.service.end.set_goodness(min(1.0, max(0.0, (1 + 3 * v) / 4)))
+                t["fidelity_estimate"] = self.service.end.goodness
             g2 = self.counting.g2
             record["g2"] = {"bin_ps": G2_BIN_PS, "first_bin_ps": -G2_HALF_RANGE_PS,
                             "counts": [int(x) for x in g2]}
+        else:
+            t.pop("fidelity_estimate", None)  # the counter measures it; this end cannot
         record["links"][self.link.id] = t
         p = self.pipeline
         if p is not None:
-            st = p.stats()
+            st = p.stats
             record["ingest_mtags_s"] = st.processing_mtags_per_s
             record["tags_total"] = st.tags_processed
             record["dropped_chunks_total"] = st.chunks_dropped
@@ -372,15 +379,21 @@ class CrossNodeCounter:
 
     # ---------------------------------------------------------------- telemetry
     def telemetry(self, interval_s: float, own_angle_deg: float) -> LinkTelemetry:
+        """Rates are per second of *tag time* counted since the last call (the counting lags
+        the wall clock by the network and runs in bursts); the peer's tag rate is per wall
+        second (``interval_s``)."""
         n = self.counts.astype(float)
         total = n.sum()
         acc = self.accidentals.astype(float)
-        now = {"coinc": total, "acc": acc.sum(), "peer": float(self.peer_tags)}
-        rate = {k: (v - self._last.get(k, 0.0)) / interval_s for k, v in now.items()}
+        now = {"coinc": total, "acc": acc.sum(), "span_ps": float(max(self.processed_to, 0))}
+        span_s = (now["span_ps"] - self._last.get("span_ps", now["span_ps"])) / 1e12
+        t: LinkTelemetry = {"remote_tags_rate_hz":
+                            (self.peer_tags - self._last.get("peer", 0.0)) / interval_s}
+        if span_s > 0:
+            t["coincidence_rate_hz"] = (now["coinc"] - self._last.get("coinc", 0.0)) / span_s
+            t["accidental_rate_hz"] = (now["acc"] - self._last.get("acc", 0.0)) / span_s
+        now["peer"] = float(self.peer_tags)
         self._last = now
-        t: LinkTelemetry = {"coincidence_rate_hz": rate["coinc"],
-                            "accidental_rate_hz": rate["acc"],
-                            "remote_tags_rate_hz": rate["peer"]}
         if acc.sum() > 0:
             t["car"] = car_estimate(total, acc.sum()).value
         true = n - acc

@@ -143,7 +143,7 @@ class HeraldStationRole:
         record["singles_hz"] = singles
         p = self._pipeline
         if p is not None:
-            st = p.stats()
+            st = p.stats
             record["ingest_mtags_s"] = st.processing_mtags_per_s
             record["tags_total"] = st.tags_processed
             record["dropped_chunks_total"] = st.chunks_dropped

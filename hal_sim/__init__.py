@@ -16,6 +16,13 @@ with exact ground truth:
   :class:`SimChunk` (``blocks[node]`` TagBlock, ``truth`` :class:`ChunkTruth`); cumulative
   :class:`RunTruth` in ``sim.truth``.
 
+K-type heralding (:mod:`qnode.hal_sim.heralding`): :class:`HeraldingLink` (two memory nodes, a
+midpoint station with four detectors, :func:`station_detectors`) and :class:`HeraldingSimulator`,
+which streams the station's tags with the same stepping interface and a truth list of heralds
+(:data:`HERALD_DTYPE`), totals (:class:`HeraldRunTruth`) and the closed form
+(:func:`herald_expectation`). ``qnode.hal_sim.tagger.SimulatorFanout`` lets several taggers
+stream different nodes of one simulator.
+
 Example::
 
     from qnode.hal_sim import (BellDiagonalState, Clock, CWSource, Link, PhotonStreamSimulator,
@@ -34,6 +41,17 @@ Example::
 """
 from .clock import Clock, ClockModel
 from .detector import JITTER_CLIP_SIGMAS, Detector
+from .heralding import (
+    HERALD_DTYPE,
+    HeraldChunk,
+    HeraldChunkTruth,
+    HeraldExpectation,
+    HeraldingLink,
+    HeraldingSimulator,
+    HeraldRunTruth,
+    herald_expectation,
+    station_detectors,
+)
 from .link import Link, Node, simple_node
 from .optics import SMF28_GROUP_INDEX, Fibre
 from .photon_stream import PhotonStreamSimulator, SimChunk
@@ -43,7 +61,9 @@ from .truth import ChunkTruth, RunTruth
 
 __all__ = [
     "Analyzer", "BELL_CORRELATIONS", "BellDiagonalState", "CWSource", "ChunkTruth", "Clock",
-    "ClockModel", "Detector", "Fibre", "JITTER_CLIP_SIGMAS", "Link", "Node",
-    "PhotonStreamSimulator", "PulsedSource", "RunTruth", "SMF28_GROUP_INDEX", "SimChunk", "basis",
-    "linear_polariser", "simple_node",
+    "ClockModel", "Detector", "Fibre", "HERALD_DTYPE", "HeraldChunk", "HeraldChunkTruth",
+    "HeraldExpectation", "HeraldRunTruth", "HeraldingLink", "HeraldingSimulator",
+    "JITTER_CLIP_SIGMAS", "Link", "Node", "PhotonStreamSimulator", "PulsedSource", "RunTruth",
+    "SMF28_GROUP_INDEX", "SimChunk", "basis",
+    "herald_expectation", "linear_polariser", "simple_node", "station_detectors",
 ]

@@ -1,9 +1,11 @@
 """``python -m qnode.hal_sim``: run simulated instruments for a test bench or a demo.
 
-    python -m qnode.hal_sim bench --config bench.toml [--json]
+    python -m qnode.hal_sim bench --config bench.toml [--json] [--truth truth.json]
 
 starts every instrument in the file on a real pty or loopback TCP port, prints where each one
 is (what a node config names in a lab), then a line ``ready``, and serves until Ctrl-C/SIGTERM.
+With ``--truth`` the links' ground truth is written to that file as JSON every second and at
+stop (see :mod:`qnode.hal_sim.bench`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from . import (
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
-        bench = bench_mod.Bench.from_file(args.config)
+        bench = bench_mod.Bench.from_file(args.config, truth_path=args.truth)
     except bench_mod.BenchConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="serve the simulated instruments of a bench file")
     b.add_argument("--config", required=True, help="bench TOML file")
     b.add_argument("--json", action="store_true", help="print the addresses as JSON")
+    b.add_argument("--truth", metavar="FILE",
+                   help="write the links' ground truth here (JSON, every second and at stop)")
     b.set_defaults(func=_cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,33 +1,75 @@
 """A simulated bench: simulated instruments served on real ptys and sockets, from a TOML file.
 
-``python -m qnode.hal_sim bench --config bench.toml`` starts every instrument the file lists and
-prints each one's address: exactly what a node config names for the real instrument in a lab.
-It runs until interrupted (Ctrl-C or SIGTERM).
+``python -m qnode.hal_sim bench --config bench.toml [--json] [--truth truth.json]`` starts every
+instrument the file lists and prints each one's address: exactly what a node config names for
+the real instrument in a lab. It runs until interrupted (Ctrl-C or SIGTERM).
 
 File format::
 
     [bench]
-    name = "alice-bench"
+    name = "network"
 
     [[instrument]]
     name = "oven"           # the name a node config uses
     kind = "tc200"          # see KINDS
     serve = "pty"           # "pty" (a serial port) or "tcp" (a loopback TCP port)
     port = 0                # tcp only: 0 picks a free port
-    [instrument.options]    # keyword arguments of the simulated device
-    ambient_c = 22.0
+    startup = ["tset=35.0", "ens"]  # wire commands the device gets before it is served
+    settle_s = 600          # ...as if it had been running that long since (wire kinds only)
+    [instrument.options]    # keyword arguments of the simulated device, plus coupling keys
+    optimum_c = 35.0
+    link = "source-pair"    # couples the oven to this M link's pair rate
 
-    [link]                  # the photon link that simulated time taggers stream (optional)
-    pair_rate_hz = 2e5
-    visibility = 0.95
+    [[link]]                # an M link: an SPDC source measured at two analyzer nodes
+    name = "source-pair"    # what instruments name in ``link``
+    id = "m-ab"             # the daemon's link id, the key in the truth file (default: name)
+    type = "M"
+    pair_rate_hz = 1e5      # pairs/s while no pump is coupled (an oven alone scales it)
+    brightness_hz_per_mw = 2500  # pairs/s per mW of a coupled pump
+    visibility = 0.95       # Werner state around Φ+
     seed = 1
+    slice_ms = 50           # simulated time per step (any link): each tagger chunk
     [[link.node]]           # exactly two
-    name = "alice"
+    name = "analyzer-a"
     channels = [1, 2]       # the + and - detectors' tagger inputs
-    length_km = 1.0         # also: efficiency, dark_count_rate_hz, jitter_ps
+    length_km = 1.0         # also: efficiency, dark_count_rate_hz, jitter_ps,
+    clock_offset_ps = 0     #   clock_offset_ps, clock_drift_ppm (the node's tagger clock)
+
+    [[link]]                # a K link: a heralding station between two memory nodes
+    name = "alice-repeater"
+    type = "K"
+    station = "herald1"
+    ends = ["alice", "repeater"]
+    attempt_rate_hz = 1e6
+    emission_probability = 0.15
+    length_km = [10.0, 10.0]   # each end's fibre (or one number for both); loss_db_per_km
+    channels = [1, 2, 3, 4]    # c-H, c-V, d-H, d-V; also efficiency, dark_count_rate_hz,
+    indistinguishability = 0.9 #   dead_time_ps, jitter_ps (the four detectors), gate_ps, seed
+
+The single-table form ``[link]`` of earlier files is still read: an M link named "link".
+
+**Instruments and links.** A time tagger (``kind = "id900"``) streams one node of one link:
+options ``link`` (may be left out when the bench has one link) and ``node`` (for a K link the
+station, the default). Several taggers may stream different nodes of one link: the link's
+simulator is stepped once per slice and each tagger gets its own node's tags
+(:class:`~qnode.hal_sim.tagger.SimulatorFanout`; a tagger that is streaming but not read holds
+the others back after a bounded buffer of slices, never growing memory; one that is not
+streaming misses those photons). Instruments with ``link = "<an M link>"`` in their options are
+coupled to its physics (:mod:`qnode.hal_sim.physics_coupling`, applied before every slice): a
+pump (``ibeam``, ``itc4001``) sets the pair rate = ``brightness_hz_per_mw`` × its output power
+(mW) × the oven's phase matching; an oven (``tc200``) alone scales ``pair_rate_hz`` by its phase
+matching; a waveplate (``elliptec``, options ``node``, ``analyzer`` (default "a"), ``zero_deg``)
+turns that node's analyzer.
 
 Instruments of a "service" kind (time taggers, systems with several ports) serve themselves and
 print one address per port (``tagger.scpi``, ``tagger.dlt``).
+
+**Ground truth.** With a truth file (``Bench(truth_path=...)``, ``--truth``) the bench writes
+every link's truth totals as JSON, atomically (a temporary file renamed over it), every second
+and at stop (:meth:`Bench.truth`): ``{"v": 1, "bench", "t" (Unix s), "uptime_s", "links": {id:
+{"name", "type", ...}}}``, keyed by the daemon's link id.
+Each link's top-level numbers are named like the daemon's telemetry fields they are compared
+with; ``detail`` holds the counters (see :func:`m_link_truth`, :func:`k_link_truth`).
 
 Every error names the file and the key (``instrument[2].kind``) and what is wrong with it.
 """
@@ -36,12 +78,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
+import math
+import os
+import re
+import threading
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .serve import PtyServer, TcpServer, WireDevice
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,27 +100,41 @@ class Kind:
     when used), ``serves`` the transports its real counterpart uses.
 
     ``style`` "wire": the factory builds a :class:`WireDevice` that the bench serves on a pty or a
-    TCP port. ``style`` "service": ``factory(bench, **options)`` builds an object that serves
-    itself, with ``start()``, ``stop()`` and ``addresses() -> {label: address}``."""
+    TCP port. ``style`` "service": ``factory(bench, key, **options)`` builds an object that serves
+    itself, with ``start()``, ``stop()`` and ``addresses() -> {label: address}``.
+    ``couples``: what the device is to an M link's physics ("pump", "oven", "waveplate") when its
+    options name a ``link``. ``startup_errors``: reply fragments that mark a ``startup``
+    command as refused."""
 
     factory: str
     serves: tuple[str, ...]
     description: str
     style: str = "wire"
+    couples: str | None = None
+    startup_errors: tuple[bytes, ...] = ()
 
 
 KINDS: dict[str, Kind] = {}
 
+#: Option keys a coupled instrument takes besides its device's own keyword arguments.
+COUPLING_KEYS = {"pump": ("link",), "oven": ("link",),
+                 "waveplate": ("link", "node", "analyzer", "zero_deg")}
+
 
 def register(name: str, factory: str, serves: tuple[str, ...], description: str,
-             style: str = "wire") -> None:
+             style: str = "wire", couples: str | None = None,
+             startup_errors: tuple[bytes, ...] = ()) -> None:
     """Make a simulated instrument kind available to bench files."""
-    KINDS[name] = Kind(factory, serves, description, style)
+    if couples is not None and couples not in COUPLING_KEYS:
+        raise ValueError(f"register: couples must be one of {sorted(COUPLING_KEYS)}")
+    KINDS[name] = Kind(factory, serves, description, style, couples, startup_errors)
 
 
 class BenchConfigError(ValueError):
     """A bench file is malformed; the message names the file and the key."""
 
+
+# ------------------------------------------------------------------------------ the file
 
 @dataclasses.dataclass(frozen=True)
 class InstrumentSpec:
@@ -79,35 +143,126 @@ class InstrumentSpec:
     serve: str
     port: int
     options: Mapping[str, Any]
+    startup: tuple[str, ...] = ()
+    settle_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeSpec:
+    """One analyzer node of an M link (lengths km, rates Hz, times ps, drift ppm)."""
+
     name: str
     channels: tuple[int, int]
     length_km: float = 0.0
     efficiency: float = 0.8
     dark_count_rate_hz: float = 100.0
     jitter_ps: float = 30.0
+    clock_offset_ps: int = 0
+    clock_drift_ppm: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class LinkSpec:
+    """An M link: SPDC pairs (``pair_rate_hz``, Werner ``visibility``) to two nodes."""
+
     pair_rate_hz: float
     visibility: float
     seed: int
     nodes: tuple[NodeSpec, NodeSpec]
+    name: str = "link"
+    brightness_hz_per_mw: float = 1e6
+    key: str = "link"
+    type: str = "M"
+    id: str = ""
+    slice_ms: float = 50.0
+
+    @property
+    def link_id(self) -> str:
+        """The daemon's id of the link (the truth file's key): ``id``, else the name."""
+        return self.id or self.name
+
+    @property
+    def streaming_nodes(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+
+@dataclasses.dataclass(frozen=True)
+class KLinkSpec:
+    """A K link: ``link`` is the :class:`~qnode.hal_sim.heralding.HeraldingLink`."""
+
+    name: str
+    link: Any
+    seed: int
+    key: str
+    type: str = "K"
+    id: str = ""
+    slice_ms: float = 50.0
+
+    @property
+    def link_id(self) -> str:
+        """The daemon's id of the link (the truth file's key): ``id``, else the name."""
+        return self.id or self.name
+
+    @property
+    def streaming_nodes(self) -> tuple[str, ...]:
+        return (self.link.station,)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchSpec:
     name: str
     instruments: tuple[InstrumentSpec, ...]
-    link: LinkSpec | None = None
+    links: tuple[LinkSpec | KLinkSpec, ...] = ()
+
+    @property
+    def link(self) -> LinkSpec | KLinkSpec | None:
+        """The first link (files of the single-``[link]`` form have at most one)."""
+        return self.links[0] if self.links else None
 
 
 def _fail(path: str, key: str, problem: str) -> BenchConfigError:
     return BenchConfigError(f"{path}: {key}: {problem}")
+
+
+class _Table:
+    """Reads one TOML table, naming ``path: key.field`` in every error."""
+
+    def __init__(self, path: str, key: str, raw: object, allowed: set[str]):
+        if not isinstance(raw, dict):
+            raise _fail(path, key, "must be a table")
+        extra = set(raw) - allowed
+        if extra:
+            raise _fail(path, f"{key}.{sorted(extra)[0]}", "unknown key")
+        self.path, self.key, self.raw = path, key, raw
+
+    def fail(self, field: str, problem: str) -> BenchConfigError:
+        return _fail(self.path, f"{self.key}.{field}", problem)
+
+    def number(self, field: str, default: float, lo: float, hi: float) -> float:
+        value = self.raw.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise self.fail(field, f"must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        return float(value)
+
+    def integer(self, field: str, default: int, lo: int, hi: int) -> int:
+        value = self.raw.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(field, f"must be an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    def name(self, field: str, default: str | None = None) -> str:
+        value = self.raw.get(field, default)
+        if not isinstance(value, str) or not value:
+            raise self.fail(field, "must be a non-empty string")
+        return value
+
+    def channels(self, field: str, n: int, default: list[int] | None = None) -> tuple[int, ...]:
+        ch = self.raw.get(field, default)
+        if (not isinstance(ch, list) or len(ch) != n
+                or not all(isinstance(c, int) and not isinstance(c, bool) for c in ch)
+                or len(set(ch)) != n):
+            raise self.fail(field, f"must be {n} different integers, got {ch!r}")
+        return tuple(ch)
 
 
 def parse(text: str, path: str = "<bench>") -> BenchSpec:
@@ -119,96 +274,156 @@ def parse(text: str, path: str = "<bench>") -> BenchSpec:
     unknown = set(raw) - {"bench", "instrument", "link"}
     if unknown:
         raise _fail(path, sorted(unknown)[0],
-                    "unknown section (expected [bench], [[instrument]], [link])")
-    bench = raw.get("bench", {})
-    if not isinstance(bench, dict):
-        raise _fail(path, "bench", "must be a table")
-    name = bench.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name:
-        raise _fail(path, "bench.name", "must be a non-empty string")
+                    "unknown section (expected [bench], [[instrument]], [[link]])")
+    bench = _Table(path, "bench", raw.get("bench", {}), {"name"})
+    name = bench.name("name", Path(path).stem)
     items = raw.get("instrument", [])
     if not isinstance(items, list) or not items:
         raise _fail(path, "instrument", "list at least one [[instrument]]")
     specs: list[InstrumentSpec] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        key = f"instrument[{i}]"
+        specs.append(_parse_instrument(_Table(path, f"instrument[{i}]", item, {
+            "name", "kind", "serve", "port", "options", "startup", "settle_s"}), seen))
+    return BenchSpec(name, tuple(specs), _parse_links(raw.get("link"), path))
+
+
+def _parse_instrument(t: _Table, seen: set[str]) -> InstrumentSpec:
+    iname = t.name("name")
+    if iname in seen:
+        raise t.fail("name", f"{iname!r} is used twice")
+    seen.add(iname)
+    kind = t.raw.get("kind")
+    if kind not in KINDS:
+        raise t.fail("kind", f"{kind!r} is not one of {sorted(KINDS)}")
+    serve = t.raw.get("serve", KINDS[kind].serves[0])
+    if serve not in KINDS[kind].serves:
+        raise t.fail("serve", f"{kind} is served over {list(KINDS[kind].serves)}, not {serve!r}")
+    port = t.raw.get("port", 0)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        raise t.fail("port", f"must be an integer port 0-65535, got {port!r}")
+    options = t.raw.get("options", {})
+    if not isinstance(options, dict):
+        raise t.fail("options", "must be a table")
+    startup = t.raw.get("startup", [])
+    if not isinstance(startup, list) or not all(isinstance(c, str) for c in startup):
+        raise t.fail("startup", f"must be a list of command strings, got {startup!r}")
+    settle_s = t.number("settle_s", 0.0, 0.0, 1e7)
+    if (startup or settle_s) and KINDS[kind].style != "wire":
+        raise t.fail("startup" if startup else "settle_s",
+                     f"{kind} serves itself; startup and settle_s are for wire kinds")
+    return InstrumentSpec(iname, kind, serve, port, options, tuple(startup), settle_s)
+
+
+def _parse_links(raw: object, path: str) -> tuple[LinkSpec | KLinkSpec, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, dict):        # the single [link] table of earlier files: an M link
+        t = _Table(path, "link", raw, _M_KEYS | {"name", "type"})
+        if raw.get("type", "M") != "M":
+            raise t.fail("type", "a single [link] table is an M link; write K links as [[link]]")
+        return (_parse_m_link(t, t.name("name", "link")),)
+    if not isinstance(raw, list) or not raw:
+        raise _fail(path, "link", "must be [[link]] tables")
+    links: list[LinkSpec | KLinkSpec] = []
+    names: set[str] = set()
+    ids: set[str] = set()
+    for i, item in enumerate(raw):
+        key = f"link[{i}]"
         if not isinstance(item, dict):
             raise _fail(path, key, "must be a table")
-        extra = set(item) - {"name", "kind", "serve", "port", "options"}
-        if extra:
-            raise _fail(path, f"{key}.{sorted(extra)[0]}", "unknown key")
-        iname = item.get("name")
-        if not isinstance(iname, str) or not iname:
-            raise _fail(path, f"{key}.name", "must be a non-empty string")
-        if iname in seen:
-            raise _fail(path, f"{key}.name", f"{iname!r} is used twice")
-        seen.add(iname)
-        kind = item.get("kind")
-        if kind not in KINDS:
-            raise _fail(path, f"{key}.kind", f"{kind!r} is not one of {sorted(KINDS)}")
-        serve = item.get("serve", KINDS[kind].serves[0])
-        if serve not in KINDS[kind].serves:
-            raise _fail(path, f"{key}.serve", f"{kind} is served over {list(KINDS[kind].serves)}, "
-                                              f"not {serve!r}")
-        port = item.get("port", 0)
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
-            raise _fail(path, f"{key}.port", f"must be an integer port 0-65535, got {port!r}")
-        options = item.get("options", {})
-        if not isinstance(options, dict):
-            raise _fail(path, f"{key}.options", "must be a table")
-        specs.append(InstrumentSpec(iname, kind, serve, port, options))
-    return BenchSpec(name, tuple(specs), _parse_link(raw.get("link"), path))
+        kind = item.get("type")
+        if kind not in ("M", "K"):
+            raise _fail(path, f"{key}.type", f"must be \"M\" or \"K\", got {kind!r}")
+        allowed = (_M_KEYS if kind == "M" else _K_KEYS) | {"name", "type"}
+        t = _Table(path, key, item, allowed)
+        lname = t.name("name")
+        if lname in names:
+            raise t.fail("name", f"{lname!r} is used twice")
+        names.add(lname)
+        links.append(_parse_m_link(t, lname) if kind == "M" else _parse_k_link(t, lname))
+        if links[-1].link_id in ids:
+            raise t.fail("id", f"link id {links[-1].link_id!r} is used twice")
+        ids.add(links[-1].link_id)
+    return tuple(links)
 
 
-def _number(path: str, key: str, value: object, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise _fail(path, key, f"must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
+_M_KEYS = {"pair_rate_hz", "visibility", "seed", "node", "brightness_hz_per_mw", "id",
+           "slice_ms"}
+_NODE_KEYS = {f.name for f in dataclasses.fields(NodeSpec)}
+_K_KEYS = {"station", "ends", "attempt_rate_hz", "emission_probability", "length_km",
+           "loss_db_per_km", "channels", "efficiency", "dark_count_rate_hz", "dead_time_ps",
+           "jitter_ps", "indistinguishability", "gate_ps", "seed", "id", "slice_ms"}
 
 
-def _parse_link(raw: object, path: str) -> LinkSpec | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise _fail(path, "link", "must be a table")
-    extra = set(raw) - {"pair_rate_hz", "visibility", "seed", "node"}
-    if extra:
-        raise _fail(path, f"link.{sorted(extra)[0]}", "unknown key")
-    rate = _number(path, "link.pair_rate_hz", raw.get("pair_rate_hz", 1e5), 0, 1e10)
-    vis = _number(path, "link.visibility", raw.get("visibility", 0.95), 0, 1)
-    seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise _fail(path, "link.seed", f"must be a non-negative integer, got {seed!r}")
-    nodes = raw.get("node", [])
+def _parse_m_link(t: _Table, name: str) -> LinkSpec:
+    rate = t.number("pair_rate_hz", 1e5, 0, 1e10)
+    vis = t.number("visibility", 0.95, 0, 1)
+    seed = t.integer("seed", 0, 0, 2**63 - 1)
+    brightness = t.number("brightness_hz_per_mw", 1e6, 0, 1e12)
+    nodes = t.raw.get("node", [])
     if not isinstance(nodes, list) or len(nodes) != 2:
-        raise _fail(path, "link.node", "list exactly two [[link.node]] tables")
+        raise t.fail("node", f"list exactly two [[{t.key.split('[')[0]}.node]] tables")
     specs = []
     for i, n in enumerate(nodes):
-        key = f"link.node[{i}]"
-        if not isinstance(n, dict):
-            raise _fail(path, key, "must be a table")
-        extra = set(n) - {f.name for f in dataclasses.fields(NodeSpec)}
-        if extra:
-            raise _fail(path, f"{key}.{sorted(extra)[0]}", "unknown key")
-        name = n.get("name")
-        if not isinstance(name, str) or not name:
-            raise _fail(path, f"{key}.name", "must be a non-empty string")
-        ch = n.get("channels")
-        if (not isinstance(ch, list) or len(ch) != 2
-                or not all(isinstance(c, int) and not isinstance(c, bool) for c in ch)
-                or ch[0] == ch[1]):
-            raise _fail(path, f"{key}.channels", f"must be two different integers, got {ch!r}")
+        nt = _Table(t.path, f"{t.key}.node[{i}]", n, _NODE_KEYS)
         specs.append(NodeSpec(
-            name, (ch[0], ch[1]),
-            _number(path, f"{key}.length_km", n.get("length_km", 0.0), 0, 1e4),
-            _number(path, f"{key}.efficiency", n.get("efficiency", 0.8), 0, 1),
-            _number(path, f"{key}.dark_count_rate_hz", n.get("dark_count_rate_hz", 100.0), 0, 1e9),
-            _number(path, f"{key}.jitter_ps", n.get("jitter_ps", 30.0), 0, 1e6)))
+            nt.name("name"), nt.channels("channels", 2),  # type: ignore[arg-type]
+            nt.number("length_km", 0.0, 0, 1e4), nt.number("efficiency", 0.8, 0, 1),
+            nt.number("dark_count_rate_hz", 100.0, 0, 1e9), nt.number("jitter_ps", 30.0, 0, 1e6),
+            nt.integer("clock_offset_ps", 0, -10**15, 10**15),
+            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4)))
     if specs[0].name == specs[1].name:
-        raise _fail(path, "link.node[1].name", f"{specs[0].name!r} is used twice")
-    return LinkSpec(rate, vis, seed, (specs[0], specs[1]))
+        raise _fail(t.path, f"{t.key}.node[1].name", f"{specs[0].name!r} is used twice")
+    return LinkSpec(rate, vis, seed, (specs[0], specs[1]), name, brightness, t.key,
+                    id=t.name("id", name), slice_ms=t.number("slice_ms", 50.0, 0.001, 10_000))
 
+
+def _parse_k_link(t: _Table, name: str) -> KLinkSpec:
+    from .detector import Detector
+    from .heralding import HeraldingLink
+    from .optics import Fibre
+
+    station = t.name("station")
+    ends = t.raw.get("ends")
+    if (not isinstance(ends, list) or len(ends) != 2
+            or not all(isinstance(e, str) and e for e in ends) or len({station, *ends}) != 3):
+        raise t.fail("ends", f"must be two node names, distinct and not the station, got {ends!r}")
+    lengths = t.raw.get("length_km", 0.0)
+    if not isinstance(lengths, list):
+        lengths = [lengths, lengths]
+    if len(lengths) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                    and 0 <= x <= 1e4 for x in lengths):
+        raise t.fail("length_km", f"must be a number or two numbers in [0, 1e4] km, "
+                                  f"got {t.raw.get('length_km')!r}")
+    loss = t.number("loss_db_per_km", 0.2, 0, 100)
+    det = dict(efficiency=t.number("efficiency", 0.8, 0, 1),
+               dark_count_rate_hz=t.number("dark_count_rate_hz", 100.0, 0, 1e9),
+               dead_time_ps=t.integer("dead_time_ps", 20_000, 0, 10**12),
+               jitter_ps=t.number("jitter_ps", 30.0, 0, 1e6))
+    fields = dict(
+        attempt_rate_hz=t.number("attempt_rate_hz", 1e6, 1e-3, 1e11),
+        emission_probability=t.number("emission_probability", 0.1, 0, 1),
+        indistinguishability=t.number("indistinguishability", 1.0, 0, 1),
+        gate_ps=t.integer("gate_ps", 2_000, 1, 10**12))
+    channels = t.channels("channels", 4, [1, 2, 3, 4])
+    seed = t.integer("seed", 0, 0, 2**63 - 1)
+    try:
+        link = HeraldingLink(
+            station, (ends[0], ends[1]),
+            fibres=(Fibre(float(lengths[0]), loss), Fibre(float(lengths[1]), loss)),
+            detectors=tuple(Detector(c, **det) for c in channels),  # type: ignore[arg-type]
+            **fields)
+    except ValueError as exc:
+        m = re.match(r"HeraldingLink\.(\w+)", str(exc))
+        if m and m.group(1) in _K_KEYS:
+            raise t.fail(m.group(1), str(exc)) from exc
+        raise _fail(t.path, t.key, str(exc)) from exc
+    return KLinkSpec(name, link, seed, t.key, id=t.name("id", name),
+                     slice_ms=t.number("slice_ms", 50.0, 0.001, 10_000))
+
+
+# ------------------------------------------------------------------------------ building
 
 def _build_service(bench: Bench, spec: InstrumentSpec, path: str, index: int) -> Any:
     module, _, cls = KINDS[spec.kind].factory.partition(":")
@@ -223,76 +438,288 @@ def _build_service(bench: Bench, spec: InstrumentSpec, path: str, index: int) ->
         raise _fail(path, f"instrument[{index}].options", str(exc)) from exc
 
 
-def _build_device(spec: InstrumentSpec, path: str, index: int) -> WireDevice:
-    module, _, cls = KINDS[spec.kind].factory.partition(":")
-    factory = getattr(importlib.import_module(module), cls)
-    try:
-        return factory(**spec.options)
-    except TypeError as exc:
-        raise _fail(path, f"instrument[{index}].options", str(exc)) from exc
+class _ShiftedClock:
+    """time.monotonic() plus an offset: lets a twin start as if it had run ``settle_s``."""
 
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset_s
+
+
+def _build_device(spec: InstrumentSpec, path: str, index: int) -> WireDevice:
+    kind = KINDS[spec.kind]
+    module, _, cls = kind.factory.partition(":")
+    factory = getattr(importlib.import_module(module), cls)
+    key = f"instrument[{index}]"
+    options = {k: v for k, v in spec.options.items()
+               if k not in COUPLING_KEYS.get(kind.couples or "", ())}
+    clock = None
+    if spec.settle_s:
+        clock = options["clock"] = _ShiftedClock()
+    try:
+        device = factory(**options)
+    except TypeError as exc:
+        if clock is not None and "clock" in str(exc):
+            raise _fail(path, f"{key}.settle_s", f"{spec.kind} has no clock to settle") from exc
+        raise _fail(path, f"{key}.options", str(exc)) from exc
+    except ValueError as exc:
+        raise _fail(path, f"{key}.options", str(exc)) from exc
+    for i, command in enumerate(spec.startup):
+        reply = device.handle(command.encode("ascii", errors="replace")) or b""
+        if any(marker in reply for marker in kind.startup_errors):
+            raise _fail(path, f"{key}.startup[{i}]",
+                        f"{command!r} was refused: {reply.decode(errors='replace').strip()!r}")
+    if clock is not None:
+        clock.offset_s = spec.settle_s
+    return device
+
+
+class LinkRuntime:
+    """One link of a running bench: its simulator, the fan-out its taggers read, the
+    instruments coupled to it and which instrument streams which node."""
+
+    def __init__(self, spec: LinkSpec | KLinkSpec):
+        self.spec = spec
+        self.sim = _build_simulator(spec)
+        self.coupling: Callable[[Any], None] | None = None
+        self.streamed: dict[str, str] = {}
+        from .tagger import SimulatorFanout
+
+        self.fanout = SimulatorFanout(self.sim, before_step=self._before_step)
+
+    def _before_step(self, sim: Any) -> None:
+        if self.coupling is not None:
+            self.coupling(sim)
+
+    def truth(self) -> dict[str, Any]:
+        """This link's truth (JSON-ready), read under the fan-out's lock."""
+        if isinstance(self.spec, KLinkSpec):
+            return self.fanout.locked(lambda sim: k_link_truth(sim))
+        return self.fanout.locked(lambda sim: m_link_truth(sim, self.spec))
+
+
+def _build_simulator(spec: LinkSpec | KLinkSpec) -> Any:
+    if isinstance(spec, KLinkSpec):
+        from .heralding import HeraldingSimulator
+
+        return HeraldingSimulator(spec.link, seed=spec.seed,
+                                  slice_ps=int(round(spec.slice_ms * 1e9)))
+    from .clock import Clock
+    from .link import Link, simple_node
+    from .photon_stream import PhotonStreamSimulator
+    from .polarisation import BellDiagonalState
+    from .source import CWSource
+
+    nodes = tuple(simple_node(n.name, n.channels, length_km=n.length_km,
+                              efficiency=n.efficiency, dark_count_rate_hz=n.dark_count_rate_hz,
+                              jitter_ps=n.jitter_ps,
+                              clock=Clock(n.clock_offset_ps, n.clock_drift_ppm))
+                  for n in spec.nodes)
+    return PhotonStreamSimulator(
+        Link(CWSource(spec.pair_rate_hz), BellDiagonalState.werner(spec.visibility), nodes),
+        seed=spec.seed, slice_ps=int(round(spec.slice_ms * 1e9)))
+
+
+# ------------------------------------------------------------------------------ truth
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
+    """Truth of an M link. Top level (telemetry names): ``pair_rate_hz`` (now),
+    ``coincidence_rate_hz`` = B·η_a·η_b (true pairs registered at both ends per second, before
+    dead time), ``visibility`` (Werner V), ``qber_z`` / ``qber_x`` = (1 − |T_zz|)/2, (1 − |T_xx|)/2,
+    ``fidelity_estimate`` = ⟨Φ+|ρ|Φ+⟩. ``detail``: pairs emitted / both detected / registered
+    at both ends, singles and dark counts per node and channel, the expected correlation E of
+    the analyzers as set now ("node:analyzer|node:analyzer"), arm efficiencies, each node's
+    clock (offset ps, drift ppm) and channel delays (ps, fibre + detector + clock offset)."""
+    t = sim.truth
+    a, b = (n.name for n in sim.link.nodes)
+    rate = float(getattr(sim.link.source, "pair_rate_hz", float("nan")))
+    state = sim.link.state
+    corr = state.correlation_matrix
+    clocks = {n.name: {"offset_ps": n.clock.offset_ps, "drift_ppm": n.clock.drift_ppm}
+              for n in sim.link.nodes}
+    return {
+        "type": "M", "nodes": [a, b],
+        "pair_rate_hz": rate,
+        "coincidence_rate_hz": rate * t.arm_efficiency(a) * t.arm_efficiency(b),
+        "visibility": spec.visibility,
+        "qber_z": (1 - abs(float(corr[2, 2]))) / 2,
+        "qber_x": (1 - abs(float(corr[0, 0]))) / 2,
+        "fidelity_estimate": state.fidelity("phi+"),
+        "detail": {
+            "duration_ps": t.duration_ps, "pairs_emitted": t.pairs_emitted,
+            "pairs_both_detected": t.pairs_both_detected,
+            "pairs_registered_both": t.pairs_registered_both,
+            "singles": {n: {str(c): k for c, k in per.items()} for n, per in t.singles.items()},
+            "dark_counts": {n: {str(c): k for c, k in per.items()}
+                            for n, per in t.dark_counts.items()},
+            "expected_correlation": {f"{a}:{x}|{b}:{y}": e
+                                     for (x, y), e in t.expected_correlation.items()},
+            "arm_efficiency": {n: t.arm_efficiency(n) for n in (a, b)},
+            "clock": clocks,
+            "channel_delay_ps": {n: {str(c): d for c, d in per.items()}
+                                 for n, per in t.channel_delay_ps.items()},
+            "state_weights": dict(state.weights)}}
+
+
+def k_link_truth(sim: Any) -> dict[str, Any]:
+    """Truth of a K link. Top level (telemetry names): ``herald_rate_hz`` (closed form),
+    ``fidelity_estimate`` (mean true fidelity of the heralds so far, false ones at 1/4; the
+    closed form before the first), ``mean_fidelity_true`` (of the true heralds),
+    ``false_heralds_total``, ``true_heralds_total``. ``detail``: the run's counters
+    (:meth:`~qnode.hal_sim.heralding.HeraldRunTruth.as_dict`), the station, the ends, the attempt
+    period and gate (ps) and each channel's role and delay, as a classifier needs them."""
+    t, link = sim.truth, sim.link
+    n_true, n_false = sum(t.true_heralds.values()), sum(t.false_heralds.values())
+    fid = ((t.fidelity_sum_true + 0.25 * n_false) / (n_true + n_false) if n_true + n_false
+           else sim.expected.mean_fidelity)
+    detail = t.as_dict()
+    detail.update(station=link.station, ends=list(link.ends), attempt_period_ps=link.period_ps,
+                  gate_ps=link.gate_ps,
+                  channels=dict(zip(("c_h", "c_v", "d_h", "d_v"), link.channels, strict=True)),
+                  channel_delay_ps={str(d.channel): d.delay_ps for d in link.detectors})
+    return {"type": "K", "station": link.station, "ends": list(link.ends),
+            "herald_rate_hz": sim.expected.herald_rate_hz,
+            "fidelity_estimate": _finite(fid),
+            "mean_fidelity_true": _finite(t.mean_fidelity_true),
+            "true_heralds_total": n_true, "false_heralds_total": n_false,
+            "detail": detail}
+
+
+class TruthWriter:
+    """Rewrites ``path`` with ``snapshot()`` as JSON every ``interval_s`` (atomically: a
+    temporary file in the same directory, then ``os.replace``) and once more at :meth:`stop`."""
+
+    def __init__(self, path: str | Path, snapshot: Callable[[], dict[str, Any]],
+                 interval_s: float = 1.0):
+        self.path = Path(path)
+        self.snapshot = snapshot
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def write(self) -> None:
+        data = json.dumps(self.snapshot(), indent=1, allow_nan=False)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(data)
+        os.replace(tmp, self.path)
+
+    def _write_logged(self) -> None:
+        try:
+            self.write()
+        except (OSError, ValueError) as exc:  # keep serving; say why the file is stale
+            log.warning("cannot write the truth file %s: %s", self.path, exc)
+
+    def start(self) -> None:
+        self.write()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hal_sim-truth")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._write_logged()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self.write()
+
+
+# ------------------------------------------------------------------------------ the bench
 
 class Bench:
     """Running simulated instruments; use as a context manager. ``servers[name]`` has the
     server (its ``faults`` inject faults) or the self-serving service, ``devices[name]`` the
-    simulated device."""
+    simulated device, ``links[name]`` each link's :class:`LinkRuntime`. ``truth_path``: write
+    the links' truth there (module docstring)."""
 
-    def __init__(self, spec: BenchSpec, path: str = "<bench>"):
+    def __init__(self, spec: BenchSpec, path: str = "<bench>", *,
+                 truth_path: str | Path | None = None, truth_interval_s: float = 1.0):
+        from .instruments import couple  # the coupling rules live with the kinds
+
         self.spec = spec
         self.path = path
-        self._simulator = None
-        self._simulator_claimed_by: str | None = None
+        self.links = {link.name: LinkRuntime(link) for link in spec.links}
         self.devices: dict[str, Any] = {}
         self.servers: dict[str, Any] = {}
+        self._started_at = time.time()
         for i, inst in enumerate(spec.instruments):
-            if KINDS[inst.kind].style == "service":
+            kind = KINDS[inst.kind]
+            if kind.style == "service":
                 service = _build_service(self, inst, path, i)
                 self.devices[inst.name] = getattr(service, "device", service)
                 self.servers[inst.name] = service
                 continue
             device = _build_device(inst, path, i)
             self.devices[inst.name] = device
+            if kind.couples is not None and "link" in inst.options:
+                couple(self, f"instrument[{i}].options", kind.couples, device, inst.options)
             if inst.serve == "pty":
                 self.servers[inst.name] = PtyServer(device, inst.name)
             else:
                 self.servers[inst.name] = TcpServer(device, inst.name, port=inst.port)
+        self.truth_writer = (None if truth_path is None else
+                             TruthWriter(truth_path, self.truth, truth_interval_s))
 
-    def claim_simulator(self, instrument_key: str):
-        """The bench's photon simulator, built from [link], for the one instrument that streams
-        it (``instrument_key`` names it in errors). A simulated tagger steps the simulator
-        itself, so a second one would see other photons than the first: refused until taggers
-        share a fan-out. BenchConfigError if the file has no [link]."""
-        if self._simulator_claimed_by is not None:
-            raise _fail(self.path, instrument_key,
-                        f"the [link] already streams to {self._simulator_claimed_by}; a bench "
-                        f"serves one simulated tagger per link for now")
-        self._simulator_claimed_by = instrument_key
-        if self._simulator is None:
-            link = self.spec.link
-            if link is None:
-                raise _fail(self.path, instrument_key, "needs a [link] section (the photons)")
-            from .link import Link, simple_node
-            from .photon_stream import PhotonStreamSimulator
-            from .polarisation import BellDiagonalState
-            from .source import CWSource
+    def link_runtime(self, key: str, link: object) -> LinkRuntime:
+        """The link named ``link`` (``None``: the bench's only link); errors name ``key``."""
+        if link is None:
+            if len(self.links) == 1:
+                return next(iter(self.links.values()))
+            if not self.links:
+                raise _fail(self.path, f"{key}.link",
+                            "needs a [[link]] (the photons); the file has none")
+            raise _fail(self.path, f"{key}.link", f"name one of the links {sorted(self.links)}")
+        if link not in self.links:
+            raise _fail(self.path, f"{key}.link",
+                        f"{link!r} is not a link of this bench; it has {sorted(self.links)}")
+        return self.links[link]  # type: ignore[index]
 
-            nodes = tuple(simple_node(n.name, n.channels, length_km=n.length_km,
-                                      efficiency=n.efficiency,
-                                      dark_count_rate_hz=n.dark_count_rate_hz,
-                                      jitter_ps=n.jitter_ps) for n in link.nodes)
-            self._simulator = PhotonStreamSimulator(
-                Link(CWSource(link.pair_rate_hz), BellDiagonalState.werner(link.visibility),
-                     nodes), seed=link.seed)
-        return self._simulator
+    def feed(self, instrument_key: str, link: str | None, node: str | None) -> Any:
+        """A :class:`~qnode.hal_sim.tagger.NodeFeed` of ``node`` of ``link`` for the tagger
+        ``instrument_key`` (errors name ``instrument_key.options.link`` / ``.node``); a node is
+        streamed by at most one tagger."""
+        key = f"{instrument_key}.options"
+        rt = self.link_runtime(key, link)
+        nodes = rt.spec.streaming_nodes
+        if node is None:
+            if isinstance(rt.spec, KLinkSpec):
+                node = rt.spec.link.station
+            else:
+                raise _fail(self.path, f"{key}.node", f"name the node it streams, one of {nodes}")
+        if node not in nodes:
+            raise _fail(self.path, f"{key}.node",
+                        f"{node!r} is not a node of link {rt.spec.name!r} that streams tags; "
+                        f"those are {list(nodes)}")
+        if node in rt.streamed:
+            raise _fail(self.path, f"{key}.node",
+                        f"{node!r} of link {rt.spec.name!r} is already streamed by "
+                        f"{rt.streamed[node]}")
+        rt.streamed[node] = instrument_key
+        return rt.fanout.feed(node)
+
+    def truth(self) -> dict[str, Any]:
+        """Every link's truth now (the truth file's content)."""
+        return {"v": 1, "bench": self.spec.name, "t": time.time(),
+                "uptime_s": time.time() - self._started_at,
+                "links": {rt.spec.link_id: {"name": name, **rt.truth()}
+                          for name, rt in self.links.items()}}
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Bench:
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Bench:
         p = Path(path)
         try:
             text = p.read_text()
         except OSError as exc:
             raise BenchConfigError(f"{p}: cannot read: {exc}") from exc
-        return cls(parse(text, str(p)), str(p))
+        return cls(parse(text, str(p)), str(p), **kwargs)
 
     def addresses(self) -> dict[str, str]:
         """What a node config names for each instrument (pty path or socket URL); a service
@@ -314,11 +741,15 @@ class Bench:
     def start(self) -> Bench:
         for server in self.servers.values():
             server.start()
+        if self.truth_writer is not None:
+            self.truth_writer.start()
         return self
 
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
+        if self.truth_writer is not None:
+            self.truth_writer.stop()
 
     def __enter__(self) -> Bench:
         return self.start()

@@ -17,17 +17,22 @@ scripting examples, via driver_anchors §4a):
   ``tcp://127.0.0.1:P`` carries little-endian ``uint64`` ps timestamps (or ``(uint64 ts, uint64
   ref index)`` pairs, ref index 0, with ``--with-ref-index``), one message per simulation slice.
 
-The tags are those of one node of a :class:`~qnode.hal_sim.PhotonStreamSimulator`, its channels
-mapped to inputs 1–4 (``channel_map``, default: the node's channels in ascending order → 1, 2, …).
-The simulated clock runs while at least one ``RAW#:SEND`` is ON (time 0 = the first such
-command); a chained ``RAW1:SEND ON;:RAW2:SEND ON`` switches several outputs at one instant, so no
-channel misses the start. An input's tags are counted (``INPUt#:COUNter?``, cumulative since
-``:RESEt``; the MODE is stored, not modelled) while it is enabled, and streamed when it is
-enabled, its RAW output sends and a DLT stream exists for it. Delays and thresholds are state
-only: the RAW outputs carry the inputs' own timestamps. Tags at negative node time (a clock offset)
-cannot be sent as uint64 and are dropped (``dropped_negative``). A slow client is met with
-back-pressure (the simulator waits), never with loss. ``pace``: ``None`` as fast as possible, 1.0
-real time, 2.0 twice as fast.
+The tags are those of one node of a tag source (:class:`~qnode.hal_sim.tagger.TagSource`): a
+:class:`~qnode.hal_sim.PhotonStreamSimulator` (M-type analyzer node), a
+:class:`~qnode.hal_sim.heralding.HeraldingSimulator` (K-type station) or a
+:class:`~qnode.hal_sim.tagger.NodeFeed` (one node of a simulator shared with other taggers), its
+channels mapped to inputs 1–4 (``channel_map``, default: the node's channels in ascending order →
+1, 2, …). The simulated clock runs while at least one ``RAW#:SEND`` is ON (time 0 = the first such
+command for a simulator of its own; a shared one runs while any of its taggers sends, and a
+tagger that stops sending detaches from it); a chained ``RAW1:SEND ON;:RAW2:SEND ON`` switches
+several outputs at one instant, so no channel misses the start. An input's tags are counted
+(``INPUt#:COUNter?``, cumulative since ``:RESEt``; the MODE is stored, not modelled) while it is
+enabled, and streamed when it is enabled, its RAW output sends and a DLT stream exists for it.
+Delays and thresholds are state only: the RAW outputs carry the inputs' own timestamps. Tags at
+negative node time (a clock offset) cannot be sent as uint64 and are dropped
+(``dropped_negative``). A slow client is met with back-pressure (the simulator waits), never with
+loss. ``pace``: ``None`` as fast as possible, 1.0 real time, 2.0 twice as fast, counted from the
+moment the outputs (re)started sending.
 
 Fault injection on the SCPI server (:class:`ScpiFaults`, take effect at once): slow, dropped and
 garbled replies and a hang (as :class:`qnode.hal_sim.serve.Faults`), ``device_error`` (the next N
@@ -49,8 +54,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from .photon_stream import PhotonStreamSimulator
 from .serve import Faults
+from .tagger import TagSource, node_channels
 
 N_INPUTS = 4
 IDN = "ID Quantique,ID900,SIM-0001,hal_sim"
@@ -387,7 +392,7 @@ class Acquisition:
 
     max_frame_tags = 65_536
 
-    def __init__(self, sim: PhotonStreamSimulator, node: str, channel_map: dict[int, int],
+    def __init__(self, sim: TagSource, node: str, channel_map: dict[int, int],
                  state: Id900State, *, duration_ps: int | None, pace: float | None,
                  host: str, context: zmq.Context):
         self.sim, self.node, self.channel_map, self.state = sim, node, channel_map, state
@@ -400,6 +405,7 @@ class Acquisition:
         self._sockets: dict[str, zmq.Socket] = {}
         self._stop = threading.Event()
         self._wall_start: float | None = None
+        self._sim_start = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="hal_sim-id900-raw")
 
     def start(self) -> None:
@@ -407,7 +413,13 @@ class Acquisition:
 
     def stop(self) -> None:
         self._stop.set()
+        self._detach()  # wakes a step that waits for another tagger of a shared simulator
         self._thread.join(timeout=5.0)
+
+    def _detach(self) -> None:
+        detach = getattr(self.sim, "detach", None)
+        if detach is not None:
+            detach()
 
     def _run(self) -> None:
         try:
@@ -415,10 +427,14 @@ class Acquisition:
                 sending = self.state.sending()
                 self._sync_sockets()
                 if not sending or self.finished.is_set():
-                    time.sleep(0.005)
+                    if self._wall_start is not None:  # stopped sending: pace anew on restart
+                        self._wall_start = None
+                        self._detach()
+                    self._stop.wait(0.02)
                     continue
                 self._step(sending)
         finally:
+            self._detach()
             for sock in self._sockets.values():
                 sock.close(linger=0)
             self._sockets.clear()
@@ -438,6 +454,7 @@ class Acquisition:
     def _step(self, sending: frozenset[int]) -> None:
         if self._wall_start is None:
             self._wall_start = time.monotonic()
+            self._sim_start = self.sim.time_ps
         last = self.duration_ps is not None and self.sim.time_ps >= self.duration_ps
         block = (self.sim.flush() if last else self.sim.step()).blocks[self.node]
         enabled = self.state.enabled()
@@ -461,7 +478,7 @@ class Acquisition:
         if last:
             self.finished.set()
         elif self.pace is not None:
-            due = self._wall_start + self.sim.time_ps * 1e-12 / self.pace
+            due = self._wall_start + (self.sim.time_ps - self._sim_start) * 1e-12 / self.pace
             self._stop.wait(max(0.0, due - time.monotonic()))
 
     def _send(self, sock: zmq.Socket, stream: Stream, times: np.ndarray) -> None:
@@ -550,22 +567,22 @@ class DataLinkTarget:
 
 class SimulatedID900:
     """The simulated Time Controller: SCPI server, DLT service and timestamp streams for node
-    ``node`` of ``sim`` (see the module docstring).
+    ``node`` of ``sim``, a :class:`~qnode.hal_sim.tagger.TagSource` (see the module docstring).
 
     ``duration_ps``: emission time to simulate before the run ends (:attr:`finished` is then
     set; ``None`` runs forever). ``scpi_port``/``dlt_port``: 0 picks free ports (the real ones
     are 5555/6060). Use as a context manager, or :meth:`start`/:meth:`stop`.
     """
 
-    def __init__(self, sim: PhotonStreamSimulator, node: str, *,
+    def __init__(self, sim: TagSource, node: str, *,
                  duration_ps: int | None = None, channel_map: dict[int, int] | None = None,
                  pace: float | None = None, host: str = "127.0.0.1", scpi_port: int = 0,
                  dlt_port: int = 0, resolution: str = "HIRES",
                  context: zmq.Context | None = None):
-        if node not in sim.nodes:
-            raise ValueError(f"SimulatedID900: no node {node!r} in {sim.nodes}")
-        config = next(n for n in sim.link.nodes if n.name == node)
-        sim_channels = sorted(d.channel for d in config.detectors)
+        try:
+            sim_channels = sorted(node_channels(sim, node))
+        except ValueError as exc:
+            raise ValueError(f"SimulatedID900: {exc}") from None
         if channel_map is None:
             channel_map = {c: i + 1 for i, c in enumerate(sim_channels)}
         if not set(channel_map.values()) <= set(range(1, N_INPUTS + 1)):

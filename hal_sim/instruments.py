@@ -3,35 +3,139 @@
 Each maps to its twin class (imported only when used) and the transports its real counterpart
 uses: "pty" for serial instruments, "tcp" for instruments on a TCP socket (a serial instrument
 may also be served on TCP, reached with a ``socket://`` URL, which survives restarts).
+
+Coupling to an M link's physics (:func:`couple`, through
+:func:`qnode.hal_sim.physics_coupling.apply_instruments`): pumps (``ibeam``, ``itc4001``) and
+ovens (``tc200``) set the link's pair rate, waveplates (``elliptec``) turn an analyzer. The bench
+pushes the twins' state into the simulator before every slice, when it has changed.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
-from .bench import Bench, register
+from .bench import Bench, KLinkSpec, _fail, register
 
 register("elliptec", "qnode.hal_sim.elliptec:ElliptecTwin", ("pty", "tcp"),
-         "Thorlabs Elliptec ELL14 rotation mount (waveplate)")
+         "Thorlabs Elliptec ELL14 rotation mount (waveplate)", couples="waveplate")
 register("tc200", "qnode.hal_sim.tc200:TC200Twin", ("pty", "tcp"),
-         "Thorlabs TC200 temperature controller (SPDC crystal oven)")
+         "Thorlabs TC200 temperature controller (SPDC crystal oven)", couples="oven",
+         startup_errors=(b"CMD_NOT_DEFINED", b"CMD_ARG_RANGE_ERR"))
 register("ibeam", "qnode.hal_sim.ibeam:IBeamSmartTwin", ("pty", "tcp"),
-         "Toptica iBeam smart pump laser")
+         "Toptica iBeam smart pump laser", couples="pump", startup_errors=(b"%SYS-E",))
 register("itc4001", "qnode.hal_sim.itc4001:Itc4001Sim", ("tcp",),
          "Thorlabs ITC4001 laser-diode/TEC controller (SCPI; reach it as "
-         "TCPIP::127.0.0.1::<port>::SOCKET)")
+         "TCPIP::127.0.0.1::<port>::SOCKET)", couples="pump")
 
+
+# ------------------------------------------------------------------------------ coupling
+
+class _Itc4001Pump:
+    """An ITC4001's laser diode as a pump: ``power_mw`` from its optical power (W)."""
+
+    def __init__(self, twin: Any):
+        self.twin = twin
+
+    @property
+    def power_mw(self) -> float:
+        return self.twin.optical_power_w * 1e3
+
+
+@dataclasses.dataclass(frozen=True)
+class _NominalPump:
+    """The pump of a link without a coupled one: a fixed power (mW)."""
+
+    power_mw: float
+
+
+class MLinkCoupling:
+    """The instruments coupled to one M link; called with its simulator before every slice.
+
+    Pair rate B = ``brightness_hz_per_mw`` · P_mW · η(T) with a coupled pump; with an oven
+    alone, B = ``pair_rate_hz`` · η(T) (a nominal pump of pair_rate_hz / brightness mW).
+    """
+
+    def __init__(self, pair_rate_hz: float, brightness_hz_per_mw: float):
+        self.pair_rate_hz = pair_rate_hz
+        self.brightness_hz_per_mw = brightness_hz_per_mw
+        self.pump: Any = None
+        self.oven: Any = None
+        self.waveplates: list[Any] = []
+        self.applied: Mapping[str, object] = {}
+        self._last: tuple | None = None
+
+    def _state(self) -> tuple:
+        """The coupled twins' state, rounded so that converged ramps stop re-applying."""
+        return (None if self.pump is None else round(self.pump.power_mw, 9),
+                None if self.oven is None else round(self.oven.phase_matching(), 12),
+                tuple(round(m.waveplate.angle_deg, 9) for m in self.waveplates))
+
+    def __call__(self, sim: Any) -> None:
+        from .physics_coupling import apply_instruments
+
+        state = self._state()
+        if state == self._last:
+            return
+        self._last = state
+        pump = self.pump
+        if pump is None and self.oven is not None:
+            pump = _NominalPump(self.pair_rate_hz / max(self.brightness_hz_per_mw, 1e-300))
+        self.applied = apply_instruments(sim, waveplates=tuple(self.waveplates), oven=self.oven,
+                                         pump=pump, brightness_hz_per_mw=self.brightness_hz_per_mw)
+
+
+def couple(bench: Bench, key: str, role: str, device: Any, options: Mapping[str, Any]) -> None:
+    """Couple ``device`` (a twin playing ``role``: pump, oven or waveplate) to the M link its
+    ``options`` name; errors name ``key`` (``instrument[i].options``) and the field."""
+    from .physics_coupling import WaveplateMount
+
+    rt = bench.link_runtime(key, options.get("link"))
+    if isinstance(rt.spec, KLinkSpec):
+        raise _fail(bench.path, f"{key}.link",
+                    f"{rt.spec.name!r} is a K link; pumps, ovens and waveplates couple to M links")
+    if rt.coupling is None:
+        rt.coupling = MLinkCoupling(rt.spec.pair_rate_hz, rt.spec.brightness_hz_per_mw)
+    c: MLinkCoupling = rt.coupling  # type: ignore[assignment]
+    if role in ("pump", "oven"):
+        if getattr(c, role) is not None:
+            raise _fail(bench.path, f"{key}.link",
+                        f"link {rt.spec.name!r} already has a coupled {role}")
+        setattr(c, role, _Itc4001Pump(device) if hasattr(device, "optical_power_w") else device)
+        return
+    node = options.get("node")
+    names = [n.name for n in rt.spec.nodes]
+    if node not in names:
+        raise _fail(bench.path, f"{key}.node", f"must name a node of link {rt.spec.name!r}, "
+                                               f"one of {names}; got {node!r}")
+    analyzer = options.get("analyzer", "a")
+    if analyzer != "a":
+        raise _fail(bench.path, f"{key}.analyzer",
+                    f"the bench's analyzer nodes have one analyzer, 'a'; got {analyzer!r}")
+    zero = options.get("zero_deg", 0.0)
+    if isinstance(zero, bool) or not isinstance(zero, (int, float)):
+        raise _fail(bench.path, f"{key}.zero_deg", f"must be a number (deg), got {zero!r}")
+    if any(m.node == node for m in c.waveplates):
+        raise _fail(bench.path, f"{key}.node", f"{node!r} already has a coupled waveplate")
+    c.waveplates.append(WaveplateMount(node, analyzer, device, float(zero)))
+
+
+# ------------------------------------------------------------------------------ services
 
 class ID900Service:
-    """A simulated ID Quantique Time Controller streaming one node of the bench's [link]
-    (options: ``node``, ``pace`` = 1.0 for real time or 0 for as fast as possible,
-    ``scpi_port``, ``dlt_port``: 0 picks free ports)."""
+    """A simulated ID Quantique Time Controller streaming one node of one of the bench's links
+    (options: ``link`` (default: the bench's only link), ``node`` (default for a K link: its
+    station), ``pace`` = 1.0 for real time or 0 for as fast as possible, ``scpi_port``,
+    ``dlt_port``: 0 picks free ports). The node's channels in ascending order are inputs 1, 2, …"""
 
-    def __init__(self, bench: Bench, key: str, *, node: str, pace: float = 1.0,
-                 scpi_port: int = 0, dlt_port: int = 0):
+    def __init__(self, bench: Bench, key: str, *, node: str | None = None,
+                 link: str | None = None, pace: float = 1.0, scpi_port: int = 0,
+                 dlt_port: int = 0):
         from .id900 import SimulatedID900
 
-        sim = bench.claim_simulator(key)
-        self.device = SimulatedID900(sim, node, pace=pace or None, scpi_port=scpi_port,
+        feed = bench.feed(key, link, node)
+        self.feed = feed
+        self.device = SimulatedID900(feed, feed.node, pace=pace or None, scpi_port=scpi_port,
                                      dlt_port=dlt_port)
 
     def start(self) -> ID900Service:
@@ -72,6 +176,6 @@ class SingleQuantumService:
 
 register("id900", "qnode.hal_sim.instruments:ID900Service", ("zmq",),
          "ID Quantique ID900/ID1000 time controller (SCPI + DLT over ZeroMQ), streaming a node "
-         "of the bench's [link]", style="service")
+         "of one of the bench's links", style="service")
 register("single_quantum", "qnode.hal_sim.instruments:SingleQuantumService", ("tcp",),
          "Single Quantum SNSPD system (bias control and counts over TCP)", style="service")

@@ -2,20 +2,35 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qnode.drivers.elliptec import Elliptec
 from qnode.drivers.ibeam import IBeamSmart
-from qnode.drivers.id900 import ID900
+from qnode.drivers.id900 import ID900, ID900Tagger
 from qnode.drivers.single_quantum import SingleQuantum
 from qnode.drivers.tc200 import TC200
-from qnode.hal_sim import bench, instruments  # noqa: F401 - registers the kinds
+from qnode.hal_sim import (
+    BellDiagonalState,
+    CWSource,
+    Link,
+    PhotonStreamSimulator,
+    bench,
+    instruments,  # noqa: F401 - registers the kinds
+    simple_node,
+)
+from qnode.hal_sim.tagger import SimulatedTagger, SimulatorFanout
+from qnode.native import Coincidences, sort_block, tag_block
 
 EXAMPLE = Path(bench.__file__).parent / "benches" / "analyzer.toml"
 
@@ -41,6 +56,10 @@ def test_example_bench_serves_instruments_the_drivers_reach():
             assert snspd.number_of_detectors == 2
 
 
+_TC200 = "[[instrument]]\nname = 'a'\nkind = 'tc200'\n"
+_K = "[[link]]\nname = 'k'\ntype = 'K'\nstation = 's'\n"
+
+
 @pytest.mark.parametrize("text, key", [
     ("[[instrument]]\nname = 'a'\nkind = 'nope'\n", "instrument[0].kind"),
     ("[[instrument]]\nname = 'a'\nkind = 'tc200'\nserve = 'zmq'\n", "instrument[0].serve"),
@@ -55,6 +74,21 @@ def test_example_bench_serves_instruments_the_drivers_reach():
     ("[[instrument]]\nname = 'a'\nkind = 'tc200'\n[link]\n[[link.node]]\nname = 'x'\n",
      "link.node"),
     ("", "instrument"),
+    ("[[instrument]]\nname = 'a'\nkind = 'tc200'\n[[link]]\nname = 'l'\ntype = 'X'\n",
+     "link[0].type"),
+    (f"{_TC200}{_K}ends = ['a']\n", "link[0].ends"),
+    (f"{_TC200}{_K}ends = ['a', 'b']\ngate_ps = 100\n", "link[0].gate_ps"),
+    (f"{_TC200}{_K}ends = ['a', 'b']\nemission_probability = 1.5\n",
+     "link[0].emission_probability"),
+    (f"{_TC200}{_K}ends = ['a', 'b']\nlength_km = [1, 2, 3]\n", "link[0].length_km"),
+    (f"{_TC200}{_K}ends = ['a', 'b']\nchannels = [1, 2, 3, 3]\n", "link[0].channels"),
+    (f"{_TC200}{_K}ends = ['a', 'b']\nwarp = 1\n", "link[0].warp"),
+    (f"{_TC200}{_K}ends = ['a', 'b']\n{_K}ends = ['c', 'd']\n", "link[1].name"),
+    (f"{_TC200}[[link]]\nname = 'm'\ntype = 'M'\n[[link.node]]\nname = 'x'\n"
+     f"channels = [1, 2]\nclock_drift_ppm = 'fast'\n[[link.node]]\nname = 'y'\n"
+     f"channels = [1, 2]\n", "link[0].node[0].clock_drift_ppm"),
+    (f"{_TC200}[[instrument]]\nname = 'b'\nkind = 'ibeam'\nstartup = 'la on'\n",
+     "instrument[1].startup"),
 ])
 def test_malformed_bench_files_name_the_key(text, key):
     with pytest.raises(bench.BenchConfigError) as err:
@@ -91,12 +125,17 @@ def test_command_line_prints_addresses_then_serves_until_sigterm():
             proc.kill()
 
 
-def test_a_second_tagger_on_one_link_is_refused_with_the_key(tmp_path):
+def test_a_node_streams_to_one_tagger_the_other_node_to_another(tmp_path):
     text = EXAMPLE.read_text() + ("\n[[instrument]]\nname = 'tagger2'\nkind = 'id900'\n"
                                   "[instrument.options]\nnode = 'bob'\n")
     f = tmp_path / "two_taggers.toml"
     f.write_text(text)
-    with pytest.raises(bench.BenchConfigError, match=r"instrument\[5\]: the \[link\] already"):
+    with bench.Bench.from_file(f) as b:
+        assert {"tagger.scpi", "tagger2.scpi"} <= set(b.addresses())
+    f.write_text(text.replace("node = 'bob'", "node = 'alice'"))
+    with pytest.raises(bench.BenchConfigError,
+                       match=r"instrument\[5\]\.options\.node: 'alice' .* already streamed by "
+                             r"instrument\[4\]"):
         bench.Bench.from_file(f)
 
 
@@ -104,5 +143,253 @@ def test_a_tagger_without_a_link_is_refused(tmp_path):
     f = tmp_path / "nolink.toml"
     f.write_text("[[instrument]]\nname = 't'\nkind = 'id900'\n[instrument.options]\n"
                  "node = 'alice'\n")
-    with pytest.raises(bench.BenchConfigError, match=r"instrument\[0\]: needs a \[link\]"):
+    with pytest.raises(bench.BenchConfigError, match=r"instrument\[0\]\.options\.link: needs a "
+                                                     r"\[\[link\]\]"):
         bench.Bench.from_file(f)
+
+
+def test_the_single_link_table_of_earlier_files_is_still_read():
+    text = EXAMPLE.read_text().replace("[[link]]", "[link]").replace(
+        'name = "source-pair"\ntype = "M"\n', "").replace('link = "source-pair"\n', "")
+    spec = bench.parse(text, "old.toml")
+    assert spec.link is not None and spec.link.name == "link" and spec.link.type == "M"
+    assert [n.name for n in spec.link.nodes] == ["alice", "bob"]
+
+
+_M_LINK = ("[[link]]\nname = 'm'\ntype = 'M'\n[[link.node]]\nname = 'a'\nchannels = [1, 2]\n"
+           "[[link.node]]\nname = 'b'\nchannels = [1, 2]\n"
+           "[[link]]\nname = 'k'\ntype = 'K'\nstation = 's'\nends = ['x', 'y']\n")
+
+
+@pytest.mark.parametrize("instrument, key", [
+    ("kind = 'id900'\n[instrument.options]\nlink = 'nope'\n", "options.link"),
+    ("kind = 'id900'\n[instrument.options]\nnode = 'a'\n", "options.link"),    # two links
+    ("kind = 'id900'\n[instrument.options]\nlink = 'm'\n", "options.node"),    # M: name it
+    ("kind = 'id900'\n[instrument.options]\nlink = 'k'\nnode = 'x'\n", "options.node"),
+    ("kind = 'elliptec'\n[instrument.options]\nlink = 'm'\nnode = 'c'\n", "options.node"),
+    ("kind = 'elliptec'\n[instrument.options]\nlink = 'k'\nnode = 'x'\n", "options.link"),
+    ("kind = 'tc200'\nstartup = ['tset=500']\n", "startup[0]"),
+    ("kind = 'ibeam'\nstartup = ['frobnicate']\n", "startup[0]"),
+])
+def test_bad_links_of_instruments_name_the_key(tmp_path, instrument, key):
+    f = tmp_path / "b.toml"
+    f.write_text(_M_LINK + "[[instrument]]\nname = 'i'\n" + instrument)
+    with pytest.raises(bench.BenchConfigError,
+                       match=rf"b.toml: instrument\[0\]\.{re.escape(key)}:"):
+        bench.Bench.from_file(f)
+
+
+# ------------------------------------------------------------------ fan-out
+
+def _two_node_sim(seed: int = 3) -> PhotonStreamSimulator:
+    link = Link(CWSource(2e5), BellDiagonalState.werner(0.9),
+                (simple_node("alice", (1, 2)), simple_node("bob", (3, 4), length_km=1.0)))
+    return PhotonStreamSimulator(link, seed=seed, slice_ps=2_000_000_000)
+
+
+def test_fanout_gives_each_feed_its_node_of_one_run_with_bounded_buffers():
+    direct = _two_node_sim()
+    expected = [direct.step().blocks for _ in range(6)]
+    fan = SimulatorFanout(_two_node_sim(), max_chunks=2)
+    a, b = fan.feed("alice"), fan.feed("bob")
+    a.attach()
+    b.attach()
+    got_a = [a.step().blocks["alice"] for _ in range(2)]
+    assert len(b.queue) == 2                     # b's buffer is full: a must wait for b
+    blocked = threading.Thread(target=lambda: got_a.append(a.step().blocks["alice"]))
+    blocked.start()
+    blocked.join(0.5)
+    assert blocked.is_alive() and fan.waits > 0 and len(b.queue) == 2
+    got_b = [b.step().blocks["bob"]]             # reading b lets a go on
+    blocked.join(5.0)
+    assert not blocked.is_alive()
+    got_b += [b.step().blocks["bob"] for _ in range(2)]
+    for i in range(3):
+        assert np.array_equal(got_a[i], expected[i]["alice"])
+        assert np.array_equal(got_b[i], expected[i]["bob"])
+    b.detach()                                   # a detached feed never holds the link back
+    for i in range(3, 6):
+        assert np.array_equal(a.step().blocks["alice"], expected[i]["alice"])
+    assert b.dropped_chunks == 3 and not b.queue
+    assert a.time_ps == 6 * 2_000_000_000
+    # an in-process tagger on a feed: it re-attaches and detaches when done
+    tagger = SimulatedTagger(b, "bob", duration_ps=8 * 2_000_000_000)
+    with pytest.raises(ValueError, match="no node 'alice'"):
+        SimulatedTagger(b, "alice")
+    blocks = []
+    for block in tagger.chunks():
+        blocks.append(block)
+        a.step()
+    assert len(blocks) == 3 and not b.attached   # steps 7, 8 and the flush chunk
+
+
+# ------------------------------------------------------------------ the demo network
+
+NETWORK = Path(bench.__file__).parent / "benches" / "network.toml"
+NETWORK_ROWS = ["herald1-tagger.scpi", "herald1-tagger.dlt", "herald2-tagger.scpi",
+                "herald2-tagger.dlt", "pump", "oven", "analyzer-a-hwp", "analyzer-b-hwp",
+                "analyzer-a-tagger.scpi", "analyzer-a-tagger.dlt", "analyzer-b-tagger.scpi",
+                "analyzer-b-tagger.dlt"]
+
+
+def _stream(addresses: dict[str, str], names: dict[str, tuple[int, ...]], seconds: float
+            ) -> dict[str, np.ndarray]:
+    """Stream several taggers of a running bench through the real driver for ``seconds`` of
+    wall time (all at once, each on its thread); their tags by tagger name."""
+    blocks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    taggers: dict[str, ID900Tagger] = {}
+    errors: list[BaseException] = []
+    started = threading.Barrier(len(names) + 1, timeout=30)
+
+    def run(name: str, inputs: tuple[int, ...]) -> None:
+        try:
+            with ID900(addresses[f"{name}.scpi"], timeout_s=2.0) as d, \
+                    ID900Tagger(d, addresses[f"{name}.dlt"], inputs=inputs,
+                                chunk_interval_s=0.05) as t:
+                taggers[name] = t
+                started.wait()
+                for block in t.chunks():
+                    blocks[name].append(block)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=item) for item in names.items()]
+    for th in threads:
+        th.start()
+    started.wait()
+    time.sleep(seconds)            # how much light to collect, not an assertion
+    for t in taggers.values():
+        t.close()
+    for th in threads:
+        th.join(10)
+    assert not errors, errors
+    return {n: np.concatenate(b) for n, b in blocks.items()}
+
+
+def _emission_times(block: np.ndarray, truth: dict, node: str) -> np.ndarray:
+    """A node's tags mapped back to emission time with the truth's clock and delays:
+    t_node = t + offset + drift·t, t = emission + fibre and detector delay."""
+    clock = truth["detail"]["clock"][node]
+    delay = {int(c): d - clock["offset_ps"]
+             for c, d in truth["detail"]["channel_delay_ps"][node].items()}
+    t = (block["time"] - clock["offset_ps"]) / (1 + clock["drift_ppm"] * 1e-6)
+    t -= np.array([delay[c] for c in block["channel"]], np.float64)
+    return np.rint(t).astype(np.int64)
+
+
+def test_network_bench_m_link_cross_node_coincidences_match_the_truth(tmp_path):
+    truth_file = tmp_path / "truth.json"
+    with bench.Bench.from_file(NETWORK, truth_path=truth_file) as b:
+        assert list(b.addresses()) == NETWORK_ROWS
+        tags = _stream(b.addresses(), {"analyzer-a-tagger": (1, 2),
+                                       "analyzer-b-tagger": (1, 2)}, 1.6)
+    truth = json.loads(truth_file.read_text())["links"]["m-ab"]
+    assert truth["name"] == "source-pair" and truth["pair_rate_hz"] == pytest.approx(1e5)
+    ea = _emission_times(tags["analyzer-a-tagger"], truth, "analyzer-a")
+    eb = _emission_times(tags["analyzer-b-tagger"], truth, "analyzer-b")
+    lo = max(ea.min(), eb.min()) + 20_000_000_000      # inside both streams, 20 ms margins
+    hi = min(ea.max(), eb.max()) - 20_000_000_000
+    assert hi - lo > 500_000_000_000                   # at least 0.5 s of overlap
+    ka, kb = (ea >= lo) & (ea < hi), (eb >= lo) & (eb < hi)
+    joint = sort_block(np.concatenate([
+        tag_block(ea[ka], tags["analyzer-a-tagger"]["channel"][ka]),
+        tag_block(eb[kb], tags["analyzer-b-tagger"]["channel"][kb] + 2)]))
+    coin = Coincidences([(1, 3), (1, 4), (2, 3), (2, 4)], 1_000, accidental_offset_ps=50_000)
+    counts = coin.process(joint)
+    c, acc = int(counts.coincidences.sum()), int(counts.accidentals.sum())
+    d = truth["detail"]
+    rate = d["pairs_both_detected"] / (d["duration_ps"] * 1e-12)
+    expected = rate * (hi - lo) * 1e-12
+    sigma = math.sqrt(c + acc + expected**2 / d["pairs_both_detected"])
+    assert abs(c - acc - expected) <= 3 * sigma, (c, acc, expected, sigma)
+    # polarisation correlation of the analyzers as the (coupled) waveplates set them
+    same = counts.coincidences[0] + counts.coincidences[3]
+    e = (same - (c - same)) / c
+    e_true = d["expected_correlation"]["analyzer-a:a|analyzer-b:a"]
+    assert e_true == pytest.approx(0.95)
+    assert abs(e - e_true) <= 3 * math.sqrt((1 - e_true**2) / c) + 2 * acc / c
+
+
+def test_network_bench_k_station_heralds_match_the_truth(tmp_path):
+    truth_file = tmp_path / "truth.json"
+    with bench.Bench.from_file(NETWORK, truth_path=truth_file) as b:
+        tags = _stream(b.addresses(), {"herald1-tagger": (1, 2, 3, 4)}, 1.2)["herald1-tagger"]
+    truth = json.loads(truth_file.read_text())["links"]["alice-repeater"]
+    d = truth["detail"]
+    period, gate = d["attempt_period_ps"], d["gate_ps"]
+    assert d["channels"] == {"c_h": 1, "c_v": 2, "d_h": 3, "d_v": 4}
+    assert set(np.unique(tags["channel"])) == {1, 2, 3, 4}
+    # the gate rule: attempt k's gate on channel c is [k·P + delay_c − G//2, +G)
+    delay = np.array([0] + [d["channel_delay_ps"][str(c)] for c in (1, 2, 3, 4)])
+    u = tags["time"] - delay[tags["channel"]] + gate // 2
+    k = u // period
+    keep = (u % period) < gate
+    k, ch = k[keep], tags["channel"][keep]
+    margin = 10_000_000_000 // period                  # 10 ms of attempts at each end
+    lo, hi = k.min() + margin, k.max() - margin
+    inside = (k >= lo) & (k <= hi)
+    attempts, inverse = np.unique(k[inside], return_inverse=True)
+    mask = np.zeros(attempts.size, np.int64)
+    np.bitwise_or.at(mask, inverse, 1 << (ch[inside] - 1))
+    n = {"psi-": int(np.isin(mask, (0b1001, 0b0110)).sum()),
+         "psi+": int(np.isin(mask, (0b0011, 0b1100)).sum())}
+    span_s = (hi - lo + 1) * period * 1e-12
+    assert span_s > 0.5
+    for state in ("psi+", "psi-"):
+        total = d["true_heralds"][state] + d["false_heralds"][state]
+        expected = total / (d["duration_ps"] * 1e-12) * span_s
+        sigma = math.sqrt(n[state] + expected**2 / total)
+        assert abs(n[state] - expected) <= 3 * sigma, (state, n[state], expected)
+    assert truth["herald_rate_hz"] == pytest.approx(3236, rel=0.01)
+    assert truth["mean_fidelity_true"] == pytest.approx((1 + 0.92) / 2)
+    assert truth["false_heralds_total"] < 0.01 * truth["true_heralds_total"]
+
+
+def test_coupled_pump_and_waveplate_drive_the_m_link():
+    with bench.Bench.from_file(NETWORK) as b:
+        rt = b.links["source-pair"]
+        addresses = b.addresses()
+        with IBeamSmart(addresses["pump"], timeout_s=0.5) as pump, \
+                Elliptec(addresses["analyzer-b-hwp"], timeout_s=0.5) as hwp:
+            pump.set_power_mw(20.0)
+            hwp.move_absolute_deg(22.5)             # H/V → D/A: uncorrelated with a's H/V
+            twin = b.devices["pump"]
+            deadline = time.monotonic() + 5.0
+            while abs(twin.power_mw - 20.0) > 1e-6 and time.monotonic() < deadline:
+                time.sleep(0.05)                   # the pump's power ramp (τ = 50 ms)
+        rt.fanout.locked(rt.coupling)               # what the bench does before every slice
+        truth = b.truth()["links"]["m-ab"]
+    assert rt.coupling.applied["phase_matching"] == pytest.approx(1.0, abs=1e-6)
+    assert truth["pair_rate_hz"] == pytest.approx(5e4, rel=1e-6)   # 2500/mW × 20 mW
+    assert truth["detail"]["expected_correlation"]["analyzer-a:a|analyzer-b:a"] == \
+        pytest.approx(0.0, abs=1e-6)
+
+
+def test_network_command_line_prints_every_address_and_writes_the_truth(tmp_path):
+    truth_file = tmp_path / "truth.json"
+    proc = subprocess.Popen([sys.executable, "-m", "qnode.hal_sim", "bench", "--config",
+                             str(NETWORK), "--json", "--truth", str(truth_file)],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                break
+            lines.append(line)
+        rows = json.loads("".join(lines))
+        assert [r["name"] for r in rows] == NETWORK_ROWS
+        assert all(r["address"] for r in rows)
+        first = json.loads(truth_file.read_text())     # written at start
+        assert set(first["links"]) == {"alice-repeater", "repeater-bob", "m-ab"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    final = json.loads(truth_file.read_text())
+    assert final["t"] >= first["t"] and final["bench"] == "network"
+    k = final["links"]["repeater-bob"]
+    assert k["type"] == "K" and k["ends"] == ["repeater", "bob"]
+    assert final["links"]["m-ab"]["type"] == "M"
+    assert not list(tmp_path.glob(".*.tmp"))

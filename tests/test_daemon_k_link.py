@@ -1,0 +1,172 @@
+"""Two memory daemons (separate processes) on one K-type link over a real mosquitto broker.
+
+The test plays the herald station: it numbers successes and publishes signed HERALD batches, and
+loses some on purpose (so the ends must EXPIRE the gaps), sends hostile payloads, and restarts
+the broker mid-run. After SIGTERM, both ends' SQLite state lists exactly the same pair ids.
+Also: the systemd notify protocol of a whole daemon (READY, WATCHDOG, STOPPING).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from daemon_harness import Daemon, node_config
+
+from qnode.daemon.bus import NodeBus
+from qnode.daemon.linklayer import HeraldStation, LinkEnd
+from qnode.daemon.messages import decode
+from qnode.daemon.state import StateStore
+from qnode.daemon.topics import Topics, parse_topic
+
+from mosquitto import Mosquitto
+
+LINK = "alice-bob"
+KEY = b"k" * 32
+
+
+def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0) -> dict[str, Path]:
+    key = tmp / "link.key"
+    key.write_bytes(KEY)
+    out = {}
+    for node, peer in (("alice", "bob"), ("bob", "alice")):
+        out[node] = node_config(
+            tmp / f"{node}.toml", node=node, roles=["memory"], broker_port=port,
+            state_dir=tmp / "state" / node,
+            body=f"[memory]\ncapacity = 100000\nmax_pair_age_s = {max_pair_age_s}\n"
+                 f"fidelity = 0.9\n\n[[links]]\nid = \"{LINK}\"\npeer = \"{peer}\"\n"
+                 f"type = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key}\"\n")
+    return out
+
+
+def _inventory(state_dir: Path) -> tuple[int, list[tuple[str, int]]]:
+    with StateStore(state_dir / "qnode.sqlite") as store:
+        snap = store.load_links()[LINK]
+    end, _ = LinkEnd.restore(snap, now=0.0)
+    return end.expected_seq, end.inventory()
+
+
+async def _telemetry(port: int, node: str, timeout_s: float = 10.0) -> dict:
+    async with aiomqtt.Client("127.0.0.1", port) as c:
+        await c.subscribe(f"qnet/v1/t/{node}/telemetry")
+        async with asyncio.timeout(timeout_s):
+            async for m in c.messages:
+                return decode(bytes(m.payload), parse_topic(str(m.topic))).body
+    raise AssertionError("no telemetry")
+
+
+@pytest.mark.asyncio
+async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(tmp_path):
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    cfg = _configs(tmp_path, broker.port)
+    alice, bob = Daemon(cfg["alice"]).start(), Daemon(cfg["bob"]).start()
+    station = HeraldStation([LINK])
+    bus = NodeBus(Topics("t", "station"), "127.0.0.1", broker.port, keys={LINK: KEY})
+    runner = asyncio.create_task(bus.run())
+    try:
+        await asyncio.to_thread(alice.wait_for_log, "node ready")
+        await asyncio.to_thread(bob.wait_for_log, "node ready")
+        await bus.wait_connected(10)
+        topic = bus.topics.herald(LINK)
+        t_ps = 1_000_000
+        lost = 0
+        for chunk in range(60):
+            for _ in range(50):
+                t_ps += 1000
+                station.success(LINK, "psi+" if chunk % 2 else "psi-", t_ps)
+            (batch,) = station.flush(chunk)
+            if chunk % 7 == 3:        # the station's batch never reaches the broker
+                lost += 1
+                continue
+            bus.publish(topic, batch.TYPE, batch.to_dict(), sign_with=LINK)
+            if chunk == 30:           # the broker goes away and comes back
+                await bus.drain(10)
+                await asyncio.to_thread(broker.restart)
+            await asyncio.sleep(0.02)
+        # hostile input on the herald topic: unsigned, forged, not JSON, wrong types
+        async with aiomqtt.Client("127.0.0.1", broker.port) as raw:
+            await raw.publish(topic, b"\xff not json", qos=1)
+            await raw.publish(topic, json.dumps({"v": 1, "type": "HERALD", "sender": "station",
+                                                 "id": 10**6, "ts": time.time(),
+                                                 "body": {}}).encode(), qos=1)
+            await raw.publish(topic, b"x" * (2 << 20), qos=1)
+        forged = bus.envelope("HERALD", {"link": LINK, "chunk": 1}, sign_with=b"wrong" * 8)[1]
+        async with aiomqtt.Client("127.0.0.1", broker.port) as raw:
+            await raw.publish(topic, forged, qos=1)
+        bus.publish(topic, "HERALD", {"link": LINK, "chunk": "x"}, sign_with=LINK)  # bad body
+        (last,) = station.flush(99)   # heartbeat: ends learn the final counter
+        bus.publish(topic, last.TYPE, last.to_dict(), sign_with=LINK)
+        await bus.drain(10)
+        tel = await _telemetry(broker.port, "alice")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # let the EXPIRE exchange settle
+            tel = await _telemetry(broker.port, "alice")
+            if tel["links"][LINK]["expires_unacked"] == 0 and \
+                    tel["links"][LINK]["expected_seq"] == station.next_seq(LINK):
+                break
+        rejected = tel["bus"]["rejected"]
+        assert rejected.get("not_json", 0) >= 1 and rejected.get("unsigned", 0) >= 1
+        assert rejected.get("oversized", 0) >= 1 and rejected.get("bad_signature", 0) >= 1
+        assert alice.proc.poll() is None and bob.proc.poll() is None  # still running
+    finally:
+        await bus.close()
+        await runner
+        codes = (alice.stop(), bob.stop())
+        broker.stop()
+    assert codes == (0, 0), alice.log()[-2000:] + bob.log()[-2000:]
+    seq_a, inv_a = _inventory(tmp_path / "state" / "alice")
+    seq_b, inv_b = _inventory(tmp_path / "state" / "bob")
+    assert seq_a == seq_b == station.next_seq(LINK)
+    assert inv_a == inv_b
+    assert len(inv_a) == (60 - lost) * 50      # every pair of every delivered batch, no other
+    assert "rejected" in alice.log()
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def first(self, key: str) -> float | None:
+        return next((t for t, m in self.messages if key in m.split("\n")), None)
+
+
+def test_notify_protocol_ready_watchdog_and_stopping(tmp_path):
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        cfg = _configs(tmp_path, broker.port)
+        notify = NotifySocket(tmp_path / "notify.sock")
+        d = Daemon(cfg["alice"], env={"NOTIFY_SOCKET": str(notify.path),
+                                      "WATCHDOG_USEC": "600000"})
+        d.start()
+        d.wait_for_log("node ready")
+        notify.collect(time.monotonic() + 2.0)
+        sent = time.monotonic()
+        d.proc.send_signal(15)
+        notify.collect(time.monotonic() + 1.0)
+        code = d.stop()
+    stopped = time.monotonic()
+    assert code == 0
+    assert notify.first("READY=1") is not None
+    pings = [t for t, m in notify.messages if "WATCHDOG=1" in m.split("\n")]
+    assert len(pings) >= 3                      # every 0.3 s (half of WATCHDOG_USEC)
+    stopping = notify.first("STOPPING=1")
+    assert stopping is not None and stopping >= sent
+    assert stopped - sent < 10.0                # a clean exit within seconds
