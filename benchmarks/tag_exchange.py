@@ -29,8 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from mosquitto import Mosquitto  # noqa: E402
-
 from qnode.daemon import tagwire  # noqa: E402
 from qnode.daemon.bus import NodeBus  # noqa: E402
 from qnode.daemon.role_analyzer import CrossNodeCounter  # noqa: E402
@@ -43,6 +41,8 @@ from qnode.hal_sim import (  # noqa: E402
     PhotonStreamSimulator,
     simple_node,
 )
+
+from mosquitto import Mosquitto  # noqa: E402
 
 KEY = b"bench-key-" * 4
 DET = dict(efficiency=0.6, dark_count_rate_hz=500.0, dead_time_ps=20_000, jitter_ps=30.0)
@@ -188,9 +188,10 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     total = n_tags + sum(a.size for a, _ in chunks)
     pairs = int(counter.counts.sum())
+    state = counter.tracker.status.name if counter.tracker else "-"
     print(f"cross-node counting (align + servo + native core): "
           f"{total / statistics.median(times) / 1e6:.2f} Mtags/s of both streams, "
-          f"{pairs} coincidences, tracker {counter.tracker.status.name if counter.tracker else '-'}")
+          f"{pairs} coincidences, tracker {state}")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ import time
 
 import aiomqtt
 import numpy as np
-from mosquitto import Mosquitto
 
 from qnode.daemon.demo import DemoNetwork
 from qnode.daemon.linklayer import LinkEnd
 from qnode.daemon.messages import decode
 from qnode.daemon.state import StateStore
 from qnode.daemon.topics import parse_topic
+
+from mosquitto import Mosquitto
 
 RUN_S = 15.0
 LINKS = {"alice-repeater": ("alice", "repeater"), "repeater-bob": ("repeater", "bob"),
