@@ -82,6 +82,7 @@ class LinkService:
         self._next_limit_check = 0.0
         self._dirty = False
         self._persisted_at = 0.0
+        self._full_saved = False
         self._lock = asyncio.Lock()
         self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
         self._requesters: dict[int, str] = {}   # create id -> requesting node
@@ -159,10 +160,19 @@ class LinkService:
             await self._persist_now()
 
     async def _persist_now(self) -> None:
-        snap = self.end.snapshot()
+        """Store what changed since the last store (a delta: O(changed runs)); the first
+        store after start is a full snapshot that the deltas build on."""
         self._dirty = False
         self._persisted_at = self.ctx.now()
-        await self.ctx.persist(lambda: self.ctx.store.save_link(self.link, snap))
+        store = self.ctx.store
+        if not self._full_saved:
+            snap = self.end.snapshot()
+            self._full_saved = True
+            await self.ctx.persist(lambda: store.save_link(self.link, snap))
+            return
+        delta = self.end.snapshot_delta()
+        if delta is not None:
+            await self.ctx.persist(lambda: store.save_link_delta(self.link, delta))
 
     # ------------------------------------------------------------------ limits
     def _enforce_limits(self, now: float) -> list[Message]:

@@ -1,23 +1,41 @@
 """Link-layer messages (draft-dahlberg-ll-quantum §1.1, via reference/qnet_anchors.md) and the
-16-bit sequence-number arithmetic they use (RFC 1982). Frozen dataclasses with ``to_dict()`` /
+sequence-number arithmetic they use (RFC 1982). Frozen dataclasses with ``to_dict()`` /
 ``from_dict()`` of plain JSON fields; malformed dicts raise ValueError naming the field. The state
 machines that exchange them are in :mod:`qnode.daemon.linklayer`.
+
+Sequence space (a documented extension of the draft): ``SEQ_BITS`` = 32 instead of the draft's 16.
+At 1 MHz heralding 16 bits wrap every 65 ms; 32 bits wrap every 71 minutes. The arithmetic is
+RFC 1982 serial-number arithmetic on ``SEQ_BITS`` bits, unchanged; every width below derives from
+``SEQ_BITS``.
+
+:class:`Herald` is columnar: a batch of consecutive successes travels as a first sequence number,
+a count, numpy arrays of Bell-state codes and detection times, and a compact JSON encoding
+(:meth:`Herald.to_dict`): 2-bit packed codes and zigzag delta-encoded times, base64, optionally
+zlib. The codecs here (:func:`pack_codes`, :func:`encode_times`, ...) are also what
+:meth:`qnode.daemon.linklayer.LinkEnd.snapshot` uses for its pair runs.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import enum
 import math
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
+
 # --------------------------------------------------------------------------- sequence numbers
 
-SEQ_BITS = 16                 # draft §1.1: Sequence Number (16 bits)
+SEQ_BITS = 32                 # draft §1.1 says 16 bits; 32 here (module docstring)
 SEQ_MOD = 1 << SEQ_BITS
 SEQ_HALF = SEQ_MOD >> 1       # RFC 1982: comparisons are defined for distances < 2^(SERIAL_BITS-1)
-MAX_PAIR_AGE = SEQ_MOD >> 2   # pairs older than this many numbers are expired (window safety)
+# Pairs older than this many numbers are expired (window safety: a pair id is never ambiguous).
+# 2^30 = 18 minutes at 1 MHz; a link end may use a smaller window (LinkEnd ``max_pair_age``).
+MAX_PAIR_AGE = SEQ_MOD >> 2
 
 
 def seq_add(a: int, n: int) -> int:
@@ -31,9 +49,9 @@ def seq_diff(a: int, b: int) -> int:
 
 
 def seq_lt(a: int, b: int) -> bool:
-    """RFC 1982 §3.2 serial comparison ``a < b``: ``0 < (b − a) mod 2^16 < 2^15``.
+    """RFC 1982 §3.2 serial comparison ``a < b``: ``0 < (b − a) mod SEQ_MOD < SEQ_HALF``.
 
-    At distance exactly 2^15 the comparison is undefined; it returns False both ways.
+    At distance exactly ``SEQ_HALF`` the comparison is undefined; it returns False both ways.
     """
     return 0 < seq_diff(b, a) < SEQ_HALF
 
@@ -148,8 +166,6 @@ class _Message:
 def _plain(v: Any) -> Any:
     if isinstance(v, ErrCode):
         return v.name
-    if isinstance(v, HeraldEntry):
-        return [v.seq, v.bell_state, v.time_ps]
     if isinstance(v, tuple):
         return [_plain(x) for x in v]
     return v
@@ -329,10 +345,166 @@ class ExpireAck(_Message):
         _check_seq(c, "seq_hi", self.seq_hi)
 
 
+# --------------------------------------------------------------------------- columnar codecs
+
+BELL_CODES = {name: code for code, name in enumerate(BELL_STATES)}
+#: Most successes one :class:`Herald` may carry; it also bounds what ``from_dict`` decompresses.
+MAX_HERALD_COUNT = 1 << 22
+#: Encodings of the binary fields: "raw" = base64; "zlib" = base64 of zlib (level 1).
+CODECS = ("raw", "zlib")
+_INT64_MAX = (1 << 63) - 1
+_DT_WIDTHS = (1, 2, 4, 8)
+
+
+def _int_array(cls: str, name: str, v: Any, lo: int, hi: int, dtype: type) -> np.ndarray:
+    """``v`` as a fresh read-only 1-D array of ``dtype``; integer values in [lo, hi] only."""
+    a = np.asarray(v)
+    if a.ndim != 1:
+        raise ValueError(f"{cls}.{name}: expected a 1-D array, got shape {a.shape}")
+    if a.size == 0:
+        a = np.zeros(0, dtype)
+    elif a.dtype.kind not in "iu":
+        raise ValueError(f"{cls}.{name}: expected integers, got dtype {a.dtype}")
+    elif int(a.min()) < lo or int(a.max()) > hi:
+        raise ValueError(f"{cls}.{name}: expected values in [{lo}, {hi}], got min {int(a.min())}"
+                         f" max {int(a.max())}")
+    out = np.array(a, dtype=dtype, copy=True)
+    out.flags.writeable = False
+    return out
+
+
+def pack_codes(codes: np.ndarray) -> bytes:
+    """2-bit packing of codes 0..3, four per byte, the first in the low bits; the unused high
+    bits of the last byte are zero."""
+    c = np.asarray(codes, np.uint8)
+    pad = (-len(c)) % 4
+    if pad:
+        c = np.concatenate([c, np.zeros(pad, np.uint8)])
+    q = c.reshape(-1, 4)
+    return (q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6)).tobytes()
+
+
+def unpack_codes(data: bytes, count: int, where: str) -> np.ndarray:
+    """Inverse of :func:`pack_codes`; ValueError naming ``where`` on a wrong length or non-zero
+    padding bits."""
+    need = (count + 3) // 4
+    if len(data) != need:
+        raise ValueError(f"{where}: expected {need} bytes for {count} 2-bit codes, "
+                         f"got {len(data)}")
+    b = np.frombuffer(data, np.uint8)
+    out = np.empty((len(b), 4), np.uint8)
+    out[:, 0] = b & 3
+    out[:, 1] = (b >> 2) & 3
+    out[:, 2] = (b >> 4) & 3
+    out[:, 3] = b >> 6
+    flat = out.reshape(-1)
+    if flat[count:].any():
+        raise ValueError(f"{where}: non-zero padding bits after {count} codes")
+    return flat[:count]
+
+
+def encode_times(times: np.ndarray) -> tuple[int | None, int, bytes]:
+    """(first time, bytes per delta, deltas): successive differences of int64 ``times`` (any
+    order), zigzag-mapped to unsigned (0, −1, 1, −2, ... → 0, 1, 2, 3, ...) and stored little
+    endian in the narrowest of 1, 2, 4, 8 bytes that holds them all. First time None and width
+    0 for an empty array; width 0 for a single time."""
+    t = np.asarray(times, np.int64)
+    if len(t) == 0:
+        return None, 0, b""
+    if len(t) == 1:
+        return int(t[0]), 0, b""
+    d = np.diff(t)
+    z = ((d << 1) ^ (d >> 63)).view(np.uint64)
+    top = int(z.max())
+    width = next(w for w in _DT_WIDTHS if w == 8 or top < 1 << (8 * w))
+    return int(t[0]), width, z.astype(f"<u{width}", copy=False).tobytes()
+
+
+def check_time_header(where: str, time0: Any, width: Any, count: int) -> int:
+    """Check ``time0_ps`` and ``dt_bytes`` of ``count`` encoded times; returns the number of
+    delta bytes expected. ValueError naming ``where.time0_ps`` / ``where.dt_bytes``."""
+    if count == 0:
+        if time0 is not None:
+            raise _bad(where, "time0_ps", "null for an empty batch", time0)
+    else:
+        _check_int(where, "time0_ps", time0, 0, _INT64_MAX)
+    want_w = (0,) if count <= 1 else _DT_WIDTHS
+    if isinstance(width, bool) or not isinstance(width, int) or width not in want_w:
+        raise _bad(where, "dt_bytes", f"one of {want_w} for {count} times", width)
+    return max(count - 1, 0) * width
+
+
+def decode_times(time0: Any, width: Any, data: bytes, count: int, where: str) -> np.ndarray:
+    """Inverse of :func:`encode_times` for ``count`` times; ValueError naming ``where`` (+ the
+    field) on a wrong type, width or length, on overflow, or on a negative time."""
+    check_time_header(where, time0, width, count)
+    if count == 0:
+        out = np.zeros(0, np.int64)
+    elif count == 1:
+        out = np.array([time0], np.int64)
+    else:
+        need = (count - 1) * width
+        if len(data) != need:
+            raise ValueError(f"{where}.dt: expected {need} bytes ({count - 1} deltas of "
+                             f"{width} bytes), got {len(data)}")
+        z = np.frombuffer(data, f"<u{width}").astype(np.uint64)
+        d = (z >> np.uint64(1)).view(np.int64) ^ -(z & np.uint64(1)).view(np.int64)
+        out = np.empty(count, np.int64)
+        out[0] = time0
+        np.cumsum(d, out=out[1:])
+        out[1:] += out[0]  # int64 wrap-around on overflow; detected below
+        if time0 + (count - 1) * (1 << (8 * width - 1)) > _INT64_MAX:
+            prev, cur = out[:-1], out[1:]
+            if (((d >= 0) & (cur < prev)) | ((d < 0) & (cur > prev))).any():
+                raise ValueError(f"{where}.dt: times overflow int64")
+        if int(out.min()) < 0:
+            raise ValueError(f"{where}.dt: a negative time, {int(out.min())} ps")
+    out.flags.writeable = False
+    return out
+
+
+def encode_bytes(data: bytes, codec: str = "raw") -> str:
+    """``data`` as text: base64 ("raw") or base64 of zlib level 1 ("zlib")."""
+    if codec == "zlib":
+        data = zlib.compress(data, 1)
+    elif codec != "raw":
+        raise _bad("encode_bytes", "codec", f"one of {CODECS}", codec)
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_bytes(text: Any, codec: str, size: int, where: str) -> bytes:
+    """Inverse of :func:`encode_bytes` for exactly ``size`` bytes. Never produces more than
+    ``size`` bytes (a decompression bomb stops there); ValueError naming ``where`` otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: expected a base64 string, got {type(text).__name__}")
+    if codec == "raw" and len(text) != 4 * ((size + 2) // 3):
+        raise ValueError(f"{where}: expected {4 * ((size + 2) // 3)} base64 characters for "
+                         f"{size} bytes, got {len(text)}")
+    try:  # strict: only the alphabet, correct padding, nothing after it (checked in C)
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
+        raise ValueError(f"{where}: not base64 ({exc})") from None
+    if codec == "raw":
+        return raw
+    dec = zlib.decompressobj()
+    try:
+        out = dec.decompress(raw, size)
+        if len(out) == size and not dec.eof:  # only the end of the stream may remain
+            out += dec.decompress(dec.unconsumed_tail, 1)
+    except zlib.error as exc:
+        raise ValueError(f"{where}: not zlib data ({exc})") from None
+    if len(out) != size or not dec.eof or dec.unused_data:
+        raise ValueError(f"{where}: expected zlib data of exactly {size} bytes")
+    return out
+
+
+# --------------------------------------------------------------------------- heralds
+
+
 @dataclass(frozen=True)
 class HeraldEntry:
     """One heralded success: the station's ``mhp_seq``, the Bell state its BSM announced, and the
-    detection time (ps). Serialised as ``[seq, bell_state, time_ps]``."""
+    detection time (ps). A per-entry view of a :class:`Herald` (``Herald.entries``)."""
 
     seq: int
     bell_state: str
@@ -345,51 +517,154 @@ class HeraldEntry:
         _check_int(c, "time_ps", self.time_ps, 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Herald(_Message):
     """The station's batch of successes on one link for one chunk (EGP §1.2 MHP replies,
-    batched). Entries are consecutive sequence numbers; ``next_seq`` is the station's counter
-    after the batch (equal to the last entry + 1, or the unchanged counter for an empty batch,
-    which is then a heartbeat)."""
+    batched), columnar.
+
+    Success ``i`` has sequence number ``first_seq + i`` (mod ``SEQ_MOD``), Bell state
+    ``BELL_STATES[bell_codes[i]]`` and detection time ``times_ps[i]`` (int64 ps, ≥ 0, on the
+    station's time-tagger time base). ``next_seq`` is the station's counter after the batch and
+    always equals ``first_seq + count``; an empty batch (``first_seq == next_seq``) is a
+    heartbeat. The arrays are copied on construction and read-only. ``count`` ≤
+    :data:`MAX_HERALD_COUNT`.
+
+    JSON form (:meth:`to_dict`)::
+
+        {"type": "HERALD", "link": "ab", "chunk": 12, "first_seq": 4000, "count": 3,
+         "next_seq": 4003, "codec": "raw", "bell": "Lg==", "time0_ps": 1000000,
+         "dt_bytes": 4, "dt": "wFwVAGCuCgA="}
+
+    (codes psi+, psi-, psi+ at 1.0, 1.7 and 2.05 µs.)
+
+    ``bell``: the codes 2-bit packed (:func:`pack_codes`); ``time0_ps``: the first time (null
+    when empty); ``dt``: the ``count − 1`` successive differences, zigzag-mapped, ``dt_bytes``
+    (0, 1, 2, 4 or 8; 0 iff count ≤ 1) little-endian bytes each (:func:`encode_times`);
+    ``codec``: "raw" (base64) or "zlib" (base64 of zlib) for ``bell`` and ``dt``.
+    """
 
     TYPE: ClassVar[str] = "HERALD"
     link: str
     chunk: int
-    entries: tuple[HeraldEntry, ...]
+    first_seq: int
+    bell_codes: np.ndarray
+    times_ps: np.ndarray
     next_seq: int
 
-    @classmethod
-    def _convert(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        raw = kwargs["entries"]
-        if not isinstance(raw, (list, tuple)):
-            raise _bad("Herald", "entries", "a list of [seq, bell_state, time_ps]", raw)
-        entries = []
-        for i, e in enumerate(raw):
-            if isinstance(e, HeraldEntry):
-                entries.append(e)
-                continue
-            if not isinstance(e, (list, tuple)) or len(e) != 3:
-                raise _bad("Herald", f"entries[{i}]", "[seq, bell_state, time_ps]", e)
-            try:
-                entries.append(HeraldEntry(*e))
-            except ValueError as exc:
-                raise ValueError(f"Herald.entries[{i}]: {exc}") from None
-        return {**kwargs, "entries": tuple(entries)}
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "link", "chunk", "first_seq", "count", "next_seq", "codec", "bell", "time0_ps",
+        "dt_bytes", "dt")
 
     def __post_init__(self) -> None:
         c = "Herald"
         _check_str(c, "link", self.link)
         _check_int(c, "chunk", self.chunk, 0)
-        if not isinstance(self.entries, tuple) or not all(
-                isinstance(e, HeraldEntry) for e in self.entries):
-            raise _bad(c, "entries", "a tuple of HeraldEntry", self.entries)
+        _check_seq(c, "first_seq", self.first_seq)
+        codes = _int_array(c, "bell_codes", self.bell_codes, 0, len(BELL_STATES) - 1, np.uint8)
+        times = _int_array(c, "times_ps", self.times_ps, 0, _INT64_MAX, np.int64)
+        if len(times) != len(codes):
+            raise ValueError(f"{c}.times_ps: expected {len(codes)} times (one per Bell code), "
+                             f"got {len(times)}")
+        if len(codes) > MAX_HERALD_COUNT:
+            raise ValueError(f"{c}.bell_codes: at most {MAX_HERALD_COUNT} successes per "
+                             f"batch, got {len(codes)}")
         _check_seq(c, "next_seq", self.next_seq)
-        for i in range(1, len(self.entries)):
-            if self.entries[i].seq != seq_add(self.entries[i - 1].seq, 1):
-                raise _bad(c, f"entries[{i}].seq", "consecutive sequence numbers",
-                           self.entries[i].seq)
-        if self.entries and self.next_seq != seq_add(self.entries[-1].seq, 1):
-            raise _bad(c, "next_seq", "last entry's seq + 1", self.next_seq)
+        if self.next_seq != seq_add(self.first_seq, len(codes)):
+            raise _bad(c, "next_seq", f"first_seq + count = "
+                       f"{seq_add(self.first_seq, len(codes))}", self.next_seq)
+        object.__setattr__(self, "bell_codes", codes)
+        object.__setattr__(self, "times_ps", times)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def count(self) -> int:
+        """Number of successes in the batch."""
+        return len(self.bell_codes)
+
+    @property
+    def entries(self) -> tuple[HeraldEntry, ...]:
+        """Per-entry view (one Python object per success: for tests and small batches)."""
+        return tuple(HeraldEntry(seq_add(self.first_seq, i), BELL_STATES[c], t)
+                     for i, (c, t) in enumerate(zip(self.bell_codes.tolist(),
+                                                    self.times_ps.tolist(), strict=True)))
+
+    @classmethod
+    def from_entries(cls, link: str, chunk: int, entries: Iterable[HeraldEntry],
+                     next_seq: int | None = None) -> Herald:
+        """A batch from per-entry objects (consecutive sequence numbers). ``next_seq`` defaults
+        to the last entry's seq + 1 and is required for an empty batch (heartbeat)."""
+        es = tuple(entries)
+        for i, e in enumerate(es):
+            if not isinstance(e, HeraldEntry):
+                raise _bad("Herald", f"entries[{i}]", "a HeraldEntry", e)
+            if i and e.seq != seq_add(es[i - 1].seq, 1):
+                raise _bad("Herald", f"entries[{i}].seq", "consecutive sequence numbers", e.seq)
+        if not es:
+            if next_seq is None:
+                raise _bad("Herald", "next_seq", "a sequence number for an empty batch", None)
+            first = next_seq
+        else:
+            first = es[0].seq
+            if next_seq is None:
+                next_seq = seq_add(es[-1].seq, 1)
+        return cls(link, chunk, first,
+                   np.array([BELL_CODES[e.bell_state] for e in es], np.uint8),
+                   np.array([e.time_ps for e in es], np.int64), next_seq)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Herald):
+            return NotImplemented
+        return (self.link == other.link and self.chunk == other.chunk
+                and self.first_seq == other.first_seq and self.next_seq == other.next_seq
+                and np.array_equal(self.bell_codes, other.bell_codes)
+                and np.array_equal(self.times_ps, other.times_ps))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self, codec: str = "raw") -> dict[str, Any]:
+        """The JSON form (class docstring). ``codec`` "raw" is the fastest (about 5.7 bytes of
+        JSON per success at 1 µs mean spacing); "zlib" is about 20 % smaller and ~10× slower
+        to encode."""
+        time0, width, deltas = encode_times(self.times_ps)
+        return {"type": self.TYPE, "link": self.link, "chunk": self.chunk,
+                "first_seq": self.first_seq, "count": self.count, "next_seq": self.next_seq,
+                "codec": codec, "bell": encode_bytes(pack_codes(self.bell_codes), codec),
+                "time0_ps": time0, "dt_bytes": width, "dt": encode_bytes(deltas, codec)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Herald:
+        """Parse and check the JSON form; ValueError naming ``Herald.<field>`` on anything
+        malformed (hostile input included: it never decodes more than ``count`` allows)."""
+        c = "Herald"
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{c}: expected a mapping, got {type(d).__name__}")
+        if "type" in d and d["type"] != cls.TYPE:
+            raise _bad(c, "type", repr(cls.TYPE), d["type"])
+        unknown = sorted(set(d) - set(cls._FIELDS) - {"type"})
+        if unknown:
+            raise ValueError(f"{c}.{unknown[0]}: unknown field")
+        for f in cls._FIELDS:
+            if f not in d:
+                raise ValueError(f"{c}.{f}: missing field")
+        _check_str(c, "link", d["link"])
+        _check_int(c, "chunk", d["chunk"], 0)
+        _check_seq(c, "first_seq", d["first_seq"])
+        _check_int(c, "count", d["count"], 0, MAX_HERALD_COUNT)
+        _check_seq(c, "next_seq", d["next_seq"])
+        count = d["count"]
+        if d["next_seq"] != seq_add(d["first_seq"], count):
+            raise _bad(c, "next_seq", f"first_seq + count = {seq_add(d['first_seq'], count)}",
+                       d["next_seq"])
+        _check_choice(c, "codec", d["codec"], CODECS)
+        codes = unpack_codes(decode_bytes(d["bell"], d["codec"], (count + 3) // 4, f"{c}.bell"),
+                             count, f"{c}.bell")
+        size = check_time_header(c, d["time0_ps"], d["dt_bytes"], count)
+        times = decode_times(d["time0_ps"], d["dt_bytes"],
+                             decode_bytes(d["dt"], d["codec"], size, f"{c}.dt"), count, c)
+        return cls(d["link"], d["chunk"], d["first_seq"], codes, times, d["next_seq"])
 
 
 Message = Create | Ack | Ok | Err | Expire | ExpireAck | Herald

@@ -16,6 +16,7 @@ the rules for persisting link state *before* sending what a link-layer call retu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -80,6 +81,9 @@ class NodeContext:
         self.node = config.id
         self.topics = bus.topics
         self._router: LinkRouter | None = None
+        # one writer thread: stores reach SQLite in the order they were asked for, so a late
+        # write can never overwrite a newer one (e.g. the final store at shutdown)
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
 
     @property
     def router(self) -> LinkRouter:
@@ -97,8 +101,13 @@ class NodeContext:
         return time.monotonic()
 
     async def persist(self, fn: Callable[[], None]) -> None:
-        """Run a store write off the loop and wait for it (write-ahead: before sending)."""
-        await asyncio.to_thread(fn)
+        """Run a store write on the writer thread and wait for it (write-ahead: before
+        sending). Writes run in call order, even when a caller was cancelled meanwhile."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    def close(self) -> None:
+        """Wait for queued writes (shutdown)."""
+        self._writer.shutdown(wait=True)
 
 
 def read_keys(config: NodeConfig) -> dict[str, bytes]:
@@ -189,7 +198,6 @@ class Node:
                 inst.name, factory, calibrate=calibrations.get(inst.name),
                 health_check=checks.get(inst.name), check_interval_s=5.0,
                 backoff_initial_s=0.2, backoff_max_s=10.0))
-        sup.add_task("bus", bus.run)
         for role in self.roles:
             for name, factory in role.tasks().items():
                 sup.add_task(f"{role.name}:{name}", factory)
@@ -202,13 +210,16 @@ class Node:
         log.info("node starting", extra={"node": cfg.id, "roles": ",".join(cfg.roles),
                                          "broker": cfg.broker.url,
                                          "instruments": len(cfg.instruments)})
+        # the bus runs outside the supervisor: it has its own reconnect loop, and it must
+        # outlive the role tasks at shutdown to drain what they sent
+        bus_task = asyncio.create_task(bus.run(), name="bus")
         await sup.start()
         bus.status("starting", roles=list(cfg.roles))
         try:
             await self._bring_up(sup, bus)
             await self._stop.wait()
         finally:
-            await self._shutdown(sup, bus, store, dedup)
+            await self._shutdown(sup, bus, bus_task, store, dedup)
 
     async def _bring_up(self, sup: Supervisor, bus: NodeBus) -> None:
         """READY=1 once every instrument is up (the roles' tasks already run)."""
@@ -237,19 +248,28 @@ class Node:
         assert self.ctx is not None
         return self.ctx.supervisor.healthy()
 
-    async def _shutdown(self, sup: Supervisor, bus: NodeBus, store: StateStore,
-                        dedup: Deduplicator) -> None:
+    async def _shutdown(self, sup: Supervisor, bus: NodeBus, bus_task: asyncio.Task[None],
+                        store: StateStore, dedup: Deduplicator) -> None:
+        """Role tasks and instruments stop first (nothing new is heralded), then the bus
+        drains what was sent and says offline (incoming messages are handled until then), then
+        the roles store their final state."""
         self.state = "stopping"
         self.notifier.stopping(f"{self.config.id}: stopping")
         log.info("node stopping", extra={"node": self.config.id})
+        await sup.stop()
+        with contextlib.suppress(Exception):
+            await bus.close(drain_timeout_s=2.0)
+        if not bus_task.done():
+            bus_task.cancel()
+        with contextlib.suppress(BaseException):
+            await bus_task
         for role in self.roles:
             try:
                 await asyncio.wait_for(role.close(), 5.0)
             except Exception:
                 log.exception("role %s failed to close", role.name, extra={"role": role.name})
-        with contextlib.suppress(Exception):
-            await bus.close(drain_timeout_s=2.0)
-        await sup.stop()
+        assert self.ctx is not None
+        await asyncio.to_thread(self.ctx.close)
         store.save_dedup(dedup.snapshot())
         log.info("node stopped", extra={"node": self.config.id})
 

@@ -175,10 +175,10 @@ class AnalyzerRole:
         link = self.link.id
         if codes.size:
             self.station.successes(link, codes, times)
-        (batch,) = self.station.flush(self.counting.spans)
-        await self.service.on_local_herald(batch)
-        self.ctx.bus.publish(self.ctx.topics.herald(link), batch.TYPE, batch.to_dict(),
-                             sign_with=link)
+        for batch in self.station.flush(self.counting.spans):
+            await self.service.on_local_herald(batch)
+            self.ctx.bus.publish(self.ctx.topics.herald(link), batch.TYPE, batch.to_dict(),
+                                 sign_with=link)
 
     # ------------------------------------------------------------------ life cycle, telemetry
     async def close(self) -> None:

@@ -118,11 +118,12 @@ class HeraldStationRole:
         self.counts["tags"] += events.n_tags
         for ch, n in events.singles.items():
             self.singles[ch] = self.singles.get(ch, 0) + n
-        (batch,) = self.station.flush(events.chunk_index)
+        batches = self.station.flush(events.chunk_index)  # one, unless > 2^22 successes
         snap = self.station.snapshot()
         await self.ctx.persist(lambda: self.ctx.store.save_link(self._key, snap))
-        self.ctx.bus.publish(self.ctx.topics.herald(link), batch.TYPE, batch.to_dict(),
-                             sign_with=link)
+        for batch in batches:
+            self.ctx.bus.publish(self.ctx.topics.herald(link), batch.TYPE, batch.to_dict(),
+                                 sign_with=link)
 
     async def close(self) -> None:
         snap = self.station.snapshot()

@@ -1,7 +1,9 @@
 """What a node must remember across restarts, in SQLite (DESIGN §7, stdlib ``sqlite3``).
 
 * each link end's state (pair inventory, sequence numbers, unacknowledged EXPIREs) as the link
-  layer's JSON snapshot;
+  layer's JSON snapshot: its scalars in ``links``, its runs of pairs one row each in
+  ``link_runs``, so that a change (:meth:`StateStore.save_link_delta`) writes only the runs that
+  changed — O(batch), not O(inventory);
 * the node's next message id, so ids keep increasing after a restart (peers de-duplicate by id);
 * the de-duplication window of every sender, so a redelivery that arrives after a restart is
   still recognised.
@@ -22,12 +24,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS links (
     link TEXT PRIMARY KEY, snapshot TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS link_runs (
+    link TEXT NOT NULL, first_seq INTEGER NOT NULL, run TEXT NOT NULL,
+    PRIMARY KEY (link, first_seq));
 CREATE TABLE IF NOT EXISTS dedup (
     sender TEXT PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL);
 """
@@ -96,27 +101,70 @@ class StateStore:
 
     # -- link ends
     def save_link(self, link: str, snapshot: Mapping[str, Any]) -> None:
-        """Store one link end's snapshot (JSON-able)."""
-        text = json.dumps(snapshot, sort_keys=True, allow_nan=False)
+        """Store one link end's full snapshot (JSON-able). A snapshot with ``runs`` (the link
+        layer's) keeps them one row each."""
+        scalars = {k: v for k, v in snapshot.items() if k != "runs"}
         with self.transaction():
-            self._db.execute("INSERT INTO links VALUES (?, ?, ?) ON CONFLICT(link) DO UPDATE "
-                             "SET snapshot=excluded.snapshot, updated=excluded.updated",
-                             (link, text, time.time()))
+            if "runs" in snapshot:
+                self._db.execute("DELETE FROM link_runs WHERE link=?", (link,))
+                self._put_runs(link, snapshot["runs"])
+                scalars["runs_in_table"] = True
+            self._put_scalars(link, scalars)
+
+    def save_link_delta(self, link: str, delta: Mapping[str, Any]) -> None:
+        """Apply a link end's ``snapshot_delta()`` (runs deleted, runs upserted, scalars) in one
+        transaction, after a full :meth:`save_link` of the same end."""
+        scalars = {k: v for k, v in delta.items()
+                   if k not in ("delta", "base", "runs_upsert", "runs_delete")}
+        scalars["runs_in_table"] = True
+        with self.transaction():
+            self._db.executemany("DELETE FROM link_runs WHERE link=? AND first_seq=?",
+                                 [(link, int(s)) for s in delta["runs_delete"]])
+            self._put_runs(link, delta["runs_upsert"])
+            self._put_scalars(link, scalars)
+
+    def _put_runs(self, link: str, runs: Any) -> None:
+        self._db.executemany(
+            "INSERT INTO link_runs VALUES (?, ?, ?) ON CONFLICT(link, first_seq) DO UPDATE "
+            "SET run=excluded.run",
+            [(link, int(r["first_seq"]), json.dumps(r, allow_nan=False)) for r in runs])
+
+    def _put_scalars(self, link: str, scalars: Mapping[str, Any]) -> None:
+        text = json.dumps(scalars, sort_keys=True, allow_nan=False)
+        self._db.execute("INSERT INTO links VALUES (?, ?, ?) ON CONFLICT(link) DO UPDATE "
+                         "SET snapshot=excluded.snapshot, updated=excluded.updated",
+                         (link, text, time.time()))
 
     def load_links(self) -> dict[str, dict[str, Any]]:
+        """Every stored link end's snapshot, runs reassembled oldest first."""
+        from .ll_messages import seq_diff
+
         with self._lock:
             rows = self._db.execute("SELECT link, snapshot FROM links ORDER BY link").fetchall()
+            run_rows = self._db.execute("SELECT link, run FROM link_runs").fetchall()
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for link, text in run_rows:
+            try:
+                runs.setdefault(link, []).append(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise StateError(f"{self.path}: link {link!r}: corrupt run: {exc}") from exc
         out = {}
         for link, text in rows:
             try:
-                out[link] = json.loads(text)
+                snap = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise StateError(f"{self.path}: link {link!r}: corrupt snapshot: {exc}") from exc
+            if snap.pop("runs_in_table", False):
+                expected = snap["expected_seq"]
+                snap["runs"] = sorted(runs.get(link, []),
+                                      key=lambda r, e=expected: -seq_diff(e, r["first_seq"]))
+            out[link] = snap
         return out
 
     def forget_link(self, link: str) -> None:
         with self.transaction():
             self._db.execute("DELETE FROM links WHERE link=?", (link,))
+            self._db.execute("DELETE FROM link_runs WHERE link=?", (link,))
 
     # -- own message ids
     def next_message_id(self) -> int:

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from qnode.daemon.linklayer import (
     MAX_PAIR_AGE,
     SEQ_HALF,
+    SEQ_MOD,
     Ack,
     Create,
     CreateIdAllocator,
@@ -67,15 +68,19 @@ def chunks(station: HeraldStation, counts: list[int]) -> list[Herald]:
 # --------------------------------------------------------------------------- serial numbers
 
 
+TOP = SEQ_MOD - 1  # the largest sequence number
+
+
 def test_serial_arithmetic_wraps():
-    assert seq_add(65535, 1) == 0 and seq_add(65530, 10) == 4
-    assert seq_diff(2, 65534) == 4
-    assert seq_lt(65535, 0) and not seq_lt(0, 65535)
+    assert SEQ_MOD == 2 ** 32 and SEQ_HALF == 2 ** 31 and MAX_PAIR_AGE == 2 ** 30
+    assert seq_add(TOP, 1) == 0 and seq_add(TOP - 5, 10) == 4
+    assert seq_diff(2, TOP - 1) == 4
+    assert seq_lt(TOP, 0) and not seq_lt(0, TOP)
     assert seq_lt(0, SEQ_HALF - 1) and not seq_lt(SEQ_HALF - 1, 0)
     assert not seq_lt(0, SEQ_HALF) and not seq_lt(SEQ_HALF, 0)  # undefined: neither
     assert not seq_lt(7, 7)
-    assert seq_in_range(65535, 65534, 2) and seq_in_range(1, 65534, 2)
-    assert not seq_in_range(2, 65534, 2) and not seq_in_range(65533, 65534, 2)
+    assert seq_in_range(TOP, TOP - 1, 2) and seq_in_range(1, TOP - 1, 2)
+    assert not seq_in_range(2, TOP - 1, 2) and not seq_in_range(TOP - 2, TOP - 1, 2)
 
 
 # --------------------------------------------------------------------------- EGP rule
@@ -164,7 +169,7 @@ def test_expire_overtaking_heralds_makes_the_peer_expire_its_own_gap():
 
 def test_expire_ack_takes_the_max_and_expires_the_skipped_range():
     alice, _ = pair_ends()
-    alice.on_herald(Herald(LINK, 0, (), 2), 0.0)        # gap [0, 2)
+    alice.on_herald(Herald.from_entries(LINK, 0, (), 2), 0.0)   # gap [0, 2)
     out = alice.on_expire_ack(ExpireAck(LINK, 5, 0, 2), 0.1)
     assert alice.expected_seq == 5 and alice.unacked_expires() == [(2, 5)]
     assert of(out, Expire) == [Expire(LINK, 2, 5, "alice")]
@@ -186,29 +191,30 @@ def test_local_expire_is_told_to_the_peer():
         alice.expire(3, 9, 0.6)                        # beyond expected_seq
 
 
-def test_wrap_around_65535_to_0():
-    st_ = HeraldStation([LINK], initial_seq=65533)
-    alice, bob = pair_ends(initial_seq=65533)
-    hs = chunks(st_, [1, 1, 1, 2])                      # 65533 | 65534 | 65535 | 0, 1
-    assert [e.seq for h in hs for e in h.entries] == [65533, 65534, 65535, 0, 1]
+def test_wrap_around_top_to_0():
+    st_ = HeraldStation([LINK], initial_seq=TOP - 2)
+    alice, bob = pair_ends(initial_seq=TOP - 2)
+    hs = chunks(st_, [1, 1, 1, 2])                      # TOP-2 | TOP-1 | TOP | 0, 1
+    assert [e.seq for h in hs for e in h.entries] == [TOP - 2, TOP - 1, TOP, 0, 1]
     for h in hs:
         alice.on_herald(h, 0.0)
     bob.on_herald(hs[0], 0.0)
     bob.on_herald(hs[1], 0.0)
-    out = bob.on_herald(hs[3], 0.0)                     # lost 65535 at bob
-    assert of(out, Expire) == [Expire(LINK, 65535, 0, "bob")]
+    out = bob.on_herald(hs[3], 0.0)                     # lost TOP at bob
+    assert of(out, Expire) == [Expire(LINK, TOP, 0, "bob")]
     assert bob.on_herald(hs[2], 0.1) == []              # stale across the wrap
     alice.on_expire(of(out, Expire)[0], 0.1)
-    expect = [(LINK, 65533), (LINK, 65534), (LINK, 0), (LINK, 1)]   # oldest first
+    expect = [(LINK, TOP - 2), (LINK, TOP - 1), (LINK, 0), (LINK, 1)]   # oldest first
     assert alice.inventory() == bob.inventory() == expect
     assert alice.expected_seq == bob.expected_seq == 2
 
 
 def test_old_pairs_age_out_of_the_sequence_window():
     alice, _ = pair_ends()
-    alice.on_herald(Herald(LINK, 0, (HeraldEntry(0, "psi+", 1), HeraldEntry(1, "psi-", 2)), 2), 0)
+    alice.on_herald(Herald.from_entries(
+        LINK, 0, (HeraldEntry(0, "psi+", 1), HeraldEntry(1, "psi-", 2)), 2), 0)
     jump = MAX_PAIR_AGE + 10
-    out = alice.on_herald(Herald(LINK, 1, (), jump), 1.0)
+    out = alice.on_herald(Herald.from_entries(LINK, 1, (), jump), 1.0)
     assert Expire(LINK, 0, 2, "alice") in of(out, Expire)
     assert alice.inventory() == [] and alice.pair(0) is None
 
@@ -221,12 +227,13 @@ class Sim:
     channel (random delays), through JSON. Time is injected; each end ticks every comm_delay/2."""
 
     def __init__(self, rng: random.Random, *, initial_seq: int, h_loss: float, h_dup: float,
-                 h_jitter: float, p_loss: float, p_dup: float, p_jitter: float) -> None:
+                 h_jitter: float, p_loss: float, p_dup: float, p_jitter: float,
+                 **end_kw) -> None:
         self.rng = rng
         self.h = (h_loss, h_dup, h_jitter)
         self.p = (p_loss, p_dup, p_jitter)
         self.station = HeraldStation([LINK], initial_seq=initial_seq)
-        a, b = pair_ends(initial_seq=initial_seq)
+        a, b = pair_ends(initial_seq=initial_seq, **end_kw)
         self.ends = {"alice": a, "bob": b}
         self.other = {"alice": "bob", "bob": "alice"}
         self.q: list = []
@@ -280,7 +287,12 @@ class Sim:
     def run(self, counts: list[int], chunk_period: float) -> None:
         t_station = 0.0
         for k, n in enumerate(counts):
-            for _ in range(n):
+            if n > 8:  # in bulk
+                t0 = int(t_station * 1e12) + self.n
+                first = self.station.successes(LINK, [self.rng.randrange(4) for _ in range(n)],
+                                               list(range(t0, t0 + n)))
+                self.emitted.update(seq_add(first, i) for i in range(n))
+            for _ in range(n if n <= 8 else 0):
                 self.emitted.add(self.station.success(LINK, self.rng.choice(
                     ("phi+", "phi-", "psi+", "psi-")), int(t_station * 1e12) + self.n))
             (h,) = self.station.flush(k)
@@ -308,7 +320,7 @@ class Sim:
 @settings(max_examples=120, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
        counts=st.lists(st.integers(0, 6), min_size=1, max_size=25),
-       initial_seq=st.sampled_from([0, 65520, 30000]),
+       initial_seq=st.sampled_from([0, SEQ_MOD - 20, SEQ_HALF - 10, 30000]),
        h_loss=st.floats(0, 0.5), h_dup=st.floats(0, 0.3), h_jitter=st.floats(0, 0.05),
        p_loss=st.floats(0, 0.6), p_dup=st.floats(0, 0.3), p_jitter=st.floats(0, 0.05))
 def test_both_ends_agree_over_a_lossy_reordering_duplicating_channel(
@@ -332,8 +344,33 @@ def test_both_ends_agree_over_a_lossy_reordering_duplicating_channel(
     assert all(alice.pair(s).bell_state == bob.pair(s).bell_state for s in seqs)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       counts=st.lists(st.integers(0, 400), min_size=1, max_size=12),
+       initial_seq=st.sampled_from([0, SEQ_MOD - 700]),
+       max_pair_age=st.sampled_from([50, 300, 5000]),
+       h_loss=st.floats(0, 0.5), h_dup=st.floats(0, 0.3), p_loss=st.floats(0, 0.6))
+def test_both_ends_agree_with_large_batches_and_a_small_window(
+        seed, counts, initial_seq, max_pair_age, h_loss, h_dup, p_loss):
+    """The same agreement with bulk batches of hundreds of pairs, a window that expires pairs
+    while batches are in flight, and a wrap-around of the sequence space."""
+    sim = Sim(random.Random(seed), initial_seq=initial_seq, h_loss=h_loss, h_dup=h_dup,
+              h_jitter=0.04, p_loss=p_loss, p_dup=0.1, p_jitter=0.04,
+              max_pair_age=max_pair_age)
+    sim.run(counts, chunk_period=0.02)
+    alice, bob = sim.ends["alice"], sim.ends["bob"]
+    assert alice.inventory() == bob.inventory()
+    assert alice.expected_seq == bob.expected_seq == sim.station.next_seq(LINK)
+    assert not alice.unacked_expires() and not bob.unacked_expires()
+    seqs = {s for _, s in alice.inventory()}
+    assert seqs <= sim.emitted and len(seqs) <= max_pair_age
+    assert sim.view["alice"] == sim.view["bob"] == seqs
+    assert all(alice.pair(s) == bob.pair(s) for s in seqs)
+    assert alice.stats()["pairs_held"] == bob.stats()["pairs_held"] == len(seqs)
+
+
 def test_reliable_channel_keeps_every_pair():
-    sim = Sim(random.Random(1), initial_seq=65530, h_loss=0, h_dup=0.2, h_jitter=0.0,
+    sim = Sim(random.Random(1), initial_seq=SEQ_MOD - 6, h_loss=0, h_dup=0.2, h_jitter=0.0,
               p_loss=0, p_dup=0, p_jitter=0)
     sim.run([3, 0, 5, 4], chunk_period=0.02)
     assert {s for _, s in sim.ends["alice"].inventory()} == sim.emitted
@@ -404,7 +441,8 @@ def test_station_snapshot_restores_counters():
     st_.success("bc", "psi-", 2)
     st_.success("bc", "psi-", 3)
     hs = st_.flush(0)
-    assert [(h.link, len(h.entries), h.next_seq) for h in hs] == [("ab", 1, 1), ("bc", 2, 2)]
+    assert [(h.link, h.count, len(h.entries), h.next_seq) for h in hs] == [
+        ("ab", 1, 1, 1), ("bc", 2, 2, 2)]
     st2 = HeraldStation.restore(json.loads(json.dumps(st_.snapshot())))
     assert st2.success("bc", "psi+", 4) == 2
     assert [h.next_seq for h in st2.flush(1)] == [1, 3]
@@ -454,7 +492,7 @@ def test_oks_fifo_priority_fidelity_and_non_consecutive():
     (a4,) = alice.request(Create("bob", 0.5, 0, 1, 1, priority=0), 0.0)
     assert alice.pending_creates() == [a1.create_id, a2.create_id, a3.create_id, a4.create_id]
     entries = tuple(HeraldEntry(s, "psi-", 100 * s) for s in range(3))
-    oks = of(alice.on_herald(Herald(LINK, 0, entries, 3), 0.1), Ok)
+    oks = of(alice.on_herald(Herald.from_entries(LINK, 0, entries, 3), 0.1), Ok)
     # Pair 0 → a1; pairs 1, 2 reserved for a3 and then OK'd together; a4 waits (FIFO).
     assert [(o.create_id, o.seq) for o in oks] == [(a1.create_id, 0), (a3.create_id, 1),
                                                    (a3.create_id, 2)]
@@ -462,18 +500,19 @@ def test_oks_fifo_priority_fidelity_and_non_consecutive():
     assert alice.pending_creates() == [a2.create_id, a4.create_id]
     # A pair already in memory is served at request time.
     (b,) = alice.request(Create("bob", 0.5, 0, 1, 1, priority=0), 0.2)
-    oks = of(alice.on_herald(Herald(LINK, 1, (HeraldEntry(3, "psi+", 5),), 4), 0.3), Ok)
+    oks = of(alice.on_herald(Herald.from_entries(LINK, 1, (HeraldEntry(3, "psi+", 5),), 4),
+                             0.3), Ok)
     assert [o.create_id for o in oks] == [a4.create_id]
 
 
 def test_non_consecutive_reservation_released_when_a_reserved_pair_expires():
     alice, _ = pair_ends()
     (a,) = alice.request(Create("bob", 0.5, 0, 1, 2, consecutive=False), 0.0)
-    alice.on_herald(Herald(LINK, 0, (HeraldEntry(0, "psi+", 1),), 1), 0.0)
+    alice.on_herald(Herald.from_entries(LINK, 0, (HeraldEntry(0, "psi+", 1),), 1), 0.0)
     alice.expire(0, 1, 0.1)
-    out = alice.on_herald(Herald(LINK, 1, (HeraldEntry(1, "psi+", 2),), 2), 0.2)
+    out = alice.on_herald(Herald.from_entries(LINK, 1, (HeraldEntry(1, "psi+", 2),), 2), 0.2)
     assert of(out, Ok) == []
-    out = alice.on_herald(Herald(LINK, 2, (HeraldEntry(2, "psi+", 3),), 3), 0.3)
+    out = alice.on_herald(Herald.from_entries(LINK, 2, (HeraldEntry(2, "psi+", 3),), 3), 0.3)
     assert [o.seq for o in of(out, Ok)] == [1, 2]
 
 
@@ -481,7 +520,7 @@ def test_measure_directly_ok_and_expire_of_delivered_pairs():
     alice = LinkEnd("alice", "bob", LINK, measure=lambda seq, cr: (seq % 2, "X"))
     (a,) = alice.request(Create("bob", 0.5, 0, 4, 2, tpe="M", random_basis="xz"), 0.0)
     entries = (HeraldEntry(0, "psi+", 1), HeraldEntry(1, "psi+", 2))
-    oks = of(alice.on_herald(Herald(LINK, 0, entries, 2), 0.0), Ok)
+    oks = of(alice.on_herald(Herald.from_entries(LINK, 0, entries, 2), 0.0), Ok)
     assert [(o.tpe, o.outcome, o.basis, o.goodness_time_ps) for o in oks] == [
         ("M", 0, "X", None), ("M", 1, "X", None)]
     errs = of(alice.on_expire(Expire(LINK, 0, 2, "bob"), 0.1), Err)
@@ -494,15 +533,15 @@ def test_measure_directly_ok_and_expire_of_delivered_pairs():
 ROUND_TRIP = [
     Create("bob", 0.75, 12.5, 3, 10, "M", 2, False, True, "chsh"),
     Ack(17),
-    Ok(3, LINK, 65535, "phi-", 0.91, 4, "bob", "K", 123_456_789_012_345),
+    Ok(3, LINK, TOP, "phi-", 0.91, 4, "bob", "K", 123_456_789_012_345),
     Ok(3, LINK, 7, "psi+", 0.9, 4, "bob", "M", None, 1, "ZR+"),
     Err(5, ErrCode.TIMEOUT),
-    Err(None, ErrCode.EXPIRE, LINK, 65530, 3, "alice"),
+    Err(None, ErrCode.EXPIRE, LINK, TOP - 5, 3, "alice"),
     Err(9, ErrCode.EXPIRE, LINK, 1, 2, "bob"),
-    Expire(LINK, 65535, 1, "alice"),
+    Expire(LINK, TOP, 1, "alice"),
     ExpireAck(LINK, 42, 40, 41),
-    Herald(LINK, 3, (HeraldEntry(65535, "psi+", 10), HeraldEntry(0, "psi-", 11)), 1),
-    Herald(LINK, 4, (), 1),
+    Herald.from_entries(LINK, 3, (HeraldEntry(TOP, "psi+", 10), HeraldEntry(0, "psi-", 11)), 1),
+    Herald.from_entries(LINK, 4, (), 1),
 ]
 
 
@@ -521,7 +560,8 @@ def test_err_code_names_and_draft_numbers():
 
 
 @pytest.mark.parametrize("cls, d, field", [
-    (Ok, {**ROUND_TRIP[2].to_dict(), "seq": 65536}, "Ok.seq"),
+    (Ok, {**ROUND_TRIP[2].to_dict(), "seq": SEQ_MOD}, "Ok.seq"),
+    (Ok, {**ROUND_TRIP[2].to_dict(), "seq": -1}, "Ok.seq"),
     (Ok, {**ROUND_TRIP[2].to_dict(), "bell_state": "phi"}, "Ok.bell_state"),
     (Ok, {**ROUND_TRIP[2].to_dict(), "goodness_time_ps": None}, "Ok.goodness_time_ps"),
     (Ok, {**ROUND_TRIP[3].to_dict(), "outcome": 2}, "Ok.outcome"),
@@ -540,12 +580,10 @@ def test_err_code_names_and_draft_numbers():
      "ExpireAck.expected_seq"),
     (Create, {**ROUND_TRIP[0].to_dict(), "min_fidelity": 1.5}, "Create.min_fidelity"),
     (Create, {**ROUND_TRIP[0].to_dict(), "number": 0}, "Create.number"),
-    (Herald, {"link": LINK, "chunk": 0, "entries": [[0, "psi+", 1], [2, "psi+", 2]],
-              "next_seq": 3}, r"Herald.entries\[1\].seq"),
-    (Herald, {"link": LINK, "chunk": 0, "entries": [[0, "psi+"]], "next_seq": 1},
-     r"Herald.entries\[0\]"),
-    (Herald, {"link": LINK, "chunk": 0, "entries": [[0, "psi+", 1]], "next_seq": 5},
-     "Herald.next_seq"),
+    (Herald, {**ROUND_TRIP[9].to_dict(), "next_seq": 5}, "Herald.next_seq"),
+    (Herald, {**ROUND_TRIP[9].to_dict(), "first_seq": SEQ_MOD}, "Herald.first_seq"),
+    (Herald, {k: v for k, v in ROUND_TRIP[9].to_dict().items() if k != "dt"}, "Herald.dt"),
+    (Herald, {**ROUND_TRIP[9].to_dict(), "entries": []}, "Herald.entries"),
 ])
 def test_malformed_dicts_are_rejected_naming_the_field(cls, d, field):
     with pytest.raises(ValueError, match=field):
@@ -556,4 +594,15 @@ def test_message_from_dict_rejects_unknown_type():
     with pytest.raises(ValueError, match="message.type"):
         message_from_dict({"type": "HELLO"})
     with pytest.raises(ValueError, match="Herald.link"):
-        LinkEnd("alice", "bob", LINK).on_herald(Herald("xy", 0, (), 0), 0.0)
+        LinkEnd("alice", "bob", LINK).on_herald(Herald.from_entries("xy", 0, (), 0), 0.0)
+
+
+@pytest.mark.parametrize("entries, next_seq, field", [
+    ((HeraldEntry(0, "psi+", 1), HeraldEntry(2, "psi+", 2)), None, r"Herald.entries\[1\].seq"),
+    (((0, "psi+", 1),), None, r"Herald.entries\[0\]"),
+    ((HeraldEntry(0, "psi+", 1),), 5, "Herald.next_seq"),
+    ((), None, "Herald.next_seq"),
+])
+def test_herald_from_entries_rejects_bad_entries_naming_the_field(entries, next_seq, field):
+    with pytest.raises(ValueError, match=field):
+        Herald.from_entries(LINK, 0, entries, next_seq)
