@@ -42,6 +42,7 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     capacity = 1000               # live pairs per link; the oldest are expired beyond (0: no limit)
     max_pair_age_s = 1.0          # cut-off: pairs older than this are expired (0: never)
     fidelity = 0.9                # fidelity estimate stamped on new pairs (no QDevice yet)
+    restart_policy = "resume"     # after a restart: keep the stored pairs, or "expire_all"
 
     [analyzer]                    # role analyzer (M-type links)
     tagger = "tagger"
@@ -169,11 +170,15 @@ class HeraldRoleConfig:
     hmac_key_file: Path | None = None
 
 
+RESTART_POLICIES = ("resume", "expire_all")
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
     capacity: int = 1000
     max_pair_age_s: float = 1.0
     fidelity: float = 0.9
+    restart_policy: str = "resume"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,10 +403,12 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
 
 
 def _memory(path: str, raw: object) -> MemoryConfig:
-    r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity"})
+    r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity",
+                                      "restart_policy"})
     return MemoryConfig(r.integer("capacity", 1000, 0, 10**7),
                         r.number("max_pair_age_s", 1.0, 0, 86400),
-                        r.number("fidelity", 0.9, 0, 1))
+                        r.number("fidelity", 0.9, 0, 1),
+                        r.string("restart_policy", "resume", choices=RESTART_POLICIES))
 
 
 def _analyzer(path: str, raw: object,

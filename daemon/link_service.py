@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qnode.link")
 
 TICK_S = 0.1
-LAZY_PERSIST_S = 1.0
+LAZY_PERSIST_S = 0.1
 
 
 class LinkService:

@@ -221,18 +221,36 @@ class Node:
         finally:
             await self._shutdown(sup, bus, bus_task, store, dedup)
 
-    async def _bring_up(self, sup: Supervisor, bus: NodeBus) -> None:
-        """READY=1 once every instrument is up (the roles' tasks already run)."""
-        waiter = asyncio.ensure_future(sup.wait_ready(self.ready_timeout_s))
+    async def _until_stopped(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
+        """(True, result) when ``aw`` finished first, (False, None) when stop() came first."""
+        waiter = asyncio.ensure_future(aw)
         stopper = asyncio.ensure_future(self._stop.wait())
-        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        if self._stop.is_set():
+        if not waiter.done():
+            waiter.cancel()
+            return False, None
+        return True, waiter.result()
+
+    async def _bring_up(self, sup: Supervisor, bus: NodeBus) -> None:
+        """READY=1 once every instrument is up and the broker has our subscriptions (a node
+        that cannot hear its heralds is not ready); the roles' tasks already run."""
+        self.notifier.status(f"{self.config.id}: bringing up {len(sup.instruments)} "
+                             f"instruments")
+        finished, ok = await self._until_stopped(sup.wait_ready(self.ready_timeout_s))
+        if not finished:
             return
-        if not waiter.result():
+        if not ok:
             down = [n for n, i in sup.instruments.items() if i.state is not InstrumentState.READY]
             raise RuntimeError(f"instruments not ready within {self.ready_timeout_s} s: {down}")
+        if not bus.connected:
+            self.notifier.status(f"{self.config.id}: waiting for the broker "
+                                 f"{self.config.broker.url}")
+            log.info("instruments up; waiting for the broker", extra={
+                "broker": self.config.broker.url})
+            finished, _ = await self._until_stopped(bus.wait_connected())
+            if not finished:
+                return
         self.state = "ready"
         self.notifier.ready(f"{self.config.id}: {len(sup.instruments)} instruments ready")
         bus.status("ready", roles=list(self.config.roles),

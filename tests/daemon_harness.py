@@ -18,12 +18,13 @@ from pathlib import Path
 
 
 def node_config(path: Path, *, node: str, roles: list[str], broker_port: int, state_dir: Path,
-                body: str = "", network: str = "t", telemetry_interval_s: float = 0.5) -> Path:
-    """Write a node config (no Prometheus endpoint) and return its path."""
+                body: str = "", network: str = "t", telemetry_interval_s: float = 0.5,
+                prometheus_port: int = 0) -> Path:
+    """Write a node config (``prometheus_port`` 0: no endpoint) and return its path."""
     path.write_text(
         f"[node]\nid = \"{node}\"\nnetwork = \"{network}\"\nroles = {json.dumps(roles)}\n"
         f"state_dir = \"{state_dir}\"\n\n[broker]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n"
-        f"keepalive_s = 5\n\n[metrics]\nprometheus_port = 0\n"
+        f"keepalive_s = 5\n\n[metrics]\nprometheus_port = {prometheus_port}\n"
         f"telemetry_interval_s = {telemetry_interval_s}\n\n{body}")
     return path
 

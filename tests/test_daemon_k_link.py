@@ -29,7 +29,8 @@ LINK = "alice-bob"
 KEY = b"k" * 32
 
 
-def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0) -> dict[str, Path]:
+def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0,
+             restart_policy: str = "resume", prometheus_port: int = 0) -> dict[str, Path]:
     key = tmp / "link.key"
     key.write_bytes(KEY)
     out = {}
@@ -37,10 +38,51 @@ def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0) -> dict[str, 
         out[node] = node_config(
             tmp / f"{node}.toml", node=node, roles=["memory"], broker_port=port,
             state_dir=tmp / "state" / node,
+            prometheus_port=prometheus_port if node == "alice" else 0,
             body=f"[memory]\ncapacity = 100000\nmax_pair_age_s = {max_pair_age_s}\n"
-                 f"fidelity = 0.9\n\n[[links]]\nid = \"{LINK}\"\npeer = \"{peer}\"\n"
+                 f"fidelity = 0.9\nrestart_policy = \"{restart_policy}\"\n\n"
+                 f"[[links]]\nid = \"{LINK}\"\npeer = \"{peer}\"\n"
                  f"type = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key}\"\n")
     return out
+
+
+class Station:
+    """The test as the herald station: numbered successes, one signed batch per chunk."""
+
+    def __init__(self, port: int):
+        self.station = HeraldStation([LINK])
+        self.bus = NodeBus(Topics("t", "station"), "127.0.0.1", port, keys={LINK: KEY})
+        self.t_ps = 1_000_000
+        self.chunk = 0
+
+    async def __aenter__(self) -> Station:
+        self.runner = asyncio.create_task(self.bus.run())
+        await self.bus.wait_connected(10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.bus.close()
+        await self.runner
+
+    def send(self, pairs: int = 50, *, lose: bool = False) -> None:
+        for _ in range(pairs):
+            self.t_ps += 1000
+            self.station.success(LINK, "psi+" if self.chunk % 2 else "psi-", self.t_ps)
+        for batch in self.station.flush(self.chunk):
+            if not lose:
+                self.bus.publish(self.bus.topics.herald(LINK), batch.TYPE, batch.to_dict(),
+                                 sign_with=LINK)
+        self.chunk += 1
+
+
+async def _settle(port: int, next_seq: int, timeout_s: float = 15.0) -> None:
+    """Until both ends report the station's counter and no unacknowledged EXPIRE."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        views = [(await _telemetry(port, n))["links"][LINK] for n in ("alice", "bob")]
+        if all(v["expected_seq"] == next_seq and v["expires_unacked"] == 0 for v in views):
+            return
+    raise AssertionError(f"the ends did not settle: {views}")
 
 
 def _inventory(state_dir: Path) -> tuple[int, list[tuple[str, int]]]:
@@ -170,3 +212,75 @@ def test_notify_protocol_ready_watchdog_and_stopping(tmp_path):
     stopping = notify.first("STOPPING=1")
     assert stopping is not None and stopping >= sent
     assert stopped - sent < 10.0                # a clean exit within seconds
+
+
+@pytest.mark.parametrize("policy", ["resume", "expire_all"])
+@pytest.mark.asyncio
+async def test_a_node_killed_and_restarted_resumes_and_its_peer_agrees(tmp_path, policy):
+    """SIGKILL (no goodbye, the last second of state maybe unsaved), heralds while it is away,
+    then a restart: "resume" keeps the pairs, "expire_all" drops them at both ends."""
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        cfg = _configs(tmp_path, broker.port, restart_policy=policy)
+        alice, bob = Daemon(cfg["alice"]).start(), Daemon(cfg["bob"]).start()
+        try:
+            await asyncio.to_thread(alice.wait_for_log, "node ready")
+            await asyncio.to_thread(bob.wait_for_log, "node ready")
+            async with Station(broker.port) as st:
+                for _ in range(20):
+                    st.send()
+                    await asyncio.sleep(0.02)
+                await st.bus.drain(10)
+                await asyncio.sleep(0.3)
+                bob.kill()
+                for _ in range(10):      # queued by the broker for bob's persistent session
+                    st.send()
+                await st.bus.drain(10)
+                bob = Daemon(cfg["bob"]).start()
+                await asyncio.to_thread(bob.wait_for_log, "node ready")
+                for _ in range(10):
+                    st.send()
+                    await asyncio.sleep(0.02)
+                for _ in range(3):
+                    st.send(0)           # heartbeats
+                await st.bus.drain(10)
+                await _settle(broker.port, st.station.next_seq(LINK))
+        finally:
+            codes = (alice.stop(), bob.stop())
+    assert codes == (0, 0)
+    assert "restored at seq" in bob.log()
+    seq_a, inv_a = _inventory(tmp_path / "state" / "alice")
+    seq_b, inv_b = _inventory(tmp_path / "state" / "bob")
+    assert seq_a == seq_b == 40 * 50
+    assert inv_a == inv_b
+    if policy == "resume":   # at most the last second before the kill was lost
+        assert len(inv_a) >= 40 * 50 - 21 * 50
+    else:                    # what bob held at restart is gone at both ends
+        assert len(inv_a) <= 20 * 50 and len(inv_a) >= 10 * 50
+
+
+@pytest.mark.asyncio
+async def test_the_prometheus_endpoint_of_a_running_daemon(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    from mosquitto import free_port
+
+    port = free_port()
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        cfg = _configs(tmp_path, broker.port, prometheus_port=port)
+        with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
+            await asyncio.to_thread(alice.wait_for_log, "node ready")
+            await asyncio.to_thread(bob.wait_for_log, "node ready")
+            async with Station(broker.port) as st:
+                for _ in range(5):
+                    st.send()
+                await st.bus.drain(10)
+                await _settle(broker.port, st.station.next_seq(LINK))
+            await _telemetry(broker.port, "alice")
+            import urllib.request
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read().decode())
+    samples = {(s.name, s.labels.get("link")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("qnode_link_heralds_total", LINK)] == 250
+    assert samples[("qnode_link_expected_sequence", LINK)] == 250
+    assert samples[("qnode_uptime_seconds", None)] > 0

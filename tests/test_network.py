@@ -8,6 +8,9 @@ daemons measured matches the simulator's truth.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 
 import aiomqtt
@@ -56,6 +59,14 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
         try:
             net.start()
             records = asyncio.run(_watch(broker.port, RUN_S))
+            status = subprocess.run(
+                [sys.executable, "-m", "qnode.daemon.cli", "status", "--broker",
+                 f"mqtt://127.0.0.1:{broker.port}", "--network", "demo", "--wait", "2",
+                 "--json"], capture_output=True, text=True, timeout=60)
+            table = subprocess.run(
+                [sys.executable, "-m", "qnode.daemon.cli", "status", "--broker",
+                 f"mqtt://127.0.0.1:{broker.port}", "--network", "demo", "--wait", "2"],
+                capture_output=True, text=True, timeout=60)
         finally:
             net.close(settle_s=2.0)
         truth = net.truth()
@@ -66,6 +77,11 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     assert set(records) == set(net.daemons), (set(net.daemons) - set(records), logs)
     assert all(r[-1]["state"] == "ready" for r in records.values())
     assert all(r[-1]["role_restarts_total"] == 0 for r in records.values()), logs
+    # `qnode status` sees the same network
+    assert status.returncode == 0, status.stderr
+    nodes = json.loads(status.stdout)["nodes"]
+    assert set(nodes) == set(net.daemons) and {v["state"] for v in nodes.values()} == {"ready"}
+    assert table.returncode == 0 and all(n in table.stdout for n in net.daemons)
 
     # 1. both ends of every link hold exactly the same pairs
     for link, (a, b) in LINKS.items():
