@@ -261,6 +261,7 @@ async def test_a_node_killed_and_restarted_resumes_and_its_peer_agrees(tmp_path,
 @pytest.mark.asyncio
 async def test_the_prometheus_endpoint_of_a_running_daemon(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
+
     from mosquitto import free_port
 
     port = free_port()
