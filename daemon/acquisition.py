@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -121,6 +121,22 @@ class AcquisitionStats:
     def processing_mtags_per_s(self) -> float:
         """Core throughput: records processed per second of processing time, in millions."""
         return self.tags_processed / self.processing_s / 1e6 if self.processing_s > 0 else 0.0
+
+
+class IngestMeter:
+    """The pipeline's share of a node's telemetry record: the ingest rate over the interval
+    (records per wall-clock second, the rate the node keeps up with, not the core's speed),
+    totals and drops."""
+
+    def __init__(self) -> None:
+        self._last_tags = 0
+
+    def fill(self, record: Any, stats: AcquisitionStats, interval_s: float) -> None:
+        record["ingest_mtags_s"] = (stats.tags_processed - self._last_tags) / interval_s / 1e6
+        self._last_tags = stats.tags_processed
+        record["tags_total"] = stats.tags_processed
+        record["dropped_chunks_total"] = stats.chunks_dropped
+        record["dropped_tags_total"] = stats.tags_dropped
 
 
 class _End:

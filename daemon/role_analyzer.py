@@ -37,7 +37,7 @@ from qnode.native.align import AlignmentError, find_offset_and_drift
 from qnode.native.tracking import DriftTracker
 
 from . import tagwire
-from .acquisition import AcquisitionPipeline
+from .acquisition import AcquisitionPipeline, IngestMeter
 from .estimators import car as car_estimate
 from .instruments import make_tagger
 from .link_service import LinkService
@@ -83,6 +83,7 @@ class AnalyzerRole:
             self.calibrations[cfg.waveplate] = lambda d: d.move_absolute_deg(cfg.angle_deg)
         self.health_checks: dict[str, Callable[[Any], None]] = {}
         self.pipeline: AcquisitionPipeline | None = None
+        self.ingest = IngestMeter()
         self.counting: CrossNodeCounter | None = None
         self.sent_tags = 0
         self._count_lock = asyncio.Lock()  # own chunks and peer messages both trigger counting
@@ -201,11 +202,7 @@ class AnalyzerRole:
         record["links"][self.link.id] = t
         p = self.pipeline
         if p is not None:
-            st = p.stats
-            record["ingest_mtags_s"] = st.processing_mtags_per_s
-            record["tags_total"] = st.tags_processed
-            record["dropped_chunks_total"] = st.chunks_dropped
-            record["dropped_tags_total"] = st.tags_dropped
+            self.ingest.fill(record, p.stats, interval_s)
 
 
 class CrossNodeCounter:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .acquisition import AcquisitionPipeline, ChunkEvents
+from .acquisition import AcquisitionPipeline, ChunkEvents, IngestMeter
 from .instruments import make_tagger
 from .linklayer import BELL_STATES, HeraldStation
 
@@ -76,6 +76,7 @@ class HeraldStationRole:
         self._last_counts: collections.Counter[str] = collections.Counter()
         self._last_singles: dict[int, int] = {}
         self._pipeline: AcquisitionPipeline | None = None
+        self.ingest = IngestMeter()
 
     @property
     def _key(self) -> str:
@@ -144,8 +145,4 @@ class HeraldStationRole:
         record["singles_hz"] = singles
         p = self._pipeline
         if p is not None:
-            st = p.stats
-            record["ingest_mtags_s"] = st.processing_mtags_per_s
-            record["tags_total"] = st.tags_processed
-            record["dropped_chunks_total"] = st.chunks_dropped
-            record["dropped_tags_total"] = st.tags_dropped
+            self.ingest.fill(record, p.stats, interval_s)

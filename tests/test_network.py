@@ -95,6 +95,9 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
         rates = [r["links"][link]["herald_rate_hz"] for r in records[station][2:]]
         expected = truth["links"][link]["herald_rate_hz"]
         assert abs(np.mean(rates) - expected) < 0.1 * expected, (link, np.mean(rates), expected)
+        last = records[station][-1]["links"][link]
+        plus, minus = last["psi_plus_total"], last["psi_minus_total"]
+        assert abs(plus - minus) < 4 * np.sqrt(plus + minus), (plus, minus)  # ½ each
 
     # 3. the M link: aligned, locked, and the visibility the source has
     m = records["analyzer-a"][-1]["links"]["m-ab"]
