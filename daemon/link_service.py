@@ -57,11 +57,14 @@ class LinkService:
     (0: no limit); ``max_pair_age_s``: pairs older than this (since their herald arrived) are
     expired (0: never); ``comm_delay_s``: the EXPIRE resend period is twice this.
     ``restart_policy``: what a restart does with the pairs it had (see ``LinkEnd.restore``).
+    ``max_fidelity``: the best fidelity the link can deliver; a CREATE asking for more is
+    refused at once with ERR UNSUPP (the EGP's fidelity-estimation rule).
     """
 
     def __init__(self, ctx: NodeContext, link_id: str, peer: str, link_type: str, *,
                  goodness: float, capacity: int = 0, max_pair_age_s: float = 0.0,
-                 comm_delay_s: float = 0.25, restart_policy: str = "resume"):
+                 comm_delay_s: float = 0.25, restart_policy: str = "resume",
+                 max_fidelity: float = 1.0):
         self.ctx, self.link, self.peer, self.type = ctx, link_id, peer, link_type
         self.capacity, self.max_pair_age_s = capacity, max_pair_age_s
         now = ctx.now()
@@ -76,7 +79,7 @@ class LinkService:
                                             "expected_seq": self.end.expected_seq})
         else:
             self.end = LinkEnd(ctx.node, peer, link_id, comm_delay=comm_delay_s,
-                               goodness=goodness)
+                               max_fidelity=max_fidelity, goodness=goodness)
         # the limits are checked at most every limit_check_s (≥ TICK_S): fewer, larger EXPIREs
         self.limit_check_s = max(TICK_S, max_pair_age_s / 4 if max_pair_age_s > 0 else 0.5)
         self._next_limit_check = 0.0

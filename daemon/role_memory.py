@@ -32,7 +32,8 @@ class MemoryRole:
             self.router.add(LinkService(ctx, link.id, link.peer, "K", goodness=mem.fidelity,
                                         capacity=mem.capacity,
                                         max_pair_age_s=mem.max_pair_age_s,
-                                        restart_policy=mem.restart_policy))
+                                        restart_policy=mem.restart_policy,
+                                        max_fidelity=mem.fidelity))
             for link in ctx.config.links if link.type == "K"]
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:

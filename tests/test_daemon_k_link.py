@@ -285,3 +285,51 @@ async def test_the_prometheus_endpoint_of_a_running_daemon(tmp_path):
     assert samples[("qnode_link_heralds_total", LINK)] == 250
     assert samples[("qnode_link_expected_sequence", LINK)] == 250
     assert samples[("qnode_uptime_seconds", None)] > 0
+
+
+@pytest.mark.asyncio
+async def test_create_requests_on_cmd_are_answered_on_reply(tmp_path):
+    """A program asks alice for pairs with bob: ACK, then one OK per pair from the inventory
+    (oldest first); an unreachable fidelity is ERR UNSUPP; a malformed request is refused."""
+    from qnode.daemon.linklayer import Create
+
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        cfg = _configs(tmp_path, broker.port)
+        with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
+            await asyncio.to_thread(alice.wait_for_log, "node ready")
+            await asyncio.to_thread(bob.wait_for_log, "node ready")
+            async with Station(broker.port) as st:
+                st.send(20)
+                await st.bus.drain(10)
+                await _settle(broker.port, 20)
+            app = NodeBus(Topics("t", "app"), "127.0.0.1", broker.port)
+            replies: asyncio.Queue = asyncio.Queue()
+
+            async def on_reply(topic, msg) -> None:
+                await replies.put(msg)
+
+            app.on("reply", on_reply)
+            app.subscribe("qnet/v1/t/alice/reply/app")
+            runner = asyncio.create_task(app.run())
+            try:
+                await app.wait_connected(10)
+                cmd = "qnet/v1/t/alice/cmd"
+                app.publish(cmd, "CREATE", Create("bob", 0.85, 0, 7, 3).to_dict())
+                app.publish(cmd, "CREATE", Create("bob", 0.99, 0, 7, 1).to_dict())
+                app.publish(cmd, "CREATE", {"remote_node": "bob", "number": "three"})
+                got = [await asyncio.wait_for(replies.get(), 10) for _ in range(5)]
+            finally:
+                await app.close()
+                await runner
+            for _ in range(20):      # the retained record first, then fresh ones
+                tel = await _telemetry(broker.port, "alice")
+                if tel["links"][LINK]["pairs_delivered_total"] == 3:
+                    break
+    kinds = [m.type for m in got]
+    assert kinds == ["ACK", "OK", "OK", "OK", "ERR"], kinds
+    oks = [m.body for m in got if m.type == "OK"]
+    assert [o["seq"] for o in oks] == [0, 1, 2] and {o["link"] for o in oks} == {LINK}
+    assert all(o["goodness"] == 0.9 and o["remote_node"] == "bob" for o in oks)
+    assert got[-1].body["code"] == "UNSUPP"
+    assert tel["links"][LINK]["pairs_delivered_total"] == 3
+    assert "CREATE" in alice.log() and "rejected" in alice.log()  # the malformed one
