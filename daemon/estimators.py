@@ -7,12 +7,20 @@ times are ps unless a name says otherwise. Every function returns an :class:`Est
 sigma) with first-order (delta-method) error propagation, treating each count as Poisson
 (σ_N = √N) unless stated. Nothing here subtracts accidentals behind your back: the functions that
 use A say so.
+
+Entanglement and key figures (``reference/qnet_anchors.md`` §6, §7; DESIGN §4): QBER per basis
+with Wilson / Clopper–Pearson intervals (:func:`basis_qber`), fidelity and the Bell-diagonal
+weights λ from QBERs, CHSH S from four settings and the Horodecki S_max, BBM92 key fractions and
+rates, dense-coding capacity and hashing yield of an estimated λ. Bell states are named "phi+",
+"phi-", "psi+", "psi-"; Pauli bases "X", "Y", "Z" with the '+' outcome the +1 eigenvector of
+σ_x, σ_y, σ_z on both sides (Z+ = H, X+ = D, Y+ = R, as in :mod:`qnode.hal_sim.polarisation`).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from statistics import NormalDist
+from typing import NamedTuple, Protocol
 
 
 class Estimate(NamedTuple):
@@ -24,6 +32,13 @@ class Estimate(NamedTuple):
     def within(self, expected: float, n_sigma: float = 3.0) -> bool:
         """True when |value − expected| ≤ n_sigma·sigma."""
         return abs(self.value - expected) <= n_sigma * self.sigma
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Two-sided normal (delta-method) interval value ∓ z·sigma, z = Φ⁻¹((1 + level)/2)
+        (1.95996 at 0.95). Adequate when the estimate is far from any physical boundary; for
+        proportions near 0 or 1 use :meth:`Qber.interval`."""
+        z = _z(level)
+        return (self.value - z * self.sigma, self.value + z * self.sigma)
 
 
 def _nan() -> Estimate:
@@ -153,3 +168,552 @@ def chsh(e_ab: Estimate, e_ab2: Estimate, e_a2b: Estimate, e_a2b2: Estimate) -> 
     (≤ 2 for local models, 2√2 at the quantum maximum, 2√2·V for a Werner state)."""
     s = e_ab.value - e_ab2.value + e_a2b.value + e_a2b2.value
     return Estimate(abs(s), math.sqrt(sum(x.sigma**2 for x in (e_ab, e_ab2, e_a2b, e_a2b2))))
+
+
+# ==================================================================== QBER, fidelity, key, capacity
+
+BELL_STATES: tuple[str, ...] = ("phi+", "phi-", "psi+", "psi-")
+"""Order of the Bell-diagonal weights λ in arrays (same names as ``hal_sim.BellDiagonalState``)."""
+
+BASES: tuple[str, ...] = ("X", "Y", "Z")
+
+# ⟨B|σ_b⊗σ_b|B⟩ for b = X, Y, Z: the sign of the correlation E_bb of each Bell state (the diagonal
+# of its correlation matrix; Φ+ = diag(1, −1, 1), Ψ− = −I).
+BELL_SIGNS: dict[str, tuple[int, int, int]] = {
+    "phi+": (1, -1, 1),
+    "phi-": (-1, 1, 1),
+    "psi+": (1, 1, -1),
+    "psi-": (-1, -1, -1),
+}
+
+DEFAULT_EC_INEFFICIENCY = 1.16
+"""Error-correction inefficiency f (leaked bits / h(Q)) of :func:`secret_fraction`. Anchors §6
+quote f ≈ 1.1–1.2 for practical codes; 1.16 is the value commonly assumed for Cascade / LDPC
+reconciliation at QBERs of a few per cent. f = 1 is the Shannon limit."""
+
+
+class _HasEstimate(Protocol):
+    value: float
+    sigma: float
+
+
+QLike = _HasEstimate | float
+"""A QBER given as an :class:`Estimate`, a :class:`Qber` or a bare float (then sigma = 0)."""
+
+
+def _z(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
+def _vs(name: str, x: QLike) -> tuple[float, float]:
+    """(value, sigma) of an Estimate-like or a float (sigma 0)."""
+    if hasattr(x, "value") and hasattr(x, "sigma"):
+        val, sig = float(x.value), float(x.sigma)
+    else:
+        try:
+            val, sig = float(x), 0.0  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number or an Estimate, got {x!r}") from None
+    if not math.isfinite(val) or not (sig >= 0.0):
+        raise ValueError(f"{name} must be finite with sigma >= 0, got {x!r}")
+    return val, sig
+
+
+def _qber_value(name: str, x: QLike) -> tuple[float, float]:
+    q, s = _vs(name, x)
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"{name} must be a QBER in [0, 1], got {q!r}")
+    return q, s
+
+
+def _bell(name: str) -> str:
+    if name not in BELL_SIGNS:
+        raise ValueError(f"source_state must be one of {list(BELL_STATES)}, got {name!r}")
+    return name
+
+
+def _basis_index(basis: str) -> int:
+    try:
+        return BASES.index(basis.upper())
+    except (AttributeError, ValueError):
+        raise ValueError(f"basis must be one of {list(BASES)}, got {basis!r}") from None
+
+
+# ---------------------------------------------------------------------- binomial intervals
+
+def wilson_interval(errors: float, total: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (Wilson, JASA 22, 209 (1927)).
+
+    centre = (k + z²/2)/(n + z²), half-width = z/(n + z²)·√(k(n − k)/n + z²/4),
+    z = Φ⁻¹((1 + level)/2). Its coverage is close to ``level`` on average (Brown, Cai, DasGupta,
+    Stat. Sci. 16, 101 (2001)), it stays inside [0, 1] and is not degenerate at k = 0, unlike the
+    Wald interval Q ∓ z·√(Q(1 − Q)/n). n = 0 gives (0, 1).
+    """
+    k, n = _count("errors", errors), _count("total", total)
+    if k > n:
+        raise ValueError(f"errors ({k}) must not exceed total ({n})")
+    z = _z(level)
+    if n == 0:
+        return (0.0, 1.0)
+    z2 = z * z
+    centre = (k + z2 / 2.0) / (n + z2)
+    half = z / (n + z2) * math.sqrt(k * (n - k) / n + z2 / 4.0)
+    return (max(centre - half, 0.0), min(centre + half, 1.0))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes
+    §6.4); converges in O(√max(a, b)) terms for x < (a + 1)/(a + b + 2)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            return h
+    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b})")
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) for a, b > 0, 0 ≤ x ≤ 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                + a * math.log(x) + b * math.log1p(-x))
+    front = math.exp(ln_front)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def _beta_quantile(p: float, a: float, b: float) -> float:
+    """x with I_x(a, b) = p, by bisection (I_x is increasing in x) to 1e-15 absolute."""
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _betainc(a, b, mid) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return 0.5 * (lo + hi)
+
+
+def clopper_pearson_interval(errors: float, total: float,
+                             level: float = 0.95) -> tuple[float, float]:
+    """Clopper–Pearson ("exact") interval for a binomial proportion (Biometrika 26, 404 (1934)).
+
+    With α = 1 − level: lower = Beta⁻¹(α/2; k, n − k + 1) (0 when k = 0), upper =
+    Beta⁻¹(1 − α/2; k + 1, n − k) (1 when k = n), i.e. the p at which P(X ≥ k | p) and
+    P(X ≤ k | p) equal α/2. Its coverage is ≥ ``level`` for every true p (conservative): use it
+    when a guaranteed bound is needed (a QBER upper bound entering a key-rate or fidelity claim)
+    or for small counts. ``errors`` and ``total`` must be whole counts.
+    """
+    k, n = _count("errors", errors), _count("total", total)
+    if k > n or k != int(k) or n != int(n):
+        raise ValueError(f"errors and total must be whole counts with errors <= total, "
+                         f"got {errors!r}, {total!r}")
+    alpha = 1.0 - level
+    _z(level)  # validates level
+    if n == 0:
+        return (0.0, 1.0)
+    lo = 0.0 if k == 0 else _beta_quantile(alpha / 2.0, k, n - k + 1.0)
+    hi = 1.0 if k == n else _beta_quantile(1.0 - alpha / 2.0, k + 1.0, n - k)
+    return (lo, hi)
+
+
+class Qber(NamedTuple):
+    """A QBER estimate Q = errors/total with its binomial standard error σ = √(Q(1 − Q)/N).
+
+    Given the total N, the number of errors is binomial (Poisson counts split into channels), so
+    the binomial σ is the right one. Use :meth:`interval` for confidence intervals: σ alone
+    (Wald) undercovers near Q = 0 and is zero at errors = 0.
+    """
+
+    value: float
+    sigma: float
+    errors: float
+    total: float
+
+    def within(self, expected: float, n_sigma: float = 3.0) -> bool:
+        """True when |value − expected| ≤ n_sigma·sigma."""
+        return abs(self.value - expected) <= n_sigma * self.sigma
+
+    @property
+    def estimate(self) -> Estimate:
+        return Estimate(self.value, self.sigma)
+
+    def interval(self, level: float = 0.95, method: str = "wilson") -> tuple[float, float]:
+        """Two-sided confidence interval of the true QBER at ``level``.
+
+        ``method="wilson"`` (default): :func:`wilson_interval`, coverage ≈ level, the one to
+        report. ``method="clopper-pearson"``: :func:`clopper_pearson_interval`, coverage ≥ level,
+        the one to use for guaranteed (security or SLA) bounds.
+        """
+        if method == "wilson":
+            return wilson_interval(self.errors, self.total, level)
+        if method in ("clopper-pearson", "exact"):
+            return clopper_pearson_interval(self.errors, self.total, level)
+        raise ValueError(f"method must be 'wilson' or 'clopper-pearson', got {method!r}")
+
+
+def basis_qber(n_pp: float, n_mm: float, n_pm: float, n_mp: float, *, basis: str = "Z",
+               source_state: str = "phi+") -> Qber:
+    """QBER of one basis from its four coincidence counts (N++, N−−, N+−, N−+), as
+    :func:`correlation` orders them (Z: + = H, − = V; X: D, A; Y: R, L).
+
+    The errors are the outcomes the ideal ``source_state`` never gives in that basis (anchors §6):
+    the anti-correlated channels N+− + N−+ where its correlation E_bb = +1 (Φ+ in Z and X), the
+    correlated channels N++ + N−− where E_bb = −1 (Ψ− in every basis, and Φ+ in Y since
+    ⟨Φ+|σ_y⊗σ_y|Φ+⟩ = −1). For a Bell-diagonal state Q_b = (1 − s_b·E_bb)/2 with s_b that sign.
+    Counts are raw: accidentals stay in (they are errors of the key too, half of them on average).
+    """
+    same = _count("n_pp", n_pp) + _count("n_mm", n_mm)
+    diff = _count("n_pm", n_pm) + _count("n_mp", n_mp)
+    sign = BELL_SIGNS[_bell(source_state)][_basis_index(basis)]
+    err = diff if sign > 0 else same
+    total = same + diff
+    if total == 0:
+        return Qber(math.nan, math.nan, 0.0, 0.0)
+    q = err / total
+    return Qber(q, math.sqrt(q * (1.0 - q) / total), err, total)
+
+
+def visibility_from_qber(q: QLike) -> Estimate:
+    """Visibility of one basis, V_b = 1 − 2·Q_b (anchors §6), σ_V = 2σ_Q."""
+    val, sig = _qber_value("q", q)
+    return Estimate(1.0 - 2.0 * val, 2.0 * sig)
+
+
+# ---------------------------------------------------------------------- fidelity and λ
+
+def fidelity_from_qber(*, q_x: QLike, q_y: QLike, q_z: QLike) -> Estimate:
+    """Fidelity to the target Bell state, F = 1 − (Q_X + Q_Y + Q_Z)/2 (anchors §6, derived).
+
+    Exact for any two-qubit state, not only Bell-diagonal ones: |Φ+⟩⟨Φ+| = (I⊗I + X⊗X − Y⊗Y +
+    Z⊗Z)/4, so with T_bb = s_b(1 − 2Q_b) the measured correlations F = (1 + Σ_b s_b·T_bb)/4
+    (likewise for the other targets). For Werner (all Q equal) F = 1 − 3Q/2. The three bases are
+    disjoint sets of counts, so σ_F = ½·√(σ_X² + σ_Y² + σ_Z²).
+    """
+    vals = [_qber_value(n, x) for n, x in (("q_x", q_x), ("q_y", q_y), ("q_z", q_z))]
+    return Estimate(1.0 - sum(v for v, _ in vals) / 2.0,
+                    0.5 * math.sqrt(sum(s * s for _, s in vals)))
+
+
+def fidelity_lower_bound(*, q_z: QLike, q_x: QLike) -> Estimate:
+    """Two-basis lower bound on the Bell-state fidelity, F ≥ 1 − Q_Z − Q_X (anchors §6).
+
+    From F = 1 − (Q_X + Q_Y + Q_Z)/2: F − (1 − Q_Z − Q_X) = (Q_Z + Q_X − Q_Y)/2 = the weight of
+    the Bell state that differs from the target by both a bit and a phase flip (λΨ− for a Φ+
+    target) ≥ 0; equality when that weight is 0. σ = √(σ_Z² + σ_X²).
+    """
+    (z, sz), (x, sx) = _qber_value("q_z", q_z), _qber_value("q_x", q_x)
+    return Estimate(1.0 - z - x, math.hypot(sz, sx))
+
+
+def _project_simplex(u: Sequence[float]) -> list[float]:
+    """Euclidean projection onto the probability simplex (Wang & Carreira-Perpiñán,
+    arXiv:1309.1541): w_i = max(u_i − θ, 0) with θ chosen so that Σw = 1."""
+    s = sorted(u, reverse=True)
+    cum, theta = 0.0, 0.0
+    for j, x in enumerate(s, start=1):
+        cum += x
+        t = (cum - 1.0) / j
+        if x - t > 0:
+            theta = t
+    return [max(x - theta, 0.0) for x in u]
+
+
+class BellDiagonalEstimate(NamedTuple):
+    """Bell-diagonal weights λ estimated from three QBERs.
+
+    * ``weights``: λ per Bell state (:data:`BELL_STATES`), a valid distribution (clipped).
+    * ``raw``: the linear-inversion values (sum to 1, may be negative from statistical noise or a
+      non-Bell-diagonal state).
+    * ``sigma``: per state, the standard error of the raw value (first order).
+    * ``covariance``: 4×4 covariance of the raw λ in :data:`BELL_STATES` order (rows sum to 0).
+    * ``clipped``: True when a raw weight was < 0 and ``weights`` is the Euclidean projection of
+      ``raw`` onto the simplex.
+    * ``source_state``: the target Bell state the QBERs were measured against.
+    """
+
+    weights: dict[str, float]
+    raw: dict[str, float]
+    sigma: dict[str, float]
+    covariance: tuple[tuple[float, ...], ...]
+    clipped: bool
+    source_state: str
+
+    def fidelity(self, state: str | None = None) -> Estimate:
+        """λ of ``state`` (default the target) with its σ; the value is the clipped weight."""
+        name = _bell(state or self.source_state)
+        return Estimate(self.weights[name], self.sigma[name])
+
+
+def bell_diagonal_from_qber(*, q_x: QLike, q_y: QLike, q_z: QLike,
+                            source_state: str = "phi+") -> BellDiagonalEstimate:
+    """Bell-diagonal weights from the QBERs of the three Pauli bases.
+
+    Relative to Φ+ (anchors §6): Q_Z = λΨ+ + λΨ−, Q_X = λΦ− + λΨ−, Q_Y = λΦ− + λΨ+, so
+    λΦ+ = 1 − (Q_X + Q_Y + Q_Z)/2, λΦ− = (Q_X + Q_Y − Q_Z)/2, λΨ+ = (Q_Y + Q_Z − Q_X)/2,
+    λΨ− = (Q_Z + Q_X − Q_Y)/2. In general, with T_bb = s_b^target·(1 − 2Q_b),
+    λ_k = (1 + Σ_b s_b^k·T_bb)/4 (s^k the signs of :data:`BELL_SIGNS`), which reduces to the
+    above for Φ+ and covers the other targets. Every λ_k has σ = ½·√(σ_X² + σ_Y² + σ_Z²);
+    ``covariance`` = J·diag(σ²)·Jᵀ with J_kb = −s_b^k·s_b^target/2.
+
+    The λ_k are the diagonal of ρ in the Bell basis (the weights of the twirled state) for any
+    state, so a negative raw λ comes from counting noise (or misaligned bases); then ``weights``
+    is the nearest valid distribution in the Euclidean sense (the λ have equal variances, so this
+    is the least-squares fit) and ``clipped`` is True.
+    """
+    target = _bell(source_state)
+    qs = [_qber_value(n, x) for n, x in (("q_x", q_x), ("q_y", q_y), ("q_z", q_z))]
+    st = BELL_SIGNS[target]
+    t = [st[b] * (1.0 - 2.0 * qs[b][0]) for b in range(3)]
+    var = [s * s for _, s in qs]
+    raw = [(1.0 + sum(BELL_SIGNS[k][b] * t[b] for b in range(3))) / 4.0 for k in BELL_STATES]
+    jac = [[-BELL_SIGNS[k][b] * st[b] / 2.0 for b in range(3)] for k in BELL_STATES]
+    cov = tuple(tuple(sum(jac[i][b] * jac[j][b] * var[b] for b in range(3)) for j in range(4))
+                for i in range(4))
+    clipped = any(x < 0.0 for x in raw)
+    weights = _project_simplex(raw) if clipped else list(raw)
+    return BellDiagonalEstimate(
+        weights=dict(zip(BELL_STATES, weights, strict=True)),
+        raw=dict(zip(BELL_STATES, raw, strict=True)),
+        sigma={k: math.sqrt(cov[i][i]) for i, k in enumerate(BELL_STATES)},
+        covariance=cov, clipped=clipped, source_state=target)
+
+
+def werner_weights(fidelity: float, source_state: str = "phi+") -> dict[str, float]:
+    """Bell-diagonal weights of a Werner state of fidelity F to ``source_state``:
+    λ = F for the target, (1 − F)/3 for each other Bell state (visibility V = (4F − 1)/3)."""
+    f = float(fidelity)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"fidelity must be in [0, 1], got {fidelity!r}")
+    target = _bell(source_state)
+    return {k: (f if k == target else (1.0 - f) / 3.0) for k in BELL_STATES}
+
+
+# ---------------------------------------------------------------------- CHSH
+
+def chsh_from_counts(settings: Sequence[object],
+                     accidentals: Sequence[object] | None = None) -> Estimate:
+    """CHSH S = |E(a,b) − E(a,b′) + E(a′,b) + E(a′,b′)| from the four settings.
+
+    ``settings``: four correlation Estimates, or the coincidence counts as 4 rows (or 16 numbers)
+    of (N++, N−−, N+−, N−+) in the setting order (a,b), (a,b′), (a′,b), (a′,b′). Each E comes from
+    :func:`correlation` (σ_E² = (1 − E²)/N without accidentals; ``accidentals`` in the same shape
+    are subtracted there); the four settings are disjoint counts, so σ_S = √Σσ_E²
+    (Clauser, Horne, Shimony, Holt, PRL 23, 880 (1969)). For a Werner state at the optimal angles
+    S = 2√2·V.
+    """
+    items = list(settings)
+    if len(items) == 4 and all(hasattr(x, "value") and hasattr(x, "sigma") for x in items):
+        if accidentals is not None:
+            raise ValueError("accidentals apply to counts, not to correlation Estimates")
+        return chsh(*items)  # type: ignore[arg-type]
+
+    def rows(name: str, data: Sequence[object]) -> list[list[float]]:
+        flat: list[float] = []
+        for x in data:
+            if isinstance(x, (list, tuple)) or hasattr(x, "__len__"):
+                flat.extend(float(y) for y in x)  # type: ignore[union-attr]
+            else:
+                flat.append(float(x))  # type: ignore[arg-type]
+        if len(flat) != 16:
+            raise ValueError(f"{name} must be 4 correlation Estimates or 16 counts "
+                             f"(4 settings × N++, N--, N+-, N-+), got {len(flat)} numbers")
+        return [flat[4 * i: 4 * i + 4] for i in range(4)]
+
+    n = rows("settings", items)
+    acc = rows("accidentals", list(accidentals)) if accidentals is not None else [None] * 4
+    e = [correlation(*n[i], accidentals=acc[i]) for i in range(4)]
+    return chsh(*e)
+
+
+def chsh_max_from_qber(*, q_x: QLike, q_z: QLike, q_y: QLike | None = None) -> Estimate:
+    """Maximal CHSH value of the state, S_max = 2·√(t₁² + t₂²) (Horodecki, Horodecki, Horodecki,
+    Phys. Lett. A 200, 340 (1995)), t₁ ≥ t₂ the two largest singular values of the correlation
+    matrix T. For a Bell-diagonal state T is diagonal with |T_bb| = |1 − 2Q_b| (anchors §6).
+
+    With only Q_Z and Q_X, those two are used (a lower bound on S_max if Y were larger). σ from
+    σ_t = 2σ_Q: σ_S = 2·√(t₁²σ₁² + t₂²σ₂²)/√(t₁² + t₂²). Werner: S_max = 2√2·V, V = 1 − 2Q.
+    """
+    given = [("q_x", q_x), ("q_z", q_z)] + ([("q_y", q_y)] if q_y is not None else [])
+    ts = sorted(((abs(1.0 - 2.0 * q), 2.0 * s) for q, s in
+                 (_qber_value(n, x) for n, x in given)), reverse=True)[:2]
+    (t1, s1), (t2, s2) = ts
+    norm = math.hypot(t1, t2)
+    if norm == 0.0:
+        return Estimate(0.0, 2.0 * math.hypot(s1, s2))
+    return Estimate(2.0 * norm, 2.0 * math.hypot(t1 * s1, t2 * s2) / norm)
+
+
+# ---------------------------------------------------------------------- BBM92 key
+
+def binary_entropy(p: float) -> float:
+    """Binary entropy h(p) = −p·log2 p − (1 − p)·log2(1 − p) (bits), h(0) = h(1) = 0."""
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    if p in (0.0, 1.0):
+        return 0.0
+    return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
+
+
+def _dh(p: float, sigma: float) -> float:
+    """h′(p)·σ = log2((1 − p)/p)·σ, 0 when σ = 0 (h′ diverges at p = 0, 1)."""
+    if sigma == 0.0:
+        return 0.0
+    if p <= 0.0 or p >= 1.0:
+        return math.inf
+    return math.log2((1.0 - p) / p) * sigma
+
+
+def sifted_key_rate(coincidences: float, duration_s: float, sifting: float = 0.5) -> Estimate:
+    """Sifted key rate R_sift = q·C/T (bits/s) from C coincidences (all bases) in T seconds.
+
+    q is the sifting factor: ½ for BBM92 with passive, balanced basis choice (anchors §6), 1 if C
+    already counts only matching-basis coincidences. Poisson: σ = q·√C/T.
+    """
+    c = _count("coincidences", coincidences)
+    if not duration_s > 0 or not 0.0 < sifting <= 1.0:
+        raise ValueError(f"duration_s must be > 0 and sifting in (0, 1], got {duration_s!r}, "
+                         f"{sifting!r}")
+    return Estimate(sifting * c / duration_s, sifting * math.sqrt(c) / duration_s)
+
+
+def secret_fraction(q_z: QLike, q_x: QLike, *, f: float = DEFAULT_EC_INEFFICIENCY) -> Estimate:
+    """Asymptotic BBM92 secret fraction r = 1 − f·h(Q_Z) − h(Q_X) (bits per sifted bit).
+
+    Key from the Z basis, Q_X bounds the phase error (Shor & Preskill, PRL 85, 441 (2000);
+    entanglement-based: Ma, Fung, Lo, PRA 76, 012307 (2007); anchors §6). f is the
+    error-correction inefficiency (:data:`DEFAULT_EC_INEFFICIENCY` = 1.16). The value is not
+    clipped: r ≤ 0 means no key. σ_r² = (f·h′(Q_Z)σ_Z)² + (h′(Q_X)σ_X)², h′(p) = log2((1−p)/p).
+    Symmetric case f = 1, Q_Z = Q_X = Q: r = 1 − 2h(Q), zero at Q = 11.00 %
+    (:func:`symmetric_qber_threshold`).
+    """
+    (z, sz), (x, sx) = _qber_value("q_z", q_z), _qber_value("q_x", q_x)
+    if not f >= 1.0:
+        raise ValueError(f"f must be >= 1 (Shannon limit), got {f!r}")
+    r = 1.0 - f * binary_entropy(z) - binary_entropy(x)
+    return Estimate(r, math.hypot(f * _dh(z, sz), _dh(x, sx)))
+
+
+def secret_key_rate(coincidences: float, duration_s: float, q_z: QLike, q_x: QLike, *,
+                    sifting: float = 0.5, f: float = DEFAULT_EC_INEFFICIENCY) -> Estimate:
+    """Asymptotic BBM92 secret key rate R = q·(C/T)·[1 − f·h(Q_Z) − h(Q_X)] (bits/s; anchors §6).
+
+    C counts all coincidences in T seconds (see :func:`sifted_key_rate` for q). The QBERs are
+    ratios within the counts, independent of the Poisson total, so
+    σ_R² = (q·r/T)²·C + (q·C/T)²·σ_r². Not clipped: a negative value means no key (display
+    max(R, 0)); keeping the sign keeps the estimate unbiased.
+    """
+    rs = sifted_key_rate(coincidences, duration_s, sifting)
+    r = secret_fraction(q_z, q_x, f=f)
+    return Estimate(rs.value * r.value, math.hypot(r.value * rs.sigma, rs.value * r.sigma))
+
+
+def symmetric_qber_threshold(f: float = 1.0) -> float:
+    """The QBER Q* at which 1 − (1 + f)·h(Q) = 0 with Q_Z = Q_X (bisection on [0, ½] to 1e-15).
+
+    f = 1: Q* = 0.110028 (the BB84/BBM92 Shor–Preskill threshold, anchors §6: 11.0 %);
+    f = 1.16 (default EC): Q* = 0.0981.
+    """
+    if not f >= 1.0:
+        raise ValueError(f"f must be >= 1, got {f!r}")
+    lo, hi = 0.0, 0.5
+    while hi - lo > 1e-15:
+        mid = 0.5 * (lo + hi)
+        if 1.0 - (1.0 + f) * binary_entropy(mid) > 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------- link capacity
+
+def _weights(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[float]
+             ) -> tuple[list[float], tuple[tuple[float, ...], ...] | None]:
+    if isinstance(lam, BellDiagonalEstimate):
+        return [lam.weights[k] for k in BELL_STATES], lam.covariance
+    if isinstance(lam, Mapping):
+        unknown = set(lam) - set(BELL_STATES)
+        if unknown:
+            raise ValueError(f"unknown Bell states {sorted(unknown)}; use {list(BELL_STATES)}")
+        w = [float(lam.get(k, 0.0)) for k in BELL_STATES]
+    else:
+        w = [float(x) for x in lam]
+        if len(w) != 4:
+            raise ValueError(f"λ must have 4 weights {list(BELL_STATES)}, got {len(w)}")
+    if any(not math.isfinite(x) or x < 0 for x in w) or not math.isclose(sum(w), 1.0,
+                                                                        abs_tol=1e-9):
+        raise ValueError(f"λ must be a probability distribution, got {w}")
+    return w, None
+
+
+def _entropy_estimate(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[float]
+                      ) -> Estimate:
+    """Shannon entropy H(λ) (bits) with σ² = gᵀ·Cov·g, g_k = −log2 λ_k (the −1/ln2 part of ∂H
+    cancels because Σλ = 1). Weights at 0 (clipped) are held fixed: the delta method is not
+    reliable there."""
+    w, cov = _weights(lam)
+    h = -sum(x * math.log2(x) for x in w if x > 0.0)
+    if cov is None:
+        return Estimate(h, 0.0)
+    g = [-math.log2(x) if x > 0.0 else 0.0 for x in w]
+    var = sum(g[i] * cov[i][j] * g[j] for i in range(4) for j in range(4))
+    return Estimate(h, math.sqrt(max(var, 0.0)))
+
+
+def hashing_yield(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[float]) -> Estimate:
+    """Hashing yield D_H = 1 − H(λ) (ebits per pair; Bennett, DiVincenzo, Smolin, Wootters, PRA
+    54, 3824 (1996); anchors §4.4), the coherent information 1 − S(ρ) of a Bell-diagonal state.
+
+    Not clipped: D_H ≤ 0 means one-way hashing distils nothing. Werner: D_H > 0 iff F > 0.8107.
+    ``lam``: a :class:`BellDiagonalEstimate` (σ propagated from its covariance) or plain weights
+    (σ = 0).
+    """
+    h = _entropy_estimate(lam)
+    return Estimate(1.0 - h.value, h.sigma)
+
+
+def dense_coding_capacity(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[float], *,
+                          bounded: bool = False) -> Estimate:
+    """Dense-coding capacity of a Bell-diagonal pair over a noiseless qubit channel (bits per
+    qubit sent; anchors §7): C_DC = log2 d_A + S(ρ_B) − S(ρ_AB) = 2 − H(λ) (Bowen, PRA 63,
+    022302 (2001); Hiroshima, J. Phys. A 34, 6907 (2001)), since S(ρ_B) = 1 for Bell-diagonal ρ.
+
+    By default the value is 2 − H(λ) itself (unclamped, as ``daemon.bell_diagonal``'s
+    ``dense_coding_capacity``). ``bounded=True`` gives the figure anchors §7 report,
+    max(1, 2 − H(λ)), because one bit per qubit needs no entanglement; then σ = 0 when the bound
+    is active. For Werner 2 − H equals the entanglement-assisted capacity C_E(F) of the depolarising
+    channel (Bennett, Shor, Smolin, Thapliyal) and exceeds 1 iff F > 0.8107. A linear-optics BSM
+    decoder reaches at most log2 3 bits; that limit is not applied here.
+    """
+    h = _entropy_estimate(lam)
+    c = 2.0 - h.value
+    if bounded and c <= 1.0:
+        return Estimate(1.0, 0.0)
+    return Estimate(c, h.sigma)
