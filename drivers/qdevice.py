@@ -1,0 +1,274 @@
+"""QDevice: the quantum memory of a node (qubits, gates, measurement, heralded pairs) over TCP.
+
+No public standard exists for this interface. The protocol below is qnode's own, in the spirit of
+QNodeOS's QDevice interface (Delle Donne et al., Nature 2025, arXiv:2407.18306; qnet_anchors
+§1.4): the device exposes its number of qubits and a set of physical instructions — init, 1- and
+2-qubit gates, measurement, entanglement (keep) — and **every instruction gets a response**.
+Its twin is :class:`qnode.hal_sim.qdevice.QDeviceTwin`.
+
+Protocol ``QDEVICE/1``
+======================
+
+Transport: one TCP connection, ASCII. The client sends one request line, the device answers with
+exactly one reply line; both end in ``\\n`` (a ``\\r`` before it is ignored). Tokens are separated
+by single spaces; command keywords and axis/basis letters are case-insensitive (this driver sends
+upper case). Requests are answered in order; the client sends the next request after the reply.
+
+Replies: ``OK`` (a command done), a value (queries, ``ALLOC``, ``MEAS``, ``ENT``), or
+``ERR <code> <text>`` — ``<code>`` a decimal integer, ``<text>`` printable ASCII for people.
+Unknown commands, wrong argument counts and malformed arguments are answered with ``ERR``,
+never with silence; a refused command changes nothing.
+
+Units: time in **ns** (integers), angles in **rad** (decimal, e.g. ``1.5707963267948966``),
+qubit ids are integers ``0 .. capacity−1``.
+
+=====================================  =========================================================
+request                                reply
+=====================================  =========================================================
+``*IDN?``                              ``<maker>,<model>,<serial>,<version>`` (twin:
+                                       ``QNODE,QDEVICE-SIM,<name>,1.0``)
+``*RST``                               ``OK``: every qubit freed
+``QUBITS?``                            ``<capacity> <free>``: number of qubits, how many are
+                                       free to ``ALLOC``
+``ALLOC``                              ``<q>``: the lowest free qubit, now allocated, in |0⟩,
+                                       age 0; ``ERR 3`` when every qubit is in use
+``FREE <q>``                           ``OK``: q released (its state is discarded; an entangled
+                                       partner elsewhere keeps its reduced state)
+``INIT <q>``                           ``OK``: q reset to |0⟩, age 0, no pair bound
+``ROT <q> <X|Y|Z> <angle>``            ``OK``: R_a(θ) = exp(−iθσ_a/2) on q
+``CNOT <control> <target>``            ``OK``: CNOT (control ≠ target)
+``MEAS <q> <Z|X|Y>``                   ``0`` or ``1``: projective measurement of q in that basis,
+                                       0 = the +1 eigenstate (|0⟩, |+⟩, |+i⟩). **Measure and
+                                       reset**: q stays allocated and is left in |0⟩, age 0,
+                                       no pair bound (``INIT`` is implied)
+``ENT <q> <link> <seq>``               ``<bell>``: q now holds one half of the pair heralded on
+                                       ``<link>`` with link sequence number ``<seq>``; q's
+                                       previous state is discarded; the reply is the pair's
+                                       announced Bell state, ``phi+|phi-|psi+|psi-``. ``ERR 5``
+                                       when no such pair was heralded (yet, or any more),
+                                       ``ERR 6`` when its halves are taken. ``<link>``: 1–64 of
+                                       ``[A-Za-z0-9_.:-]``; ``<seq>``: integer ≥ 0
+``TIME?``                              ``<ns>``: the device clock
+``AGE? <q>``                           ``<ns>``: time since q's state was prepared (ALLOC,
+                                       INIT, MEAS) or loaded (ENT)
+``INFO <q>``                           ``AGE=<ns> LINK=<link|-> SEQ=<seq|-> BELL=<bell|->``:
+                                       what the device knows of q (``-``: no pair bound)
+=====================================  =========================================================
+
+Error codes: 1 unknown command (or empty line), 2 bad arguments (count, number form, axis,
+basis, link name, control = target), 3 no free qubit, 4 qubit not allocated (or out of range),
+5 no such heralded pair, 6 pair halves taken (or this qubit holds the other half already),
+7 out of resources (the gate would entangle more qubits than the device holds), 9 internal error.
+
+Commands change state and are not idempotent: after a timeout (reply lost) the caller does not
+know whether a command ran; ``INFO``/``QUBITS?`` tell, ``INIT`` restores a known state.
+
+Driver
+======
+
+:class:`QDevice` wraps each command (qubit ids as ``int``, angles in rad, times in ns) over a
+:class:`~qnode.drivers.transport.SerialTransport` on pyserial's ``socket://host:port`` URL (lock,
+timeouts, resync after trouble, reconnect with back-off — DESIGN §6). An ``ERR`` reply raises
+:class:`~qnode.drivers.errors.DeviceError` whose ``code`` is the device's integer code; a reply
+that does not parse as the command's answer raises :class:`~qnode.drivers.errors.GarbledReply`
+naming the command (the line is then resynchronised before the next exchange).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from ._driver import Driver
+from .errors import DeviceError, GarbledReply
+from .transport import SerialTransport
+
+#: Error codes of the protocol.
+ERR_UNKNOWN = 1
+ERR_SYNTAX = 2
+ERR_NO_FREE = 3
+ERR_QUBIT = 4
+ERR_NO_PAIR = 5
+ERR_PAIR_TAKEN = 6
+ERR_RESOURCE = 7
+ERR_INTERNAL = 9
+
+BELL_STATES = ("phi+", "phi-", "psi+", "psi-")
+AXES = ("X", "Y", "Z")
+BASES = ("Z", "X", "Y")
+
+_ERR = re.compile(r"ERR (\d{1,6}) ?(.*)")
+_UINT = re.compile(r"\d{1,19}")
+_LINK = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_INFO = re.compile(r"AGE=(\d{1,19}) LINK=(\S+) SEQ=(\d{1,19}|-) BELL=(phi[+-]|psi[+-]|-)")
+
+
+@dataclass(frozen=True)
+class QubitCount:
+    """``QUBITS?``: the device's number of qubits and how many are free."""
+
+    capacity: int
+    free: int
+
+
+@dataclass(frozen=True)
+class QubitInfo:
+    """``INFO <q>``: age of the qubit's state (ns) and the pair it was loaded from, if any."""
+
+    qubit: int
+    age_ns: int
+    link: str | None
+    seq: int | None
+    bell: str | None
+
+
+class QDevice(Driver):
+    """A QDevice at ``address``: ``socket://host:port``, ``host:port``, or a built
+    :class:`~qnode.drivers.transport.SerialTransport`. ``timeout_s``: reply timeout (s);
+    ``transport_options`` go to the transport (e.g. ``reconnect_attempts``). Opens at once.
+    """
+
+    instrument = "QDevice"
+
+    def __init__(self, address: str | SerialTransport, *, timeout_s: float = 1.0,
+                 **transport_options: object):
+        if isinstance(address, SerialTransport):
+            self.transport = address
+        else:
+            url = address if "://" in address else f"socket://{address}"
+            self.transport = SerialTransport(url, instrument=self.instrument,
+                                             write_termination="\n", read_termination="\n",
+                                             timeout_s=timeout_s,
+                                             **transport_options)  # type: ignore[arg-type]
+        self.transport.open()
+
+    # ------------------------------------------------------------------ identity and resources
+    def identify(self) -> str:
+        """``*IDN?``: maker, model, serial, version (comma separated)."""
+        return self._query("*IDN?", re.compile(r"[^,\s][^,]*(,[^,]*){3}"))
+
+    def reset(self) -> None:
+        """``*RST``: free every qubit."""
+        self._ok("*RST")
+
+    def qubits(self) -> QubitCount:
+        """``QUBITS?``: capacity and free qubits."""
+        m = self._match("QUBITS?", re.compile(r"(\d{1,9}) (\d{1,9})"))
+        return QubitCount(int(m[1]), int(m[2]))
+
+    def capacity(self) -> int:
+        """Number of qubits of the device."""
+        return self.qubits().capacity
+
+    def time_ns(self) -> int:
+        """``TIME?``: the device clock (ns)."""
+        return int(self._query("TIME?", _UINT))
+
+    # ------------------------------------------------------------------ qubits
+    def alloc(self) -> int:
+        """``ALLOC``: a free qubit, in |0⟩; DeviceError code 3 when none is free."""
+        return int(self._query("ALLOC", _UINT))
+
+    def free(self, qubit: int) -> None:
+        """``FREE <q>``: release the qubit."""
+        self._ok(f"FREE {_qid(qubit)}")
+
+    def init(self, qubit: int) -> None:
+        """``INIT <q>``: reset the qubit to |0⟩ (age 0, no pair)."""
+        self._ok(f"INIT {_qid(qubit)}")
+
+    def rotate(self, qubit: int, axis: str, angle_rad: float) -> None:
+        """``ROT <q> <axis> <angle>``: R_axis(θ) = exp(−iθσ/2), θ in rad."""
+        a = axis.upper()
+        if a not in AXES:
+            raise ValueError(f"axis must be X, Y or Z, got {axis!r}")
+        if not math.isfinite(angle_rad):
+            raise ValueError(f"angle must be finite, got {angle_rad!r}")
+        self._ok(f"ROT {_qid(qubit)} {a} {float(angle_rad)!r}")
+
+    def rx(self, qubit: int, angle_rad: float) -> None:
+        self.rotate(qubit, "X", angle_rad)
+
+    def ry(self, qubit: int, angle_rad: float) -> None:
+        self.rotate(qubit, "Y", angle_rad)
+
+    def rz(self, qubit: int, angle_rad: float) -> None:
+        self.rotate(qubit, "Z", angle_rad)
+
+    def hadamard(self, qubit: int) -> None:
+        """H up to a global phase, as ``ROT q Z π`` then ``ROT q Y π/2`` (two gates)."""
+        with self.transport.lock:
+            self.rz(qubit, math.pi)
+            self.ry(qubit, math.pi / 2)
+
+    def cnot(self, control: int, target: int) -> None:
+        """``CNOT <control> <target>``."""
+        if int(control) == int(target):
+            raise ValueError("control and target must differ")
+        self._ok(f"CNOT {_qid(control)} {_qid(target)}")
+
+    def measure(self, qubit: int, basis: str = "Z") -> int:
+        """``MEAS <q> <basis>``: outcome 0 (+1 eigenstate) or 1; the qubit is reset to |0⟩."""
+        b = basis.upper()
+        if b not in BASES:
+            raise ValueError(f"basis must be Z, X or Y, got {basis!r}")
+        return int(self._query(f"MEAS {_qid(qubit)} {b}", re.compile(r"[01]")))
+
+    def entangle(self, qubit: int, link: str, seq: int) -> str:
+        """``ENT <q> <link> <seq>``: bind the qubit to the pair heralded on ``link`` with
+        sequence number ``seq``; the announced Bell state (``"phi+"`` … ``"psi-"``).
+        DeviceError code 5 (no such pair) or 6 (halves taken)."""
+        if not _LINK.fullmatch(link):
+            raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
+        if isinstance(seq, bool) or int(seq) != seq or seq < 0:
+            raise ValueError(f"seq must be an integer >= 0, got {seq!r}")
+        return self._query(f"ENT {_qid(qubit)} {link} {int(seq)}",
+                           re.compile(r"phi[+-]|psi[+-]"))
+
+    def age_ns(self, qubit: int) -> int:
+        """``AGE? <q>``: ns since the qubit's state was prepared or loaded."""
+        return int(self._query(f"AGE? {_qid(qubit)}", _UINT))
+
+    def info(self, qubit: int) -> QubitInfo:
+        """``INFO <q>``: age and bound pair."""
+        m = self._match(f"INFO {_qid(qubit)}", _INFO)
+        return QubitInfo(int(qubit), int(m[1]), None if m[2] == "-" else m[2],
+                         None if m[3] == "-" else int(m[3]), None if m[4] == "-" else m[4])
+
+    # ------------------------------------------------------------------ internals
+    def _exchange(self, command: str) -> str:
+        """One request, one reply line; ``ERR`` → DeviceError with the device's code."""
+        reply = self.transport.query(command)
+        if reply.endswith("\r"):
+            reply = reply[:-1]
+        if reply.startswith("ERR"):
+            m = _ERR.fullmatch(reply)
+            if m is None:
+                raise self._garbled(command, reply, "malformed ERR reply")
+            raise self.transport.error(DeviceError, f"device error {m[1]}: {m[2]}", command,
+                                       code=int(m[1]))
+        return reply
+
+    def _match(self, command: str, pattern: re.Pattern[str]) -> re.Match[str]:
+        reply = self._exchange(command)
+        m = pattern.fullmatch(reply)
+        if m is None:
+            raise self._garbled(command, reply, "reply does not answer the command")
+        return m
+
+    def _query(self, command: str, pattern: re.Pattern[str]) -> str:
+        return self._match(command, pattern)[0]
+
+    def _ok(self, command: str) -> None:
+        self._match(command, re.compile("OK"))
+
+    def _garbled(self, command: str, reply: str, why: str) -> GarbledReply:
+        self.transport.mark_stale()
+        return self.transport.error(GarbledReply, why, command,  # type: ignore[return-value]
+                                    reply=reply)
+
+
+def _qid(qubit: int) -> str:
+    if isinstance(qubit, bool) or int(qubit) != qubit or qubit < 0:
+        raise ValueError(f"qubit id must be an integer >= 0, got {qubit!r}")
+    return str(int(qubit))

@@ -1,0 +1,583 @@
+"""Simulated QDevice: a node's quantum memory (qubits, gates, measurement, heralded pairs), the
+wire twin of :class:`qnode.drivers.qdevice.QDevice`.
+
+The protocol it serves is specified in :mod:`qnode.drivers.qdevice` (line-based ASCII over TCP,
+one request line → one reply line, ``\\n`` terminated). Serve it with
+:class:`~qnode.hal_sim.serve.TcpServer` (``TcpServer(twin, "alice")`` or
+:meth:`QDeviceTwin.server`), whose :class:`~qnode.hal_sim.serve.Faults` inject slow, dropped,
+garbled and truncated replies, hangs and disconnects as for every other twin.
+
+**Configuration** (:class:`QDeviceConfig`; times in **ns**, as on the wire): ``n_qubits``
+(capacity), ``t1_ns``/``t2_ns`` (``math.inf`` = no decay; T2 ≤ 2·T1), ``gate_fidelity_1q``/
+``gate_fidelity_2q`` (g: after each gate ρ → g·UρU† + (1 − g)·I/2^k ⊗ Tr_k, i.e. depolarising
+probability 1 − g, SeQUeNCe's convention), ``readout_error`` (probability that a reported
+outcome is flipped). Gates and measurements take no time. The clock is any ``() -> int`` in ns:
+real time (default, :func:`time.monotonic_ns` from construction) or a :class:`ManualClock`
+that tests advance by hand (share one between twins for a common time base).
+
+**Decoherence.** Every qubit remembers up to when its T1/T2 decay has been applied. Before any
+command touches a qubit, the decay for the time since then is applied to it
+(:meth:`~qnode.hal_sim.density_matrix.DensityMatrix.decohere`). Local channels on different
+qubits commute, so this lazy bookkeeping is exact, even for a pair whose halves live on two
+devices with different clocks.
+
+**Shared state: the** :class:`PairRegistry`. Qubits of different nodes get entangled by
+heralding, so their joint state cannot live inside one twin. A registry owns the density
+matrices of every qubit of the twins attached to it (in-process; one :class:`threading.RLock`
+guards all of it, so the server threads of two twins never act on a joint state at once). A
+qubit is a key ``(device name, qubit id)``; the registry keeps *registers* — a
+:class:`~qnode.hal_sim.density_matrix.DensityMatrix` with the keys of its qubits — and merges two
+registers when a CNOT joins them (at most ``max_register_qubits``, else ``ERR 7``). A measured,
+freed or re-initialised qubit is traced out of its register, so registers stay small.
+
+Heralded pairs: the heralding physics (a test, a bench, or
+:class:`~qnode.hal_sim.heralding.HeraldingSimulator`'s truth through
+:meth:`PairRegistry.herald_record`) calls :meth:`PairRegistry.herald` with the link name, the
+link's sequence number, the pair's Bell-diagonal weights λ (absolute, order [Φ+, Φ−, Ψ+, Ψ−]) and
+the *announced* Bell state. The pair waits in the registry as a two-qubit register. ``ENT <q>
+<link> <seq>`` on a device binds its qubit ``q`` to one half (the first binder gets half 0, the
+second half 1 — Bell-diagonal states are symmetric under exchange of the halves, so the order does
+not matter): ``q``'s previous state is traced out and ``q`` now *is* that half. The pair's age on
+each device counts from its ``ENT`` (the twin learns of the pair then); a pair never bound stays
+until :meth:`PairRegistry.expire`. Both twins then apply their local operations to the same joint
+state. Twins built without a registry get a private one (ENT then needs heralds put into
+``twin.registry``).
+
+Ground truth for tests: :meth:`QDeviceTwin.state` (reduced state of some of its qubits),
+:meth:`PairRegistry.state` (any keys, across devices).
+"""
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .density_matrix import BELL_STATES, CNOT, DensityMatrix, rotation
+from .serve import TcpServer, WireDevice, split_lines
+
+# Error codes of the protocol (the spec is qnode.drivers.qdevice's docstring).
+ERR_UNKNOWN = 1       # unknown command (or an empty line)
+ERR_SYNTAX = 2        # wrong number or form of arguments
+ERR_NO_FREE = 3       # ALLOC with every qubit in use
+ERR_QUBIT = 4         # qubit id not allocated or out of range
+ERR_NO_PAIR = 5       # ENT for a pair that was not heralded (or has expired)
+ERR_PAIR_TAKEN = 6    # ENT for a pair whose halves are both bound, or bound here already
+ERR_RESOURCE = 7      # the gate would entangle more qubits than the simulator holds
+ERR_INTERNAL = 9      # a bug in the twin: said, never silent
+
+IDN = "QNODE,QDEVICE-SIM,{name},1.0"
+_UINT = re.compile(r"\d{1,9}")
+_SEQ = re.compile(r"\d{1,19}")
+_LINK = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+QubitKey = Hashable
+
+
+class QDeviceFault(Exception):
+    """A command the device refuses: becomes ``ERR <code> <text>`` on the wire."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+class ManualClock:
+    """A device clock (ns) that moves only when told: ``clock()`` reads it,
+    :meth:`advance`/:meth:`set` move it. Thread-safe."""
+
+    def __init__(self, start_ns: int = 0):
+        self._now = int(start_ns)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        return self._now
+
+    def advance(self, ns: int | float) -> int:
+        """Move on by ``ns`` (≥ 0); the new time (ns)."""
+        if ns < 0:
+            raise ValueError(f"a clock does not run backwards: {ns!r}")
+        with self._lock:
+            self._now += int(round(ns))
+            return self._now
+
+    def set(self, ns: int) -> None:
+        with self._lock:
+            if ns < self._now:
+                raise ValueError(f"a clock does not run backwards: {ns} < {self._now}")
+            self._now = int(ns)
+
+
+def real_clock() -> Callable[[], int]:
+    """Nanoseconds of :func:`time.monotonic_ns` since this call."""
+    t0 = time.monotonic_ns()
+    return lambda: time.monotonic_ns() - t0
+
+
+@dataclass(frozen=True)
+class QDeviceConfig:
+    """Parameters of a simulated QDevice (see the module docstring; times in ns)."""
+
+    n_qubits: int = 4
+    t1_ns: float = math.inf
+    t2_ns: float = math.inf
+    gate_fidelity_1q: float = 1.0
+    gate_fidelity_2q: float = 1.0
+    readout_error: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_qubits, bool) or not isinstance(self.n_qubits, int) \
+                or not 1 <= self.n_qubits <= 1000:
+            raise ValueError(f"QDeviceConfig.n_qubits must be an integer 1..1000, "
+                             f"got {self.n_qubits!r}")
+        for name in ("t1_ns", "t2_ns"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0) or math.isnan(value):
+                raise ValueError(f"QDeviceConfig.{name} must be > 0 (math.inf: no decay), "
+                                 f"got {value!r}")
+        if self.t2_ns > 2 * self.t1_ns:
+            raise ValueError(f"QDeviceConfig: T2 must be <= 2*T1, got T1={self.t1_ns!r} ns, "
+                             f"T2={self.t2_ns!r} ns")
+        for name in ("gate_fidelity_1q", "gate_fidelity_2q", "readout_error"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"QDeviceConfig.{name} must be in [0, 1], got {value!r}")
+
+
+class _Register:
+    __slots__ = ("dm", "keys")
+
+    def __init__(self, dm: DensityMatrix, keys: list[QubitKey]):
+        self.dm = dm
+        self.keys = keys
+
+
+@dataclass
+class _Pair:
+    announced: str
+    bound: int = 0
+
+
+class PairRegistry:
+    """The joint quantum state of every qubit of the twins attached to it, and the heralded
+    pairs waiting to be bound (see the module docstring). ``seed`` seeds the measurement
+    sampling; ``max_register_qubits`` bounds how many qubits one joint state may hold. Pairs
+    whose halves are both bound are forgotten, except the last ``remember_bound`` ids (a repeated
+    ``ENT`` for those answers ERR 6, for older ones ERR 5), so a long run holds no growing list."""
+
+    def __init__(self, *, seed: int | None = None, max_register_qubits: int = 8,
+                 remember_bound: int = 4096):
+        self.lock = threading.RLock()
+        self.rng = np.random.default_rng(seed)
+        self.max_register_qubits = int(max_register_qubits)
+        self._where: dict[QubitKey, _Register] = {}
+        self._pairs: dict[tuple[str, int], _Pair] = {}
+        self._devices: set[str] = set()
+        self._bound: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._remember = int(remember_bound)
+
+    # ------------------------------------------------------------------ heralds
+    def attach(self, device: str) -> None:
+        """Register a device name (unique per registry)."""
+        with self.lock:
+            if device in self._devices:
+                raise ValueError(f"a device named {device!r} is attached already")
+            self._devices.add(device)
+
+    def herald(self, link: str, seq: int, weights: Sequence[float],
+               announced: str = "phi+") -> None:
+        """A pair on ``link`` with sequence number ``seq`` was heralded in the Bell-diagonal
+        state λ = ``weights`` ([Φ+, Φ−, Ψ+, Ψ−], absolute) and announced as ``announced``."""
+        if not _LINK.fullmatch(link):
+            raise ValueError(f"link name must match {_LINK.pattern}, got {link!r}")
+        if announced not in BELL_STATES:
+            raise ValueError(f"announced must be one of {BELL_STATES}, got {announced!r}")
+        dm = DensityMatrix.bell_diagonal(weights)
+        with self.lock:
+            if (link, int(seq)) in self._pairs or (link, int(seq)) in self._bound:
+                raise ValueError(f"pair ({link}, {seq}) was heralded already")
+            self._pairs[(link, int(seq))] = _Pair(announced)
+            keys: list[QubitKey] = [("#pair", link, int(seq), 0), ("#pair", link, int(seq), 1)]
+            reg = _Register(dm, keys)
+            for k in keys:
+                self._where[k] = reg
+
+    def herald_record(self, link: str, seq: int, record: np.void | dict,
+                      realised: bool = False) -> None:
+        """Herald from one row of :data:`qnode.hal_sim.heralding.HERALD_DTYPE`: a true herald
+        loads F on the announced Ψ and 1 − F on the other Ψ (the heralding model's mixture), a
+        false herald the maximally mixed state; ``realised=True`` loads the row's drawn Bell
+        state (``state``) as a pure state instead."""
+        announced = int(record["announced"])
+        lam = [0.0] * 4
+        if realised:
+            lam[int(record["state"])] = 1.0
+        elif bool(record["true"]):
+            f = float(record["fidelity"])
+            other = {2: 3, 3: 2}.get(announced, announced)
+            lam[announced] += f
+            lam[other] += 1.0 - f
+        else:
+            lam = [0.25] * 4
+        self.herald(link, seq, lam, BELL_STATES[announced])
+
+    def expire(self, link: str, seq: int) -> None:
+        """Forget a heralded pair; halves not bound yet are discarded (bound ones stay)."""
+        with self.lock:
+            self._pairs.pop((link, int(seq)), None)
+            for half in (0, 1):
+                key = ("#pair", link, int(seq), half)
+                if key in self._where:
+                    self.discard(key)
+
+    def bind(self, link: str, seq: int, key: QubitKey) -> str:
+        """Make ``key`` one half of pair (link, seq): its own state is traced out first. The
+        announced Bell state; QDeviceFault ERR_NO_PAIR / ERR_PAIR_TAKEN."""
+        with self.lock:
+            pair = self._pairs.get((link, int(seq)))
+            if pair is None:
+                if (link, int(seq)) in self._bound:
+                    raise QDeviceFault(ERR_PAIR_TAKEN, f"both halves of {link} {seq} are bound")
+                raise QDeviceFault(ERR_NO_PAIR, f"no heralded pair {link} {seq}")
+            half = ("#pair", link, int(seq), pair.bound)
+            if half not in self._where:  # the other half's holder traced the pair away
+                raise QDeviceFault(ERR_NO_PAIR, f"pair {link} {seq} is gone")
+            if pair.bound == 1 and key in self._where and key in self._where[half].keys:
+                raise QDeviceFault(ERR_PAIR_TAKEN, f"{key!r} holds the other half of "
+                                                   f"{link} {seq} already")
+            if key in self._where:
+                self.discard(key)
+            reg = self._where.pop(half)
+            reg.keys[reg.keys.index(half)] = key
+            self._where[key] = reg
+            pair.bound += 1
+            if pair.bound == 2:
+                del self._pairs[(link, int(seq))]
+                self._bound[(link, int(seq))] = pair.announced
+                while len(self._bound) > self._remember:
+                    self._bound.popitem(last=False)
+            return pair.announced
+
+    # ------------------------------------------------------------------ qubits
+    def add_qubit(self, key: QubitKey) -> None:
+        """A new qubit in |0⟩ (its own register)."""
+        with self.lock:
+            if key in self._where:
+                raise ValueError(f"qubit {key!r} exists already")
+            self._where[key] = _Register(DensityMatrix(1), [key])
+
+    def discard(self, key: QubitKey) -> None:
+        """Trace ``key`` out of its register (its partners keep their reduced state)."""
+        with self.lock:
+            reg = self._where.pop(key)
+            pos = reg.keys.index(key)
+            reg.keys.pop(pos)
+            if reg.keys:
+                reg.dm.remove(pos)
+
+    def reset(self, key: QubitKey) -> None:
+        """Trace out and start afresh in |0⟩."""
+        with self.lock:
+            if key in self._where:
+                self.discard(key)
+            self.add_qubit(key)
+
+    def apply(self, keys: Sequence[QubitKey], op: np.ndarray, depolarising: float = 0.0) -> None:
+        """Apply the operator ``op`` on ``keys`` (first = most significant), then depolarise
+        them with probability ``depolarising``."""
+        with self.lock:
+            reg = self._merge(keys)
+            pos = [reg.keys.index(k) for k in keys]
+            reg.dm.apply(op, pos)
+            if depolarising > 0.0:
+                reg.dm.depolarize(pos, depolarising)
+
+    def decohere(self, key: QubitKey, t_ns: float, t1_ns: float, t2_ns: float) -> None:
+        """T1/T2 decay of ``key`` for a wait of ``t_ns``."""
+        if t_ns <= 0 or (math.isinf(t1_ns) and math.isinf(t2_ns)):
+            return
+        with self.lock:
+            reg = self._where[key]
+            reg.dm.decohere(reg.keys.index(key), t_ns, t1_ns, t2_ns)
+
+    def measure(self, key: QubitKey, basis: str) -> int:
+        """Projective measurement of ``key`` in Z/X/Y (0 = +1 eigenvalue); the qubit is traced
+        out of its register afterwards (the caller re-adds it if it lives on)."""
+        with self.lock:
+            reg = self._where[key]
+            pos = reg.keys.index(key)
+            outcome = reg.dm.measure(pos, basis, self.rng, remove=len(reg.keys) > 1)
+            del self._where[key]
+            reg.keys.pop(pos)
+            return outcome
+
+    def state(self, keys: Sequence[QubitKey]) -> DensityMatrix:
+        """The exact reduced state of ``keys`` (in that order) — ground truth for tests."""
+        with self.lock:
+            regs: list[_Register] = []
+            for k in keys:
+                r = self._where[k]
+                if all(r is not x for x in regs):
+                    regs.append(r)
+            dm = DensityMatrix(0)
+            order: list[QubitKey] = []
+            for r in regs:
+                dm = dm.kron(r.dm)
+                order += r.keys
+            return dm.partial_trace([order.index(k) for k in keys])
+
+    def _merge(self, keys: Sequence[QubitKey]) -> _Register:
+        regs: list[_Register] = []
+        for k in keys:
+            r = self._where[k]
+            if all(r is not x for x in regs):
+                regs.append(r)
+        if len(regs) == 1:
+            return regs[0]
+        total = sum(len(r.keys) for r in regs)
+        if total > self.max_register_qubits:
+            raise QDeviceFault(ERR_RESOURCE, f"gate would entangle {total} qubits "
+                                             f"(simulator limit {self.max_register_qubits})")
+        merged = regs[0]
+        for r in regs[1:]:
+            merged = _Register(merged.dm.kron(r.dm), merged.keys + r.keys)
+        for k in merged.keys:
+            self._where[k] = merged
+        return merged
+
+
+@dataclass
+class _Slot:
+    loaded_ns: int           # when the qubit's present state was prepared or loaded
+    last_ns: int             # decay applied up to here
+    link: str | None = None
+    seq: int | None = None
+    bell: str | None = None
+
+
+class QDeviceTwin(WireDevice):
+    """A simulated QDevice named ``name`` (see the module docstring).
+
+    ``config``: :class:`QDeviceConfig`; ``registry``: a shared :class:`PairRegistry` (a private
+    one by default); ``clock``: ``() -> int`` ns (default real time); ``seed``: readout-error
+    sampling (and the private registry's measurements).
+    """
+
+    reply_terminator = b"\n"
+
+    def __init__(self, config: QDeviceConfig | None = None, *, name: str = "qdevice",
+                 registry: PairRegistry | None = None, clock: Callable[[], int] | None = None,
+                 seed: int | None = None):
+        if not _LINK.fullmatch(name):
+            raise ValueError(f"device name must match {_LINK.pattern}, got {name!r}")
+        self.config = config or QDeviceConfig()
+        self.name = name
+        self.registry = registry if registry is not None else PairRegistry(seed=seed)
+        self.registry.attach(name)
+        self.clock = clock or real_clock()
+        self._rng = np.random.default_rng(seed)
+        self._slots: dict[int, _Slot] = {}
+        self._p1 = 1.0 - self.config.gate_fidelity_1q
+        self._p2 = 1.0 - self.config.gate_fidelity_2q
+
+    def server(self, port: int = 0) -> TcpServer:
+        """A (not yet started) loopback TCP server for this twin."""
+        return TcpServer(self, self.name, port=port)
+
+    # ------------------------------------------------------------------ ground truth
+    def key(self, qubit: int) -> QubitKey:
+        return (self.name, int(qubit))
+
+    @property
+    def allocated(self) -> list[int]:
+        return sorted(self._slots)
+
+    def state(self, *qubits: int) -> DensityMatrix:
+        """The exact reduced state of the given qubits now (decay applied up to the clock)."""
+        with self.registry.lock:
+            for q in qubits:
+                self._touch(q)
+            return self.registry.state([self.key(q) for q in qubits])
+
+    # ------------------------------------------------------------------ wire protocol
+    def split(self, buffer: bytearray) -> list[bytes]:
+        return [r.rstrip(b"\r") for r in split_lines(buffer, b"\n")]
+
+    def handle(self, request: bytes) -> bytes:
+        try:
+            line = request.decode("ascii")
+        except UnicodeDecodeError:
+            return _err(ERR_SYNTAX, "request is not ASCII")
+        tokens = line.split()
+        if not tokens:
+            return _err(ERR_UNKNOWN, "empty command")
+        name, args = tokens[0].upper(), tokens[1:]
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            return _err(ERR_UNKNOWN, f"unknown command {tokens[0][:32]}")
+        method, arity = handler
+        if len(args) != arity:
+            return _err(ERR_SYNTAX, f"{name} takes {arity} argument(s), got {len(args)}")
+        try:
+            with self.registry.lock:
+                reply = getattr(self, method)(*args)
+        except QDeviceFault as fault:
+            return _err(fault.code, fault.text)
+        except Exception as exc:  # noqa: BLE001 - the device says so, never stays silent
+            return _err(ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
+        return (reply + "\n").encode("ascii")
+
+    # ------------------------------------------------------------------ commands
+    def _idn(self) -> str:
+        return IDN.format(name=self.name)
+
+    def _rst(self) -> str:
+        for q in list(self._slots):
+            self._release(q)
+        return "OK"
+
+    def _qubits(self) -> str:
+        cap = self.config.n_qubits
+        return f"{cap} {cap - len(self._slots)}"
+
+    def _time(self) -> str:
+        return str(self._now())
+
+    def _alloc(self) -> str:
+        for q in range(self.config.n_qubits):
+            if q not in self._slots:
+                self.registry.reset(self.key(q))
+                now = self._now()
+                self._slots[q] = _Slot(now, now)
+                return str(q)
+        raise QDeviceFault(ERR_NO_FREE, f"no free qubit (capacity {self.config.n_qubits})")
+
+    def _free(self, q: str) -> str:
+        self._release(self._qubit(q))
+        return "OK"
+
+    def _init(self, q: str) -> str:
+        self._prepare(self._qubit(q))
+        return "OK"
+
+    def _rot(self, q: str, axis: str, angle: str) -> str:
+        qi = self._qubit(q)
+        a = axis.upper()
+        if a not in ("X", "Y", "Z"):
+            raise QDeviceFault(ERR_SYNTAX, f"axis must be X, Y or Z, got {axis[:8]}")
+        theta = _angle(angle)
+        self._touch(qi)
+        self.registry.apply([self.key(qi)], rotation(a, theta), self._p1)
+        return "OK"
+
+    def _cnot(self, c: str, t: str) -> str:
+        ci, ti = self._qubit(c), self._qubit(t)
+        if ci == ti:
+            raise QDeviceFault(ERR_SYNTAX, "control and target must differ")
+        self._touch(ci)
+        self._touch(ti)
+        self.registry.apply([self.key(ci), self.key(ti)], CNOT, self._p2)
+        return "OK"
+
+    def _meas(self, q: str, basis: str) -> str:
+        qi = self._qubit(q)
+        b = basis.upper()
+        if b not in ("Z", "X", "Y"):
+            raise QDeviceFault(ERR_SYNTAX, f"basis must be Z, X or Y, got {basis[:8]}")
+        self._touch(qi)
+        outcome = self.registry.measure(self.key(qi), b)
+        if self.config.readout_error > 0 and self._rng.random() < self.config.readout_error:
+            outcome ^= 1
+        self.registry.add_qubit(self.key(qi))  # measure-and-reset: the qubit stays, in |0⟩
+        now = self._now()
+        self._slots[qi] = _Slot(now, now)
+        return str(outcome)
+
+    def _ent(self, q: str, link: str, seq: str) -> str:
+        qi = self._qubit(q)
+        if not _LINK.fullmatch(link):
+            raise QDeviceFault(ERR_SYNTAX, "link must be 1-64 of [A-Za-z0-9_.:-]")
+        if not _SEQ.fullmatch(seq):
+            raise QDeviceFault(ERR_SYNTAX, "seq must be a non-negative integer")
+        bell = self.registry.bind(link, int(seq), self.key(qi))
+        now = self._now()
+        self._slots[qi] = _Slot(now, now, link, int(seq), bell)
+        return bell
+
+    def _age(self, q: str) -> str:
+        qi = self._qubit(q)
+        return str(max(0, self._now() - self._slots[qi].loaded_ns))
+
+    def _info(self, q: str) -> str:
+        qi = self._qubit(q)
+        s = self._slots[qi]
+        age = max(0, self._now() - s.loaded_ns)
+        return (f"AGE={age} LINK={s.link or '-'} SEQ={'-' if s.seq is None else s.seq} "
+                f"BELL={s.bell or '-'}")
+
+    # ------------------------------------------------------------------ internals
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def _qubit(self, token: str) -> int:
+        if not _UINT.fullmatch(token):
+            raise QDeviceFault(ERR_SYNTAX, f"qubit id must be a non-negative integer, "
+                                           f"got {token[:16]}")
+        q = int(token)
+        if q not in self._slots:
+            raise QDeviceFault(ERR_QUBIT, f"qubit {q} is not allocated")
+        return q
+
+    def _touch(self, q: int) -> None:
+        """Apply the decay of qubit ``q`` up to now."""
+        s = self._slots[q]
+        now = self._now()
+        if now > s.last_ns:
+            self.registry.decohere(self.key(q), now - s.last_ns, self.config.t1_ns,
+                                   self.config.t2_ns)
+            s.last_ns = now
+
+    def _prepare(self, q: int) -> None:
+        self.registry.reset(self.key(q))
+        now = self._now()
+        self._slots[q] = _Slot(now, now)
+
+    def _release(self, q: int) -> None:
+        self.registry.discard(self.key(q))
+        del self._slots[q]
+
+
+_COMMANDS: dict[str, tuple[str, int]] = {
+    "*IDN?": ("_idn", 0), "*RST": ("_rst", 0), "QUBITS?": ("_qubits", 0),
+    "TIME?": ("_time", 0), "ALLOC": ("_alloc", 0), "FREE": ("_free", 1),
+    "INIT": ("_init", 1), "ROT": ("_rot", 3), "CNOT": ("_cnot", 2), "MEAS": ("_meas", 2),
+    "ENT": ("_ent", 3), "AGE?": ("_age", 1), "INFO": ("_info", 1),
+}
+
+
+def _angle(token: str) -> float:
+    if not _FLOAT.fullmatch(token):
+        raise QDeviceFault(ERR_SYNTAX, f"angle must be a decimal number (rad), got {token[:24]}")
+    value = float(token)
+    if not math.isfinite(value):
+        raise QDeviceFault(ERR_SYNTAX, "angle must be finite")
+    return value
+
+
+def _err(code: int, text: str) -> bytes:
+    clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+    return f"ERR {code} {clean}\n".encode("ascii")
+
+
+__all__ = [
+    "ERR_INTERNAL", "ERR_NO_FREE", "ERR_NO_PAIR", "ERR_PAIR_TAKEN", "ERR_QUBIT", "ERR_RESOURCE",
+    "ERR_SYNTAX", "ERR_UNKNOWN", "ManualClock", "PairRegistry", "QDeviceConfig", "QDeviceFault",
+    "QDeviceTwin", "real_clock",
+]
