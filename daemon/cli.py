@@ -28,6 +28,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run one node from its config until SIGTERM/SIGINT (the systemd unit's ExecStart)."""
     import asyncio
+    import logging
 
     from .config import ConfigError, load_config
     from .logs import setup_logging
@@ -51,6 +52,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(node.run())
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the log has the traceback; systemd restarts on failure
+        logging.getLogger("qnode.node").exception("node failed: %s", exc)
+        print(f"qnode: {config.id}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

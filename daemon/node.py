@@ -263,8 +263,12 @@ class Node:
         self.stop()
 
     def _healthy(self) -> bool:
+        """The watchdog's gate: the loop runs (the ping comes from it) and the supervisor runs.
+        A degraded instrument is *not* a reason to be restarted: the supervisor already
+        reconnects it, and a restart would not bring back an instrument that is away; it is
+        reported as state "degraded" in status and telemetry instead."""
         assert self.ctx is not None
-        return self.ctx.supervisor.healthy()
+        return self.ctx.supervisor.running
 
     async def _shutdown(self, sup: Supervisor, bus: NodeBus, bus_task: asyncio.Task[None],
                         store: StateStore, dedup: Deduplicator) -> None:

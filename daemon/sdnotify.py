@@ -29,7 +29,7 @@ Usage in the daemon::
     async with asyncio.TaskGroup() as tg:
         interval = watchdog_interval_s()
         if interval is not None:
-            tg.create_task(watchdog_loop(notifier, interval, healthy=supervisor.healthy))
+            tg.create_task(watchdog_loop(notifier, interval, healthy=lambda: supervisor.running))
         await bring_up_instruments()
         notifier.ready("instruments up")
         ...

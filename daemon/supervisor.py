@@ -38,8 +38,10 @@ One asyncio program. Two kinds of supervised things:
   restarted.
 
 :class:`Supervisor` runs both in one :class:`asyncio.TaskGroup`, says whether the node is healthy
-(every instrument READY: the gate for systemd's ``READY=1`` and ``WATCHDOG=1``, see
-:mod:`qnode.daemon.sdnotify`) and stops everything in seconds on :meth:`Supervisor.stop`.
+(every instrument READY: the gate for systemd's ``READY=1``) and whether it is running (the gate
+for ``WATCHDOG=1``: a degraded instrument is reconnected here and reported, not a reason for
+systemd to restart the daemon; see :mod:`qnode.daemon.sdnotify`), and stops everything in
+seconds on :meth:`Supervisor.stop`.
 
 Logging: logger ``qnode.supervisor``; records carry ``extra`` fields ``instrument``, ``state``,
 ``error`` (instruments) and ``task``, ``restarts``, ``delay_s``, ``error`` (role tasks).
@@ -489,10 +491,14 @@ class Supervisor:
                 return
 
     # ------------------------------------------------------------------ health
+    @property
+    def running(self) -> bool:
+        """The supervisor's task group runs (tasks are being supervised)."""
+        return self._main is not None and not self._main.done() and not self._stopped
+
     def healthy(self) -> bool:
-        """True while running and every instrument is READY (READY=1 / WATCHDOG=1 gate)."""
-        running = self._main is not None and not self._main.done() and not self._stopped
-        return running and all(i.state is InstrumentState.READY
+        """True while running and every instrument is READY (the READY=1 gate)."""
+        return self.running and all(i.state is InstrumentState.READY
                                for i in self.instruments.values())
 
     async def wait_ready(self, timeout: float | None = None) -> bool:

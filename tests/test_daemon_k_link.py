@@ -333,3 +333,23 @@ async def test_create_requests_on_cmd_are_answered_on_reply(tmp_path):
     assert got[-1].body["code"] == "UNSUPP"
     assert tel["links"][LINK]["pairs_delivered_total"] == 3
     assert "CREATE" in alice.log() and "rejected" in alice.log()  # the malformed one
+
+
+def test_an_instrument_that_never_comes_up_is_named_and_the_node_exits_non_zero(tmp_path):
+    import subprocess
+    import sys
+
+    from mosquitto import free_port
+
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        cfg = node_config(
+            tmp_path / "n.toml", node="n", roles=["memory"], broker_port=broker.port,
+            state_dir=tmp_path / "state",
+            body=f"[instruments.hwp]\nkind = \"elliptec\"\n"
+                 f"address = \"socket://127.0.0.1:{free_port()}\"\ntimeout_s = 0.2\n")
+        run = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "run", "--config",
+                              str(cfg), "--ready-timeout", "2"],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "instruments not ready within 2.0 s: ['hwp']" in run.stderr
+    assert "instrument=hwp" in run.stderr   # the supervisor's reconnect attempts, logged
