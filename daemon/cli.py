@@ -71,6 +71,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Serve a simulated bench (hal_sim) in this process until SIGTERM/SIGINT."""
+    from qnode.hal_sim.__main__ import main as bench_main  # the simulator, only for this command
+
+    argv = ["bench", "--config", args.config]
+    if args.json:
+        argv.append("--json")
+    if args.truth:
+        argv += ["--truth", args.truth]
+    return bench_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qnode", description="photonic quantum-network node")
     parser.add_argument("--version", action="version", version=f"qnode {_version()}")
@@ -90,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a network's nodes as seen over MQTT")
     status_arguments(status)
     status.set_defaults(func=_cmd_status)
+
+    bench = sub.add_parser("bench", help="serve simulated instruments (hal_sim) from a bench file")
+    bench.add_argument("--config", required=True, help="bench TOML, e.g. hal_sim/benches/*.toml")
+    bench.add_argument("--json", action="store_true", help="print the addresses as JSON")
+    bench.add_argument("--truth", metavar="FILE", help="keep the ground truth in this JSON file")
+    bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="a whole simulated network with a live view and a report")
     demo.add_argument("--duration", type=float, default=60.0, metavar="S")
