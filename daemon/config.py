@@ -46,10 +46,15 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
 
     [analyzer]                    # role analyzer (M-type links)
     tagger = "tagger"
-    channels = [1, 2]             # the detectors of outcome 0 and outcome 1
+    channels = [1, 2]             # one basis: the detectors of outcome 0 and outcome 1; or
+                                  #   [b0_out0, b0_out1, b1_out0, b1_out1]: passive two-basis
+                                  #   choice (50:50 BS, a PBS per basis, basis 1 behind a HWP)
+    bases = ["Z", "X"]            # optional labels per basis ("Z" | "X"; name the QBERs)
+    angles_deg = [0.0, 22.5]      # optional HWP angle per basis (deg; default Z 0, X 22.5)
+    source_state = "phi+"         # the ideal pair state the QBERs count errors against
     window_ps = 500               # cross-node coincidence window, both edges inclusive
-    waveplate = "hwp"             # optional: the basis-setting half-wave plate
-    angle_deg = 0.0               # its angle (fast axis; 22.5 is the X basis)
+    waveplate = "hwp"             # optional: the (last) basis' half-wave plate
+    angle_deg = 0.0               # one basis only: its HWP angle (= angles_deg = [0.0])
     align_s = 1.0                 # tags used to find the peer's clock offset at start
     capacity = 20000              # delivered-pair inventory of the link, as [memory] (0: no limit)
     max_pair_age_s = 1.0
@@ -183,14 +188,31 @@ class MemoryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AnalyzerConfig:
+    """``[analyzer]``: one analyzer end of an M-type link.
+
+    ``channels`` holds 2 (one basis) or 4 (passive two-basis choice, anchors §6) tagger inputs,
+    outcome 0 then outcome 1 of each basis; ``bases`` and ``angles_deg`` have one entry per basis
+    (labels "Z"/"X", or "<angle>deg" for a non-Pauli setting; HWP angles in deg, the analyzer
+    measures linear polarisation at 2θ, Bloch angle 4θ in the Z–X plane). ``angle_deg`` is the
+    angle the ``waveplate`` is set to: that of the last basis."""
+
     tagger: str
-    channels: tuple[int, int] = (1, 2)
+    channels: tuple[int, ...] = (1, 2)
     window_ps: int = 500
     waveplate: str | None = None
     angle_deg: float = 0.0
     align_s: float = 1.0
     capacity: int = 20_000
     max_pair_age_s: float = 1.0
+    bases: tuple[str, ...] = ("Z",)
+    angles_deg: tuple[float, ...] = (0.0,)
+    source_state: str = "phi+"
+
+    @property
+    def basis_channels(self) -> tuple[tuple[int, int], ...]:
+        """(outcome 0, outcome 1) channel per basis."""
+        c = self.channels
+        return tuple((c[i], c[i + 1]) for i in range(0, len(c), 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,21 +433,89 @@ def _memory(path: str, raw: object) -> MemoryConfig:
                         r.string("restart_policy", "resume", choices=RESTART_POLICIES))
 
 
+#: default HWP angle per basis label (deg): Z measures H/V, X (22.5°) D/A
+BASIS_ANGLES_DEG = {"Z": 0.0, "X": 22.5}
+#: the ideal pair states an analyzer's QBERs may be counted against
+SOURCE_STATES = ("phi+", "phi-", "psi+", "psi-")
+
+
+def pauli_of_angle(angle_deg: float) -> tuple[str, int] | None:
+    """(basis, sign) measured by a HWP at ``angle_deg`` before a PBS, or None for a non-Pauli
+    setting: the '+' (outcome 0) port sees linear polarisation at 2θ, Bloch vector
+    (sin 4θ, 0, cos 4θ) (:mod:`qnode.hal_sim.physics_coupling`), so θ = 0° is Z (+1, H),
+    45° Z with the outcomes swapped (−1), 22.5° X (+1, D), 67.5° X (−1). Tolerance 1e-6° on 4θ."""
+    phase = (4.0 * angle_deg) % 360.0
+    for target, basis, sign in ((0.0, "Z", 1), (360.0, "Z", 1), (180.0, "Z", -1),
+                                (90.0, "X", 1), (270.0, "X", -1)):
+        if abs(phase - target) < 1e-6:
+            return basis, sign
+    return None
+
+
+def basis_label(angle_deg: float) -> str:
+    """The label of a setting: "Z" or "X" for a Pauli basis, else "<angle>deg"."""
+    p = pauli_of_angle(angle_deg)
+    return p[0] if p is not None else f"{angle_deg:g}deg"
+
+
 def _analyzer(path: str, raw: object,
               instruments: Mapping[str, InstrumentConfig]) -> AnalyzerConfig:
     r = _Reader(path, "analyzer", raw,
-                {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "align_s",
-                 "capacity", "max_pair_age_s"})
+                {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "angles_deg",
+                 "bases", "source_state", "align_s", "capacity", "max_pair_age_s"})
     tagger = _instrument_ref(r, "tagger", instruments, TAGGER_KINDS)
     assert tagger is not None
-    return AnalyzerConfig(tagger, _channels(r, "channels", 2, (1, 2)),  # type: ignore[arg-type]
+    n_ch = len(r.table["channels"]) if isinstance(r.table.get("channels"), list) else 2
+    if n_ch not in (2, 4):
+        raise r.fail("channels", f"must list 2 channels (one basis: outcome 0, 1) or 4 (two "
+                     f"bases: b0_out0, b0_out1, b1_out0, b1_out1), got {r.table['channels']!r}")
+    channels = _channels(r, "channels", n_ch, (1, 2))
+    n = n_ch // 2
+    bases: list[str] | None = None
+    if r.has("bases"):
+        raw_b = r.table["bases"]
+        if (not isinstance(raw_b, list) or len(raw_b) != n
+                or not all(isinstance(b, str) and b.upper() in BASIS_ANGLES_DEG for b in raw_b)
+                or len({b.upper() for b in raw_b}) != n):
+            raise r.fail("bases", f"must list {n} different labels of {list(BASIS_ANGLES_DEG)} "
+                         f"(one per basis of channels), got {raw_b!r}")
+        bases = [b.upper() for b in raw_b]
+    angles: list[float] | None = None
+    if r.has("angles_deg"):
+        raw_a = r.table["angles_deg"]
+        if (not isinstance(raw_a, list) or len(raw_a) != n
+                or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                           and -360 <= a <= 360 for a in raw_a)):
+            raise r.fail("angles_deg", f"must list {n} HWP angles in [-360, 360] deg (one per "
+                         f"basis of channels), got {raw_a!r}")
+        angles = [float(a) for a in raw_a]
+    if r.has("angle_deg"):
+        if n != 1:
+            raise r.fail("angle_deg", "is for one basis (2 channels); with 4 channels give "
+                         "angles_deg, one per basis")
+        if angles is not None:
+            raise r.fail("angle_deg", "give angle_deg or angles_deg, not both")
+        angles = [r.number("angle_deg", 0.0, -360, 360)]
+    if angles is None:
+        angles = [BASIS_ANGLES_DEG[b] for b in (bases or ["Z", "X"][:n])]
+    labels = [basis_label(a) for a in angles]
+    if bases is not None:
+        for i, (b, a) in enumerate(zip(bases, angles, strict=True)):
+            if labels[i] != b:
+                raise r.fail(f"bases[{i}]", f"{b!r} does not match angles_deg[{i}] = {a:g} (a HWP "
+                             f"at θ measures Bloch angle 4θ: Z at 0° or 45°, X at 22.5° or 67.5°)")
+    if len(set(labels)) != n:
+        raise r.fail("angles_deg", f"the bases must differ, got angles {angles}")
+    return AnalyzerConfig(tagger, channels,
                           r.integer("window_ps", 500, 1, 10**9),
                           _instrument_ref(r, "waveplate", instruments, ("elliptec",),
                                           required=False),
-                          r.number("angle_deg", 0.0, -360, 360),
+                          angles[-1],
                           r.number("align_s", 1.0, 0.01, 600),
                           r.integer("capacity", 20_000, 0, 10**7),
-                          r.number("max_pair_age_s", 1.0, 0, 86400))
+                          r.number("max_pair_age_s", 1.0, 0, 86400),
+                          tuple(labels), tuple(angles),
+                          r.string("source_state", "phi+", choices=SOURCE_STATES))
 
 
 def _source(path: str, raw: object, instruments: Mapping[str, InstrumentConfig]) -> SourceConfig:

@@ -131,10 +131,11 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"
         f"[source]\npump_power_mw = 40.0\noven_temperature_c = 35.0\n")
     for name, peer in (("analyzer-a", "analyzer-b"), ("analyzer-b", "analyzer-a")):
-        add(name, ["analyzer"], tagger(f"{name}-tagger", [1, 2])
+        add(name, ["analyzer"], tagger(f"{name}-tagger", [1, 2, 3, 4])
             + f"[instruments.hwp]\nkind = \"elliptec\"\n"
               f"address = {_toml_str(addresses[f'{name}-hwp'])}\n\n"
-              f"[analyzer]\nchannels = [1, 2]\nwindow_ps = 1000\nangle_deg = 0.0\n"
+              f"[analyzer]\nchannels = [1, 2, 3, 4]\nbases = [\"Z\", \"X\"]\n"
+              f"window_ps = 1000\n"
               f"align_s = 1.0\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n\n"
               f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
               f"hmac_key_file = {_toml_str(key('m-ab'))}\n")

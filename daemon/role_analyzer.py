@@ -1,25 +1,40 @@
 """Role ``analyzer``: one end of an M-type (measure-directly) link (DESIGN §1, §3).
 
-Both analyzers of a link measure their photons (``[analyzer].channels``: the detectors of outcome
-0 and 1, behind a PBS; the basis is set by the half-wave plate ``[analyzer].waveplate`` at
-``angle_deg``). The end whose node id sorts first is the link's **counter**, the other one the
-**streamer**:
+Both analyzers of a link measure their photons. ``[analyzer].channels`` lists the detectors of
+outcome 0 and 1 of one basis (a PBS; the basis set by the half-wave plate ``waveplate`` at
+``angle_deg``), or of two bases (BBM92 passive choice, ``reference/qnet_anchors.md`` §6: a 50:50
+beam splitter into two analyzers, each a PBS with two detectors, the second behind a HWP):
+``[b0_out0, b0_out1, b1_out0, b1_out1]`` with ``bases`` (labels "Z"/"X") or ``angles_deg`` (HWP
+angles, default Z 0°, X 22.5°). A HWP at θ makes outcome 0 the linear polarisation at 2θ, Bloch
+vector (sin 4θ, 0, cos 4θ) in the Z–X plane. The end whose node id sorts first is the link's
+**counter**, the other one the **streamer**:
 
 * the streamer publishes every tagger chunk as a compact ``TAGS`` message on ``tags/<link>``
-  (:mod:`.tagwire`), with its waveplate angle;
+  (:mod:`.tagwire`) whose header carries its layout: ``outcome_channels`` (one [out0, out1]
+  pair per basis), ``bases`` (labels) and ``angles_deg`` (HWP angles, deg);
 * the counter buffers its own chunks, finds the peer's clock offset and drift from the first
   ``align_s`` seconds of both streams (:func:`qnode.native.align.find_offset_and_drift`), then
   follows them with the :class:`~qnode.native.tracking.DriftTracker` servo, maps the peer's tags
   into its own time base and counts cross-node coincidences with the native core (window
-  ``[analyzer].window_ps``; accidentals in a window displaced by 20 ns). Each coincidence is a
-  delivered pair: the counter numbers them like a herald station and publishes one ``HERALD``
-  batch per processed span on ``herald/<link>``, which both ends' link layers apply. The raw
-  Bell-state field of an M-type pair is its Z-parity class: ``phi+`` for equal outcomes,
-  ``psi+`` for opposite ones.
+  ``[analyzer].window_ps``; accidentals in a window displaced by 20 ns) for every setting pair
+  (own basis i, peer basis j) and outcome pair: up to 4×4 channel pairs in one
+  :class:`~qnode.native.Coincidences`. Each two-fold coincidence between an own and a peer
+  detector is a delivered pair, whatever the two bases (M-type: a pair measured in different
+  bases is still delivered; which bases it was measured in is recorded nowhere for now). The
+  counter numbers them like a herald station and publishes one ``HERALD`` batch per processed
+  span on ``herald/<link>``, which both ends' link layers apply. The raw Bell-state field of an
+  M-type pair is its outcome-parity class (the Z-parity class in the Z basis): ``phi+`` for
+  equal outcome numbers, ``psi+`` for opposite ones.
 
-Telemetry (counter): coincidence and accidental rates, CAR, the correlation E and visibility |E|,
-QBER = (1 − |E|)/2 in the basis both analyzers share (``qber_z`` at 0°, ``qber_x`` at 22.5°),
-the clock offset and drift, tracker state, the peer's tag rate and a g2 histogram (±5 ns).
+Telemetry (counter; :func:`link_figures`): coincidence and accidental rates, CAR; per basis both
+ends measure (Z–Z, X–X) the QBER (``qber_z``, ``qber_x``; :func:`~.estimators.basis_qber`
+against ``[analyzer].source_state``, raw counts: accidentals are key errors too); the
+visibility; ``fidelity_estimate`` = 1 − Q_Z − Q_X (``fidelity_method`` "two_basis_bound") when
+both are measured, else the Werner form F = (1 + 3V)/4 from the one basis ("werner"); the BBM92
+``secret_fraction`` 1 − f·h(Q_Z) − h(Q_X) and ``sifted_key_rate_hz``; CHSH ``chsh_s`` ±
+``chsh_s_err`` when both ends have two settings that violate the CHSH bound for the ideal
+source state; the clock offset and drift, tracker state, the peer's tag rate and a g2 histogram
+(±5 ns).
 """
 from __future__ import annotations
 
@@ -27,7 +42,8 @@ import asyncio
 import collections
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,8 +52,9 @@ from qnode.native import TAG_DTYPE, Coincidences, NFold, merge_channels, pair_de
 from qnode.native.align import AlignmentError, find_offset_and_drift
 from qnode.native.tracking import DriftTracker
 
-from . import tagwire
+from . import estimators as est, tagwire
 from .acquisition import AcquisitionPipeline, IngestMeter
+from .config import basis_label as _label, pauli_of_angle
 from .estimators import car as car_estimate
 from .instruments import make_tagger
 from .link_service import LinkService
@@ -53,7 +70,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qnode.analyzer")
 
-PEER_OFFSET = 100            # peer channel c is counted as channel PEER_OFFSET + c
+PEER_BASE = 1 << 16          # peer basis j, outcome k is counted as channel PEER_BASE + 2j + k
+MAX_BASES = 2                # per analyzer (passive BBM92 choice)
 ACCIDENTAL_SHIFT_PS = 20_000
 G2_HALF_RANGE_PS = 5_000
 G2_BIN_PS = 100
@@ -88,7 +106,9 @@ class AnalyzerRole:
         self.sent_tags = 0
         self._count_lock = asyncio.Lock()  # own chunks and peer messages both trigger counting
         if self.counter:
-            self.counting = CrossNodeCounter(cfg.channels, cfg.window_ps, cfg.align_s)
+            self.counting = CrossNodeCounter(cfg.channels, cfg.window_ps, cfg.align_s,
+                                             angles_deg=cfg.angles_deg, labels=cfg.bases,
+                                             source_state=cfg.source_state)
             self.station = HeraldStation([self.link.id])
             ctx.bus.subscribe(f"qnet/v1/{ctx.config.network}/{self.link.peer}/tags/"
                               f"{self.link.id}")
@@ -110,10 +130,9 @@ class AnalyzerRole:
             await self.ctx.instrument(self.cfg.waveplate).wait_ready()
         tagger = make_tagger(self.ctx.config.instruments[self.cfg.tagger], inst.driver,
                              self.cfg.channels)
-        a, b = self.cfg.channels
         self.pipeline = pipeline = AcquisitionPipeline(
-            tagger, pairs=[(a, b)], window_ps=self.cfg.window_ps, policy="block",
-            keep_blocks=True)
+            tagger, pairs=list(self.cfg.basis_channels), window_ps=self.cfg.window_ps,
+            policy="block", keep_blocks=True)
         try:
             async with pipeline:
                 async for events in pipeline.events():
@@ -128,14 +147,18 @@ class AnalyzerRole:
                         body = tagwire.encode(block, link=self.link.id,
                                               chunk=events.chunk_index,
                                               extra={"t_end_ps": events.t_end_ps,
-                                                     "angle_deg": self.cfg.angle_deg,
-                                                     "outcome_channels": list(self.cfg.channels)})
+                                                     **self.tags_header()})
                         self.sent_tags += body["n"]
                         self.ctx.bus.publish(self.ctx.topics.tags(self.link.id), "TAGS", body,
                                              sign_with=self.link.peer)
         finally:
             self.pipeline = None
             await asyncio.to_thread(tagger.close)
+
+    def tags_header(self) -> dict[str, Any]:
+        """The layout fields of this end's ``TAGS`` messages (see :func:`parse_layout`)."""
+        return {"outcome_channels": [list(p) for p in self.cfg.basis_channels],
+                "bases": list(self.cfg.bases), "angles_deg": list(self.cfg.angles_deg)}
 
     # ------------------------------------------------------------------ peer tags (counter)
     async def _on_tags(self, topic: Topic, msg: Envelope) -> None:
@@ -148,21 +171,13 @@ class AnalyzerRole:
             t_end = msg.body.get("t_end_ps")
             if not isinstance(t_end, int) or isinstance(t_end, bool):
                 raise ValueError(f"TAGS.t_end_ps: expected an integer, got {t_end!r}")
-            angle = msg.body.get("angle_deg", 0.0)
-            if not isinstance(angle, int | float) or not math.isfinite(angle):
-                raise ValueError(f"TAGS.angle_deg: expected a number, got {angle!r}")
-            outcome = msg.body.get("outcome_channels")
-            if (not isinstance(outcome, list) or len(outcome) != 2
-                    or not all(isinstance(c, int) and not isinstance(c, bool) for c in outcome)):
-                raise ValueError(f"TAGS.outcome_channels: expected two channel numbers, "
-                                 f"got {outcome!r}")
+            layout = parse_layout(msg.body)
         except ValueError as exc:
             self.counting.rejected += 1
             log.warning("rejected TAGS from %s: %s", msg.sender, exc,
                         extra={"link": self.link.id, "sender": msg.sender, "error": str(exc)})
             return
-        self.counting.peer_angle_deg = float(angle)
-        self.counting.add_peer(times, channels, t_end, (outcome[0], outcome[1]))
+        self.counting.add_peer(times, channels, t_end, layout)
         await self._count()
 
     async def _count(self) -> None:
@@ -188,11 +203,11 @@ class AnalyzerRole:
     def fill_telemetry(self, record: Telemetry, interval_s: float) -> None:
         t = self.service.telemetry(interval_s)
         if self.counting is not None:
-            t.update(self.counting.telemetry(interval_s, self.cfg.angle_deg))
+            t.update(self.counting.telemetry(interval_s))
             t["role"] = "counter"
-            v = t.get("visibility")
-            if v is not None:  # Werner assumption: F = (1 + 3V)/4 (one basis measured)
-                self.service.end.set_goodness(min(1.0, max(0.0, (1 + 3 * v) / 4)))
+            f = t.get("fidelity_estimate")
+            if f is not None:  # see link_figures: two-basis bound or Werner form
+                self.service.end.set_goodness(min(1.0, max(0.0, f)))
                 t["fidelity_estimate"] = self.service.end.goodness
             g2 = self.counting.g2
             record["g2"] = {"bin_ps": G2_BIN_PS, "first_bin_ps": -G2_HALF_RANGE_PS,
@@ -205,13 +220,221 @@ class AnalyzerRole:
             self.ingest.fill(record, p.stats, interval_s)
 
 
+@dataclass(frozen=True)
+class BasisLayout:
+    """One analyzer end's settings: per basis the (outcome 0, outcome 1) tagger channels, its
+    label ("Z", "X" or "<angle>deg") and its HWP angle (deg; Bloch angle 4θ in the Z–X plane)."""
+
+    channels: tuple[tuple[int, int], ...]
+    labels: tuple[str, ...]
+    angles_deg: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.channels)
+
+    def pauli(self, i: int) -> tuple[str, int] | None:
+        """(basis, sign) of basis i (sign −1: outcome 0 is the basis' '−' eigenstate)."""
+        return pauli_of_angle(self.angles_deg[i])
+
+    @classmethod
+    def make(cls, channels: Sequence[int] | Sequence[Sequence[int]],
+             angles_deg: Sequence[float] | None = None,
+             labels: Sequence[str] | None = None) -> BasisLayout:
+        """From flat channels (2 or 4) or pairs; angles default to Z 0°, X 22.5°; labels from
+        the angles."""
+        flat = [int(c) for c in channels] if all(isinstance(c, (int, np.integer))
+                                                 for c in channels) else None
+        pairs = (tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2)) if flat is not None
+                 else tuple((int(p[0]), int(p[1])) for p in channels))  # type: ignore[index]
+        if flat is not None and len(flat) % 2:
+            raise ValueError(f"channels: expected pairs of outcome channels, got {channels!r}")
+        if angles_deg is None:
+            angles_deg = [0.0, 22.5][: len(pairs)]
+        angles = tuple(float(a) for a in angles_deg)
+        if labels is None:
+            labels = tuple(_label(a) for a in angles)
+        return cls(pairs, tuple(labels), angles)
+
+
+def _int_list(x: object) -> bool:
+    return isinstance(x, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in x)
+
+
+def parse_layout(body: dict[str, Any]) -> BasisLayout:
+    """The streamer's layout from a ``TAGS`` header; ValueError naming the field.
+
+    ``outcome_channels``: one [out0, out1] pair per basis (1 or 2 bases), or the flat pair of
+    the one-basis form; ``angles_deg``: the HWP angle per basis (deg; the one-basis form's
+    ``angle_deg`` is read too, default 0); ``bases``: labels, each "Z" or "X" matching its angle
+    or the "<angle>deg" label of a non-Pauli setting."""
+    outcome = body.get("outcome_channels")
+    if _int_list(outcome) and len(outcome) == 2:  # type: ignore[arg-type]
+        pairs = [outcome]
+    elif (isinstance(outcome, list) and 1 <= len(outcome) <= MAX_BASES
+          and all(_int_list(p) and len(p) == 2 for p in outcome)):
+        pairs = outcome
+    else:
+        raise ValueError(f"TAGS.outcome_channels: expected 1 or {MAX_BASES} pairs of channel "
+                         f"numbers [out0, out1], got {outcome!r:.80}")
+    flat = [c for p in pairs for c in p]  # type: ignore[union-attr]
+    if len(set(flat)) != len(flat) or not all(0 <= c < 256 for c in flat):
+        raise ValueError(f"TAGS.outcome_channels: channels must be distinct, 0..255, got {flat}")
+    n = len(pairs)
+    if "angles_deg" in body:
+        angles = body["angles_deg"]
+        if (not isinstance(angles, list) or len(angles) != n
+                or not all(isinstance(a, int | float) and not isinstance(a, bool)
+                           and math.isfinite(a) for a in angles)):
+            raise ValueError(f"TAGS.angles_deg: expected {n} finite numbers, got {angles!r:.80}")
+    else:
+        angle = body.get("angle_deg", 0.0)
+        if (not isinstance(angle, int | float) or isinstance(angle, bool)
+                or not math.isfinite(angle) or n != 1):
+            raise ValueError(f"TAGS.angles_deg: expected {n} finite numbers, got none "
+                             f"(angle_deg {angle!r:.40})")
+        angles = [angle]
+    derived = [_label(float(a)) for a in angles]
+    if "bases" in body:
+        labels = body["bases"]
+        if not isinstance(labels, list) or labels != derived:
+            raise ValueError(f"TAGS.bases: expected the labels of angles_deg {derived}, "
+                             f"got {labels!r:.80}")
+    return BasisLayout(tuple((int(p[0]), int(p[1])) for p in pairs), tuple(derived),  # type: ignore[index]
+                       tuple(float(a) for a in angles))
+
+
+def _ideal_e(source_state: str, alpha_deg: float, beta_deg: float) -> float:
+    """E of the ideal Bell state for analyzers at Bloch angles α, β in the Z–X plane:
+    E = T_xx·sin α·sin β + T_zz·cos α·cos β (T diagonal, signs :data:`~.estimators.BELL_SIGNS`)."""
+    sx, _, sz = est.BELL_SIGNS[source_state]
+    a, b = math.radians(alpha_deg), math.radians(beta_deg)
+    return sx * math.sin(a) * math.sin(b) + sz * math.cos(a) * math.cos(b)
+
+
+def _quad(n: np.ndarray, own_sign: int = 1, peer_sign: int = 1) -> tuple[float, ...]:
+    """(N++, N−−, N+−, N−+) of a 2×2 outcome array n[own outcome, peer outcome] (outcome 0 is
+    '+' unless that side's sign is −1)."""
+    if own_sign < 0:
+        n = n[::-1, :]
+    if peer_sign < 0:
+        n = n[:, ::-1]
+    return (float(n[0, 0]), float(n[1, 1]), float(n[0, 1]), float(n[1, 0]))
+
+
+def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
+                 peer: BasisLayout, source_state: str = "phi+") -> dict[str, Any]:
+    """Link figures from the coincidences of every setting pair.
+
+    ``counts``/``accidentals``: arrays [own basis i, peer basis j, own outcome, peer outcome]
+    (at least own.n × peer.n). Returns (absent when not defined):
+
+    * ``qber_z``/``qber_x``: :func:`~.estimators.basis_qber` of the coincidences of the own and
+      peer bases with that label, outcomes mapped to the basis' ± eigenstates, against
+      ``source_state``; raw counts (accidentals stay in: they are errors of the key as well);
+      ``qber_<b>_err`` its σ.
+    * ``visibility``: mean over those bases of s_b·E_bb (accidental-subtracted correlation, s_b
+      the source state's sign, anchors §6 V_b = 1 − 2Q_b); with one setting on each side and no
+      common Pauli basis, |E| of that setting pair (accidental-subtracted).
+    * ``fidelity_estimate``, ``fidelity_method``: "two_basis_bound" F ≥ 1 − Q_Z − Q_X
+      (:func:`~.estimators.fidelity_lower_bound`) when both are measured, else "werner":
+      F = (1 + 3V)/4 from the one basis' raw V = 1 − 2Q (or the visibility above).
+    * ``secret_fraction``: BBM92 1 − f·h(Q_Z) − h(Q_X) (:func:`~.estimators.secret_fraction`).
+    * ``sifted_total``: raw coincidences of the matched-basis setting pairs (the sifted bits).
+    * ``chsh_s``, ``chsh_s_err``: with two settings on each side whose ideal S for
+      ``source_state`` exceeds the local bound 2, S = |E(a0,b0) + E(a0,b1) + E(a1,b0) −
+      E(a1,b1)| (a = own, b = peer, E with outcome 0 = +1; accidental-subtracted,
+      :func:`~.estimators.chsh_from_counts`). For Φ+ (E = cos(α − β) at Bloch angles α, β) it
+      is 2√2 at own α = 0, π/2 (HWP 0°, 22.5°: Z, X) and peer β = π/4, −π/4 (HWP 11.25°,
+      −11.25°).
+    """
+    out: dict[str, Any] = {}
+    c = np.asarray(counts, float)
+    a = np.asarray(accidentals, float)
+    per_basis: dict[str, list[np.ndarray]] = {}
+    per_basis_acc: dict[str, list[np.ndarray]] = {}
+    for i in range(own.n):
+        for j in range(peer.n):
+            po, pp = own.pauli(i), peer.pauli(j)
+            if po is None or pp is None or po[0] != pp[0]:
+                continue
+            per_basis.setdefault(po[0], []).append(np.array(_quad(c[i, j], po[1], pp[1])))
+            per_basis_acc.setdefault(po[0], []).append(np.array(_quad(a[i, j], po[1], pp[1])))
+    q: dict[str, est.Qber] = {}
+    vis: list[float] = []
+    sifted = 0.0
+    for b, quads in per_basis.items():
+        n = np.sum(quads, axis=0)
+        acc = np.sum(per_basis_acc[b], axis=0)
+        sifted += float(n.sum())
+        qb = est.basis_qber(*n, basis=b, source_state=source_state)
+        if qb.total == 0:
+            continue
+        q[b] = qb
+        out[f"qber_{b.lower()}"] = qb.value
+        out[f"qber_{b.lower()}_err"] = qb.sigma
+        e = est.correlation(*n, accidentals=list(np.minimum(acc, n)))
+        if math.isfinite(e.value):
+            vis.append(est.BELL_SIGNS[source_state][est.BASES.index(b)] * e.value)
+    if per_basis:
+        out["sifted_total"] = sifted
+    if vis:
+        out["visibility"] = float(np.mean(vis))
+    elif own.n == 1 and peer.n == 1:
+        e = est.correlation(*_quad(c[0, 0]), accidentals=list(np.minimum(_quad(a[0, 0]),
+                                                                          _quad(c[0, 0]))))
+        if math.isfinite(e.value):
+            out["visibility"] = abs(e.value)
+    if "Z" in q and "X" in q:
+        f = est.fidelity_lower_bound(q_z=q["Z"], q_x=q["X"])
+        out["fidelity_estimate"], out["fidelity_method"] = f.value, "two_basis_bound"
+        out["secret_fraction"] = est.secret_fraction(q["Z"], q["X"]).value
+    elif q:
+        qb = next(iter(q.values()))
+        out["fidelity_estimate"], out["fidelity_method"] = 1 - 1.5 * qb.value, "werner"
+    elif "visibility" in out:
+        out["fidelity_estimate"] = (1 + 3 * out["visibility"]) / 4
+        out["fidelity_method"] = "werner"
+    if own.n == 2 and peer.n == 2:
+        alpha = [4 * x for x in own.angles_deg]
+        beta = [4 * x for x in peer.angles_deg]
+        ideal = (_ideal_e(source_state, alpha[0], beta[0]) + _ideal_e(source_state, alpha[0],
+                 beta[1]) + _ideal_e(source_state, alpha[1], beta[0])
+                 - _ideal_e(source_state, alpha[1], beta[1]))
+        if abs(ideal) > 2 + 1e-9:
+            # chsh_from_counts: S = |E1 − E2 + E3 + E4| over settings (a,b), (a,b'), (a',b),
+            # (a',b'); with a = a1, a' = a0, b = b0, b' = b1 that is our convention.
+            order = [(1, 0), (1, 1), (0, 0), (0, 1)]
+            rows = [_quad(c[i, j]) for i, j in order]
+            accs = [tuple(min(x, y) for x, y in zip(_quad(a[i, j]), r, strict=True))
+                    for (i, j), r in zip(order, rows, strict=True)]
+            if all(sum(r) > 0 for r in rows):
+                s = est.chsh_from_counts(rows, accs)
+                if math.isfinite(s.value):
+                    out["chsh_s"], out["chsh_s_err"] = s.value, s.sigma
+    return out
+
+
 class CrossNodeCounter:
     """Own and peer tag streams → aligned, counted cross-node coincidences (runs on a worker
-    thread; the role calls :meth:`process` after each arrival). Times in ps."""
+    thread; the role calls :meth:`process` after each arrival). Times in ps.
 
-    def __init__(self, channels: tuple[int, int], window_ps: int, align_s: float):
-        self.a = channels
-        self.b = (PEER_OFFSET + channels[0], PEER_OFFSET + channels[1])
+    ``channels``: own outcome channels, 2 (one basis) or 4 (two bases, outcome 0 and 1 of each);
+    ``angles_deg``/``labels``: own HWP angle and label per basis (default Z 0°, X 22.5°);
+    ``source_state``: the ideal state the QBERs count errors against. :attr:`counts` and
+    :attr:`accidentals` are [own basis, peer basis (2), own outcome, peer outcome] since the
+    start or the peer's last layout change (:meth:`add_peer`)."""
+
+    def __init__(self, channels: Sequence[int], window_ps: int, align_s: float, *,
+                 angles_deg: Sequence[float] | None = None, labels: Sequence[str] | None = None,
+                 source_state: str = "phi+"):
+        self.layout = BasisLayout.make(channels, angles_deg, labels)
+        if not 1 <= self.layout.n <= MAX_BASES:
+            raise ValueError(f"channels: 2 or 4 own channels, got {list(channels)}")
+        self.source_state = source_state
+        self.a = tuple(c for p in self.layout.channels for c in p)
+        self.b = tuple(PEER_BASE + k for k in range(2 * MAX_BASES))
+        self.peer_layout: BasisLayout | None = None
         self.window_ps = window_ps
         self.align_ps = int(align_s * 1e12)
         self.own: collections.deque[np.ndarray] = collections.deque()   # TagBlocks
@@ -220,18 +443,23 @@ class CrossNodeCounter:
         self.peer_end = -1         # peer stream complete up to (peer clock)
         self.processed_to = -1     # own clock: everything before was counted
         self.tracker: DriftTracker | None = None
-        self.peer_angle_deg = 0.0
         self.rejected = 0
         self.spans = 0
         self.peer_tags = 0
         self.dropped_tags = 0
-        pairs = [(x, y) for x in self.a for y in self.b]
+        self.layout_changes = 0
+        pairs = [(x, y) for x in self.a for y in self.b]   # order: i, k, j, l
         self.coinc = Coincidences(pairs, window_ps, accidental_offset_ps=ACCIDENTAL_SHIFT_PS)
         self.nfold = NFold([*self.a, *self.b], window_ps, min_fold=2)
-        self.mask_a = [self.nfold.mask_of([c]) for c in self.a]
-        self.mask_b = [self.nfold.mask_of([c]) for c in self.b]
-        self.counts = np.zeros(4, np.int64)       # (a0b0, a0b1, a1b0, a1b1)
-        self.accidentals = np.zeros(4, np.int64)
+        codes: dict[int, int] = {}
+        for ia, ca in enumerate(self.a):
+            for ib, cb in enumerate(self.b):
+                codes[self.nfold.mask_of([ca, cb])] = PHI_PLUS if ia % 2 == ib % 2 else PSI_PLUS
+        self._pair_masks = np.array(sorted(codes), np.uint64)
+        self._pair_codes = np.array([codes[m] for m in sorted(codes)], np.uint8)
+        shape = (self.layout.n, MAX_BASES, 2, 2)
+        self.counts = np.zeros(shape, np.int64)
+        self.accidentals = np.zeros(shape, np.int64)
         self.singles_a = 0
         self.singles_b = 0
         self.g2 = np.zeros(2 * G2_HALF_RANGE_PS // G2_BIN_PS, np.int64)
@@ -244,12 +472,28 @@ class CrossNodeCounter:
         self.own_end = max(self.own_end, t_end_ps)
 
     def add_peer(self, times: np.ndarray, channels: np.ndarray, t_end_ps: int,
-                 outcome_channels: tuple[int, int]) -> None:
-        """Peer tags (peer clock); ``outcome_channels``: the peer's channels of outcome 0, 1
-        (renumbered to ``PEER_OFFSET + own outcome channel``; other channels are dropped)."""
+                 layout: BasisLayout | Sequence[int] | Sequence[Sequence[int]]) -> None:
+        """Peer tags (peer clock) and the peer's layout (a :class:`BasisLayout`, or its outcome
+        channels: one pair, or one pair per basis, angles then Z 0°, X 22.5°). Peer basis j,
+        outcome k is renumbered to ``PEER_BASE + 2j + k``; other channels are dropped. A new
+        layout restarts the per-setting counts (they would mix settings otherwise)."""
+        if not isinstance(layout, BasisLayout):
+            layout = BasisLayout.make(layout)
+        if not 1 <= layout.n <= MAX_BASES:
+            raise ValueError(f"outcome_channels: 1 or {MAX_BASES} bases, got {layout.n}")
+        if layout != self.peer_layout:
+            if self.peer_layout is not None:
+                log.warning("peer analyzer settings changed (%s → %s): counts restart",
+                            self.peer_layout, layout)
+                self.layout_changes += 1
+                self.counts[:] = 0
+                self.accidentals[:] = 0
+                self._last.pop("sift", None)
+            self.peer_layout = layout
         mapped = np.full(channels.shape, -1, np.int32)
-        for i, ch in enumerate(outcome_channels):
-            mapped[channels == ch] = self.b[i]
+        for j, pair in enumerate(layout.channels):
+            for k, ch in enumerate(pair):
+                mapped[channels == ch] = PEER_BASE + 2 * j + k
         keep = mapped >= 0
         times, channels = times[keep], mapped[keep]
         self.peer.append((times, channels))
@@ -353,9 +597,11 @@ class CrossNodeCounter:
             by_channel[ch] = np.ascontiguousarray(sel, dtype=np.int64)
         block = merge_channels(by_channel)
         pc = self.coinc.process(block)
-        self.counts += pc.coincidences
+        # pairs are ordered (own basis i, own outcome k, peer basis j, peer outcome l)
+        shape = (self.layout.n, 2, MAX_BASES, 2)
+        self.counts += pc.coincidences.reshape(shape).transpose(0, 2, 1, 3)
         if pc.accidentals is not None:
-            self.accidentals += pc.accidentals
+            self.accidentals += pc.accidentals.reshape(shape).transpose(0, 2, 1, 3)
         self.singles_a += sum(by_channel[c].size for c in self.a)
         self.singles_b += sum(by_channel[c].size for c in self.b)
         a_all = np.sort(np.concatenate([by_channel[c] for c in self.a]))
@@ -365,24 +611,22 @@ class CrossNodeCounter:
             self.g2 += np.bincount((d + G2_HALF_RANGE_PS) // G2_BIN_PS,
                                    minlength=self.g2.size)[: self.g2.size]
         ev = self.nfold.process(block).events
-        masks = ev["mask"]
-        equal = ((masks == self.mask_a[0] | self.mask_b[0])
-                 | (masks == self.mask_a[1] | self.mask_b[1]))
-        opposite = ((masks == self.mask_a[0] | self.mask_b[1])
-                    | (masks == self.mask_a[1] | self.mask_b[0]))
-        keep = equal | opposite
-        codes = np.where(equal[keep], PHI_PLUS, PSI_PLUS).astype(np.uint8)
+        masks = ev["mask"].astype(np.uint64)
+        idx = np.searchsorted(self._pair_masks, masks)
+        idx_c = np.minimum(idx, self._pair_masks.size - 1)
+        keep = self._pair_masks[idx_c] == masks       # exactly one own and one peer detector
+        codes = self._pair_codes[idx_c[keep]]
         return codes, np.ascontiguousarray(ev["time"][keep], dtype=np.int64)
 
     # ---------------------------------------------------------------- telemetry
-    def telemetry(self, interval_s: float, own_angle_deg: float) -> LinkTelemetry:
+    def telemetry(self, interval_s: float) -> LinkTelemetry:
         """Rates are per second of *tag time* counted since the last call (the counting lags
         the wall clock by the network and runs in bursts); the peer's tag rate is per wall
-        second (``interval_s``)."""
-        n = self.counts.astype(float)
-        total = n.sum()
-        acc = self.accidentals.astype(float)
-        now = {"coinc": total, "acc": acc.sum(), "span_ps": float(max(self.processed_to, 0))}
+        second (``interval_s``). QBERs, visibility, fidelity, key fraction and CHSH S come from
+        the counts since the start (or the peer's last layout change): :func:`link_figures`."""
+        total = float(self.counts.sum())
+        acc_total = float(self.accidentals.sum())
+        now = {"coinc": total, "acc": acc_total, "span_ps": float(max(self.processed_to, 0))}
         span_s = (now["span_ps"] - self._last.get("span_ps", now["span_ps"])) / 1e12
         t: LinkTelemetry = {"remote_tags_rate_hz":
                             (self.peer_tags - self._last.get("peer", 0.0)) / interval_s}
@@ -390,19 +634,21 @@ class CrossNodeCounter:
             t["coincidence_rate_hz"] = (now["coinc"] - self._last.get("coinc", 0.0)) / span_s
             t["accidental_rate_hz"] = (now["acc"] - self._last.get("acc", 0.0)) / span_s
         now["peer"] = float(self.peer_tags)
+        if acc_total > 0:
+            t["car"] = car_estimate(total, acc_total).value
+        if self.peer_layout is not None:
+            figures = link_figures(self.counts, self.accidentals, self.layout, self.peer_layout,
+                                   self.source_state)
+            sifted = figures.pop("sifted_total", None)
+            for key in ("qber_z_err", "qber_x_err"):
+                figures.pop(key, None)
+            t.update(figures)  # type: ignore[typeddict-item]
+            if sifted is not None:
+                now["sift"] = sifted
+                if span_s > 0 and "sift" in self._last:
+                    t["sifted_key_rate_hz"] = est.sifted_key_rate(
+                        max(sifted - self._last["sift"], 0.0), span_s, sifting=1.0).value
         self._last = now
-        if acc.sum() > 0:
-            t["car"] = car_estimate(total, acc.sum()).value
-        true = n - acc
-        if true.sum() > 0:
-            e = (true[0] + true[3] - true[1] - true[2]) / true.sum()
-            t["visibility"] = float(abs(e))
-            q = float((1 - abs(e)) / 2)
-            same = (own_angle_deg - self.peer_angle_deg) % 45 == 0
-            if same and own_angle_deg % 45 == 0:
-                t["qber_z"] = q
-            elif same and (own_angle_deg - 22.5) % 45 == 0:
-                t["qber_x"] = q
         tr = self.tracker
         if tr is None:
             t["tracker_state"] = "ACQUIRING"

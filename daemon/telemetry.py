@@ -35,6 +35,7 @@ class LinkTelemetry(TypedDict, total=False):
     herald_latency_ms_p50: float  # end: receipt time − the chunk's publish time (wall clock)
     herald_latency_ms_p99: float
     fidelity_estimate: float    # the goodness stamped on new pairs
+    fidelity_method: str        # M counter: "two_basis_bound" (1 − Q_Z − Q_X) | "werner"
     # herald station (K)
     psi_plus_total: int
     psi_minus_total: int
@@ -47,6 +48,8 @@ class LinkTelemetry(TypedDict, total=False):
     visibility: float
     chsh_s: float
     chsh_s_err: float
+    secret_fraction: float      # BBM92 asymptotic 1 − f·h(Q_Z) − h(Q_X), bits per sifted bit
+    sifted_key_rate_hz: float   # matched-basis coincidences (Z–Z, X–X) per second of tag time
     offset_ps: float            # peer clock − own clock, from the alignment servo
     drift_ppb: float
     tracker_state: str          # LOCKED | HOLDOVER | LOST | ACQUIRING

@@ -31,7 +31,9 @@ File format::
     slice_ms = 50           # simulated time per step (any link): each tagger chunk
     [[link.node]]           # exactly two
     name = "analyzer-a"
-    channels = [1, 2]       # the + and - detectors' tagger inputs
+    channels = [1, 2]       # the + and - detectors' tagger inputs (one analyzer "a", H/V), or:
+    # analyzers = [{name = "z", channels = [1, 2], angle_deg = 0.0},   # passive basis choice:
+    #              {name = "x", channels = [3, 4], angle_deg = 22.5}]  #   a 50:50 BS, HWP angles
     length_km = 1.0         # also: efficiency, dark_count_rate_hz, jitter_ps,
     clock_offset_ps = 0     #   clock_offset_ps, clock_drift_ppm (the node's tagger clock)
 
@@ -148,17 +150,34 @@ class InstrumentSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class NodeSpec:
-    """One analyzer node of an M link (lengths km, rates Hz, times ps, drift ppm)."""
+class AnalyzerSpec:
+    """One analyzer of a node with a passive basis choice: a PBS with its '+' and '−' detectors
+    on ``channels``, behind a half-wave plate at ``angle_deg`` (deg from H): it measures linear
+    polarisation at 2θ, Bloch vector (sin 4θ, 0, cos 4θ)
+    (:func:`~qnode.hal_sim.physics_coupling.waveplate_analyzer_vector`)."""
 
     name: str
     channels: tuple[int, int]
+    angle_deg: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    """One analyzer node of an M link (lengths km, rates Hz, times ps, drift ppm).
+
+    ``analyzers`` empty: one analyzer "a" measuring H/V on ``channels`` (+, −). Otherwise a
+    50:50 beam splitter picks one of ``analyzers`` (passive basis choice, anchors §6) and
+    ``channels`` lists all their detectors."""
+
+    name: str
+    channels: tuple[int, ...]
     length_km: float = 0.0
     efficiency: float = 0.8
     dark_count_rate_hz: float = 100.0
     jitter_ps: float = 30.0
     clock_offset_ps: int = 0
     clock_drift_ppm: float = 0.0
+    analyzers: tuple[AnalyzerSpec, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,16 +386,43 @@ def _parse_m_link(t: _Table, name: str) -> LinkSpec:
     specs = []
     for i, n in enumerate(nodes):
         nt = _Table(t.path, f"{t.key}.node[{i}]", n, _NODE_KEYS)
+        analyzers = _parse_analyzers(nt)
+        if analyzers and "channels" in nt.raw:
+            raise nt.fail("channels", "give channels or analyzers (each with its channels), "
+                                      "not both")
+        channels = (tuple(c for a in analyzers for c in a.channels) if analyzers
+                    else nt.channels("channels", 2))
         specs.append(NodeSpec(
-            nt.name("name"), nt.channels("channels", 2),  # type: ignore[arg-type]
+            nt.name("name"), channels,
             nt.number("length_km", 0.0, 0, 1e4), nt.number("efficiency", 0.8, 0, 1),
             nt.number("dark_count_rate_hz", 100.0, 0, 1e9), nt.number("jitter_ps", 30.0, 0, 1e6),
             nt.integer("clock_offset_ps", 0, -10**15, 10**15),
-            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4)))
+            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4), analyzers))
     if specs[0].name == specs[1].name:
         raise _fail(t.path, f"{t.key}.node[1].name", f"{specs[0].name!r} is used twice")
     return LinkSpec(rate, vis, seed, (specs[0], specs[1]), name, brightness, t.key,
                     id=t.name("id", name), slice_ms=t.number("slice_ms", 50.0, 0.001, 10_000))
+
+
+def _parse_analyzers(nt: _Table) -> tuple[AnalyzerSpec, ...]:
+    """A node's ``analyzers = [{name, channels = [+, −], angle_deg}, ...]`` (passive choice)."""
+    raw = nt.raw.get("analyzers")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise nt.fail("analyzers", "must be a list of {name, channels, angle_deg} tables")
+    out: list[AnalyzerSpec] = []
+    for j, item in enumerate(raw):
+        at = _Table(nt.path, f"{nt.key}.analyzers[{j}]", item, {"name", "channels", "angle_deg"})
+        out.append(AnalyzerSpec(at.name("name"), at.channels("channels", 2),  # type: ignore[arg-type]
+                                at.number("angle_deg", 0.0, -360, 360)))
+    names = [a.name for a in out]
+    if len(set(names)) != len(names):
+        raise nt.fail("analyzers", f"analyzer names must differ, got {names}")
+    chans = [c for a in out for c in a.channels]
+    if len(set(chans)) != len(chans):
+        raise nt.fail("analyzers", f"detector channels must differ, got {chans}")
+    return tuple(out)
 
 
 def _parse_k_link(t: _Table, name: str) -> KLinkSpec:
@@ -507,16 +553,28 @@ def _build_simulator(spec: LinkSpec | KLinkSpec) -> Any:
         return HeraldingSimulator(spec.link, seed=spec.seed,
                                   slice_ps=int(round(spec.slice_ms * 1e9)))
     from .clock import Clock
-    from .link import Link, simple_node
+    from .detector import Detector
+    from .link import Link, Node, simple_node
+    from .optics import Fibre
     from .photon_stream import PhotonStreamSimulator
-    from .polarisation import BellDiagonalState
+    from .physics_coupling import waveplate_analyzer_vector
+    from .polarisation import Analyzer, BellDiagonalState
     from .source import CWSource
 
-    nodes = tuple(simple_node(n.name, n.channels, length_km=n.length_km,
-                              efficiency=n.efficiency, dark_count_rate_hz=n.dark_count_rate_hz,
-                              jitter_ps=n.jitter_ps,
-                              clock=Clock(n.clock_offset_ps, n.clock_drift_ppm))
-                  for n in spec.nodes)
+    def node(n: NodeSpec) -> Node:
+        clock = Clock(n.clock_offset_ps, n.clock_drift_ppm)
+        if not n.analyzers:
+            return simple_node(n.name, n.channels, length_km=n.length_km,  # type: ignore[arg-type]
+                               efficiency=n.efficiency, dark_count_rate_hz=n.dark_count_rate_hz,
+                               jitter_ps=n.jitter_ps, clock=clock)
+
+        def det(ch: int) -> Detector:  # as simple_node's: 20 ns dead time
+            return Detector(ch, n.efficiency, n.dark_count_rate_hz, 20_000, n.jitter_ps)
+        return Node(n.name, Fibre(n.length_km, 0.2),
+                    [Analyzer(a.name, waveplate_analyzer_vector(a.angle_deg), det(a.channels[0]),
+                              det(a.channels[1])) for a in n.analyzers], clock)
+
+    nodes = tuple(node(n) for n in spec.nodes)
     return PhotonStreamSimulator(
         Link(CWSource(spec.pair_rate_hz), BellDiagonalState.werner(spec.visibility), nodes),
         seed=spec.seed, slice_ps=int(round(spec.slice_ms * 1e9)))
@@ -528,11 +586,57 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+_PHI_PLUS_T = (1.0, -1.0, 1.0)   # diagonal of Φ+'s correlation matrix, (X, Y, Z)
+
+
+def _axis(vec: Any) -> tuple[str, int] | None:
+    """("Z" | "X", ±1) when the Bloch vector is ±Z or ±X, else None."""
+    for basis, k in (("X", 0), ("Z", 2)):
+        if abs(abs(float(vec[k])) - 1.0) < 1e-9:
+            return basis, (1 if vec[k] > 0 else -1)
+    return None
+
+
+def _setting_truth(sim: Any, spec: LinkSpec) -> dict[str, float]:
+    """``qber_z``/``qber_x``/``chsh_s`` of the analyzers as set now (see :func:`m_link_truth`)."""
+    a_node, b_node = sim.link.nodes
+    corr = sim.link.state.correlation_matrix
+    if not any(n.analyzers for n in spec.nodes):   # one H/V analyzer per node: as before
+        return {"qber_z": (1 - abs(float(corr[2, 2]))) / 2,
+                "qber_x": (1 - abs(float(corr[0, 0]))) / 2}
+    vectors = getattr(sim, "_vectors", {})
+    va = vectors.get(a_node.name, [a.vector for a in a_node.analyzers])
+    vb = vectors.get(b_node.name, [a.vector for a in b_node.analyzers])
+    out: dict[str, float] = {}
+    bases_a = {x[0] for x in map(_axis, va) if x is not None}
+    bases_b = {x[0] for x in map(_axis, vb) if x is not None}
+    for basis, k in (("Z", 2), ("X", 0)):
+        if basis in bases_a and basis in bases_b:
+            out[f"qber_{basis.lower()}"] = (1 - _PHI_PLUS_T[k] * float(corr[k, k])) / 2
+    if len(va) == 2 and len(vb) == 2:
+        names_a = [x.name for x in a_node.analyzers]
+        names_b = [x.name for x in b_node.analyzers]
+        e = [[sim.truth.expected_correlation[(x, y)] for y in names_b] for x in names_a]
+        ideal = [[sum(float(va[i][m]) * _PHI_PLUS_T[m] * float(vb[j][m]) for m in range(3))
+                  for j in range(2)] for i in range(2)]
+
+        def chsh(m: list[list[float]]) -> float:
+            return m[0][0] + m[0][1] + m[1][0] - m[1][1]
+        if abs(chsh(ideal)) > 2 + 1e-9:
+            out["chsh_s"] = abs(chsh(e))
+    return out
+
+
 def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
     """Truth of an M link. Top level (telemetry names): ``pair_rate_hz`` (now),
     ``coincidence_rate_hz`` = B·η_a·η_b (true pairs registered at both ends per second, before
-    dead time), ``visibility`` (Werner V), ``qber_z`` / ``qber_x`` = (1 − |T_zz|)/2, (1 − |T_xx|)/2,
-    ``fidelity_estimate`` = ⟨Φ+|ρ|Φ+⟩. ``detail``: pairs emitted / both detected / registered
+    dead time), ``visibility`` (Werner V), ``fidelity_estimate`` = ⟨Φ+|ρ|Φ+⟩; ``qber_z`` /
+    ``qber_x``: nodes with one H/V analyzer: (1 − |T_zz|)/2, (1 − |T_xx|)/2 of the state; nodes
+    with declared ``analyzers``: (1 − s_b·T_bb)/2 against Φ+ (s = +1 in Z and X), present when
+    both nodes have an analyzer in that basis (Bloch vector ±Z, ±X as set now); ``chsh_s``
+    (two analyzers per node whose settings violate the CHSH bound for Φ+): |E(a0,b0) +
+    E(a0,b1) + E(a1,b0) − E(a1,b1)| of the state at the analyzers as set now (a: node 0's
+    analyzers in file order, b: node 1's). ``detail``: pairs emitted / both detected / registered
     at both ends, singles and dark counts per node and channel, the expected correlation E of
     the analyzers as set now ("node:analyzer|node:analyzer"), arm efficiencies, each node's
     clock (offset ps, drift ppm) and channel delays (ps, fibre + detector + clock offset)."""
@@ -540,7 +644,6 @@ def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
     a, b = (n.name for n in sim.link.nodes)
     rate = float(getattr(sim.link.source, "pair_rate_hz", float("nan")))
     state = sim.link.state
-    corr = state.correlation_matrix
     clocks = {n.name: {"offset_ps": n.clock.offset_ps, "drift_ppm": n.clock.drift_ppm}
               for n in sim.link.nodes}
     return {
@@ -548,8 +651,7 @@ def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
         "pair_rate_hz": rate,
         "coincidence_rate_hz": rate * t.arm_efficiency(a) * t.arm_efficiency(b),
         "visibility": spec.visibility,
-        "qber_z": (1 - abs(float(corr[2, 2]))) / 2,
-        "qber_x": (1 - abs(float(corr[0, 0]))) / 2,
+        **_setting_truth(sim, spec),
         "fidelity_estimate": state.fidelity("phi+"),
         "detail": {
             "duration_ps": t.duration_ps, "pairs_emitted": t.pairs_emitted,

@@ -108,10 +108,14 @@ def couple(bench: Bench, key: str, role: str, device: Any, options: Mapping[str,
     if node not in names:
         raise _fail(bench.path, f"{key}.node", f"must name a node of link {rt.spec.name!r}, "
                                                f"one of {names}; got {node!r}")
-    analyzer = options.get("analyzer", "a")
-    if analyzer != "a":
+    spec = next(n for n in rt.spec.nodes if n.name == node)
+    analyzers = [a.name for a in spec.analyzers] or ["a"]
+    # default: the last analyzer (with a passive basis choice, the arm behind the plate)
+    analyzer = options.get("analyzer", analyzers[-1])
+    if analyzer not in analyzers:
         raise _fail(bench.path, f"{key}.analyzer",
-                    f"the bench's analyzer nodes have one analyzer, 'a'; got {analyzer!r}")
+                    f"must name an analyzer of node {node!r}, one of {analyzers}; "
+                    f"got {analyzer!r}")
     zero = options.get("zero_deg", 0.0)
     if isinstance(zero, bool) or not isinstance(zero, (int, float)):
         raise _fail(bench.path, f"{key}.zero_deg", f"must be a number (deg), got {zero!r}")

@@ -281,8 +281,11 @@ def test_network_bench_m_link_cross_node_coincidences_match_the_truth(tmp_path):
     truth_file = tmp_path / "truth.json"
     with bench.Bench.from_file(NETWORK, truth_path=truth_file) as b:
         assert list(b.addresses()) == NETWORK_ROWS
-        tags = _stream(b.addresses(), {"analyzer-a-tagger": (1, 2),
-                                       "analyzer-b-tagger": (1, 2)}, 1.6)
+        for node in ("analyzer-a", "analyzer-b"):   # the X arms' plates, as the daemon does
+            with Elliptec(b.addresses()[f"{node}-hwp"], timeout_s=2.0) as hwp:
+                hwp.move_absolute_deg(22.5)
+        tags = _stream(b.addresses(), {"analyzer-a-tagger": (1, 2, 3, 4),
+                                       "analyzer-b-tagger": (1, 2, 3, 4)}, 1.6)
     truth = json.loads(truth_file.read_text())["links"]["m-ab"]
     assert truth["name"] == "source-pair" and truth["pair_rate_hz"] == pytest.approx(1e5)
     ea = _emission_times(tags["analyzer-a-tagger"], truth, "analyzer-a")
@@ -293,8 +296,10 @@ def test_network_bench_m_link_cross_node_coincidences_match_the_truth(tmp_path):
     ka, kb = (ea >= lo) & (ea < hi), (eb >= lo) & (eb < hi)
     joint = sort_block(np.concatenate([
         tag_block(ea[ka], tags["analyzer-a-tagger"]["channel"][ka]),
-        tag_block(eb[kb], tags["analyzer-b-tagger"]["channel"][kb] + 2)]))
-    coin = Coincidences([(1, 3), (1, 4), (2, 3), (2, 4)], 1_000, accidental_offset_ps=50_000)
+        tag_block(eb[kb], tags["analyzer-b-tagger"]["channel"][kb] + 4)]))
+    # passive Z (inputs 1, 2) / X (3, 4) analyzers at both nodes: all 16 detector pairs
+    coin = Coincidences([(x, y) for x in (1, 2, 3, 4) for y in (5, 6, 7, 8)], 1_000,
+                        accidental_offset_ps=50_000)
     counts = coin.process(joint)
     c, acc = int(counts.coincidences.sum()), int(counts.accidentals.sum())
     d = truth["detail"]
@@ -302,12 +307,17 @@ def test_network_bench_m_link_cross_node_coincidences_match_the_truth(tmp_path):
     expected = rate * (hi - lo) * 1e-12
     sigma = math.sqrt(c + acc + expected**2 / d["pairs_both_detected"])
     assert abs(c - acc - expected) <= 3 * sigma, (c, acc, expected, sigma)
-    # polarisation correlation of the analyzers as the (coupled) waveplates set them
-    same = counts.coincidences[0] + counts.coincidences[3]
-    e = (same - (c - same)) / c
-    e_true = d["expected_correlation"]["analyzer-a:a|analyzer-b:a"]
-    assert e_true == pytest.approx(0.95)
-    assert abs(e - e_true) <= 3 * math.sqrt((1 - e_true**2) / c) + 2 * acc / c
+    # polarisation correlation per setting pair: (own z|x) × (peer z|x), 4 counts each
+    n = counts.coincidences.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3)  # [i, j, k, l]
+    for i, x in enumerate("zx"):
+        for j, y in enumerate("zx"):
+            m = n[i, j]
+            e = (m[0, 0] + m[1, 1] - m[0, 1] - m[1, 0]) / m.sum()
+            e_true = d["expected_correlation"][f"analyzer-a:{x}|analyzer-b:{y}"]
+            assert e_true == pytest.approx(0.95 if x == y else 0.0, abs=1e-12)
+            assert abs(e - e_true) <= 3 * math.sqrt((1 - e_true**2) / m.sum()) + 2 * acc / c
+    assert truth["qber_z"] == pytest.approx(0.025) and truth["qber_x"] == pytest.approx(0.025)
+    assert "chsh_s" not in truth                       # Z/X at both ends: not a Bell test
 
 
 def test_network_bench_k_station_heralds_match_the_truth(tmp_path):
@@ -345,14 +355,12 @@ def test_network_bench_k_station_heralds_match_the_truth(tmp_path):
     assert truth["false_heralds_total"] < 0.01 * truth["true_heralds_total"]
 
 
-def test_coupled_pump_and_waveplate_drive_the_m_link():
+def test_coupled_pump_drives_the_m_link():
     with bench.Bench.from_file(NETWORK) as b:
         rt = b.links["source-pair"]
         addresses = b.addresses()
-        with IBeamSmart(addresses["pump"], timeout_s=0.5) as pump, \
-                Elliptec(addresses["analyzer-b-hwp"], timeout_s=0.5) as hwp:
+        with IBeamSmart(addresses["pump"], timeout_s=0.5) as pump:
             pump.set_power_mw(20.0)
-            hwp.move_absolute_deg(22.5)             # H/V → D/A: uncorrelated with a's H/V
             twin = b.devices["pump"]
             deadline = time.monotonic() + 5.0
             while abs(twin.power_mw - 20.0) > 1e-6 and time.monotonic() < deadline:
@@ -361,8 +369,20 @@ def test_coupled_pump_and_waveplate_drive_the_m_link():
         truth = b.truth()["links"]["m-ab"]
     assert rt.coupling.applied["phase_matching"] == pytest.approx(1.0, abs=1e-6)
     assert truth["pair_rate_hz"] == pytest.approx(5e4, rel=1e-6)   # 2500/mW × 20 mW
-    assert truth["detail"]["expected_correlation"]["analyzer-a:a|analyzer-b:a"] == \
-        pytest.approx(0.0, abs=1e-6)
+
+
+def test_coupled_waveplate_turns_a_one_analyzer_node(tmp_path):
+    f = tmp_path / "hwp.toml"
+    f.write_text(_M_LINK.split("[[link]]\nname = 'k'")[0]
+                 + "[[instrument]]\nname = 'hwp'\nkind = 'elliptec'\nserve = 'tcp'\n"
+                   "[instrument.options]\nlink = 'm'\nnode = 'b'\n")
+    with bench.Bench.from_file(f) as b:
+        rt = b.links["m"]
+        with Elliptec(b.addresses()["hwp"], timeout_s=0.5) as hwp:
+            hwp.move_absolute_deg(22.5)             # H/V → D/A: uncorrelated with a's H/V
+        rt.fanout.locked(rt.coupling)
+        truth = b.truth()["links"]["m"]
+    assert truth["detail"]["expected_correlation"]["a:a|b:a"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_network_command_line_prints_every_address_and_writes_the_truth(tmp_path):
@@ -393,3 +413,52 @@ def test_network_command_line_prints_every_address_and_writes_the_truth(tmp_path
     assert k["type"] == "K" and k["ends"] == ["repeater", "bob"]
     assert final["links"]["m-ab"]["type"] == "M"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------ passive analyzers (M link)
+
+_PASSIVE = ("[[link]]\nname = 'm'\ntype = 'M'\nvisibility = 0.9\n"
+            "[[link.node]]\nname = 'a'\nanalyzers = [{name = 'z', channels = [1, 2]}, "
+            "{name = 'x', channels = [3, 4], angle_deg = 22.5}]\n"
+            "[[link.node]]\nname = 'b'\nanalyzers = [{name = 'p', channels = [1, 2], "
+            "angle_deg = 11.25}, {name = 'm', channels = [3, 4], angle_deg = -11.25}]\n")
+
+
+def test_passive_analyzer_nodes_build_two_analyzers_and_their_truth():
+    spec = bench.parse(_TC200 + _PASSIVE, "p.toml")
+    a, b = spec.link.nodes
+    assert a.channels == (1, 2, 3, 4) and [x.angle_deg for x in a.analyzers] == [0.0, 22.5]
+    rt = bench.LinkRuntime(spec.link)
+    truth = rt.truth()
+    e = truth["detail"]["expected_correlation"]
+    # HWP θ → Bloch angle 4θ: a at 0, π/2; b at ±π/4; Φ+ Werner: E = V·cos(α − β)
+    assert e["a:z|b:p"] == pytest.approx(0.9 * math.cos(math.pi / 4))
+    assert e["a:x|b:m"] == pytest.approx(0.9 * math.cos(3 * math.pi / 4))
+    assert truth["chsh_s"] == pytest.approx(2 * math.sqrt(2) * 0.9)
+    assert "qber_z" not in truth and "qber_x" not in truth   # b measures no Pauli basis
+    zx = bench.parse(_TC200 + _PASSIVE.replace("11.25", "0.0").replace("-0.0", "22.5"), "q.toml")
+    t = bench.LinkRuntime(zx.link).truth()
+    assert t["qber_z"] == pytest.approx(0.05) and t["qber_x"] == pytest.approx(0.05)
+    assert "chsh_s" not in t
+
+
+@pytest.mark.parametrize("node, key", [
+    ("analyzers = []\n", "link[0].node[0].analyzers"),
+    ("analyzers = [{name = 'z', channels = [1]}]\n", "link[0].node[0].analyzers[0].channels"),
+    ("analyzers = [{name = 'z', channels = [1, 2], angle_deg = 'x'}]\n",
+     "link[0].node[0].analyzers[0].angle_deg"),
+    ("analyzers = [{name = 'z', channels = [1, 2], tilt = 1}]\n",
+     "link[0].node[0].analyzers[0].tilt"),
+    ("analyzers = [{name = 'z', channels = [1, 2]}, {name = 'z', channels = [3, 4]}]\n",
+     "link[0].node[0].analyzers"),
+    ("analyzers = [{name = 'z', channels = [1, 2]}, {name = 'x', channels = [2, 4]}]\n",
+     "link[0].node[0].analyzers"),
+    ("channels = [1, 2]\nanalyzers = [{name = 'z', channels = [1, 2]}]\n",
+     "link[0].node[0].channels"),
+])
+def test_bad_passive_analyzers_name_the_key(node, key):
+    text = (_TC200 + "[[link]]\nname = 'm'\ntype = 'M'\n[[link.node]]\nname = 'a'\n" + node
+            + "[[link.node]]\nname = 'b'\nchannels = [1, 2]\n")
+    with pytest.raises(bench.BenchConfigError) as err:
+        bench.parse(text, "x.toml")
+    assert f"x.toml: {key}:" in str(err.value)

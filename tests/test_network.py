@@ -104,3 +104,9 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     assert m["tracker_state"] == "LOCKED"
     assert abs(m["visibility"] - truth["links"]["m-ab"]["visibility"]) < 0.02, m
     assert m["car"] > 10
+    # passive Z/X analyzers at both ends (BBM92): each basis' QBER, the two-basis bound, key
+    for basis in ("qber_z", "qber_x"):
+        assert abs(m[basis] - truth["links"]["m-ab"][basis]) < 0.02, (basis, m)
+    assert m["fidelity_method"] == "two_basis_bound"
+    assert abs(m["fidelity_estimate"] - (1 - m["qber_z"] - m["qber_x"])) < 1e-9
+    assert m["secret_fraction"] > 0 and m["sifted_key_rate_hz"] > 0
