@@ -76,7 +76,8 @@ ACCIDENTAL_SHIFT_PS = 20_000
 G2_HALF_RANGE_PS = 5_000
 G2_BIN_PS = 100
 MARGIN_PS = 2_000_000        # 2 µs kept back from the newest common time (window + jitter)
-MAX_BUFFER_S = 5.0           # a peer silent this long: our oldest tags are dropped (counted)
+MAX_BUFFER_S = 5.0           # a stream waits at most this long for the other (then: dropped)
+MAX_TAGS_BACKLOG = 100       # TAGS messages waiting for the broker before chunks are dropped
 PHI_PLUS, PSI_PLUS = 0, 2    # BELL_STATES codes
 
 
@@ -104,6 +105,7 @@ class AnalyzerRole:
         self.ingest = IngestMeter()
         self.counting: CrossNodeCounter | None = None
         self.sent_tags = 0
+        self.unsent_tags = 0
         self._count_lock = asyncio.Lock()  # own chunks and peer messages both trigger counting
         if self.counter:
             self.counting = CrossNodeCounter(cfg.channels, cfg.window_ps, cfg.align_s,
@@ -148,6 +150,11 @@ class AnalyzerRole:
                                               chunk=events.chunk_index,
                                               extra={"t_end_ps": events.t_end_ps,
                                                      **self.tags_header()})
+                        if self.ctx.bus.pending > MAX_TAGS_BACKLOG:
+                            # the broker is away or slow: a chunk the counter gets late is
+                            # worth less than memory; drop it (counted), do not queue GBs
+                            self.unsent_tags += body["n"]
+                            continue
                         self.sent_tags += body["n"]
                         self.ctx.bus.publish(self.ctx.topics.tags(self.link.id), "TAGS", body,
                                              sign_with=self.link.peer)
@@ -212,8 +219,10 @@ class AnalyzerRole:
             g2 = self.counting.g2
             record["g2"] = {"bin_ps": G2_BIN_PS, "first_bin_ps": -G2_HALF_RANGE_PS,
                             "counts": [int(x) for x in g2]}
+            t["unmatched_tags_total"] = self.counting.dropped_tags
         else:
             t.pop("fidelity_estimate", None)  # the counter measures it; this end cannot
+            t["unmatched_tags_total"] = self.unsent_tags
         record["links"][self.link.id] = t
         p = self.pipeline
         if p is not None:
@@ -504,6 +513,9 @@ class CrossNodeCounter:
     def process(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Count what both streams cover; (codes, own-clock times) of the new pairs, or None
         when nothing could be processed yet."""
+        # neither stream waits for the other without bound (a silent peer, a stopped tagger):
+        # what is older than that behind its own newest tag is dropped, and counted
+        self._trim(max(int(MAX_BUFFER_S * 1e12), 2 * self.align_ps))
         if self.own_end < 0 or self.peer_end < 0:
             return None
         if self.tracker is None and not self._acquire():

@@ -54,6 +54,8 @@ class LinkTelemetry(TypedDict, total=False):
     drift_ppb: float
     tracker_state: str          # LOCKED | HOLDOVER | LOST | ACQUIRING
     remote_tags_rate_hz: float  # peer tags received over the network
+    unmatched_tags_total: int   # tags dropped because the other stream was not there (counter:
+    #                             waited > 5 s; streamer: the broker backlog was full)
 
 
 class Histogram(TypedDict):

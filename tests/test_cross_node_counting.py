@@ -274,3 +274,35 @@ def test_analyzer_table_mistakes_name_the_key(table, key):
     with pytest.raises(ConfigError) as err:
         parse_config(ANALYZER_NODE + table)
     assert err.value.key == key, str(err.value)
+
+
+def test_a_silent_peer_does_not_grow_the_counters_memory():
+    """After alignment the peer goes silent for 12 s of tags: the counter keeps at most
+    MAX_BUFFER_S of its own stream (the rest is dropped and counted), then counts again."""
+    from qnode.daemon.role_analyzer import MAX_BUFFER_S
+
+    link = Link(CWSource(2e5), BellDiagonalState.werner(0.94),
+                (simple_node("alice", (1, 2), **DETECTOR),
+                 simple_node("bob", (3, 4), clock=Clock(offset_ps=1_234_567), **DETECTOR)))
+    sim = PhotonStreamSimulator(link, seed=8)
+    counter = CrossNodeCounter((1, 2), window_ps=1000, align_s=0.5)
+    own_tags = 0
+    buffered = []
+    counts_at_return = None
+    for chunk in sim.stream(16_000_000_000_000):
+        a, b = chunk.blocks["alice"], chunk.blocks["bob"]
+        own_tags += a.size
+        counter.add_own(a, int(a["time"][-1]) if a.size else 0)
+        silent = 2e12 < sim.time_ps <= 14e12
+        if not silent:
+            if counts_at_return is None and sim.time_ps > 14e12:
+                counts_at_return = counter.counts.sum()
+            counter.add_peer(b["time"], b["channel"], int(b["time"][-1]) if b.size else 0,
+                             (3, 4))
+        counter.process()
+        buffered.append(sum(blk.size for blk in counter.own))
+    own_rate = own_tags / 16.0
+    assert max(buffered) <= own_rate * (MAX_BUFFER_S + 0.2)
+    assert counter.dropped_tags > own_rate * 5            # ~7 s of own tags had no partner
+    assert counter.tracker is not None
+    assert counter.counts.sum() > counts_at_return > 0    # and it counts again afterwards
