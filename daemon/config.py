@@ -41,7 +41,9 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     [memory]                      # roles memory / repeater: the store of heralded pairs
     capacity = 1000               # live pairs per link; the oldest are expired beyond (0: no limit)
     max_pair_age_s = 1.0          # cut-off: pairs older than this are expired (0: never)
-    fidelity = 0.9                # fidelity estimate stamped on new pairs (no QDevice yet)
+    fidelity = 0.9                # fidelity of a freshly heralded pair (the station's calibration)
+    t1_s = 0.0                    # memory T1, T2 (s): OKs carry the fidelity aged to delivery
+    t2_s = 0.0                    #   (Pauli-channel model, qnode.daemon.bell_diagonal); 0: none
     restart_policy = "resume"     # after a restart: keep the stored pairs, or "expire_all"
 
     [analyzer]                    # role analyzer (M-type links)
@@ -184,6 +186,8 @@ class MemoryConfig:
     max_pair_age_s: float = 1.0
     fidelity: float = 0.9
     restart_policy: str = "resume"
+    t1_s: float = 0.0
+    t2_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,11 +430,17 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
 
 def _memory(path: str, raw: object) -> MemoryConfig:
     r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity",
-                                      "restart_policy"})
+                                      "restart_policy", "t1_s", "t2_s"})
+    t1, t2 = r.number("t1_s", 0.0, 0, 1e6), r.number("t2_s", 0.0, 0, 1e6)
+    if (t1 > 0) != (t2 > 0):
+        raise r.fail("t2_s" if t1 > 0 else "t1_s", "give both T1 and T2 (or neither)")
+    if t1 > 0 and t2 > 2 * t1:
+        raise r.fail("t2_s", f"T2 = {t2:g} s exceeds 2·T1 = {2 * t1:g} s (not physical)")
     return MemoryConfig(r.integer("capacity", 1000, 0, 10**7),
                         r.number("max_pair_age_s", 1.0, 0, 86400),
                         r.number("fidelity", 0.9, 0, 1),
-                        r.string("restart_policy", "resume", choices=RESTART_POLICIES))
+                        r.string("restart_policy", "resume", choices=RESTART_POLICIES),
+                        t1, t2)
 
 
 #: default HWP angle per basis label (deg): Z measures H/V, X (22.5°) D/A

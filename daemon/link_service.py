@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .bell_diagonal import BellDiagonal, age
 from .linklayer import (
     Create,
     Err,
@@ -35,6 +37,7 @@ from .linklayer import (
     message_from_dict,
     seq_add,
     seq_diff,
+    seq_in_range,
     split_actions,
 )
 from .messages import Message as Envelope
@@ -58,15 +61,20 @@ class LinkService:
     expired (0: never); ``comm_delay_s``: the EXPIRE resend period is twice this.
     ``restart_policy``: what a restart does with the pairs it had (see ``LinkEnd.restore``).
     ``max_fidelity``: the best fidelity the link can deliver; a CREATE asking for more is
-    refused at once with ERR UNSUPP (the EGP's fidelity-estimation rule).
+    refused at once with ERR UNSUPP (the EGP's fidelity-estimation rule). ``t1_s``/``t2_s``
+    (s, 0: no model): the memory's decoherence; an OK then carries the pair's fidelity aged
+    from its herald to its delivery (a Werner state of the stamped goodness, relative to the
+    announced Bell state, through :func:`~.bell_diagonal.age` on both halves). Serving a
+    CREATE still compares the goodness stamped at herald time with its minimum.
     """
 
     def __init__(self, ctx: NodeContext, link_id: str, peer: str, link_type: str, *,
                  goodness: float, capacity: int = 0, max_pair_age_s: float = 0.0,
                  comm_delay_s: float = 0.25, restart_policy: str = "resume",
-                 max_fidelity: float = 1.0):
+                 max_fidelity: float = 1.0, t1_s: float = 0.0, t2_s: float = 0.0):
         self.ctx, self.link, self.peer, self.type = ctx, link_id, peer, link_type
         self.capacity, self.max_pair_age_s = capacity, max_pair_age_s
+        self.t1_s, self.t2_s = t1_s, t2_s
         now = ctx.now()
         snap = ctx.store.load_links().get(link_id)
         self._startup: list[Message] = []
@@ -227,12 +235,32 @@ class LinkService:
         for m in up:
             if isinstance(m, Ok):
                 self.oks_total += 1
+                m = self._aged(m)
             elif isinstance(m, Err):
                 self.errs[ErrCode(m.code).name] += 1
             cid = getattr(m, "create_id", None)
             requester = self._requesters.get(cid) if cid is not None else None
             if requester is not None:
                 bus.publish(topics.reply(requester), m.TYPE, m.to_dict())
+
+    def _accepted_at(self, seq: int) -> float | None:
+        """When the herald of pair ``seq`` was accepted here (monotonic s), if still known."""
+        for lo, n, t in self._batches:
+            if seq_in_range(seq, lo, seq_add(lo, n)):
+                return t
+        return None
+
+    def _aged(self, ok: Ok) -> Ok:
+        """``ok`` with its goodness aged from the herald to now (see the class docstring)."""
+        if self.t1_s <= 0 or ok.tpe != "K":
+            return ok
+        accepted = self._accepted_at(ok.seq)
+        if accepted is None:
+            return ok
+        state = BellDiagonal.werner(ok.goodness).relabel(ok.bell_state)
+        aged = age(state, max(0.0, self.ctx.now() - accepted), t1_s=self.t1_s,
+                   t2_s=self.t2_s, halves=2)
+        return dataclasses.replace(ok, goodness=round(aged.fidelity(ok.bell_state), 6))
 
     def _reject(self, msg: Envelope, exc: Exception) -> None:
         self.rejected += 1

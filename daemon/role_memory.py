@@ -33,7 +33,8 @@ class MemoryRole:
                                         capacity=mem.capacity,
                                         max_pair_age_s=mem.max_pair_age_s,
                                         restart_policy=mem.restart_policy,
-                                        max_fidelity=mem.fidelity))
+                                        max_fidelity=mem.fidelity, t1_s=mem.t1_s,
+                                        t2_s=mem.t2_s))
             for link in ctx.config.links if link.type == "K"]
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:

@@ -30,7 +30,8 @@ KEY = b"k" * 32
 
 
 def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0,
-             restart_policy: str = "resume", prometheus_port: int = 0) -> dict[str, Path]:
+             restart_policy: str = "resume", prometheus_port: int = 0,
+             t1_t2_s: tuple[float, float] = (0.0, 0.0)) -> dict[str, Path]:
     key = tmp / "link.key"
     key.write_bytes(KEY)
     out = {}
@@ -40,7 +41,8 @@ def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0,
             state_dir=tmp / "state" / node,
             prometheus_port=prometheus_port if node == "alice" else 0,
             body=f"[memory]\ncapacity = 100000\nmax_pair_age_s = {max_pair_age_s}\n"
-                 f"fidelity = 0.9\nrestart_policy = \"{restart_policy}\"\n\n"
+                 f"fidelity = 0.9\nrestart_policy = \"{restart_policy}\"\n"
+                 f"t1_s = {t1_t2_s[0]}\nt2_s = {t1_t2_s[1]}\n\n"
                  f"[[links]]\nid = \"{LINK}\"\npeer = \"{peer}\"\n"
                  f"type = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key}\"\n")
     return out
@@ -353,3 +355,51 @@ def test_an_instrument_that_never_comes_up_is_named_and_the_node_exits_non_zero(
     assert run.returncode == 1, run.stderr[-2000:]
     assert "instruments not ready within 2.0 s: ['hwp']" in run.stderr
     assert "instrument=hwp" in run.stderr   # the supervisor's reconnect attempts, logged
+
+
+@pytest.mark.asyncio
+async def test_an_ok_carries_the_fidelity_aged_from_herald_to_delivery(tmp_path):
+    """Memory T1 = 10 s, T2 = 1 s: a pair heralded at F = 0.9 and delivered ~0.5 s later has
+    the closed-form aged fidelity (both halves decohering), within the timing bounds."""
+    from qnode.daemon.bell_diagonal import BellDiagonal, age
+    from qnode.daemon.linklayer import Create
+
+    def aged(t: float) -> float:
+        st = BellDiagonal.werner(0.9).relabel("psi-")
+        return age(st, t, t1_s=10.0, t2_s=1.0, halves=2).fidelity("psi-")
+
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        cfg = _configs(tmp_path, broker.port, t1_t2_s=(10.0, 1.0))
+        with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
+            await asyncio.to_thread(alice.wait_for_log, "node ready")
+            await asyncio.to_thread(bob.wait_for_log, "node ready")
+            app = NodeBus(Topics("t", "app"), "127.0.0.1", broker.port)
+            replies: asyncio.Queue = asyncio.Queue()
+
+            async def on_reply(topic, msg) -> None:
+                await replies.put((time.monotonic(), msg))
+
+            app.on("reply", on_reply)
+            app.subscribe("qnet/v1/t/alice/reply/app")
+            runner = asyncio.create_task(app.run())
+            try:
+                await app.wait_connected(10)
+                async with Station(broker.port) as st:
+                    t_sent = time.monotonic()
+                    st.send(1)                    # one Ψ− pair (chunk 0)
+                    await st.bus.drain(10)
+                    await _settle(broker.port, 1)
+                t_heard = time.monotonic()        # alice holds it by now
+                await asyncio.sleep(0.5)
+                t_asked = time.monotonic()
+                app.publish("qnet/v1/t/alice/cmd", "CREATE", Create("bob", 0.5, 0, 1, 1).to_dict())
+                ack = await asyncio.wait_for(replies.get(), 10)
+                t_ok, ok = await asyncio.wait_for(replies.get(), 10)
+            finally:
+                await app.close()
+                await runner
+    assert (ack[1].type, ok.type, ok.body["bell_state"]) == ("ACK", "OK", "psi-")
+    youngest, oldest = t_asked - t_heard, t_ok - t_sent
+    assert aged(oldest) <= ok.body["goodness"] <= aged(youngest), (
+        aged(oldest), ok.body["goodness"], aged(youngest))
+    assert ok.body["goodness"] < 0.9 - 0.1              # T2 = 1 s: a visible loss at ~0.5 s
