@@ -180,8 +180,20 @@ class NodeSpec:
     analyzers: tuple[AnalyzerSpec, ...] = ()
 
 
+class _LinkNaming:
+    """What both kinds of link spec share: the daemon's id of the link."""
+
+    id: str
+    name: str
+
+    @property
+    def link_id(self) -> str:
+        """The daemon's id of the link (the truth file's key): ``id``, else the name."""
+        return self.id or self.name
+
+
 @dataclasses.dataclass(frozen=True)
-class LinkSpec:
+class LinkSpec(_LinkNaming):
     """An M link: SPDC pairs (``pair_rate_hz``, Werner ``visibility``) to two nodes."""
 
     pair_rate_hz: float
@@ -196,17 +208,12 @@ class LinkSpec:
     slice_ms: float = 50.0
 
     @property
-    def link_id(self) -> str:
-        """The daemon's id of the link (the truth file's key): ``id``, else the name."""
-        return self.id or self.name
-
-    @property
     def streaming_nodes(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes)
 
 
 @dataclasses.dataclass(frozen=True)
-class KLinkSpec:
+class KLinkSpec(_LinkNaming):
     """A K link: ``link`` is the :class:`~qnode.hal_sim.heralding.HeraldingLink`."""
 
     name: str
@@ -216,11 +223,6 @@ class KLinkSpec:
     type: str = "K"
     id: str = ""
     slice_ms: float = 50.0
-
-    @property
-    def link_id(self) -> str:
-        """The daemon's id of the link (the truth file's key): ``id``, else the name."""
-        return self.id or self.name
 
     @property
     def streaming_nodes(self) -> tuple[str, ...]:

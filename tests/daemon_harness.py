@@ -1,4 +1,5 @@
-"""Running ``qnode run`` daemons as real processes in tests (not a test module).
+"""Running ``qnode run`` daemons as real processes in tests, and a NodeBus for the test's own
+messages (not a test module).
 
     with Daemon(config_path, env=...) as d:   # started; stopped with SIGTERM on exit
         d.wait_for_log("node ready")
@@ -8,13 +9,18 @@ exit code (the test decides what it expects).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from qnode.daemon.bus import NodeBus
 
 
 def node_config(path: Path, *, node: str, roles: list[str], broker_port: int, state_dir: Path,
@@ -84,3 +90,18 @@ class Daemon:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(bus: NodeBus, timeout_s: float = 15.0) -> AsyncIterator[NodeBus]:
+    """Run ``bus`` until the block ends (then close it and make sure its task is gone)."""
+    task = asyncio.create_task(bus.run())
+    try:
+        await asyncio.wait_for(bus.wait_connected(), timeout_s)
+        yield bus
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.close(drain_timeout_s=1.0), timeout_s)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

@@ -4,19 +4,18 @@ last will, and a raising handler that does not stop delivery."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import pytest
+from daemon_harness import running
 
 from qnode.daemon.bus import NodeBus
 from qnode.daemon.messages import Deduplicator, Message, encode
@@ -32,14 +31,6 @@ ALICE, BOB = Topics(NET, "alice"), Topics(NET, "bob")
 TIMEOUT_S = 15.0  # generous: only reached when something is broken
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def make_bus(broker: Mosquitto, topics: Topics, **kw: Any) -> NodeBus:
@@ -48,19 +39,6 @@ def make_bus(broker: Mosquitto, topics: Topics, **kw: Any) -> NodeBus:
     return NodeBus(topics, broker.host, broker.port, **kw)
 
 
-@contextlib.asynccontextmanager
-async def running(bus: NodeBus) -> AsyncIterator[NodeBus]:
-    """Run ``bus`` until the block ends (then close it and make sure its task is gone)."""
-    task = asyncio.create_task(bus.run())
-    try:
-        await asyncio.wait_for(bus.wait_connected(), TIMEOUT_S)
-        yield bus
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(bus.close(drain_timeout_s=1.0), TIMEOUT_S)
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
 
 
 class Inbox:

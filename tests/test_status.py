@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
+from daemon_harness import running
 
 from qnode.daemon import status
 from qnode.daemon.bus import NodeBus
@@ -34,14 +32,6 @@ TIMEOUT_S = 15.0   # generous: only reached when something is broken
 WAIT_S = 1.0       # how long collect() listens; retained messages arrive at once
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def telemetry(node: str = "alice", **over: Any) -> Telemetry:
@@ -76,18 +66,6 @@ async def publish_retained(broker: Mosquitto, items: list[tuple[str, bytes]]) ->
             await c.publish(topic, payload, qos=1, retain=True)
 
 
-@contextlib.asynccontextmanager
-async def running(bus: NodeBus) -> AsyncIterator[NodeBus]:
-    task = asyncio.create_task(bus.run())
-    try:
-        await asyncio.wait_for(bus.wait_connected(), TIMEOUT_S)
-        yield bus
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(bus.close(drain_timeout_s=1.0), TIMEOUT_S)
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
 
 
 # -- against the broker -----------------------------------------------------------------------
