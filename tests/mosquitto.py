@@ -43,7 +43,8 @@ class Mosquitto:
     """One mosquitto process on ``127.0.0.1:port`` with its files under ``workdir``."""
 
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
-                 executable: str | None = None):
+                 executable: str | None = None, listener_options: str = "",
+                 allow_anonymous: bool = True):
         exe = executable or find_mosquitto()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install "
@@ -61,7 +62,8 @@ class Mosquitto:
             # database and log here; as anyone else the option is ignored.
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{listener_options}"
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {self.workdir / 'db'}/\n"
             f"log_dest file {self.log_path}\n"
@@ -74,6 +76,9 @@ class Mosquitto:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    # ``listener_options``: lines for the listener (TLS files, ``acl_file``, ...), e.g. from
+    # tests/certs.py; ``allow_anonymous`` False with them for a broker like a deployment's.
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the broker and return once its port accepts connections."""
