@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from qnode.daemon import tagwire  # noqa: E402
 from qnode.daemon.bus import NodeBus  # noqa: E402
-from qnode.daemon.role_analyzer import CrossNodeCounter  # noqa: E402
+from qnode.daemon.cross_node import CrossNodeCounter  # noqa: E402
 from qnode.daemon.topics import Topics  # noqa: E402
 from qnode.hal_sim import (  # noqa: E402
     BellDiagonalState,

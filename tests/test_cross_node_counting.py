@@ -15,7 +15,7 @@ import pytest
 
 from qnode.daemon import estimators as est, tagwire
 from qnode.daemon.config import basis_label
-from qnode.daemon.role_analyzer import CrossNodeCounter, link_figures, parse_layout
+from qnode.daemon.cross_node import CrossNodeCounter, link_figures, parse_layout
 from qnode.hal_sim import (
     Analyzer,
     BellDiagonalState,
@@ -279,7 +279,7 @@ def test_analyzer_table_mistakes_name_the_key(table, key):
 def test_a_silent_peer_does_not_grow_the_counters_memory():
     """After alignment the peer goes silent for 12 s of tags: the counter keeps at most
     MAX_BUFFER_S of its own stream (the rest is dropped and counted), then counts again."""
-    from qnode.daemon.role_analyzer import MAX_BUFFER_S
+    from qnode.daemon.cross_node import MAX_BUFFER_S
 
     link = Link(CWSource(2e5), BellDiagonalState.werner(0.94),
                 (simple_node("alice", (1, 2), **DETECTOR),
