@@ -48,11 +48,22 @@ request                                reply
                                        when no such pair was heralded (yet, or any more),
                                        ``ERR 6`` when its halves are taken. ``<link>``: 1–64 of
                                        ``[A-Za-z0-9_.:-]``; ``<seq>``: integer ≥ 0
+``ENT <q> <link> T<time_ps>``          ``<bell>``: the same for the pair heralded on ``<link>``
+                                       at **station time** ``<time_ps>`` (integer ps on the
+                                       heralding station's clock, ``T`` prefix, 1–19 digits):
+                                       the device binds the pair whose herald time is nearest
+                                       to it within ± the link's tolerance (the twin: the
+                                       link's gate, ``gate_ps``, set by the registry that files
+                                       the heralds). ``ERR 5`` when no herald lies within it
+                                       (or it is older than the device remembers), ``ERR 6`` as
+                                       above. ``INFO`` then shows ``SEQ=T<ps>``, the herald's
+                                       own time
 ``TIME?``                              ``<ns>``: the device clock
 ``AGE? <q>``                           ``<ns>``: time since q's state was prepared (ALLOC,
                                        INIT, MEAS) or loaded (ENT)
-``INFO <q>``                           ``AGE=<ns> LINK=<link|-> SEQ=<seq|-> BELL=<bell|->``:
-                                       what the device knows of q (``-``: no pair bound)
+``INFO <q>``                           ``AGE=<ns> LINK=<link|-> SEQ=<seq|T<ps>|-> BELL=<bell|->``:
+                                       what the device knows of q (``-``: no pair bound;
+                                       ``T<ps>``: bound by herald time, the herald's time)
 =====================================  =========================================================
 
 Error codes: 1 unknown command (or empty line), 2 bad arguments (count, number form, axis,
@@ -100,7 +111,8 @@ BASES = ("Z", "X", "Y")
 _ERR = re.compile(r"ERR (\d{1,6}) ?(.*)")
 _UINT = re.compile(r"\d{1,19}")
 _LINK = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_INFO = re.compile(r"AGE=(\d{1,19}) LINK=(\S+) SEQ=(\d{1,19}|-) BELL=(phi[+-]|psi[+-]|-)")
+_INFO = re.compile(r"AGE=(\d{1,19}) LINK=(\S+) SEQ=(\d{1,19}|T\d{1,19}|-) "
+                   r"BELL=(phi[+-]|psi[+-]|-)")
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class QubitInfo:
     link: str | None
     seq: int | None
     bell: str | None
+    herald_time_ps: int | None = None   # bound by herald time: the herald's station time (ps)
 
 
 class QDevice(Driver):
@@ -225,6 +238,18 @@ class QDevice(Driver):
         return self._query(f"ENT {_qid(qubit)} {link} {int(seq)}",
                            re.compile(r"phi[+-]|psi[+-]"))
 
+    def entangle_at(self, qubit: int, link: str, time_ps: int) -> str:
+        """``ENT <q> <link> T<time_ps>``: bind the qubit to the pair heralded on ``link`` at
+        station time ``time_ps`` (ps, within the device's tolerance); the announced Bell state.
+        DeviceError code 5 (no herald near that time) or 6 (halves taken)."""
+        if not _LINK.fullmatch(link):
+            raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
+        if (isinstance(time_ps, bool) or int(time_ps) != time_ps or time_ps < 0
+                or time_ps >= 10**19):
+            raise ValueError(f"time_ps must be an integer in [0, 1e19), got {time_ps!r}")
+        return self._query(f"ENT {_qid(qubit)} {link} T{int(time_ps)}",
+                           re.compile(r"phi[+-]|psi[+-]"))
+
     def age_ns(self, qubit: int) -> int:
         """``AGE? <q>``: ns since the qubit's state was prepared or loaded."""
         return int(self._query(f"AGE? {_qid(qubit)}", _UINT))
@@ -232,8 +257,11 @@ class QDevice(Driver):
     def info(self, qubit: int) -> QubitInfo:
         """``INFO <q>``: age and bound pair."""
         m = self._match(f"INFO {_qid(qubit)}", _INFO)
+        seq, at = m[3], None
+        if seq.startswith("T"):
+            seq, at = "-", int(seq[1:])
         return QubitInfo(int(qubit), int(m[1]), None if m[2] == "-" else m[2],
-                         None if m[3] == "-" else int(m[3]), None if m[4] == "-" else m[4])
+                         None if seq == "-" else int(seq), None if m[4] == "-" else m[4], at)
 
     # ------------------------------------------------------------------ internals
     def _exchange(self, command: str) -> str:

@@ -66,6 +66,20 @@ turns that node's analyzer.
 Instruments of a "service" kind (time taggers, systems with several ports) serve themselves and
 print one address per port (``tagger.scpi``, ``tagger.dlt``).
 
+**Quantum memories of a K link** (``kind = "qdevice"``, served on TCP, the QDEVICE/1 protocol of
+:mod:`qnode.drivers.qdevice`): options ``link`` (a K link) and ``node`` (one of its two
+``ends``; one qdevice per end), and the :class:`~qnode.hal_sim.qdevice.QDeviceConfig` keys
+``n_qubits``, ``t1_ns``, ``t2_ns``, ``gate_fidelity_1q``, ``gate_fidelity_2q``,
+``readout_error``, plus ``seed`` (readout errors). The twin is named after its node. All
+qdevices of one K link share its :class:`~qnode.hal_sim.qdevice.PairRegistry` (``links[name].
+registry``, seeded with the link's seed); whenever the bench steps that link's simulator it
+files every herald of the chunk's truth under its station time
+(:meth:`~qnode.hal_sim.qdevice.PairRegistry.herald_records_at`, tolerance = the link's
+``gate_ps``), under the daemon's link id: a true herald as the model's mixture (1+V)/2 of the
+announced Ψ and (1−V)/2 of the other Ψ, a false one maximally mixed. A memory node binds a pair
+with ``ENT <q> <link id> T<station time ps>``. The link is stepped only while a tagger streams
+its station (no photons, no heralds).
+
 **Ground truth.** With a truth file (``Bench(truth_path=...)``, ``--truth``) the bench writes
 every link's truth totals as JSON, atomically (a temporary file renamed over it), every second
 and at stop (:meth:`Bench.truth`): ``{"v": 1, "bench", "t" (Unix s), "uptime_s", "links": {id:
@@ -102,8 +116,10 @@ class Kind:
     when used), ``serves`` the transports its real counterpart uses.
 
     ``style`` "wire": the factory builds a :class:`WireDevice` that the bench serves on a pty or a
-    TCP port. ``style`` "service": ``factory(bench, key, **options)`` builds an object that serves
-    itself, with ``start()``, ``stop()`` and ``addresses() -> {label: address}``.
+    TCP port; ``style`` "linked": the same, built by ``factory(bench, key, **options)`` (a twin
+    that needs the bench's links). ``style`` "service": ``factory(bench, key, **options)``
+    builds an object that serves itself, with ``start()``, ``stop()`` and
+    ``addresses() -> {label: address}``.
     ``couples``: what the device is to an M link's physics ("pump", "oven", "waveplate") when its
     options name a ``link``. ``startup_errors``: reply fragments that mark a ``startup``
     command as refused."""
@@ -332,7 +348,7 @@ def _parse_instrument(t: _Table, seen: set[str]) -> InstrumentSpec:
     settle_s = t.number("settle_s", 0.0, 0.0, 1e7)
     if (startup or settle_s) and KINDS[kind].style != "wire":
         raise t.fail("startup" if startup else "settle_s",
-                     f"{kind} serves itself; startup and settle_s are for wire kinds")
+                     f"{kind} is built by the bench; startup and settle_s are for wire kinds")
     return InstrumentSpec(iname, kind, serve, port, options, tuple(startup), settle_s)
 
 
@@ -496,11 +512,19 @@ class _ShiftedClock:
         return time.monotonic() + self.offset_s
 
 
-def _build_device(spec: InstrumentSpec, path: str, index: int) -> WireDevice:
+def _build_device(spec: InstrumentSpec, path: str, index: int,
+                  bench: Bench | None = None) -> WireDevice:
     kind = KINDS[spec.kind]
     module, _, cls = kind.factory.partition(":")
     factory = getattr(importlib.import_module(module), cls)
     key = f"instrument[{index}]"
+    if kind.style == "linked":
+        try:
+            return factory(bench, key, **spec.options)
+        except BenchConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise _fail(path, f"{key}.options", str(exc)) from exc
     options = {k: v for k, v in spec.options.items()
                if k not in COUPLING_KEYS.get(kind.couples or "", ())}
     clock = None
@@ -533,6 +557,8 @@ class LinkRuntime:
         self.sim = _build_simulator(spec)
         self.coupling: Callable[[Any], None] | None = None
         self.streamed: dict[str, str] = {}
+        self.registry: Any = None                  # a K link with qdevices: their PairRegistry
+        self.qdevices: dict[str, str] = {}         # memory node -> instrument key
         from .tagger import SimulatorFanout
 
         self.fanout = SimulatorFanout(self.sim, before_step=self._before_step)
@@ -541,11 +567,50 @@ class LinkRuntime:
         if self.coupling is not None:
             self.coupling(sim)
 
+    def pair_registry(self) -> Any:
+        """The K link's :class:`~qnode.hal_sim.qdevice.PairRegistry`, made on first use: from
+        then on every step of the simulator files its heralds there (module docstring)."""
+        if self.registry is None:
+            from .qdevice import PairRegistry
+
+            assert isinstance(self.spec, KLinkSpec)
+            self.registry = PairRegistry(seed=self.spec.seed)
+            self.fanout.sim = _HeraldTap(self.sim, self._file_heralds)
+        return self.registry
+
+    def _file_heralds(self, chunk: Any) -> None:
+        assert isinstance(self.spec, KLinkSpec)
+        heralds = chunk.truth.heralds
+        if heralds.size:
+            self.registry.herald_records_at(self.spec.link_id, heralds, self.spec.link.gate_ps)
+
     def truth(self) -> dict[str, Any]:
         """This link's truth (JSON-ready), read under the fan-out's lock."""
         if isinstance(self.spec, KLinkSpec):
             return self.fanout.locked(lambda sim: k_link_truth(sim))
         return self.fanout.locked(lambda sim: m_link_truth(sim, self.spec))
+
+
+class _HeraldTap:
+    """A K link's simulator as the fan-out sees it: each chunk of :meth:`step`/:meth:`flush`
+    goes to ``on_chunk`` first; everything else is the simulator's."""
+
+    def __init__(self, sim: Any, on_chunk: Callable[[Any], None]):
+        self._sim = sim
+        self._on_chunk = on_chunk
+
+    def step(self) -> Any:
+        chunk = self._sim.step()
+        self._on_chunk(chunk)
+        return chunk
+
+    def flush(self) -> Any:
+        chunk = self._sim.flush()
+        self._on_chunk(chunk)
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sim, name)
 
 
 def _build_simulator(spec: LinkSpec | KLinkSpec) -> Any:
@@ -761,7 +826,7 @@ class Bench:
                 self.devices[inst.name] = getattr(service, "device", service)
                 self.servers[inst.name] = service
                 continue
-            device = _build_device(inst, path, i)
+            device = _build_device(inst, path, i, self)
             self.devices[inst.name] = device
             if kind.couples is not None and "link" in inst.options:
                 couple(self, f"instrument[{i}].options", kind.couples, device, inst.options)

@@ -8,10 +8,15 @@ Coupling to an M link's physics (:func:`couple`, through
 :func:`qnode.hal_sim.physics_coupling.apply_instruments`): pumps (``ibeam``, ``itc4001``) and
 ovens (``tc200``) set the link's pair rate, waveplates (``elliptec``) turn an analyzer. The bench
 pushes the twins' state into the simulator before every slice, when it has changed.
+
+Quantum memories (``qdevice``, :func:`qdevice_twin`) hold the pairs a K link heralds (see
+:mod:`qnode.hal_sim.bench`).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,3 +188,50 @@ register("id900", "qnode.hal_sim.instruments:ID900Service", ("zmq",),
          "of one of the bench's links", style="service")
 register("single_quantum", "qnode.hal_sim.instruments:SingleQuantumService", ("tcp",),
          "Single Quantum SNSPD system (bias control and counts over TCP)", style="service")
+
+
+# ------------------------------------------------------------------------------ quantum memories
+
+def qdevice_twin(bench: Bench, key: str, *, link: str | None = None, node: str | None = None,
+                 n_qubits: int = 4, t1_ns: float = math.inf, t2_ns: float = math.inf,
+                 gate_fidelity_1q: float = 1.0, gate_fidelity_2q: float = 1.0,
+                 readout_error: float = 0.0, seed: int | None = None) -> Any:
+    """A :class:`~qnode.hal_sim.qdevice.QDeviceTwin` named ``node``, one memory node of the K
+    link ``link``, sharing the link's :class:`~qnode.hal_sim.qdevice.PairRegistry` (the
+    heralds of every step of its simulator); errors name ``key.options.<field>``."""
+    from .qdevice import QDeviceConfig, QDeviceTwin
+
+    okey = f"{key}.options"
+    if link is None:
+        raise _fail(bench.path, f"{okey}.link", "name the K link whose heralded pairs it holds")
+    rt = bench.link_runtime(okey, link)
+    if not isinstance(rt.spec, KLinkSpec):
+        raise _fail(bench.path, f"{okey}.link",
+                    f"{rt.spec.name!r} is an M link; a qdevice holds the pairs of a K link")
+    ends = list(rt.spec.link.ends)
+    if node not in ends:
+        raise _fail(bench.path, f"{okey}.node",
+                    f"must name a memory node of link {rt.spec.name!r}, one of {ends}; "
+                    f"got {node!r}")
+    if node in rt.qdevices:
+        raise _fail(bench.path, f"{okey}.node",
+                    f"{node!r} of link {rt.spec.name!r} already has a qdevice, "
+                    f"{rt.qdevices[node]}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise _fail(bench.path, f"{okey}.seed", f"must be an integer >= 0, got {seed!r}")
+    try:
+        config = QDeviceConfig(n_qubits=n_qubits, t1_ns=t1_ns, t2_ns=t2_ns,
+                               gate_fidelity_1q=gate_fidelity_1q,
+                               gate_fidelity_2q=gate_fidelity_2q, readout_error=readout_error)
+    except (TypeError, ValueError) as exc:
+        m = re.match(r"QDeviceConfig\.(\w+)", str(exc))
+        field = m[1] if m else ("t2_ns" if "T2" in str(exc) else None)
+        raise _fail(bench.path, f"{okey}.{field}" if field else okey, str(exc)) from exc
+    twin = QDeviceTwin(config, name=node, registry=rt.pair_registry(), seed=seed)
+    rt.qdevices[node] = key
+    return twin
+
+
+register("qdevice", "qnode.hal_sim.instruments:qdevice_twin", ("tcp",),
+         "quantum memory of one end of a K link (QDEVICE/1 over TCP), holding the pairs the "
+         "link heralds", style="linked")

@@ -43,11 +43,28 @@ until :meth:`PairRegistry.expire`. Both twins then apply their local operations 
 state. Twins built without a registry get a private one (ENT then needs heralds put into
 ``twin.registry``).
 
+Heralds by time: a memory node does not learn the station's sequence numbers from the photons,
+but it can learn when the station heard the herald. :meth:`PairRegistry.herald_at` (or
+:meth:`PairRegistry.herald_records_at` for a chunk of
+:data:`~qnode.hal_sim.heralding.HERALD_DTYPE` rows, as the bench does for every step of a K
+link's simulator) files a pair under its **station herald time** (ps, station clock). ``ENT <q>
+<link> T<time_ps>`` binds ``q`` to the pair of ``link`` whose herald time is nearest to
+``time_ps`` within ± the link's **tolerance** (``tolerance_ps`` of the last ``herald_at`` on that
+link; the bench uses the link's gate, ``gate_ps``: a station that clusters the two clicks gives
+the earlier click's time, the truth the later one; they differ by the detectors' jitter spread,
+far less than the gate, while attempts are a period apart). ``ERR 5`` when no herald lies
+within the tolerance. Such pairs are light records (time, λ, announced state) until their first
+``ENT``, which builds their two-qubit register. Memory is bounded: each link keeps the
+``time_horizon`` (default 65536) latest heralds by station time; older ones are forgotten (with
+any half not yet bound) and answer ``ERR 5`` — about 20 s of station time at the demo's
+3.2 k heralds/s.
+
 Ground truth for tests: :meth:`QDeviceTwin.state` (reduced state of some of its qubits),
 :meth:`PairRegistry.state` (any keys, across devices).
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import threading
@@ -74,6 +91,7 @@ ERR_INTERNAL = 9      # a bug in the twin: said, never silent
 IDN = "QNODE,QDEVICE-SIM,{name},1.0"
 _UINT = re.compile(r"\d{1,9}")
 _SEQ = re.compile(r"\d{1,19}")
+_HERALD_TIME = re.compile(r"[Tt](\d{1,19})")
 _LINK = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
@@ -165,15 +183,69 @@ class _Pair:
     bound: int = 0
 
 
+class _Timed:
+    """A herald filed by station time, not yet (or already) turned into a register."""
+
+    __slots__ = ("weights", "announced", "time_ps", "materialised")
+
+    def __init__(self, weights: tuple[float, ...], announced: str, time_ps: int):
+        self.weights = weights
+        self.announced = announced
+        self.time_ps = time_ps
+        self.materialised = False
+
+
+class _TimeIndex:
+    """One link's heralds by station time: sorted ``times`` with parallel ``ids``."""
+
+    __slots__ = ("times", "ids", "entries", "tolerance_ps", "next_id")
+
+    def __init__(self, tolerance_ps: int):
+        self.times: list[int] = []
+        self.ids: list[int] = []
+        self.entries: dict[int, _Timed] = {}
+        self.tolerance_ps = tolerance_ps
+        self.next_id = 0
+
+    def add(self, entry: _Timed) -> int:
+        i, t = self.next_id, entry.time_ps
+        self.next_id += 1
+        self.entries[i] = entry
+        if not self.times or t >= self.times[-1]:   # heralds come in time order: append
+            self.times.append(t)
+            self.ids.append(i)
+        else:
+            pos = bisect.bisect_right(self.times, t)
+            self.times.insert(pos, t)
+            self.ids.insert(pos, i)
+        return i
+
+    def nearest(self, time_ps: int) -> int | None:
+        """The id of the herald nearest to ``time_ps`` within the tolerance, else None."""
+        times, tol = self.times, self.tolerance_ps
+        lo = bisect.bisect_left(times, time_ps - tol)
+        hi = bisect.bisect_right(times, time_ps + tol)
+        if lo >= hi:
+            return None
+        best = min(range(lo, hi), key=lambda j: abs(times[j] - time_ps))
+        return self.ids[best]
+
+
 class PairRegistry:
     """The joint quantum state of every qubit of the twins attached to it, and the heralded
     pairs waiting to be bound (see the module docstring). ``seed`` seeds the measurement
     sampling; ``max_register_qubits`` bounds how many qubits one joint state may hold. Pairs
     whose halves are both bound are forgotten, except the last ``remember_bound`` ids (a repeated
-    ``ENT`` for those answers ERR 6, for older ones ERR 5), so a long run holds no growing list."""
+    ``ENT`` for those answers ERR 6, for older ones ERR 5), so a long run holds no growing list.
+    Heralds filed by station time (:meth:`herald_at`) are kept for the latest ``time_horizon``
+    per link (module docstring)."""
 
     def __init__(self, *, seed: int | None = None, max_register_qubits: int = 8,
-                 remember_bound: int = 4096):
+                 remember_bound: int = 4096, time_horizon: int = 65536):
+        if int(time_horizon) < 1:
+            raise ValueError(f"PairRegistry.time_horizon must be >= 1, got {time_horizon!r}")
+        self.time_horizon = int(time_horizon)
+        self._timed: dict[str, _TimeIndex] = {}
         self.lock = threading.RLock()
         self.rng = np.random.default_rng(seed)
         self.max_register_qubits = int(max_register_qubits)
@@ -203,11 +275,14 @@ class PairRegistry:
         with self.lock:
             if (link, int(seq)) in self._pairs or (link, int(seq)) in self._bound:
                 raise ValueError(f"pair ({link}, {seq}) was heralded already")
-            self._pairs[(link, int(seq))] = _Pair(announced)
-            keys: list[QubitKey] = [("#pair", link, int(seq), 0), ("#pair", link, int(seq), 1)]
-            reg = _Register(dm, keys)
-            for k in keys:
-                self._where[k] = reg
+            self._add_pair((link, int(seq)), dm, announced)
+
+    def _add_pair(self, pid: tuple, dm: DensityMatrix, announced: str) -> None:
+        self._pairs[pid] = _Pair(announced)
+        keys: list[QubitKey] = [("#pair", *pid, 0), ("#pair", *pid, 1)]
+        reg = _Register(dm, keys)
+        for k in keys:
+            self._where[k] = reg
 
     def herald_record(self, link: str, seq: int, record: np.void | dict,
                       realised: bool = False) -> None:
@@ -216,54 +291,126 @@ class PairRegistry:
         false herald the maximally mixed state; ``realised=True`` loads the row's drawn Bell
         state (``state``) as a pure state instead."""
         announced = int(record["announced"])
-        lam = [0.0] * 4
-        if realised:
-            lam[int(record["state"])] = 1.0
-        elif bool(record["true"]):
-            f = float(record["fidelity"])
-            other = {2: 3, 3: 2}.get(announced, announced)
-            lam[announced] += f
-            lam[other] += 1.0 - f
-        else:
-            lam = [0.25] * 4
-        self.herald(link, seq, lam, BELL_STATES[announced])
+        self.herald(link, seq, _record_weights(record, realised), BELL_STATES[announced])
+
+    def herald_at(self, link: str, time_ps: int, weights: Sequence[float],
+                  announced: str = "phi+", tolerance_ps: int = 2000) -> None:
+        """File a pair of ``link`` heralded at station time ``time_ps`` (ps) in the
+        Bell-diagonal state λ = ``weights`` ([Φ+, Φ−, Ψ+, Ψ−]), announced as ``announced``;
+        ``ENT <q> <link> T<t>`` finds it within ± ``tolerance_ps`` (the link's tolerance from
+        now on). Only the latest ``time_horizon`` heralds of a link are kept."""
+        if not _LINK.fullmatch(link):
+            raise ValueError(f"link name must match {_LINK.pattern}, got {link!r}")
+        if announced not in BELL_STATES:
+            raise ValueError(f"announced must be one of {BELL_STATES}, got {announced!r}")
+        if isinstance(tolerance_ps, bool) or int(tolerance_ps) != tolerance_ps \
+                or tolerance_ps < 0:
+            raise ValueError(f"tolerance_ps must be an integer >= 0, got {tolerance_ps!r}")
+        lam = tuple(float(w) for w in weights)
+        if len(lam) != 4 or min(lam) < -1e-12 or abs(sum(lam) - 1.0) > 1e-9:
+            raise ValueError(f"weights must be 4 probabilities summing to 1, got {weights!r}")
+        with self.lock:
+            index = self._timed.get(link)
+            if index is None:
+                index = self._timed[link] = _TimeIndex(int(tolerance_ps))
+            index.tolerance_ps = int(tolerance_ps)
+            index.add(_Timed(lam, announced, int(time_ps)))
+            self._trim(link, index)
+
+    def herald_records_at(self, link: str, heralds: np.ndarray, tolerance_ps: int,
+                          realised: bool = False) -> None:
+        """:meth:`herald_at` for every row of a :data:`~qnode.hal_sim.heralding.HERALD_DTYPE`
+        array, under its ``time`` (λ as in :meth:`herald_record`)."""
+        with self.lock:
+            for row in heralds:
+                self.herald_at(link, int(row["time"]), _record_weights(row, realised),
+                               BELL_STATES[int(row["announced"])], tolerance_ps)
+
+    def heralds_at(self, link: str) -> int:
+        """How many heralds of ``link`` are filed by time now."""
+        with self.lock:
+            index = self._timed.get(link)
+            return 0 if index is None else len(index.times)
+
+    def bind_at(self, link: str, time_ps: int, key: QubitKey) -> tuple[str, int]:
+        """Make ``key`` one half of the pair of ``link`` heralded nearest to station time
+        ``time_ps`` within the link's tolerance: (announced Bell state, the herald's time).
+        QDeviceFault ERR_NO_PAIR / ERR_PAIR_TAKEN."""
+        with self.lock:
+            index = self._timed.get(link)
+            hid = None if index is None else index.nearest(int(time_ps))
+            if index is None or hid is None:
+                tol = "" if index is None else f" +- {index.tolerance_ps} ps"
+                raise QDeviceFault(ERR_NO_PAIR, f"no herald on {link} at T{time_ps}{tol}")
+            entry = index.entries[hid]
+            pid = (link, "T", hid)
+            if not entry.materialised:
+                entry.materialised = True
+                self._add_pair(pid, DensityMatrix.bell_diagonal(entry.weights), entry.announced)
+            elif pid not in self._pairs:
+                raise QDeviceFault(ERR_PAIR_TAKEN,
+                                   f"both halves of {link} T{entry.time_ps} are bound")
+            return self._bind(pid, key, f"{link} T{entry.time_ps}"), entry.time_ps
+
+    def _trim(self, link: str, index: _TimeIndex) -> None:
+        """Forget the oldest heralds beyond the horizon (in batches of 1/8 of it)."""
+        excess = len(index.times) - self.time_horizon
+        if excess <= 0:
+            return
+        excess = min(max(excess, self.time_horizon // 8), len(index.times) - 1)
+        for hid in index.ids[:excess]:
+            entry = index.entries.pop(hid)
+            if entry.materialised:
+                self._forget((link, "T", hid))
+        del index.times[:excess], index.ids[:excess]
 
     def expire(self, link: str, seq: int) -> None:
         """Forget a heralded pair; halves not bound yet are discarded (bound ones stay)."""
         with self.lock:
-            self._pairs.pop((link, int(seq)), None)
-            for half in (0, 1):
-                key = ("#pair", link, int(seq), half)
-                if key in self._where:
-                    self.discard(key)
+            self._forget((link, int(seq)))
+
+    def _forget(self, pid: tuple) -> None:
+        self._pairs.pop(pid, None)
+        for half in (0, 1):
+            key = ("#pair", *pid, half)
+            if key in self._where:
+                self.discard(key)
 
     def bind(self, link: str, seq: int, key: QubitKey) -> str:
         """Make ``key`` one half of pair (link, seq): its own state is traced out first. The
         announced Bell state; QDeviceFault ERR_NO_PAIR / ERR_PAIR_TAKEN."""
         with self.lock:
-            pair = self._pairs.get((link, int(seq)))
-            if pair is None:
-                if (link, int(seq)) in self._bound:
+            pid = (link, int(seq))
+            if pid not in self._pairs:
+                if pid in self._bound:
                     raise QDeviceFault(ERR_PAIR_TAKEN, f"both halves of {link} {seq} are bound")
                 raise QDeviceFault(ERR_NO_PAIR, f"no heralded pair {link} {seq}")
-            half = ("#pair", link, int(seq), pair.bound)
-            if half not in self._where:  # the other half's holder traced the pair away
-                raise QDeviceFault(ERR_NO_PAIR, f"pair {link} {seq} is gone")
-            if pair.bound == 1 and key in self._where and key in self._where[half].keys:
-                raise QDeviceFault(ERR_PAIR_TAKEN, f"{key!r} holds the other half of "
-                                                   f"{link} {seq} already")
-            if key in self._where:
-                self.discard(key)
-            reg = self._where.pop(half)
-            reg.keys[reg.keys.index(half)] = key
-            self._where[key] = reg
-            pair.bound += 1
-            if pair.bound == 2:
-                del self._pairs[(link, int(seq))]
-                self._bound[(link, int(seq))] = pair.announced
+            announced = self._bind(pid, key, f"{link} {seq}")
+            if pid not in self._pairs:
+                self._bound[pid] = announced
                 while len(self._bound) > self._remember:
                     self._bound.popitem(last=False)
-            return pair.announced
+            return announced
+
+    def _bind(self, pid: tuple, key: QubitKey, label: str) -> str:
+        """Bind ``key`` to the next free half of the waiting pair ``pid`` (in ``_pairs``); a
+        pair with both halves bound leaves ``_pairs``."""
+        pair = self._pairs[pid]
+        half = ("#pair", *pid, pair.bound)
+        if half not in self._where:  # the other half's holder traced the pair away
+            raise QDeviceFault(ERR_NO_PAIR, f"pair {label} is gone")
+        if pair.bound == 1 and key in self._where and key in self._where[half].keys:
+            raise QDeviceFault(ERR_PAIR_TAKEN, f"{key!r} holds the other half of "
+                                               f"{label} already")
+        if key in self._where:
+            self.discard(key)
+        reg = self._where.pop(half)
+        reg.keys[reg.keys.index(half)] = key
+        self._where[key] = reg
+        pair.bound += 1
+        if pair.bound == 2:
+            del self._pairs[pid]
+        return pair.announced
 
     # ------------------------------------------------------------------ qubits
     def add_qubit(self, key: QubitKey) -> None:
@@ -360,6 +507,7 @@ class _Slot:
     link: str | None = None
     seq: int | None = None
     bell: str | None = None
+    herald_ps: int | None = None   # bound by herald time (ENT ... T<ps>): the herald's time
 
 
 class QDeviceTwin(WireDevice):
@@ -504,8 +652,14 @@ class QDeviceTwin(WireDevice):
         qi = self._qubit(q)
         if not _LINK.fullmatch(link):
             raise QDeviceFault(ERR_SYNTAX, "link must be 1-64 of [A-Za-z0-9_.:-]")
+        at = _HERALD_TIME.fullmatch(seq)
+        if at is not None:
+            bell, herald_ps = self.registry.bind_at(link, int(at[1]), self.key(qi))
+            now = self._now()
+            self._slots[qi] = _Slot(now, now, link, None, bell, herald_ps)
+            return bell
         if not _SEQ.fullmatch(seq):
-            raise QDeviceFault(ERR_SYNTAX, "seq must be a non-negative integer")
+            raise QDeviceFault(ERR_SYNTAX, "seq must be a non-negative integer or T<time_ps>")
         bell = self.registry.bind(link, int(seq), self.key(qi))
         now = self._now()
         self._slots[qi] = _Slot(now, now, link, int(seq), bell)
@@ -519,8 +673,9 @@ class QDeviceTwin(WireDevice):
         qi = self._qubit(q)
         s = self._slots[qi]
         age = max(0, self._now() - s.loaded_ns)
-        return (f"AGE={age} LINK={s.link or '-'} SEQ={'-' if s.seq is None else s.seq} "
-                f"BELL={s.bell or '-'}")
+        seq = (f"T{s.herald_ps}" if s.herald_ps is not None
+               else "-" if s.seq is None else s.seq)
+        return f"AGE={age} LINK={s.link or '-'} SEQ={seq} BELL={s.bell or '-'}"
 
     # ------------------------------------------------------------------ internals
     def _now(self) -> int:
@@ -560,6 +715,23 @@ _COMMANDS: dict[str, tuple[str, int]] = {
     "INIT": ("_init", 1), "ROT": ("_rot", 3), "CNOT": ("_cnot", 2), "MEAS": ("_meas", 2),
     "ENT": ("_ent", 3), "AGE?": ("_age", 1), "INFO": ("_info", 1),
 }
+
+
+def _record_weights(record: np.void | dict, realised: bool) -> list[float]:
+    """λ of one :data:`~qnode.hal_sim.heralding.HERALD_DTYPE` row (see
+    :meth:`PairRegistry.herald_record`)."""
+    announced = int(record["announced"])
+    lam = [0.0] * 4
+    if realised:
+        lam[int(record["state"])] = 1.0
+    elif bool(record["true"]):
+        f = float(record["fidelity"])
+        other = {2: 3, 3: 2}.get(announced, announced)
+        lam[announced] += f
+        lam[other] += 1.0 - f
+    else:
+        lam = [0.25] * 4
+    return lam
 
 
 def _angle(token: str) -> float:
