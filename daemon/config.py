@@ -99,6 +99,7 @@ INSTRUMENT_KINDS: dict[str, tuple[str, str]] = {
     "single_quantum": ("host or host:port", "qnode.drivers.single_quantum.SingleQuantum"),
     "id900": ("host or tcp://host:port", "qnode.drivers.id900.ID900"),
     "replay": ("tag file path (PTU or qnode raw)", "qnode.drivers.replay.FileReplayTagger"),
+    "qdevice": ("host:port or socket://host:port", "qnode.drivers.qdevice.QDevice"),
 }
 TAGGER_KINDS = ("id900", "replay")
 

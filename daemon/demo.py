@@ -122,10 +122,17 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
             + f"[herald]\nlink = {_toml_str(link)}\nends = {json.dumps(list(ends))}\n"
               f"channels = [1, 2, 3, 4]\nwindow_ps = 2000\n"
               f"hmac_key_file = {_toml_str(key(link))}\n")
-    add("alice", ["memory"], memory + k_link("alice-repeater", "repeater", "herald1"))
-    add("repeater", ["repeater"], memory + k_link("alice-repeater", "alice", "herald1")
-        + k_link("repeater-bob", "bob", "herald2"))
-    add("bob", ["memory"], memory + k_link("repeater-bob", "repeater", "herald2"))
+    def qdevice(name: str, bench_name: str) -> str:
+        return (f"[instruments.{name}]\nkind = \"qdevice\"\n"
+                f"address = {_toml_str(addresses[bench_name])}\n\n")
+
+    add("alice", ["memory"], memory + qdevice("qmem", "alice-qdevice")
+        + k_link("alice-repeater", "repeater", "herald1"))
+    add("repeater", ["repeater"], memory + qdevice("qmem-a", "repeater-qdevice-a")
+        + qdevice("qmem-b", "repeater-qdevice-b")
+        + k_link("alice-repeater", "alice", "herald1") + k_link("repeater-bob", "bob", "herald2"))
+    add("bob", ["memory"], memory + qdevice("qmem", "bob-qdevice")
+        + k_link("repeater-bob", "repeater", "herald2"))
     add("source", ["source"],
         f"[instruments.pump]\nkind = \"ibeam\"\naddress = {_toml_str(addresses['pump'])}\n\n"
         f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"

@@ -58,6 +58,9 @@ def driver_factory(cfg: InstrumentConfig) -> Callable[[], Driver] | None:
                 host, port = _split_host_port(cfg.address, CONTROL_PORT)
                 return SingleQuantum.connect(host, control_port=port, timeout_s=t,
                                              **opts).open()
+            if cfg.kind == "qdevice":
+                from qnode.drivers.qdevice import QDevice
+                return QDevice(cfg.address, timeout_s=t, **opts).open()
             if cfg.kind == "id900":
                 from qnode.drivers.id900 import ID900
                 return ID900(cfg.address, name=f"ID900 {cfg.name}", timeout_s=t,

@@ -5,12 +5,15 @@ link's station are applied with the EGP rule, the inventory lives in SQLite, the
 (``[memory].capacity`` live pairs per link, cut-off ``[memory].max_pair_age_s``) expire the
 oldest pairs (telling the peer), and CREATE requests on ``cmd`` are served from the inventory.
 
-Until the QDevice exists (issue 6) the pairs' fidelity estimate is ``[memory].fidelity``.
+The node's quantum memories (instruments of kind ``qdevice``, QDEVICE/1) are supervised like any
+instrument: calibration and the health check read ``QUBITS?`` (capacity, free), reported as
+``memory_qubits``/``memory_qubits_free``. The link layer does not bind pairs to their qubits yet
+(issue 6); the pairs' fidelity estimate is ``[memory].fidelity``, aged with ``t1_s``/``t2_s``.
 """
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .link_service import LinkService
 
@@ -36,6 +39,17 @@ class MemoryRole:
                                         max_fidelity=mem.fidelity, t1_s=mem.t1_s,
                                         t2_s=mem.t2_s))
             for link in ctx.config.links if link.type == "K"]
+        self.qubits: dict[str, tuple[int, int]] = {}   # qdevice -> (capacity, free)
+        self.calibrations = {name: self._read_qubits(name)
+                             for name, inst in ctx.config.instruments.items()
+                             if inst.kind == "qdevice"}
+        self.health_checks = dict(self.calibrations)
+
+    def _read_qubits(self, name: str) -> Callable[[Any], None]:
+        def read(device: Any) -> None:   # QDEVICE/1 ``QUBITS?``
+            count = device.qubits()
+            self.qubits[name] = (count.capacity, count.free)
+        return read
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         out: dict[str, Callable[[], Awaitable[None]]] = {}
@@ -62,3 +76,6 @@ class MemoryRole:
             used += t.get("pairs_live", 0)
         record["memory_used"] = used
         record["memory_capacity"] = self.capacity * len(self.services)
+        if self.qubits:
+            record["memory_qubits"] = sum(c for c, _ in self.qubits.values())
+            record["memory_qubits_free"] = sum(f for _, f in self.qubits.values())

@@ -79,8 +79,10 @@ class Telemetry(TypedDict, total=False):
     dropped_tags_total: int
     links: dict[str, LinkTelemetry]
     g2: Histogram                         # the cross-node start-stop histogram (M counter)
-    memory_used: int                      # stored qubits/pairs
-    memory_capacity: int
+    memory_used: int                      # pairs held by the link layer
+    memory_capacity: int                  # pairs the link layer may hold ([memory].capacity)
+    memory_qubits: int                    # qubits of the node's quantum memories (QDevices)
+    memory_qubits_free: int
     source_brightness_hz: float           # source role: pair rate set point reached
     source_temperature_c: float
     source_pump_power_mw: float

@@ -39,7 +39,8 @@ def alice_record() -> Telemetry:
                           "expires_unacked": 1, "herald_latency_ms_p50": 2.5,
                           "herald_latency_ms_p99": 11.0, "fidelity_estimate": 0.91},
         },
-        "memory_used": 17, "memory_capacity": 1000, "role_restarts_total": 1,
+        "memory_used": 17, "memory_capacity": 1000, "memory_qubits": 8,
+        "memory_qubits_free": 3, "role_restarts_total": 1,
         "bus": {"published": 9000, "acked": 8990, "resent": 4, "queued": 0, "pending": 10,
                 "dropped_telemetry": 1, "received": 4400, "rejected": {"not_json": 2},
                 "handler_errors": 0, "reconnects": 1, "connected": True},
@@ -92,8 +93,10 @@ def test_scrape_reports_the_latest_record(exporter: PrometheusExporter) -> None:
     assert value(s, "qnode_tags_total", **a) == 98_765_432
     assert value(s, "qnode_dropped_chunks_total", **a) == 2
     assert value(s, "qnode_dropped_tags_total", **a) == 200_000
-    assert value(s, "qnode_memory_used_qubits", **a) == 17
-    assert value(s, "qnode_memory_capacity_qubits", **a) == 1000
+    assert value(s, "qnode_memory_used_pairs", **a) == 17
+    assert value(s, "qnode_memory_capacity_pairs", **a) == 1000
+    assert value(s, "qnode_memory_qubits", **a) == 8
+    assert value(s, "qnode_memory_free_qubits", **a) == 3
     assert value(s, "qnode_role_restarts_total", **a) == 1
     assert value(s, "qnode_singles_rate_hertz", **a, channel="2") == 95_500.0
 
@@ -169,7 +172,7 @@ def test_minimal_record_and_several_nodes(exporter: PrometheusExporter) -> None:
     s = scrape(exporter)
     assert value(s, "qnode_uptime_seconds", node="station") == 1.0
     assert value(s, "qnode_uptime_seconds", node="bob") == 2.0
-    assert value(s, "qnode_memory_used_qubits", node="station") == 5  # numpy scalars are numbers
+    assert value(s, "qnode_memory_used_pairs", node="station") == 5  # numpy scalars are numbers
     assert value(s, "qnode_node_info", node="station", roles="herald", schema="1") == 1
     assert not any(name == "qnode_node_state" for name, _ in s)
     assert not any(name == "qnode_singles_rate_hertz" for name, _ in s)

@@ -77,6 +77,11 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     assert set(records) == set(net.daemons), (set(net.daemons) - set(records), logs)
     assert all(r[-1]["state"] == "ready" for r in records.values())
     assert all(r[-1]["role_restarts_total"] == 0 for r in records.values()), logs
+    # the memories' QDevices are supervised instruments, read over QDEVICE/1
+    for node, n in (("alice", 1), ("repeater", 2), ("bob", 1)):
+        last = records[node][-1]
+        assert {i["state"] for i in last["instruments"].values()} == {"ready"}
+        assert last["memory_qubits"] == 4 * n and last["memory_qubits_free"] == 4 * n
     # `qnode status` sees the same network
     assert status.returncode == 0, status.stderr
     nodes = json.loads(status.stdout)["nodes"]
