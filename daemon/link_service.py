@@ -98,11 +98,7 @@ class LinkService:
         self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
         self._requesters: dict[int, str] = {}   # create id -> requesting node
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=20_000)
-        self.heralds_total = 0
-        self._heralds_at_last = 0
-        self.rejected = 0
-        self.oks_total = 0
-        self.errs: collections.Counter[str] = collections.Counter()
+        self._heralds_at_last = self.end.stats()["heralds_accepted_total"]
 
     # ------------------------------------------------------------------ inputs
     async def start(self) -> None:
@@ -115,7 +111,7 @@ class LinkService:
         try:
             batch = Herald.from_dict(msg.body)
         except ValueError as exc:
-            self._reject(msg, exc)
+            self._reject("bad_herald", msg, exc)
             return
         self.latencies_ms.append(max(0.0, (time.time() - msg.ts) * 1e3))
         await self.on_local_herald(batch)
@@ -129,7 +125,6 @@ class LinkService:
             accepted = seq_diff(self.end.expected_seq, before)
             if accepted:
                 self._batches.append((before, accepted, now))
-                self.heralds_total += accepted
             await self._commit(actions)
 
     async def on_peer_message(self, msg: Envelope, parsed: Message) -> None:
@@ -140,7 +135,8 @@ class LinkService:
             elif isinstance(parsed, ExpireAck):
                 actions = self.end.on_expire_ack(parsed, now)
             else:
-                self._reject(msg, ValueError(f"{parsed.TYPE} is not a peer message"))
+                self._reject("not_a_peer_message", msg,
+                             ValueError(f"{parsed.TYPE} is not a peer message"))
                 return
             await self._commit(list(actions))
 
@@ -234,10 +230,7 @@ class LinkService:
             bus.publish(topics.ll(self.peer), m.TYPE, m.to_dict(), sign_with=self.peer)
         for m in up:
             if isinstance(m, Ok):
-                self.oks_total += 1
                 m = self._aged(m)
-            elif isinstance(m, Err):
-                self.errs[ErrCode(m.code).name] += 1
             cid = getattr(m, "create_id", None)
             requester = self._requesters.get(cid) if cid is not None else None
             if requester is not None:
@@ -262,8 +255,10 @@ class LinkService:
                    t2_s=self.t2_s, halves=2)
         return dataclasses.replace(ok, goodness=round(aged.fidelity(ok.bell_state), 6))
 
-    def _reject(self, msg: Envelope, exc: Exception) -> None:
-        self.rejected += 1
+    def _reject(self, reason: str, msg: Envelope, exc: Exception) -> None:
+        """Count (in the node's :attr:`LinkRouter.rejected`, by reason) and log a message that
+        passed the envelope checks but is not a valid link-layer message."""
+        self.ctx.router.rejected[reason] += 1
         log.warning("link %s: rejected %s from %s id %d: %s", self.link, msg.type, msg.sender,
                     msg.id, exc, extra={"link": self.link, "sender": msg.sender,
                                         "type": msg.type, "error": str(exc)})
@@ -272,11 +267,12 @@ class LinkService:
     def telemetry(self, interval_s: float) -> LinkTelemetry:
         stats = self.end.stats()
         lat = np.asarray(self.latencies_ms, dtype=float)
-        rate = (self.heralds_total - self._heralds_at_last) / interval_s
-        self._heralds_at_last = self.heralds_total
+        heralds = stats["heralds_accepted_total"]  # entries accepted, not skipped numbers
+        rate = (heralds - self._heralds_at_last) / interval_s
+        self._heralds_at_last = heralds
         t: LinkTelemetry = {
             "type": self.type, "peer": self.peer, "role": "end",  # type: ignore[typeddict-item]
-            "expected_seq": stats["expected_seq"], "heralds_total": self.heralds_total,
+            "expected_seq": stats["expected_seq"], "heralds_total": heralds,
             "herald_rate_hz": rate, "pairs_live": stats["pairs_live"],
             "pairs_delivered_total": stats["pairs_delivered_total"],
             "pairs_expired_total": stats["pairs_expired_total"],

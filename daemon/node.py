@@ -86,6 +86,10 @@ class NodeContext:
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
 
     @property
+    def has_router(self) -> bool:
+        return self._router is not None
+
+    @property
     def router(self) -> LinkRouter:
         """The node's link-layer dispatcher (made on first use: it claims the bus handlers for
         ``herald``, ``ll`` and ``cmd``)."""
@@ -325,6 +329,8 @@ class Node:
         }
         for role in self.roles:
             role.fill_telemetry(record, interval)
+        if self.ctx.has_router:
+            record["link_rejected"] = dict(self.ctx.router.rejected)
         record["bus"] = self.ctx.bus.metrics()
         return record
 

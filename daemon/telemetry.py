@@ -87,6 +87,8 @@ class Telemetry(TypedDict, total=False):
     source_temperature_c: float
     source_pump_power_mw: float
     role_restarts_total: int
+    link_rejected: dict[str, int]         # link-layer messages refused after the envelope
+    #                                       checks, by reason (bad_herald, bad_body, ...)
     bus: dict[str, object]                # NodeBus.metrics()
 
 

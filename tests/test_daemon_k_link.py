@@ -156,6 +156,7 @@ async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(t
         rejected = tel["bus"]["rejected"]
         assert rejected.get("not_json", 0) >= 1 and rejected.get("unsigned", 0) >= 1
         assert rejected.get("oversized", 0) >= 1 and rejected.get("bad_signature", 0) >= 1
+        assert tel["link_rejected"].get("bad_herald", 0) >= 1   # signed, but not a HERALD
         assert alice.proc.poll() is None and bob.proc.poll() is None  # still running
     finally:
         await bus.close()
