@@ -283,6 +283,14 @@ def _plot_g2(path: Path, rec: Mapping[str, Any], g2: Mapping[str, Any], t0: floa
     fig.savefig(path, format="png")
 
 
+def _finish(ax: Any, title: str, ylabel: str) -> None:
+    """Title, y label, grid and legend of a time-series panel."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
 def _plot_rates(path: Path, records: list[dict[str, Any]], t0: float,
                 link_truth: Mapping[str, Mapping[str, Any]]) -> bool:
     panels = [(s, field, title) for s, field, title in (
@@ -300,10 +308,7 @@ def _plot_rates(path: Path, records: list[dict[str, Any]], t0: float,
         links = {link for _, link in series}
         _truth_lines(ax, {k: v for k, v in link_truth.items() if k in links}, field, colors,
                      what="rate")
-        ax.set_title(title)
-        ax.set_ylabel("rate (Hz)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        _finish(ax, title, "rate (Hz)")
     axes[-1].set_xlabel("time (s)")
     fig.savefig(path, format="png")
     return True
@@ -323,10 +328,7 @@ def _plot_fidelity(path: Path, records: list[dict[str, Any]], t0: float,
         ax, colors = next(it), {}
         _plot_series(ax, fid, colors)
         _truth_lines(ax, link_truth, "fidelity_estimate", colors, what="fidelity")
-        ax.set_title("fidelity estimate per link end")
-        ax.set_ylabel("fidelity")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        _finish(ax, "fidelity estimate per link end", "fidelity")
     if vis or qber:
         ax, colors = next(it), {}
         _plot_series(ax, vis, colors, "-", " visibility")
@@ -334,10 +336,7 @@ def _plot_fidelity(path: Path, records: list[dict[str, Any]], t0: float,
         _truth_lines(ax, link_truth, "visibility", colors, what="visibility")
         _truth_lines(ax, link_truth, "qber_z", colors, lambda q: 1.0 - q, what="1−QBER(Z)",
                      style="-.")
-        ax.set_title("M links: visibility and 1 − QBER(Z)")
-        ax.set_ylabel("fraction")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        _finish(ax, "M links: visibility and 1 − QBER(Z)", "fraction")
     axes[-1].set_xlabel("time (s)")
     fig.savefig(path, format="png")
     return True
