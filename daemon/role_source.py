@@ -6,18 +6,44 @@ Calibration (after every connect) brings the pump to ``[source].pump_power_mw`` 
 ``tset=``, ``ens``). The health check reads both back every 5 s; a pump off or an oven more than
 ``TEMPERATURE_TOLERANCE_C`` away from its set point after ``SETTLE_S`` marks the instrument
 degraded (and with it the node). Telemetry: pump power and oven temperature.
+
+**CREATE service** (with ``[source].link``): the source serves its M link's CREATE requests on
+``cmd`` like the QuTech link layer's fidelity-estimation unit (:mod:`.feu`): a CREATE of type M
+whose ``remote_node`` is one of ``[source].ends`` (any node when ``ends`` is not given) gets the
+highest pump power within ``[min_pump_mw, max_pump_mw]`` whose predicted fidelity meets its
+``min_fidelity``; the pump is set to it through the driver (it becomes the set point the
+calibration restores after a reconnect) and the requester gets ACK on ``reply/<requester>``.
+No such power: ERR UNSUPP; the pump refusing the new power: ERR OTHER; both leave the pump
+where it was. The latest accepted CREATE sets the power (the source holds no per-request
+state: a stricter request later lowers it, a laxer one raises it). The chosen power, predicted
+rate and fidelity are in telemetry (``source_feu_*``) and in the log line ``CREATE served``;
+the ACK itself carries only the create id (:class:`.ll_messages.Ack`). Malformed CREATEs, other
+command types and (with ``[source].hmac_key_file``) unsigned ones are counted by reason in
+``link_rejected`` and logged; nothing is answered. A CREATE for another link (a K link, or a
+remote node not among ``ends``) goes to the node's link router when the node has one, else it
+is answered ERR UNSUPP.
 """
 from __future__ import annotations
 
+import collections
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from qnode.drivers.errors import DeviceError
+from qnode.drivers.errors import DeviceError, InstrumentError
+
+from .feu import Prediction
+from .linklayer import CreateIdAllocator
+from .ll_messages import Ack, Create, Err, ErrCode
 
 if TYPE_CHECKING:
+    from .messages import Message as Envelope
     from .node import NodeContext
     from .telemetry import Telemetry
+    from .topics import Topic
+
+log = logging.getLogger("qnode.source")
 
 TEMPERATURE_TOLERANCE_C = 0.5
 SETTLE_S = 120.0
@@ -38,6 +64,31 @@ class SourceRole:
             cfg.pump: self._calibrate_pump, cfg.oven: self._calibrate_oven}
         self.health_checks: dict[str, Callable[[Any], None]] = {
             cfg.pump: self._check_pump, cfg.oven: self._check_oven}
+        # the pump's set point: [source].pump_power_mw until a CREATE chooses another
+        self.set_point_mw = cfg.pump_power_mw
+        self.feu = cfg.feu
+        self.chosen: Prediction | None = None
+        self.creates_total = 0
+        self.creates_unsupp_total = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self._create_ids = CreateIdAllocator()
+        self._router_cmd: Callable[[Topic, Envelope], Awaitable[None]] | None = None
+        if cfg.link is not None:
+            self._serve_creates(ctx)
+
+    def _serve_creates(self, ctx: NodeContext) -> None:
+        """Claim the bus's ``cmd`` handler (one per kind); a link router built by an earlier
+        role keeps the CREATEs that are not for this source's link."""
+        if self.cfg.hmac_key_file is not None:
+            # the bus checks a signed message on ``cmd`` with the key stored under the
+            # addressee, i.e. this node: the source's link key (ctx.keys is the bus's key map)
+            key = self.cfg.hmac_key_file.read_bytes().strip()
+            ctx.keys[ctx.node] = key
+            if ctx.bus.keys is not ctx.keys:
+                raise RuntimeError("source: the bus does not share the node's key map")
+        if ctx.has_router:
+            self._router_cmd = ctx.router._on_cmd  # the router's own handler, for other links
+        ctx.bus.on("cmd", self._on_cmd)
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {}
@@ -45,11 +96,22 @@ class SourceRole:
     # -- pump
     def _calibrate_pump(self, pump: Any) -> None:
         if self.pump_kind == "ibeam":
-            pump.set_power_mw(self.cfg.pump_power_mw)
+            pump.set_power_mw(self.set_point_mw)
             pump.laser_on()
         else:  # itc4001: the set point is a current (mA)
-            pump.switch_on(current_a=self.cfg.pump_power_mw / 1e3)
+            pump.switch_on(current_a=self.set_point_mw / 1e3)
         self._check_pump(pump)
+
+    def _set_pump(self, pump: Any, power_mw: float) -> float:
+        """Set the running pump to ``power_mw`` (ibeam: mW; itc4001: mA, as the calibration);
+        the power read back (mW)."""
+        if self.pump_kind == "ibeam":
+            pump.set_power_mw(power_mw)
+        else:
+            pump.set_ld_current(power_mw / 1e3)
+        self._check_pump(pump)
+        assert self.pump_power_mw is not None
+        return self.pump_power_mw
 
     def _check_pump(self, pump: Any) -> None:
         if self.pump_kind == "ibeam":
@@ -82,8 +144,98 @@ class SourceRole:
     async def close(self) -> None:
         """The source stays on at shutdown: a restart must not cost the crystal's settling."""
 
+    # -- CREATE service (module docstring)
+    def _count(self, reason: str, msg: Envelope, detail: str) -> None:
+        """Count a refused command by reason (in the router's counter when the node has one,
+        as the router does) and log it."""
+        counter = self.ctx.router.rejected if self.ctx.has_router else self.rejected
+        counter[reason] += 1
+        log.warning("rejected %s from %s id %d: %s", msg.type, msg.sender, msg.id, detail,
+                    extra={"reason": reason, "sender": msg.sender, "type": msg.type})
+
+    def _is_mine(self, create: Create) -> bool:
+        ends = self.cfg.ends
+        return create.tpe == "M" and (ends is None or create.remote_node in ends)
+
+    def _reply(self, requester: str, message: Ack | Err) -> None:
+        self.ctx.bus.publish(self.ctx.topics.reply(requester), message.TYPE, message.to_dict())
+
+    async def _on_cmd(self, topic: Topic, msg: Envelope) -> None:
+        """The node's ``cmd`` handler: CREATEs for this source's link (never raises)."""
+        if msg.type != "CREATE":
+            if self._router_cmd is not None:
+                await self._router_cmd(topic, msg)
+            else:
+                self._count("unknown_command", msg, f"command {msg.type!r}")
+            return
+        try:
+            create = Create.from_dict(msg.body)
+        except ValueError as exc:
+            self._count("bad_body", msg, str(exc))
+            return
+        if not self._is_mine(create):
+            if self._router_cmd is not None:
+                await self._router_cmd(topic, msg)
+                return
+            cid = self._create_ids.allocate()
+            self.creates_total += 1
+            self.creates_unsupp_total += 1
+            log.info("CREATE refused: not for link %s", self.cfg.link, extra={
+                "link": self.cfg.link, "requester": msg.sender, "create_id": cid,
+                "remote_node": create.remote_node, "tpe": create.tpe, "code": "UNSUPP"})
+            self._reply(msg.sender, Err(cid, ErrCode.UNSUPP))
+            return
+        if self.cfg.hmac_key_file is not None and not msg.signed:
+            self._count("unsigned", msg, f"a CREATE for link {self.cfg.link} must be signed "
+                                         f"with the link key")
+            return
+        await self._serve(create, msg.sender)
+
+    async def _serve(self, create: Create, requester: str) -> None:
+        assert self.feu is not None
+        self.creates_total += 1
+        cid = self._create_ids.allocate()
+        fields = {"link": self.cfg.link, "requester": requester, "create_id": cid,
+                  "remote_node": create.remote_node, "min_fidelity": create.min_fidelity}
+        power = self.feu.choose_power(create.min_fidelity)
+        if power is None:
+            self.creates_unsupp_total += 1
+            log.info("CREATE refused: no pump power reaches the fidelity", extra={
+                **fields, "code": "UNSUPP", "max_fidelity": round(self.feu.max_fidelity(), 6)})
+            self._reply(requester, Err(cid, ErrCode.UNSUPP))
+            return
+        try:
+            read_mw = await self.ctx.instrument(self.cfg.pump).call(self._set_pump, power)
+        except (InstrumentError, ValueError) as exc:
+            log.warning("CREATE failed: the pump refused %.4f mW: %s", power, exc, extra={
+                **fields, "code": "OTHER", "power_mw": power, "error": str(exc)})
+            self._reply(requester, Err(cid, ErrCode.OTHER))
+            return
+        self.set_point_mw = power
+        self.chosen = p = self.feu.detail(power)
+        log.info("CREATE served", extra={
+            **fields, "power_mw": round(power, 6), "pump_read_mw": round(read_mw, 6),
+            "predicted_rate_hz": round(p.rate_hz, 3), "predicted_fidelity": round(p.fidelity, 6),
+            "predicted_accidental_hz": round(p.accidental_hz, 3)})
+        self._reply(requester, Ack(cid))
+
     def fill_telemetry(self, record: Telemetry, interval_s: float) -> None:
         if self.oven_temperature_c is not None:
             record["source_temperature_c"] = self.oven_temperature_c
         if self.pump_power_mw is not None:
             record["source_pump_power_mw"] = self.pump_power_mw
+        if self.feu is None:
+            return
+        # fields beyond the Telemetry TypedDict (unknown fields are allowed there)
+        extra: dict[str, Any] = record  # type: ignore[assignment]
+        now = self.feu.detail(self.set_point_mw)
+        extra["source_pump_set_point_mw"] = self.set_point_mw
+        extra["source_feu_rate_hz"] = now.rate_hz             # predicted at the set point
+        extra["source_feu_fidelity"] = now.fidelity
+        extra["source_feu_max_fidelity"] = self.feu.max_fidelity()
+        extra["source_creates_total"] = self.creates_total
+        extra["source_creates_unsupp_total"] = self.creates_unsupp_total
+        if self.chosen is not None:                            # the last CREATE's choice
+            extra["source_feu_power_mw"] = self.chosen.power_mw
+        if not self.ctx.has_router:                            # else the node reports the router's
+            record["link_rejected"] = dict(self.rejected)
