@@ -4,6 +4,8 @@
 peer clock), finds the peer's clock offset and drift, follows them with the drift servo, and
 counts coincidences for every setting pair with the native core; :func:`link_figures` turns the
 counts into the link's telemetry (QBER per basis, fidelity, visibility, BBM92 figures, CHSH);
+:meth:`CrossNodeCounter.window` sums the counts of a recent stretch of tag time (what the
+polarisation controller, :mod:`.polarisation_control`, measures with);
 :class:`BasisLayout` / :func:`parse_layout` describe and check an analyzer end's settings. The
 role that runs it on a node is :mod:`.role_analyzer` (see its docstring for the physics).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,23 @@ G2_BIN_PS = 100
 MARGIN_PS = 2_000_000        # 2 µs kept back from the newest common time (window + jitter)
 MAX_BUFFER_S = 5.0           # a stream waits at most this long for the other (then: dropped)
 PHI_PLUS, PSI_PLUS = 0, 2    # BELL_STATES codes
+SPAN_LOG_LEN = 4096          # counted spans kept for windows (~ 3 min at 20 spans/s)
+
+
+@dataclass(frozen=True)
+class CountWindow:
+    """The counts of the spans inside a stretch of own-clock tag time [``t_start_ps``,
+    ``t_end_ps``) (ps): ``counts``/``accidentals`` as :attr:`CrossNodeCounter.counts`."""
+
+    counts: np.ndarray
+    accidentals: np.ndarray
+    t_start_ps: int
+    t_end_ps: int
+    spans: int
+
+    @property
+    def span_s(self) -> float:
+        return max(self.t_end_ps - self.t_start_ps, 0) * 1e-12
 
 
 @dataclass(frozen=True)
@@ -288,6 +308,10 @@ class CrossNodeCounter:
         self.g2 = np.zeros(2 * G2_HALF_RANGE_PS // G2_BIN_PS, np.int64)
         self._last: dict[str, float] = {}
         self.alignment_error = ""
+        # (start, end, counts, accidentals) of each counted span; read from the event loop
+        self.span_log: collections.deque[tuple[int, int, np.ndarray, np.ndarray]] = (
+            collections.deque(maxlen=SPAN_LOG_LEN))
+        self._span_lock = threading.Lock()
 
     # ---------------------------------------------------------------- input
     def add_own(self, block: TagBlock, t_end_ps: int) -> None:
@@ -309,9 +333,9 @@ class CrossNodeCounter:
                 log.warning("peer analyzer settings changed (%s → %s): counts restart",
                             self.peer_layout, layout)
                 self.layout_changes += 1
-                self.counts[:] = 0
-                self.accidentals[:] = 0
-                self._last.pop("sift", None)
+                self.restart_counts()
+                with self._span_lock:
+                    self.span_log.clear()
             self.peer_layout = layout
         mapped = np.full(channels.shape, -1, np.int32)
         for j, pair in enumerate(layout.channels):
@@ -343,9 +367,38 @@ class CrossNodeCounter:
         peer_t, peer_c = self._take_peer(horizon)
         self.tracker.update(own["time"], peer_t)
         mapped = self.tracker.to_reference(peer_t) if peer_t.size else peer_t
-        self.processed_to = horizon
+        start, self.processed_to = self.processed_to, horizon
         self.spans += 1
-        return self._count(own, mapped, peer_c)
+        return self._count(own, mapped, peer_c, (start, horizon))
+
+    def restart_counts(self) -> None:
+        """Zero the cumulative counts behind the link figures (e.g. after the analyzer
+        settings changed: they would mix settings otherwise). The span log stays."""
+        self.counts[:] = 0
+        self.accidentals[:] = 0
+        self._last.pop("sift", None)
+
+    def window(self, t_start_ps: int, t_end_ps: int | None = None) -> CountWindow:
+        """The counts of the spans that lie inside [t_start_ps, t_end_ps) (own clock, ps;
+        ``None``: up to the newest). Spans are what one :meth:`process` counted (a tagger
+        chunk or less), so the window's edges are the spans' edges inside it."""
+        counts = np.zeros_like(self.counts)
+        accidentals = np.zeros_like(self.accidentals)
+        lo, hi, n = -1, -1, 0
+        end = t_end_ps if t_end_ps is not None else 2**62
+        inside = []
+        with self._span_lock:          # spans are in time order: walk back from the newest
+            for span in reversed(self.span_log):
+                if span[0] < t_start_ps:
+                    break
+                if span[1] <= end:
+                    inside.append(span)
+        for t0, t1, c, a in reversed(inside):
+            counts += c
+            accidentals += a
+            lo = t0 if n == 0 else lo
+            hi, n = t1, n + 1
+        return CountWindow(counts, accidentals, lo, hi, n)
 
     def _acquire(self) -> bool:
         """Initial alignment from ``align_s`` of both streams (kept; counted afterwards)."""
@@ -413,8 +466,8 @@ class CrossNodeCounter:
             return np.empty(0, np.int64), np.empty(0, np.int32)
         return np.concatenate(ts), np.concatenate(cs)
 
-    def _count(self, own: np.ndarray, mapped: np.ndarray, peer_c: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _count(self, own: np.ndarray, mapped: np.ndarray, peer_c: np.ndarray,
+               span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         by_channel: dict[int, np.ndarray] = {}
         for ch in self.a:
             by_channel[ch] = np.ascontiguousarray(own["time"][own["channel"] == ch])
@@ -425,9 +478,13 @@ class CrossNodeCounter:
         pc = self.coinc.process(block)
         # pairs are ordered (own basis i, own outcome k, peer basis j, peer outcome l)
         shape = (self.layout.n, 2, MAX_BASES, 2)
-        self.counts += pc.coincidences.reshape(shape).transpose(0, 2, 1, 3)
-        if pc.accidentals is not None:
-            self.accidentals += pc.accidentals.reshape(shape).transpose(0, 2, 1, 3)
+        dc = pc.coincidences.reshape(shape).transpose(0, 2, 1, 3).astype(np.int64)
+        da = (np.zeros_like(dc) if pc.accidentals is None
+              else pc.accidentals.reshape(shape).transpose(0, 2, 1, 3).astype(np.int64))
+        self.counts += dc
+        self.accidentals += da
+        with self._span_lock:
+            self.span_log.append((span[0], span[1], dc, da))
         self.singles_a += sum(by_channel[c].size for c in self.a)
         self.singles_b += sum(by_channel[c].size for c in self.b)
         a_all = np.sort(np.concatenate([by_channel[c] for c in self.a]))

@@ -35,6 +35,16 @@ both are measured, else the Werner form F = (1 + 3V)/4 from the one basis ("wern
 ``chsh_s_err`` when both ends have two settings that violate the CHSH bound for the ideal
 source state; the clock offset and drift, tracker state, the peer's tag rate and a g2 histogram
 (±5 ns).
+
+Polarisation compensation (``[analyzer].compensator``, ``compensate = true``): the counter runs
+a :class:`~.polarisation_control.PolarisationController` as the role task ``polarisation``: it
+watches the visibility of recent windows of counts (:meth:`~.cross_node.CrossNodeCounter.window`)
+and, after a drop, turns the compensator's ELL14 until it is back (``calibrating`` while it
+does), then restarts the cumulative counts. Its fields join the link's telemetry
+(``polarisation_state``, ``calibrating``, ``recalibration_s``, ...). The streamer's compensator
+is only set to ``compensator_angle_deg`` (one end compensates the relative rotation of both
+fibres; see :mod:`.polarisation_control`). Either end's compensator returns to the angle in use
+after a reconnect.
 """
 from __future__ import annotations
 
@@ -51,6 +61,7 @@ from .cross_node import G2_BIN_PS, G2_HALF_RANGE_PS, CrossNodeCounter, parse_lay
 from .instruments import make_tagger
 from .link_service import LinkService
 from .linklayer import HeraldStation
+from .polarisation_control import CounterMeter, PolarisationController
 
 if TYPE_CHECKING:
     from .messages import Message as Envelope
@@ -100,12 +111,40 @@ class AnalyzerRole:
             ctx.bus.on("tags", self._on_tags)
         else:
             ctx.bus.heralds[self.link.id] = self.link.peer  # the counter heralds this link
+        self.controller: PolarisationController | None = None
+        comp = cfg.compensation
+        if comp is not None:
+            self.calibrations[comp.compensator] = lambda d: d.move_absolute_deg(
+                self.controller.angle_deg if self.controller else comp.start_angle_deg)
+            if comp.enabled and self.counting is not None:
+                self.controller = PolarisationController(
+                    comp, move=self._move_compensator,
+                    meter=CounterMeter(self.counting, self._restart_counts), link=self.link.id)
+            elif comp.enabled:
+                log.info("polarisation compensation of %s runs at its counter %s", self.link.id,
+                         self.link.peer, extra={"link": self.link.id, "peer": self.link.peer})
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         async def tick() -> None:
             await self.service.start()
             await self.service.tick_loop()
-        return {"acquire": self._acquire, f"{self.link.id}:tick": tick}
+        tasks = {"acquire": self._acquire, f"{self.link.id}:tick": tick}
+        if self.controller is not None:
+            tasks["polarisation"] = self.controller.run
+        return tasks
+
+    async def _move_compensator(self, angle_deg: float) -> float:
+        """Turn the compensator's ELL14 to ``angle_deg`` (deg); where it stopped (deg)."""
+        comp = self.cfg.compensation
+        assert comp is not None
+        inst = self.ctx.instrument(comp.compensator)
+        await inst.wait_ready()
+        return await inst.call(lambda d, a: d.move_absolute_deg(a), angle_deg)
+
+    async def _restart_counts(self) -> None:
+        assert self.counting is not None
+        async with self._count_lock:   # not while a span is being counted
+            self.counting.restart_counts()
 
     # ------------------------------------------------------------------ own tags
     async def _acquire(self) -> None:
@@ -203,6 +242,8 @@ class AnalyzerRole:
             record["g2"] = {"bin_ps": G2_BIN_PS, "first_bin_ps": -G2_HALF_RANGE_PS,
                             "counts": [int(x) for x in g2]}
             t["unmatched_tags_total"] = self.counting.dropped_tags
+            if self.controller is not None:
+                t.update(self.controller.telemetry())  # type: ignore[typeddict-item]
         else:
             t.pop("fidelity_estimate", None)  # the counter measures it; this end cannot
             t["unmatched_tags_total"] = self.unsent_tags

@@ -18,6 +18,18 @@ Conventions (Poincaré sphere as in :mod:`qnode.hal_sim.polarisation`: Z+ = H, X
   η = ½ at T_opt ± ΔT_FWHM/2 (1.391557 solves sinc²(x) = ½). The defaults (45 °C, 2 °C FWHM) are
   illustrative for a PPKTP crystal of a few cm.
 * **Pump → pair rate.** SPDC is linear in pump power: B = brightness_hz_per_mw · P_mW · η(T).
+* **Fibre drift and compensator → the node's rotation** (:class:`PolarisationCoupling`). Each
+  analyzer node's fibre drifts (:class:`~qnode.hal_sim.polarisation.FibreDrift`: D(t) on the
+  photon's Stokes vector). The compensator sits after the fibre, before the node's basis-choice
+  beam splitter: a half-wave plate fixed with its fast axis along H, then a half-wave plate on an
+  ELL14 at θ from H (mount angle − ``zero_deg``). The pair maps linear polarisation at φ to
+  φ + 2θ (φ → −φ → 2θ + φ): a rotator, on the Poincaré sphere the rotation C = R_Y(4θ)
+  (:func:`compensator_rotation`), identity at θ = 0. The photon reaches the analyzers as C·D·s,
+  so the simulator's rotation of that node is (C·D)ᵀ (E = (R_a·a)ᵀ·T·(R_b·b)). The compensator
+  undoes drift about Y (rotations of linear polarisation) exactly, and nothing else; see
+  :mod:`qnode.hal_sim.polarisation`. For Φ+ (and Ψ−) with Y rotations only the *relative*
+  rotation of the two fibres matters (the state is invariant under R⊗R for a real rotation R),
+  so one end's compensator restores the correlations of both.
 """
 from __future__ import annotations
 
@@ -25,9 +37,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from .photon_stream import PhotonStreamSimulator
+from .polarisation import Y_AXIS, FibreDrift, rotation_about, rotation_angle_rad
 from .source import CWSource
 
 #: x at which sinc²(x) = 1/2 (sinc(x) = sin x / x)
@@ -137,3 +152,100 @@ def apply_detector_bias(sim: PhotonStreamSimulator, detectors: BiasedDetectors,
         sim.set_detector(node, channel, efficiency=eff, dark_count_rate_hz=dark)
         applied[(node, channel)] = (eff, dark)
     return applied
+
+
+# ------------------------------------------------------------------ polarisation drift
+
+def compensator_rotation(angle_deg: float, zero_deg: float = 0.0) -> np.ndarray:
+    """The compensator's rotation of the Poincaré sphere (3×3): a fixed HWP along H, then a HWP
+    at ``angle_deg`` (deg, mount angle; fast axis along H at ``zero_deg``): R_Y(4·(θ − zero))
+    (module docstring)."""
+    return rotation_about(Y_AXIS, 4.0 * math.radians(angle_deg - zero_deg))
+
+
+@dataclass(frozen=True)
+class CompensatorMount:
+    """A node's compensator plate: ``node`` of the link, the twin (``angle_deg``), and the mount
+    angle (deg) at which its fast axis lies along H."""
+
+    node: str
+    waveplate: Waveplate
+    zero_deg: float = 0.0
+
+
+class PolarisationCoupling:
+    """The fibres' polarisation drift and the nodes' compensators of one M link; called with
+    the simulator before every slice (``sim.time_ps`` is the slice's start).
+
+    Each node's rotation is (C·D)ᵀ with D the fibre's :class:`FibreDrift` advanced to the
+    slice's start and C its compensator (identity without one); it is constant over a slice and
+    pushed into the simulator only when it changed. Nodes with neither are left alone.
+    :meth:`step` is a triggered step; :meth:`truth` the ground truth.
+    """
+
+    def __init__(self, drifts: Mapping[str, FibreDrift] | None = None):
+        self.drifts: dict[str, FibreDrift] = dict(drifts or {})
+        self.compensators: dict[str, CompensatorMount] = {}
+        self._applied: dict[str, np.ndarray] = {}
+
+    def add_compensator(self, mount: CompensatorMount) -> None:
+        if mount.node in self.compensators:
+            raise ValueError(f"node {mount.node!r} already has a compensator")
+        self.compensators[mount.node] = mount
+
+    def drift(self, node: str) -> FibreDrift:
+        """The node's fibre drift (a static one is made on first use)."""
+        if node not in self.drifts:
+            self.drifts[node] = FibreDrift()
+        return self.drifts[node]
+
+    def compensator_matrix(self, node: str) -> np.ndarray:
+        m = self.compensators.get(node)
+        return np.eye(3) if m is None else compensator_rotation(m.waveplate.angle_deg, m.zero_deg)
+
+    def photon_rotation(self, node: str) -> np.ndarray:
+        """C·D of ``node`` now: what happens to its photon's Stokes vector before the
+        analyzers."""
+        d = self.drifts[node].rotation if node in self.drifts else np.eye(3)
+        return self.compensator_matrix(node) @ d
+
+    def __call__(self, sim: PhotonStreamSimulator) -> None:
+        t_s = sim.time_ps * 1e-12
+        for node in sorted(set(self.drifts) | set(self.compensators)):
+            if node in self.drifts:
+                self.drifts[node].advance_to(max(t_s, self.drifts[node].time_s))
+            m = self.photon_rotation(node)
+            last = self._applied.get(node)
+            if last is None or not np.allclose(last, m, rtol=0, atol=1e-12):
+                sim.set_rotation(node, m.T)
+                self._applied[node] = m
+
+    def step(self, node: str, angle_deg: float, axis: tuple[float, float, float] = Y_AXIS
+             ) -> float:
+        """A triggered step of ``node``'s fibre (deg about ``axis``) at its drift's present
+        time; the simulator sees it from its next slice. Returns that time (s)."""
+        d = self.drift(node)
+        d.step(angle_deg, axis)
+        return d.time_s
+
+    def truth(self, sim: PhotonStreamSimulator) -> dict[str, Any]:
+        """Per node: the fibre's D, the compensator's angle (deg) and C·D; and
+        ``relative_rotation_deg``, the angle of (C_a·D_a)·(C_b·D_b)ᵀ: 0 when the two photons
+        see the same rotation, which for Φ+ or Ψ− and rotations about Y leaves the
+        correlations as emitted."""
+        nodes: dict[str, Any] = {}
+        for n in sim.link.nodes:
+            d = self.drifts.get(n.name)
+            comp = self.compensators.get(n.name)
+            nodes[n.name] = {
+                "fibre_rotation": (d.rotation if d else np.eye(3)).tolist(),
+                "fibre_angle_deg": math.degrees(rotation_angle_rad(d.rotation)) if d else 0.0,
+                "walk_angle_rad": d.walk_angle_rad if d else 0.0,
+                "steps": [{"at_s": t, "angle_deg": a, "axis": list(ax)}
+                          for t, a, ax in (d.applied_steps if d else [])],
+                "time_s": d.time_s if d else sim.time_ps * 1e-12,
+                "compensator_angle_deg": None if comp is None else comp.waveplate.angle_deg,
+                "photon_rotation": self.photon_rotation(n.name).tolist()}
+        a, b = (n.name for n in sim.link.nodes)
+        rel = self.photon_rotation(a) @ self.photon_rotation(b).T
+        return {"nodes": nodes, "relative_rotation_deg": math.degrees(rotation_angle_rad(rel))}
