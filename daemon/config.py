@@ -45,6 +45,20 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     t1_s = 0.0                    # memory T1, T2 (s): OKs carry the fidelity aged to delivery
     t2_s = 0.0                    #   (Pauli-channel model, qnode.daemon.bell_diagonal); 0: none
     restart_policy = "resume"     # after a restart: keep the stored pairs, or "expire_all"
+    qdevice = "qmem"              # bind pairs to this QDevice's qubits (qnode.daemon.qmemory);
+                                  #   without it the pairs are the link layer's alone
+    qubits_per_link = 2           # storage qubits per K link (+ 1 test qubit per link)
+    test_fraction = 0.1           # pairs measured as test pairs for the fidelity estimate
+    min_tests = 200               # test pairs per basis before the estimate replaces `fidelity`
+    readout_error = 0.005         # the QDevice's calibrated read-out error and CNOT fidelity
+    gate_fidelity_2q = 0.999
+    delivered_hold_s = 0.1        # a delivered pair's qubit is the application's this long
+
+    [[paths]]                     # end-to-end pairs alice-bob through a repeater's swaps
+    id = "alice-bob"              #   (the same table on the ends and the repeater)
+    ends = ["alice", "bob"]
+    repeater = "repeater"
+    links = ["alice-repeater", "repeater-bob"]   # the repeater's link with ends[0], ends[1]
 
     [analyzer]                    # role analyzer (M-type links)
     tagger = "tagger"
@@ -60,12 +74,38 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     align_s = 1.0                 # tags used to find the peer's clock offset at start
     capacity = 20000              # delivered-pair inventory of the link, as [memory] (0: no limit)
     max_pair_age_s = 1.0
+    compensator = "comp"          # optional: the polarisation compensator's ELL14 (a HWP after
+                                  #   a fixed HWP: a rotator; qnode.daemon.polarisation_control)
+    compensator_angle_deg = 0.0   # its angle at start (deg)
+    compensate = false            # run the controller (only the link's counter does: the end whose
+                                  #   id sorts first; needs compensator)
+    compensate_threshold = 0.03   # relative visibility drop that starts a recalibration
+    compensate_tolerance = 0.01   # done when V ≥ (1 − tolerance)·V_reference
+    compensate_window_s = 1.0     # tag time per monitoring window (s)
+    compensate_scan_points = 6    # coarse scan: points over one period (90° of the plate)
+    compensate_fine_step_deg = 3.0  # fine step: the maximum ± this (deg)
+    compensate_settle_s = 0.3     # tag time skipped after each move (s)
+    compensate_max_attempts = 3   # searches per recalibration before reporting "unlocked"
+    compensate_retry_s = 30.0     # wait before trying again after an unlocked result (s)
+    compensate_at_start = false   # search before taking the reference visibility
 
     [source]                      # role source: an SPDC source at its working point
     pump = "pump"                 # ibeam or itc4001
     oven = "oven"                 # tc200
     pump_power_mw = 40.0          # ibeam: mW; itc4001: the set current in mA
     oven_temperature_c = 35.0
+    link = "m-ab"                 # optional: the M link whose CREATEs (on cmd) it serves by
+                                  #   choosing the pump power (qnode.daemon.feu); then the
+                                  #   model's keys below are required (window_ps as [analyzer])
+    ends = ["analyzer-a", "analyzer-b"]  # optional: the link's analyzers (CREATE remote_node)
+    hmac_key_file = "/etc/qnode/links/m-ab.key"  # optional: CREATEs must be signed with it
+    brightness_hz_per_mw = 2500.0 # pairs/s per mW of pump at the working temperature
+    efficiency = [0.3, 0.3]       # per side (ends order), detection incl. fibre (Klyshko)
+    dark_count_rate_hz = [400.0, 400.0]  # per side, summed over its detectors (pump off)
+    window_ps = 500               # the analyzers' half-window w: τ = 2w
+    visibility = 0.95             # the pairs' Werner visibility without accidentals
+    min_pump_mw = 0.0             # the powers the FEU may choose from
+    max_pump_mw = 200.0
 
     [thresholds]                  # when the node reports itself degraded
     max_qber = 0.11
@@ -86,6 +126,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .feu import FidelityEstimationUnit
 
 ROLES = ("source", "analyzer", "herald", "memory", "repeater")
 LINK_TYPES = ("M", "K")
@@ -183,12 +225,58 @@ RESTART_POLICIES = ("resume", "expire_all")
 
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
+    """``[memory]``. Without ``qdevice`` the pairs are virtual (the link layer alone). With it,
+    pairs are bound to that QDevice's qubits (:mod:`qnode.daemon.qmemory`): per K link
+    ``qubits_per_link`` storage qubits and one test qubit; ``test_fraction`` of the pairs are
+    measured as test pairs for the fidelity estimate (``fidelity`` is its prior until
+    ``min_tests`` pairs per basis are in); ``readout_error`` and ``gate_fidelity_2q`` are the
+    device's calibrated read-out error and CNOT fidelity (estimates of swaps); a delivered
+    pair's qubit is the application's for ``delivered_hold_s`` (s) before it is reused."""
+
     capacity: int = 1000
     max_pair_age_s: float = 1.0
     fidelity: float = 0.9
     restart_policy: str = "resume"
     t1_s: float = 0.0
     t2_s: float = 0.0
+    qdevice: str | None = None
+    qubits_per_link: int = 2
+    test_fraction: float = 0.1
+    min_tests: int = 200
+    readout_error: float = 0.0
+    gate_fidelity_2q: float = 1.0
+    delivered_hold_s: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class PathConfig:
+    """``[[paths]]``: an end-to-end pair service between ``ends`` through ``repeater``, which
+    swaps pairs of ``links`` (the link with ``ends[0]`` first)."""
+
+    id: str
+    ends: tuple[str, str]
+    repeater: str
+    links: tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompensationConfig:
+    """``[analyzer].compensator`` and ``compensate*``: the polarisation compensator of an
+    analyzer end and its controller (:mod:`qnode.daemon.polarisation_control`). Angles in deg,
+    times in s, ``threshold``/``tolerance`` relative to the reference visibility."""
+
+    compensator: str
+    enabled: bool = False
+    start_angle_deg: float = 0.0
+    threshold: float = 0.03
+    tolerance: float = 0.01
+    window_s: float = 1.0
+    scan_points: int = 6
+    fine_step_deg: float = 3.0
+    settle_s: float = 0.3
+    max_attempts: int = 3
+    retry_s: float = 30.0
+    at_start: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +300,7 @@ class AnalyzerConfig:
     bases: tuple[str, ...] = ("Z",)
     angles_deg: tuple[float, ...] = (0.0,)
     source_state: str = "phi+"
+    compensation: CompensationConfig | None = None
 
     @property
     def basis_channels(self) -> tuple[tuple[int, int], ...]:
@@ -222,10 +311,17 @@ class AnalyzerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
+    """``[source]``: pump and oven set points; with ``link``, the CREATE service of that M link
+    and its fidelity-estimation unit (``feu``, built from the model's keys)."""
+
     pump: str
     oven: str
     pump_power_mw: float = 40.0
     oven_temperature_c: float = 35.0
+    link: str | None = None
+    ends: tuple[str, str] | None = None
+    hmac_key_file: Path | None = None
+    feu: FidelityEstimationUnit | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +342,7 @@ class NodeConfig:
     memory: MemoryConfig | None = None
     analyzer: AnalyzerConfig | None = None
     source: SourceConfig | None = None
+    paths: tuple[PathConfig, ...] = ()
 
     @property
     def topic_prefix(self) -> str:
@@ -331,8 +428,8 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(syntax)", f"not valid TOML: {exc}") from exc
-    top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "thresholds",
-                                  "metrics", *ROLE_TABLES})
+    top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "paths",
+                                  "thresholds", "metrics", *ROLE_TABLES})
     if not top.has("node"):
         raise top.fail("node", "the [node] table is required")
     if not top.has("broker"):
@@ -372,8 +469,9 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         path, node_id, network, roles, state_dir, broker, instruments, links, thresholds,
         metrics,
         herald=_herald(path, raw.get("herald"), instruments, links) if "herald" in roles else None,
-        memory=_memory(path, raw.get("memory", {}))
+        memory=_memory(path, raw.get("memory", {}), instruments)
         if {"memory", "repeater"} & set(roles) else None,
+        paths=_paths(path, raw.get("paths", []), node_id, links),
         analyzer=_analyzer(path, raw.get("analyzer", {}), instruments)
         if "analyzer" in roles else None,
         source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None)
@@ -429,9 +527,16 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
                             r.file("hmac_key_file", required=False))
 
 
-def _memory(path: str, raw: object) -> MemoryConfig:
+def _memory(path: str, raw: object,
+            instruments: Mapping[str, InstrumentConfig]) -> MemoryConfig:
     r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity",
-                                      "restart_policy", "t1_s", "t2_s"})
+                                      "restart_policy", "t1_s", "t2_s", "qdevice",
+                                      "qubits_per_link", "test_fraction", "min_tests",
+                                      "readout_error", "gate_fidelity_2q", "delivered_hold_s"})
+    qdevice = r.string("qdevice", "") or None
+    if qdevice is not None and (qdevice not in instruments
+                                or instruments[qdevice].kind != "qdevice"):
+        raise r.fail("qdevice", f"{qdevice!r} is not an instrument of kind 'qdevice'")
     t1, t2 = r.number("t1_s", 0.0, 0, 1e6), r.number("t2_s", 0.0, 0, 1e6)
     if (t1 > 0) != (t2 > 0):
         raise r.fail("t2_s" if t1 > 0 else "t1_s", "give both T1 and T2 (or neither)")
@@ -441,7 +546,44 @@ def _memory(path: str, raw: object) -> MemoryConfig:
                         r.number("max_pair_age_s", 1.0, 0, 86400),
                         r.number("fidelity", 0.9, 0, 1),
                         r.string("restart_policy", "resume", choices=RESTART_POLICIES),
-                        t1, t2)
+                        t1, t2, qdevice, r.integer("qubits_per_link", 2, 1, 1024),
+                        r.number("test_fraction", 0.1, 0, 1),
+                        r.integer("min_tests", 200, 1, 10**9),
+                        r.number("readout_error", 0.0, 0, 0.5),
+                        r.number("gate_fidelity_2q", 1.0, 0, 1),
+                        r.number("delivered_hold_s", 0.1, 0, 3600))
+
+
+def _paths(path: str, raw: object, node_id: str,
+           links: tuple[LinkConfig, ...]) -> tuple[PathConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(path, "paths", "must be an array of [[paths]] tables")
+    out: list[PathConfig] = []
+    for i, table in enumerate(raw):
+        r = _Reader(path, f"paths[{i}]", table, {"id", "ends", "repeater", "links"})
+        pid = r.string("id", pattern=_NAME)
+        ends = r.table.get("ends")
+        if (not isinstance(ends, list) or len(ends) != 2
+                or not all(isinstance(e, str) for e in ends) or ends[0] == ends[1]):
+            raise r.fail("ends", f"must be two different node ids, got {ends!r}")
+        repeater = r.string("repeater", pattern=_NAME)
+        via = r.table.get("links")
+        if (not isinstance(via, list) or len(via) != 2
+                or not all(isinstance(x, str) for x in via)):
+            raise r.fail("links", f"must be the two link ids the repeater joins, got {via!r}")
+        mine = {lc.id: lc for lc in links}
+        if node_id == repeater:
+            for k, lid in enumerate(via):
+                if lid not in mine or mine[lid].type != "K" or mine[lid].peer != ends[k]:
+                    raise r.fail("links", f"link {lid!r} must be a K link of this node with "
+                                          f"{ends[k]!r}")
+        elif node_id in ends:
+            k = ends.index(node_id)
+            if via[k] not in mine or mine[via[k]].peer != repeater:
+                raise r.fail("links", f"link {via[k]!r} must be this node's K link with "
+                                      f"{repeater!r}")
+        out.append(PathConfig(pid, (ends[0], ends[1]), repeater, (via[0], via[1])))
+    return tuple(out)
 
 
 #: default HWP angle per basis label (deg): Z measures H/V, X (22.5°) D/A
@@ -473,7 +615,8 @@ def _analyzer(path: str, raw: object,
               instruments: Mapping[str, InstrumentConfig]) -> AnalyzerConfig:
     r = _Reader(path, "analyzer", raw,
                 {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "angles_deg",
-                 "bases", "source_state", "align_s", "capacity", "max_pair_age_s"})
+                 "bases", "source_state", "align_s", "capacity", "max_pair_age_s",
+                 *COMPENSATION_KEYS})
     tagger = _instrument_ref(r, "tagger", instruments, TAGGER_KINDS)
     assert tagger is not None
     n_ch = len(r.table["channels"]) if isinstance(r.table.get("channels"), list) else 2
@@ -517,25 +660,132 @@ def _analyzer(path: str, raw: object,
                              f"at θ measures Bloch angle 4θ: Z at 0° or 45°, X at 22.5° or 67.5°)")
     if len(set(labels)) != n:
         raise r.fail("angles_deg", f"the bases must differ, got angles {angles}")
+    waveplate = _instrument_ref(r, "waveplate", instruments, ("elliptec",), required=False)
     return AnalyzerConfig(tagger, channels,
                           r.integer("window_ps", 500, 1, 10**9),
-                          _instrument_ref(r, "waveplate", instruments, ("elliptec",),
-                                          required=False),
+                          waveplate,
                           angles[-1],
                           r.number("align_s", 1.0, 0.01, 600),
                           r.integer("capacity", 20_000, 0, 10**7),
                           r.number("max_pair_age_s", 1.0, 0, 86400),
                           tuple(labels), tuple(angles),
-                          r.string("source_state", "phi+", choices=SOURCE_STATES))
+                          r.string("source_state", "phi+", choices=SOURCE_STATES),
+                          _compensation(r, instruments, waveplate))
+
+
+COMPENSATION_KEYS = ("compensator", "compensator_angle_deg", "compensate",
+                     "compensate_threshold", "compensate_tolerance", "compensate_window_s",
+                     "compensate_scan_points", "compensate_fine_step_deg", "compensate_settle_s",
+                     "compensate_max_attempts", "compensate_retry_s", "compensate_at_start")
+
+
+def _flag(r: _Reader, name: str, default: bool) -> bool:
+    v = r.table.get(name, default)
+    if not isinstance(v, bool):
+        raise r.fail(name, f"must be true or false, got {v!r}")
+    return v
+
+
+def _compensation(r: _Reader, instruments: Mapping[str, InstrumentConfig],
+                  waveplate: str | None) -> CompensationConfig | None:
+    """The ``compensator``/``compensate*`` keys of ``[analyzer]`` (None: no compensator)."""
+    enabled = _flag(r, "compensate", False)
+    if not r.has("compensator"):   # never defaults to "the only ELL14": that is the X arm's
+        if enabled:
+            raise r.fail("compensator", "compensate = true needs the compensator's ELL14 "
+                                        "(an elliptec instrument)")
+        extra = [k for k in COMPENSATION_KEYS if r.has(k) and k != "compensate"]
+        if extra:
+            raise r.fail(extra[0], "configures the compensator, but no compensator is named")
+        return None
+    comp = _instrument_ref(r, "compensator", instruments, ("elliptec",))
+    assert comp is not None
+    if comp == waveplate:
+        raise r.fail("compensator", f"{comp!r} is the basis' waveplate; the compensator is "
+                                    f"another plate, before the analyzers")
+    threshold = r.number("compensate_threshold", 0.03, 1e-4, 0.5)
+    tolerance = r.number("compensate_tolerance", 0.01, 1e-4, 0.5)
+    if tolerance >= threshold:
+        raise r.fail("compensate_tolerance", f"must be below compensate_threshold "
+                                             f"({threshold:g}), got {tolerance:g}")
+    return CompensationConfig(
+        comp, enabled, r.number("compensator_angle_deg", 0.0, -360, 360), threshold, tolerance,
+        r.number("compensate_window_s", 1.0, 0.05, 600),
+        r.integer("compensate_scan_points", 6, 4, 36),
+        r.number("compensate_fine_step_deg", 3.0, 0.1, 22.5),
+        r.number("compensate_settle_s", 0.3, 0, 60),
+        r.integer("compensate_max_attempts", 3, 1, 20),
+        r.number("compensate_retry_s", 30.0, 0.1, 86400),
+        _flag(r, "compensate_at_start", False))
+
+
+#: [source] keys of the fidelity-estimation unit (all need ``link``)
+SOURCE_FEU_KEYS = ("brightness_hz_per_mw", "efficiency", "dark_count_rate_hz", "window_ps",
+                   "visibility", "min_pump_mw", "max_pump_mw")
 
 
 def _source(path: str, raw: object, instruments: Mapping[str, InstrumentConfig]) -> SourceConfig:
-    r = _Reader(path, "source", raw, {"pump", "oven", "pump_power_mw", "oven_temperature_c"})
+    r = _Reader(path, "source", raw, {"pump", "oven", "pump_power_mw", "oven_temperature_c",
+                                      "link", "ends", "hmac_key_file", *SOURCE_FEU_KEYS})
     pump = _instrument_ref(r, "pump", instruments, ("ibeam", "itc4001"))
     oven = _instrument_ref(r, "oven", instruments, ("tc200",))
     assert pump is not None and oven is not None
-    return SourceConfig(pump, oven, r.number("pump_power_mw", 40.0, 0, 10_000),
-                        r.number("oven_temperature_c", 35.0, 0, 200))
+    power = r.number("pump_power_mw", 40.0, 0, 10_000)
+    temperature = r.number("oven_temperature_c", 35.0, 0, 200)
+    if not r.has("link"):
+        for key in ("ends", "hmac_key_file", *SOURCE_FEU_KEYS):
+            if r.has(key):
+                raise r.fail(key, "describes the CREATE service of a link: set source.link too")
+        return SourceConfig(pump, oven, power, temperature)
+    link = r.string("link", pattern=_NAME)
+    ends = None
+    if r.has("ends"):
+        e = r.table["ends"]
+        if (not isinstance(e, list) or len(e) != 2 or len(set(e)) != 2
+                or not all(isinstance(x, str) and _NAME.match(x) for x in e)):
+            raise r.fail("ends", f"must name the link's two analyzer nodes, got {e!r}")
+        ends = (e[0], e[1])
+    return SourceConfig(pump, oven, power, temperature, link, ends,
+                        r.file("hmac_key_file", required=False), _source_feu(r, power))
+
+
+def _pair(r: _Reader, name: str, lo: float, hi: float, default: list[float] | None) -> list[float]:
+    v = r.table.get(name, default)
+    if v is None:
+        raise r.fail(name, "is required with source.link")
+    if (not isinstance(v, list) or len(v) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi
+                       for x in v)):
+        raise r.fail(name, f"must be a list of 2 numbers in [{lo:g}, {hi:g}] (one per side), "
+                     f"got {v!r}")
+    return [float(x) for x in v]
+
+
+def _source_feu(r: _Reader, pump_power_mw: float) -> FidelityEstimationUnit:
+    """The FEU of ``[source]`` (module docstring); errors name the key."""
+    for key in ("brightness_hz_per_mw", "efficiency", "window_ps", "visibility", "max_pump_mw"):
+        if not r.has(key):
+            raise r.fail(key, "is required with source.link (the fidelity-estimation model)")
+    eff = _pair(r, "efficiency", 0, 1, None)
+    for i, x in enumerate(eff):
+        if x <= 0:
+            raise r.fail("efficiency", f"side {i}: must be > 0, got {x!r}")
+    dark = _pair(r, "dark_count_rate_hz", 0, 1e9, [0.0, 0.0])
+    brightness = r.number("brightness_hz_per_mw", 0, 0, 1e15)
+    if brightness <= 0:
+        raise r.fail("brightness_hz_per_mw", f"must be > 0, got {brightness!r}")
+    lo = r.number("min_pump_mw", 0.0, 0, 10_000)
+    hi = r.number("max_pump_mw", 0, 0, 10_000)
+    if hi < lo:
+        raise r.fail("max_pump_mw", f"{hi:g} is below min_pump_mw = {lo:g}")
+    if not lo <= pump_power_mw <= hi:
+        raise r.fail("pump_power_mw", f"{pump_power_mw:g} is outside [min_pump_mw, max_pump_mw]"
+                     f" = [{lo:g}, {hi:g}]")
+    return FidelityEstimationUnit(
+        brightness_hz_per_mw=brightness, efficiency_a=eff[0], efficiency_b=eff[1],
+        window_ps=2.0 * r.integer("window_ps", 0, 1, 10**9),
+        visibility=r.number("visibility", 0, 0, 1), max_power_mw=hi, min_power_mw=lo,
+        dark_a_hz=dark[0], dark_b_hz=dark[1])
 
 
 def _roles(node: _Reader) -> tuple[str, ...]:

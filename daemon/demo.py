@@ -78,10 +78,15 @@ def _toml_str(s: str | Path) -> str:
 def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  telemetry_interval_s: float = 1.0, network: str = NETWORK,
                  memory_fidelity: float = 0.9, max_pair_age_s: float = 2.0,
-                 capacity: int = 20_000) -> NetworkPlan:
+                 capacity: int = 20_000, quantum_memory: bool = True,
+                 test_fraction: float = 0.1, min_tests: int = 300) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
-    ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none)."""
+    ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
+    ``quantum_memory``: the memory nodes hold their pairs in the bench's QDevices (with the
+    devices' calibrated T1, T2, CNOT fidelity and read-out error), measure ``test_fraction``
+    of them as test pairs, and the repeater swaps for the path alice–bob; without it the
+    memories keep every pair in the link layer alone (their QDevices are only supervised)."""
     keys = workdir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
 
@@ -110,7 +115,14 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                 f"herald = {_toml_str(station)}\nhmac_key_file = {_toml_str(key(link))}\n\n")
 
     memory = (f"[memory]\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n"
-              f"fidelity = {memory_fidelity}\n\n")
+              f"fidelity = {memory_fidelity}\n")
+    if quantum_memory:   # the bench's qdevices: T1 5 s, T2 2 s, CNOT 0.999, read-out 0.005
+        memory += (f"qdevice = \"qmem\"\nqubits_per_link = 2\ntest_fraction = {test_fraction}\n"
+                   f"min_tests = {min_tests}\n"
+                   f"t1_s = 5.0\nt2_s = 2.0\nreadout_error = 0.005\ngate_fidelity_2q = 0.999\n"
+                   f"\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
+                   f"repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
+    memory += "\n"
     plan = NetworkPlan()
 
     def add(name: str, roles: list[str], text: str) -> None:
@@ -128,8 +140,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
 
     add("alice", ["memory"], memory + qdevice("qmem", "alice-qdevice")
         + k_link("alice-repeater", "repeater", "herald1"))
-    add("repeater", ["repeater"], memory + qdevice("qmem-a", "repeater-qdevice-a")
-        + qdevice("qmem-b", "repeater-qdevice-b")
+    add("repeater", ["repeater"], memory + qdevice("qmem", "repeater-qdevice")
         + k_link("alice-repeater", "alice", "herald1") + k_link("repeater-bob", "bob", "herald2"))
     add("bob", ["memory"], memory + qdevice("qmem", "bob-qdevice")
         + k_link("repeater-bob", "repeater", "herald2"))
@@ -306,24 +317,29 @@ STATIONS = ("herald1", "herald2", "analyzer-a")  # nodes that herald: stopped fi
 
 
 class DemoNetwork:
-    """The bench and one daemon per node, under ``workdir`` (configs, keys, state, truth);
-    logs in ``log_dir``. ``plan_options`` go to :func:`plan_network`."""
+    """The bench and one daemon per node (or per node of ``nodes``), under ``workdir``
+    (configs, keys, state, truth); logs in ``log_dir``. ``plan_options`` go to
+    :func:`plan_network`."""
 
-    def __init__(self, workdir: Path, broker_url: str, log_dir: Path, **plan_options: Any):
+    def __init__(self, workdir: Path, broker_url: str, log_dir: Path, *,
+                 nodes: tuple[str, ...] | None = None, **plan_options: Any):
         self.workdir, self.broker_url, self.log_dir = workdir, broker_url, log_dir
+        self.nodes = nodes
         self.plan_options = plan_options
         self.bench = BenchProcess(bench_config_path(), workdir / "truth.json",
                                   log_dir / "hal_sim.log")
         self.daemons: dict[str, DaemonProcess] = {}
         self.exit_codes: dict[str, int | None] = {}
+        self.addresses: dict[str, str] = {}
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        addresses = self.bench.start()
+        addresses = self.addresses = self.bench.start()
         plan = plan_network(addresses, self.broker_url, self.workdir, **self.plan_options)
         plan.write(self.workdir / "configs")
-        self.daemons = {n.name: DaemonProcess(n, self.log_dir) for n in plan.nodes.values()}
+        self.daemons = {n.name: DaemonProcess(n, self.log_dir) for n in plan.nodes.values()
+                        if self.nodes is None or n.name in self.nodes}
         for d in self.daemons.values():
             d.start()
 

@@ -26,6 +26,7 @@ import numpy as np
 from .bell_diagonal import BellDiagonal, age
 from .linklayer import (
     Create,
+    CreateIdAllocator,
     Err,
     ErrCode,
     Expire,
@@ -40,11 +41,16 @@ from .linklayer import (
     seq_in_range,
     split_actions,
 )
+from .ll_messages import Held, SwapResult, TestOutcomes
 from .messages import Message as Envelope
 from .topics import Topic
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .node import NodeContext
+    from .qmemory import LinkMemory
+    from .swapping import PathEnd
     from .telemetry import LinkTelemetry
 
 log = logging.getLogger("qnode.link")
@@ -75,6 +81,7 @@ class LinkService:
         self.ctx, self.link, self.peer, self.type = ctx, link_id, peer, link_type
         self.capacity, self.max_pair_age_s = capacity, max_pair_age_s
         self.t1_s, self.t2_s = t1_s, t2_s
+        self.hold_s = 0.1   # a delivered qubit is the application's this long (s)
         now = ctx.now()
         snap = ctx.store.load_links().get(link_id)
         self._startup: list[Message] = []
@@ -95,10 +102,34 @@ class LinkService:
         self._persisted_at = 0.0
         self._full_saved = False
         self._lock = asyncio.Lock()
+        #: the link's qubits, when the node binds pairs to a QDevice (:mod:`.qmemory`)
+        self.memory: LinkMemory | None = None
+        #: where a repeater's SWAP_RES for this link goes (a path end, :mod:`.swapping`)
+        self.swap_handler: Callable[[SwapResult], Awaitable[None]] | None = None
+        #: called after the link's bound pairs may have changed (a repeater's swapper)
+        self.listeners: list[Callable[[], None]] = []
         self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
         self._requesters: dict[int, str] = {}   # create id -> requesting node
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=20_000)
         self._heralds_at_last = self.end.stats()["heralds_accepted_total"]
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held by every call that changes the link end (take it to act on its pairs)."""
+        return self._lock
+
+    def changed(self) -> None:
+        """The link end changed outside the calls below (caller holds :attr:`lock`): store it
+        lazily, as an in-order herald batch is."""
+        self._dirty = True
+
+    async def send(self, actions: Iterable[Message]) -> None:
+        """Store and send what a change of the link end returned (caller holds :attr:`lock`)."""
+        await self._commit(actions)
+
+    async def expire_pair(self, seq: int) -> None:
+        """EXPIRE pair ``seq`` to the peer (caller holds :attr:`lock`)."""
+        await self._commit(self.end.expire(seq, seq_add(seq, 1), self.ctx.now()))
 
     # ------------------------------------------------------------------ inputs
     async def start(self) -> None:
@@ -125,6 +156,8 @@ class LinkService:
             accepted = seq_diff(self.end.expected_seq, before)
             if accepted:
                 self._batches.append((before, accepted, now))
+            if self.memory is not None:
+                self.memory.note_new(before, accepted)
             await self._commit(actions)
 
     async def on_peer_message(self, msg: Envelope, parsed: Message) -> None:
@@ -134,6 +167,17 @@ class LinkService:
                 actions = self.end.on_expire(parsed, now)
             elif isinstance(parsed, ExpireAck):
                 actions = self.end.on_expire_ack(parsed, now)
+            elif isinstance(parsed, TestOutcomes) and self.memory is not None:
+                self.memory.on_tests(parsed)
+                return
+            elif isinstance(parsed, Held) and self.memory is not None:
+                self.memory.on_held(parsed)
+                for notify in self.listeners:
+                    notify()
+                return
+            elif isinstance(parsed, SwapResult) and self.swap_handler is not None:
+                await self.swap_handler(parsed)
+                return
             else:
                 self._reject("not_a_peer_message", msg,
                              ValueError(f"{parsed.TYPE} is not a peer message"))
@@ -156,6 +200,8 @@ class LinkService:
             async with self._lock:
                 now = self.ctx.now()
                 actions = list(self.end.tick(now)) + self._enforce_limits(now)
+                if self.memory is not None:
+                    actions += self._memory_tick(now)
                 if actions:
                     await self._commit(actions)
                 if self._dirty and now - self._persisted_at >= LAZY_PERSIST_S:
@@ -180,6 +226,20 @@ class LinkService:
         delta = self.end.snapshot_delta()
         if delta is not None:
             await self.ctx.persist(lambda: store.save_link_delta(self.link, delta))
+
+    def _memory_tick(self, now: float) -> list[Message]:
+        """Send our test outcomes, stamp the link's estimate on new pairs, and EXPIRE what no
+        qubit holds (e.g. pairs left from before a restart)."""
+        memory = self.memory
+        assert memory is not None
+        for m in memory.take_outbox():
+            self.ctx.bus.publish(self.ctx.topics.ll(self.peer), m.TYPE, m.to_dict(),
+                                 sign_with=self.peer)
+        memory.tick(now)
+        memory.release_gone(self.end)
+        rel, _ = memory.tomography.estimate()
+        self.end.set_goodness(rel.fidelity())
+        return memory.expire_unbound(self.end, now)
 
     # ------------------------------------------------------------------ limits
     def _enforce_limits(self, now: float) -> list[Message]:
@@ -244,7 +304,18 @@ class LinkService:
         return None
 
     def _aged(self, ok: Ok) -> Ok:
-        """``ok`` with its goodness aged from the herald to now (see the class docstring)."""
+        """``ok`` with its goodness aged from the herald to now (see the class docstring); with
+        qubits, the link's estimate decayed since binding, and the qubit (held for the
+        application, ``[memory].delivered_hold_s``)."""
+        memory = self.memory
+        if memory is not None and ok.tpe == "K":
+            bound = memory.take(ok.seq)
+            if bound is not None:
+                now = self.ctx.now()
+                memory.hold(bound.qubit, now + self.hold_s)
+                state = memory.state_of(bound, now, halves=2)
+                return dataclasses.replace(ok, goodness=round(state.fidelity(ok.bell_state), 6),
+                                           qubit=bound.qubit)
         if self.t1_s <= 0 or ok.tpe != "K":
             return ok
         accepted = self._accepted_at(ok.seq)
@@ -279,6 +350,8 @@ class LinkService:
             "expires_unacked": stats["expires_unacked"],
             "fidelity_estimate": self.end.goodness,
         }
+        if self.memory is not None:
+            t.update(self.memory.telemetry())  # type: ignore[typeddict-item]
         if lat.size:
             t["herald_latency_ms_p50"] = float(np.percentile(lat, 50))
             t["herald_latency_ms_p99"] = float(np.percentile(lat, 99))
@@ -292,6 +365,8 @@ class LinkRouter:
     def __init__(self, ctx: NodeContext):
         self.ctx = ctx
         self.services: dict[str, LinkService] = {}
+        self.paths: dict[str, PathEnd] = {}     # remote end of a path -> this end
+        self._refusals = CreateIdAllocator()    # create ids of CREATEs refused outright
         self.rejected: collections.Counter[str] = collections.Counter()
         ctx.bus.on("herald", self._on_herald)
         ctx.bus.on("ll", self._on_ll)
@@ -300,6 +375,11 @@ class LinkRouter:
     def add(self, service: LinkService) -> LinkService:
         self.services[service.link] = service
         return service
+
+    def add_path(self, end: PathEnd) -> PathEnd:
+        """Serve CREATEs for pairs with ``end.remote`` from the path end ``end``."""
+        self.paths[end.remote] = end
+        return end
 
     def _count(self, reason: str, msg: Envelope, detail: str) -> None:
         self.rejected[reason] += 1
@@ -337,9 +417,15 @@ class LinkRouter:
             return
         service = next((s for s in self.services.values()
                         if s.peer == create.remote_node and s.type == create.tpe), None)
-        if service is None:
+        path = self.paths.get(create.remote_node)
+        if service is None and path is not None:
+            async with path.service.lock:
+                await path.request(create, msg.sender)
+            return
+        if service is None:   # no link or path to that node here: refused at CREATE time
+            cid = self._refusals.allocate()
             self.ctx.bus.publish(self.ctx.topics.reply(msg.sender), "ERR",
-                                 Err(None, ErrCode.UNSUPP).to_dict())
+                                 Err(cid, ErrCode.UNSUPP).to_dict())
             return
         await service.request(create, msg.sender)
 

@@ -485,6 +485,34 @@ class LinkEnd:
         return Ok(req.create_id, self.link, seq, bell, run.goodness, cr.purpose_id, self.peer,
                   "K", int(run.times[i]))
 
+    def consume(self, seqs: Iterable[int]) -> list[int]:
+        """Take live, unreserved pairs out of the inventory **without telling the peer**: for
+        pairs both ends consume by one rule or message — test pairs chosen by their sequence
+        number, pairs a repeater swapped (it says so in SWAP_RES). They count as delivered
+        (``pairs_delivered_total``); an EXPIRE for them later is answered as for any pair
+        gone. Returns the sequence numbers actually consumed (others were gone or reserved)."""
+        done: list[int] = []
+        for seq in seqs:
+            loc = self._locate_seq(int(seq))
+            if loc is None:
+                continue
+            run, i = loc
+            if run.status[i] != _LIVE or run.cid[i] != _NO_CID:
+                continue
+            run.status[i] = _DELIVERED
+            run.n_live -= 1
+            run.n_free -= 1
+            self._mark(run)
+            done.append(int(seq))
+        self._totals["pairs_delivered_total"] += len(done)
+        return done
+
+    def live_seqs(self) -> np.ndarray:
+        """Sequence numbers (int64) of the live pairs (in memory, not OK'd), oldest first."""
+        parts = [(r.start + np.flatnonzero(r.status == _LIVE)) % SEQ_MOD
+                 for r in self._live_runs() if r.n_live]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
     # ------------------------------------------------------------------ heralds
 
     def on_herald(self, batch: Herald, now: float) -> list[Message]:

@@ -223,6 +223,9 @@ class Ack(_Message):
 class Ok(_Message):
     """OK-K / OK-M for one pair, draft §1.1. ``(link, seq)`` is the pair id.
 
+    ``qubit``: the QDevice qubit (K) that holds this node's half, when the node binds its pairs
+    to a quantum memory (the draft's logical qubit id).
+
     K: ``goodness_time_ps`` is the herald time (ps) at which ``goodness`` applies; no outcome.
     M: ``outcome`` (0/1) and ``basis`` (key of :data:`BASES`); no time of goodness (outcomes do
     not decohere).
@@ -240,9 +243,12 @@ class Ok(_Message):
     goodness_time_ps: int | None = None
     outcome: int | None = None
     basis: str | None = None
+    qubit: int | None = None
 
     def __post_init__(self) -> None:
         c = "Ok"
+        if self.qubit is not None:
+            _check_int(c, "qubit", self.qubit, 0, 0xFFFF)
         _check_int(c, "create_id", self.create_id, 0, 0xFFFF)
         _check_str(c, "link", self.link)
         _check_seq(c, "seq", self.seq)
@@ -667,9 +673,122 @@ class Herald(_Message):
         return cls(d["link"], d["chunk"], d["first_seq"], codes, times, d["next_seq"])
 
 
-Message = Create | Ack | Ok | Err | Expire | ExpireAck | Herald
+#: Test-pair bases and outcomes are strings of one character per pair; at most this many pairs.
+MAX_TESTS = 4096
+
+
+@dataclass(frozen=True)
+class TestOutcomes(_Message):
+    """TESTS (end → peer end): this end measured the test pairs ``seqs`` of ``link`` (chosen at
+    both ends by the same rule from the sequence number, see :mod:`.qmemory`) in ``bases``
+    (one of X, Y, Z per pair) with ``outcomes`` (0/1 per pair; ``-`` when the pair could not be
+    measured here). ``readout_error``: this end's read-out error probability, which the peer
+    needs to correct the correlations."""
+
+    __test__ = False   # not a pytest class
+    TYPE: ClassVar[str] = "TESTS"
+    link: str
+    seqs: tuple[int, ...]
+    bases: str
+    outcomes: str
+    readout_error: float = 0.0
+
+    def __post_init__(self) -> None:
+        c = "TestOutcomes"
+        _check_str(c, "link", self.link)
+        if isinstance(self.seqs, list):
+            object.__setattr__(self, "seqs", tuple(self.seqs))
+        if not isinstance(self.seqs, tuple) or len(self.seqs) > MAX_TESTS:
+            raise _bad(c, "seqs", f"a list of at most {MAX_TESTS} sequence numbers", self.seqs)
+        for s in self.seqs:
+            _check_seq(c, "seqs", s)
+        n = len(self.seqs)
+        for name, alphabet in (("bases", "XYZ"), ("outcomes", "01-")):
+            v = getattr(self, name)
+            if not isinstance(v, str) or len(v) != n or any(ch not in alphabet for ch in v):
+                raise _bad(c, name, f"a string of {n} characters from {alphabet!r}", v)
+        _check_float(c, "readout_error", self.readout_error, 0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class Held(_Message):
+    """HELD (end → peer end): this end bound pairs ``seqs`` of ``link`` to qubits at Unix times
+    ``times`` (s). A pair is stored only where both ends bound it (the other end EXPIREs it
+    otherwise), so a repeater swaps only pairs its peers have confirmed, and it knows from the
+    times how long the peers' halves have been decaying."""
+
+    TYPE: ClassVar[str] = "HELD"
+    link: str
+    seqs: tuple[int, ...]
+    times: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        c = "Held"
+        _check_str(c, "link", self.link)
+        for name in ("seqs", "times"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.seqs, tuple) or not 0 < len(self.seqs) <= MAX_TESTS:
+            raise _bad(c, "seqs", f"a list of 1 to {MAX_TESTS} sequence numbers", self.seqs)
+        for s in self.seqs:
+            _check_seq(c, "seqs", s)
+        if not isinstance(self.times, tuple) or len(self.times) != len(self.seqs):
+            raise _bad(c, "times", f"{len(self.seqs)} Unix times (s)", self.times)
+        for t in self.times:
+            _check_float(c, "times", t, 0.0)
+
+
+@dataclass(frozen=True)
+class SwapResult(_Message):
+    """SWAP_RES (repeater → each end of a path): the repeater's Bell-state measurement joined
+    this end's pair ``seq`` on ``link`` with ``remote_node``'s pair on the path's other link.
+
+    ``pair_id``: the end-to-end pair's number on ``path`` (the same at both ends).
+    ``outcome``: the raw BSM result; ``bell_state``: the end pair's state in the Pauli frame,
+    a ⊕ b ⊕ outcome (DESIGN §4), which the ends track instead of correcting. ``weights``: the
+    repeater's estimate of the end pair (absolute Bell weights [Φ+, Φ−, Ψ+, Ψ−]) at the BSM,
+    its own two halves' decay and the BSM's errors included; the ends add their halves' decay.
+    ``remote_age_s``: how long the other end's half had been stored at the BSM (s), as the
+    repeater saw it; ``time``: Unix time of the BSM (s)."""
+
+    TYPE: ClassVar[str] = "SWAP_RES"
+    path: str
+    link: str
+    seq: int
+    pair_id: int
+    outcome: str
+    bell_state: str
+    weights: tuple[float, float, float, float]
+    remote_node: str
+    remote_age_s: float
+    time: float
+
+    def __post_init__(self) -> None:
+        c = "SwapResult"
+        _check_str(c, "path", self.path)
+        _check_str(c, "link", self.link)
+        _check_seq(c, "seq", self.seq)
+        _check_int(c, "pair_id", self.pair_id, 0, 0xFFFFFFFF)
+        _check_choice(c, "outcome", self.outcome, BELL_STATES)
+        _check_choice(c, "bell_state", self.bell_state, BELL_STATES)
+        w = self.weights
+        if isinstance(w, list):
+            object.__setattr__(self, "weights", w := tuple(w))
+        if (not isinstance(w, tuple) or len(w) != 4
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                           and math.isfinite(x) and 0.0 <= x <= 1.0 for x in w)
+                or abs(math.fsum(w) - 1.0) > 1e-6):
+            raise _bad(c, "weights", "4 probabilities summing to 1", w)
+        _check_str(c, "remote_node", self.remote_node)
+        _check_float(c, "remote_age_s", self.remote_age_s, 0.0)
+        _check_float(c, "time", self.time, 0.0)
+
+
+Message = (Create | Ack | Ok | Err | Expire | ExpireAck | Herald | TestOutcomes | Held
+           | SwapResult)
 _BY_TYPE: dict[str, type[_Message]] = {
-    cls.TYPE: cls for cls in (Create, Ack, Ok, Err, Expire, ExpireAck, Herald)}
+    cls.TYPE: cls for cls in (Create, Ack, Ok, Err, Expire, ExpireAck, Herald, TestOutcomes,
+                              Held, SwapResult)}
 
 
 def message_from_dict(d: Mapping[str, Any]) -> Message:

@@ -36,6 +36,17 @@ class LinkTelemetry(TypedDict, total=False):
     herald_latency_ms_p99: float
     fidelity_estimate: float    # the goodness stamped on new pairs
     fidelity_method: str        # M counter: "two_basis_bound" (1 − Q_Z − Q_X) | "werner"
+    # K end with qubits (qnode.daemon.qmemory): binding and the test-pair estimate
+    qubits_bound: int           # pairs of this link held in qubits now
+    bound_total: int
+    bind_failed_total: int
+    tests_total: int            # test pairs measured here
+    tests_matched_total: int    # ... and matched with the peer's outcome
+    tests_failed_total: int
+    tests_per_basis: list[int]  # matched, X, Y, Z
+    fidelity_source: str        # "tests" (the estimate) | "prior" ([memory].fidelity)
+    fidelity_sigma: float
+    qber_y: float
     # herald station (K)
     psi_plus_total: int
     psi_minus_total: int
@@ -53,6 +64,14 @@ class LinkTelemetry(TypedDict, total=False):
     offset_ps: float            # peer clock − own clock, from the alignment servo
     drift_ppb: float
     tracker_state: str          # LOCKED | HOLDOVER | LOST | ACQUIRING
+    # polarisation compensation (M counter with [analyzer].compensate; polarisation_control)
+    polarisation_state: str     # referencing | locked | calibrating | unlocked
+    calibrating: bool           # the compensator is being searched
+    compensator_angle_deg: float
+    visibility_reference: float  # visibility the controller keeps (measured when locked)
+    visibility_window: float    # visibility of the controller's latest window
+    recalibrations_total: int
+    recalibration_s: float      # the last recalibration: drop detected → locked (wall s)
     remote_tags_rate_hz: float  # peer tags received over the network
     unmatched_tags_total: int   # tags dropped because the other stream was not there (counter:
     #                             waited > 5 s; streamer: the broker backlog was full)
@@ -87,6 +106,7 @@ class Telemetry(TypedDict, total=False):
     source_temperature_c: float
     source_pump_power_mw: float
     role_restarts_total: int
+    paths: dict[str, dict[str, object]]   # [[paths]]: the repeater's swaps, an end's pairs
     link_rejected: dict[str, int]         # link-layer messages refused after the envelope
     #                                       checks, by reason (bad_herald, bad_body, ...)
     bus: dict[str, object]                # NodeBus.metrics()

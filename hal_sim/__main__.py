@@ -19,8 +19,14 @@ from . import (
     instruments,  # noqa: F401 - registers the simulated instrument kinds
 )
 
+#: The bench's simulators are CPU-bound threads; instrument servers answer from other threads.
+#: A 1 ms GIL switch interval (Python's default is 5 ms) keeps a reply from waiting up to 5 ms
+#: behind a simulator step for each command.
+SWITCH_INTERVAL_S = 0.001
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         bench = bench_mod.Bench.from_file(args.config, truth_path=args.truth)
     except bench_mod.BenchConfigError as exc:

@@ -36,6 +36,8 @@ File format::
     #              {name = "x", channels = [3, 4], angle_deg = 22.5}]  #   a 50:50 BS, HWP angles
     length_km = 1.0         # also: efficiency, dark_count_rate_hz, jitter_ps,
     clock_offset_ps = 0     #   clock_offset_ps, clock_drift_ppm (the node's tagger clock)
+    # optional: this fibre's polarisation drift (default none), see "Polarisation drift" below
+    polarisation_drift = {walk_rad_per_sqrt_s = 0.01, steps = [{at_s = 20.0, angle_deg = 40.0}]}
 
     [[link]]                # a K link: a heralding station between two memory nodes
     name = "alice-repeater"
@@ -61,18 +63,34 @@ coupled to its physics (:mod:`qnode.hal_sim.physics_coupling`, applied before ev
 pump (``ibeam``, ``itc4001``) sets the pair rate = ``brightness_hz_per_mw`` × its output power
 (mW) × the oven's phase matching; an oven (``tc200``) alone scales ``pair_rate_hz`` by its phase
 matching; a waveplate (``elliptec``, options ``node``, ``analyzer`` (default "a"), ``zero_deg``)
-turns that node's analyzer.
+turns that node's analyzer; with ``mount = "compensator"`` (options ``link``, ``node``,
+``zero_deg``) it is instead the node's polarisation compensator (below).
+
+**Polarisation drift (M links).** A node's ``polarisation_drift`` table drifts the polarisation
+of its fibre (:class:`~qnode.hal_sim.polarisation.FibreDrift`, deterministic from the link's
+seed): ``walk_rad_per_sqrt_s`` (σ of a random walk, rad/√s; default 0), ``walk_axis`` ((X, Y,
+Z) on the Poincaré sphere, default [0, 1, 0]; "isotropic" for a walk about every axis),
+``grid_s`` (the walk's time step, s; default 0.01), ``seed`` (default: from the link's seed and
+the node's index) and ``steps``, a list of ``{at_s, angle_deg, axis = [x, y, z]}`` (simulated
+emission time, s; deg; default axis Y). A compensator (an ``elliptec`` with ``mount =
+"compensator"``) is a rotator in front of the node's analyzers: a fixed HWP and the ELL14's HWP,
+R_Y(4θ) (:mod:`qnode.hal_sim.physics_coupling`); it undoes drift about Y only. Both apply
+before every slice (constant over a slice). :meth:`LinkRuntime.polarisation_step` triggers a
+step at run time; the truth file's ``polarisation`` block holds each fibre's rotation, the
+compensators' angles, the relative rotation of the two photons and the true per-basis
+visibility (see :func:`m_link_truth`).
 
 Instruments of a "service" kind (time taggers, systems with several ports) serve themselves and
 print one address per port (``tagger.scpi``, ``tagger.dlt``).
 
-**Quantum memories of a K link** (``kind = "qdevice"``, served on TCP, the QDEVICE/1 protocol of
-:mod:`qnode.drivers.qdevice`): options ``link`` (a K link) and ``node`` (one of its two
-``ends``; one qdevice per end), and the :class:`~qnode.hal_sim.qdevice.QDeviceConfig` keys
+**Quantum memories of K links** (``kind = "qdevice"``, served on TCP, the QDEVICE/1 protocol of
+:mod:`qnode.drivers.qdevice`): options ``link`` (a K link, or a list of them: a repeater's one
+memory holds the pairs of both its links) and ``node`` (an end of each; one qdevice per node and
+link), and the :class:`~qnode.hal_sim.qdevice.QDeviceConfig` keys
 ``n_qubits``, ``t1_ns``, ``t2_ns``, ``gate_fidelity_1q``, ``gate_fidelity_2q``,
 ``readout_error``, plus ``seed`` (readout errors). The twin is named after its node. All
-qdevices of one K link share its :class:`~qnode.hal_sim.qdevice.PairRegistry` (``links[name].
-registry``, seeded with the link's seed); whenever the bench steps that link's simulator it
+qdevices of the bench share one :class:`~qnode.hal_sim.qdevice.PairRegistry`
+(:meth:`Bench.pair_registry`); whenever the bench steps that link's simulator it
 files every herald of the chunk's truth under its station time
 (:meth:`~qnode.hal_sim.qdevice.PairRegistry.herald_records_at`, tolerance = the link's
 ``gate_ps``), under the daemon's link id: a true herald as the model's mixture (1+V)/2 of the
@@ -136,7 +154,7 @@ KINDS: dict[str, Kind] = {}
 
 #: Option keys a coupled instrument takes besides its device's own keyword arguments.
 COUPLING_KEYS = {"pump": ("link",), "oven": ("link",),
-                 "waveplate": ("link", "node", "analyzer", "zero_deg")}
+                 "waveplate": ("link", "node", "analyzer", "zero_deg", "mount")}
 
 
 def register(name: str, factory: str, serves: tuple[str, ...], description: str,
@@ -194,6 +212,8 @@ class NodeSpec:
     clock_offset_ps: int = 0
     clock_drift_ppm: float = 0.0
     analyzers: tuple[AnalyzerSpec, ...] = ()
+    polarisation_drift: Any = None   # a PolarisationDrift, or None: the fibre does not drift
+    polarisation_seed: int | None = None
 
 
 class _LinkNaming:
@@ -387,7 +407,7 @@ def _parse_links(raw: object, path: str) -> tuple[LinkSpec | KLinkSpec, ...]:
 
 _M_KEYS = {"pair_rate_hz", "visibility", "seed", "node", "brightness_hz_per_mw", "id",
            "slice_ms"}
-_NODE_KEYS = {f.name for f in dataclasses.fields(NodeSpec)}
+_NODE_KEYS = {f.name for f in dataclasses.fields(NodeSpec)} - {"polarisation_seed"}
 _K_KEYS = {"station", "ends", "attempt_rate_hz", "emission_probability", "length_km",
            "loss_db_per_km", "channels", "efficiency", "dark_count_rate_hz", "dead_time_ps",
            "jitter_ps", "indistinguishability", "gate_ps", "seed", "id", "slice_ms"}
@@ -410,16 +430,62 @@ def _parse_m_link(t: _Table, name: str) -> LinkSpec:
                                       "not both")
         channels = (tuple(c for a in analyzers for c in a.channels) if analyzers
                     else nt.channels("channels", 2))
+        drift, drift_seed = _parse_drift(nt)
         specs.append(NodeSpec(
             nt.name("name"), channels,
             nt.number("length_km", 0.0, 0, 1e4), nt.number("efficiency", 0.8, 0, 1),
             nt.number("dark_count_rate_hz", 100.0, 0, 1e9), nt.number("jitter_ps", 30.0, 0, 1e6),
             nt.integer("clock_offset_ps", 0, -10**15, 10**15),
-            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4), analyzers))
+            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4), analyzers, drift, drift_seed))
     if specs[0].name == specs[1].name:
         raise _fail(t.path, f"{t.key}.node[1].name", f"{specs[0].name!r} is used twice")
     return LinkSpec(rate, vis, seed, (specs[0], specs[1]), name, brightness, t.key,
                     id=t.name("id", name), slice_ms=t.number("slice_ms", 50.0, 0.001, 10_000))
+
+
+_DRIFT_KEYS = {"walk_rad_per_sqrt_s", "walk_axis", "grid_s", "seed", "steps"}
+
+
+def _axis_of(t: _Table, field: str, default: list[float]) -> tuple[float, float, float]:
+    raw = t.raw.get(field, default)
+    if (not isinstance(raw, list) or len(raw) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       and math.isfinite(x) for x in raw)
+            or math.hypot(*raw) < 1e-12):
+        extra = ' or "isotropic"' if field == "walk_axis" else ""
+        raise t.fail(field, f"must be an axis [x, y, z] on the Poincaré sphere (three numbers, "
+                            f"not all zero){extra}, got {raw!r}")
+    return (float(raw[0]), float(raw[1]), float(raw[2]))
+
+
+def _parse_drift(nt: _Table) -> tuple[Any, int | None]:
+    """A node's ``polarisation_drift = {walk_rad_per_sqrt_s, walk_axis, grid_s, seed, steps}``:
+    (PolarisationDrift or None, seed or None)."""
+    from .polarisation import PolarisationDrift, PolarisationStep
+
+    raw = nt.raw.get("polarisation_drift")
+    if raw is None:
+        return None, None
+    t = _Table(nt.path, f"{nt.key}.polarisation_drift", raw, _DRIFT_KEYS)
+    if t.raw.get("walk_axis") == "isotropic":
+        walk_axis = None
+    else:
+        walk_axis = _axis_of(t, "walk_axis", [0.0, 1.0, 0.0])
+    raw_steps = t.raw.get("steps", [])
+    if not isinstance(raw_steps, list):
+        raise t.fail("steps", "must be a list of {at_s, angle_deg, axis} tables")
+    steps = []
+    for j, item in enumerate(raw_steps):
+        st = _Table(t.path, f"{t.key}.steps[{j}]", item, {"at_s", "angle_deg", "axis"})
+        if "at_s" not in st.raw or "angle_deg" not in st.raw:
+            raise st.fail("at_s" if "at_s" not in st.raw else "angle_deg", "is required")
+        steps.append(PolarisationStep(st.number("at_s", 0.0, 0, 1e9),
+                                      st.number("angle_deg", 0.0, -3600, 3600),
+                                      _axis_of(st, "axis", [0.0, 1.0, 0.0])))
+    seed = t.integer("seed", 0, 0, 2**63 - 1) if "seed" in t.raw else None
+    drift = PolarisationDrift(t.number("walk_rad_per_sqrt_s", 0.0, 0, 100), walk_axis,
+                              tuple(steps), t.number("grid_s", 0.01, 1e-6, 60))
+    return drift, seed
 
 
 def _parse_analyzers(nt: _Table) -> tuple[AnalyzerSpec, ...]:
@@ -556,6 +622,9 @@ class LinkRuntime:
         self.spec = spec
         self.sim = _build_simulator(spec)
         self.coupling: Callable[[Any], None] | None = None
+        self.polarisation: Any = None              # M link: a PolarisationCoupling, if any
+        if isinstance(spec, LinkSpec) and any(n.polarisation_drift for n in spec.nodes):
+            self.polarisation_coupling()
         self.streamed: dict[str, str] = {}
         self.registry: Any = None                  # a K link with qdevices: their PairRegistry
         self.qdevices: dict[str, str] = {}         # memory node -> instrument key
@@ -566,17 +635,54 @@ class LinkRuntime:
     def _before_step(self, sim: Any) -> None:
         if self.coupling is not None:
             self.coupling(sim)
+        if self.polarisation is not None:
+            self.polarisation(sim)
 
-    def pair_registry(self) -> Any:
-        """The K link's :class:`~qnode.hal_sim.qdevice.PairRegistry`, made on first use: from
-        then on every step of the simulator files its heralds there (module docstring)."""
+    def polarisation_coupling(self) -> Any:
+        """The M link's :class:`~qnode.hal_sim.physics_coupling.PolarisationCoupling` (made on
+        first use, with every node's configured drift)."""
+        if self.polarisation is None:
+            import numpy as np
+
+            from .physics_coupling import PolarisationCoupling
+            from .polarisation import FibreDrift
+
+            assert isinstance(self.spec, LinkSpec)
+            drifts = {}
+            for i, n in enumerate(self.spec.nodes):
+                if n.polarisation_drift is not None:
+                    seed = (n.polarisation_seed if n.polarisation_seed is not None
+                            else np.random.SeedSequence([self.spec.seed, i, 0x706F6C]))
+                    drifts[n.name] = FibreDrift(n.polarisation_drift, seed)
+            self.polarisation = PolarisationCoupling(drifts)
+        return self.polarisation
+
+    def polarisation_step(self, node: str, angle_deg: float,
+                          axis: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> float:
+        """Trigger a step of ``node``'s fibre now: a rotation by ``angle_deg`` (deg) about
+        ``axis`` (Poincaré (X, Y, Z); default Y), from the simulator's next slice on. Returns
+        that slice's start (s of simulated time)."""
+        if not isinstance(self.spec, LinkSpec):
+            raise ValueError(f"{self.spec.name!r} is a K link: no polarisation to step")
+        if node not in self.spec.streaming_nodes:
+            raise ValueError(f"no node {node!r} in link {self.spec.name!r}; it has "
+                             f"{list(self.spec.streaming_nodes)}")
+
+        def step(sim: Any) -> float:
+            pc = self.polarisation_coupling()
+            pc.drift(node).advance_to(max(sim.time_ps * 1e-12, pc.drift(node).time_s))
+            return float(pc.step(node, angle_deg, axis))
+        return self.fanout.locked(step)
+
+    def file_heralds_in(self, registry: Any) -> None:
+        """From now on every step of this K link's simulator files its heralds in ``registry``
+        (a :class:`~qnode.hal_sim.qdevice.PairRegistry`, module docstring)."""
+        assert isinstance(self.spec, KLinkSpec)
         if self.registry is None:
-            from .qdevice import PairRegistry
-
-            assert isinstance(self.spec, KLinkSpec)
-            self.registry = PairRegistry(seed=self.spec.seed)
+            self.registry = registry
             self.fanout.sim = _HeraldTap(self.sim, self._file_heralds)
-        return self.registry
+        elif self.registry is not registry:
+            raise ValueError(f"link {self.spec.name!r} files its heralds elsewhere already")
 
     def _file_heralds(self, chunk: Any) -> None:
         assert isinstance(self.spec, KLinkSpec)
@@ -588,7 +694,7 @@ class LinkRuntime:
         """This link's truth (JSON-ready), read under the fan-out's lock."""
         if isinstance(self.spec, KLinkSpec):
             return self.fanout.locked(lambda sim: k_link_truth(sim))
-        return self.fanout.locked(lambda sim: m_link_truth(sim, self.spec))
+        return self.fanout.locked(lambda sim: m_link_truth(sim, self.spec, self.polarisation))
 
 
 class _HeraldTap:
@@ -675,11 +781,8 @@ def _setting_truth(sim: Any, spec: LinkSpec) -> dict[str, float]:
     va = vectors.get(a_node.name, [a.vector for a in a_node.analyzers])
     vb = vectors.get(b_node.name, [a.vector for a in b_node.analyzers])
     out: dict[str, float] = {}
-    bases_a = {x[0] for x in map(_axis, va) if x is not None}
-    bases_b = {x[0] for x in map(_axis, vb) if x is not None}
-    for basis, k in (("Z", 2), ("X", 0)):
-        if basis in bases_a and basis in bases_b:
-            out[f"qber_{basis.lower()}"] = (1 - _PHI_PLUS_T[k] * float(corr[k, k])) / 2
+    for basis, vis in _basis_visibility(sim, va, vb).items():
+        out[f"qber_{basis.lower()}"] = (1 - vis) / 2
     if len(va) == 2 and len(vb) == 2:
         names_a = [x.name for x in a_node.analyzers]
         names_b = [x.name for x in b_node.analyzers]
@@ -694,7 +797,43 @@ def _setting_truth(sim: Any, spec: LinkSpec) -> dict[str, float]:
     return out
 
 
-def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
+def _basis_visibility(sim: Any, va: Any, vb: Any) -> dict[str, float]:
+    """Per Pauli basis both nodes measure (an analyzer at ±Z or ±X as set, before the fibres):
+    s_b·σ_a·σ_b·E of those two analyzers, E with the fibres' rotations (the simulator's
+    expected correlation), σ = ±1 the analyzers' orientation, s_b Φ+'s sign of the basis: the
+    visibility V_b = 1 − 2·Q_b the daemon measures in that basis."""
+    a_node, b_node = sim.link.nodes
+    out: dict[str, float] = {}
+    for basis, k in (("Z", 2), ("X", 0)):
+        pa = [(an.name, ax[1]) for an, ax in zip(a_node.analyzers, map(_axis, va), strict=True)
+              if ax is not None and ax[0] == basis]
+        pb = [(an.name, ax[1]) for an, ax in zip(b_node.analyzers, map(_axis, vb), strict=True)
+              if ax is not None and ax[0] == basis]
+        if pa and pb:
+            (na, sa), (nb, sb) = pa[0], pb[0]
+            e = sim.truth.expected_correlation[(na, nb)]
+            out[basis] = _PHI_PLUS_T[k] * sa * sb * float(e)
+    return out
+
+
+def _polarisation_truth(sim: Any, spec: LinkSpec, polarisation: Any) -> dict[str, Any]:
+    """The ``polarisation`` block of :func:`m_link_truth`."""
+    out = polarisation.truth(sim)
+    a_node, b_node = sim.link.nodes
+    vectors = getattr(sim, "_vectors", {})
+    va = vectors.get(a_node.name, [a.vector for a in a_node.analyzers])
+    vb = vectors.get(b_node.name, [a.vector for a in b_node.analyzers])
+    per_basis = _basis_visibility(sim, va, vb)
+    out["visibility_by_basis"] = per_basis
+    if per_basis:
+        out["visibility"] = sum(per_basis.values()) / len(per_basis)
+    elif len(va) == 1 and len(vb) == 1:
+        name_a, name_b = a_node.analyzers[0].name, b_node.analyzers[0].name
+        out["visibility"] = abs(sim.truth.expected_correlation[(name_a, name_b)])
+    return out
+
+
+def m_link_truth(sim: Any, spec: LinkSpec, polarisation: Any = None) -> dict[str, Any]:
     """Truth of an M link. Top level (telemetry names): ``pair_rate_hz`` (now),
     ``coincidence_rate_hz`` = B·η_a·η_b (true pairs registered at both ends per second, before
     dead time), ``visibility`` (Werner V), ``fidelity_estimate`` = ⟨Φ+|ρ|Φ+⟩; ``qber_z`` /
@@ -703,7 +842,13 @@ def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
     both nodes have an analyzer in that basis (Bloch vector ±Z, ±X as set now); ``chsh_s``
     (two analyzers per node whose settings violate the CHSH bound for Φ+): |E(a0,b0) +
     E(a0,b1) + E(a1,b0) − E(a1,b1)| of the state at the analyzers as set now (a: node 0's
-    analyzers in file order, b: node 1's). ``detail``: pairs emitted / both detected / registered
+    analyzers in file order, b: node 1's). QBERs and S include the fibres' polarisation
+    rotations. ``polarisation`` (links with drift or compensators): per node the fibre's rotation
+    D (3×3, on the photon's Stokes vector) and its angle (deg), the walk's angle (rad), the steps
+    applied (s, deg, axis), the compensator's angle (deg) and C·D; ``relative_rotation_deg``;
+    ``visibility_by_basis`` and ``visibility``, the true visibility now (mean over the bases both
+    ends measure of V_b = 1 − 2Q_b, as the daemon's ``visibility``; ``visibility`` at the top
+    level stays the source's Werner V). ``detail``: pairs emitted / both detected / registered
     at both ends, singles and dark counts per node and channel, the expected correlation E of
     the analyzers as set now ("node:analyzer|node:analyzer"), arm efficiencies, each node's
     clock (offset ps, drift ppm) and channel delays (ps, fibre + detector + clock offset)."""
@@ -733,7 +878,9 @@ def m_link_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
             "clock": clocks,
             "channel_delay_ps": {n: {str(c): d for c, d in per.items()}
                                  for n, per in t.channel_delay_ps.items()},
-            "state_weights": dict(state.weights)}}
+            "state_weights": dict(state.weights)},
+        **({} if polarisation is None
+           else {"polarisation": _polarisation_truth(sim, spec, polarisation)})}
 
 
 def k_link_truth(sim: Any) -> dict[str, Any]:
@@ -816,6 +963,7 @@ class Bench:
         self.spec = spec
         self.path = path
         self.links = {link.name: LinkRuntime(link) for link in spec.links}
+        self._registry: Any = None
         self.devices: dict[str, Any] = {}
         self.servers: dict[str, Any] = {}
         self._started_at = time.time()
@@ -828,7 +976,10 @@ class Bench:
                 continue
             device = _build_device(inst, path, i, self)
             self.devices[inst.name] = device
-            if kind.couples is not None and "link" in inst.options:
+            if (kind.couples == "waveplate" and "link" in inst.options
+                    and inst.options.get("mount", "analyzer") != "analyzer"):
+                self._couple_compensator(f"instrument[{i}].options", device, inst.options)
+            elif kind.couples is not None and "link" in inst.options:
                 couple(self, f"instrument[{i}].options", kind.couples, device, inst.options)
             if inst.serve == "pty":
                 self.servers[inst.name] = PtyServer(device, inst.name)
@@ -836,6 +987,46 @@ class Bench:
                 self.servers[inst.name] = TcpServer(device, inst.name, port=inst.port)
         self.truth_writer = (None if truth_path is None else
                              TruthWriter(truth_path, self.truth, truth_interval_s))
+
+    def pair_registry(self) -> Any:
+        """The bench's one :class:`~qnode.hal_sim.qdevice.PairRegistry`, made on first use and
+        shared by every qdevice, so a repeater's memory can act on pairs of two links at once
+        (seeded with the bench name's CRC, for reproducible measurement sampling)."""
+        if self._registry is None:
+            import zlib
+
+            from .qdevice import PairRegistry
+            self._registry = PairRegistry(seed=zlib.crc32(self.spec.name.encode()))
+        return self._registry
+
+    def _couple_compensator(self, key: str, device: Any, options: Mapping[str, Any]) -> None:
+        """An ELL14 with ``mount = "compensator"``: the polarisation compensator of ``node``
+        of the M link ``link`` (module docstring); errors name ``key.<field>``."""
+        from .physics_coupling import CompensatorMount
+
+        if options.get("mount") != "compensator":
+            raise _fail(self.path, f"{key}.mount", f"must be \"analyzer\" (default) or "
+                                                   f"\"compensator\", got {options.get('mount')!r}")
+        if "analyzer" in options:
+            raise _fail(self.path, f"{key}.analyzer",
+                        "a compensator sits before all of a node's analyzers: drop analyzer")
+        rt = self.link_runtime(key, options.get("link"))
+        if isinstance(rt.spec, KLinkSpec):
+            raise _fail(self.path, f"{key}.link",
+                        f"{rt.spec.name!r} is a K link; compensators couple to M links")
+        node = options.get("node")
+        names = [n.name for n in rt.spec.nodes]
+        if node not in names:
+            raise _fail(self.path, f"{key}.node", f"must name a node of link {rt.spec.name!r}, "
+                                                   f"one of {names}; got {node!r}")
+        zero = options.get("zero_deg", 0.0)
+        if isinstance(zero, bool) or not isinstance(zero, (int, float)):
+            raise _fail(self.path, f"{key}.zero_deg", f"must be a number (deg), got {zero!r}")
+        try:
+            rt.polarisation_coupling().add_compensator(
+                CompensatorMount(node, device, float(zero)))
+        except ValueError as exc:
+            raise _fail(self.path, f"{key}.node", str(exc)) from exc
 
     def link_runtime(self, key: str, link: object) -> LinkRuntime:
         """The link named ``link`` (``None``: the bench's only link); errors name ``key``."""

@@ -192,31 +192,40 @@ register("single_quantum", "qnode.hal_sim.instruments:SingleQuantumService", ("t
 
 # ------------------------------------------------------------------------------ quantum memories
 
-def qdevice_twin(bench: Bench, key: str, *, link: str | None = None, node: str | None = None,
-                 n_qubits: int = 4, t1_ns: float = math.inf, t2_ns: float = math.inf,
-                 gate_fidelity_1q: float = 1.0, gate_fidelity_2q: float = 1.0,
-                 readout_error: float = 0.0, seed: int | None = None) -> Any:
-    """A :class:`~qnode.hal_sim.qdevice.QDeviceTwin` named ``node``, one memory node of the K
-    link ``link``, sharing the link's :class:`~qnode.hal_sim.qdevice.PairRegistry` (the
-    heralds of every step of its simulator); errors name ``key.options.<field>``."""
+def qdevice_twin(bench: Bench, key: str, *, link: str | list[str] | None = None,
+                 node: str | None = None, n_qubits: int = 4, t1_ns: float = math.inf,
+                 t2_ns: float = math.inf, gate_fidelity_1q: float = 1.0,
+                 gate_fidelity_2q: float = 1.0, readout_error: float = 0.0,
+                 seed: int | None = None) -> Any:
+    """A :class:`~qnode.hal_sim.qdevice.QDeviceTwin` named ``node``, the memory of ``node`` on
+    the K link ``link`` (or on each of a list of K links: a repeater), sharing the bench's
+    :class:`~qnode.hal_sim.qdevice.PairRegistry`, where every step of those links' simulators
+    files its heralds; errors name ``key.options.<field>``."""
     from .qdevice import QDeviceConfig, QDeviceTwin
 
     okey = f"{key}.options"
     if link is None:
         raise _fail(bench.path, f"{okey}.link", "name the K link whose heralded pairs it holds")
-    rt = bench.link_runtime(okey, link)
-    if not isinstance(rt.spec, KLinkSpec):
-        raise _fail(bench.path, f"{okey}.link",
-                    f"{rt.spec.name!r} is an M link; a qdevice holds the pairs of a K link")
-    ends = list(rt.spec.link.ends)
-    if node not in ends:
-        raise _fail(bench.path, f"{okey}.node",
-                    f"must name a memory node of link {rt.spec.name!r}, one of {ends}; "
-                    f"got {node!r}")
-    if node in rt.qdevices:
-        raise _fail(bench.path, f"{okey}.node",
-                    f"{node!r} of link {rt.spec.name!r} already has a qdevice, "
-                    f"{rt.qdevices[node]}")
+    names = link if isinstance(link, list) else [link]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise _fail(bench.path, f"{okey}.link", f"must be a link name or a list of them, "
+                                                f"got {link!r}")
+    runtimes = []
+    for name in names:
+        rt = bench.link_runtime(okey, name)
+        if not isinstance(rt.spec, KLinkSpec):
+            raise _fail(bench.path, f"{okey}.link",
+                        f"{rt.spec.name!r} is an M link; a qdevice holds the pairs of a K link")
+        ends = list(rt.spec.link.ends)
+        if node not in ends:
+            raise _fail(bench.path, f"{okey}.node",
+                        f"must name a memory node of link {rt.spec.name!r}, one of {ends}; "
+                        f"got {node!r}")
+        if node in rt.qdevices:
+            raise _fail(bench.path, f"{okey}.node",
+                        f"{node!r} of link {rt.spec.name!r} already has a qdevice, "
+                        f"{rt.qdevices[node]}")
+        runtimes.append(rt)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise _fail(bench.path, f"{okey}.seed", f"must be an integer >= 0, got {seed!r}")
     try:
@@ -227,11 +236,25 @@ def qdevice_twin(bench: Bench, key: str, *, link: str | None = None, node: str |
         m = re.match(r"QDeviceConfig\.(\w+)", str(exc))
         field = m[1] if m else ("t2_ns" if "T2" in str(exc) else None)
         raise _fail(bench.path, f"{okey}.{field}" if field else okey, str(exc)) from exc
-    twin = QDeviceTwin(config, name=node, registry=rt.pair_registry(), seed=seed)
-    rt.qdevices[node] = key
+    registry = bench.pair_registry()
+    twin = QDeviceTwin(config, name=node, registry=registry, seed=seed)
+    for rt in runtimes:
+        rt.file_heralds_in(registry)
+        rt.qdevices[node] = key
     return twin
 
 
+def qdevice_truth(bench: Bench, key: str) -> Any:
+    """The :class:`~qnode.hal_sim.qdevice.RegistryOracle` of the bench's pair registry: the
+    true state of any pair its qdevices hold, for tests (``SIM:PAIR? <device> <q>``)."""
+    from .qdevice import RegistryOracle
+
+    return RegistryOracle(bench.pair_registry())
+
+
+register("qdevice_truth", "qnode.hal_sim.instruments:qdevice_truth", ("tcp",),
+         "ground truth of the bench's quantum memories (simulator only): the true Bell weights "
+         "of the pair a qubit holds", style="linked")
 register("qdevice", "qnode.hal_sim.instruments:qdevice_twin", ("tcp",),
-         "quantum memory of one end of a K link (QDEVICE/1 over TCP), holding the pairs the "
-         "link heralds", style="linked")
+         "quantum memory of a node on one or more K links (QDEVICE/1 over TCP), holding the "
+         "pairs they herald", style="linked")

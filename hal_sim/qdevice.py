@@ -60,7 +60,12 @@ any half not yet bound) and answer ``ERR 5`` — about 20 s of station time at t
 3.2 k heralds/s.
 
 Ground truth for tests: :meth:`QDeviceTwin.state` (reduced state of some of its qubits),
-:meth:`PairRegistry.state` (any keys, across devices).
+:meth:`PairRegistry.state` (any keys, across devices), and on the wire the simulator-only query
+``SIM:PAIR? <q>`` (not part of QDEVICE/1; a real device cannot answer it, and the daemon never
+sends it): ``<device>:<qubit> <λΦ+> <λΦ−> <λΨ+> <λΨ−>``, the qubit holding the other half of
+q's pair (``-`` while that half is not bound) and the pair's Bell weights now, both halves'
+decay applied (``ERR 5`` when q is not
+half of a two-qubit register). Tests compare the daemon's fidelity estimates with it.
 """
 from __future__ import annotations
 
@@ -87,6 +92,8 @@ ERR_NO_PAIR = 5       # ENT for a pair that was not heralded (or has expired)
 ERR_PAIR_TAKEN = 6    # ENT for a pair whose halves are both bound, or bound here already
 ERR_RESOURCE = 7      # the gate would entangle more qubits than the simulator holds
 ERR_INTERNAL = 9      # a bug in the twin: said, never silent
+MAX_BATCH = 128       # commands in one request line (";"-separated)
+DEFER_DECAY = 1e-6    # waits shorter than this fraction of min(T1, T2) are deferred
 
 IDN = "QNODE,QDEVICE-SIM,{name},1.0"
 _UINT = re.compile(r"\d{1,9}")
@@ -186,13 +193,23 @@ class _Pair:
 class _Timed:
     """A herald filed by station time, not yet (or already) turned into a register."""
 
-    __slots__ = ("weights", "announced", "time_ps", "materialised")
+    __slots__ = ("_weights", "announced", "time_ps", "materialised", "_record")
 
-    def __init__(self, weights: tuple[float, ...], announced: str, time_ps: int):
-        self.weights = weights
+    def __init__(self, weights: tuple[float, ...] | None, announced: str, time_ps: int,
+                 record: tuple[int, bool, float, int] | None = None):
+        self._weights = weights
+        self._record = record     # (announced, true, fidelity, state): λ made when bound
         self.announced = announced
         self.time_ps = time_ps
         self.materialised = False
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        if self._weights is None:
+            announced, true, fidelity, _ = self._record  # type: ignore[misc]
+            self._weights = tuple(_record_weights({"announced": announced, "true": true,
+                                                   "fidelity": fidelity, "state": 0}, False))
+        return self._weights
 
 
 class _TimeIndex:
@@ -219,6 +236,19 @@ class _TimeIndex:
             self.times.insert(pos, t)
             self.ids.insert(pos, i)
         return i
+
+    def extend(self, times: list[int], entries: list[_Timed]) -> None:
+        """Add heralds in time order (a chunk of the simulator's truth)."""
+        if times and (not self.times or times[0] >= self.times[-1]):
+            first = self.next_id
+            self.next_id += len(times)
+            ids = list(range(first, self.next_id))
+            self.entries.update(zip(ids, entries, strict=True))
+            self.times.extend(times)
+            self.ids.extend(ids)
+            return
+        for e in entries:
+            self.add(e)
 
     def nearest(self, time_ps: int) -> int | None:
         """The id of the herald nearest to ``time_ps`` within the tolerance, else None."""
@@ -251,17 +281,52 @@ class PairRegistry:
         self.max_register_qubits = int(max_register_qubits)
         self._where: dict[QubitKey, _Register] = {}
         self._pairs: dict[tuple[str, int], _Pair] = {}
-        self._devices: set[str] = set()
+        self._devices: dict[str, Callable[[int], None] | None] = {}
         self._bound: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._remember = int(remember_bound)
 
     # ------------------------------------------------------------------ heralds
-    def attach(self, device: str) -> None:
-        """Register a device name (unique per registry)."""
+    def attach(self, device: str, touch: Callable[[int], None] | None = None) -> None:
+        """Register a device name (unique per registry); ``touch(qubit)`` applies that device's
+        pending decay to one of its qubits (used by :meth:`pair_truth`)."""
         with self.lock:
             if device in self._devices:
                 raise ValueError(f"a device named {device!r} is attached already")
-            self._devices.add(device)
+            self._devices[device] = touch
+
+    def device_pair_truth(self, device: str, qubit: int) -> tuple[QubitKey, np.ndarray]:
+        """:meth:`pair_truth` of qubit ``qubit`` of the attached device ``device`` (its own
+        pending decay applied first)."""
+        with self.lock:
+            if device not in self._devices:
+                raise QDeviceFault(ERR_QUBIT, f"no device {device!r} is attached")
+            touch = self._devices[device]
+            key = (device, int(qubit))
+            if key not in self._where:
+                raise QDeviceFault(ERR_QUBIT, f"{device} has no qubit {qubit}")
+            if touch is not None:
+                try:
+                    touch(int(qubit))
+                except KeyError:
+                    raise QDeviceFault(ERR_QUBIT, f"{device} qubit {qubit} is not allocated"
+                                       ) from None
+            return self.pair_truth(key)
+
+    def pair_truth(self, key: QubitKey) -> tuple[QubitKey, np.ndarray]:
+        """Ground truth for tests: the partner of ``key`` — the other qubit of its two-qubit
+        register — and the Bell weights [Φ+, Φ−, Ψ+, Ψ−] of the pair (key, partner) now, both
+        halves' decay applied. QDeviceFault ERR_NO_PAIR when ``key`` is not half of a pair."""
+        with self.lock:
+            reg = self._where[key]
+            if len(reg.keys) != 2:
+                raise QDeviceFault(ERR_NO_PAIR, f"{key!r} is in a register of "
+                                                f"{len(reg.keys)} qubit(s), not a pair")
+            other = reg.keys[1 - reg.keys.index(key)]
+            device = other[0] if isinstance(other, tuple) else None
+            touch = self._devices.get(device) if isinstance(device, str) else None
+            if touch is not None:
+                touch(other[1])
+            return other, self.state([key, other]).bell_weights()
 
     def herald(self, link: str, seq: int, weights: Sequence[float],
                announced: str = "phi+") -> None:
@@ -320,11 +385,31 @@ class PairRegistry:
     def herald_records_at(self, link: str, heralds: np.ndarray, tolerance_ps: int,
                           realised: bool = False) -> None:
         """:meth:`herald_at` for every row of a :data:`~qnode.hal_sim.heralding.HERALD_DTYPE`
-        array, under its ``time`` (λ as in :meth:`herald_record`)."""
+        array, under its ``time`` (λ as in :meth:`herald_record`, made when first bound). In
+        bulk: the bench files thousands of heralds a second while twins wait for the lock."""
+        if not _LINK.fullmatch(link):
+            raise ValueError(f"link name must match {_LINK.pattern}, got {link!r}")
+        if not heralds.size:
+            return
+        rows = heralds[np.argsort(heralds["time"], kind="stable")]
+        times = rows["time"].astype(np.int64).tolist()
+        announced = rows["announced"].astype(int).tolist()
+        true = rows["true"].astype(bool).tolist()
+        fidelity = rows["fidelity"].astype(float).tolist()
+        state = rows["state"].astype(int).tolist()
+        entries = []
+        for t, a, tr, f, st in zip(times, announced, true, fidelity, state, strict=True):
+            lam = None
+            if realised:
+                lam = tuple(1.0 if k == st else 0.0 for k in range(4))
+            entries.append(_Timed(lam, BELL_STATES[a], t, (a, tr, f, st)))
         with self.lock:
-            for row in heralds:
-                self.herald_at(link, int(row["time"]), _record_weights(row, realised),
-                               BELL_STATES[int(row["announced"])], tolerance_ps)
+            index = self._timed.get(link)
+            if index is None:
+                index = self._timed[link] = _TimeIndex(int(tolerance_ps))
+            index.tolerance_ps = int(tolerance_ps)
+            index.extend(times, entries)
+            self._trim(link, index)
 
     def heralds_at(self, link: str) -> int:
         """How many heralds of ``link`` are filed by time now."""
@@ -528,10 +613,11 @@ class QDeviceTwin(WireDevice):
         self.config = config or QDeviceConfig()
         self.name = name
         self.registry = registry if registry is not None else PairRegistry(seed=seed)
-        self.registry.attach(name)
+        self.registry.attach(name, self._touch)
         self.clock = clock or real_clock()
         self._rng = np.random.default_rng(seed)
         self._slots: dict[int, _Slot] = {}
+        self._defer_ns = DEFER_DECAY * min(self.config.t1_ns, self.config.t2_ns)
         self._p1 = 1.0 - self.config.gate_fidelity_1q
         self._p2 = 1.0 - self.config.gate_fidelity_2q
 
@@ -559,6 +645,14 @@ class QDeviceTwin(WireDevice):
         return [r.rstrip(b"\r") for r in split_lines(buffer, b"\n")]
 
     def handle(self, request: bytes) -> bytes:
+        if b";" in request:   # a batch: each command's reply, in order, joined by ";"
+            parts = request.split(b";")
+            if len(parts) > MAX_BATCH:
+                return _err(ERR_SYNTAX, f"a batch holds at most {MAX_BATCH} commands")
+            return b";".join(self._handle_one(p.strip()).rstrip(b"\n") for p in parts) + b"\n"
+        return self._handle_one(request)
+
+    def _handle_one(self, request: bytes) -> bytes:
         try:
             line = request.decode("ascii")
         except UnicodeDecodeError:
@@ -677,6 +771,10 @@ class QDeviceTwin(WireDevice):
                else "-" if s.seq is None else s.seq)
         return f"AGE={age} LINK={s.link or '-'} SEQ={seq} BELL={s.bell or '-'}"
 
+    def _sim_pair(self, q: str) -> str:
+        qi = self._qubit(q)
+        return _truth_reply(*self.registry.device_pair_truth(self.name, qi))
+
     # ------------------------------------------------------------------ internals
     def _now(self) -> int:
         return int(self.clock())
@@ -691,10 +789,12 @@ class QDeviceTwin(WireDevice):
         return q
 
     def _touch(self, q: int) -> None:
-        """Apply the decay of qubit ``q`` up to now."""
+        """Apply the decay of qubit ``q`` up to now. A wait shorter than ``DEFER_DECAY`` of
+        the shorter of T1, T2 is deferred to the next touch (not lost): it changes the state by
+        less than that fraction, and skipping it keeps batched commands cheap."""
         s = self._slots[q]
         now = self._now()
-        if now > s.last_ns:
+        if now - s.last_ns > self._defer_ns:
             self.registry.decohere(self.key(q), now - s.last_ns, self.config.t1_ns,
                                    self.config.t2_ns)
             s.last_ns = now
@@ -714,7 +814,42 @@ _COMMANDS: dict[str, tuple[str, int]] = {
     "TIME?": ("_time", 0), "ALLOC": ("_alloc", 0), "FREE": ("_free", 1),
     "INIT": ("_init", 1), "ROT": ("_rot", 3), "CNOT": ("_cnot", 2), "MEAS": ("_meas", 2),
     "ENT": ("_ent", 3), "AGE?": ("_age", 1), "INFO": ("_info", 1),
+    "SIM:PAIR?": ("_sim_pair", 1),
 }
+
+
+def _truth_reply(other: QubitKey, weights: np.ndarray) -> str:
+    where = (f"{other[0]}:{other[1]}" if isinstance(other, tuple) and len(other) == 2
+             else "-")
+    return where + "".join(f" {w:.9f}" for w in weights)
+
+
+class RegistryOracle(WireDevice):
+    """Ground truth of a :class:`PairRegistry` on its own wire, for tests of a running network
+    (a twin's TCP port serves one client, its node): ``SIM:PAIR? <device> <q>`` answers as a
+    twin's ``SIM:PAIR? <q>`` (module docstring); ``*IDN?``. Simulator-only: no real memory has
+    it, and the daemon never uses it."""
+
+    reply_terminator = b"\n"
+
+    def __init__(self, registry: PairRegistry):
+        self.registry = registry
+
+    def split(self, buffer: bytearray) -> list[bytes]:
+        return [r.rstrip(b"\r") for r in split_lines(buffer, b"\n")]
+
+    def handle(self, request: bytes) -> bytes:
+        tokens = request.decode("ascii", errors="replace").split()
+        if tokens[:1] == ["*IDN?"]:
+            return b"QNODE,QDEVICE-SIM-TRUTH,registry,1.0\n"
+        if len(tokens) != 3 or tokens[0].upper() != "SIM:PAIR?" or not _UINT.fullmatch(
+                tokens[2]):
+            return _err(ERR_SYNTAX, "usage: SIM:PAIR? <device> <qubit>")
+        try:
+            reply = _truth_reply(*self.registry.device_pair_truth(tokens[1], int(tokens[2])))
+        except QDeviceFault as fault:
+            return _err(fault.code, fault.text)
+        return (reply + "\n").encode("ascii")
 
 
 def _record_weights(record: np.void | dict, realised: bool) -> list[float]:
@@ -744,12 +879,12 @@ def _angle(token: str) -> float:
 
 
 def _err(code: int, text: str) -> bytes:
-    clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+    clean = "".join(c if 32 <= ord(c) < 127 and c != ";" else "?" for c in text)
     return f"ERR {code} {clean}\n".encode("ascii")
 
 
 __all__ = [
     "ERR_INTERNAL", "ERR_NO_FREE", "ERR_NO_PAIR", "ERR_PAIR_TAKEN", "ERR_QUBIT", "ERR_RESOURCE",
     "ERR_SYNTAX", "ERR_UNKNOWN", "ManualClock", "PairRegistry", "QDeviceConfig", "QDeviceFault",
-    "QDeviceTwin", "real_clock",
+    "QDeviceTwin", "RegistryOracle", "real_clock",
 ]

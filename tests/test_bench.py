@@ -229,8 +229,8 @@ NETWORK = Path(bench.__file__).parent / "benches" / "network.toml"
 NETWORK_ROWS = ["herald1-tagger.scpi", "herald1-tagger.dlt", "herald2-tagger.scpi",
                 "herald2-tagger.dlt", "pump", "oven", "analyzer-a-hwp", "analyzer-b-hwp",
                 "analyzer-a-tagger.scpi", "analyzer-a-tagger.dlt", "analyzer-b-tagger.scpi",
-                "analyzer-b-tagger.dlt", "alice-qdevice", "repeater-qdevice-a",
-                "repeater-qdevice-b", "bob-qdevice"]
+                "analyzer-b-tagger.dlt", "alice-qdevice", "repeater-qdevice", "bob-qdevice",
+                "qdevice-truth"]
 
 
 def _stream(addresses: dict[str, str], names: dict[str, tuple[int, ...]], seconds: float

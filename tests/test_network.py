@@ -55,7 +55,8 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     with Mosquitto(tmp_path / "mosquitto") as broker:
         # no cut-off: every heralded pair stays, so the inventories are a strong check
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
-                          tmp_path / "logs", max_pair_age_s=0, capacity=0)
+                          tmp_path / "logs", max_pair_age_s=0, capacity=0,
+                          quantum_memory=False)
         try:
             net.start()
             records = asyncio.run(_watch(broker.port, RUN_S))
@@ -78,10 +79,10 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     assert all(r[-1]["state"] == "ready" for r in records.values())
     assert all(r[-1]["role_restarts_total"] == 0 for r in records.values()), logs
     # the memories' QDevices are supervised instruments, read over QDEVICE/1
-    for node, n in (("alice", 1), ("repeater", 2), ("bob", 1)):
+    for node, n in (("alice", 4), ("repeater", 6), ("bob", 4)):
         last = records[node][-1]
         assert {i["state"] for i in last["instruments"].values()} == {"ready"}
-        assert last["memory_qubits"] == 4 * n and last["memory_qubits_free"] == 4 * n
+        assert last["memory_qubits"] == n and last["memory_qubits_free"] == n
     # `qnode status` sees the same network
     assert status.returncode == 0, status.stderr
     nodes = json.loads(status.stdout)["nodes"]

@@ -84,10 +84,12 @@ def test_memories_bind_station_heralds_by_time_with_the_truths_fidelity(tmp_path
         codes, times = codes[keep], times[keep]
         assert times.size > 2000, times.size
         registry = b.links[LINK].registry
+        assert registry is b.pair_registry()
         assert registry.heralds_at(LINK) >= times.size
         cfg = b.devices["alice-qdevice"].config
-        assert b.devices["repeater-qdevice-a"].config == cfg
-        assert b.devices["alice-qdevice"].registry is b.devices["repeater-qdevice-a"].registry
+        assert b.devices["repeater-qdevice"].config.t2_ns == cfg.t2_ns
+        assert b.devices["alice-qdevice"].registry is b.devices["repeater-qdevice"].registry
+        assert b.devices["bob-qdevice"].registry is registry
         readout = (1 - 2 * cfg.readout_error) ** 2
         picks = np.linspace(0, times.size - 1, 1200).astype(int)
         sums = np.zeros(3)
@@ -95,7 +97,7 @@ def test_memories_bind_station_heralds_by_time_with_the_truths_fidelity(tmp_path
         n = np.zeros(3, int)
         matched = 0
         with QDevice(addresses["alice-qdevice"], timeout_s=2.0) as alice, \
-                QDevice(addresses["repeater-qdevice-a"], timeout_s=2.0) as rep:
+                QDevice(addresses["repeater-qdevice"], timeout_s=2.0) as rep:
             qa, qr = alice.alloc(), rep.alloc()
             for i, j in enumerate(picks):
                 t = int(times[j])
