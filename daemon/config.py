@@ -231,7 +231,8 @@ class MemoryConfig:
     measured as test pairs for the fidelity estimate (``fidelity`` is its prior until
     ``min_tests`` pairs per basis are in); ``readout_error`` and ``gate_fidelity_2q`` are the
     device's calibrated read-out error and CNOT fidelity (estimates of swaps); a delivered
-    pair's qubit is the application's for ``delivered_hold_s`` (s) before it is reused."""
+    pair's qubit is the application's for at least ``delivered_hold_s`` (s) before it is reused
+    (an end-to-end pair's until its cut-off, :mod:`qnode.daemon.swapping`)."""
 
     capacity: int = 1000
     max_pair_age_s: float = 1.0

@@ -20,9 +20,10 @@ and the other end's half's decay since *it* was bound (``remote_age_s`` at the B
 time since), each a Pauli channel of the memory's T1/T2 (both ends' memories are assumed alike).
 A CREATE whose ``remote_node`` is the other end is served from the path's pairs, oldest first,
 with OKs on ``reply/<requester>``: ``link`` = the path id, ``seq`` = the pair id (the same at
-both ends), the frame's Bell state, the estimate now, and the qubit. A delivered qubit is the
-application's for ``[memory].delivered_hold_s``; path pairs older than ``max_pair_age_s`` are
-discarded.
+both ends), the frame's Bell state, the estimate now, and the qubit. Each end serves its own
+applications; a delivered qubit is the application's until the pair's cut-off (the far end
+may deliver its copy until then), at least ``[memory].delivered_hold_s``; path pairs older than
+``max_pair_age_s`` are discarded, and their qubits reused a guard time later.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from .qmemory import Bound, LinkMemory
 
 log = logging.getLogger("qnode.swap")
+
+#: A path pair's qubit is reused this long (s) after its cut-off, not at once (PathEnd.tick).
+CUTOFF_GUARD_S = 0.1
 
 
 def bell_measurement(device: Any, q1: int, q2: int) -> str:
@@ -253,22 +257,33 @@ class PathEnd:
                                 int(time.monotonic_ns() * 1000), qubit=pair.qubit))
             self.counts["pairs_delivered_total"] += 1
             self.delivered_fidelity.append(goodness)
-            self.memory.hold(pair.qubit, now + self.mem.delivered_hold_s)
+            # the far end keeps its copy until the cut-off: so does this qubit (+ a guard)
+            self.memory.hold(pair.qubit, max(now + self.mem.delivered_hold_s,
+                                             self._cutoff_at(pair, now) + CUTOFF_GUARD_S))
             n += 1
             if n >= create.number:
                 self._requests.pop(0)
             else:
                 self._requests[0] = (cid, create, who, t0, n)
 
-    def tick(self) -> None:
-        """Time-outs and the cut-off of path pairs."""
-        now = self.ctx.now()
+    def _cutoff_at(self, pair: PathPair, now: float) -> float:
+        """When ``pair`` reaches the cut-off (monotonic s; inf without one): its older half
+        is then ``max_pair_age_s`` old."""
         cutoff = self.mem.max_pair_age_s
+        if cutoff <= 0:
+            return float("inf")
+        oldest = max(now - pair.own_bound_at, now - pair.bsm_at + pair.remote_age_s)
+        return now + cutoff - oldest
+
+    def tick(self) -> None:
+        """Time-outs and the cut-off of path pairs. A discarded pair's qubit is reused only
+        ``CUTOFF_GUARD_S`` later: the far end, whose clock and view of the ages differ by
+        milliseconds, may still hand its copy to an application until its own cut-off."""
+        now = self.ctx.now()
         for pid, pair in list(self.pairs.items()):
-            oldest = max(now - pair.own_bound_at, now - pair.bsm_at + pair.remote_age_s)
-            if cutoff > 0 and oldest > cutoff:
+            if self._cutoff_at(pair, now) < now:
                 del self.pairs[pid]
-                self.memory.give_back(pair.qubit)
+                self.memory.hold(pair.qubit, now + CUTOFF_GUARD_S)
                 self.counts["pairs_discarded_total"] += 1
         for req in list(self._requests):
             cid, create, who, t0, _ = req
