@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,14 +46,15 @@ from .messages import Message as Envelope
 from .topics import Topic
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from .node import NodeContext
     from .qmemory import LinkMemory
     from .swapping import PathEnd
     from .telemetry import LinkTelemetry
 
 log = logging.getLogger("qnode.link")
+
+#: Answers one parsed CREATE; the envelope tells the requester and whether it was signed.
+CreateServer = Callable[[Create, Envelope], Awaitable[None]]
 
 TICK_S = 0.1
 LAZY_PERSIST_S = 0.1
@@ -367,6 +368,8 @@ class LinkRouter:
         self.services: dict[str, LinkService] = {}
         self.paths: dict[str, PathEnd] = {}     # remote end of a path -> this end
         self._refusals = CreateIdAllocator()    # create ids of CREATEs refused outright
+        self._servers: list[tuple[Callable[[Create], bool], CreateServer]] = []
+        self._fallback: CreateServer | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
         ctx.bus.on("herald", self._on_herald)
         ctx.bus.on("ll", self._on_ll)
@@ -376,12 +379,23 @@ class LinkRouter:
         self.services[service.link] = service
         return service
 
+    def serve_creates(self, accepts: Callable[[Create], bool], server: CreateServer, *,
+                      fallback: CreateServer | None = None) -> None:
+        """Let ``server(create, msg)`` answer the CREATEs ``accepts`` takes, before the link
+        services (e.g. a source's M link, served by choosing its pump power); ``fallback``
+        answers those nothing here can place, instead of the router's ERR UNSUPP. Parsing and
+        counting malformed commands stay the router's."""
+        self._servers.append((accepts, server))
+        if fallback is not None:
+            self._fallback = fallback
+
     def add_path(self, end: PathEnd) -> PathEnd:
         """Serve CREATEs for pairs with ``end.remote`` from the path end ``end``."""
         self.paths[end.remote] = end
         return end
 
-    def _count(self, reason: str, msg: Envelope, detail: str) -> None:
+    def count(self, reason: str, msg: Envelope, detail: str) -> None:
+        """Count (by reason, reported as ``link_rejected``) and log a refused message."""
         self.rejected[reason] += 1
         log.warning("rejected %s from %s id %d: %s", msg.type, msg.sender, msg.id, detail,
                     extra={"reason": reason, "sender": msg.sender, "type": msg.type})
@@ -389,7 +403,7 @@ class LinkRouter:
     async def _on_herald(self, topic: Topic, msg: Envelope) -> None:
         service = self.services.get(topic.arg or "")
         if service is None:
-            self._count("unknown_link", msg, f"no link {topic.arg!r} here")
+            self.count("unknown_link", msg, f"no link {topic.arg!r} here")
             return
         await service.on_herald(msg)
 
@@ -397,30 +411,37 @@ class LinkRouter:
         try:
             parsed = message_from_dict({**msg.body, "type": msg.type})
         except ValueError as exc:
-            self._count("bad_body", msg, str(exc))
+            self.count("bad_body", msg, str(exc))
             return
         service = self.services.get(getattr(parsed, "link", ""))
         if service is None or service.peer != msg.sender:
-            self._count("unknown_link", msg, f"no link {getattr(parsed, 'link', '')!r} with "
+            self.count("unknown_link", msg, f"no link {getattr(parsed, 'link', '')!r} with "
                                              f"{msg.sender}")
             return
         await service.on_peer_message(msg, parsed)
 
     async def _on_cmd(self, topic: Topic, msg: Envelope) -> None:
         if msg.type != "CREATE":
-            self._count("unknown_command", msg, f"command {msg.type!r}")
+            self.count("unknown_command", msg, f"command {msg.type!r}")
             return
         try:
             create = Create.from_dict(msg.body)
         except ValueError as exc:
-            self._count("bad_body", msg, str(exc))
+            self.count("bad_body", msg, str(exc))
             return
         service = next((s for s in self.services.values()
                         if s.peer == create.remote_node and s.type == create.tpe), None)
         path = self.paths.get(create.remote_node)
+        server = next((h for accepts, h in self._servers if accepts(create)), None)
+        if server is not None:
+            await server(create, msg)
+            return
         if service is None and path is not None:
             async with path.service.lock:
                 await path.request(create, msg.sender)
+            return
+        if service is None and self._fallback is not None:
+            await self._fallback(create, msg)
             return
         if service is None:   # no link or path to that node here: refused at CREATE time
             cid = self._refusals.allocate()

@@ -19,13 +19,13 @@ state: a stricter request later lowers it, a laxer one raises it). The chosen po
 rate and fidelity are in telemetry (``source_feu_*``) and in the log line ``CREATE served``;
 the ACK itself carries only the create id (:class:`.ll_messages.Ack`). Malformed CREATEs, other
 command types and (with ``[source].hmac_key_file``) unsigned ones are counted by reason in
-``link_rejected`` and logged; nothing is answered. A CREATE for another link (a K link, or a
-remote node not among ``ends``) goes to the node's link router when the node has one, else it
-is answered ERR UNSUPP.
+``link_rejected`` and logged by the node's link router, which owns ``cmd`` and hands this
+source the CREATEs it accepts (:meth:`.link_service.LinkRouter.serve_creates`); nothing is
+answered. A CREATE for another link (a K link, or a remote node not among ``ends``) goes to the
+router's link services if one serves it, else the source answers ERR UNSUPP.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from .messages import Message as Envelope
     from .node import NodeContext
     from .telemetry import Telemetry
-    from .topics import Topic
 
 log = logging.getLogger("qnode.source")
 
@@ -70,15 +69,13 @@ class SourceRole:
         self.chosen: Prediction | None = None
         self.creates_total = 0
         self.creates_unsupp_total = 0
-        self.rejected: collections.Counter[str] = collections.Counter()
         self._create_ids = CreateIdAllocator()
-        self._router_cmd: Callable[[Topic, Envelope], Awaitable[None]] | None = None
         if cfg.link is not None:
             self._serve_creates(ctx)
 
     def _serve_creates(self, ctx: NodeContext) -> None:
-        """Claim the bus's ``cmd`` handler (one per kind); a link router built by an earlier
-        role keeps the CREATEs that are not for this source's link."""
+        """Serve this source's CREATEs through the node's link router, which parses and counts
+        every command on ``cmd`` and keeps CREATEs for other links."""
         if self.cfg.hmac_key_file is not None:
             # the bus checks a signed message on ``cmd`` with the key stored under the
             # addressee, i.e. this node: the source's link key (ctx.keys is the bus's key map)
@@ -86,9 +83,7 @@ class SourceRole:
             ctx.keys[ctx.node] = key
             if ctx.bus.keys is not ctx.keys:
                 raise RuntimeError("source: the bus does not share the node's key map")
-        if ctx.has_router:
-            self._router_cmd = ctx.router._on_cmd  # the router's own handler, for other links
-        ctx.bus.on("cmd", self._on_cmd)
+        ctx.router.serve_creates(self._is_mine, self._on_create, fallback=self._refuse)
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {}
@@ -145,14 +140,6 @@ class SourceRole:
         """The source stays on at shutdown: a restart must not cost the crystal's settling."""
 
     # -- CREATE service (module docstring)
-    def _count(self, reason: str, msg: Envelope, detail: str) -> None:
-        """Count a refused command by reason (in the router's counter when the node has one,
-        as the router does) and log it."""
-        counter = self.ctx.router.rejected if self.ctx.has_router else self.rejected
-        counter[reason] += 1
-        log.warning("rejected %s from %s id %d: %s", msg.type, msg.sender, msg.id, detail,
-                    extra={"reason": reason, "sender": msg.sender, "type": msg.type})
-
     def _is_mine(self, create: Create) -> bool:
         ends = self.cfg.ends
         return create.tpe == "M" and (ends is None or create.remote_node in ends)
@@ -160,36 +147,23 @@ class SourceRole:
     def _reply(self, requester: str, message: Ack | Err) -> None:
         self.ctx.bus.publish(self.ctx.topics.reply(requester), message.TYPE, message.to_dict())
 
-    async def _on_cmd(self, topic: Topic, msg: Envelope) -> None:
-        """The node's ``cmd`` handler: CREATEs for this source's link (never raises)."""
-        if msg.type != "CREATE":
-            if self._router_cmd is not None:
-                await self._router_cmd(topic, msg)
-            else:
-                self._count("unknown_command", msg, f"command {msg.type!r}")
-            return
-        try:
-            create = Create.from_dict(msg.body)
-        except ValueError as exc:
-            self._count("bad_body", msg, str(exc))
-            return
-        if not self._is_mine(create):
-            if self._router_cmd is not None:
-                await self._router_cmd(topic, msg)
-                return
-            cid = self._create_ids.allocate()
-            self.creates_total += 1
-            self.creates_unsupp_total += 1
-            log.info("CREATE refused: not for link %s", self.cfg.link, extra={
-                "link": self.cfg.link, "requester": msg.sender, "create_id": cid,
-                "remote_node": create.remote_node, "tpe": create.tpe, "code": "UNSUPP"})
-            self._reply(msg.sender, Err(cid, ErrCode.UNSUPP))
-            return
+    async def _on_create(self, create: Create, msg: Envelope) -> None:
+        """A CREATE for this source's link (the router's ``serve_creates``)."""
         if self.cfg.hmac_key_file is not None and not msg.signed:
-            self._count("unsigned", msg, f"a CREATE for link {self.cfg.link} must be signed "
-                                         f"with the link key")
+            self.ctx.router.count("unsigned", msg, f"a CREATE for link {self.cfg.link} must be "
+                                                   f"signed with the link key")
             return
         await self._serve(create, msg.sender)
+
+    async def _refuse(self, create: Create, msg: Envelope) -> None:
+        """A CREATE no link of this node serves: ERR UNSUPP, counted as the source's."""
+        cid = self._create_ids.allocate()
+        self.creates_total += 1
+        self.creates_unsupp_total += 1
+        log.info("CREATE refused: not for link %s", self.cfg.link, extra={
+            "link": self.cfg.link, "requester": msg.sender, "create_id": cid,
+            "remote_node": create.remote_node, "tpe": create.tpe, "code": "UNSUPP"})
+        self._reply(msg.sender, Err(cid, ErrCode.UNSUPP))
 
     async def _serve(self, create: Create, requester: str) -> None:
         assert self.feu is not None
@@ -237,5 +211,3 @@ class SourceRole:
         extra["source_creates_unsupp_total"] = self.creates_unsupp_total
         if self.chosen is not None:                            # the last CREATE's choice
             extra["source_feu_power_mw"] = self.chosen.power_mw
-        if not self.ctx.has_router:                            # else the node reports the router's
-            record["link_rejected"] = dict(self.rejected)
