@@ -75,14 +75,6 @@ def _mix32(x: int) -> int:
     return x ^ (x >> 16)
 
 
-def _batched(device: Any, commands: list[str]) -> list[Any]:
-    """``commands`` through QDEVICE/1 batches (one round trip per 128)."""
-    out: list[Any] = []
-    for i in range(0, len(commands), 128):
-        out += device.batch(commands[i:i + 128])
-    return out
-
-
 def test_basis(seq: int, fraction: float) -> str | None:
     """The test rule both ends of a link apply: the basis (X, Y or Z) in which pair ``seq`` is
     measured as a test pair, or None when it is not one (a fraction ``fraction`` of all pairs,
@@ -109,7 +101,6 @@ class QubitPool:
         self.name, self._instrument, self.sizes = name, instrument, dict(sizes)
         self.generation = 0
         self._qubits: dict[str, list[int]] = {}
-        self.capacity = 0
 
     def calibrate(self, device: Any) -> None:
         """``*RST`` and ``ALLOC`` every qubit the owners need (QDEVICE/1); raises when the
@@ -124,7 +115,6 @@ class QubitPool:
                                                   "address", "?")))
         device.reset()
         qubits = {owner: [device.alloc() for _ in range(n)] for owner, n in self.sizes.items()}
-        self.capacity = count.capacity
         self._qubits = qubits
         self.generation += 1
 
@@ -337,16 +327,15 @@ class LinkMemory:
             end.consume(t[0] for t in tests)
             self._binding = {b[0] for b in binds}
             self._processed_to = stop
-        commands: list[str] = []
         tq = self._test_qubit()
-        for _, basis, _, t in tests:
-            commands += [f"ENT {tq} {self.link} T{t}", f"MEAS {tq} {basis}"]
-        for _, q, _, t in binds:
-            commands.append(f"ENT {q} {self.link} T{t}")
-        replies: list[Any] = [None] * len(commands)
-        if commands and tq is not None:
+        outcomes: list[int | None] = [None] * len(tests)
+        bells: list[str | None] = [None] * len(binds)
+        if (tests or binds) and tq is not None:
+            measure = [(tq, t, basis) for _, basis, _, t in tests]
+            bind = [(q, t) for _, q, _, t in binds]
             try:
-                replies = await self.pool.call(_batched, commands)
+                outcomes, bells = await self.pool.call(
+                    lambda d: d.pairs_at(self.link, measure=measure, bind=bind))
             except InstrumentError as exc:
                 log.warning("link %s: QDevice batch failed: %s", self.link, exc,
                             extra={"link": self.link, "error": str(exc)})
@@ -354,15 +343,12 @@ class LinkMemory:
         now = service.ctx.now()
         bound_at, bound_wall = time.monotonic(), time.time()
         async with service.lock:
-            for k, (seq, basis, bell, _) in enumerate(tests):
-                ent, meas = replies[2 * k], replies[2 * k + 1]
-                m = int(meas) if isinstance(ent, str) and meas in ("0", "1") else None
+            for (seq, basis, bell, _), m in zip(tests, outcomes, strict=True):
                 self.counts["tests_total" if m is not None else "tests_failed_total"] += 1
                 self._outbox.append((seq, basis, "-" if m is None else str(m)))
                 if m is not None:
                     self._record_own(seq, basis, bell, m)
-            for k, (seq, q, bell, _) in enumerate(binds):
-                reply = replies[2 * len(tests) + k]
+            for (seq, q, bell, _), reply in zip(binds, bells, strict=True):
                 rec = end.pair(seq)
                 if reply != bell or rec is None or rec.status != "live":
                     # ERR (no herald near that time, halves taken), or gone meanwhile

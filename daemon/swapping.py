@@ -3,9 +3,8 @@
 **At the repeater** (:class:`Swapper`). As soon as both of the path's links hold a pair in a
 qubit that the end at the other side holds too (its HELD came: each end binds by itself and
 EXPIREs what it could not bind, so a pair the repeater bound may be gone at the end), the oldest
-of each goes through a Bell-state measurement on the QDevice (QDEVICE/1:
-``CNOT q1 q2``, ``MEAS q1 X``, ``MEAS q2 Z``; after the CNOT, Φ± leave q2 in |0⟩ and Ψ± in |1⟩,
-and q1 in |±⟩, so the Z outcome is the Bell index's x bit and the X outcome its z bit). Both
+of each goes through a Bell-state measurement on the QDevice
+(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both
 pairs leave the links' inventories (consumed at both ends: the SWAP_RES says so) and each end gets
 a :class:`~.ll_messages.SwapResult` on its link's ``ll`` topic, signed with that link's key:
 the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (DESIGN §4; the frame
@@ -50,18 +49,6 @@ log = logging.getLogger("qnode.swap")
 
 #: A path pair's qubit is reused this long (s) after its cut-off, not at once (PathEnd.tick).
 CUTOFF_GUARD_S = 0.1
-
-
-def bell_measurement(device: Any, q1: int, q2: int) -> str:
-    """Bell-state measurement of qubits ``q1``, ``q2`` (module docstring), one batched round
-    trip: the Bell state."""
-    cnot, m1, m2 = device.batch([f"CNOT {q1} {q2}", f"MEAS {q1} X", f"MEAS {q2} Z"])
-    for reply in (cnot, m1, m2):
-        if isinstance(reply, Exception):
-            raise reply
-    if cnot != "OK" or m1 not in ("0", "1") or m2 not in ("0", "1"):
-        raise device._garbled("CNOT;MEAS;MEAS", f"{cnot};{m1};{m2}", "not a BSM's replies")
-    return BELL_STATES[2 * int(m2) + int(m1)]
 
 
 def decay(state: BellDiagonal, waits_s: tuple[float, ...], t1_s: float,
@@ -114,7 +101,7 @@ class Swapper:
             m1.take(b1.seq)
             m2.take(b2.seq)
             try:
-                outcome = await m1.pool.call(bell_measurement, b1.qubit, b2.qubit)
+                outcome = await m1.pool.call(lambda d: d.bell_measurement(b1.qubit, b2.qubit))
             except InstrumentError as exc:
                 self.counts["swaps_failed_total"] += 1
                 log.warning("path %s: Bell-state measurement failed: %s", self.path.id, exc,

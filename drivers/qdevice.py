@@ -293,29 +293,56 @@ class QDevice(Driver):
                 out.append(part)
         return out
 
+    def pairs_at(self, link: str, *, measure: list[tuple[int, int, str]] | None = None,
+                 bind: list[tuple[int, int]] | None = None
+                 ) -> tuple[list[int | None], list[str | None]]:
+        """Work on pairs of ``link`` by herald time in as few round trips as batches allow:
+        for each ``(qubit, time_ps, basis)`` of ``measure``, ``ENT <q> <link> T<ps>`` then
+        ``MEAS <q> <basis>`` — the outcome (0/1), or None where the ENT failed; then for each
+        ``(qubit, time_ps)`` of ``bind``, ``ENT`` — the announced Bell state, or None."""
+        if not _LINK.fullmatch(link):
+            raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
+        measure, bind = measure or [], bind or []
+        commands: list[str] = []
+        for q, t, basis in measure:
+            if basis.upper() not in BASES:
+                raise ValueError(f"basis must be Z, X or Y, got {basis!r}")
+            commands += [f"ENT {_qid(q)} {link} T{int(t)}", f"MEAS {_qid(q)} {basis.upper()}"]
+        commands += [f"ENT {_qid(q)} {link} T{int(t)}" for q, t in bind]
+        replies: list[str | DeviceError] = []
+        for i in range(0, len(commands), MAX_BATCH):
+            replies += self.batch(commands[i:i + MAX_BATCH])
+        outcomes: list[int | None] = []
+        for k in range(len(measure)):
+            ent, meas = replies[2 * k], replies[2 * k + 1]
+            ok = isinstance(ent, str) and meas in ("0", "1")
+            outcomes.append(int(meas) if ok else None)  # type: ignore[arg-type]
+        bells = [r if isinstance(r, str) and r in BELL_STATES else None
+                 for r in replies[2 * len(measure):]]
+        return outcomes, bells
+
     def measure_pairs_at(self, qubit: int, link: str,
                          pairs: list[tuple[int, str]]) -> list[int | None]:
         """Bind ``qubit`` to each pair of ``link`` heralded at ``(time_ps, basis)`` in turn and
-        measure it in that basis (``ENT <q> <link> T<ps>;MEAS <q> <basis>`` per pair, one
-        round trip per 64 pairs): each outcome (0/1), or None where the ENT failed."""
-        q = _qid(qubit)
-        if not _LINK.fullmatch(link):
-            raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
-        out: list[int | None] = []
-        step = MAX_BATCH // 2
-        for i in range(0, len(pairs), step):
-            part = pairs[i:i + step]
-            commands: list[str] = []
-            for t, basis in part:
-                if basis.upper() not in BASES:
-                    raise ValueError(f"basis must be Z, X or Y, got {basis!r}")
-                commands += [f"ENT {q} {link} T{int(t)}", f"MEAS {q} {basis.upper()}"]
-            replies = self.batch(commands)
-            for k in range(len(part)):
-                ent, meas = replies[2 * k], replies[2 * k + 1]
-                ok = isinstance(ent, str) and isinstance(meas, str) and meas in ("0", "1")
-                out.append(int(meas) if ok else None)  # type: ignore[arg-type]
-        return out
+        measure it in that basis (:meth:`pairs_at`): each outcome (0/1), or None where the ENT
+        failed."""
+        return self.pairs_at(link, measure=[(qubit, t, b) for t, b in pairs])[0]
+
+    def bell_measurement(self, q1: int, q2: int) -> str:
+        """Bell-state measurement of ``q1``, ``q2`` in one round trip: ``CNOT q1 q2``,
+        ``MEAS q1 X``, ``MEAS q2 Z``. After the CNOT, Φ± leave q2 in |0⟩ and Ψ± in |1⟩, and q1
+        in |±⟩: the Z outcome is the Bell index's x bit, the X outcome its z bit. The Bell
+        state (``"phi+"`` … ``"psi-"``); DeviceError from the first refused command."""
+        a, b = _qid(q1), _qid(q2)
+        replies = self.batch([f"CNOT {a} {b}", f"MEAS {a} X", f"MEAS {b} Z"])
+        for reply in replies:
+            if isinstance(reply, DeviceError):
+                raise reply
+        cnot, z_bit, x_bit = replies
+        if cnot != "OK" or z_bit not in ("0", "1") or x_bit not in ("0", "1"):
+            raise self._garbled(f"CNOT {a} {b};MEAS {a} X;MEAS {b} Z",
+                                f"{cnot};{z_bit};{x_bit}", "not the replies of a BSM")
+        return BELL_STATES[2 * int(x_bit) + int(z_bit)]  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ internals
     def _exchange(self, command: str) -> str:

@@ -129,3 +129,28 @@ def test_the_swap_estimate_follows_the_density_matrix_through_waits_and_a_bsm():
     frame = pauli_frame("psi+", "psi-", outcome)
     assert abs(model.fidelity(frame) - truth[int(frame)]) < 0.003, (model, truth)
     assert np.allclose(model.as_array(), truth, atol=0.003)
+
+
+def test_the_drivers_bell_measurement_leaves_the_end_pair_in_the_measured_state():
+    """Two pure Φ+ pairs, a BSM on the middle qubits through the driver: by the Pauli-frame
+    rule the end pair is in exactly the Bell state measured (Φ+ ⊕ Φ+ ⊕ c = c)."""
+    seen = set()
+    for seed in range(12):
+        reg = PairRegistry(seed=seed)
+        a, r, b = (QDeviceTwin(QDeviceConfig(n_qubits=2), name=n, registry=reg)
+                   for n in ("a", "r", "b"))
+        reg.herald("L1", 0, (1.0, 0, 0, 0), "phi+")
+        reg.herald("L2", 0, (1.0, 0, 0, 0), "phi+")
+        with r.server() as sr, QDevice(sr.address, timeout_s=2) as dr:
+            a.handle(b"ALLOC"), b.handle(b"ALLOC")
+            q1, q2 = dr.alloc(), dr.alloc()
+            a.handle(b"ENT 0 L1 0"), dr.entangle(q1, "L1", 0)
+            dr.entangle(q2, "L2", 0), b.handle(b"ENT 0 L2 0")
+            outcome = dr.bell_measurement(q1, q2)
+            with pytest.raises(DeviceError):
+                dr.bell_measurement(q1, 5)
+        partner, w = reg.device_pair_truth("a", 0)
+        assert partner == ("b", 0)
+        assert w[("phi+", "phi-", "psi+", "psi-").index(outcome)] == pytest.approx(1.0)
+        seen.add(outcome)
+    assert len(seen) >= 3, seen   # the outcomes are random, each uniform
