@@ -49,7 +49,8 @@ __all__ = [
     "BELL_NAMES", "SUM_TOLERANCE", "Bell", "BellLike", "bell", "xor_convolve",
     "BellDiagonal", "PauliChannel", "apply_channels", "age", "aged_fidelity", "cutoff_ok",
     "cutoff_for_fidelity", "swap", "pauli_frame", "Purified", "PurificationImpossible",
-    "PurificationProtocol", "dejmps", "bbpssw", "purify", "PurificationPlan", "purify_until",
+    "PurificationProtocol", "dejmps", "bbpssw", "purify", "parity_check",
+    "BILATERAL_ROTATIONS", "bilateral_rotation", "PurificationPlan", "purify_until",
     "hashing_yield", "hashing_yield_clamped",
     "dense_coding_capacity", "dense_coding_capacity_clamped",
     "entanglement_assisted_capacity_depolarizing", "unassisted_capacity_depolarizing",
@@ -540,8 +541,41 @@ def _recurrence(k: np.ndarray, m: np.ndarray, big_g: float, eta_a: float,
     return Purified(p, BellDiagonal._from_array(joint / p))
 
 
-#: DEJMPS bilateral rotations Rx(+π/2) (Alice) ⊗ Rx(−π/2) (Bob): Φ− ↔ Ψ−, Φ+ and Ψ+ fixed.
-_DEJMPS_ROTATION = np.array([0, 3, 2, 1])
+def parity_check(kept: BellDiagonal, sacrificed: BellDiagonal, *,
+                 gate_fidelity: float | tuple[float, float] = 1.0,
+                 meas_fidelity: float | tuple[float, float] = 1.0) -> Purified:
+    """The recurrence step without rotations or twirl: bilateral CNOT (``kept`` controls),
+    ``sacrificed`` measured in Z at both ends, kept iff the outcomes agree
+    (:func:`_recurrence`; noise parameters as in :func:`dejmps`). With the inputs as they are
+    after each pair's bilateral rotations (:func:`bilateral_rotation`), this is the exact
+    per-pair model of one round on a QDevice; :func:`dejmps` and :func:`bbpssw` are its
+    averages."""
+    g_a, g_b = _per_side(gate_fidelity, "gate_fidelity")
+    eta_a, eta_b = _per_side(meas_fidelity, "meas_fidelity")
+    return _recurrence(kept.as_array(), sacrificed.as_array(), g_a * g_b, eta_a, eta_b)
+
+
+#: Bilateral rotations R_a(+π/2) ⊗ R_a(∓π/2) (Alice ⊗ Bob; Bob's angle is +π/2 for Y, where
+#: R_y* = R_y) permute the Bell weights [Φ+, Φ−, Ψ+, Ψ−] = errors [I, Z, X, Y]: about X they
+#: swap the Z and Y errors (DEJMPS's rotation), about Y the Z and X errors, about Z the X and
+#: Y errors; Φ+ is fixed by all three. Together they generate every permutation of the three
+#: errors, which is how a round twirls a pair for BBPSSW.
+BILATERAL_ROTATIONS: dict[str, tuple[int, int, int, int]] = {
+    "X": (0, 3, 2, 1), "Y": (0, 2, 1, 3), "Z": (0, 1, 3, 2)}
+
+_DEJMPS_ROTATION = np.array(BILATERAL_ROTATIONS["X"])
+
+
+def bilateral_rotation(state: BellDiagonal, axes: str) -> BellDiagonal:
+    """``state`` (relative to Φ+) after the bilateral rotations about ``axes`` in turn
+    (e.g. ``"XY"``: first X, then Y; :data:`BILATERAL_ROTATIONS`)."""
+    vec = state.as_array()
+    for a in axes:
+        try:
+            vec = vec[list(BILATERAL_ROTATIONS[a])]
+        except KeyError:
+            raise ValueError(f"axes: expected letters X, Y, Z, got {axes!r}") from None
+    return BellDiagonal._from_array(vec)
 
 
 def dejmps(kept: BellDiagonal, sacrificed: BellDiagonal, *,

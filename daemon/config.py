@@ -52,7 +52,11 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     min_tests = 200               # test pairs per basis before the estimate replaces `fidelity`
     readout_error = 0.005         # the QDevice's calibrated read-out error and CNOT fidelity
     gate_fidelity_2q = 0.999
+    gate_fidelity_1q = 0.999      # its single-qubit rotations (purification's estimates)
     delivered_hold_s = 0.1        # a delivered pair's qubit is the application's this long
+    purification = "dejmps"       # a CREATE above the link's fidelity is purified: "dejmps",
+    purification_schedule = "pumping"  # "bbpssw" or "off"; "pumping" or "recurrence"
+    purification_max_rounds = 4   #   (qnode.daemon.purification); more rounds: ERR UNSUPP
 
     [[paths]]                     # end-to-end pairs alice-bob through a repeater's swaps
     id = "alice-bob"              #   (the same table on the ends and the repeater)
@@ -232,7 +236,11 @@ class MemoryConfig:
     ``min_tests`` pairs per basis are in); ``readout_error`` and ``gate_fidelity_2q`` are the
     device's calibrated read-out error and CNOT fidelity (estimates of swaps); a delivered
     pair's qubit is the application's for at least ``delivered_hold_s`` (s) before it is reused
-    (an end-to-end pair's until its cut-off, :mod:`qnode.daemon.swapping`)."""
+    (an end-to-end pair's until its cut-off, :mod:`qnode.daemon.swapping`).
+    ``purification`` (``dejmps``, ``bbpssw`` or ``off``), ``purification_schedule``
+    (``pumping`` or ``recurrence``) and ``purification_max_rounds``: how a K link serves a
+    CREATE whose minimum fidelity is above the link's (:mod:`qnode.daemon.purification`);
+    ``gate_fidelity_1q`` is the device's single-qubit gate fidelity (its rotations)."""
 
     capacity: int = 1000
     max_pair_age_s: float = 1.0
@@ -247,6 +255,10 @@ class MemoryConfig:
     readout_error: float = 0.0
     gate_fidelity_2q: float = 1.0
     delivered_hold_s: float = 0.1
+    gate_fidelity_1q: float = 1.0
+    purification: str = "dejmps"
+    purification_schedule: str = "pumping"
+    purification_max_rounds: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,12 +540,18 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
                             r.file("hmac_key_file", required=False))
 
 
+PURIFICATIONS = ("dejmps", "bbpssw", "off")
+PURIFICATION_SCHEDULES = ("pumping", "recurrence")
+
+
 def _memory(path: str, raw: object,
             instruments: Mapping[str, InstrumentConfig]) -> MemoryConfig:
     r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity",
                                       "restart_policy", "t1_s", "t2_s", "qdevice",
                                       "qubits_per_link", "test_fraction", "min_tests",
-                                      "readout_error", "gate_fidelity_2q", "delivered_hold_s"})
+                                      "readout_error", "gate_fidelity_2q", "delivered_hold_s",
+                                      "gate_fidelity_1q", "purification",
+                                      "purification_schedule", "purification_max_rounds"})
     qdevice = r.string("qdevice", "") or None
     if qdevice is not None and (qdevice not in instruments
                                 or instruments[qdevice].kind != "qdevice"):
@@ -552,7 +570,12 @@ def _memory(path: str, raw: object,
                         r.integer("min_tests", 200, 1, 10**9),
                         r.number("readout_error", 0.0, 0, 0.5),
                         r.number("gate_fidelity_2q", 1.0, 0, 1),
-                        r.number("delivered_hold_s", 0.1, 0, 3600))
+                        r.number("delivered_hold_s", 0.1, 0, 3600),
+                        r.number("gate_fidelity_1q", 1.0, 0, 1),
+                        r.string("purification", "dejmps", choices=PURIFICATIONS),
+                        r.string("purification_schedule", "pumping",
+                                 choices=PURIFICATION_SCHEDULES),
+                        r.integer("purification_max_rounds", 4, 0, 20))
 
 
 def _paths(path: str, raw: object, node_id: str,

@@ -79,14 +79,20 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  telemetry_interval_s: float = 1.0, network: str = NETWORK,
                  memory_fidelity: float = 0.9, max_pair_age_s: float = 2.0,
                  capacity: int = 20_000, quantum_memory: bool = True,
-                 test_fraction: float = 0.1, min_tests: int = 300) -> NetworkPlan:
+                 test_fraction: float = 0.1, min_tests: int = 300, qubits_per_link: int = 2,
+                 purification: str = "dejmps",
+                 purification_schedule: str = "pumping", memory_t1_s: float = 5.0,
+                 memory_t2_s: float = 2.0, memory_readout_error: float = 0.005) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
     ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
     ``quantum_memory``: the memory nodes hold their pairs in the bench's QDevices (with the
     devices' calibrated T1, T2, CNOT fidelity and read-out error), measure ``test_fraction``
     of them as test pairs, and the repeater swaps for the path alice–bob; without it the
-    memories keep every pair in the link layer alone (their QDevices are only supervised)."""
+    memories keep every pair in the link layer alone (their QDevices are only supervised).
+    ``qubits_per_link``, ``purification``, ``purification_schedule``: ``[memory]``'s;
+    ``memory_t1_s``/``memory_t2_s``/``memory_readout_error``: the QDevices' calibration (a
+    bench variant's)."""
     keys = workdir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
 
@@ -117,9 +123,13 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     memory = (f"[memory]\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n"
               f"fidelity = {memory_fidelity}\n")
     if quantum_memory:   # the bench's qdevices: T1 5 s, T2 2 s, CNOT 0.999, read-out 0.005
-        memory += (f"qdevice = \"qmem\"\nqubits_per_link = 2\ntest_fraction = {test_fraction}\n"
-                   f"min_tests = {min_tests}\n"
-                   f"t1_s = 5.0\nt2_s = 2.0\nreadout_error = 0.005\ngate_fidelity_2q = 0.999\n"
+        memory += (f"qdevice = \"qmem\"\nqubits_per_link = {qubits_per_link}\n"
+                   f"test_fraction = {test_fraction}\nmin_tests = {min_tests}\n"
+                   f"t1_s = {memory_t1_s}\nt2_s = {memory_t2_s}\n"
+                   f"readout_error = {memory_readout_error}\n"
+                   f"gate_fidelity_2q = 0.999\n"
+                   f"gate_fidelity_1q = 0.999\npurification = {_toml_str(purification)}\n"
+                   f"purification_schedule = {_toml_str(purification_schedule)}\n"
                    f"\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
                    f"repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
     memory += "\n"
@@ -317,16 +327,17 @@ STATIONS = ("herald1", "herald2", "analyzer-a")  # nodes that herald: stopped fi
 
 
 class DemoNetwork:
-    """The bench and one daemon per node (or per node of ``nodes``), under ``workdir``
-    (configs, keys, state, truth); logs in ``log_dir``. ``plan_options`` go to
-    :func:`plan_network`."""
+    """The bench (``bench``: a variant of the demo's bench file) and one daemon per node (or
+    per node of ``nodes``), under ``workdir`` (configs, keys, state, truth); logs in
+    ``log_dir``. ``plan_options`` go to :func:`plan_network`."""
 
     def __init__(self, workdir: Path, broker_url: str, log_dir: Path, *,
-                 nodes: tuple[str, ...] | None = None, **plan_options: Any):
+                 nodes: tuple[str, ...] | None = None, bench: Path | None = None,
+                 **plan_options: Any):
         self.workdir, self.broker_url, self.log_dir = workdir, broker_url, log_dir
         self.nodes = nodes
         self.plan_options = plan_options
-        self.bench = BenchProcess(bench_config_path(), workdir / "truth.json",
+        self.bench = BenchProcess(bench or bench_config_path(), workdir / "truth.json",
                                   log_dir / "hal_sim.log")
         self.daemons: dict[str, DaemonProcess] = {}
         self.exit_codes: dict[str, int | None] = {}

@@ -41,12 +41,13 @@ from .linklayer import (
     seq_in_range,
     split_actions,
 )
-from .ll_messages import Held, SwapResult, TestOutcomes
+from .ll_messages import Held, Purify, PurifyResult, SwapResult, TestOutcomes
 from .messages import Message as Envelope
 from .topics import Topic
 
 if TYPE_CHECKING:
     from .node import NodeContext
+    from .purification import Purifier
     from .qmemory import LinkMemory
     from .swapping import PathEnd
     from .telemetry import LinkTelemetry
@@ -107,6 +108,8 @@ class LinkService:
         self.memory: LinkMemory | None = None
         #: where a repeater's SWAP_RES for this link goes (a path end, :mod:`.swapping`)
         self.swap_handler: Callable[[SwapResult], Awaitable[None]] | None = None
+        #: serves CREATEs above the link's fidelity by purification (:mod:`.purification`)
+        self.purifier: Purifier | None = None
         #: called after the link's bound pairs may have changed (a repeater's swapper)
         self.listeners: list[Callable[[], None]] = []
         self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
@@ -175,7 +178,7 @@ class LinkService:
                 self.memory.on_held(parsed)
                 for notify in self.listeners:
                     notify()
-                return
+                actions = self.end.serve()
             elif isinstance(parsed, SwapResult) and self.swap_handler is not None:
                 await self.swap_handler(parsed)
                 return
@@ -187,6 +190,9 @@ class LinkService:
 
     async def request(self, create: Create, requester: str) -> None:
         async with self._lock:
+            if self.purifier is not None and self.purifier.needed(create):
+                await self.purifier.request(create, requester)
+                return
             actions = list(self.end.request(create, self.ctx.now()))
             for a in actions:
                 cid = getattr(a, "create_id", None)
@@ -297,6 +303,18 @@ class LinkService:
             if requester is not None:
                 bus.publish(topics.reply(requester), m.TYPE, m.to_dict())
 
+    def deliverable(self, seq: int) -> bool:
+        """May a CREATE be given pair ``seq`` (a node with qubits)? Both ends must hold it
+        (:meth:`.LinkMemory.deliverable`), and at least ``hold_s`` must be left before its
+        cut-off: the peer drops its copy then, and the application should have its half."""
+        if self.memory is None or not self.memory.deliverable(seq):
+            return False
+        if self.max_pair_age_s <= 0:
+            return True
+        accepted = self._accepted_at(seq)
+        return accepted is not None and (
+            self.ctx.now() - accepted <= self.max_pair_age_s - self.hold_s)
+
     def _accepted_at(self, seq: int) -> float | None:
         """When the herald of pair ``seq`` was accepted here (monotonic s), if still known."""
         for lo, n, t in self._batches:
@@ -353,6 +371,8 @@ class LinkService:
         }
         if self.memory is not None:
             t.update(self.memory.telemetry())  # type: ignore[typeddict-item]
+        if self.purifier is not None:
+            t.update(self.purifier.telemetry())  # type: ignore[typeddict-item]
         if lat.size:
             t["herald_latency_ms_p50"] = float(np.percentile(lat, 50))
             t["herald_latency_ms_p99"] = float(np.percentile(lat, 99))
@@ -373,6 +393,7 @@ class LinkRouter:
         self.rejected: collections.Counter[str] = collections.Counter()
         ctx.bus.on("herald", self._on_herald)
         ctx.bus.on("ll", self._on_ll)
+        ctx.bus.on("proto", self._on_proto)
         ctx.bus.on("cmd", self._on_cmd)
 
     def add(self, service: LinkService) -> LinkService:
@@ -407,18 +428,42 @@ class LinkRouter:
             return
         await service.on_herald(msg)
 
-    async def _on_ll(self, topic: Topic, msg: Envelope) -> None:
+    def _peer_message(self, msg: Envelope) -> tuple[Message, LinkService] | None:
+        """Parse a message from a link's peer and find its link; counted and None if either
+        fails (the sender must be the link's peer)."""
         try:
             parsed = message_from_dict({**msg.body, "type": msg.type})
         except ValueError as exc:
             self.count("bad_body", msg, str(exc))
-            return
+            return None
         service = self.services.get(getattr(parsed, "link", ""))
         if service is None or service.peer != msg.sender:
             self.count("unknown_link", msg, f"no link {getattr(parsed, 'link', '')!r} with "
                                              f"{msg.sender}")
+            return None
+        return parsed, service
+
+    async def _on_ll(self, topic: Topic, msg: Envelope) -> None:
+        found = self._peer_message(msg)
+        if found is not None:
+            await found[1].on_peer_message(msg, found[0])
+
+    async def _on_proto(self, topic: Topic, msg: Envelope) -> None:
+        """PURIFY / PURIFY_RES of a link's purification (:mod:`.purification`)."""
+        found = self._peer_message(msg)
+        if found is None:
             return
-        await service.on_peer_message(msg, parsed)
+        parsed, service = found
+        purifier = service.purifier
+        if purifier is None:
+            self.count("unknown_link", msg, f"no purification on link {service.link!r}")
+            return
+        if isinstance(parsed, Purify) and not purifier.leader:
+            await purifier.on_purify(parsed)
+        elif isinstance(parsed, PurifyResult) and purifier.leader:
+            purifier.on_result(parsed)
+        else:
+            self.count("not_a_proto_message", msg, f"{parsed.TYPE} is not for this end")
 
     async def _on_cmd(self, topic: Topic, msg: Envelope) -> None:
         if msg.type != "CREATE":

@@ -261,6 +261,9 @@ class LinkEnd:
             self.set_goodness(goodness)
         self.purposes = None if purposes is None else frozenset(purposes)
         self.measure = measure
+        #: which live pairs a CREATE may be given (None: all); a node with qubits gives only
+        #: the pairs both ends hold in qubits (:mod:`.qmemory`)
+        self.deliverable: Callable[[int], bool] | None = None
         self.create_ids = create_ids if create_ids is not None else CreateIdAllocator()
         # Unwrapped expected_seq: every stored pair lies in [_floor, expected), and _floor is at
         # least expected - max_pair_age (the window rule's last cut).
@@ -410,6 +413,10 @@ class LinkEnd:
         self._requests.append(_Request(cid, create, now))
         return [Ack(cid), *self._serve()]
 
+    def serve(self) -> list[Message]:
+        """OKs for pending requests from pairs that became deliverable since."""
+        return self._serve()
+
     def _ordered_requests(self) -> list[_Request]:
         # EGP strict priority (0 first), FIFO within a priority (stable sort).
         return sorted(self._requests, key=lambda r: r.create.priority)
@@ -433,6 +440,8 @@ class LinkEnd:
             if req is None:
                 continue
             free = np.flatnonzero((run.status == _LIVE) & (run.cid == _NO_CID)).tolist()
+            if self.deliverable is not None:
+                free = [i for i in free if self.deliverable((run.start + i) % SEQ_MOD)]
             for i in free:
                 if not self._give(run, i, req, out):
                     continue

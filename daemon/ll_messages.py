@@ -784,11 +784,71 @@ class SwapResult(_Message):
         _check_float(c, "time", self.time, 0.0)
 
 
+PURIFICATION_PROTOCOLS = ("dejmps", "bbpssw")
+#: A pair's bilateral rotations in a round (``qnode.daemon.bell_diagonal.BILATERAL_ROTATIONS``):
+#: DEJMPS rotates about X; BBPSSW twirls with one of the six permutations of the errors.
+TWIRLS = ("", "X", "Y", "Z", "XY", "YX")
+
+
+@dataclass(frozen=True)
+class Purify(_Message):
+    """PURIFY (the link's leading end → the other end, on ``proto/<peer>``): round ``round`` of
+    ``protocol`` on ``link``: pair ``kept`` keeps, pair ``sacrificed`` (both named by their
+    link sequence numbers) is measured. ``kept_axes``/``sacrificed_axes``: each pair's
+    bilateral rotations (:data:`TWIRLS`). The leader has done its side: ``outcome`` is its Z
+    outcome of the sacrificed qubit, ``time`` (Unix s) when its gates ran."""
+
+    TYPE: ClassVar[str] = "PURIFY"
+    link: str
+    round: int
+    protocol: str
+    kept: int
+    sacrificed: int
+    kept_axes: str
+    sacrificed_axes: str
+    outcome: int
+    time: float
+
+    def __post_init__(self) -> None:
+        c = "Purify"
+        _check_str(c, "link", self.link)
+        _check_int(c, "round", self.round, 0, 0xFFFFFFFF)
+        _check_choice(c, "protocol", self.protocol, PURIFICATION_PROTOCOLS)
+        _check_seq(c, "kept", self.kept)
+        _check_seq(c, "sacrificed", self.sacrificed)
+        if self.kept == self.sacrificed:
+            raise _bad(c, "sacrificed", "a pair other than kept", self.sacrificed)
+        _check_choice(c, "kept_axes", self.kept_axes, TWIRLS)
+        _check_choice(c, "sacrificed_axes", self.sacrificed_axes, TWIRLS)
+        _check_int(c, "outcome", self.outcome, 0, 1)
+        _check_float(c, "time", self.time, 0.0)
+
+
+@dataclass(frozen=True)
+class PurifyResult(_Message):
+    """PURIFY_RES (the other end → the leader): its Z outcome of round ``round``'s sacrificed
+    qubit (``"0"``/``"1"``), or ``"-"`` when it did not hold both pairs (both are then
+    discarded at both ends); ``time``: Unix s when its gates ran."""
+
+    TYPE: ClassVar[str] = "PURIFY_RES"
+    link: str
+    round: int
+    outcome: str
+    time: float
+
+    def __post_init__(self) -> None:
+        c = "PurifyResult"
+        _check_str(c, "link", self.link)
+        _check_int(c, "round", self.round, 0, 0xFFFFFFFF)
+        _check_choice(c, "outcome", self.outcome, ("0", "1", "-"))
+        _check_float(c, "time", self.time, 0.0)
+
+
 Message = (Create | Ack | Ok | Err | Expire | ExpireAck | Herald | TestOutcomes | Held
-           | SwapResult)
+           | SwapResult | Purify | PurifyResult)
 _BY_TYPE: dict[str, type[_Message]] = {
     cls.TYPE: cls for cls in (Create, Ack, Ok, Err, Expire, ExpireAck, Herald, TestOutcomes,
-                              Held, SwapResult)}
+                              Held, SwapResult, Purify, PurifyResult)}
 
 
 def message_from_dict(d: Mapping[str, Any]) -> Message:

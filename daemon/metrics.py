@@ -9,14 +9,17 @@ nothing else to keep up to date. Records of several nodes (``qnode demo`` runs a
 in one process) are exported side by side, told apart by the ``node`` label.
 
 Names follow the Prometheus conventions: prefix ``qnode_``, base units in the name (``_seconds``,
-``_hertz``, ``_celsius``, ``_ratio`` for dimensionless fractions), counters end in ``_total``.
-Telemetry's ``_ms`` and ``_ps`` figures are converted to seconds and ``ppb`` to a ratio. State
-fields are exported as one gauge per possible state with value 1 for the current one (the
-"enum" idiom), so ``qnode_instrument_state{state="degraded"} == 1`` is an alert rule. Labels:
-``node`` on everything, ``link`` on link metrics, ``channel`` on singles, ``instrument`` (and
-``kind``) on instrument health, ``state`` on state gauges; ``link`` type, peer and role are in
-``qnode_link_info``. A field missing from the record (or ``None``, or of the wrong type) is
-simply not exported; a scrape never fails because of a record's content.
+``_hertz``, ``_celsius``, ``_watts``, ``_ratio`` for dimensionless fractions), counters end in
+``_total``. Telemetry's ``_ms`` and ``_ps`` figures are converted to seconds, ``_mw`` to watts and
+``ppb`` to a ratio. State fields are exported as one gauge per possible state with value 1 for the
+current one (the "enum" idiom), so ``qnode_instrument_state{state="degraded"} == 1`` is an alert
+rule. Labels: ``node`` on everything, ``link`` on link metrics, ``path`` on end-to-end path metrics
+(``paths``), ``channel`` on singles, ``instrument`` (and ``kind``) on instrument health, ``state``
+on state gauges, ``fate`` on ``qnode_link_purify_inputs_total``, ``reason`` on rejections; ``link``
+type, peer and role are in ``qnode_link_info``, purification's role, protocol and schedule in
+``qnode_link_purification_info``, a path's role and ends in ``qnode_path_info``. A field missing
+from the record (or ``None``, or of the wrong type) is simply not exported; a scrape never fails
+because of a record's content.
 """
 from __future__ import annotations
 
@@ -35,7 +38,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .telemetry import INSTRUMENT_STATES, NODE_STATES, SCHEMA_VERSION, TRACKER_STATES, Telemetry
+from .telemetry import (
+    INSTRUMENT_STATES,
+    NODE_STATES,
+    POLARISATION_STATES,
+    SCHEMA_VERSION,
+    TRACKER_STATES,
+    Telemetry,
+)
 
 PREFIX = "qnode_"
 
@@ -68,6 +78,18 @@ _NODE_GAUGES: tuple[_Field, ...] = (
      "Pair rate the SPDC source reached at its set point (1/s).", 1.0),
     ("source_temperature_c", "source_temperature_celsius", "Crystal oven temperature (°C).",
      1.0),
+    ("source_pump_power_mw", "source_pump_power_watts", "Pump power read back (W).", 1e-3),
+    ("source_pump_set_point_mw", "source_pump_set_point_watts",
+     "Pump power set point: the configured one, or the FEU's choice for the latest CREATE (W).",
+     1e-3),
+    ("source_feu_power_mw", "source_feu_chosen_power_watts",
+     "Pump power the FEU chose for the latest accepted CREATE (W).", 1e-3),
+    ("source_feu_fidelity", "source_feu_predicted_fidelity_ratio",
+     "Fidelity the FEU predicts for the source's pairs at the pump set point (0..1).", 1.0),
+    ("source_feu_rate_hz", "source_feu_predicted_rate_hertz",
+     "Coincidence rate the FEU predicts at the pump set point (1/s).", 1.0),
+    ("source_feu_max_fidelity", "source_feu_max_fidelity_ratio",
+     "Highest fidelity the FEU predicts within the pump's power limits (0..1).", 1.0),
 )
 _NODE_COUNTERS: tuple[_Field, ...] = (
     ("tags_total", "tags_total", "Time tags ingested.", 1.0),
@@ -75,6 +97,10 @@ _NODE_COUNTERS: tuple[_Field, ...] = (
      "Tag chunks dropped because the pipeline was full.", 1.0),
     ("dropped_tags_total", "dropped_tags_total", "Time tags dropped with those chunks.", 1.0),
     ("role_restarts_total", "role_restarts_total", "Role tasks restarted after a failure.", 1.0),
+    ("source_creates_total", "source_creates_total", "CREATE requests the source handled.", 1.0),
+    ("source_creates_unsupp_total", "source_creates_unsupported_total",
+     "CREATE requests the source refused with ERR UNSUPP (no pump power reaches their "
+     "fidelity, or not for its link).", 1.0),
 )
 _LINK_GAUGES: tuple[_Field, ...] = (
     ("expected_seq", "link_expected_sequence",
@@ -99,12 +125,107 @@ _LINK_GAUGES: tuple[_Field, ...] = (
      "Peer clock frequency relative to own clock, minus one.", 1e-9),
     ("remote_tags_rate_hz", "link_remote_tags_rate_hertz",
      "Peer time tags received over the network per second (1/s).", 1.0),
+    ("secret_fraction", "link_secret_key_fraction",
+     "Asymptotic BBM92 secret fraction 1 - f*h(Q_Z) - h(Q_X), bits per sifted bit (<= 0: no "
+     "key).", 1.0),
+    ("sifted_key_rate_hz", "link_sifted_key_rate_hertz",
+     "Matched-basis (Z-Z, X-X) coincidences per second of tag time (1/s).", 1.0),
+    # polarisation compensation (M counter)
+    ("visibility_reference", "link_polarisation_reference_visibility_ratio",
+     "Visibility the polarisation compensator keeps, measured when it locked (0..1).", 1.0),
+    ("visibility_window", "link_polarisation_window_visibility_ratio",
+     "Visibility of the polarisation compensator's latest window (0..1).", 1.0),
+    ("recalibration_s", "link_polarisation_last_recalibration_seconds",
+     "Duration of the last polarisation recalibration, drop detected to locked (s).", 1.0),
+    # K end with qubits (qmemory.LinkMemory)
+    ("qubits_bound", "link_memory_qubits_bound",
+     "Qubits holding a pair of this link now (bound at this end).", 1.0),
+    ("fidelity_sigma", "link_fidelity_standard_error_ratio",
+     "Standard error of the link's fidelity estimate from test pairs (0..1).", 1.0),
+    # purification (purification.Purifier)
+    ("purify_pairs_held", "link_purify_pairs_held",
+     "Pairs stored for purification now (outputs of rounds, not yet delivered).", 1.0),
+    ("purify_plan_rounds", "link_purify_plan_rounds",
+     "Purification rounds per output pair in the latest plan.", 1.0),
+    ("purify_plan_fidelity", "link_purify_plan_fidelity_ratio",
+     "Fidelity the latest purification plan predicts for its output pairs (0..1).", 1.0),
+    ("purify_plan_pairs_per_output", "link_purify_plan_pairs_per_output",
+     "Link pairs the latest purification plan expects to consume per output pair.", 1.0),
+    ("purify_delivered_fidelity_mean", "link_purify_delivered_fidelity_mean_ratio",
+     "Mean fidelity estimate of the last (up to 1000) purified pairs delivered (0..1).", 1.0),
 )
 _LINK_COUNTERS: tuple[_Field, ...] = (
     ("heralds_total", "link_heralds_total",
      "Successes heralded (station) or heralds accepted (end).", 1.0),
     ("pairs_delivered_total", "link_pairs_delivered_total", "Pairs delivered.", 1.0),
     ("pairs_expired_total", "link_pairs_expired_total", "Pairs expired before delivery.", 1.0),
+    ("unmatched_tags_total", "link_unmatched_tags_total",
+     "Time tags dropped because the other stream was not there (counter: waited > 5 s; "
+     "streamer: the broker backlog was full).", 1.0),
+    ("recalibrations_total", "link_polarisation_recalibrations_total",
+     "Polarisation recalibrations that locked the compensator again.", 1.0),
+    # K end with qubits (qmemory.LinkMemory.counts)
+    ("bound_total", "link_memory_pairs_bound_total", "Link pairs bound into a qubit here.", 1.0),
+    ("bind_failed_total", "link_memory_bind_failures_total",
+     "Binds the QDevice refused (no herald near that time, or the halves were taken).", 1.0),
+    ("tests_total", "link_memory_test_pairs_measured_total",
+     "Test pairs measured here for the fidelity estimate.", 1.0),
+    ("tests_matched_total", "link_memory_test_pairs_matched_total",
+     "Test pairs measured here and matched with the peer's outcome in the same basis.", 1.0),
+    ("tests_failed_total", "link_memory_test_measurements_failed_total",
+     "Test pairs without an outcome (the QDevice batch failed).", 1.0),
+    # purification (purification.Purifier.counts)
+    ("purify_rounds_total", "link_purify_rounds_total",
+     "Purification rounds completed (both ends' outcomes in).", 1.0),
+    ("purify_kept_total", "link_purify_rounds_kept_total",
+     "Purification rounds whose outcomes agreed: the kept pair survived.", 1.0),
+    ("purify_expected_kept", "link_purify_rounds_kept_expected_total",
+     "Sum of the completed rounds' predicted success probabilities: the kept rounds the "
+     "model expects (compare with qnode_link_purify_rounds_kept_total).", 1.0),
+    ("purify_discarded_total", "link_purify_pairs_discarded_total",
+     "Purified pairs discarded: a failed round's kept pair, or a stored pair past the "
+     "cut-off or its extra rounds.", 1.0),
+    ("purify_aborted_total", "link_purify_rounds_aborted_total",
+     "Purification rounds aborted: a pair or the peer's answer missing, or the QDevice "
+     "failed.", 1.0),
+    ("purify_delivered_total", "link_purify_pairs_delivered_total",
+     "Purified pairs delivered to applications.", 1.0),
+    ("purify_refused_total", "link_purify_creates_refused_total",
+     "CREATEs needing purification refused with ERR UNSUPP (no plan reaches the fidelity, "
+     "or this end follows).", 1.0),
+    ("purify_pairs_used_total", "link_purify_pairs_used_total",
+     "Link pairs taken as purification inputs (where they went: "
+     "qnode_link_purify_inputs_total).", 1.0),
+)
+#: purification input pairs by fate: (fate label, telemetry field)
+_PURIFY_INPUT_FATES = (
+    ("delivered", "purify_inputs_delivered_total"), ("failed", "purify_inputs_failed_total"),
+    ("expired", "purify_inputs_expired_total"), ("aborted", "purify_inputs_aborted_total"))
+#: LinkMemory.telemetry()'s fidelity_source: the test-pair estimate or the configured prior
+FIDELITY_SOURCES = ("prior", "tests")
+#: ``paths`` entries: a repeater's Swapper.telemetry() and an end's PathEnd.telemetry()
+_PATH_GAUGES: tuple[_Field, ...] = (
+    ("fidelity_estimate", "path_swap_fidelity_ratio",
+     "The repeater's fidelity estimate of the latest swapped end-to-end pair, at the Bell-state "
+     "measurement (0..1).", 1.0),
+    ("pairs_held", "path_pairs_held", "End-to-end pairs held at this end, not yet delivered.",
+     1.0),
+    ("delivered_fidelity_mean", "path_delivered_fidelity_mean_ratio",
+     "Mean fidelity estimate of the last (up to 1000) end-to-end pairs delivered (0..1).", 1.0),
+)
+_PATH_COUNTERS: tuple[_Field, ...] = (
+    ("swaps_total", "path_swaps_total", "Entanglement swaps (Bell-state measurements) done at "
+     "the repeater.", 1.0),
+    ("swaps_failed_total", "path_swaps_failed_total",
+     "Bell-state measurements that failed on the QDevice (both link pairs expired).", 1.0),
+    ("pairs_received_total", "path_pairs_received_total",
+     "End-to-end pairs received from the repeater's swaps.", 1.0),
+    ("pairs_delivered_total", "path_pairs_delivered_total",
+     "End-to-end pairs delivered to applications.", 1.0),
+    ("pairs_discarded_total", "path_pairs_discarded_total",
+     "End-to-end pairs discarded at the cut-off before delivery.", 1.0),
+    ("swap_orphaned_total", "path_swap_results_orphaned_total",
+     "Swap results for a link pair not held here (dropped).", 1.0),
 )
 #: NodeBus.metrics() keys -> (metric name, help); counters unless noted in _BUS_GAUGES
 _BUS_COUNTERS = {
@@ -228,6 +349,11 @@ def _node_metrics(fam: _Families, node: str, rec: Telemetry) -> None:
                     "replies, device errors).", ilab, _number(health.get("errors_total")))
     for link, lt in sorted(_mapping(rec.get("links")).items()):
         _link_metrics(fam, {**lab, "link": str(link)}, _mapping(lt))
+    for reason, count in sorted(_mapping(rec.get("link_rejected")).items()):
+        fam.counter("link_messages_rejected_total", "Link-layer messages refused after the "
+                    "envelope checks, by reason.", {**lab, "reason": str(reason)}, _number(count))
+    for path, pt in sorted(_mapping(rec.get("paths")).items()):
+        _path_metrics(fam, {**lab, "path": str(path)}, _mapping(pt))
     _bus_metrics(fam, lab, _mapping(rec.get("bus")))
 
 
@@ -241,7 +367,7 @@ def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) ->
         fam.gauge("link_herald_latency_seconds", "Herald latency quantile: receipt time minus "
                   "the chunk's publish time (s).", {**lab, "quantile": q},
                   None if ms is None else ms * 1e-3)
-    for basis in ("z", "x"):
+    for basis in ("z", "x", "y"):
         fam.gauge("link_qber_ratio", "Quantum bit error rate per basis (0..1).",
                   {**lab, "basis": basis}, _number(lt.get(f"qber_{basis}")))
     for bell, key in (("psi+", "psi_plus_total"), ("psi-", "psi_minus_total")):
@@ -249,6 +375,33 @@ def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) ->
                     "station.", {**lab, "bell_state": bell}, _number(lt.get(key)))
     fam.state("link_tracker_state", "1 for the clock tracker's current state.", lab,
               TRACKER_STATES, lt.get("tracker_state"))
+    fam.state("link_fidelity_source", "1 for where the link's fidelity estimate comes from: "
+              "test pairs (tests) or the configured prior.", lab, FIDELITY_SOURCES,
+              lt.get("fidelity_source"))
+    fam.state("link_polarisation_state", "1 for the polarisation compensator's current state "
+              "(calibrating: searching the compensator angle).", lab, POLARISATION_STATES,
+              lt.get("polarisation_state"))
+    purification = ("purify_role", "purify_protocol", "purify_schedule")
+    if any(isinstance(lt.get(k), str) for k in purification):
+        fam.info("link_purification", "Purification on a K link: this end's role (leader "
+                 "or follower), protocol and schedule.", lab,
+                 {k.removeprefix("purify_"): str(lt.get(k, "")) for k in purification})
+    for fate, key in _PURIFY_INPUT_FATES:
+        fam.counter("link_purify_inputs_total", "Link pairs taken by purification, by fate: "
+                    "in delivered pairs, lost in failed rounds, expired in store, or in "
+                    "aborted rounds.", {**lab, "fate": fate}, _number(lt.get(key)))
+
+
+def _path_metrics(fam: _Families, lab: dict[str, str], pt: Mapping[str, Any]) -> None:
+    ends = pt.get("ends")
+    fam.info("path", "An end-to-end path: this node's role on it (repeater or end), its ends "
+             "(repeater) or the remote end (end).", lab, {
+                 "role": str(pt.get("role", "")),
+                 "ends": ",".join(e for e in ends if isinstance(e, str))
+                 if isinstance(ends, list) else "",
+                 "remote": str(pt.get("remote", ""))})
+    _fields(fam, _PATH_GAUGES, pt, lab, counter=False)
+    _fields(fam, _PATH_COUNTERS, pt, lab, counter=True)
 
 
 def _bus_metrics(fam: _Families, lab: dict[str, str], bus: Mapping[str, Any]) -> None:

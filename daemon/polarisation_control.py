@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .cross_node import link_figures
+from .telemetry import POLARISATION_STATES
 
 if TYPE_CHECKING:
     from .config import CompensationConfig
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qnode.polarisation")
 
-STATES = ("referencing", "locked", "calibrating", "unlocked")
+STATES = POLARISATION_STATES
 COARSE_SIGMA = 0.03          # σ of a coarse-scan point's visibility
 MIN_SIFTED = 200             # no measurement from fewer matched-basis coincidences
 PERIOD_DEG = 90.0            # V(θ) of a rotator: a function of 4θ

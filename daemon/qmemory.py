@@ -358,7 +358,7 @@ class LinkMemory:
                 self._held_new.append((seq, bound_wall))
                 self.counts["bound_total"] += 1
             self._binding = set()
-            await service.send(self.expire_unbound(end, now))
+            await service.send(self.expire_unbound(end, now) + end.serve())
             held = self.take_held()
             if held is not None:
                 service.ctx.bus.publish(service.ctx.topics.ll(service.peer), held.TYPE,
@@ -437,6 +437,12 @@ class LinkMemory:
         clocks of the two nodes assumed in sync), 0 if unknown."""
         t = self.peer_held.get(seq)
         return 0.0 if t is None else max(0.0, time.time() - t)
+
+    def deliverable(self, seq: int) -> bool:
+        """May the link give pair ``seq`` to a CREATE? Only if both ends hold it in qubits."""
+        b = self.bound.get(seq)
+        return (b is not None and b.generation == self.pool.generation
+                and seq in self.peer_held)
 
     def confirmed(self) -> list[Bound]:
         """Bound pairs the peer holds too (its HELD came), oldest first."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
 from .link_service import LinkService
+from .purification import Purifier
 from .qmemory import LinkMemory, QubitPool
 from .swapping import PathEnd, Swapper
 
@@ -78,6 +79,10 @@ class MemoryRole:
                                   t2_s=mem.t2_s, prior_fidelity=mem.fidelity,
                                   min_tests=mem.min_tests)
             s.hold_s = mem.delivered_hold_s
+            s.end.deliverable = s.deliverable
+            if mem.purification != "off":
+                s.purifier = Purifier(self.ctx, s, s.memory, mem)
+                s.listeners.append(s.purifier.poke)
 
     def _paths(self) -> None:
         cfg = self.ctx.config
@@ -119,6 +124,8 @@ class MemoryRole:
             out[f"{s.link}:tick"] = self._ticker(s)
             if s.memory is not None:
                 out[f"{s.link}:qubits"] = self._qubit_worker(s)
+            if s.purifier is not None:
+                out[f"{s.link}:purify"] = s.purifier.run
         for sw in self.swappers:
             out[f"{sw.path.id}:swap"] = sw.run
         for end in self.path_ends:

@@ -21,8 +21,10 @@ A CREATE whose ``remote_node`` is the other end is served from the path's pairs,
 with OKs on ``reply/<requester>``: ``link`` = the path id, ``seq`` = the pair id (the same at
 both ends), the frame's Bell state, the estimate now, and the qubit. Each end serves its own
 applications; a delivered qubit is the application's until the pair's cut-off (the far end
-may deliver its copy until then), at least ``[memory].delivered_hold_s``; path pairs older than
-``max_pair_age_s`` are discarded, and their qubits reused a guard time later.
+may deliver its copy until then). A pair is delivered only while at least
+``[memory].delivered_hold_s`` is left before its cut-off, so both ends' applications have their
+halves that long; path pairs older than ``max_pair_age_s`` are discarded, and their qubits
+reused a guard time later.
 """
 from __future__ import annotations
 
@@ -230,6 +232,9 @@ class PathEnd:
             cid, create, who, t0, n = self._requests[0]
             pick = None
             for pid, pair in self.pairs.items():
+                # the far end drops its copy at the cut-off: leave the application its hold
+                if self._cutoff_at(pair, now) - now < self.mem.delivered_hold_s:
+                    continue
                 state = self.estimate(pair, now)
                 if state.fidelity(pair.bell_state) >= create.min_fidelity:
                     pick = (pid, pair, state)
@@ -245,8 +250,7 @@ class PathEnd:
             self.counts["pairs_delivered_total"] += 1
             self.delivered_fidelity.append(goodness)
             # the far end keeps its copy until the cut-off: so does this qubit (+ a guard)
-            self.memory.hold(pair.qubit, max(now + self.mem.delivered_hold_s,
-                                             self._cutoff_at(pair, now) + CUTOFF_GUARD_S))
+            self.memory.hold(pair.qubit, self._cutoff_at(pair, now) + CUTOFF_GUARD_S)
             n += 1
             if n >= create.number:
                 self._requests.pop(0)

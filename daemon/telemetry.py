@@ -118,6 +118,8 @@ TELEMETRY_TYPE = "telemetry"
 NODE_STATES = ("starting", "ready", "degraded", "stopping")
 INSTRUMENT_STATES = ("offline", "connecting", "calibrating", "ready", "degraded")
 TRACKER_STATES = ("LOCKED", "HOLDOVER", "LOST", "ACQUIRING")
+#: An M link's polarisation compensator (:mod:`.polarisation_control`).
+POLARISATION_STATES = ("referencing", "locked", "calibrating", "unlocked")
 _REQUIRED = ("node", "roles", "t", "uptime_s")
 
 

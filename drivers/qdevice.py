@@ -344,6 +344,29 @@ class QDevice(Driver):
                                 f"{cnot};{z_bit};{x_bit}", "not the replies of a BSM")
         return BELL_STATES[2 * int(x_bit) + int(z_bit)]  # type: ignore[arg-type]
 
+    def parity_round(self, kept: int, sacrificed: int,
+                     rotations: list[tuple[int, str, float]]) -> int:
+        """One end's side of a purification round in one round trip: each ``(qubit, axis,
+        angle_rad)`` of ``rotations`` (``ROT``), then ``CNOT kept sacrificed`` and
+        ``MEAS sacrificed Z``. The Z outcome (0/1); DeviceError from the first refused
+        command, GarbledReply when the replies do not answer these commands."""
+        k, s = _qid(kept), _qid(sacrificed)
+        commands = []
+        for q, axis, angle in rotations:
+            if axis.upper() not in AXES or not math.isfinite(angle):
+                raise ValueError(f"rotation must be (qubit, X|Y|Z, finite rad), got "
+                                 f"{(q, axis, angle)!r}")
+            commands.append(f"ROT {_qid(q)} {axis.upper()} {float(angle)!r}")
+        commands += [f"CNOT {k} {s}", f"MEAS {s} Z"]
+        replies = self.batch(commands)
+        for reply in replies:
+            if isinstance(reply, DeviceError):
+                raise reply
+        if any(r != "OK" for r in replies[:-1]) or replies[-1] not in ("0", "1"):
+            raise self._garbled(";".join(commands), ";".join(map(str, replies)),
+                                "not the replies of a purification round")
+        return int(replies[-1])  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ internals
     def _exchange(self, command: str) -> str:
         """One request, one reply line; ``ERR`` → DeviceError with the device's code."""

@@ -505,6 +505,22 @@ def test_oks_fifo_priority_fidelity_and_non_consecutive():
     assert [o.create_id for o in oks] == [a4.create_id]
 
 
+def test_only_deliverable_pairs_are_given_and_serve_hands_them_out_later():
+    """With qubits, a CREATE gets only pairs both ends hold (``deliverable``); a pair that
+    becomes deliverable later is handed out by ``serve()``."""
+    alice, _ = pair_ends(goodness=0.8)
+    held: set[int] = {1}
+    alice.deliverable = held.__contains__
+    entries = tuple(HeraldEntry(s, "psi-", 100 * s) for s in range(3))
+    alice.on_herald(Herald.from_entries(LINK, 0, entries, 3), 0.1)
+    ack, ok = alice.request(Create("bob", 0.5, 0, 1, 1), 0.2)
+    assert ok.seq == 1                                   # not 0: no qubit holds it
+    (ack,) = alice.request(Create("bob", 0.5, 0, 1, 1), 0.3)
+    assert alice.serve() == []
+    held.add(2)
+    assert [(o.create_id, o.seq) for o in alice.serve()] == [(ack.create_id, 2)]
+
+
 def test_non_consecutive_reservation_released_when_a_reserved_pair_expires():
     alice, _ = pair_ends()
     (a,) = alice.request(Create("bob", 0.5, 0, 1, 2, consecutive=False), 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -201,3 +202,208 @@ def test_taken_port_is_a_clear_error(exporter: PrometheusExporter) -> None:
     other = PrometheusExporter(exporter.port, "127.0.0.1")
     with pytest.raises(OSError, match=f"127.0.0.1:{exporter.port}"):
         other.start()
+
+
+def quantum_record() -> Telemetry:
+    """A memory node with qubits and purification on its K link, a compensated M link, a path
+    it is an end of and one it repeats, and a source with an FEU."""
+    return validate({
+        "v": SCHEMA_VERSION, "node": "alice", "roles": ["memory", "analyzer", "source"], "t": T,
+        "uptime_s": 10.0,
+        "links": {
+            "alice-rep": {
+                "type": "K", "peer": "repeater", "role": "end", "fidelity_estimate": 0.93,
+                # qmemory.LinkMemory.telemetry()
+                "bound_total": 500, "bind_failed_total": 7, "tests_total": 300,
+                "tests_matched_total": 250, "tests_failed_total": 2, "qubits_bound": 3,
+                "fidelity_source": "tests", "fidelity_sigma": 0.0125, "qber_x": 0.03,
+                "qber_y": 0.04, "qber_z": 0.02, "tests_per_basis": [250, 80, 90, 80],
+                # purification.Purifier.telemetry(); purify_inputs_aborted_total left out
+                "purify_role": "leader", "purify_protocol": "dejmps",
+                "purify_schedule": "pumping", "purify_rounds_total": 40,
+                "purify_kept_total": 30, "purify_discarded_total": 12,
+                "purify_aborted_total": 1, "purify_delivered_total": 20,
+                "purify_inputs_delivered_total": 45, "purify_refused_total": 2,
+                "purify_pairs_used_total": 70, "purify_inputs_failed_total": 20,
+                "purify_inputs_expired_total": 3, "purify_expected_kept": 29.5,
+                "purify_pairs_held": 2, "purify_plan_rounds": 2, "purify_plan_fidelity": 0.97,
+                "purify_plan_pairs_per_output": 2.75, "purify_delivered_fidelity_mean": 0.965},
+            "alice-bob": {
+                "type": "M", "peer": "bob", "role": "counter", "secret_fraction": -0.25,
+                "sifted_key_rate_hz": 700.5, "unmatched_tags_total": 1234,
+                # polarisation_control.PolarisationController.telemetry()
+                "polarisation_state": "calibrating", "calibrating": True,
+                "compensator_angle_deg": 12.5, "visibility_reference": 0.97,
+                "visibility_window": 0.875, "recalibrations_total": 4, "recalibration_s": 42.5},
+        },
+        "link_rejected": {"bad_herald": 3, "bad_body": 1},
+        "paths": {
+            "alice-carol": {"role": "end", "remote": "carol", "pairs_received_total": 60,
+                            "pairs_delivered_total": 50, "pairs_discarded_total": 8,
+                            "swap_orphaned_total": 1, "pairs_held": 2,
+                            "delivered_fidelity_mean": 0.8125},
+            "bob-dave": {"role": "repeater", "ends": ["bob", "dave"], "swaps_total": 90,
+                         "swaps_failed_total": 4, "bsm_outcomes": {"00": 90},
+                         "fidelity_estimate": 0.84},
+        },
+        # role_source.SourceRole.fill_telemetry()
+        "source_pump_power_mw": 12.5, "source_pump_set_point_mw": 12.5,
+        "source_feu_power_mw": 12.5, "source_feu_rate_hz": 3000.0,
+        "source_feu_fidelity": 0.955, "source_feu_max_fidelity": 0.975,
+        "source_creates_total": 5, "source_creates_unsupp_total": 2,
+    })
+
+
+def test_memory_purification_path_and_source_metrics(exporter: PrometheusExporter) -> None:
+    exporter.update(quantum_record())
+    s = scrape(exporter)
+    a = {"node": "alice"}
+    k, m = {**a, "link": "alice-rep"}, {**a, "link": "alice-bob"}
+
+    # quantum memory of the K link
+    assert value(s, "qnode_link_memory_qubits_bound", **k) == 3
+    assert value(s, "qnode_link_fidelity_standard_error_ratio", **k) == 0.0125
+    assert value(s, "qnode_link_fidelity_source", **k, state="tests") == 1
+    assert value(s, "qnode_link_fidelity_source", **k, state="prior") == 0
+    assert value(s, "qnode_link_qber_ratio", **k, basis="y") == 0.04
+    assert value(s, "qnode_link_qber_ratio", **k, basis="x") == 0.03
+    assert value(s, "qnode_link_qber_ratio", **k, basis="z") == 0.02
+    assert value(s, "qnode_link_memory_pairs_bound_total", **k) == 500
+    assert value(s, "qnode_link_memory_bind_failures_total", **k) == 7
+    assert value(s, "qnode_link_memory_test_pairs_measured_total", **k) == 300
+    assert value(s, "qnode_link_memory_test_pairs_matched_total", **k) == 250
+    assert value(s, "qnode_link_memory_test_measurements_failed_total", **k) == 2
+
+    # purification
+    assert value(s, "qnode_link_purification_info", **k, role="leader", protocol="dejmps",
+                 schedule="pumping") == 1
+    assert value(s, "qnode_link_purify_rounds_total", **k) == 40
+    assert value(s, "qnode_link_purify_rounds_kept_total", **k) == 30
+    assert value(s, "qnode_link_purify_rounds_kept_expected_total", **k) == 29.5
+    assert value(s, "qnode_link_purify_pairs_discarded_total", **k) == 12
+    assert value(s, "qnode_link_purify_rounds_aborted_total", **k) == 1
+    assert value(s, "qnode_link_purify_pairs_delivered_total", **k) == 20
+    assert value(s, "qnode_link_purify_creates_refused_total", **k) == 2
+    assert value(s, "qnode_link_purify_pairs_used_total", **k) == 70
+    fates = {dict(labels)["fate"]: v for (name, labels), v in s.items()
+             if name == "qnode_link_purify_inputs_total"}
+    assert fates == {"delivered": 45, "failed": 20, "expired": 3}  # "aborted": not in record
+    assert value(s, "qnode_link_purify_pairs_held", **k) == 2
+    assert value(s, "qnode_link_purify_plan_rounds", **k) == 2
+    assert value(s, "qnode_link_purify_plan_fidelity_ratio", **k) == 0.97
+    assert value(s, "qnode_link_purify_plan_pairs_per_output", **k) == 2.75
+    assert value(s, "qnode_link_purify_delivered_fidelity_mean_ratio", **k) == 0.965
+
+    # the M link: key and polarisation compensation
+    assert value(s, "qnode_link_secret_key_fraction", **m) == -0.25
+    assert value(s, "qnode_link_sifted_key_rate_hertz", **m) == 700.5
+    assert value(s, "qnode_link_unmatched_tags_total", **m) == 1234
+    assert value(s, "qnode_link_polarisation_state", **m, state="calibrating") == 1
+    assert value(s, "qnode_link_polarisation_state", **m, state="locked") == 0
+    assert value(s, "qnode_link_polarisation_reference_visibility_ratio", **m) == 0.97
+    assert value(s, "qnode_link_polarisation_window_visibility_ratio", **m) == 0.875
+    assert value(s, "qnode_link_polarisation_recalibrations_total", **m) == 4
+    assert value(s, "qnode_link_polarisation_last_recalibration_seconds", **m) == 42.5
+    assert value(s, "qnode_link_messages_rejected_total", **a, reason="bad_herald") == 3
+    assert value(s, "qnode_link_messages_rejected_total", **a, reason="bad_body") == 1
+
+    # paths: an end and a repeater
+    end, rep = {**a, "path": "alice-carol"}, {**a, "path": "bob-dave"}
+    assert value(s, "qnode_path_info", **end, role="end", ends="", remote="carol") == 1
+    assert value(s, "qnode_path_info", **rep, role="repeater", ends="bob,dave",
+                 remote="") == 1
+    assert value(s, "qnode_path_pairs_received_total", **end) == 60
+    assert value(s, "qnode_path_pairs_delivered_total", **end) == 50
+    assert value(s, "qnode_path_pairs_discarded_total", **end) == 8
+    assert value(s, "qnode_path_swap_results_orphaned_total", **end) == 1
+    assert value(s, "qnode_path_pairs_held", **end) == 2
+    assert value(s, "qnode_path_delivered_fidelity_mean_ratio", **end) == 0.8125
+    assert value(s, "qnode_path_swaps_total", **rep) == 90
+    assert value(s, "qnode_path_swaps_failed_total", **rep) == 4
+    assert value(s, "qnode_path_swap_fidelity_ratio", **rep) == 0.84
+    assert ("qnode_path_swaps_total", frozenset(end.items())) not in s
+
+    # the source's FEU (mW -> W)
+    assert value(s, "qnode_source_pump_power_watts", **a) == pytest.approx(12.5e-3)
+    assert value(s, "qnode_source_pump_set_point_watts", **a) == pytest.approx(12.5e-3)
+    assert value(s, "qnode_source_feu_chosen_power_watts", **a) == pytest.approx(12.5e-3)
+    assert value(s, "qnode_source_feu_predicted_fidelity_ratio", **a) == 0.955
+    assert value(s, "qnode_source_feu_predicted_rate_hertz", **a) == 3000.0
+    assert value(s, "qnode_source_feu_max_fidelity_ratio", **a) == 0.975
+    assert value(s, "qnode_source_creates_total", **a) == 5
+    assert value(s, "qnode_source_creates_unsupported_total", **a) == 2
+
+    # nothing purification- or memory-related on the M link, no polarisation on the K link
+    assert not any(name.startswith(("qnode_link_purif", "qnode_link_memory_"))
+                   and dict(labels)["link"] == "alice-bob" for name, labels in s)
+    assert not any(name == "qnode_link_polarisation_state" and dict(labels)["link"] ==
+                   "alice-rep" for name, labels in s)
+
+
+def test_new_metrics_types_and_odd_values(exporter: PrometheusExporter) -> None:
+    rec = quantum_record()
+    exporter.update(rec)
+    with urllib.request.urlopen(exporter.url, timeout=10) as resp:
+        text = resp.read().decode()
+    declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(declared) == len(set(declared))  # no gauge and counter share a family name
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert {"qnode_link_memory_pairs_bound", "qnode_link_purify_inputs",
+            "qnode_link_purify_rounds_kept_expected", "qnode_path_swaps",
+            "qnode_link_polarisation_recalibrations", "qnode_source_creates"} <= {
+        n for n, t in types.items() if t == "counter"}
+    assert types["qnode_link_purify_plan_rounds"] == "gauge"
+    assert types["qnode_link_fidelity_source"] == "gauge"
+    # info metrics: a gauge of value 1 in the text format
+    assert types["qnode_link_purification_info"] == types["qnode_path_info"] == "gauge"
+
+    # missing, None, wrong-typed and unknown values
+    links, paths = cast(dict[str, Any], rec["links"]), cast(dict[str, Any], rec["paths"])
+    lt = links["alice-rep"]
+    for key in ("purify_role", "purify_protocol", "purify_schedule", "qber_y"):
+        del lt[key]
+    lt["purify_inputs_failed_total"] = None
+    lt["qubits_bound"] = "three"
+    lt["fidelity_source"] = "bayes"
+    links["alice-bob"]["polarisation_state"] = None
+    paths["bob-dave"] = "oops"
+    exporter.update(rec)
+    s = scrape(exporter)
+    k = {"node": "alice", "link": "alice-rep"}
+    names = {name for name, _ in s}
+    assert "qnode_link_purification_info" not in names
+    assert "qnode_link_memory_qubits_bound" not in names
+    assert "qnode_link_polarisation_state" not in names
+    assert {dict(labels)["fate"] for name, labels in s
+            if name == "qnode_link_purify_inputs_total"} == {"delivered", "expired"}
+    assert ("qnode_link_qber_ratio", frozenset({**k, "basis": "y"}.items())) not in s
+    assert value(s, "qnode_link_fidelity_source", **k, state="bayes") == 1
+    assert value(s, "qnode_link_fidelity_source", **k, state="tests") == 0
+    # a path that is not a mapping: its info only, no figures
+    assert value(s, "qnode_path_info", node="alice", path="bob-dave", role="", ends="",
+                 remote="") == 1
+    assert ("qnode_path_swaps_total", frozenset({"node": "alice", "path": "bob-dave"}.items())
+            ) not in s
+
+
+def test_every_counter_of_memory_purification_and_paths_is_exported() -> None:
+    """The counts dicts of LinkMemory, Purifier, Swapper and PathEnd: all in the tables (a
+    counter added there fails here until it is exported)."""
+    import inspect
+    import re
+
+    from qnode.daemon import metrics
+    from qnode.daemon.purification import Purifier
+    from qnode.daemon.qmemory import LinkMemory
+    from qnode.daemon.swapping import PathEnd, Swapper
+
+    def counts(cls: type) -> set[str]:
+        src = inspect.getsource(cls.__init__)  # type: ignore[misc]
+        block = src[src.index("self.counts = {"):]
+        return set(re.findall(r'"(\w+)"', block[:block.index("}") + 1]))
+
+    link = {f for f, *_ in metrics._LINK_COUNTERS} | {
+        f for _, f in metrics._PURIFY_INPUT_FATES}
+    assert counts(LinkMemory) <= link
+    assert counts(Purifier) <= link
+    assert counts(Swapper) | counts(PathEnd) <= {f for f, *_ in metrics._PATH_COUNTERS}

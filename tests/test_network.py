@@ -79,7 +79,7 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     assert all(r[-1]["state"] == "ready" for r in records.values())
     assert all(r[-1]["role_restarts_total"] == 0 for r in records.values()), logs
     # the memories' QDevices are supervised instruments, read over QDEVICE/1
-    for node, n in (("alice", 4), ("repeater", 6), ("bob", 4)):
+    for node, n in (("alice", 4), ("repeater", 8), ("bob", 4)):
         last = records[node][-1]
         assert {i["state"] for i in last["instruments"].values()} == {"ready"}
         assert last["memory_qubits"] == n and last["memory_qubits_free"] == n

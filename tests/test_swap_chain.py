@@ -12,36 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import numpy as np
 import pytest
 
-from qnode.daemon.bell_diagonal import PauliChannel, xor_convolve
+from qnode.daemon.bell_diagonal import xor_convolve
 from qnode.daemon.bus import NodeBus
 from qnode.daemon.demo import DemoNetwork
 from qnode.daemon.ll_messages import BELL_STATES, Create
-from qnode.daemon.messages import decode
-from qnode.daemon.topics import Topics, parse_topic
+from qnode.daemon.topics import Topics
 
 from mosquitto import Mosquitto
+from oracle import Truth, telemetry_until, undo_decay
 
 CHAIN = ("herald1", "herald2", "alice", "repeater", "bob")
 LINKS = {"alice": "alice-repeater", "bob": "repeater-bob"}
 #: wait for each link's test-pair estimate to reach this standard error before asking
 SIGMA_TARGET = 0.002
 PAIRS = 40
-
-
-def undo_decay(weights: np.ndarray, wait_s: float) -> np.ndarray:
-    """The Bell weights ``wait_s`` earlier: both halves' T1/T2 Pauli channel (the bench's
-    memories: 5 s, 2 s) undone. The oracle is read a few ms after alice estimated the pair;
-    this takes the truth back to the moment of the estimate (the per-half model is checked
-    against the density matrix in test_qmemory)."""
-    ch = PauliChannel.from_t1_t2(wait_s, 5.0, 2.0).probabilities
-    conv = np.array([[ch[i ^ j] for j in range(4)] for i in range(4)])   # λ' = conv @ λ
-    return np.linalg.solve(conv, np.linalg.solve(conv, weights))
 
 
 def over_bsm_errors(weights: np.ndarray) -> np.ndarray:
@@ -53,48 +42,6 @@ def over_bsm_errors(weights: np.ndarray) -> np.ndarray:
     eta, g = 1.0 - 0.005, 0.999
     mixed = xor_convolve(weights, (eta * eta, eta * (1 - eta), eta * (1 - eta), (1 - eta) ** 2))
     return g * mixed + (1.0 - g) / 4.0
-
-
-class Truth:
-    """The bench's registry oracle (one TCP connection, line protocol)."""
-
-    def __init__(self, address: str):
-        host, port = address.removeprefix("socket://").rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=5)
-        self.buf = b""
-
-    def pair(self, device: str, qubit: int) -> tuple[str, np.ndarray]:
-        self.sock.sendall(f"SIM:PAIR? {device} {qubit}\n".encode())
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            assert chunk, "the oracle closed the connection"
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        fields = line.decode().split()
-        assert fields[0] != "ERR", line
-        return fields[0], np.array([float(x) for x in fields[1:]])
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-async def _telemetry_until(port: int, done, timeout_s: float) -> dict[str, dict]:
-    import aiomqtt
-
-    latest: dict[str, dict] = {}
-    try:
-        async with aiomqtt.Client("127.0.0.1", port) as client:
-            await client.subscribe("qnet/v1/demo/+/telemetry")
-            async with asyncio.timeout(timeout_s):
-                async for m in client.messages:
-                    msg = decode(bytes(m.payload), parse_topic(str(m.topic)))
-                    latest[msg.sender] = msg.body
-                    if done(latest):
-                        return latest
-    except TimeoutError:
-        pass
-    links = {n: r.get("links") for n, r in latest.items() if n in LINKS or n == "repeater"}
-    raise AssertionError(f"telemetry never showed the condition: {json.dumps(links)[:3000]}")
 
 
 def _estimates_ready(latest: dict[str, dict]) -> bool:
@@ -122,11 +69,15 @@ async def _ask(port: int, truth: Truth) -> tuple[list[dict], list[tuple[str, np.
             assert msg.type == "ACK", (msg.type, msg.body)
             return
         if msg.sender == "alice":
-            partner, w = await asyncio.to_thread(truth.pair, "alice", msg.body["qubit"])
+            try:
+                partner, w = await asyncio.to_thread(truth.pair, "alice", msg.body["qubit"])
+            except AssertionError as exc:
+                alice_ok.put_nowait(f"alice's OK {msg.body}, but the oracle: {exc}")
+                return
             lag = max(0.0, time.time() - msg.ts)
             truths.append((partner, undo_decay(w, lag)))
             oks.append(msg.body)
-            alice_ok.put_nowait(None)
+            alice_ok.put_nowait("")
         else:
             bob_oks.append(msg.body)
             if len(bob_oks) >= PAIRS:
@@ -140,10 +91,18 @@ async def _ask(port: int, truth: Truth) -> tuple[list[dict], list[tuple[str, np.
         await app.wait_connected(10)
         app.publish("qnet/v1/demo/bob/cmd", "CREATE",
                     Create("alice", 0.0, 0, 7, PAIRS).to_dict())
-        for _ in range(PAIRS):
+        for k in range(PAIRS):
             app.publish("qnet/v1/demo/alice/cmd", "CREATE", Create("bob", 0.0, 0, 7, 1).to_dict())
-            await asyncio.wait_for(alice_ok.get(), 30)
-        await asyncio.wait_for(bob_done.wait(), 60)
+            try:
+                failure = await asyncio.wait_for(alice_ok.get(), 30)
+            except TimeoutError:
+                raise AssertionError(f"alice's pair {k + 1} of {PAIRS}: no OK in 30 s "
+                                     f"(bob has {len(bob_oks)})") from None
+            assert not failure, failure
+        try:
+            await asyncio.wait_for(bob_done.wait(), 60)
+        except TimeoutError:
+            raise AssertionError(f"bob has {len(bob_oks)} of {PAIRS} pairs after 60 s") from None
     finally:
         await app.close()
         await runner
@@ -156,18 +115,22 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=CHAIN, max_pair_age_s=1.0,
                           test_fraction=0.1)
+        failure = None
         try:
             await asyncio.to_thread(net.start)
             truth = Truth(net.addresses["qdevice-truth"])
-            before = await _telemetry_until(broker.port, _estimates_ready, 240)
+            before = await telemetry_until(broker.port, _estimates_ready, 240)
             oks, truths, bob_oks = await _ask(broker.port, truth)
-            after = await _telemetry_until(
+            after = await telemetry_until(
                 broker.port, lambda t: "paths" in t.get("repeater", {}), 20)
             truth.close()
+        except AssertionError as exc:
+            failure = exc
         finally:
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}"
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}"
                      for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert failure is None, f"{failure}\n{logs}"
     assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
 
     reported = np.array([o["goodness"] for o in oks])
