@@ -284,6 +284,7 @@ class PairRegistry:
         self._devices: dict[str, Callable[[int], None] | None] = {}
         self._bound: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._remember = int(remember_bound)
+        self._bound_at: dict[QubitKey, float] = {}   # time.monotonic() of each key's last bind
 
     # ------------------------------------------------------------------ heralds
     def attach(self, device: str, touch: Callable[[int], None] | None = None) -> None:
@@ -311,6 +312,14 @@ class PairRegistry:
                     raise QDeviceFault(ERR_QUBIT, f"{device} qubit {qubit} is not allocated"
                                        ) from None
             return self.pair_truth(key)
+
+    def bound_for(self, key: QubitKey) -> float | None:
+        """Real seconds since ``key`` was last bound to a heralded pair (its last ``ENT``), or
+        None if it never was. Tests use it to tell the pair a node handed out from a later
+        one bound to the same qubit."""
+        with self.lock:
+            at = self._bound_at.get(key)
+            return None if at is None else time.monotonic() - at
 
     def pair_truth(self, key: QubitKey) -> tuple[QubitKey, np.ndarray]:
         """Ground truth for tests: the partner of ``key`` — the other qubit of its two-qubit
@@ -492,6 +501,7 @@ class PairRegistry:
         reg = self._where.pop(half)
         reg.keys[reg.keys.index(half)] = key
         self._where[key] = reg
+        self._bound_at[key] = time.monotonic()
         pair.bound += 1
         if pair.bound == 2:
             del self._pairs[pid]
@@ -827,8 +837,10 @@ def _truth_reply(other: QubitKey, weights: np.ndarray) -> str:
 class RegistryOracle(WireDevice):
     """Ground truth of a :class:`PairRegistry` on its own wire, for tests of a running network
     (a twin's TCP port serves one client, its node): ``SIM:PAIR? <device> <q>`` answers as a
-    twin's ``SIM:PAIR? <q>`` (module docstring); ``*IDN?``. Simulator-only: no real memory has
-    it, and the daemon never uses it."""
+    twin's ``SIM:PAIR? <q>`` (module docstring); ``SIM:BOUND? <device> <q>``: the real seconds
+    since the qubit's last ``ENT`` (``-`` if none: a test that reads a delivered pair late
+    learns that the qubit holds a newer pair); ``*IDN?``. Simulator-only: no real memory has
+    them, and the daemon never uses them."""
 
     reply_terminator = b"\n"
 
@@ -842,11 +854,17 @@ class RegistryOracle(WireDevice):
         tokens = request.decode("ascii", errors="replace").split()
         if tokens[:1] == ["*IDN?"]:
             return b"QNODE,QDEVICE-SIM-TRUTH,registry,1.0\n"
-        if len(tokens) != 3 or tokens[0].upper() != "SIM:PAIR?" or not _UINT.fullmatch(
-                tokens[2]):
-            return _err(ERR_SYNTAX, "usage: SIM:PAIR? <device> <qubit>")
+        query = tokens[0].upper() if tokens else ""
+        if (len(tokens) != 3 or query not in ("SIM:PAIR?", "SIM:BOUND?")
+                or not _UINT.fullmatch(tokens[2])):
+            return _err(ERR_SYNTAX, "usage: SIM:PAIR? <device> <qubit> | "
+                                    "SIM:BOUND? <device> <qubit>")
+        device, qubit = tokens[1], int(tokens[2])
+        if query == "SIM:BOUND?":
+            bound = self.registry.bound_for((device, qubit))
+            return ("-\n" if bound is None else f"{bound:.6f}\n").encode("ascii")
         try:
-            reply = _truth_reply(*self.registry.device_pair_truth(tokens[1], int(tokens[2])))
+            reply = _truth_reply(*self.registry.device_pair_truth(device, qubit))
         except QDeviceFault as fault:
             return _err(fault.code, fault.text)
         return (reply + "\n").encode("ascii")

@@ -1,11 +1,13 @@
 """What network tests read: the bench's registry oracle (the true state of a QDevice qubit's
-pair, ``SIM:PAIR?``, simulator only), the memories' decay undone for the oracle's query lag,
-and the nodes' telemetry."""
+pair, ``SIM:PAIR?``, simulator only, and when the qubit was bound to it), the memories' decay
+undone for the oracle's query lag, and the nodes' telemetry."""
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +27,45 @@ def undo_decay(weights: np.ndarray, wait_s: float, t1_s: float = 5.0,
     return np.linalg.solve(conv, np.linalg.solve(conv, weights))
 
 
+#: A delivered pair's qubit is the application's for at least this (s) after its OK
+#: (``[memory].delivered_hold_s``); a node binding a newer pair to it sooner breaks that.
+DELIVERED_HOLD_S = 0.1
+#: Clock slack (s) of that check: the hold starts a moment before the OK is sent.
+HOLD_SLACK_S = 0.01
+
+
+@dataclass
+class Reading:
+    """What the oracle said of one qubit: its partner (``device:qubit`` or ``-``) and the
+    pair's Bell weights [Φ+, Φ−, Ψ+, Ψ−] now, or why it holds no pair (``error``); and the
+    Unix times (s) between which the qubit was last bound (``ENT``) to a pair (the query's
+    round trip; None if never)."""
+
+    partner: str | None
+    weights: np.ndarray | None
+    error: str | None
+    bound_between: tuple[float, float] | None
+
+    def rebound_after(self, ok_ts: float) -> float | None:
+        """Seconds after an OK sent at Unix ``ok_ts`` at which the qubit was bound to a newer
+        pair (the OK's pair is gone: the test read it too late), or None: it still holds the
+        pair the OK named. AssertionError when that was sooner than the node's promised hold
+        (:data:`DELIVERED_HOLD_S`)."""
+        if self.bound_between is None or self.bound_between[0] <= ok_ts:
+            return None
+        earliest, latest = (t - ok_ts for t in self.bound_between)
+        assert latest >= DELIVERED_HOLD_S - HOLD_SLACK_S, (
+            f"the qubit was bound to a newer pair {earliest:.3f}-{latest:.3f} s after the OK "
+            f"handed it out, within the {DELIVERED_HOLD_S} s the application holds it")
+        return earliest
+
+    def pair(self) -> tuple[str, np.ndarray]:
+        """(partner, weights); AssertionError with the oracle's answer when there is no pair."""
+        assert self.error is None, self.error
+        assert self.partner is not None and self.weights is not None
+        return self.partner, self.weights
+
+
 class Truth:
     """The bench's registry oracle (one TCP connection, line protocol)."""
 
@@ -33,16 +74,27 @@ class Truth:
         self.sock = socket.create_connection((host, int(port)), timeout=5)
         self.buf = b""
 
-    def pair(self, device: str, qubit: int) -> tuple[str, np.ndarray]:
-        self.sock.sendall(f"SIM:PAIR? {device} {qubit}\n".encode())
+    def _line(self) -> str:
         while b"\n" not in self.buf:
             chunk = self.sock.recv(4096)
             assert chunk, "the oracle closed the connection"
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        fields = line.decode().split()
-        assert fields[0] != "ERR", line
-        return fields[0], np.array([float(x) for x in fields[1:]])
+        return line.decode()
+
+    def read(self, device: str, qubit: int) -> Reading:
+        """The truth of ``device``'s qubit ``qubit`` now, and when it was bound (one write:
+        the oracle answers both queries back to back)."""
+        sent = time.time()
+        self.sock.sendall(f"SIM:PAIR? {device} {qubit}\nSIM:BOUND? {device} {qubit}\n".encode())
+        pair, bound = self._line(), self._line()
+        received = time.time()
+        assert not bound.startswith("ERR"), bound
+        between = None if bound == "-" else (sent - float(bound), received - float(bound))
+        if pair.startswith("ERR"):
+            return Reading(None, None, pair, between)
+        fields = pair.split()
+        return Reading(fields[0], np.array([float(x) for x in fields[1:]]), None, between)
 
     def close(self) -> None:
         self.sock.close()

