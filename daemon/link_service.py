@@ -41,7 +41,7 @@ from .linklayer import (
     seq_in_range,
     split_actions,
 )
-from .ll_messages import Held, Purify, PurifyResult, SwapResult, TestOutcomes
+from .ll_messages import Held, Purify, PurifyResult, SwapResult, TestOutcomes, hold_ms
 from .messages import Message as Envelope
 from .topics import Topic
 
@@ -334,7 +334,7 @@ class LinkService:
                 memory.hold(bound.qubit, now + self.hold_s)
                 state = memory.state_of(bound, now, halves=2)
                 return dataclasses.replace(ok, goodness=round(state.fidelity(ok.bell_state), 6),
-                                           qubit=bound.qubit)
+                                           qubit=bound.qubit, hold_ms=hold_ms(self.hold_s))
         if self.t1_s <= 0 or ok.tpe != "K":
             return ok
         accepted = self._accepted_at(ok.seq)

@@ -224,7 +224,10 @@ class Ok(_Message):
     """OK-K / OK-M for one pair, draft §1.1. ``(link, seq)`` is the pair id.
 
     ``qubit``: the QDevice qubit (K) that holds this node's half, when the node binds its pairs
-    to a quantum memory (the draft's logical qubit id).
+    to a quantum memory (the draft's logical qubit id). ``hold_ms`` (with ``qubit``): for how
+    long (ms) from this OK the pair is the application's: this node does not reuse the qubit,
+    and the far end keeps its half (the pair's cut-off), at least that long (absent: no cut-off
+    limits it; see :func:`hold_ms`).
 
     K: ``goodness_time_ps`` is the herald time (ps) at which ``goodness`` applies; no outcome.
     M: ``outcome`` (0/1) and ``basis`` (key of :data:`BASES`); no time of goodness (outcomes do
@@ -244,11 +247,16 @@ class Ok(_Message):
     outcome: int | None = None
     basis: str | None = None
     qubit: int | None = None
+    hold_ms: int | None = None
 
     def __post_init__(self) -> None:
         c = "Ok"
         if self.qubit is not None:
             _check_int(c, "qubit", self.qubit, 0, 0xFFFF)
+        if self.hold_ms is not None:
+            if self.qubit is None:
+                raise _bad(c, "hold_ms", "None without a qubit", self.hold_ms)
+            _check_int(c, "hold_ms", self.hold_ms, 0, 3_600_000)
         _check_int(c, "create_id", self.create_id, 0, 0xFFFF)
         _check_str(c, "link", self.link)
         _check_seq(c, "seq", self.seq)
@@ -268,6 +276,14 @@ class Ok(_Message):
                 raise _bad(c, "goodness_time_ps", "None for an OK-M", self.goodness_time_ps)
             _check_int(c, "outcome", self.outcome, 0, 1)
             _check_choice(c, "basis", self.basis, BASES)
+
+
+def hold_ms(seconds: float) -> int | None:
+    """An OK's ``hold_ms`` for a hold of ``seconds`` (s): whole ms, rounded down so that the
+    promise holds; None for an unbounded hold."""
+    if not math.isfinite(seconds):
+        return None
+    return min(3_600_000, max(0, math.floor(seconds * 1000.0)))
 
 
 @dataclass(frozen=True)

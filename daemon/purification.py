@@ -82,7 +82,7 @@ from .bell_diagonal import (
     purify,
 )
 from .linklayer import BELL_STATES
-from .ll_messages import TWIRLS, Ack, Create, Err, ErrCode, Ok, Purify, PurifyResult
+from .ll_messages import TWIRLS, Ack, Create, Err, ErrCode, Ok, Purify, PurifyResult, hold_ms
 from .swapping import decay
 
 if TYPE_CHECKING:
@@ -530,15 +530,16 @@ class Purifier:
                 return
             del self.store[best.seq]
             goodness = round(f, 6)
+            # the application's until the cut-off (at least the hold: it was ready)
+            left = best.life_left(now, wall, cutoff) if cutoff > 0 else mem.delivered_hold_s
+            self.memory.hold(best.qubit, now + left)
             self._reply(req.requester, Ok(req.create_id, self.link, best.seq, best.frame,
                                           goodness, req.create.purpose_id, self.peer, "K",
-                                          int(time.monotonic_ns() * 1000), qubit=best.qubit))
+                                          int(time.monotonic_ns() * 1000), qubit=best.qubit,
+                                          hold_ms=hold_ms(left)))
             self.counts["purify_delivered_total"] += 1
             self.counts["purify_inputs_delivered_total"] += best.inputs
             self.delivered_fidelity.append(goodness)
-            # the application's until the cut-off (at least the hold: it was ready)
-            left = best.life_left(now, wall, cutoff)
-            self.memory.hold(best.qubit, now + (left if cutoff > 0 else mem.delivered_hold_s))
             req.served += 1
             if req.served >= req.create.number:
                 self.requests.pop(0)

@@ -39,7 +39,7 @@ from qnode.drivers.errors import InstrumentError
 
 from .bell_diagonal import BellDiagonal, PauliChannel, apply_channels, pauli_frame, swap
 from .linklayer import BELL_STATES, CreateIdAllocator
-from .ll_messages import Ack, Create, Err, ErrCode, Ok, SwapResult
+from .ll_messages import Ack, Create, Err, ErrCode, Ok, SwapResult, hold_ms
 
 if TYPE_CHECKING:
     from .config import MemoryConfig, PathConfig
@@ -246,7 +246,8 @@ class PathEnd:
             goodness = round(state.fidelity(pair.bell_state), 6)
             self._reply(who, Ok(cid, self.path.id, pid, pair.bell_state, goodness,
                                 create.purpose_id, self.remote, "K",
-                                int(time.monotonic_ns() * 1000), qubit=pair.qubit))
+                                int(time.monotonic_ns() * 1000), qubit=pair.qubit,
+                                hold_ms=hold_ms(self._cutoff_at(pair, now) - now)))
             self.counts["pairs_delivered_total"] += 1
             self.delivered_fidelity.append(goodness)
             # the far end keeps its copy until the cut-off: so does this qubit (+ a guard)

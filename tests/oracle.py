@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qnode.daemon.bell_diagonal import PauliChannel
-from qnode.daemon.messages import decode
+from qnode.daemon.messages import Message, decode
 from qnode.daemon.topics import parse_topic
 
 
@@ -27,10 +27,7 @@ def undo_decay(weights: np.ndarray, wait_s: float, t1_s: float = 5.0,
     return np.linalg.solve(conv, np.linalg.solve(conv, weights))
 
 
-#: A delivered pair's qubit is the application's for at least this (s) after its OK
-#: (``[memory].delivered_hold_s``); a node binding a newer pair to it sooner breaks that.
-DELIVERED_HOLD_S = 0.1
-#: Clock slack (s) of that check: the hold starts a moment before the OK is sent.
+#: Clock slack (s) of the hold check: a node's hold starts a moment before it sends the OK.
 HOLD_SLACK_S = 0.01
 
 
@@ -46,17 +43,18 @@ class Reading:
     error: str | None
     bound_between: tuple[float, float] | None
 
-    def rebound_after(self, ok_ts: float) -> float | None:
-        """Seconds after an OK sent at Unix ``ok_ts`` at which the qubit was bound to a newer
-        pair (the OK's pair is gone: the test read it too late), or None: it still holds the
-        pair the OK named. AssertionError when that was sooner than the node's promised hold
-        (:data:`DELIVERED_HOLD_S`)."""
-        if self.bound_between is None or self.bound_between[0] <= ok_ts:
+    def rebound_after(self, ok: Message) -> float | None:
+        """Seconds after ``ok`` (an OK message: its envelope's Unix ``ts``) at which the qubit
+        was bound to a newer pair (the OK's pair is gone: the test read it too late), or None:
+        it still holds the pair the OK named. AssertionError when that was sooner than the
+        OK's ``hold_ms`` promised (or the OK promised none)."""
+        hold_ms = ok.body.get("hold_ms")
+        if self.bound_between is None or self.bound_between[0] <= ok.ts:
             return None
-        earliest, latest = (t - ok_ts for t in self.bound_between)
-        assert latest >= DELIVERED_HOLD_S - HOLD_SLACK_S, (
+        earliest, latest = (t - ok.ts for t in self.bound_between)
+        assert hold_ms is not None and latest >= hold_ms / 1000 - HOLD_SLACK_S, (
             f"the qubit was bound to a newer pair {earliest:.3f}-{latest:.3f} s after the OK "
-            f"handed it out, within the {DELIVERED_HOLD_S} s the application holds it")
+            f"handed it out, within the {hold_ms} ms the OK promised the application")
         return earliest
 
     def pair(self) -> tuple[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 
 import pytest
@@ -33,6 +34,7 @@ from qnode.daemon.linklayer import (
     seq_lt,
     split_actions,
 )
+from qnode.daemon.ll_messages import hold_ms
 
 LINK = "ab"
 CD = 0.01  # comm_delay, s
@@ -558,6 +560,7 @@ ROUND_TRIP = [
     ExpireAck(LINK, 42, 40, 41),
     Herald.from_entries(LINK, 3, (HeraldEntry(TOP, "psi+", 10), HeraldEntry(0, "psi-", 11)), 1),
     Herald.from_entries(LINK, 4, (), 1),
+    Ok(3, LINK, 8, "phi+", 0.95, 4, "bob", "K", 5, qubit=2, hold_ms=250),
 ]
 
 
@@ -566,6 +569,11 @@ def test_to_dict_from_dict_round_trip(msg):
     d = json.loads(json.dumps(msg.to_dict()))
     assert type(msg).from_dict(d) == msg
     assert message_from_dict(d) == msg
+
+
+def test_hold_ms_rounds_down_so_the_promise_holds():
+    assert [hold_ms(s) for s in (0.1, 0.0999, 0.25, -0.01, 1e9)] == [100, 99, 250, 0, 3_600_000]
+    assert hold_ms(math.inf) is None
 
 
 def test_err_code_names_and_draft_numbers():
@@ -584,6 +592,8 @@ def test_err_code_names_and_draft_numbers():
     (Ok, {k: v for k, v in ROUND_TRIP[2].to_dict().items() if k != "link"}, "Ok.link"),
     (Ok, {**ROUND_TRIP[2].to_dict(), "extra": 1}, "Ok.extra"),
     (Ok, {**ROUND_TRIP[2].to_dict(), "type": "ERR"}, "Ok.type"),
+    (Ok, {**ROUND_TRIP[2].to_dict(), "hold_ms": 100}, "Ok.hold_ms"),           # no qubit
+    (Ok, {**ROUND_TRIP[-1].to_dict(), "hold_ms": -1}, "Ok.hold_ms"),
     (Err, {"create_id": 1, "code": "NOPE"}, "Err.code"),
     (Err, {"create_id": None, "code": "EXPIRE", "link": LINK, "seq_lo": 1, "origin": "a"},
      "Err.seq_hi"),

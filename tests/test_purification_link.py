@@ -114,7 +114,7 @@ async def _ask(port: int, truth: Truth, min_fidelity: float, n: int, app_id: str
             try:
                 reading = await asyncio.to_thread(truth.read, "alice", msg.body["qubit"])
                 asked.lags.append(time.time() - msg.ts)
-                late = reading.rebound_after(msg.ts)
+                late = reading.rebound_after(msg)
                 if late is None:
                     partner, w = reading.pair()
             except AssertionError as exc:              # the reply is in types
@@ -253,6 +253,8 @@ def _check_run(run: Run, label: str, gain: float) -> tuple[np.ndarray, float]:
           f"{int((reported - true_f > MISREAD_GAP).sum())} kept by a misread check; "
           f"{len(run.late)} read after the qubit held a newer pair "
           f"({[round(x, 3) for x in run.late]} s after the OK)")
+    # each OK promises the application its pair for at least [memory].delivered_hold_s
+    assert min(o["hold_ms"] for o in run.raw_oks + run.oks) >= 100
     # a pair read too late is not judged (the node kept its hold: Reading.rebound_after)
     assert len(run.late) <= (RAW + PURIFIED) // 10, run.late
     # every pair is alice's qubit entangled with one of the repeater's

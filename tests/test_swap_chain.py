@@ -74,7 +74,7 @@ async def _ask(port: int, truth: Truth) -> tuple[list[dict], list[tuple[str, np.
         if msg.sender == "alice":
             try:
                 reading = await asyncio.to_thread(truth.read, "alice", msg.body["qubit"])
-                late = reading.rebound_after(msg.ts)
+                late = reading.rebound_after(msg)
                 if late is None:
                     partner, w = reading.pair()
             except AssertionError as exc:
@@ -159,6 +159,8 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
           f"max |diff| {np.abs(reported - true_f).max():.4f}; repeater "
           f"{json.dumps(after['repeater']['paths'])}; {len(unread)} read after the qubit held a "
           f"newer pair ({[round(x, 3) for x in unread]} s after the OK)")
+    # each OK promises the application its pair for at least [memory].delivered_hold_s
+    assert min(o["hold_ms"] for o in oks + bob_oks) >= 100
     # a pair read too late is not judged (alice kept its hold: oracle.Reading.rebound_after)
     assert len(unread) <= PAIRS // 10, unread
     assert partners == {"bob"}, partners            # alice's qubit is entangled with bob's
