@@ -219,6 +219,11 @@ class Ack(_Message):
         _check_int("Ack", "create_id", self.create_id, 0, 0xFFFF)
 
 
+#: The longest hold an OK states (ms): an hour. A longer one is stated as an hour, which
+#: still holds (a promise of at least that long).
+MAX_HOLD_MS = 3_600_000
+
+
 @dataclass(frozen=True)
 class Ok(_Message):
     """OK-K / OK-M for one pair, draft §1.1. ``(link, seq)`` is the pair id.
@@ -256,7 +261,7 @@ class Ok(_Message):
         if self.hold_ms is not None:
             if self.qubit is None:
                 raise _bad(c, "hold_ms", "None without a qubit", self.hold_ms)
-            _check_int(c, "hold_ms", self.hold_ms, 0, 3_600_000)
+            _check_int(c, "hold_ms", self.hold_ms, 0, MAX_HOLD_MS)
         _check_int(c, "create_id", self.create_id, 0, 0xFFFF)
         _check_str(c, "link", self.link)
         _check_seq(c, "seq", self.seq)
@@ -280,10 +285,10 @@ class Ok(_Message):
 
 def hold_ms(seconds: float) -> int | None:
     """An OK's ``hold_ms`` for a hold of ``seconds`` (s): whole ms, rounded down so that the
-    promise holds; None for an unbounded hold."""
+    promise holds, at most :data:`MAX_HOLD_MS`; None for an unbounded hold."""
     if not math.isfinite(seconds):
         return None
-    return min(3_600_000, max(0, math.floor(seconds * 1000.0)))
+    return min(MAX_HOLD_MS, max(0, math.floor(seconds * 1000.0)))
 
 
 @dataclass(frozen=True)
