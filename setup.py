@@ -38,6 +38,7 @@ setup(
         "ptufile>=2024.1",    # PicoQuant PTU files (the field's maintained reader/writer)
         "aiomqtt>=2.0",       # MQTT for the daemon: the maintained successor of asyncio-mqtt
         "prometheus-client>=0.20",  # the Prometheus project's own client: the metrics endpoint
+        "cryptography>=42",   # Ed25519 identity keys (node signatures): PyCA's OpenSSL binding
     ],
     extras_require={
         # `qnode demo`: an embedded MQTT broker (DESIGN §5) and the report's plots

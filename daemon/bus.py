@@ -18,11 +18,14 @@ Delivery guarantee
 * **Outgoing, telemetry** (``state_changing=False``): QoS 0, best effort; dropped and counted in
   ``dropped_telemetry`` while disconnected.
 * **Incoming**: the broker delivers QoS 1 at least once to our persistent session (also across
-  our reconnects and, with broker persistence, across broker restarts). Every message is checked
-  by :func:`messages.decode` and de-duplicated by (sender, id) with the shared
-  :class:`~messages.Deduplicator`, so each accepted message reaches its handler **effectively
-  once**. The library acknowledges a message when it arrives, before the handler runs: a crash
-  of this process between the two loses it (persist the dedup state only after handling).
+  our reconnects and, with broker persistence, across broker restarts). Messages wait in one
+  bounded :class:`~.inbound.InboundQueue` that outlives connections (limits per class of
+  traffic, every drop counted in ``dropped_incoming`` and logged). Every message is checked by
+  :func:`messages.decode`; signed ones are de-duplicated by (key, sender, id) with the shared
+  :class:`~messages.Deduplicator`, unsigned ones by their bytes, so each accepted message
+  reaches its handler **effectively once**. The library acknowledges a message when it arrives,
+  before the handler runs: a crash of this process between the two loses it (persist the dedup
+  state only after handling).
 * **Ordering**: per topic, messages reach handlers in publish order (one sender, one topic, QoS 1,
   handlers awaited one at a time). After a broker crash that lost a message the broker had
   already acknowledged (not a clean restart), the resent message arrives late; the dedup window
@@ -30,7 +33,10 @@ Delivery guarantee
 
 Rejected input (oversized, not JSON, bad envelope, unsigned, forged, duplicate, stale, unknown
 topic) is counted in ``rejected[reason]`` and logged rate-limited, never raised into the loop; a
-handler that raises is logged and counted in ``handler_errors``; the bus keeps running.
+handler that raises is logged and counted in ``handler_errors``; the bus keeps running. Nothing
+ends :meth:`NodeBus.run` but :meth:`NodeBus.close` or cancellation: an unexpected error in a
+session is logged with its traceback, counted in ``session_errors`` and followed by a reconnect.
+While disconnected, ``disconnected_s`` says for how long (the node's watchdog reads it).
 """
 from __future__ import annotations
 
@@ -48,12 +54,17 @@ from typing import Any
 
 import aiomqtt
 
+from .identity import NodeSigner, TrustStore
+from .inbound import DEFAULT_LIMITS, InboundQueue, topic_kind
+from .keys import KeyRing
+from .logs import RateLimitedLog
 from .messages import (
     DEFAULT_MAX_BYTES,
     Deduplicator,
     IdCounter,
     Message,
     MessageRejected,
+    RecentPayloads,
     decode,
     encode,
 )
@@ -65,6 +76,9 @@ Handler = Callable[[Topic, Message], Awaitable[None]]
 
 #: Topic kinds whose messages change state: they must be signed with the link key.
 SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags"})
+#: Topic kinds only their node may say: signed with its identity key when it has one, and, with
+#: a trust store, accepted only so signed (see :mod:`.identity`).
+NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry"})
 STATUS_TYPE = "status"
 
 
@@ -81,29 +95,6 @@ class _Outgoing:
     attempts: int = 0
 
 
-class _RateLimitedLog:
-    """Logs the first event per key, then at most one per ``interval_s`` with a count of the
-    ones it held back, so a flood of bad input does not drown the log."""
-
-    def __init__(self, interval_s: float = 1.0):
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False,
-                 **extra: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -math.inf) < self.interval_s:
-            self._held[key] += 1
-            return
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            msg += " (%d more like it not logged)"
-            args = (*args, held)
-        log.log(level, msg, *args, exc_info=exc_info, extra=extra)
-
-
 class NodeBus:
     """One node's MQTT connection; see the module docstring for what it guarantees.
 
@@ -115,7 +106,7 @@ class NodeBus:
 
     def __init__(self, topics: Topics, host: str, port: int = 1883, *,
                  tls: ssl.SSLContext | None = None,
-                 keys: Mapping[str, bytes] | None = None,
+                 keys: KeyRing | Mapping[str, bytes] | None = None,
                  ids: IdCounter | None = None,
                  dedup: Deduplicator | None = None,
                  heralds: Mapping[str, str] | None = None,
@@ -127,11 +118,17 @@ class NodeBus:
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  max_queue: int = 100_000,
                  max_inflight: int = 64,
+                 inbound_limits: Mapping[str, tuple[int, int]] = DEFAULT_LIMITS,
+                 signer: NodeSigner | None = None,
+                 trust: TrustStore | None = None,
                  username: str | None = None,
                  password: str | None = None):
         self.topics = topics
         self.host, self.port, self.tls = host, port, tls
-        self.keys: Mapping[str, bytes] = keys if keys is not None else {}
+        self.keys = KeyRing.of(keys)
+        #: this node's identity key (signs heralds, status, telemetry) and the network's
+        #: public identity keys (with them, heralds must carry their station's signature)
+        self.signer, self.trust = signer, trust
         self.ids = ids if ids is not None else IdCounter()
         self.dedup = dedup if dedup is not None else Deduplicator()
         self.heralds = dict(heralds or {})
@@ -154,8 +151,11 @@ class NodeBus:
         self.received = 0           # messages accepted and handed to a handler
         self.rejected: collections.Counter[str] = collections.Counter()
         self.handler_errors = 0
+        self.session_errors = 0     # unexpected errors that ended a session (then reconnected)
         self.reconnects = 0         # successful connections after the first
         self.connections = 0
+        self.disconnects = 0        # connections lost or refused
+        self._down_since: float | None = time.monotonic()  # not connected since (monotonic s)
 
         self._handlers: dict[str, Handler] = {}
         self._extra_subs: list[str] = []
@@ -172,8 +172,11 @@ class NodeBus:
         self._finished.set()
         self._client: aiomqtt.Client | None = None
         self._bg: set[asyncio.Task[None]] = set()
-        self._rlog = _RateLimitedLog()
-        self._connlog = _RateLimitedLog(30.0)  # a long outage: one line per 30 s, not per try
+        self._rlog = RateLimitedLog(log)
+        self._connlog = RateLimitedLog(log, 30.0)  # a long outage: one line per 30 s, not per try
+        self.recent = RecentPayloads()
+        #: what the MQTT client queues for us, bounded, across reconnects
+        self.inbound = InboundQueue(inbound_limits, on_drop=self._on_inbound_drop)
 
     # -- registration ----------------------------------------------------------------------
 
@@ -203,6 +206,13 @@ class NodeBus:
         return self._connected.is_set()
 
     @property
+    def disconnected_s(self) -> float:
+        """Seconds since the connection was lost (or since start, before the first); 0 while
+        connected."""
+        since = self._down_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
     def pending(self) -> int:
         """State-changing messages not yet acknowledged by the broker."""
         return len(self._backlog) + len(self._inflight)
@@ -212,7 +222,11 @@ class NodeBus:
                 "queued": self.queued, "pending": self.pending,
                 "dropped_telemetry": self.dropped_telemetry, "received": self.received,
                 "rejected": dict(self.rejected), "handler_errors": self.handler_errors,
-                "reconnects": self.reconnects, "connected": self.connected}
+                "session_errors": self.session_errors, "reconnects": self.reconnects,
+                "disconnects": self.disconnects, "connected": self.connected,
+                "disconnected_s": round(self.disconnected_s, 3),
+                "inbound_queued": self.inbound.qsize(), "inbound_bytes": self.inbound.bytes,
+                "dropped_incoming": dict(self.inbound.dropped)}
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout_s)
@@ -224,12 +238,15 @@ class NodeBus:
     # -- publishing ------------------------------------------------------------------------
 
     def envelope(self, type: str, body: Mapping[str, Any], *,
-                 sign_with: bytes | str | None = None) -> tuple[Message, bytes]:
-        """A new message from this node with the next id, and its payload."""
+                 sign_with: bytes | str | None = None,
+                 node_sign: bool = False) -> tuple[Message, bytes]:
+        """A new message from this node with the next id, and its payload; ``node_sign``: also
+        signed with this node's identity key, when it has one."""
         key = self.keys[sign_with] if isinstance(sign_with, str) else sign_with
+        signer = self.signer if node_sign else None
         msg = Message(type, self.topics.node, self.ids(), dict(body), time.time(),
-                      signed=key is not None)
-        return msg, encode(msg, key)
+                      signed=key is not None, node_signed=signer is not None)
+        return msg, encode(msg, key, signer=signer)
 
     def publish(self, topic: str, type: str, body: Mapping[str, Any], *,
                 state_changing: bool = True, retain: bool = False,
@@ -243,7 +260,8 @@ class NodeBus:
         if state_changing and self.pending >= self.max_queue:
             raise BusOverloaded(f"{self.pending} messages wait for the broker "
                                 f"(max_queue={self.max_queue})")
-        msg, payload = self.envelope(type, body, sign_with=sign_with)
+        msg, payload = self.envelope(type, body, sign_with=sign_with,
+                                     node_sign=topic_kind(topic) in NODE_SIGNED_KINDS)
         self.published += 1
         if state_changing:
             self._enqueue(topic, payload, retain)
@@ -284,7 +302,7 @@ class NodeBus:
     # -- the connection loop ---------------------------------------------------------------
 
     def _payload_status(self, fields: Mapping[str, Any]) -> bytes:
-        return self.envelope(STATUS_TYPE, fields)[1]
+        return self.envelope(STATUS_TYPE, fields, node_sign=True)[1]
 
     def _new_client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(self.topics.status, self._payload_status({"state": "offline"}),
@@ -294,7 +312,9 @@ class NodeBus:
             keepalive=self.keepalive_s, clean_session=False, tls_context=self.tls,
             timeout=self.connect_timeout_s, max_inflight_messages=self.max_inflight,
             username=self.username, password=self.password,
-            logger=logging.getLogger("qnode.bus.mqtt"))
+            logger=logging.getLogger("qnode.bus.mqtt"),
+            # one bounded queue for the bus's lifetime: see .inbound
+            queue_type=lambda maxsize=0: self.inbound)  # type: ignore[arg-type,misc]
         # aiomqtt warns above 10 outstanding calls; we keep up to max_inflight by design.
         client.pending_calls_threshold = self.max_inflight + 16
         return client
@@ -325,7 +345,16 @@ class NodeBus:
                               "mqtt connection to %s:%d %s: %s; retrying in %.2f s", self.host,
                               self.port, what, exc, delay, host=self.host, port=self.port,
                               error=str(exc))
+            except Exception as exc:  # a bug, not the network: say so, then reconnect
+                self.session_errors += 1
+                self._connlog("session_error", logging.ERROR,
+                              "mqtt session of %s ended by an unexpected error: %r; "
+                              "reconnecting in %.2f s", self.topics.node, exc, delay,
+                              exc_info=True, error=repr(exc))
             finally:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    self.disconnects += 1
                 self._connected.clear()
                 self._client = None
                 self._requeue_inflight()
@@ -357,6 +386,7 @@ class NodeBus:
                              qos=1, retain=True)
         await self._subscribe_now(client, self.subscriptions())
         self._connected.set()
+        self._down_since = None
         log.info("mqtt connected to %s:%d as %s (%d pending to send)", self.host, self.port,
                  self.topics.node, self.pending,
                  extra={"host": self.host, "port": self.port, "pending": self.pending})
@@ -457,10 +487,17 @@ class NodeBus:
         async for mqtt_msg in client.messages:
             await self.deliver(str(mqtt_msg.topic), mqtt_msg.payload)
 
-    def _key_for(self, topic: Topic) -> bytes | None:
-        if topic.kind == "herald":
-            return self.keys.get(topic.arg or "")
-        return self.keys.get(topic.node)
+    @staticmethod
+    def key_name(topic: Topic) -> str:
+        """The name of the key that signs messages on ``topic``: the link for heralds, else
+        the topic's node (the peer; for ``cmd``, this node itself)."""
+        return (topic.arg or "") if topic.kind == "herald" else topic.node
+
+    def _on_inbound_drop(self, kind: str, topic: str, why: str) -> None:
+        self._rlog(f"dropped:{kind}", logging.WARNING,
+                   "mqtt inbound queue: dropped a %s message on %s (%s; %d %s dropped so far)",
+                   kind, topic, why, self.inbound.dropped[kind], kind, topic=topic, kind=kind,
+                   reason=why)
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         self.rejected[reason] += 1
@@ -478,12 +515,20 @@ class NodeBus:
             self._reject("bad_topic", topic_str, str(exc))
             return
         handler = self._handlers.get(topic.kind)
+        name = self.key_name(topic)
         try:
-            msg = decode(bytes(payload), topic, key=self._key_for(topic),
+            msg = decode(bytes(payload), topic, key=self.keys.verifying(name), domain=name,
                          require_signature=topic.kind in self.signed_kinds,
-                         dedup=self.dedup, max_bytes=self.max_bytes)
+                         trust=self.trust, require_node_signature=(
+                             self.trust is not None and topic.kind in NODE_SIGNED_KINDS),
+                         dedup=self.dedup, recent=self.recent, max_bytes=self.max_bytes)
         except MessageRejected as exc:
             self._reject(exc.reason, topic_str, exc.detail)
+            return
+        except Exception:  # decode's contract is MessageRejected only: this is a bug in it
+            self.rejected["decoder_error"] += 1
+            self._rlog("decoder_error", logging.ERROR, "mqtt message on %s broke the decoder",
+                       topic_str, exc_info=True, topic=topic_str)
             return
         if handler is None:
             self._reject("no_handler", topic_str, f"{msg.type} from {msg.sender}")

@@ -30,12 +30,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, prepare_state_dir
     from .logs import setup_logging
 
     setup_logging(args.log_level)
     try:
         config = load_config(args.config)
+        prepare_state_dir(config)
     except ConfigError as exc:
         print(f"qnode: config error: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +57,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("qnode.node").exception("node failed: %s", exc)
         print(f"qnode: {config.id}: {exc}", file=sys.stderr)
         return 1
+    if node.failed:
+        print(f"qnode: {config.id}: {node.failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -63,6 +67,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .status import main as status_main
 
     return status_main(args)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    """Make a node's identity key pair: ``<dir>/<node>.key`` (0600) and ``<dir>/<node>.pub``."""
+    from .identity import IdentityError, keygen
+
+    try:
+        private, public = keygen(args.node, args.dir)
+    except (IdentityError, OSError) as exc:
+        print(f"qnode keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"private key {private} (keep it on {args.node} only: node.identity_key_file)\n"
+          f"public key  {public} (copy it into every node's node.trust_dir)")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -102,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a network's nodes as seen over MQTT")
     status_arguments(status)
     status.set_defaults(func=_cmd_status)
+
+    keygen = sub.add_parser("keygen", help="make a node's Ed25519 identity key pair")
+    keygen.add_argument("node", help="the node id")
+    keygen.add_argument("--dir", default=".", help="where to write <node>.key and <node>.pub")
+    keygen.set_defaults(func=_cmd_keygen)
 
     bench = sub.add_parser("bench", help="serve simulated instruments (hal_sim) from a bench file")
     bench.add_argument("--config", required=True, help="bench TOML, e.g. hal_sim/benches/*.toml")

@@ -8,7 +8,12 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     id = "alice"                  # letters, digits, - and _: it appears in MQTT topics
     network = "lab"               # topics live under qnet/v1/<network>/<id>/
     roles = ["analyzer"]          # source | analyzer | herald | memory | repeater
-    state_dir = "/var/lib/qnode/alice"   # optional: $STATE_DIRECTORY (systemd) or ./state
+    state_dir = "/var/lib/qnode/alice"   # optional: $STATE_DIRECTORY (systemd) or ./state;
+                                         #   a directory this user can write (made 0700)
+    identity_key_file = "/etc/qnode/identity/alice.key"  # the node's Ed25519 key (qnode
+                                  #   keygen): signs status, telemetry and, at a station, heralds
+    trust_dir = "/etc/qnode/identity"   # <node>.pub of every node; needed with K links (the
+                                  #   ends verify their station's heralds)
 
     [broker]
     url = "mqtts://broker.lab:8883"      # mqtt:// (1883) or mqtts:// (8883, TLS)
@@ -16,11 +21,14 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     client_cert = "/etc/qnode/alice.crt"
     client_key = "/etc/qnode/alice.key"
     keepalive_s = 30
+    max_offline_s = 300                  # withhold the watchdog after this long unheard (0: never)
 
     [instruments.tagger]          # the table's name is the instrument's name
     kind = "id900"                # see INSTRUMENT_KINDS
     address = "10.0.0.5"
     timeout_s = 1.0
+    stall_s = 5.0                 # a tagger: no tag for this long = stalled (degraded, counted,
+                                  #   reconnected, stream restarted); 0: never
     [instruments.tagger.options]  # passed to the driver
 
     [[links]]
@@ -29,6 +37,8 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     type = "M"                    # M (measure directly) | K (create and keep)
     herald = "station"            # K only: the midpoint station node
     hmac_key_file = "/etc/qnode/links/alice-bob.key"   # signs protocol messages on this link
+                                  #   (required for K; mode 0600, one key of >= 16 bytes per
+                                  #   line, 2 during a rotation: qnode.daemon.keys)
 
     [herald]                      # role herald: the midpoint station of one K-type link
     tagger = "tagger"             # the instrument (a tagger kind) behind the BSM
@@ -36,7 +46,7 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     ends = ["alice", "repeater"]  # the two memory nodes
     channels = [1, 2, 3, 4]       # detectors c-H, c-V, d-H, d-V (BS outputs c, d behind PBSs)
     window_ps = 1000              # the two clicks of one success lie within this
-    hmac_key_file = "/etc/qnode/links/alice-repeater.key"
+    hmac_key_file = "/etc/qnode/links/alice-repeater.key"   # required: signs the heralds
 
     [memory]                      # roles memory / repeater: the store of heralded pairs
     capacity = 1000               # live pairs per link; the oldest are expired beyond (0: no limit)
@@ -132,6 +142,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .feu import FidelityEstimationUnit
+from .keys import KeyFileError, read_key_file
 
 ROLES = ("source", "analyzer", "herald", "memory", "repeater")
 LINK_TYPES = ("M", "K")
@@ -179,6 +190,9 @@ class BrokerConfig:
     client_cert: Path | None = None
     client_key: Path | None = None
     keepalive_s: float = 30.0
+    #: the systemd watchdog is withheld once the broker has been unreachable this long (s; 0:
+    #: never), so systemd restarts a node that cannot hear its peers
+    max_offline_s: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +202,8 @@ class InstrumentConfig:
     address: str
     timeout_s: float = 1.0
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: a time tagger's stream is stalled after this long (s) without a tag (0: never)
+    stall_s: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,6 +372,10 @@ class NodeConfig:
     analyzer: AnalyzerConfig | None = None
     source: SourceConfig | None = None
     paths: tuple[PathConfig, ...] = ()
+    #: the node's Ed25519 identity key (signs heralds, status, telemetry; :mod:`.identity`)
+    identity_key_file: Path | None = None
+    #: the network's public identity keys, ``<node>.pub`` (verifies heralds)
+    trust_dir: Path | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -424,6 +444,21 @@ class _Reader:
             raise self.fail(name, f"file {str(p)!r} is not readable by this user")
         return p
 
+    def key_file(self, name: str, *, required: str | None) -> Path | None:
+        """An HMAC key file, checked as :func:`.keys.read_key_file` reads it (refused: missing,
+        unreadable, not a regular file, group/other-accessible, empty, a key under 16 bytes,
+        more than 2 keys). ``required``: why it must be given (None: optional)."""
+        if name not in self.table:
+            if required is not None:
+                raise self.fail(name, f"is required: {required}")
+            return None
+        p = Path(self.string(name))
+        try:
+            read_key_file(p)
+        except KeyFileError as exc:
+            raise self.fail(name, str(exc)) from None
+        return p
+
 
 def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     """Read and validate a node config file."""
@@ -441,6 +476,11 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(syntax)", f"not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raw = None
+    if raw is None or _too_deep(raw, MAX_DEPTH):
+        raise ConfigError(path, "(syntax)", f"nesting too deep: more than {MAX_DEPTH} levels of "
+                                            f"tables and arrays")
     top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "paths",
                                   "thresholds", "metrics", *ROLE_TABLES})
     if not top.has("node"):
@@ -448,15 +488,21 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
     if not top.has("broker"):
         raise top.fail("broker", "the [broker] table is required")
 
-    node = _Reader(path, "node", raw["node"], {"id", "network", "roles", "state_dir"})
+    node = _Reader(path, "node", raw["node"], {"id", "network", "roles", "state_dir",
+                                               "identity_key_file", "trust_dir"})
     node_id = node.string("id", pattern=_NAME)
     network = node.string("network", pattern=_NAME)
     roles = _roles(node)
     state_dir = Path(node.string(
         "state_dir", os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "state"))
+    problem = _state_dir_problem(state_dir)
+    if problem is not None:
+        raise node.fail("state_dir", problem)
+    identity_key_file, trust_dir, trust = _identity(node)
 
     broker = _broker(_Reader(path, "broker", raw["broker"],
-                             {"url", "ca_file", "client_cert", "client_key", "keepalive_s"}))
+                             {"url", "ca_file", "client_cert", "client_key", "keepalive_s",
+                              "max_offline_s"}))
     instruments = _instruments(path, raw.get("instruments", {}))
     links = _links(path, raw.get("links", []), node_id)
     th = _Reader(path, "thresholds", raw.get("thresholds", {}),
@@ -478,9 +524,10 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
     for table in ROLE_TABLES:
         if table in raw and table not in roles and not (table == "memory" and "repeater" in roles):
             raise top.fail(table, f"configures role {table!r}, which node.roles does not list")
-    return NodeConfig(
+    cfg = NodeConfig(
         path, node_id, network, roles, state_dir, broker, instruments, links, thresholds,
         metrics,
+        identity_key_file=identity_key_file, trust_dir=trust_dir,
         herald=_herald(path, raw.get("herald"), instruments, links) if "herald" in roles else None,
         memory=_memory(path, raw.get("memory", {}), instruments)
         if {"memory", "repeater"} & set(roles) else None,
@@ -488,9 +535,96 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         analyzer=_analyzer(path, raw.get("analyzer", {}), instruments)
         if "analyzer" in roles else None,
         source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None)
+    # heralds carry their station's identity signature: the station signs, the ends verify
+    if "herald" in roles and identity_key_file is None:
+        raise node.fail("identity_key_file", "a herald station signs its heralds with its "
+                                             "identity key: set node.identity_key_file")
+    for i, link in enumerate(links):
+        if link.type == "K" and link.herald is not None and link.herald not in trust:
+            where = "trust_dir" if trust_dir is not None else "trust_dir (missing)"
+            raise ConfigError(path, f"links[{i}].herald",
+                              f"the ends verify station {link.herald!r}'s heralds with its public "
+                              f"identity key: put {link.herald}.pub in node.{where}")
+    return cfg
 
 
 ROLE_TABLES = ("herald", "memory", "analyzer", "source")
+
+#: the deepest nesting of tables and arrays a config may have (the real ones use 4)
+MAX_DEPTH = 32
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` deep (iteratively: a
+    recursion is what a hostile file would break)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+    return False
+
+
+def _state_dir_problem(d: Path) -> str | None:
+    """Why ``d`` can never be the state directory (it, or the nearest existing of its parents,
+    is not a directory), or None. Whether this user may write it is checked at start
+    (:func:`prepare_state_dir`): another user may read the config (``qnode status``)."""
+    if d.exists():
+        return None if d.is_dir() else f"{str(d)!r} exists and is not a directory"
+    for parent in d.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{str(d)!r} cannot be created: {str(parent)!r} is not a directory"
+            break
+    return None
+
+
+def prepare_state_dir(config: NodeConfig) -> Path:
+    """Create ``node.state_dir`` if it is missing (mode 0700; the parents as the umask makes
+    them) and check that this user can write in it: :class:`ConfigError`
+    ``file: node.state_dir: problem`` if it cannot be created, is not a directory or is not
+    writable. For ``qnode run``, before the node starts."""
+    d = config.state_dir
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(config.path, "node.state_dir", problem)
+
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise fail(f"{str(d)!r} exists and is not a directory") from None
+    except OSError as exc:
+        raise fail(f"{str(d)!r} cannot be created: {exc.strerror or exc}") from None
+    if not d.is_dir():
+        raise fail(f"{str(d)!r} exists and is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise fail(f"{str(d)!r} is not writable by this user")
+    return d
+
+
+def _identity(node: _Reader) -> tuple[Path | None, Path | None, Mapping[str, object]]:
+    """``node.identity_key_file`` and ``node.trust_dir``, loaded once to check them, and the
+    public keys found (:mod:`.identity`)."""
+    from .identity import IdentityError, NodeSigner, TrustStore
+
+    key_file = Path(node.string("identity_key_file")) if node.has("identity_key_file") else None
+    trust_dir = Path(node.string("trust_dir")) if node.has("trust_dir") else None
+    trust: Mapping[str, object] = {}
+    try:
+        if key_file is not None:
+            NodeSigner.from_file(key_file)
+    except IdentityError as exc:
+        raise node.fail("identity_key_file", str(exc)) from None
+    try:
+        if trust_dir is not None:
+            trust = TrustStore.from_dir(trust_dir)
+    except IdentityError as exc:
+        raise node.fail("trust_dir", str(exc)) from None
+    return key_file, trust_dir, trust
 
 
 def _instrument_ref(r: _Reader, name: str, instruments: Mapping[str, InstrumentConfig],
@@ -537,7 +671,8 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
     return HeraldRoleConfig(tagger, r.string("link", pattern=_NAME), (ends[0], ends[1]),
                             _channels(r, "channels", 4, (1, 2, 3, 4)),  # type: ignore[arg-type]
                             r.integer("window_ps", 1000, 1, 10**9),
-                            r.file("hmac_key_file", required=False))
+                            r.key_file("hmac_key_file", required="the station signs its "
+                                                                 "heralds with the link key"))
 
 
 PURIFICATIONS = ("dejmps", "bbpssw", "off")
@@ -770,7 +905,7 @@ def _source(path: str, raw: object, instruments: Mapping[str, InstrumentConfig])
             raise r.fail("ends", f"must name the link's two analyzer nodes, got {e!r}")
         ends = (e[0], e[1])
     return SourceConfig(pump, oven, power, temperature, link, ends,
-                        r.file("hmac_key_file", required=False), _source_feu(r, power))
+                        r.key_file("hmac_key_file", required=None), _source_feu(r, power))
 
 
 def _pair(r: _Reader, name: str, lo: float, hi: float, default: list[float] | None) -> list[float]:
@@ -844,7 +979,8 @@ def _broker(b: _Reader) -> BrokerConfig:
     if key is not None and cert is None:
         raise b.fail("client_cert", "client_key is given without client_cert")
     return BrokerConfig(url, parts.hostname, port, tls, ca, cert, key,
-                        b.number("keepalive_s", 30, 1, 3600))
+                        b.number("keepalive_s", 30, 1, 3600),
+                        b.number("max_offline_s", 300, 0, 86400))
 
 
 def _instruments(path: str, raw: object) -> dict[str, InstrumentConfig]:
@@ -855,7 +991,7 @@ def _instruments(path: str, raw: object) -> dict[str, InstrumentConfig]:
         key = f"instruments.{name}"
         if not _NAME.match(name):
             raise ConfigError(path, key, "instrument names may use only letters, digits, - and _")
-        r = _Reader(path, key, table, {"kind", "address", "timeout_s", "options"})
+        r = _Reader(path, key, table, {"kind", "address", "timeout_s", "options", "stall_s"})
         kind = r.string("kind", choices=tuple(INSTRUMENT_KINDS))
         address = r.string("address")
         if kind == "replay" and not Path(address).is_file():
@@ -863,8 +999,11 @@ def _instruments(path: str, raw: object) -> dict[str, InstrumentConfig]:
         options = table.get("options", {})
         if not isinstance(options, dict):
             raise r.fail("options", "must be a table")
+        stall_s = r.number("stall_s", 5.0, 0, 3600)
+        if 0 < stall_s < 0.5:
+            raise r.fail("stall_s", f"must be 0 (never) or at least 0.5 s, got {stall_s:g}")
         out[name] = InstrumentConfig(name, kind, address, r.number("timeout_s", 1.0, 0.001, 600),
-                                     options)
+                                     options, stall_s)
     return out
 
 
@@ -887,6 +1026,7 @@ def _links(path: str, raw: object, node_id: str) -> tuple[LinkConfig, ...]:
             raise r.fail("herald", "a K-type link names its herald (midpoint) station")
         if ltype == "M" and herald is not None:
             raise r.fail("herald", "only K-type links have a herald station")
-        links.append(LinkConfig(link_id, peer, ltype, herald,
-                                r.file("hmac_key_file", required=False)))
+        links.append(LinkConfig(link_id, peer, ltype, herald, r.key_file(
+            "hmac_key_file", required="a K-type link's heralds and link-layer messages are "
+                                      "signed with its key" if ltype == "K" else None)))
     return tuple(links)

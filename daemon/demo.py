@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .identity import keygen
+from .keys import write_key_file
+
 log = logging.getLogger("qnode.demo")
 
 NETWORK = "demo"
@@ -94,18 +97,23 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     ``memory_t1_s``/``memory_t2_s``/``memory_readout_error``: the QDevices' calibration (a
     bench variant's)."""
     keys = workdir / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
+    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def key(link: str) -> Path:
         p = keys / f"{link}.key"
         if not p.exists():
-            p.write_text(secrets.token_hex(32) + "\n")
-            p.chmod(0o600)
+            write_key_file(p, secrets.token_hex(32))  # 0600 from creation
         return p
 
+    identities = workdir / "identity"
+
     def head(name: str, roles: list[str]) -> str:
+        if not (identities / f"{name}.key").exists():
+            keygen(name, identities)  # the node's identity key; every node trusts the folder
         return (f"[node]\nid = {_toml_str(name)}\nnetwork = {_toml_str(network)}\n"
                 f"roles = {json.dumps(roles)}\nstate_dir = {_toml_str(workdir / 'state' / name)}"
+                f"\nidentity_key_file = {_toml_str(identities / f'{name}.key')}\n"
+                f"trust_dir = {_toml_str(identities)}"
                 f"\n\n[broker]\nurl = {_toml_str(broker_url)}\nkeepalive_s = 10\n\n"
                 f"[metrics]\nprometheus_port = 0\ntelemetry_interval_s = {telemetry_interval_s}"
                 f"\n\n")

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,10 @@ import numpy as np
 
 from .bell_diagonal import BellDiagonal, age
 from .linklayer import (
+    SEQ_MOD,
     Create,
     CreateIdAllocator,
+    Epoch,
     Err,
     ErrCode,
     Expire,
@@ -37,11 +40,10 @@ from .linklayer import (
     Ok,
     message_from_dict,
     seq_add,
-    seq_diff,
-    seq_in_range,
     split_actions,
 )
 from .ll_messages import Held, Purify, PurifyResult, SwapResult, TestOutcomes, hold_ms
+from .logs import RateLimitedLog
 from .messages import Message as Envelope
 from .topics import Topic
 
@@ -59,6 +61,13 @@ CreateServer = Callable[[Create, Envelope], Awaitable[None]]
 
 TICK_S = 0.1
 LAZY_PERSIST_S = 0.1
+#: A herald's transit time (receipt on this node's wall clock − the envelope's ``ts`` on the
+#: station's) is recorded only within [−MAX_CLOCK_SKEW_S, MAX_TRANSIT_S]; anything else (a wrong
+#: clock, a hostile ``ts`` of ±1e306) is counted, not averaged (negative ones count as 0).
+MAX_TRANSIT_S = 60.0
+MAX_CLOCK_SKEW_S = 1.0
+#: at most one warning per this many seconds about heralds ignored as stale or of another epoch
+STALE_LOG_S = 60.0
 
 
 class LinkService:
@@ -112,9 +121,17 @@ class LinkService:
         self.purifier: Purifier | None = None
         #: called after the link's bound pairs may have changed (a repeater's swapper)
         self.listeners: list[Callable[[], None]] = []
+        # (absolute first, count, when) of the pairs accepted, oldest first
         self._batches: collections.deque[tuple[int, int, float]] = collections.deque()
         self._requesters: dict[int, str] = {}   # create id -> requesting node
+        #: publish → receipt (ms, wall clocks of two hosts; plausible values only)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=20_000)
+        #: receipt → applied, stored and answered (ms, this node's monotonic clock)
+        self.handling_ms: collections.deque[float] = collections.deque(maxlen=20_000)
+        self.implausible_ts = 0       # heralds whose envelope ts gave no plausible transit time
+        self._last_herald: float | None = None   # monotonic time of the last herald batch
+        self._ignored_logged = (0, 0)             # (stale entries, ignored batches) last logged
+        self._ignored_log_at = -STALE_LOG_S
         self._heralds_at_last = self.end.stats()["heralds_accepted_total"]
 
     @property
@@ -135,6 +152,67 @@ class LinkService:
         """EXPIRE pair ``seq`` to the peer (caller holds :attr:`lock`)."""
         await self._commit(self.end.expire(seq, seq_add(seq, 1), self.ctx.now()))
 
+    def _took(self) -> None:
+        """Record what the last call of the link end accepted (cut-off, binding rule; a pair's
+        age counts from its batch's arrival) and log what happened to the station epoch
+        (caller holds :attr:`lock`)."""
+        for first, n, arrived in self.end.take_accepted():
+            self._batches.append((first, n, arrived))
+            if self.memory is not None:
+                self.memory.note_new(first % SEQ_MOD, n)
+        floor = self.end.expected_abs - self.end.max_pair_age   # the window forgot these
+        while self._batches and sum(self._batches[0][:2]) <= floor:
+            self._batches.popleft()
+        for ev in self.end.take_events():
+            self._log_event(ev)
+        self._log_ignored()
+
+    def _log_ignored(self) -> None:
+        """A warning (at most every ``STALE_LOG_S``) when heralds are being ignored: entries
+        whose numbers were already taken (a station of the previous version that restarted
+        without its state numbers from behind) or batches of an epoch this end has left."""
+        stats = self.end.stats()
+        now_counts = (stats["heralds_stale_total"], stats["epoch_batches_ignored_total"])
+        if now_counts == self._ignored_logged:
+            return
+        now = self.ctx.now()
+        if now - self._ignored_log_at < STALE_LOG_S:
+            return
+        stale = now_counts[0] - self._ignored_logged[0]
+        batches = now_counts[1] - self._ignored_logged[1]
+        self._ignored_logged, self._ignored_log_at = now_counts, now
+        log.warning("link %s: ignored %d herald entries already taken and %d batches of "
+                    "another station epoch since the last report (a station numbering from "
+                    "behind, e.g. restarted without its state, or late heralds)", self.link,
+                    stale, batches,
+                    extra={"link": self.link, "heralds_stale": stale,
+                           "herald_batches_ignored": batches,
+                           "heralds_stale_total": now_counts[0],
+                           "herald_batches_ignored_total": now_counts[1]})
+
+    def _log_event(self, ev: dict[str, Any]) -> None:
+        extra = {"link": self.link, "peer": self.peer, "expected_seq": self.end.expected_seq}
+        kind = ev["event"]
+        if kind == "epoch" and ev["old"] is None:
+            log.info("link %s: station epoch %s (the first this end sees); agreeing where its "
+                     "numbers go with %s", self.link, ev["new"], self.peer,
+                     extra={**extra, "epoch": ev["new"]})
+        elif kind == "epoch":
+            log.warning("link %s: the station restarted without its state (epoch %s, was %s): "
+                        "resynchronising with %s", self.link, ev["new"], ev["old"], self.peer,
+                        extra={**extra, "event": "station_reset", "epoch": ev["new"],
+                               "old_epoch": ev["old"], "pos": ev["pos"],
+                               "station_resets_total":
+                                   self.end.stats()["station_resets_total"]})
+        elif kind == "epoch_agreed":
+            log.info("link %s: station epoch %s agreed with %s: its first pair is number %d",
+                     self.link, ev["epoch"], self.peer, ev["start"] % SEQ_MOD,
+                     extra={**extra, "epoch": ev["epoch"], "start": ev["start"]})
+        elif kind == "epoch_conflict":
+            log.warning("link %s: %s placed station epoch %s at %d, this end at %d: both keep "
+                        "the larger", self.link, self.peer, ev["epoch"], ev["peers"],
+                        ev["ours"], extra={**extra, "epoch": ev["epoch"]})
+
     # ------------------------------------------------------------------ inputs
     async def start(self) -> None:
         """Send what the restore returned (resent EXPIREs), persisting first."""
@@ -143,25 +221,31 @@ class LinkService:
             self._startup = []
 
     async def on_herald(self, msg: Envelope) -> None:
+        received = self.ctx.now()
         try:
             batch = Herald.from_dict(msg.body)
         except ValueError as exc:
             self._reject("bad_herald", msg, exc)
             return
-        self.latencies_ms.append(max(0.0, (time.time() - msg.ts) * 1e3))
+        if batch.link != self.link:  # the topic names this link; a signed body naming another
+            self._reject("wrong_link", msg, ValueError(f"a HERALD of link {batch.link!r} on "
+                                                       f"the topic of {self.link!r}"))
+            return
+        transit = time.time() - msg.ts   # two hosts' wall clocks: informative only
+        if math.isfinite(transit) and -MAX_CLOCK_SKEW_S <= transit <= MAX_TRANSIT_S:
+            self.latencies_ms.append(max(0.0, transit) * 1e3)
+        else:
+            self.implausible_ts += 1
         await self.on_local_herald(batch)
+        self.handling_ms.append((self.ctx.now() - received) * 1e3)
 
     async def on_local_herald(self, batch: Herald) -> None:
         """Apply a batch heralded by this node itself (the counter of an M-type link)."""
         async with self._lock:
             now = self.ctx.now()
-            before = self.end.expected_seq
+            self._last_herald = now
             actions = list(self.end.on_herald(batch, now))
-            accepted = seq_diff(self.end.expected_seq, before)
-            if accepted:
-                self._batches.append((before, accepted, now))
-            if self.memory is not None:
-                self.memory.note_new(before, accepted)
+            self._took()
             await self._commit(actions)
 
     async def on_peer_message(self, msg: Envelope, parsed: Message) -> None:
@@ -171,6 +255,9 @@ class LinkService:
                 actions = self.end.on_expire(parsed, now)
             elif isinstance(parsed, ExpireAck):
                 actions = self.end.on_expire_ack(parsed, now)
+            elif isinstance(parsed, Epoch):
+                actions = self.end.on_epoch(parsed, now)
+                self._took()   # an agreed epoch applies the batches held for it
             elif isinstance(parsed, TestOutcomes) and self.memory is not None:
                 self.memory.on_tests(parsed)
                 return
@@ -261,22 +348,23 @@ class LinkService:
             while self._batches and now - self._batches[0][2] > self.max_pair_age_s:
                 b_lo, n, _ = self._batches.popleft()
                 lo = b_lo if lo is None else lo
-                hi = seq_add(b_lo, n)
+                hi = b_lo + n
         if self.capacity > 0:
             excess = self.end.stats()["pairs_live"] - self.capacity
             while excess > 0 and self._batches:
                 b_lo, n, t = self._batches[0]
                 k = min(n, excess)
                 lo = b_lo if lo is None else lo
-                hi = seq_add(b_lo, k)
+                hi = b_lo + k
                 excess -= k
                 if k == n:
                     self._batches.popleft()
                 else:
-                    self._batches[0] = (seq_add(b_lo, k), n - k, t)
+                    self._batches[0] = (b_lo + k, n - k, t)
         if lo is None or hi is None:
             return []
-        return list(self.end.expire(lo, hi, now))
+        # absolute numbers: a range over a huge jump is still one EXPIRE, cut to the window
+        return list(self.end.expire_abs(lo, hi, now))
 
     # ------------------------------------------------------------------ output
     async def _commit(self, actions: Iterable[Message]) -> None:
@@ -317,8 +405,11 @@ class LinkService:
 
     def _accepted_at(self, seq: int) -> float | None:
         """When the herald of pair ``seq`` was accepted here (monotonic s), if still known."""
+        a = self.end.abs_of(seq)
+        if a is None:
+            return None
         for lo, n, t in self._batches:
-            if seq_in_range(seq, lo, seq_add(lo, n)):
+            if lo <= a < lo + n:
                 return t
         return None
 
@@ -348,15 +439,13 @@ class LinkService:
     def _reject(self, reason: str, msg: Envelope, exc: Exception) -> None:
         """Count (in the node's :attr:`LinkRouter.rejected`, by reason) and log a message that
         passed the envelope checks but is not a valid link-layer message."""
-        self.ctx.router.rejected[reason] += 1
-        log.warning("link %s: rejected %s from %s id %d: %s", self.link, msg.type, msg.sender,
-                    msg.id, exc, extra={"link": self.link, "sender": msg.sender,
-                                        "type": msg.type, "error": str(exc)})
+        self.ctx.router.count(reason, msg, f"link {self.link}: {exc}")
 
     # ------------------------------------------------------------------ views
     def telemetry(self, interval_s: float) -> LinkTelemetry:
         stats = self.end.stats()
         lat = np.asarray(self.latencies_ms, dtype=float)
+        handling = np.asarray(self.handling_ms, dtype=float)
         heralds = stats["heralds_accepted_total"]  # entries accepted, not skipped numbers
         rate = (heralds - self._heralds_at_last) / interval_s
         self._heralds_at_last = heralds
@@ -368,7 +457,18 @@ class LinkService:
             "pairs_expired_total": stats["pairs_expired_total"],
             "expires_unacked": stats["expires_unacked"],
             "fidelity_estimate": self.end.goodness,
+            "heralds_stale_total": stats["heralds_stale_total"],
+            "herald_batches_ignored_total": stats["epoch_batches_ignored_total"],
+            "station_resets_total": stats["station_resets_total"],
+            "expires_stale_total": stats["expires_stale_total"],
+            "epoch_conflicts_total": stats["epoch_conflicts_total"],
+            "herald_ts_implausible_total": self.implausible_ts,
+            "epoch_agreed": self.end.epoch_agreed,
         }
+        if self.end.epoch is not None:
+            t["station_epoch"] = self.end.epoch
+        if self._last_herald is not None:
+            t["herald_age_s"] = max(0.0, self.ctx.now() - self._last_herald)
         if self.memory is not None:
             t.update(self.memory.telemetry())  # type: ignore[typeddict-item]
         if self.purifier is not None:
@@ -376,7 +476,11 @@ class LinkService:
         if lat.size:
             t["herald_latency_ms_p50"] = float(np.percentile(lat, 50))
             t["herald_latency_ms_p99"] = float(np.percentile(lat, 99))
+        if handling.size:
+            t["herald_handling_ms_p50"] = float(np.percentile(handling, 50))
+            t["herald_handling_ms_p99"] = float(np.percentile(handling, 99))
         self.latencies_ms.clear()
+        self.handling_ms.clear()
         return t
 
 
@@ -391,6 +495,7 @@ class LinkRouter:
         self._servers: list[tuple[Callable[[Create], bool], CreateServer]] = []
         self._fallback: CreateServer | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
+        self._rlog = RateLimitedLog(log)
         ctx.bus.on("herald", self._on_herald)
         ctx.bus.on("ll", self._on_ll)
         ctx.bus.on("proto", self._on_proto)
@@ -416,10 +521,12 @@ class LinkRouter:
         return end
 
     def count(self, reason: str, msg: Envelope, detail: str) -> None:
-        """Count (by reason, reported as ``link_rejected``) and log a refused message."""
+        """Count (by reason, reported as ``link_rejected``) and log a refused message (at most
+        one line per reason and second: a flood of bad requests must not drown the log)."""
         self.rejected[reason] += 1
-        log.warning("rejected %s from %s id %d: %s", msg.type, msg.sender, msg.id, detail,
-                    extra={"reason": reason, "sender": msg.sender, "type": msg.type})
+        self._rlog(reason, logging.WARNING, "rejected %s from %s id %d: %s", msg.type[:40],
+                   msg.sender, msg.id, detail[:300], reason=reason, sender=msg.sender,
+                   type=msg.type[:40])
 
     async def _on_herald(self, topic: Topic, msg: Envelope) -> None:
         service = self.services.get(topic.arg or "")

@@ -44,6 +44,41 @@ Choices (documented extensions of the draft):
   per-pair view built on demand (:meth:`LinkEnd.pair`).
 * **EXPIRE_ACK** echoes the acknowledged ``[seq_lo, seq_hi)`` (the EGP echoes the queue id), so an
   acknowledgement names one EXPIRE.
+* **Absolute numbers and station epochs** (v1 of the wire; README "Link-layer messages"). A
+  station has an *epoch*, 16 hex digits drawn when its state is created, and numbers successes
+  with a 63-bit counter; each :class:`Herald` carries the epoch, the lap of ``first_seq`` and
+  ``start``, the counter's value when the epoch began. An end names pairs by absolute numbers
+  (the 32-bit ``seq`` of a pair id is the absolute number mod 2^32; the window keeps it
+  unambiguous) and compares heralds, EXPIREs and EXPIRE_ACKs absolutely: an EXPIRE from a lap
+  ago finds nothing in the window (counted: ``expires_stale_total``) and cannot hit new pairs, and a
+  herald's jump is taken at its face value, however large.
+
+  The first epoch an end sees shifts its counter by whole laps so that its expected number is
+  the nearest to the herald's absolute number + 2^32 (both ends do the same, so they share one
+  frame and 32-bit names do not change). Every epoch, the first included, is then *agreed*
+  with the peer before its pairs are accepted: each end sends :class:`Epoch` with ``pos``, its
+  expected number when it first saw the epoch, and both take ``start = max(pos_a, pos_b)``:
+  station number ``σ`` of the epoch is named ``start + σ − epoch start``. An end that already
+  has a start sends it and the other takes it; of two different starts both keep the larger
+  (the smaller one's end expires what it accepted under its start and tells the peer). Batches
+  of the epoch that arrive before the agreement are held (up to ``_MAX_HELD_PAIRS``) and then
+  applied. So after a station restart that lost its state (numbering from 0 under a new
+  epoch), its pairs are named after every number either end used before — pair ids are never
+  reused, and the old epoch's pairs stay valid — and both ends name them alike.
+
+  Which epoch: epochs sort by their creation time (:func:`new_epoch`), and an end moves only to
+  an epoch later than its own that it has not left before, so a herald of the old station that
+  arrives late (reordered, or from a station that did not die) is ignored and counted
+  (``epoch_batches_ignored_total``) and both ends end in the latest epoch. One exception
+  covers a new station whose clock is behind: once the current epoch has been silent for
+  ``epoch_silence_s`` (its station heartbeats every second), an end follows whichever epoch
+  heralds. Only a herald, never a peer's message, moves an end to another epoch. Each change
+  after the first is counted (``station_resets_total``) and reported
+  (:meth:`LinkEnd.take_events`).
+
+  Heralds, EXPIREs and acknowledgements without these fields (a station or peer of the previous
+  version) are applied as before, relative to ``expected`` with RFC 1982, and an end that has
+  not seen an epoch sends none.
 * **Node ids** are strings (MQTT node names) instead of the draft's 32-bit integers.
 * **Times**: ``now`` is monotonic seconds, injected by the caller; ``max_time_ms`` is ms (0 means
   no limit); ``time_ps`` / ``goodness_time_ps`` are integer picoseconds on the node's time-tagger
@@ -72,7 +107,8 @@ __all__ = [
     "BELL_CODES", "BASES", "RANDOM_BASIS", "PAIR_STATUSES", "ErrCode", "Create", "Ack", "Ok",
     "Err", "Expire", "ExpireAck", "HeraldEntry", "Herald", "Message", "message_from_dict",
     "split_actions", "seq_add", "seq_diff", "seq_lt", "seq_in_range", "PairRecord",
-    "CreateIdAllocator", "LinkEnd", "HeraldStation", "SNAPSHOT_VERSION",
+    "CreateIdAllocator", "LinkEnd", "HeraldStation", "SNAPSHOT_VERSION", "Epoch", "MAX_ABS",
+    "new_epoch", "seq_abs",
 ]
 
 # the message names are re-exported: callers import everything link-layer from here
@@ -80,7 +116,9 @@ from .ll_messages import (  # noqa: F401
     BASES,
     BELL_CODES,
     BELL_STATES,
+    MAX_ABS,
     MAX_HERALD_COUNT,
+    MAX_LAP,
     MAX_PAIR_AGE,
     PAIR_STATUSES,
     RANDOM_BASIS,
@@ -89,6 +127,7 @@ from .ll_messages import (  # noqa: F401
     SEQ_MOD,
     Ack,
     Create,
+    Epoch,
     Err,
     ErrCode,
     Expire,
@@ -99,6 +138,7 @@ from .ll_messages import (  # noqa: F401
     Ok,
     _bad,
     _check_choice,
+    _check_epoch,
     _check_float,
     _check_int,
     _check_seq,
@@ -110,7 +150,9 @@ from .ll_messages import (  # noqa: F401
     encode_bytes,
     encode_times,
     message_from_dict,
+    new_epoch,
     pack_codes,
+    seq_abs,
     seq_add,
     seq_diff,
     seq_in_range,
@@ -125,6 +167,10 @@ _LIVE, _DELIVERED, _EXPIRED = (PAIR_STATUSES.index(s) for s in ("live", "deliver
 _NO_CID = -1          # create id column: none
 _MERGE_BELOW = 4096   # a run shorter than this absorbs the next contiguous accepted batch
 _INT64_MAX = (1 << 63) - 1
+_MAX_OLD_EPOCHS = 16          # epochs an end remembers having left
+_MAX_EARLY = 4                # peer EPOCHs kept for epochs this end has not seen yet
+_MAX_HELD_PAIRS = 1 << 20     # herald entries held while an epoch is being agreed ...
+_MAX_HELD_BATCHES = 4096      # ... and batches (the oldest go first; their numbers are skipped)
 
 
 @dataclass
@@ -216,7 +262,11 @@ RestartPolicy = Literal["resume", "expire_all"]
 #: Snapshot format: 2 = 32-bit sequence numbers and columnar runs (1 was 16-bit, per pair).
 SNAPSHOT_VERSION = 2
 _STAT_TOTALS = ("pairs_delivered_total", "pairs_expired_total", "heralds_accepted_total",
-                "herald_batches_total", "seqs_skipped_total")
+                "herald_batches_total", "seqs_skipped_total", "heralds_stale_total",
+                "epoch_batches_ignored_total", "station_resets_total", "expires_stale_total",
+                "epoch_conflicts_total")
+#: totals a snapshot of the previous version lacks (restored as 0)
+_NEW_TOTALS = frozenset(_STAT_TOTALS[5:])
 _RUN_KEYS = ("first_seq", "count", "goodness", "bell", "time0_ps", "dt_bytes", "dt", "marks")
 _DELTA_ONLY = ("delta", "base", "runs_upsert", "runs_delete")
 
@@ -233,7 +283,8 @@ class LinkEnd:
     ``max_pair_age``: pairs more than this many sequence numbers behind ``expected_seq`` are
     expired and forgotten (1 .. ``MAX_PAIR_AGE``); ``window_slack`` (0 .. max_pair_age − 1):
     when that happens, pairs more than ``max_pair_age − window_slack`` behind go too (module
-    docstring).
+    docstring). ``epoch_silence_s``: how long the station epoch followed may be silent before
+    an end follows an earlier-sorting one that heralds (a new station with its clock behind).
     """
 
     def __init__(self, node: str, peer: str, link: str, *, comm_delay: float = 0.05,
@@ -241,7 +292,8 @@ class LinkEnd:
                  purposes: Iterable[int] | None = None, initial_seq: int = 0,
                  measure: MeasureFn | None = None,
                  create_ids: CreateIdAllocator | None = None,
-                 max_pair_age: int = MAX_PAIR_AGE, window_slack: int = 0) -> None:
+                 max_pair_age: int = MAX_PAIR_AGE, window_slack: int = 0,
+                 epoch_silence_s: float = 10.0) -> None:
         c = "LinkEnd"
         _check_str(c, "node", node)
         _check_str(c, "peer", peer)
@@ -251,8 +303,11 @@ class LinkEnd:
         _check_seq(c, "initial_seq", initial_seq)
         _check_int(c, "max_pair_age", max_pair_age, 1, MAX_PAIR_AGE)
         _check_int(c, "window_slack", window_slack, 0, max_pair_age - 1)
+        _check_float(c, "epoch_silence_s", epoch_silence_s, 0.0)
         self.node, self.peer, self.link = node, peer, link
         self.comm_delay = float(comm_delay)
+        #: a station epoch silent this long (s) gives way to any that heralds (module docstring)
+        self.epoch_silence_s = float(epoch_silence_s)
         self.max_fidelity = float(max_fidelity)
         self.max_pair_age = max_pair_age
         self.window_slack = window_slack
@@ -280,6 +335,21 @@ class LinkEnd:
         self._dirty: list[_Run] = []    # runs changed since the last snapshot
         self._deleted: list[int] = []   # stored runs (first_seq) gone since the last snapshot
         self._stored_state: dict[str, Any] | None = None  # scalars of the last snapshot
+        # Station epoch (module docstring): None until a herald with one arrives.
+        self._epoch: str | None = None
+        self._epoch_sigma0 = 0          # the station's absolute number the epoch began at
+        self._epoch_sigma_next = 0      # the station's latest next number in the epoch
+        self._epoch_pos = 0             # _exp when this end first saw the epoch
+        self._epoch_start: int | None = None  # name of station number sigma0 (None: waiting)
+        self._epoch_from = 0            # _exp when the start became known
+        self._old_epochs: list[str] = []       # epochs left, oldest first
+        self._early: dict[str, tuple[int, int | None]] = {}  # peer EPOCHs of unseen epochs
+        self._epoch_resend = math.inf   # when to send our EPOCH again while waiting
+        self._epoch_heard = -math.inf   # when a herald of the current epoch last came
+        self._held: list[tuple[Herald, float]] = []  # (batch, arrival) held while agreeing
+        self._held_pairs = 0
+        self._accepted: list[tuple[int, int, float]] = []  # (absolute first, count, arrival)
+        self._events: list[dict[str, Any]] = []     # epoch changes, for the caller to log
 
     # ------------------------------------------------------------------ views
 
@@ -316,9 +386,48 @@ class LinkEnd:
         """Create ids of the requests not yet fulfilled, in service order."""
         return [r.create_id for r in self._ordered_requests()]
 
+    @property
+    def expected_abs(self) -> int:
+        """The absolute number of :attr:`expected_seq` (module docstring)."""
+        return self._exp
+
+    @property
+    def epoch(self) -> str | None:
+        """The station epoch this end follows (None: none seen)."""
+        return self._epoch
+
+    @property
+    def epoch_agreed(self) -> bool:
+        """False while this end waits for the peer's EPOCH of the current epoch."""
+        return self._epoch is None or self._epoch_start is not None
+
+    def abs_of(self, seq: int) -> int | None:
+        """The absolute number of pair ``seq`` if it lies in the window, else None."""
+        back = seq_diff(self.expected_seq, seq)
+        if back == 0 or back > self.max_pair_age:
+            return None
+        return self._exp - back
+
+    def take_accepted(self) -> list[tuple[int, int, float]]:
+        """(absolute first number, count, arrival) of the pairs accepted from heralds since the
+        last call, in order (skipped numbers are not in them). ``arrival``: the ``now`` at
+        which their batch came (earlier than its acceptance for a batch held while an epoch
+        was agreed)."""
+        out, self._accepted = self._accepted, []
+        return out
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """What happened to the station epoch since the last call, for the caller to log:
+        ``{"event": "epoch", "old", "new", "pos"}`` when a new epoch is seen (``old`` None: the
+        first), ``{"event": "epoch_agreed", "epoch", "start"}`` when it is agreed,
+        ``{"event": "epoch_conflict", "epoch", "ours", "peers"}`` when the peer had another
+        start."""
+        out, self._events = self._events, []
+        return out
+
     def unacked_expires(self) -> list[tuple[int, int]]:
-        """The ``[lo, hi)`` ranges sent to the peer and not yet acknowledged."""
-        return list(self._unacked)
+        """The ``[lo, hi)`` ranges sent to the peer and not yet acknowledged (32-bit)."""
+        return [(a % SEQ_MOD, b % SEQ_MOD) for a, b in self._unacked]
 
     def stats(self) -> dict[str, int]:
         """Counts: ``pairs_live`` (in memory, not OK'd), ``pairs_held`` (live or delivered, =
@@ -326,8 +435,14 @@ class LinkEnd:
         ``pairs_delivered_total`` (OK'd), ``pairs_expired_total`` (held pairs expired: EXPIRE
         either way, local expire, window), ``heralds_accepted_total`` (herald entries accepted
         as pairs), ``herald_batches_total`` (Herald messages applied), ``seqs_skipped_total``
-        (sequence numbers passed without a herald); ``expires_unacked`` (EXPIREs awaiting an
-        ACK) and ``expected_seq``."""
+        (sequence numbers passed without a herald), ``heralds_stale_total`` (herald entries
+        ignored: their numbers were already accepted or skipped), ``epoch_batches_ignored_total``
+        (batches of a station epoch this end left, or without an epoch once it has one),
+        ``station_resets_total`` (new station epochs after the first), ``expires_stale_total``
+        (EXPIREs ending half the 32-bit space or more behind, e.g. from a lap ago:
+        acknowledged, nothing done),
+        ``epoch_conflicts_total`` (EPOCHs with another start than ours); ``expires_unacked``
+        (EXPIREs awaiting an ACK) and ``expected_seq``."""
         runs = self._live_runs()
         return {"pairs_live": sum(r.n_live for r in runs),
                 "pairs_held": sum(len(r) - r.n_gone for r in runs),
@@ -342,9 +457,34 @@ class LinkEnd:
 
     # ------------------------------------------------------------------ columnar store
 
-    def _abs(self, seq: int) -> int:
-        """Unwrapped number of ``seq`` as a stored pair (at most SEQ_MOD behind expected)."""
+    def _rel_abs(self, seq: int) -> int:
+        """Absolute number of 32-bit ``seq`` read with RFC 1982 against ``expected``: ahead by
+        less than SEQ_HALF, else behind (the rule for messages without laps)."""
+        if seq_lt(self.expected_seq, seq):
+            return self._exp + seq_diff(seq, self.expected_seq)
         return self._exp - seq_diff(self.expected_seq, seq)
+
+    def _range_abs(self, lo: int, hi: int, laps: tuple[int, int] | None) -> tuple[int, int]:
+        """Absolute ``[lo, hi)`` of a message's range: its laps once this end has an epoch,
+        else (a previous version's message, or none yet) relative to ``expected``."""
+        if laps is not None and self._epoch is not None:
+            return laps
+        b = self._rel_abs(hi)
+        return b - seq_diff(hi, lo), b
+
+    def _shift(self, d: int) -> None:
+        """Renumber every absolute number by ``d`` (whole laps: 32-bit names do not change)."""
+        if not d:
+            return
+        self._exp += d
+        self._floor += d
+        for run in self._runs:
+            run.start += d
+        self._starts = [a + d for a in self._starts]
+        # (a range now below 0 cannot be sent with laps: there is nothing there to expire)
+        self._unacked = {(max(a + d, 0), b + d): t for (a, b), t in self._unacked.items()
+                         if b + d > 0}
+        self._accepted = [(a + d, n, t) for a, n, t in self._accepted]
 
     def _locate(self, a: int) -> tuple[_Run, int] | None:
         i = bisect.bisect_right(self._starts, a, self._head) - 1
@@ -367,9 +507,16 @@ class LinkEnd:
             run.dirty = True
             self._dirty.append(run)
 
-    def _append(self, codes: np.ndarray, times: np.ndarray) -> None:
+    def _append(self, codes: np.ndarray, times: np.ndarray, arrival: float) -> None:
         """Store pairs ``[expected, expected + n)`` as live, unreserved."""
         start, n = self._exp, len(codes)
+        last_acc = self._accepted[-1] if self._accepted else None
+        if last_acc is not None and last_acc[0] + last_acc[1] == start and last_acc[2] == arrival:
+            self._accepted[-1] = (last_acc[0], last_acc[1] + n, arrival)
+        else:
+            self._accepted.append((start, n, arrival))
+            if len(self._accepted) > 4096:   # nobody takes them: keep the latest
+                del self._accepted[:-4096]
         last = self._runs[-1] if len(self._runs) > self._head else None
         if (last is not None and last.end == start and last.goodness == self.goodness
                 and len(last) < _MERGE_BELOW):
@@ -528,15 +675,42 @@ class LinkEnd:
         """Apply the EGP ``_process_mhp_seq`` rule (§1.2) to the batch's entries in order, then
         to its ``next_seq`` (a heartbeat closes a gap at the tail), then serve requests.
 
-        In bulk: entry ``k`` has seq ``first + k``. If ``first`` is expected or ahead (by less
-        than ``SEQ_HALF``), the gap before it is skipped and every entry is accepted; otherwise
-        entries before the expected one are stale and the rest (if any) is accepted. Without
-        pending requests this is O(count) numpy work and no per-pair Python objects."""
+        In bulk: entry ``k`` has number ``first + k``. If ``first`` is expected or ahead, the gap
+        before it is skipped and every entry is accepted; otherwise entries before the expected
+        one are stale and the rest (if any) is accepted. Without pending requests this is
+        O(count) numpy work and no per-pair Python objects. A batch with a station epoch is
+        compared absolutely, once its epoch is agreed (module docstring); one without is
+        compared with RFC 1982 (ahead by less than ``SEQ_HALF``)."""
         self._seen(now)
         if not isinstance(batch, Herald):
             raise TypeError(f"on_herald: expected a Herald, got {type(batch).__name__}")
         self._check_link(batch.link, "Herald")
         self._totals["herald_batches_total"] += 1
+        if batch.epoch is None:
+            if self._epoch is not None:   # a station of the previous version: not ours now
+                self._totals["epoch_batches_ignored_total"] += 1
+                return []
+            return self._apply_relative(batch, now) + self._serve()
+        out: list[Message] = []
+        if batch.epoch != self._epoch:
+            if not self._follows(batch.epoch, now):
+                self._totals["epoch_batches_ignored_total"] += 1
+                return []
+            out += self._switch(batch, now)
+        elif batch.start != self._epoch_sigma0:   # not this epoch's numbering
+            self._totals["epoch_batches_ignored_total"] += 1
+            return []
+        self._epoch_heard = now
+        nxt = batch.next_abs
+        assert nxt is not None
+        self._epoch_sigma_next = max(self._epoch_sigma_next, nxt)
+        if self._epoch_start is None:
+            self._hold(batch)
+            return out
+        return out + self._apply_absolute(batch, now, now) + self._serve()
+
+    def _apply_relative(self, batch: Herald, now: float) -> list[Message]:
+        """A batch without an epoch: numbers read with RFC 1982 against ``expected``."""
         out: list[Message] = []
         n, first = batch.count, batch.first_seq
         if n:
@@ -544,33 +718,175 @@ class LinkEnd:
             if ahead == 0:
                 k0 = 0
             elif ahead < SEQ_HALF:
-                out += self._skip_to(first, now)
+                out += self._skip_to(self._exp + ahead, now)
                 k0 = 0
             else:  # stale: behind expected (or SEQ_HALF ahead, undefined): up to expected
-                k0 = SEQ_MOD - ahead
+                k0 = min(SEQ_MOD - ahead, n)
+                self._totals["heralds_stale_total"] += k0
             if k0 < n:
-                codes, times = batch.bell_codes, batch.times_ps
-                if k0:
-                    codes, times = codes[k0:], times[k0:]
-                self._append(codes, times)
-                self._exp += n - k0
-                self._totals["heralds_accepted_total"] += n - k0
-                out += self._age_out()
+                out += self._accept(batch, k0, now)
         if seq_lt(self.expected_seq, batch.next_seq):
-            out += self._skip_to(batch.next_seq, now)
-        return out + self._serve()
+            out += self._skip_to(self._exp + seq_diff(batch.next_seq, self.expected_seq), now)
+        return out
+
+    def _apply_absolute(self, batch: Herald, now: float, arrival: float) -> list[Message]:
+        """A batch of the agreed current epoch: station number ``σ`` is named
+        ``start + σ − sigma0``."""
+        assert self._epoch_start is not None and batch.first_abs is not None
+        first = self._epoch_start + (batch.first_abs - self._epoch_sigma0)
+        n = batch.count
+        if first + n > MAX_ABS:   # beyond any number a message can carry
+            self._totals["epoch_batches_ignored_total"] += 1
+            return []
+        out: list[Message] = []
+        if n:
+            if first >= self._exp:
+                if first > self._exp:
+                    out += self._skip_to(first, now)
+                k0 = 0
+            else:
+                k0 = min(self._exp - first, n)
+                self._totals["heralds_stale_total"] += k0
+            if k0 < n:
+                out += self._accept(batch, k0, arrival)
+        if first + n > self._exp:
+            out += self._skip_to(first + n, now)
+        return out
+
+    def _accept(self, batch: Herald, k0: int, arrival: float) -> list[Message]:
+        """Store entries ``k0..`` of ``batch`` as the pairs from ``expected`` on."""
+        codes, times = batch.bell_codes, batch.times_ps
+        if k0:
+            codes, times = codes[k0:], times[k0:]
+        self._append(codes, times, arrival)
+        self._exp += len(codes)
+        self._totals["heralds_accepted_total"] += len(codes)
+        return self._age_out()
 
     def _skip_to(self, new_expected: int, now: float) -> list[Message]:
-        """``expected`` jumps to ``new_expected`` without accepting ``[expected, new)``: ERR_EXPIRE
-        upward and EXPIRE(old, new) to the peer (§1.2). No pair is stored at or after
-        ``expected``, so there is nothing to drop in the range."""
-        lo, hi = self.expected_seq, new_expected
-        n = seq_diff(hi, lo)
-        self._exp += n
-        self._totals["seqs_skipped_total"] += n
-        out: list[Message] = [Err(None, ErrCode.EXPIRE, self.link, lo, hi, self.node),
-                              self._send_expire(lo, hi, now)]
+        """``expected`` jumps to the absolute ``new_expected`` without accepting
+        ``[expected, new)``: ERR_EXPIRE upward and EXPIRE(old, new) to the peer (§1.2). No pair
+        is stored at or after ``expected``, so there is nothing to drop in the range."""
+        a, b = self._exp, min(new_expected, MAX_ABS)   # (no message carries a larger one)
+        if b <= a:
+            return []
+        self._exp = b
+        self._totals["seqs_skipped_total"] += b - a
+        lo = max(a, b - (SEQ_HALF - 1))   # an ERR names at most SEQ_HALF - 1 numbers
+        out: list[Message] = [Err(None, ErrCode.EXPIRE, self.link, lo % SEQ_MOD, b % SEQ_MOD,
+                                  self.node),
+                              self._send_expire(a, b, now)]
         return out + self._age_out()
+
+    # ------------------------------------------------------------------ station epochs
+
+    def _follows(self, epoch: str, now: float) -> bool:
+        """Move to the station epoch ``epoch``? Yes if none yet, if it is later than ours and
+        not one we left, or if ours has been silent for ``epoch_silence_s``."""
+        if self._epoch is None or now - self._epoch_heard >= self.epoch_silence_s:
+            return True
+        return epoch > self._epoch and epoch not in self._old_epochs
+
+    def _switch(self, batch: Herald, now: float) -> list[Message]:
+        """``batch`` is the first of a station epoch this end has not seen: follow it, and send
+        the peer our EPOCH (module docstring). Resolved at once if the peer's came first."""
+        prev = self._epoch
+        assert batch.first_abs is not None and batch.next_abs is not None
+        assert batch.epoch is not None and batch.start is not None
+        if prev is None:
+            # one frame for both ends: expected nearest to the herald's number + one lap
+            target = min(batch.first_abs + SEQ_MOD, MAX_ABS - 2 * SEQ_MOD)
+            self._shift((target - self._exp + SEQ_HALF) // SEQ_MOD * SEQ_MOD)
+        else:
+            self._old_epochs.append(prev)
+            del self._old_epochs[:-_MAX_OLD_EPOCHS]
+            self._totals["station_resets_total"] += 1
+        self._epoch = batch.epoch
+        self._epoch_sigma0 = batch.start
+        self._epoch_sigma_next = batch.first_abs   # the batch itself is applied by the caller
+        self._epoch_pos = self._exp
+        self._epoch_start = None
+        self._held, self._held_pairs = [], 0
+        self._events.append({"event": "epoch", "old": prev, "new": batch.epoch,
+                             "pos": self._exp})
+        out: list[Message] = []
+        early = self._early.pop(batch.epoch, None)
+        if early is not None:
+            pos, start = early
+            out += self._resolve(max(self._epoch_pos, pos) if start is None else start, now)
+        else:
+            self._epoch_resend = now + 2.0 * self.comm_delay
+        return [Epoch(self.link, batch.epoch, self._epoch_pos, self._epoch_start), *out]
+
+    def _hold(self, batch: Herald) -> None:
+        """Keep a batch of the epoch being agreed (bounded: the oldest go first)."""
+        self._held.append((batch, self._last_now))
+        self._held_pairs += batch.count
+        while self._held and (len(self._held) > _MAX_HELD_BATCHES
+                              or self._held_pairs > _MAX_HELD_PAIRS):
+            self._held_pairs -= self._held.pop(0)[0].count
+
+    def _resolve(self, start: int, now: float) -> list[Message]:
+        """The epoch's start is agreed: apply the held batches, then skip to the station's
+        latest number (a lost or dropped tail)."""
+        self._epoch_start = start
+        self._epoch_from = self._exp
+        self._epoch_resend = math.inf
+        self._events.append({"event": "epoch_agreed", "epoch": self._epoch, "start": start})
+        held, self._held, self._held_pairs = self._held, [], 0
+        out: list[Message] = []
+        for b, arrival in held:
+            out += self._apply_absolute(b, now, arrival)
+        nxt = start + (self._epoch_sigma_next - self._epoch_sigma0)
+        if self._exp < nxt <= MAX_ABS:
+            out += self._skip_to(nxt, now)
+        return out
+
+    def _rebase(self, start: int, now: float) -> list[Message]:
+        """The peer has a larger start for the current epoch: take it. What this end accepted
+        under its own start is expired (and the peer told), then it skips to the station's
+        latest number under the new one."""
+        assert self._epoch_start is not None
+        self._events.append({"event": "epoch_conflict", "epoch": self._epoch,
+                             "ours": self._epoch_start, "peers": start})
+        out: list[Message] = []
+        lo = self._epoch_from
+        if self._exp > lo:
+            out += self._drop(lo, self._exp, self.node)
+            out.append(self._send_expire(lo, self._exp, now))
+        self._epoch_start = start
+        nxt = start + (self._epoch_sigma_next - self._epoch_sigma0)
+        if self._exp < nxt <= MAX_ABS:
+            out += self._skip_to(nxt, now)
+        self._epoch_from = self._exp
+        return out
+
+    def on_epoch(self, msg: Epoch, now: float) -> list[Message]:
+        """The peer's EPOCH (module docstring). For our current epoch: take its start (or
+        ``max(our pos, its pos)`` if it has none) when we have none; keep the larger of two
+        starts; answer when the peer has no start or a smaller one. For an epoch we have not
+        seen, keep it for when we do; for one we left, ignore it. Never changes the epoch."""
+        self._seen(now)
+        if not isinstance(msg, Epoch):
+            raise TypeError(f"on_epoch: expected an Epoch, got {type(msg).__name__}")
+        self._check_link(msg.link, "Epoch")
+        if msg.epoch != self._epoch:
+            if msg.epoch not in self._old_epochs:
+                self._early[msg.epoch] = (msg.pos, msg.start)
+                while len(self._early) > _MAX_EARLY:
+                    del self._early[next(iter(self._early))]
+            return []
+        out: list[Message] = []
+        if self._epoch_start is None:
+            out += self._resolve(max(self._epoch_pos, msg.pos) if msg.start is None
+                                 else msg.start, now)
+        elif msg.start is not None and msg.start != self._epoch_start:
+            self._totals["epoch_conflicts_total"] += 1
+            if msg.start > self._epoch_start:
+                out += self._rebase(msg.start, now)
+        if msg.start is None or msg.start < self._epoch_start:  # type: ignore[operator]
+            out.append(Epoch(self.link, msg.epoch, self._epoch_pos, self._epoch_start))
+        return out + self._serve()
 
     # ------------------------------------------------------------------ EXPIRE exchange
 
@@ -578,18 +894,29 @@ class LinkEnd:
         """Peer's EXPIRE (§1.2 ``cmd_EXPIRE``): drop ``[lo, hi)`` (ERR_EXPIRE upward for pairs
         there), move ``expected`` up to ``hi`` if behind — expiring our own skipped
         ``[expected, lo)`` to the peer when ``expected < lo`` — and answer EXPIRE_ACK(expected).
-        Idempotent: a duplicate is dropped again (nothing left) and acknowledged again."""
+        Idempotent: a duplicate is dropped again (nothing left) and acknowledged again. With
+        laps the range is absolute: one that ends half the 32-bit space or more behind
+        ``expected`` (e.g. a lap ago; RFC 1982 would read it as ahead) finds nothing in the
+        window and is counted (``expires_stale_total``)."""
         self._seen(now)
         self._check_link(msg.link, "Expire")
-        out = self._drop(msg.seq_lo, msg.seq_hi, msg.origin)
-        if seq_lt(self.expected_seq, msg.seq_hi):
-            if seq_lt(self.expected_seq, msg.seq_lo):
-                out += self._skip_to(msg.seq_lo, now)
-            n = seq_diff(msg.seq_hi, self.expected_seq)
-            self._exp += n
-            self._totals["seqs_skipped_total"] += n
+        lo, hi = self._range_abs(msg.seq_lo, msg.seq_hi, msg.abs_range)
+        lo, hi = min(lo, MAX_ABS), min(hi, MAX_ABS)
+        if hi <= self._exp - SEQ_HALF:
+            self._totals["expires_stale_total"] += 1
+        out = self._drop(lo, hi, msg.origin)
+        if hi > self._exp:
+            if lo > self._exp:
+                out += self._skip_to(lo, now)
+            self._totals["seqs_skipped_total"] += hi - self._exp
+            self._exp = hi
             out += self._age_out()
-        out.append(ExpireAck(self.link, self.expected_seq, msg.seq_lo, msg.seq_hi))
+        if msg.lap_lo is None:   # a previous version's EXPIRE: an ACK it can read
+            out.append(ExpireAck(self.link, self.expected_seq, msg.seq_lo, msg.seq_hi))
+        else:
+            lap = self._exp >> SEQ_BITS if self._epoch is not None else None
+            out.append(ExpireAck(self.link, self.expected_seq, msg.seq_lo, msg.seq_hi, lap,
+                                 msg.lap_lo, msg.lap_hi))
         return out + self._serve()
 
     def on_expire_ack(self, msg: ExpireAck, now: float) -> list[Message]:
@@ -598,9 +925,20 @@ class LinkEnd:
         peer like any other skip."""
         self._seen(now)
         self._check_link(msg.link, "ExpireAck")
-        self._unacked.pop((msg.seq_lo, msg.seq_hi), None)
-        if seq_lt(self.expected_seq, msg.expected_seq):
-            return self._skip_to(msg.expected_seq, now) + self._serve()
+        if msg.lap_lo is not None and msg.lap_hi is not None:
+            self._unacked.pop((seq_abs(msg.seq_lo, msg.lap_lo), seq_abs(msg.seq_hi, msg.lap_hi)),
+                              None)
+        else:
+            key = next((k for k in self._unacked if (k[0] % SEQ_MOD, k[1] % SEQ_MOD)
+                        == (msg.seq_lo, msg.seq_hi)), None)
+            if key is not None:
+                del self._unacked[key]
+        if msg.lap is not None and self._epoch is not None:
+            peer = seq_abs(msg.expected_seq, msg.lap)
+        else:
+            peer = self._rel_abs(msg.expected_seq)
+        if peer > self._exp:
+            return self._skip_to(peer, now) + self._serve()
         return []
 
     def expire(self, seq_lo: int, seq_hi: int, now: float) -> list[Message]:
@@ -614,26 +952,43 @@ class LinkEnd:
         if not 0 < n < SEQ_HALF or seq_lt(self.expected_seq, seq_hi):
             raise ValueError(f"expire.seq_hi: expected a non-empty range ending at or before "
                              f"expected_seq={self.expected_seq}, got [{seq_lo}, {seq_hi})")
-        out = self._drop(seq_lo, seq_hi, self.node)
-        out.append(self._send_expire(seq_lo, seq_hi, now))
+        b = self._rel_abs(seq_hi)
+        return self._expire(b - n, b, now)
+
+    def expire_abs(self, lo: int, hi: int, now: float) -> list[Message]:
+        """:meth:`expire` of the absolute ``[lo, hi)``, cut to the window ``[floor,
+        expected)``: nothing (no message) if that leaves no number."""
+        self._seen(now)
+        lo, hi = max(lo, self._floor), min(hi, self._exp)
+        if lo >= hi:
+            return []
+        return self._expire(lo, hi, now)
+
+    def _expire(self, lo: int, hi: int, now: float) -> list[Message]:
+        out = self._drop(lo, hi, self.node)
+        out.append(self._send_expire(lo, hi, now))
         return out + self._serve()
 
     def _send_expire(self, lo: int, hi: int, now: float) -> Expire:
+        """EXPIRE of the absolute ``[lo, hi)``, resent until acknowledged; with laps once this
+        end has an epoch (a previous version's peer cannot read them before)."""
         self._unacked[(lo, hi)] = now + 2.0 * self.comm_delay
-        return Expire(self.link, lo, hi, self.node)
+        return self._expire_msg(lo, hi)
+
+    def _expire_msg(self, lo: int, hi: int) -> Expire:
+        if self._epoch is not None:
+            return Expire(self.link, lo % SEQ_MOD, hi % SEQ_MOD, self.node, lo >> SEQ_BITS,
+                          hi >> SEQ_BITS)
+        return Expire(self.link, lo % SEQ_MOD, hi % SEQ_MOD, self.node)
 
     def _drop(self, lo: int, hi: int, origin: str, *, mark: bool = True) -> list[Message]:
-        """Mark live/delivered pairs in ``[lo, hi)`` expired; release reservations; one
-        ERR_EXPIRE upward per create id touched (None for pairs not yet OK'd), in order of the
-        first pair touched. ``mark=False``: the touched pairs are about to be forgotten (window
-        rule), so the runs need not be stored again."""
-        n = seq_diff(hi, lo)
-        if n == 0 or self._head >= len(self._runs):
+        """Mark live/delivered pairs in the absolute ``[lo, hi)`` expired; release
+        reservations; one ERR_EXPIRE upward per create id touched (None for pairs not yet
+        OK'd), in order of the first pair touched. ``mark=False``: the touched pairs are about
+        to be forgotten (window rule), so the runs need not be stored again."""
+        a, b = max(lo, self._floor), min(hi, self._exp)   # stored pairs lie in the window
+        if a >= b or self._head >= len(self._runs):
             return []
-        # Stored pairs lie within max_pair_age ≤ SEQ_MOD/4 behind expected, so the serial range
-        # meets them in one unwrapped interval starting at most SEQ_MOD behind expected.
-        a = self._exp - SEQ_MOD + seq_diff(lo, self.expected_seq)
-        b = a + n
         touched: dict[int | None, None] = {}
         released: dict[int, set[int]] = {}
         for ri in self._runs_from(a):
@@ -664,7 +1019,10 @@ class LinkEnd:
                 gone = released.get(req.create_id)
                 if gone:
                     req.reserved = [s for s in req.reserved if s not in gone]
-        return [Err(cid, ErrCode.EXPIRE, self.link, lo, hi, origin) for cid in touched]
+        if hi - lo >= SEQ_HALF:   # an ERR names the part that held pairs
+            lo, hi = a, b
+        return [Err(cid, ErrCode.EXPIRE, self.link, lo % SEQ_MOD, hi % SEQ_MOD, origin)
+                for cid in touched]
 
     def _age_out(self) -> list[Message]:
         """Window rule: pairs more than ``max_pair_age`` numbers behind ``expected`` are expired
@@ -691,9 +1049,8 @@ class LinkEnd:
         out: list[Message] = []
         if first_alive is not None:
             assert last_alive is not None
-            lo, hi = first_alive % SEQ_MOD, (last_alive + 1) % SEQ_MOD
-            out += self._drop(lo, hi, self.node, mark=False)
-            out.append(self._send_expire(lo, hi, self._last_now))
+            out += self._drop(first_alive, last_alive + 1, self.node, mark=False)
+            out.append(self._send_expire(first_alive, last_alive + 1, self._last_now))
         self._floor = floor
         head = self._head
         while head < len(self._runs) and self._runs[head].start < floor:
@@ -719,13 +1076,17 @@ class LinkEnd:
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> list[Message]:
-        """Resend EXPIREs unacknowledged for 2×comm_delay (§1.2); ERR_TIMEOUT for requests past
-        Max Time (their reserved, not yet OK'd pairs go back to the pool)."""
+        """Resend EXPIREs unacknowledged for 2×comm_delay (§1.2), and our EPOCH while the peer's
+        has not come; ERR_TIMEOUT for requests past Max Time (their reserved, not yet OK'd
+        pairs go back to the pool)."""
         self._seen(now)
         out: list[Message] = []
         for (lo, hi), deadline in list(self._unacked.items()):
             if now >= deadline:
                 out.append(self._send_expire(lo, hi, now))
+        if self._epoch is not None and self._epoch_start is None and now >= self._epoch_resend:
+            self._epoch_resend = now + 2.0 * self.comm_delay
+            out.append(Epoch(self.link, self._epoch, self._epoch_pos, None))
         for req in list(self._requests):
             mt = req.create.max_time_ms
             if mt > 0 and now - req.submitted >= mt / 1000.0:
@@ -775,7 +1136,15 @@ class LinkEnd:
                           "elapsed_s": self._last_now - r.submitted,
                           "reserved": list(r.reserved), "delivered": r.delivered}
                          for r in self._requests],
+            # absolute from here on (a snapshot without expected_abs holds 32-bit ranges)
             "unacked_expires": [[lo, hi] for lo, hi in self._unacked],
+            "expected_abs": self._exp,
+            "epoch": None if self._epoch is None else {
+                "id": self._epoch, "sigma0": self._epoch_sigma0,
+                "sigma_next": self._epoch_sigma_next, "pos": self._epoch_pos,
+                "start": self._epoch_start, "from": self._epoch_from},
+            "old_epochs": list(self._old_epochs),
+            "early_epochs": {e: [p, st] for e, (p, st) in self._early.items()},
         }
 
     @staticmethod
@@ -900,6 +1269,30 @@ class LinkEnd:
         out["runs"] = sorted(runs.values(), key=lambda r: -seq_diff(exp, r["first_seq"]))
         return out
 
+    def _restore_epoch(self, s: _Snap) -> None:
+        """The epoch fields of a snapshot (:meth:`_state_dict`)."""
+        ep = s.get("epoch", (dict, type(None)))
+        if ep is not None:
+            w = "snapshot.epoch"
+            _check_epoch(w, "id", ep.get("id"))
+            for key in ("sigma0", "sigma_next", "pos", "from"):
+                _check_int(w, key, ep.get(key), 0, MAX_ABS)
+            if ep.get("start") is not None:
+                _check_int(w, "start", ep.get("start"), 0, MAX_ABS)
+            self._epoch, self._epoch_sigma0 = ep["id"], ep["sigma0"]
+            self._epoch_sigma_next, self._epoch_pos = ep["sigma_next"], ep["pos"]
+            self._epoch_start, self._epoch_from = ep.get("start"), ep["from"]
+        old = s.get("old_epochs", list)
+        for i, e in enumerate(old):
+            _check_epoch("snapshot", f"old_epochs[{i}]", e)
+        self._old_epochs = list(old)[-_MAX_OLD_EPOCHS:]
+        for e, v in s.get("early_epochs", dict).items():
+            _check_epoch("snapshot", "early_epochs", e)
+            if (not isinstance(v, list) or len(v) != 2
+                    or not isinstance(v[0], int) or not isinstance(v[1], (int, type(None)))):
+                raise _bad("snapshot", f"early_epochs[{e!r}]", "[pos, start | null]", v)
+            self._early[e] = (v[0], v[1])
+
     @classmethod
     def restore(cls, snap: Mapping[str, Any], *, now: float,
                 restart_policy: RestartPolicy = "resume", measure: MeasureFn | None = None,
@@ -928,11 +1321,21 @@ class LinkEnd:
                   max_pair_age=s.get("max_pair_age", int),
                   window_slack=s.get("window_slack", int))
         end._seen(now)
+        end._epoch_heard = now      # the silence of the epoch is timed from the restart
         end._generation = s.get("generation", int)
         stats = s.get("stats", dict)
         for key in _STAT_TOTALS:
-            _check_int("snapshot.stats", key, stats.get(key), 0)
-            end._totals[key] = stats[key]
+            v = stats.get(key, 0 if key in _NEW_TOTALS else None)
+            _check_int("snapshot.stats", key, v, 0)
+            end._totals[key] = v
+        absolute = "expected_abs" in snap   # else a previous version's: 32-bit ranges, no epoch
+        if absolute:
+            exp_abs = s.get("expected_abs", int)
+            if exp_abs < 0 or exp_abs > MAX_ABS or exp_abs % SEQ_MOD != end.expected_seq:
+                raise _bad("snapshot", "expected_abs", f"an absolute number ≡ expected_seq="
+                           f"{end.expected_seq} mod 2^{SEQ_BITS}", exp_abs)
+            end._exp = exp_abs
+            end._restore_epoch(s)
         back = s.get("window_back", int)
         _check_int("snapshot", "window_back", back, 0, end.max_pair_age)
         floor = end._floor = end._exp - back
@@ -973,16 +1376,25 @@ class LinkEnd:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise _bad("snapshot", f"unacked_expires[{i}]", "[lo, hi]", pair)
             try:
-                out.append(end._send_expire(int(pair[0]), int(pair[1]), now))
+                lo, hi = int(pair[0]), int(pair[1])
+                if not absolute:
+                    _check_seq("snapshot", f"unacked_expires[{i}]", lo)
+                    hi = end._rel_abs(hi % SEQ_MOD)
+                    lo = hi - seq_diff(hi % SEQ_MOD, lo)
+                if not lo < hi <= MAX_ABS:
+                    raise _bad("snapshot", f"unacked_expires[{i}]", "a range [lo, hi)", pair)
+                out.append(end._send_expire(lo, hi, now))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"snapshot.unacked_expires[{i}]: {exc}") from None
+        if end._epoch is not None and end._epoch_start is None:   # still waiting: ask again
+            end._epoch_resend = now + 2.0 * end.comm_delay
+            out.append(Epoch(end.link, end._epoch, end._epoch_pos, None))
         if restart_policy == "expire_all":
             first_alive = next((r.start + int(np.argmax(r.status != _EXPIRED))
                                 for r in end._live_runs() if r.n_gone < len(r)), None)
             if first_alive is not None:
-                lo = first_alive % SEQ_MOD
-                out += end._drop(lo, end.expected_seq, end.node)
-                out.append(end._send_expire(lo, end.expected_seq, now))
+                out += end._drop(first_alive, end._exp, end.node)
+                out.append(end._send_expire(first_alive, end._exp, now))
             for req in end._requests:
                 req.reserved = []
         return end, out + end._serve()
@@ -1012,30 +1424,60 @@ class HeraldStation:
     """The midpoint's side (EGP §1.2 MHP): numbers successes per link with its own ``mhp_seq``
     and batches them per chunk into one :class:`Herald` per link (empty batches included: they
     are the heartbeat that lets an end detect a lost tail). Successes are recorded one at a
-    time (:meth:`success`) or as arrays (:meth:`successes`), in any mix; order is kept."""
+    time (:meth:`success`) or as arrays (:meth:`successes`), in any mix; order is kept.
 
-    def __init__(self, links: Iterable[str] = (), *, initial_seq: int = 0) -> None:
+    ``epoch`` (:func:`new_epoch`, drawn when the station's state is created): its batches then
+    carry the epoch, the lap and the epoch's start (module docstring), so the ends follow a
+    restart that lost the state. Without one (None) it sends batches of the previous version.
+    The counters are absolute (``next_abs``); ``next_seq`` is the 32-bit one."""
+
+    def __init__(self, links: Iterable[str] = (), *, initial_seq: int = 0,
+                 epoch: str | None = None) -> None:
+        if epoch is not None:
+            _check_epoch("HeraldStation", "epoch", epoch)
+        self.epoch = epoch
         self._next: dict[str, int] = {}
+        self._start: dict[str, int] = {}
         self._parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._single: dict[str, tuple[list[int], list[int]]] = {}
         for link in links:
             self.add_link(link, initial_seq)
 
-    def add_link(self, link: str, initial_seq: int = 0) -> None:
+    def add_link(self, link: str, initial_seq: int = 0, *, next_abs: int | None = None,
+                 start: int | None = None) -> None:
+        """Number ``link``'s successes from ``initial_seq`` (or the absolute ``next_abs``);
+        ``start``: the absolute number its epoch began at (default: where it starts now)."""
         _check_str("HeraldStation", "link", link)
         _check_seq("HeraldStation", "initial_seq", initial_seq)
+        if next_abs is None:
+            next_abs = initial_seq
+        _check_int("HeraldStation", "next_abs", next_abs, 0, MAX_ABS)
+        start = next_abs if start is None else start
+        _check_int("HeraldStation", "start", start, 0, next_abs)
         if link in self._next:
             raise ValueError(f"HeraldStation.link: {link!r} already added")
-        self._next[link] = initial_seq
+        self._next[link] = next_abs
+        self._start[link] = start
         self._parts[link] = []
         self._single[link] = ([], [])
 
     def next_seq(self, link: str) -> int:
+        return self._next[link] % SEQ_MOD
+
+    def next_abs(self, link: str) -> int:
+        """The absolute number the next success on ``link`` gets."""
         return self._next[link]
 
     def _check_link(self, link: str) -> None:
         if link not in self._next:
             raise ValueError(f"HeraldStation.link: unknown link {link!r}")
+
+    def _advance(self, link: str, n: int) -> int:
+        first = self._next[link]
+        if first + n > MAX_ABS:
+            raise OverflowError(f"HeraldStation: link {link!r} ran out of numbers")
+        self._next[link] = first + n
+        return first
 
     def success(self, link: str, bell_state: str, time_ps: int) -> int:
         """Record one heralded success on ``link`` (Bell state name, detection time in ps);
@@ -1043,12 +1485,11 @@ class HeraldStation:
         self._check_link(link)
         _check_choice("HeraldStation", "bell_state", bell_state, BELL_STATES)
         _check_int("HeraldStation", "time_ps", time_ps, 0, _INT64_MAX)
-        seq = self._next[link]
+        seq = self._advance(link, 1)
         codes, times = self._single[link]
         codes.append(BELL_CODES[bell_state])
         times.append(time_ps)
-        self._next[link] = seq_add(seq, 1)
-        return seq
+        return seq % SEQ_MOD
 
     def successes(self, link: str, bell_codes: Any, times_ps: Any) -> int:
         """Record ``len(bell_codes)`` successes on ``link`` at once: Bell-state codes (indexes
@@ -1064,9 +1505,9 @@ class HeraldStation:
         first = self._next[link]
         if len(codes):
             self._flush_single(link)
+            self._advance(link, len(codes))
             self._parts[link].append((codes, times))
-            self._next[link] = seq_add(first, len(codes))
-        return first
+        return first % SEQ_MOD
 
     def _flush_single(self, link: str) -> None:
         codes, times = self._single[link]
@@ -1074,6 +1515,14 @@ class HeraldStation:
             self._parts[link].append((np.array(codes, np.uint8), np.array(times, np.int64)))
             codes.clear()
             times.clear()
+
+    def _herald(self, link: str, chunk: int, first: int, codes: np.ndarray,
+                times: np.ndarray) -> Herald:
+        nxt = first + len(codes)
+        if self.epoch is None:
+            return Herald(link, chunk, first % SEQ_MOD, codes, times, nxt % SEQ_MOD)
+        return Herald(link, chunk, first % SEQ_MOD, codes, times, nxt % SEQ_MOD, self.epoch,
+                      first >> SEQ_BITS, self._start[link])
 
     def flush(self, chunk: int) -> list[Herald]:
         """One Herald per link for ``chunk`` (in link order), and start new batches. A batch
@@ -1083,30 +1532,42 @@ class HeraldStation:
             self._flush_single(link)
             parts = self._parts[link]
             if not parts:
-                out.append(Herald(link, chunk, nxt, np.zeros(0, np.uint8),
-                                  np.zeros(0, np.int64), nxt))
+                out.append(self._herald(link, chunk, nxt, np.zeros(0, np.uint8),
+                                        np.zeros(0, np.int64)))
                 continue
             codes = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
             times = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
             parts.clear()
-            first = seq_add(nxt, -len(codes))
+            first = nxt - len(codes)
             for k in range(0, len(codes), MAX_HERALD_COUNT):
-                cs, ts = codes[k:k + MAX_HERALD_COUNT], times[k:k + MAX_HERALD_COUNT]
-                out.append(Herald(link, chunk, seq_add(first, k), cs, ts,
-                                  seq_add(first, k + len(cs))))
+                out.append(self._herald(link, chunk, first + k, codes[k:k + MAX_HERALD_COUNT],
+                                        times[k:k + MAX_HERALD_COUNT]))
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        """Per-link counters (an unflushed batch is not persisted: its pairs are lost, and the
-        ends see the gap at the next batch)."""
-        return {"next_seq": dict(self._next)}
+        """Per-link counters and the epoch (an unflushed batch is not persisted: its pairs are
+        lost, and the ends see the gap at the next batch)."""
+        return {"next_seq": {k: v % SEQ_MOD for k, v in self._next.items()},
+                "next_abs": dict(self._next), "start": dict(self._start), "epoch": self.epoch}
 
     @classmethod
     def restore(cls, snap: Mapping[str, Any]) -> HeraldStation:
+        """The station of a :meth:`snapshot`. One of the previous version (32-bit counters, no
+        epoch) gives a station without an epoch: give it one (``station.epoch =
+        new_epoch()``) to start an epoch where its counters are."""
         nxt = snap.get("next_seq") if isinstance(snap, Mapping) else None
         if not isinstance(nxt, Mapping):
             raise _bad("snapshot", "next_seq", "a mapping link -> seq", nxt)
-        st = cls()
+        absolute = snap.get("next_abs", {})
+        starts = snap.get("start", {})
+        if not isinstance(absolute, Mapping) or not isinstance(starts, Mapping):
+            raise _bad("snapshot", "next_abs", "mappings link -> absolute number",
+                       (absolute, starts))
+        epoch = snap.get("epoch")
+        st = cls(epoch=epoch)
         for link, seq in nxt.items():
-            st.add_link(link, seq)
+            a = absolute.get(link)
+            if a is not None and (not isinstance(a, int) or a % SEQ_MOD != seq):
+                raise _bad("snapshot", f"next_abs[{link!r}]", f"≡ next_seq {seq}", a)
+            st.add_link(link, seq, next_abs=a, start=starts.get(link))
         return st

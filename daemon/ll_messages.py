@@ -8,6 +8,16 @@ At 1 MHz heralding 16 bits wrap every 65 ms; 32 bits wrap every 71 minutes. The 
 RFC 1982 serial-number arithmetic on ``SEQ_BITS`` bits, unchanged; every width below derives from
 ``SEQ_BITS``.
 
+Absolute numbers and station epochs (the link layer's v1 wire, README "Link-layer messages"): a
+station that numbers its successes with an *epoch* (16 hex digits, time-ordered, drawn when its
+state is created) sends each :class:`Herald` with the epoch, the *lap* of ``first_seq``
+(absolute number ``lap·2^32 + first_seq``) and the epoch's first absolute number ``start``.
+Link ends then name pairs by absolute numbers that never repeat, across laps and station
+restarts; :class:`Expire` and :class:`ExpireAck` carry the laps of their numbers so an old one
+cannot hit new pairs, and :class:`Epoch` lets the two ends agree where a new station epoch's
+numbers go. Messages without these fields (a station or peer of the previous version) are still
+read, with the RFC 1982 rule.
+
 :class:`Herald` is columnar: a batch of consecutive successes travels as a first sequence number,
 a count, numpy arrays of Bell-state codes and detection times, and a compact JSON encoding
 (:meth:`Herald.to_dict`): 2-bit packed codes and zigzag delta-encoded times, base64, optionally
@@ -21,6 +31,9 @@ import binascii
 import dataclasses
 import enum
 import math
+import re
+import secrets
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +49,22 @@ SEQ_HALF = SEQ_MOD >> 1       # RFC 1982: comparisons are defined for distances 
 # Pairs older than this many numbers are expired (window safety: a pair id is never ambiguous).
 # 2^30 = 18 minutes at 1 MHz; a link end may use a smaller window (LinkEnd ``max_pair_age``).
 MAX_PAIR_AGE = SEQ_MOD >> 2
+#: Absolute sequence numbers (``lap·SEQ_MOD + seq``) are integers in [0, MAX_ABS].
+MAX_ABS = (1 << 63) - 1
+MAX_LAP = MAX_ABS >> SEQ_BITS
+_EPOCH_RE = re.compile(r"[0-9a-f]{16}")
+
+
+def seq_abs(seq: int, lap: int) -> int:
+    """The absolute number of ``seq`` in lap ``lap``."""
+    return lap * SEQ_MOD + seq
+
+
+def new_epoch(now: float | None = None) -> str:
+    """A fresh station epoch: 16 lowercase hex digits, the creation time (Unix ms, 44 bits)
+    then 20 random bits, so that a later epoch sorts after an earlier one (as strings)."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 44) - 1)
+    return f"{ms:011x}{secrets.randbits(20):05x}"
 
 
 def seq_add(a: int, n: int) -> int:
@@ -110,6 +139,23 @@ def _check_seq(cls: str, name: str, v: Any) -> None:
     _check_int(cls, name, v, 0, SEQ_MOD - 1)
 
 
+def _check_epoch(cls: str, name: str, v: Any) -> None:
+    if not isinstance(v, str) or not _EPOCH_RE.fullmatch(v):
+        raise _bad(cls, name, "a station epoch (16 lowercase hex digits)", v)
+
+
+def _check_laps(cls: str, names: tuple[str, ...], values: tuple[Any, ...]) -> bool:
+    """True if the lap fields ``names`` are all set (each in [0, MAX_LAP]), False if all are
+    None; ValueError otherwise."""
+    if all(v is None for v in values):
+        return False
+    for n, v in zip(names, values, strict=True):
+        if v is None:
+            raise _bad(cls, n, f"a lap (with {', '.join(names)})", v)
+        _check_int(cls, n, v, 0, MAX_LAP)
+    return True
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -132,11 +178,17 @@ class _Message:
     """
 
     TYPE: ClassVar[str]
+    #: optional fields left out of ``to_dict`` when None (a previous version's reader knows the
+    #: message without them)
+    _OMIT_NONE: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.TYPE}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            d[f.name] = _plain(getattr(self, f.name))
+            v = getattr(self, f.name)
+            if v is None and f.name in self._OMIT_NONE:
+                continue
+            d[f.name] = _plain(v)
         return d
 
     @classmethod
@@ -333,13 +385,21 @@ class Err(_Message):
 @dataclass(frozen=True)
 class Expire(_Message):
     """EXPIRE (end → peer end), EGP §1.2: pairs ``[seq_lo, seq_hi)`` of ``link`` are gone at
-    ``origin``; the peer drops them too and answers :class:`ExpireAck`."""
+    ``origin``; the peer drops them too and answers :class:`ExpireAck`.
+
+    ``lap_lo`` / ``lap_hi`` (both or neither): the laps of ``seq_lo`` / ``seq_hi``, so the range
+    is the absolute ``[lap_lo·2^32 + seq_lo, lap_hi·2^32 + seq_hi)`` (any non-empty length): an
+    EXPIRE delayed across a wrap of the 32-bit numbers cannot hit the next lap's pairs. Without
+    laps (a previous version) the range is 1 .. 2^31 − 1 numbers, read with RFC 1982."""
 
     TYPE: ClassVar[str] = "EXPIRE"
+    _OMIT_NONE: ClassVar[tuple[str, ...]] = ("lap_lo", "lap_hi")
     link: str
     seq_lo: int
     seq_hi: int
     origin: str
+    lap_lo: int | None = None
+    lap_hi: int | None = None
 
     def __post_init__(self) -> None:
         c = "Expire"
@@ -347,22 +407,41 @@ class Expire(_Message):
         _check_seq(c, "seq_lo", self.seq_lo)
         _check_seq(c, "seq_hi", self.seq_hi)
         _check_str(c, "origin", self.origin)
+        r = self.abs_range if _check_laps(c, ("lap_lo", "lap_hi"), (self.lap_lo, self.lap_hi)) \
+            else None
+        if r is not None:
+            if r[1] <= r[0]:
+                raise _bad(c, "lap_hi", "an absolute range [lo, hi) of at least one number",
+                           self.lap_hi)
+            return
         n = seq_diff(self.seq_hi, self.seq_lo)
         if not 0 < n < SEQ_HALF:
             raise _bad(c, "seq_hi", f"a range [seq_lo, seq_hi) of 1..{SEQ_HALF - 1} numbers",
                        self.seq_hi)
 
+    @property
+    def abs_range(self) -> tuple[int, int] | None:
+        """The absolute ``[lo, hi)``, or None without laps."""
+        if self.lap_lo is None or self.lap_hi is None:
+            return None
+        return seq_abs(self.seq_lo, self.lap_lo), seq_abs(self.seq_hi, self.lap_hi)
+
 
 @dataclass(frozen=True)
 class ExpireAck(_Message):
     """EXPIRE_ACK, EGP §1.2: the acknowledging end's ``expected_seq``; echoes the acknowledged
-    range (the EGP echoes the queue id)."""
+    range (the EGP echoes the queue id). ``lap``: the lap of ``expected_seq``; ``lap_lo`` /
+    ``lap_hi``: the echoed EXPIRE's laps (all absent for a previous version)."""
 
     TYPE: ClassVar[str] = "EXPIRE_ACK"
+    _OMIT_NONE: ClassVar[tuple[str, ...]] = ("lap", "lap_lo", "lap_hi")
     link: str
     expected_seq: int
     seq_lo: int
     seq_hi: int
+    lap: int | None = None
+    lap_lo: int | None = None
+    lap_hi: int | None = None
 
     def __post_init__(self) -> None:
         c = "ExpireAck"
@@ -370,6 +449,32 @@ class ExpireAck(_Message):
         _check_seq(c, "expected_seq", self.expected_seq)
         _check_seq(c, "seq_lo", self.seq_lo)
         _check_seq(c, "seq_hi", self.seq_hi)
+        _check_laps(c, ("lap",), (self.lap,))
+        _check_laps(c, ("lap_lo", "lap_hi"), (self.lap_lo, self.lap_hi))
+
+
+@dataclass(frozen=True)
+class Epoch(_Message):
+    """EPOCH (end → peer end): this end follows the station epoch ``epoch`` of ``link``.
+
+    ``pos``: the absolute number this end expected when it first saw the epoch; ``start``: the
+    absolute number at which the epoch's first success is named (None while this end waits for
+    the peer's EPOCH). Both ends take ``start = max(pos, peer's pos)``, or the peer's ``start``
+    if it already has one (the larger if both have one), see :mod:`.linklayer`."""
+
+    TYPE: ClassVar[str] = "EPOCH"
+    link: str
+    epoch: str
+    pos: int
+    start: int | None = None
+
+    def __post_init__(self) -> None:
+        c = "Epoch"
+        _check_str(c, "link", self.link)
+        _check_epoch(c, "epoch", self.epoch)
+        _check_int(c, "pos", self.pos, 0, MAX_ABS)
+        if self.start is not None:
+            _check_int(c, "start", self.start, 0, MAX_ABS)
 
 
 # --------------------------------------------------------------------------- columnar codecs
@@ -568,6 +673,12 @@ class Herald(_Message):
     when empty); ``dt``: the ``count − 1`` successive differences, zigzag-mapped, ``dt_bytes``
     (0, 1, 2, 4 or 8; 0 iff count ≤ 1) little-endian bytes each (:func:`encode_times`);
     ``codec``: "raw" (base64) or "zlib" (base64 of zlib) for ``bell`` and ``dt``.
+
+    A station with an epoch (all of ``epoch``, ``lap``, ``start``, or none of them) adds
+    ``"epoch": "<16 hex digits>"``, ``"lap"`` (of ``first_seq``: the batch's absolute numbers are
+    ``lap·2^32 + first_seq`` ...) and ``"start"`` (the absolute number the epoch began at); the
+    ends then name pairs by absolute numbers (:mod:`.linklayer`). The absolute numbers stay
+    ≤ :data:`MAX_ABS`.
     """
 
     TYPE: ClassVar[str] = "HERALD"
@@ -577,10 +688,14 @@ class Herald(_Message):
     bell_codes: np.ndarray
     times_ps: np.ndarray
     next_seq: int
+    epoch: str | None = None
+    lap: int | None = None
+    start: int | None = None
 
     _FIELDS: ClassVar[tuple[str, ...]] = (
         "link", "chunk", "first_seq", "count", "next_seq", "codec", "bell", "time0_ps",
         "dt_bytes", "dt")
+    _EPOCH_FIELDS: ClassVar[tuple[str, ...]] = ("epoch", "lap", "start")
 
     def __post_init__(self) -> None:
         c = "Herald"
@@ -599,6 +714,16 @@ class Herald(_Message):
         if self.next_seq != seq_add(self.first_seq, len(codes)):
             raise _bad(c, "next_seq", f"first_seq + count = "
                        f"{seq_add(self.first_seq, len(codes))}", self.next_seq)
+        if self.epoch is None:
+            for name in ("lap", "start"):
+                if getattr(self, name) is not None:
+                    raise _bad(c, name, "None without an epoch", getattr(self, name))
+        else:
+            _check_epoch(c, "epoch", self.epoch)
+            _check_int(c, "lap", self.lap, 0, MAX_LAP)
+            _check_int(c, "start", self.start, 0, MAX_ABS)
+            if seq_abs(self.first_seq, self.lap) + len(codes) > MAX_ABS:  # type: ignore[arg-type]
+                raise _bad(c, "lap", f"absolute numbers up to {MAX_ABS}", self.lap)
         object.__setattr__(self, "bell_codes", codes)
         object.__setattr__(self, "times_ps", times)
 
@@ -610,6 +735,17 @@ class Herald(_Message):
         return len(self.bell_codes)
 
     @property
+    def first_abs(self) -> int | None:
+        """Absolute number of the first entry (of ``next_seq`` when empty); None without an
+        epoch."""
+        return None if self.lap is None else seq_abs(self.first_seq, self.lap)
+
+    @property
+    def next_abs(self) -> int | None:
+        """Absolute number of ``next_seq``; None without an epoch."""
+        return None if self.lap is None else seq_abs(self.first_seq, self.lap) + self.count
+
+    @property
     def entries(self) -> tuple[HeraldEntry, ...]:
         """Per-entry view (one Python object per success: for tests and small batches)."""
         return tuple(HeraldEntry(seq_add(self.first_seq, i), BELL_STATES[c], t)
@@ -618,7 +754,8 @@ class Herald(_Message):
 
     @classmethod
     def from_entries(cls, link: str, chunk: int, entries: Iterable[HeraldEntry],
-                     next_seq: int | None = None) -> Herald:
+                     next_seq: int | None = None, *, epoch: str | None = None,
+                     lap: int | None = None, start: int | None = None) -> Herald:
         """A batch from per-entry objects (consecutive sequence numbers). ``next_seq`` defaults
         to the last entry's seq + 1 and is required for an empty batch (heartbeat)."""
         es = tuple(entries)
@@ -637,13 +774,14 @@ class Herald(_Message):
                 next_seq = seq_add(es[-1].seq, 1)
         return cls(link, chunk, first,
                    np.array([BELL_CODES[e.bell_state] for e in es], np.uint8),
-                   np.array([e.time_ps for e in es], np.int64), next_seq)
+                   np.array([e.time_ps for e in es], np.int64), next_seq, epoch, lap, start)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Herald):
             return NotImplemented
         return (self.link == other.link and self.chunk == other.chunk
                 and self.first_seq == other.first_seq and self.next_seq == other.next_seq
+                and (self.epoch, self.lap, self.start) == (other.epoch, other.lap, other.start)
                 and np.array_equal(self.bell_codes, other.bell_codes)
                 and np.array_equal(self.times_ps, other.times_ps))
 
@@ -656,10 +794,13 @@ class Herald(_Message):
         JSON per success at 1 µs mean spacing); "zlib" is about 20 % smaller and ~10× slower
         to encode."""
         time0, width, deltas = encode_times(self.times_ps)
-        return {"type": self.TYPE, "link": self.link, "chunk": self.chunk,
-                "first_seq": self.first_seq, "count": self.count, "next_seq": self.next_seq,
-                "codec": codec, "bell": encode_bytes(pack_codes(self.bell_codes), codec),
-                "time0_ps": time0, "dt_bytes": width, "dt": encode_bytes(deltas, codec)}
+        d = {"type": self.TYPE, "link": self.link, "chunk": self.chunk,
+             "first_seq": self.first_seq, "count": self.count, "next_seq": self.next_seq,
+             "codec": codec, "bell": encode_bytes(pack_codes(self.bell_codes), codec),
+             "time0_ps": time0, "dt_bytes": width, "dt": encode_bytes(deltas, codec)}
+        if self.epoch is not None:
+            d.update(epoch=self.epoch, lap=self.lap, start=self.start)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Herald:
@@ -670,12 +811,19 @@ class Herald(_Message):
             raise ValueError(f"{c}: expected a mapping, got {type(d).__name__}")
         if "type" in d and d["type"] != cls.TYPE:
             raise _bad(c, "type", repr(cls.TYPE), d["type"])
-        unknown = sorted(set(d) - set(cls._FIELDS) - {"type"})
+        unknown = sorted(set(d) - set(cls._FIELDS) - set(cls._EPOCH_FIELDS) - {"type"})
         if unknown:
             raise ValueError(f"{c}.{unknown[0]}: unknown field")
         for f in cls._FIELDS:
             if f not in d:
                 raise ValueError(f"{c}.{f}: missing field")
+        if any(f in d for f in cls._EPOCH_FIELDS):
+            for f in cls._EPOCH_FIELDS:
+                if f not in d:
+                    raise ValueError(f"{c}.{f}: missing field (with {cls._EPOCH_FIELDS})")
+            _check_epoch(c, "epoch", d["epoch"])
+            _check_int(c, "lap", d["lap"], 0, MAX_LAP)
+            _check_int(c, "start", d["start"], 0, MAX_ABS)
         _check_str(c, "link", d["link"])
         _check_int(c, "chunk", d["chunk"], 0)
         _check_seq(c, "first_seq", d["first_seq"])
@@ -691,7 +839,8 @@ class Herald(_Message):
         size = check_time_header(c, d["time0_ps"], d["dt_bytes"], count)
         times = decode_times(d["time0_ps"], d["dt_bytes"],
                              decode_bytes(d["dt"], d["codec"], size, f"{c}.dt"), count, c)
-        return cls(d["link"], d["chunk"], d["first_seq"], codes, times, d["next_seq"])
+        return cls(d["link"], d["chunk"], d["first_seq"], codes, times, d["next_seq"],
+                   d.get("epoch"), d.get("lap"), d.get("start"))
 
 
 #: Test-pair bases and outcomes are strings of one character per pair; at most this many pairs.
@@ -865,11 +1014,11 @@ class PurifyResult(_Message):
         _check_float(c, "time", self.time, 0.0)
 
 
-Message = (Create | Ack | Ok | Err | Expire | ExpireAck | Herald | TestOutcomes | Held
+Message = (Create | Ack | Ok | Err | Expire | ExpireAck | Epoch | Herald | TestOutcomes | Held
            | SwapResult | Purify | PurifyResult)
 _BY_TYPE: dict[str, type[_Message]] = {
-    cls.TYPE: cls for cls in (Create, Ack, Ok, Err, Expire, ExpireAck, Herald, TestOutcomes,
-                              Held, SwapResult, Purify, PurifyResult)}
+    cls.TYPE: cls for cls in (Create, Ack, Ok, Err, Expire, ExpireAck, Epoch, Herald,
+                              TestOutcomes, Held, SwapResult, Purify, PurifyResult)}
 
 
 def message_from_dict(d: Mapping[str, Any]) -> Message:
@@ -883,9 +1032,10 @@ def message_from_dict(d: Mapping[str, Any]) -> Message:
 
 
 def split_actions(actions: Iterable[Message]) -> tuple[list[Message], list[Message]]:
-    """(up, to_peer): Ack/Ok/Err go to the requesting layer, Expire/ExpireAck to the peer."""
+    """(up, to_peer): Ack/Ok/Err go to the requesting layer, Expire/ExpireAck/Epoch to the
+    peer."""
     up: list[Message] = []
     peer: list[Message] = []
     for a in actions:
-        (peer if isinstance(a, (Expire, ExpireAck)) else up).append(a)
+        (peer if isinstance(a, (Expire, ExpireAck, Epoch)) else up).append(a)
     return up, peer

@@ -109,6 +109,9 @@ _LINK_GAUGES: tuple[_Field, ...] = (
      "Heralded successes per second (station) or accepted heralds (end) (1/s).", 1.0),
     ("pairs_live", "link_pairs_live", "Pairs in the inventory, not yet delivered.", 1.0),
     ("expires_unacked", "link_expires_unacked", "EXPIRE messages not yet acknowledged.", 1.0),
+    ("herald_age_s", "link_herald_age_seconds",
+     "Since the last herald batch (end: received, heartbeats included; station: sent) (s).",
+     1.0),
     ("fidelity_estimate", "link_fidelity_ratio",
      "Fidelity estimate stamped on new pairs (0..1).", 1.0),
     ("coincidence_rate_hz", "link_coincidence_rate_hertz",
@@ -159,6 +162,23 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
      "Successes heralded (station) or heralds accepted (end).", 1.0),
     ("pairs_delivered_total", "link_pairs_delivered_total", "Pairs delivered.", 1.0),
     ("pairs_expired_total", "link_pairs_expired_total", "Pairs expired before delivery.", 1.0),
+    ("station_resets_total", "link_station_resets_total",
+     "New herald-station epochs after the first: station restarts that lost their state.",
+     1.0),
+    ("heralds_stale_total", "link_heralds_stale_total",
+     "Herald entries ignored because their numbers were already accepted or skipped.", 1.0),
+    ("herald_batches_ignored_total", "link_herald_batches_ignored_total",
+     "Herald batches of a station epoch this end has left (or without an epoch).", 1.0),
+    ("expires_stale_total", "link_expires_stale_total",
+     "EXPIREs ending 2^31 or more numbers behind (e.g. a lap old): acknowledged, nothing "
+     "done.", 1.0),
+    ("epoch_conflicts_total", "link_epoch_conflicts_total",
+     "Peer EPOCH messages that placed the station epoch elsewhere (the larger start wins).",
+     1.0),
+    ("herald_ts_implausible_total", "link_herald_timestamps_implausible_total",
+     "Heralds whose envelope timestamp gave no plausible latency (not averaged).", 1.0),
+    ("heartbeats_total", "link_station_heartbeats_total",
+     "Empty herald batches a station sent on its timer (no tagger chunk came).", 1.0),
     ("unmatched_tags_total", "link_unmatched_tags_total",
      "Time tags dropped because the other stream was not there (counter: waited > 5 s; "
      "streamer: the broker backlog was full).", 1.0),
@@ -367,6 +387,11 @@ def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) ->
         fam.gauge("link_herald_latency_seconds", "Herald latency quantile: receipt time minus "
                   "the chunk's publish time (s).", {**lab, "quantile": q},
                   None if ms is None else ms * 1e-3)
+    for q, key in (("0.5", "herald_handling_ms_p50"), ("0.99", "herald_handling_ms_p99")):
+        ms = _number(lt.get(key))
+        fam.gauge("link_herald_handling_seconds", "Herald handling quantile: receipt to "
+                  "applied, stored and answered, on this node's clock (s).",
+                  {**lab, "quantile": q}, None if ms is None else ms * 1e-3)
     for basis in ("z", "x", "y"):
         fam.gauge("link_qber_ratio", "Quantum bit error rate per basis (0..1).",
                   {**lab, "basis": basis}, _number(lt.get(f"qber_{basis}")))

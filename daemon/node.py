@@ -27,7 +27,9 @@ from typing import Any, Protocol
 
 from .bus import NodeBus
 from .config import NodeConfig
+from .identity import NodeSigner, TrustStore
 from .instruments import driver_factory
+from .keys import KeyRing
 from .link_service import LinkRouter
 from .messages import Deduplicator, IdCounter
 from .sdnotify import Notifier, watchdog_interval_s, watchdog_loop
@@ -75,7 +77,7 @@ class NodeContext:
     """What roles share: config, bus, store, supervisor and a few helpers."""
 
     def __init__(self, config: NodeConfig, bus: NodeBus, store: StateStore,
-                 supervisor: Supervisor, keys: dict[str, bytes]):
+                 supervisor: Supervisor, keys: KeyRing):
         self.config, self.bus, self.store, self.supervisor = config, bus, store, supervisor
         self.keys = keys
         self.node = config.id
@@ -114,18 +116,11 @@ class NodeContext:
         self._writer.shutdown(wait=True)
 
 
-def read_keys(config: NodeConfig) -> dict[str, bytes]:
-    """HMAC keys by the name the bus looks them up under: the peer (``ll``/``proto``/``tags``)
-    and the link id (``herald``)."""
-    keys: dict[str, bytes] = {}
-    for link in config.links:
-        if link.hmac_key_file is not None:
-            key = link.hmac_key_file.read_bytes().strip()
-            keys[link.peer] = key
-            keys[link.id] = key
-    if config.herald is not None and config.herald.hmac_key_file is not None:
-        keys[config.herald.link] = config.herald.hmac_key_file.read_bytes().strip()
-    return keys
+def read_keys(config: NodeConfig) -> KeyRing:
+    """HMAC keys by the name the bus looks them up under (:meth:`.keys.KeyRing.from_config`):
+    the peer (``ll``/``proto``/``tags``), the link id (``herald``) and, for a source, the node
+    itself (``cmd``). Its key files are followed by :meth:`.keys.KeyRing.watch`."""
+    return KeyRing.from_config(config)
 
 
 def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
@@ -157,6 +152,9 @@ class Node:
         self._ready = asyncio.Event()
         self.ctx: NodeContext | None = None
         self._last_telemetry = time.monotonic()
+        self._offline_reported = False
+        #: why the node stopped on its own (None: it was asked to stop)
+        self.failed: str | None = None
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -182,12 +180,20 @@ class Node:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         dedup = Deduplicator()
-        dedup.restore(store.load_dedup())
+        discarded = dedup.restore(store.load_dedup())
+        if discarded:
+            log.warning("discarded %d stored replay windows not tied to a link key (written by "
+                        "an older version, which let unsigned messages move them)", discarded,
+                        extra={"discarded": discarded})
         keys = read_keys(cfg)
         heralds = {link.id: link.herald for link in cfg.links
                    if link.type == "K" and link.herald is not None}
         bus = NodeBus(Topics(cfg.network, cfg.id), cfg.broker.host, cfg.broker.port,
                       tls=tls_context(cfg), keys=keys, ids=LeasedIds(store), dedup=dedup,
+                      signer=(NodeSigner.from_file(cfg.identity_key_file)
+                              if cfg.identity_key_file is not None else None),
+                      trust=TrustStore.from_dir(cfg.trust_dir) if cfg.trust_dir is not None
+                      else None,
                       heralds=heralds, keepalive_s=int(cfg.broker.keepalive_s))
         sup = Supervisor()
         self.ctx = ctx = NodeContext(cfg, bus, store, sup, keys)
@@ -205,6 +211,7 @@ class Node:
         for role in self.roles:
             for name, factory in role.tasks().items():
                 sup.add_task(f"{role.name}:{name}", factory)
+        sup.add_task("keys", keys.watch)  # key rotation: files are re-read when they change
         sup.add_task("telemetry", self._telemetry_loop)
         sup.add_task("persist", self._persist_loop)
         interval = watchdog_interval_s()
@@ -214,9 +221,10 @@ class Node:
         log.info("node starting", extra={"node": cfg.id, "roles": ",".join(cfg.roles),
                                          "broker": cfg.broker.url,
                                          "instruments": len(cfg.instruments)})
-        # the bus runs outside the supervisor: it has its own reconnect loop, and it must
-        # outlive the role tasks at shutdown to drain what they sent
+        # the bus runs beside the supervisor: it has its own reconnect loop (which nothing but
+        # close() ends), and it must outlive the role tasks at shutdown to drain what they sent
         bus_task = asyncio.create_task(bus.run(), name="bus")
+        bus_task.add_done_callback(self._bus_ended)
         await sup.start()
         bus.status("starting", roles=list(cfg.roles))
         try:
@@ -266,12 +274,33 @@ class Node:
         log.info("received %s; stopping", sig.name, extra={"signal": sig.name})
         self.stop()
 
+    def _bus_ended(self, task: asyncio.Task[None]) -> None:
+        """The bus only ends when the node closes it; anything else leaves the node deaf, so it
+        stops (exit 1) for systemd to restart it rather than run on unheard."""
+        if self.state == "stopping" or task.cancelled():
+            return
+        self.failed = f"the MQTT bus ended: {task.exception()!r}"
+        log.critical("mqtt bus ended unexpectedly; stopping the node", exc_info=task.exception(),
+                     extra={"node": self.config.id})
+        self.stop()
+
     def _healthy(self) -> bool:
-        """The watchdog's gate: the loop runs (the ping comes from it) and the supervisor runs.
-        A degraded instrument is *not* a reason to be restarted: the supervisor already
-        reconnects it, and a restart would not bring back an instrument that is away; it is
-        reported as state "degraded" in status and telemetry instead."""
+        """The watchdog's gate: the loop runs (the ping comes from it), the supervisor runs, and
+        the broker has not been unreachable for longer than ``broker.max_offline_s`` (a node
+        that cannot hear its peers is restarted). A degraded instrument is *not* a reason to be
+        restarted: the supervisor already reconnects it, and a restart would not bring back an
+        instrument that is away; it is reported as state "degraded" in status and telemetry
+        instead."""
         assert self.ctx is not None
+        limit = self.config.broker.max_offline_s
+        if limit and self.ctx.bus.disconnected_s > limit:
+            if not self._offline_reported:
+                self._offline_reported = True
+                log.error("broker unreachable for %.0f s (max_offline_s %.0f): withholding the "
+                          "watchdog", self.ctx.bus.disconnected_s, limit,
+                          extra={"broker": self.config.broker.url, "max_offline_s": limit})
+            return False
+        self._offline_reported = False
         return self.ctx.supervisor.running
 
     async def _shutdown(self, sup: Supervisor, bus: NodeBus, bus_task: asyncio.Task[None],
@@ -320,7 +349,11 @@ class Node:
         record: Telemetry = {
             "v": SCHEMA_VERSION, "node": self.config.id, "roles": list(self.config.roles),
             "t": time.time(), "uptime_s": now - self.started,
-            "state": self.state if sup.healthy() or self.state != "ready" else "degraded",
+            # degraded: an instrument is away, or the broker is (then only the local Prometheus
+            # endpoint can tell)
+            "state": (self.state if self.state != "ready" or (sup.healthy()
+                                                              and self.ctx.bus.connected)
+                      else "degraded"),
             "instruments": {n: {"kind": self.config.instruments[n].kind,
                                 "state": i.state.value, "errors_total": i.failures}
                             for n, i in sup.instruments.items()},

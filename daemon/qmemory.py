@@ -47,7 +47,7 @@ from qnode.drivers.errors import DeviceError, InstrumentError
 from .bell_diagonal import BellDiagonal, PauliChannel, apply_channels
 from .estimators import BELL_SIGNS, Estimate, bell_diagonal_from_qber
 from .linklayer import BELL_STATES, LinkEnd, Message, seq_add, seq_diff, seq_lt
-from .ll_messages import MAX_TESTS, Held, TestOutcomes
+from .ll_messages import MAX_TESTS, SEQ_MOD, Held, TestOutcomes
 
 if TYPE_CHECKING:
     from .link_service import LinkService
@@ -309,8 +309,10 @@ class LinkMemory:
             binds: list[tuple[int, int, str, int]] = []    # seq, qubit, bell, herald time
             free = self.free_qubits()
             budget = len(free) + EXTRA_BIND_ATTEMPTS
-            for k in range(seq_diff(stop, first)):
-                seq = seq_add(first, k)
+            # the live pairs among the new ones (not every number of the range: a signed jump
+            # makes a range of up to 2^32 numbers, and this runs under the link's lock)
+            live = end.live_seqs()
+            for seq in live[(live - first) % SEQ_MOD < seq_diff(stop, first)].tolist():
                 rec = end.pair(seq)
                 if rec is None or rec.status != "live":
                     continue

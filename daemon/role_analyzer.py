@@ -152,11 +152,13 @@ class AnalyzerRole:
         await inst.wait_ready()
         if self.cfg.waveplate is not None:
             await self.ctx.instrument(self.cfg.waveplate).wait_ready()
-        tagger = make_tagger(self.ctx.config.instruments[self.cfg.tagger], inst.driver,
-                             self.cfg.channels)
+        icfg = self.ctx.config.instruments[self.cfg.tagger]
+        tagger = make_tagger(icfg, inst.driver, self.cfg.channels)
+        # a stall (no tag for stall_s) or a stream error degrades the tagger, counts it,
+        # reconnects it and restarts the stream (qnode.daemon.acquisition)
         self.pipeline = pipeline = AcquisitionPipeline(
             tagger, pairs=list(self.cfg.basis_channels), window_ps=self.cfg.window_ps,
-            policy="block", keep_blocks=True)
+            policy="block", keep_blocks=True, instrument=inst, stall_s=icfg.stall_s)
         try:
             async with pipeline:
                 async for events in pipeline.events():

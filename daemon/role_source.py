@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from qnode.drivers.errors import DeviceError, InstrumentError
 
 from .feu import Prediction
+from .keys import KeyRing
 from .linklayer import CreateIdAllocator
 from .ll_messages import Ack, Create, Err, ErrCode
 
@@ -78,11 +79,11 @@ class SourceRole:
         every command on ``cmd`` and keeps CREATEs for other links."""
         if self.cfg.hmac_key_file is not None:
             # the bus checks a signed message on ``cmd`` with the key stored under the
-            # addressee, i.e. this node: the source's link key (ctx.keys is the bus's key map)
-            key = self.cfg.hmac_key_file.read_bytes().strip()
-            ctx.keys[ctx.node] = key
-            if ctx.bus.keys is not ctx.keys:
-                raise RuntimeError("source: the bus does not share the node's key map")
+            # addressee, i.e. this node: the source's link key, in the bus's ring so that it
+            # follows the file (KeyRing.from_config has loaded it already; loading is idempotent)
+            if not isinstance(ctx.keys, KeyRing) or ctx.bus.keys is not ctx.keys:
+                raise RuntimeError("source: the bus does not share the node's key ring")
+            ctx.keys.load_file(self.cfg.hmac_key_file, ctx.node)
         ctx.router.serve_creates(self._is_mine, self._on_create, fallback=self._refuse)
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
@@ -114,9 +115,9 @@ class SourceRole:
                 raise self._error("pump emission is off", self.cfg.pump, "sta la")
             self.pump_power_mw = pump.power_mw()
         else:
-            if not pump.ld_on():
+            if not pump.ld_on:
                 raise self._error("laser diode is off", self.cfg.pump, "OUTP?")
-            self.pump_power_mw = pump.photodiode_power_w() * 1e3
+            self.pump_power_mw = pump.photodiode_power_w * 1e3
 
     # -- oven
     def _calibrate_oven(self, oven: Any) -> None:

@@ -11,18 +11,26 @@
 The database runs in WAL mode with ``synchronous=FULL``: a committed sequence number survives a
 power cut. :meth:`StateStore.transaction` makes several updates atomic (e.g. accept a herald
 and advance the message id together).
+
+The files are the node user's alone whatever the umask: the database is created 0600 (SQLite
+gives its ``-wal`` and ``-shm`` the database's mode), a looser existing one is tightened with a
+warning, and a state directory qnode creates is 0700.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("qnode.state")
 
 SCHEMA_VERSION = 2
 
@@ -42,6 +50,37 @@ class StateError(RuntimeError):
     """The state database cannot be used (wrong schema, unreadable, corrupt); names the file."""
 
 
+def _private_file(path: Path) -> None:
+    """Make ``path`` exist with mode 0600 before SQLite opens it: created so (O_EXCL, then an
+    fchmod, which the umask does not touch), or an existing file and its ``-wal``/``-shm``
+    tightened to it, with a warning naming the mode found."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        return
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(os.stat(f).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            try:
+                os.chmod(f, 0o600)
+            except OSError as exc:  # another user's file: SQLite says if it cannot be used
+                log.warning("state file is accessible by group or others and cannot be made "
+                            "0600", extra={"file": str(f), "mode": f"{mode:04o}",
+                                           "error": exc.strerror or str(exc)})
+                continue
+            log.warning("state file was accessible by group or others; made it 0600",
+                        extra={"file": str(f), "mode": f"{mode:04o}"})
+
+
 class StateStore:
     """A node's SQLite state at ``path`` (created with its directory if missing).
 
@@ -53,13 +92,14 @@ class StateStore:
         self._lock = threading.RLock()
         self._depth = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_file(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._check_schema()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StateError(f"{self.path}: cannot use the state database: {exc}") from exc
 
     def _check_schema(self) -> None:
@@ -168,15 +208,20 @@ class StateStore:
 
     # -- own message ids
     def next_message_id(self) -> int:
-        """The id the node's next message gets (0 for a new node)."""
+        """The id the node's next message gets. A new store starts at the wall clock in µs: a
+        node whose state was lost (a wiped station) then still sends ids above the ones its
+        peers' replay windows remember, as long as it sent fewer than one message per µs on
+        average before (and the clock did not go back)."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
-        return int(row[0]) if row else 0
+        return int(row[0]) if row else time.time_ns() // 1000
 
     def save_next_message_id(self, next_id: int) -> None:
-        if next_id < self.next_message_id():
-            raise ValueError(f"message ids must not go back: {next_id} < "
-                             f"{self.next_message_id()}")
+        """Store the end of the node's id lease; ValueError if it is below the stored one."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
+        if row is not None and next_id < int(row[0]):
+            raise ValueError(f"message ids must not go back: {next_id} < {int(row[0])}")
         with self.transaction():
             self._db.execute("INSERT INTO meta VALUES ('next_id', ?) ON CONFLICT(key) DO UPDATE "
                              "SET value=excluded.value", (str(next_id),))

@@ -5,9 +5,16 @@ node's ``status`` (retained; ``offline`` by last will when a node vanished) and 
 under ``qnet/v1/<network>/``, listens for ``wait_s`` seconds and returns one :class:`NodeView`
 per node heard. :func:`format_status` prints one block per node: its state, roles,
 instruments, node figures and a table of its link ends (shared with the demo's live view,
-:mod:`qnode.daemon.liveview`), and the age of its last telemetry. A malformed message (not our
-envelope, a sender that is not the topic's node, a body that is not a status or telemetry
-record) is counted by reason in :attr:`Views.malformed` and otherwise ignored.
+:mod:`qnode.daemon.liveview`), and the age of its last telemetry.
+
+Every node signs its status and telemetry with its identity key (:mod:`.identity`). Given the
+network's public keys (``--trust DIR``, or the ``trust_dir`` of ``--config``), only messages
+carrying their node's valid signature are shown: an unsigned or mis-signed one (a forged
+``offline``, a "ghost" node nobody holds a key for) is ignored and counted by reason in
+:attr:`Views.malformed`, like any malformed message (not our envelope, a sender that is not
+the topic's node, a body that is not a status or telemetry record). Of a node's messages, the
+one with the highest message id wins (ids only grow, across restarts too); the sender's clock
+decides nothing. Without public keys nothing can be verified, and the output says so.
 
 Nodes publish telemetry every ``metrics.telemetry_interval_s``; if that is longer than
 ``wait_s`` and the node does not retain its telemetry, only its status is shown.
@@ -29,6 +36,7 @@ from typing import Any
 
 import aiomqtt
 
+from .identity import TrustStore
 from .liveview import (
     MISSING,
     fmt_count,
@@ -60,6 +68,8 @@ class NodeView:
     node: str
     status: dict[str, Any] | None = None    # body of the latest status message
     status_ts: float | None = None          # its envelope timestamp (sender's clock)
+    status_id: int = -1                     # its message id (the newest wins)
+    telemetry_id: int = -1                  # the telemetry record's message id
     telemetry: Telemetry | None = None      # the newest telemetry record
     received_at: float | None = None        # when we received that record (our clock)
     messages: int = 0                       # accepted messages
@@ -111,9 +121,11 @@ class NodeView:
 class Views(dict[str, NodeView]):
     """The nodes heard (by node id), plus what could not be used."""
 
-    def __init__(self, network: str = ""):
+    def __init__(self, network: str = "", trust: TrustStore | None = None):
         super().__init__()
         self.network = network
+        #: the network's public identity keys; None: nothing is verified
+        self.trust = trust
         self.malformed: collections.Counter[str] = collections.Counter()  # reason -> count
         self.examples: dict[str, str] = {}  # reason -> the first such message's problem
 
@@ -134,7 +146,8 @@ class Views(dict[str, NodeView]):
             self.reject("bad_topic", f"unexpected topic {topic_str}")
             return
         try:
-            msg = decode(bytes(payload), topic, require_signature=False)
+            msg = decode(bytes(payload), topic, trust=self.trust,
+                         require_node_signature=self.trust is not None)
         except MessageRejected as exc:
             self.reject(exc.reason, str(exc))
             return
@@ -144,8 +157,8 @@ class Views(dict[str, NodeView]):
                 self.reject("bad_status", f"status of {msg.sender} has no 'state' (str)")
                 return
             view = self.setdefault(msg.sender, NodeView(msg.sender))
-            if view.status_ts is None or msg.ts >= view.status_ts:
-                view.status, view.status_ts = body, msg.ts
+            if msg.id >= view.status_id:
+                view.status, view.status_ts, view.status_id = body, msg.ts, msg.id
         else:
             try:
                 record = validate(body)
@@ -157,9 +170,8 @@ class Views(dict[str, NodeView]):
                                                f"{msg.sender!r}")
                 return
             view = self.setdefault(msg.sender, NodeView(msg.sender))
-            old = num((view.telemetry or {}).get("t"))
-            if old is None or (num(record.get("t")) or 0.0) >= old:
-                view.telemetry = record
+            if msg.id >= view.telemetry_id:
+                view.telemetry, view.telemetry_id = record, msg.id
                 view.received_at = time.time() if received_at is None else received_at
         view.messages += 1
 
@@ -177,10 +189,11 @@ def topic_filters(network: str, node: str | None = None) -> list[str]:
 async def collect(host: str, port: int, network: str, *, wait_s: float = 3.0,
                   tls: ssl.SSLContext | None = None, username: str | None = None,
                   password: str | None = None, node: str | None = None,
-                  connect_timeout_s: float = 10.0) -> Views:
+                  connect_timeout_s: float = 10.0, trust: TrustStore | None = None) -> Views:
     """Listen to ``network``'s status and telemetry for ``wait_s`` seconds (``node``: only
-    that node). :class:`BrokerUnreachable` if the broker cannot be reached or refuses us."""
-    views = Views(network)
+    that node; ``trust``: show only what its nodes signed). :class:`BrokerUnreachable` if the
+    broker cannot be reached or refuses us."""
+    views = Views(network, trust)
     filters = topic_filters(network, node)
     client = aiomqtt.Client(host, port, identifier=f"qnode-status-{secrets.token_hex(6)}",
                             clean_session=True, tls_context=tls, username=username,
@@ -284,8 +297,10 @@ def format_status(views: Mapping[str, NodeView], now: float | None = None) -> st
     malformed: collections.Counter[str] = getattr(views, "malformed", collections.Counter())
     if malformed:
         total = sum(malformed.values())
-        head += (f"; {total} malformed message{'s' if total != 1 else ''} ignored ("
+        head += (f"; {total} message{'s' if total != 1 else ''} ignored ("
                  + ", ".join(f"{r} {n}" for r, n in sorted(malformed.items())) + ")")
+    if getattr(views, "trust", None) is None:
+        head += "\nUNVERIFIED: no public keys given (--trust DIR): anyone could have sent these"
     blocks = [head] + ["\n".join(format_node(views[n], now)) for n in sorted(views)]
     return "\n\n".join(blocks)
 
@@ -307,6 +322,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-cert", help="mqtts: client certificate")
     parser.add_argument("--client-key", help="mqtts: client key")
     parser.add_argument("--username", help="MQTT user name (password from $QNODE_MQTT_PASSWORD)")
+    parser.add_argument("--trust", metavar="DIR", help="the network's public identity keys "
+                                                        "(<node>.pub); default: --config's "
+                                                        "trust_dir. Only what they verify is "
+                                                        "shown")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -316,6 +335,7 @@ class _Target:
     port: int
     network: str
     tls: ssl.SSLContext | None
+    trust: TrustStore | None = None
 
 
 def _tls_context(ca_file: Any, cert: Any, key: Any) -> ssl.SSLContext:
@@ -335,6 +355,7 @@ def _target(args: argparse.Namespace) -> _Target:
 
     host, port, tls_on, network = "localhost", 1883, False, get("network")
     ca, cert, key = get("ca_file"), get("client_cert"), get("client_key")
+    trust_dir = get("trust")
     if get("config"):
         from .config import load_config
         cfg = load_config(get("config"))
@@ -342,6 +363,7 @@ def _target(args: argparse.Namespace) -> _Target:
         network = network or cfg.network
         ca, cert, key = (ca or cfg.broker.ca_file, cert or cfg.broker.client_cert,
                          key or cfg.broker.client_key)
+        trust_dir = trust_dir or cfg.trust_dir
     if get("broker"):
         url = urlsplit(get("broker"))
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
@@ -352,7 +374,8 @@ def _target(args: argparse.Namespace) -> _Target:
     if not network:
         raise ValueError("which network? give --network or --config")
     tls_on = tls_on or bool(ca or cert)
-    return _Target(host, port, network, _tls_context(ca, cert, key) if tls_on else None)
+    trust = TrustStore.from_dir(trust_dir) if trust_dir else None  # IdentityError: ValueError
+    return _Target(host, port, network, _tls_context(ca, cert, key) if tls_on else None, trust)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -369,7 +392,7 @@ def main(args: argparse.Namespace) -> int:
         views = asyncio.run(collect(
             target.host, target.port, target.network, wait_s=3.0 if wait_s is None else wait_s,
             tls=target.tls, username=getattr(args, "username", None),
-            password=os.environ.get("QNODE_MQTT_PASSWORD"), node=node))
+            password=os.environ.get("QNODE_MQTT_PASSWORD"), node=node, trust=target.trust))
     except BrokerUnreachable as exc:
         print(f"qnode status: {exc}", file=sys.stderr)
         return 1
@@ -377,7 +400,8 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"network": target.network,
                           "nodes": {n: v.to_json(now) for n, v in sorted(views.items())},
-                          "malformed": dict(views.malformed)}, indent=2, default=str))
+                          "malformed": dict(views.malformed),
+                          "verified": views.trust is not None}, indent=2, default=str))
     else:
         print(format_status(views, now))
     if not views:

@@ -11,7 +11,20 @@ One asyncio program. Two kinds of supervised things:
                                                         with back-off, still CONNECTING)
       READY → DEGRADED (link error) → reconnect with back-off → CALIBRATING → READY
       READY → DEGRADED (health check: device error) → READY when a health check passes
+      READY → DEGRADED (its data stream stalled or failed: stream_failed()) → reconnect with
+              back-off → DEGRADED until the stream's owner calls stream_ok() → READY
       any → OFFLINE on close()/aclose()
+
+  **READY means the instrument answered.** Opening a transport proves nothing (a serial port, a
+  ZeroMQ socket or a VISA session opens although the instrument behind it is hung), so a
+  (re)connect ends in READY only after a request was answered on the new connection: the
+  calibration when there is one, else the health check. An instrument given no health check is
+  probed with its driver's ``identify()`` (every driver with one), after every (re)connect and
+  every ``check_interval_s``, so an instrument that stops answering is noticed even when nothing
+  else talks to it (a tagger streams without a control request for hours). A hung instrument
+  therefore stays DEGRADED, its ``failures`` counting every timed-out attempt, until it answers
+  again; before this rule every timeout was followed by an instant "successful" reconnect and
+  READY, so a hung instrument looked ready.
 
   Error policy of :meth:`ManagedInstrument.call` (and of the health check):
 
@@ -26,6 +39,12 @@ One asyncio program. Two kinds of supervised things:
     is unchanged. From the *health check* they mark the instrument DEGRADED (no reconnect) until
     a later health check passes.
   - Anything else (a bug in the caller's function): re-raised, state unchanged.
+  - Errors of work that uses the driver outside :meth:`ManagedInstrument.call` (a time tagger's
+    stream, run by :class:`~qnode.daemon.acquisition.AcquisitionPipeline`) are reported with
+    :meth:`ManagedInstrument.stream_failed`: counted, DEGRADED, reconnected as a link error,
+    and DEGRADED (not READY) after the reconnect until :meth:`ManagedInstrument.stream_ok`
+    says the stream flows again. :meth:`ManagedInstrument.wait_up` lets the stream's owner
+    wait for the reconnect before it restarts the stream.
 
   ``driver.reconnect()`` has its own short retry loop in the transport; the outer back-off here
   is the bounded one (``backoff_initial_s`` doubling up to ``backoff_max_s``, each delay drawn
@@ -44,7 +63,9 @@ systemd to restart the daemon; see :mod:`qnode.daemon.sdnotify`), and stops ever
 seconds on :meth:`Supervisor.stop`.
 
 Logging: logger ``qnode.supervisor``; records carry ``extra`` fields ``instrument``, ``state``,
-``error`` (instruments) and ``task``, ``restarts``, ``delay_s``, ``error`` (role tasks).
+``error`` (instruments) and ``task``, ``restarts``, ``delay_s``, ``error`` (role tasks). A role
+task that fails with an :class:`~qnode.drivers.errors.InstrumentError` (an expected fault: the
+error names the instrument and the command) is logged without a traceback.
 """
 from __future__ import annotations
 
@@ -107,19 +128,27 @@ class Backoff:
 StateListener = Callable[["ManagedInstrument", InstrumentState, InstrumentState], None]
 
 
+def identify_probe(driver: Driver) -> None:
+    """The default health check: one request the instrument must answer (``identify()``)."""
+    driver.identify()  # type: ignore[attr-defined]
+
+
 class ManagedInstrument:
     """One instrument under supervision (see the module docstring for states and error policy).
 
     ``open_driver``: builds and opens the driver (runs on the instrument's thread);
     ``calibrate(driver)``: brings it to its working point after every (re)connect (e.g. set the
-    oven's set point); ``health_check(driver)``: run every ``check_interval_s`` while up;
+    oven's set point); ``health_check(driver)``: run every ``check_interval_s`` (s) while up, and
+    after a (re)connect of an instrument without ``calibrate`` (None: the driver's
+    ``identify()`` if it has one, :func:`identify_probe`; else no check);
     ``backoff_initial_s``/``backoff_max_s``: the reconnect back-off bounds (s).
 
     Observe: :attr:`state`, :attr:`state_history` (the last 256 states, starting with OFFLINE),
     :attr:`state_listeners` (``callback(instrument, old, new)``, called on the loop),
-    :meth:`wait_for_state`; counters :attr:`reconnects` (successful), :attr:`reconnect_attempts`,
-    :attr:`failures` (link errors, failed connects/calibrations/health checks),
-    :attr:`last_error`.
+    :meth:`wait_for_state`, :meth:`wait_up`; counters :attr:`reconnects` (successful),
+    :attr:`reconnect_attempts`, :attr:`failures` (link errors, failed connects/calibrations/
+    health checks, stream failures; the telemetry's ``errors_total``), :attr:`last_error`;
+    :attr:`stream_fault` (the error of a stream that has not flowed since it failed).
     """
 
     def __init__(self, name: str, open_driver: Callable[[], Driver], *,
@@ -140,6 +169,9 @@ class ManagedInstrument:
         self._driver: Driver | None = None
         self._generation = 0        # +1 on every successful (re)connect
         self._link_down = False
+        self._up = False            # connected, calibrated and answering on this generation
+        self._check_failed = False  # the last health check raised a device error
+        self._stream_fault: BaseException | None = None
         self._closed = False
         self._running = False
         self._trouble = asyncio.Event()
@@ -163,25 +195,49 @@ class ManagedInstrument:
         """The driver (None before the first connect). Use it only through :meth:`call`."""
         return self._driver
 
-    def _set_state(self, new: InstrumentState, error: BaseException | None = None) -> None:
+    @property
+    def generation(self) -> int:
+        """+1 on every successful (re)connect (see :meth:`wait_up`)."""
+        return self._generation
+
+    @property
+    def stream_fault(self) -> BaseException | None:
+        """The error :meth:`stream_failed` reported, until :meth:`stream_ok` (else None)."""
+        return self._stream_fault
+
+    def _up_state(self) -> InstrumentState:
+        """The state of an instrument that is up: READY unless a stream fault or a failed health
+        check holds it DEGRADED."""
+        if self._stream_fault is not None or self._check_failed:
+            return InstrumentState.DEGRADED
+        return InstrumentState.READY
+
+    def _set_state(self, new: InstrumentState, error: BaseException | None = None, *,
+                   quiet: bool = False) -> None:
+        """Change the state; log the transition unless ``quiet`` (the caller logs one line)."""
         old = self._state
         if new is old:
             return
         self._state = new
         self.state_history.append(new)
-        level = logging.WARNING if new is InstrumentState.DEGRADED else logging.INFO
-        log.log(level, "instrument %s: %s -> %s%s", self.name, old.value, new.value,
-                f" ({error})" if error is not None else "",
-                extra={"instrument": self.name, "state": new.value,
-                       "error": None if error is None else str(error)})
-        event, self._state_changed = self._state_changed, asyncio.Event()
-        event.set()
+        if not quiet:
+            level = logging.WARNING if new is InstrumentState.DEGRADED else logging.INFO
+            log.log(level, "instrument %s: %s -> %s%s", self.name, old.value, new.value,
+                    f" ({error})" if error is not None else "",
+                    extra={"instrument": self.name, "state": new.value,
+                           "error": None if error is None else str(error)})
+        self._notify()
         for listener in list(self.state_listeners):
             try:
                 listener(self, old, new)
             except Exception:  # a broken observer must not break the instrument
                 log.exception("state listener of %s failed", self.name,
                               extra={"instrument": self.name, "state": new.value})
+
+    def _notify(self) -> None:
+        """Wake :meth:`wait_for_state` and :meth:`wait_up` waiters to look again."""
+        event, self._state_changed = self._state_changed, asyncio.Event()
+        event.set()
 
     async def wait_for_state(self, *states: InstrumentState,
                              timeout: float | None = None) -> InstrumentState:
@@ -193,6 +249,45 @@ class ManagedInstrument:
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         await self.wait_for_state(InstrumentState.READY, timeout=timeout)
+
+    async def wait_up(self, after_generation: int = -1, timeout: float | None = None) -> None:
+        """Wait until the instrument is up (connected, calibrated, answering; READY, or DEGRADED
+        only for a stream fault or a device error) on a connection newer than
+        ``after_generation`` (see :attr:`generation`, :meth:`stream_failed`). TimeoutError after
+        ``timeout`` s; Disconnected once the instrument is closed."""
+        async with asyncio.timeout(timeout):
+            while not (self._up and self._generation > after_generation):
+                if self._closed:
+                    raise self._error("instrument is closed")
+                await self._state_changed.wait()
+
+    # ------------------------------------------------------------------ streams
+    def stream_failed(self, error: BaseException) -> int:
+        """A data stream of this instrument that runs outside :meth:`call` (a time tagger's
+        tags) stalled or failed with ``error``: count it (:attr:`failures`), mark the instrument
+        DEGRADED and reconnect it through the same path as a link error (back-off included). It
+        stays DEGRADED after the reconnect until :meth:`stream_ok`. Returns the generation to
+        pass to :meth:`wait_up` before restarting the stream. Call on the loop; the caller logs
+        the event (one line), the state change is not logged again."""
+        self._note_failure(error)
+        self._stream_fault = error
+        generation = self._generation
+        if not self._closed and self._driver is not None and not self._link_down:
+            self._link_down = True
+            self._up = False
+            self._trouble.set()
+        if not self._closed:
+            self._set_state(InstrumentState.DEGRADED, error, quiet=True)
+        return generation
+
+    def stream_ok(self) -> None:
+        """The stream reported by :meth:`stream_failed` flows again (or its owner stopped): clear
+        the fault; READY if the instrument is up and nothing else is wrong. The caller logs."""
+        if self._stream_fault is None:
+            return
+        self._stream_fault = None
+        if self._up and not self._link_down and self._state is InstrumentState.DEGRADED:
+            self._set_state(self._up_state(), quiet=True)
 
     # ------------------------------------------------------------------ calls
     async def _exec(self, fn: Callable[..., T], *args: Any) -> T:
@@ -238,6 +333,7 @@ class ManagedInstrument:
             return  # a stale call on a link already replaced, or already known
         self._note_failure(exc)
         self._link_down = True
+        self._up = False
         self._set_state(InstrumentState.DEGRADED, exc)
         self._trouble.set()
 
@@ -253,7 +349,7 @@ class ManagedInstrument:
         try:
             await self._bring_up()
             while True:
-                timeout = self.check_interval_s if self._health_check is not None else None
+                timeout = self.check_interval_s if self._check_fn() is not None else None
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._trouble.wait()
@@ -261,24 +357,37 @@ class ManagedInstrument:
                     self._trouble.clear()
                 if self._link_down:
                     await self._bring_up()
-                elif self._health_check is not None:
+                elif self._check_fn() is not None:
                     await self._check()
         finally:
             self._running = False
 
+    def _check_fn(self) -> Callable[[Driver], None] | None:
+        """The health check: the given one, else :func:`identify_probe` if the driver can
+        identify itself, else None."""
+        if self._health_check is not None:
+            return self._health_check
+        # looked up on the class: a property would run a request here, on the loop
+        if self._driver is not None and callable(getattr(type(self._driver), "identify", None)):
+            return identify_probe
+        return None
+
     async def _check(self) -> None:
-        driver, generation = self._driver, self._generation
-        assert driver is not None and self._health_check is not None
+        driver, generation, check = self._driver, self._generation, self._check_fn()
+        assert driver is not None and check is not None
         try:
-            await self._exec(self._health_check, driver)
+            await self._exec(check, driver)
         except LINK_ERRORS as exc:
             self._link_failed(exc, generation)
         except Exception as exc:  # the device answers but is not well: degraded, no reconnect
             self._note_failure(exc)
+            self._check_failed = True
             self._set_state(InstrumentState.DEGRADED, exc)
         else:
-            if self._state is InstrumentState.DEGRADED and not self._link_down:
-                self._set_state(InstrumentState.READY)
+            self._check_failed = False
+            if (self._state is InstrumentState.DEGRADED and self._up and not self._link_down
+                    and generation == self._generation):
+                self._set_state(self._up_state())
 
     async def _open(self) -> Driver:
         loop = asyncio.get_running_loop()
@@ -294,8 +403,11 @@ class ManagedInstrument:
             raise
 
     async def _bring_up(self) -> None:
-        """(Re)connect and calibrate until READY, with back-off between failed attempts."""
+        """(Re)connect and calibrate (or, without a calibration, run the health check) until the
+        instrument answers, with back-off between failed attempts; then READY (or DEGRADED while
+        a stream fault is outstanding)."""
         backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+        self._up = False
         while True:
             phase = "connect"
             try:
@@ -310,11 +422,29 @@ class ManagedInstrument:
                     await self._exec(self._driver.reconnect)
                     self.reconnects += 1
                     self._connected()
+                generation = self._generation
+                check = self._check_fn()
+                unwell: Exception | None = None
                 if self._calibrate is not None:
                     phase = "calibrate"
                     self._set_state(InstrumentState.CALIBRATING)
                     await self._exec(self._calibrate, self._driver)
-                self._set_state(InstrumentState.READY)
+                elif check is not None:  # READY means it answered, not that a port opened
+                    phase = "check"
+                    try:
+                        await self._exec(check, self._driver)
+                    except LINK_ERRORS:
+                        raise
+                    except Exception as exc:  # it answered, but is not well: up, DEGRADED
+                        unwell = exc
+                if self._link_down or generation != self._generation:
+                    continue  # a call or a stream failed on this connection meanwhile
+                self._check_failed = unwell is not None
+                if unwell is not None:
+                    self._note_failure(unwell)
+                self._up = True
+                self._set_state(self._up_state(), unwell)
+                self._notify()
                 return
             except Exception as exc:
                 self._note_failure(exc)
@@ -476,8 +606,11 @@ class Supervisor:
                 delay = backoff.next()
                 self.restarts[name] += 1
                 self.last_errors[name] = f"{type(exc).__name__}: {exc}"
+                # an instrument's fault is expected and its error says which and what: no
+                # traceback; anything else is a bug in the task
                 log.error("task %s failed (%s); restart %d in %.2f s", name, exc,
-                          self.restarts[name], delay, exc_info=exc,
+                          self.restarts[name], delay,
+                          exc_info=None if isinstance(exc, InstrumentError) else exc,
                           extra={"task": name, "restarts": self.restarts[name],
                                  "delay_s": delay, "error": str(exc)})
                 for listener in list(self.restart_listeners):

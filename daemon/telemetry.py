@@ -32,8 +32,22 @@ class LinkTelemetry(TypedDict, total=False):
     pairs_delivered_total: int
     pairs_expired_total: int
     expires_unacked: int
-    herald_latency_ms_p50: float  # end: receipt time − the chunk's publish time (wall clock)
-    herald_latency_ms_p99: float
+    herald_latency_ms_p50: float  # end: receipt time − the chunk's publish time (wall clocks
+    herald_latency_ms_p99: float  # of two hosts; implausible ones are left out and counted)
+    herald_handling_ms_p50: float  # end: receipt → applied, stored and answered (this node's
+    herald_handling_ms_p99: float  # monotonic clock)
+    herald_ts_implausible_total: int  # heralds whose envelope ts gave no plausible latency
+    herald_age_s: float         # end: since the last herald batch (heartbeats included);
+    #                             station: since the last batch it sent
+    heralds_stale_total: int    # herald entries ignored: already accepted or skipped
+    herald_batches_ignored_total: int  # batches of a station epoch this end left (or none)
+    station_epoch: str          # the station epoch followed (end) or numbered under (station)
+    epoch_agreed: bool          # end: False while it waits for the peer's EPOCH
+    station_resets_total: int   # end: station epochs after the first (a restart that lost
+    #                             its state)
+    epoch_conflicts_total: int  # end: peer EPOCHs that placed the epoch elsewhere
+    expires_stale_total: int    # end: EXPIREs ≥ 2^31 numbers old (e.g. a lap): nothing done
+    heartbeats_total: int       # station: empty batches sent on the timer (no chunk came)
     fidelity_estimate: float    # the goodness stamped on new pairs
     fidelity_method: str        # M counter: "two_basis_bound" (1 − Q_Z − Q_X) | "werner"
     # K end with qubits (qnode.daemon.qmemory): binding and the test-pair estimate

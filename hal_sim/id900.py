@@ -38,7 +38,10 @@ Fault injection on the SCPI server (:class:`ScpiFaults`, take effect at once): s
 garbled replies and a hang (as :class:`qnode.hal_sim.serve.Faults`), ``device_error`` (the next N
 replies are error replies) and :meth:`SimulatedID900.restart` (the SCPI port closes and is bound
 again). The server is a ROUTER socket: to the client it is the device's REP socket, but it may
-drop, delay or withhold replies.
+drop, delay or withhold replies. On the streams, :meth:`SimulatedID900.stall_streams` cuts the
+tags without closing anything (a stalled tagger: the sockets stay connected, SCPI and DLT keep
+answering, the DLT's ``inactivity`` grows, and nothing arrives, not even dark counts) until it is
+called with ``False``.
 """
 from __future__ import annotations
 
@@ -400,6 +403,7 @@ class Acquisition:
         self.lock = threading.Lock()
         self.streams: dict[str, Stream] = {}
         self.finished = threading.Event()
+        self.stalled = threading.Event()   # fault: nothing is streamed while set
         self.produced = {n: 0 for n in channel_map.values()}   # tags per input, all
         self.dropped_negative = 0
         self._sockets: dict[str, zmq.Socket] = {}
@@ -426,8 +430,10 @@ class Acquisition:
             while not self._stop.is_set():
                 sending = self.state.sending()
                 self._sync_sockets()
-                if not sending or self.finished.is_set():
-                    if self._wall_start is not None:  # stopped sending: pace anew on restart
+                if not sending or self.finished.is_set() or self.stalled.is_set():
+                    # not sending (or stalled): this tagger's clock holds and, on a shared
+                    # simulator, it misses the photons meanwhile; pace anew on restart
+                    if self._wall_start is not None:
                         self._wall_start = None
                         self._detach()
                     self._stop.wait(0.02)
@@ -631,6 +637,18 @@ class SimulatedID900:
     def restart(self, downtime_s: float = 0.0) -> None:
         """Restart the SCPI server: the port closes for ``downtime_s``, then is bound again."""
         self.scpi.restart(downtime_s)
+
+    def stall_streams(self, stalled: bool = True) -> None:
+        """Fault: cut (``True``) or restore (``False``) the timestamp streams without closing
+        anything (module docstring). Takes effect within one simulation slice."""
+        if stalled:
+            self.acquisition.stalled.set()
+        else:
+            self.acquisition.stalled.clear()
+
+    @property
+    def streams_stalled(self) -> bool:
+        return self.acquisition.stalled.is_set()
 
     def __enter__(self) -> SimulatedID900:
         return self.start()

@@ -38,6 +38,22 @@ class Pki:
         """A client certificate and key with CN = ``node``."""
         return self._issue(f"client-{node}", node)
 
+    def shipped_options(self, conf: Path, acl: Path) -> str:
+        """The lines of the shipped mosquitto config ``conf`` with this PKI's files and ``acl``
+        in place of the deployment's paths, for the test broker's listener (which sets its own
+        ``listener``, ``allow_anonymous`` and ``max_queued_messages``)."""
+        paths = {"cafile": self.ca, "certfile": self.server_cert, "keyfile": self.server_key,
+                 "acl_file": acl}
+        own = {"listener", "allow_anonymous", "max_queued_messages"}
+        lines = []
+        for line in conf.read_text().splitlines():
+            option = line.split("#", 1)[0].split()
+            if not option or option[0] in own:
+                continue
+            lines.append(f"{option[0]} {paths[option[0]]}" if option[0] in paths
+                         else " ".join(option))
+        return "\n".join(lines) + "\n"
+
     def listener_options(self, acl: Path | None = None) -> str:
         """mosquitto listener lines: TLS with required client certificates whose CN becomes the
         user name (for the ACL's %u)."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,15 +22,41 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from qnode.daemon.bus import NodeBus
+from qnode.daemon.identity import NodeSigner, keygen
+from qnode.daemon.keys import write_key_file
+
+#: the folder beside a test's configs that holds every node's identity key and public key
+IDENTITY_DIR = "identity"
+
+
+def write_key(path: Path, key: bytes | str) -> Path:
+    """Write an HMAC key file as a node accepts it: 0600 from creation (one key; a second
+    line for a rotation: ``write_key(p, new + b"\\n" + old)``)."""
+    return write_key_file(path, key)
+
+
+def identity(directory: Path, node: str) -> NodeSigner:
+    """Node ``node``'s identity key in ``directory/identity`` (made on first use), e.g. for a
+    test that plays a herald station: ``NodeBus(..., signer=identity(tmp_path, "station"))``."""
+    folder = directory / IDENTITY_DIR
+    if not (folder / f"{node}.key").exists():
+        keygen(node, folder)
+    return NodeSigner.from_file(folder / f"{node}.key")
 
 
 def node_config(path: Path, *, node: str, roles: list[str], broker_port: int, state_dir: Path,
                 body: str = "", network: str = "t", telemetry_interval_s: float = 0.5,
                 prometheus_port: int = 0) -> Path:
-    """Write a node config (``prometheus_port`` 0: no endpoint) and return its path."""
+    """Write a node config (``prometheus_port`` 0: no endpoint) and return its path. The node
+    gets an identity key and trusts every key in ``identity/`` beside the config (made there
+    for it and for each herald station its links name)."""
+    for name in [node, *re.findall(r'^herald = "([A-Za-z0-9_-]+)"', body, re.MULTILINE)]:
+        identity(path.parent, name)
+    ids = path.parent / IDENTITY_DIR
     path.write_text(
         f"[node]\nid = \"{node}\"\nnetwork = \"{network}\"\nroles = {json.dumps(roles)}\n"
-        f"state_dir = \"{state_dir}\"\n\n[broker]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n"
+        f"state_dir = \"{state_dir}\"\nidentity_key_file = \"{ids / (node + '.key')}\"\n"
+        f"trust_dir = \"{ids}\"\n\n[broker]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n"
         f"keepalive_s = 5\n\n[metrics]\nprometheus_port = {prometheus_port}\n"
         f"telemetry_interval_s = {telemetry_interval_s}\n\n{body}")
     return path

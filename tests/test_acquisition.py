@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from qnode.hal_sim import (
     simple_node,
 )
 from qnode.hal_sim.tagger import SimulatedTagger
-from qnode.native import Coincidences, NFold, TagBlock, merge_channels
+from qnode.native import Coincidences, NFold, TagBlock, empty_block, merge_channels
 
 PAIRS = [(1, 2), (1, 3), (2, 4), (3, 4)]
 WINDOW_PS = 2_000
@@ -292,6 +293,71 @@ async def test_core_error_reaches_the_consumer():
     await asyncio.wait_for(pipeline.stop(), 2)
 
 
+class GatedTagger(MemoryTagger):
+    """A live tagger in miniature: a chunk every 10 ms, empty while ``flowing`` is clear (a cut
+    stream: the driver still returns, with nothing in it)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 1_000, forever=True, period_s=0.01)
+        self.flowing = threading.Event()
+        self.flowing.set()
+
+    def _block(self, k: int) -> TagBlock:
+        return super()._block(k) if self.flowing.is_set() else empty_block()
+
+
+async def until(condition, what: str, timeout_s: float = 30.0) -> None:
+    """Wait (polling) until ``condition()``; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_a_stall_is_reported_and_so_is_its_end_without_an_instrument(caplog):
+    caplog.set_level(logging.INFO, logger="qnode.daemon.acquisition")
+    tagger = GatedTagger()
+    pipeline = AcquisitionPipeline(tagger, pairs=[(1, 2)], window_ps=200, stall_s=0.3,
+                                   restart_initial_s=0.05, restart_max_s=0.1)
+    consumer = asyncio.create_task(_collect(pipeline))
+    try:
+        await until(lambda: pipeline.stats.tags_processed > 0, "tags processed")
+        assert not pipeline.stats.stalled
+        tagger.flowing.clear()                   # empty chunks keep coming, no tags in them
+        await until(lambda: pipeline.stats.stalled, "the stall reported")
+        line = next(r for r in caplog.records if "tag stream stalled" in r.getMessage())
+        assert line.levelno == logging.WARNING and line.action == "wait"
+        assert line.tagger == "memory" and line.silent_s >= 0.3
+        await until(lambda: pipeline.stats.stalls >= 2, "reported again while it lasts")
+        tagger.flowing.set()
+        await until(lambda: not pipeline.stats.stalled, "the stall over")
+        back = [r for r in caplog.records if "flowing again" in r.getMessage()]
+        assert len(back) == 1 and back[0].attempts >= 2
+        assert pipeline.stats.stream_restarts == 0  # no instrument: never restarted
+    finally:
+        await pipeline.stop()
+        await asyncio.wait_for(consumer, 5)
+
+
+@pytest.mark.asyncio
+async def test_back_pressure_from_a_slow_consumer_is_not_a_stall():
+    tagger = MemoryTagger(0, 2_000, forever=True)
+    pipeline = AcquisitionPipeline(tagger, pairs=[(1, 2)], window_ps=200, queue_chunks=2,
+                                   event_queue_chunks=1, policy="block", stall_s=0.2)
+    agen = pipeline.events()
+    try:
+        await agen.__anext__()
+        await asyncio.sleep(1.0)  # the reader is held for 5 x stall_s by the full queues
+        assert pipeline.stats.stalls == 0 and not pipeline.stats.stalled
+        for _ in range(5):        # and it goes on once the consumer reads
+            ev = await asyncio.wait_for(agen.__anext__(), 30)
+            assert ev.n_tags > 0
+    finally:
+        await pipeline.stop()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="policy"):
         AcquisitionPipeline(MemoryTagger(1), pairs=[(1, 2)], window_ps=1, policy="lossy")
@@ -299,3 +365,7 @@ def test_bad_arguments():
         AcquisitionPipeline(MemoryTagger(1), pairs=[(1, 2)], window_ps=1, queue_chunks=0)
     with pytest.raises(ValueError, match="nfold_window_ps"):
         AcquisitionPipeline(MemoryTagger(1), pairs=[(1, 2)], window_ps=1, nfold_channels=(1, 2))
+    with pytest.raises(ValueError, match="stall_s"):
+        AcquisitionPipeline(MemoryTagger(1), pairs=[(1, 2)], window_ps=1, stall_s=-1.0)
+    with pytest.raises(ValueError, match="initial"):
+        AcquisitionPipeline(MemoryTagger(1), pairs=[(1, 2)], window_ps=1, restart_initial_s=0)

@@ -172,6 +172,10 @@ async def test_hostile_payloads_are_rejected_counted_and_logged(
         ("unsigned", env(7, key=None)),
         ("bad_signature", env(8, key=b"a key mallory made up")),  # forged
         ("bad_signature", env(9, body={"n": 10})),          # tampered after signing
+        # the two that killed the connection (issue 12, finding 2)
+        ("not_json", env(12, body={"n": int("9" * 2000)})),  # a 2,000-digit integer
+        ("bad_signature", env(13, sig="é")),                 # non-ASCII signature
+        ("too_deep", env(14, body={"n": [[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]})),
     ]
     async with running(bob), aiomqtt.Client(broker.host, broker.port,
                                             identifier="raw-alice") as raw:
@@ -310,3 +314,88 @@ async def test_telemetry_dropped_offline_and_queue_bounded(broker: Mosquitto) ->
     async with running(bus):
         await asyncio.wait_for(bus.drain(), TIMEOUT_S)
         assert bus.acked == 3 and bus.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_one_bad_message_does_not_kill_the_connection(broker: Mosquitto) -> None:
+    """Finding 2: a herald with ``"sig": "é"`` killed both ends' connections at once, silently.
+    Now it is rejected and counted, the connection stays, and the next herald is delivered."""
+    bob = make_bus(broker, BOB, keys={"alice": KEY, "ab": KEY}, heralds={"ab": "alice"})
+    inbox = Inbox()
+    bob.on("herald", inbox)
+    topic = ALICE.herald("ab")
+    raw_sig = json.loads(encode(Message("HERALD", "alice", 1, {"n": 1}), KEY))
+    raw_sig["sig"] = "é"
+    async with running(bob), aiomqtt.Client(broker.host, broker.port,
+                                            identifier="raw-station") as raw:
+        await raw.publish(topic, json.dumps(raw_sig, ensure_ascii=False).encode(), qos=1)
+        await raw.publish(topic, b'{"v": 1, "n": ' + b"1" * 5000 + b"}", qos=1)
+        await raw.publish(topic, encode(Message("HERALD", "alice", 2, {"n": 2}), KEY), qos=1)
+        await inbox.wait_for(lambda items: len(items) >= 1)
+        assert bob.connected and bob.connections == 1 and bob.session_errors == 0
+    assert dict(bob.rejected) == {"bad_signature": 1, "not_json": 1}
+    assert inbox.bodies() == [2]
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_in_a_session_is_logged_and_reconnected(
+        broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing but close() ends the bus: a bug that breaks one session is logged with its
+    traceback and counted, and the bus connects again."""
+    caplog.set_level(logging.ERROR, logger="qnode.bus")
+    alice, bob, inbox = pair(broker)
+    real = bob._subscribe_now
+    calls = 0
+
+    async def broken_once(client: Any, filters: list[str]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the first session")
+        await real(client, filters)
+
+    bob._subscribe_now = broken_once  # type: ignore[method-assign]
+    async with running(alice), running(bob):
+        alice.publish(ALICE.ll("bob"), "ll.test", {"n": 1}, sign_with="bob")
+        await inbox.wait_for(lambda items: len(items) >= 1)
+    assert bob.session_errors == 1 and bob.disconnects >= 1
+    assert any("unexpected error" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_flood_is_bounded_dropped_by_class_and_counted(broker: Mosquitto) -> None:
+    """Finding 3: incoming messages were queued without limit. With a handler that cannot keep
+    up, the inbound queue holds at most its limit of herald messages; the rest are dropped and
+    counted, control messages keep their own room, and the bus stays connected."""
+    limits = {"control": (50, 1 << 20), "bulk": (20, 1 << 20), "info": (5, 1 << 20)}
+    bob = make_bus(broker, BOB, keys={"alice": KEY, "ab": KEY}, heralds={"ab": "alice"},
+                   inbound_limits=limits)
+    gate = asyncio.Event()
+    heralds, control = Inbox(), Inbox()
+
+    async def slow(topic: Topic, msg: Message) -> None:
+        await gate.wait()
+        await heralds(topic, msg)
+
+    bob.on("herald", slow)
+    bob.on("ll", control)
+    alice = make_bus(broker, ALICE, keys={"bob": KEY, "ab": KEY})
+    async with running(alice), running(bob):
+        for i in range(300):
+            alice.publish(ALICE.herald("ab"), "HERALD", {"n": i}, sign_with="ab")
+        await alice.drain(TIMEOUT_S)
+        alice.publish(ALICE.ll("bob"), "ll.test", {"n": "control"}, sign_with="bob")
+        await alice.drain(TIMEOUT_S)
+
+        async def until_dropped() -> None:
+            while sum(bob.inbound.dropped.values()) < 300 - 21:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(until_dropped(), TIMEOUT_S)
+        assert bob.inbound.qsize() <= 20 + 1 and bob.connected
+        gate.set()
+        await control.wait_for(lambda items: len(items) == 1)
+        await heralds.wait_for(lambda items: len(items) == 300 - bob.inbound.dropped["herald"])
+    dropped = bob.inbound.dropped["herald"]
+    # one herald is in the handler, 20 wait: the rest were dropped, the earliest kept (FIFO)
+    assert dropped == 300 - 21 and heralds.bodies() == list(range(21))
+    assert bob.metrics()["dropped_incoming"] == {"herald": dropped}

@@ -12,7 +12,7 @@ QNODE = [sys.executable, "-m", "qnode.daemon.cli"]
 
 
 def test_every_subcommand_has_help():
-    for cmd in ("info", "run", "status", "demo", "bench"):
+    for cmd in ("info", "run", "status", "keygen", "demo", "bench"):
         out = subprocess.run([*QNODE, cmd, "--help"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and "usage: qnode" in out.stdout, (cmd, out.stderr)
 
@@ -43,3 +43,19 @@ def test_a_bad_config_names_the_key_and_exits_2(tmp_path):
                          timeout=30)
     assert out.returncode == 2
     assert f"{cfg}: node.id:" in out.stderr
+
+
+def test_keygen_makes_a_key_pair_a_node_and_its_peers_accept(tmp_path):
+    from qnode.daemon.identity import NodeSigner, TrustStore
+
+    done = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "keygen", "alice", "--dir",
+                           str(tmp_path / "ids")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    private = tmp_path / "ids" / "alice.key"
+    assert private.stat().st_mode & 0o777 == 0o600
+    signer, trust = NodeSigner.from_file(private), TrustStore.from_dir(tmp_path / "ids")
+    assert trust.verify("alice", b"status", signer.sign(b"status"))
+    assert not trust.verify("alice", b"status", NodeSigner.generate().sign(b"status"))
+    again = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "keygen", "alice", "--dir",
+                            str(tmp_path / "ids")], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "not overwriting" in again.stderr

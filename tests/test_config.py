@@ -1,11 +1,18 @@
 """Node configs: the example is valid, and every mistake names its key."""
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from qnode.daemon.config import ConfigError, load_config, parse_config
+from qnode.daemon.config import ConfigError, load_config, parse_config, prepare_state_dir
+from qnode.daemon.identity import keygen
+from qnode.daemon.keys import write_key_file
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "alice.example.toml"
 SECRETS = ("ca.crt", "alice.crt", "alice.key", "links/alice-bob.key")
@@ -17,7 +24,8 @@ def example_text(tmp_path: Path) -> str:
     for name in SECRETS:
         f = tmp_path / name
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text("secret\n")
+        write_key_file(f, "0123456789abcdef" * 4)
+    keygen("alice", tmp_path / "identity")
     return EXAMPLE.read_text().replace("/etc/qnode/", f"{tmp_path}/")
 
 
@@ -106,15 +114,22 @@ def test_unreadable_or_broken_files_say_so(tmp_path):
         load_config(bad)
 
 
-STATION = MINIMAL.replace('roles = ["memory"]', 'roles = ["herald"]') + """
+IDENTITY = tempfile.mkdtemp(prefix="qnode-test-identity-")  # removed by the OS's tmp cleaning
+keygen("n1", IDENTITY)
+STATION = MINIMAL.replace('roles = ["memory"]', 'roles = ["herald"]').replace(
+    'network = "net"', f'network = "net"\nidentity_key_file = "{IDENTITY}/n1.key"\n'
+                       f'trust_dir = "{IDENTITY}"') + """
 [instruments.tagger]
 kind = "id900"
 address = "127.0.0.1"
 """
 
 
-def test_role_tables_get_defaults_and_resolve_instruments():
-    cfg = parse_config(STATION + '[herald]\nlink = "a-b"\nends = ["a", "b"]\n')
+def test_role_tables_get_defaults_and_resolve_instruments(tmp_path):
+    key = write_key_file(tmp_path / "a-b.key", "0123456789abcdef" * 4)
+    cfg = parse_config(STATION + f'[herald]\nlink = "a-b"\nends = ["a", "b"]\n'
+                                 f'hmac_key_file = "{key}"\n')
+    assert cfg.herald.hmac_key_file == key
     assert cfg.herald.tagger == "tagger" and cfg.herald.channels == (1, 2, 3, 4)
     assert cfg.herald.ends == ("a", "b") and cfg.memory is None and cfg.analyzer is None
     mem = parse_config(MINIMAL + "[memory]\ncapacity = 10\n").memory
@@ -144,3 +159,104 @@ def test_role_table_mistakes_name_the_key(table, key, problem):
 def test_a_herald_role_without_its_table_says_what_it_needs():
     with pytest.raises(ConfigError, match=r"herald: role 'herald' needs a \[herald\] table"):
         parse_config(STATION)
+
+
+@pytest.mark.parametrize("text", [
+    "a = " + "[" * 10_000,                     # RecursionError inside tomllib
+    "a = " + "{b = " * 10_000,
+    "a = " + "[" * 40 + "]" * 40,              # parses, but deeper than any config
+])
+def test_a_deeply_nested_file_is_a_config_error_not_a_traceback(text):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "deep.toml")
+    assert str(err.value).startswith("deep.toml: (syntax): nesting too deep")
+
+
+def test_a_state_dir_that_cannot_be_a_directory_is_refused_at_parsing(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    for state_dir, problem in ((f, "exists and is not a directory"),
+                               (f / "sub" / "dir", f"cannot be created: '{f}' is not a directory")):
+        text = MINIMAL.replace('roles = ["memory"]',
+                               f'roles = ["memory"]\nstate_dir = "{state_dir}"')
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "n1.toml")
+        assert str(err.value) == f"n1.toml: node.state_dir: '{state_dir}' {problem}"
+
+
+def _with_state_dir(tmp_path: Path, state_dir: Path) -> Path:
+    f = tmp_path / "n1.toml"
+    f.write_text(MINIMAL.replace('roles = ["memory"]',
+                                 f'roles = ["memory"]\nstate_dir = "{state_dir}"'))
+    return f
+
+
+def test_prepare_state_dir_makes_a_private_directory(tmp_path):
+    d = tmp_path / "var" / "qnode" / "n1"
+    cfg = load_config(_with_state_dir(tmp_path, d))
+    assert prepare_state_dir(cfg) == d and stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert prepare_state_dir(cfg) == d   # already there: fine
+
+
+@pytest.mark.skipif(not Path("/proc/1").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("state_dir, problem", [
+    ("/proc/1", "'/proc/1' is not writable by this user"),   # even root may not write there
+    ("/proc/qnode-test/state", "'/proc/qnode-test/state' cannot be created: "),
+])
+def test_a_state_dir_this_user_cannot_use_is_one_line_from_qnode_run(tmp_path, state_dir,
+                                                                     problem):
+    f = _with_state_dir(tmp_path, Path(state_dir))
+    cfg = load_config(f)   # parsing is fine: another user (qnode status) may read the config
+    with pytest.raises(ConfigError) as err:
+        prepare_state_dir(cfg)
+    assert err.value.key == "node.state_dir" and problem in str(err.value)
+    out = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "run", "--config", str(f)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"qnode: config error: {f}: node.state_dir: {err.value.problem}\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_state_dir_is_refused(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match=r"node.state_dir: '.*ro' is not writable"):
+        prepare_state_dir(load_config(_with_state_dir(tmp_path, d)))
+
+
+def test_heralds_need_the_station_identity_key_and_the_ends_its_public_key(tmp_path):
+    """Heralds are signed with the station's own key, so neither end can forge them: a station
+    without an identity key, and an end that cannot verify its station, are refused."""
+    key = write_key_file(tmp_path / "a-b.key", "0123456789abcdef" * 4)
+    station = MINIMAL.replace('roles = ["memory"]', 'roles = ["herald"]') + (
+        f'[instruments.tagger]\nkind = "id900"\naddress = "127.0.0.1"\n'
+        f'[herald]\nlink = "a-b"\nends = ["a", "b"]\nhmac_key_file = "{key}"\n')
+    with pytest.raises(ConfigError, match=r"node.identity_key_file: a herald station signs"):
+        parse_config(station)
+    end = MINIMAL + (f'[[links]]\nid = "a-b"\npeer = "b"\ntype = "K"\nherald = "hs"\n'
+                     f'hmac_key_file = "{key}"\n')
+    with pytest.raises(ConfigError, match=r"links\[0\].herald: .*put hs.pub in "
+                                          r"node.trust_dir \(missing\)"):
+        parse_config(end)
+    keygen("hs", tmp_path / "ids")
+    cfg = parse_config(end.replace('roles = ["memory"]',
+                                   f'roles = ["memory"]\ntrust_dir = "{tmp_path}/ids"'))
+    assert cfg.trust_dir == tmp_path / "ids"
+
+
+def test_identity_key_files_are_checked(tmp_path):
+    private, public = keygen("n1", tmp_path / "ids")
+    ok = MINIMAL.replace('roles = ["memory"]',
+                         f'roles = ["memory"]\nidentity_key_file = "{private}"')
+    assert parse_config(ok).identity_key_file == private
+    private.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"node.identity_key_file: .*group or others"):
+        parse_config(ok)
+    private.chmod(0o600)
+    private.write_text("not a key")
+    with pytest.raises(ConfigError, match=r"node.identity_key_file: .*not an unencrypted PEM"):
+        parse_config(ok)
+    public.write_text("not a key either")
+    with pytest.raises(ConfigError, match=r"node.trust_dir: .*n1.pub.* not a PEM public key"):
+        parse_config(MINIMAL.replace('roles = ["memory"]',
+                                     f'roles = ["memory"]\ntrust_dir = "{tmp_path}/ids"'))

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from daemon_harness import Daemon, node_config
+from daemon_harness import Daemon, identity, node_config, write_key
 
 from qnode.daemon.bus import NodeBus
+from qnode.daemon.identity import NodeSigner
 from qnode.daemon.linklayer import HeraldStation, LinkEnd
 from qnode.daemon.messages import decode
 from qnode.daemon.state import StateStore
@@ -33,7 +35,7 @@ def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0,
              restart_policy: str = "resume", prometheus_port: int = 0,
              t1_t2_s: tuple[float, float] = (0.0, 0.0)) -> dict[str, Path]:
     key = tmp / "link.key"
-    key.write_bytes(KEY)
+    write_key(key, KEY)
     out = {}
     for node, peer in (("alice", "bob"), ("bob", "alice")):
         out[node] = node_config(
@@ -51,9 +53,10 @@ def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0,
 class Station:
     """The test as the herald station: numbered successes, one signed batch per chunk."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, configs: Path):
         self.station = HeraldStation([LINK])
-        self.bus = NodeBus(Topics("t", "station"), "127.0.0.1", port, keys={LINK: KEY})
+        self.bus = NodeBus(Topics("t", "station"), "127.0.0.1", port, keys={LINK: KEY},
+                           signer=identity(configs, "station"))
         self.t_ps = 1_000_000
         self.chunk = 0
 
@@ -110,7 +113,8 @@ async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(t
     cfg = _configs(tmp_path, broker.port)
     alice, bob = Daemon(cfg["alice"]).start(), Daemon(cfg["bob"]).start()
     station = HeraldStation([LINK])
-    bus = NodeBus(Topics("t", "station"), "127.0.0.1", broker.port, keys={LINK: KEY})
+    bus = NodeBus(Topics("t", "station"), "127.0.0.1", broker.port, keys={LINK: KEY},
+                  signer=identity(tmp_path, "station"))
     runner = asyncio.create_task(bus.run())
     try:
         await asyncio.to_thread(alice.wait_for_log, "node ready")
@@ -139,7 +143,11 @@ async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(t
                                                  "id": 10**6, "ts": time.time(),
                                                  "body": {}}).encode(), qos=1)
             await raw.publish(topic, b"x" * (2 << 20), qos=1)
-        forged = bus.envelope("HERALD", {"link": LINK, "chunk": 1}, sign_with=b"wrong" * 8)[1]
+        # forged: the link key (which either end holds) but an identity key not the station's
+        forger = NodeBus(Topics("t", "station"), "127.0.0.1", broker.port,
+                         signer=NodeSigner.generate())
+        forged = forger.envelope("HERALD", {"link": LINK, "chunk": 1}, sign_with=KEY,
+                                 node_sign=True)[1]
         async with aiomqtt.Client("127.0.0.1", broker.port) as raw:
             await raw.publish(topic, forged, qos=1)
         bus.publish(topic, "HERALD", {"link": LINK, "chunk": "x"}, sign_with=LINK)  # bad body
@@ -194,6 +202,48 @@ class NotifySocket:
         return next((t for t, m in self.messages if key in m.split("\n")), None)
 
 
+def test_the_watchdog_is_withheld_while_the_broker_is_unreachable(tmp_path):
+    """A node that cannot hear its peers for longer than broker.max_offline_s stops pinging
+    systemd's watchdog (so systemd restarts it) and says so once; pings resume when it hears
+    the broker again."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        cfg = _configs(tmp_path, broker.port)["alice"]
+        cfg.write_text(cfg.read_text().replace("keepalive_s = 5\n",
+                                               "keepalive_s = 5\nmax_offline_s = 1\n"))
+        notify = NotifySocket(tmp_path / "notify.sock")
+        stop = threading.Event()
+        collector = threading.Thread(target=lambda: [notify.collect(time.monotonic() + 0.2)
+                                                     for _ in iter(stop.is_set, True)])
+        collector.start()
+
+        def pings_after(t: float) -> int:
+            return sum(1 for at, m in list(notify.messages)
+                       if at > t and "WATCHDOG=1" in m.split("\n"))
+        try:
+            with Daemon(cfg, env={"NOTIFY_SOCKET": str(notify.path),
+                                  "WATCHDOG_USEC": "400000"}) as d:
+                d.wait_for_log("node ready")
+                broker.stop()
+                d.wait_for_log("withholding the watchdog", timeout_s=60)
+                # pings sent before the line are received within moments; none may follow
+                seen = time.monotonic() + 2.0
+                time.sleep(4.0)
+                assert pings_after(seen) == 0
+                broker.start()
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and pings_after(seen) == 0:
+                    time.sleep(0.2)
+                assert pings_after(seen) > 0  # heard the broker again: pinging again
+                assert d.log().count("withholding the watchdog") == 1
+        finally:
+            stop.set()
+            collector.join()
+    finally:
+        broker.stop()
+
+
 def test_notify_protocol_ready_watchdog_and_stopping(tmp_path):
     with Mosquitto(tmp_path / "mosquitto") as broker:
         cfg = _configs(tmp_path, broker.port)
@@ -228,7 +278,7 @@ async def test_a_node_killed_and_restarted_resumes_and_its_peer_agrees(tmp_path,
         try:
             await asyncio.to_thread(alice.wait_for_log, "node ready")
             await asyncio.to_thread(bob.wait_for_log, "node ready")
-            async with Station(broker.port) as st:
+            async with Station(broker.port, tmp_path) as st:
                 for _ in range(20):
                     st.send()
                     await asyncio.sleep(0.02)
@@ -273,7 +323,7 @@ async def test_the_prometheus_endpoint_of_a_running_daemon(tmp_path):
         with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
             await asyncio.to_thread(alice.wait_for_log, "node ready")
             await asyncio.to_thread(bob.wait_for_log, "node ready")
-            async with Station(broker.port) as st:
+            async with Station(broker.port, tmp_path) as st:
                 for _ in range(5):
                     st.send()
                 await st.bus.drain(10)
@@ -301,7 +351,7 @@ async def test_create_requests_on_cmd_are_answered_on_reply(tmp_path):
         with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
             await asyncio.to_thread(alice.wait_for_log, "node ready")
             await asyncio.to_thread(bob.wait_for_log, "node ready")
-            async with Station(broker.port) as st:
+            async with Station(broker.port, tmp_path) as st:
                 st.send(20)
                 await st.bus.drain(10)
                 await _settle(broker.port, 20)
@@ -385,7 +435,7 @@ async def test_an_ok_carries_the_fidelity_aged_from_herald_to_delivery(tmp_path)
             runner = asyncio.create_task(app.run())
             try:
                 await app.wait_connected(10)
-                async with Station(broker.port) as st:
+                async with Station(broker.port, tmp_path) as st:
                     t_sent = time.monotonic()
                     st.send(1)                    # one Ψ− pair (chunk 0)
                     await st.bus.drain(10)

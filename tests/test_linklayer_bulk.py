@@ -701,10 +701,13 @@ def test_herald_arrays_are_read_only_copies():
 def test_stats_count_pairs_and_heralds():
     alice = LinkEnd("alice", "bob", LINK)
     bob = LinkEnd("bob", "alice", LINK)
+    zero = dict.fromkeys(("heralds_stale_total", "epoch_batches_ignored_total",
+                          "station_resets_total", "expires_stale_total",
+                          "epoch_conflicts_total"), 0)
     assert alice.stats() == {"pairs_live": 0, "pairs_held": 0, "pairs_delivered_total": 0,
                              "pairs_expired_total": 0, "heralds_accepted_total": 0,
                              "herald_batches_total": 0, "seqs_skipped_total": 0,
-                             "expires_unacked": 0, "expected_seq": 0}
+                             "expires_unacked": 0, "expected_seq": 0, **zero}
     alice.on_herald(batch_at(0, 10, 1), 0.0)
     out = alice.on_herald(batch_at(15, 5, 2), 0.0)          # gap [10, 15)
     alice.request(Create("bob", 0.5, 0, 1, 3), 0.0)          # 3 OKs
@@ -712,7 +715,7 @@ def test_stats_count_pairs_and_heralds():
     assert alice.stats() == {"pairs_live": 9, "pairs_held": 12, "pairs_delivered_total": 3,
                              "pairs_expired_total": 3, "heralds_accepted_total": 15,
                              "herald_batches_total": 2, "seqs_skipped_total": 5,
-                             "expires_unacked": 2, "expected_seq": 20}
+                             "expires_unacked": 2, "expected_seq": 20, **zero}
     ack = bob.on_expire([m for m in out if isinstance(m, Expire)][0], 0.0)
     alice.on_expire_ack(ack[-1], 0.0)
     assert alice.stats()["expires_unacked"] == 1

@@ -7,7 +7,15 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from qnode.daemon.messages import Deduplicator, IdCounter, Message, MessageRejected, decode, encode
+from qnode.daemon.messages import (
+    Deduplicator,
+    IdCounter,
+    Message,
+    MessageRejected,
+    RecentPayloads,
+    decode,
+    encode,
+)
 from qnode.daemon.topics import Topic, Topics, parse_topic
 
 ALICE = Topics("lab", "alice")
@@ -75,7 +83,19 @@ def tamper(payload: bytes, **changes) -> bytes:
     (tamper(encode(msg()), id=-1), {}, "bad_envelope"),
     (tamper(encode(msg()), body=[1]), {}, "bad_envelope"),
     (tamper(encode(msg()), extra=1), {}, "bad_envelope"),
-    (encode(msg()).replace(b'"ts":1.5', b'"ts":NaN'), {}, "bad_envelope"),
+    (encode(msg()).replace(b'"ts":1.5', b'"ts":NaN'), {}, "not_json"),
+    (encode(msg()).replace(b'"ts":1.5', b'"ts":-Infinity'), {}, "not_json"),
+    (encode(msg()).replace(b'"ts":1.5', b'"ts":-1e999'), {}, "bad_envelope"),
+    (encode(msg()).replace(b'"id":7', b'"id":' + b"9" * 5000), {}, "not_json"),
+    (encode(msg()).replace(b'"id":7', b'"id":' + b"9" * 21), {}, "not_json"),
+    (encode(msg()).replace(b'"seq":3', b'"seq":' + b"[" * 40 + b"]" * 40), {}, "too_deep"),
+    (encode(msg()).replace(b'"seq":3', b'"seq":' + b"[" * 200_000 + b"]" * 200_000), {},
+     "not_json"),
+    (tamper(encode(msg(), KEY), sig="\u00e9" * 64), dict(key=KEY), "bad_signature"),
+    (tamper(encode(msg(), KEY), sig="é"), dict(key=KEY), "bad_signature"),
+    (tamper(encode(msg(), KEY), sig=7), dict(key=KEY), "bad_signature"),
+    (tamper(encode(msg()), type=""), {}, "bad_envelope"),
+    (tamper(encode(msg(sender="bad/name")), sender="bad/name"), {}, "bad_envelope"),
     (tamper(encode(msg()), v=2), {}, "bad_version"),
     (encode(msg(sender="mallory")), {}, "sender_mismatch"),
     (encode(msg()), dict(key=KEY, require_signature=True), "unsigned"),
@@ -135,9 +155,9 @@ def test_deduplicator_accepts_each_id_once_within_the_window(ids):
         else:
             assert verdict == "stale" and i <= max(accepted) - 16
     restored = Deduplicator(window=16)
-    restored.restore(dedup.snapshot())
+    assert restored.restore({f"link|{s}": v for s, v in dedup.snapshot().items()}) == 0
     for i in accepted:
-        assert restored.check("s", i) in ("duplicate", "stale")
+        assert restored.check("link|s", i) in ("duplicate", "stale")
 
 
 @settings(max_examples=300)
@@ -167,3 +187,65 @@ def test_arbitrary_json_values_are_rejected_or_decoded_never_crash(value):
 def test_id_counter_continues_from_a_persisted_value():
     ids = IdCounter(41)
     assert [ids(), ids(), ids()] == [41, 42, 43] and ids.next_id == 44
+
+
+def test_an_integer_of_ten_thousand_digits_is_refused_at_once():
+    # int() of 10^4 digits raises (Python's 4,300-digit limit) after quadratic work; the parser
+    # refuses long literals before converting them
+    payload = encode(msg()).replace(b'"seq":3', b'"seq":' + b"7" * 10_000)
+    with pytest.raises(MessageRejected) as err:
+        decode(payload, LL)
+    assert err.value.reason == "not_json" and "digits" in err.value.detail
+
+
+def test_unsigned_messages_cannot_move_the_window_of_signed_ones():
+    """Finding 1: unsigned cmd messages claiming a sender and id 2^63-1 made every later signed
+    message of that sender stale. Now the window belongs to the key that verified a message."""
+    dedup, recent = Deduplicator(), RecentPayloads()
+    cmd = parse_topic(ALICE.cmd)
+    for sender in ("bob", "station"):
+        poison = encode(Message("CREATE", sender, (1 << 63) - 1, {}))
+        decode(poison, cmd, dedup=dedup, recent=recent, domain="alice")  # accepted: unsigned
+    assert dedup.snapshot() == {}  # nothing to persist
+    for i in range(3):
+        m = decode(encode(msg(i), KEY), LL, key=KEY, dedup=dedup, domain="bob",
+                   require_signature=True)
+        assert m.signed and m.id == i
+    assert set(dedup.snapshot()) == {"bob|alice"}
+
+
+def test_a_window_is_per_key_domain():
+    """A holder of one link's key cannot move the window of another link's messages."""
+    dedup = Deduplicator()
+    other = b"another link's key, 32 bytes...."
+    decode(encode(msg((1 << 63) - 1), other), LL, key=other, dedup=dedup, domain="carol")
+    decode(encode(msg(1), KEY), LL, key=KEY, dedup=dedup, domain="bob")
+
+
+def test_unsigned_redeliveries_are_dropped_by_their_bytes():
+    recent = RecentPayloads(size=2)
+    cmd = parse_topic(ALICE.cmd)
+    first = encode(Message("CREATE", "app", 5, {"n": 1}))
+    decode(first, cmd, recent=recent)
+    with pytest.raises(MessageRejected) as err:
+        decode(first, cmd, recent=recent)
+    assert err.value.reason == "duplicate"
+    # a forger's message with the same sender and id does not block the genuine one
+    decode(encode(Message("CREATE", "app", 6, {"n": 2})), cmd, recent=recent)
+    decode(encode(Message("CREATE", "app", 6, {"n": 3})), cmd, recent=recent)
+
+
+def test_stored_windows_of_older_versions_are_discarded():
+    dedup = Deduplicator()
+    assert dedup.restore({"alice": ((1 << 63) - 1, 1), "bob|alice": (10, 1)}) == 1
+    assert set(dedup.snapshot()) == {"bob|alice"}
+
+
+def test_during_a_key_rotation_either_key_verifies():
+    new = b"the next key of this link, 32 b."
+    for signer in (KEY, new):
+        m = decode(encode(msg(), signer), LL, key=(new, KEY), require_signature=True)
+        assert m.signed
+    with pytest.raises(MessageRejected) as err:
+        decode(encode(msg(), b"neither of the two keys.........."), LL, key=(new, KEY))
+    assert err.value.reason == "bad_signature"

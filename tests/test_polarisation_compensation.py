@@ -21,7 +21,7 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 import pytest
-from daemon_harness import Daemon, node_config
+from daemon_harness import Daemon, node_config, write_key
 
 from qnode.daemon.config import CompensationConfig, ConfigError, parse_config
 from qnode.daemon.messages import decode
@@ -445,7 +445,7 @@ def test_analyzers_restore_visibility_after_a_polarisation_step(tmp_path, broker
     assert SCHEDULED in text
     spec = bench.parse(text.replace(SCHEDULED, ""), "polarisation.toml")
     key = tmp_path / "m-ab.key"
-    key.write_text("ab" * 32 + "\n")
+    write_key(key, "ab" * 32)
     with bench.Bench(spec, "polarisation.toml") as b:
         addresses = b.addresses()
         rt = b.links["source-pair"]

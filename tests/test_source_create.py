@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from daemon_harness import Daemon, node_config, running
+from daemon_harness import Daemon, node_config, running, write_key
 
 from qnode.daemon.bus import NodeBus
 from qnode.daemon.feu import FidelityEstimationUnit
@@ -92,7 +92,7 @@ async def _telemetry(port: int, node: str, until, timeout_s: float = 10.0) -> di
 async def test_a_source_daemon_chooses_the_pump_power_for_a_create(tmp_path, broker):
     (tmp_path / "bench.toml").write_text(BENCH)
     key_file = tmp_path / "m-ab.key"
-    key_file.write_bytes(KEY)
+    write_key(key_file, KEY)
     with bench.Bench.from_file(tmp_path / "bench.toml") as b:
         addr = b.addresses()
         twin = b.devices["pump"]

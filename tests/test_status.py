@@ -18,6 +18,7 @@ from daemon_harness import running
 
 from qnode.daemon import status
 from qnode.daemon.bus import NodeBus
+from qnode.daemon.identity import NodeSigner, TrustStore
 from qnode.daemon.liveview import LiveView, fmt_duration, fmt_si, render, summary_line
 from qnode.daemon.messages import Message, encode
 from qnode.daemon.status import BrokerUnreachable, Views, collect, format_status
@@ -55,8 +56,8 @@ def telemetry(node: str = "alice", **over: Any) -> Telemetry:
 
 
 def envelope(sender: str, body: dict[str, Any], type: str = TELEMETRY_TYPE,
-             msg_id: int = 1_000_000) -> bytes:
-    return encode(Message(type, sender, msg_id, body, T))
+             msg_id: int = 1_000_000, signer: NodeSigner | None = None, ts: float = T) -> bytes:
+    return encode(Message(type, sender, msg_id, body, ts), signer=signer)
 
 
 async def publish_retained(broker: Mosquitto, items: list[tuple[str, bytes]]) -> None:
@@ -163,7 +164,7 @@ async def test_degraded_node_and_malformed_messages(broker: Mosquitto) -> None:
                                      "bad_telemetry": 1}
     assert "roles" in views.examples["bad_telemetry"]
     text = format_status(views, now=T + 1)
-    assert text.startswith("network lab: 1 node (1 degraded); 5 malformed messages ignored "
+    assert text.startswith("network lab: 1 node (1 degraded); 5 messages ignored "
                            "(bad_status 1, bad_telemetry 1, not_json 1, sender_mismatch 2)")
     assert "carol  DEGRADED  (status online, telemetry 1.0 s old)" in text
 
@@ -224,10 +225,11 @@ def test_views_take_anything_without_raising() -> None:
     views.add(f"qnet/v1/{NET}/alice/status", json.dumps({"v": 1}).encode())
     assert not views
     assert dict(views.malformed) == {"bad_topic": 2, "not_json": 1, "bad_envelope": 2}
-    # the newest record wins, whatever the arrival order
+    # the newest record (by message id, never by the sender's clock) wins, whatever the
+    # arrival order
     topic = f"qnet/v1/{NET}/alice/telemetry"
-    views.add(topic, envelope("alice", telemetry(t=T + 5, uptime_s=5.0)))
-    views.add(topic, envelope("alice", telemetry(t=T, uptime_s=1.0)))
+    views.add(topic, envelope("alice", telemetry(t=T, uptime_s=5.0), msg_id=7))
+    views.add(topic, envelope("alice", telemetry(t=T + 5, uptime_s=1.0), msg_id=6))
     assert views["alice"].telemetry["uptime_s"] == 5.0  # type: ignore[index]
     assert views["alice"].messages == 2 and views["alice"].state == "ready"
 
@@ -299,3 +301,60 @@ def test_live_view_modes() -> None:
     assert "42 s left" in second.splitlines()[0]
     view.close()
     assert term.getvalue().count(LiveView.CLEAR_BELOW) == 3
+
+
+def test_only_what_a_node_signed_is_believed() -> None:
+    """Finding 6: ``qnode status`` trusted unsigned retained status and let the newest
+    timestamp win: a live node could be shown offline, a node that does not exist ready. With
+    the network's public keys, only signed messages count; the rest are ignored and reported."""
+    alice_key, mallory_key = NodeSigner.generate(), NodeSigner.generate()
+    trust = TrustStore({"alice": alice_key.public_key()})
+    views = Views(NET, trust)
+    status_topic = f"qnet/v1/{NET}/alice/status"
+    views.add(status_topic, envelope("alice", {"state": "ready"}, "status", 10, alice_key))
+    views.add(f"qnet/v1/{NET}/alice/telemetry", envelope("alice", telemetry(), msg_id=11,
+                                                         signer=alice_key))
+    # a forged "offline" for alice, newer by id and by clock: unsigned, then mis-signed
+    views.add(status_topic, envelope("alice", {"state": "offline"}, "status", 99, ts=T + 60))
+    views.add(status_topic, envelope("alice", {"state": "offline"}, "status", 99,
+                                     mallory_key, ts=T + 60))
+    # a ghost nobody holds a key for
+    views.add(f"qnet/v1/{NET}/ghost/status", envelope("ghost", {"state": "ready"}, "status"))
+    views.add(f"qnet/v1/{NET}/ghost/status", envelope("ghost", {"state": "ready"}, "status", 2,
+                                                      mallory_key))
+    assert set(views) == {"alice"} and views["alice"].state == "ready"
+    assert dict(views.malformed) == {"unsigned": 2, "bad_signature": 2}
+    text = format_status(views, T + 1)
+    assert "4 messages ignored (bad_signature 2, unsigned 2)" in text
+    assert "UNVERIFIED" not in text
+    assert "UNVERIFIED" in format_status(Views(NET), T)
+
+
+@pytest.mark.asyncio
+async def test_status_of_signing_daemons_over_mosquitto(broker: Mosquitto, tmp_path) -> None:
+    """A node's bus signs its retained status and its telemetry; ``collect`` with the public
+    keys shows what it signed, and neither a forged status published after it nor a ghost."""
+    from qnode.daemon.identity import keygen
+
+    private, _ = keygen("alice", tmp_path / "ids")
+    trust = TrustStore.from_dir(tmp_path / "ids")
+    bus = NodeBus(Topics(NET, "alice"), broker.host, broker.port,
+                  signer=NodeSigner.from_file(private))
+    async with running(bus):
+        bus.status("ready", roles=["memory"])
+        bus.publish(bus.topics.telemetry, TELEMETRY_TYPE, telemetry(), state_changing=False,
+                    retain=True)
+        await bus.drain(15)
+        await publish_retained(broker, [
+            (f"qnet/v1/{NET}/alice/status", envelope("alice", {"state": "offline"}, "status",
+                                                      1 << 40, ts=T + 1e6)),
+            (f"qnet/v1/{NET}/ghost/status", envelope("ghost", {"state": "ready"}, "status"))])
+        views = await collect(broker.host, broker.port, NET, wait_s=2.0, trust=trust)
+        # the forged status replaced alice's retained one at the broker (deployments' ACL
+        # stops that), but it is not believed: alice is shown by her signed telemetry
+        assert set(views) == {"alice"} and views["alice"].status_state is None
+        assert views["alice"].state == "ready"
+        assert views.malformed["unsigned"] == 2
+    # the clean close leaves a signed offline status: still believed
+    views = await collect(broker.host, broker.port, NET, wait_s=1.0, trust=trust)
+    assert views["alice"].status_state == "offline"

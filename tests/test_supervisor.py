@@ -1,7 +1,8 @@
 """Supervision (qnode.daemon.supervisor) against a real TC200 twin on a loopback TCP socket: the
 instrument life cycle, calls on the instrument's own thread, reconnect after the simulator
-restarts, device errors passed through, a hanging instrument not blocking the loop, and role
-tasks restarted with back-off."""
+restarts, device errors passed through, a hanging instrument not blocking the loop, a hung
+instrument staying degraded (and counted) until it answers, a stream fault holding it degraded
+across the reconnect, and role tasks restarted with back-off."""
 from __future__ import annotations
 
 import asyncio
@@ -177,6 +178,60 @@ async def test_a_hanging_instrument_does_not_block_the_loop(served):
         server.faults.clear()
         await instr.wait_for_state(S.READY, timeout=10)
         assert await instr.call(TC200.temperature_setpoint_c) == SETPOINT_C
+
+
+async def until(condition, what: str, timeout_s: float = 30.0) -> None:
+    """Wait (polling) until ``condition()``; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_a_hung_instrument_stays_degraded_and_counted_until_it_answers(served):
+    """No calibration and no health check: the driver's identify() probes it. Before, every
+    timeout was followed by a reconnect that "succeeded" (the port opens) and READY, so a hung
+    instrument looked ready most of the time."""
+    twin, server = served
+
+    def open_driver() -> TC200:
+        return TC200(server.address, timeout_s=0.2, reconnect_attempts=1,
+                     reconnect_backoff_s=0.01)
+
+    instr = ManagedInstrument("tc200", open_driver, check_interval_s=0.05,
+                              backoff_initial_s=0.02, backoff_max_s=0.2)
+    async with Running(instr):
+        await instr.wait_for_state(S.READY, timeout=30)
+        assert server.requests[-1] == b"id?"  # READY once it answered, not once a port opened
+        mark = len(instr.state_history)
+        server.faults.hang = True
+        await instr.wait_for_state(S.DEGRADED, timeout=30)
+        await until(lambda: instr.failures >= 3, "three timed-out attempts counted")
+        assert instr.reconnect_attempts >= 1
+        assert "InstrumentTimeout" in (instr.last_error or "")
+        assert S.READY not in list(instr.state_history)[mark:]
+        server.faults.clear()
+        await instr.wait_for_state(S.READY, timeout=30)
+        assert await instr.call(TC200.identify) == "THORLABS TC200 VERSION 2.0"
+
+
+@pytest.mark.asyncio
+async def test_a_stream_fault_holds_degraded_across_the_reconnect_until_stream_ok(served):
+    twin, server = served
+    instr = managed(server)
+    async with Running(instr):
+        await instr.wait_for_state(S.READY, timeout=30)
+        stalled = InstrumentTimeout("no tags for 5 s", instrument="tc200", address="stream")
+        generation = instr.stream_failed(stalled)
+        assert instr.state is S.DEGRADED and instr.failures == 1
+        assert instr.stream_fault is stalled
+        await instr.wait_up(generation, timeout=30)   # reconnected and calibrated again
+        assert instr.reconnects == 1 and instr.state is S.DEGRADED
+        assert await instr.call(TC200.temperature_setpoint_c) == SETPOINT_C  # usable meanwhile
+        instr.stream_ok()
+        assert instr.state is S.READY and instr.stream_fault is None
 
 
 @pytest.mark.asyncio
