@@ -540,6 +540,17 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         raise node.fail("identity_key_file", "a herald station signs its heralds with its "
                                              "identity key: set node.identity_key_file")
     for i, link in enumerate(links):
+        # an M link's counter is the end whose id sorts first: it heralds, the other verifies
+        if link.type == "M" and "analyzer" in roles and node_id < link.peer \
+                and identity_key_file is None:
+            raise node.fail("identity_key_file", f"this node counts M link {link.id!r} and "
+                                                 f"signs its heralds: set node.identity_key_file")
+        if link.type == "M" and "analyzer" in roles and node_id > link.peer \
+                and link.peer not in trust:
+            where = "trust_dir" if trust_dir is not None else "trust_dir (missing)"
+            raise ConfigError(path, f"links[{i}].peer",
+                              f"the counter {link.peer!r} signs the heralds of M link "
+                              f"{link.id!r}: put {link.peer}.pub in node.{where}")
         if link.type == "K" and link.herald is not None and link.herald not in trust:
             where = "trust_dir" if trust_dir is not None else "trust_dir (missing)"
             raise ConfigError(path, f"links[{i}].herald",

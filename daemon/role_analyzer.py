@@ -60,7 +60,7 @@ from .acquisition import AcquisitionPipeline, IngestMeter
 from .cross_node import G2_BIN_PS, G2_HALF_RANGE_PS, CrossNodeCounter, parse_layout
 from .instruments import make_tagger
 from .link_service import LinkService
-from .linklayer import HeraldStation
+from .linklayer import HeraldStation, new_epoch
 from .polarisation_control import CounterMeter, PolarisationController
 
 if TYPE_CHECKING:
@@ -105,7 +105,9 @@ class AnalyzerRole:
             self.counting = CrossNodeCounter(cfg.channels, cfg.window_ps, cfg.align_s,
                                              angles_deg=cfg.angles_deg, labels=cfg.bases,
                                              source_state=cfg.source_state)
-            self.station = HeraldStation([self.link.id])
+            # a new epoch at every start: the counter keeps no numbering across restarts, and
+            # both ends agree where the new one starts (see linklayer: station epochs)
+            self.station = HeraldStation([self.link.id], epoch=new_epoch())
             ctx.bus.subscribe(f"qnet/v1/{ctx.config.network}/{self.link.peer}/tags/"
                               f"{self.link.id}")
             ctx.bus.on("tags", self._on_tags)

@@ -17,9 +17,11 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from qnode.daemon.bus import NodeBus
 from qnode.daemon.identity import NodeSigner, keygen
@@ -44,13 +46,31 @@ def identity(directory: Path, node: str) -> NodeSigner:
     return NodeSigner.from_file(folder / f"{node}.key")
 
 
+_SHARED_IDS: Path | None = None
+
+
+def identity_lines(node: str, *trusted: str) -> str:
+    """``identity_key_file`` and ``trust_dir`` lines of ``[node]`` for a config text a test
+    writes by hand: ``node``'s key and those of ``trusted`` in one temporary folder of this
+    test process."""
+    global _SHARED_IDS
+    if _SHARED_IDS is None:
+        _SHARED_IDS = Path(tempfile.mkdtemp(prefix="qnode-test-identity-"))
+    for name in (node, *trusted):
+        if not (_SHARED_IDS / f"{name}.key").exists():
+            keygen(name, _SHARED_IDS)
+    return (f'identity_key_file = "{_SHARED_IDS / (node + ".key")}"\n'
+            f'trust_dir = "{_SHARED_IDS}"\n')
+
+
 def node_config(path: Path, *, node: str, roles: list[str], broker_port: int, state_dir: Path,
                 body: str = "", network: str = "t", telemetry_interval_s: float = 0.5,
                 prometheus_port: int = 0) -> Path:
     """Write a node config (``prometheus_port`` 0: no endpoint) and return its path. The node
     gets an identity key and trusts every key in ``identity/`` beside the config (made there
-    for it and for each herald station its links name)."""
-    for name in [node, *re.findall(r'^herald = "([A-Za-z0-9_-]+)"', body, re.MULTILINE)]:
+    for it and for each herald station and peer its links name)."""
+    for name in [node, *re.findall(r'^(?:herald|peer) = "([A-Za-z0-9_-]+)"', body,
+                                   re.MULTILINE)]:
         identity(path.parent, name)
     ids = path.parent / IDENTITY_DIR
     path.write_text(
@@ -132,3 +152,29 @@ async def running(bus: NodeBus, timeout_s: float = 15.0) -> AsyncIterator[NodeBu
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+
+
+async def until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Wait (polling) until ``condition()``; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def telemetry_of(port: int, node: str, *, network: str = "t",
+                       timeout_s: float = 15.0) -> dict[str, Any]:
+    """The next telemetry record of ``node`` (retained: at once if it published one), unchecked
+    (no identity keys)."""
+    import aiomqtt
+
+    from qnode.daemon.messages import decode
+    from qnode.daemon.topics import parse_topic
+
+    async with aiomqtt.Client("127.0.0.1", port) as c:
+        await c.subscribe(f"qnet/v1/{network}/{node}/telemetry")
+        async with asyncio.timeout(timeout_s):
+            async for m in c.messages:
+                return dict(decode(bytes(m.payload), parse_topic(str(m.topic))).body)
+    raise AssertionError(f"no telemetry from {node}")

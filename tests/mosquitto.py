@@ -44,7 +44,7 @@ class Mosquitto:
 
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  executable: str | None = None, listener_options: str = "",
-                 allow_anonymous: bool = True):
+                 allow_anonymous: bool = True, max_queued_messages: int = 100_000):
         exe = executable or find_mosquitto()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install "
@@ -69,7 +69,7 @@ class Mosquitto:
             f"log_dest file {self.log_path}\n"
             "log_type all\n"
             "connection_messages true\n"
-            "max_queued_messages 100000\n"
+            f"max_queued_messages {max_queued_messages}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

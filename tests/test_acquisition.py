@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from daemon_harness import until
 
 from qnode.daemon.acquisition import AcquisitionPipeline, ChunkEvents
 from qnode.drivers.tagger import TimeTagger
@@ -304,15 +305,6 @@ class GatedTagger(MemoryTagger):
 
     def _block(self, k: int) -> TagBlock:
         return super()._block(k) if self.flowing.is_set() else empty_block()
-
-
-async def until(condition, what: str, timeout_s: float = 30.0) -> None:
-    """Wait (polling) until ``condition()``; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.asyncio

@@ -1,7 +1,6 @@
 """Node configs: the example is valid, and every mistake names its key."""
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -216,14 +215,6 @@ def test_a_state_dir_this_user_cannot_use_is_one_line_from_qnode_run(tmp_path, s
     assert out.stderr == f"qnode: config error: {f}: node.state_dir: {err.value.problem}\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_a_read_only_state_dir_is_refused(tmp_path):
-    d = tmp_path / "ro"
-    d.mkdir(mode=0o500)
-    with pytest.raises(ConfigError, match=r"node.state_dir: '.*ro' is not writable"):
-        prepare_state_dir(load_config(_with_state_dir(tmp_path, d)))
-
-
 def test_heralds_need_the_station_identity_key_and_the_ends_its_public_key(tmp_path):
     """Heralds are signed with the station's own key, so neither end can forge them: a station
     without an identity key, and an end that cannot verify its station, are refused."""
@@ -260,3 +251,23 @@ def test_identity_key_files_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"node.trust_dir: .*n1.pub.* not a PEM public key"):
         parse_config(MINIMAL.replace('roles = ["memory"]',
                                      f'roles = ["memory"]\ntrust_dir = "{tmp_path}/ids"'))
+
+
+def test_an_m_links_counter_signs_and_its_other_end_verifies(tmp_path):
+    """The end of an M link whose id sorts first counts and heralds: it needs its identity key;
+    the other end needs the counter's public key."""
+    key = write_key_file(tmp_path / "m.key", "0123456789abcdef" * 4)
+    analyzer = ('[instruments.tagger]\nkind = "id900"\naddress = "127.0.0.1"\n'
+                '[[links]]\nid = "m"\ntype = "M"\n'
+                f'hmac_key_file = "{key}"\n')
+
+    def node(name: str, peer: str, extra: str = "") -> str:
+        return (f'[node]\nid = "{name}"\nnetwork = "net"\nroles = ["analyzer"]\n{extra}'
+                f'[broker]\nurl = "mqtt://127.0.0.1"\n' + analyzer + f'peer = "{peer}"\n')
+    with pytest.raises(ConfigError, match=r"node.identity_key_file: this node counts M link"):
+        parse_config(node("a", "b"))
+    with pytest.raises(ConfigError, match=r"links\[0\].peer: the counter 'a' signs .*put a.pub"):
+        parse_config(node("b", "a"))
+    private, _ = keygen("a", tmp_path / "ids")
+    assert parse_config(node("a", "b", f'identity_key_file = "{private}"\n')).links[0].peer == "b"
+    assert parse_config(node("b", "a", f'trust_dir = "{tmp_path}/ids"\n')).links[0].peer == "a"

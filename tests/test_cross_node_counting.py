@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from daemon_harness import identity_lines
 
 from qnode.daemon import estimators as est, tagwire
 from qnode.daemon.config import basis_label
@@ -223,7 +224,7 @@ ANALYZER_NODE = """
 id = "n1"
 network = "net"
 roles = ["analyzer"]
-[broker]
+""" + identity_lines("n1") + """[broker]
 url = "mqtt://127.0.0.1"
 [instruments.tagger]
 kind = "id900"

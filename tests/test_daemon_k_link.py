@@ -16,14 +16,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from daemon_harness import Daemon, identity, node_config, write_key
+from daemon_harness import Daemon, identity, node_config, telemetry_of, write_key
 
 from qnode.daemon.bus import NodeBus
 from qnode.daemon.identity import NodeSigner
 from qnode.daemon.linklayer import HeraldStation, LinkEnd
-from qnode.daemon.messages import decode
 from qnode.daemon.state import StateStore
-from qnode.daemon.topics import Topics, parse_topic
+from qnode.daemon.topics import Topics
 
 from mosquitto import Mosquitto
 
@@ -98,12 +97,7 @@ def _inventory(state_dir: Path) -> tuple[int, list[tuple[str, int]]]:
 
 
 async def _telemetry(port: int, node: str, timeout_s: float = 10.0) -> dict:
-    async with aiomqtt.Client("127.0.0.1", port) as c:
-        await c.subscribe(f"qnet/v1/t/{node}/telemetry")
-        async with asyncio.timeout(timeout_s):
-            async for m in c.messages:
-                return decode(bytes(m.payload), parse_topic(str(m.topic))).body
-    raise AssertionError("no telemetry")
+    return await telemetry_of(port, node, timeout_s=timeout_s)
 
 
 @pytest.mark.asyncio

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import node_config
+from daemon_harness import identity_lines, node_config
 
 from qnode.daemon.acquisition import AcquisitionPipeline
 from qnode.daemon.config import ConfigError, InstrumentConfig, load_config, parse_config
@@ -123,7 +123,7 @@ TAGGER_CONFIG = """[node]
 id = "a"
 network = "t"
 roles = ["analyzer"]
-state_dir = "{state}"
+""" + identity_lines("a") + """state_dir = "{state}"
 [broker]
 url = "mqtt://127.0.0.1:1883"
 [instruments.tagger]

@@ -864,17 +864,9 @@ class _DaemonStation:
 
 
 async def _link_telemetry(port: int, node: str, timeout_s: float = 15.0) -> dict:
-    import aiomqtt
+    from daemon_harness import telemetry_of
 
-    from qnode.daemon.messages import decode
-    from qnode.daemon.topics import parse_topic
-
-    async with aiomqtt.Client("127.0.0.1", port) as c:
-        await c.subscribe(f"qnet/v1/t/{node}/telemetry")
-        async with asyncio.timeout(timeout_s):
-            async for m in c.messages:
-                return decode(bytes(m.payload), parse_topic(str(m.topic))).body
-    raise AssertionError("no telemetry")
+    return await telemetry_of(port, node, timeout_s=timeout_s)
 
 
 async def _settle(port: int, epoch: str, alice_heralds: int, timeout_s: float = 60.0) -> dict:

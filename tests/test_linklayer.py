@@ -112,11 +112,12 @@ def test_lost_herald_expires_gap_retransmits_until_acked():
     assert up == [Err(None, ErrCode.EXPIRE, LINK, 1, 2, "alice")]
     assert peer == [Expire(LINK, 1, 2, "alice")]
     assert alice.inventory() == [(LINK, 0), (LINK, 2)]
-    # The EXPIRE is lost; nothing before 2×comm_delay, then a resend, and again after that.
+    # The EXPIRE is lost; nothing before 2×comm_delay, then a resend, and again after twice
+    # that (the interval doubles: backoff).
     assert alice.tick(1.0 + 2 * CD - 1e-6) == []
     assert alice.tick(1.0 + 2 * CD) == [Expire(LINK, 1, 2, "alice")]
-    assert alice.tick(1.0 + 3 * CD) == []
-    resent = alice.tick(1.0 + 4 * CD)
+    assert alice.tick(1.0 + 6 * CD - 1e-6) == []
+    resent = alice.tick(1.0 + 6 * CD)
     assert resent == [Expire(LINK, 1, 2, "alice")]
     back = bob.on_expire(wire(resent[0]), 1.05)
     assert of(back, ExpireAck) == [ExpireAck(LINK, 3, 1, 2)]

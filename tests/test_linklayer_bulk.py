@@ -80,7 +80,7 @@ class Oracle:
         self._expected = initial_seq
         self._records: dict[int, PairRecord] = {}
         self._requests: list[_OReq] = []
-        self._unacked: dict[tuple[int, int], float] = {}
+        self._unacked: dict[tuple[int, int], tuple[float, float]] = {}  # (deadline, interval)
         self._last_now = 0.0
 
     @property
@@ -211,7 +211,7 @@ class Oracle:
         return out + self._serve()
 
     def _send_expire(self, lo: int, hi: int, now: float) -> Expire:
-        self._unacked[(lo, hi)] = now + 2.0 * self.comm_delay
+        self._unacked[(lo, hi)] = (now + 2.0 * self.comm_delay, 2.0 * self.comm_delay)
         return Expire(self.link, lo, hi, self.node)
 
     def _drop(self, lo: int, hi: int, origin: str) -> list[Message]:
@@ -253,9 +253,11 @@ class Oracle:
     def tick(self, now: float) -> list[Message]:
         self._last_now = max(self._last_now, now)
         out: list[Message] = []
-        for (lo, hi), deadline in list(self._unacked.items()):
-            if now >= deadline:
-                out.append(self._send_expire(lo, hi, now))
+        for (lo, hi), (deadline, interval) in list(self._unacked.items()):
+            if now >= deadline:   # resent with backoff: the interval doubles up to 16 s
+                interval = min(2 * interval, max(16.0, 2.0 * self.comm_delay))
+                self._unacked[(lo, hi)] = (now + interval, interval)
+                out.append(Expire(self.link, lo, hi, self.node))
         for req in list(self._requests):
             mt = req.create.max_time_ms
             if mt > 0 and now - req.submitted >= mt / 1000.0:
@@ -703,7 +705,7 @@ def test_stats_count_pairs_and_heralds():
     bob = LinkEnd("bob", "alice", LINK)
     zero = dict.fromkeys(("heralds_stale_total", "epoch_batches_ignored_total",
                           "station_resets_total", "expires_stale_total",
-                          "epoch_conflicts_total"), 0)
+                          "epoch_conflicts_total", "pairs_shed_total", "expires_resent_total"), 0)
     assert alice.stats() == {"pairs_live": 0, "pairs_held": 0, "pairs_delivered_total": 0,
                              "pairs_expired_total": 0, "heralds_accepted_total": 0,
                              "herald_batches_total": 0, "seqs_skipped_total": 0,

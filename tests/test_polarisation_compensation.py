@@ -21,7 +21,7 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 import pytest
-from daemon_harness import Daemon, node_config, write_key
+from daemon_harness import Daemon, identity_lines, node_config, write_key
 
 from qnode.daemon.config import CompensationConfig, ConfigError, parse_config
 from qnode.daemon.messages import decode
@@ -338,7 +338,8 @@ def test_a_drift_the_rotator_cannot_undo_ends_unlocked_and_says_so():
 
 
 def test_compensation_keys_are_checked_and_named():
-    head = ('[node]\nid = "a"\nnetwork = "n"\nroles = ["analyzer"]\n[broker]\n'
+    head = ('[node]\nid = "a"\nnetwork = "n"\nroles = ["analyzer"]\n' + identity_lines("a")
+            + '[broker]\n'
             'url = "mqtt://127.0.0.1"\n[instruments.tagger]\nkind = "id900"\naddress = "x"\n'
             '[instruments.hwp]\nkind = "elliptec"\naddress = "/dev/null"\n'
             '[instruments.comp]\nkind = "elliptec"\naddress = "/dev/null"\n'

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from daemon_harness import until
 
 from qnode.daemon.supervisor import Backoff, InstrumentState, ManagedInstrument, Supervisor
 from qnode.drivers.errors import DeviceError, Disconnected, InstrumentError, InstrumentTimeout
@@ -178,15 +179,6 @@ async def test_a_hanging_instrument_does_not_block_the_loop(served):
         server.faults.clear()
         await instr.wait_for_state(S.READY, timeout=10)
         assert await instr.call(TC200.temperature_setpoint_c) == SETPOINT_C
-
-
-async def until(condition, what: str, timeout_s: float = 30.0) -> None:
-    """Wait (polling) until ``condition()``; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.asyncio
