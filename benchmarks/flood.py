@@ -658,11 +658,13 @@ class Args:
     pairs: int
     normal_rate: float
     workdir: str | None
+    broker_max_queued: int = 100_000
 
 
 async def run(args: Args, tmp: Path) -> None:
     PAIRS[0] = args.pairs
-    broker = Mosquitto(tmp / "mosquitto")
+    # the broker's per-client backlog (the shipped config has 100 000)
+    broker = Mosquitto(tmp / "mosquitto", max_queued_messages=args.broker_max_queued)
     # per-message logging would make the broker the bottleneck; $SYS every second
     broker.config_path.write_text(broker.config_path.read_text().replace(
         "log_type all\n", "log_type error\nlog_type warning\nlog_type notice\nsys_interval 1\n"))
@@ -870,7 +872,8 @@ def summary(args: Args, mon: Monitor, capacity: float, cap: dict[str, float],
     offered = flood_sent / max(flood_end - fl.t0, 1e-9)
     print("\n=== summary ===")
     print(f"setup: {args.pairs} pairs per batch; normal rate {args.normal_rate:g} batches/s "
-          f"({args.normal_rate * args.pairs:.0f} pairs/s); telemetry every {TELEMETRY_S} s")
+          f"({args.normal_rate * args.pairs:.0f} pairs/s); telemetry every {TELEMETRY_S} s; "
+          f"broker max_queued_messages {args.broker_max_queued}")
     print(f"capacity C (slower end, last 8 s of 10 s saturated): {capacity:.0f} batches/s "
           f"({capacity * args.pairs:.0f} pairs/s); alice {cap['alice']:.0f}, bob "
           f"{cap['bob']:.0f}; the station offered {cap_offered:.0f}/s")
@@ -958,7 +961,10 @@ def summary(args: Args, mon: Monitor, capacity: float, cap: dict[str, float],
             print(f"  {nd}: expected_seq {lk.get('expected_seq')}, heralds accepted "
                   f"{lk.get('heralds_total')} pairs ({lk.get('heralds_total', 0) / args.pairs:.0f}"
                   f" batches), expired {lk.get('pairs_expired_total')}, live "
-                  f"{lk.get('pairs_live')}, EXPIREs unacked {lk.get('expires_unacked')}")
+                  f"{lk.get('pairs_live')}, EXPIREs unacked {lk.get('expires_unacked')}, "
+                  f"resent {lk.get('expires_resent_total')}, pairs shed "
+                  f"{lk.get('pairs_shed_total')}, sends refused (bus overloaded) "
+                  f"{lk.get('send_overloaded_total')}")
     # latency
     base = {nd: [r.link["herald_latency_ms_p99"] for r in mon.in_phase(nd, "baseline", 1.0)
                  if "herald_latency_ms_p99" in r.link] for nd in ENDS}
@@ -1024,8 +1030,11 @@ def main() -> None:
     ap.add_argument("--normal-rate", type=float, default=50.0,
                     help="batches/s before and after the flood")
     ap.add_argument("--workdir", help="keep configs, logs and state here")
+    ap.add_argument("--broker-max-queued", type=int, default=100_000,
+                    help="mosquitto max_queued_messages per client (shipped config: 100000)")
     ns = ap.parse_args()
-    args = Args(ns.duration, ns.factor, ns.pairs, ns.normal_rate, ns.workdir)
+    args = Args(ns.duration, ns.factor, ns.pairs, ns.normal_rate, ns.workdir,
+                ns.broker_max_queued)
     if args.workdir:
         tmp = Path(args.workdir).resolve()
         tmp.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bell_diagonal import BellDiagonal, age
+from .bus import BusOverloaded
 from .linklayer import (
     SEQ_MOD,
     Create,
@@ -68,6 +69,8 @@ MAX_TRANSIT_S = 60.0
 MAX_CLOCK_SKEW_S = 1.0
 #: at most one warning per this many seconds about heralds ignored as stale or of another epoch
 STALE_LOG_S = 60.0
+#: at most one warning per this many seconds (per kind) about an overloaded bus or shed pairs
+OVERLOAD_LOG_S = 10.0
 
 
 class LinkService:
@@ -129,10 +132,14 @@ class LinkService:
         #: receipt → applied, stored and answered (ms, this node's monotonic clock)
         self.handling_ms: collections.deque[float] = collections.deque(maxlen=20_000)
         self.implausible_ts = 0       # heralds whose envelope ts gave no plausible transit time
+        #: messages not sent because the bus's outgoing queue was full (BusOverloaded)
+        self.send_overloaded = 0
+        self._rlog = RateLimitedLog(log, OVERLOAD_LOG_S)
+        self._shed_logged = self.end.total("pairs_shed_total")
         self._last_herald: float | None = None   # monotonic time of the last herald batch
         self._ignored_logged = (0, 0)             # (stale entries, ignored batches) last logged
         self._ignored_log_at = -STALE_LOG_S
-        self._heralds_at_last = self.end.stats()["heralds_accepted_total"]
+        self._heralds_at_last = self.end.total("heralds_accepted_total")
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -171,8 +178,9 @@ class LinkService:
         """A warning (at most every ``STALE_LOG_S``) when heralds are being ignored: entries
         whose numbers were already taken (a station of the previous version that restarted
         without its state numbers from behind) or batches of an epoch this end has left."""
-        stats = self.end.stats()
-        now_counts = (stats["heralds_stale_total"], stats["epoch_batches_ignored_total"])
+        # per herald batch: the O(1) totals, not stats() (a sum over the inventory's runs)
+        now_counts = (self.end.total("heralds_stale_total"),
+                      self.end.total("epoch_batches_ignored_total"))
         if now_counts == self._ignored_logged:
             return
         now = self.ctx.now()
@@ -203,7 +211,7 @@ class LinkService:
                         extra={**extra, "event": "station_reset", "epoch": ev["new"],
                                "old_epoch": ev["old"], "pos": ev["pos"],
                                "station_resets_total":
-                                   self.end.stats()["station_resets_total"]})
+                                   self.end.total("station_resets_total")})
         elif kind == "epoch_agreed":
             log.info("link %s: station epoch %s agreed with %s: its first pair is number %d",
                      self.link, ev["epoch"], self.peer, ev["start"] % SEQ_MOD,
@@ -327,8 +335,7 @@ class LinkService:
         memory = self.memory
         assert memory is not None
         for m in memory.take_outbox():
-            self.ctx.bus.publish(self.ctx.topics.ll(self.peer), m.TYPE, m.to_dict(),
-                                 sign_with=self.peer)
+            self._publish(self.ctx.topics.ll(self.peer), m, sign_with=self.peer)
         memory.tick(now)
         memory.release_gone(self.end)
         rel, _ = memory.tomography.estimate()
@@ -380,16 +387,48 @@ class LinkService:
             self._dirty = True
             return
         await self._persist_now()
-        bus, topics = self.ctx.bus, self.ctx.topics
+        self._log_shed()
+        topics = self.ctx.topics
         for m in to_peer:
-            bus.publish(topics.ll(self.peer), m.TYPE, m.to_dict(), sign_with=self.peer)
+            self._publish(topics.ll(self.peer), m, sign_with=self.peer)
         for m in up:
             if isinstance(m, Ok):
                 m = self._aged(m)
             cid = getattr(m, "create_id", None)
             requester = self._requesters.get(cid) if cid is not None else None
             if requester is not None:
-                bus.publish(topics.reply(requester), m.TYPE, m.to_dict())
+                self._publish(topics.reply(requester), m)
+
+    def _publish(self, topic: str, m: Any, *, sign_with: str | None = None) -> bool:
+        """Publish ``m``; False (counted in ``send_overloaded_total``, logged rate-limited) if
+        the bus's outgoing queue is full. The state was stored first, and the link layer does
+        not depend on any one message arriving: an unacknowledged EXPIRE is resent by the
+        tick, a lost ACK makes the peer resend its EXPIRE, an EPOCH is resent while waiting.
+        (An OK or ERR to a requester lost this way is not resent: the log says so.)"""
+        try:
+            self.ctx.bus.publish(topic, m.TYPE, m.to_dict(), sign_with=sign_with)
+            return True
+        except BusOverloaded as exc:
+            self.send_overloaded += 1
+            self._rlog("overloaded", logging.WARNING,
+                       "link %s: %s to %s not sent, the bus is overloaded (%s); EXPIREs are "
+                       "resent, answers to requesters are lost", self.link, m.TYPE, topic, exc,
+                       link=self.link, peer=self.peer,
+                       send_overloaded_total=self.send_overloaded)
+            return False
+
+    def _log_shed(self) -> None:
+        """A warning (rate-limited) when this end shed pairs to bound its unacknowledged
+        EXPIREs (``pairs_shed_total``, :meth:`.LinkEnd._bound_unacked`)."""
+        shed = self.end.total("pairs_shed_total")
+        if shed == self._shed_logged:
+            return
+        self._rlog("shed", logging.WARNING,
+                   "link %s: %d unacknowledged EXPIRE ranges to %s (the most kept): merged, "
+                   "expiring %d pairs of this end in between (%d in all); %s drops them too",
+                   self.link, self.end.max_unacked, self.peer, shed - self._shed_logged, shed,
+                   self.peer, link=self.link, peer=self.peer, pairs_shed_total=shed)
+        self._shed_logged = shed
 
     def deliverable(self, seq: int) -> bool:
         """May a CREATE be given pair ``seq`` (a node with qubits)? Both ends must hold it
@@ -462,6 +501,9 @@ class LinkService:
             "station_resets_total": stats["station_resets_total"],
             "expires_stale_total": stats["expires_stale_total"],
             "epoch_conflicts_total": stats["epoch_conflicts_total"],
+            "pairs_shed_total": stats["pairs_shed_total"],
+            "expires_resent_total": stats["expires_resent_total"],
+            "send_overloaded_total": self.send_overloaded,
             "herald_ts_implausible_total": self.implausible_ts,
             "epoch_agreed": self.end.epoch_agreed,
         }

@@ -43,7 +43,14 @@ Choices (documented extensions of the draft):
   one goodness per run), indexed by an unwrapped sequence counter. :class:`PairRecord` is a
   per-pair view built on demand (:meth:`LinkEnd.pair`).
 * **EXPIRE_ACK** echoes the acknowledged ``[seq_lo, seq_hi)`` (the EGP echoes the queue id), so an
-  acknowledgement names one EXPIRE.
+  acknowledgement names one EXPIRE (an ACK of part of a merged range cuts it at that end).
+* **Bounded EXPIRE state** (issue 12's flood): an unacknowledged EXPIRE is resent after
+  2×comm_delay, then at doubling intervals up to ``MAX_RESEND_S`` (the EGP resends at a fixed
+  period). An end keeps at most ``MAX_UNACKED_EXPIRES`` unacknowledged ranges: one more merges
+  ranges that touch, else the two closest, and this end expires its own pairs between them
+  (``pairs_shed_total``) and EXPIREs that gap too, so every number of a range is still gone at
+  this end and the peer drops all of it: the invariant below holds. The state stored before
+  every send and each resend round thus stay small however many gaps a flood makes.
 * **Absolute numbers and station epochs** (v1 of the wire; README "Link-layer messages"). A
   station has an *epoch*, 16 hex digits drawn when its state is created, and numbers successes
   with a 63-bit counter; each :class:`Herald` carries the epoch, the lap of ``first_seq`` and
@@ -171,6 +178,10 @@ _MAX_OLD_EPOCHS = 16          # epochs an end remembers having left
 _MAX_EARLY = 4                # peer EPOCHs kept for epochs this end has not seen yet
 _MAX_HELD_PAIRS = 1 << 20     # herald entries held while an epoch is being agreed ...
 _MAX_HELD_BATCHES = 4096      # ... and batches (the oldest go first; their numbers are skipped)
+#: unacknowledged EXPIRE ranges an end keeps at most (more are merged, see LinkEnd._bound_unacked)
+MAX_UNACKED_EXPIRES = 32
+#: the longest wait (s) between two resends of an unacknowledged EXPIRE (backoff doubles to it)
+MAX_RESEND_S = 16.0
 
 
 @dataclass
@@ -264,7 +275,7 @@ SNAPSHOT_VERSION = 2
 _STAT_TOTALS = ("pairs_delivered_total", "pairs_expired_total", "heralds_accepted_total",
                 "herald_batches_total", "seqs_skipped_total", "heralds_stale_total",
                 "epoch_batches_ignored_total", "station_resets_total", "expires_stale_total",
-                "epoch_conflicts_total")
+                "epoch_conflicts_total", "pairs_shed_total", "expires_resent_total")
 #: totals a snapshot of the previous version lacks (restored as 0)
 _NEW_TOTALS = frozenset(_STAT_TOTALS[5:])
 _RUN_KEYS = ("first_seq", "count", "goodness", "bell", "time0_ps", "dt_bytes", "dt", "marks")
@@ -328,7 +339,12 @@ class LinkEnd:
         self._starts: list[int] = []    # run starts, for bisection
         self._head = 0
         self._requests: list[_Request] = []
-        self._unacked: dict[tuple[int, int], float] = {}  # (lo, hi) -> resend deadline
+        # (lo, hi) -> (resend deadline, current resend interval); at most max_unacked ranges
+        self._unacked: dict[tuple[int, int], tuple[float, float]] = {}
+        #: unacknowledged EXPIRE ranges kept at most (more are merged: :meth:`_bound_unacked`)
+        self.max_unacked = MAX_UNACKED_EXPIRES
+        #: the resend interval of an unacknowledged EXPIRE doubles from 2×comm_delay up to this
+        self.max_resend_s = MAX_RESEND_S
         self._last_now = 0.0
         self._totals = dict.fromkeys(_STAT_TOTALS, 0)
         self._generation = 0
@@ -429,6 +445,11 @@ class LinkEnd:
         """The ``[lo, hi)`` ranges sent to the peer and not yet acknowledged (32-bit)."""
         return [(a % SEQ_MOD, b % SEQ_MOD) for a, b in self._unacked]
 
+    def total(self, name: str) -> int:
+        """One of the ``*_total`` counts of :meth:`stats`, in O(1) (:meth:`stats` sums over
+        the inventory's runs: not for every message)."""
+        return self._totals[name]
+
     def stats(self) -> dict[str, int]:
         """Counts: ``pairs_live`` (in memory, not OK'd), ``pairs_held`` (live or delivered, =
         ``len(inventory())``), totals since the link started (kept in snapshots):
@@ -441,8 +462,11 @@ class LinkEnd:
         ``station_resets_total`` (new station epochs after the first), ``expires_stale_total``
         (EXPIREs ending half the 32-bit space or more behind, e.g. from a lap ago:
         acknowledged, nothing done),
-        ``epoch_conflicts_total`` (EPOCHs with another start than ours); ``expires_unacked``
-        (EXPIREs awaiting an ACK) and ``expected_seq``."""
+        ``epoch_conflicts_total`` (EPOCHs with another start than ours),
+        ``pairs_shed_total`` (held pairs this end expired to merge two unacknowledged EXPIRE
+        ranges, :meth:`_bound_unacked`), ``expires_resent_total`` (EXPIREs sent again
+        because no ACK came); ``expires_unacked`` (EXPIRE ranges awaiting an ACK, at most
+        ``max_unacked``) and ``expected_seq``."""
         runs = self._live_runs()
         return {"pairs_live": sum(r.n_live for r in runs),
                 "pairs_held": sum(len(r) - r.n_gone for r in runs),
@@ -775,7 +799,7 @@ class LinkEnd:
         lo = max(a, b - (SEQ_HALF - 1))   # an ERR names at most SEQ_HALF - 1 numbers
         out: list[Message] = [Err(None, ErrCode.EXPIRE, self.link, lo % SEQ_MOD, b % SEQ_MOD,
                                   self.node),
-                              self._send_expire(a, b, now)]
+                              *self._send_expire(a, b, now)]
         return out + self._age_out()
 
     # ------------------------------------------------------------------ station epochs
@@ -853,7 +877,7 @@ class LinkEnd:
         lo = self._epoch_from
         if self._exp > lo:
             out += self._drop(lo, self._exp, self.node)
-            out.append(self._send_expire(lo, self._exp, now))
+            out += self._send_expire(lo, self._exp, now)
         self._epoch_start = start
         nxt = start + (self._epoch_sigma_next - self._epoch_sigma0)
         if self._exp < nxt <= MAX_ABS:
@@ -926,13 +950,14 @@ class LinkEnd:
         self._seen(now)
         self._check_link(msg.link, "ExpireAck")
         if msg.lap_lo is not None and msg.lap_hi is not None:
-            self._unacked.pop((seq_abs(msg.seq_lo, msg.lap_lo), seq_abs(msg.seq_hi, msg.lap_hi)),
-                              None)
+            self._ack_range(seq_abs(msg.seq_lo, msg.lap_lo), seq_abs(msg.seq_hi, msg.lap_hi))
         else:
             key = next((k for k in self._unacked if (k[0] % SEQ_MOD, k[1] % SEQ_MOD)
                         == (msg.seq_lo, msg.seq_hi)), None)
             if key is not None:
                 del self._unacked[key]
+            elif self._unacked:   # part of a merged range
+                self._ack_range(*self._range_abs(msg.seq_lo, msg.seq_hi, None))
         if msg.lap is not None and self._epoch is not None:
             peer = seq_abs(msg.expected_seq, msg.lap)
         else:
@@ -966,14 +991,96 @@ class LinkEnd:
 
     def _expire(self, lo: int, hi: int, now: float) -> list[Message]:
         out = self._drop(lo, hi, self.node)
-        out.append(self._send_expire(lo, hi, now))
+        out += self._send_expire(lo, hi, now)
         return out + self._serve()
 
-    def _send_expire(self, lo: int, hi: int, now: float) -> Expire:
-        """EXPIRE of the absolute ``[lo, hi)``, resent until acknowledged; with laps once this
-        end has an epoch (a previous version's peer cannot read them before)."""
-        self._unacked[(lo, hi)] = now + 2.0 * self.comm_delay
-        return self._expire_msg(lo, hi)
+    def _send_expire(self, lo: int, hi: int, now: float) -> list[Message]:
+        """EXPIRE of the absolute ``[lo, hi)`` (sent now), resent until acknowledged: after
+        2×comm_delay, then at doubling intervals up to ``max_resend_s``. With laps once this
+        end has an epoch (a previous version's peer cannot read them before). Should that make
+        more than ``max_unacked`` ranges, ranges are merged (:meth:`_bound_unacked`); what that
+        sends and reports upward is returned too."""
+        base = 2.0 * self.comm_delay
+        self._unacked[(lo, hi)] = (now + base, base)
+        out: list[Message] = [self._expire_msg(lo, hi)]
+        if len(self._unacked) > self.max_unacked:
+            out += self._bound_unacked(now)
+        return out
+
+    def _bound_unacked(self, now: float) -> list[Message]:
+        """Bring the unacknowledged ranges down to ``max_unacked``. First ranges that overlap
+        or touch become one (nothing changes at either end). Then, while still too many, the
+        two ranges with the fewest numbers between them become one covering range: this end
+        expires its own pairs in between (ERR_EXPIRE upward, counted in ``pairs_shed_total``)
+        and sends an EXPIRE of that gap now; the covering range is resent like any other, at
+        most 2×comm_delay later (its backoff starts again), so both ends still drop exactly
+        the same numbers. Without an epoch (32-bit messages) a range stays shorter than
+        ``SEQ_HALF``; should no merge fit, the cap is exceeded rather than agreement lost.
+        O(max_unacked) per call."""
+        base = 2.0 * self.comm_delay
+        rs: list[list[Any]] = []    # [lo, hi, deadline, interval], sorted, disjoint
+        for (lo, hi), (deadline, interval) in sorted(self._unacked.items()):
+            if rs and lo <= rs[-1][1]:
+                last = rs[-1]
+                last[1] = max(last[1], hi)
+                last[2] = min(last[2], deadline, now + base)
+                last[3] = base
+            else:
+                rs.append([lo, hi, deadline, interval])
+        out: list[Message] = []
+        excess = len(rs) - self.max_unacked
+        if excess > 0 and self._epoch is not None:
+            # a merge leaves the other gaps as they are: the smallest ``excess`` go (ties: the
+            # oldest), at once — O(n log n) for a snapshot of a previous version
+            order = sorted(range(len(rs) - 1), key=lambda i: (rs[i + 1][0] - rs[i][1], i))
+            joined = set(order[:excess])
+            merged: list[list[Any]] = [rs[0]]
+            for i in range(len(rs) - 1):
+                if i in joined:
+                    out += self._shed(merged[-1], rs[i + 1], now + base)
+                else:
+                    merged.append(rs[i + 1])
+            rs = merged
+        while len(rs) > self.max_unacked:   # 32-bit messages: ranges shorter than SEQ_HALF
+            best, gap = -1, math.inf
+            for i in range(len(rs) - 1):
+                g = rs[i + 1][0] - rs[i][1]
+                if g < gap and rs[i + 1][1] - rs[i][0] < SEQ_HALF - 1:
+                    best, gap = i, g
+            if best < 0:
+                break
+            out += self._shed(rs[best], rs.pop(best + 1), now + base)
+        self._unacked = {(lo, hi): (deadline, interval) for lo, hi, deadline, interval in rs}
+        return out
+
+    def _shed(self, left: list[Any], right: list[Any], resend_by: float) -> list[Message]:
+        """Merge the unacknowledged range ``right`` into ``left`` (``[lo, hi, deadline,
+        interval]``): expire this end's pairs between them and EXPIRE that gap now."""
+        c, d = left[1], right[0]
+        before = self._totals["pairs_expired_total"]
+        out = self._drop(c, d, self.node)
+        self._totals["pairs_shed_total"] += self._totals["pairs_expired_total"] - before
+        out.append(self._expire_msg(c, d))
+        left[1] = right[1]
+        left[2] = min(left[2], right[2], resend_by)
+        left[3] = 2.0 * self.comm_delay
+        return out
+
+    def _ack_range(self, lo: int, hi: int) -> None:
+        """The peer acknowledged the absolute ``[lo, hi)``: it dropped those numbers, so the
+        unacknowledged ranges lose them — removed when covered, cut when it covers one end
+        (an ACK of a range sent before a merge); one that holds it strictly inside stays whole
+        (resending a number the peer dropped is harmless)."""
+        if hi <= lo:
+            return
+        for key in [k for k in self._unacked if k[0] < hi and lo < k[1]]:
+            a, b = key
+            if lo <= a and b <= hi:
+                del self._unacked[key]
+            elif lo <= a:
+                self._unacked[(hi, b)] = self._unacked.pop(key)
+            elif b <= hi:
+                self._unacked[(a, lo)] = self._unacked.pop(key)
 
     def _expire_msg(self, lo: int, hi: int) -> Expire:
         if self._epoch is not None:
@@ -1050,7 +1157,7 @@ class LinkEnd:
         if first_alive is not None:
             assert last_alive is not None
             out += self._drop(first_alive, last_alive + 1, self.node, mark=False)
-            out.append(self._send_expire(first_alive, last_alive + 1, self._last_now))
+            out += self._send_expire(first_alive, last_alive + 1, self._last_now)
         self._floor = floor
         head = self._head
         while head < len(self._runs) and self._runs[head].start < floor:
@@ -1076,14 +1183,19 @@ class LinkEnd:
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> list[Message]:
-        """Resend EXPIREs unacknowledged for 2×comm_delay (§1.2), and our EPOCH while the peer's
-        has not come; ERR_TIMEOUT for requests past Max Time (their reserved, not yet OK'd
-        pairs go back to the pool)."""
+        """Resend EXPIREs unacknowledged for 2×comm_delay (§1.2), then at doubling intervals up
+        to ``max_resend_s`` (a peer that does not answer is not flooded), and our EPOCH while
+        the peer's has not come; ERR_TIMEOUT for requests past Max Time (their reserved, not
+        yet OK'd pairs go back to the pool)."""
         self._seen(now)
         out: list[Message] = []
-        for (lo, hi), deadline in list(self._unacked.items()):
+        cap = max(self.max_resend_s, 2.0 * self.comm_delay)
+        for key, (deadline, interval) in list(self._unacked.items()):
             if now >= deadline:
-                out.append(self._send_expire(lo, hi, now))
+                interval = min(2.0 * interval, cap)
+                self._unacked[key] = (now + interval, interval)
+                self._totals["expires_resent_total"] += 1
+                out.append(self._expire_msg(*key))
         if self._epoch is not None and self._epoch_start is None and now >= self._epoch_resend:
             self._epoch_resend = now + 2.0 * self.comm_delay
             out.append(Epoch(self.link, self._epoch, self._epoch_pos, None))
@@ -1372,6 +1484,7 @@ class LinkEnd:
                 raise ValueError(f"snapshot.requests[{i}]: {exc!r}") from None
             end._requests.append(req)
         out: list[Message] = []
+        base = 2.0 * end.comm_delay
         for i, pair in enumerate(s.get("unacked_expires", list)):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise _bad("snapshot", f"unacked_expires[{i}]", "[lo, hi]", pair)
@@ -1383,9 +1496,13 @@ class LinkEnd:
                     lo = hi - seq_diff(hi % SEQ_MOD, lo)
                 if not lo < hi <= MAX_ABS:
                     raise _bad("snapshot", f"unacked_expires[{i}]", "a range [lo, hi)", pair)
-                out.append(end._send_expire(lo, hi, now))
+                end._unacked[(lo, hi)] = (now + base, base)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"snapshot.unacked_expires[{i}]: {exc}") from None
+        # a snapshot of a previous version may hold thousands: merged down to max_unacked
+        if len(end._unacked) > end.max_unacked:
+            out += [m for m in end._bound_unacked(now) if not isinstance(m, Expire)]
+        out += [end._expire_msg(lo, hi) for lo, hi in end._unacked]   # resent at once
         if end._epoch is not None and end._epoch_start is None:   # still waiting: ask again
             end._epoch_resend = now + 2.0 * end.comm_delay
             out.append(Epoch(end.link, end._epoch, end._epoch_pos, None))
@@ -1394,7 +1511,7 @@ class LinkEnd:
                                 for r in end._live_runs() if r.n_gone < len(r)), None)
             if first_alive is not None:
                 out += end._drop(first_alive, end._exp, end.node)
-                out.append(end._send_expire(first_alive, end._exp, now))
+                out += end._send_expire(first_alive, end._exp, now)
             for req in end._requests:
                 req.reserved = []
         return end, out + end._serve()

@@ -172,6 +172,15 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
     ("expires_stale_total", "link_expires_stale_total",
      "EXPIREs ending 2^31 or more numbers behind (e.g. a lap old): acknowledged, nothing "
      "done.", 1.0),
+    ("expires_resent_total", "link_expires_resent_total",
+     "EXPIREs sent again because no EXPIRE_ACK came (backoff: 2 x comm_delay doubling to 16 s).",
+     1.0),
+    ("pairs_shed_total", "link_pairs_shed_total",
+     "Pairs this end expired to merge two unacknowledged EXPIRE ranges (their number is "
+     "capped); the peer drops them too.", 1.0),
+    ("send_overloaded_total", "link_send_overloaded_total",
+     "Link-layer messages not sent because the bus's outgoing queue was full (state was "
+     "stored; EXPIREs are resent).", 1.0),
     ("epoch_conflicts_total", "link_epoch_conflicts_total",
      "Peer EPOCH messages that placed the station epoch elsewhere (the larger start wins).",
      1.0),

@@ -47,6 +47,10 @@ class LinkTelemetry(TypedDict, total=False):
     #                             its state)
     epoch_conflicts_total: int  # end: peer EPOCHs that placed the epoch elsewhere
     expires_stale_total: int    # end: EXPIREs ≥ 2^31 numbers old (e.g. a lap): nothing done
+    expires_resent_total: int   # end: EXPIREs sent again for want of an ACK (with backoff)
+    pairs_shed_total: int       # end: own pairs expired to merge unacknowledged EXPIRE ranges
+    #                             (at most 32 are kept; the peer drops them too)
+    send_overloaded_total: int  # end: link messages not sent: the bus's outgoing queue was full
     heartbeats_total: int       # station: empty batches sent on the timer (no chunk came)
     fidelity_estimate: float    # the goodness stamped on new pairs
     fidelity_method: str        # M counter: "two_basis_bound" (1 − Q_Z − Q_X) | "werner"
