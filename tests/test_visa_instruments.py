@@ -409,3 +409,30 @@ def test_snspd_two_threads_are_serialised(twin):
             th.join()
         assert errors == []
         assert sq.bias_currents_ua() == pytest.approx([0.9, 1.9, 2.9, 3.9])
+
+
+def test_a_source_node_brings_up_and_checks_an_itc4001_pump(itc_server):
+    """The source role's calibration and health check of an ITC4001 pump, against its twin:
+    the driver's ``ld_on`` and ``photodiode_power_w`` are properties (calling them as methods
+    raised TypeError, so such a pump could never become ready)."""
+    from types import SimpleNamespace
+
+    from qnode.daemon.config import parse_config
+    from qnode.daemon.role_source import SourceRole
+
+    cfg = parse_config(
+        '[node]\nid = "src"\nnetwork = "t"\nroles = ["source"]\n[broker]\n'
+        'url = "mqtt://127.0.0.1"\n'
+        f'[instruments.pump]\nkind = "itc4001"\naddress = "{resource(itc_server)}"\n'
+        '[instruments.oven]\nkind = "tc200"\naddress = "/dev/null"\n'
+        '[source]\npump = "pump"\noven = "oven"\npump_power_mw = 120\n')
+    role = SourceRole(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    with itc(itc_server) as pump:
+        role.calibrations["pump"](pump)          # switch on at 120 mA, then read back
+        assert itc_server.device.ld_on
+        assert role.pump_power_mw == pytest.approx(pump.photodiode_power_w * 1e3)
+        assert role.pump_power_mw > 0
+        role.health_checks["pump"](pump)
+        pump.switch_off()
+        with pytest.raises(Exception, match="laser diode is off"):
+            role.health_checks["pump"](pump)
