@@ -44,7 +44,7 @@ interval, expiries), from ``/proc`` (RSS, VmHWM, CPU) and from mosquitto's ``$SY
     python benchmarks/flood.py [--duration 60] [--factor 10] [--pairs 100]
                                [--normal-rate 50] [--workdir DIR]
 
-Prints figures; asserts nothing. Goals (issue 12): RSS bounded within 2× the idle RSS, drops
+Prints figures; asserts nothing. Goals: RSS bounded within 2× the idle RSS, drops
 counted, herald latency back to its pre-flood level within 5 s of the flood's end.
 """
 from __future__ import annotations

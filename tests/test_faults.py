@@ -2,7 +2,7 @@
 sockets (SCPI, DataLinkTarget, timestamp streams), with the daemon's own pieces: the
 supervisor's managed instrument (built from an instrument config as the node builds it), the
 tagger made by ``make_tagger`` and the acquisition pipeline, run as a role task the way the
-herald station runs it (issue 12, point 5: "a stalled tagger looks healthy").
+herald station runs it (a stalled tagger used to look healthy).
 
 * the tag stream is cut (``SimulatedID900.stall_streams``: nothing arrives, every socket stays
   open, SCPI and DLT still answer): the tagger is degraded, counted, logged, reconnected and its

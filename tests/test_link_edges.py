@@ -1,4 +1,4 @@
-"""Edges of the link layer (issue 12): absolute numbers across laps, station epochs (a station
+"""Edges of the link layer: absolute numbers across laps, station epochs (a station
 that restarts without its state), the station's heartbeat and herald latency.
 
 Pure :class:`LinkEnd` tests first (a lossy, reordering channel included), then a

@@ -1,4 +1,5 @@
-"""A link under overload (issue 12's flood): each end loses most herald batches independently and
+"""A link under overload (a flood at many times its capacity): each end loses most herald
+batches independently and
 some EXPIRE / EXPIRE_ACKs. The unacknowledged EXPIREs stay at most ``max_unacked`` ranges
 (merged, the pairs in between shed at both ends), resends back off, and once the loss stops
 both ends agree exactly. A LinkService whose bus is overloaded counts and goes on."""
