@@ -70,7 +70,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from daemon_harness import Daemon, identity, node_config, write_key  # noqa: E402
+from daemon_harness import Daemon, identity, k_link_configs  # noqa: E402
 
 from qnode.daemon.bus import NodeBus  # noqa: E402
 from qnode.daemon.identity import NodeSigner  # noqa: E402
@@ -607,19 +607,9 @@ class Station:
 
 
 def configs(tmp: Path, port: int) -> dict[str, Path]:
-    """As tests/test_daemon_k_link.py's ``_configs``: one K link, capacity 100 000 pairs."""
-    key = tmp / "link.key"
-    write_key(key, KEY)
-    out = {}
-    for node, peer in (("alice", "bob"), ("bob", "alice")):
-        out[node] = node_config(
-            tmp / f"{node}.toml", node=node, roles=["memory"], broker_port=port,
-            state_dir=tmp / "state" / node, network=NET, telemetry_interval_s=TELEMETRY_S,
-            body="[memory]\ncapacity = 100000\nmax_pair_age_s = 0.0\nfidelity = 0.9\n"
-                 "restart_policy = \"resume\"\n\n"
-                 f"[[links]]\nid = \"{LINK}\"\npeer = \"{peer}\"\n"
-                 f"type = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key}\"\n")
-    return out
+    """Two memory daemons on one K link (as tests/test_daemon_k_link.py's)."""
+    return k_link_configs(tmp, port, link=LINK, key=KEY, network=NET,
+                          telemetry_interval_s=TELEMETRY_S)
 
 
 def inventory(state_dir: Path) -> tuple[int, np.ndarray, dict[str, int]]:

@@ -82,6 +82,64 @@ def node_config(path: Path, *, node: str, roles: list[str], broker_port: int, st
     return path
 
 
+def k_link_configs(tmp: Path, port: int, *, link: str = "alice-bob", key: bytes = b"k" * 32,
+                   network: str = "t", telemetry_interval_s: float = 0.5,
+                   max_pair_age_s: float = 0.0, restart_policy: str = "resume",
+                   t1_t2_s: tuple[float, float] = (0.0, 0.0),
+                   alice_prometheus_port: int = 0) -> dict[str, Path]:
+    """Configs of the memory nodes ``alice`` and ``bob`` on one K link heralded by
+    ``station`` (played by the test), in ``tmp``: capacity 100 000 pairs, fidelity 0.9."""
+    key_file = write_key(tmp / "link.key", key)
+    return {node: node_config(
+        tmp / f"{node}.toml", node=node, roles=["memory"], broker_port=port,
+        state_dir=tmp / "state" / node, network=network,
+        telemetry_interval_s=telemetry_interval_s,
+        prometheus_port=alice_prometheus_port if node == "alice" else 0,
+        body=f"[memory]\ncapacity = 100000\nmax_pair_age_s = {max_pair_age_s}\n"
+             f"fidelity = 0.9\nrestart_policy = \"{restart_policy}\"\n"
+             f"t1_s = {t1_t2_s[0]}\nt2_s = {t1_t2_s[1]}\n\n"
+             f"[[links]]\nid = \"{link}\"\npeer = \"{peer}\"\n"
+             f"type = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key_file}\"\n")
+        for node, peer in (("alice", "bob"), ("bob", "alice"))}
+
+
+class MemoryLinkStore:
+    """The link part of :class:`~qnode.daemon.state.StateStore`, in memory and through JSON as
+    SQLite keeps it, for a LinkService under test."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, dict[str, Any]] = {}
+
+    def load_links(self) -> dict[str, dict[str, Any]]:
+        return json.loads(json.dumps(self.links))
+
+    def save_link(self, link: str, snap: dict[str, Any]) -> None:
+        self.links[link] = json.loads(json.dumps(snap))
+
+    def save_link_delta(self, link: str, delta: dict[str, Any]) -> None:
+        from qnode.daemon.linklayer import LinkEnd
+
+        self.links[link] = LinkEnd.apply_snapshot_delta(self.links[link],
+                                                        json.loads(json.dumps(delta)))
+
+
+def link_context(node: str, bus: Any, store: MemoryLinkStore | None = None) -> Any:
+    """What a :class:`~qnode.daemon.link_service.LinkService` needs of its node, without a
+    node: ``bus`` (anything with ``publish``), a :class:`MemoryLinkStore`, stores run at once."""
+    import collections
+    import types
+
+    from qnode.daemon.topics import Topics
+
+    async def persist(fn: Callable[[], None]) -> None:
+        fn()
+
+    return types.SimpleNamespace(
+        node=node, now=time.monotonic, store=store or MemoryLinkStore(), persist=persist,
+        bus=bus, topics=Topics("t", node),
+        router=types.SimpleNamespace(rejected=collections.Counter()))
+
+
 class Daemon:
     """``python -m qnode.daemon.cli run --config`` with its output in ``<config>.log``."""
 

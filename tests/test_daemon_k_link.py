@@ -13,10 +13,11 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
-from daemon_harness import Daemon, identity, node_config, telemetry_of, write_key
+from daemon_harness import Daemon, identity, k_link_configs, node_config, telemetry_of
 
 from qnode.daemon.bus import NodeBus
 from qnode.daemon.identity import NodeSigner
@@ -30,23 +31,9 @@ LINK = "alice-bob"
 KEY = b"k" * 32
 
 
-def _configs(tmp: Path, port: int, *, max_pair_age_s: float = 0.0,
-             restart_policy: str = "resume", prometheus_port: int = 0,
-             t1_t2_s: tuple[float, float] = (0.0, 0.0)) -> dict[str, Path]:
-    key = tmp / "link.key"
-    write_key(key, KEY)
-    out = {}
-    for node, peer in (("alice", "bob"), ("bob", "alice")):
-        out[node] = node_config(
-            tmp / f"{node}.toml", node=node, roles=["memory"], broker_port=port,
-            state_dir=tmp / "state" / node,
-            prometheus_port=prometheus_port if node == "alice" else 0,
-            body=f"[memory]\ncapacity = 100000\nmax_pair_age_s = {max_pair_age_s}\n"
-                 f"fidelity = 0.9\nrestart_policy = \"{restart_policy}\"\n"
-                 f"t1_s = {t1_t2_s[0]}\nt2_s = {t1_t2_s[1]}\n\n"
-                 f"[[links]]\nid = \"{LINK}\"\npeer = \"{peer}\"\n"
-                 f"type = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key}\"\n")
-    return out
+def _configs(tmp: Path, port: int, *, prometheus_port: int = 0, **memory: Any) -> dict[str, Path]:
+    return k_link_configs(tmp, port, link=LINK, key=KEY, alice_prometheus_port=prometheus_port,
+                          **memory)
 
 
 class Station:

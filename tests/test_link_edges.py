@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_harness import MemoryLinkStore, link_context
 from hypothesis import given, settings, strategies as st
 
 from qnode.daemon.linklayer import (
@@ -625,23 +626,6 @@ def test_any_valid_message_leaves_a_sound_end(seed, window):
 # --------------------------------------------------------------------------- a link service
 
 
-class _Store:
-    """The link part of StateStore, in memory (through JSON, as SQLite keeps it)."""
-
-    def __init__(self):
-        self.links: dict[str, dict] = {}
-
-    def load_links(self):
-        return json.loads(json.dumps(self.links))
-
-    def save_link(self, link, snap):
-        self.links[link] = json.loads(json.dumps(snap))
-
-    def save_link_delta(self, link, delta):
-        self.links[link] = LinkEnd.apply_snapshot_delta(self.links[link],
-                                                        json.loads(json.dumps(delta)))
-
-
 class _Bus:
     def __init__(self):
         self.sent: list[tuple[str, str, dict]] = []
@@ -651,18 +635,8 @@ class _Bus:
         self.sent.append((topic, type, json.loads(json.dumps(body))))
 
 
-def _ctx(node: str, store: _Store | None = None):
-    import collections
-
-    from qnode.daemon.topics import Topics
-
-    async def persist(fn):
-        fn()
-
-    bus = _Bus()
-    return types.SimpleNamespace(
-        node=node, now=time.monotonic, store=store or _Store(), persist=persist, bus=bus,
-        topics=Topics("t", node), router=types.SimpleNamespace(rejected=collections.Counter()))
+def _ctx(node: str, store: MemoryLinkStore | None = None):
+    return link_context(node, _Bus(), store)
 
 
 def _envelope(type_: str, body: dict, sender: str, msg_id: int, ts: float):
@@ -762,7 +736,7 @@ async def test_the_station_heartbeats_when_no_chunk_comes():
     epoch, and a restart keeps the epoch; a lost state draws a later one."""
     from qnode.daemon import role_station
 
-    store = _Store()
+    store = MemoryLinkStore()
 
     def role():
         ctx = _ctx("herald1", store)
@@ -801,17 +775,9 @@ DLINK = "alice-bob"
 
 
 def _configs(tmp: Path, port: int) -> dict[str, Path]:
-    from daemon_harness import node_config, write_key
+    from daemon_harness import k_link_configs
 
-    key = tmp / "link.key"
-    write_key(key, KEY)
-    return {node: node_config(
-        tmp / f"{node}.toml", node=node, roles=["memory"], broker_port=port,
-        state_dir=tmp / "state" / node,
-        body=f"[memory]\ncapacity = 100000\nmax_pair_age_s = 0.0\nfidelity = 0.9\n\n"
-             f"[[links]]\nid = \"{DLINK}\"\npeer = \"{peer}\"\ntype = \"K\"\n"
-             f"herald = \"station\"\nhmac_key_file = \"{key}\"\n")
-        for node, peer in (("alice", "bob"), ("bob", "alice"))}
+    return k_link_configs(tmp, port, link=DLINK, key=KEY)
 
 
 class _DaemonStation:

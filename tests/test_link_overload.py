@@ -9,10 +9,10 @@ import heapq
 import json
 import random
 import time
-import types
 
 import numpy as np
 import pytest
+from daemon_harness import link_context
 from hypothesis import given, settings, strategies as st
 
 from qnode.daemon.linklayer import (
@@ -346,21 +346,6 @@ def test_storing_state_costs_little_with_a_full_cap(capsys):
 # --------------------------------------------------------------------------- LinkService
 
 
-class _Store:
-    def __init__(self):
-        self.links: dict[str, dict] = {}
-
-    def load_links(self):
-        return json.loads(json.dumps(self.links))
-
-    def save_link(self, link, snap):
-        self.links[link] = json.loads(json.dumps(snap))
-
-    def save_link_delta(self, link, delta):
-        self.links[link] = LinkEnd.apply_snapshot_delta(self.links[link],
-                                                        json.loads(json.dumps(delta)))
-
-
 class _FullBus:
     """A bus whose outgoing queue is full."""
 
@@ -376,16 +361,7 @@ class _FullBus:
 
 
 def _ctx(node: str):
-    import collections
-
-    from qnode.daemon.topics import Topics
-
-    async def persist(fn):
-        fn()
-
-    return types.SimpleNamespace(
-        node=node, now=time.monotonic, store=_Store(), persist=persist, bus=_FullBus(),
-        topics=Topics("t", node), router=types.SimpleNamespace(rejected=collections.Counter()))
+    return link_context(node, _FullBus())
 
 
 def _envelope(type_: str, body: dict, sender: str, msg_id: int):
