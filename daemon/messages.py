@@ -58,6 +58,7 @@ DOMAIN_SEPARATOR = "|"
 _ENVELOPE_KEYS = {"v", "type", "sender", "id", "ts", "body", "sig", "nodesig"}
 _SIGNATURE_KEYS = ("sig", "nodesig")
 _HEX_SIG = re.compile(r"[0-9a-f]{64}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 _SENDER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -221,14 +222,22 @@ def _depth(value: Any, limit: int) -> int:
 
 def parse_json(payload: bytes, *, topic: str = "") -> Any:
     """Parse untrusted JSON: integers of at most :data:`MAX_INT_DIGITS` digits, no NaN or
-    Infinity, nesting at most :data:`MAX_DEPTH`. :class:`MessageRejected` (``not_json``,
-    ``too_deep``) for anything else, whatever the bytes."""
+    Infinity, no lone surrogates, nesting at most :data:`MAX_DEPTH`. :class:`MessageRejected`
+    (``not_json``, ``too_deep``) for anything else, whatever the bytes."""
     try:
         value = json.loads(payload, parse_int=_bounded_int, parse_constant=_no_constant)
     except (ValueError, RecursionError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise MessageRejected("not_json", str(exc)[:200], topic=topic) from None
     if _depth(value, MAX_DEPTH) > MAX_DEPTH:
         raise MessageRejected("too_deep", f"JSON nested deeper than {MAX_DEPTH}", topic=topic)
+    # "\ud800" alone is valid JSON but no Unicode text: it could not be encoded again (to check
+    # a signature, to log); a surrogate pair is one character and passes
+    if _SURROGATE_ESCAPE.search(payload):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise MessageRejected("not_json", "a lone UTF-16 surrogate (\\ud800-\\udfff) is "
+                                              "not text", topic=topic) from None
     return value
 
 
@@ -297,7 +306,9 @@ def decode(payload: bytes, topic: Topic, *, key: bytes | Sequence[bytes] | None 
     sig, nodesig = env.get("sig"), env.get("nodesig")
     if trust is None:
         nodesig = None  # not checking identities: an identity signature is not trusted either
-    signed_bytes = canonical({k: val for k, val in env.items() if k not in _SIGNATURE_KEYS})
+    # what a signature covers, encoded once and only for a message that carries one
+    signed_bytes = (canonical({k: val for k, val in env.items() if k not in _SIGNATURE_KEYS})
+                    if sig is not None or nodesig is not None else b"")
     if nodesig is None:
         if require_node_signature:
             raise MessageRejected("unsigned", f"{mtype} from {sender} must carry {sender}'s "

@@ -146,7 +146,9 @@ def hostile(draw: st.DrawFn) -> dict[str, Any]:
         recipe["value"] = value
     if how == "bytes":
         recipe["at"] = rng.random()
-        recipe["splice"] = rng.randbytes(rng.randrange(5))
+        # random bytes, or an escape that is valid JSON but no text (a lone surrogate)
+        recipe["splice"] = (rng.randbytes(rng.randrange(5)) if rng.random() < 0.8
+                            else rng.choice([b"\\ud800", b"\\uDC00x"]))
     return recipe
 
 

@@ -93,6 +93,8 @@ def tamper(payload: bytes, **changes) -> bytes:
      "not_json"),
     (tamper(encode(msg(), KEY), sig="\u00e9" * 64), dict(key=KEY), "bad_signature"),
     (tamper(encode(msg(), KEY), sig="é"), dict(key=KEY), "bad_signature"),
+    (encode(msg(), KEY).replace(b'"bell"', b'"\\ud800"'), dict(key=KEY), "not_json"),
+    (encode(msg()).replace(b'"psi+"', b'"\\uDFFF"'), {}, "not_json"),
     (tamper(encode(msg(), KEY), sig=7), dict(key=KEY), "bad_signature"),
     (tamper(encode(msg()), type=""), {}, "bad_envelope"),
     (tamper(encode(msg(sender="bad/name")), sender="bad/name"), {}, "bad_envelope"),
@@ -249,3 +251,8 @@ def test_during_a_key_rotation_either_key_verifies():
     with pytest.raises(MessageRejected) as err:
         decode(encode(msg(), b"neither of the two keys.........."), LL, key=(new, KEY))
     assert err.value.reason == "bad_signature"
+
+
+def test_a_surrogate_pair_is_one_character_and_passes():
+    m = decode(encode(msg()).replace(b'"psi+"', b'"\\ud83d\\ude00"'), LL)
+    assert m.body["bell"] == "\U0001f600"
