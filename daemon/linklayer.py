@@ -26,9 +26,11 @@ Choices (documented extensions of the draft):
   treated as stale. Pairs are expired (and the peer told) once they are more than
   ``max_pair_age`` numbers old (at most ``MAX_PAIR_AGE`` = 2^30, 18 min at 1 MHz), so a pair id
   is never ambiguous inside the window. The window also bounds the inventory's memory, about
-  15 bytes per pair held: choose ``max_pair_age`` from the herald rate and how long pairs are
-  useful (2^20 ≈ 1 s at 1 MHz ≈ 16 MB). Once the window is full, the exact rule expires (and
-  tells the peer) a little on every batch; with ``window_slack`` > 0 it expires down to
+  15 bytes per pair held (live or delivered: a run of pairs that all expired is forgotten
+  early, so pairs accepted and expired by the million under a flood cost nothing): choose
+  ``max_pair_age`` from the herald rate and how long pairs are useful (2^20 ≈ 1 s at 1 MHz ≈
+  16 MB). Once the window is full, the exact rule expires (and tells the peer) a little on
+  every batch; with ``window_slack`` > 0 it expires down to
   ``max_pair_age − window_slack`` when it fires, so it fires once per ``window_slack`` numbers
   (no pair ever gets older than ``max_pair_age`` either way).
 * **Herald batches** are columnar (:class:`Herald`: first seq, count, code and time arrays) and
@@ -173,6 +175,8 @@ from .ll_messages import (  # noqa: F401
 _LIVE, _DELIVERED, _EXPIRED = (PAIR_STATUSES.index(s) for s in ("live", "delivered", "expired"))
 _NO_CID = -1          # create id column: none
 _MERGE_BELOW = 4096   # a run shorter than this absorbs the next contiguous accepted batch
+#: see :attr:`LinkEnd.forget_expired_runs_above`
+FORGET_EXPIRED_RUNS_ABOVE = 32
 _INT64_MAX = (1 << 63) - 1
 _MAX_OLD_EPOCHS = 16          # epochs an end remembers having left
 _MAX_EARLY = 4                # peer EPOCHs kept for epochs this end has not seen yet
@@ -338,6 +342,10 @@ class LinkEnd:
         self._runs: list[_Run] = []     # in sequence order; runs before _head are gone
         self._starts: list[int] = []    # run starts, for bisection
         self._head = 0
+        self._runs_expired = 0          # runs whose every pair expired since the last cleanup
+        #: runs whose every pair expired are forgotten once there are more than this many and
+        #: they are more than half of the runs (:meth:`_forget_expired_runs`)
+        self.forget_expired_runs_above = FORGET_EXPIRED_RUNS_ABOVE
         self._requests: list[_Request] = []
         # (lo, hi) -> (resend deadline, current resend interval); at most max_unacked ranges
         self._unacked: dict[tuple[int, int], tuple[float, float]] = {}
@@ -389,7 +397,9 @@ class LinkEnd:
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def pair(self, seq: int) -> PairRecord | None:
-        """The record of pair ``seq`` (any status), or None."""
+        """The record of pair ``seq`` (live, delivered or expired), or None. Expired records
+        may be gone: a run whose every pair expired is forgotten once such runs are half of
+        those held."""
         loc = self._locate_seq(seq)
         if loc is None:
             return None
@@ -1121,6 +1131,8 @@ class LinkEnd:
             run.recount()
             if mark:
                 self._mark(run)
+            if run.n_gone == len(run):
+                self._runs_expired += 1
         if released:
             for req in self._requests:
                 gone = released.get(req.create_id)
@@ -1137,6 +1149,7 @@ class LinkEnd:
         that old are forgotten. When it fires, pairs more than ``max_pair_age − window_slack``
         behind go too. A run cut at the front is not stored again for that alone: a stored run
         reaching below the window is cut on restore."""
+        self._forget_expired_runs()
         floor = self._exp - self.max_pair_age
         if self._head >= len(self._runs) or self._runs[self._head].start >= floor:
             return []
@@ -1179,6 +1192,25 @@ class LinkEnd:
             del self._runs[:head], self._starts[:head]
             self._head = 0
         return out
+
+    def _forget_expired_runs(self) -> None:
+        """Forget the runs whose every pair expired (and delete their stored rows), once they
+        are at least half of the runs: an end under a flood accepts and expires millions of
+        pairs long before the window rule would forget them, and their records are of no use
+        (an EXPIRE of them changes nothing, a CREATE cannot get them). Amortised O(1) per run."""
+        if (self._runs_expired <= self.forget_expired_runs_above
+                or 2 * self._runs_expired <= len(self._runs) - self._head):
+            return
+        kept: list[_Run] = []
+        for run in self._live_runs():
+            if run.n_gone < len(run):
+                kept.append(run)
+                continue
+            run.removed = True
+            if run.stored_as is not None:
+                self._deleted.append(run.stored_as)
+        self._runs, self._starts = kept, [run.start for run in kept]
+        self._head = self._runs_expired = 0
 
     # ------------------------------------------------------------------ time
 
@@ -1474,6 +1506,7 @@ class LinkEnd:
                 run.recount()
             end._runs.append(run)
             end._starts.append(run.start)
+            end._runs_expired += run.n_gone == len(run)
         for i, rq in enumerate(s.get("requests", list)):
             try:
                 req = _Request(rq["create_id"], Create.from_dict(rq["create"]),
