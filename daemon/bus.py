@@ -27,7 +27,12 @@ Delivery guarantee
   before the handler runs: a crash of this process between the two loses it (persist the dedup
   state only after handling).
 * **Ordering**: per topic, messages reach handlers in publish order (one sender, one topic, QoS 1,
-  handlers awaited one at a time). After a broker crash that lost a message the broker had
+  handlers awaited one at a time).
+* **Bursts and group commit**: the receiver hands every message already waiting (up to
+  :data:`MAX_BURST`) to its handler before it waits again. A handler that must store before it
+  sends can ask, with :meth:`NodeBus.defer_until_idle`, to do both once at the end of the
+  burst: one SQLite commit for a burst instead of one per message, so a backlog drains at the
+  speed of the handlers, not of the disk. After a broker crash that lost a message the broker had
   already acknowledged (not a clean restart), the resent message arrives late; the dedup window
   still accepts it once. Across topics there is no order.
 
@@ -43,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import math
@@ -80,6 +86,15 @@ SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags"})
 #: a trust store, accepted only so signed (see :mod:`.identity`).
 NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry"})
 STATUS_TYPE = "status"
+
+
+#: messages handled in one burst before deferred work (:meth:`NodeBus.defer_until_idle`) runs
+MAX_BURST = 256
+
+#: the deferred work of the burst being handled; set in the receiving task only, so work
+#: started elsewhere (a timer, a test calling :meth:`NodeBus.deliver`) is never deferred
+_burst_work: contextvars.ContextVar[list[Callable[[], Awaitable[None]]] | None] = \
+    contextvars.ContextVar("qnode_bus_burst_work", default=None)
 
 
 class BusOverloaded(RuntimeError):
@@ -484,8 +499,48 @@ class NodeBus:
     # -- receiving -------------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for mqtt_msg in client.messages:
-            await self.deliver(str(mqtt_msg.topic), mqtt_msg.payload)
+        """Wait for a message, then handle it and every message already queued behind it (at
+        most :data:`MAX_BURST`) as one burst, then run the burst's deferred work."""
+        messages = client.messages
+        while True:
+            first = await anext(messages)
+            work: list[Callable[[], Awaitable[None]]] = []
+            token = _burst_work.set(work)
+            try:
+                await self.deliver(str(first.topic), first.payload)
+                for _ in range(MAX_BURST - 1):
+                    if not self.inbound.qsize():
+                        break
+                    mqtt_msg = self.inbound.get_nowait()
+                    await self.deliver(str(mqtt_msg.topic), mqtt_msg.payload)
+            finally:
+                _burst_work.reset(token)
+                # also when the connection broke mid-burst: what the handlers changed is
+                # stored and its messages queued (they are sent after the reconnect)
+                await self._run_deferred(work)
+
+    def defer_until_idle(self, work: Callable[[], Awaitable[None]]) -> bool:
+        """Called from a message handler: run ``work()`` once after the current burst of
+        received messages has been handled (see the module docstring), however often it is
+        asked for in that burst, in the order first asked. False outside the receiver (a timer,
+        a direct :meth:`deliver`): then the caller must do the work itself, now."""
+        pending = _burst_work.get()
+        if pending is None:
+            return False
+        if work not in pending:
+            pending.append(work)
+        return True
+
+    async def _run_deferred(self, work: list[Callable[[], Awaitable[None]]]) -> None:
+        for job in work:
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.handler_errors += 1
+                self._rlog("deferred", logging.ERROR, "deferred work %r of a burst raised",
+                           job, exc_info=True)
 
     @staticmethod
     def key_name(topic: Topic) -> str:

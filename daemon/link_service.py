@@ -115,6 +115,8 @@ class LinkService:
         self._dirty = False
         self._persisted_at = 0.0
         self._full_saved = False
+        #: what calls returned and is not yet sent: it waits for the store that covers it
+        self._outbox: list[Message] = []
         self._lock = asyncio.Lock()
         #: the link's qubits, when the node binds pairs to a QDevice (:mod:`.qmemory`)
         self.memory: LinkMemory | None = None
@@ -129,7 +131,8 @@ class LinkService:
         self._requesters: dict[int, str] = {}   # create id -> requesting node
         #: publish → receipt (ms, wall clocks of two hosts; plausible values only)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=20_000)
-        #: receipt → applied, stored and answered (ms, this node's monotonic clock)
+        #: receipt → applied (ms, this node's monotonic clock; its store and sends follow at the
+        #: end of the bus's burst)
         self.handling_ms: collections.deque[float] = collections.deque(maxlen=20_000)
         self.implausible_ts = 0       # heralds whose envelope ts gave no plausible transit time
         #: messages not sent because the bus's outgoing queue was full (BusOverloaded)
@@ -152,7 +155,8 @@ class LinkService:
         self._dirty = True
 
     async def send(self, actions: Iterable[Message]) -> None:
-        """Store and send what a change of the link end returned (caller holds :attr:`lock`)."""
+        """Store and send what a change of the link end returned (caller holds :attr:`lock`;
+        from a message handler, both happen at the end of the bus's burst: see :meth:`_commit`)."""
         await self._commit(actions)
 
     async def expire_pair(self, seq: int) -> None:
@@ -377,15 +381,32 @@ class LinkService:
     async def _commit(self, actions: Iterable[Message]) -> None:
         """Persist the link end, then send: peer messages on ll/<peer>, answers to requesters.
 
-        Write-ahead where it matters: a call that sends anything is stored first. A call that
-        sends nothing (a herald batch accepted in order) is stored lazily, at most
-        ``LAZY_PERSIST_S`` later: if a crash loses it, the restarted end is behind, sees the jump
-        at the next batch and EXPIREs the lost range to the peer, so both ends still agree."""
+        Write-ahead where it matters: nothing is sent before a store that covers the change that
+        produced it. A call that sends nothing (a herald batch accepted in order) is stored
+        lazily, at most ``LAZY_PERSIST_S`` later: if a crash loses it, the restarted end is
+        behind, sees the jump at the next batch and EXPIREs the lost range to the peer, so both
+        ends still agree. Called from a message handler, the store and the sends wait for the
+        end of the bus's burst (:meth:`.NodeBus.defer_until_idle`): one store then covers every
+        message of the burst, and the sends leave in the order they were made."""
         actions = list(actions)
-        up, to_peer = split_actions(actions)
-        if not up and not to_peer:
+        if not actions:
             self._dirty = True
             return
+        self._outbox.extend(actions)
+        if self.ctx.bus.defer_until_idle(self._flush_deferred):
+            self._dirty = True
+            return
+        await self._flush()
+
+    async def _flush_deferred(self) -> None:
+        async with self._lock:
+            if self._outbox:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        """Store the link end, then send the outbox (caller holds :attr:`lock`)."""
+        out, self._outbox = self._outbox, []
+        up, to_peer = split_actions(out)
         await self._persist_now()
         self._log_shed()
         topics = self.ctx.topics

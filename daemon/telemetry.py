@@ -34,7 +34,7 @@ class LinkTelemetry(TypedDict, total=False):
     expires_unacked: int
     herald_latency_ms_p50: float  # end: receipt time − the chunk's publish time (wall clocks
     herald_latency_ms_p99: float  # of two hosts; implausible ones are left out and counted)
-    herald_handling_ms_p50: float  # end: receipt → applied, stored and answered (this node's
+    herald_handling_ms_p50: float  # end: receipt → applied, before the burst's store (this node's
     herald_handling_ms_p99: float  # monotonic clock)
     herald_ts_implausible_total: int  # heralds whose envelope ts gave no plausible latency
     herald_age_s: float         # end: since the last herald batch (heartbeats included);

@@ -399,3 +399,43 @@ async def test_a_flood_is_bounded_dropped_by_class_and_counted(broker: Mosquitto
     # one herald is in the handler, 20 wait: the rest were dropped, the earliest kept (FIFO)
     assert dropped == 300 - 21 and heralds.bodies() == list(range(21))
     assert bob.metrics()["dropped_incoming"] == {"herald": dropped}
+
+
+@pytest.mark.asyncio
+async def test_deferred_work_runs_once_after_a_burst(broker: Mosquitto) -> None:
+    """A handler may defer its store-and-send to the end of the burst it is part of
+    (group commit): the messages already queued behind a busy handler are handled first, then the
+    deferred work runs once, however many of them asked for it. Outside the receiver (a direct
+    ``deliver``) nothing is deferred."""
+    alice, bob, _ = pair(broker)
+    gate = asyncio.Event()
+    handled: list[object] = []
+    flushes: list[int] = []          # how many messages had been handled at each flush
+
+    async def flush() -> None:
+        flushes.append(len(handled))
+
+    async def handler(topic: Topic, msg: Message) -> None:
+        if not handled:
+            await gate.wait()
+        handled.append(msg.body["n"])
+        assert bob.defer_until_idle(flush)
+
+    bob.on("ll", handler)
+    async with running(alice), running(bob):
+        for i in range(50):
+            alice.publish(ALICE.ll("bob"), "ll.test", {"n": i}, sign_with="bob")
+        await alice.drain(TIMEOUT_S)
+
+        async def until(pred: Callable[[], bool]) -> None:
+            while not pred():
+                await asyncio.sleep(0.02)
+        # the first message waits in the handler, the other 49 in the queue behind it
+        await asyncio.wait_for(until(lambda: bob.inbound.qsize() == 49), TIMEOUT_S)
+        gate.set()
+        await asyncio.wait_for(until(lambda: bool(flushes)), TIMEOUT_S)
+        assert handled == list(range(50)) and flushes == [50]
+        alice.publish(ALICE.ll("bob"), "ll.test", {"n": 50}, sign_with="bob")
+        await asyncio.wait_for(until(lambda: len(flushes) == 2), TIMEOUT_S)
+        assert flushes == [50, 51]
+    assert not bob.defer_until_idle(flush)

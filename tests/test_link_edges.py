@@ -631,6 +631,9 @@ class _Bus:
         self.sent: list[tuple[str, str, dict]] = []
         self.connected = True
 
+    def defer_until_idle(self, work):
+        return False  # called outside a receiver's burst: the caller stores and sends now
+
     def publish(self, topic, type, body, **kw):
         self.sent.append((topic, type, json.loads(json.dumps(body))))
 
