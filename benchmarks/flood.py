@@ -648,7 +648,7 @@ class Args:
     pairs: int
     normal_rate: float
     workdir: str | None
-    broker_max_queued: int = 100_000
+    broker_max_queued: int = 1000
 
 
 async def run(args: Args, tmp: Path) -> None:
@@ -1020,8 +1020,8 @@ def main() -> None:
     ap.add_argument("--normal-rate", type=float, default=50.0,
                     help="batches/s before and after the flood")
     ap.add_argument("--workdir", help="keep configs, logs and state here")
-    ap.add_argument("--broker-max-queued", type=int, default=100_000,
-                    help="mosquitto max_queued_messages per client (shipped config: 100000)")
+    ap.add_argument("--broker-max-queued", type=int, default=1000,
+                    help="mosquitto max_queued_messages per client (shipped config: 1000)")
     ns = ap.parse_args()
     args = Args(ns.duration, ns.factor, ns.pairs, ns.normal_rate, ns.workdir,
                 ns.broker_max_queued)
