@@ -65,6 +65,10 @@ MAX_TESTS_PER_BATCH = 128
 EXTRA_BIND_ATTEMPTS = 2
 
 
+#: a test pair picked in a batch: seq, basis, announced Bell state, herald time (ps)
+TestPick = tuple[int, str, str, int]
+
+
 def _mix32(x: int) -> int:
     """A 32-bit integer hash (the finaliser of MurmurHash3): spreads consecutive numbers."""
     x &= 0xFFFFFFFF
@@ -86,6 +90,19 @@ def test_basis(seq: int, fraction: float) -> str | None:
 
 
 test_basis.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def split_test_picks(tests: list[TestPick]) -> tuple[list[TestPick], list[TestPick]]:
+    """(measured, skipped) when there are more test pairs than a batch measures
+    (``MAX_TESTS_PER_BATCH``): the ones with the smallest hash of their ``seq`` are measured,
+    in their order. Both ends prefer the same pairs, so an end that takes more pairs at a time
+    (a busy repeater) still measures mostly pairs its faster peer measured too; taking the
+    first ones in order, about half of a busy end's test pairs found no partner outcome. The
+    hash is independent of the pairs' states, so the choice does not bias the estimate."""
+    order = sorted(range(len(tests)), key=lambda i: _mix32(tests[i][0]))
+    keep = set(order[:MAX_TESTS_PER_BATCH])
+    return ([t for i, t in enumerate(tests) if i in keep],
+            [t for i, t in enumerate(tests) if i not in keep])
 
 
 # ------------------------------------------------------------------------------ qubits
@@ -221,7 +238,8 @@ class LinkMemory:
         self._wake = asyncio.Event()
         self.peer_held: OrderedDict[int, float] = OrderedDict()  # seq -> the peer's bind time
         self.counts = {"bound_total": 0, "bind_failed_total": 0, "tests_total": 0,
-                       "tests_matched_total": 0, "tests_failed_total": 0}
+                       "tests_matched_total": 0, "tests_failed_total": 0,
+                       "tests_skipped_total": 0}
 
     # ------------------------------------------------------------------ qubits
     def _storage(self) -> list[int]:
@@ -305,7 +323,7 @@ class LinkMemory:
             first, stop = self._pending_from, self._pending_to
             self._pending = False
             self.release_gone(end)
-            tests: list[tuple[int, str, str, int]] = []    # seq, basis, bell, herald time
+            tests: list[TestPick] = []
             binds: list[tuple[int, int, str, int]] = []    # seq, qubit, bell, herald time
             free = self.free_qubits()
             budget = len(free) + EXTRA_BIND_ATTEMPTS
@@ -318,14 +336,15 @@ class LinkMemory:
                     continue
                 basis = test_basis(seq, self.test_fraction)
                 if basis is not None:
-                    if len(tests) < MAX_TESTS_PER_BATCH:
-                        tests.append((seq, basis, rec.bell_state, rec.time_ps))
-                    else:
-                        end.consume([seq])
-                        self._outbox.append((seq, basis, "-"))
+                    tests.append((seq, basis, rec.bell_state, rec.time_ps))
                 elif free and budget > 0:
                     budget -= 1
                     binds.append((seq, free.pop(0), rec.bell_state, rec.time_ps))
+            if len(tests) > MAX_TESTS_PER_BATCH:
+                tests, skipped = split_test_picks(tests)
+                end.consume(t[0] for t in skipped)
+                self._outbox.extend((seq, basis, "-") for seq, basis, _, _ in skipped)
+                self.counts["tests_skipped_total"] += len(skipped)
             end.consume(t[0] for t in tests)
             self._binding = {b[0] for b in binds}
             self._processed_to = stop

@@ -61,6 +61,7 @@ class LinkTelemetry(TypedDict, total=False):
     tests_total: int            # test pairs measured here
     tests_matched_total: int    # ... and matched with the peer's outcome
     tests_failed_total: int
+    tests_skipped_total: int    # test pairs over a batch's limit, not measured
     tests_per_basis: list[int]  # matched, X, Y, Z
     fidelity_source: str        # "tests" (the estimate) | "prior" ([memory].fidelity)
     fidelity_sigma: float

@@ -9,7 +9,7 @@ import pytest
 
 from qnode.daemon.bell_diagonal import BellDiagonal
 from qnode.daemon.estimators import BELL_SIGNS
-from qnode.daemon.qmemory import LinkTomography, test_basis
+from qnode.daemon.qmemory import MAX_TESTS_PER_BATCH, LinkTomography, split_test_picks, test_basis
 from qnode.drivers.errors import DeviceError
 from qnode.drivers.qdevice import QDevice
 from qnode.hal_sim.qdevice import PairRegistry, QDeviceConfig, QDeviceTwin, RegistryOracle
@@ -26,6 +26,29 @@ def test_the_test_rule_picks_its_fraction_and_all_bases_evenly():
     assert test_basis(12345, 0.0) is None and test_basis(12345, 1.0) is not None
     # both ends compute the same thing
     assert picks[:1000] == [test_basis(s, 0.2) for s in range(1000)]
+
+
+def test_capped_batches_at_both_ends_measure_the_same_test_pairs():
+    """A busy end takes 4 times as many pairs per batch as its peer, its batches starting
+    half-way into the peer's: it still measures only pairs the peer measured too, as both
+    prefer the lowest hashes; taking the first ones in order, half of its tests would have no
+    partner outcome."""
+    candidates = [(s, b, "phi+", 1000 * s) for s in range(5_000_000, 5_600_000)
+                  if (b := test_basis(s, 0.1)) is not None]
+    chunk = 2 * MAX_TESTS_PER_BATCH
+    fast: set[int] = set()
+    for k in range(0, len(candidates) - chunk + 1, chunk):
+        kept, skipped = split_test_picks(candidates[k:k + chunk])
+        assert len(kept) == MAX_TESTS_PER_BATCH and len(skipped) == chunk - MAX_TESTS_PER_BATCH
+        assert [t[0] for t in kept] == sorted(t[0] for t in kept)   # in seq order
+        fast |= {t[0] for t in kept}
+    for start in range(chunk // 2, len(candidates) - 5 * chunk, 4 * chunk):
+        slow, _ = split_test_picks(candidates[start:start + 4 * chunk])
+        assert len({t[0] for t in slow} & fast) >= 0.95 * MAX_TESTS_PER_BATCH
+        in_order = candidates[start:start + MAX_TESTS_PER_BATCH]
+        assert len({t[0] for t in in_order} & fast) <= 0.6 * MAX_TESTS_PER_BATCH
+    # up to the limit: all measured
+    assert split_test_picks(candidates[:10]) == (candidates[:10], [])
 
 
 @pytest.mark.parametrize("announced", ["phi+", "psi-"])
