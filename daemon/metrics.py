@@ -204,8 +204,8 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
     ("tests_failed_total", "link_memory_test_measurements_failed_total",
      "Test pairs without an outcome (the QDevice batch failed).", 1.0),
     ("tests_skipped_total", "link_memory_test_pairs_skipped_total",
-     "Test pairs not measured: more than one QDevice batch measures (the lowest hashes go).",
-     1.0),
+     "Test pairs not measured: more than one QDevice batch measures (those with the lowest "
+     "hash of their number are measured).", 1.0),
     # purification (purification.Purifier.counts)
     ("purify_rounds_total", "link_purify_rounds_total",
      "Purification rounds completed (both ends' outcomes in).", 1.0),

@@ -129,9 +129,11 @@ async def _ask(port: int, truth: Truth) -> tuple[list[dict], list[tuple[str, np.
 
 @pytest.mark.asyncio
 async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
+    text = bench_config_path().read_text()
+    assert text.count("attempt_rate_hz = 1e6") == len(LINKS)   # both K links' rate is set
     bench = tmp_path / "bench.toml"
-    bench.write_text(bench_config_path().read_text().replace(
-        "attempt_rate_hz = 1e6", f"attempt_rate_hz = {ATTEMPT_RATE_HZ:g}"))
+    bench.write_text(text.replace("attempt_rate_hz = 1e6",
+                                  f"attempt_rate_hz = {ATTEMPT_RATE_HZ:g}"))
     with Mosquitto(tmp_path / "mosquitto") as broker:
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=CHAIN, max_pair_age_s=1.0,
