@@ -988,6 +988,14 @@ def summary(args: Args, mon: Monitor, capacity: float, cap: dict[str, float],
                         f"pre-flood, p99 {rec99:.1f} ms = {rec99 / b99:.2f} ×")
         else:
             recovery = "recovery (from +5 s): no latency figure (no herald arrived within 60 s)"
+        over = [f"+{r.t - flood_end:.1f} s {r.link['herald_latency_ms_p99']:.0f}"
+                for r in after if r.link["herald_latency_ms_p99"] > thr]
+        base_over = [f"{r.link['herald_latency_ms_p99']:.0f}"
+                     for r in mon.in_phase(nd, "baseline", 1.0)
+                     if r.link.get("herald_latency_ms_p99", 0) > thr]
+        print(f"  {nd}: records over {thr:.1f} ms after the flood ({len(over)} of {len(after)}):"
+              f" {', '.join(over[-12:]) or 'none'}; in the baseline {len(base_over)} of "
+              f"{len(base[nd])}: {', '.join(base_over) or 'none'}")
         worst = max(worst, back if back is not None else math.inf)
         print(f"  {nd}: pre-flood p50 {b50:.1f} ms, p99 {b99:.1f} ms (median of records); "
               f"during the flood p99 up to {max(fl99, default=float('nan')):.0f} ms; "

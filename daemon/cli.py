@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     from .node import Node
 
-    node = Node(config, ready_timeout_s=args.ready_timeout)
+    node = Node(config, ready_timeout_s=args.ready_timeout, freeze_gc=True)
     if config.metrics.prometheus_port:
         from .metrics import PrometheusExporter
 

@@ -310,8 +310,14 @@ class LinkService:
                     actions += self._memory_tick(now)
                 if actions:
                     await self._commit(actions)
-                if self._dirty and now - self._persisted_at >= LAZY_PERSIST_S:
-                    await self._persist_now()
+                lazy = (self._take_store() if self._dirty
+                        and now - self._persisted_at >= LAZY_PERSIST_S else None)
+            if lazy is not None:
+                # Outside the lock: heralds go on being applied while the writer thread stores
+                # (3-24 ms per delta with a full memory, measured in benchmarks/flood.py, and
+                # the herald latency tail was those waits). A write-ahead store made later
+                # still lands after this one: writes run in call order (NodeContext.persist).
+                await self.ctx.persist(lazy)
 
     async def persist(self) -> None:
         """Store the link end now (at shutdown)."""
@@ -319,19 +325,27 @@ class LinkService:
             await self._persist_now()
 
     async def _persist_now(self) -> None:
-        """Store what changed since the last store (a delta: O(changed runs)); the first
-        store after start is a full snapshot that the deltas build on."""
+        """Store what changed since the last store and wait for it (caller holds :attr:`lock`)."""
+        write = self._take_store()
+        if write is not None:
+            await self.ctx.persist(write)
+
+    def _take_store(self) -> Callable[[], None] | None:
+        """The store write covering every change so far, or None when nothing changed (caller
+        holds :attr:`lock`): a delta, O(changed runs), made now and self-contained, so it may
+        run after the lock is released; the first store after start is a full snapshot that
+        the deltas build on."""
         self._dirty = False
         self._persisted_at = self.ctx.now()
-        store = self.ctx.store
+        store, link = self.ctx.store, self.link
         if not self._full_saved:
             snap = self.end.snapshot()
             self._full_saved = True
-            await self.ctx.persist(lambda: store.save_link(self.link, snap))
-            return
+            return lambda: store.save_link(link, snap)
         delta = self.end.snapshot_delta()
-        if delta is not None:
-            await self.ctx.persist(lambda: store.save_link_delta(self.link, delta))
+        if delta is None:
+            return None
+        return lambda: store.save_link_delta(link, delta)
 
     def _memory_tick(self, now: float) -> list[Message]:
         """Send our test outcomes, stamp the link's estimate on new pairs, and EXPIRE what no

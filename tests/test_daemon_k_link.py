@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -100,6 +101,9 @@ async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(t
     try:
         await asyncio.to_thread(alice.wait_for_log, "node ready")
         await asyncio.to_thread(bob.wait_for_log, "node ready")
+        # `qnode run` takes what exists at READY out of the cyclic collector's walks
+        frozen = re.search(r'"node ready".* gc_frozen_objects=(\d+)', alice.log())
+        assert frozen is not None and int(frozen.group(1)) > 10_000
         await bus.wait_connected(10)
         topic = bus.topics.herald(LINK)
         t_ps = 1_000_000

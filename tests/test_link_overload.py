@@ -5,14 +5,18 @@ some EXPIRE / EXPIRE_ACKs. The unacknowledged EXPIREs stay at most ``max_unacked
 both ends agree exactly. A LinkService whose bus is overloaded counts and goes on."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import heapq
 import json
 import random
+import threading
 import time
 
 import numpy as np
 import pytest
-from daemon_harness import link_context
+from daemon_harness import MemoryLinkStore, link_context
 from hypothesis import given, settings, strategies as st
 
 from qnode.daemon.linklayer import (
@@ -454,3 +458,93 @@ def test_runs_whose_pairs_all_expired_are_forgotten_in_memory_and_store():
         assert len(stored[name]["runs"]) == len(runs)
         back, _ = LinkEnd.restore(stored[name], now=0.0)
         assert back.inventory() == e.inventory()
+
+
+class _GatedStore(MemoryLinkStore):
+    """A link store whose writes wait at a gate once it is closed (a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.open.set()
+        self.waiting = threading.Event()   # a write is held at the closed gate
+
+    def _gate(self) -> None:
+        if not self.open.is_set():
+            self.waiting.set()
+            assert self.open.wait(60.0), "the gate was never opened"
+
+    def save_link(self, link, snap):
+        self._gate()
+        super().save_link(link, snap)
+
+    def save_link_delta(self, link, delta):
+        self._gate()
+        super().save_link_delta(link, delta)
+
+
+class _RecordingBus:
+    """Records what is published and, for each EXPIRE, whether the store already held it."""
+
+    def __init__(self, store: MemoryLinkStore):
+        self.store, self.connected = store, True
+        self.sent: list[tuple[str, dict, bool]] = []
+
+    def defer_until_idle(self, work):
+        return False
+
+    def publish(self, topic, type, body, **kw):
+        stored = self.store.links.get(LINK, {}).get("unacked_expires", [])
+        self.sent.append((type, json.loads(json.dumps(body)), bool(stored)))
+
+
+@pytest.mark.asyncio
+async def test_a_slow_lazy_store_does_not_hold_up_heralds_and_stores_stay_in_order():
+    """The tick's lazy store (in-order batches, nothing to send) is written after the link's
+    lock is released: with the write held at a closed gate, a herald is still applied. A
+    change that sends (an EXPIRE) waits for its own store, which lands after the held one;
+    the EXPIRE leaves only once the store holds it, and the store ends equal to the end."""
+    from qnode.daemon.link_service import LinkService
+
+    store = _GatedStore()
+    bus = _RecordingBus(store)
+    ctx = link_context("alice", bus, store)
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+
+    async def persist(fn):     # as NodeContext.persist: one writer thread, in call order
+        await asyncio.get_running_loop().run_in_executor(writer, fn)
+    ctx.persist = persist
+    svc = LinkService(ctx, LINK, "bob", "K", goodness=0.9)
+    station = HeraldStation([LINK])
+
+    def herald(k: int, n: int = 10):
+        station.successes(LINK, np.arange(n) % 4, k * 10**6 + np.arange(n, dtype=np.int64))
+        (h,) = station.flush(k)
+        return _envelope("HERALD", h.to_dict(), "station", k + 1)
+
+    tick = asyncio.create_task(svc.tick_loop())
+    try:
+        await svc.on_herald(herald(0))
+        await svc.persist()                        # the first, full store
+        store.open.clear()
+        await svc.on_herald(herald(1))             # in order: stored lazily by the tick
+        assert await asyncio.to_thread(store.waiting.wait, 30.0), "no lazy store came"
+        # the lazy store is held in the writer thread; the lock is free
+        await asyncio.wait_for(svc.on_herald(herald(2)), 30.0)
+        assert svc.end.expected_seq == 30
+        expire = asyncio.create_task(svc.expire_pair(int(svc.end.inventory_seqs()[0])))
+        await asyncio.sleep(0.3)
+        assert not expire.done() and not bus.sent  # its store waits behind the held one
+        store.open.set()
+        await asyncio.wait_for(expire, 30.0)
+        await svc.persist()
+    finally:
+        tick.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tick
+        store.open.set()
+        writer.shutdown(wait=True)
+    assert [(t, stored) for t, _, stored in bus.sent] == [("EXPIRE", True)]
+    restored, _ = LinkEnd.restore(store.load_links()[LINK], now=time.monotonic())
+    assert restored.expected_seq == 30
+    assert restored.inventory() == svc.end.inventory() and len(restored.inventory()) == 29
