@@ -50,6 +50,11 @@ setup(
             "pyvisa-sim>=0.7",  # VISA drivers against pyvisa-sim YAML (the @sim backend)
             "amqtt>=0.11",      # the demo runs in the suite
             "matplotlib>=3.7",
+            # static checks run by tests/static_checks.sh: ruff (the linter the code is kept to)
+            # and mypy with the stubs it needs for cffi
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-cffi>=1.16",
         ],
     },
     entry_points={"console_scripts": ["qnode = qnode.daemon.cli:main"]},

@@ -500,7 +500,7 @@ def _int_array(cls: str, name: str, v: Any, lo: int, hi: int, dtype: type) -> np
     elif int(a.min()) < lo or int(a.max()) > hi:
         raise ValueError(f"{cls}.{name}: expected values in [{lo}, {hi}], got min {int(a.min())}"
                          f" max {int(a.max())}")
-    out = np.array(a, dtype=dtype, copy=True)
+    out: np.ndarray = np.array(a, dtype=dtype, copy=True)
     out.flags.writeable = False
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,7 @@ class StreamOrderError(TagBlockError):
     in ``partial``); the rest of the chunk was not processed.
     """
 
-    def __init__(self, index: int, time_ps: int, previous_ps: int, partial: object = None):
+    def __init__(self, index: int, time_ps: int, previous_ps: int, partial: Any = None):
         super().__init__(
             f"stream is not time-ordered: record {index} at {time_ps} ps follows {previous_ps} ps; "
             f"the {index} records before it were processed, the rest of the chunk was not")

@@ -180,7 +180,7 @@ class ClockEstimate:
 def _backend(backend: object | None) -> Backend:
     if backend is None:
         from . import core  # the C helpers; NativeCoreMissing if not built
-        return core  # type: ignore[return-value]
+        return core
     return backend  # type: ignore[return-value]
 
 

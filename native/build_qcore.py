@@ -14,7 +14,10 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 HEADER = (HERE / "qcore.h").read_text()
-CDEF = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", HEADER, re.S).group(1)
+_cdef = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", HEADER, re.S)
+if _cdef is None:
+    raise SystemExit(f"{HERE / 'qcore.h'}: no /* CDEF-BEGIN */ ... /* CDEF-END */ block")
+CDEF = _cdef.group(1)
 # cffi's cdef parser does not take comments inside struct bodies well; strip them.
 CDEF = re.sub(r"/\*.*?\*/", "", CDEF, flags=re.S)
 

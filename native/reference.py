@@ -124,7 +124,8 @@ class _NumpyPairs:
             n2, d2 = _pair_count_and_deltas(new[s.a], self._tails[s.b], dd, s.lo, s.hi, want)
             counts[k] = n1 + n2
             if want:
-                dts = np.concatenate((d1, d2))
+                assert d1 is not None and d2 is not None
+                dts: np.ndarray = np.concatenate((d1, d2))
                 hists.append(np.bincount((dts - s.lo) // s.bin_width, minlength=s.n_bins))
         horizon = self._stream.stats.last_time - self._keep_ps
         for c in range(n_ch):
@@ -152,7 +153,7 @@ class _NumpyNFold:
     def _empty_hist(self) -> np.ndarray | None:
         return np.zeros(1 << len(self._setup.channels), np.int64) if self._setup.histogram else None
 
-    def _feed(self, t: np.ndarray, c: np.ndarray, hist, events: list) -> None:
+    def _feed(self, t: np.ndarray, c: np.ndarray, hist, events: list[tuple[int, int]]) -> None:
         """Feed released tags, sorted by delayed time, to the greedy cluster rule."""
         w = self._setup.window
         i, n = 0, t.size
@@ -168,21 +169,21 @@ class _NumpyNFold:
                 self._emit(hist, events)
         return None
 
-    def _emit(self, hist, events: list) -> None:
+    def _emit(self, hist, events: list[tuple[int, int]]) -> None:
         if hist is not None:
             hist[self._mask] += 1
         if bin(self._mask).count("1") >= self._setup.min_fold:
             events.append((self._t_open + self._min_delay, self._mask))
         self._open = False
 
-    def _release(self, upto: int | None, hist, events: list) -> None:
+    def _release(self, upto: int | None, hist, events: list[tuple[int, int]]) -> None:
         order = np.argsort(self._pending_t, kind="stable")
         t, c = self._pending_t[order], self._pending_c[order]
         k = t.size if upto is None else int(np.searchsorted(t, upto, side="right"))
         self._feed(t[:k], c[:k], hist, events)
         self._pending_t, self._pending_c = t[k:], c[k:]
 
-    def _result(self, hist, events: list, singles) -> NFoldResult:
+    def _result(self, hist, events: list[tuple[int, int]], singles) -> NFoldResult:
         return NFoldResult(np.array(events, CLUSTER_DTYPE), hist, singles)
 
     def process(self, block: TagBlock) -> NFoldResult:
@@ -197,7 +198,8 @@ class _NumpyNFold:
         singles = np.bincount(idx, minlength=len(self._setup.channels)).astype(np.int64)
         self._pending_t = np.concatenate((self._pending_t, times + self._shift[idx]))
         self._pending_c = np.concatenate((self._pending_c, idx))
-        hist, events = self._empty_hist(), []
+        hist = self._empty_hist()
+        events: list[tuple[int, int]] = []
         last = self._stream.stats.last_time
         if last != _I64_MIN:
             self._release(last, hist, events)
@@ -206,7 +208,8 @@ class _NumpyNFold:
         return self._result(hist, events, singles)
 
     def flush(self) -> NFoldResult:
-        hist, events = self._empty_hist(), []
+        hist = self._empty_hist()
+        events: list[tuple[int, int]] = []
         self._release(None, hist, events)
         if self._open:
             self._emit(hist, events)

@@ -24,5 +24,8 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
 fi
 
+echo "== static checks"
+bash tests/static_checks.sh
+
 echo "== running the test suite"
 exec .venv/bin/python -m pytest "$@"
