@@ -206,7 +206,9 @@ class AcquisitionPipeline:
     """Tagger → native core → :class:`ChunkEvents`, bounded at every stage (see module docstring).
 
     ``pairs``, ``window_ps``, ``delays_ps``, ``accidental_offset_ps``: as
-    :class:`qnode.native.Coincidences`. ``singles_channels``: extra channels to report singles
+    :class:`qnode.native.Coincidences` (``window_ps`` is the half-width w of |Δt| ≤ w, a full
+    width of 2w + 1 ps on the integer-ps grid: :func:`~.estimators.full_window_ps`, what an
+    accidental prediction must use). ``singles_channels``: extra channels to report singles
     for (pair and N-fold channels always are). ``nfold_channels``/``nfold_window_ps``/
     ``nfold_min_fold``: also run :class:`qnode.native.NFold` (same ``delays_ps``) and report its
     clusters. ``queue_chunks``: chunk queue limit; ``event_queue_chunks``: ChunkEvents queue

@@ -23,9 +23,10 @@ Contents (sources per function):
 * :class:`BellDiagonal` — validated coefficients, Werner states, fidelity, Pauli-frame relabelling,
   entropy H(λ).
 * Ageing: :class:`PauliChannel` from T1/T2 (Pauli-twirled amplitude damping + dephasing), from
-  depolarising or from SeQUeNCe's per-axis rates; :func:`apply_channels`, :func:`age` (with an
-  optional exact Bell-diagonal correction when both halves decay), :func:`aged_fidelity`,
-  :func:`cutoff_ok`, :func:`cutoff_for_fidelity`.
+  depolarising or from SeQUeNCe's per-axis rates; :func:`apply_channels`; :func:`age_halves`
+  and :func:`age` (exact Bell weights after T1/T2 decay of one or both halves: the per-qubit
+  twirl plus the joint decay towards |00⟩), :func:`aged_fidelity`, :func:`cutoff_ok`,
+  :func:`cutoff_for_fidelity`.
 * Swapping: :func:`swap` (anchors §4.3 + SeQUeNCe BDS noise, §2.3), :func:`pauli_frame`.
 * Purification: :func:`dejmps` (Deutsch et al. 1996, *with* the bilateral ±π/2 X rotations),
   :func:`bbpssw` (Bennett et al. 1996), both with SeQUeNCe's BDS noise model (anchors §2.2);
@@ -38,7 +39,7 @@ fidelities and probabilities are dimensionless; entropies and capacities are in 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, NamedTuple
@@ -47,8 +48,8 @@ import numpy as np
 
 __all__ = [
     "BELL_NAMES", "SUM_TOLERANCE", "Bell", "BellLike", "bell", "xor_convolve",
-    "BellDiagonal", "PauliChannel", "apply_channels", "age", "aged_fidelity", "cutoff_ok",
-    "cutoff_for_fidelity", "swap", "pauli_frame", "Purified", "PurificationImpossible",
+    "BellDiagonal", "PauliChannel", "apply_channels", "age", "age_halves", "aged_fidelity",
+    "cutoff_ok", "cutoff_for_fidelity", "swap", "pauli_frame", "Purified", "PurificationImpossible",
     "PurificationProtocol", "dejmps", "bbpssw", "purify", "parity_check",
     "BILATERAL_ROTATIONS", "bilateral_rotation", "PurificationPlan", "purify_until",
     "hashing_yield", "hashing_yield_clamped",
@@ -127,7 +128,7 @@ def _prob_vector(values: Iterable[float], field: str) -> tuple[float, float, flo
     if abs(total - 1.0) > SUM_TOLERANCE:
         raise ValueError(f"{field}: entries must sum to 1 (within {SUM_TOLERANCE:g}), "
                          f"got sum {total!r}")
-    return vec  # type: ignore[return-value]
+    return vec
 
 
 def _clean(vec: np.ndarray) -> np.ndarray:
@@ -261,8 +262,13 @@ class PauliChannel:
 
     @classmethod
     def depolarizing(cls, p: float) -> PauliChannel:
-        """ρ → (1−p)ρ + p·I/2 (anchors §7): p_I = 1 − 3p/4, p_X = p_Y = p_Z = p/4; p in [0, 4/3]
-        (p = 4/3 is the completely Pauli-randomising channel)."""
+        """ρ → (1−p)ρ + p·I/2 (anchors §7): p_I = 1 − 3p/4, p_X = p_Y = p_Z = p/4.
+
+        The Bloch vector shrinks by 1 − p. p = 1 is the completely depolarising channel (every
+        input goes to I/2). p may go up to 4/3, where p_I = 0 and it is still a channel
+        (p_I ≥ 0 iff p ≤ 4/3): for 1 < p ≤ 4/3 the Bloch vector is also inverted, and
+        p = 4/3 gives ρ → (XρX + YρY + ZρZ)/3, which scales it by −1/3. ValueError outside
+        [0, 4/3]."""
         p = _unit(p, "p", hi=4.0 / 3.0)
         return cls((1.0 - 0.75 * p, p / 4.0, p / 4.0, p / 4.0))
 
@@ -289,6 +295,9 @@ class PauliChannel:
         Physicality (p_Z ≥ 0 for all t) holds iff T2 ≤ 2·T1, which is required (ValueError).
         ``t1_s``/``t2_s`` may be ``math.inf``. Channels of one memory compose in time:
         from_t1_t2(a)∘from_t1_t2(b) = from_t1_t2(a + b).
+
+        On *one* half of a Bell-diagonal pair this channel gives the exact Bell weights; on
+        both halves it misses a correlation: use :func:`age_halves` (or :func:`age`).
         """
         t = _unit(wait_s, "wait_s", hi=math.inf)
         t1 = _positive_time(t1_s, "t1_s")
@@ -349,7 +358,9 @@ def apply_channels(state: BellDiagonal, a: PauliChannel | None = None,
                    b: PauliChannel | None = None) -> BellDiagonal:
     """Apply Pauli channel ``a`` to the first qubit and ``b`` to the second (None = identity).
 
-    λ' = λ ⊛ p_a ⊛ p_b; hence ageing both halves equals ageing one half with ``a.compose(b)``.
+    λ' = λ ⊛ p_a ⊛ p_b; hence two Pauli channels on the two halves equal one channel
+    ``a.compose(b)`` on one half. For T1/T2 decay of both halves this is only the Pauli-twirl
+    approximation (:meth:`PauliChannel.from_t1_t2`); :func:`age_halves` is exact.
     """
     vec = state.as_array()
     for ch in (a, b):
@@ -358,56 +369,121 @@ def apply_channels(state: BellDiagonal, a: PauliChannel | None = None,
     return BellDiagonal._from_array(vec)
 
 
-def age(state: BellDiagonal, wait_s: float, *, t1_s: float, t2_s: float,
-        halves: Literal[1, 2] = 2, bd_projection: bool = False) -> BellDiagonal:
-    """Age a pair by ``wait_s`` seconds of memory T1/T2 decoherence (:meth:`PauliChannel.
-    from_t1_t2`) on one half (``halves=1``: the other is a photon or already measured) or on
-    both halves with the same T1/T2. Different memories: use :func:`apply_channels`.
+#: Sign of the joint-decay term in each Bell weight [Φ+, Φ−, Ψ+, Ψ−]: the sign of ⟨Z⊗Z⟩ in
+#: that Bell state (see :func:`age_halves`).
+_ZZ_SIGNS = np.array([1.0, 1.0, -1.0, -1.0])
 
-    One half: the result is *exactly* the Bell-diagonal part of the un-twirled amplitude-
-    damping + dephasing channel (the BD projection is a bilateral Pauli twirl, which twirls the
-    one channel). Both halves: independent per-qubit twirls drop a correlation — both qubits
-    decay toward |0⟩, adding (1 − e^{−t/T1})² to ⟨Z⊗Z⟩ — so the exact BD part has
-    Δλ = (1 − e^{−t/T1})²/4 · [+1, +1, −1, −1] on top of the Pauli-twirl result (derived; checked
-    against explicit Kraus operators in the tests). ``bd_projection=True`` adds it; the default
-    (False) is the standard per-qubit Pauli-twirl approximation, which under-estimates the
-    fidelity to Φ± (and over-estimates it to Ψ±) by that amount, second order in t/T1.
+
+def _per_half(value: float | tuple[float, float], field: str) -> tuple[float, float]:
+    """A number for both halves, or an (A, B) pair: → (A, B) (checked by the caller)."""
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"{field}: expected a number or an (a, b) pair, got {value!r}")
+        return value[0], value[1]
+    return value, value
+
+
+def age_halves(state: BellDiagonal, wait_a_s: float, wait_b_s: float, *,
+               t1_s: float | tuple[float, float],
+               t2_s: float | tuple[float, float]) -> BellDiagonal:
+    """Exact Bell weights of a pair after its first half (A) has decayed for ``wait_a_s`` and
+    its second (B) for ``wait_b_s`` seconds in a memory with T1/T2 (s).
+
+    The decay is amplitude damping towards |0⟩ with γ = 1 − e^{−t/T1} plus dephasing that
+    takes the coherences to e^{−t/T2} (T2 ≤ 2·T1, ValueError otherwise), the model of
+    :meth:`PauliChannel.from_t1_t2` before twirling. ``t1_s``/``t2_s`` are one number for both
+    halves or an (A, B) pair (memories may differ); ``math.inf`` switches a process off; a
+    wait of 0 leaves that half alone (a photon, a measured qubit). ``state`` and the result
+    are absolute weights (relative to Φ+, in the lab's computational basis): for a state kept
+    relative to an announced Bell state B, use ``age_halves(s.relabel(B), …).relabel(B)``.
+
+    The result is λ'_k = ⟨B_k|(E_A ⊗ E_B)(ρ)|B_k⟩, the fidelity of the decohered pair to each
+    Bell state (its Bell-diagonal projection):
+
+        λ' = λ ⊛ p_A ⊛ p_B + (a·b/4)·[+1, +1, −1, −1],
+
+    with p_A, p_B the Pauli-twirled channels of the two halves, a = 1 − e^{−t_A/T1_A} and
+    b = 1 − e^{−t_B/T1_B}.
+
+    Derivation. Write ρ = ¼(I⊗I + Σ_i c_i σ_i⊗σ_i), c = (⟨XX⟩, ⟨YY⟩, ⟨ZZ⟩) (the correlation
+    form of two-qubit states; R. & M. Horodecki, PRA 54, 1838 (1996)), so that
+    λ_Φ± = (1 ± c_x ∓ c_y + c_z)/4 and λ_Ψ± = (1 ± c_x ± c_y − c_z)/4. On one qubit the decay
+    maps I → I + γZ, Z → (1 − γ)Z and X, Y → e^{−t/T2}·(X, Y) (the affine Bloch map of
+    amplitude damping, Nielsen & Chuang, *Quantum Computation and Quantum Information*,
+    §8.3.5). So c_x and c_y scale by e^{−t_A/T2_A}·e^{−t_B/T2_B}, and c_z becomes
+    (1 − a)(1 − b)·c_z + a·b, the last term from I⊗I → (I + aZ)⊗(I + bZ); the local terms
+    a·Z⊗I and b·I⊗Z have no Bell-diagonal part. The twirled channels give all of this except
+    a·b (a twirl drops the pull towards |0⟩), which adds a·b/4 to λ_Φ± and takes it from λ_Ψ±:
+    both qubits relax towards |00⟩, so ⟨Z⊗Z⟩ rises whichever Bell state the pair was, and a
+    Ψ± pair is worse, a Φ± pair better, than the per-qubit twirl says. With one half only
+    (b = 0) the twirl is exact. Both halves at t → ∞ end in |00⟩: λ' = [½, ½, 0, 0].
     """
-    if halves not in (1, 2):
-        raise ValueError(f"halves: expected 1 or 2, got {halves!r}")
-    ch = PauliChannel.from_t1_t2(wait_s, t1_s, t2_s)
-    out = apply_channels(state, ch, ch if halves == 2 else None)
-    if bd_projection and halves == 2:
-        d = (4.0 * ch.p_x) ** 2 / 4.0  # 4·p_X = 1 − e^{−t/T1}
-        out = BellDiagonal._from_array(out.as_array() + d * np.array([1.0, 1.0, -1.0, -1.0]))
+    t1_a, t1_b = _per_half(t1_s, "t1_s")
+    t2_a, t2_b = _per_half(t2_s, "t2_s")
+    ch_a = PauliChannel.from_t1_t2(wait_a_s, t1_a, t2_a)   # validates the waits and times
+    ch_b = PauliChannel.from_t1_t2(wait_b_s, t1_b, t2_b)
+    out = apply_channels(state, ch_a if ch_a.probabilities[0] != 1.0 else None,
+                         ch_b if ch_b.probabilities[0] != 1.0 else None)
+    d = _decay_complement(float(wait_a_s), float(t1_a)) * _decay_complement(
+        float(wait_b_s), float(t1_b)) / 4.0
+    if d > 0.0:
+        out = BellDiagonal._from_array(out.as_array() + d * _ZZ_SIGNS)
     return out
 
 
+def age(state: BellDiagonal, wait_s: float, *, t1_s: float, t2_s: float,
+        halves: Literal[1, 2] = 2) -> BellDiagonal:
+    """Age a pair by ``wait_s`` seconds of memory T1/T2 decay (s) on one half (``halves=1``:
+    the other is a photon or already measured) or on both halves for the same time in alike
+    memories: :func:`age_halves` with the waits (``wait_s``, 0) or (``wait_s``, ``wait_s``),
+    exact Bell weights. ``state`` and the result are absolute (relative to Φ+). Different
+    waits or memories: :func:`age_halves`.
+    """
+    if halves not in (1, 2):
+        raise ValueError(f"halves: expected 1 or 2, got {halves!r}")
+    return age_halves(state, wait_s, wait_s if halves == 2 else 0.0, t1_s=t1_s, t2_s=t2_s)
+
+
 def aged_fidelity(state: BellDiagonal, wait_s: float, *, t1_s: float, t2_s: float,
-                  halves: Literal[1, 2] = 2, bd_projection: bool = False) -> float:
-    """Fidelity to Φ+ after :func:`age`, in closed form (derived from the Pauli transfer matrix):
+                  halves: Literal[1, 2] = 2, target: BellLike = Bell.PHI_PLUS) -> float:
+    """Fidelity to the Bell state ``target`` (default Φ+) after :func:`age`, in closed form.
 
-        F(t) = ¼[1 + 2(λ_Φ+ − λ_Φ−)·e^{−h·t/T2} + (λ_Φ+ + λ_Φ− − λ_Ψ+ − λ_Ψ−)·e^{−h·t/T1}]
+    With λ = ``state.relabel(target)`` (the state relative to the target), h = ``halves``,
+    u = e^{−t/T1} and v = e^{−t/T2} (t = ``wait_s``, s):
 
-    with h = ``halves`` (plus (1 − e^{−t/T1})²/4 with ``bd_projection`` and h = 2; see
-    :func:`age`; the statements below are about the default). F(t) is non-increasing for every
-    T1, T2 iff λ_Φ+ ≥ λ_Φ− and λ_Φ+ + λ_Φ− ≥ λ_Ψ+ + λ_Ψ− (true whenever F ≥ ½); otherwise ageing
-    can *raise* the fidelity (e.g. a Ψ+ pair gains Φ+ weight from bit flips).
+        F(t) = ¼[1 + 2(λ_0 − λ_1)·v^h + (λ_0 + λ_1 − λ_2 − λ_3)·u^h] ± [h = 2]·(1 − u)²/4,
+
+    + for a Φ± target, − for Ψ±: the correlation form of :func:`age_halves`, where
+    λ_0 = (1 + c_x − c_y + c_z)/4 and c_x − c_y = 2(λ_0 − λ_1), c_z = λ_0 + λ_1 − λ_2 − λ_3.
+    ``state`` is absolute (relative to Φ+), as for :func:`age`.
+
+    Time course, when λ_0 ≥ λ_1 and λ_0 + λ_1 ≥ λ_2 + λ_3 (true whenever F ≥ ½): F(t) does
+    not increase, except for a Φ± target with both halves decaying (finite T1), where it falls
+    to one minimum and then rises to ½ (both halves end in |00⟩). Without these conditions
+    ageing can raise the fidelity (e.g. a Ψ+ pair gains Φ+ weight from bit flips).
     """
     if halves not in (1, 2):
         raise ValueError(f"halves: expected 1 or 2, got {halves!r}")
     t = _unit(wait_s, "wait_s", hi=math.inf)
+    t1, t2 = _t1_t2(t1_s, t2_s)
+    tgt = bell(target, "target")
+    c = state.relabel(tgt).coefficients
+    e2 = _decay(t, t2) ** halves
+    e1 = _decay(t, t1) ** halves
+    f = 0.25 * (1.0 + 2.0 * (c[0] - c[1]) * e2 + (c[0] + c[1] - c[2] - c[3]) * e1)
+    if halves == 2:
+        d = 0.25 * _decay_complement(t, t1) ** 2
+        f = f + d if tgt.x == 0 else f - d
+    return max(0.0, f)
+
+
+def _t1_t2(t1_s: float, t2_s: float) -> tuple[float, float]:
+    """Validated (T1, T2) in s: both > 0 (``math.inf`` allowed) and T2 ≤ 2·T1."""
     t1 = _positive_time(t1_s, "t1_s")
     t2 = _positive_time(t2_s, "t2_s")
     if t2 > 2.0 * t1:
         raise ValueError(f"t2_s: T2 must be <= 2*T1 (physical), got T1={t1_s!r}, T2={t2_s!r}")
-    c = state.coefficients
-    e2 = _decay(t, t2) ** halves
-    e1 = _decay(t, t1) ** halves
-    f = 0.25 * (1.0 + 2.0 * (c[0] - c[1]) * e2 + (c[0] + c[1] - c[2] - c[3]) * e1)
-    if bd_projection and halves == 2:
-        f += 0.25 * _decay_complement(t, t1) ** 2
-    return f
+    return t1, t2
 
 
 def cutoff_ok(state_age_s: float, cutoff_s: float) -> bool:
@@ -422,34 +498,71 @@ def cutoff_ok(state_age_s: float, cutoff_s: float) -> bool:
 
 
 def cutoff_for_fidelity(state: BellDiagonal, min_fidelity: float, *, t1_s: float, t2_s: float,
-                        halves: Literal[1, 2] = 2, rel_tol: float = 1e-12) -> float:
-    """The longest wait (s) after which :func:`aged_fidelity` is still ≥ ``min_fidelity``.
+                        halves: Literal[1, 2] = 2, target: BellLike = Bell.PHI_PLUS,
+                        rel_tol: float = 1e-12) -> float:
+    """The longest wait (s) up to which :func:`aged_fidelity` (to ``target``) stays
+    ≥ ``min_fidelity``: the first time it falls below.
 
-    Returns 0.0 if the state is already below, ``math.inf`` if ageing never takes it below
-    (the t → ∞ limit is computed in closed form). Otherwise bisection on the closed form to
-    ``rel_tol``; this needs F(t) monotone, so states violating the condition in
-    :func:`aged_fidelity` are refused (ValueError).
+    Returns 0.0 if the state is already below, ``math.inf`` if ageing never takes it below.
+    Needs the conditions of :func:`aged_fidelity` (λ relative to the target: λ_0 ≥ λ_1 and
+    λ_0 + λ_1 ≥ λ_2 + λ_3; ValueError otherwise), under which F(t) is either non-increasing
+    or (Φ± target, both halves, finite T1) falls to a single minimum and rises after it.
+
+    Why a single minimum (Φ± target, both halves): with u = e^{−t/T1}, r = T1/T2 ≥ ½,
+    D = λ_0 − λ_1 ≥ 0 and S = λ_0 + λ_1 − λ_2 − λ_3 ≥ 0, 4F = 1 + g(u) with
+    g(u) = 2D·u^{2r} + (S + 1)·u² − 2u + 1, and g′(u) = 4rD·u^{2r−1} + 2(S + 1)·u − 2
+    increases with u, so it changes sign at most once.
+    That minimum (where dF/dt changes sign) and the crossing before it are found by bisection
+    to ``rel_tol``; without one, F(∞) decides and bisection finds the crossing.
     """
     f_min = _unit(min_fidelity, "min_fidelity")
-    c = state.coefficients
+    if halves not in (1, 2):
+        raise ValueError(f"halves: expected 1 or 2, got {halves!r}")
+    t1, t2 = _t1_t2(t1_s, t2_s)
+    tgt = bell(target, "target")
+    c = state.relabel(tgt).coefficients
     if c[0] < c[1] or c[0] + c[1] < c[2] + c[3]:
-        raise ValueError("state: ageing is not monotone for this state (needs λ_Φ+ >= λ_Φ- and "
-                         "λ_Φ+ + λ_Φ- >= λ_Ψ+ + λ_Ψ-)")
-    kw = {"t1_s": t1_s, "t2_s": t2_s, "halves": halves}
-    if aged_fidelity(state, 0.0, **kw) < f_min:
+        raise ValueError("state: ageing is not monotone (up to a minimum) for this state "
+                         "(needs, relative to the target, λ_0 >= λ_1 and "
+                         "λ_0 + λ_1 >= λ_2 + λ_3)")
+
+    def fid(t: float) -> float:
+        return aged_fidelity(state, t, t1_s=t1, t2_s=t2, halves=halves, target=tgt)
+
+    def bisect(lo: float, hi: float, ok: Callable[[float], bool]) -> float:
+        """The boundary in [lo, hi] with ok(lo) and not ok(hi), to ``rel_tol`` (returns lo)."""
+        while hi - lo > rel_tol * hi:
+            mid = 0.5 * (lo + hi)
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    if fid(0.0) < f_min:
         return 0.0
-    if aged_fidelity(state, math.inf, **kw) >= f_min:
+    t_end = math.inf          # F is non-increasing on [0, t_end]
+    if halves == 2 and tgt.x == 0 and not math.isinf(t1):
+        d, s = c[0] - c[1], c[0] + c[1] - c[2] - c[3]
+
+        def falling(t: float) -> bool:   # dF/dt ≤ 0 (times 4)
+            u, v = _decay(t, t1), _decay(t, t2)
+            return -4.0 * d * v * v / t2 - 2.0 * s * u * u / t1 + 2.0 * (1.0 - u) * u / t1 <= 0.0
+
+        hi = min(t1, t2)
+        while falling(hi) and hi < 1000.0 * t1:   # beyond: e^{−t/T1} = 0, F is constant
+            hi *= 2.0
+        if not falling(hi):
+            t_end = bisect(0.0, hi, falling)
+    if fid(t_end) >= f_min:
         return math.inf
-    lo, hi = 0.0, min(t1_s, t2_s)
-    while aged_fidelity(state, hi, **kw) >= f_min:
-        lo, hi = hi, 2.0 * hi
-    while hi - lo > rel_tol * hi:
-        mid = 0.5 * (lo + hi)
-        if aged_fidelity(state, mid, **kw) >= f_min:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    if math.isinf(t_end):
+        lo, hi = 0.0, min(t1, t2)
+        while fid(hi) >= f_min:
+            lo, hi = hi, 2.0 * hi
+    else:
+        lo, hi = 0.0, t_end
+    return bisect(lo, hi, lambda t: fid(t) >= f_min)
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,7 +790,8 @@ def purify_until(state: BellDiagonal, target_fidelity: float, *,
         raise ValueError(f"max_rounds: expected an int >= 0, got {max_rounds!r}")
     if schedule not in ("recurrence", "pumping"):
         raise ValueError(f"schedule: expected 'recurrence' or 'pumping', got {schedule!r}")
-    current, cost, probs = state, 1.0, []
+    current, cost = state, 1.0
+    probs: list[float] = []
     for n in range(max_rounds + 1):
         if current.fidelity() >= target:
             return PurificationPlan(n, tuple(probs), cost, current, protocol, schedule)

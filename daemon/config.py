@@ -116,7 +116,7 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     brightness_hz_per_mw = 2500.0 # pairs/s per mW of pump at the working temperature
     efficiency = [0.3, 0.3]       # per side (ends order), detection incl. fibre (Klyshko)
     dark_count_rate_hz = [400.0, 400.0]  # per side, summed over its detectors (pump off)
-    window_ps = 500               # the analyzers' half-window w: τ = 2w
+    window_ps = 500               # the analyzers' half-window w: τ = 2w + 1 ps
     visibility = 0.95             # the pairs' Werner visibility without accidentals
     min_pump_mw = 0.0             # the powers the FEU may choose from
     max_pump_mw = 200.0
@@ -141,6 +141,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .estimators import full_window_ps
 from .feu import FidelityEstimationUnit
 from .keys import KeyFileError, read_key_file
 
@@ -953,7 +954,7 @@ def _source_feu(r: _Reader, pump_power_mw: float) -> FidelityEstimationUnit:
                      f" = [{lo:g}, {hi:g}]")
     return FidelityEstimationUnit(
         brightness_hz_per_mw=brightness, efficiency_a=eff[0], efficiency_b=eff[1],
-        window_ps=2.0 * r.integer("window_ps", 0, 1, 10**9),
+        window_ps=full_window_ps(r.integer("window_ps", 0, 1, 10**9)),
         visibility=r.number("visibility", 0, 0, 1), max_power_mw=hi, min_power_mw=lo,
         dark_a_hz=dark[0], dark_b_hz=dark[1])
 

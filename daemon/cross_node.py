@@ -174,8 +174,11 @@ def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
 
     * ``qber_z``/``qber_x``: :func:`~.estimators.basis_qber` of the coincidences of the own and
       peer bases with that label, outcomes mapped to the basis' ± eigenstates, against
-      ``source_state``; raw counts (accidentals stay in: they are errors of the key as well);
-      ``qber_<b>_err`` its σ.
+      ``source_state``; raw counts (accidentals stay in: they are errors of the key as well),
+      reported through :func:`~.estimators.physical_qber` without read-out correction:
+      ``qber_<b>`` inside [0, 1], ``qber_<b>_raw`` the unclamped value (the same here: an error
+      fraction of raw counts cannot leave [0, 1]), ``qber_<b>_ci_low``/``qber_<b>_ci_high`` the
+      95 % Wilson interval; ``qber_<b>_err`` its σ (not in the telemetry).
     * ``visibility``: mean over those bases of s_b·E_bb (accidental-subtracted correlation, s_b
       the source state's sign, anchors §6 V_b = 1 − 2Q_b); with one setting on each side and no
       common Pauli basis, |E| of that setting pair (accidental-subtracted).
@@ -214,7 +217,7 @@ def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
         if qb.total == 0:
             continue
         q[b] = qb
-        out[f"qber_{b.lower()}"] = qb.value
+        out.update(est.qber_telemetry(b, est.physical_qber(qb.errors, qb.total)))
         out[f"qber_{b.lower()}_err"] = qb.sigma
         e = est.correlation(*n, accidentals=list(np.minimum(acc, n)))
         if math.isfinite(e.value):

@@ -1,19 +1,21 @@
 """Link-quality estimators: pure functions on counts, each with a Poisson standard error.
 
-Notation (``reference/coincidence_anchors.md`` §6): N_s, N_i singles counts of the two arms, C
-coincidences counted in |Δt| ≤ w (full window τ = 2w), A accidentals (counted in a displaced window
-of the same width, or expected from singles), T the integration time. Counts are dimensionless;
-times are ps unless a name says otherwise. Every function returns an :class:`Estimate` (value,
-sigma) with first-order (delta-method) error propagation, treating each count as Poisson
-(σ_N = √N) unless stated. Nothing here subtracts accidentals behind your back: the functions that
-use A say so.
+Notation: N_s, N_i singles counts of the two arms, C coincidences counted in |Δt| ≤ w on the
+native core's integer-picosecond grid (full window τ = 2w + 1 ps: :func:`full_window_ps`), A
+accidentals (counted in a displaced window of the same width, or expected from singles), T the
+integration time. Counts are dimensionless; times are ps unless a name says otherwise. Every
+function returns an :class:`Estimate` (value, sigma) with first-order (delta-method) error
+propagation, treating each count as Poisson (σ_N = √N) unless stated. Nothing here subtracts
+accidentals behind your back: the functions that use A say so.
 
 Entanglement and key figures (``reference/qnet_anchors.md`` §6, §7; DESIGN §4): QBER per basis
-with Wilson / Clopper–Pearson intervals (:func:`basis_qber`), fidelity and the Bell-diagonal
-weights λ from QBERs, CHSH S from four settings and the Horodecki S_max, BBM92 key fractions and
-rates, dense-coding capacity and hashing yield of an estimated λ. Bell states are named "phi+",
-"phi-", "psi+", "psi-"; Pauli bases "X", "Y", "Z" with the '+' outcome the +1 eigenvector of
-σ_x, σ_y, σ_z on both sides (Z+ = H, X+ = D, Y+ = R, as in :mod:`qnode.hal_sim.polarisation`).
+with Wilson / Clopper–Pearson intervals (:func:`basis_qber`), the reported QBER inside its
+physical range, optionally read-out corrected (:func:`physical_qber`), fidelity and the
+Bell-diagonal weights λ from QBERs, CHSH S from four settings and the Horodecki S_max, BBM92
+key fractions and rates, dense-coding capacity and hashing yield of an estimated λ. Bell states
+are named "phi+", "phi-", "psi+", "psi-"; Pauli bases "X", "Y", "Z" with the '+' outcome the +1
+eigenvector of σ_x, σ_y, σ_z on both sides (Z+ = H, X+ = D, Y+ = R, as in
+:mod:`qnode.hal_sim.polarisation`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from statistics import NormalDist
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -56,19 +58,39 @@ def _count(name: str, x: float) -> float:
     return float(x)
 
 
+def full_window_ps(window_ps: float) -> float:
+    """Width τ (ps) of the coincidence window |Δt| ≤ w as the native core counts it.
+
+    The core (``native/qcore.c``: a pair spec [lo, hi] = [−w, w] counts a partner tag at time v
+    when t + lo ≤ v ≤ t + hi, both edges inclusive, on int64 picosecond times) admits every
+    integer offset from −w to +w: 2w + 1 values, so τ = 2w + 1 ps, not 2w. The difference is
+    −20 % at w = 2 ps, and w = 0 (equal times only) still counts one value. A non-integer w
+    admits 2⌊w⌋ + 1 integer offsets. ``window_ps``: the half-width w (ps, ≥ 0).
+    """
+    w = float(window_ps)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"window_ps must be a finite half-width >= 0, got {window_ps!r}")
+    return 2.0 * math.floor(w) + 1.0
+
+
 def expected_accidentals(singles_1: float, singles_2: float, window_ps: float,
                          duration_ps: float) -> Estimate:
-    """Expected accidental coincidences of a CW stream, A = R1·R2·τ·T with τ = 2w.
+    """Expected accidental coincidences of two uncorrelated streams, A = N1·N2·τ/T (counts),
+    τ = 2w + 1 ps (:func:`full_window_ps`).
 
-    With R = N/T: A = N1·N2·(2w)/T (counts). ``window_ps`` is the half-width w of |Δt| ≤ w;
-    ``duration_ps`` is T. Error from the singles' Poisson errors: (σ_A/A)² = 1/N1 + 1/N2.
-    (On an integer-ps grid |Δt| ≤ w spans 2w + 1 values; the 1-ps difference is ignored.)
+    Derivation: the N2 tags of stream 2 are spread uniformly over the T ps of the run, so each
+    of the N1 tags of stream 1 finds on average N2/T of them at each integer offset, and the
+    window |Δt| ≤ w holds 2w + 1 integer offsets. In rates, A/T = R1·R2·τ (R = N/T). Tags within
+    w of the run's ends see part of the window only (a relative error of order w/T, neglected).
+    ``window_ps`` is the half-width w (ps) as given to the core, ``duration_ps`` is T (ps).
+    Error from the singles' Poisson errors: (σ_A/A)² = 1/N1 + 1/N2. This is the expectation; a
+    count of accidentals scatters about it by more than √A when other tags often share a window
+    (roughly A·(1 + (R1 + R2)·τ)).
     """
     n1, n2 = _count("singles_1", singles_1), _count("singles_2", singles_2)
-    if window_ps < 0 or duration_ps <= 0:
-        raise ValueError(
-            f"window_ps must be >= 0 and duration_ps > 0, got {window_ps}, {duration_ps}")
-    a = n1 * n2 * 2.0 * window_ps / duration_ps
+    if not duration_ps > 0:
+        raise ValueError(f"duration_ps must be > 0, got {duration_ps!r}")
+    a = n1 * n2 * full_window_ps(window_ps) / duration_ps
     rel2 = (1.0 / n1 if n1 else 0.0) + (1.0 / n2 if n2 else 0.0)
     return Estimate(a, a * math.sqrt(rel2))
 
@@ -216,7 +238,7 @@ def _vs(name: str, x: QLike) -> tuple[float, float]:
         val, sig = float(x.value), float(x.sigma)
     else:
         try:
-            val, sig = float(x), 0.0  # type: ignore[arg-type]
+            val, sig = float(x), 0.0
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a number or an Estimate, got {x!r}") from None
     if not math.isfinite(val) or not (sig >= 0.0):
@@ -402,6 +424,108 @@ def basis_qber(n_pp: float, n_mm: float, n_pm: float, n_mp: float, *, basis: str
     return Qber(q, math.sqrt(q * (1.0 - q) / total), err, total)
 
 
+QBER_RANGE: tuple[float, float] = (0.0, 1.0)
+"""Physical range of a basis QBER against a target Bell state. Q_b is the weight of the two Bell
+states that disagree with the target in basis b (Q_Z = λΨ+ + λΨ− for Φ+), so any state gives a
+value in [0, 1]. Values above ½ are physical (an anti-correlated pair, e.g. a wrong Bell frame),
+so the range is not cut at ½: that would hide such a fault as a plausible Q = ½."""
+
+QBER_LEVEL = 0.95
+"""Confidence level of the QBER intervals the daemon reports (``qber_<b>_ci_low`` and
+``qber_<b>_ci_high`` in the telemetry)."""
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+class PhysicalQber(NamedTuple):
+    """A QBER estimate reported inside :data:`QBER_RANGE`, with the unclamped one kept.
+
+    * ``value``: the estimate clamped to [0, 1] (reported as ``qber_<b>``).
+    * ``sigma``: standard error of ``raw`` (first order), not changed by the clamp.
+    * ``raw``: the unclamped estimate (k/n − p)/(1 − 2p) (reported as ``qber_<b>_raw``). It is
+      unbiased, so it is the one to average over runs; with a read-out correction (p > 0)
+      counting noise puts it below 0 when the true QBER is near 0.
+    * ``low``, ``high``: confidence interval at ``level`` (reported as ``qber_<b>_ci_low`` and
+      ``qber_<b>_ci_high``), always inside [0, 1] and always containing ``value``.
+    * ``errors``, ``total``: the raw counts k and n; ``flip``: the read-out flip probability p.
+
+    Usable wherever a QBER is expected (:data:`QLike`): ``value`` and ``sigma``.
+    """
+
+    value: float
+    sigma: float
+    raw: float
+    low: float
+    high: float
+    level: float
+    errors: float
+    total: float
+    flip: float
+
+    @property
+    def clamped(self) -> bool:
+        """True when the raw estimate lay outside [0, 1]."""
+        return self.raw != self.value
+
+    def within(self, expected: float, n_sigma: float = 3.0) -> bool:
+        """True when |raw − expected| ≤ n_sigma·sigma."""
+        return abs(self.raw - expected) <= n_sigma * self.sigma
+
+
+def physical_qber(errors: float, total: float, *, flip: float = 0.0,
+                  level: float = QBER_LEVEL) -> PhysicalQber:
+    """A basis QBER from k errors among n pairs, optionally corrected for read-out flips, reported
+    inside its physical range [0, 1] (:data:`QBER_RANGE`) with an interval.
+
+    Read-out correction: if each pair's outcome parity is flipped by the read-out with
+    probability p (``flip``, the mean over the pairs when it varies; p < ½), the expected error
+    fraction is q_obs = p + (1 − 2p)·Q, so the unbiased estimate is Q_raw = (k/n − p)/(1 − 2p),
+    with σ = √(q(1 − q)/n)/(1 − 2p), q = k/n (binomial; with p varying per pair the count is
+    Poisson-binomial and this σ is slightly conservative). p = 0 gives the plain fraction k/n.
+
+    Reported value: Q_raw clamped to [0, 1]. The true QBER lies in [0, 1], so the clamped value
+    is never further from it than Q_raw; it is biased upwards near 0, which is why Q_raw is
+    kept beside it.
+
+    Interval: the Wilson score interval of the observed fraction k/n (:func:`wilson_interval`)
+    mapped through the same correction x → (x − p)/(1 − 2p), then intersected with [0, 1].
+    The correction is increasing in x, so the mapped interval keeps the Wilson coverage when p is
+    known; intersecting with the physical range removes only values the true QBER cannot take,
+    so coverage is unchanged. The Wilson interval contains k/n, hence the mapped one contains
+    Q_raw and the intersection contains the clamped value. When the whole mapped interval lies
+    below 0 (fewer errors than the read-out alone explains, e.g. p overestimated) it collapses
+    to [0, 0]; ``raw`` and ``low``/``high`` then say so. n = 0 gives NaN with the interval
+    [0, 1].
+    """
+    k, n = _count("errors", errors), _count("total", total)
+    if k > n:
+        raise ValueError(f"errors ({k}) must not exceed total ({n})")
+    p = float(flip)
+    if not 0.0 <= p < 0.5:
+        raise ValueError(f"flip must be a probability in [0, 0.5), got {flip!r}")
+    lo_w, hi_w = wilson_interval(k, n, level)
+    if n == 0:
+        return PhysicalQber(math.nan, math.nan, math.nan, *QBER_RANGE, level, k, n, p)
+    scale = 1.0 - 2.0 * p
+    frac = k / n
+    raw = (frac - p) / scale
+    sigma = math.sqrt(frac * (1.0 - frac) / n) / scale
+    lo, hi = QBER_RANGE
+    return PhysicalQber(_clip(raw, lo, hi), sigma, raw, _clip((lo_w - p) / scale, lo, hi),
+                        _clip((hi_w - p) / scale, lo, hi), level, k, n, p)
+
+
+def qber_telemetry(basis: str, q: PhysicalQber) -> dict[str, float]:
+    """The telemetry fields of one basis' QBER: ``qber_<b>`` (clamped to [0, 1]),
+    ``qber_<b>_raw`` (unclamped) and ``qber_<b>_ci_low``/``qber_<b>_ci_high`` (the interval at
+    :data:`QBER_LEVEL`), ``<b>`` the basis in lower case ("z", "x", "y")."""
+    b = BASES[_basis_index(basis)].lower()
+    return {f"qber_{b}": q.value, f"qber_{b}_raw": q.raw, f"qber_{b}_ci_low": q.low,
+            f"qber_{b}_ci_high": q.high}
+
+
 def visibility_from_qber(q: QLike) -> Estimate:
     """Visibility of one basis, V_b = 1 − 2·Q_b (anchors §6), σ_V = 2σ_Q."""
     val, sig = _qber_value("q", q)
@@ -569,21 +693,22 @@ def chsh_from_counts(settings: Sequence[object],
             raise ValueError("accidentals apply to counts, not to correlation Estimates")
         return chsh(*items)  # type: ignore[arg-type]
 
-    def rows(name: str, data: Sequence[object]) -> list[list[float]]:
+    def rows(name: str, data: Sequence[Any]) -> list[list[float]]:
         flat: list[float] = []
         for x in data:
             if isinstance(x, (list, tuple)) or hasattr(x, "__len__"):
-                flat.extend(float(y) for y in x)  # type: ignore[union-attr]
+                flat.extend(float(y) for y in x)
             else:
-                flat.append(float(x))  # type: ignore[arg-type]
+                flat.append(float(x))
         if len(flat) != 16:
             raise ValueError(f"{name} must be 4 correlation Estimates or 16 counts "
                              f"(4 settings × N++, N--, N+-, N-+), got {len(flat)} numbers")
         return [flat[4 * i: 4 * i + 4] for i in range(4)]
 
     n = rows("settings", items)
-    acc = rows("accidentals", list(accidentals)) if accidentals is not None else [None] * 4
-    e = [correlation(*n[i], accidentals=acc[i]) for i in range(4)]
+    acc: list[list[float]] | list[None] = (rows("accidentals", list(accidentals))
+                                            if accidentals is not None else [None] * 4)
+    e = [correlation(n[i][0], n[i][1], n[i][2], n[i][3], accidentals=acc[i]) for i in range(4)]
     return chsh(*e)
 
 

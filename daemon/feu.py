@@ -15,12 +15,17 @@ the side's detectors):
 * pair rate            B = b·P                                   (pairs/s)
 * singles              S_i = B·η_i + D_i                         (Hz, summed over the side)
 * true coincidences    C = B·η_a·η_b                             (Hz)
-* accidentals          A = S_a·S_b·τ                             (Hz; τ = full window = 2w)
+* accidentals          A = S_a·S_b·τ                             (Hz; τ = full window, s)
 * delivered rate       R = C + A  (every counted coincidence is delivered: they cannot be told
   apart)
 * the delivered pair is the source's Werner state (visibility V0) with probability
   p = C/(C + A), otherwise two photons of different pairs (white noise, I/4): a Werner state
   of visibility V = V0·C/(C + A), fidelity to the source's Bell state F = (1 + 3V)/4.
+
+The window: the native core counts a coincidence when |Δt| ≤ w on integer picoseconds (both
+edges included), which admits 2w + 1 values of Δt; for uncorrelated tags each value is equally
+likely, so the accidental window is τ = (2w + 1) ps, not 2w (:func:`full_window_ps`; the
+accidental rate of two uniform streams is R_a·R_b per integer offset).
 
 A/C = τ·(αP + D_a)(βP + D_b)/(kP) with α = bη_a, β = bη_b, k = bη_aη_b grows linearly with P
 at high power (multi-pair accidentals: A/C → τ·B) and as 1/P at low power (dark counts), so F(P)
@@ -39,7 +44,12 @@ import dataclasses
 import math
 from typing import NamedTuple
 
+from .estimators import full_window_ps
+
 PS = 1e-12  # seconds per picosecond
+
+__all__ = ["FidelityEstimationUnit", "Prediction", "fidelity_of_visibility",
+           "full_window_ps", "visibility_of_fidelity"]
 
 
 class Prediction(NamedTuple):
@@ -81,8 +91,10 @@ class FidelityEstimationUnit:
     * ``brightness_hz_per_mw``: b, pairs/s generated per mW of pump at the working temperature
       (> 0).
     * ``efficiency_a``, ``efficiency_b``: η_a, η_b in (0, 1], per side, including fibre.
-    * ``window_ps``: τ, the **full** width of the coincidence window (ps); the native core's
-      half-width w counts |Δt| ≤ w, so τ = 2w.
+    * ``window_ps``: τ, the **full** width of the coincidence window (ps). The native core's
+      half-width w counts |Δt| ≤ w on integer picoseconds, both edges included: 2w + 1 offsets,
+      so τ = 2w + 1 ps (:func:`full_window_ps`; 2w would under-predict the accidentals by
+      1/(2w + 1), −20 % at w = 2 ps).
     * ``visibility``: V0 in [0, 1], the Werner visibility of the source's pairs (without
       accidentals).
     * ``max_power_mw``: the highest pump power allowed (mW); ``min_power_mw`` the lowest (≥ 0).
@@ -211,7 +223,8 @@ class FidelityEstimationUnit:
 
         Inputs (rates in Hz over the same interval): ``singles_a_hz``/``singles_b_hz`` summed
         over each side's detectors; ``coincidences_hz`` all counted coincidences C_m between the
-        sides in the window of full width ``window_ps`` (ps, τ = 2w); ``accidentals_hz`` the
+        sides in the window of full width ``window_ps`` (ps, τ = 2w + 1 for the core's
+        half-width w: :func:`full_window_ps`); ``accidentals_hz`` the
         same count in a displaced window (the native core's ``accidentals``); ``visibility`` the
         raw visibility of the counted coincidences (accidentals included, e.g. 1 − 2Q in a basis
         of a Werner source); ``dark_a_hz``/``dark_b_hz`` the singles with the pump off.

@@ -10,7 +10,9 @@ is a terminal, and otherwise (CI logs, a pipe) prints a one-line summary every
 ``summary_every_s`` seconds.
 
 The ``fmt_*`` helpers and :func:`link_table` are the shared vocabulary: a missing, ``None`` or
-non-finite figure prints as ``-``, never as an error.
+non-finite figure prints as ``-``, never as an error. QBERs print inside their physical range
+[0, 1] (:func:`~qnode.daemon.telemetry.link_qber`: a record's unclamped value is clamped for
+display; ``qber_<b>_raw`` keeps it in the telemetry).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-from .telemetry import LinkTelemetry, Telemetry
+from .telemetry import LinkTelemetry, Telemetry, link_qber
 
 MISSING = "-"
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"),
@@ -172,7 +174,7 @@ _LINK_COLUMNS = (("LINK", 14), ("T", 1), ("PEER", 8), ("RATE", 9), ("HERALDS", 7
 
 def link_cells(name: str, lt: Mapping[str, Any]) -> list[str]:
     """The figures of one link end, in the order of :data:`_LINK_COLUMNS`."""
-    qz, qx = fmt_pct(lt.get("qber_z")), fmt_pct(lt.get("qber_x"))
+    qz, qx = (fmt_pct(link_qber(lt, b).value) for b in ("z", "x"))  # clamped to [0, 1]
     qber = MISSING if qz == qx == MISSING else f"{qz}/{qx}"
     peer = lt.get("peer")
     return [name, link_kind(lt), peer if isinstance(peer, str) else MISSING,

@@ -15,7 +15,9 @@ Names follow the Prometheus conventions: prefix ``qnode_``, base units in the na
 current one (the "enum" idiom), so ``qnode_instrument_state{state="degraded"} == 1`` is an alert
 rule. Labels: ``node`` on everything, ``link`` on link metrics, ``path`` on end-to-end path metrics
 (``paths``), ``channel`` on singles, ``instrument`` (and ``kind``) on instrument health, ``state``
-on state gauges, ``fate`` on ``qnode_link_purify_inputs_total``, ``reason`` on rejections; ``link``
+on state gauges, ``basis`` on the QBER gauges (and ``bound``, lower or upper, on
+``qnode_link_qber_interval_ratio``), ``fate`` on ``qnode_link_purify_inputs_total``, ``reason``
+on rejections; ``link``
 type, peer and role are in ``qnode_link_info``, purification's role, protocol and schedule in
 ``qnode_link_purification_info``, a path's role and ends in ``qnode_path_info``. A field missing
 from the record (or ``None``, or of the wrong type) is simply not exported; a scrape never fails
@@ -42,9 +44,11 @@ from .telemetry import (
     INSTRUMENT_STATES,
     NODE_STATES,
     POLARISATION_STATES,
+    QBER_BASES,
     SCHEMA_VERSION,
     TRACKER_STATES,
     Telemetry,
+    link_qber,
 )
 
 PREFIX = "qnode_"
@@ -404,9 +408,17 @@ def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) ->
         fam.gauge("link_herald_handling_seconds", "Herald handling quantile: receipt to "
                   "applied, stored and answered, on this node's clock (s).",
                   {**lab, "quantile": q}, None if ms is None else ms * 1e-3)
-    for basis in ("z", "x", "y"):
-        fam.gauge("link_qber_ratio", "Quantum bit error rate per basis (0..1).",
-                  {**lab, "basis": basis}, _number(lt.get(f"qber_{basis}")))
+    for basis in QBER_BASES:
+        q, bl = link_qber(lt, basis), {**lab, "basis": basis}
+        fam.gauge("link_qber_ratio", "Quantum bit error rate per basis, clamped to its physical "
+                  "range (0..1).", bl, q.value)
+        fam.gauge("link_qber_raw_ratio", "Quantum bit error rate per basis before clamping "
+                  "(read-out corrected on K links with qubits, so it may be below 0; unbiased: "
+                  "average this one).", bl, q.raw)
+        for bound, x in (("lower", q.low), ("upper", q.high)):
+            fam.gauge("link_qber_interval_ratio", "95 % confidence bounds of the quantum bit "
+                      "error rate per basis (Wilson score interval, read-out corrected, "
+                      "intersected with 0..1).", {**bl, "bound": bound}, x)
     for bell, key in (("psi+", "psi_plus_total"), ("psi-", "psi_minus_total")):
         fam.counter("link_bell_states_total", "Bell-state measurement outcomes at the herald "
                     "station.", {**lab, "bell_state": bell}, _number(lt.get(key)))

@@ -44,8 +44,14 @@ import numpy as np
 
 from qnode.drivers.errors import DeviceError, InstrumentError
 
-from .bell_diagonal import BellDiagonal, PauliChannel, apply_channels
-from .estimators import BELL_SIGNS, Estimate, bell_diagonal_from_qber
+from .bell_diagonal import BellDiagonal, age
+from .estimators import (
+    BELL_SIGNS,
+    Estimate,
+    bell_diagonal_from_qber,
+    physical_qber,
+    qber_telemetry,
+)
 from .linklayer import BELL_STATES, LinkEnd, Message, seq_add, seq_diff, seq_lt
 from .ll_messages import MAX_TESTS, SEQ_MOD, Held, TestOutcomes
 
@@ -288,9 +294,9 @@ class LinkMemory:
         ``halves`` of it decayed since binding (1: this end's half only)."""
         rel, _ = self.tomography.estimate()
         state = rel.relabel(b.bell_state)
-        if self.t1_s > 0 and now > b.bound_at:
-            ch = PauliChannel.from_t1_t2(now - b.bound_at, self.t1_s, self.t2_s)
-            state = apply_channels(state, ch, ch if halves == 2 else None)
+        if self.t1_s > 0 and now > b.bound_at:   # exact Bell weights, in the lab's labels
+            state = age(state, now - b.bound_at, t1_s=self.t1_s, t2_s=self.t2_s,
+                        halves=2 if halves == 2 else 1)
         return state
 
     # ------------------------------------------------------------------ heralds
@@ -483,15 +489,19 @@ class LinkMemory:
 
     def telemetry(self) -> dict[str, Any]:
         rel, sigma = self.tomography.estimate()
-        qs, _ = self.tomography.qbers()
         t: dict[str, Any] = {**self.counts, "qubits_bound": len(self.bound),
                              "fidelity_estimate": rel.fidelity(),
                              "fidelity_source": "tests" if self.tomography.ready else "prior"}
         if not math.isnan(sigma):
             t["fidelity_sigma"] = sigma
-        if self.tomography.n.sum():
-            t.update(qber_x=qs[0], qber_y=qs[1], qber_z=qs[2],
-                     tests_per_basis=self.tomography.n.tolist())
+        tomo = self.tomography
+        if tomo.n.sum():
+            t["tests_per_basis"] = tomo.n.tolist()
+            for b, name in enumerate(("x", "y", "z")):
+                n = int(tomo.n[b])
+                if n:   # read-out corrected, clamped to [0, 1], the raw value and an interval
+                    t.update(qber_telemetry(name, physical_qber(
+                        int(tomo.errors[b]), n, flip=float(tomo.flip[b]) / n)))
         return t
 
 

@@ -10,10 +10,13 @@ writes, next to it:
 * ``rates.png``: ``herald_rate_hz`` of every K-type link end and ``coincidence_rate_hz`` of
   every M-type link end over the run (time in s from the first record);
 * ``fidelity.png``: ``fidelity_estimate`` of every link end, and ``visibility`` and
-  ``1 − qber_z`` of M-type link ends, over the run; the true values as dashed lines when
-  ``truth`` is given;
+  ``1 − qber_z`` of M-type link ends, over the run (``qber_z`` inside its physical range
+  [0, 1], as :func:`~qnode.daemon.telemetry.link_qber` reads it); the true values as dashed
+  lines when ``truth`` is given;
 * ``summary.json``: per node and link end, the final counters (``*_total``), the mean and final
-  value of every other numeric figure, the truth side by side, and the list of files.
+  value of every other numeric figure, the truth side by side, and the list of files. For a
+  QBER the mean of ``qber_<b>_raw`` is the unbiased one: ``qber_<b>`` is clamped at 0, so its
+  mean is high when the QBER is near 0.
 
 A plot with nothing to show is not written; ``summary["plots_skipped"]`` says why.
 
@@ -37,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .estimators import QBER_RANGE
 from .liveview import link_kind, mapping, num
 from .messages import Message
 from .topics import Topic
@@ -318,7 +322,8 @@ def _plot_fidelity(path: Path, records: list[dict[str, Any]], t0: float,
                    link_truth: Mapping[str, Mapping[str, Any]]) -> bool:
     fid = _series(records, "fidelity_estimate", ("K", "M", "?"), t0)
     vis = _series(records, "visibility", ("M",), t0)
-    qber = _series(records, "qber_z", ("M",), t0, lambda q: 1.0 - q)
+    qber = _series(records, "qber_z", ("M",), t0,
+                   lambda q: 1.0 - min(max(q, QBER_RANGE[0]), QBER_RANGE[1]))
     rows = int(bool(fid)) + int(bool(vis or qber))
     if not rows:
         return False

@@ -15,8 +15,9 @@ vector (sin 4θ, 0, cos 4θ) in the Z–X plane. The end whose node id sorts fir
 * the counter buffers its own chunks, finds the peer's clock offset and drift from the first
   ``align_s`` seconds of both streams (:func:`qnode.native.align.find_offset_and_drift`), then
   follows them with the :class:`~qnode.native.tracking.DriftTracker` servo, maps the peer's tags
-  into its own time base and counts cross-node coincidences with the native core (window
-  ``[analyzer].window_ps``; accidentals in a window displaced by 20 ns) for every setting pair
+  into its own time base and counts cross-node coincidences with the native core (|Δt| ≤ w,
+  w = ``[analyzer].window_ps``, a full width of 2w + 1 ps on the integer-ps grid; accidentals
+  in a window displaced by 20 ns) for every setting pair
   (own basis i, peer basis j) and outcome pair: up to 4×4 channel pairs in one
   :class:`~qnode.native.Coincidences`. Each two-fold coincidence between an own and a peer
   detector is a delivered pair, whatever the two bases (M-type: a pair measured in different
@@ -28,7 +29,9 @@ vector (sin 4θ, 0, cos 4θ) in the Z–X plane. The end whose node id sorts fir
 
 Telemetry (counter; :func:`link_figures`): coincidence and accidental rates, CAR; per basis both
 ends measure (Z–Z, X–X) the QBER (``qber_z``, ``qber_x``; :func:`~.estimators.basis_qber`
-against ``[analyzer].source_state``, raw counts: accidentals are key errors too); the
+against ``[analyzer].source_state``, raw counts: accidentals are key errors too; inside [0, 1]
+with ``qber_<b>_raw`` and the 95 % interval ``qber_<b>_ci_low``/``_ci_high``:
+:func:`~.estimators.physical_qber`); the
 visibility; ``fidelity_estimate`` = 1 − Q_Z − Q_X (``fidelity_method`` "two_basis_bound") when
 both are measured, else the Werner form F = (1 + 3V)/4 from the one basis ("werner"); the BBM92
 ``secret_fraction`` 1 − f·h(Q_Z) − h(Q_X) and ``sifted_key_rate_hz``; CHSH ``chsh_s`` ±

@@ -16,7 +16,8 @@ end's half had waited (from that end's HELD, which carries its bind time).
 **At an end** (:class:`PathEnd`). A SWAP_RES turns the end's link pair into a path pair held in
 the same qubit. Its estimate at any later time adds this end's half's decay since it was bound
 and the other end's half's decay since *it* was bound (``remote_age_s`` at the BSM plus the
-time since), each a Pauli channel of the memory's T1/T2 (both ends' memories are assumed alike).
+time since): the Bell weights of the memory's T1/T2 decay of both halves, exact for a
+Bell-diagonal pair (:func:`decay`; both ends' memories are assumed alike).
 A CREATE whose ``remote_node`` is the other end is served from the path's pairs, oldest first,
 with OKs on ``reply/<requester>``: ``link`` = the path id, ``seq`` = the pair id (the same at
 both ends), the frame's Bell state, the estimate now, and the qubit. Each end serves its own
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 from qnode.drivers.errors import InstrumentError
 
-from .bell_diagonal import BellDiagonal, PauliChannel, apply_channels, pauli_frame, swap
+from .bell_diagonal import (
+    BellDiagonal,
+    BellLike,
+    PauliChannel,
+    age_halves,
+    apply_channels,
+    pauli_frame,
+    swap,
+)
 from .linklayer import BELL_STATES, CreateIdAllocator
 from .ll_messages import Ack, Create, Err, ErrCode, Ok, SwapResult, hold_ms
 
@@ -53,15 +62,31 @@ log = logging.getLogger("qnode.swap")
 CUTOFF_GUARD_S = 0.1
 
 
-def decay(state: BellDiagonal, waits_s: tuple[float, ...], t1_s: float,
-          t2_s: float) -> BellDiagonal:
-    """``state`` with one Pauli channel of T1/T2 per half for each wait (s) in ``waits_s``."""
+def decay(state: BellDiagonal, waits_s: tuple[float, ...], t1_s: float, t2_s: float, *,
+          frame: BellLike | None = None) -> BellDiagonal:
+    """``state`` after its halves waited ``waits_s`` (s; one entry per half, at most two) in
+    memories of T1/T2 (s; ``t1_s`` ≤ 0: no decay model, ``state`` unchanged).
+
+    ``frame``: the Bell state the coefficients of ``state`` (and the result) are relative to
+    (``"phi+"``: absolute). Given, the result is exact for a Bell-diagonal pair
+    (:func:`~.bell_diagonal.age_halves`: the per-half Pauli twirl plus the joint decay of the
+    halves towards |00⟩, a·b/4 off the Ψ± weights and onto the Φ± ones in the lab's labels,
+    a and b = 1 − e^{−t/T1} of each half). None: the per-half Pauli-twirl approximation, which
+    needs no frame but over-estimates Ψ± (and under-estimates Φ±) pairs by a·b/4 when both
+    halves decay; exact for one half.
+    """
     if t1_s <= 0:
         return state
-    for w in waits_s:
-        if w > 0:
-            state = apply_channels(state, PauliChannel.from_t1_t2(w, t1_s, t2_s))
-    return state
+    if frame is None:
+        for w in waits_s:
+            if w > 0:
+                state = apply_channels(state, PauliChannel.from_t1_t2(w, t1_s, t2_s))
+        return state
+    if len(waits_s) > 2:
+        raise ValueError(f"waits_s: one wait per half (at most 2), got {waits_s!r}")
+    wait_a, wait_b = (*waits_s, 0.0, 0.0)[:2]
+    return age_halves(state.relabel(frame), max(0.0, wait_a), max(0.0, wait_b), t1_s=t1_s,
+                      t2_s=t2_s).relabel(frame)
 
 
 class Swapper:
@@ -191,7 +216,8 @@ class PathEnd:
         """Absolute Bell weights of ``pair`` now (module docstring)."""
         since = max(0.0, now - pair.bsm_at)
         return decay(pair.weights, (max(0.0, now - pair.own_bound_at),
-                                    pair.remote_age_s + since), self.mem.t1_s, self.mem.t2_s)
+                                    pair.remote_age_s + since), self.mem.t1_s, self.mem.t2_s,
+                     frame="phi+")   # the weights are absolute (the frame is not corrected)
 
     async def on_swap_result(self, msg: SwapResult) -> None:
         """Called by the link service, under its lock, for the repeater's SWAP_RES."""

@@ -9,7 +9,12 @@ over the interval since the previous record unless the name says ``_total``.
 """
 from __future__ import annotations
 
-from typing import Literal, TypedDict, get_args, get_origin, get_type_hints
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Literal, NamedTuple, TypedDict, get_args, get_origin, get_type_hints
+
+from .estimators import QBER_RANGE
 
 SCHEMA_VERSION = 1
 
@@ -65,7 +70,15 @@ class LinkTelemetry(TypedDict, total=False):
     tests_per_basis: list[int]  # matched, X, Y, Z
     fidelity_source: str        # "tests" (the estimate) | "prior" ([memory].fidelity)
     fidelity_sigma: float
+    # QBER per basis against the link's Bell state (K end with qubits: X, Y, Z, corrected for
+    # read-out errors; M counter: Z, X). ``qber_<b>`` is the estimate clamped to its physical
+    # range [0, 1]; ``qber_<b>_raw`` the unclamped one (read-out correction can push it below 0;
+    # average this one over time); ``qber_<b>_ci_low``/``_ci_high`` the 95 % interval (Wilson,
+    # corrected, intersected with [0, 1]: estimators.physical_qber)
     qber_y: float
+    qber_y_raw: float
+    qber_y_ci_low: float
+    qber_y_ci_high: float
     # herald station (K)
     psi_plus_total: int
     psi_minus_total: int
@@ -73,8 +86,14 @@ class LinkTelemetry(TypedDict, total=False):
     coincidence_rate_hz: float
     accidental_rate_hz: float
     car: float
-    qber_z: float
+    qber_z: float               # clamped to [0, 1]; see qber_y above for the four fields
+    qber_z_raw: float
+    qber_z_ci_low: float
+    qber_z_ci_high: float
     qber_x: float
+    qber_x_raw: float
+    qber_x_ci_low: float
+    qber_x_ci_high: float
     visibility: float
     chsh_s: float
     chsh_s_err: float
@@ -140,6 +159,50 @@ TRACKER_STATES = ("LOCKED", "HOLDOVER", "LOST", "ACQUIRING")
 #: An M link's polarisation compensator (:mod:`.polarisation_control`).
 POLARISATION_STATES = ("referencing", "locked", "calibrating", "unlocked")
 _REQUIRED = ("node", "roles", "t", "uptime_s")
+
+
+#: The bases whose QBER a link may report, as they appear in field names (``qber_<b>``).
+QBER_BASES = ("z", "x", "y")
+
+
+class QberFigures(NamedTuple):
+    """One basis' QBER as shown and exported: ``value`` inside [0, 1], ``raw`` unclamped,
+    ``low``/``high`` the interval; None when not reported, NaN when reported as NaN."""
+
+    value: float | None
+    raw: float | None
+    low: float | None
+    high: float | None
+
+
+def _real(x: object) -> float | None:
+    """``x`` as a float (NaN kept: "not measurable"), or None if it is not a number."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    return float(x)
+
+
+def _in_range(x: float | None) -> float | None:
+    if x is None or math.isnan(x):
+        return x
+    lo, hi = QBER_RANGE
+    return min(max(x, lo), hi)
+
+
+def link_qber(lt: Mapping[str, object], basis: str) -> QberFigures:
+    """The QBER of ``basis`` ("z", "x", "y") of a link's telemetry, for display and export.
+
+    A current node reports ``qber_<b>`` already clamped to [0, 1] beside ``qber_<b>_raw``. A
+    record without ``qber_<b>_raw`` (an older node, or a producer that does not clamp yet) is
+    read as unclamped: ``raw`` is its ``qber_<b>`` and ``value`` that clamped to [0, 1], so a
+    consumer never shows a QBER outside its physical range. The interval bounds are clipped to
+    [0, 1] likewise.
+    """
+    b = basis.lower()
+    given, raw = _real(lt.get(f"qber_{b}")), _real(lt.get(f"qber_{b}_raw"))
+    return QberFigures(_in_range(given), given if raw is None else raw,
+                       _in_range(_real(lt.get(f"qber_{b}_ci_low"))),
+                       _in_range(_real(lt.get(f"qber_{b}_ci_high"))))
 
 
 def _check(value: object, hint: object, where: str) -> None:

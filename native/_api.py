@@ -48,7 +48,8 @@ def _checked(block: TagBlock) -> TagBlock:
 class Coincidences:
     """Exact streaming 2-fold coincidence counter for many channel pairs at once.
 
-    ``pairs``: (a, b) channel numbers. ``window_ps``: w, counting |dt| <= w (full width 2w).
+    ``pairs``: (a, b) channel numbers. ``window_ps``: w, counting |dt| <= w on integer ps
+    (2w + 1 values: full width 2w + 1 ps).
     ``delays_ps``: per-channel delay added to each tag's time. ``accidental_offset_ps``: also count
     accidentals in |dt - offset| <= w (|offset| must exceed 2w). ``channels``: channels to keep
     singles for (default: those in ``pairs``).

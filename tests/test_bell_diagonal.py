@@ -278,7 +278,7 @@ def test_t1_t2_channel_is_the_pauli_twirl_of_amplitude_damping(t, t1, t2):
     assert ch.p_z == pytest.approx((1 - math.exp(-t / t2)) / 2 - g1 / 4)
     # The Bell-diagonal part of the *untwirled* channel acting on one half of a BD pair is
     # exactly the twirled channel's action (the BD projection is itself a twirl). On both halves
-    # the joint decay toward |00⟩ adds (1 − e^{−t/T1})²/4·[+1, +1, −1, −1] (bd_projection=True).
+    # the joint decay toward |00⟩ adds (1 − e^{−t/T1})²/4·[+1, +1, −1, −1] (bd.age is exact).
     s = random_bd(np.random.default_rng(7))
     rho = bd_rho(s.coefficients)
     one = sum(np.kron(K, I2) @ rho @ np.kron(K, I2).conj().T for K in kraus)
@@ -288,11 +288,11 @@ def test_t1_t2_channel_is_the_pauli_twirl_of_amplitude_damping(t, t1, t2):
     assert np.allclose(bell_coefficients(one, check_diagonal=False), aged1, atol=1e-13, rtol=0)
     assert np.allclose(bell_coefficients(other, check_diagonal=False), aged1, atol=1e-13, rtol=0)
     exact = bell_coefficients(both, check_diagonal=False)
-    twirled = bd.age(s, t, t1_s=t1, t2_s=t2).as_array()
+    twirled = bd.apply_channels(s, ch, ch).as_array()
     assert np.allclose(exact - twirled, g1**2 / 4 * np.array([1, 1, -1, -1]), atol=1e-13, rtol=0)
-    assert np.allclose(exact, bd.age(s, t, t1_s=t1, t2_s=t2, bd_projection=True).as_array(),
+    assert np.allclose(exact, bd.age(s, t, t1_s=t1, t2_s=t2).as_array(),
                        atol=1e-13, rtol=0)
-    assert bd.aged_fidelity(s, t, t1_s=t1, t2_s=t2, bd_projection=True) == pytest.approx(
+    assert bd.aged_fidelity(s, t, t1_s=t1, t2_s=t2) == pytest.approx(
         exact[0], abs=1e-13)
 
 
@@ -335,7 +335,10 @@ def test_ageing_both_halves_equals_composed_channel(s, ta, t1a, ra, tb, t1b, rb)
 def test_fidelity_decreases_monotonically_with_wait(s, t1, ratio, waits, halves):
     t2 = 2 * t1 * ratio
     fs = [bd.age(s, t, t1_s=t1, t2_s=t2, halves=halves).fidelity() for t in sorted(waits)]
-    assert all(b <= a + 1e-15 for a, b in zip(fs, fs[1:], strict=False))
+    # one half: non-increasing; both: down to one minimum, then up (both halves end in |00⟩)
+    k = fs.index(min(fs)) if halves == 2 else len(fs) - 1
+    assert all(b <= a + 1e-15 for a, b in zip(fs[:k + 1], fs[1:k + 1], strict=False))
+    assert all(b >= a - 1e-15 for a, b in zip(fs[k:], fs[k + 1:], strict=False))
     for t in waits:
         assert bd.aged_fidelity(s, t, t1_s=t1, t2_s=t2, halves=halves) == pytest.approx(
             bd.age(s, t, t1_s=t1, t2_s=t2, halves=halves).fidelity(), abs=1e-14)
@@ -360,7 +363,7 @@ def test_cutoffs():
     assert bd.aged_fidelity(s, t, **kw) == pytest.approx(0.9, abs=1e-11)
     assert bd.aged_fidelity(s, t * (1 + 1e-6), **kw) < 0.9
     assert bd.cutoff_for_fidelity(s, 0.96, **kw) == 0.0
-    assert bd.cutoff_for_fidelity(s, 0.25, **kw) == math.inf  # F(∞) = ¼
+    assert bd.cutoff_for_fidelity(s, 0.25, **kw) == math.inf  # F dips, then rises to ½
     assert bd.cutoff_for_fidelity(s, 0.9, t1_s=math.inf, t2_s=math.inf) == math.inf
 
 

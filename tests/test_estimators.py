@@ -11,10 +11,13 @@ from qnode.daemon import estimators as est
 
 
 def test_expected_accidentals_formula():
-    # R1 = 1e5/s, R2 = 2e5/s over T = 1 s, w = 1 ns: A = R1·R2·2w·T = 40.
+    # R1 = 1e5/s, R2 = 2e5/s over T = 1 s, w = 1 ns: A = R1·R2·τ·T with τ = 2w + 1 ps (the
+    # integer offsets −w..w the core counts) = 1e5·2e5·2001e-12 = 40.02.
     a = est.expected_accidentals(1e5, 2e5, 1_000, 1e12)
-    assert a.value == pytest.approx(40.0)
-    assert a.sigma == pytest.approx(40.0 * math.sqrt(1 / 1e5 + 1 / 2e5))
+    assert a.value == pytest.approx(40.02)
+    assert a.sigma == pytest.approx(40.02 * math.sqrt(1 / 1e5 + 1 / 2e5))
+    # w = 0 counts equal times: one offset, A = N1·N2/T, not 0
+    assert est.expected_accidentals(1e5, 2e5, 0, 1e12).value == pytest.approx(0.02)
 
 
 def test_car_value_and_error():

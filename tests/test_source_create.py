@@ -46,9 +46,9 @@ serve = "pty"
 startup = ["tset=35.0", "ens"]
 settle_s = 1200
 """
-# the source's calibrated model: 10⁶ pairs/s per mW, 30 % per side, τ = 2 ns
+# the source's calibrated model: 10⁶ pairs/s per mW, 30 % per side, w = 1 ns (τ = 2w + 1 ps)
 FEU = FidelityEstimationUnit(brightness_hz_per_mw=1e6, efficiency_a=0.3, efficiency_b=0.3,
-                             window_ps=2000, visibility=0.95, max_power_mw=150.0,
+                             window_ps=2001, visibility=0.95, max_power_mw=150.0,
                              min_power_mw=1.0, dark_a_hz=1000.0, dark_b_hz=1000.0)
 SOURCE = f"""
 [source]
@@ -214,7 +214,7 @@ def test_the_source_table_builds_the_feu():
 
     cfg = parse_config(SOURCE_NODE + FEU_KEYS + "dark_count_rate_hz = [10.0, 20.0]\n").source
     assert cfg.link == "m-ab" and cfg.ends is None and cfg.hmac_key_file is None
-    assert cfg.feu == FidelityEstimationUnit(1e6, 0.3, 0.25, 2000.0, 0.95, 150.0, 0.0, 10.0, 20.0)
+    assert cfg.feu == FidelityEstimationUnit(1e6, 0.3, 0.25, 2001.0, 0.95, 150.0, 0.0, 10.0, 20.0)
     plain = parse_config(SOURCE_NODE + "[source]\npump_power_mw = 30.0\n").source
     assert plain.link is None and plain.feu is None and plain.pump_power_mw == 30.0
 
