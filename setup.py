@@ -55,6 +55,10 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "types-cffi>=1.16",
+            # the docs (docs/, mkdocs.yml): tests/static_checks.sh runs `mkdocs build --strict`
+            # with the Material theme; mkdocs >= 1.6 checks the links' anchors too
+            "mkdocs-material>=9.5",
+            "mkdocs>=1.6",
         ],
     },
     entry_points={"console_scripts": ["qnode = qnode.daemon.cli:main"]},

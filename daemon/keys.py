@@ -3,7 +3,8 @@ verifies.
 
 A name is what the bus looks a key up under: a peer node (``ll``/``proto``/``tags``) or a link
 id (``herald``). During a key rotation a name holds two keys, the new one and the old one, so
-messages signed by a peer that has not switched yet still verify (README: link keys).
+messages signed by a peer that has not switched yet still verify
+(docs/operators/keys-and-identity.md).
 
 **Key files** (``hmac_key_file``): one key per non-empty line, surrounding whitespace stripped
 (a one-line file is the whole stripped file, as before), at most two lines: line 1 signs, every
@@ -37,7 +38,7 @@ MIN_KEY_BYTES = 16
 MAX_KEYS = 2
 #: a key file larger than this is not a key file
 MAX_FILE_BYTES = 4096
-#: the period of :meth:`KeyRing.watch` (s), as documented in the README
+#: the period of :meth:`KeyRing.watch` (s), as documented in docs/operators/keys-and-identity.md
 RELOAD_INTERVAL_S = 2.0
 
 

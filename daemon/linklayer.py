@@ -46,14 +46,14 @@ Choices (documented extensions of the draft):
   per-pair view built on demand (:meth:`LinkEnd.pair`).
 * **EXPIRE_ACK** echoes the acknowledged ``[seq_lo, seq_hi)`` (the EGP echoes the queue id), so an
   acknowledgement names one EXPIRE (an ACK of part of a merged range cuts it at that end).
-* **Bounded EXPIRE state** (issue 12's flood): an unacknowledged EXPIRE is resent after
-  2×comm_delay, then at doubling intervals up to ``MAX_RESEND_S`` (the EGP resends at a fixed
+* **Bounded EXPIRE state** (a herald flood, benchmarks/flood.py): an unacknowledged EXPIRE is resent
+  after 2×comm_delay, then at doubling intervals up to ``MAX_RESEND_S`` (the EGP resends at a fixed
   period). An end keeps at most ``MAX_UNACKED_EXPIRES`` unacknowledged ranges: one more merges
   ranges that touch, else the two closest, and this end expires its own pairs between them
-  (``pairs_shed_total``) and EXPIREs that gap too, so every number of a range is still gone at
-  this end and the peer drops all of it: the invariant below holds. The state stored before
-  every send and each resend round thus stay small however many gaps a flood makes.
-* **Absolute numbers and station epochs** (v1 of the wire; README "Link-layer messages"). A
+  (``pairs_shed_total``) and EXPIREs that gap too, so every number of a range is still gone at this
+  end and the peer drops all of it: the invariant below holds. The state stored before every send
+  and each resend round thus stay small however many gaps a flood makes.
+* **Absolute numbers and station epochs** (v1 of the wire; docs/integrators/link-layer.md). A
   station has an *epoch*, 16 hex digits drawn when its state is created, and numbers successes
   with a 63-bit counter; each :class:`Herald` carries the epoch, the lap of ``first_seq`` and
   ``start``, the counter's value when the epoch began. An end names pairs by absolute numbers

@@ -8,7 +8,7 @@ At 1 MHz heralding 16 bits wrap every 65 ms; 32 bits wrap every 71 minutes. The 
 RFC 1982 serial-number arithmetic on ``SEQ_BITS`` bits, unchanged; every width below derives from
 ``SEQ_BITS``.
 
-Absolute numbers and station epochs (the link layer's v1 wire, README "Link-layer messages"): a
+Absolute numbers and station epochs (the link layer's v1 wire, docs/integrators/link-layer.md): a
 station that numbers its successes with an *epoch* (16 hex digits, time-ordered, drawn when its
 state is created) sends each :class:`Herald` with the epoch, the *lap* of ``first_seq``
 (absolute number ``lap·2^32 + first_seq``) and the epoch's first absolute number ``start``.

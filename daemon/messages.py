@@ -1,14 +1,14 @@
-"""The MQTT message envelope: JSON a person can read and any client can decode (DESIGN §5).
+"""The MQTT message envelope: JSON a person can read and any client can decode.
 
 Every payload is one JSON object::
 
-    {"v": 1, "type": "ll.ok", "sender": "alice", "id": 42, "ts": 1732345678.125,
+    {"v": 1, "type": "OK", "sender": "alice", "id": 42, "ts": 1732345678.125,
      "body": {...}, "sig": "9f2c..."}
 
-* ``v``: schema version (:data:`SCHEMA_VERSION`); ``type``: the message type (``area.name``);
-  ``sender``: the publishing node, which must equal the topic's node segment (except on ``cmd``
-  topics, whose node segment is the addressee); ``id``: a
-  per-sender message id, increasing by one per message; ``ts``: the sender's wall clock (s,
+* ``v``: schema version (:data:`SCHEMA_VERSION`); ``type``: the message type (``OK``,
+  ``HERALD``, ...); ``sender``: the publishing node, which must equal the topic's node
+  segment (except on ``cmd`` topics, whose node segment is the addressee); ``id``: a per-sender
+  message id, increasing by one per message; ``ts``: the sender's wall clock (s,
   informative only); ``body``: the type's content.
 * ``sig``: HMAC-SHA256 (64 lowercase hex digits) over the canonical JSON of the envelope without
   its signatures, keyed with the shared key of the link the message travels on. Together with

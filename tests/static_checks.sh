@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Static checks that fail the run: ruff (lint and import order) and mypy on the packages
-# listed below. Run by tests/run.sh before the tests, so by CI.
+# Static checks that fail the run: ruff (lint and import order), mypy on the packages listed
+# below, and a strict build of the docs. Run by tests/run.sh before the tests, so by CI.
 #   bash tests/static_checks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,9 @@ MYPY_TARGETS=(
     -p qnode.native
     -m qnode.daemon.linklayer
     -m qnode.daemon.ll_messages
+    -m qnode.daemon.bell_diagonal
+    -m qnode.daemon.estimators
+    -m qnode.daemon.feu
 )
 echo "== mypy ${MYPY_TARGETS[*]}"
 tree=$(mktemp -d)
@@ -23,3 +26,10 @@ for d in daemon drivers native hal_sim; do ln -s "$ROOT/$d" "$tree/qnode/$d"; do
 (cd "$tree" && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/mypy.ini" \
     --cache-dir "$ROOT/.mypy_cache" --python-executable "$ROOT/.venv/bin/python" \
     "${MYPY_TARGETS[@]}")
+
+# The documentation (mkdocs.yml, docs/): a broken link or anchor, or a page left out of the
+# navigation, fails the strict build. Built into the temporary tree, so nothing is left behind.
+# (No --quiet: it hides the warnings, and then --strict has nothing to fail on.)
+echo "== mkdocs build --strict"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --config-file "$ROOT/mkdocs.yml" \
+    --site-dir "$tree/site"
