@@ -435,8 +435,10 @@ QBER_LEVEL = 0.95
 ``qber_<b>_ci_high`` in the telemetry)."""
 
 
-def _clip(x: float, lo: float, hi: float) -> float:
-    return min(max(x, lo), hi)
+def clamp_qber(q: float) -> float:
+    """``q`` clamped to :data:`QBER_RANGE` (NaN stays NaN)."""
+    lo, hi = QBER_RANGE
+    return q if math.isnan(q) else min(max(q, lo), hi)
 
 
 class PhysicalQber(NamedTuple):
@@ -512,9 +514,8 @@ def physical_qber(errors: float, total: float, *, flip: float = 0.0,
     frac = k / n
     raw = (frac - p) / scale
     sigma = math.sqrt(frac * (1.0 - frac) / n) / scale
-    lo, hi = QBER_RANGE
-    return PhysicalQber(_clip(raw, lo, hi), sigma, raw, _clip((lo_w - p) / scale, lo, hi),
-                        _clip((hi_w - p) / scale, lo, hi), level, k, n, p)
+    return PhysicalQber(clamp_qber(raw), sigma, raw, clamp_qber((lo_w - p) / scale),
+                        clamp_qber((hi_w - p) / scale), level, k, n, p)
 
 
 def qber_telemetry(basis: str, q: PhysicalQber) -> dict[str, float]:

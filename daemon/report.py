@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .estimators import QBER_RANGE
+from .estimators import clamp_qber
 from .liveview import link_kind, mapping, num
 from .messages import Message
 from .topics import Topic
@@ -322,8 +322,7 @@ def _plot_fidelity(path: Path, records: list[dict[str, Any]], t0: float,
                    link_truth: Mapping[str, Mapping[str, Any]]) -> bool:
     fid = _series(records, "fidelity_estimate", ("K", "M", "?"), t0)
     vis = _series(records, "visibility", ("M",), t0)
-    qber = _series(records, "qber_z", ("M",), t0,
-                   lambda q: 1.0 - min(max(q, QBER_RANGE[0]), QBER_RANGE[1]))
+    qber = _series(records, "qber_z", ("M",), t0, lambda q: 1.0 - clamp_qber(q))
     rows = int(bool(fid)) + int(bool(vis or qber))
     if not rows:
         return False

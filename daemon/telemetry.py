@@ -9,12 +9,11 @@ over the interval since the previous record unless the name says ``_total``.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping
 from typing import Literal, NamedTuple, TypedDict, get_args, get_origin, get_type_hints
 
-from .estimators import QBER_RANGE
+from .estimators import clamp_qber
 
 SCHEMA_VERSION = 1
 
@@ -183,10 +182,7 @@ def _real(x: object) -> float | None:
 
 
 def _in_range(x: float | None) -> float | None:
-    if x is None or math.isnan(x):
-        return x
-    lo, hi = QBER_RANGE
-    return min(max(x, lo), hi)
+    return None if x is None else clamp_qber(x)
 
 
 def link_qber(lt: Mapping[str, object], basis: str) -> QberFigures:
