@@ -70,18 +70,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from daemon_harness import Daemon, identity, k_link_configs  # noqa: E402
+from qnode.daemon.bus.client import NodeBus  # noqa: E402
+from qnode.daemon.bus.envelope import Message, decode, encode  # noqa: E402
+from qnode.daemon.bus.identity import NodeSigner  # noqa: E402
+from qnode.daemon.bus.inbound import DROP_OLDEST, KIND_CLASS  # noqa: E402
+from qnode.daemon.bus.topics import Topics, parse_topic  # noqa: E402
+from qnode.daemon.linklayer import (  # noqa: E402
+    BELL_CODES,  # noqa: E402
+    SEQ_MOD,
+    HeraldStation,
+    LinkEnd,
+)
+from qnode.daemon.runtime.state import StateStore  # noqa: E402
 
-from qnode.daemon.bus import NodeBus  # noqa: E402
-from qnode.daemon.identity import NodeSigner  # noqa: E402
-from qnode.daemon.inbound import DROP_OLDEST, KIND_CLASS  # noqa: E402
-from qnode.daemon.linklayer import SEQ_MOD, HeraldStation, LinkEnd  # noqa: E402
-from qnode.daemon.ll_messages import BELL_CODES  # noqa: E402
-from qnode.daemon.messages import Message, decode, encode  # noqa: E402
-from qnode.daemon.state import StateStore  # noqa: E402
-from qnode.daemon.topics import Topics, parse_topic  # noqa: E402
-
-from mosquitto import Mosquitto  # noqa: E402  (tests/mosquitto.py)
+from support.daemon_harness import Daemon, identity, k_link_configs  # noqa: E402
+from support.mosquitto import Mosquitto  # noqa: E402  (tests/mosquitto.py)
 
 NET = "flood"
 LINK = "alice-bob"

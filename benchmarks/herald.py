@@ -4,12 +4,12 @@ Four processes on loopback: mosquitto (tests/mosquitto.py, message logging off),
 station and the two link ends ``alice`` and ``bob`` (separate processes, so the cores are shared
 as in a deployment). The station numbers each chunk's successes with
 ``HeraldStation.successes`` and publishes one ``Herald`` per chunk per link (``to_dict`` in the
-envelope of daemon/messages.py, HMAC-signed with the link key, QoS 1) through
+envelope of daemon/bus/envelope.py, HMAC-signed with the link key, QoS 1) through
 ``NodeBus.publish``. Each end decodes and checks the envelope (signature, dedup), parses
 ``Herald.from_dict``, applies ``LinkEnd.on_herald`` and sends what the call returned (the
 EXPIREs of the window, ``--max-pair-age`` and ``--window-slack``) to the peer end over
 ``ll/<peer>``. Persistence (``--persist``): ``LinkEnd.snapshot_delta`` goes to SQLite (WAL,
-``synchronous=FULL`` as in daemon/state.py, one row per run, one transaction per delta) on a
+``synchronous=FULL`` as in daemon/runtime/state.py, one row per run, one transaction per delta) on a
 writer thread; write-ahead: before a call's messages are sent, its delta is stored. A call with
 nothing to send (a herald batch on an idle link) is stored with the next periodic save
 ("coalesce", every ``--persist-interval-ms``: a crash loses at most that many pairs, which the
@@ -60,8 +60,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from qnode.daemon.bus import NodeBus  # noqa: E402
-from qnode.daemon.linklayer import (  # noqa: E402
+from qnode.daemon.bus.client import NodeBus  # noqa: E402
+from qnode.daemon.bus.envelope import Message, encode  # noqa: E402
+from qnode.daemon.bus.topics import Topics  # noqa: E402
+from qnode.daemon.linklayer import (
     Expire,
     ExpireAck,
     Herald,
@@ -70,10 +72,8 @@ from qnode.daemon.linklayer import (  # noqa: E402
     message_from_dict,
     split_actions,
 )
-from qnode.daemon.messages import Message, encode  # noqa: E402
-from qnode.daemon.topics import Topics  # noqa: E402
 
-from mosquitto import Mosquitto  # noqa: E402  (tests/mosquitto.py)
+from support.mosquitto import Mosquitto  # noqa: E402  (tests/mosquitto.py)
 
 NET = "bench"
 KEY = b"herald-bench-link-key-0123456789"
@@ -250,7 +250,7 @@ class End:
             self.db = sqlite3.connect(Path(cfg.workdir) / f"{node}.sqlite3",
                                       check_same_thread=False)
             self.db.execute("pragma journal_mode=wal")
-            self.db.execute("pragma synchronous=full")   # as daemon/state.py
+            self.db.execute("pragma synchronous=full")   # as daemon/runtime/state.py
             self.db.execute("create table runs(link text, first_seq int, body text, "
                             "primary key (link, first_seq))")
             self.db.execute("create table link(link text primary key, body text)")

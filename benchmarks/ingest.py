@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from qnode import native
-from qnode.daemon.acquisition import AcquisitionPipeline
+from qnode.daemon.acquisition.pipeline import AcquisitionPipeline
 from qnode.drivers.tagger import TimeTagger
 
 from streams import make_stream  # benchmarks/streams.py (scripts run from this folder)

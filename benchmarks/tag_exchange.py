@@ -3,10 +3,10 @@
 A hal_sim link (two analyzers, the peer's clock offset by ms and 2.5 ppm fast) is simulated once;
 the peer's chunks are then:
 
-* encoded (:mod:`qnode.daemon.tagwire`: deltas + deflate + base64) and decoded — per-tag cost;
+* encoded (:mod:`qnode.daemon.bus.tagwire`: deltas + deflate + base64) and decoded — per-tag cost;
 * published as signed ``TAGS`` messages through ``NodeBus`` (QoS 1) to a real mosquitto broker and
   received, verified and decoded by a second ``NodeBus`` in another process — the wire rate;
-* counted by the :class:`~qnode.daemon.role_analyzer.CrossNodeCounter` against the own stream
+* counted by the :class:`~qnode.daemon.roles.analyzer.CrossNodeCounter` against the own stream
   (alignment, drift servo, native coincidences) — the counting rate.
 
 Baseline in the same run: the same payload bytes published raw (no envelope, signature or JSON)
@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from qnode.daemon import tagwire  # noqa: E402
-from qnode.daemon.bus import NodeBus  # noqa: E402
-from qnode.daemon.cross_node import CrossNodeCounter  # noqa: E402
-from qnode.daemon.topics import Topics  # noqa: E402
+from qnode.daemon.acquisition.cross_node import CrossNodeCounter  # noqa: E402
+from qnode.daemon.bus.client import NodeBus  # noqa: E402
+from qnode.daemon.bus.topics import Topics  # noqa: E402
 from qnode.hal_sim import (  # noqa: E402
     BellDiagonalState,
     Clock,
@@ -42,7 +42,7 @@ from qnode.hal_sim import (  # noqa: E402
     simple_node,
 )
 
-from mosquitto import Mosquitto  # noqa: E402
+from support.mosquitto import Mosquitto  # noqa: E402
 
 KEY = b"bench-key-" * 4
 DET = dict(efficiency=0.6, dark_count_rate_hz=500.0, dead_time_ps=20_000, jitter_ps=30.0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import metadata
 
@@ -30,8 +31,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .config import ConfigError, load_config, prepare_state_dir
-    from .logs import setup_logging
+    from qnode.daemon.logs import setup_logging
+    from qnode.daemon.runtime.config import ConfigError, load_config, prepare_state_dir
 
     setup_logging(args.log_level)
     try:
@@ -40,11 +41,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"qnode: config error: {exc}", file=sys.stderr)
         return 2
-    from .node import Node
+    from qnode.daemon.node import Node
 
     node = Node(config, ready_timeout_s=args.ready_timeout, freeze_gc=True)
     if config.metrics.prometheus_port:
-        from .metrics import PrometheusExporter
+        from qnode.daemon.tools.metrics import PrometheusExporter
 
         exporter = PrometheusExporter(config.metrics.prometheus_port)
         exporter.start()
@@ -64,14 +65,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .status import main as status_main
+    from qnode.daemon.tools.status import main as status_main
 
     return status_main(args)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     """Make a node's identity key pair: ``<dir>/<node>.key`` (0600) and ``<dir>/<node>.pub``."""
-    from .identity import IdentityError, keygen
+    from qnode.daemon.bus.identity import IdentityError, keygen
 
     try:
         private, public = keygen(args.node, args.dir)
@@ -84,21 +85,23 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from qnode.daemon.tools.demo import main as demo_main
 
     return demo_main(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    """Serve a simulated bench (hal_sim) in this process until SIGTERM/SIGINT."""
-    from qnode.hal_sim.__main__ import main as bench_main  # the simulator, only for this command
-
-    argv = ["bench", "--config", args.config]
+    """Serve a simulated bench until SIGTERM/SIGINT: this process becomes
+    ``python -m qnode.hal_sim bench`` (exec, so the pid and signals stay the caller's). The
+    daemon never imports the simulator; it is a program of its own."""
+    argv = [sys.executable, "-m", "qnode.hal_sim", "bench", "--config", args.config]
     if args.json:
         argv.append("--json")
     if args.truth:
         argv += ["--truth", args.truth]
-    return bench_main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail if instruments are not up within S seconds (default: wait)")
     run.set_defaults(func=_cmd_run)
 
-    from .status import add_arguments as status_arguments
+    from qnode.daemon.tools.status import add_arguments as status_arguments
 
     status = sub.add_parser("status", help="show a network's nodes as seen over MQTT")
     status_arguments(status)

@@ -92,6 +92,6 @@ def setup_logging(level: str = "INFO", *, stream=None) -> None:
     for h in list(root.handlers):
         if getattr(h, "_qnode", False):
             root.removeHandler(h)
-    handler._qnode = True  # type: ignore[attr-defined]
+    handler._qnode = True  # type: ignore[attr-defined]  # noqa: SLF001
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -9,130 +9,37 @@ Shutdown on SIGTERM/SIGINT (or :meth:`Node.stop`): STOPPING=1, roles persist the
 the bus drains what the broker has not acknowledged (bounded) and publishes the retained
 ``offline`` status, instruments close, and the process exits 0 within seconds.
 
-The roles (:mod:`.role_station`, :mod:`.role_memory`, :mod:`.role_analyzer`,
-:mod:`.role_source`) share a :class:`NodeContext`: the config, bus, state store, supervisor, and
-the rules for persisting link state *before* sending what a link-layer call returned.
+The roles (:mod:`qnode.daemon.roles.station`, :mod:`qnode.daemon.roles.memory`,
+:mod:`qnode.daemon.roles.analyzer`,
+:mod:`qnode.daemon.roles.source`) share a :class:`NodeContext`: the config, bus, state store,
+supervisor, and the rules for persisting link state *before* sending what a link-layer call
+returned.
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import gc
 import logging
 import signal
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
-from .bus import NodeBus
-from .config import NodeConfig
-from .identity import NodeSigner, TrustStore
-from .instruments import driver_factory
-from .keys import KeyRing
-from .link_service import LinkRouter
-from .messages import Deduplicator, IdCounter
-from .sdnotify import Notifier, watchdog_interval_s, watchdog_loop
-from .state import StateStore
-from .supervisor import InstrumentState, ManagedInstrument, Supervisor
-from .telemetry import SCHEMA_VERSION, Telemetry
-from .topics import Topics
+from qnode.daemon.bus.client import NodeBus
+from qnode.daemon.bus.envelope import Deduplicator
+from qnode.daemon.bus.identity import NodeSigner, TrustStore
+from qnode.daemon.bus.telemetry import SCHEMA_VERSION, Telemetry
+from qnode.daemon.bus.topics import Topics
+from qnode.daemon.klink.service import LinkRouter
+from qnode.daemon.runtime.config import NodeConfig
+from qnode.daemon.runtime.context import LeasedIds, NodeContext, Role, read_keys, tls_context
+from qnode.daemon.runtime.instruments import driver_factory
+from qnode.daemon.runtime.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
+from qnode.daemon.runtime.state import StateStore
+from qnode.daemon.runtime.supervisor import InstrumentState, ManagedInstrument, Supervisor
 
 log = logging.getLogger("qnode.node")
-
-#: message ids are leased from the state store in blocks, so a restart never reuses one
-ID_LEASE = 100_000
-
-
-class LeasedIds(IdCounter):
-    """Own message ids that keep increasing across restarts and crashes: the store holds the
-    end of the current lease, so after a crash ids continue above anything ever sent."""
-
-    def __init__(self, store: StateStore, lease: int = ID_LEASE):
-        super().__init__(store.next_message_id())
-        self.store, self.lease = store, lease
-        self._limit = self.next_id + lease
-        store.save_next_message_id(self._limit)
-
-    def __call__(self) -> int:
-        if self.next_id >= self._limit:
-            self._limit = self.next_id + self.lease
-            self.store.save_next_message_id(self._limit)
-        return super().__call__()
-
-
-class Role(Protocol):
-    """A node role: supervised tasks, a share of the telemetry, persistence at shutdown."""
-
-    name: str
-
-    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]: ...
-
-    def fill_telemetry(self, record: Telemetry, interval_s: float) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class NodeContext:
-    """What roles share: config, bus, store, supervisor and a few helpers."""
-
-    def __init__(self, config: NodeConfig, bus: NodeBus, store: StateStore,
-                 supervisor: Supervisor, keys: KeyRing):
-        self.config, self.bus, self.store, self.supervisor = config, bus, store, supervisor
-        self.keys = keys
-        self.node = config.id
-        self.topics = bus.topics
-        self._router: LinkRouter | None = None
-        # one writer thread: stores reach SQLite in the order they were asked for, so a late
-        # write can never overwrite a newer one (e.g. the final store at shutdown)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
-
-    @property
-    def has_router(self) -> bool:
-        return self._router is not None
-
-    @property
-    def router(self) -> LinkRouter:
-        """The node's link-layer dispatcher (made on first use: it claims the bus handlers for
-        ``herald``, ``ll`` and ``cmd``)."""
-        if self._router is None:
-            self._router = LinkRouter(self)
-        return self._router
-
-    def instrument(self, name: str) -> ManagedInstrument:
-        return self.supervisor.instruments[name]
-
-    def now(self) -> float:
-        """Monotonic seconds: the link layer's clock."""
-        return time.monotonic()
-
-    async def persist(self, fn: Callable[[], None]) -> None:
-        """Run a store write on the writer thread and wait for it (write-ahead: before
-        sending). Writes run in call order, even when a caller was cancelled meanwhile."""
-        await asyncio.get_running_loop().run_in_executor(self._writer, fn)
-
-    def close(self) -> None:
-        """Wait for queued writes (shutdown)."""
-        self._writer.shutdown(wait=True)
-
-
-def read_keys(config: NodeConfig) -> KeyRing:
-    """HMAC keys by the name the bus looks them up under (:meth:`.keys.KeyRing.from_config`):
-    the peer (``ll``/``proto``/``tags``), the link id (``herald``) and, for a source, the node
-    itself (``cmd``). Its key files are followed by :meth:`.keys.KeyRing.watch`."""
-    return KeyRing.from_config(config)
-
-
-def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
-    b = config.broker
-    if not b.tls:
-        return None
-    ctx = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
-    if b.client_cert is not None:
-        ctx.load_cert_chain(str(b.client_cert), str(b.client_key) if b.client_key else None)
-    return ctx
-
 
 class Node:
     """A running node. ``await Node(config).run()`` returns after :meth:`stop` (or SIGTERM with
@@ -354,7 +261,7 @@ class Node:
             await self.ctx.persist(lambda s=snap: self.ctx.store.save_dedup(s))  # type: ignore
 
     def telemetry(self) -> Telemetry:
-        """A telemetry record now (DESIGN §7); see :mod:`.telemetry`."""
+        """A telemetry record now (DESIGN §7); see :mod:`qnode.daemon.bus.telemetry`."""
         assert self.ctx is not None
         now = time.monotonic()
         interval = max(now - self._last_telemetry, 1e-3)
@@ -376,8 +283,9 @@ class Node:
         }
         for role in self.roles:
             role.fill_telemetry(record, interval)
-        if self.ctx.has_router:
-            record["link_rejected"] = dict(self.ctx.router.rejected)
+        router = self.ctx.shared_if_made(LinkRouter)
+        if router is not None:
+            record["link_rejected"] = dict(router.rejected)
         record["bus"] = self.ctx.bus.metrics()
         return record
 
@@ -409,15 +317,15 @@ def build_roles(ctx: NodeContext) -> list[Role]:
     roles: list[Role] = []
     names = set(ctx.config.roles)
     if "herald" in names:
-        from .role_station import HeraldStationRole
+        from qnode.daemon.roles.station import HeraldStationRole
         roles.append(HeraldStationRole(ctx))
     if names & {"memory", "repeater"}:
-        from .role_memory import MemoryRole
+        from qnode.daemon.roles.memory import MemoryRole
         roles.append(MemoryRole(ctx))
     if "analyzer" in names:
-        from .role_analyzer import AnalyzerRole
+        from qnode.daemon.roles.analyzer import AnalyzerRole
         roles.append(AnalyzerRole(ctx))
     if "source" in names:
-        from .role_source import SourceRole
+        from qnode.daemon.roles.source import SourceRole
         roles.append(SourceRole(ctx))
     return roles

@@ -38,9 +38,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-CONFIG_MODULE = "qnode.daemon.config"
-KEYS_MODULE = "qnode.daemon.keys"
-INSTRUMENTS_MODULE = "qnode.daemon.instruments"
+CONFIG_MODULE = "qnode.daemon.runtime.config"
+KEYS_MODULE = "qnode.daemon.bus.keys"
+INSTRUMENTS_MODULE = "qnode.daemon.runtime.instruments"
 PAGE = Path(__file__).resolve().parent / "operators" / "config-reference.md"
 
 #: Meanings of keys the config code does not explain (no comment in its annotated layout, no

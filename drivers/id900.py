@@ -44,7 +44,7 @@ import zmq
 
 from qnode.native import TagBlock, merge_channels
 
-from ._driver import Driver
+from .driver import Driver
 from .errors import DeviceError, GarbledReply
 from .tagger import TimeTagger
 from .zmq_transport import ZmqReqTransport

@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from ._driver import Driver
+from .driver import Driver
 from .errors import DeviceError, GarbledReply, InstrumentTimeout
 from .transport import Transport
 from .visa import DEFAULT_BACKEND, VisaTransport

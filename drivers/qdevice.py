@@ -95,7 +95,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from ._driver import Driver
+from qnode.daemon.quantum.bell_states import BELL_STATES
+
+from .driver import Driver
 from .errors import DeviceError, GarbledReply
 from .transport import SerialTransport
 
@@ -111,7 +113,6 @@ ERR_INTERNAL = 9
 #: Commands in one request line (a batch, ";"-separated).
 MAX_BATCH = 128
 
-BELL_STATES = ("phi+", "phi-", "psi+", "psi-")
 AXES = ("X", "Y", "Z")
 BASES = ("Z", "X", "Y")
 

@@ -29,7 +29,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from ._driver import Driver
+from .driver import Driver
 from .errors import DeviceError, GarbledReply, InstrumentError, InstrumentTimeout
 from .transport import SerialTransport
 

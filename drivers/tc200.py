@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._driver import Driver
+from .driver import Driver
 from .errors import DeviceError, GarbledReply
 from .transport import SerialTransport
 

@@ -37,8 +37,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qnode.daemon.quantum.bell_states import BELL_STATES
+
 #: Bell states in qnode's order (the link layer's, SeQUeNCe's): [Φ+, Φ−, Ψ+, Ψ−].
-BELL_STATES = ("phi+", "phi-", "psi+", "psi-")
 #: Largest register this module accepts (2^20 complex entries = 16 MiB).
 MAX_QUBITS = 10
 
@@ -292,7 +293,7 @@ class DensityMatrix:
         self._check([qubit])
         keep = [q for q in range(self._n) if q != qubit]
         r = self.partial_trace(keep)
-        self._n, self._t = r._n, r._t
+        self._n, self._t = r._n, r._t  # noqa: SLF001
 
     # ------------------------------------------------------------------ internals
     def _check(self, qubits: Sequence[int], allow_empty: bool = False) -> list[int]:

@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.native import SimRandom, TagBlock, merge_channels
 
 from . import _validate as v
@@ -82,7 +83,6 @@ from .source import bernoulli_positions
 
 #: Bell-state codes of :data:`HERALD_DTYPE` (``announced``, ``state``): index into this tuple,
 #: the order of qnode's link layer.
-BELL_STATES = ("phi+", "phi-", "psi+", "psi-")
 PSI_PLUS = BELL_STATES.index("psi+")
 PSI_MINUS = BELL_STATES.index("psi-")
 

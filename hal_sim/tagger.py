@@ -101,19 +101,19 @@ class NodeFeed:
 
     def attach(self) -> None:
         """Receive every chunk made from now on (:meth:`step` attaches too)."""
-        self.fanout._attach(self)
+        self.fanout._attach(self)  # noqa: SLF001
 
     def step(self) -> Any:
         """The next chunk for this node (blocks while the producer waits for another feed)."""
-        return self.fanout._next(self, final=False)
+        return self.fanout._next(self, final=False)  # noqa: SLF001
 
     def flush(self) -> Any:
         """End the shared run (for every feed) and return this feed's next chunk."""
-        return self.fanout._next(self, final=True)
+        return self.fanout._next(self, final=True)  # noqa: SLF001
 
     def detach(self) -> None:
         """Stop receiving chunks (queued ones are dropped); the next :meth:`step` re-attaches."""
-        self.fanout._detach(self)
+        self.fanout._detach(self)  # noqa: SLF001
 
 
 class SimulatorFanout:
@@ -156,7 +156,7 @@ class SimulatorFanout:
         with self._cond:
             if not feed.attached:
                 feed.attached = True
-                feed._time_ps = self.sim.time_ps
+                feed._time_ps = self.sim.time_ps  # noqa: SLF001
 
     def _next(self, feed: NodeFeed, final: bool) -> Any:
         with self._cond:
@@ -173,7 +173,7 @@ class SimulatorFanout:
             chunk = feed.queue.popleft()
             truth = getattr(chunk, "truth", None)
             if truth is not None:
-                feed._time_ps = truth.emission_end_ps
+                feed._time_ps = truth.emission_end_ps  # noqa: SLF001
             self._cond.notify_all()
             return chunk
 

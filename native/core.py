@@ -254,7 +254,7 @@ def route_pairs(times_ps: np.ndarray, rng: SimRandom, cdf: np.ndarray, route: np
     outs_i = [np.empty(t.size, np.int64) for _ in range(n_outputs)]
     counts = np.zeros(n_outputs, np.int64)
     n_ids = _lib.qn_route_pairs(
-        _ptr("int64_t *", t), rng._ptr, t.size, c.size, _ptr("double *", c),
+        _ptr("int64_t *", t), rng._ptr, t.size, c.size, _ptr("double *", c),  # noqa: SLF001
         _ptr("int32_t *", r), r.shape[1], int(n_both_classes), int(first_id),
         _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_t] or [_ffi.NULL]),
         _ffi.new("int64_t *[]", [_ptr("int64_t *", a) for a in outs_i] or [_ffi.NULL]),
@@ -289,7 +289,7 @@ def detector_finalize(pending: tuple[np.ndarray, np.ndarray], new: tuple[np.ndar
     cut = _ffi.new("int64_t *")
     m = _lib.qn_detector_finalize(
         _ptr("int64_t *", pt), _ptr("int64_t *", pi), pt.size, _ptr("int64_t *", nt),
-        _ptr("int64_t *", ni), rng._ptr, float(sigma_ps), nt.size, int(delay_ps), float(clip_ps),
+        _ptr("int64_t *", ni), rng._ptr, float(sigma_ps), nt.size, int(delay_ps), float(clip_ps),  # noqa: SLF001
         _ptr("int64_t *", dk), int(dark_id), dk.size, int(horizon_ps), int(dead_ps), last,
         _ptr("int64_t *", out_t), _ptr("int64_t *", out_i), cut)
     c = int(cut[0])

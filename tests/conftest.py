@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mosquitto import Mosquitto
+from support.mosquitto import Mosquitto
 
 
 @pytest.fixture

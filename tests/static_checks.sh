@@ -12,11 +12,11 @@ echo "== ruff"
 # The packages that type-check cleanly; a package joins once it does.
 MYPY_TARGETS=(
     -p qnode.native
-    -m qnode.daemon.linklayer
-    -m qnode.daemon.ll_messages
-    -m qnode.daemon.bell_diagonal
-    -m qnode.daemon.estimators
-    -m qnode.daemon.feu
+    -m qnode.daemon.linklayer.end
+    -m qnode.daemon.linklayer.messages
+    -m qnode.daemon.quantum.bell_diagonal
+    -m qnode.daemon.quantum.estimators
+    -m qnode.daemon.quantum.feu
 )
 echo "== mypy ${MYPY_TARGETS[*]}"
 tree=$(mktemp -d)

@@ -1,0 +1,3 @@
+"""Time tags to counts: the tagger pipeline, cross-node coincidence counting and polarisation
+compensation.
+"""

@@ -1,0 +1,3 @@
+"""Services of a heralded (K-type) link: the link service and its router, quantum memories,
+purification and entanglement swapping.
+"""

@@ -1,0 +1,328 @@
+"""End-to-end pairs over a path ``ends[0] – repeater – ends[1]`` (config ``[[paths]]``).
+
+**At the repeater** (:class:`Swapper`). As soon as both of the path's links hold a pair in a
+qubit that the end at the other side holds too (its HELD came: each end binds by itself and
+EXPIREs what it could not bind, so a pair the repeater bound may be gone at the end), the oldest
+of each goes through a Bell-state measurement on the QDevice
+(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both
+pairs leave the links' inventories (consumed at both ends: the SWAP_RES says so) and each end gets
+a :class:`~.ll_messages.SwapResult` on its link's ``ll`` topic, signed with that link's key:
+the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (DESIGN §4; the frame
+is tracked, not corrected), and the repeater's estimate of the end pair at the BSM —
+:func:`~.bell_diagonal.swap` of the two links' estimates, each with the repeater's half decayed
+since binding, with the device's CNOT fidelity and read-out error — plus how long the *other*
+end's half had waited (from that end's HELD, which carries its bind time).
+
+**At an end** (:class:`PathEnd`). A SWAP_RES turns the end's link pair into a path pair held in
+the same qubit. Its estimate at any later time adds this end's half's decay since it was bound
+and the other end's half's decay since *it* was bound (``remote_age_s`` at the BSM plus the
+time since): the Bell weights of the memory's T1/T2 decay of both halves, exact for a
+Bell-diagonal pair (:func:`decay`; both ends' memories are assumed alike).
+A CREATE whose ``remote_node`` is the other end is served from the path's pairs, oldest first,
+with OKs on ``reply/<requester>``: ``link`` = the path id, ``seq`` = the pair id (the same at
+both ends), the frame's Bell state, the estimate now, and the qubit. Each end serves its own
+applications; a delivered qubit is the application's until the pair's cut-off (the far end
+may deliver its copy until then). A pair is delivered only while at least
+``[memory].delivered_hold_s`` is left before its cut-off, so both ends' applications have their
+halves that long; path pairs older than ``max_pair_age_s`` are discarded, and their qubits
+reused a guard time later.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from qnode.daemon.linklayer import (
+    BELL_STATES,
+    Ack,
+    Create,
+    CreateIdAllocator,
+    Err,
+    ErrCode,
+    Ok,
+    SwapResult,
+    hold_ms,
+)
+from qnode.daemon.quantum.bell_diagonal import (
+    BellDiagonal,
+    BellLike,
+    PauliChannel,
+    age_halves,
+    apply_channels,
+    pauli_frame,
+    swap,
+)
+from qnode.drivers.errors import InstrumentError
+
+if TYPE_CHECKING:
+    from qnode.daemon.klink.handle import LinkHandle
+    from qnode.daemon.klink.memory import Bound, LinkMemory
+    from qnode.daemon.runtime.config import MemoryConfig, PathConfig
+    from qnode.daemon.runtime.context import NodeContext
+
+log = logging.getLogger("qnode.swap")
+
+#: A path pair's qubit is reused this long (s) after its cut-off, not at once (PathEnd.tick).
+CUTOFF_GUARD_S = 0.1
+
+
+def decay(state: BellDiagonal, waits_s: tuple[float, ...], t1_s: float, t2_s: float, *,
+          frame: BellLike | None = None) -> BellDiagonal:
+    """``state`` after its halves waited ``waits_s`` (s; one entry per half, at most two) in
+    memories of T1/T2 (s; ``t1_s`` ≤ 0: no decay model, ``state`` unchanged).
+
+    ``frame``: the Bell state the coefficients of ``state`` (and the result) are relative to
+    (``"phi+"``: absolute). Given, the result is exact for a Bell-diagonal pair
+    (:func:`~.bell_diagonal.age_halves`: the per-half Pauli twirl plus the joint decay of the
+    halves towards |00⟩, a·b/4 off the Ψ± weights and onto the Φ± ones in the lab's labels,
+    a and b = 1 − e^{−t/T1} of each half). None: the per-half Pauli-twirl approximation, which
+    needs no frame but over-estimates Ψ± (and under-estimates Φ±) pairs by a·b/4 when both
+    halves decay; exact for one half.
+    """
+    if t1_s <= 0:
+        return state
+    if frame is None:
+        for w in waits_s:
+            if w > 0:
+                state = apply_channels(state, PauliChannel.from_t1_t2(w, t1_s, t2_s))
+        return state
+    if len(waits_s) > 2:
+        raise ValueError(f"waits_s: one wait per half (at most 2), got {waits_s!r}")
+    wait_a, wait_b = (*waits_s, 0.0, 0.0)[:2]
+    return age_halves(state.relabel(frame), max(0.0, wait_a), max(0.0, wait_b), t1_s=t1_s,
+                      t2_s=t2_s).relabel(frame)
+
+
+class Swapper:
+    """The repeater's side of ``path`` (module docstring)."""
+
+    def __init__(self, ctx: NodeContext, path: PathConfig, services: tuple[LinkHandle,
+                 LinkHandle], memories: tuple[LinkMemory, LinkMemory], mem: MemoryConfig):
+        self.ctx, self.path, self.services, self.memories = ctx, path, services, memories
+        self.mem = mem
+        self._wake = asyncio.Event()
+        self.counts = {"swaps_total": 0, "swaps_failed_total": 0}
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.last_fidelity: float | None = None
+
+    def poke(self) -> None:
+        """A link's qubits changed: try to swap."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            while await self._swap_once():
+                pass
+
+    async def _swap_once(self) -> bool:
+        s1, s2 = self.services
+        m1, m2 = self.memories
+        async with s1.lock, s2.lock:
+            m1.release_gone(s1.end)
+            m2.release_gone(s2.end)
+            c1, c2 = m1.confirmed(), m2.confirmed()
+            if not c1 or not c2:
+                return False
+            b1, b2 = c1[0], c2[0]
+            m1.take(b1.seq)
+            m2.take(b2.seq)
+            try:
+                outcome = await m1.pool.call(lambda d: d.bell_measurement(b1.qubit, b2.qubit))
+            except InstrumentError as exc:
+                self.counts["swaps_failed_total"] += 1
+                log.warning("path %s: Bell-state measurement failed: %s", self.path.id, exc,
+                            extra={"path": self.path.id, "error": str(exc)})
+                await s1.expire_pair(b1.seq)
+                await s2.expire_pair(b2.seq)
+                return True
+            finally:
+                m1.give_back(b1.qubit)
+                m2.give_back(b2.qubit)
+            s1.end.consume([b1.seq])
+            s2.end.consume([b2.seq])
+            s1.changed()
+            s2.changed()
+            # the BSM ran when its reply came (it may have queued behind other commands)
+            self._announce(b1, b2, outcome, self.ctx.now(), m1, m2)
+        return True
+
+    def _announce(self, b1: Bound, b2: Bound, outcome: str, now: float, m1: LinkMemory,
+                  m2: LinkMemory) -> None:
+        frame = pauli_frame(b1.bell_state, b2.bell_state, outcome)
+        a = m1.state_of(b1, now)                 # the repeater's half decayed
+        b = m2.state_of(b2, now)
+        end_pair = swap(a, b, gate_fidelity=self.mem.gate_fidelity_2q,
+                        meas_fidelity=1.0 - self.mem.readout_error).relabel(outcome)
+        weights = tuple(round(w, 9) for w in end_pair.coefficients)
+        weights = tuple(w / sum(weights) for w in weights)
+        pair_id = self.ctx.bus.ids() & 0xFFFFFFFF
+        # how long the ends' halves have waited: from their HELD times
+        age1, age2 = m1.peer_age(b1.seq), m2.peer_age(b2.seq)
+        bsm_time = time.time()
+        bell = BELL_STATES[int(frame)]
+        self.counts["swaps_total"] += 1
+        self.outcomes[outcome] += 1
+        self.last_fidelity = end_pair.fidelity(bell)
+        ends = self.path.ends
+        for k, (service, bound, remote, remote_age) in enumerate((
+                (self.services[0], b1, ends[1], age2), (self.services[1], b2, ends[0], age1))):
+            msg = SwapResult(self.path.id, service.link, bound.seq, pair_id, outcome, bell,
+                             weights, remote, remote_age, bsm_time)  # type: ignore[arg-type]
+            self.ctx.bus.publish(self.ctx.topics.ll(ends[k]), msg.TYPE, msg.to_dict(),
+                                 sign_with=ends[k])
+        log.info("path %s: swapped %s %d + %s %d -> pair %d %s (BSM %s), F %.4f",
+                 self.path.id, self.services[0].link, b1.seq, self.services[1].link, b2.seq,
+                 pair_id, bell, outcome, self.last_fidelity,
+                 extra={"path": self.path.id, "pair_id": pair_id, "bell_state": bell,
+                        "fidelity": round(self.last_fidelity, 5)})
+
+    def telemetry(self) -> dict[str, Any]:
+        t: dict[str, Any] = {"role": "repeater", "ends": list(self.path.ends), **self.counts,
+                             "bsm_outcomes": dict(self.outcomes)}
+        if self.last_fidelity is not None:
+            t["fidelity_estimate"] = self.last_fidelity
+        return t
+
+
+@dataclass
+class PathPair:
+    pair_id: int
+    seq: int                 # this end's pair on its link
+    qubit: int
+    bell_state: str          # in the Pauli frame
+    weights: BellDiagonal    # at the BSM (absolute), repeater halves and BSM errors included
+    own_bound_at: float      # monotonic s
+    remote_age_s: float      # the other half's wait at the BSM
+    bsm_at: float            # monotonic s, this end's view of the BSM time
+
+
+class PathEnd:
+    """One end of ``path`` (module docstring); ``memory`` is this end's link memory."""
+
+    def __init__(self, ctx: NodeContext, path: PathConfig, service: LinkHandle,
+                 memory: LinkMemory, mem: MemoryConfig):
+        self.ctx, self.path, self.service, self.memory, self.mem = ctx, path, service, memory, mem
+        me = path.ends.index(ctx.node)
+        self.remote = path.ends[1 - me]
+        self.pairs: collections.OrderedDict[int, PathPair] = collections.OrderedDict()
+        self.create_ids = CreateIdAllocator()
+        self._requests: list[tuple[int, Create, str, float, int]] = []  # cid, create, who, t, n
+        self.counts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
+                       "pairs_discarded_total": 0, "swap_orphaned_total": 0}
+        self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
+
+    def estimate(self, pair: PathPair, now: float) -> BellDiagonal:
+        """Absolute Bell weights of ``pair`` now (module docstring)."""
+        since = max(0.0, now - pair.bsm_at)
+        return decay(pair.weights, (max(0.0, now - pair.own_bound_at),
+                                    pair.remote_age_s + since), self.mem.t1_s, self.mem.t2_s,
+                     frame="phi+")   # the weights are absolute (the frame is not corrected)
+
+    async def on_swap_result(self, msg: SwapResult) -> None:
+        """Called by the link service, under its lock, for the repeater's SWAP_RES."""
+        now = self.ctx.now()
+        bound = self.memory.take(msg.seq)
+        if bound is None or bound.generation != self.memory.pool.generation:
+            self.counts["swap_orphaned_total"] += 1
+            if bound is not None:
+                self.memory.give_back(bound.qubit)
+            log.warning("path %s: SWAP_RES for pair %d of %s, which is not held here",
+                        self.path.id, msg.seq, msg.link,
+                        extra={"path": self.path.id, "link": msg.link, "seq": msg.seq})
+            return
+        self.service.end.consume([msg.seq])
+        self.service.changed()
+        latency = max(0.0, time.time() - msg.time)
+        self.pairs[msg.pair_id] = PathPair(msg.pair_id, msg.seq, bound.qubit, msg.bell_state,
+                                           BellDiagonal(msg.weights), bound.bound_at,
+                                           msg.remote_age_s, now - latency)
+        self.counts["pairs_received_total"] += 1
+        self._serve(now)
+
+    async def request(self, create: Create, requester: str) -> None:
+        now = self.ctx.now()
+        cid = self.create_ids.allocate(r[0] for r in self._requests)
+        if create.tpe != "K":
+            self._reply(requester, Err(cid, ErrCode.UNSUPP))
+            return
+        self._reply(requester, Ack(cid))
+        self._requests.append((cid, create, requester, now, 0))
+        self._serve(now)
+
+    def _reply(self, requester: str, m: Ack | Ok | Err) -> None:
+        self.ctx.bus.publish(self.ctx.topics.reply(requester), m.TYPE, m.to_dict())
+
+    def _serve(self, now: float) -> None:
+        while self._requests and self.pairs:
+            cid, create, who, t0, n = self._requests[0]
+            pick = None
+            for pid, pair in self.pairs.items():
+                # the far end drops its copy at the cut-off: leave the application its hold
+                if self._cutoff_at(pair, now) - now < self.mem.delivered_hold_s:
+                    continue
+                state = self.estimate(pair, now)
+                if state.fidelity(pair.bell_state) >= create.min_fidelity:
+                    pick = (pid, pair, state)
+                    break
+            if pick is None:
+                return
+            pid, pair, state = pick
+            del self.pairs[pid]
+            goodness = round(state.fidelity(pair.bell_state), 6)
+            self._reply(who, Ok(cid, self.path.id, pid, pair.bell_state, goodness,
+                                create.purpose_id, self.remote, "K",
+                                int(time.monotonic_ns() * 1000), qubit=pair.qubit,
+                                hold_ms=hold_ms(self._cutoff_at(pair, now) - now)))
+            self.counts["pairs_delivered_total"] += 1
+            self.delivered_fidelity.append(goodness)
+            # the far end keeps its copy until the cut-off: so does this qubit (+ a guard)
+            self.memory.hold(pair.qubit, self._cutoff_at(pair, now) + CUTOFF_GUARD_S)
+            n += 1
+            if n >= create.number:
+                self._requests.pop(0)
+            else:
+                self._requests[0] = (cid, create, who, t0, n)
+
+    def _cutoff_at(self, pair: PathPair, now: float) -> float:
+        """When ``pair`` reaches the cut-off (monotonic s; inf without one): its older half
+        is then ``max_pair_age_s`` old."""
+        cutoff = self.mem.max_pair_age_s
+        if cutoff <= 0:
+            return float("inf")
+        oldest = max(now - pair.own_bound_at, now - pair.bsm_at + pair.remote_age_s)
+        return now + cutoff - oldest
+
+    def tick(self) -> None:
+        """Time-outs and the cut-off of path pairs. A discarded pair's qubit is reused only
+        ``CUTOFF_GUARD_S`` later: the far end, whose clock and view of the ages differ by
+        milliseconds, may still hand its copy to an application until its own cut-off."""
+        now = self.ctx.now()
+        for pid, pair in list(self.pairs.items()):
+            if self._cutoff_at(pair, now) < now:
+                del self.pairs[pid]
+                self.memory.hold(pair.qubit, now + CUTOFF_GUARD_S)
+                self.counts["pairs_discarded_total"] += 1
+        for req in list(self._requests):
+            cid, create, who, t0, _ = req
+            if create.max_time_ms > 0 and now - t0 >= create.max_time_ms / 1000.0:
+                self._requests.remove(req)
+                self._reply(who, Err(cid, ErrCode.TIMEOUT))
+        self._serve(now)
+
+    def telemetry(self) -> dict[str, Any]:
+        t: dict[str, Any] = {"role": "end", "remote": self.remote, **self.counts,
+                             "pairs_held": len(self.pairs)}
+        if self.delivered_fidelity:
+            t["delivered_fidelity_mean"] = sum(self.delivered_fidelity) / len(
+                self.delivered_fidelity)
+        return t
+

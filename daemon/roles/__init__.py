@@ -1,0 +1,2 @@
+"""Thin wiring of each node role (station, memory, analyzer, source) onto the services below.
+"""

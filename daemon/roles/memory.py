@@ -1,0 +1,176 @@
+"""Roles ``memory`` and ``repeater``: keep the pairs heralded on the node's K-type links.
+
+Each K-type link of the config gets a :class:`~.link_service.LinkService`: heralds from the
+link's station are applied with the EGP rule, the inventory lives in SQLite, the memory's limits
+(``[memory].capacity`` live pairs per link, cut-off ``[memory].max_pair_age_s``) expire the
+oldest pairs (telling the peer), and CREATE requests on ``cmd`` are served from the inventory.
+
+With ``[memory].qdevice`` the pairs live in that QDevice's qubits (QDEVICE/1): every connect
+resets it and allocates ``qubits_per_link`` storage qubits and one test qubit per K link, and
+each link binds its pairs by the rule of :mod:`qnode.daemon.klink.memory` — test pairs measured
+for the link's fidelity estimate, the rest bound while qubits are free and EXPIREd otherwise.
+``[[paths]]`` through this node make it a repeater that swaps (:class:`~.swapping.Swapper`) or a
+path end that serves end-to-end pairs (:class:`~.swapping.PathEnd`). Without a QDevice the pairs
+are the link layer's alone, with the fidelity ``[memory].fidelity`` aged with ``t1_s``/``t2_s``.
+
+QDevices are supervised like any instrument: calibration and the health check read ``QUBITS?``
+(capacity, free), reported as ``memory_qubits``/``memory_qubits_free``.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from qnode.daemon.klink.memory import LinkMemory, QubitPool
+from qnode.daemon.klink.purification import Purifier
+from qnode.daemon.klink.service import LinkRouter, LinkService
+from qnode.daemon.klink.swapping import PathEnd, Swapper
+from qnode.daemon.runtime.config import ConfigError
+
+if TYPE_CHECKING:
+    from qnode.daemon.bus.telemetry import Telemetry
+    from qnode.daemon.runtime.context import NodeContext
+
+
+class MemoryRole:
+    name = "memory"
+
+    def __init__(self, ctx: NodeContext):
+        mem = ctx.config.memory
+        assert mem is not None
+        self.ctx = ctx
+        self.router = ctx.shared(LinkRouter)
+        self.capacity = mem.capacity
+        self.services = [
+            self.router.add(LinkService(ctx, link.id, link.peer, "K", goodness=mem.fidelity,
+                                        capacity=mem.capacity,
+                                        max_pair_age_s=mem.max_pair_age_s,
+                                        restart_policy=mem.restart_policy,
+                                        max_fidelity=mem.fidelity, t1_s=mem.t1_s,
+                                        t2_s=mem.t2_s))
+            for link in ctx.config.links if link.type == "K"]
+        self.qubits: dict[str, tuple[int, int]] = {}   # qdevice -> (capacity, free)
+        self.calibrations: dict[str, Callable[[Any], None]] = {
+            name: self._read_qubits(name) for name, inst in ctx.config.instruments.items()
+            if inst.kind == "qdevice"}
+        self.health_checks = dict(self.calibrations)
+        self.pool: QubitPool | None = None
+        self.swappers: list[Swapper] = []
+        self.path_ends: list[PathEnd] = []
+        if mem.qdevice is not None:
+            self._bind_qubits(mem.qdevice)
+        self._paths()
+
+    def _bind_qubits(self, qdevice: str) -> None:
+        mem = self.ctx.config.memory
+        assert mem is not None
+        pool = self.pool = QubitPool(qdevice, lambda: self.ctx.instrument(qdevice),
+                                     {s.link: mem.qubits_per_link + 1 for s in self.services})
+        read = self.calibrations[qdevice]
+
+        def calibrate(device: Any) -> None:
+            pool.calibrate(device)
+            read(device)
+        self.calibrations[qdevice] = calibrate
+        for s in self.services:
+            s.memory = LinkMemory(s.link, pool, test_fraction=mem.test_fraction,
+                                  readout_error=mem.readout_error, t1_s=mem.t1_s,
+                                  t2_s=mem.t2_s, prior_fidelity=mem.fidelity,
+                                  min_tests=mem.min_tests)
+            s.hold_s = mem.delivered_hold_s
+            s.end.deliverable = s.deliverable
+            if mem.purification != "off":
+                s.purifier = Purifier(self.ctx, s, s.memory, mem)
+                s.listeners.append(s.purifier.poke)
+
+    def _paths(self) -> None:
+        cfg = self.ctx.config
+        mem = cfg.memory
+        assert mem is not None
+        by_link = {s.link: s for s in self.services}
+        for i, path in enumerate(cfg.paths):
+            if cfg.id != path.repeater and cfg.id not in path.ends:
+                continue
+            if self.pool is None:
+                raise ConfigError(cfg.path, f"paths[{i}]", "a path's repeater and ends need "
+                                                           "their pairs in qubits: set "
+                                                           "[memory].qdevice")
+            if cfg.id == path.repeater:
+                pair = (by_link[path.links[0]], by_link[path.links[1]])
+                memories = (pair[0].memory, pair[1].memory)
+                assert memories[0] is not None and memories[1] is not None
+                swapper = Swapper(self.ctx, path, pair, memories, mem)
+                for s in pair:
+                    s.listeners.append(swapper.poke)
+                self.swappers.append(swapper)
+            else:
+                service = by_link[path.links[path.ends.index(cfg.id)]]
+                assert service.memory is not None
+                end = PathEnd(self.ctx, path, service, service.memory, mem)
+                service.swap_handler = end.on_swap_result
+                self.router.add_path(end)
+                self.path_ends.append(end)
+
+    def _read_qubits(self, name: str) -> Callable[[Any], None]:
+        def read(device: Any) -> None:   # QDEVICE/1 ``QUBITS?``
+            count = device.qubits()
+            self.qubits[name] = (count.capacity, count.free)
+        return read
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        out: dict[str, Callable[[], Awaitable[None]]] = {}
+        for s in self.services:
+            out[f"{s.link}:tick"] = self._ticker(s)
+            if s.memory is not None:
+                out[f"{s.link}:qubits"] = self._qubit_worker(s)
+            if s.purifier is not None:
+                out[f"{s.link}:purify"] = s.purifier.run
+        for sw in self.swappers:
+            out[f"{sw.path.id}:swap"] = sw.run
+        for end in self.path_ends:
+            out[f"{end.path.id}:end"] = self._path_ticker(end)
+        return out
+
+    @staticmethod
+    def _ticker(service: LinkService) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await service.start()
+            await service.tick_loop()
+        return run
+
+    @staticmethod
+    def _qubit_worker(service: LinkService) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            assert service.memory is not None
+            await service.memory.run(service)
+        return run
+
+    @staticmethod
+    def _path_ticker(end: PathEnd) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(0.1)
+                async with end.service.lock:
+                    end.tick()
+        return run
+
+    async def close(self) -> None:
+        for s in self.services:
+            await s.persist()
+
+    def fill_telemetry(self, record: Telemetry, interval_s: float) -> None:
+        used = 0
+        for s in self.services:
+            t = s.telemetry(interval_s)
+            record["links"][s.link] = t
+            used += t.get("pairs_live", 0)
+        record["memory_used"] = used
+        record["memory_capacity"] = self.capacity * len(self.services)
+        if self.qubits:
+            record["memory_qubits"] = sum(c for c, _ in self.qubits.values())
+            record["memory_qubits_free"] = sum(f for _, f in self.qubits.values())
+        paths: dict[str, Any] = {sw.path.id: sw.telemetry() for sw in self.swappers}
+        paths.update({end.path.id: end.telemetry() for end in self.path_ends})
+        if paths:
+            record["paths"] = paths  # type: ignore[typeddict-unknown-key]

@@ -1,0 +1,448 @@
+"""``qnode demo``: a whole simulated network on this machine, watched live, then a report.
+
+What runs (every part a separate process or a real socket, as on a lab network):
+
+* an MQTT broker: the embedded ``amqtt`` broker on a free loopback port (or ``--broker``);
+* ``python -m qnode.hal_sim bench`` serving the simulated instruments of
+  ``hal_sim/benches/network.toml`` on ptys and loopback sockets, with its ground truth in a file;
+* one ``qnode run`` daemon per node, each with a generated config that names its instruments by
+  the addresses the bench printed — exactly what a lab config names:
+
+  - the K-type chain alice – herald1 – repeater – herald2 – bob (memories and two midpoint
+    stations heralding Ψ± over MQTT);
+  - the M-type link: a source (pump and oven kept at their working point) and two analyzers
+    whose streams are aligned and counted across nodes.
+
+The demo subscribes to every node's telemetry, shows a live view (a table on a terminal, a
+progress line otherwise), records the telemetry, and at the end stops everything with SIGTERM and
+writes the report (plots and ``summary.json``, with the simulator's truth beside the estimates).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from qnode.daemon.bus.identity import keygen
+from qnode.daemon.bus.keys import write_key_file
+
+log = logging.getLogger("qnode.demo")
+
+NETWORK = "demo"
+BENCH_FILE = "network.toml"
+
+
+@dataclass
+class NodePlan:
+    """One node of the demo network: its config text and where it is written."""
+
+    name: str
+    roles: tuple[str, ...]
+    text: str
+    path: Path | None = None
+
+
+@dataclass
+class NetworkPlan:
+    nodes: dict[str, NodePlan] = field(default_factory=dict)
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes.values():
+            node.path = directory / f"{node.name}.toml"
+            node.path.write_text(node.text)
+
+
+def bench_config_path() -> Path:
+    """The demo network's bench file, shipped with the package."""
+    return Path(str(resources.files("qnode.hal_sim") / "benches" / BENCH_FILE))
+
+
+def _toml_str(s: str | Path) -> str:
+    return json.dumps(str(s))
+
+
+def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
+                 telemetry_interval_s: float = 1.0, network: str = NETWORK,
+                 memory_fidelity: float = 0.9, max_pair_age_s: float = 2.0,
+                 capacity: int = 20_000, quantum_memory: bool = True,
+                 test_fraction: float = 0.1, min_tests: int = 300, qubits_per_link: int = 2,
+                 purification: str = "dejmps",
+                 purification_schedule: str = "pumping", memory_t1_s: float = 5.0,
+                 memory_t2_s: float = 2.0, memory_readout_error: float = 0.005) -> NetworkPlan:
+    """Node configs for the demo network given the bench's ``addresses`` (``bench
+    --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
+    ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
+    ``quantum_memory``: the memory nodes hold their pairs in the bench's QDevices (with the
+    devices' calibrated T1, T2, CNOT fidelity and read-out error), measure ``test_fraction``
+    of them as test pairs, and the repeater swaps for the path alice–bob; without it the
+    memories keep every pair in the link layer alone (their QDevices are only supervised).
+    ``qubits_per_link``, ``purification``, ``purification_schedule``: ``[memory]``'s;
+    ``memory_t1_s``/``memory_t2_s``/``memory_readout_error``: the QDevices' calibration (a
+    bench variant's)."""
+    keys = workdir / "keys"
+    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def key(link: str) -> Path:
+        p = keys / f"{link}.key"
+        if not p.exists():
+            write_key_file(p, secrets.token_hex(32))  # 0600 from creation
+        return p
+
+    identities = workdir / "identity"
+
+    def head(name: str, roles: list[str]) -> str:
+        if not (identities / f"{name}.key").exists():
+            keygen(name, identities)  # the node's identity key; every node trusts the folder
+        return (f"[node]\nid = {_toml_str(name)}\nnetwork = {_toml_str(network)}\n"
+                f"roles = {json.dumps(roles)}\nstate_dir = {_toml_str(workdir / 'state' / name)}"
+                f"\nidentity_key_file = {_toml_str(identities / f'{name}.key')}\n"
+                f"trust_dir = {_toml_str(identities)}"
+                f"\n\n[broker]\nurl = {_toml_str(broker_url)}\nkeepalive_s = 10\n\n"
+                f"[metrics]\nprometheus_port = 0\ntelemetry_interval_s = {telemetry_interval_s}"
+                f"\n\n")
+
+    def tagger(inst: str, inputs: list[int]) -> str:
+        return (f"[instruments.tagger]\nkind = \"id900\"\n"
+                f"address = {_toml_str(addresses[f'{inst}.scpi'])}\ntimeout_s = 2.0\n"
+                f"[instruments.tagger.options]\ndlt = {_toml_str(addresses[f'{inst}.dlt'])}\n"
+                f"inputs = {json.dumps(inputs)}\nchunk_interval_s = 0.1\n\n")
+
+    def k_link(link: str, peer: str, station: str) -> str:
+        return (f"[[links]]\nid = {_toml_str(link)}\npeer = {_toml_str(peer)}\ntype = \"K\"\n"
+                f"herald = {_toml_str(station)}\nhmac_key_file = {_toml_str(key(link))}\n\n")
+
+    memory = (f"[memory]\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n"
+              f"fidelity = {memory_fidelity}\n")
+    if quantum_memory:   # the bench's qdevices: T1 5 s, T2 2 s, CNOT 0.999, read-out 0.005
+        memory += (f"qdevice = \"qmem\"\nqubits_per_link = {qubits_per_link}\n"
+                   f"test_fraction = {test_fraction}\nmin_tests = {min_tests}\n"
+                   f"t1_s = {memory_t1_s}\nt2_s = {memory_t2_s}\n"
+                   f"readout_error = {memory_readout_error}\n"
+                   f"gate_fidelity_2q = 0.999\n"
+                   f"gate_fidelity_1q = 0.999\npurification = {_toml_str(purification)}\n"
+                   f"purification_schedule = {_toml_str(purification_schedule)}\n"
+                   f"\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
+                   f"repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
+    memory += "\n"
+    plan = NetworkPlan()
+
+    def add(name: str, roles: list[str], text: str) -> None:
+        plan.nodes[name] = NodePlan(name, tuple(roles), head(name, roles) + text)
+
+    for station, link, ends in (("herald1", "alice-repeater", ("alice", "repeater")),
+                                ("herald2", "repeater-bob", ("repeater", "bob"))):
+        add(station, ["herald"], tagger(f"{station}-tagger", [1, 2, 3, 4])
+            + f"[herald]\nlink = {_toml_str(link)}\nends = {json.dumps(list(ends))}\n"
+              f"channels = [1, 2, 3, 4]\nwindow_ps = 2000\n"
+              f"hmac_key_file = {_toml_str(key(link))}\n")
+    def qdevice(name: str, bench_name: str) -> str:
+        return (f"[instruments.{name}]\nkind = \"qdevice\"\n"
+                f"address = {_toml_str(addresses[bench_name])}\n\n")
+
+    add("alice", ["memory"], memory + qdevice("qmem", "alice-qdevice")
+        + k_link("alice-repeater", "repeater", "herald1"))
+    add("repeater", ["repeater"], memory + qdevice("qmem", "repeater-qdevice")
+        + k_link("alice-repeater", "alice", "herald1") + k_link("repeater-bob", "bob", "herald2"))
+    add("bob", ["memory"], memory + qdevice("qmem", "bob-qdevice")
+        + k_link("repeater-bob", "repeater", "herald2"))
+    add("source", ["source"],
+        f"[instruments.pump]\nkind = \"ibeam\"\naddress = {_toml_str(addresses['pump'])}\n\n"
+        f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"
+        f"[source]\npump_power_mw = 40.0\noven_temperature_c = 35.0\n")
+    for name, peer in (("analyzer-a", "analyzer-b"), ("analyzer-b", "analyzer-a")):
+        add(name, ["analyzer"], tagger(f"{name}-tagger", [1, 2, 3, 4])
+            + f"[instruments.hwp]\nkind = \"elliptec\"\n"
+              f"address = {_toml_str(addresses[f'{name}-hwp'])}\n\n"
+              f"[analyzer]\nchannels = [1, 2, 3, 4]\nbases = [\"Z\", \"X\"]\n"
+              f"window_ps = 1000\n"
+              f"align_s = 1.0\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n\n"
+              f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
+              f"hmac_key_file = {_toml_str(key('m-ab'))}\n")
+    return plan
+
+
+# ---------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """amqtt's broker on a loopback port (MQTT 3.1.1, anonymous, in this process's loop)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def start(self) -> EmbeddedBroker:
+        try:
+            from amqtt.broker import Broker
+        except ImportError as exc:
+            raise RuntimeError("the embedded broker needs amqtt: pip install 'qnode[demo]' "
+                               "(or pass --broker mqtt://host:port)") from exc
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._broker = Broker({
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}",
+                                      "max_connections": 64}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                        {"allow_anonymous": True}}})
+        await self._broker.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self._broker.shutdown()
+
+
+class BenchProcess:
+    """``python -m qnode.hal_sim bench`` in a child process; its addresses from ``--json``."""
+
+    def __init__(self, config: Path, truth: Path, log_file: Path):
+        self.config, self.truth, self.log_file = config, truth, log_file
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> dict[str, str]:
+        self._log = open(self.log_file, "w")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qnode.hal_sim", "bench", "--config", str(self.config),
+             "--json", "--truth", str(self.truth)],
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        text = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            text += line
+            with contextlib.suppress(json.JSONDecodeError):
+                rows = json.loads(text)
+                return {row["name"]: row["address"] for row in rows}
+        self.stop()
+        raise RuntimeError(f"the simulated bench did not start; see {self.log_file}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+class DaemonProcess:
+    """``qnode run --config`` for one node, its log in a file."""
+
+    def __init__(self, node: NodePlan, log_dir: Path):
+        self.node = node
+        self.log_path = log_dir / f"{node.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.node.path is not None
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qnode.daemon.cli", "run", "--config", str(self.node.path)],
+            stdout=self._log, stderr=subprocess.STDOUT)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+
+# ---------------------------------------------------------------------------- the run
+
+async def _watch(broker_url: str, network: str, duration_s: float, recorder: Any,
+                 view: Any, procs: list[DaemonProcess]) -> dict[str, dict]:
+    """Collect telemetry for ``duration_s``; returns the latest record per node."""
+    import aiomqtt
+
+    from qnode.daemon.bus.envelope import MessageRejected, decode
+    from qnode.daemon.bus.topics import parse_topic
+
+    parts = urlsplit(broker_url)
+    latest: dict[str, dict] = {}
+    async with aiomqtt.Client(parts.hostname or "127.0.0.1", parts.port or 1883,
+                              identifier=f"qnode-demo-{os.getpid()}") as client:
+        await client.subscribe(f"qnet/v1/{network}/+/telemetry", qos=0)
+        end = time.monotonic() + duration_s
+
+        async def receive() -> None:
+            async for m in client.messages:
+                try:
+                    topic = parse_topic(str(m.topic))
+                    msg = decode(bytes(m.payload), topic)
+                except (ValueError, MessageRejected):
+                    continue
+                latest[topic.node] = msg.body
+                recorder.add(msg.body)
+
+        task = asyncio.create_task(receive())
+        try:
+            while time.monotonic() < end:
+                await asyncio.sleep(1.0)
+                view.update(latest, remaining_s=end - time.monotonic())
+                dead = [p.node.name for p in procs if p.proc and p.proc.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"daemon(s) exited early: {dead}; see their logs")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return latest
+
+
+STATIONS = ("herald1", "herald2", "analyzer-a")  # nodes that herald: stopped first
+
+
+class DemoNetwork:
+    """The bench (``bench``: a variant of the demo's bench file) and one daemon per node (or
+    per node of ``nodes``), under ``workdir`` (configs, keys, state, truth); logs in
+    ``log_dir``. ``plan_options`` go to :func:`plan_network`."""
+
+    def __init__(self, workdir: Path, broker_url: str, log_dir: Path, *,
+                 nodes: tuple[str, ...] | None = None, bench: Path | None = None,
+                 **plan_options: Any):
+        self.workdir, self.broker_url, self.log_dir = workdir, broker_url, log_dir
+        self.nodes = nodes
+        self.plan_options = plan_options
+        self.bench = BenchProcess(bench or bench_config_path(), workdir / "truth.json",
+                                  log_dir / "hal_sim.log")
+        self.daemons: dict[str, DaemonProcess] = {}
+        self.exit_codes: dict[str, int | None] = {}
+        self.addresses: dict[str, str] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        addresses = self.addresses = self.bench.start()
+        plan = plan_network(addresses, self.broker_url, self.workdir, **self.plan_options)
+        plan.write(self.workdir / "configs")
+        self.daemons = {n.name: DaemonProcess(n, self.log_dir) for n in plan.nodes.values()
+                        if self.nodes is None or n.name in self.nodes}
+        for d in self.daemons.values():
+            d.start()
+
+    def state_dir(self, node: str) -> Path:
+        return self.workdir / "state" / node
+
+    def truth(self) -> dict[str, Any] | None:
+        path = self.workdir / "truth.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def stop(self, names: list[str] | tuple[str, ...], timeout_s: float = 15.0) -> None:
+        """SIGTERM ``names`` together and wait for them; exit codes in ``exit_codes``."""
+        procs = [self.daemons[n] for n in names if n in self.daemons
+                 and n not in self.exit_codes]
+        for d in procs:
+            d.terminate()
+        for d in procs:
+            self.exit_codes[d.node.name] = d.wait(timeout_s)
+
+    def close(self, settle_s: float = 1.0) -> None:
+        """Stop the nodes that herald first, let the ends apply what is in flight, then the
+        rest and the bench."""
+        self.stop(STATIONS)
+        time.sleep(settle_s)
+        self.stop(tuple(self.daemons))
+        self.bench.stop()
+
+
+async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None = None,
+                   keep: bool = False) -> dict[str, Any]:
+    from qnode.daemon.tools.liveview import LiveView
+    from qnode.daemon.tools.report import Recorder, write_report
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="qnode-demo-"))
+    broker = None
+    if broker_url is None:
+        broker = await EmbeddedBroker().start()
+        broker_url = broker.url
+    net = DemoNetwork(work, broker_url, report_dir / "logs")
+    latest: dict[str, dict] = {}
+    try:
+        print(f"qnode demo: broker {broker_url}; starting the simulated instruments ...",
+              flush=True)
+        await asyncio.to_thread(net.start)
+        print(f"qnode demo: {len(net.daemons)} daemons started ({', '.join(net.daemons)}); "
+              f"running {duration_s:.0f} s", flush=True)
+        recorder = Recorder(report_dir)
+        view = LiveView()
+        try:
+            latest = await _watch(broker_url, NETWORK, duration_s, recorder, view,
+                                  list(net.daemons.values()))
+        finally:
+            view.close()
+            recorder.close()
+    finally:
+        await asyncio.to_thread(net.close)
+        if broker is not None:
+            await broker.stop()
+    summary = write_report(report_dir, truth=net.truth(),
+                           summary_extra={"exit_codes": net.exit_codes,
+                                          "run_duration_s": duration_s,
+                                          "nodes_heard": sorted(latest)})
+    if keep:
+        shutil.copytree(work / "configs", report_dir / "configs", dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    from qnode.daemon.logs import setup_logging
+
+    setup_logging("WARNING")
+    report = Path(args.report)
+    try:
+        summary = asyncio.run(run_demo(args.duration, report, args.broker, args.keep))
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:
+        print(f"qnode demo: {exc}", file=sys.stderr)
+        return 1
+    bad = {n: c for n, c in summary.get("exit_codes", {}).items() if c != 0}
+    print(f"qnode demo: report in {report.resolve()}")
+    if bad:
+        print(f"qnode demo: daemons exited with errors: {bad}", file=sys.stderr)
+        return 1
+    return 0
