@@ -5,7 +5,7 @@ The design card fixes the top-level folders (daemon/ drivers/ native/ hal_sim/);
 package (there is no ``qnode/__init__.py``). The cffi extension ``qnode.native._qcore`` is built
 from ``native/qcore.c`` for both ``pip install .`` and ``pip install -e .``.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 SUBPACKAGES = {
     "qnode.native": "native",
@@ -13,6 +13,10 @@ SUBPACKAGES = {
     "qnode.drivers": "drivers",
     "qnode.daemon": "daemon",
 }
+
+# every subpackage of the mapped folders (daemon/quantum -> qnode.daemon.quantum, ...)
+PACKAGES = [*SUBPACKAGES] + [f"{name}.{sub}" for name, folder in SUBPACKAGES.items()
+                             for sub in find_packages(folder)]
 
 setup(
     name="qnode",
@@ -22,7 +26,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=list(SUBPACKAGES),
+    packages=PACKAGES,
     package_dir=SUBPACKAGES,
     package_data={"qnode.native": ["qcore.c", "qcore.h"],
                   "qnode.hal_sim": ["benches/*.toml", "sims/*.yaml"]},
@@ -41,7 +45,7 @@ setup(
         "cryptography>=42",   # Ed25519 identity keys (node signatures): PyCA's OpenSSL binding
     ],
     extras_require={
-        # `qnode demo`: an embedded MQTT broker (DESIGN §5) and the report's plots
+        # `qnode demo`: an embedded MQTT broker and the report's plots
         "demo": ["amqtt>=0.11", "matplotlib>=3.7"],
         "test": [
             "pytest>=8",
@@ -55,6 +59,9 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "types-cffi>=1.16",
+            # the import rules (.importlinter): rooms import downwards, pure rooms stay pure;
+            # grimp (its graph library) also serves tests/check_architecture.py
+            "import-linter>=2.1",
             # the docs (docs/, mkdocs.yml): tests/static_checks.sh runs `mkdocs build --strict`
             # with the Material theme; mkdocs >= 1.6 checks the links' anchors too
             "mkdocs-material>=9.5",

@@ -166,25 +166,25 @@ class ClockEstimate:
 
     def to_reference(self, b_ps: npt.ArrayLike) -> np.ndarray:
         """Node b's timestamps (ps) mapped into node a's timebase (int64, rounded to 1 ps)."""
-        return _to_a(_times(b_ps, "b_ps", check_sorted=False), self.offset_ps, self.ref_ps, 0.0,
+        return _to_a(as_times(b_ps, "b_ps", check_sorted=False), self.offset_ps, self.ref_ps, 0.0,
                      self.drift_ppm * 1e-6)
 
     def to_node_b(self, a_ps: npt.ArrayLike) -> np.ndarray:
         """Node a's timestamps (ps) mapped into node b's timebase (int64, rounded to 1 ps)."""
-        return _to_b(_times(a_ps, "a_ps", check_sorted=False), self.offset_ps, self.ref_ps, 0.0,
+        return _to_b(as_times(a_ps, "a_ps", check_sorted=False), self.offset_ps, self.ref_ps, 0.0,
                      self.drift_ppm * 1e-6)
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def _backend(backend: object | None) -> Backend:
+def resolve_backend(backend: object | None) -> Backend:
     if backend is None:
         from . import core  # the C helpers; NativeCoreMissing if not built
         return core
     return backend  # type: ignore[return-value]
 
 
-def _times(x: npt.ArrayLike, name: str, check_sorted: bool = True) -> np.ndarray:
+def as_times(x: npt.ArrayLike, name: str, check_sorted: bool = True) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integer picoseconds, got dtype {arr.dtype}")
@@ -340,9 +340,9 @@ def find_offset(a_ps: npt.ArrayLike, b_ps: npt.ArrayLike, *,
     Raises :class:`AlignmentError` when the coarse or fine peak is below ``min_significance``
     sigma (the error names the significance).
     """
-    bk = _backend(backend)
-    a = _times(a_ps, "a_ps")
-    b = _times(b_ps, "b_ps")
+    bk = resolve_backend(backend)
+    a = as_times(a_ps, "a_ps")
+    b = as_times(b_ps, "b_ps")
     if a.size == 0 or b.size == 0:
         raise AlignmentError("find_offset: a stream is empty", stage="input")
     search = 2 * coarse_bin_ps + 2 * fine_bin_ps
@@ -367,7 +367,7 @@ def find_offset(a_ps: npt.ArrayLike, b_ps: npt.ArrayLike, *,
 # ----------------------------------------------------------------------------- fpfind
 
 @dataclass
-class _Model:
+class ClockModel:
     """``t_b = t_a + base + dev + rate * (t_a - ref)``; base, ref int ps; dev float ps."""
 
     base: int
@@ -389,7 +389,7 @@ class _Model:
         self.rate += (1.0 + self.rate) * eps
 
 
-def _window(a: np.ndarray, b: np.ndarray, m: _Model, start: int, length: int,
+def _window(a: np.ndarray, b: np.ndarray, m: ClockModel, start: int, length: int,
             margin: int) -> tuple[np.ndarray, np.ndarray, float]:
     """a's times in [start, start+length) and b's times mapped to a's timebase within
     [start - margin, start + length + margin); plus the mean of a's times relative to m.ref."""
@@ -431,12 +431,12 @@ def find_offset_and_drift(a_ps: npt.ArrayLike, b_ps: npt.ArrayLike, *,
     of the early one. The statistical errors are ~ sigma_peak / sqrt(pairs per span) for the
     offset and sqrt(2) times that / Ts for the drift.
     """
-    bk = _backend(backend)
-    a = _times(a_ps, "a_ps")
-    b = _times(b_ps, "b_ps")
+    bk = resolve_backend(backend)
+    a = as_times(a_ps, "a_ps")
+    b = as_times(b_ps, "b_ps")
     if a.size == 0 or b.size == 0:
         raise AlignmentError("find_offset_and_drift: a stream is empty", stage="input")
-    m = _Model(base=int(offset_hint_ps), ref=int(a[0]), dev=0.0,
+    m = ClockModel(base=int(offset_hint_ps), ref=int(a[0]), dev=0.0,
                rate=float(drift_hint_ppm) * 1e-6)
     b_ends = m.to_a(b[[0, -1]])
     start = max(int(a[0]), int(b_ends[0]))

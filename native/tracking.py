@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .align import PS_PER_S, ClockEstimate, _backend, _Model, _times
+from .align import PS_PER_S, ClockEstimate, ClockModel, as_times, resolve_backend
 
 __all__ = ["STEP_DTYPE", "DriftTracker", "TrackStatus", "TrackerReport", "TrackerState"]
 
@@ -113,7 +113,7 @@ class DriftTracker:
                  phase_noise_ps_per_sqrt_s: float = 1.0, backend: object | None = None):
         if accidental_shift_ps <= 2 * tracking_window_ps:
             raise ValueError("accidental_shift_ps must exceed twice the tracking window")
-        self._bk = _backend(backend)
+        self._bk = resolve_backend(backend)
         self.tracking_window_ps = int(tracking_window_ps)
         self.accidental_shift_ps = int(accidental_shift_ps)
         self.interval_ps = int(interval_ps)
@@ -126,7 +126,7 @@ class DriftTracker:
 
     def reset(self, estimate: ClockEstimate) -> None:
         """Restart from a new estimate (e.g. after LOST), dropping buffered data."""
-        self._m = _Model(base=int(estimate.offset_ps), ref=int(estimate.ref_ps), dev=0.0,
+        self._m = ClockModel(base=int(estimate.offset_ps), ref=int(estimate.ref_ps), dev=0.0,
                          rate=estimate.drift_ppm * 1e-6)
         self._nu = estimate.drift_ppm * 1e6                    # frequency, ps/s
         self._P = np.diag([max(estimate.offset_uncertainty_ps, 1.0) ** 2,
@@ -153,11 +153,11 @@ class DriftTracker:
 
     def to_reference(self, b_ps: npt.ArrayLike) -> np.ndarray:
         """Node b's timestamps (ps) in node a's timebase through the current model (int64)."""
-        return self._m.to_a(_times(b_ps, "b_ps", check_sorted=False))
+        return self._m.to_a(as_times(b_ps, "b_ps", check_sorted=False))
 
     def to_node_b(self, a_ps: npt.ArrayLike) -> np.ndarray:
         """Node a's timestamps (ps) in node b's timebase through the current model (int64)."""
-        return self._m.to_b(_times(a_ps, "a_ps", check_sorted=False))
+        return self._m.to_b(as_times(a_ps, "a_ps", check_sorted=False))
 
     @property
     def state(self) -> TrackerState:
@@ -208,8 +208,8 @@ class DriftTracker:
         the earlier of a's last photon and b's last photon mapped into a's timebase."""
         if self._flushed:
             raise RuntimeError("DriftTracker.update after flush(); reset() first")
-        a = _times(a_chunk_ps, "a_chunk_ps")
-        b = _times(b_chunk_ps, "b_chunk_ps")
+        a = as_times(a_chunk_ps, "a_chunk_ps")
+        b = as_times(b_chunk_ps, "b_chunk_ps")
         if a.size:
             if self._a_last is not None and a[0] < self._a_last:
                 raise ValueError("a_chunk_ps goes back in time against the previous chunk")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Static checks that fail the run: ruff (lint and import order), mypy on the packages listed
-# below, and a strict build of the docs. Run by tests/run.sh before the tests, so by CI.
+# Static checks that fail the run: ruff (lint, import order, private reach-ins), the import
+# contracts (.importlinter), no import cycles and no private names imported across modules
+# (tests/check_architecture.py), mypy on the packages listed below, and a strict build of the
+# docs. Run by tests/run.sh before the tests, so by CI.
 #   bash tests/static_checks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,14 +11,17 @@ ROOT=$PWD
 echo "== ruff"
 .venv/bin/ruff check .
 
+echo "== import contracts (.importlinter)"
+.venv/bin/lint-imports --no-cache
+
+echo "== import cycles and private names (tests/check_architecture.py)"
+.venv/bin/python tests/check_architecture.py --summary
+
 # The packages that type-check cleanly; a package joins once it does.
 MYPY_TARGETS=(
     -p qnode.native
-    -m qnode.daemon.linklayer.end
-    -m qnode.daemon.linklayer.messages
-    -m qnode.daemon.quantum.bell_diagonal
-    -m qnode.daemon.quantum.estimators
-    -m qnode.daemon.quantum.feu
+    -p qnode.daemon.quantum
+    -p qnode.daemon.linklayer
 )
 echo "== mypy ${MYPY_TARGETS[*]}"
 tree=$(mktemp -d)
