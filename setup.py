@@ -59,6 +59,7 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "types-cffi>=1.16",
+            "types-pyserial>=3.5",
             # the import rules (.importlinter): rooms import downwards, pure rooms stay pure;
             # grimp (its graph library) also serves tests/check_architecture.py
             "import-linter>=2.1",

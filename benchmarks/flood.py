@@ -2,8 +2,8 @@
 
 Real parts on loopback: a mosquitto (tests/mosquitto.py; per-message logging off, ``$SYS``
 every second), two memory daemons ``alice`` and ``bob`` (``python -m qnode.daemon.cli run``
-through tests/daemon_harness.py, the config of tests/test_daemon_k_link.py: one K link, capacity
-100 000 pairs) and the herald station, played here as tests/test_daemon_k_link.py's ``Station``
+through tests/daemon_harness.py, the config of tests/system/test_daemon_k_link.py: one K link, capacity
+100 000 pairs) and the herald station, played here as tests/system/test_daemon_k_link.py's ``Station``
 does: a ``NodeBus`` for node ``station`` with the link key and the station's identity key,
 ``HeraldStation`` numbering the successes, one signed ``HERALD`` of ``--pairs`` successes per
 chunk.
@@ -33,7 +33,7 @@ Phases (one line per end about every 2 s in all of them):
 6. ``recovery`` (20 s): the normal rate again, signed as it goes; then ``settle``:
    heartbeats until both ends are at the station's counter with no EXPIRE unacknowledged (at
    most 60 s), SIGTERM, and both ends' SQLite inventories are compared (as
-   tests/test_daemon_k_link.py does). If they differ, ``restart``: both daemons are started
+   tests/system/test_daemon_k_link.py does). If they differ, ``restart``: both daemons are started
    again without heralds (at most 45 s) and compared once more.
 
 Figures come from the daemons' retained telemetry (every 0.25 s: ``bus`` — inbound queue depth
@@ -539,7 +539,7 @@ PAIRS = [100]     # pairs per batch, for the monitor's rates (set from --pairs)
 
 
 class Station:
-    """tests/test_daemon_k_link.py's Station: a NodeBus for ``station`` with the link key and
+    """tests/system/test_daemon_k_link.py's Station: a NodeBus for ``station`` with the link key and
     the station's identity key, HeraldStation numbering the successes."""
 
     def __init__(self, port: int, workdir: Path, pairs: int):
@@ -610,7 +610,7 @@ class Station:
 
 
 def configs(tmp: Path, port: int) -> dict[str, Path]:
-    """Two memory daemons on one K link (as tests/test_daemon_k_link.py's)."""
+    """Two memory daemons on one K link (as tests/system/test_daemon_k_link.py's)."""
     return k_link_configs(tmp, port, link=LINK, key=KEY, network=NET,
                           telemetry_interval_s=TELEMETRY_S)
 

@@ -1,6 +1,6 @@
 """The node daemon: one asyncio program that runs a node's config (``qnode run --config``).
 
-Start-up (DESIGN §7)::
+Start-up (docs/operators/systemd.md, section How a node starts, runs and stops)::
 
     state (SQLite) → MQTT bus → supervisor: instruments on their threads, role tasks
     → every instrument READY → READY=1 and retained status "ready" → WATCHDOG=1 from the loop
@@ -122,8 +122,8 @@ class Node:
                 health_check=checks.get(inst.name), check_interval_s=5.0,
                 backoff_initial_s=0.2, backoff_max_s=10.0))
         for role in self.roles:
-            for name, factory in role.tasks().items():
-                sup.add_task(f"{role.name}:{name}", factory)
+            for name, task in role.tasks().items():
+                sup.add_task(f"{role.name}:{name}", task)
         sup.add_task("keys", keys.watch)  # key rotation: files are re-read when they change
         sup.add_task("telemetry", self._telemetry_loop)
         sup.add_task("persist", self._persist_loop)
@@ -261,7 +261,7 @@ class Node:
             await self.ctx.persist(lambda s=snap: self.ctx.store.save_dedup(s))  # type: ignore
 
     def telemetry(self) -> Telemetry:
-        """A telemetry record now (DESIGN §7); see :mod:`qnode.daemon.bus.telemetry`."""
+        """A telemetry record now; see :mod:`qnode.daemon.bus.telemetry`."""
         assert self.ctx is not None
         now = time.monotonic()
         interval = max(now - self._last_telemetry, 1e-3)

@@ -16,10 +16,11 @@ Everything on the page comes from the config module (``CONFIG_MODULE``):
 * the meaning of each key: the comment beside it in the module docstring's annotated layout,
   else a ``#:`` comment on the dataclass field of the same name, else :data:`NOTES` below
   (which the test suite keeps honest: a note for a key the code does not read, or that the
-  code already documents, fails ``tests/test_docs.py``);
+  code already documents, fails ``tests/docs/test_docs.py``);
 * the section introductions: the docstrings of the section's dataclasses (found through the
   type hints of ``NodeConfig``), and the instrument kinds, roles and key-file rules from the
-  module's constants.
+  module's constants; the kinds' descriptions from the registry of instrument kinds
+  (``KINDS_MODULE``), the keys of a QDevice's gate noise from ``GATE_NOISE_MODULE``.
 
 When the config code moves, change ``CONFIG_MODULE`` (and the imports in :func:`extras`).
 """
@@ -41,11 +42,13 @@ from typing import Any
 CONFIG_MODULE = "qnode.daemon.runtime.config"
 KEYS_MODULE = "qnode.daemon.bus.keys"
 INSTRUMENTS_MODULE = "qnode.daemon.runtime.instruments"
+KINDS_MODULE = "qnode.drivers.kinds"
+GATE_NOISE_MODULE = "qnode.drivers.qdevice_noise"
 PAGE = Path(__file__).resolve().parent / "operators" / "config-reference.md"
 
 #: Meanings of keys the config code does not explain (no comment in its annotated layout, no
 #: ``#:`` field comment). Each entry must name a key the parser reads and must not shadow a
-#: meaning the code gives: tests/test_docs.py checks both.
+#: meaning the code gives: tests/docs/test_docs.py checks both.
 NOTES: dict[tuple[str, str], str] = {
     ("broker", "client_cert"): "the node's TLS client certificate (PEM); its CN is the node id "
                                "the broker's ACL checks",
@@ -55,8 +58,13 @@ NOTES: dict[tuple[str, str], str] = {
                                        "for what each kind's address is",
     ("instruments.<name>", "timeout_s"): "reply timeout of every request to the instrument (s)",
     ("links", "peer"): "the node at the other end of the link",
-    ("memory", "gate_fidelity_2q"): "the QDevice's calibrated CNOT fidelity (swap and "
-                                    "purification estimates)",
+    ("memory", "gate_average_fidelity_2q"): "instead of `gate_depolarising_2q`: the average gate "
+                                            "fidelity F_avg of the QDevice's CNOT (what "
+                                            "randomised benchmarking reports), read as "
+                                            "g = 1 − 4/3·(1 − F_avg)",
+    ("memory", "gate_average_fidelity_1q"): "instead of `gate_depolarising_1q`: the average gate "
+                                            "fidelity F_avg of its single-qubit rotations, read "
+                                            "as g = 1 − 2·(1 − F_avg)",
     ("paths", "id"): "the path's id: the `link` of the end-to-end pairs' OKs",
     ("paths", "ends"): "the two end nodes of the path",
     ("paths", "repeater"): "the node that swaps the pairs of the two links",
@@ -79,6 +87,8 @@ NOTES: dict[tuple[str, str], str] = {
 #: What the parser's helper reads mean (type, allowed), by helper name.
 _ACCESSORS = {"number", "integer", "string", "file", "key_file", "fail", "has"}
 _HELPERS = {"_flag", "_pair", "_channels", "_instrument_ref"}
+#: The parser's reader of a QDevice's gate noise: ``_gate_noise(r, <qubits>)`` reads three keys.
+_GATE_NOISE = "_gate_noise"
 _ELLIPSIS = "…"
 
 
@@ -231,14 +241,8 @@ def _key_names(node: ast.AST, loops: dict[str, list[str]], ns: dict[str, Any]) -
     return []
 
 
-_CITATION = re.compile(r",?\s*(?:DESIGN(?:\.md)?|anchors|reference/\w+\.md|\w+_anchors\.md)\s*"
-                       r"§[\w.()]*(?:\s*,\s*§[\w.()]*)*")
-
-
 def _md(text: str) -> str:
-    """reStructuredText roles and literals of a docstring as Markdown, without citations of
-    design notes that are not part of the repository."""
-    text = re.sub(r"\(\s*\)", "", _CITATION.sub("", text))
+    """reStructuredText roles and literals of a docstring as Markdown."""
     text = re.sub(r":[a-z]+:`~?\.?([^`]+)`", r"`\1`", text)
     text = text.replace("``", "`")
     return text
@@ -429,6 +433,23 @@ def _describe_read(call: ast.Call, method: str, ns: dict[str, Any], key: Key,
                                         "none or several)")
 
 
+def _describe_gate_noise(sec: Section, n_qubits: Any) -> None:
+    """The keys ``_gate_noise(r, n_qubits)`` reads: g, the average gate fidelity, the earlier name
+    of g (:mod:`qnode.drivers.qdevice_noise`); at most one of them."""
+    noise = importlib.import_module(GATE_NOISE_MODULE)
+    keys = noise.KEYS[n_qubits]
+    rule = (f"at most one of the {n_qubits}-qubit gates' keys may be given (g, the average gate "
+            f"fidelity, or g by its earlier name)")
+    for name in keys.all:
+        k = sec.key(name)
+        k.type, k.optional = "number", True
+        k.allowed = [f"{_num(noise.min_average_fidelity(n_qubits))} … 1"
+                     if name == keys.average_fidelity else "0 … 1"]
+        if rule not in k.checks:
+            k.checks.append(rule)
+    sec.key(keys.depolarising).default = _toml(1.0)
+
+
 def _scan(tree: ast.Module, ns: dict[str, Any]) -> tuple[dict[str, Section], list[str]]:
     readers, sections = _function_sections(tree, ns)
     general: list[str] = []
@@ -447,6 +468,10 @@ def _scan(tree: ast.Module, ns: dict[str, Any]) -> tuple[dict[str, Section], lis
             if not isinstance(node, ast.Call):
                 continue
             fn = node.func
+            if (isinstance(fn, ast.Name) and fn.id == _GATE_NOISE and len(node.args) == 2
+                    and isinstance(node.args[0], ast.Name) and node.args[0].id in mine):
+                _describe_gate_noise(sections[mine[node.args[0].id]], _try(node.args[1], ns))
+                continue
             if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name) \
                     and fn.value.id in mine and fn.attr in _ACCESSORS and node.args:
                 sid, method, key_arg, msg_arg = mine[fn.value.id], fn.attr, node.args[0], 1
@@ -718,14 +743,15 @@ def render() -> str:
     for role, needs in ns["ROLE_NEEDS"].items():
         w(f"| `{role}` | " + "; ".join(" or ".join(f"`{k}`" for k in g) for g in needs) + " |")
     w("")
-    w("`[instruments.<name>].kind` is one of these; the address says where the instrument "
-      "is, the driver is what the daemon opens (time taggers: "
-      + ", ".join(f"`{k}`" for k in ns["TAGGER_KINDS"]) + "):")
+    kinds = importlib.import_module(KINDS_MODULE).KINDS
+    w("`[instruments.<name>].kind` is one of these (the registry of instrument kinds, "
+      f"`{KINDS_MODULE}`); the address says where the instrument is, the driver is what the "
+      "daemon opens (time taggers: " + ", ".join(f"`{k}`" for k in ns["TAGGER_KINDS"]) + "):")
     w("")
-    w("| kind | address | driver |")
-    w("|---|---|---|")
+    w("| kind | instrument | address | driver |")
+    w("|---|---|---|---|")
     for kind, (address, driver) in ns["INSTRUMENT_KINDS"].items():
-        w(f"| `{kind}` | {_cell(address)} | `{driver}` |")
+        w(f"| `{kind}` | {_cell(kinds[kind].description)} | {_cell(address)} | `{driver}` |")
     w("")
     if general:
         w("Rules across tables:")

@@ -1,7 +1,7 @@
 """The life cycle every instrument driver shares."""
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from .transport import Transport
 
@@ -17,6 +17,15 @@ class Driver:
     """
 
     transport: Transport
+
+    @classmethod
+    def from_config(cls, address: str, *, name: str, timeout_s: float, **options: Any) -> Self:
+        """The driver of the configured instrument ``name`` at ``address`` (a node config's
+        ``[instruments.<name>]``: reply timeout ``timeout_s`` in s, ``options`` the driver's
+        keyword arguments), not yet opened. By default ``cls(address, timeout_s=..., **options)``;
+        a driver built otherwise overrides this. TypeError for an option the driver does not
+        take."""
+        return cls(address, timeout_s=timeout_s, **options)  # type: ignore[call-arg]
 
     def open(self) -> Self:
         self.transport.open()

@@ -1,7 +1,7 @@
 """Thorlabs Elliptec ELL14 rotation mount (the motorised half-wave plate of an analyzer).
 
 Command set: Thorlabs "ELLx modules communication protocol" manual, as implemented by pyLabLib
-``pylablib/devices/Thorlabs/elliptec.py`` (and roesel/elliptec); see driver_anchors.md §4(g).
+``pylablib/devices/Thorlabs/elliptec.py`` (and roesel/elliptec).
 Serial 9600 8N1, no flow control. A request is the bus address (one hex digit ``0``–``F``), a
 two-letter lower-case command and hex data, **no terminator**; a reply is the address, a
 two-letter upper-case code and hex data, ending ``\\r\\n``.

@@ -1,7 +1,7 @@
 """Toptica iBeam smart diode laser (the SPDC pump).
 
 Command set: Toptica iBeam smart manual, as implemented by pymeasure
-``pymeasure/instruments/toptica/ibeamsmart.py`` and its test (driver_anchors.md §4(e)). Serial
+``pymeasure/instruments/toptica/ibeamsmart.py`` and its test. Serial
 115200 8N1, ``\\r\\n`` both ways. Init: ``echo off``, ``prom off``, flush, ``talk usual``. Every
 reply is an empty line, data lines, then ``[OK]``; an error is text before the ``[OK]``. Values
 read ``name = <value> [unit]`` (``PIC  = 000001 uW``).

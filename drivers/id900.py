@@ -1,7 +1,7 @@
 """ID Quantique ID900/ID1000 Time Controller: SCPI control, DataLinkTarget streams, time tagger.
 
-Sources (driver_anchors §4a): IDQ's "Time Controller Series User Manual" §9 (SCPI syntax: short or
-long mnemonics, ``?`` queries, ``#`` block numbers, ``;`` chains within a block and ``;:``
+Sources: ID Quantique's "Time Controller Series User Manual" §9 (SCPI syntax: short or long
+mnemonics, ``?`` queries, ``#`` block numbers, ``;`` chains within a block and ``;:``
 across blocks, one reply line per query; time base 1 ps) and §10 (DataLinkTarget service), and
 IDQ's scripting examples (``utils/common.py``: ZMQ REQ to ``tcp://<ip>:5555``, ``send_string`` then
 ``recv``; DLT on port 6060, streams on a PAIR socket the client binds, ``4241 + channel`` in the
@@ -15,7 +15,7 @@ examples).
 
 Replies are checked: a reply with control characters or of the wrong form is a
 :class:`~qnode.drivers.errors.GarbledReply`; a reply line starting ``Error`` (the device's error
-reply; the exact wording of the real firmware's is not recorded in the anchors) or a DLT
+reply; the manual does not give the real firmware's exact wording) or a DLT
 ``{"error": ...}`` is a :class:`~qnode.drivers.errors.DeviceError`.
 
 **Merge and latency rule** (:class:`WatermarkMerger`). Each input arrives on its own stream, so a
@@ -71,7 +71,7 @@ def _check_input(n: int) -> int:
 
 
 class ID900(Driver):
-    """SCPI control of an ID900/ID1000 Time Controller (manual §9; commands per driver_anchors §4a).
+    """SCPI control of an ID900/ID1000 Time Controller (the user manual's §9).
 
     ``address``: the device's host (port 5555 is added), a ``tcp://host:port`` endpoint, or a
     ready :class:`~qnode.drivers.zmq_transport.ZmqReqTransport`. ``timeout_s`` (s) and other
@@ -87,6 +87,12 @@ class ID900(Driver):
                                              timeout_s=timeout_s,
                                              **transport_options)  # type: ignore[arg-type]
         self.name = name
+
+    @classmethod
+    def from_config(cls, address: str, *, name: str, timeout_s: float,
+                    **options: object) -> ID900:
+        """The Time Controller at ``address``, named ``ID900 <name>`` in its errors."""
+        return cls(address, name=f"ID900 {name}", timeout_s=timeout_s, **options)
 
     # -- life cycle
     @property

@@ -1,7 +1,7 @@
 """Thorlabs ITC4001 laser-diode / TEC controller (SCPI over VISA).
 
-Commands are those of the Thorlabs "ITC4000 Series Operation Manual" SCPI reference as collected
-in driver_anchors §4(e) (a Lantz-style ITC4020 driver and an "ITC4000 SCPI in Python" example):
+Commands are those of the SCPI reference of Thorlabs' "ITC4000 Series Operation Manual" (as used
+by a Lantz-style ITC4020 driver and an "ITC4000 SCPI in Python" example):
 ``SOUR:CURR <A>``/``?`` and ``MEAS:CURR?`` (LD current), ``OUTP1:STAT ON|OFF`` (LD output),
 ``OUTP2:STAT ON|OFF`` (TEC output), ``SOUR2:TEMP <°C>``/``?`` and ``MEAS:SCAL:TEMP?``
 (TEC), ``MEAS:POW2?`` (monitor photodiode), ``OUTP:PROT:KEYL:TRIP?`` (key lock),
@@ -16,8 +16,8 @@ Replies are parsed strictly; anything else raises :class:`~qnode.drivers.errors.
 and marks the transport stale (it resyncs before the next command).
 
 The real instrument is a USBTMC device (``USB0::0x1313::0x804A::<serial>::INSTR``; pyvisa-py
-needs pyusb and udev permissions); its twin, :mod:`qnode.hal_sim.itc4001`, speaks the same SCPI
-on a raw socket (``TCPIP::127.0.0.1::<port>::SOCKET``).
+needs pyusb and udev permissions); its twin, :mod:`qnode.hal_sim.twins.itc4001`, speaks the same
+SCPI on a raw socket (``TCPIP::127.0.0.1::<port>::SOCKET``).
 """
 from __future__ import annotations
 
@@ -66,6 +66,12 @@ class Itc4001(Driver):
         return cls(VisaTransport(resource, instrument=instrument, backend=backend,
                                  timeout_s=timeout_s, read_termination="\n",
                                  write_termination="\n", **transport_options))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_config(cls, address: str, *, name: str, timeout_s: float,
+                    **options: object) -> Itc4001:
+        """:meth:`over_visa` at the VISA resource ``address`` (``options`` its keywords)."""
+        return cls.over_visa(address, timeout_s=timeout_s, **options)  # type: ignore[arg-type]
 
 
     # -- low-level helpers

@@ -1,93 +1,19 @@
-"""QDevice: the quantum memory of a node (qubits, gates, measurement, heralded pairs) over TCP.
+"""QDevice: the driver of a node's quantum memory (qubits, gates, measurement, heralded pairs)
+over TCP.
 
-No public standard exists for this interface. The protocol below is qnode's own, in the spirit of
-QNodeOS's QDevice interface (Delle Donne et al., Nature 2025, arXiv:2407.18306; qnet_anchors
-§1.4): the device exposes its number of qubits and a set of physical instructions — init, 1- and
-2-qubit gates, measurement, entanglement (keep) — and **every instruction gets a response**.
-Its twin is :class:`qnode.hal_sim.qdevice.QDeviceTwin`.
-
-Protocol ``QDEVICE/1``
-======================
-
-Transport: one TCP connection, ASCII. The client sends one request line, the device answers with
-exactly one reply line; both end in ``\\n`` (a ``\\r`` before it is ignored). Tokens are separated
-by single spaces; command keywords and axis/basis letters are case-insensitive (this driver sends
-upper case). Requests are answered in order; the client sends the next request after the reply.
-
-Replies: ``OK`` (a command done), a value (queries, ``ALLOC``, ``MEAS``, ``ENT``), or
-``ERR <code> <text>`` — ``<code>`` a decimal integer, ``<text>`` printable ASCII for people.
-Unknown commands, wrong argument counts and malformed arguments are answered with ``ERR``,
-never with silence; a refused command changes nothing.
-
-Units: time in **ns** (integers), angles in **rad** (decimal, e.g. ``1.5707963267948966``),
-qubit ids are integers ``0 .. capacity−1``.
-
-=====================================  =========================================================
-request                                reply
-=====================================  =========================================================
-``*IDN?``                              ``<maker>,<model>,<serial>,<version>`` (twin:
-                                       ``QNODE,QDEVICE-SIM,<name>,1.0``)
-``*RST``                               ``OK``: every qubit freed
-``QUBITS?``                            ``<capacity> <free>``: number of qubits, how many are
-                                       free to ``ALLOC``
-``ALLOC``                              ``<q>``: the lowest free qubit, now allocated, in |0⟩,
-                                       age 0; ``ERR 3`` when every qubit is in use
-``FREE <q>``                           ``OK``: q released (its state is discarded; an entangled
-                                       partner elsewhere keeps its reduced state)
-``INIT <q>``                           ``OK``: q reset to |0⟩, age 0, no pair bound
-``ROT <q> <X|Y|Z> <angle>``            ``OK``: R_a(θ) = exp(−iθσ_a/2) on q
-``CNOT <control> <target>``            ``OK``: CNOT (control ≠ target)
-``MEAS <q> <Z|X|Y>``                   ``0`` or ``1``: projective measurement of q in that basis,
-                                       0 = the +1 eigenstate (|0⟩, |+⟩, |+i⟩). **Measure and
-                                       reset**: q stays allocated and is left in |0⟩, age 0,
-                                       no pair bound (``INIT`` is implied)
-``ENT <q> <link> <seq>``               ``<bell>``: q now holds one half of the pair heralded on
-                                       ``<link>`` with link sequence number ``<seq>``; q's
-                                       previous state is discarded; the reply is the pair's
-                                       announced Bell state, ``phi+|phi-|psi+|psi-``. ``ERR 5``
-                                       when no such pair was heralded (yet, or any more),
-                                       ``ERR 6`` when its halves are taken. ``<link>``: 1–64 of
-                                       ``[A-Za-z0-9_.:-]``; ``<seq>``: integer ≥ 0
-``ENT <q> <link> T<time_ps>``          ``<bell>``: the same for the pair heralded on ``<link>``
-                                       at **station time** ``<time_ps>`` (integer ps on the
-                                       heralding station's clock, ``T`` prefix, 1–19 digits):
-                                       the device binds the pair whose herald time is nearest
-                                       to it within ± the link's tolerance (the twin: the
-                                       link's gate, ``gate_ps``, set by the registry that files
-                                       the heralds). ``ERR 5`` when no herald lies within it
-                                       (or it is older than the device remembers), ``ERR 6`` as
-                                       above. ``INFO`` then shows ``SEQ=T<ps>``, the herald's
-                                       own time
-``TIME?``                              ``<ns>``: the device clock
-``AGE? <q>``                           ``<ns>``: time since q's state was prepared (ALLOC,
-                                       INIT, MEAS) or loaded (ENT)
-``INFO <q>``                           ``AGE=<ns> LINK=<link|-> SEQ=<seq|T<ps>|-> BELL=<bell|->``:
-                                       what the device knows of q (``-``: no pair bound;
-                                       ``T<ps>``: bound by herald time, the herald's time)
-=====================================  =========================================================
-
-**Batches.** One request line may carry up to 128 commands separated by ``;``. The device runs
-them in order and answers one line: each command's own reply, in the same order, joined by ``;``
-(an ``ERR`` of one command does not stop the next; ``ERR`` texts never contain ``;``). A batch
-costs one round trip, which is what lets a memory measure hundreds of test pairs per second.
-
-Error codes: 1 unknown command (or empty line), 2 bad arguments (count, number form, axis,
-basis, link name, control = target), 3 no free qubit, 4 qubit not allocated (or out of range),
-5 no such heralded pair, 6 pair halves taken (or this qubit holds the other half already),
-7 out of resources (the gate would entangle more qubits than the device holds), 9 internal error.
-
-Commands change state and are not idempotent: after a timeout (reply lost) the caller does not
-know whether a command ran; ``INFO``/``QUBITS?`` tell, ``INIT`` restores a known state.
-
-Driver
-======
+It speaks QDEVICE/1, qnode's own line protocol, specified (words, replies, error codes, batches)
+in :mod:`qnode.drivers.qdevice_protocol`; its simulated twin is
+:class:`qnode.hal_sim.twins.qdevice.QDeviceTwin`.
 
 :class:`QDevice` wraps each command (qubit ids as ``int``, angles in rad, times in ns) over a
 :class:`~qnode.drivers.transport.SerialTransport` on pyserial's ``socket://host:port`` URL (lock,
-timeouts, resync after trouble, reconnect with back-off — DESIGN §6). An ``ERR`` reply raises
-:class:`~qnode.drivers.errors.DeviceError` whose ``code`` is the device's integer code; a reply
-that does not parse as the command's answer raises :class:`~qnode.drivers.errors.GarbledReply`
-naming the command (the line is then resynchronised before the next exchange).
+timeouts, resync after trouble, reconnect with back-off: the rules of
+:mod:`qnode.drivers.transport`). An ``ERR`` reply raises :class:`~qnode.drivers.errors.DeviceError`
+whose ``code`` is the device's integer code (``ERR_*`` of the protocol module); a reply that does
+not parse as the command's answer raises :class:`~qnode.drivers.errors.GarbledReply` naming the
+command (the line is then resynchronised before the next exchange). Commands change state and are
+not idempotent: after a timeout the caller does not know whether a command ran (``INFO`` and
+``QUBITS?`` tell, ``INIT`` restores a known state).
 """
 from __future__ import annotations
 
@@ -97,30 +23,10 @@ from dataclasses import dataclass
 
 from qnode.daemon.quantum.bell_states import BELL_STATES
 
+from . import qdevice_protocol as wire
 from .driver import Driver
 from .errors import DeviceError, GarbledReply
 from .transport import SerialTransport
-
-#: Error codes of the protocol.
-ERR_UNKNOWN = 1
-ERR_SYNTAX = 2
-ERR_NO_FREE = 3
-ERR_QUBIT = 4
-ERR_NO_PAIR = 5
-ERR_PAIR_TAKEN = 6
-ERR_RESOURCE = 7
-ERR_INTERNAL = 9
-#: Commands in one request line (a batch, ";"-separated).
-MAX_BATCH = 128
-
-AXES = ("X", "Y", "Z")
-BASES = ("Z", "X", "Y")
-
-_ERR = re.compile(r"ERR (\d{1,6}) ?(.*)")
-_UINT = re.compile(r"\d{1,19}")
-_LINK = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_INFO = re.compile(r"AGE=(\d{1,19}) LINK=(\S+) SEQ=(\d{1,19}|T\d{1,19}|-) "
-                   r"BELL=(phi[+-]|psi[+-]|-)")
 
 
 @dataclass(frozen=True)
@@ -158,7 +64,8 @@ class QDevice(Driver):
         else:
             url = address if "://" in address else f"socket://{address}"
             self.transport = SerialTransport(url, instrument=self.instrument,
-                                             write_termination="\n", read_termination="\n",
+                                             write_termination=wire.TERMINATOR,
+                                             read_termination=wire.TERMINATOR,
                                              timeout_s=timeout_s,
                                              **transport_options)  # type: ignore[arg-type]
         self.transport.open()
@@ -166,15 +73,15 @@ class QDevice(Driver):
     # ------------------------------------------------------------------ identity and resources
     def identify(self) -> str:
         """``*IDN?``: maker, model, serial, version (comma separated)."""
-        return self._query("*IDN?", re.compile(r"[^,\s][^,]*(,[^,]*){3}"))
+        return self._query(wire.IDN, re.compile(r"[^,\s][^,]*(,[^,]*){3}"))
 
     def reset(self) -> None:
         """``*RST``: free every qubit."""
-        self._ok("*RST")
+        self._ok(wire.RST)
 
     def qubits(self) -> QubitCount:
         """``QUBITS?``: capacity and free qubits."""
-        m = self._match("QUBITS?", re.compile(r"(\d{1,9}) (\d{1,9})"))
+        m = self._match(wire.QUBITS, re.compile(r"(\d{1,9}) (\d{1,9})"))
         return QubitCount(int(m[1]), int(m[2]))
 
     def capacity(self) -> int:
@@ -183,29 +90,29 @@ class QDevice(Driver):
 
     def time_ns(self) -> int:
         """``TIME?``: the device clock (ns)."""
-        return int(self._query("TIME?", _UINT))
+        return int(self._query(wire.TIME, wire.UINT))
 
     # ------------------------------------------------------------------ qubits
     def alloc(self) -> int:
         """``ALLOC``: a free qubit, in |0⟩; DeviceError code 3 when none is free."""
-        return int(self._query("ALLOC", _UINT))
+        return int(self._query(wire.ALLOC, wire.UINT))
 
     def free(self, qubit: int) -> None:
         """``FREE <q>``: release the qubit."""
-        self._ok(f"FREE {_qid(qubit)}")
+        self._ok(f"{wire.FREE} {_qid(qubit)}")
 
     def init(self, qubit: int) -> None:
         """``INIT <q>``: reset the qubit to |0⟩ (age 0, no pair)."""
-        self._ok(f"INIT {_qid(qubit)}")
+        self._ok(f"{wire.INIT} {_qid(qubit)}")
 
     def rotate(self, qubit: int, axis: str, angle_rad: float) -> None:
         """``ROT <q> <axis> <angle>``: R_axis(θ) = exp(−iθσ/2), θ in rad."""
         a = axis.upper()
-        if a not in AXES:
+        if a not in wire.AXES:
             raise ValueError(f"axis must be X, Y or Z, got {axis!r}")
         if not math.isfinite(angle_rad):
             raise ValueError(f"angle must be finite, got {angle_rad!r}")
-        self._ok(f"ROT {_qid(qubit)} {a} {float(angle_rad)!r}")
+        self._ok(f"{wire.ROT} {_qid(qubit)} {a} {float(angle_rad)!r}")
 
     def rx(self, qubit: int, angle_rad: float) -> None:
         self.rotate(qubit, "X", angle_rad)
@@ -226,45 +133,43 @@ class QDevice(Driver):
         """``CNOT <control> <target>``."""
         if int(control) == int(target):
             raise ValueError("control and target must differ")
-        self._ok(f"CNOT {_qid(control)} {_qid(target)}")
+        self._ok(f"{wire.CNOT} {_qid(control)} {_qid(target)}")
 
     def measure(self, qubit: int, basis: str = "Z") -> int:
         """``MEAS <q> <basis>``: outcome 0 (+1 eigenstate) or 1; the qubit is reset to |0⟩."""
         b = basis.upper()
-        if b not in BASES:
+        if b not in wire.BASES:
             raise ValueError(f"basis must be Z, X or Y, got {basis!r}")
-        return int(self._query(f"MEAS {_qid(qubit)} {b}", re.compile(r"[01]")))
+        return int(self._query(f"{wire.MEAS} {_qid(qubit)} {b}", re.compile(r"[01]")))
 
     def entangle(self, qubit: int, link: str, seq: int) -> str:
         """``ENT <q> <link> <seq>``: bind the qubit to the pair heralded on ``link`` with
         sequence number ``seq``; the announced Bell state (``"phi+"`` … ``"psi-"``).
         DeviceError code 5 (no such pair) or 6 (halves taken)."""
-        if not _LINK.fullmatch(link):
+        if not wire.LINK.fullmatch(link):
             raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
         if isinstance(seq, bool) or int(seq) != seq or seq < 0:
             raise ValueError(f"seq must be an integer >= 0, got {seq!r}")
-        return self._query(f"ENT {_qid(qubit)} {link} {int(seq)}",
-                           re.compile(r"phi[+-]|psi[+-]"))
+        return self._query(f"{wire.ENT} {_qid(qubit)} {link} {int(seq)}", wire.BELL)
 
     def entangle_at(self, qubit: int, link: str, time_ps: int) -> str:
         """``ENT <q> <link> T<time_ps>``: bind the qubit to the pair heralded on ``link`` at
         station time ``time_ps`` (ps, within the device's tolerance); the announced Bell state.
         DeviceError code 5 (no herald near that time) or 6 (halves taken)."""
-        if not _LINK.fullmatch(link):
+        if not wire.LINK.fullmatch(link):
             raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
         if (isinstance(time_ps, bool) or int(time_ps) != time_ps or time_ps < 0
                 or time_ps >= 10**19):
             raise ValueError(f"time_ps must be an integer in [0, 1e19), got {time_ps!r}")
-        return self._query(f"ENT {_qid(qubit)} {link} T{int(time_ps)}",
-                           re.compile(r"phi[+-]|psi[+-]"))
+        return self._query(f"{wire.ENT} {_qid(qubit)} {link} T{int(time_ps)}", wire.BELL)
 
     def age_ns(self, qubit: int) -> int:
         """``AGE? <q>``: ns since the qubit's state was prepared or loaded."""
-        return int(self._query(f"AGE? {_qid(qubit)}", _UINT))
+        return int(self._query(f"{wire.AGE} {_qid(qubit)}", wire.UINT))
 
     def info(self, qubit: int) -> QubitInfo:
         """``INFO <q>``: age and bound pair."""
-        m = self._match(f"INFO {_qid(qubit)}", _INFO)
+        m = self._match(f"{wire.INFO} {_qid(qubit)}", wire.INFO_REPLY)
         seq, at = m[3], None
         if seq.startswith("T"):
             seq, at = "-", int(seq[1:])
@@ -272,20 +177,22 @@ class QDevice(Driver):
                          None if seq == "-" else int(seq), None if m[4] == "-" else m[4], at)
 
     def batch(self, commands: list[str]) -> list[str | DeviceError]:
-        """Run ``commands`` (at most :data:`MAX_BATCH`) as one request line; each command's
-        reply in order, an ``ERR`` reply as a DeviceError (returned, not raised)."""
-        if not 0 < len(commands) <= MAX_BATCH or any(";" in c or "\n" in c for c in commands):
-            raise ValueError(f"a batch is 1-{MAX_BATCH} commands without ';' or newlines")
-        line = ";".join(commands)
+        """Run ``commands`` (at most :data:`~qnode.drivers.qdevice_protocol.MAX_BATCH`) as one
+        request line; each command's reply in order, an ``ERR`` reply as a DeviceError
+        (returned, not raised)."""
+        sep = wire.BATCH_SEPARATOR
+        if not 0 < len(commands) <= wire.MAX_BATCH or any(sep in c or "\n" in c for c in commands):
+            raise ValueError(f"a batch is 1-{wire.MAX_BATCH} commands without ';' or newlines")
+        line = sep.join(commands)
         reply = self.transport.query(line)
-        parts = reply.rstrip("\r").split(";")
+        parts = reply.rstrip("\r").split(sep)
         if len(parts) != len(commands):
             raise self._garbled(line[:80], reply, f"{len(parts)} replies to {len(commands)} "
                                                   f"commands")
         out: list[str | DeviceError] = []
         for command, part in zip(commands, parts, strict=True):
             if part.startswith("ERR"):
-                m = _ERR.fullmatch(part)
+                m = wire.ERR_REPLY.fullmatch(part)
                 if m is None:
                     raise self._garbled(command, part, "malformed ERR reply")
                 out.append(self.transport.error(DeviceError, f"device error {m[1]}: {m[2]}",
@@ -301,24 +208,25 @@ class QDevice(Driver):
         for each ``(qubit, time_ps, basis)`` of ``measure``, ``ENT <q> <link> T<ps>`` then
         ``MEAS <q> <basis>`` — the outcome (0/1), or None where the ENT failed; then for each
         ``(qubit, time_ps)`` of ``bind``, ``ENT`` — the announced Bell state, or None."""
-        if not _LINK.fullmatch(link):
+        if not wire.LINK.fullmatch(link):
             raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
         measure, bind = measure or [], bind or []
         commands: list[str] = []
         for q, t, basis in measure:
-            if basis.upper() not in BASES:
+            if basis.upper() not in wire.BASES:
                 raise ValueError(f"basis must be Z, X or Y, got {basis!r}")
-            commands += [f"ENT {_qid(q)} {link} T{int(t)}", f"MEAS {_qid(q)} {basis.upper()}"]
-        commands += [f"ENT {_qid(q)} {link} T{int(t)}" for q, t in bind]
+            commands += [f"{wire.ENT} {_qid(q)} {link} T{int(t)}",
+                         f"{wire.MEAS} {_qid(q)} {basis.upper()}"]
+        commands += [f"{wire.ENT} {_qid(q)} {link} T{int(t)}" for q, t in bind]
         replies: list[str | DeviceError] = []
-        for i in range(0, len(commands), MAX_BATCH):
-            replies += self.batch(commands[i:i + MAX_BATCH])
+        for i in range(0, len(commands), wire.MAX_BATCH):
+            replies += self.batch(commands[i:i + wire.MAX_BATCH])
         outcomes: list[int | None] = []
         for k in range(len(measure)):
             ent, meas = replies[2 * k], replies[2 * k + 1]
             ok = isinstance(ent, str) and meas in ("0", "1")
             outcomes.append(int(meas) if ok else None)  # type: ignore[arg-type]
-        bells = [r if isinstance(r, str) and r in BELL_STATES else None
+        bells = [r if isinstance(r, str) and r in wire.BELL_TOKENS else None
                  for r in replies[2 * len(measure):]]
         return outcomes, bells
 
@@ -335,14 +243,16 @@ class QDevice(Driver):
         in |±⟩: the Z outcome is the Bell index's x bit, the X outcome its z bit. The Bell
         state (``"phi+"`` … ``"psi-"``); DeviceError from the first refused command."""
         a, b = _qid(q1), _qid(q2)
-        replies = self.batch([f"CNOT {a} {b}", f"MEAS {a} X", f"MEAS {b} Z"])
+        commands = [f"{wire.CNOT} {a} {b}", f"{wire.MEAS} {a} X", f"{wire.MEAS} {b} Z"]
+        replies = self.batch(commands)
         for reply in replies:
             if isinstance(reply, DeviceError):
                 raise reply
         cnot, z_bit, x_bit = replies
-        if cnot != "OK" or z_bit not in ("0", "1") or x_bit not in ("0", "1"):
-            raise self._garbled(f"CNOT {a} {b};MEAS {a} X;MEAS {b} Z",
-                                f"{cnot};{z_bit};{x_bit}", "not the replies of a BSM")
+        if cnot != wire.OK or z_bit not in ("0", "1") or x_bit not in ("0", "1"):
+            raise self._garbled(wire.BATCH_SEPARATOR.join(commands),
+                                wire.BATCH_SEPARATOR.join(map(str, replies)),
+                                "not the replies of a BSM")
         return BELL_STATES[2 * int(x_bit) + int(z_bit)]  # type: ignore[arg-type]
 
     def parity_round(self, kept: int, sacrificed: int,
@@ -354,17 +264,18 @@ class QDevice(Driver):
         k, s = _qid(kept), _qid(sacrificed)
         commands = []
         for q, axis, angle in rotations:
-            if axis.upper() not in AXES or not math.isfinite(angle):
+            if axis.upper() not in wire.AXES or not math.isfinite(angle):
                 raise ValueError(f"rotation must be (qubit, X|Y|Z, finite rad), got "
                                  f"{(q, axis, angle)!r}")
-            commands.append(f"ROT {_qid(q)} {axis.upper()} {float(angle)!r}")
-        commands += [f"CNOT {k} {s}", f"MEAS {s} Z"]
+            commands.append(f"{wire.ROT} {_qid(q)} {axis.upper()} {float(angle)!r}")
+        commands += [f"{wire.CNOT} {k} {s}", f"{wire.MEAS} {s} Z"]
         replies = self.batch(commands)
         for reply in replies:
             if isinstance(reply, DeviceError):
                 raise reply
-        if any(r != "OK" for r in replies[:-1]) or replies[-1] not in ("0", "1"):
-            raise self._garbled(";".join(commands), ";".join(map(str, replies)),
+        if any(r != wire.OK for r in replies[:-1]) or replies[-1] not in ("0", "1"):
+            raise self._garbled(wire.BATCH_SEPARATOR.join(commands),
+                                wire.BATCH_SEPARATOR.join(map(str, replies)),
                                 "not the replies of a purification round")
         return int(replies[-1])  # type: ignore[arg-type]
 
@@ -375,7 +286,7 @@ class QDevice(Driver):
         if reply.endswith("\r"):
             reply = reply[:-1]
         if reply.startswith("ERR"):
-            m = _ERR.fullmatch(reply)
+            m = wire.ERR_REPLY.fullmatch(reply)
             if m is None:
                 raise self._garbled(command, reply, "malformed ERR reply")
             raise self.transport.error(DeviceError, f"device error {m[1]}: {m[2]}", command,
@@ -393,7 +304,7 @@ class QDevice(Driver):
         return self._match(command, pattern)[0]
 
     def _ok(self, command: str) -> None:
-        self._match(command, re.compile("OK"))
+        self._match(command, re.compile(wire.OK))
 
     def _garbled(self, command: str, reply: str, why: str) -> GarbledReply:
         self.transport.mark_stale()

@@ -1,7 +1,7 @@
 """Single Quantum SNSPD system (detector bias, trigger levels, counters) over two TCP sockets.
 
 Protocol source: Single Quantum's own QCoDeS driver (QCoDeS/Qcodes_contrib_drivers
-``drivers/SingleQuantum/SingleQuantum.py``, MIT), summarised in driver_anchors §4(d):
+``drivers/SingleQuantum/SingleQuantum.py``, MIT):
 
 * **Control**, TCP 12000: the client sends bare JSON objects; the system answers with JSON
   messages ``{"label": ..., "value": ...}``, each followed by ``\\x17`` (a chunk may hold several
@@ -37,6 +37,14 @@ CONTROL_PORT = 12000
 COUNTS_PORT = 12345
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
 _FLOAT = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def split_host_port(address: str, default_port: int) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port``; ``(address, default_port)`` when no port is given."""
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():
+        return host, int(port)
+    return address, default_port
 
 
 class TcpLineTransport(SerialTransport):
@@ -95,6 +103,15 @@ class SingleQuantum(Driver):
                                      read_termination="\n", encoding="ascii",
                                      timeout_s=timeout_s, **options)
         return cls(control, counts, use_label_props=use_label_props)
+
+    @classmethod
+    def from_config(cls, address: str, *, name: str, timeout_s: float,
+                    **options: object) -> SingleQuantum:
+        """:meth:`connect` to ``address``, ``host`` or ``host:port`` of the control port
+        (default :data:`CONTROL_PORT`); ``options`` are :meth:`connect`'s keywords."""
+        host, port = split_host_port(address, CONTROL_PORT)
+        return cls.connect(host, control_port=port, timeout_s=timeout_s,
+                           **options)  # type: ignore[arg-type]
 
     # -- life cycle: two links (control and counts)
     def open(self) -> SingleQuantum:

@@ -32,7 +32,8 @@ The contract of :meth:`TimeTagger.chunks` (implementers: please keep all of it):
   stop an ongoing iteration; the iterator then ends promptly (within about one chunk or one
   timeout) instead of blocking forever.
 
-Drivers are synchronous (DESIGN.md §6): no asyncio here.
+Drivers are synchronous, each run on its own thread by the daemon
+(docs/developers/adding-an-instrument.md): no asyncio here.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Thorlabs TC200 temperature controller (the SPDC crystal oven).
 
-Command set: Thorlabs TC200 user manual, as implemented by QMI
-``qmi/instruments/thorlabs/tc200.py`` (driver_anchors.md §4(f)). FTDI serial 115200 8N1, no flow
+Command set: Thorlabs TC200 user manual, as implemented by QMI (QuTech's Quantum Measurement
+Infrastructure) ``qmi/instruments/thorlabs/tc200.py``. FTDI serial 115200 8N1, no flow
 control; commands end ``\\r``. The controller echoes the command, then ``\\r``, the response (if
 any), ``\\r`` and the prompt ``> ``; ``stat?`` answers a hex status byte without the ``\\r``
 (``stat?\\r11 > ``). The driver reads up to ``"> "`` and checks the echo, so a late reply is

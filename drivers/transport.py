@@ -1,6 +1,6 @@
 """Transports: the byte- or message-level link to one instrument, under every driver.
 
-Rules every transport keeps (DESIGN §6; driver_anchors §3, §5):
+Rules every transport keeps (docs/operators/instruments.md describes them for operators):
 
 * **One lock per instrument.** ``Transport.lock`` (re-entrant) serialises every exchange;
   drivers hold it across multi-step transactions (``with t.lock: ...``). pyvisa and pyserial are
@@ -23,6 +23,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import Any
 
 import serial
 
@@ -297,7 +298,7 @@ class SerialTransport(StreamTransport):
                  serial_options: dict[str, object] | None = None, **kwargs: object):
         super().__init__(address, instrument=instrument, **kwargs)  # type: ignore[arg-type]
         self.baudrate = baudrate
-        self.serial_options = dict(serial_options or {})
+        self.serial_options: dict[str, Any] = dict(serial_options or {})
         self._port: serial.SerialBase | None = None
 
     def _open(self) -> None:
@@ -325,5 +326,7 @@ class SerialTransport(StreamTransport):
     def _read_raw(self, timeout_s: float) -> bytes:
         assert self._port is not None
         self._port.timeout = timeout_s
-        waiting = self._port.in_waiting
+        # every pyserial backend (serial_for_url's Serial, socket://, loop://) has in_waiting;
+        # the stubs declare it only on the concrete classes, not on SerialBase
+        waiting = self._port.in_waiting  # type: ignore[attr-defined]
         return self._port.read(waiting if waiting else 1)

@@ -5,7 +5,7 @@ Backends are pyvisa's: ``"@py"`` (pyvisa-py, pure Python, the default), ``"file.
 ``TCPIP::127.0.0.1::5025::SOCKET`` (raw SCPI on a socket, the Keysight port convention) or
 ``USB0::0x1313::0x804A::M00123456::INSTR`` (a Thorlabs ITC4001 over USBTMC).
 
-What this transport adds to pyvisa (driver_anchors §3 and §5):
+What this transport adds to pyvisa (the issues cited are pyvisa's and pyvisa-py's on GitHub):
 
 * **One ResourceManager per backend per process** (:func:`resource_manager`), never closed:
   pyvisa #742 reports that closing one ResourceManager invalidates the others.

@@ -1,6 +1,6 @@
 """ZeroMQ request/reply transport, for instruments that speak REQ/REP (the ID Quantique Time
 Controller's SCPI server on port 5555 and its DataLinkTarget service on port 6060; IDQ's scripting
-examples, ``utils/common.py``, via driver_anchors §4a).
+examples, ``utils/common.py``).
 
 One command is one ZMQ message (UTF-8 text), one reply is one message. A REQ socket insists on
 strict send/receive alternation, so after a timeout it cannot be used again; this transport

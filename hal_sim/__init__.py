@@ -1,5 +1,11 @@
 """qnode.hal_sim: simulated instruments and the physics behind them.
 
+Three subpackages: :mod:`qnode.hal_sim.physics` (the photons, detectors, clocks and quantum
+states, with exact ground truth), :mod:`qnode.hal_sim.twins` (simulated instruments speaking the
+real wire protocols on ptys and sockets) and :mod:`qnode.hal_sim.bench` (a bench file's twins
+served and coupled to its links' physics: ``python -m qnode.hal_sim bench``). This module
+re-exports the physics' public API.
+
 Photon-stream physics of an M-type link (one SPDC source, two nodes), streamed as per-node
 TagBlock chunks (``qnode.native.TAG_DTYPE``, int64 ps, time-ordered), deterministic from a seed,
 with exact ground truth:
@@ -16,11 +22,11 @@ with exact ground truth:
   :class:`SimChunk` (``blocks[node]`` TagBlock, ``truth`` :class:`ChunkTruth`); cumulative
   :class:`RunTruth` in ``sim.truth``.
 
-K-type heralding (:mod:`qnode.hal_sim.heralding`): :class:`HeraldingLink` (two memory nodes, a
-midpoint station with four detectors, :func:`station_detectors`) and :class:`HeraldingSimulator`,
+K-type heralding (:mod:`qnode.hal_sim.physics.heralding`): :class:`HeraldingLink` (two memory nodes,
+a midpoint station with four detectors, :func:`station_detectors`) and :class:`HeraldingSimulator`,
 which streams the station's tags with the same stepping interface and a truth list of heralds
 (:data:`HERALD_DTYPE`), totals (:class:`HeraldRunTruth`) and the closed form
-(:func:`herald_expectation`). ``qnode.hal_sim.tagger.SimulatorFanout`` lets several taggers
+(:func:`herald_expectation`). ``qnode.hal_sim.twins.tagger.SimulatorFanout`` lets several taggers
 stream different nodes of one simulator.
 
 Example::
@@ -39,9 +45,9 @@ Example::
     sim.truth.pairs_registered_both                 # exact, after the stream ended
     sim.truth.delay_difference_ps("alice", 1, "bob", 3)  # where the g2 peak sits (at t = 0)
 """
-from .clock import Clock, ClockModel
-from .detector import JITTER_CLIP_SIGMAS, Detector
-from .heralding import (
+from .physics.clock import Clock, ClockModel
+from .physics.detector import JITTER_CLIP_SIGMAS, Detector
+from .physics.heralding import (
     HERALD_DTYPE,
     HeraldChunk,
     HeraldChunkTruth,
@@ -52,12 +58,18 @@ from .heralding import (
     herald_expectation,
     station_detectors,
 )
-from .link import Link, Node, simple_node
-from .optics import SMF28_GROUP_INDEX, Fibre
-from .photon_stream import PhotonStreamSimulator, SimChunk
-from .polarisation import BELL_CORRELATIONS, Analyzer, BellDiagonalState, basis, linear_polariser
-from .source import CWSource, PulsedSource
-from .truth import ChunkTruth, RunTruth
+from .physics.link import Link, Node, simple_node
+from .physics.optics import SMF28_GROUP_INDEX, Fibre
+from .physics.photon_stream import PhotonStreamSimulator, SimChunk
+from .physics.polarisation import (
+    BELL_CORRELATIONS,
+    Analyzer,
+    BellDiagonalState,
+    basis,
+    linear_polariser,
+)
+from .physics.source import CWSource, PulsedSource
+from .physics.truth import ChunkTruth, RunTruth
 
 __all__ = [
     "Analyzer", "BELL_CORRELATIONS", "BellDiagonalState", "CWSource", "ChunkTruth", "Clock",

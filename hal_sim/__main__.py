@@ -5,7 +5,7 @@
 starts every instrument in the file on a real pty or loopback TCP port, prints where each one
 is (what a node config names in a lab), then a line ``ready``, and serves until Ctrl-C/SIGTERM.
 With ``--truth`` the links' ground truth is written to that file as JSON every second and at
-stop (see :mod:`qnode.hal_sim.bench`).
+stop (see :mod:`qnode.hal_sim.bench`, which also describes the file).
 """
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ import signal
 import sys
 import threading
 
-from . import (
-    bench as bench_mod,
-    instruments,  # noqa: F401 - registers the simulated instrument kinds
-)
+from . import bench as bench_mod
 
 #: The bench's simulators are CPU-bound threads; instrument servers answer from other threads.
 #: A 1 ms GIL switch interval (Python's default is 5 ms) keeps a reply from waiting up to 5 ms

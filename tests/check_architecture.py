@@ -125,8 +125,12 @@ def summary(graph: grimp.ImportGraph) -> None:
     per: dict[str, int] = defaultdict(int)
     for m in graph.modules:
         parts = m.split(".")
-        key = ".".join(parts[:3]) if parts[1] == "daemon" and len(parts) > 3 else ".".join(
-            parts[:2]) if parts[1] != "daemon" else m
+        if len(parts) > 3:          # a module of a subpackage: qnode.hal_sim.twins.tc200
+            key = ".".join(parts[:3])
+        elif parts[1] == "daemon":  # the daemon's top-level modules each stand alone
+            key = m
+        else:
+            key = ".".join(parts[:2])
         per[key] += 1
     for key in sorted(per):
         print(f"  {key:32s} {per[key]:3d} modules")

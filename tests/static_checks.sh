@@ -22,6 +22,15 @@ MYPY_TARGETS=(
     -p qnode.native
     -p qnode.daemon.quantum
     -p qnode.daemon.linklayer
+    -p qnode.daemon.bus
+    -p qnode.daemon.tools
+    -m qnode.daemon.logs
+    -p qnode.daemon.runtime
+    -p qnode.daemon.klink
+    -p qnode.daemon.acquisition
+    -p qnode.daemon.roles
+    -m qnode.daemon.node
+    -m qnode.daemon.cli
 )
 echo "== mypy ${MYPY_TARGETS[*]}"
 tree=$(mktemp -d)

@@ -16,9 +16,9 @@ import collections
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -85,8 +85,8 @@ class BasisLayout:
              labels: Sequence[str] | None = None) -> BasisLayout:
         """From flat channels (2 or 4) or pairs; angles default to Z 0°, X 22.5°; labels from
         the angles."""
-        flat = [int(c) for c in channels] if all(isinstance(c, (int, np.integer))
-                                                 for c in channels) else None
+        flat = ([int(c) for c in channels if isinstance(c, (int, np.integer))]
+                if all(isinstance(c, (int, np.integer)) for c in channels) else None)
         pairs = (tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2)) if flat is not None
                  else tuple((int(p[0]), int(p[1])) for p in channels))  # type: ignore[index]
         if flat is not None and len(flat) % 2:
@@ -103,7 +103,7 @@ def _int_list(x: object) -> bool:
     return isinstance(x, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in x)
 
 
-def parse_layout(body: dict[str, Any]) -> BasisLayout:
+def parse_layout(body: Mapping[str, Any]) -> BasisLayout:
     """The streamer's layout from a ``TAGS`` header; ValueError naming the field.
 
     ``outcome_channels``: one [out0, out1] pair per basis (1 or 2 bases), or the flat pair of
@@ -154,7 +154,8 @@ def _ideal_e(source_state: str, alpha_deg: float, beta_deg: float) -> float:
     return sx * math.sin(a) * math.sin(b) + sz * math.cos(a) * math.cos(b)
 
 
-def _quad(n: np.ndarray, own_sign: int = 1, peer_sign: int = 1) -> tuple[float, ...]:
+def _quad(n: np.ndarray, own_sign: int = 1,
+          peer_sign: int = 1) -> tuple[float, float, float, float]:
     """(N++, N−−, N+−, N−+) of a 2×2 outcome array n[own outcome, peer outcome] (outcome 0 is
     '+' unless that side's sign is −1)."""
     if own_sign < 0:
@@ -179,7 +180,7 @@ def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
       fraction of raw counts cannot leave [0, 1]), ``qber_<b>_ci_low``/``qber_<b>_ci_high`` the
       95 % Wilson interval; ``qber_<b>_err`` its σ (not in the telemetry).
     * ``visibility``: mean over those bases of s_b·E_bb (accidental-subtracted correlation, s_b
-      the source state's sign, anchors §6 V_b = 1 − 2Q_b); with one setting on each side and no
+      the source state's sign, V_b = 1 − 2Q_b); with one setting on each side and no
       common Pauli basis, |E| of that setting pair (accidental-subtracted).
     * ``fidelity_estimate``, ``fidelity_method``: "two_basis_bound" F ≥ 1 − Q_Z − Q_X
       (:func:`~.estimators.fidelity_lower_bound`) when both are measured, else "werner":
@@ -218,7 +219,8 @@ def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
         q[b] = qb
         out.update(est.qber_telemetry(b, est.physical_qber(qb.errors, qb.total)))
         out[f"qber_{b.lower()}_err"] = qb.sigma
-        e = est.correlation(*n, accidentals=list(np.minimum(acc, n)))
+        n_pp, n_mm, n_pm, n_mp = n
+        e = est.correlation(n_pp, n_mm, n_pm, n_mp, accidentals=list(np.minimum(acc, n)))
         if math.isfinite(e.value):
             vis.append(est.BELL_SIGNS[source_state][est.BASES.index(b)] * e.value)
     if per_basis:
@@ -527,7 +529,8 @@ class CrossNodeCounter:
             sifted = figures.pop("sifted_total", None)
             for key in ("qber_z_err", "qber_x_err"):
                 figures.pop(key, None)
-            t.update(figures)  # type: ignore[typeddict-item]
+            # what is left are telemetry fields; the QBERs' names are built from the basis
+            t = {**t, **cast("LinkTelemetry", figures)}
             if sifted is not None:
                 now["sift"] = sifted
                 if span_s > 0 and "sift" in self._last:

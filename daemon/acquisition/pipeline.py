@@ -1,4 +1,5 @@
-"""The acquisition pipeline: time tagger → native core → typed per-chunk events (DESIGN.md §3, §7).
+"""The acquisition pipeline: time tagger → native core → typed per-chunk events
+(docs/developers/architecture.md, section The path of a time tag).
 
 ::
 
@@ -87,6 +88,7 @@ from qnode.drivers.tagger import TimeTagger
 from qnode.native import CLUSTER_DTYPE, TagBlock
 
 if TYPE_CHECKING:
+    from qnode.daemon.bus.telemetry import Telemetry
     from qnode.daemon.runtime.supervisor import ManagedInstrument
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ class IngestMeter:
     def __init__(self) -> None:
         self._last_tags = 0
 
-    def fill(self, record: Any, stats: AcquisitionStats, interval_s: float) -> None:
+    def fill(self, record: Telemetry, stats: AcquisitionStats, interval_s: float) -> None:
         record["ingest_mtags_s"] = (stats.tags_processed - self._last_tags) / interval_s / 1e6
         self._last_tags = stats.tags_processed
         record["tags_total"] = stats.tags_processed
@@ -262,7 +264,7 @@ class AcquisitionPipeline:
         self.coincidences = Coincidences(self.pairs, window_ps, delays_ps=delays_ps,
                                          accidental_offset_ps=accidental_offset_ps,
                                          channels=channels)
-        self.nfold = (None if nfold is None else
+        self.nfold = (None if nfold is None or nfold_window_ps is None else
                       NFold(nfold, int(nfold_window_ps), min_fold=nfold_min_fold,
                             delays_ps=None if delays_ps is None else
                             {c: d for c, d in delays_ps.items() if c in nfold}))
@@ -449,7 +451,12 @@ class AcquisitionPipeline:
                     log.warning("acquisition: closing the stream of tagger %s failed: %s",
                                 self.tagger.name, exc,
                                 extra={"tagger": self.tagger.name, "error": str(exc)})
-            self._to_loop(lambda: outcome.done() or outcome.set_result(result))
+
+            def resolve() -> None:
+                if not outcome.done():
+                    outcome.set_result(result)
+
+            self._to_loop(resolve)
 
     def _read_chunks(self, chunks: Iterable[TagBlock]) -> object:
         cond, queue, limit = self._cond, self._queue, self.queue_chunks
@@ -572,6 +579,7 @@ class AcquisitionPipeline:
     def _stalled(self, quiet_s: float, last_record_at: float | None) -> None:
         name, tagger = self._names()
         error = StreamStalled(f"no tags for {quiet_s:.1f} s", instrument=name, address=tagger)
+        assert self.stall_s is not None  # stalls are watched for only with a stall_s
         self._stalls += 1
         attempt = self._begin_fault(last_record_at if last_record_at is not None
                                     else time.time() - quiet_s)
@@ -639,7 +647,7 @@ class AcquisitionPipeline:
         try:
             while True:
                 item = await loop.run_in_executor(self._executor, self._work)
-                if item is _STOPPED:
+                if not isinstance(item, ChunkEvents):  # _STOPPED
                     return
                 await self._events.put(item)
                 if item.final:

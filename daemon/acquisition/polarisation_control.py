@@ -4,7 +4,7 @@ Each fibre from the source turns the photons' polarisation, and the turn drifts 
 stress). The analyzer node's **compensator** — a half-wave plate fixed along H followed by a
 half-wave plate on an ELL14 rotation mount, in front of the node's analyzers — is a rotator: the
 plate at θ turns linear polarisation by 2θ, the Poincaré sphere by 4θ about Y (``[analyzer].
-compensator``; :mod:`qnode.hal_sim.physics_coupling` simulates it). It undoes the part of a
+compensator``; :mod:`qnode.hal_sim.physics.coupling` simulates it). It undoes the part of a
 drift that rotates linear polarisation (about Y) and nothing else: birefringence along H/V or
 D/A makes linear polarisation elliptical and needs a three-plate controller (QWP–HWP–QWP). A
 drift with such a component leaves a visibility this controller cannot restore; it then reports
@@ -64,6 +64,7 @@ from qnode.daemon.bus.telemetry import POLARISATION_STATES
 
 if TYPE_CHECKING:
     from qnode.daemon.acquisition.cross_node import CountWindow, CrossNodeCounter
+    from qnode.daemon.bus.telemetry import PolarisationTelemetry
     from qnode.daemon.runtime.config import CompensationConfig
 
 log = logging.getLogger("qnode.polarisation")
@@ -348,11 +349,11 @@ class PolarisationController:
         return {"link": self.link, "polarisation_state": self.state,
                 "angle_deg": round(self.angle_deg, 3), **fields}
 
-    def telemetry(self) -> dict[str, Any]:
+    def telemetry(self) -> PolarisationTelemetry:
         """The link telemetry fields of the controller (module docstring)."""
-        t: dict[str, Any] = {"polarisation_state": self.state, "calibrating": self.calibrating,
-                             "compensator_angle_deg": self.angle_deg,
-                             "recalibrations_total": self.recalibrations}
+        t: PolarisationTelemetry = {
+            "polarisation_state": self.state, "calibrating": self.calibrating,
+            "compensator_angle_deg": self.angle_deg, "recalibrations_total": self.recalibrations}
         if self.reference is not None:
             t["visibility_reference"] = self.reference.visibility
         if self.window is not None:

@@ -1,4 +1,5 @@
-"""One node's MQTT connection (DESIGN §5): publish, receive, survive the broker going away.
+"""One node's MQTT connection (docs/integrators/mqtt-contract.md): publish, receive, survive the
+broker going away.
 
 :class:`NodeBus` runs as one long-lived coroutine (:meth:`NodeBus.run`) in the supervisor's task
 group. It connects with a persistent session (``clean_session=False``, client id = node id) and a
@@ -55,8 +56,8 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
@@ -75,6 +76,11 @@ from qnode.daemon.bus.inbound import DEFAULT_LIMITS, InboundQueue, topic_kind
 from qnode.daemon.bus.keys import KeyRing
 from qnode.daemon.bus.topics import Topic, Topics, parse_topic
 from qnode.daemon.logs import RateLimitedLog
+
+if TYPE_CHECKING:
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from qnode.daemon.bus.telemetry import BusTelemetry
 
 log = logging.getLogger("qnode.bus")
 
@@ -96,6 +102,12 @@ MAX_BURST = 256
 _burst_work: contextvars.ContextVar[list[Callable[[], Awaitable[None]]] | None] = \
     contextvars.ContextVar("qnode_bus_burst_work", default=None)
 
+
+
+def suback_code(code: int | ReasonCode) -> int:
+    """A SUBACK's code for one filter as a number (≥ 0x80: refused): aiomqtt gives ints under
+    MQTT 3.1.1 and paho's ReasonCodes under MQTT 5."""
+    return code if isinstance(code, int) else int(code.value)
 
 class BusOverloaded(RuntimeError):
     """The outgoing queue is full: the caller must slow down (nothing was queued)."""
@@ -232,7 +244,7 @@ class NodeBus:
         """State-changing messages not yet acknowledged by the broker."""
         return len(self._backlog) + len(self._inflight)
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> BusTelemetry:
         return {"published": self.published, "acked": self.acked, "resent": self.resent,
                 "queued": self.queued, "pending": self.pending,
                 "dropped_telemetry": self.dropped_telemetry, "received": self.received,
@@ -329,7 +341,8 @@ class NodeBus:
             username=self.username, password=self.password,
             logger=logging.getLogger("qnode.bus.mqtt"),
             # one bounded queue for the bus's lifetime: see .inbound
-            queue_type=lambda maxsize=0: self.inbound)  # type: ignore[arg-type,misc]
+            # aiomqtt declares a Queue class here but only calls it with maxsize
+            queue_type=lambda maxsize=0: self.inbound)  # type: ignore[arg-type]
         # aiomqtt warns above 10 outstanding calls; we keep up to max_inflight by design.
         client.pending_calls_threshold = self.max_inflight + 16
         return client
@@ -440,9 +453,9 @@ class NodeBus:
     async def _subscribe_now(self, client: aiomqtt.Client, filters: list[str]) -> None:
         if not filters:
             return
-        codes = await client.subscribe([(f, 1) for f in filters])
+        codes: Sequence[int | ReasonCode] = await client.subscribe([(f, 1) for f in filters])
         for f, code in zip(filters, codes, strict=False):
-            if int(getattr(code, "value", code)) >= 0x80:
+            if suback_code(code) >= 0x80:
                 log.error("broker refused subscription to %s", f, extra={"topic": f})
 
     async def _send(self, client: aiomqtt.Client) -> None:

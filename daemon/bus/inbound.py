@@ -31,7 +31,7 @@ import asyncio
 import collections
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 #: topic kind (the fifth topic segment) -> class
 KIND_CLASS = {"ll": "control", "proto": "control", "cmd": "control", "reply": "control",
@@ -63,9 +63,16 @@ class _Entry:
     dropped: bool = False
 
 
-class InboundQueue(asyncio.Queue):  # type: ignore[type-arg]
+class InboundQueue(asyncio.Queue[Any]):
     """An :class:`asyncio.Queue` of MQTT messages (objects with ``topic`` and ``payload``)
     bounded per class (see the module docstring); :meth:`put_nowait` never raises."""
+
+    if TYPE_CHECKING:  # the internals of CPython's asyncio.Queue used below; typeshed omits them
+        _unfinished_tasks: int
+        _finished: asyncio.Event
+        _getters: collections.deque[asyncio.Future[None]]
+
+        def _wakeup_next(self, waiters: collections.deque[asyncio.Future[None]]) -> None: ...
 
     def __init__(self, limits: Mapping[str, tuple[int, int]] = DEFAULT_LIMITS,
                  on_drop: Callable[[str, str, str], None] | None = None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ def encode(block: TagBlock, *, link: str, chunk: int, extra: dict[str, Any] | No
             **(extra or {})}
 
 
-def _inflate(body: dict[str, Any], key: str, size: int) -> bytes:
+def _inflate(body: Mapping[str, Any], key: str, size: int) -> bytes:
     data = body.get(key)
     if not isinstance(data, str):
         raise ValueError(f"TAGS.{key}: expected base64 text")
@@ -61,7 +62,7 @@ def _inflate(body: dict[str, Any], key: str, size: int) -> bytes:
     return raw
 
 
-def decode(body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def decode(body: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(times int64 ps, channels int32) of a ``TAGS`` body; ValueError naming the field."""
     n = body.get("n")
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_TAGS:

@@ -1,4 +1,5 @@
-"""The MQTT topic tree (DESIGN §5): everything a node publishes lives under its own prefix.
+"""The MQTT topic tree (docs/integrators/mqtt-contract.md): everything a node publishes lives
+under its own prefix.
 
 ``qnet/v1/<network>/<node>/`` then one of:
 

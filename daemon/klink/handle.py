@@ -40,3 +40,7 @@ class LinkHandle(Protocol):
     async def send(self, actions: Iterable[Message]) -> None:
         """Store, then send, what a change of the link end returned (caller holds :attr:`lock`)."""
         ...
+
+    async def expire_pair(self, seq: int) -> None:
+        """EXPIRE pair ``seq`` to the peer (caller holds :attr:`lock`)."""
+        ...

@@ -38,10 +38,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
+from qnode.daemon.bus.telemetry import qber_fields
 from qnode.daemon.linklayer import (
     BELL_STATES,
     MAX_TESTS,
@@ -60,11 +61,11 @@ from qnode.daemon.quantum.estimators import (
     Estimate,
     bell_diagonal_from_qber,
     physical_qber,
-    qber_telemetry,
 )
 from qnode.drivers.errors import DeviceError, InstrumentError
 
 if TYPE_CHECKING:
+    from qnode.daemon.bus.telemetry import LinkMemoryTelemetry
     from qnode.daemon.klink.handle import LinkHandle
     from qnode.daemon.runtime.supervisor import ManagedInstrument
 
@@ -227,6 +228,18 @@ class Bound:
     generation: int
 
 
+class MemoryCounts(TypedDict):
+    """:class:`LinkMemory`'s counters, reported under the same names
+    (:class:`~qnode.daemon.bus.telemetry.LinkMemoryTelemetry`)."""
+
+    bound_total: int
+    bind_failed_total: int
+    tests_total: int
+    tests_matched_total: int
+    tests_failed_total: int
+    tests_skipped_total: int
+
+
 class LinkMemory:
     """The qubits of one K link at one end (module docstring). ``qubits``: storage qubits
     (all but the last of the pool's qubits for this link; the last is the test qubit)."""
@@ -252,9 +265,9 @@ class LinkMemory:
         self._binding: set[int] = set()        # ENT in flight
         self._wake = asyncio.Event()
         self.peer_held: OrderedDict[int, float] = OrderedDict()  # seq -> the peer's bind time
-        self.counts = {"bound_total": 0, "bind_failed_total": 0, "tests_total": 0,
-                       "tests_matched_total": 0, "tests_failed_total": 0,
-                       "tests_skipped_total": 0}
+        self.counts: MemoryCounts = {
+            "bound_total": 0, "bind_failed_total": 0, "tests_total": 0,
+            "tests_matched_total": 0, "tests_failed_total": 0, "tests_skipped_total": 0}
 
     # ------------------------------------------------------------------ qubits
     def _storage(self) -> list[int]:
@@ -380,7 +393,10 @@ class LinkMemory:
         bound_at, bound_wall = time.monotonic(), time.time()
         async with service.lock:
             for (seq, basis, bell, _), m in zip(tests, outcomes, strict=True):
-                self.counts["tests_total" if m is not None else "tests_failed_total"] += 1
+                if m is not None:
+                    self.counts["tests_total"] += 1
+                else:
+                    self.counts["tests_failed_total"] += 1
                 self._outbox.append((seq, basis, "-" if m is None else str(m)))
                 if m is not None:
                     self._record_own(seq, basis, bell, m)
@@ -496,11 +512,11 @@ class LinkMemory:
                                     "".join(m for _, _, m in part), self.readout_error))
         return out
 
-    def telemetry(self) -> dict[str, Any]:
+    def telemetry(self) -> LinkMemoryTelemetry:
         rel, sigma = self.tomography.estimate()
-        t: dict[str, Any] = {**self.counts, "qubits_bound": len(self.bound),
-                             "fidelity_estimate": rel.fidelity(),
-                             "fidelity_source": "tests" if self.tomography.ready else "prior"}
+        t: LinkMemoryTelemetry = {
+            **self.counts, "qubits_bound": len(self.bound), "fidelity_estimate": rel.fidelity(),
+            "fidelity_source": "tests" if self.tomography.ready else "prior"}
         if not math.isnan(sigma):
             t["fidelity_sigma"] = sigma
         tomo = self.tomography
@@ -509,8 +525,8 @@ class LinkMemory:
             for b, name in enumerate(("x", "y", "z")):
                 n = int(tomo.n[b])
                 if n:   # read-out corrected, clamped to [0, 1], the raw value and an interval
-                    t.update(qber_telemetry(name, physical_qber(
-                        int(tomo.errors[b]), n, flip=float(tomo.flip[b]) / n)))
+                    t = {**t, **qber_fields(name, physical_qber(
+                        int(tomo.errors[b]), n, flip=float(tomo.flip[b]) / n))}
         return t
 
 

@@ -13,8 +13,8 @@ otherwise ACK, rounds until a pair's estimate reaches the minimum, and an OK per
 ends never start rounds on the same pairs); the other end follows. A CREATE needing
 purification at the following end is refused with ERR UNSUPP (the log names the leader).
 
-**A round** (DESIGN §4), on two pairs both ends hold (fresh ones: bound at both ends, the
-peer's HELD came; or outputs of earlier rounds):
+**A round** (docs/physicists/purification.md), on two pairs both ends hold (fresh ones: bound at
+both ends, the peer's HELD came; or outputs of earlier rounds):
 
 1. the leader applies each pair's bilateral rotations on its halves (DEJMPS: R_x(+π/2); BBPSSW:
    one of the six permutations of the Pauli errors, drawn at random per pair — the twirl),
@@ -64,7 +64,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -95,6 +95,7 @@ from qnode.daemon.quantum.bell_diagonal import (
 from qnode.drivers.errors import InstrumentError
 
 if TYPE_CHECKING:
+    from qnode.daemon.bus.telemetry import PurificationTelemetry
     from qnode.daemon.klink.handle import LinkHandle
     from qnode.daemon.klink.memory import Bound, LinkMemory
     from qnode.daemon.runtime.config import MemoryConfig
@@ -203,6 +204,23 @@ class _Request:
     served: int = 0
 
 
+class PurifyCounts(TypedDict):
+    """:class:`Purifier`'s counters, reported under the same names
+    (:class:`~qnode.daemon.bus.telemetry.PurificationTelemetry`)."""
+
+    purify_rounds_total: int
+    purify_kept_total: int
+    purify_discarded_total: int
+    purify_aborted_total: int
+    purify_delivered_total: int
+    purify_inputs_delivered_total: int
+    purify_refused_total: int
+    purify_pairs_used_total: int
+    purify_inputs_failed_total: int
+    purify_inputs_expired_total: int
+    purify_inputs_aborted_total: int
+
+
 class Purifier:
     """Purification on ``service``'s link at this end (module docstring)."""
 
@@ -221,13 +239,14 @@ class Purifier:
         self._waiting: dict[int, asyncio.Future[PurifyResult]] = {}
         self._input_ages: collections.deque[tuple[float, float]] = collections.deque(maxlen=200)
         self._lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=200)
-        self.counts = {"purify_rounds_total": 0, "purify_kept_total": 0,
-                       "purify_discarded_total": 0, "purify_aborted_total": 0,
-                       "purify_delivered_total": 0, "purify_inputs_delivered_total": 0,
-                       "purify_refused_total": 0, "purify_pairs_used_total": 0,
-                       # where the link pairs went that no delivered pair holds
-                       "purify_inputs_failed_total": 0, "purify_inputs_expired_total": 0,
-                       "purify_inputs_aborted_total": 0}
+        self.counts: PurifyCounts = {
+            "purify_rounds_total": 0, "purify_kept_total": 0, "purify_discarded_total": 0,
+            "purify_aborted_total": 0, "purify_delivered_total": 0,
+            "purify_inputs_delivered_total": 0, "purify_refused_total": 0,
+            "purify_pairs_used_total": 0,
+            # where the link pairs went that no delivered pair holds
+            "purify_inputs_failed_total": 0, "purify_inputs_expired_total": 0,
+            "purify_inputs_aborted_total": 0}
         self.last_plan: PurificationPlan | None = None
         self.expected_kept = 0.0          # Σ of the rounds' predicted success probabilities
         self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
@@ -274,7 +293,8 @@ class Purifier:
         g = mem.gate_fidelity_2q * mem.gate_fidelity_1q ** 2
         fresh = self.input_state()
         lag = self._median(self._lags)
-        state, cost, probs = fresh, 1.0, []
+        probs: list[float] = []
+        state, cost = fresh, 1.0
         for n in range(mem.purification_max_rounds + 1):
             if state.fidelity() >= min_fidelity:
                 qubits = 2 if self.schedule == "pumping" else n + 1
@@ -605,16 +625,16 @@ class Purifier:
                 self._reply(req.requester, Err(req.create_id, ErrCode.TIMEOUT))
         self._serve()
 
-    def telemetry(self) -> dict[str, Any]:
-        t: dict[str, Any] = {"purify_role": "leader" if self.leader else "follower",
-                             "purify_protocol": self.protocol,
-                             "purify_schedule": self.schedule, **self.counts,
-                             "purify_expected_kept": round(self.expected_kept, 3),
-                             "purify_pairs_held": len(self.store)}
+    def telemetry(self) -> PurificationTelemetry:
+        t: PurificationTelemetry = {
+            "purify_role": "leader" if self.leader else "follower",
+            "purify_protocol": self.protocol, "purify_schedule": self.schedule, **self.counts,
+            "purify_expected_kept": round(self.expected_kept, 3),
+            "purify_pairs_held": len(self.store)}
         if self.last_plan is not None:
-            t.update(purify_plan_rounds=self.last_plan.rounds,
-                     purify_plan_fidelity=self.last_plan.state.fidelity(),
-                     purify_plan_pairs_per_output=self.last_plan.pairs_consumed)
+            t["purify_plan_rounds"] = self.last_plan.rounds
+            t["purify_plan_fidelity"] = self.last_plan.state.fidelity()
+            t["purify_plan_pairs_per_output"] = self.last_plan.pairs_consumed
         if self.delivered_fidelity:
             t["purify_delivered_fidelity_mean"] = (sum(self.delivered_fidelity)
                                                    / len(self.delivered_fidelity))

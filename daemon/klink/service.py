@@ -54,7 +54,7 @@ from qnode.daemon.logs import RateLimitedLog
 from qnode.daemon.quantum.bell_diagonal import BellDiagonal, age
 
 if TYPE_CHECKING:
-    from qnode.daemon.bus.telemetry import LinkTelemetry
+    from qnode.daemon.bus.telemetry import LinkTelemetry, LinkType
     from qnode.daemon.klink.memory import LinkMemory
     from qnode.daemon.klink.purification import Purifier
     from qnode.daemon.klink.swapping import PathEnd
@@ -93,7 +93,7 @@ class LinkService:
     CREATE still compares the goodness stamped at herald time with its minimum.
     """
 
-    def __init__(self, ctx: NodeContext, link_id: str, peer: str, link_type: str, *,
+    def __init__(self, ctx: NodeContext, link_id: str, peer: str, link_type: LinkType, *,
                  goodness: float, capacity: int = 0, max_pair_age_s: float = 0.0,
                  comm_delay_s: float = 0.25, restart_policy: str = "resume",
                  max_fidelity: float = 1.0, t1_s: float = 0.0, t2_s: float = 0.0):
@@ -532,7 +532,7 @@ class LinkService:
         rate = (heralds - self._heralds_at_last) / interval_s
         self._heralds_at_last = heralds
         t: LinkTelemetry = {
-            "type": self.type, "peer": self.peer, "role": "end",  # type: ignore[typeddict-item]
+            "type": self.type, "peer": self.peer, "role": "end",
             "expected_seq": stats["expected_seq"], "heralds_total": heralds,
             "herald_rate_hz": rate, "pairs_live": stats["pairs_live"],
             "pairs_delivered_total": stats["pairs_delivered_total"],
@@ -555,9 +555,9 @@ class LinkService:
         if self._last_herald is not None:
             t["herald_age_s"] = max(0.0, self.ctx.now() - self._last_herald)
         if self.memory is not None:
-            t.update(self.memory.telemetry())  # type: ignore[typeddict-item]
+            t = {**t, **self.memory.telemetry()}
         if self.purifier is not None:
-            t.update(self.purifier.telemetry())  # type: ignore[typeddict-item]
+            t = {**t, **self.purifier.telemetry()}
         if lat.size:
             t["herald_latency_ms_p50"] = float(np.percentile(lat, 50))
             t["herald_latency_ms_p99"] = float(np.percentile(lat, 99))
@@ -687,5 +687,5 @@ class LinkRouter:
             return
         await service.request(create, msg.sender)
 
-    def telemetry(self, interval_s: float) -> dict[str, Any]:
+    def telemetry(self, interval_s: float) -> dict[str, LinkTelemetry]:
         return {link: s.telemetry(interval_s) for link, s in self.services.items()}

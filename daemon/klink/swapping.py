@@ -7,11 +7,11 @@ of each goes through a Bell-state measurement on the QDevice
 (:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both
 pairs leave the links' inventories (consumed at both ends: the SWAP_RES says so) and each end gets
 a :class:`~.ll_messages.SwapResult` on its link's ``ll`` topic, signed with that link's key:
-the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (DESIGN §4; the frame
-is tracked, not corrected), and the repeater's estimate of the end pair at the BSM —
-:func:`~.bell_diagonal.swap` of the two links' estimates, each with the repeater's half decayed
-since binding, with the device's CNOT fidelity and read-out error — plus how long the *other*
-end's half had waited (from that end's HELD, which carries its bind time).
+the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (the frame is tracked, not
+corrected: docs/physicists/memories-and-swapping.md), and the repeater's estimate of the end pair at
+the BSM — :func:`~.bell_diagonal.swap` of the two links' estimates, each with the repeater's half
+decayed since binding, with the device's CNOT fidelity and read-out error — plus how long the
+*other* end's half had waited (from that end's HELD, which carries its bind time).
 
 **At an end** (:class:`PathEnd`). A SWAP_RES turns the end's link pair into a path pair held in
 the same qubit. Its estimate at any later time adds this end's half's decay since it was bound
@@ -34,7 +34,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from qnode.daemon.linklayer import (
     BELL_STATES,
@@ -59,6 +59,7 @@ from qnode.daemon.quantum.bell_diagonal import (
 from qnode.drivers.errors import InstrumentError
 
 if TYPE_CHECKING:
+    from qnode.daemon.bus.telemetry import PathTelemetry
     from qnode.daemon.klink.handle import LinkHandle
     from qnode.daemon.klink.memory import Bound, LinkMemory
     from qnode.daemon.runtime.config import MemoryConfig, PathConfig
@@ -97,6 +98,14 @@ def decay(state: BellDiagonal, waits_s: tuple[float, ...], t1_s: float, t2_s: fl
                       t2_s=t2_s).relabel(frame)
 
 
+class SwapCounts(TypedDict):
+    """:class:`Swapper`'s counters, reported under the same names
+    (:class:`~qnode.daemon.bus.telemetry.PathTelemetry`)."""
+
+    swaps_total: int
+    swaps_failed_total: int
+
+
 class Swapper:
     """The repeater's side of ``path`` (module docstring)."""
 
@@ -105,7 +114,7 @@ class Swapper:
         self.ctx, self.path, self.services, self.memories = ctx, path, services, memories
         self.mem = mem
         self._wake = asyncio.Event()
-        self.counts = {"swaps_total": 0, "swaps_failed_total": 0}
+        self.counts: SwapCounts = {"swaps_total": 0, "swaps_failed_total": 0}
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.last_fidelity: float | None = None
 
@@ -185,9 +194,9 @@ class Swapper:
                  extra={"path": self.path.id, "pair_id": pair_id, "bell_state": bell,
                         "fidelity": round(self.last_fidelity, 5)})
 
-    def telemetry(self) -> dict[str, Any]:
-        t: dict[str, Any] = {"role": "repeater", "ends": list(self.path.ends), **self.counts,
-                             "bsm_outcomes": dict(self.outcomes)}
+    def telemetry(self) -> PathTelemetry:
+        t: PathTelemetry = {"role": "repeater", "ends": list(self.path.ends), **self.counts,
+                            "bsm_outcomes": dict(self.outcomes)}
         if self.last_fidelity is not None:
             t["fidelity_estimate"] = self.last_fidelity
         return t
@@ -205,6 +214,16 @@ class PathPair:
     bsm_at: float            # monotonic s, this end's view of the BSM time
 
 
+class PathEndCounts(TypedDict):
+    """:class:`PathEnd`'s counters, reported under the same names
+    (:class:`~qnode.daemon.bus.telemetry.PathTelemetry`)."""
+
+    pairs_received_total: int
+    pairs_delivered_total: int
+    pairs_discarded_total: int
+    swap_orphaned_total: int
+
+
 class PathEnd:
     """One end of ``path`` (module docstring); ``memory`` is this end's link memory."""
 
@@ -216,8 +235,8 @@ class PathEnd:
         self.pairs: collections.OrderedDict[int, PathPair] = collections.OrderedDict()
         self.create_ids = CreateIdAllocator()
         self._requests: list[tuple[int, Create, str, float, int]] = []  # cid, create, who, t, n
-        self.counts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
-                       "pairs_discarded_total": 0, "swap_orphaned_total": 0}
+        self.counts: PathEndCounts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
+                                      "pairs_discarded_total": 0, "swap_orphaned_total": 0}
         self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
 
     def estimate(self, pair: PathPair, now: float) -> BellDiagonal:
@@ -318,9 +337,9 @@ class PathEnd:
                 self._reply(who, Err(cid, ErrCode.TIMEOUT))
         self._serve(now)
 
-    def telemetry(self) -> dict[str, Any]:
-        t: dict[str, Any] = {"role": "end", "remote": self.remote, **self.counts,
-                             "pairs_held": len(self.pairs)}
+    def telemetry(self) -> PathTelemetry:
+        t: PathTelemetry = {"role": "end", "remote": self.remote, **self.counts,
+                            "pairs_held": len(self.pairs)}
         if self.delivered_fidelity:
             t["delivered_fidelity_mean"] = sum(self.delivered_fidelity) / len(
                 self.delivered_fidelity)

@@ -1,16 +1,20 @@
 """Link layer: the entanglement-generation service of one link, as pure logic (no I/O, no clock).
 
-DESIGN §4; messages and rules from ``reference/qnet_anchors.md`` §1:
+Messages and rules (docs/integrators/link-layer.md tells them to integrators):
 
-* §1.1 (draft-dahlberg-ll-quantum-03): the service interface. A higher layer sends CREATE; the
-  link layer answers ACK (with a create id unique per node) or ERR, then one OK per pair, or ERR
-  later (EXPIRE of pairs already OK'd, TIMEOUT after Max Time). ``(link, seq)`` is the pair id.
-* §1.2 (QLinkLayerSimulations ``egp.py``): the heralding station numbers its successes per link
-  (``mhp_seq``) and each end applies ``_process_mhp_seq``: accept ``seq == expected``; ignore a
-  stale ``seq < expected``; on a jump ``seq > expected`` issue ERR_EXPIRE upward, send
-  EXPIRE(old, new) to the peer and set ``expected = seq + 1``. The peer drops the range, moves its
-  own ``expected`` up to ``new`` if it was behind, and answers EXPIRE_ACK(its expected); each side
-  takes the max. An EXPIRE not acknowledged within 2×comm_delay is sent again.
+* The service interface of the IETF Internet-Draft "The Link Layer service in a Quantum
+  Internet" (Dahlberg, Skrzypczyk, Wehner, draft-dahlberg-ll-quantum-03, 2019; "the draft"
+  below). A higher layer sends CREATE; the link layer answers ACK (with a create id unique per
+  node) or ERR, then one OK per pair, or ERR later (EXPIRE of pairs already OK'd, TIMEOUT after
+  Max Time). ``(link, seq)`` is the pair id.
+* The entanglement generation protocol (EGP) of Dahlberg et al., "A link layer protocol for
+  quantum networks", SIGCOMM 2019, as their simulation code QLinkLayerSimulations implements it
+  (``egp.py``): the heralding station numbers its successes per link (``mhp_seq``) and each end
+  applies ``_process_mhp_seq``: accept ``seq == expected``; ignore a stale ``seq < expected``;
+  on a jump ``seq > expected`` issue ERR_EXPIRE upward, send EXPIRE(old, new) to the peer and
+  set ``expected = seq + 1``. The peer drops the range, moves its own ``expected`` up to ``new``
+  if it was behind, and answers EXPIRE_ACK(its expected); each side takes the max. An EXPIRE not
+  acknowledged within 2×comm_delay is sent again.
 
 Invariant that makes both ends agree: every sequence number is, at each end, either *accepted*
 (a herald for it arrived while it was the expected one) or *skipped* (``expected`` moved past it
@@ -237,7 +241,7 @@ class _Request:
 
 
 class CreateIdAllocator:
-    """Create ids, 16 bits, unique per requesting node (draft §1.1 ACK). Share one allocator
+    """Create ids, 16 bits, unique per requesting node (the draft's ACK). Share one allocator
     between the link ends of a node; ids still pending at the asking end are skipped."""
 
     def __init__(self, next_id: int = 0) -> None:
@@ -557,10 +561,11 @@ class LinkEnd:
     # ------------------------------------------------------------------ CREATE
 
     def request(self, create: Create, now: float) -> list[Message]:
-        """Accept a CREATE (draft §1.1): ACK with a fresh create id, then any OKs that pairs
-        already in memory can serve; or ERR at CREATE time — UNSUPP if ``remote_node`` is not
-        this link's peer, if ``min_fidelity`` exceeds ``max_fidelity`` (EGP FEU rule) or for an
-        M request without a ``measure`` function; REJECTED for a purpose id not allowed."""
+        """Accept a CREATE (the draft's service interface): ACK with a fresh create id, then any
+        OKs that pairs already in memory can serve; or ERR at CREATE time — UNSUPP if
+        ``remote_node`` is not this link's peer, if ``min_fidelity`` exceeds ``max_fidelity``
+        (EGP FEU rule) or for an M request without a ``measure`` function; REJECTED for a
+        purpose id not allowed."""
         self._seen(now)
         if not isinstance(create, Create):
             raise TypeError(f"request: expected a Create, got {type(create).__name__}")
@@ -688,7 +693,7 @@ class LinkEnd:
     # ------------------------------------------------------------------ heralds
 
     def on_herald(self, batch: Herald, now: float) -> list[Message]:
-        """Apply the EGP ``_process_mhp_seq`` rule (§1.2) to the batch's entries in order, then
+        """Apply the EGP ``_process_mhp_seq`` rule to the batch's entries in order, then
         to its ``next_seq`` (a heartbeat closes a gap at the tail), then serve requests.
 
         In bulk: entry ``k`` has number ``first + k``. If ``first`` is expected or ahead, the gap
@@ -781,8 +786,9 @@ class LinkEnd:
 
     def _skip_to(self, new_expected: int, now: float) -> list[Message]:
         """``expected`` jumps to the absolute ``new_expected`` without accepting
-        ``[expected, new)``: ERR_EXPIRE upward and EXPIRE(old, new) to the peer (§1.2). No pair
-        is stored at or after ``expected``, so there is nothing to drop in the range."""
+        ``[expected, new)``: ERR_EXPIRE upward and EXPIRE(old, new) to the peer (the EGP's
+        rule). No pair is stored at or after ``expected``, so there is nothing to drop in the
+        range."""
         a, b = self._exp, min(new_expected, MAX_ABS)   # (no message carries a larger one)
         if b <= a:
             return []
@@ -907,7 +913,7 @@ class LinkEnd:
     # ------------------------------------------------------------------ EXPIRE exchange
 
     def on_expire(self, msg: Expire, now: float) -> list[Message]:
-        """Peer's EXPIRE (§1.2 ``cmd_EXPIRE``): drop ``[lo, hi)`` (ERR_EXPIRE upward for pairs
+        """Peer's EXPIRE (the EGP's ``cmd_EXPIRE``): drop ``[lo, hi)`` (ERR_EXPIRE upward for pairs
         there), move ``expected`` up to ``hi`` if behind — expiring our own skipped
         ``[expected, lo)`` to the peer when ``expected < lo`` — and answer EXPIRE_ACK(expected).
         Idempotent: a duplicate is dropped again (nothing left) and acknowledged again. With
@@ -936,7 +942,7 @@ class LinkEnd:
         return out + self._serve()
 
     def on_expire_ack(self, msg: ExpireAck, now: float) -> list[Message]:
-        """Peer's EXPIRE_ACK (§1.2): stop resending that EXPIRE; take the max of the two
+        """Peer's EXPIRE_ACK (the EGP's): stop resending that EXPIRE; take the max of the two
         ``expected`` values — moving up skips ``[expected, peer's)``, which is expired to the
         peer like any other skip."""
         self._seen(now)
@@ -1197,10 +1203,10 @@ class LinkEnd:
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> list[Message]:
-        """Resend EXPIREs unacknowledged for 2×comm_delay (§1.2), then at doubling intervals up
-        to ``max_resend_s`` (a peer that does not answer is not flooded), and our EPOCH while
-        the peer's has not come; ERR_TIMEOUT for requests past Max Time (their reserved, not
-        yet OK'd pairs go back to the pool)."""
+        """Resend EXPIREs unacknowledged for 2×comm_delay (the EGP's period), then at doubling
+        intervals up to ``max_resend_s`` (a peer that does not answer is not flooded), and our
+        EPOCH while the peer's has not come; ERR_TIMEOUT for requests past Max Time (their
+        reserved, not yet OK'd pairs go back to the pool)."""
         self._seen(now)
         out: list[Message] = []
         cap = max(self.max_resend_s, 2.0 * self.comm_delay)

@@ -15,9 +15,9 @@ from qnode.daemon.linklayer.sequence import EPOCH_RE, MAX_LAP, SEQ_MOD
 #: the largest time in ps, and other int64 fields
 INT64_MAX = (1 << 63) - 1
 
-# draft §1.1 OK-M Basis: 000 Z, 001 X, 010 Y, 011 Z rotated +π/4 about Y, 100 Z rotated −π/4.
+# the draft's OK-M Basis: 000 Z, 001 X, 010 Y, 011 Z rotated +π/4 about Y, 100 Z rotated −π/4.
 BASES = {"Z": 0, "X": 1, "Y": 2, "ZR+": 3, "ZR-": 4}
-# draft §1.1 RBC: 00 none, 01 X/Z (BB84), 10 X/Y/Z (six-state), 11 CHSH.
+# the draft's RBC: 00 none, 01 X/Z (BB84), 10 X/Y/Z (six-state), 11 CHSH.
 RANDOM_BASIS = ("none", "xz", "xyz", "chsh")
 PAIR_STATUSES = ("live", "delivered", "expired")
 

@@ -1,4 +1,5 @@
-"""Link-layer messages (draft-dahlberg-ll-quantum §1.1, via reference/qnet_anchors.md) and the
+"""Link-layer messages (those of the IETF Internet-Draft "The Link Layer service in a Quantum
+Internet", draft-dahlberg-ll-quantum-03, and of the EGP of Dahlberg et al., SIGCOMM 2019) and the
 sequence-number arithmetic they use (RFC 1982). Frozen dataclasses with ``to_dict()`` /
 ``from_dict()`` of plain JSON fields; malformed dicts raise ValueError naming the field. The state
 machines that exchange them are in :mod:`qnode.daemon.linklayer.end`.
@@ -62,7 +63,7 @@ from qnode.daemon.quantum.bell_states import BELL_CODES, BELL_STATES
 
 
 class ErrCode(enum.IntEnum):
-    """ERR codes with the draft's 4-bit values (qnet_anchors §1.1)."""
+    """ERR codes with the draft's 4-bit values."""
 
     UNSUPP = 0b0001    # at CREATE: cannot be served (e.g. fidelity unreachable)
     CREATE = 0b0010    # at CREATE: parse error
@@ -127,7 +128,7 @@ def _plain(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class Create(_Message):
-    """CREATE (higher layer → link layer), draft §1.1 fields.
+    """CREATE (higher layer → link layer), the draft's fields.
 
     ``max_time_ms`` = 0 means no limit. ``tpe`` (the draft's TPE bit; "type" is the message
     discriminator in ``to_dict``): "K" create-and-keep, "M" measure-directly. ``priority`` 0 is
@@ -180,7 +181,7 @@ MAX_HOLD_MS = 3_600_000
 
 @dataclass(frozen=True)
 class Ok(_Message):
-    """OK-K / OK-M for one pair, draft §1.1. ``(link, seq)`` is the pair id.
+    """OK-K / OK-M for one pair, as in the draft. ``(link, seq)`` is the pair id.
 
     ``qubit``: the QDevice qubit (K) that holds this node's half, when the node binds its pairs
     to a quantum memory (the draft's logical qubit id). ``hold_ms`` (with ``qubit``): for how
@@ -247,8 +248,8 @@ def hold_ms(seconds: float) -> int | None:
 
 @dataclass(frozen=True)
 class Err(_Message):
-    """ERR, draft §1.1. For EXPIRE: ``link``, ``[seq_lo, seq_hi)`` and ``origin`` (the node that
-    decided the expiry) are required, and ``create_id`` is None when the range is not tied to a
+    """ERR, as in the draft. For EXPIRE: ``link``, ``[seq_lo, seq_hi)`` and ``origin`` (the node
+    that decided the expiry) are required, and ``create_id`` is None when the range is not tied to a
     request (the draft's S flag: expire by sequence range). For other codes ``create_id`` is
     required and the range fields must be None."""
 
@@ -286,7 +287,7 @@ class Err(_Message):
 
 @dataclass(frozen=True)
 class Expire(_Message):
-    """EXPIRE (end → peer end), EGP §1.2: pairs ``[seq_lo, seq_hi)`` of ``link`` are gone at
+    """EXPIRE (end → peer end), the EGP's: pairs ``[seq_lo, seq_hi)`` of ``link`` are gone at
     ``origin``; the peer drops them too and answers :class:`ExpireAck`.
 
     ``lap_lo`` / ``lap_hi`` (both or neither): the laps of ``seq_lo`` / ``seq_hi``, so the range
@@ -331,7 +332,7 @@ class Expire(_Message):
 
 @dataclass(frozen=True)
 class ExpireAck(_Message):
-    """EXPIRE_ACK, EGP §1.2: the acknowledging end's ``expected_seq``; echoes the acknowledged
+    """EXPIRE_ACK, the EGP's: the acknowledging end's ``expected_seq``; echoes the acknowledged
     range (the EGP echoes the queue id). ``lap``: the lap of ``expected_seq``; ``lap_lo`` /
     ``lap_hi``: the echoed EXPIRE's laps (all absent for a previous version)."""
 
@@ -534,7 +535,7 @@ class HeraldEntry:
 
 @dataclass(frozen=True, eq=False)
 class Herald(_Message):
-    """The station's batch of successes on one link for one chunk (EGP §1.2 MHP replies,
+    """The station's batch of successes on one link for one chunk (the EGP's MHP replies,
     batched), columnar.
 
     Success ``i`` has sequence number ``first_seq + i`` (mod ``SEQ_MOD``), Bell state
@@ -800,9 +801,10 @@ class SwapResult(_Message):
 
     ``pair_id``: the end-to-end pair's number on ``path`` (the same at both ends).
     ``outcome``: the raw BSM result; ``bell_state``: the end pair's state in the Pauli frame,
-    a ⊕ b ⊕ outcome (DESIGN §4), which the ends track instead of correcting. ``weights``: the
-    repeater's estimate of the end pair (absolute Bell weights [Φ+, Φ−, Ψ+, Ψ−]) at the BSM,
-    its own two halves' decay and the BSM's errors included; the ends add their halves' decay.
+    a ⊕ b ⊕ outcome (docs/physicists/memories-and-swapping.md), which the ends track instead of
+    correcting. ``weights``: the repeater's estimate of the end pair (absolute Bell weights
+    [Φ+, Φ−, Ψ+, Ψ−]) at the BSM, its own two halves' decay and the BSM's errors included; the
+    ends add their halves' decay.
     ``remote_age_s``: how long the other end's half had been stored at the BSM (s), as the
     repeater saw it; ``time``: Unix time of the BSM (s)."""
 

@@ -24,7 +24,7 @@ from qnode.daemon.quantum.bell_states import BELL_CODES, BELL_STATES
 
 
 class HeraldStation:
-    """The midpoint's side (EGP §1.2 MHP): numbers successes per link with its own ``mhp_seq``
+    """The midpoint's side (the EGP's MHP): numbers successes per link with its own ``mhp_seq``
     and batches them per chunk into one :class:`Herald` per link (empty batches included: they
     are the heartbeat that lets an end detect a lost tail). Successes are recorded one at a
     time (:meth:`success`) or as arrays (:meth:`successes`), in any mix; order is kept.

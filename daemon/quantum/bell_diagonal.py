@@ -1,7 +1,8 @@
 """Bell-diagonal (BD) state algebra: the ``goodness`` (fidelity estimate) of every pair held.
 
-A two-qubit BD state is ρ = Σ_k λ_k |B_k⟩⟨B_k|. Coefficient order (SeQUeNCe's,
-``reference/qnet_anchors.md`` §2.1, and ``ll_messages.BELL_STATES``): **[Φ+, Φ−, Ψ+, Ψ−]**.
+A two-qubit BD state is ρ = Σ_k λ_k |B_k⟩⟨B_k|. Coefficient order (that of the simulator
+SeQUeNCe's Bell-diagonal states, Wu et al., Quantum Sci. Technol. 6, 045027 (2021), and
+:data:`~qnode.daemon.quantum.bell_states.BELL_STATES`): **[Φ+, Φ−, Ψ+, Ψ−]**.
 Each Bell state is labelled by the Pauli error that makes it from Φ+ on the first qubit,
 |B_k⟩ = (X^x Z^z ⊗ I)|Φ+⟩ (up to a global phase), and indexed by the bits (x, z) as k = 2x + z:
 
@@ -15,7 +16,7 @@ state  (x, z)  index   Pauli
 ====== ======= ======= =====
 
 so that composing Pauli errors (up to phase) is XOR of indices, and every operation below is a
-convolution over Z2×Z2 (anchors §4.3): (p ⊛ q)_k = Σ_{i⊕j=k} p_i q_j. A Pauli P on the *second*
+convolution over Z2×Z2: (p ⊛ q)_k = Σ_{i⊕j=k} p_i q_j. A Pauli P on the *second*
 qubit acts like P on the first, since (I⊗P)|Φ+⟩ = (Pᵀ⊗I)|Φ+⟩ and Pᵀ = ±P.
 
 Contents (sources per function):
@@ -27,11 +28,14 @@ Contents (sources per function):
   and :func:`age` (exact Bell weights after T1/T2 decay of one or both halves: the per-qubit
   twirl plus the joint decay towards |00⟩), :func:`aged_fidelity`, :func:`cutoff_ok`,
   :func:`cutoff_for_fidelity`.
-* Swapping: :func:`swap` (anchors §4.3 + SeQUeNCe BDS noise, §2.3), :func:`pauli_frame`.
+* Swapping: :func:`swap` (the convolution above with SeQUeNCe's BDS swap noise),
+  :func:`pauli_frame`.
 * Purification: :func:`dejmps` (Deutsch et al. 1996, *with* the bilateral ±π/2 X rotations),
-  :func:`bbpssw` (Bennett et al. 1996), both with SeQUeNCe's BDS noise model (anchors §2.2);
+  :func:`bbpssw` (Bennett et al. 1996), both with SeQUeNCe's BDS noise model;
   :func:`purify_until` (recurrence and pumping schedules).
-* Capacities (anchors §4.4, §7): :func:`hashing_yield`, :func:`dense_coding_capacity`, …
+* Capacities: :func:`hashing_yield`, :func:`dense_coding_capacity`, …
+
+The papers are listed in docs/physicists/estimators.md (section Sources).
 
 Everything is exact closed-form arithmetic on four numbers; times are seconds (``*_s``);
 fidelities and probabilities are dimensionless; entropies and capacities are in bits.
@@ -66,8 +70,8 @@ BELL_NAMES = BELL_STATES
 #: Probability vectors must sum to 1 within this (absolute) tolerance.
 SUM_TOLERANCE = 1e-12
 
-#: Dense coding with a linear-optics BSM decodes at most 3 messages: log2(3) bits (anchors §7,
-#: Mattle et al., PRL 76, 4656 (1996)).
+#: Dense coding with a linear-optics BSM decodes at most 3 messages: log2(3) bits (Mattle et al.,
+#: PRL 76, 4656 (1996)).
 LINEAR_OPTICS_DENSE_CODING_BITS = math.log2(3.0)
 
 
@@ -147,7 +151,7 @@ def _unit(value: float, field: str, *, lo: float = 0.0, hi: float = 1.0) -> floa
 
 
 def xor_convolve(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Convolution over Z2×Z2 on Bell/Pauli indices: r_k = Σ_{i⊕j=k} p_i q_j (anchors §4.3).
+    """Convolution over Z2×Z2 on Bell/Pauli indices: r_k = Σ_{i⊕j=k} p_i q_j.
 
     Used for Pauli-channel composition, channel application and ideal swapping.
     """
@@ -176,7 +180,8 @@ class BellDiagonal:
 
     @classmethod
     def werner(cls, fidelity: float) -> BellDiagonal:
-        """Werner state λ = (F, (1−F)/3, (1−F)/3, (1−F)/3) (anchors, Notation); F in [0, 1]."""
+        """Werner state λ = (F, (1−F)/3, (1−F)/3, (1−F)/3) (Werner, PRA 40, 4277 (1989));
+        F in [0, 1]."""
         f = _unit(fidelity, "fidelity")
         q = (1.0 - f) / 3.0
         return cls((f, q, q, 1.0 - f - 2.0 * q))
@@ -216,7 +221,7 @@ class BellDiagonal:
 
     def twirl(self) -> BellDiagonal:
         """Depolarising twirl (BBPSSW's random bilateral rotations): the Werner state of equal
-        fidelity to Φ+ (Bennett et al., PRL 76, 722 (1996); anchors §4.1)."""
+        fidelity to Φ+ (Bennett et al., PRL 76, 722 (1996))."""
         return BellDiagonal.werner(self.coefficients[0])
 
     def isclose(self, other: BellDiagonal, tol: float = 1e-12) -> bool:
@@ -264,7 +269,7 @@ class PauliChannel:
 
     @classmethod
     def depolarizing(cls, p: float) -> PauliChannel:
-        """ρ → (1−p)ρ + p·I/2 (anchors §7): p_I = 1 − 3p/4, p_X = p_Y = p_Z = p/4.
+        """ρ → (1−p)ρ + p·I/2: p_I = 1 − 3p/4, p_X = p_Y = p_Z = p/4.
 
         The Bloch vector shrinks by 1 − p. p = 1 is the completely depolarising channel (every
         input goes to I/2). p may go up to 4/3, where p_I = 0 and it is still a channel
@@ -316,7 +321,7 @@ class PauliChannel:
     def from_rates(cls, wait_s: float, rate_x: float, rate_y: float,
                    rate_z: float) -> PauliChannel:
         """Continuous Pauli errors at rates r_X, r_Y, r_Z (1/s) over t, as SeQUeNCe's BDS memory
-        (anchors §2.5): p_I = ¼[1 + e^{−2(r_x+r_y)t} + e^{−2(r_x+r_z)t} + e^{−2(r_y+r_z)t}] and
+        model: p_I = ¼[1 + e^{−2(r_x+r_y)t} + e^{−2(r_x+r_z)t} + e^{−2(r_y+r_z)t}] and
         the matching sign patterns, i.e. Bloch scalings λ_X = e^{−2(r_y+r_z)t}, etc.,
         p_P = ¼ Σ_Q ±λ_Q."""
         t = _unit(wait_s, "wait_s", hi=math.inf)
@@ -491,8 +496,8 @@ def _t1_t2(t1_s: float, t2_s: float) -> tuple[float, float]:
 def cutoff_ok(state_age_s: float, cutoff_s: float) -> bool:
     """True while a pair of age ``state_age_s`` may still be used under a cutoff ``cutoff_s``.
 
-    SeQUeNCe's convention (anchors §2.3, §2.5): a pair expires *at* the cutoff, i.e. usable iff
-    age < cutoff. Ages and cutoffs are seconds, ≥ 0; ``cutoff_s = math.inf`` disables it.
+    SeQUeNCe's convention (its BDS memories and swaps): a pair expires *at* the cutoff, i.e.
+    usable iff age < cutoff. Ages and cutoffs are seconds, ≥ 0; ``cutoff_s = math.inf`` disables it.
     """
     a = _unit(state_age_s, "state_age_s", hi=math.inf)
     c = _unit(cutoff_s, "cutoff_s", hi=math.inf)
@@ -572,7 +577,7 @@ def cutoff_for_fidelity(state: BellDiagonal, min_fidelity: float, *, t1_s: float
 
 
 def pauli_frame(a_state: BellLike, b_state: BellLike, bsm_outcome: BellLike) -> Bell:
-    """Pauli-frame rule (anchors §4.3): pairs (1,2) in B_a and (3,4) in B_b, a Bell measurement on
+    """Pauli-frame rule: pairs (1,2) in B_a and (3,4) in B_b, a Bell measurement on
     (2,3) with result B_c leave (1,4) in B_{a⊕b⊕c} up to a global phase. E.g. two Ψ− sources
     leave (1,4) in exactly the measured state (Pan et al., PRL 80, 3891 (1998))."""
     return Bell(int(bell(a_state, "a_state")) ^ int(bell(b_state, "b_state"))
@@ -583,9 +588,9 @@ def swap(a: BellDiagonal, b: BellDiagonal, *, gate_fidelity: float = 1.0,
          meas_fidelity: float = 1.0) -> BellDiagonal:
     """End-pair BD state after entanglement swapping, in the corrected frame.
 
-    Ideal (anchors §4.3): c = λ_a ⊛ λ_b. Each of the four BSM outcomes has probability ¼, and
+    Ideal: c = λ_a ⊛ λ_b. Each of the four BSM outcomes has probability ¼, and
     for outcome B_o the uncorrected end pair is ``swap(a, b).relabel(o)`` (the Pauli-frame rule
-    applied to every term). Noise as SeQUeNCe's BDS swap (anchors §2.3): each BSM bit is read
+    applied to every term). Noise as SeQUeNCe's BDS swap: each BSM bit is read
     correctly with probability η = ``meas_fidelity``, which convolves c with the Pauli
     distribution [η², η(1−η), η(1−η), (1−η)²] (a wrong x- or z-bit leaves an X or Z after the
     correction), and the BSM gate depolarises with probability 1 − g (g = ``gate_fidelity``):
@@ -634,8 +639,8 @@ def _per_side(value: float | tuple[float, float], field: str) -> tuple[float, fl
 def _recurrence(k: np.ndarray, m: np.ndarray, big_g: float, eta_a: float,
                 eta_b: float) -> Purified:
     """Bilateral CNOT (kept = control) + Z measurement of the sacrificed pair, keep iff the
-    *reported* outcomes agree: SeQUeNCe's BDS formula (``purification/bbpssw_bds.py``,
-    anchors §2.2), indices [Φ+, Φ−, Ψ+, Ψ−] = 0..3.
+    *reported* outcomes agree: SeQUeNCe's BDS formula (its ``BBPSSW_BDS`` purification),
+    indices [Φ+, Φ−, Ψ+, Ψ−] = 0..3.
 
     Ideal algebra: the BCNOT maps (x1, z1), (x2, z2) → control (x1, z1⊕z2), target
     (x1⊕x2, z2); equal Z outcomes ⇔ x1 = x2. With read-out fidelities η_A, η_B the decision is
@@ -699,7 +704,7 @@ def dejmps(kept: BellDiagonal, sacrificed: BellDiagonal, *,
     """One DEJMPS round (Deutsch et al., PRL 77, 2818 (1996)) → (p_success, output).
 
     Alice applies Rx(+π/2) and Bob Rx(−π/2) to both pairs, which swaps the Φ− and Ψ− weights
-    (anchors §4.2; SeQUeNCe's "DEJMPS" omits this), then :func:`_recurrence`. In DEJMPS labels
+    (SeQUeNCe's "DEJMPS" omits this), then :func:`_recurrence`. In DEJMPS labels
     (A, B, C, D) = (Φ+, Ψ−, Ψ+, Φ−), ideal gates give Deutsch et al.'s formulas:
     N = (A1+B1)(A2+B2) + (C1+D1)(C2+D2), A' = (A1A2+B1B2)/N, B' = (C1D2+D1C2)/N,
     C' = (C1C2+D1D2)/N, D' = (A1B2+B1A2)/N; p_success = N. The output is *not* rotated back.
@@ -720,7 +725,7 @@ def bbpssw(kept: BellDiagonal, sacrificed: BellDiagonal, *,
     """One BBPSSW round (Bennett et al., PRL 76, 722 (1996)) → (p_success, Werner output).
 
     Both inputs are twirled to Werner states of the same fidelity, purified by
-    :func:`_recurrence` and the output re-twirled. Ideal, equal inputs (anchors §4.1):
+    :func:`_recurrence` and the output re-twirled. Ideal, equal inputs (Bennett et al. 1996):
     p = (8F² − 4F + 5)/9, F' = [F² + ((1−F)/3)²]/p; fixed points F = ¼, ½, 1
     (8F³ − 14F² + 7F − 1 = (F−1)(2F−1)(4F−1)); F' > F iff F < ¼ or ½ < F < 1 (below ½ the
     map drifts to the useless fixed point ¼).
@@ -819,7 +824,7 @@ def purify_until(state: BellDiagonal, target_fidelity: float, *,
 
 def hashing_yield(state: BellDiagonal) -> float:
     """Hashing-protocol yield D_H = 1 − S(ρ) = 1 − H(λ) (ebits per pair; Bennett, DiVincenzo,
-    Smolin & Wootters, PRA 54, 3824 (1996); anchors §4.4). May be negative (then hashing
+    Smolin & Wootters, PRA 54, 3824 (1996)). May be negative (then hashing
     distils nothing); see :func:`hashing_yield_clamped`. Werner: positive iff F > 0.8107."""
     return 1.0 - state.entropy()
 
@@ -832,20 +837,21 @@ def hashing_yield_clamped(state: BellDiagonal) -> float:
 def dense_coding_capacity(state: BellDiagonal) -> float:
     """Bowen's dense-coding formula for a shared BD state over a noiseless qubit channel,
     C_DC = log2 d_A + S(ρ_B) − S(ρ_AB) = 2 − H(λ) bits (S(ρ_B) = 1 for BD states; Bowen,
-    PRA 63, 022302 (2001); Hiroshima, J. Phys. A 34, 6907 (2001); anchors §7). Unclamped: below
+    PRA 63, 022302 (2001); Hiroshima, J. Phys. A 34, 6907 (2001)). Unclamped: below
     1 the entanglement does not help; see :func:`dense_coding_capacity_clamped`. The advantage
     over 1 bit equals the coherent information 1 − H(λ) = :func:`hashing_yield`."""
     return 2.0 - state.entropy()
 
 
 def dense_coding_capacity_clamped(state: BellDiagonal) -> float:
-    """max(1, :func:`dense_coding_capacity`) bits per qubit sent (anchors §7: report this)."""
+    """max(1, :func:`dense_coding_capacity`) bits per qubit sent: dense coding used only when it
+    helps (the figure to report)."""
     return max(1.0, dense_coding_capacity(state))
 
 
 def entanglement_assisted_capacity_depolarizing(p: float) -> float:
     """C_E of the qubit depolarising channel ρ → (1−p)ρ + p·I/2 (Bennett, Shor, Smolin &
-    Thapliyal, PRL 83, 3081 (1999); anchors §7), bits per use:
+    Thapliyal, PRL 83, 3081 (1999)), bits per use:
     C_E = 2 + (1−3p/4)·log2(1−3p/4) + (3p/4)·log2(p/4) = 2 − H(Werner(F = 1 − 3p/4))."""
     p = _unit(p, "p", hi=4.0 / 3.0)
     f = 1.0 - 0.75 * p
@@ -854,7 +860,7 @@ def entanglement_assisted_capacity_depolarizing(p: float) -> float:
 
 def unassisted_capacity_depolarizing(p: float) -> float:
     """Classical capacity of the same channel without entanglement, C = 1 − h(p/2) bits
-    (King, IEEE TIT 49, 221 (2003); anchors §7). p in [0, 1]."""
+    (King, IEEE TIT 49, 221 (2003)). p in [0, 1]."""
     p = _unit(p, "p")
     x = p / 2.0
     h = 0.0 if x in (0.0, 1.0) else -(x * math.log2(x) + (1 - x) * math.log2(1 - x))

@@ -8,14 +8,14 @@ function returns an :class:`Estimate` (value, sigma) with first-order (delta-met
 propagation, treating each count as Poisson (σ_N = √N) unless stated. Nothing here subtracts
 accidentals behind your back: the functions that use A say so.
 
-Entanglement and key figures (``reference/qnet_anchors.md`` §6, §7; DESIGN §4): QBER per basis
-with Wilson / Clopper–Pearson intervals (:func:`basis_qber`), the reported QBER inside its
-physical range, optionally read-out corrected (:func:`physical_qber`), fidelity and the
-Bell-diagonal weights λ from QBERs, CHSH S from four settings and the Horodecki S_max, BBM92
-key fractions and rates, dense-coding capacity and hashing yield of an estimated λ. Bell states
-are named "phi+", "phi-", "psi+", "psi-"; Pauli bases "X", "Y", "Z" with the '+' outcome the +1
-eigenvector of σ_x, σ_y, σ_z on both sides (Z+ = H, X+ = D, Y+ = R, as in
-:mod:`qnode.hal_sim.polarisation`).
+Entanglement and key figures (the papers behind them: docs/physicists/estimators.md, section
+Sources): QBER per basis with Wilson / Clopper–Pearson intervals (:func:`basis_qber`), the
+reported QBER inside its physical range, optionally read-out corrected (:func:`physical_qber`),
+fidelity and the Bell-diagonal weights λ from QBERs, CHSH S from four settings and the Horodecki
+S_max, BBM92 key fractions and rates, dense-coding capacity and hashing yield of an estimated λ.
+Bell states are named "phi+", "phi-", "psi+", "psi-"; Pauli bases "X", "Y", "Z" with the '+'
+outcome the +1 eigenvector of σ_x, σ_y, σ_z on both sides (Z+ = H, X+ = D, Y+ = R, as in
+:mod:`qnode.hal_sim.physics.polarisation`).
 """
 from __future__ import annotations
 
@@ -211,14 +211,17 @@ BELL_SIGNS: dict[str, tuple[int, int, int]] = {
 }
 
 DEFAULT_EC_INEFFICIENCY = 1.16
-"""Error-correction inefficiency f (leaked bits / h(Q)) of :func:`secret_fraction`. Anchors §6
-quote f ≈ 1.1–1.2 for practical codes; 1.16 is the value commonly assumed for Cascade / LDPC
+"""Error-correction inefficiency f (leaked bits / h(Q)) of :func:`secret_fraction`. Practical
+codes reach f ≈ 1.1–1.2; 1.16 is the value commonly assumed for Cascade / LDPC
 reconciliation at QBERs of a few per cent. f = 1 is the Shannon limit."""
 
 
 class _HasEstimate(Protocol):
-    value: float
-    sigma: float
+    @property
+    def value(self) -> float: ...
+
+    @property
+    def sigma(self) -> float: ...
 
 
 QLike = _HasEstimate | float
@@ -406,7 +409,7 @@ def basis_qber(n_pp: float, n_mm: float, n_pm: float, n_mp: float, *, basis: str
     """QBER of one basis from its four coincidence counts (N++, N−−, N+−, N−+), as
     :func:`correlation` orders them (Z: + = H, − = V; X: D, A; Y: R, L).
 
-    The errors are the outcomes the ideal ``source_state`` never gives in that basis (anchors §6):
+    The errors are the outcomes the ideal ``source_state`` never gives in that basis:
     the anti-correlated channels N+− + N−+ where its correlation E_bb = +1 (Φ+ in Z and X), the
     correlated channels N++ + N−− where E_bb = −1 (Ψ− in every basis, and Φ+ in Y since
     ⟨Φ+|σ_y⊗σ_y|Φ+⟩ = −1). For a Bell-diagonal state Q_b = (1 − s_b·E_bb)/2 with s_b that sign.
@@ -527,7 +530,7 @@ def qber_telemetry(basis: str, q: PhysicalQber) -> dict[str, float]:
 
 
 def visibility_from_qber(q: QLike) -> Estimate:
-    """Visibility of one basis, V_b = 1 − 2·Q_b (anchors §6), σ_V = 2σ_Q."""
+    """Visibility of one basis, V_b = 1 − 2·Q_b, σ_V = 2σ_Q."""
     val, sig = _qber_value("q", q)
     return Estimate(1.0 - 2.0 * val, 2.0 * sig)
 
@@ -535,7 +538,7 @@ def visibility_from_qber(q: QLike) -> Estimate:
 # ---------------------------------------------------------------------- fidelity and λ
 
 def fidelity_from_qber(*, q_x: QLike, q_y: QLike, q_z: QLike) -> Estimate:
-    """Fidelity to the target Bell state, F = 1 − (Q_X + Q_Y + Q_Z)/2 (anchors §6, derived).
+    """Fidelity to the target Bell state, F = 1 − (Q_X + Q_Y + Q_Z)/2 (derived below).
 
     Exact for any two-qubit state, not only Bell-diagonal ones: |Φ+⟩⟨Φ+| = (I⊗I + X⊗X − Y⊗Y +
     Z⊗Z)/4, so with T_bb = s_b(1 − 2Q_b) the measured correlations F = (1 + Σ_b s_b·T_bb)/4
@@ -548,7 +551,7 @@ def fidelity_from_qber(*, q_x: QLike, q_y: QLike, q_z: QLike) -> Estimate:
 
 
 def fidelity_lower_bound(*, q_z: QLike, q_x: QLike) -> Estimate:
-    """Two-basis lower bound on the Bell-state fidelity, F ≥ 1 − Q_Z − Q_X (anchors §6).
+    """Two-basis lower bound on the Bell-state fidelity, F ≥ 1 − Q_Z − Q_X.
 
     From F = 1 − (Q_X + Q_Y + Q_Z)/2: F − (1 − Q_Z − Q_X) = (Q_Z + Q_X − Q_Y)/2 = the weight of
     the Bell state that differs from the target by both a bit and a phase flip (λΨ− for a Φ+
@@ -626,12 +629,14 @@ def bell_diagonal_from_qber(*, q_x: QLike, q_y: QLike, q_z: QLike,
                             source_state: str = "phi+") -> BellDiagonalEstimate:
     """Bell-diagonal weights from the QBERs of the three Pauli bases.
 
-    Relative to Φ+ (anchors §6): Q_Z = λΨ+ + λΨ−, Q_X = λΦ− + λΨ−, Q_Y = λΦ− + λΨ+, so
-    λΦ+ = 1 − (Q_X + Q_Y + Q_Z)/2, λΦ− = (Q_X + Q_Y − Q_Z)/2, λΨ+ = (Q_Y + Q_Z − Q_X)/2,
-    λΨ− = (Q_Z + Q_X − Q_Y)/2. In general, with T_bb = s_b^target·(1 − 2Q_b),
-    λ_k = (1 + Σ_b s_b^k·T_bb)/4 (s^k the signs of :data:`BELL_SIGNS`), which reduces to the
-    above for Φ+ and covers the other targets. Every λ_k has σ = ½·√(σ_X² + σ_Y² + σ_Z²);
-    ``covariance`` = J·diag(σ²)·Jᵀ with J_kb = −s_b^k·s_b^target/2.
+    Relative to Φ+ (a Pauli error flips the bases it anticommutes with: Ψ+ = X flips Z and Y,
+    Φ− = Z flips X and Y, Ψ− = Y flips Z and X): Q_Z = λΨ+ + λΨ−, Q_X = λΦ− + λΨ−,
+    Q_Y = λΦ− + λΨ+, so λΦ+ = 1 − (Q_X + Q_Y + Q_Z)/2, λΦ− = (Q_X + Q_Y − Q_Z)/2,
+    λΨ+ = (Q_Y + Q_Z − Q_X)/2, λΨ− = (Q_Z + Q_X − Q_Y)/2. In general, with
+    T_bb = s_b^target·(1 − 2Q_b), λ_k = (1 + Σ_b s_b^k·T_bb)/4 (s^k the signs of
+    :data:`BELL_SIGNS`), which reduces to the above for Φ+ and covers the other targets. Every λ_k
+    has σ = ½·√(σ_X² + σ_Y² + σ_Z²); ``covariance`` = J·diag(σ²)·Jᵀ with
+    J_kb = −s_b^k·s_b^target/2.
 
     The λ_k are the diagonal of ρ in the Bell basis (the weights of the twirled state) for any
     state, so a negative raw λ comes from counting noise (or misaligned bases); then ``clipped``
@@ -715,7 +720,7 @@ def chsh_from_counts(settings: Sequence[object],
 def chsh_max_from_qber(*, q_x: QLike, q_z: QLike, q_y: QLike | None = None) -> Estimate:
     """Maximal CHSH value of the state, S_max = 2·√(t₁² + t₂²) (Horodecki, Horodecki, Horodecki,
     Phys. Lett. A 200, 340 (1995)), t₁ ≥ t₂ the two largest singular values of the correlation
-    matrix T. For a Bell-diagonal state T is diagonal with |T_bb| = |1 − 2Q_b| (anchors §6).
+    matrix T. For a Bell-diagonal state T is diagonal with |T_bb| = |1 − 2Q_b|.
 
     With only Q_Z and Q_X, those two are used (a lower bound on S_max if Y were larger). σ from
     σ_t = 2σ_Q: σ_S = 2·√(t₁²σ₁² + t₂²σ₂²)/√(t₁² + t₂²). Werner: S_max = 2√2·V, V = 1 − 2Q.
@@ -754,8 +759,9 @@ def _dh(p: float, sigma: float) -> float:
 def sifted_key_rate(coincidences: float, duration_s: float, sifting: float = 0.5) -> Estimate:
     """Sifted key rate R_sift = q·C/T (bits/s) from C coincidences (all bases) in T seconds.
 
-    q is the sifting factor: ½ for BBM92 with passive, balanced basis choice (anchors §6), 1 if C
-    already counts only matching-basis coincidences. Poisson: σ = q·√C/T.
+    q is the sifting factor: ½ for BBM92 (Bennett, Brassard, Mermin, PRL 68, 557 (1992)) with
+    passive, balanced basis choice, 1 if C already counts only matching-basis coincidences.
+    Poisson: σ = q·√C/T.
     """
     c = _count("coincidences", coincidences)
     if not duration_s > 0 or not 0.0 < sifting <= 1.0:
@@ -768,7 +774,7 @@ def secret_fraction(q_z: QLike, q_x: QLike, *, f: float = DEFAULT_EC_INEFFICIENC
     """Asymptotic BBM92 secret fraction r = 1 − f·h(Q_Z) − h(Q_X) (bits per sifted bit).
 
     Key from the Z basis, Q_X bounds the phase error (Shor & Preskill, PRL 85, 441 (2000);
-    entanglement-based: Ma, Fung, Lo, PRA 76, 012307 (2007); anchors §6). f is the
+    entanglement-based: Ma, Fung, Lo, PRA 76, 012307 (2007)). f is the
     error-correction inefficiency (:data:`DEFAULT_EC_INEFFICIENCY` = 1.16). The value is not
     clipped: r ≤ 0 means no key. σ_r² = (f·h′(Q_Z)σ_Z)² + (h′(Q_X)σ_X)², h′(p) = log2((1−p)/p).
     Symmetric case f = 1, Q_Z = Q_X = Q: r = 1 − 2h(Q), zero at Q = 11.00 %
@@ -783,7 +789,8 @@ def secret_fraction(q_z: QLike, q_x: QLike, *, f: float = DEFAULT_EC_INEFFICIENC
 
 def secret_key_rate(coincidences: float, duration_s: float, q_z: QLike, q_x: QLike, *,
                     sifting: float = 0.5, f: float = DEFAULT_EC_INEFFICIENCY) -> Estimate:
-    """Asymptotic BBM92 secret key rate R = q·(C/T)·[1 − f·h(Q_Z) − h(Q_X)] (bits/s; anchors §6).
+    """Asymptotic BBM92 secret key rate R = q·(C/T)·[1 − f·h(Q_Z) − h(Q_X)] (bits/s; the
+    secret fraction of :func:`secret_fraction`).
 
     C counts all coincidences in T seconds (see :func:`sifted_key_rate` for q). The QBERs are
     ratios within the counts, independent of the Poisson total, so
@@ -798,7 +805,7 @@ def secret_key_rate(coincidences: float, duration_s: float, q_z: QLike, q_x: QLi
 def symmetric_qber_threshold(f: float = 1.0) -> float:
     """The QBER Q* at which 1 − (1 + f)·h(Q) = 0 with Q_Z = Q_X (bisection on [0, ½] to 1e-15).
 
-    f = 1: Q* = 0.110028 (the BB84/BBM92 Shor–Preskill threshold, anchors §6: 11.0 %);
+    f = 1: Q* = 0.110028 (the BB84/BBM92 Shor–Preskill threshold, 11.0 %);
     f = 1.16 (default EC): Q* = 0.0981.
     """
     if not f >= 1.0:
@@ -850,7 +857,7 @@ def _entropy_estimate(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence
 
 def hashing_yield(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[float]) -> Estimate:
     """Hashing yield D_H = 1 − H(λ) (ebits per pair; Bennett, DiVincenzo, Smolin, Wootters, PRA
-    54, 3824 (1996); anchors §4.4), the coherent information 1 − S(ρ) of a Bell-diagonal state.
+    54, 3824 (1996)), the coherent information 1 − S(ρ) of a Bell-diagonal state.
 
     Not clipped: D_H ≤ 0 means one-way hashing distils nothing. Werner: D_H > 0 iff F > 0.8107.
     ``lam``: a :class:`BellDiagonalEstimate` (σ propagated from its covariance) or plain weights
@@ -863,15 +870,15 @@ def hashing_yield(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[flo
 def dense_coding_capacity(lam: BellDiagonalEstimate | Mapping[str, float] | Sequence[float], *,
                           bounded: bool = False) -> Estimate:
     """Dense-coding capacity of a Bell-diagonal pair over a noiseless qubit channel (bits per
-    qubit sent; anchors §7): C_DC = log2 d_A + S(ρ_B) − S(ρ_AB) = 2 − H(λ) (Bowen, PRA 63,
+    qubit sent): C_DC = log2 d_A + S(ρ_B) − S(ρ_AB) = 2 − H(λ) (Bowen, PRA 63,
     022302 (2001); Hiroshima, J. Phys. A 34, 6907 (2001)), since S(ρ_B) = 1 for Bell-diagonal ρ.
 
     By default the value is 2 − H(λ) itself (unclamped, as ``daemon.bell_diagonal``'s
-    ``dense_coding_capacity``). ``bounded=True`` gives the figure anchors §7 report,
-    max(1, 2 − H(λ)), because one bit per qubit needs no entanglement; then σ = 0 when the bound
-    is active. For Werner 2 − H equals the entanglement-assisted capacity C_E(F) of the depolarising
-    channel (Bennett, Shor, Smolin, Thapliyal) and exceeds 1 iff F > 0.8107. A linear-optics BSM
-    decoder reaches at most log2 3 bits; that limit is not applied here.
+    ``dense_coding_capacity``). ``bounded=True`` gives the capacity of dense coding used only when
+    it helps, max(1, 2 − H(λ)), because one bit per qubit needs no entanglement; then σ = 0 when the
+    bound is active. For Werner 2 − H equals the entanglement-assisted capacity C_E(F) of the
+    depolarising channel (Bennett, Shor, Smolin, Thapliyal) and exceeds 1 iff F > 0.8107. A
+    linear-optics BSM decoder reaches at most log2 3 bits; that limit is not applied here.
     """
     h = _entropy_estimate(lam)
     c = 2.0 - h.value

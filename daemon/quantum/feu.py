@@ -1,16 +1,17 @@
 """Fidelity-estimation unit (FEU) of an M-type link's CW SPDC source: the pump power to run at.
 
-Like the QuTech link layer's FEU (``qlinklayer/feu.py``, reference/qnet_anchors.md §1.2: the
-largest bright-state population α with F(α) ≥ F_min, else ERR_UNSUPP), :meth:`choose_power`
-picks the **highest pump power, hence the highest rate, whose predicted fidelity meets a
-CREATE's minimum**, or None (→ ERR UNSUPP) when no power within the pump's limits does.
+Like the FEU of QuTech's link layer (Dahlberg et al., "A link layer protocol for quantum networks",
+SIGCOMM 2019, and its simulation code qlinklayer: the largest bright-state population α with
+F(α) ≥ F_min, else ERR_UNSUPP), :meth:`choose_power` picks the **highest pump power, hence the
+highest rate, whose predicted fidelity meets a CREATE's minimum**, or None (→ ERR UNSUPP) when no
+power within the pump's limits does.
 
-Model (continuous-wave SPDC, anchors §6 after Neumann et al., PRA 104, 022406 (2021); the same
-closed forms hal_sim's physics tests check, ``tests/test_hal_sim_physics.py``). With pump power
-P (mW), brightness b (pairs/s per mW), per-side detection efficiencies η_a, η_b (fibre, optics
-and detectors: the probability that the side's photon of a pair is registered on any of the
-side's detectors) and background rates D_a, D_b (Hz, dark counts and stray light summed over
-the side's detectors):
+Model (continuous-wave SPDC, after Neumann et al., PRA 104, 022406 (2021); the same closed forms
+hal_sim's physics tests check, ``tests/hal_sim/test_hal_sim_physics.py``). With pump power P (mW),
+brightness b (pairs/s per mW), per-side detection efficiencies η_a, η_b (fibre, optics and
+detectors: the probability that the side's photon of a pair is registered on any of the side's
+detectors) and background rates D_a, D_b (Hz, dark counts and stray light summed over the side's
+detectors):
 
 * pair rate            B = b·P                                   (pairs/s)
 * singles              S_i = B·η_i + D_i                         (Hz, summed over the side)
@@ -75,7 +76,7 @@ def _finite(name: str, value: float, lo: float, hi: float = math.inf) -> float:
 
 
 def fidelity_of_visibility(visibility: float) -> float:
-    """Werner fidelity to the Bell state, F = (1 + 3V)/4 (anchors: w = (4F − 1)/3)."""
+    """Werner fidelity to the Bell state, F = (1 + 3V)/4 (the Werner weight V = (4F − 1)/3)."""
     return (1.0 + 3.0 * visibility) / 4.0
 
 

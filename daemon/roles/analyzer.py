@@ -1,9 +1,10 @@
-"""Role ``analyzer``: one end of an M-type (measure-directly) link (DESIGN §1, §3).
+"""Role ``analyzer``: one end of an M-type (measure-directly) link (docs/physicists/estimators.md,
+section What the M link's counter reports).
 
 Both analyzers of a link measure their photons. ``[analyzer].channels`` lists the detectors of
 outcome 0 and 1 of one basis (a PBS; the basis set by the half-wave plate ``waveplate`` at
-``angle_deg``), or of two bases (BBM92 passive choice, ``reference/qnet_anchors.md`` §6: a 50:50
-beam splitter into two analyzers, each a PBS with two detectors, the second behind a HWP):
+``angle_deg``), or of two bases (BBM92's passive basis choice, Bennett, Brassard, Mermin 1992:
+a 50:50 beam splitter into two analyzers, each a PBS with two detectors, the second behind a HWP):
 ``[b0_out0, b0_out1, b1_out0, b1_out1]`` with ``bases`` (labels "Z"/"X") or ``angles_deg`` (HWP
 angles, default Z 0°, X 22.5°). A HWP at θ makes outcome 0 the linear polarisation at 2θ, Bloch
 vector (sin 4θ, 0, cos 4θ) in the Z–X plane. The end whose node id sorts first is the link's
@@ -138,7 +139,8 @@ class AnalyzerRole:
         async def tick() -> None:
             await self.service.start()
             await self.service.tick_loop()
-        tasks = {"acquire": self._acquire, f"{self.link.id}:tick": tick}
+        tasks: dict[str, Callable[[], Awaitable[None]]] = {
+            "acquire": self._acquire, f"{self.link.id}:tick": tick}
         if self.controller is not None:
             tasks["polarisation"] = self.controller.run
         return tasks
@@ -229,6 +231,7 @@ class AnalyzerRole:
                 await self._herald(*result)
 
     async def _herald(self, codes: np.ndarray, times: np.ndarray) -> None:
+        assert self.counting is not None
         link = self.link.id
         if codes.size:
             self.station.successes(link, codes, times)
@@ -255,7 +258,7 @@ class AnalyzerRole:
                             "counts": [int(x) for x in g2]}
             t["unmatched_tags_total"] = self.counting.dropped_tags
             if self.controller is not None:
-                t.update(self.controller.telemetry())  # type: ignore[typeddict-item]
+                t = {**t, **self.controller.telemetry()}
         else:
             t.pop("fidelity_estimate", None)  # the counter measures it; this end cannot
             t["unmatched_tags_total"] = self.unsent_tags

@@ -29,7 +29,7 @@ from qnode.daemon.klink.swapping import PathEnd, Swapper
 from qnode.daemon.runtime.config import ConfigError
 
 if TYPE_CHECKING:
-    from qnode.daemon.bus.telemetry import Telemetry
+    from qnode.daemon.bus.telemetry import PathTelemetry, Telemetry
     from qnode.daemon.runtime.context import NodeContext
 
 
@@ -98,9 +98,9 @@ class MemoryRole:
                                                            "[memory].qdevice")
             if cfg.id == path.repeater:
                 pair = (by_link[path.links[0]], by_link[path.links[1]])
-                memories = (pair[0].memory, pair[1].memory)
-                assert memories[0] is not None and memories[1] is not None
-                swapper = Swapper(self.ctx, path, pair, memories, mem)
+                m0, m1 = pair[0].memory, pair[1].memory
+                assert m0 is not None and m1 is not None
+                swapper = Swapper(self.ctx, path, pair, (m0, m1), mem)
                 for s in pair:
                     s.listeners.append(swapper.poke)
                 self.swappers.append(swapper)
@@ -170,7 +170,7 @@ class MemoryRole:
         if self.qubits:
             record["memory_qubits"] = sum(c for c, _ in self.qubits.values())
             record["memory_qubits_free"] = sum(f for _, f in self.qubits.values())
-        paths: dict[str, Any] = {sw.path.id: sw.telemetry() for sw in self.swappers}
+        paths: dict[str, PathTelemetry] = {sw.path.id: sw.telemetry() for sw in self.swappers}
         paths.update({end.path.id: end.telemetry() for end in self.path_ends})
         if paths:
-            record["paths"] = paths  # type: ignore[typeddict-unknown-key]
+            record["paths"] = paths

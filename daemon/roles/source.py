@@ -1,4 +1,4 @@
-"""Role ``source``: an SPDC pair source held at its working point (DESIGN §1).
+"""Role ``source``: an SPDC pair source held at its working point.
 
 Calibration (after every connect) brings the pump to ``[source].pump_power_mw`` (iBeam smart:
 ``ch 2 pow`` in mW and ``la on``; ITC4001: the value is the laser-diode current in mA, then
@@ -203,14 +203,12 @@ class SourceRole:
             record["source_pump_power_mw"] = self.pump_power_mw
         if self.feu is None:
             return
-        # fields beyond the Telemetry TypedDict (unknown fields are allowed there)
-        extra: dict[str, Any] = record  # type: ignore[assignment]
         now = self.feu.detail(self.set_point_mw)
-        extra["source_pump_set_point_mw"] = self.set_point_mw
-        extra["source_feu_rate_hz"] = now.rate_hz             # predicted at the set point
-        extra["source_feu_fidelity"] = now.fidelity
-        extra["source_feu_max_fidelity"] = self.feu.max_fidelity()
-        extra["source_creates_total"] = self.creates_total
-        extra["source_creates_unsupp_total"] = self.creates_unsupp_total
+        record["source_pump_set_point_mw"] = self.set_point_mw
+        record["source_feu_rate_hz"] = now.rate_hz             # predicted at the set point
+        record["source_feu_fidelity"] = now.fidelity
+        record["source_feu_max_fidelity"] = self.feu.max_fidelity()
+        record["source_creates_total"] = self.creates_total
+        record["source_creates_unsupp_total"] = self.creates_unsupp_total
         if self.chosen is not None:                            # the last CREATE's choice
-            extra["source_feu_power_mw"] = self.chosen.power_mw
+            record["source_feu_power_mw"] = self.chosen.power_mw

@@ -1,4 +1,4 @@
-"""Role ``herald``: the midpoint station of a K-type link (DESIGN §1, §4).
+"""Role ``herald``: the midpoint station of a K-type link (docs/integrators/link-layer.md).
 
 Four detectors behind a 50:50 beam splitter (outputs c, d) and a PBS on each output
 (``[herald].channels`` = c-H, c-V, d-H, d-V). A photon from each memory node meeting at the beam

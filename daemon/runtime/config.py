@@ -61,9 +61,12 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     qubits_per_link = 2           # storage qubits per K link (+ 1 test qubit per link)
     test_fraction = 0.1           # pairs measured as test pairs for the fidelity estimate
     min_tests = 200               # test pairs per basis before the estimate replaces `fidelity`
-    readout_error = 0.005         # the QDevice's calibrated read-out error and CNOT fidelity
-    gate_fidelity_2q = 0.999
-    gate_fidelity_1q = 0.999      # its single-qubit rotations (purification's estimates)
+    readout_error = 0.005         # the QDevice's calibrated read-out error
+    gate_depolarising_2q = 0.999  # its CNOT's depolarising parameter g, not a fidelity: the gate
+                                  #   acts as ρ → g·UρU† + (1 − g)·I/4 (swap and purification
+                                  #   estimates); or give gate_average_fidelity_2q instead
+    gate_depolarising_1q = 0.999  # g of its single-qubit rotations, ρ → g·UρU† + (1 − g)·I/2;
+                                  #   or gate_average_fidelity_1q
     delivered_hold_s = 0.1        # a delivered pair's qubit is the application's this long
     purification = "dejmps"       # a CREATE above the link's fidelity is purified: "dejmps",
     purification_schedule = "pumping"  # "bbpssw" or "off"; "pumping" or "recurrence"
@@ -147,28 +150,32 @@ from qnode.daemon.bus.keys import KeyFileError, read_key_file
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.daemon.quantum.estimators import full_window_ps
 from qnode.daemon.quantum.feu import FidelityEstimationUnit
+from qnode.drivers.kinds import KINDS, kinds_for
+from qnode.drivers.qdevice_noise import (
+    KEYS as GATE_NOISE_KEYS,
+    depolarising_parameter,
+    given_key,
+    min_average_fidelity,
+)
 
 ROLES = ("source", "analyzer", "herald", "memory", "repeater")
 LINK_TYPES = ("M", "K")
 
-#: instrument kind -> (what its address is, the driver that serves it)
+#: instrument kind -> (what its address is, the class that serves it), from the registry of
+#: instrument kinds (qnode.drivers.kinds)
 INSTRUMENT_KINDS: dict[str, tuple[str, str]] = {
-    "elliptec": ("serial port or pyserial URL", "qnode.drivers.elliptec.Elliptec"),
-    "tc200": ("serial port or pyserial URL", "qnode.drivers.tc200.TC200"),
-    "ibeam": ("serial port or pyserial URL", "qnode.drivers.ibeam.IBeamSmart"),
-    "itc4001": ("VISA resource name", "qnode.drivers.itc4001.Itc4001"),
-    "single_quantum": ("host or host:port", "qnode.drivers.single_quantum.SingleQuantum"),
-    "id900": ("host or tcp://host:port", "qnode.drivers.id900.ID900"),
-    "replay": ("tag file path (PTU or qnode raw)", "qnode.drivers.replay.FileReplayTagger"),
-    "qdevice": ("host:port or socket://host:port", "qnode.drivers.qdevice.QDevice"),
-}
-TAGGER_KINDS = ("id900", "replay")
+    name: (kind.address, kind.implementation) for name, kind in KINDS.items()}
+TAGGER_KINDS = kinds_for("tagger")
+PUMP_KINDS = kinds_for("pump")
+OVEN_KINDS = kinds_for("oven")
+WAVEPLATE_KINDS = kinds_for("waveplate")
+MEMORY_KINDS = kinds_for("memory")
 
 #: what each role needs among its instruments (kinds, any one of them)
 ROLE_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "analyzer": (TAGGER_KINDS,),
     "herald": (TAGGER_KINDS,),
-    "source": (("ibeam", "itc4001"), ("tc200",)),
+    "source": (PUMP_KINDS, OVEN_KINDS),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # no '/', '+', '#': safe inside MQTT topics
@@ -253,14 +260,24 @@ class MemoryConfig:
     pairs are bound to that QDevice's qubits (:mod:`qnode.daemon.klink.memory`): per K link
     ``qubits_per_link`` storage qubits and one test qubit; ``test_fraction`` of the pairs are
     measured as test pairs for the fidelity estimate (``fidelity`` is its prior until
-    ``min_tests`` pairs per basis are in); ``readout_error`` and ``gate_fidelity_2q`` are the
-    device's calibrated read-out error and CNOT fidelity (estimates of swaps); a delivered
-    pair's qubit is the application's for at least ``delivered_hold_s`` (s) before it is reused
-    (an end-to-end pair's until its cut-off, :mod:`qnode.daemon.klink.swapping`).
-    ``purification`` (``dejmps``, ``bbpssw`` or ``off``), ``purification_schedule``
-    (``pumping`` or ``recurrence``) and ``purification_max_rounds``: how a K link serves a
-    CREATE whose minimum fidelity is above the link's (:mod:`qnode.daemon.klink.purification`);
-    ``gate_fidelity_1q`` is the device's single-qubit gate fidelity (its rotations)."""
+    ``min_tests`` pairs per basis are in); ``readout_error`` is the device's calibrated
+    read-out error; a delivered pair's qubit is the application's for at least
+    ``delivered_hold_s`` (s) before it is reused (an end-to-end pair's until its cut-off,
+    :mod:`qnode.daemon.klink.swapping`). ``purification`` (``dejmps``, ``bbpssw`` or ``off``),
+    ``purification_schedule`` (``pumping`` or ``recurrence``) and ``purification_max_rounds``:
+    how a K link serves a CREATE whose minimum fidelity is above the link's
+    (:mod:`qnode.daemon.klink.purification`).
+
+    Gate noise (swap and purification estimates): ``gate_fidelity_2q`` and ``gate_fidelity_1q``
+    hold the **depolarising parameter g** of the device's CNOT and of its single-qubit
+    rotations, not a fidelity: a k-qubit gate U acts as ρ → g·UρU† + (1 − g)·I/2^k on its
+    qubits. The file gives g (``gate_depolarising_2q``, ``gate_depolarising_1q``; the earlier
+    names ``gate_fidelity_2q``, ``gate_fidelity_1q`` are read as g too) or the average gate
+    fidelity F_avg that randomised benchmarking reports (``gate_average_fidelity_2q``,
+    ``gate_average_fidelity_1q``), at most one key per gate. F_avg = (d·F_e + 1)/(d + 1)
+    with the entanglement fidelity F_e = g + (1 − g)/d², d = 2^k, so two qubits:
+    1 − F_avg = 3/4·(1 − g), one qubit: 1 − F_avg = 1/2·(1 − g)
+    (:mod:`qnode.drivers.qdevice_noise` derives it)."""
 
     capacity: int = 1000
     max_pair_age_s: float = 1.0
@@ -273,8 +290,10 @@ class MemoryConfig:
     test_fraction: float = 0.1
     min_tests: int = 200
     readout_error: float = 0.0
+    #: g of the QDevice's CNOT (not a fidelity); as a key, the earlier name of gate_depolarising_2q
     gate_fidelity_2q: float = 1.0
     delivered_hold_s: float = 0.1
+    #: g of its single-qubit rotations; as a key, the earlier name of gate_depolarising_1q
     gate_fidelity_1q: float = 1.0
     purification: str = "dejmps"
     purification_schedule: str = "pumping"
@@ -295,9 +314,8 @@ class PathConfig:
 @dataclasses.dataclass(frozen=True)
 class CompensationConfig:
     """``[analyzer].compensator`` and ``compensate*``: the polarisation compensator of an
-    analyzer end and its controller (:mod:`qnode.daemon.acquisition.polarisation_control`). Angles
-    in deg,
-    times in s, ``threshold``/``tolerance`` relative to the reference visibility."""
+    analyzer end and its controller (:mod:`qnode.daemon.acquisition.polarisation_control`).
+    Angles in deg, times in s, ``threshold``/``tolerance`` relative to the reference visibility."""
 
     compensator: str
     enabled: bool = False
@@ -317,11 +335,12 @@ class CompensationConfig:
 class AnalyzerConfig:
     """``[analyzer]``: one analyzer end of an M-type link.
 
-    ``channels`` holds 2 (one basis) or 4 (passive two-basis choice, anchors §6) tagger inputs,
-    outcome 0 then outcome 1 of each basis; ``bases`` and ``angles_deg`` have one entry per basis
-    (labels "Z"/"X", or "<angle>deg" for a non-Pauli setting; HWP angles in deg, the analyzer
-    measures linear polarisation at 2θ, Bloch angle 4θ in the Z–X plane). ``angle_deg`` is the
-    angle the ``waveplate`` is set to: that of the last basis."""
+    ``channels`` holds 2 (one basis) or 4 (a passive two-basis choice: a 50:50 beam splitter
+    before one PBS per basis) tagger inputs, outcome 0 then outcome 1 of each basis; ``bases``
+    and ``angles_deg`` have one entry per basis (labels "Z"/"X", or "<angle>deg" for a
+    non-Pauli setting; HWP angles in deg, the analyzer measures linear polarisation at 2θ, Bloch
+    angle 4θ in the Z–X plane). ``angle_deg`` is the angle the ``waveplate`` is set to: that of
+    the last basis."""
 
     tagger: str
     channels: tuple[int, ...] = (1, 2)
@@ -385,7 +404,7 @@ class NodeConfig:
 
     @property
     def topic_prefix(self) -> str:
-        """``qnet/v1/<network>/<node>`` (DESIGN §5)."""
+        """``qnet/v1/<network>/<node>`` (docs/integrators/mqtt-contract.md)."""
         return f"qnet/v1/{self.network}/{self.id}"
 
 
@@ -694,6 +713,9 @@ def _herald(path: str, raw: object, instruments: Mapping[str, InstrumentConfig],
 
 
 PURIFICATIONS = ("dejmps", "bbpssw", "off")
+#: [memory] keys of the QDevice's gate noise (qnode.drivers.qdevice_noise): g, F_avg and the
+#: earlier name of g, for 2- and 1-qubit gates
+GATE_NOISE_CONFIG_KEYS = (*GATE_NOISE_KEYS[2].all, *GATE_NOISE_KEYS[1].all)
 PURIFICATION_SCHEDULES = ("pumping", "recurrence")
 
 
@@ -702,12 +724,12 @@ def _memory(path: str, raw: object,
     r = _Reader(path, "memory", raw, {"capacity", "max_pair_age_s", "fidelity",
                                       "restart_policy", "t1_s", "t2_s", "qdevice",
                                       "qubits_per_link", "test_fraction", "min_tests",
-                                      "readout_error", "gate_fidelity_2q", "delivered_hold_s",
-                                      "gate_fidelity_1q", "purification",
-                                      "purification_schedule", "purification_max_rounds"})
+                                      "readout_error", "delivered_hold_s", "purification",
+                                      "purification_schedule", "purification_max_rounds",
+                                      *GATE_NOISE_CONFIG_KEYS})
     qdevice = r.string("qdevice", "") or None
     if qdevice is not None and (qdevice not in instruments
-                                or instruments[qdevice].kind != "qdevice"):
+                                or instruments[qdevice].kind not in MEMORY_KINDS):
         raise r.fail("qdevice", f"{qdevice!r} is not an instrument of kind 'qdevice'")
     t1, t2 = r.number("t1_s", 0.0, 0, 1e6), r.number("t2_s", 0.0, 0, 1e6)
     if (t1 > 0) != (t2 > 0):
@@ -722,13 +744,28 @@ def _memory(path: str, raw: object,
                         r.number("test_fraction", 0.1, 0, 1),
                         r.integer("min_tests", 200, 1, 10**9),
                         r.number("readout_error", 0.0, 0, 0.5),
-                        r.number("gate_fidelity_2q", 1.0, 0, 1),
+                        _gate_noise(r, 2),
                         r.number("delivered_hold_s", 0.1, 0, 3600),
-                        r.number("gate_fidelity_1q", 1.0, 0, 1),
+                        _gate_noise(r, 1),
                         r.string("purification", "dejmps", choices=PURIFICATIONS),
                         r.string("purification_schedule", "pumping",
                                  choices=PURIFICATION_SCHEDULES),
                         r.integer("purification_max_rounds", 4, 0, 20))
+
+
+def _gate_noise(r: _Reader, n_qubits: int) -> float:
+    """The depolarising parameter g of the QDevice's ``n_qubits``-qubit gates from the one key
+    of :data:`GATE_NOISE_KEYS` given (g, or the average gate fidelity converted to g; default
+    1: noiseless). Two of them given is an error naming both."""
+    keys = GATE_NOISE_KEYS[n_qubits]
+    try:
+        key = given_key(r.table, n_qubits)
+    except ValueError as exc:
+        raise r.fail(next(k for k in keys.all[::-1] if r.has(k)), str(exc)) from None
+    if key == keys.average_fidelity:
+        f_avg = r.number(key, 1.0, min_average_fidelity(n_qubits), 1)
+        return depolarising_parameter(f_avg, n_qubits)
+    return r.number(key or keys.depolarising, 1.0, 0, 1)
 
 
 def _paths(path: str, raw: object, node_id: str,
@@ -772,7 +809,7 @@ SOURCE_STATES = BELL_STATES
 def pauli_of_angle(angle_deg: float) -> tuple[str, int] | None:
     """(basis, sign) measured by a HWP at ``angle_deg`` before a PBS, or None for a non-Pauli
     setting: the '+' (outcome 0) port sees linear polarisation at 2θ, Bloch vector
-    (sin 4θ, 0, cos 4θ) (:mod:`qnode.hal_sim.physics_coupling`), so θ = 0° is Z (+1, H),
+    (sin 4θ, 0, cos 4θ) (:mod:`qnode.hal_sim.physics.coupling`), so θ = 0° is Z (+1, H),
     45° Z with the outcomes swapped (−1), 22.5° X (+1, D), 67.5° X (−1). Tolerance 1e-6° on 4θ."""
     phase = (4.0 * angle_deg) % 360.0
     for target, basis, sign in ((0.0, "Z", 1), (360.0, "Z", 1), (180.0, "Z", -1),
@@ -837,7 +874,7 @@ def _analyzer(path: str, raw: object,
                              f"at θ measures Bloch angle 4θ: Z at 0° or 45°, X at 22.5° or 67.5°)")
     if len(set(labels)) != n:
         raise r.fail("angles_deg", f"the bases must differ, got angles {angles}")
-    waveplate = _instrument_ref(r, "waveplate", instruments, ("elliptec",), required=False)
+    waveplate = _instrument_ref(r, "waveplate", instruments, WAVEPLATE_KINDS, required=False)
     return AnalyzerConfig(tagger, channels,
                           r.integer("window_ps", 500, 1, 10**9),
                           waveplate,
@@ -875,7 +912,7 @@ def _compensation(r: _Reader, instruments: Mapping[str, InstrumentConfig],
         if extra:
             raise r.fail(extra[0], "configures the compensator, but no compensator is named")
         return None
-    comp = _instrument_ref(r, "compensator", instruments, ("elliptec",))
+    comp = _instrument_ref(r, "compensator", instruments, WAVEPLATE_KINDS)
     assert comp is not None
     if comp == waveplate:
         raise r.fail("compensator", f"{comp!r} is the basis' waveplate; the compensator is "
@@ -904,8 +941,8 @@ SOURCE_FEU_KEYS = ("brightness_hz_per_mw", "efficiency", "dark_count_rate_hz", "
 def _source(path: str, raw: object, instruments: Mapping[str, InstrumentConfig]) -> SourceConfig:
     r = _Reader(path, "source", raw, {"pump", "oven", "pump_power_mw", "oven_temperature_c",
                                       "link", "ends", "hmac_key_file", *SOURCE_FEU_KEYS})
-    pump = _instrument_ref(r, "pump", instruments, ("ibeam", "itc4001"))
-    oven = _instrument_ref(r, "oven", instruments, ("tc200",))
+    pump = _instrument_ref(r, "pump", instruments, PUMP_KINDS)
+    oven = _instrument_ref(r, "oven", instruments, OVEN_KINDS)
     assert pump is not None and oven is not None
     power = r.number("pump_power_mw", 40.0, 0, 10_000)
     temperature = r.number("oven_temperature_c", 35.0, 0, 200)

@@ -62,7 +62,7 @@ class NodeContext:
         self.keys = keys
         self.node = config.id
         self.topics = bus.topics
-        self._shared: dict[type, Any] = {}
+        self._shared: dict[Callable[[NodeContext], object], Any] = {}
         # one writer thread: stores reach SQLite in the order they were asked for, so a late
         # write can never overwrite a newer one (e.g. the final store at shutdown)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
@@ -71,10 +71,10 @@ class NodeContext:
         """The node's one ``kind`` object, made as ``kind(self)`` on first use (e.g. the link
         router of :mod:`qnode.daemon.klink`, which claims the bus handlers for ``herald``, ``ll``
         and ``cmd``). The context names no such kind itself: the layers above bring them."""
-        obj = self._shared.get(kind)  # type: ignore[call-overload]
+        obj = self._shared.get(kind)
         if obj is None:
-            obj = self._shared[kind] = kind(self)  # type: ignore[index]
-        return obj  # type: ignore[no-any-return]
+            obj = self._shared[kind] = kind(self)
+        return obj
 
     def shared_if_made(self, kind: type[T]) -> T | None:
         """The node's ``kind`` object if :meth:`shared` made one, else ``None``."""

@@ -1,4 +1,5 @@
-"""What a node must remember across restarts, in SQLite (DESIGN §7, stdlib ``sqlite3``).
+"""What a node must remember across restarts, in SQLite (stdlib ``sqlite3``;
+docs/integrators/link-layer.md, section Persistence).
 
 * each link end's state (pair inventory, sequence numbers, unacknowledged EXPIREs) as the link
   layer's JSON snapshot: its scalars in ``links``, its runs of pairs one row each in
@@ -195,9 +196,10 @@ class StateStore:
             except json.JSONDecodeError as exc:
                 raise StateError(f"{self.path}: link {link!r}: corrupt snapshot: {exc}") from exc
             if snap.pop("runs_in_table", False):
-                expected = snap["expected_seq"]
-                snap["runs"] = sorted(runs.get(link, []),
-                                      key=lambda r, e=expected: -seq_diff(e, r["first_seq"]))
+                def oldest_first(run: dict[str, Any], e: int = snap["expected_seq"]) -> int:
+                    return -seq_diff(e, run["first_seq"])
+
+                snap["runs"] = sorted(runs.get(link, []), key=oldest_first)
             out[link] = snap
         return out
 

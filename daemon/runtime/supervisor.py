@@ -1,4 +1,5 @@
-"""Supervision: instruments on their own threads, role tasks restarted on failure (DESIGN.md §6–7).
+"""Supervision: instruments on their own threads, role tasks restarted on failure
+(docs/operators/instruments.md, section How the daemon treats an instrument).
 
 One asyncio program. Two kinds of supervised things:
 
@@ -481,12 +482,15 @@ class ManagedInstrument:
             return
         done = asyncio.get_running_loop().create_future()
 
+        def _resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
         def _close() -> None:
             try:
                 driver.close()
             finally:
-                done.get_loop().call_soon_threadsafe(
-                    lambda: done.done() or done.set_result(None))
+                done.get_loop().call_soon_threadsafe(_resolve)
 
         # A plain daemon thread: the driver's close waits for a running call (its lock).
         threading.Thread(target=_close, name=f"close-{self.name}", daemon=True).start()

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -135,8 +136,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                    f"test_fraction = {test_fraction}\nmin_tests = {min_tests}\n"
                    f"t1_s = {memory_t1_s}\nt2_s = {memory_t2_s}\n"
                    f"readout_error = {memory_readout_error}\n"
-                   f"gate_fidelity_2q = 0.999\n"
-                   f"gate_fidelity_1q = 0.999\npurification = {_toml_str(purification)}\n"
+                   f"gate_depolarising_2q = 0.999\n"
+                   f"gate_depolarising_1q = 0.999\npurification = {_toml_str(purification)}\n"
                    f"purification_schedule = {_toml_str(purification_schedule)}\n"
                    f"\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
                    f"repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
@@ -199,7 +200,7 @@ class EmbeddedBroker:
 
     async def start(self) -> EmbeddedBroker:
         try:
-            from amqtt.broker import Broker
+            from amqtt.broker import Broker  # type: ignore[import-untyped]  # no type hints
         except ImportError as exc:
             raise RuntimeError("the embedded broker needs amqtt: pip install 'qnode[demo]' "
                                "(or pass --broker mqtt://host:port)") from exc
@@ -292,7 +293,7 @@ class DaemonProcess:
 # ---------------------------------------------------------------------------- the run
 
 async def _watch(broker_url: str, network: str, duration_s: float, recorder: Any,
-                 view: Any, procs: list[DaemonProcess]) -> dict[str, dict]:
+                 view: Any, procs: list[DaemonProcess]) -> dict[str, Mapping[str, Any]]:
     """Collect telemetry for ``duration_s``; returns the latest record per node."""
     import aiomqtt
 
@@ -300,7 +301,7 @@ async def _watch(broker_url: str, network: str, duration_s: float, recorder: Any
     from qnode.daemon.bus.topics import parse_topic
 
     parts = urlsplit(broker_url)
-    latest: dict[str, dict] = {}
+    latest: dict[str, Mapping[str, Any]] = {}
     async with aiomqtt.Client(parts.hostname or "127.0.0.1", parts.port or 1883,
                               identifier=f"qnode-demo-{os.getpid()}") as client:
         await client.subscribe(f"qnet/v1/{network}/+/telemetry", qos=0)
@@ -399,7 +400,7 @@ async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None =
         broker = await EmbeddedBroker().start()
         broker_url = broker.url
     net = DemoNetwork(work, broker_url, report_dir / "logs")
-    latest: dict[str, dict] = {}
+    latest: dict[str, Mapping[str, Any]] = {}
     try:
         print(f"qnode demo: broker {broker_url}; starting the simulated instruments ...",
               flush=True)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-from qnode.daemon.bus.telemetry import LinkTelemetry, Telemetry, link_qber
+from qnode.daemon.bus.telemetry import LinkTelemetry, link_qber
 
 MISSING = "-"
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"),
@@ -218,7 +218,7 @@ def node_cells(record: Mapping[str, Any], now: float) -> list[str]:
             fmt_duration(record_age_s(record, now)), roles_text(record.get("roles"))]
 
 
-def render(views: Mapping[str, Telemetry], *, width: int = 100, now: float | None = None,
+def render(views: Mapping[str, Mapping[str, Any]], *, width: int = 100, now: float | None = None,
            note: str = "") -> str:
     """The table of the latest record per node (``now``: wall clock for record ages, s;
     ``note``: appended to the title line, e.g. the time left)."""
@@ -233,24 +233,24 @@ def render(views: Mapping[str, Telemetry], *, width: int = 100, now: float | Non
              + (f" · {note}" if note else ""),
              _row(_NODE_COLUMNS), link_header(), "─" * width]
     for name in sorted(views):
-        record = {**mapping(views[name]), "node": name}
-        lines.append(_row(zip(node_cells(record, now), (w for _, w in _NODE_COLUMNS),
+        row = {**mapping(views[name]), "node": name}
+        lines.append(_row(zip(node_cells(row, now), (w for _, w in _NODE_COLUMNS),
                               strict=True)))
-        lines.extend(link_table(record.get("links"), header=False))
+        lines.extend(link_table(row.get("links"), header=False))
     if not views:
         lines.append("(no telemetry yet)")
     return "\n".join(fit(line, width) for line in lines)
 
 
-def summary_line(views: Mapping[str, Telemetry], elapsed_s: float | None = None,
+def summary_line(views: Mapping[str, Mapping[str, Any]], elapsed_s: float | None = None,
                  note: str = "") -> str:
     """One line for logs: nodes by state, heralds, pairs delivered, mean fidelity, ingest, drops
     (summed over the nodes' link ends; ``elapsed_s`` since the view started; ``note`` last)."""
     states: dict[str, int] = {}
     heralds = delivered = dropped = ingest = 0.0
     fidelities: list[float] = []
-    for record in views.values():
-        record = mapping(record)
+    for view in views.values():
+        record = mapping(view)
         states[node_state(record)] = states.get(node_state(record), 0) + 1
         dropped += num(record.get("dropped_tags_total")) or 0.0
         ingest += num(record.get("ingest_mtags_s")) or 0.0
@@ -298,13 +298,13 @@ class LiveView:
         self.summary_every_s = summary_every_s
         self.width = width
         self.clock = clock
-        self.views: dict[str, Telemetry] = {}
+        self.views: dict[str, Mapping[str, Any]] = {}  # as received: not validated
         self._started = clock()
         self._last_summary: float | None = None
         self._drawn_lines = 0
         self.note = ""
 
-    def update(self, record: Telemetry | Mapping[str, Telemetry], *,
+    def update(self, record: Mapping[str, Any], *,
                remaining_s: float | None = None) -> None:
         """Remember ``record`` as its node's latest (records without a node are ignored); or,
         given a mapping node -> record, take all of them and :meth:`tick`. ``remaining_s``:
@@ -313,11 +313,11 @@ class LiveView:
             self.note = f"{fmt_duration(max(0.0, remaining_s))} left"
         node = record.get("node") if isinstance(record, Mapping) else None
         if isinstance(node, str):
-            self.views[node] = record  # type: ignore[assignment]
+            self.views[node] = record
             return
         for name, rec in mapping(record).items():
             if isinstance(rec, Mapping):
-                self.views[str(name)] = rec  # type: ignore[assignment]
+                self.views[str(name)] = rec
         self.tick()
 
     def _size(self) -> tuple[int, int]:

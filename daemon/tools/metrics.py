@@ -1,4 +1,5 @@
-"""The Prometheus endpoint (DESIGN §7): the latest telemetry record of each node, as metrics.
+"""The Prometheus endpoint: the latest telemetry record of each node, as metrics
+(docs/operators/monitoring.md, section Prometheus).
 
 :class:`PrometheusExporter` serves ``/metrics`` from its own
 :class:`~prometheus_client.CollectorRegistry` (never the process-wide one, so two exporters, or
@@ -27,8 +28,8 @@ from __future__ import annotations
 import math
 import numbers
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -51,6 +52,7 @@ from qnode.daemon.bus.telemetry import (
 )
 
 PREFIX = "qnode_"
+_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily, InfoMetricFamily)
 
 
 def _number(value: object) -> float | None:
@@ -320,26 +322,28 @@ class _Families:
     def __init__(self) -> None:
         self._by_name: dict[str, Metric] = {}
 
-    def _get(self, make: Callable[..., Metric], name: str, doc: str,
-             labels: tuple[str, ...]) -> Metric:
+    def _get(self, make: type[_Family], name: str, doc: str,
+             labels: tuple[str, ...]) -> _Family:
         family = self._by_name.get(name)
-        if family is None:
-            family = self._by_name[name] = make(PREFIX + name, doc, labels=labels)
-        return family
+        if isinstance(family, make):
+            return family
+        new = make(PREFIX + name, doc, labels=labels)
+        self._by_name[name] = new
+        return new
 
     def gauge(self, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
         if value is not None:
             fam = self._get(GaugeMetricFamily, name, doc, tuple(labels))
-            fam.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+            fam.add_metric(list(labels.values()), value)
 
     def counter(self, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
         if value is not None and not math.isnan(value):
             fam = self._get(CounterMetricFamily, name, doc, tuple(labels))
-            fam.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+            fam.add_metric(list(labels.values()), value)
 
     def info(self, name: str, doc: str, labels: dict[str, str], info: dict[str, str]) -> None:
         fam = self._get(InfoMetricFamily, name, doc, tuple(labels))
-        fam.add_metric(list(labels.values()), info)  # type: ignore[attr-defined]
+        fam.add_metric(list(labels.values()), info)
 
     def state(self, name: str, doc: str, labels: dict[str, str], states: tuple[str, ...],
               current: object) -> None:
@@ -397,16 +401,17 @@ def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) ->
              {k: str(lt.get(k, "")) for k in ("type", "peer", "role")})
     _fields(fam, _LINK_GAUGES, lt, lab, counter=False)
     _fields(fam, _LINK_COUNTERS, lt, lab, counter=True)
-    for q, key in (("0.5", "herald_latency_ms_p50"), ("0.99", "herald_latency_ms_p99")):
+    for quantile, key in (("0.5", "herald_latency_ms_p50"), ("0.99", "herald_latency_ms_p99")):
         ms = _number(lt.get(key))
         fam.gauge("link_herald_latency_seconds", "Herald latency quantile: receipt time minus "
-                  "the chunk's publish time (s).", {**lab, "quantile": q},
+                  "the chunk's publish time (s).", {**lab, "quantile": quantile},
                   None if ms is None else ms * 1e-3)
-    for q, key in (("0.5", "herald_handling_ms_p50"), ("0.99", "herald_handling_ms_p99")):
+    for quantile, key in (("0.5", "herald_handling_ms_p50"),
+                          ("0.99", "herald_handling_ms_p99")):
         ms = _number(lt.get(key))
         fam.gauge("link_herald_handling_seconds", "Herald handling quantile: receipt to "
                   "applied, stored and answered, on this node's clock (s).",
-                  {**lab, "quantile": q}, None if ms is None else ms * 1e-3)
+                  {**lab, "quantile": quantile}, None if ms is None else ms * 1e-3)
     for basis in QBER_BASES:
         q, bl = link_qber(lt, basis), {**lab, "basis": basis}
         fam.gauge("link_qber_ratio", "Quantum bit error rate per basis, clamped to its physical "

@@ -328,6 +328,7 @@ def _plot_fidelity(path: Path, records: list[dict[str, Any]], t0: float,
         return False
     fig, axes = _new_figure(rows)
     it = iter(axes)
+    colors: dict[str, Any]
     if fid:
         ax, colors = next(it), {}
         _plot_series(ax, fid, colors)

@@ -1,4 +1,4 @@
-"""``qnode status``: a network (or one node) as seen over MQTT (DESIGN §5, §7).
+"""``qnode status``: a network (or one node) as seen over MQTT (docs/operators/monitoring.md).
 
 :func:`collect` connects with a clean session and a random client id, subscribes to every
 node's ``status`` (retained; ``offline`` by last will when a node vanished) and ``telemetry``
@@ -37,6 +37,7 @@ from typing import Any
 
 import aiomqtt
 
+from qnode.daemon.bus.client import suback_code
 from qnode.daemon.bus.envelope import MessageRejected, decode
 from qnode.daemon.bus.identity import TrustStore
 from qnode.daemon.bus.telemetry import Telemetry, validate
@@ -207,7 +208,7 @@ async def collect(host: str, port: int, network: str, *, wait_s: float = 3.0,
     try:
         async with client:
             codes = await client.subscribe([(f, 1) for f in filters])
-            if all(int(getattr(c, "value", c)) >= 0x80 for c in codes):
+            if all(suback_code(c) >= 0x80 for c in codes):
                 raise BrokerUnreachable(f"the broker at {host}:{port} refused the "
                                         f"subscriptions {filters} (ACL?)")
             try:
@@ -295,7 +296,7 @@ def format_status(views: Mapping[str, NodeView], now: float | None = None) -> st
         f"{len(views)} node{'s' if len(views) != 1 else ''}"
         + (" (" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
            if states else ""))
-    malformed: collections.Counter[str] = getattr(views, "malformed", collections.Counter())
+    malformed = views.malformed if isinstance(views, Views) else collections.Counter[str]()
     if malformed:
         total = sum(malformed.values())
         head += (f"; {total} message{'s' if total != 1 else ''} ignored ("

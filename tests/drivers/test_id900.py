@@ -12,8 +12,8 @@ from qnode.drivers.errors import DeviceError, Disconnected, GarbledReply, Instru
 from qnode.drivers.id900 import ID900, DataLinkTarget, ID900Tagger, WatermarkMerger
 from qnode.drivers.tagger import TimeTagger
 from qnode.hal_sim import BellDiagonalState, CWSource, Link, PhotonStreamSimulator, simple_node
-from qnode.hal_sim.id900 import IDN, SimulatedID900
-from qnode.hal_sim.tagger import SimulatedTagger
+from qnode.hal_sim.twins.id900 import IDN, SimulatedID900
+from qnode.hal_sim.twins.tagger import SimulatedTagger
 
 TIMEOUT_S = 0.2
 DURATION_PS = 200_000_000_000  # 0.2 s of emission

@@ -1,7 +1,7 @@
 """The QDevice trio: the density-matrix simulator (exact checks), the protocol of the twin, and the
 driver against the twin on real loopback sockets — allocation, heralded pairs shared by two nodes
 through a PairRegistry, T1/T2 decay, an explicit DEJMPS round and an explicit entanglement swap
-(statistics against qnet_anchors §4), and fault injection."""
+(statistics against the Bell-diagonal formulas), and fault injection."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,16 @@ import pytest
 
 from qnode.drivers.errors import DeviceError, GarbledReply, InstrumentTimeout
 from qnode.drivers.qdevice import QDevice, QubitCount, QubitInfo
-from qnode.hal_sim.density_matrix import (
+from qnode.drivers.qdevice_protocol import (
+    ERR_NO_FREE,
+    ERR_NO_PAIR,
+    ERR_PAIR_TAKEN,
+    ERR_QUBIT,
+    ERR_RESOURCE,
+    ERR_SYNTAX,
+    ERR_UNKNOWN,
+)
+from qnode.hal_sim.physics.density_matrix import (
     BELL_VECTORS,
     CNOT,
     DensityMatrix,
@@ -25,21 +34,10 @@ from qnode.hal_sim.density_matrix import (
     rotation,
     werner_weights,
 )
-from qnode.hal_sim.heralding import HERALD_DTYPE
-from qnode.hal_sim.qdevice import (
-    ERR_NO_FREE,
-    ERR_NO_PAIR,
-    ERR_PAIR_TAKEN,
-    ERR_QUBIT,
-    ERR_RESOURCE,
-    ERR_SYNTAX,
-    ERR_UNKNOWN,
-    ManualClock,
-    PairRegistry,
-    QDeviceConfig,
-    QDeviceTwin,
-)
-from qnode.hal_sim.serve import TcpServer
+from qnode.hal_sim.physics.heralding import HERALD_DTYPE
+from qnode.hal_sim.twins.pair_registry import PairRegistry
+from qnode.hal_sim.twins.qdevice import ManualClock, QDeviceConfig, QDeviceTwin
+from qnode.hal_sim.twins.serve import TcpServer
 
 # ====================================================================== density matrix (exact)
 
@@ -179,7 +177,8 @@ def test_measurement_born_rule_collapse_and_readout_error():
 
 
 def _dejmps_formula(l1, l2):
-    """qnet_anchors §4.2 in [Φ+, Φ−, Ψ+, Ψ−] order (A = Φ+, B = Ψ−, C = Ψ+, D = Φ−)."""
+    """The DEJMPS recurrence (D. Deutsch et al., Phys. Rev. Lett. 77, 2818 (1996)) in [Φ+, Φ−,
+    Ψ+, Ψ−] order (A = Φ+, B = Ψ−, C = Ψ+, D = Φ−)."""
     a1, d1, c1, b1 = l1
     a2, d2, c2, b2 = l2
     n = (a1 + b1) * (a2 + b2) + (c1 + d1) * (c2 + d2)
@@ -188,8 +187,8 @@ def _dejmps_formula(l1, l2):
 
 
 def test_dejmps_circuit_matches_the_bell_diagonal_recurrence_exactly():
-    """Qubits (a1, b1, a2, b2); Alice Rx(+π/2), Bob Rx(−π/2), CNOT kept→sacrificed, keep iff
-    equal Z outcomes: exactly §4.2 for non-Werner inputs (the rotation convention matters)."""
+    """Qubits (a1, b1, a2, b2); Alice Rx(+π/2), Bob Rx(−π/2), CNOT kept→sacrificed, keep iff equal Z
+    outcomes: exactly the recurrence for non-Werner inputs (the rotation convention matters)."""
     l1, l2 = [0.6, 0.2, 0.15, 0.05], [0.7, 0.05, 0.1, 0.15]
     dm = DensityMatrix.bell_diagonal(l1).kron(DensityMatrix.bell_diagonal(l2))
     for q in (0, 2):
@@ -213,7 +212,7 @@ def test_dejmps_circuit_matches_the_bell_diagonal_recurrence_exactly():
 
 def test_swap_circuit_gives_the_pauli_convolution_in_every_branch():
     """(A, R1) in λ1, (R2, B) in λ2; CNOT R1→R2, H R1, measure both, correct B with
-    X^m2 Z^m1: (A, B) is λ'_k = Σ_{i⊕j=k} λ1_i λ2_j (§4.3) whatever the outcomes."""
+    X^m2 Z^m1: (A, B) is λ'_k = Σ_{i⊕j=k} λ1_i λ2_j whatever the outcomes."""
     l1, l2 = np.array([0.6, 0.2, 0.15, 0.05]), np.array([0.7, 0.05, 0.1, 0.15])
     pauli = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (x, z) per Bell index
     conv = np.zeros(4)
@@ -501,7 +500,7 @@ def test_waiting_decoheres_a_pair_as_t1_t2_predict():
 
 def test_dejmps_round_on_two_werner_pairs():
     """Both nodes: Rx(±π/2) on both pairs, CNOT kept→sacrificed, measure the sacrificed qubits in
-    Z, keep iff equal. Werner F = 0.8 in: p = 0.7689, F' = 0.8382 (§4.1/§4.2, A = F,
+    Z, keep iff equal. Werner F = 0.8 in: p = 0.7689, F' = 0.8382 (the DEJMPS recurrence, A = F,
     B = C = D = (1 − F)/3), both within 2σ."""
     w = werner_weights(0.8)
     p_expected, lam_out = _dejmps_formula(w, w)

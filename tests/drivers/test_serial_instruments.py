@@ -16,16 +16,16 @@ from qnode.drivers.errors import DeviceError, Disconnected, GarbledReply, Instru
 from qnode.drivers.ibeam import IBeamSmart
 from qnode.drivers.tc200 import TC200
 from qnode.hal_sim import BellDiagonalState, CWSource, Link, PhotonStreamSimulator, simple_node
-from qnode.hal_sim.elliptec import ElliptecTwin
-from qnode.hal_sim.ibeam import ERR_RANGE, IBeamSmartTwin
-from qnode.hal_sim.physics_coupling import (
+from qnode.hal_sim.physics.coupling import (
     WaveplateMount,
     apply_instruments,
     phase_matching_efficiency,
     waveplate_analyzer_vector,
 )
-from qnode.hal_sim.serve import PtyServer, TcpServer
-from qnode.hal_sim.tc200 import TC200Twin
+from qnode.hal_sim.twins.elliptec import ElliptecTwin
+from qnode.hal_sim.twins.ibeam import ERR_RANGE, IBeamSmartTwin
+from qnode.hal_sim.twins.serve import PtyServer, TcpServer
+from qnode.hal_sim.twins.tc200 import TC200Twin
 
 TIMEOUT_S = 0.2
 

@@ -7,7 +7,7 @@ import pytest
 
 from qnode.drivers.errors import Disconnected, InstrumentTimeout
 from qnode.drivers.transport import SerialTransport
-from qnode.hal_sim.serve import PtyServer, TcpServer, WireDevice, split_lines
+from qnode.hal_sim.twins.serve import PtyServer, TcpServer, WireDevice, split_lines
 
 
 class Echo(WireDevice):

@@ -15,8 +15,8 @@ from qnode.drivers.errors import DeviceError, Disconnected, GarbledReply, Instru
 from qnode.drivers.itc4001 import Itc4001
 from qnode.drivers.single_quantum import SingleQuantum
 from qnode.drivers.visa import VisaTransport, resource_manager
-from qnode.hal_sim.itc4001 import Itc4001Sim, serve_itc4001
-from qnode.hal_sim.single_quantum import SingleQuantumSim, SingleQuantumTwin
+from qnode.hal_sim.twins.itc4001 import Itc4001Sim, serve_itc4001
+from qnode.hal_sim.twins.single_quantum import SingleQuantumSim, SingleQuantumTwin
 
 TIMEOUT = 0.2
 

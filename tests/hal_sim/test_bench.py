@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,13 +25,12 @@ from qnode.hal_sim import (
     Link,
     PhotonStreamSimulator,
     bench,
-    instruments,  # noqa: F401 - registers the kinds
     simple_node,
 )
-from qnode.hal_sim.tagger import SimulatedTagger, SimulatorFanout
+from qnode.hal_sim.twins.tagger import SimulatedTagger, SimulatorFanout
 from qnode.native import Coincidences, sort_block, tag_block
 
-EXAMPLE = Path(bench.__file__).parent / "benches" / "analyzer.toml"
+EXAMPLE = bench.BENCHES / "analyzer.toml"
 
 
 def test_example_bench_serves_instruments_the_drivers_reach():
@@ -225,7 +223,7 @@ def test_fanout_gives_each_feed_its_node_of_one_run_with_bounded_buffers():
 
 # ------------------------------------------------------------------ the demo network
 
-NETWORK = Path(bench.__file__).parent / "benches" / "network.toml"
+NETWORK = bench.BENCHES / "network.toml"
 NETWORK_ROWS = ["herald1-tagger.scpi", "herald1-tagger.dlt", "herald2-tagger.scpi",
                 "herald2-tagger.dlt", "pump", "oven", "analyzer-a-hwp", "analyzer-b-hwp",
                 "analyzer-a-tagger.scpi", "analyzer-a-tagger.dlt", "analyzer-b-tagger.scpi",

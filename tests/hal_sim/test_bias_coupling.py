@@ -13,8 +13,8 @@ import pytest
 
 from qnode.drivers.single_quantum import SingleQuantum
 from qnode.hal_sim import BellDiagonalState, CWSource, Link, PhotonStreamSimulator, simple_node
-from qnode.hal_sim.physics_coupling import apply_detector_bias
-from qnode.hal_sim.single_quantum import SingleQuantumSim, SingleQuantumTwin
+from qnode.hal_sim.physics.coupling import apply_detector_bias
+from qnode.hal_sim.twins.single_quantum import SingleQuantumSim, SingleQuantumTwin
 
 B = 2e5          # pairs/s
 SLICE = 20_000_000_000  # 20 ms

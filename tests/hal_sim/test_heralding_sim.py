@@ -13,15 +13,15 @@ import pytest
 
 from qnode.drivers.id900 import ID900, ID900Tagger
 from qnode.hal_sim import Fibre
-from qnode.hal_sim.heralding import (
+from qnode.hal_sim.physics.heralding import (
     BELL_STATES,
     HeraldingLink,
     HeraldingSimulator,
     herald_expectation,
     station_detectors,
 )
-from qnode.hal_sim.id900 import SimulatedID900
-from qnode.hal_sim.tagger import SimulatedTagger
+from qnode.hal_sim.twins.id900 import SimulatedID900
+from qnode.hal_sim.twins.tagger import SimulatedTagger
 
 PSI = {"psi+": BELL_STATES.index("psi+"), "psi-": BELL_STATES.index("psi-")}
 

@@ -20,7 +20,6 @@ import math
 import re
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,12 +27,14 @@ import pytest
 from qnode.daemon.roles.station import classify, pattern_table
 from qnode.drivers.errors import DeviceError
 from qnode.drivers.id900 import ID900, ID900Tagger
-from qnode.drivers.qdevice import ERR_NO_PAIR, ERR_PAIR_TAKEN, QDevice
-from qnode.hal_sim import bench, instruments  # noqa: F401 - registers the kinds
-from qnode.hal_sim.qdevice import PairRegistry, QDeviceTwin
+from qnode.drivers.qdevice import QDevice
+from qnode.drivers.qdevice_protocol import ERR_NO_PAIR, ERR_PAIR_TAKEN
+from qnode.hal_sim import bench
+from qnode.hal_sim.twins.pair_registry import PairRegistry
+from qnode.hal_sim.twins.qdevice import QDeviceTwin
 from qnode.native import NFold
 
-NETWORK = Path(bench.__file__).parent / "benches" / "network.toml"
+NETWORK = bench.BENCHES / "network.toml"
 LINK = "alice-repeater"
 BELL = ("phi+", "phi-", "psi+", "psi-")
 # sign of ⟨σ_b σ_b⟩ in the announced state, bases X, Y, Z
@@ -186,6 +187,10 @@ _Q = "[[instrument]]\nname = 'q{i}'\nkind = 'qdevice'\n[instrument.options]\n"
     ("link = 'k'\nnode = 'a'\nn_qubits = 0\n", "instrument[0].options.n_qubits"),
     ("link = 'k'\nnode = 'a'\nreadout_error = 2\n", "instrument[0].options.readout_error"),
     ("link = 'k'\nnode = 'a'\ncolour = 1\n", "instrument[0].options"),
+    ("link = 'k'\nnode = 'a'\ngate_depolarising_2q = 1.5\n",
+     "instrument[0].options.gate_depolarising_2q"),
+    ("link = 'k'\nnode = 'a'\ngate_average_fidelity_1q = 0.4\n",
+     "instrument[0].options.gate_average_fidelity_1q"),
 ])
 def test_bad_qdevice_options_name_the_key(options, key):
     spec = bench.parse(_K + _Q.format(i=0) + options, "q.toml")
@@ -197,4 +202,28 @@ def test_one_qdevice_per_memory_node():
     text = _K + _Q.format(i=0) + "link = 'k'\nnode = 'a'\n" + _Q.format(i=1) \
         + "link = 'k'\nnode = 'a'\n"
     with pytest.raises(bench.BenchConfigError, match=r"instrument\[1\]\.options\.node"):
+        bench.Bench(bench.parse(text, "q.toml"), "q.toml")
+
+
+@pytest.mark.parametrize("n, key, value", [
+    (2, "gate_depolarising_2q", 0.96), (2, "gate_fidelity_2q", 0.96),
+    (2, "gate_average_fidelity_2q", 0.97), (1, "gate_depolarising_1q", 0.9),
+    (1, "gate_average_fidelity_1q", 0.95)])
+def test_qdevice_gate_noise_by_either_name_gives_the_twin_the_same_g(n, key, value):
+    """g (or its earlier name) and F_avg with 1 − F_avg = (d − 1)/d·(1 − g) configure the same
+    twin: g = 0.96 for the CNOT, 0.9 for single-qubit gates."""
+    text = _K + _Q.format(i=0) + f"link = 'k'\nnode = 'a'\n{key} = {value}\n"
+    twin = bench.Bench(bench.parse(text, "q.toml"), "q.toml").devices["q0"]
+    assert getattr(twin.config, f"gate_fidelity_{n}q") == pytest.approx(
+        {2: 0.96, 1: 0.9}[n], abs=1e-12)
+    assert getattr(twin.config, f"gate_fidelity_{3 - n}q") == 1.0
+
+
+def test_qdevice_gate_noise_given_twice_names_both_keys():
+    text = (_K + _Q.format(i=0) + "link = 'k'\nnode = 'a'\ngate_depolarising_2q = 0.99\n"
+            "gate_average_fidelity_2q = 0.99\n")
+    with pytest.raises(bench.BenchConfigError,
+                       match=r"q.toml: instrument\[0\]\.options\.gate_average_fidelity_2q: "
+                             r"give one of .*not gate_depolarising_2q and "
+                             r"gate_average_fidelity_2q"):
         bench.Bench(bench.parse(text, "q.toml"), "q.toml")

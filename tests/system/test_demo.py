@@ -5,6 +5,9 @@ import json
 import subprocess
 import sys
 
+from qnode.daemon.bus.telemetry import unknown_fields
+from qnode.daemon.tools.report import read_records
+
 
 def test_the_demo_runs_the_network_and_writes_a_report_that_matches_the_truth(tmp_path):
     report = tmp_path / "report"
@@ -17,6 +20,12 @@ def test_the_demo_runs_the_network_and_writes_a_report_that_matches_the_truth(tm
         assert (report / name).stat().st_size > 1000, name
         if name.endswith(".png"):
             assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every field of every node's records is in the telemetry schema
+    records, _ = read_records(report / "telemetry.jsonl")
+    assert {r["node"] for r in records} >= {"herald1", "alice", "repeater", "source",
+                                            "analyzer-a"}
+    undeclared = {f"{r['node']}: {f}" for r in records for f in unknown_fields(r)}
+    assert not undeclared, sorted(undeclared)
     summary = json.loads((report / "summary.json").read_text())
     assert summary["exit_codes"] and set(summary["exit_codes"].values()) == {0}
     assert len(summary["nodes"]) == 8

@@ -127,7 +127,8 @@ async def _ask(port: int, truth: Truth, min_fidelity: float, n: int, app_id: str
                 truths.append((partner, undo_decay(w, max(0.0, time.time() - msg.ts), T1_S,
                                                    T2_S)))
                 oks.append(msg.body)
-        # ERR EXPIRE: a pair delivered before reached the far end's cut-off (draft §1.1)
+        # ERR EXPIRE (the link-layer draft's): a pair delivered before reached the far end's
+        # cut-off
         if msg.type != "ACK" and msg.body.get("code") != "EXPIRE":
             got.put_nowait(msg.type)
 

@@ -18,12 +18,12 @@ import pytest
 
 from qnode.daemon.bus.client import NodeBus
 from qnode.daemon.bus.envelope import decode
+from qnode.daemon.bus.telemetry import unknown_fields
 from qnode.daemon.bus.topics import Topics, parse_topic
 from qnode.daemon.linklayer import Create
 from qnode.daemon.quantum.feu import FidelityEstimationUnit
 from qnode.hal_sim import (
     bench,
-    instruments,  # noqa: F401 - registers the simulated instrument kinds
 )
 
 from support.daemon_harness import Daemon, node_config, running, write_key
@@ -168,6 +168,7 @@ async def test_a_source_daemon_chooses_the_pump_power_for_a_create(tmp_path, bro
     assert tel["link_rejected"] == {"bad_body": 1, "unsigned": 1, "unknown_command": 1}, tel
     assert tel["bus"]["rejected"].get("bad_signature") == 1, tel["bus"]
     assert tel["source_creates_total"] == 4 and tel["source_creates_unsupp_total"] == 2
+    assert unknown_fields(tel) == []                        # the schema names every field
     assert tel["source_feu_power_mw"] == pytest.approx(chosen2)
     assert tel["source_pump_set_point_mw"] == pytest.approx(chosen2)
     rate, fid = FEU.predict(chosen2)

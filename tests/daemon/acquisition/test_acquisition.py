@@ -23,7 +23,7 @@ from qnode.hal_sim import (
     PhotonStreamSimulator,
     simple_node,
 )
-from qnode.hal_sim.tagger import SimulatedTagger
+from qnode.hal_sim.twins.tagger import SimulatedTagger
 from qnode.native import Coincidences, NFold, TagBlock, empty_block, merge_channels
 
 from support.daemon_harness import until

@@ -3,7 +3,7 @@
 Two analyzers' streams from one simulated SPDC link, bob's clock offset by milliseconds and
 running 2.5 ppm fast: the counter finds the clock, tracks it, and counts coincidences whose
 number matches the pairs registered at both ends (truth), with the Werner visibility. With
-passive two-basis analyzers (BBM92, anchors §6) it reports each basis' QBER and the fidelity
+passive two-basis analyzers (BBM92) it reports each basis' QBER and the fidelity
 bound 1 − Q_Z − Q_X within 3σ of the true state, and with CHSH settings S = 2√2·V.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from qnode.daemon.acquisition.cross_node import CrossNodeCounter, link_figures, parse_layout
 from qnode.daemon.bus import tagwire
+from qnode.daemon.bus.telemetry import unknown_fields
 from qnode.daemon.quantum import estimators as est
 from qnode.daemon.runtime.config import basis_label
 from qnode.hal_sim import (
@@ -29,7 +30,7 @@ from qnode.hal_sim import (
     PhotonStreamSimulator,
     simple_node,
 )
-from qnode.hal_sim.physics_coupling import waveplate_analyzer_vector
+from qnode.hal_sim.physics.coupling import waveplate_analyzer_vector
 
 from support.daemon_harness import identity_lines
 
@@ -131,7 +132,9 @@ def _run_passive(state: BellDiagonalState, own_angles: tuple[float, float],
         times, chans = tagwire.decode(body)
         counter.add_peer(times, chans, int(b["time"][-1]) if b.size else 0, parse_layout(body))
         counter.process()
-    return counter, sim, counter.telemetry(1.0)
+    telemetry = counter.telemetry(1.0)
+    assert unknown_fields({"links": {"m": telemetry}}) == []  # the schema names every field
+    return counter, sim, telemetry
 
 
 BELL_DIAGONAL = BellDiagonalState({"phi+": 0.8, "phi-": 0.03, "psi+": 0.12, "psi-": 0.05})
@@ -144,7 +147,7 @@ def test_passive_z_x_analyzers_give_each_basis_qber_and_the_fidelity_bound(state
     assert counter.tracker.state.status.name == "LOCKED"
     assert abs(counter.tracker.state.drift_ppm - 2.5) < 0.01
     lam = state.weights
-    truth = {"Z": lam["psi+"] + lam["psi-"], "X": lam["phi-"] + lam["psi-"]}  # anchors §6
+    truth = {"Z": lam["psi+"] + lam["psi-"], "X": lam["phi-"] + lam["psi-"]}  # the flipped bases
     assert truth["Z"] == pytest.approx((1 - sim.expected_correlation("b0", "b0")) / 2)
     assert truth["X"] == pytest.approx((1 - sim.expected_correlation("b1", "b1")) / 2)
     figures = link_figures(counter.counts, counter.accidentals, counter.layout,

@@ -31,12 +31,13 @@ from typing import Any
 import pytest
 
 from qnode.daemon.acquisition.pipeline import AcquisitionPipeline
+from qnode.daemon.bus.telemetry import unknown_fields
 from qnode.daemon.node import Node
 from qnode.daemon.runtime.config import ConfigError, InstrumentConfig, load_config, parse_config
 from qnode.daemon.runtime.instruments import driver_factory, make_tagger
 from qnode.daemon.runtime.supervisor import InstrumentState, ManagedInstrument, Supervisor
 from qnode.hal_sim import BellDiagonalState, CWSource, Link, PhotonStreamSimulator, simple_node
-from qnode.hal_sim.id900 import SimulatedID900
+from qnode.hal_sim.twins.id900 import SimulatedID900
 
 from support.daemon_harness import identity_lines, node_config
 from support.mosquitto import Mosquitto
@@ -298,6 +299,7 @@ window_ps = 1000
                                and r.get("tags_total", 0) > tags),
                         "telemetry: the tagger ready again, tags flowing")
             assert node.ctx is not None and sum(node.ctx.supervisor.restarts.values()) == 0
+            assert not {f for r in seen for f in unknown_fields(r)}  # all in the schema
         finally:
             node.stop()
             await asyncio.wait_for(run, WAIT_S)

@@ -34,10 +34,9 @@ from qnode.daemon.bus.topics import parse_topic
 from qnode.daemon.runtime.config import CompensationConfig, ConfigError, parse_config
 from qnode.hal_sim import (
     bench,
-    instruments,  # noqa: F401 - registers the kinds
 )
-from qnode.hal_sim.physics_coupling import compensator_rotation
-from qnode.hal_sim.polarisation import (
+from qnode.hal_sim.physics.coupling import compensator_rotation
+from qnode.hal_sim.physics.polarisation import (
     BellDiagonalState,
     FibreDrift,
     PolarisationDrift,
@@ -48,7 +47,7 @@ from qnode.hal_sim.polarisation import (
 
 from support.daemon_harness import Daemon, identity_lines, node_config, write_key
 
-BENCHES = Path(bench.__file__).parent / "benches"
+BENCHES = bench.BENCHES
 
 
 # ------------------------------------------------------------------ the drift model

@@ -17,7 +17,9 @@ from qnode.daemon.quantum.bell_diagonal import BellDiagonal
 from qnode.daemon.quantum.estimators import BELL_SIGNS
 from qnode.drivers.errors import DeviceError
 from qnode.drivers.qdevice import QDevice
-from qnode.hal_sim.qdevice import PairRegistry, QDeviceConfig, QDeviceTwin, RegistryOracle
+from qnode.hal_sim.twins.pair_registry import PairRegistry
+from qnode.hal_sim.twins.qdevice import QDeviceConfig, QDeviceTwin
+from qnode.hal_sim.twins.registry_oracle import RegistryOracle
 
 
 def test_the_test_rule_picks_its_fraction_and_all_bases_evenly():
@@ -138,7 +140,7 @@ def test_the_swap_estimate_follows_the_density_matrix_through_waits_and_a_bsm():
     (Pauli channels per half, :func:`~qnode.daemon.quantum.bell_diagonal.swap`, the Pauli frame)."""
     from qnode.daemon.klink.swapping import decay
     from qnode.daemon.quantum.bell_diagonal import pauli_frame, swap
-    from qnode.hal_sim.qdevice import ManualClock
+    from qnode.hal_sim.twins.qdevice import ManualClock
 
     clock = ManualClock()
     cfg = QDeviceConfig(n_qubits=2, t1_ns=5e9, t2_ns=2e9)

@@ -23,8 +23,9 @@ from qnode.daemon.klink.swapping import PathEnd, PathPair, decay
 from qnode.daemon.linklayer import Ok
 from qnode.daemon.quantum import bell_diagonal as bd
 from qnode.daemon.quantum.bell_diagonal import BELL_NAMES, BellDiagonal, PauliChannel
-from qnode.hal_sim.density_matrix import DensityMatrix, werner_weights
-from qnode.hal_sim.qdevice import ManualClock, PairRegistry, QDeviceConfig, QDeviceTwin
+from qnode.hal_sim.physics.density_matrix import DensityMatrix, werner_weights
+from qnode.hal_sim.twins.pair_registry import PairRegistry
+from qnode.hal_sim.twins.qdevice import ManualClock, QDeviceConfig, QDeviceTwin
 
 TOL = 1e-9
 WAITS_S = (0.0, 0.1, 1.0, 2.0, 10.0)

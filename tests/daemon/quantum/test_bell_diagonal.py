@@ -1,8 +1,9 @@
 """Bell-diagonal algebra (daemon/quantum/bell_diagonal.py): closed forms against published values
-(reference/qnet_anchors.md §4, §7), Deutsch et al.'s DEJMPS formulas, SeQUeNCe's BDS formulas
-transcribed literally, hypothesis properties, and explicit 4-qubit density-matrix circuits.
+(the papers of docs/physicists/estimators.md, section Sources), Deutsch et al.'s DEJMPS formulas,
+SeQUeNCe's BDS formulas transcribed literally, hypothesis properties, and explicit 4-qubit
+density-matrix circuits.
 
-Exact values verified here (more digits than the anchors give, from the formulas):
+Exact values verified here (more digits than the papers give, from the formulas):
 * BBPSSW at F = 0.8: p = 173/225 = 0.768888…, F' = 145/173 = 0.838150289017341…
 * Werner swap 0.9 ⊗ 0.9: F = 61/75 = 0.813333…
 * hashing yield of a Werner state is 0 at F = 0.8107103750847682… (bisection below).
@@ -23,7 +24,7 @@ W = BellDiagonal.werner
 TOL = 1e-12
 
 # --------------------------------------------------------------------------------------------
-# Independent references (written from the papers / anchors, not from the module)
+# Independent references (written from the papers and SeQUeNCe, not from the module)
 
 I2 = np.eye(2, dtype=complex)
 X = np.array([[0, 1], [1, 0]], dtype=complex)
@@ -59,7 +60,7 @@ def deutsch_identical(s):
 
 
 def sequence_bds(k, m, big_g=1.0, eta_a=1.0, eta_b=1.0):
-    """SeQUeNCe purification/bbpssw_bds.py as transcribed in anchors §2.2 (1-based k1..k4)."""
+    """SeQUeNCe's BBPSSW_BDS success probability and output, transcribed (1-based k1..k4)."""
     k1, k2, k3, k4 = k
     m1, m2, m3, m4 = m
     a, b = k1 + k2, m1 + m2
@@ -372,7 +373,7 @@ def test_cutoffs():
 
 
 def test_werner_swap_published_value():
-    # anchors §4.3: 0.9 ⊗ 0.9 → 0.8133; exactly 0.81 + 0.01/3 = 61/75.
+    # the Werner swap (ideal BSM): 0.9 ⊗ 0.9 → 0.8133; exactly 0.81 + 0.01/3 = 61/75.
     f = bd.swap(W(0.9), W(0.9)).fidelity()
     assert f == pytest.approx(61 / 75, abs=1e-15)
     assert round(f, 4) == 0.8133
@@ -417,7 +418,8 @@ def test_swap_properties(a, b, g, eta):
     ab = bd.swap(a, b, gate_fidelity=g, meas_fidelity=eta)
     assert ab.isclose(bd.swap(b, a, gate_fidelity=g, meas_fidelity=eta), 1e-15)
     assert math.fsum(ab.coefficients) == pytest.approx(1.0, abs=1e-12) and min(ab.coefficients) >= 0
-    # anchors §2.3, literally: λ'_k = g[η²c_k + η(1−η)(c_{k⊕Z} + c_{k⊕X}) + (1−η)²c_{k⊕Y}] + (1−g)/4
+    # SeQUeNCe's BDS swap, literally:
+    # λ'_k = g[η²c_k + η(1−η)(c_{k⊕Z} + c_{k⊕X}) + (1−η)²c_{k⊕Y}] + (1−g)/4
     c = xor_conv(a.coefficients, b.coefficients)
     lit = [g * (eta**2 * c[k] + eta * (1 - eta) * (c[k ^ 1] + c[k ^ 2]) + (1 - eta) ** 2 * c[k ^ 3])
            + (1 - g) / 4 for k in range(4)]
@@ -431,8 +433,8 @@ def test_swap_properties(a, b, g, eta):
 
 
 def test_bbpssw_published_values():
-    # anchors §4.1: F = 0.8 → p = 0.7689, F' = 0.8382. Exactly p = 6.92/9 = 173/225 and
-    # F' = 5.8/6.92 = 145/173 = 0.838150289017341…
+    # Bennett et al., PRL 76, 722 (1996): F = 0.8 → p = 0.7689, F' = 0.8382. Exactly
+    # p = 6.92/9 = 173/225 and F' = 5.8/6.92 = 145/173 = 0.838150289017341…
     p, out = bd.bbpssw(W(0.8), W(0.8))
     assert p == pytest.approx(173 / 225, abs=1e-15)
     assert out.fidelity() == pytest.approx(145 / 173, abs=1e-15)
@@ -441,7 +443,7 @@ def test_bbpssw_published_values():
 
 
 def test_bbpssw_fixed_points_and_improvement():
-    # 8F³ − 14F² + 7F − 1 = (F − 1)(2F − 1)(4F − 1): fixed points ¼, ½, 1 (the anchors name ½, 1).
+    # 8F³ − 14F² + 7F − 1 = (F − 1)(2F − 1)(4F − 1): fixed points ¼, ½, 1 (the paper names ½, 1).
     for f in (0.25, 0.5, 1.0):
         assert bd.bbpssw(W(f), W(f)).state.fidelity() == pytest.approx(f, abs=1e-15)
     for f in np.linspace(0.01, 0.99, 99):
@@ -486,7 +488,7 @@ def test_dejmps_on_werner_equals_bbpssw_before_retwirl(f1, f2):
 
 
 def test_dejmps_rotation_is_not_the_sequence_untwirled_recurrence():
-    """SeQUeNCe's "DEJMPS" (is_twirled=False) omits the ±π/2 rotations (anchors §4.2). For a state
+    """SeQUeNCe's "DEJMPS" (is_twirled=False) omits the ±π/2 rotations of Deutsch et al. For a state
     whose Φ− and Ψ− weights differ, it gives a different (wrong for DEJMPS) answer."""
     s = BellDiagonal((0.7, 0.2, 0.05, 0.05))
     p, out = bd.dejmps(s, s)
@@ -668,7 +670,7 @@ def test_purify_until_unreachable():
 
 def test_hashing_threshold():
     """Werner hashing yield 1 + F log2 F + (1−F) log2((1−F)/3) is zero at
-    F* = 0.8107103750847682 (bisection; anchors §4.4 give 0.8107)."""
+    F* = 0.8107103750847682 (bisection; Bennett, DiVincenzo, Smolin, Wootters 1996 give 0.8107)."""
     root = bisect(werner_hashing, 0.6, 0.99)
     assert root == pytest.approx(0.8107, abs=1e-4)
     assert root == pytest.approx(0.8107103750847682, abs=1e-12)

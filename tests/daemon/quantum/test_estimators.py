@@ -205,7 +205,7 @@ def test_bell_diagonal_inversion_round_trips_for_every_target(target):
         assert est.fidelity_lower_bound(q_z=q["Z"], q_x=q["X"]).value <= f.value + 1e-12
 
 
-def test_bell_diagonal_matches_the_anchor_formulas_and_propagates_errors():
+def test_bell_diagonal_matches_the_pauli_error_formulas_and_propagates_errors():
     q = true_qbers(LAM)
     assert q == pytest.approx({"Z": 0.13, "X": 0.06, "Y": 0.11})
     qx, qy, qz = (est.Estimate(q["X"], 0.01), est.Estimate(q["Y"], 0.02),
@@ -353,8 +353,9 @@ def test_hashing_and_dense_coding_vanish_at_werner_fidelity_0_8107():
     assert est.dense_coding_capacity(est.werner_weights(0.75)).value < 1
     assert est.dense_coding_capacity(est.werner_weights(0.9), bounded=True) == \
         est.dense_coding_capacity(est.werner_weights(0.9))
-    # anchors §7: for Werner, 2 − H(λ) is C_E = 2 + F·log2F + (1−F)·log2((1−F)/3), and in
-    # terms of the depolarising p (F = 1 − 3p/4): 2 + (1−3p/4)·log2(1−3p/4) + (3p/4)·log2(p/4)
+    # Bennett, Shor, Smolin, Thapliyal: for Werner, 2 − H(λ) is the entanglement-assisted
+    # capacity C_E = 2 + F·log2F + (1−F)·log2((1−F)/3), and in terms of the depolarising p
+    # (F = 1 − 3p/4): 2 + (1−3p/4)·log2(1−3p/4) + (3p/4)·log2(p/4)
     for p in (0.05, 0.2, 0.5):
         f = 1 - 0.75 * p
         c_e = 2 + (1 - 0.75 * p) * math.log2(1 - 0.75 * p) + 0.75 * p * math.log2(p / 4)

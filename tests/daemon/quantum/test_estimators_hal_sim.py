@@ -95,7 +95,7 @@ def test_qber_fidelity_and_lambda_against_the_true_state(state, seed):
     chance (measured over 100 seeds: 2–3 %), so each is held to 4σ (family-wise < 0.1 %)."""
     q, truth = measure_qbers(state, seed)
     lam = state.weights
-    # the true QBERs are those of the state (anchors §6: Q_Z = λΨ+ + λΨ−, ...)
+    # the true QBERs are those of the state (Q_Z = λΨ+ + λΨ−, ...: bell_diagonal_from_qber)
     assert truth["Z"] == pytest.approx(lam["psi+"] + lam["psi-"])
     assert truth["X"] == pytest.approx(lam["phi-"] + lam["psi-"])
     assert truth["Y"] == pytest.approx(lam["phi-"] + lam["psi+"])

@@ -16,8 +16,9 @@ from qnode.daemon.klink.purification import keep_and_frame, rotations, round_mod
 from qnode.daemon.klink.swapping import decay
 from qnode.daemon.linklayer import TWIRLS, Purify, PurifyResult, message_from_dict
 from qnode.daemon.quantum.bell_diagonal import BellDiagonal, bbpssw, dejmps
-from qnode.hal_sim.density_matrix import BELL_STATES, CNOT, DensityMatrix, rotation
-from qnode.hal_sim.qdevice import ManualClock, PairRegistry, QDeviceConfig, QDeviceTwin
+from qnode.hal_sim.physics.density_matrix import BELL_STATES, CNOT, DensityMatrix, rotation
+from qnode.hal_sim.twins.pair_registry import PairRegistry
+from qnode.hal_sim.twins.qdevice import ManualClock, QDeviceConfig, QDeviceTwin
 
 A1, B1, A2, B2 = 0, 1, 2, 3      # kept pair (A1, B1), sacrificed pair (A2, B2)
 

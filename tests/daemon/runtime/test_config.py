@@ -273,3 +273,41 @@ def test_an_m_links_counter_signs_and_its_other_end_verifies(tmp_path):
     private, _ = keygen("a", tmp_path / "ids")
     assert parse_config(node("a", "b", f'identity_key_file = "{private}"\n')).links[0].peer == "b"
     assert parse_config(node("b", "a", f'trust_dir = "{tmp_path}/ids"\n')).links[0].peer == "a"
+
+
+# ------------------------------------------------------------------ the QDevice's gate noise
+
+@pytest.mark.parametrize("n, g, f_avg", [(2, 0.999, 0.99925), (2, 0.96, 0.97), (1, 0.999, 0.9995),
+                                         (1, 0.9, 0.95)])
+def test_the_gate_noise_may_be_given_as_g_or_as_average_gate_fidelity(n, g, f_avg):
+    """g (new name or the earlier one) and F_avg with 1 − F_avg = (d − 1)/d·(1 − g) give the
+    same g in the config's field gate_fidelity_<n>q, the name the estimates read."""
+    def field(key: str, value: float) -> float:
+        mem = parse_config(MINIMAL + f"[memory]\n{key} = {value!r}\n").memory
+        return getattr(mem, f"gate_fidelity_{n}q")
+    assert field(f"gate_depolarising_{n}q", g) == g
+    assert field(f"gate_fidelity_{n}q", g) == g          # the earlier name, read as g
+    assert field(f"gate_average_fidelity_{n}q", f_avg) == pytest.approx(g, abs=1e-12)
+    other = 3 - n
+    assert getattr(parse_config(MINIMAL + f"[memory]\ngate_depolarising_{n}q = {g!r}\n").memory,
+                   f"gate_fidelity_{other}q") == 1.0   # the other gate keeps its default
+
+
+@pytest.mark.parametrize("keys", [("gate_depolarising_2q", "gate_average_fidelity_2q"),
+                                  ("gate_depolarising_2q", "gate_fidelity_2q"),
+                                  ("gate_average_fidelity_1q", "gate_fidelity_1q")])
+def test_two_names_for_one_gates_noise_are_refused_naming_both(keys):
+    text = MINIMAL + "[memory]\n" + "".join(f"{k} = 0.99\n" for k in keys)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert err.value.key in {f"memory.{k}" for k in keys}
+    assert all(k in str(err.value) for k in keys)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("gate_average_fidelity_2q", 0.2, r"\[0.25, 1\]"),   # below F_avg of g = 0, 1/4
+    ("gate_average_fidelity_1q", 0.4, r"\[0.5, 1\]"),
+    ("gate_depolarising_2q", 1.5, r"\[0, 1\]")])
+def test_gate_noise_out_of_range_names_the_key(key, value, allowed):
+    with pytest.raises(ConfigError, match=rf"memory.{key}: must be a number in {allowed}"):
+        parse_config(MINIMAL + f"[memory]\n{key} = {value}\n")

@@ -387,23 +387,19 @@ def test_new_metrics_types_and_odd_values(exporter: PrometheusExporter) -> None:
 
 
 def test_every_counter_of_memory_purification_and_paths_is_exported() -> None:
-    """The counts dicts of LinkMemory, Purifier, Swapper and PathEnd: all in the tables (a
-    counter added there fails here until it is exported)."""
-    import inspect
-    import re
-
-    from qnode.daemon.klink.memory import LinkMemory
-    from qnode.daemon.klink.purification import Purifier
-    from qnode.daemon.klink.swapping import PathEnd, Swapper
+    """The counters of LinkMemory, Purifier, Swapper and PathEnd (their ``counts``, typed by
+    MemoryCounts, PurifyCounts, SwapCounts and PathEndCounts): all in the tables (a counter
+    added there fails here until it is exported)."""
+    from qnode.daemon.klink.memory import MemoryCounts
+    from qnode.daemon.klink.purification import PurifyCounts
+    from qnode.daemon.klink.swapping import PathEndCounts, SwapCounts
     from qnode.daemon.tools import metrics
 
     def counts(cls: type) -> set[str]:
-        src = inspect.getsource(cls.__init__)  # type: ignore[misc]
-        block = src[src.index("self.counts = {"):]
-        return set(re.findall(r'"(\w+)"', block[:block.index("}") + 1]))
+        return set(cls.__required_keys__)  # type: ignore[attr-defined]
 
     link = {f for f, *_ in metrics._LINK_COUNTERS} | {
         f for _, f in metrics._PURIFY_INPUT_FATES}
-    assert counts(LinkMemory) <= link
-    assert counts(Purifier) <= link
-    assert counts(Swapper) | counts(PathEnd) <= {f for f, *_ in metrics._PATH_COUNTERS}
+    assert counts(MemoryCounts) <= link
+    assert counts(PurifyCounts) <= link
+    assert counts(SwapCounts) | counts(PathEndCounts) <= {f for f, *_ in metrics._PATH_COUNTERS}

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
 
 SPEED_OF_LIGHT_M_PER_S = 299_792_458.0
 SMF28_GROUP_INDEX = 1.4682

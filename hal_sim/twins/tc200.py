@@ -1,11 +1,11 @@
 """Simulated Thorlabs TC200 temperature controller driving the SPDC crystal oven (the wire twin
 of :class:`qnode.drivers.tc200.TC200`).
 
-Protocol (Thorlabs TC200 manual as implemented by QMI ``qmi/instruments/thorlabs/tc200.py``;
-driver_anchors.md §4(f)): 115200 8N1, commands end ``\\r``. The controller echoes the command,
-then ``\\r``, the response (if any), ``\\r`` and the prompt ``> ``; ``stat?`` answers its status
-byte in hex without leading zero and without the ``\\r``: ``stat?\\r11 > ``. Errors are the texts
-``CMD_NOT_DEFINED`` and ``CMD_ARG_RANGE_ERR`` in place of the response.
+Protocol (Thorlabs TC200 user manual as implemented by QMI, QuTech's Quantum Measurement
+Infrastructure, ``qmi/instruments/thorlabs/tc200.py``): 115200 8N1, commands end ``\\r``. The
+controller echoes the command, then ``\\r``, the response (if any), ``\\r`` and the prompt ``> ``;
+``stat?`` answers its status byte in hex without leading zero and without the ``\\r``: ``stat?\\r11
+> ``. Errors are the texts ``CMD_NOT_DEFINED`` and ``CMD_ARG_RANGE_ERR`` in place of the response.
 
 Commands served: ``id?``, ``stat?``, ``ens`` (toggles the heater output), ``tset=``/``tset?``
 (°C, "XX.X Celsius"), ``tact?`` (°C, "XX.X C"), ``pgain=``/``igain=``/``dgain=`` and ``pid?``,
@@ -14,7 +14,7 @@ Commands served: ``id?``, ``stat?``, ``ens`` (toggles the heater output), ``tset
 Time model: with the output on, the oven temperature follows the set point first-order,
 T(t) = T_set + (T_0 − T_set)·exp(−t/τ_heat); with it off, it relaxes to ``ambient_c`` with
 τ_cool. (Power limit and PID gains are stored, not modelled.) :meth:`phase_matching` turns the
-temperature into the SPDC phase-matching efficiency (:mod:`qnode.hal_sim.physics_coupling`).
+temperature into the SPDC phase-matching efficiency (:mod:`qnode.hal_sim.physics.coupling`).
 
 Device errors through the protocol: :meth:`inject_error` answers the next command with the given
 error text; :attr:`alarm` sets the sensor-alarm status bit (0x40).
@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .physics_coupling import phase_matching_efficiency
+from ..physics.coupling import phase_matching_efficiency
 from .serve import WireDevice, split_lines
 
 CMD_NOT_DEFINED = "CMD_NOT_DEFINED"
@@ -86,7 +86,7 @@ class TC200Twin(WireDevice):
     def phase_matching(self) -> float:
         """Normalised phase-matching efficiency at the present temperature (0..1):
         sinc² around ``optimum_c`` with FWHM ``fwhm_c``
-        (:func:`~qnode.hal_sim.physics_coupling.phase_matching_efficiency`)."""
+        (:func:`~qnode.hal_sim.physics.coupling.phase_matching_efficiency`)."""
         return phase_matching_efficiency(self.temperature_c, self.optimum_c, self.fwhm_c)
 
     def inject_error(self, text: str = CMD_NOT_DEFINED) -> None:

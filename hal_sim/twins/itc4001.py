@@ -1,8 +1,8 @@
 """Twin of a Thorlabs ITC4001 laser-diode / TEC controller, serving SCPI on a loopback socket.
 
 Drivers reach it as a VISA raw socket, ``TCPIP::127.0.0.1::<port>::SOCKET`` (pyvisa-py), the
-stand-in for the real instrument's USBTMC resource. Commands follow the ITC4000-series SCPI set
-in driver_anchors §4(e) (short and long forms, case-insensitive); the interlock query
+stand-in for the real instrument's USBTMC resource. Commands follow the SCPI reference of Thorlabs'
+"ITC4000 Series Operation Manual" (short and long forms, case-insensitive); the interlock query
 ``OUTP:PROT:INTL:TRIP?`` is the one Thorlabs' CLD/ITC controllers share (seen in public lab code
 next to ``OUTP:PROT:KEYL:TRIP?``).
 
@@ -20,7 +20,7 @@ State and physics:
   device error on demand (fault injection).
 
 Wire faults (slow, dropped, garbled, truncated, hang, disconnect) come from the server
-(:mod:`qnode.hal_sim.serve`); a garbled reply keeps its terminator and reaches the driver as a
+(:mod:`qnode.hal_sim.twins.serve`); a garbled reply keeps its terminator and reaches the driver as a
 malformed line.
 """
 from __future__ import annotations

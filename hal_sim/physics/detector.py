@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import _validate as v
+from .. import _validate as v
 
 JITTER_CLIP_SIGMAS = 8.0
 """Timing jitter is a Gaussian clipped at ±8σ (the tail beyond carries ~1e-15 of the mass). The

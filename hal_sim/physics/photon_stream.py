@@ -26,20 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qnode.native import SimRandom, TagBlock, detector_finalize, merge_channels, route_pairs
+from qnode.native import SimRandom, TagBlock, merge_channels, route_pairs
 
-from . import _validate as v
+from .. import _validate as v
+from .channel import DARK_ID, DetectorChannel
 from .clock import ClockModel
-from .detector import Detector
 from .link import Link, Node
 from .optics import check_rotation
 from .polarisation import BellDiagonalState
 from .source import CWSource, PulsedSource
 from .truth import ChunkTruth, RunTruth
-
-_DARK_ID = -2
-_FAR_PAST = -(2**62)
-_EMPTY_T = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -48,49 +44,6 @@ class SimChunk:
 
     blocks: dict[str, TagBlock]
     truth: ChunkTruth
-
-
-class _Channel:
-    """Runtime state of one detector: pending tags, dead-time chain, its random streams."""
-
-    def __init__(self, node: str, detector: Detector, fibre_delay_ps: int,
-                 jitter_rng: SimRandom, dark_rng: np.random.Generator):
-        self.node = node
-        self.detector = detector
-        self.channel = detector.channel
-        self.delay_ps = fibre_delay_ps + detector.delay_ps
-        self.clip_ps = detector.jitter_clip_ps
-        self.sigma = float(detector.jitter_ps)
-        self.jitter_rng = jitter_rng
-        self.dark_rng = dark_rng
-        self.pending_t = _EMPTY_T
-        self.pending_id = _EMPTY_T
-        self.new_t = _EMPTY_T
-        self.new_id = _EMPTY_T
-        self.last_click = _FAR_PAST
-
-    def add_photons(self, emission_ps: np.ndarray, ids: np.ndarray) -> None:
-        """Queue this slice's photons (sorted emission times, ps, with their pair ids); delay and
-        jitter come at :meth:`finalize`."""
-        self.new_t, self.new_id = emission_ps, ids
-
-    def finalize(self, h_prev: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """Registered tags with true time in [.., h): (times, ids), sorted; keeps the rest pending.
-
-        The slice's photons arrive as sorted emission times; delay and jitter leave them nearly
-        sorted (disorder within 2 x the jitter clip), and pending tags overlap them only in that
-        window, so :func:`qnode.native.detector_finalize` sorts them with one insertion pass.
-        """
-        new_t, new_id = self.new_t, self.new_id
-        self.new_t = self.new_id = _EMPTY_T
-        n_dark = int(self.dark_rng.poisson(self.detector.dark_count_rate_hz * (h - h_prev) * 1e-12))
-        dark = (np.sort(self.dark_rng.integers(h_prev, h, n_dark, dtype=np.int64)) if n_dark
-                else _EMPTY_T)
-        t, ids, self.pending_t, self.pending_id, self.last_click = detector_finalize(
-            (self.pending_t, self.pending_id), (new_t, new_id), self.jitter_rng, self.sigma,
-            self.delay_ps, self.clip_ps, dark, _DARK_ID, h, self.detector.dead_time_ps,
-            self.last_click)
-        return t, ids
 
 
 class PhotonStreamSimulator:
@@ -120,11 +73,11 @@ class PhotonStreamSimulator:
         seeds = iter(ss.spawn(2 + 2 * n_channels + len(link.nodes)))
         self._source_rng = np.random.default_rng(next(seeds))  # pair counts (numpy)
         self._pair_stream = SimRandom(next(seeds))  # emission times and classes (C kernels)
-        self._channels: dict[str, list[_Channel]] = {}
+        self._channels: dict[str, list[DetectorChannel]] = {}
         for node in link.nodes:
             delay = node.fibre.propagation_delay_ps
             self._channels[node.name] = [
-                _Channel(node.name, d, delay, SimRandom(next(seeds)),
+                DetectorChannel(node.name, d, delay, SimRandom(next(seeds)),
                          np.random.default_rng(next(seeds))) for d in node.detectors]
         self._outputs = [ch for chans in self._channels.values() for ch in chans]
         self._clocks = {node.name: ClockModel(node.clock, np.random.default_rng(next(seeds)))
@@ -275,7 +228,7 @@ class PhotonStreamSimulator:
         self.truth.expected_correlation = {
             (an.name, bn.name): float(E[i, j])
             for i, an in enumerate(a_node.analyzers) for j, bn in enumerate(b_node.analyzers)}
-        classes: list[tuple[_Channel | None, _Channel | None]] = []
+        classes: list[tuple[DetectorChannel | None, DetectorChannel | None]] = []
         probs: list[float] = []
         joint = np.zeros((len(oa), len(ob)))
         for i, (ka, sa, ca, wa) in enumerate(oa):
@@ -365,7 +318,7 @@ class PhotonStreamSimulator:
             t, ids = ch.finalize(h_prev, h)
             paired.append(ids[ids >= 0])
             singles[ch.channel] = int(t.size)
-            darks[ch.channel] = int(np.count_nonzero(ids == _DARK_ID))
+            darks[ch.channel] = int(np.count_nonzero(ids == DARK_ID))
             by_channel[ch.channel] = clock.to_node_time(t)
         clock.prune(h_prev - self.clock_history_ps)
         return merge_channels(by_channel), singles, darks, paired

@@ -1,10 +1,10 @@
 """From simulated instrument state to photon-stream parameters.
 
-The serial twins (:mod:`qnode.hal_sim.elliptec`, :mod:`~qnode.hal_sim.tc200`,
-:mod:`~qnode.hal_sim.ibeam`) keep device state; these functions turn it into what
+The serial twins (:mod:`qnode.hal_sim.twins.elliptec`, :mod:`~qnode.hal_sim.twins.tc200`,
+:mod:`~qnode.hal_sim.twins.ibeam`) keep device state; these functions turn it into what
 :class:`~qnode.hal_sim.PhotonStreamSimulator` uses, and :func:`apply_instruments` pushes it in.
 
-Conventions (Poincaré sphere as in :mod:`qnode.hal_sim.polarisation`: Z+ = H, X+ = D):
+Conventions (Poincaré sphere as in :mod:`qnode.hal_sim.physics.polarisation`: Z+ = H, X+ = D):
 
 * **Waveplate → analyzer.** A half-wave plate with its fast axis at θ from H, followed by a PBS
   whose '+' (transmitted) port passes H. The HWP maps linear polarisation at φ to 2θ − φ, so the
@@ -19,7 +19,7 @@ Conventions (Poincaré sphere as in :mod:`qnode.hal_sim.polarisation`: Z+ = H, X
   illustrative for a PPKTP crystal of a few cm.
 * **Pump → pair rate.** SPDC is linear in pump power: B = brightness_hz_per_mw · P_mW · η(T).
 * **Fibre drift and compensator → the node's rotation** (:class:`PolarisationCoupling`). Each
-  analyzer node's fibre drifts (:class:`~qnode.hal_sim.polarisation.FibreDrift`: D(t) on the
+  analyzer node's fibre drifts (:class:`~qnode.hal_sim.physics.polarisation.FibreDrift`: D(t) on the
   photon's Stokes vector). The compensator sits after the fibre, before the node's basis-choice
   beam splitter: a half-wave plate fixed with its fast axis along H, then a half-wave plate on an
   ELL14 at θ from H (mount angle − ``zero_deg``). The pair maps linear polarisation at φ to
@@ -27,7 +27,7 @@ Conventions (Poincaré sphere as in :mod:`qnode.hal_sim.polarisation`: Z+ = H, X
   (:func:`compensator_rotation`), identity at θ = 0. The photon reaches the analyzers as C·D·s,
   so the simulator's rotation of that node is (C·D)ᵀ (E = (R_a·a)ᵀ·T·(R_b·b)). The compensator
   undoes drift about Y (rotations of linear polarisation) exactly, and nothing else; see
-  :mod:`qnode.hal_sim.polarisation`. For Φ+ (and Ψ−) with Y rotations only the *relative*
+  :mod:`qnode.hal_sim.physics.polarisation`. For Φ+ (and Ψ−) with Y rotations only the *relative*
   rotation of the two fibres matters (the state is invariant under R⊗R for a real rotation R),
   so one end's compensator restores the correlations of both.
 """
@@ -135,7 +135,7 @@ def _set_source_rate(sim: PhotonStreamSimulator, rate_hz: float) -> None:
 
 class BiasedDetectors(Protocol):
     """What the coupling reads from a detector-bias controller's simulation (e.g.
-    :class:`qnode.hal_sim.single_quantum.SingleQuantumSim`)."""
+    :class:`qnode.hal_sim.twins.single_quantum.SingleQuantumSim`)."""
 
     def efficiency(self, det: int) -> float: ...
     def dark_count_rate_hz(self, det: int) -> float: ...

@@ -17,7 +17,7 @@ import numpy as np
 
 from qnode.native import SimRandom
 
-from . import _validate as v
+from .. import _validate as v
 
 _EMPTY = np.zeros(0, np.int64)
 

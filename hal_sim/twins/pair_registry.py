@@ -1,37 +1,17 @@
-"""Simulated QDevice: a node's quantum memory (qubits, gates, measurement, heralded pairs), the
-wire twin of :class:`qnode.drivers.qdevice.QDevice`.
+"""The joint quantum state of the simulated QDevices of one process, and the heralded pairs
+waiting to be bound: :class:`PairRegistry`.
 
-The protocol it serves is specified in :mod:`qnode.drivers.qdevice` (line-based ASCII over TCP,
-one request line → one reply line, ``\\n`` terminated). Serve it with
-:class:`~qnode.hal_sim.serve.TcpServer` (``TcpServer(twin, "alice")`` or
-:meth:`QDeviceTwin.server`), whose :class:`~qnode.hal_sim.serve.Faults` inject slow, dropped,
-garbled and truncated replies, hangs and disconnects as for every other twin.
-
-**Configuration** (:class:`QDeviceConfig`; times in **ns**, as on the wire): ``n_qubits``
-(capacity), ``t1_ns``/``t2_ns`` (``math.inf`` = no decay; T2 ≤ 2·T1), ``gate_fidelity_1q``/
-``gate_fidelity_2q`` (g: after each gate ρ → g·UρU† + (1 − g)·I/2^k ⊗ Tr_k, i.e. depolarising
-probability 1 − g, SeQUeNCe's convention), ``readout_error`` (probability that a reported
-outcome is flipped). Gates and measurements take no time. The clock is any ``() -> int`` in ns:
-real time (default, :func:`time.monotonic_ns` from construction) or a :class:`ManualClock`
-that tests advance by hand (share one between twins for a common time base).
-
-**Decoherence.** Every qubit remembers up to when its T1/T2 decay has been applied. Before any
-command touches a qubit, the decay for the time since then is applied to it
-(:meth:`~qnode.hal_sim.density_matrix.DensityMatrix.decohere`). Local channels on different
-qubits commute, so this lazy bookkeeping is exact, even for a pair whose halves live on two
-devices with different clocks.
-
-**Shared state: the** :class:`PairRegistry`. Qubits of different nodes get entangled by
-heralding, so their joint state cannot live inside one twin. A registry owns the density
-matrices of every qubit of the twins attached to it (in-process; one :class:`threading.RLock`
-guards all of it, so the server threads of two twins never act on a joint state at once). A
-qubit is a key ``(device name, qubit id)``; the registry keeps *registers* — a
-:class:`~qnode.hal_sim.density_matrix.DensityMatrix` with the keys of its qubits — and merges two
-registers when a CNOT joins them (at most ``max_register_qubits``, else ``ERR 7``). A measured,
-freed or re-initialised qubit is traced out of its register, so registers stay small.
+Qubits of different nodes get entangled by heralding, so their joint state cannot live inside one
+twin (:class:`~qnode.hal_sim.twins.qdevice.QDeviceTwin`). A registry owns the density matrices of
+every qubit of the twins attached to it (in-process; one :class:`threading.RLock` guards all of
+it, so the server threads of two twins never act on a joint state at once). A qubit is a key
+``(device name, qubit id)``; the registry keeps *registers* — a
+:class:`~qnode.hal_sim.physics.density_matrix.DensityMatrix` with the keys of its qubits — and
+merges two registers when a CNOT joins them (at most ``max_register_qubits``, else ``ERR 7``). A
+measured, freed or re-initialised qubit is traced out of its register, so registers stay small.
 
 Heralded pairs: the heralding physics (a test, a bench, or
-:class:`~qnode.hal_sim.heralding.HeraldingSimulator`'s truth through
+:class:`~qnode.hal_sim.physics.heralding.HeraldingSimulator`'s truth through
 :meth:`PairRegistry.herald_record`) calls :meth:`PairRegistry.herald` with the link name, the
 link's sequence number, the pair's Bell-diagonal weights λ (absolute, order [Φ+, Φ−, Ψ+, Ψ−]) and
 the *announced* Bell state. The pair waits in the registry as a two-qubit register. ``ENT <q>
@@ -46,8 +26,8 @@ state. Twins built without a registry get a private one (ENT then needs heralds 
 Heralds by time: a memory node does not learn the station's sequence numbers from the photons,
 but it can learn when the station heard the herald. :meth:`PairRegistry.herald_at` (or
 :meth:`PairRegistry.herald_records_at` for a chunk of
-:data:`~qnode.hal_sim.heralding.HERALD_DTYPE` rows, as the bench does for every step of a K
-link's simulator) files a pair under its **station herald time** (ps, station clock). ``ENT <q>
+:data:`~qnode.hal_sim.physics.heralding.HERALD_DTYPE` rows, as the bench does for every step of a
+K link's simulator) files a pair under its **station herald time** (ps, station clock). ``ENT <q>
 <link> T<time_ps>`` binds ``q`` to the pair of ``link`` whose herald time is nearest to
 ``time_ps`` within ± the link's **tolerance** (``tolerance_ps`` of the last ``herald_at`` on that
 link; the bench uses the link's gate, ``gate_ps``: a station that clusters the two clicks gives
@@ -59,19 +39,14 @@ within the tolerance. Such pairs are light records (time, λ, announced state) u
 any half not yet bound) and answer ``ERR 5`` — about 20 s of station time at the demo's
 3.2 k heralds/s.
 
-Ground truth for tests: :meth:`QDeviceTwin.state` (reduced state of some of its qubits),
-:meth:`PairRegistry.state` (any keys, across devices), and on the wire the simulator-only query
-``SIM:PAIR? <q>`` (not part of QDEVICE/1; a real device cannot answer it, and the daemon never
-sends it): ``<device>:<qubit> <λΦ+> <λΦ−> <λΨ+> <λΨ−>``, the qubit holding the other half of
-q's pair (``-`` while that half is not bound) and the pair's Bell weights now, both halves'
-decay applied (``ERR 5`` when q is not
-half of a two-qubit register). Tests compare the daemon's fidelity estimates with it.
+Ground truth for tests: :meth:`PairRegistry.state` (any keys, across devices) and
+:meth:`PairRegistry.pair_truth`, whose wire form is :func:`truth_reply` (the simulator-only
+``SIM:PAIR?`` of the twin and of :class:`~qnode.hal_sim.twins.registry_oracle.RegistryOracle`).
 """
 from __future__ import annotations
 
 import bisect
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -80,28 +55,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .density_matrix import BELL_STATES, CNOT, DensityMatrix, rotation
-from .serve import TcpServer, WireDevice, split_lines
+from qnode.drivers import qdevice_protocol as wire
+from qnode.drivers.qdevice_protocol import ERR_NO_PAIR, ERR_PAIR_TAKEN, ERR_QUBIT, ERR_RESOURCE
 
-# Error codes of the protocol (the spec is qnode.drivers.qdevice's docstring).
-ERR_UNKNOWN = 1       # unknown command (or an empty line)
-ERR_SYNTAX = 2        # wrong number or form of arguments
-ERR_NO_FREE = 3       # ALLOC with every qubit in use
-ERR_QUBIT = 4         # qubit id not allocated or out of range
-ERR_NO_PAIR = 5       # ENT for a pair that was not heralded (or has expired)
-ERR_PAIR_TAKEN = 6    # ENT for a pair whose halves are both bound, or bound here already
-ERR_RESOURCE = 7      # the gate would entangle more qubits than the simulator holds
-ERR_INTERNAL = 9      # a bug in the twin: said, never silent
-MAX_BATCH = 128       # commands in one request line (";"-separated)
-DEFER_DECAY = 1e-6    # waits shorter than this fraction of min(T1, T2) are deferred
+from ..physics.density_matrix import BELL_STATES, DensityMatrix
 
-IDN = "QNODE,QDEVICE-SIM,{name},1.0"
-_UINT = re.compile(r"\d{1,9}")
-_SEQ = re.compile(r"\d{1,19}")
-_HERALD_TIME = re.compile(r"[Tt](\d{1,19})")
-_LINK = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-
+#: A qubit of the registry: ``(device name, qubit id)`` (or a waiting pair's half).
 QubitKey = Hashable
 
 
@@ -112,68 +71,6 @@ class QDeviceFault(Exception):
         super().__init__(f"{code} {text}")
         self.code = code
         self.text = text
-
-
-class ManualClock:
-    """A device clock (ns) that moves only when told: ``clock()`` reads it,
-    :meth:`advance`/:meth:`set` move it. Thread-safe."""
-
-    def __init__(self, start_ns: int = 0):
-        self._now = int(start_ns)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> int:
-        return self._now
-
-    def advance(self, ns: int | float) -> int:
-        """Move on by ``ns`` (≥ 0); the new time (ns)."""
-        if ns < 0:
-            raise ValueError(f"a clock does not run backwards: {ns!r}")
-        with self._lock:
-            self._now += int(round(ns))
-            return self._now
-
-    def set(self, ns: int) -> None:
-        with self._lock:
-            if ns < self._now:
-                raise ValueError(f"a clock does not run backwards: {ns} < {self._now}")
-            self._now = int(ns)
-
-
-def real_clock() -> Callable[[], int]:
-    """Nanoseconds of :func:`time.monotonic_ns` since this call."""
-    t0 = time.monotonic_ns()
-    return lambda: time.monotonic_ns() - t0
-
-
-@dataclass(frozen=True)
-class QDeviceConfig:
-    """Parameters of a simulated QDevice (see the module docstring; times in ns)."""
-
-    n_qubits: int = 4
-    t1_ns: float = math.inf
-    t2_ns: float = math.inf
-    gate_fidelity_1q: float = 1.0
-    gate_fidelity_2q: float = 1.0
-    readout_error: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.n_qubits, bool) or not isinstance(self.n_qubits, int) \
-                or not 1 <= self.n_qubits <= 1000:
-            raise ValueError(f"QDeviceConfig.n_qubits must be an integer 1..1000, "
-                             f"got {self.n_qubits!r}")
-        for name in ("t1_ns", "t2_ns"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0) or math.isnan(value):
-                raise ValueError(f"QDeviceConfig.{name} must be > 0 (math.inf: no decay), "
-                                 f"got {value!r}")
-        if self.t2_ns > 2 * self.t1_ns:
-            raise ValueError(f"QDeviceConfig: T2 must be <= 2*T1, got T1={self.t1_ns!r} ns, "
-                             f"T2={self.t2_ns!r} ns")
-        for name in ("gate_fidelity_1q", "gate_fidelity_2q", "readout_error"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"QDeviceConfig.{name} must be in [0, 1], got {value!r}")
 
 
 class _Register:
@@ -341,8 +238,8 @@ class PairRegistry:
                announced: str = "phi+") -> None:
         """A pair on ``link`` with sequence number ``seq`` was heralded in the Bell-diagonal
         state λ = ``weights`` ([Φ+, Φ−, Ψ+, Ψ−], absolute) and announced as ``announced``."""
-        if not _LINK.fullmatch(link):
-            raise ValueError(f"link name must match {_LINK.pattern}, got {link!r}")
+        if not wire.LINK.fullmatch(link):
+            raise ValueError(f"link name must match {wire.LINK.pattern}, got {link!r}")
         if announced not in BELL_STATES:
             raise ValueError(f"announced must be one of {BELL_STATES}, got {announced!r}")
         dm = DensityMatrix.bell_diagonal(weights)
@@ -360,10 +257,10 @@ class PairRegistry:
 
     def herald_record(self, link: str, seq: int, record: np.void | dict,
                       realised: bool = False) -> None:
-        """Herald from one row of :data:`qnode.hal_sim.heralding.HERALD_DTYPE`: a true herald
-        loads F on the announced Ψ and 1 − F on the other Ψ (the heralding model's mixture), a
-        false herald the maximally mixed state; ``realised=True`` loads the row's drawn Bell
-        state (``state``) as a pure state instead."""
+        """Herald from one row of :data:`qnode.hal_sim.physics.heralding.HERALD_DTYPE`: a true
+        herald loads F on the announced Ψ and 1 − F on the other Ψ (the heralding model's mixture),
+        a false herald the maximally mixed state; ``realised=True`` loads the row's drawn Bell state
+        (``state``) as a pure state instead."""
         announced = int(record["announced"])
         self.herald(link, seq, _record_weights(record, realised), BELL_STATES[announced])
 
@@ -373,8 +270,8 @@ class PairRegistry:
         Bell-diagonal state λ = ``weights`` ([Φ+, Φ−, Ψ+, Ψ−]), announced as ``announced``;
         ``ENT <q> <link> T<t>`` finds it within ± ``tolerance_ps`` (the link's tolerance from
         now on). Only the latest ``time_horizon`` heralds of a link are kept."""
-        if not _LINK.fullmatch(link):
-            raise ValueError(f"link name must match {_LINK.pattern}, got {link!r}")
+        if not wire.LINK.fullmatch(link):
+            raise ValueError(f"link name must match {wire.LINK.pattern}, got {link!r}")
         if announced not in BELL_STATES:
             raise ValueError(f"announced must be one of {BELL_STATES}, got {announced!r}")
         if isinstance(tolerance_ps, bool) or int(tolerance_ps) != tolerance_ps \
@@ -393,11 +290,12 @@ class PairRegistry:
 
     def herald_records_at(self, link: str, heralds: np.ndarray, tolerance_ps: int,
                           realised: bool = False) -> None:
-        """:meth:`herald_at` for every row of a :data:`~qnode.hal_sim.heralding.HERALD_DTYPE`
-        array, under its ``time`` (λ as in :meth:`herald_record`, made when first bound). In
-        bulk: the bench files thousands of heralds a second while twins wait for the lock."""
-        if not _LINK.fullmatch(link):
-            raise ValueError(f"link name must match {_LINK.pattern}, got {link!r}")
+        """:meth:`herald_at` for every row of a
+        :data:`~qnode.hal_sim.physics.heralding.HERALD_DTYPE` array, under its ``time`` (λ as in
+        :meth:`herald_record`, made when first bound). In bulk: the bench files thousands of heralds
+        a second while twins wait for the lock."""
+        if not wire.LINK.fullmatch(link):
+            raise ValueError(f"link name must match {wire.LINK.pattern}, got {link!r}")
         if not heralds.size:
             return
         rows = heralds[np.argsort(heralds["time"], kind="stable")]
@@ -595,283 +493,8 @@ class PairRegistry:
         return merged
 
 
-@dataclass
-class _Slot:
-    loaded_ns: int           # when the qubit's present state was prepared or loaded
-    last_ns: int             # decay applied up to here
-    link: str | None = None
-    seq: int | None = None
-    bell: str | None = None
-    herald_ps: int | None = None   # bound by herald time (ENT ... T<ps>): the herald's time
-
-
-class QDeviceTwin(WireDevice):
-    """A simulated QDevice named ``name`` (see the module docstring).
-
-    ``config``: :class:`QDeviceConfig`; ``registry``: a shared :class:`PairRegistry` (a private
-    one by default); ``clock``: ``() -> int`` ns (default real time); ``seed``: readout-error
-    sampling (and the private registry's measurements).
-    """
-
-    reply_terminator = b"\n"
-
-    def __init__(self, config: QDeviceConfig | None = None, *, name: str = "qdevice",
-                 registry: PairRegistry | None = None, clock: Callable[[], int] | None = None,
-                 seed: int | None = None):
-        if not _LINK.fullmatch(name):
-            raise ValueError(f"device name must match {_LINK.pattern}, got {name!r}")
-        self.config = config or QDeviceConfig()
-        self.name = name
-        self.registry = registry if registry is not None else PairRegistry(seed=seed)
-        self.registry.attach(name, self._touch)
-        self.clock = clock or real_clock()
-        self._rng = np.random.default_rng(seed)
-        self._slots: dict[int, _Slot] = {}
-        self._defer_ns = DEFER_DECAY * min(self.config.t1_ns, self.config.t2_ns)
-        self._p1 = 1.0 - self.config.gate_fidelity_1q
-        self._p2 = 1.0 - self.config.gate_fidelity_2q
-
-    def server(self, port: int = 0) -> TcpServer:
-        """A (not yet started) loopback TCP server for this twin."""
-        return TcpServer(self, self.name, port=port)
-
-    # ------------------------------------------------------------------ ground truth
-    def key(self, qubit: int) -> QubitKey:
-        return (self.name, int(qubit))
-
-    @property
-    def allocated(self) -> list[int]:
-        return sorted(self._slots)
-
-    def state(self, *qubits: int) -> DensityMatrix:
-        """The exact reduced state of the given qubits now (decay applied up to the clock)."""
-        with self.registry.lock:
-            for q in qubits:
-                self._touch(q)
-            return self.registry.state([self.key(q) for q in qubits])
-
-    # ------------------------------------------------------------------ wire protocol
-    def split(self, buffer: bytearray) -> list[bytes]:
-        return [r.rstrip(b"\r") for r in split_lines(buffer, b"\n")]
-
-    def handle(self, request: bytes) -> bytes:
-        if b";" in request:   # a batch: each command's reply, in order, joined by ";"
-            parts = request.split(b";")
-            if len(parts) > MAX_BATCH:
-                return _err(ERR_SYNTAX, f"a batch holds at most {MAX_BATCH} commands")
-            return b";".join(self._handle_one(p.strip()).rstrip(b"\n") for p in parts) + b"\n"
-        return self._handle_one(request)
-
-    def _handle_one(self, request: bytes) -> bytes:
-        try:
-            line = request.decode("ascii")
-        except UnicodeDecodeError:
-            return _err(ERR_SYNTAX, "request is not ASCII")
-        tokens = line.split()
-        if not tokens:
-            return _err(ERR_UNKNOWN, "empty command")
-        name, args = tokens[0].upper(), tokens[1:]
-        handler = _COMMANDS.get(name)
-        if handler is None:
-            return _err(ERR_UNKNOWN, f"unknown command {tokens[0][:32]}")
-        method, arity = handler
-        if len(args) != arity:
-            return _err(ERR_SYNTAX, f"{name} takes {arity} argument(s), got {len(args)}")
-        try:
-            with self.registry.lock:
-                reply = getattr(self, method)(*args)
-        except QDeviceFault as fault:
-            return _err(fault.code, fault.text)
-        except Exception as exc:  # noqa: BLE001 - the device says so, never stays silent
-            return _err(ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
-        return (reply + "\n").encode("ascii")
-
-    # ------------------------------------------------------------------ commands
-    def _idn(self) -> str:
-        return IDN.format(name=self.name)
-
-    def _rst(self) -> str:
-        for q in list(self._slots):
-            self._release(q)
-        return "OK"
-
-    def _qubits(self) -> str:
-        cap = self.config.n_qubits
-        return f"{cap} {cap - len(self._slots)}"
-
-    def _time(self) -> str:
-        return str(self._now())
-
-    def _alloc(self) -> str:
-        for q in range(self.config.n_qubits):
-            if q not in self._slots:
-                self.registry.reset(self.key(q))
-                now = self._now()
-                self._slots[q] = _Slot(now, now)
-                return str(q)
-        raise QDeviceFault(ERR_NO_FREE, f"no free qubit (capacity {self.config.n_qubits})")
-
-    def _free(self, q: str) -> str:
-        self._release(self._qubit(q))
-        return "OK"
-
-    def _init(self, q: str) -> str:
-        self._prepare(self._qubit(q))
-        return "OK"
-
-    def _rot(self, q: str, axis: str, angle: str) -> str:
-        qi = self._qubit(q)
-        a = axis.upper()
-        if a not in ("X", "Y", "Z"):
-            raise QDeviceFault(ERR_SYNTAX, f"axis must be X, Y or Z, got {axis[:8]}")
-        theta = _angle(angle)
-        self._touch(qi)
-        self.registry.apply([self.key(qi)], rotation(a, theta), self._p1)
-        return "OK"
-
-    def _cnot(self, c: str, t: str) -> str:
-        ci, ti = self._qubit(c), self._qubit(t)
-        if ci == ti:
-            raise QDeviceFault(ERR_SYNTAX, "control and target must differ")
-        self._touch(ci)
-        self._touch(ti)
-        self.registry.apply([self.key(ci), self.key(ti)], CNOT, self._p2)
-        return "OK"
-
-    def _meas(self, q: str, basis: str) -> str:
-        qi = self._qubit(q)
-        b = basis.upper()
-        if b not in ("Z", "X", "Y"):
-            raise QDeviceFault(ERR_SYNTAX, f"basis must be Z, X or Y, got {basis[:8]}")
-        self._touch(qi)
-        outcome = self.registry.measure(self.key(qi), b)
-        if self.config.readout_error > 0 and self._rng.random() < self.config.readout_error:
-            outcome ^= 1
-        self.registry.add_qubit(self.key(qi))  # measure-and-reset: the qubit stays, in |0⟩
-        now = self._now()
-        self._slots[qi] = _Slot(now, now)
-        return str(outcome)
-
-    def _ent(self, q: str, link: str, seq: str) -> str:
-        qi = self._qubit(q)
-        if not _LINK.fullmatch(link):
-            raise QDeviceFault(ERR_SYNTAX, "link must be 1-64 of [A-Za-z0-9_.:-]")
-        at = _HERALD_TIME.fullmatch(seq)
-        if at is not None:
-            bell, herald_ps = self.registry.bind_at(link, int(at[1]), self.key(qi))
-            now = self._now()
-            self._slots[qi] = _Slot(now, now, link, None, bell, herald_ps)
-            return bell
-        if not _SEQ.fullmatch(seq):
-            raise QDeviceFault(ERR_SYNTAX, "seq must be a non-negative integer or T<time_ps>")
-        bell = self.registry.bind(link, int(seq), self.key(qi))
-        now = self._now()
-        self._slots[qi] = _Slot(now, now, link, int(seq), bell)
-        return bell
-
-    def _age(self, q: str) -> str:
-        qi = self._qubit(q)
-        return str(max(0, self._now() - self._slots[qi].loaded_ns))
-
-    def _info(self, q: str) -> str:
-        qi = self._qubit(q)
-        s = self._slots[qi]
-        age = max(0, self._now() - s.loaded_ns)
-        seq = (f"T{s.herald_ps}" if s.herald_ps is not None
-               else "-" if s.seq is None else s.seq)
-        return f"AGE={age} LINK={s.link or '-'} SEQ={seq} BELL={s.bell or '-'}"
-
-    def _sim_pair(self, q: str) -> str:
-        qi = self._qubit(q)
-        return _truth_reply(*self.registry.device_pair_truth(self.name, qi))
-
-    # ------------------------------------------------------------------ internals
-    def _now(self) -> int:
-        return int(self.clock())
-
-    def _qubit(self, token: str) -> int:
-        if not _UINT.fullmatch(token):
-            raise QDeviceFault(ERR_SYNTAX, f"qubit id must be a non-negative integer, "
-                                           f"got {token[:16]}")
-        q = int(token)
-        if q not in self._slots:
-            raise QDeviceFault(ERR_QUBIT, f"qubit {q} is not allocated")
-        return q
-
-    def _touch(self, q: int) -> None:
-        """Apply the decay of qubit ``q`` up to now. A wait shorter than ``DEFER_DECAY`` of
-        the shorter of T1, T2 is deferred to the next touch (not lost): it changes the state by
-        less than that fraction, and skipping it keeps batched commands cheap."""
-        s = self._slots[q]
-        now = self._now()
-        if now - s.last_ns > self._defer_ns:
-            self.registry.decohere(self.key(q), now - s.last_ns, self.config.t1_ns,
-                                   self.config.t2_ns)
-            s.last_ns = now
-
-    def _prepare(self, q: int) -> None:
-        self.registry.reset(self.key(q))
-        now = self._now()
-        self._slots[q] = _Slot(now, now)
-
-    def _release(self, q: int) -> None:
-        self.registry.discard(self.key(q))
-        del self._slots[q]
-
-
-_COMMANDS: dict[str, tuple[str, int]] = {
-    "*IDN?": ("_idn", 0), "*RST": ("_rst", 0), "QUBITS?": ("_qubits", 0),
-    "TIME?": ("_time", 0), "ALLOC": ("_alloc", 0), "FREE": ("_free", 1),
-    "INIT": ("_init", 1), "ROT": ("_rot", 3), "CNOT": ("_cnot", 2), "MEAS": ("_meas", 2),
-    "ENT": ("_ent", 3), "AGE?": ("_age", 1), "INFO": ("_info", 1),
-    "SIM:PAIR?": ("_sim_pair", 1),
-}
-
-
-def _truth_reply(other: QubitKey, weights: np.ndarray) -> str:
-    where = (f"{other[0]}:{other[1]}" if isinstance(other, tuple) and len(other) == 2
-             else "-")
-    return where + "".join(f" {w:.9f}" for w in weights)
-
-
-class RegistryOracle(WireDevice):
-    """Ground truth of a :class:`PairRegistry` on its own wire, for tests of a running network
-    (a twin's TCP port serves one client, its node): ``SIM:PAIR? <device> <q>`` answers as a
-    twin's ``SIM:PAIR? <q>`` (module docstring); ``SIM:BOUND? <device> <q>``: the real seconds
-    since the qubit's last ``ENT`` (``-`` if none: a test that reads a delivered pair late
-    learns that the qubit holds a newer pair); ``*IDN?``. Simulator-only: no real memory has
-    them, and the daemon never uses them."""
-
-    reply_terminator = b"\n"
-
-    def __init__(self, registry: PairRegistry):
-        self.registry = registry
-
-    def split(self, buffer: bytearray) -> list[bytes]:
-        return [r.rstrip(b"\r") for r in split_lines(buffer, b"\n")]
-
-    def handle(self, request: bytes) -> bytes:
-        tokens = request.decode("ascii", errors="replace").split()
-        if tokens[:1] == ["*IDN?"]:
-            return b"QNODE,QDEVICE-SIM-TRUTH,registry,1.0\n"
-        query = tokens[0].upper() if tokens else ""
-        if (len(tokens) != 3 or query not in ("SIM:PAIR?", "SIM:BOUND?")
-                or not _UINT.fullmatch(tokens[2])):
-            return _err(ERR_SYNTAX, "usage: SIM:PAIR? <device> <qubit> | "
-                                    "SIM:BOUND? <device> <qubit>")
-        device, qubit = tokens[1], int(tokens[2])
-        if query == "SIM:BOUND?":
-            bound = self.registry.bound_for((device, qubit))
-            return ("-\n" if bound is None else f"{bound:.6f}\n").encode("ascii")
-        try:
-            reply = _truth_reply(*self.registry.device_pair_truth(device, qubit))
-        except QDeviceFault as fault:
-            return _err(fault.code, fault.text)
-        return (reply + "\n").encode("ascii")
-
-
 def _record_weights(record: np.void | dict, realised: bool) -> list[float]:
-    """λ of one :data:`~qnode.hal_sim.heralding.HERALD_DTYPE` row (see
+    """λ of one :data:`~qnode.hal_sim.physics.heralding.HERALD_DTYPE` row (see
     :meth:`PairRegistry.herald_record`)."""
     announced = int(record["announced"])
     lam = [0.0] * 4
@@ -887,22 +510,9 @@ def _record_weights(record: np.void | dict, realised: bool) -> list[float]:
     return lam
 
 
-def _angle(token: str) -> float:
-    if not _FLOAT.fullmatch(token):
-        raise QDeviceFault(ERR_SYNTAX, f"angle must be a decimal number (rad), got {token[:24]}")
-    value = float(token)
-    if not math.isfinite(value):
-        raise QDeviceFault(ERR_SYNTAX, "angle must be finite")
-    return value
-
-
-def _err(code: int, text: str) -> bytes:
-    clean = "".join(c if 32 <= ord(c) < 127 and c != ";" else "?" for c in text)
-    return f"ERR {code} {clean}\n".encode("ascii")
-
-
-__all__ = [
-    "ERR_INTERNAL", "ERR_NO_FREE", "ERR_NO_PAIR", "ERR_PAIR_TAKEN", "ERR_QUBIT", "ERR_RESOURCE",
-    "ERR_SYNTAX", "ERR_UNKNOWN", "ManualClock", "PairRegistry", "QDeviceConfig", "QDeviceFault",
-    "QDeviceTwin", "RegistryOracle", "real_clock",
-]
+def truth_reply(other: QubitKey, weights: np.ndarray) -> str:
+    """The ``SIM:PAIR?`` reply: ``<device>:<qubit>`` of the other half (``-`` while it is not
+    bound) and the Bell weights [Φ+, Φ−, Ψ+, Ψ−] of the pair, 9 decimals each."""
+    where = (f"{other[0]}:{other[1]}" if isinstance(other, tuple) and len(other) == 2
+             else "-")
+    return where + "".join(f" {w:.9f}" for w in weights)

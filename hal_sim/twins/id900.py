@@ -1,14 +1,15 @@
 """A simulated ID Quantique ID900/ID1000 Time Controller on real ZeroMQ sockets.
 
-What it serves (commands from the IDQ "Time Controller Series User Manual" §9/§10 and IDQ's
-scripting examples, via driver_anchors §4a):
+What it serves (commands from ID Quantique's "Time Controller Series User Manual" §9/§10 and
+IDQ's scripting examples, ``utils/common.py``):
 
 * a **SCPI server** (REQ/REP, the real device's port 5555): ``*IDN?``, ``*RST``,
   ``DEVIce:RESolution?``, ``INPUt#:ENABle``, ``:THREshold`` (V or mV), ``:EDGE``, ``:COUPling``,
-  ``:SELEct``, ``:COUNter?``, ``:COUNter:MODE``, ``:COUNter:RESEt``, ``DELAy#:VALUe`` (ps, or with
-  a unit), ``RAW#:REF:LINK``, ``RAW#:SEND``, ``RAW#:ERRORS:CLEAR``; short or long forms, any
-  case, ``;`` chaining within a block and ``;:`` across blocks, one reply line per query. Errors
-  reply ``Error: <description>`` (the simulator's format: the anchors do not record the real one).
+  ``:SELEct``, ``:COUNter?``, ``:COUNter:MODE``, ``:COUNter:RESEt``, ``DELAy#:VALUe`` (ps, or with a
+  unit), ``RAW#:REF:LINK``, ``RAW#:SEND``, ``RAW#:ERRORS:CLEAR``; short or long forms, any case,
+  ``;`` chaining within a block and ``;:`` across blocks, one reply line per query. Errors reply
+  ``Error: <description>`` (the simulator's format: the manual does not give the real firmware's
+  wording).
 * a **DataLinkTarget** (DLT) service (REQ/REP, port 6060 on the real PC): ``start-stream
   --address A --channel C --stream-port P [--with-ref-index]`` → ``{"id": ...}``; ``stop --id``;
   ``status --id`` (``acquisitions_count``, ``errors``, ``inactivity`` s, ``timestamps_count``);
@@ -17,31 +18,31 @@ scripting examples, via driver_anchors §4a):
   ``tcp://127.0.0.1:P`` carries little-endian ``uint64`` ps timestamps (or ``(uint64 ts, uint64
   ref index)`` pairs, ref index 0, with ``--with-ref-index``), one message per simulation slice.
 
-The tags are those of one node of a tag source (:class:`~qnode.hal_sim.tagger.TagSource`): a
+The tags are those of one node of a tag source (:class:`~qnode.hal_sim.twins.tagger.TagSource`): a
 :class:`~qnode.hal_sim.PhotonStreamSimulator` (M-type analyzer node), a
-:class:`~qnode.hal_sim.heralding.HeraldingSimulator` (K-type station) or a
-:class:`~qnode.hal_sim.tagger.NodeFeed` (one node of a simulator shared with other taggers), its
-channels mapped to inputs 1–4 (``channel_map``, default: the node's channels in ascending order →
-1, 2, …). The simulated clock runs while at least one ``RAW#:SEND`` is ON (time 0 = the first such
-command for a simulator of its own; a shared one runs while any of its taggers sends, and a
-tagger that stops sending detaches from it); a chained ``RAW1:SEND ON;:RAW2:SEND ON`` switches
-several outputs at one instant, so no channel misses the start. An input's tags are counted
+:class:`~qnode.hal_sim.physics.heralding.HeraldingSimulator` (K-type station) or a
+:class:`~qnode.hal_sim.twins.tagger.NodeFeed` (one node of a simulator shared with other taggers),
+its channels mapped to inputs 1–4 (``channel_map``, default: the node's channels in ascending order
+→ 1, 2, …). The simulated clock runs while at least one ``RAW#:SEND`` is ON (time 0 = the first such
+command for a simulator of its own; a shared one runs while any of its taggers sends, and a tagger
+that stops sending detaches from it); a chained ``RAW1:SEND ON;:RAW2:SEND ON`` switches several
+outputs at one instant, so no channel misses the start. An input's tags are counted
 (``INPUt#:COUNter?``, cumulative since ``:RESEt``; the MODE is stored, not modelled) while it is
 enabled, and streamed when it is enabled, its RAW output sends and a DLT stream exists for it.
 Delays and thresholds are state only: the RAW outputs carry the inputs' own timestamps. Tags at
-negative node time (a clock offset) cannot be sent as uint64 and are dropped
-(``dropped_negative``). A slow client is met with back-pressure (the simulator waits), never with
-loss. ``pace``: ``None`` as fast as possible, 1.0 real time, 2.0 twice as fast, counted from the
-moment the outputs (re)started sending.
+negative node time (a clock offset) cannot be sent as uint64 and are dropped (``dropped_negative``).
+A slow client is met with back-pressure (the simulator waits), never with loss. ``pace``: ``None``
+as fast as possible, 1.0 real time, 2.0 twice as fast, counted from the moment the outputs
+(re)started sending.
 
 Fault injection on the SCPI server (:class:`ScpiFaults`, take effect at once): slow, dropped and
-garbled replies and a hang (as :class:`qnode.hal_sim.serve.Faults`), ``device_error`` (the next N
-replies are error replies) and :meth:`SimulatedID900.restart` (the SCPI port closes and is bound
-again). The server is a ROUTER socket: to the client it is the device's REP socket, but it may
-drop, delay or withhold replies. On the streams, :meth:`SimulatedID900.stall_streams` cuts the
-tags without closing anything (a stalled tagger: the sockets stay connected, SCPI and DLT keep
-answering, the DLT's ``inactivity`` grows, and nothing arrives, not even dark counts) until it is
-called with ``False``.
+garbled replies and a hang (as :class:`qnode.hal_sim.twins.serve.Faults`), ``device_error`` (the
+next N replies are error replies) and :meth:`SimulatedID900.restart` (the SCPI port closes and is
+bound again). The server is a ROUTER socket: to the client it is the device's REP socket, but it may
+drop, delay or withhold replies. On the streams, :meth:`SimulatedID900.stall_streams` cuts the tags
+without closing anything (a stalled tagger: the sockets stay connected, SCPI and DLT keep answering,
+the DLT's ``inactivity`` grows, and nothing arrives, not even dark counts) until it is called with
+``False``.
 """
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ class Id900State:
 
 @dataclass
 class ScpiFaults(Faults):
-    """:class:`~qnode.hal_sim.serve.Faults` plus ``device_error``: the next N replies are the
+    """:class:`~qnode.hal_sim.twins.serve.Faults` plus ``device_error``: the next N replies are the
     device's error reply (``Error: <device_error_text>``)."""
 
     device_error: int = 0
@@ -573,7 +574,8 @@ class DataLinkTarget:
 
 class SimulatedID900:
     """The simulated Time Controller: SCPI server, DLT service and timestamp streams for node
-    ``node`` of ``sim``, a :class:`~qnode.hal_sim.tagger.TagSource` (see the module docstring).
+    ``node`` of ``sim``, a :class:`~qnode.hal_sim.twins.tagger.TagSource` (see the module
+    docstring).
 
     ``duration_ps``: emission time to simulate before the run ends (:attr:`finished` is then
     set; ``None`` runs forever). ``scpi_port``/``dlt_port``: 0 picks free ports (the real ones

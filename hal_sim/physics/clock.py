@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Twin of a Single Quantum SNSPD system: JSON control socket plus CSV counts stream.
 
-Protocol (driver_anchors §4(d), from Single Quantum's own QCoDeS driver, MIT):
+Protocol (from Single Quantum's own QCoDeS driver, QCoDeS/Qcodes_contrib_drivers
+``drivers/SingleQuantum/SingleQuantum.py``, MIT):
 
 * **Control** (port 12000 on the real system): the client sends bare JSON objects; the system
   sends JSON messages ``{"label": ..., "value": ...}`` each followed by ``\\x17``. Commands

@@ -2,11 +2,11 @@
 :class:`qnode.drivers.ibeam.IBeamSmart`).
 
 Protocol (Toptica iBeam smart manual as implemented by pymeasure
-``pymeasure/instruments/toptica/ibeamsmart.py`` and its test; driver_anchors.md §4(e)): 115200
-baud, ``\\r\\n`` both ways. At power-on the laser echoes each command and prints a prompt
-``CMD> ``; ``echo off`` and ``prom off`` switch those off, ``talk usual`` sets normal verbosity.
-Every reply is an empty line, data lines, then ``[OK]`` (errors too: the error text comes before
-``[OK]``). Values read ``name = <value> [unit]``, e.g. ``PIC  = 000001 uW  ``.
+``pymeasure/instruments/toptica/ibeamsmart.py`` and its test): 115200 baud, ``\\r\\n`` both ways. At
+power-on the laser echoes each command and prints a prompt ``CMD> ``; ``echo off`` and ``prom off``
+switch those off, ``talk usual`` sets normal verbosity. Every reply is an empty line, data lines,
+then ``[OK]`` (errors too: the error text comes before ``[OK]``). Values read ``name = <value>
+[unit]``, e.g. ``PIC  = 000001 uW  ``.
 
 Commands served: ``ver``, ``serial``, ``sh temp`` (diode, °C), ``sh temp sys`` (base plate, °C),
 ``sh cur`` (mA), ``sh pow`` (µW), ``sta la``/``la on``/``la off``, ``ch pow <µW> mic`` (channel

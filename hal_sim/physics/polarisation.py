@@ -18,7 +18,7 @@ see below) or, with ``walk_axis = None``, about each of X, Y, Z (isotropic Brown
 E[D(t)] = e^(−σ²t)·I) — plus steps: a rotation by a given angle about a given axis at a given
 time, D ← R(axis, angle)·D. An analyzer measuring a photon that went through D measures Dᵀ·a
 on the state as emitted, so the simulator's per-node rotation is Dᵀ (times whatever follows the
-fibre, :mod:`qnode.hal_sim.physics_coupling`).
+fibre, :mod:`qnode.hal_sim.physics.coupling`).
 
 Why Y by default: a rotation about Y turns linear polarisation into linear polarisation (at
 φ + angle/2): it is what a polarisation *rotator* undoes, and a rotator is what two half-wave
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _validate as v
+from .. import _validate as v
 from .detector import Detector
 
 BELL_CORRELATIONS: dict[str, np.ndarray] = {

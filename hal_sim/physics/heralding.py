@@ -1,6 +1,8 @@
 """K-type (create-and-keep) heralding: a midpoint station between two memory nodes.
 
-The model (DESIGN §1, the ``herald`` role; polarisation-encoded Bell-state measurement):
+The model (the station of the daemon's ``herald`` role, docs/physicists/photon-physics.md): a
+linear-optics Bell-state measurement on polarisation-encoded photons (H. Weinfurter, Europhys.
+Lett. 25, 559 (1994); S. L. Braunstein and A. Mann, Phys. Rev. A 51, R1727 (1995)):
 
 * **Attempts.** Both memories attempt at ``attempt_rate_hz`` on the station's clock: attempt k's
   photons are due at the station at ``k·period_ps`` (period = round(1e12/rate) ps, station time).
@@ -33,9 +35,10 @@ The model (DESIGN §1, the ``herald`` role; polarisation-encoded Bell-state meas
   ``state`` in the truth is one draw from that mixture (the announced state with probability
   F, else the other Ψ; uniform over the four Bell states for a false herald), a Pauli-frame
   realisation a memory simulator can carry forward.
-* **Detectors.** Efficiency, dark counts (Poisson, any time), non-paralysable dead time and
-  Gaussian jitter clipped at ±8σ (:mod:`qnode.hal_sim.detector`), applied by the native kernels
-  exactly as in :mod:`qnode.hal_sim.photon_stream`; tag time = arrival + detector delay + jitter.
+* **Detectors.** Efficiency, dark counts (Poisson, any time), non-paralysable dead time and Gaussian
+  jitter clipped at ±8σ (:mod:`qnode.hal_sim.physics.detector`), applied by the native kernels
+  exactly as in :mod:`qnode.hal_sim.physics.photon_stream`; tag time = arrival + detector delay +
+  jitter.
 * **Herald rule (the station's decision, which defines the truth).** Attempt k's *gate* on
   channel c is ``[k·period + delay_c − ⌊G/2⌋, k·period + delay_c − ⌊G/2⌋ + G)`` (G =
   ``gate_ps``, ps, station time). The *mask* of attempt k is the set of detectors with at least
@@ -75,10 +78,10 @@ import numpy as np
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.native import SimRandom, TagBlock, merge_channels
 
-from . import _validate as v
+from .. import _validate as v
+from .channel import DARK_ID, DetectorChannel
 from .detector import Detector
 from .optics import Fibre
-from .photon_stream import _DARK_ID, _Channel
 from .source import bernoulli_positions
 
 #: Bell-state codes of :data:`HERALD_DTYPE` (``announced``, ``state``): index into this tuple,
@@ -418,7 +421,7 @@ class HeraldingSimulator:
         seeds = iter(ss.spawn(2 + 2 * 4))
         self._rng = np.random.default_rng(next(seeds))        # attempts, routing, states
         self._state_rng = np.random.default_rng(next(seeds))  # Bell-state draws of heralds
-        self._channels = [_Channel(link.station, d, 0, SimRandom(next(seeds)),
+        self._channels = [DetectorChannel(link.station, d, 0, SimRandom(next(seeds)),
                                    np.random.default_rng(next(seeds))) for d in link.detectors]
         self._eta = np.array([d.efficiency for d in link.detectors])
         self._delays = np.array([d.delay_ps for d in link.detectors], np.int64)
@@ -562,7 +565,7 @@ class HeraldingSimulator:
             t, tid = ch.finalize(h_prev, h)
             by_channel[ch.channel] = t
             truth.singles[ch.channel] = int(t.size)
-            truth.dark_counts[ch.channel] = int(np.count_nonzero(tid == _DARK_ID))
+            truth.dark_counts[ch.channel] = int(np.count_nonzero(tid == DARK_ID))
             u = t - self._delays[i] + gate // 2
             kg = u // period
             inside = (u - kg * period) < gate

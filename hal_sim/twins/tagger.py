@@ -10,8 +10,8 @@
 A *tag source* (:class:`TagSource`) is anything with the stepping interface of
 :class:`~qnode.hal_sim.PhotonStreamSimulator`: ``nodes``, ``time_ps``, ``step()``, ``flush()``
 returning a chunk with ``blocks[node]``. :class:`~qnode.hal_sim.PhotonStreamSimulator` (M-type),
-:class:`~qnode.hal_sim.heralding.HeraldingSimulator` (K-type station) and :class:`NodeFeed` are
-tag sources; a source tells a node's channels through ``node_channels(node)`` or, for the M-type
+:class:`~qnode.hal_sim.physics.heralding.HeraldingSimulator` (K-type station) and :class:`NodeFeed`
+are tag sources; a source tells a node's channels through ``node_channels(node)`` or, for the M-type
 simulator, its ``link.nodes`` (:func:`node_channels`).
 
 **Fan-out and back-pressure.** A feed is *attached* from its first ``step()`` until

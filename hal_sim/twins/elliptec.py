@@ -2,7 +2,7 @@
 :class:`qnode.drivers.elliptec.Elliptec`).
 
 Protocol (Thorlabs "ELLx modules communication protocol" manual, as implemented by pyLabLib
-``devices/Thorlabs/elliptec.py``; driver_anchors.md §4(g)): 9600 8N1; a request is the bus address
+``devices/Thorlabs/elliptec.py``): 9600 8N1; a request is the bus address
 ``0``–``F``, a two-letter lower-case command and hex data, with no terminator; replies are the
 address, an upper-case two-letter code and hex data, ending ``\\r\\n``.
 
