@@ -1,9 +1,9 @@
 """Herald flood: a node's memory, drops and latency when heralds arrive at 10× its capacity.
 
-Real parts on loopback: a mosquitto (tests/mosquitto.py; per-message logging off, ``$SYS``
-every second), two memory daemons ``alice`` and ``bob`` (``python -m qnode.daemon.cli run``
-through tests/daemon_harness.py, the config of tests/system/test_daemon_k_link.py: one K link, capacity
-100 000 pairs) and the herald station, played here as tests/system/test_daemon_k_link.py's ``Station``
+Real parts on loopback: a mosquitto (tests/support/mosquitto.py; per-message logging off,
+``$SYS`` every second), two memory daemons ``alice`` and ``bob`` (``python -m qnode.daemon.cli
+run`` through tests/support/daemon_harness.py, the config of tests/system/test_daemon_k_link.py:
+one K link, capacity 100 000 pairs) and the herald station, played here as that test's ``Station``
 does: a ``NodeBus`` for node ``station`` with the link key and the station's identity key,
 ``HeraldStation`` numbering the successes, one signed ``HERALD`` of ``--pairs`` successes per
 chunk.
@@ -84,7 +84,7 @@ from qnode.daemon.linklayer import (  # noqa: E402
 from qnode.daemon.runtime.state import StateStore  # noqa: E402
 
 from support.daemon_harness import Daemon, identity, k_link_configs  # noqa: E402
-from support.mosquitto import Mosquitto  # noqa: E402  (tests/mosquitto.py)
+from support.mosquitto import Mosquitto  # noqa: E402  (tests/support/mosquitto.py)
 
 NET = "flood"
 LINK = "alice-bob"

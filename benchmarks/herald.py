@@ -1,8 +1,8 @@
 """Herald path over a real mosquitto: station → NodeBus → broker → NodeBus → LinkEnd, per link.
 
-Four processes on loopback: mosquitto (tests/mosquitto.py, message logging off), a herald
-station and the two link ends ``alice`` and ``bob`` (separate processes, so the cores are shared
-as in a deployment). The station numbers each chunk's successes with
+Four processes on loopback: mosquitto (tests/support/mosquitto.py, message logging off), a
+herald station and the two link ends ``alice`` and ``bob`` (separate processes, so the cores are
+shared as in a deployment). The station numbers each chunk's successes with
 ``HeraldStation.successes`` and publishes one ``Herald`` per chunk per link (``to_dict`` in the
 envelope of daemon/bus/envelope.py, HMAC-signed with the link key, QoS 1) through
 ``NodeBus.publish``. Each end decodes and checks the envelope (signature, dedup), parses
@@ -73,7 +73,7 @@ from qnode.daemon.linklayer import (
     split_actions,
 )
 
-from support.mosquitto import Mosquitto  # noqa: E402  (tests/mosquitto.py)
+from support.mosquitto import Mosquitto  # noqa: E402  (tests/support/mosquitto.py)
 
 NET = "bench"
 KEY = b"herald-bench-link-key-0123456789"

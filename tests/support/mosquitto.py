@@ -78,7 +78,7 @@ class Mosquitto:
         return self.proc is not None and self.proc.poll() is None
 
     # ``listener_options``: lines for the listener (TLS files, ``acl_file``, ...), e.g. from
-    # tests/certs.py; ``allow_anonymous`` False with them for a broker like a deployment's.
+    # tests/support/certs.py; ``allow_anonymous`` False with them for a broker like a deployment's.
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the broker and return once its port accepts connections."""
