@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from qnode.daemon.bus.envelope import MAX_ID, Message, encode
 from qnode.daemon.bus.identity import NodeSigner
+from qnode.daemon.klink.service import LinkRouter
 from qnode.daemon.linklayer import (
     Create,
     Expire,
@@ -278,7 +279,7 @@ def test_generated_messages_never_escape_the_boundary(alice: RunningNode) -> Non
     # most reached the handlers, the rest were rejected with a reason
     assert metrics["received"] + sum(metrics["rejected"].values()) >= sent * 0.99
     # and a genuine herald still moves the link
-    end = alice.node.ctx.router.services[LINK].end  # type: ignore[union-attr]
+    end = alice.node.ctx.shared(LinkRouter).services[LINK].end
     before = end.expected_seq
     station = HeraldStation([LINK], initial_seq=before)
     for i in range(3):
