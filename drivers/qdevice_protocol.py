@@ -85,6 +85,8 @@ from __future__ import annotations
 
 import re
 
+from qnode.daemon.quantum.bell_states import BELL_STATES
+
 #: Protocol name and version.
 PROTOCOL = "QDEVICE/1"
 #: What ends every request and reply line (a carriage return before it is ignored).
@@ -117,10 +119,9 @@ ARITY: dict[str, int] = {IDN: 0, RST: 0, QUBITS: 0, TIME: 0, ALLOC: 0, FREE: 1, 
 #: Rotation axes of ``ROT`` and measurement bases of ``MEAS`` (basis 0 = the +1 eigenstate).
 AXES = ("X", "Y", "Z")
 BASES = ("Z", "X", "Y")
-#: The Bell states an ``ENT`` reply may announce (Φ+, Φ−, Ψ+, Ψ−; their order as indices is
-#: the daemon's, qnode.daemon.quantum.bell_states, which the simulator may not import through
-#: this module).
-BELL_TOKENS = frozenset({"phi+", "phi-", "psi+", "psi-"})
+#: The Bell states an ``ENT`` reply may announce (Φ+, Φ−, Ψ+, Ψ−: the one order of
+#: :mod:`qnode.daemon.quantum.bell_states`).
+BELL_TOKENS = frozenset(BELL_STATES)
 
 # ------------------------------------------------------------------ error codes
 ERR_UNKNOWN = 1       # unknown command (or an empty line)

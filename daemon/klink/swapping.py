@@ -1,17 +1,18 @@
 """End-to-end pairs over a path ``ends[0] – repeater – ends[1]`` (config ``[[paths]]``).
 
-**At the repeater** (:class:`Swapper`). As soon as both of the path's links hold a pair in a
-qubit that the end at the other side holds too (its HELD came: each end binds by itself and
-EXPIREs what it could not bind, so a pair the repeater bound may be gone at the end), the oldest
-of each goes through a Bell-state measurement on the QDevice
-(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both
-pairs leave the links' inventories (consumed at both ends: the SWAP_RES says so) and each end gets
-a :class:`~.ll_messages.SwapResult` on its link's ``ll`` topic, signed with that link's key:
-the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (the frame is tracked, not
-corrected: docs/physicists/memories-and-swapping.md), and the repeater's estimate of the end pair at
-the BSM — :func:`~.bell_diagonal.swap` of the two links' estimates, each with the repeater's half
-decayed since binding, with the device's CNOT fidelity and read-out error — plus how long the
-*other* end's half had waited (from that end's HELD, which carries its bind time).
+**At the repeater** (:class:`Swapper`). As soon as both of the path's links hold a pair in a qubit
+that the end at the other side holds too (its HELD came: each end binds by itself and EXPIREs what
+it could not bind, so a pair the repeater bound may be gone at the end), the oldest of each goes
+through a Bell-state measurement on the QDevice
+(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both pairs leave the links' inventories
+(consumed at both ends: the SWAP_RES says so) and each end gets a
+:class:`~qnode.daemon.linklayer.messages.SwapResult` on its link's ``ll`` topic, signed with that
+link's key: the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (the frame is
+tracked, not corrected: docs/physicists/memories-and-swapping.md), and the repeater's estimate of
+the end pair at the BSM — :func:`~qnode.daemon.quantum.bell_diagonal.swap` of the two links'
+estimates, each with the repeater's half decayed since binding, with the device's CNOT fidelity and
+read-out error — plus how long the *other* end's half had waited (from that end's HELD, which
+carries its bind time).
 
 **At an end** (:class:`PathEnd`). A SWAP_RES turns the end's link pair into a path pair held in
 the same qubit. Its estimate at any later time adds this end's half's decay since it was bound
@@ -78,10 +79,10 @@ def decay(state: BellDiagonal, waits_s: tuple[float, ...], t1_s: float, t2_s: fl
 
     ``frame``: the Bell state the coefficients of ``state`` (and the result) are relative to
     (``"phi+"``: absolute). Given, the result is exact for a Bell-diagonal pair
-    (:func:`~.bell_diagonal.age_halves`: the per-half Pauli twirl plus the joint decay of the
-    halves towards |00⟩, a·b/4 off the Ψ± weights and onto the Φ± ones in the lab's labels,
-    a and b = 1 − e^{−t/T1} of each half). None: the per-half Pauli-twirl approximation, which
-    needs no frame but over-estimates Ψ± (and under-estimates Φ±) pairs by a·b/4 when both
+    (:func:`~qnode.daemon.quantum.bell_diagonal.age_halves`: the per-half Pauli twirl plus the joint
+    decay of the halves towards |00⟩, a·b/4 off the Ψ± weights and onto the Φ± ones in the lab's
+    labels, a and b = 1 − e^{−t/T1} of each half). None: the per-half Pauli-twirl approximation,
+    which needs no frame but over-estimates Ψ± (and under-estimates Φ±) pairs by a·b/4 when both
     halves decay; exact for one half.
     """
     if t1_s <= 0:

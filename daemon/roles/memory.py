@@ -1,17 +1,18 @@
 """Roles ``memory`` and ``repeater``: keep the pairs heralded on the node's K-type links.
 
-Each K-type link of the config gets a :class:`~.link_service.LinkService`: heralds from the
-link's station are applied with the EGP rule, the inventory lives in SQLite, the memory's limits
-(``[memory].capacity`` live pairs per link, cut-off ``[memory].max_pair_age_s``) expire the
-oldest pairs (telling the peer), and CREATE requests on ``cmd`` are served from the inventory.
+Each K-type link of the config gets a :class:`~qnode.daemon.klink.service.LinkService`: heralds from
+the link's station are applied with the EGP rule, the inventory lives in SQLite, the memory's limits
+(``[memory].capacity`` live pairs per link, cut-off ``[memory].max_pair_age_s``) expire the oldest
+pairs (telling the peer), and CREATE requests on ``cmd`` are served from the inventory.
 
-With ``[memory].qdevice`` the pairs live in that QDevice's qubits (QDEVICE/1): every connect
-resets it and allocates ``qubits_per_link`` storage qubits and one test qubit per K link, and
-each link binds its pairs by the rule of :mod:`qnode.daemon.klink.memory` — test pairs measured
-for the link's fidelity estimate, the rest bound while qubits are free and EXPIREd otherwise.
-``[[paths]]`` through this node make it a repeater that swaps (:class:`~.swapping.Swapper`) or a
-path end that serves end-to-end pairs (:class:`~.swapping.PathEnd`). Without a QDevice the pairs
-are the link layer's alone, with the fidelity ``[memory].fidelity`` aged with ``t1_s``/``t2_s``.
+With ``[memory].qdevice`` the pairs live in that QDevice's qubits (QDEVICE/1): every connect resets
+it and allocates ``qubits_per_link`` storage qubits and one test qubit per K link, and each link
+binds its pairs by the rule of :mod:`qnode.daemon.klink.memory` — test pairs measured for the link's
+fidelity estimate, the rest bound while qubits are free and EXPIREd otherwise. ``[[paths]]`` through
+this node make it a repeater that swaps (:class:`~qnode.daemon.klink.swapping.Swapper`) or a path
+end that serves end-to-end pairs (:class:`~qnode.daemon.klink.swapping.PathEnd`). Without a QDevice
+the pairs are the link layer's alone, with the fidelity ``[memory].fidelity`` aged with
+``t1_s``/``t2_s``.
 
 QDevices are supervised like any instrument: calibration and the health check read ``QUBITS?``
 (capacity, free), reported as ``memory_qubits``/``memory_qubits_free``.

@@ -145,12 +145,12 @@ _LINK_GAUGES: tuple[_Field, ...] = (
      "Visibility of the polarisation compensator's latest window (0..1).", 1.0),
     ("recalibration_s", "link_polarisation_last_recalibration_seconds",
      "Duration of the last polarisation recalibration, drop detected to locked (s).", 1.0),
-    # K end with qubits (qmemory.LinkMemory)
+    # K end with qubits (klink.memory.LinkMemory)
     ("qubits_bound", "link_memory_qubits_bound",
      "Qubits holding a pair of this link now (bound at this end).", 1.0),
     ("fidelity_sigma", "link_fidelity_standard_error_ratio",
      "Standard error of the link's fidelity estimate from test pairs (0..1).", 1.0),
-    # purification (purification.Purifier)
+    # purification (klink.purification.Purifier)
     ("purify_pairs_held", "link_purify_pairs_held",
      "Pairs stored for purification now (outputs of rounds, not yet delivered).", 1.0),
     ("purify_plan_rounds", "link_purify_plan_rounds",
@@ -198,7 +198,7 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
      "streamer: the broker backlog was full).", 1.0),
     ("recalibrations_total", "link_polarisation_recalibrations_total",
      "Polarisation recalibrations that locked the compensator again.", 1.0),
-    # K end with qubits (qmemory.LinkMemory.counts)
+    # K end with qubits (klink.memory.LinkMemory.counts)
     ("bound_total", "link_memory_pairs_bound_total", "Link pairs bound into a qubit here.", 1.0),
     ("bind_failed_total", "link_memory_bind_failures_total",
      "Binds the QDevice refused (no herald near that time, or the halves were taken).", 1.0),

@@ -195,10 +195,22 @@ fidelities = st.floats(0.5, 1.0)
 # States, validation, frames
 
 
-def test_bell_order_matches_link_layer():
-    from qnode.daemon.quantum import bell_states as ll_messages
+def test_bell_order_has_one_source():
+    """Every part that numbers the Bell states reads the one tuple of quantum.bell_states (a
+    copy, even an equal one, is a second source that could drift)."""
+    from qnode.daemon import linklayer
+    from qnode.daemon.quantum import bell_states, estimators
+    from qnode.daemon.runtime import config
+    from qnode.drivers import qdevice, qdevice_protocol
+    from qnode.hal_sim.physics import density_matrix, heralding
 
-    assert bd.BELL_NAMES == tuple(ll_messages.BELL_STATES)
+    one = bell_states.BELL_STATES
+    for order in (bd.BELL_NAMES, estimators.BELL_STATES, config.SOURCE_STATES,
+                  linklayer.BELL_STATES, qdevice.BELL_STATES, density_matrix.BELL_STATES,
+                  heralding.BELL_STATES):
+        assert order is one
+    assert qdevice_protocol.BELL_TOKENS == set(one)
+    assert linklayer.BELL_CODES is bell_states.BELL_CODES
     assert [b.label for b in Bell] == list(bd.BELL_NAMES)
     assert [(b.x, b.z) for b in Bell] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert bd.bell("psi-") is Bell.PSI_MINUS and bd.bell(2) is Bell.PSI_PLUS

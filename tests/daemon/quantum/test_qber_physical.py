@@ -6,7 +6,7 @@ reports ``qber_<b>`` clamped to [0, 1], ``qber_<b>_raw`` unclamped and the 95 % 
 ``qber_<b>_ci_low``/``_ci_high`` (Wilson, mapped through the correction, intersected with
 [0, 1]): estimators.physical_qber. Checked here: the estimator on counts built to go negative,
 the interval's coverage, the telemetry schema, the Prometheus export, the live view, an M link's
-figures (cross_node.link_figures) and a K link's memory telemetry (qmemory.LinkMemory).
+figures (cross_node.link_figures) and a K link's memory telemetry (klink.memory.LinkMemory).
 """
 from __future__ import annotations
 
@@ -183,8 +183,8 @@ def k_link_memory_telemetry() -> dict[str, object]:
 
 
 def test_k_link_memory_qber_is_shown_and_exported_clamped():
-    """Whatever qmemory reports, the live view and the Prometheus export stay in [0, 1] and
-    the unclamped value is exported as the raw one."""
+    """Whatever the memory (klink.memory) reports, the live view and the Prometheus export stay in
+    [0, 1] and the unclamped value is exported as the raw one."""
     lt = k_link_memory_telemetry()
     raw = (1 / 300 - P_FLIP) / (1 - 2 * P_FLIP)
     for b in ("x", "y", "z"):

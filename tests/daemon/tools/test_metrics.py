@@ -213,7 +213,7 @@ def quantum_record() -> Telemetry:
         "links": {
             "alice-rep": {
                 "type": "K", "peer": "repeater", "role": "end", "fidelity_estimate": 0.93,
-                # qmemory.LinkMemory.telemetry()
+                # klink.memory.LinkMemory.telemetry()
                 "bound_total": 500, "bind_failed_total": 7, "tests_total": 300,
                 "tests_matched_total": 250, "tests_failed_total": 2, "qubits_bound": 3,
                 "fidelity_source": "tests", "fidelity_sigma": 0.0125, "qber_x": 0.03,
@@ -246,7 +246,7 @@ def quantum_record() -> Telemetry:
                          "swaps_failed_total": 4, "bsm_outcomes": {"00": 90},
                          "fidelity_estimate": 0.84},
         },
-        # role_source.SourceRole.fill_telemetry()
+        # roles.source.SourceRole.fill_telemetry()
         "source_pump_power_mw": 12.5, "source_pump_set_point_mw": 12.5,
         "source_feu_power_mw": 12.5, "source_feu_rate_hz": 3000.0,
         "source_feu_fidelity": 0.955, "source_feu_max_fidelity": 0.975,
