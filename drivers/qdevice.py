@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 
 from qnode.daemon.quantum.bell_states import BELL_STATES
@@ -47,6 +48,17 @@ class QubitInfo:
     seq: int | None
     bell: str | None
     herald_time_ps: int | None = None   # bound by herald time: the herald's station time (ps)
+
+
+@dataclass(frozen=True)
+class PairsAt:
+    """What :meth:`QDevice.pairs_at` did: per measured pair its outcome (0/1, None where the ENT
+    failed); per bound pair the announced Bell state (None where the ENT failed) and when the
+    ENT ran (:func:`time.monotonic` s, None where it failed)."""
+
+    outcomes: list[int | None]
+    bells: list[str | None]
+    bound_at: list[float | None]
 
 
 class QDevice(Driver):
@@ -202,58 +214,85 @@ class QDevice(Driver):
         return out
 
     def pairs_at(self, link: str, *, measure: list[tuple[int, int, str]] | None = None,
-                 bind: list[tuple[int, int]] | None = None
-                 ) -> tuple[list[int | None], list[str | None]]:
+                 bind: list[tuple[int, int]] | None = None) -> PairsAt:
         """Work on pairs of ``link`` by herald time in as few round trips as batches allow:
         for each ``(qubit, time_ps, basis)`` of ``measure``, ``ENT <q> <link> T<ps>`` then
         ``MEAS <q> <basis>`` — the outcome (0/1), or None where the ENT failed; then for each
-        ``(qubit, time_ps)`` of ``bind``, ``ENT`` — the announced Bell state, or None."""
+        ``(qubit, time_ps)`` of ``bind``, ``ENT`` then ``AGE? <q>`` — the announced Bell state,
+        or None, and when the ENT ran (:func:`time.monotonic` s: the reply's arrival, stamped on
+        the calling thread as it returns, less the device's own age of the qubit, so a caller
+        that waits before it looks does not age the pair late)."""
         if not wire.LINK.fullmatch(link):
             raise ValueError(f"link must be 1-64 of [A-Za-z0-9_.:-], got {link!r}")
         measure, bind = measure or [], bind or []
-        commands: list[str] = []
+        # (command, reply count) groups: an ENT and the command after it stay in one batch
+        groups: list[list[str]] = []
         for q, t, basis in measure:
             if basis.upper() not in wire.BASES:
                 raise ValueError(f"basis must be Z, X or Y, got {basis!r}")
-            commands += [f"{wire.ENT} {_qid(q)} {link} T{int(t)}",
-                         f"{wire.MEAS} {_qid(q)} {basis.upper()}"]
-        commands += [f"{wire.ENT} {_qid(q)} {link} T{int(t)}" for q, t in bind]
+            groups.append([f"{wire.ENT} {_qid(q)} {link} T{int(t)}",
+                           f"{wire.MEAS} {_qid(q)} {basis.upper()}"])
+        groups += [[f"{wire.ENT} {_qid(q)} {link} T{int(t)}", f"{wire.AGE} {_qid(q)}"]
+                   for q, t in bind]
         replies: list[str | DeviceError] = []
-        for i in range(0, len(commands), wire.MAX_BATCH):
-            replies += self.batch(commands[i:i + wire.MAX_BATCH])
+        arrived: list[float] = []   # per reply, when its batch's reply line came back
+        per_batch = wire.MAX_BATCH // 2
+        for i in range(0, len(groups), per_batch):
+            chunk = [c for g in groups[i:i + per_batch] for c in g]
+            replies += self.batch(chunk)
+            arrived += [time.monotonic()] * len(chunk)
         outcomes: list[int | None] = []
         for k in range(len(measure)):
             ent, meas = replies[2 * k], replies[2 * k + 1]
             ok = isinstance(ent, str) and meas in ("0", "1")
             outcomes.append(int(meas) if ok else None)  # type: ignore[arg-type]
-        bells = [r if isinstance(r, str) and r in wire.BELL_TOKENS else None
-                 for r in replies[2 * len(measure):]]
-        return outcomes, bells
+        bells: list[str | None] = []
+        bound_at: list[float | None] = []
+        for k in range(2 * len(measure), len(replies), 2):
+            ent, age = replies[k], replies[k + 1]
+            if not (isinstance(ent, str) and ent in wire.BELL_TOKENS):
+                bells.append(None)
+                bound_at.append(None)
+                continue
+            if not (isinstance(age, str) and wire.UINT.fullmatch(age)):
+                raise self._garbled(f"{wire.AGE} after ENT", str(age), "not an age in ns")
+            bells.append(ent)
+            bound_at.append(arrived[k + 1] - int(age) * 1e-9)
+        return PairsAt(outcomes, bells, bound_at)
 
     def measure_pairs_at(self, qubit: int, link: str,
                          pairs: list[tuple[int, str]]) -> list[int | None]:
         """Bind ``qubit`` to each pair of ``link`` heralded at ``(time_ps, basis)`` in turn and
         measure it in that basis (:meth:`pairs_at`): each outcome (0/1), or None where the ENT
         failed."""
-        return self.pairs_at(link, measure=[(qubit, t, b) for t, b in pairs])[0]
+        return self.pairs_at(link, measure=[(qubit, t, b) for t, b in pairs]).outcomes
 
     def bell_measurement(self, q1: int, q2: int) -> str:
         """Bell-state measurement of ``q1``, ``q2`` in one round trip: ``CNOT q1 q2``,
         ``MEAS q1 X``, ``MEAS q2 Z``. After the CNOT, Φ± leave q2 in |0⟩ and Ψ± in |1⟩, and q1
         in |±⟩: the Z outcome is the Bell index's x bit, the X outcome its z bit. The Bell
         state (``"phi+"`` … ``"psi-"``); DeviceError from the first refused command."""
+        return self.bell_measurement_at(q1, q2)[0]
+
+    def bell_measurement_at(self, q1: int, q2: int) -> tuple[str, float]:
+        """:meth:`bell_measurement`, and when it ran (:func:`time.monotonic` s): ``AGE? q2``
+        joins the batch (the time since its ``MEAS``), subtracted from the reply's arrival as
+        :meth:`pairs_at` does for a bind."""
         a, b = _qid(q1), _qid(q2)
-        commands = [f"{wire.CNOT} {a} {b}", f"{wire.MEAS} {a} X", f"{wire.MEAS} {b} Z"]
+        commands = [f"{wire.CNOT} {a} {b}", f"{wire.MEAS} {a} X", f"{wire.MEAS} {b} Z",
+                    f"{wire.AGE} {b}"]
         replies = self.batch(commands)
+        arrived = time.monotonic()
         for reply in replies:
             if isinstance(reply, DeviceError):
                 raise reply
-        cnot, z_bit, x_bit = replies
-        if cnot != wire.OK or z_bit not in ("0", "1") or x_bit not in ("0", "1"):
+        cnot, z_bit, x_bit, age = replies
+        if cnot != wire.OK or z_bit not in ("0", "1") or x_bit not in ("0", "1") \
+                or not (isinstance(age, str) and wire.UINT.fullmatch(age)):
             raise self._garbled(wire.BATCH_SEPARATOR.join(commands),
                                 wire.BATCH_SEPARATOR.join(map(str, replies)),
                                 "not the replies of a BSM")
-        return BELL_STATES[2 * int(x_bit) + int(z_bit)]  # type: ignore[arg-type]
+        return BELL_STATES[2 * int(x_bit) + int(z_bit)], arrived - int(age) * 1e-9
 
     def parity_round(self, kept: int, sacrificed: int,
                      rotations: list[tuple[int, str, float]]) -> int:
@@ -261,6 +300,13 @@ class QDevice(Driver):
         angle_rad)`` of ``rotations`` (``ROT``), then ``CNOT kept sacrificed`` and
         ``MEAS sacrificed Z``. The Z outcome (0/1); DeviceError from the first refused
         command, GarbledReply when the replies do not answer these commands."""
+        return self.parity_round_at(kept, sacrificed, rotations)[0]
+
+    def parity_round_at(self, kept: int, sacrificed: int,
+                        rotations: list[tuple[int, str, float]]) -> tuple[int, float]:
+        """:meth:`parity_round`, and when it ran (:func:`time.monotonic` s): ``AGE?`` of the
+        sacrificed qubit joins the batch (the time since its ``MEAS``), subtracted from the
+        reply's arrival."""
         k, s = _qid(kept), _qid(sacrificed)
         commands = []
         for q, axis, angle in rotations:
@@ -268,16 +314,19 @@ class QDevice(Driver):
                 raise ValueError(f"rotation must be (qubit, X|Y|Z, finite rad), got "
                                  f"{(q, axis, angle)!r}")
             commands.append(f"{wire.ROT} {_qid(q)} {axis.upper()} {float(angle)!r}")
-        commands += [f"{wire.CNOT} {k} {s}", f"{wire.MEAS} {s} Z"]
+        commands += [f"{wire.CNOT} {k} {s}", f"{wire.MEAS} {s} Z", f"{wire.AGE} {s}"]
         replies = self.batch(commands)
+        arrived = time.monotonic()
         for reply in replies:
             if isinstance(reply, DeviceError):
                 raise reply
-        if any(r != wire.OK for r in replies[:-1]) or replies[-1] not in ("0", "1"):
+        outcome, age = replies[-2], replies[-1]
+        if any(r != wire.OK for r in replies[:-2]) or outcome not in ("0", "1") \
+                or not (isinstance(age, str) and wire.UINT.fullmatch(age)):
             raise self._garbled(wire.BATCH_SEPARATOR.join(commands),
                                 wire.BATCH_SEPARATOR.join(map(str, replies)),
                                 "not the replies of a purification round")
-        return int(replies[-1])  # type: ignore[arg-type]
+        return int(outcome), arrived - int(age) * 1e-9
 
     # ------------------------------------------------------------------ internals
     def _exchange(self, command: str) -> str:
@@ -308,7 +357,7 @@ class QDevice(Driver):
 
     def _garbled(self, command: str, reply: str, why: str) -> GarbledReply:
         self.transport.mark_stale()
-        return self.transport.error(GarbledReply, why, command,  # type: ignore[return-value]
+        return self.transport.error(GarbledReply, why, command,
                                     reply=reply)
 
 

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from qnode.daemon.bus.telemetry import LinkMemoryTelemetry
     from qnode.daemon.klink.handle import LinkHandle
     from qnode.daemon.runtime.supervisor import ManagedInstrument
+    from qnode.drivers.qdevice import PairsAt
 
 log = logging.getLogger("qnode.qmemory")
 
@@ -224,7 +225,7 @@ class Bound:
     seq: int
     qubit: int
     bell_state: str          # announced by the station (the pair's frame)
-    bound_at: float          # monotonic s, when ENT returned
+    bound_at: float          # monotonic s, when the device ran the ENT (reply less its AGE?)
     generation: int
 
 
@@ -379,18 +380,20 @@ class LinkMemory:
         tq = self._test_qubit()
         outcomes: list[int | None] = [None] * len(tests)
         bells: list[str | None] = [None] * len(binds)
+        bound_ats: list[float | None] = [None] * len(binds)
         if (tests or binds) and tq is not None:
             measure = [(tq, t, basis) for _, basis, _, t in tests]
             bind = [(q, t) for _, q, _, t in binds]
             try:
-                outcomes, bells = await self.pool.call(
+                done: PairsAt = await self.pool.call(
                     lambda d: d.pairs_at(self.link, measure=measure, bind=bind))
+                outcomes, bells, bound_ats = done.outcomes, done.bells, done.bound_at
             except InstrumentError as exc:
                 log.warning("link %s: QDevice batch failed: %s", self.link, exc,
                             extra={"link": self.link, "error": str(exc)})
-        # the ENTs ran before the reply came: stamp now, not after waiting for the lock
         now = service.ctx.now()
-        bound_at, bound_wall = time.monotonic(), time.time()
+        # the wall time of each bind, from its monotonic stamp (what the peer is told in HELD)
+        wall_offset = time.time() - time.monotonic()
         async with service.lock:
             for (seq, basis, bell, _), m in zip(tests, outcomes, strict=True):
                 if m is not None:
@@ -400,14 +403,14 @@ class LinkMemory:
                 self._outbox.append((seq, basis, "-" if m is None else str(m)))
                 if m is not None:
                     self._record_own(seq, basis, bell, m)
-            for (seq, q, bell, _), reply in zip(binds, bells, strict=True):
+            for (seq, q, bell, _), reply, bound_at in zip(binds, bells, bound_ats, strict=True):
                 rec = end.pair(seq)
-                if reply != bell or rec is None or rec.status != "live":
+                if reply != bell or bound_at is None or rec is None or rec.status != "live":
                     # ERR (no herald near that time, halves taken), or gone meanwhile
                     self.counts["bind_failed_total"] += int(reply != bell)
                     continue
                 self.bound[seq] = Bound(seq, q, bell, bound_at, self.pool.generation)
-                self._held_new.append((seq, bound_wall))
+                self._held_new.append((seq, bound_at + wall_offset))
                 self.counts["bound_total"] += 1
             self._binding = set()
             await service.send(self.expire_unbound(end, now) + end.serve())

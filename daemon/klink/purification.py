@@ -76,6 +76,7 @@ from qnode.daemon.linklayer import (
     Create,
     Err,
     ErrCode,
+    Message,
     Ok,
     Purify,
     PurifyResult,
@@ -239,6 +240,13 @@ class Purifier:
         self._waiting: dict[int, asyncio.Future[PurifyResult]] = {}
         self._input_ages: collections.deque[tuple[float, float]] = collections.deque(maxlen=200)
         self._lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=200)
+        service.listeners.append(self.poke)
+        service.serve_requests(self.needed, self.request)
+        service.add_telemetry(self.telemetry)
+        if self.leader:
+            service.on_message(PurifyResult, self._on_result, locked=False)
+        else:
+            service.on_message(Purify, self._on_purify, locked=False)
         self.counts: PurifyCounts = {
             "purify_rounds_total": 0, "purify_kept_total": 0, "purify_discarded_total": 0,
             "purify_aborted_total": 0, "purify_delivered_total": 0,
@@ -478,10 +486,11 @@ class Purifier:
         else:
             axes = (self._rng.choice(TWIRLS), self._rng.choice(TWIRLS))
         rnd = self.ctx.bus.ids() & 0xFFFFFFFF
-        m_a = await self._gates(rnd, kept, sac, axes[0], axes[1])
-        if m_a is None:
+        done = await self._gates(rnd, kept, sac, axes[0], axes[1])
+        if done is None:
             return True
-        own_t, own_wall = time.monotonic(), time.time()
+        m_a, own_t = done
+        own_wall = time.time() - (time.monotonic() - own_t)
         fut: asyncio.Future[PurifyResult] = asyncio.get_running_loop().create_future()
         self._waiting[rnd] = fut
         msg = Purify(self.link, rnd, self.protocol, kept.seq, sac.seq, axes[0], axes[1], m_a,
@@ -514,14 +523,15 @@ class Purifier:
         return True
 
     async def _gates(self, rnd: int, kept: PurePair, sac: PurePair, kept_axes: str,
-                     sac_axes: str) -> int | None:
+                     sac_axes: str) -> tuple[int, float] | None:
         """This end's side of round ``rnd`` on the QDevice (rotations, CNOT, MEAS Z): the
-        outcome, or None when the device failed (both pairs are then dropped)."""
+        outcome and when the gates ran (monotonic s, the device's own time: its reply less its
+        ``AGE?``), or None when the device failed (both pairs are then dropped)."""
         ops = (rotations(kept.qubit, kept_axes, kept.frame, leader=self.leader)
                + rotations(sac.qubit, sac_axes, sac.frame, leader=self.leader))
         try:
             return await self.memory.pool.call(
-                lambda d: d.parity_round(kept.qubit, sac.qubit, ops))
+                lambda d: d.parity_round_at(kept.qubit, sac.qubit, ops))
         except InstrumentError as exc:
             log.warning("link %s: purification round %d failed on the QDevice: %s", self.link,
                         rnd, exc, extra={"link": self.link, "round": rnd, "error": str(exc)})
@@ -534,6 +544,14 @@ class Purifier:
         self.counts["purify_inputs_aborted_total"] += kept.inputs + sac.inputs
         self._drop(kept)
         self._drop(sac)
+
+    async def _on_result(self, msg: PurifyResult) -> list[Message]:
+        self.on_result(msg)
+        return []
+
+    async def _on_purify(self, msg: Purify) -> list[Message]:
+        await self.on_purify(msg)
+        return []
 
     def on_result(self, msg: PurifyResult) -> None:
         """The follower's PURIFY_RES."""
@@ -590,11 +608,12 @@ class Purifier:
                             extra={"link": self.link, "round": msg.round})
                 self._answer(msg.round, "-", time.time())
                 return
-        m_b = await self._gates(msg.round, kept, sac, msg.kept_axes, msg.sacrificed_axes)
-        if m_b is None:
+        done = await self._gates(msg.round, kept, sac, msg.kept_axes, msg.sacrificed_axes)
+        if done is None:
             self._answer(msg.round, "-", time.time())
             return
-        own_t, own_wall = time.monotonic(), time.time()
+        m_b, own_t = done
+        own_wall = time.time() - (time.monotonic() - own_t)
         self._answer(msg.round, str(m_b), own_wall)
         async with service.lock:
             self._settle(msg.round, kept, sac, msg.kept_axes, msg.sacrificed_axes,

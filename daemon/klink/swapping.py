@@ -44,6 +44,7 @@ from qnode.daemon.linklayer import (
     CreateIdAllocator,
     Err,
     ErrCode,
+    Message,
     Ok,
     SwapResult,
     hold_ms,
@@ -146,7 +147,8 @@ class Swapper:
             m1.take(b1.seq)
             m2.take(b2.seq)
             try:
-                outcome = await m1.pool.call(lambda d: d.bell_measurement(b1.qubit, b2.qubit))
+                outcome, bsm_at = await m1.pool.call(
+                    lambda d: d.bell_measurement_at(b1.qubit, b2.qubit))
             except InstrumentError as exc:
                 self.counts["swaps_failed_total"] += 1
                 log.warning("path %s: Bell-state measurement failed: %s", self.path.id, exc,
@@ -161,23 +163,27 @@ class Swapper:
             s2.end.consume([b2.seq])
             s1.changed()
             s2.changed()
-            # the BSM ran when its reply came (it may have queued behind other commands)
-            self._announce(b1, b2, outcome, self.ctx.now(), m1, m2)
+            # the BSM's time is the device's (its reply less its AGE?), not when this task woke
+            self._announce(b1, b2, outcome, bsm_at, m1, m2)
         return True
 
-    def _announce(self, b1: Bound, b2: Bound, outcome: str, now: float, m1: LinkMemory,
+    def _announce(self, b1: Bound, b2: Bound, outcome: str, bsm_at: float, m1: LinkMemory,
                   m2: LinkMemory) -> None:
+        """SWAP_RES to both ends for the BSM of ``b1``, ``b2`` that ran at ``bsm_at``
+        (monotonic s): the repeater's halves decayed up to then, the ends' ages at then."""
         frame = pauli_frame(b1.bell_state, b2.bell_state, outcome)
-        a = m1.state_of(b1, now)                 # the repeater's half decayed
-        b = m2.state_of(b2, now)
+        a = m1.state_of(b1, bsm_at)              # the repeater's half decayed
+        b = m2.state_of(b2, bsm_at)
         end_pair = swap(a, b, gate_fidelity=self.mem.gate_fidelity_2q,
                         meas_fidelity=1.0 - self.mem.readout_error).relabel(outcome)
         weights = tuple(round(w, 9) for w in end_pair.coefficients)
         weights = tuple(w / sum(weights) for w in weights)
         pair_id = self.ctx.bus.ids() & 0xFFFFFFFF
-        # how long the ends' halves have waited: from their HELD times
-        age1, age2 = m1.peer_age(b1.seq), m2.peer_age(b2.seq)
-        bsm_time = time.time()
+        # how long the ends' halves had waited at the BSM: from their HELD times
+        since = max(0.0, time.monotonic() - bsm_at)
+        age1 = max(0.0, m1.peer_age(b1.seq) - since)
+        age2 = max(0.0, m2.peer_age(b2.seq) - since)
+        bsm_time = time.time() - since
         bell = BELL_STATES[int(frame)]
         self.counts["swaps_total"] += 1
         self.outcomes[outcome] += 1
@@ -239,6 +245,7 @@ class PathEnd:
         self.counts: PathEndCounts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
                                       "pairs_discarded_total": 0, "swap_orphaned_total": 0}
         self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
+        service.on_message(SwapResult, self._on_swap_result)
 
     def estimate(self, pair: PathPair, now: float) -> BellDiagonal:
         """Absolute Bell weights of ``pair`` now (module docstring)."""
@@ -246,6 +253,10 @@ class PathEnd:
         return decay(pair.weights, (max(0.0, now - pair.own_bound_at),
                                     pair.remote_age_s + since), self.mem.t1_s, self.mem.t2_s,
                      frame="phi+")   # the weights are absolute (the frame is not corrected)
+
+    async def _on_swap_result(self, msg: SwapResult) -> list[Message]:
+        await self.on_swap_result(msg)
+        return []
 
     async def on_swap_result(self, msg: SwapResult) -> None:
         """Called by the link service, under its lock, for the repeater's SWAP_RES."""

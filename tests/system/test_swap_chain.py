@@ -193,11 +193,8 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
     good = np.abs(diff[~flipped])
     pairs = list(zip(reported, true_f, strict=True))
     assert abs(diff[~flipped].mean()) <= 0.005, pairs
-    # One pair may reach 0.03: a memory stamps a pair's bind time when the QDevice batch's reply
-    # arrives, not when its ENT ran, and on a loaded host that can be tens of ms late (seen
-    # 0.0215 and 0.0215 in two of about ten fresh-clone runs). The fix is the device's own
-    # AGE? in the same batch; until then this bound names the known defect, no more.
-    assert (good <= 0.01).mean() >= 0.9 and (good > 0.02).sum() <= 1, pairs
-    assert good.max() <= 0.03, pairs
+    # A bind is stamped by the device (the reply's arrival less its AGE? of the qubit), so a
+    # loaded host's late event loop does not age a pair: one pair in ten may pass 0.01, none 0.02.
+    assert (good <= 0.01).mean() >= 0.9 and good.max() <= 0.02, pairs
     # swapping costs fidelity as the closed form says: below either link
     assert true_f.mean() < min(e["fidelity_estimate"] for e in est.values())

@@ -18,7 +18,7 @@ from qnode.daemon.quantum.estimators import BELL_SIGNS
 from qnode.drivers.errors import DeviceError
 from qnode.drivers.qdevice import QDevice
 from qnode.hal_sim.twins.pair_registry import PairRegistry
-from qnode.hal_sim.twins.qdevice import QDeviceConfig, QDeviceTwin
+from qnode.hal_sim.twins.qdevice import ManualClock, QDeviceConfig, QDeviceTwin
 from qnode.hal_sim.twins.registry_oracle import RegistryOracle
 
 
@@ -105,6 +105,53 @@ def test_a_batch_is_one_round_trip_and_a_failed_ent_is_reported_per_pair():
         assert replies[1].code == 4 and replies[2].startswith("QNODE")
         with pytest.raises(ValueError):
             da.batch(["QUBITS?;QUBITS?"])
+
+
+class _TickingClock(ManualClock):
+    """A device clock that moves 7 ms at every read: the ENT and the AGE? after it in one batch
+    read it at different times, as a slow device would."""
+
+    def __call__(self) -> int:
+        return self.advance(7_000_000)
+
+
+def test_a_bind_is_stamped_when_the_device_ran_the_ent_not_when_the_reply_was_read():
+    """``pairs_at`` binds with ``ENT`` + ``AGE?``: the bind time is the reply's arrival less the
+    device's age of the qubit, so neither the device's own delay nor a caller that reads the
+    result late ages the pair. A failed ENT has no bind time."""
+    reg = PairRegistry(seed=5)
+    a = QDeviceTwin(QDeviceConfig(n_qubits=3), name="a", registry=reg, clock=_TickingClock())
+    for k in range(2):
+        reg.herald_at("L", 1_000_000 * (k + 1), (1.0, 0, 0, 0), "psi+", tolerance_ps=1000)
+    with a.server() as sa, QDevice(sa.address, timeout_s=2) as da:
+        qs = [da.alloc(), da.alloc()]
+        before = time.monotonic()
+        done = da.pairs_at("L", bind=[(qs[0], 1_000_000), (qs[1], 77_000_000)])
+        time.sleep(0.05)   # the caller looks late: that must not move the stamp
+        after = time.monotonic()
+    assert done.bells == ["psi+", None] and done.bound_at[1] is None
+    stamp = done.bound_at[0]
+    assert stamp is not None
+    # the device said the qubit had aged ≥ 7 ms by its AGE?: the stamp is that much before the
+    # reply came back, which was before the caller's sleep
+    assert before - 0.1 <= stamp <= after - 0.05 - 0.007, (before, stamp, after)
+
+
+def test_a_bsm_and_a_parity_round_are_stamped_by_the_device_too():
+    """The repeater's BSM and a purification round read ``AGE?`` of their measured qubit in the
+    same batch: the time they ran is the reply less that age, not when the caller looked."""
+    a = QDeviceTwin(QDeviceConfig(n_qubits=4), name="a", registry=PairRegistry(seed=1),
+                    clock=_TickingClock())
+    with a.server() as sa, QDevice(sa.address, timeout_s=2) as da:
+        q = [da.alloc() for _ in range(4)]
+        before = time.monotonic()
+        bell, bsm_at = da.bell_measurement_at(q[0], q[1])
+        outcome, round_at = da.parity_round_at(q[2], q[3], [(q[2], "X", 0.5)])
+        time.sleep(0.05)
+        after = time.monotonic()
+    assert bell in ("phi+", "phi-", "psi+", "psi-") and outcome in (0, 1)
+    for stamp in (bsm_at, round_at):
+        assert before - 0.1 <= stamp <= after - 0.05 - 0.007, (before, stamp, after)
 
 
 def test_the_registry_oracle_names_the_partner_and_the_true_state():
