@@ -76,7 +76,7 @@ class Elliptec(Driver):
                 port, instrument=self.instrument, baudrate=9600, write_termination="",
                 read_termination="\r\n", timeout_s=timeout_s,
                 serial_options={"bytesize": 8, "parity": "N", "stopbits": 1},
-                **transport_options)  # type: ignore[arg-type]
+                **transport_options)
         self.device_address = device_address
         self.move_timeout_s = float(move_timeout_s)
         self.info: ElliptecInfo | None = None
@@ -193,4 +193,4 @@ class Elliptec(Driver):
 
     def _garbled(self, cmd: str, reply: str, why: str) -> GarbledReply:
         self.transport.mark_stale()
-        return self.transport.error(GarbledReply, why, cmd, reply=reply)  # type: ignore[return-value]
+        return self.transport.error(GarbledReply, why, cmd, reply=reply)

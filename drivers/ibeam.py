@@ -49,7 +49,7 @@ class IBeamSmart(Driver):
                 port, instrument=self.instrument, baudrate=115200, write_termination="\r\n",
                 read_termination="\r\n", timeout_s=timeout_s,
                 serial_options={"bytesize": 8, "parity": "N", "stopbits": 1},
-                **transport_options)  # type: ignore[arg-type]
+                **transport_options)
         self.power_channel = int(power_channel)
         self.transport.open()
         if initialize:
@@ -195,8 +195,8 @@ class IBeamSmart(Driver):
         first = text.split()[0].rstrip(":,") if text.split() else text
         code = first if first.startswith("%") else text
         return self.transport.error(DeviceError, f"laser replied {text!r}", cmd,
-                                    code=code)  # type: ignore[return-value]
+                                    code=code)
 
     def _garbled(self, cmd: str, reply: str, why: str) -> GarbledReply:
         self.transport.mark_stale()
-        return self.transport.error(GarbledReply, why, cmd, reply=reply)  # type: ignore[return-value]
+        return self.transport.error(GarbledReply, why, cmd, reply=reply)

@@ -36,7 +36,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -125,7 +126,7 @@ class ID900(Driver):
             self._garbled(command, "\n".join(lines), f"expected {n} reply line(s)")
         return [line.strip() for line in lines]
 
-    def _garbled(self, command: str, reply: str, why: str) -> None:
+    def _garbled(self, command: str, reply: str, why: str) -> NoReturn:
         self.transport.mark_stale()
         raise self.transport.error(GarbledReply, why, command, reply=reply)
 
@@ -134,7 +135,7 @@ class ID900(Driver):
         m = re.fullmatch(r"([-+]?\d+)\s*(?:ps|PS|TB)?", reply)
         if m is None:
             self._garbled(command, reply, "expected an integer")
-        return int(m.group(1))  # type: ignore[union-attr]
+        return int(m.group(1))
 
     def _bool(self, command: str) -> bool:
         (reply,) = self.query_lines(command, 1)
@@ -183,8 +184,8 @@ class ID900(Driver):
         m = re.fullmatch(rf"({_NUMBER})\s*(mV|V)?", reply, re.IGNORECASE)
         if m is None:
             self._garbled(command, reply, "expected a voltage")
-        value = float(m.group(1))  # type: ignore[union-attr]
-        unit = (m.group(2) or "V").upper()  # type: ignore[union-attr]
+        value = float(m.group(1))
+        unit = (m.group(2) or "V").upper()
         return value / 1000 if unit == "MV" else value
 
     def counter(self, n: int) -> int:
@@ -328,13 +329,14 @@ class WatermarkMerger:
         """Tags strictly before this time (ps) are final."""
         active = [c for c in self.channels if now - self._heard[c] <= self.max_latency_s]
         if active:
-            if any(self._latest[c] is None for c in active):
+            known = [t for c in active if (t := self._latest[c]) is not None]
+            if len(known) < len(active):
                 return self._released
-            mark = min(self._latest[c] for c in active)  # type: ignore[type-var]
+            mark = min(known)
         else:
             seen = [t for t in self._latest.values() if t is not None]
             mark = max(seen) + 1 if seen else self._released
-        return max(mark, self._released)  # type: ignore[return-value]
+        return max(mark, self._released)
 
     def pop(self, now: float, *, final: bool = False) -> TagBlock:
         """Merge and return every final tag (all buffered tags if ``final``)."""
@@ -381,8 +383,8 @@ class ID900Tagger(TimeTagger):
                  idle_end_s: float | None = None, context: zmq.Context | None = None):
         self.device = device
         self._own_dlt = not isinstance(dlt, DataLinkTarget)
-        self.dlt = DataLinkTarget(dlt, timeout_s=device.transport.timeout_s) \
-            if self._own_dlt else dlt  # type: ignore[assignment]
+        self.dlt: DataLinkTarget = dlt if isinstance(dlt, DataLinkTarget) \
+            else DataLinkTarget(dlt, timeout_s=device.transport.timeout_s)
         self.inputs = tuple(sorted(_check_input(n) for n in inputs))
         self.stream_host = stream_host
         self.stream_ports = dict(stream_ports or {})
@@ -397,7 +399,7 @@ class ID900Tagger(TimeTagger):
         self.stream_ids: dict[int, str] = {}
         self._closed = threading.Event()
         self._running = threading.Lock()
-        self._gen: Iterator[TagBlock] | None = None
+        self._gen: Generator[TagBlock, None, None] | None = None
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -418,7 +420,7 @@ class ID900Tagger(TimeTagger):
             except ValueError:
                 pass  # running in another thread: it sees _closed within one poll
 
-    def _chunks(self) -> Iterator[TagBlock]:
+    def _chunks(self) -> Generator[TagBlock, None, None]:
         if not self._running.acquire(blocking=False):
             raise RuntimeError(f"{self.name}: chunks() is already running")
         sockets: dict[int, zmq.Socket] = {}

@@ -77,7 +77,7 @@ class Itc4001(Driver):
     # -- low-level helpers
     def _garbled(self, message: str, command: str, reply: str) -> GarbledReply:
         self.transport.mark_stale()
-        return self.transport.error(GarbledReply, message, command,  # type: ignore[return-value]
+        return self.transport.error(GarbledReply, message, command,
                                     reply=reply)
 
     def query_float(self, command: str) -> float:

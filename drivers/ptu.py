@@ -5,12 +5,12 @@ record bit layouts follow PicoQuant's "PTU demos" (github.com/PicoQuant/PicoQuan
 File-Format-Demos: ``PTU/C/ptudemo.c`` ``ProcessPHT2`` / ``ProcessHHT2``, and ``Read_PTU.py``);
 ptufile (Christoph Gohlke, ``_ptufile.pyx`` ``decode_pt2`` / ``decode_ht2`` / ``decode_ht2v1``)
 agrees with them. The header is parsed with :class:`ptufile.PtuFile` and written with
-:func:`ptufile.encode_tag`. The records are decoded here, vectorised in numpy, rather than with
-``PtuFile.decode_records`` (ptufile 2026.2.6) for three reasons: its overflow state restarts at
+:func:`ptufile.ptufile.encode_tag`. The records are decoded here, vectorised in numpy, rather than
+with ``PtuFile.decode_records`` (ptufile 2026.2.6) for three reasons: its overflow state restarts at
 every call, so it cannot decode a big file in bounded chunks; it reports the sync input and input 1
 both as channel 0; and it multiplies a HydraHarp-V2/generic overflow record's count by 2**25 in
-32-bit arithmetic, so a record counting 128 or more periods (a gap of >= 4.3 ms at 1 ps) gives
-wrong times. ptufile's decoder serves as an independent cross-check in the tests.
+32-bit arithmetic, so a record counting 128 or more periods (a gap of >= 4.3 ms at 1 ps) gives wrong
+times. ptufile's decoder serves as an independent cross-check in the tests.
 
 T2 record layouts (little-endian uint32 words; "ticks" are units of the header's
 ``MeasDesc_GlobalResolution``):
@@ -333,14 +333,14 @@ class PtuT2Writer:
 
     ptufile's own ``PtuWriter`` writes only T3 image files, so the records are encoded here
     following the layout in the module docstring; the header tags are encoded with
-    :func:`ptufile.encode_tag`. ``record_type``: one of :data:`WRITABLE_RECORD_TYPES` (default
-    ``GenericT2``, as MultiHarp / PicoHarp 330 write). ``resolution_ps``: the tick (every time
-    must be a non-negative multiple of it). ``input_channels``: the number of detector inputs,
-    written as ``HW_InpChannels`` (inputs + sync). qnode channel 0 is written as a sync record
-    and channel k (1-64) as input k; other channels raise ``ValueError``. Non-``TIME_TAG``
-    records have no T2 equivalent: they are dropped and counted in :attr:`dropped`. Overflow
-    records are inserted before every tag that starts a new 2**25-tick period (one record holds
-    up to 2**25 - 1 periods). The record count is written into the header on :meth:`close`.
+    :func:`ptufile.ptufile.encode_tag`. ``record_type``: one of :data:`WRITABLE_RECORD_TYPES`
+    (default ``GenericT2``, as MultiHarp / PicoHarp 330 write). ``resolution_ps``: the tick (every
+    time must be a non-negative multiple of it). ``input_channels``: the number of detector inputs,
+    written as ``HW_InpChannels`` (inputs + sync). qnode channel 0 is written as a sync record and
+    channel k (1-64) as input k; other channels raise ``ValueError``. Non-``TIME_TAG`` records have
+    no T2 equivalent: they are dropped and counted in :attr:`dropped`. Overflow records are inserted
+    before every tag that starts a new 2**25-tick period (one record holds up to 2**25 - 1 periods).
+    The record count is written into the header on :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, resolution_ps: int = 1,

@@ -192,7 +192,7 @@ class RawTagReader:
             while done < total:
                 n = min(self.chunk_records, total - done)
                 block = np.empty(n, _DISK_DTYPE)
-                got = fh.readinto(memoryview(block).cast("B")) // RECORD_SIZE  # type: ignore[attr-defined]
+                got = fh.readinto(block.data.cast("B")) // RECORD_SIZE
                 block = block[:got]
                 if block.dtype != TAG_DTYPE:
                     block = block.astype(TAG_DTYPE)

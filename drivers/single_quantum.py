@@ -61,7 +61,9 @@ class TcpLineTransport(SerialTransport):
             self._buffer.clear()
             if self._port is not None and self._open_now:
                 try:
-                    self._port.reset_input_buffer()
+                    # every pyserial backend has reset_input_buffer; the stubs declare it only
+                    # on the concrete classes, not on SerialBase
+                    self._port.reset_input_buffer()  # type: ignore[attr-defined]
                 except Exception as exc:  # noqa: BLE001 - a broken link: say so, typed
                     self._broken(exc, None)
 

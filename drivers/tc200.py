@@ -70,6 +70,7 @@ class TC200(Driver):
     """
 
     instrument = "TC200 oven"
+    transport: SerialTransport  # always: __init__ takes or builds one
 
     def __init__(self, port: str | SerialTransport, *, timeout_s: float = 1.0,
                  **transport_options: object):
@@ -81,7 +82,7 @@ class TC200(Driver):
                 read_termination="\r> ", timeout_s=timeout_s,
                 serial_options={"bytesize": 8, "parity": "N", "stopbits": 1,
                                 "rtscts": False, "xonxoff": False},
-                **transport_options)  # type: ignore[arg-type]
+                **transport_options)
         self.transport.open()
 
     # ------------------------------------------------------------------ identity and status
@@ -214,4 +215,4 @@ class TC200(Driver):
 
     def _garbled(self, cmd: str, reply: str, why: str) -> GarbledReply:
         self.transport.mark_stale()
-        return self.transport.error(GarbledReply, why, cmd, reply=reply)  # type: ignore[return-value]
+        return self.transport.error(GarbledReply, why, cmd, reply=reply)

@@ -23,11 +23,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import serial
 
 from .errors import Disconnected, InstrumentError, InstrumentTimeout
+
+E = TypeVar("E", bound=InstrumentError)
 
 
 class Transport(ABC):
@@ -55,8 +57,8 @@ class Transport(ABC):
         self._stale = False
 
     # -- errors that name this instrument
-    def error(self, cls: type[InstrumentError], message: str, command: str | None = None,
-              **extra: object) -> InstrumentError:
+    def error(self, cls: type[E], message: str, command: str | None = None,
+              **extra: object) -> E:
         """An error of type ``cls`` naming this transport's instrument and address."""
         return cls(message, instrument=self.instrument, address=self.address, command=command,
                    **extra)

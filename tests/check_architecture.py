@@ -4,7 +4,11 @@ tests/static_checks.sh:
 * no import cycle between modules, type-checking imports included (Tarjan's strongly connected
   components on grimp's import graph);
 * no private name imported from another module (``from m import _x``), and no private module
-  imported from outside its package (``qnode.hal_sim._validate`` only within ``qnode.hal_sim``).
+  imported from outside its package (``qnode.hal_sim._validate`` only within ``qnode.hal_sim``);
+* every dotted cross-reference in a docstring or comment (``:func:`~.estimators.basis_qber```,
+  ``:class:`qnode.daemon.klink.memory.LinkMemory```) names something that exists, resolved as
+  Sphinx does: an absolute name by import, a leading dot by suffix over every module. A moved or
+  renamed module leaves no reference behind.
 
 ``--summary`` prints the modules per package as well. Exit 1 on any finding.
 """
@@ -12,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
+import inspect
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -121,6 +128,60 @@ def private_imports() -> list[str]:
     return found
 
 
+REFERENCE = re.compile(r":(?:func|meth|class|data|attr|mod|exc|obj):`~?([A-Za-z_][\w.]*|\.[\w.]+)`")
+
+
+def _attr_path(obj: object, parts: list[str]) -> bool:
+    """``obj.parts[0].parts[1]…`` exists; the last part may be an instance attribute that a class
+    assigns (``self.<name> =`` or annotates in its body)."""
+    for k, attr in enumerate(parts):
+        if hasattr(obj, attr):
+            obj = getattr(obj, attr)
+            continue
+        if k == len(parts) - 1 and inspect.isclass(obj):
+            source = inspect.getsource(obj)
+            return re.search(rf"self\.{attr}\b\s*(:[^=]*)?=|^\s+{attr}\s*:", source, re.M) \
+                is not None
+        return False
+    return True
+
+
+def _resolves(name: str, here: str, modules: list[str]) -> bool:
+    """``name`` (``a.b.c``) resolves as Sphinx's Python domain would: in the referring module
+    ``here``, as an importable module or a path below one, or by suffix (a leading dot) below
+    any module of ``modules``."""
+    parts = name.lstrip(".").split(".")
+    if _attr_path(importlib.import_module(here), parts):
+        return True
+    for i in range(len(parts), 0, -1):
+        try:
+            if _attr_path(importlib.import_module(".".join(parts[:i])), parts[i:]):
+                return True
+        except ImportError:
+            pass
+    for m in modules:
+        for i in range(len(parts)):
+            if (i == 0 or m.endswith("." + ".".join(parts[:i]))) and \
+                    _attr_path(importlib.import_module(m), parts[i:]):
+                return True
+    return False
+
+
+def dangling_references(graph: grimp.ImportGraph) -> list[str]:
+    """Dotted Sphinx references in the packages' sources that name nothing (bare names, which
+    are left to the reader)."""
+    modules = sorted(graph.modules)
+    found = []
+    for folder in FOLDER.values():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                for m in REFERENCE.finditer(line):
+                    name = m[1]
+                    if "." in name and not _resolves(name, module_of(path), modules):
+                        found.append(f"{path.relative_to(ROOT)}:{lineno}: {m[0]}")
+    return found
+
+
 def summary(graph: grimp.ImportGraph) -> None:
     per: dict[str, int] = defaultdict(int)
     for m in graph.modules:
@@ -151,6 +212,11 @@ def main() -> int:
     print(f"private names imported across modules: {len(private)}")
     for p in private:
         print("  " + p)
+        bad += 1
+    dangling = dangling_references(graph)
+    print(f"docstring references that name nothing: {len(dangling)}")
+    for d in dangling:
+        print("  " + d)
         bad += 1
     if args.summary:
         summary(graph)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Static checks that fail the run: ruff (lint, import order, private reach-ins), the import
-# contracts (.importlinter), no import cycles and no private names imported across modules
-# (tests/check_architecture.py), mypy on the packages listed below, and a strict build of the
-# docs. Run by tests/run.sh before the tests, so by CI.
+# contracts (.importlinter), no import cycles, no private names imported across modules and no
+# docstring reference to a missing name (tests/check_architecture.py), mypy on the packages
+# listed below, and a strict build of the docs. Run by tests/run.sh before the tests, so by CI.
 #   bash tests/static_checks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,12 +14,13 @@ echo "== ruff"
 echo "== import contracts (.importlinter)"
 .venv/bin/lint-imports --no-cache
 
-echo "== import cycles and private names (tests/check_architecture.py)"
+echo "== import cycles, private names, docstring references (tests/check_architecture.py)"
 .venv/bin/python tests/check_architecture.py --summary
 
 # The packages that type-check cleanly; a package joins once it does.
 MYPY_TARGETS=(
     -p qnode.native
+    -p qnode.drivers
     -p qnode.daemon.quantum
     -p qnode.daemon.linklayer
     -p qnode.daemon.bus

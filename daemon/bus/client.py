@@ -22,8 +22,8 @@ Delivery guarantee
   our reconnects and, with broker persistence, across broker restarts). Messages wait in one
   bounded :class:`~.inbound.InboundQueue` that outlives connections (limits per class of
   traffic, every drop counted in ``dropped_incoming`` and logged). Every message is checked by
-  :func:`messages.decode`; signed ones are de-duplicated by (key, sender, id) with the shared
-  :class:`~messages.Deduplicator`, unsigned ones by their bytes, so each accepted message
+  :func:`~.envelope.decode`; signed ones are de-duplicated by (key, sender, id) with the shared
+  :class:`~.envelope.Deduplicator`, unsigned ones by their bytes, so each accepted message
   reaches its handler **effectively once**. The library acknowledges a message when it arrives,
   before the handler runs: a crash of this process between the two loses it (persist the dedup
   state only after handling).

@@ -14,7 +14,7 @@ public keys of the network's nodes in one directory as ``<node>.pub`` (SubjectPu
 ``openssl pkey -pubout``), which every node and operator holds. ``qnode keygen`` makes both.
 
 A signature is the unpadded URL-safe base64 of the 64-byte Ed25519 signature of the envelope's
-canonical JSON without its signature fields (:func:`~.messages.canonical`), in the envelope's
+canonical JSON without its signature fields (:func:`~.envelope.canonical`), in the envelope's
 ``nodesig`` field.
 """
 from __future__ import annotations

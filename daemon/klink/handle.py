@@ -5,15 +5,24 @@ the link service they serve.
 never the service, so the service may own them without an import cycle; and the rule that makes
 restarts safe — state is stored before anything is sent (write-ahead) — stays in the service's
 :meth:`LinkHandle.send`, the one place that sends.
+
+Helpers plug in by registering, never by filling slots of the service: a handler per kind of
+peer message (:meth:`LinkHandle.on_message`), a server for the CREATEs they take
+(:meth:`LinkHandle.serve_requests`) and their part of the link's telemetry
+(:meth:`LinkHandle.add_telemetry`).
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
-from qnode.daemon.linklayer import LinkEnd, Message
+from qnode.daemon.linklayer import Create, LinkEnd, Message
 from qnode.daemon.runtime.context import NodeContext
+
+M = TypeVar("M", bound=Message)
+#: a handler of one kind of peer message: what it returns is stored, then sent
+PeerHandler = Callable[[Any], Awaitable[Iterable[Message]]]
 
 
 class LinkHandle(Protocol):
@@ -43,4 +52,19 @@ class LinkHandle(Protocol):
 
     async def expire_pair(self, seq: int) -> None:
         """EXPIRE pair ``seq`` to the peer (caller holds :attr:`lock`)."""
+        ...
+
+    def on_message(self, kind: type[M], handler: Callable[[M], Awaitable[Iterable[Message]]],
+                   *, locked: bool = True) -> None:
+        """Send the peer's messages of ``kind`` to ``handler`` (under :attr:`lock` when
+        ``locked``; what it returns is stored, then sent)."""
+        ...
+
+    def serve_requests(self, accepts: Callable[[Create], bool],
+                       serve: Callable[[Create, str], Awaitable[None]]) -> None:
+        """Let ``serve(create, requester)`` take the CREATEs that ``accepts``."""
+        ...
+
+    def add_telemetry(self, part: Callable[[], Mapping[str, Any]]) -> None:
+        """Merge ``part()`` into the link's telemetry records."""
         ...

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from qnode.daemon.bus.client import BusOverloaded
 from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.topics import Topic
+from qnode.daemon.klink.handle import M, PeerHandler
 from qnode.daemon.linklayer import (
     SEQ_MOD,
     Create,
@@ -41,9 +42,6 @@ from qnode.daemon.linklayer import (
     LinkEnd,
     Message,
     Ok,
-    Purify,
-    PurifyResult,
-    SwapResult,
     TestOutcomes,
     hold_ms,
     message_from_dict,
@@ -56,7 +54,6 @@ from qnode.daemon.quantum.bell_diagonal import BellDiagonal, age
 if TYPE_CHECKING:
     from qnode.daemon.bus.telemetry import LinkTelemetry, LinkType
     from qnode.daemon.klink.memory import LinkMemory
-    from qnode.daemon.klink.purification import Purifier
     from qnode.daemon.klink.swapping import PathEnd
     from qnode.daemon.runtime.context import NodeContext
 
@@ -126,12 +123,19 @@ class LinkService:
         #: the link's qubits, when the node binds pairs to a QDevice
         # (:mod:`qnode.daemon.klink.memory`)
         self.memory: LinkMemory | None = None
-        #: where a repeater's SWAP_RES for this link goes (a path end,
-        # :mod:`qnode.daemon.klink.swapping`)
-        self.swap_handler: Callable[[SwapResult], Awaitable[None]] | None = None
-        #: serves CREATEs above the link's fidelity by purification
-        # (:mod:`qnode.daemon.klink.purification`)
-        self.purifier: Purifier | None = None
+        #: the handler of each kind of message from the peer (:meth:`on_message`): the link
+        # end's own (EXPIRE, EXPIRE_ACK, EPOCH) and what the helpers register — the memory's
+        # TEST and HELD, a path end's SWAP_RES, the purifier's PURIFY or PURIFY_RES
+        self._handlers: dict[type[Any], tuple[PeerHandler, bool]] = {}
+        self.on_message(Expire, lambda m: self._end_call(self.end.on_expire, m))
+        self.on_message(ExpireAck, lambda m: self._end_call(self.end.on_expire_ack, m))
+        self.on_message(Epoch, self._on_epoch)
+        #: (accepts, serve) of the helpers that serve some CREATEs themselves (purification
+        #: serves those above the link's fidelity), tried in order before the link end
+        self._request_servers: list[tuple[Callable[[Create], bool],
+                                          Callable[[Create, str], Awaitable[None]]]] = []
+        #: the helpers' parts of this link's telemetry record
+        self._telemetry_parts: list[Callable[[], Mapping[str, Any]]] = []
         #: called after the link's bound pairs may have changed (a repeater's swapper)
         self.listeners: list[Callable[[], None]] = []
         # (absolute first, count, when) of the pairs accepted, oldest first
@@ -151,6 +155,53 @@ class LinkService:
         self._ignored_logged = (0, 0)             # (stale entries, ignored batches) last logged
         self._ignored_log_at = -STALE_LOG_S
         self._heralds_at_last = self.end.total("heralds_accepted_total")
+
+    def on_message(self, kind: type[M], handler: Callable[[M], Awaitable[Iterable[Message]]],
+                   *, locked: bool = True) -> None:
+        """Send the peer's messages of ``kind`` to ``handler``: with ``locked``, it runs under
+        :attr:`lock` and what it returns is stored, then sent (:meth:`send`); otherwise it takes
+        the lock itself. One handler per kind; a kind nobody registered is refused and counted
+        (``not_a_peer_message``)."""
+        if kind in self._handlers:
+            raise ValueError(f"link {self.link}: {kind.TYPE} already has a handler")
+        self._handlers[kind] = (handler, locked)
+
+    def serve_requests(self, accepts: Callable[[Create], bool],
+                       serve: Callable[[Create, str], Awaitable[None]]) -> None:
+        """Let ``serve(create, requester)`` (called under :attr:`lock`) take the CREATEs that
+        ``accepts`` instead of the link end."""
+        self._request_servers.append((accepts, serve))
+
+    def add_telemetry(self, part: Callable[[], Mapping[str, Any]]) -> None:
+        """Merge ``part()`` into every telemetry record of this link."""
+        self._telemetry_parts.append(part)
+
+    async def _end_call(self, call: Callable[[Any, float], Iterable[Message]],
+                        msg: Message) -> Iterable[Message]:
+        return call(msg, self.ctx.now())
+
+    async def _on_epoch(self, msg: Epoch) -> Iterable[Message]:
+        actions = list(self.end.on_epoch(msg, self.ctx.now()))
+        self._took()   # an agreed epoch applies the batches held for it
+        return actions
+
+    def attach_memory(self, memory: LinkMemory) -> None:
+        """Keep this link's pairs in ``memory``'s qubits: it learns of every accepted batch, is
+        ticked with the link, stamps the OKs, and takes the peer's TEST outcomes and HELD."""
+        self.memory = memory
+        self.end.deliverable = self.deliverable
+
+        async def on_tests(msg: TestOutcomes) -> list[Message]:
+            memory.on_tests(msg)
+            return []
+
+        async def on_held(msg: Held) -> list[Message]:
+            memory.on_held(msg)
+            for notify in self.listeners:
+                notify()
+            return list(self.end.serve())
+        self.on_message(TestOutcomes, on_tests)
+        self.on_message(Held, on_held)
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -269,36 +320,25 @@ class LinkService:
             await self._commit(actions)
 
     async def on_peer_message(self, msg: Envelope, parsed: Message) -> None:
+        found = self._handlers.get(type(parsed))
+        if found is None:
+            self._reject("not_a_peer_message", msg,
+                         ValueError(f"{parsed.TYPE} is not a peer message of this link end"))
+            return
+        handler, locked = found
+        if not locked:
+            await handler(parsed)
+            return
         async with self._lock:
-            now = self.ctx.now()
-            if isinstance(parsed, Expire):
-                actions = self.end.on_expire(parsed, now)
-            elif isinstance(parsed, ExpireAck):
-                actions = self.end.on_expire_ack(parsed, now)
-            elif isinstance(parsed, Epoch):
-                actions = self.end.on_epoch(parsed, now)
-                self._took()   # an agreed epoch applies the batches held for it
-            elif isinstance(parsed, TestOutcomes) and self.memory is not None:
-                self.memory.on_tests(parsed)
-                return
-            elif isinstance(parsed, Held) and self.memory is not None:
-                self.memory.on_held(parsed)
-                for notify in self.listeners:
-                    notify()
-                actions = self.end.serve()
-            elif isinstance(parsed, SwapResult) and self.swap_handler is not None:
-                await self.swap_handler(parsed)
-                return
-            else:
-                self._reject("not_a_peer_message", msg,
-                             ValueError(f"{parsed.TYPE} is not a peer message"))
-                return
+            actions = await handler(parsed)
             await self._commit(list(actions))
 
     async def request(self, create: Create, requester: str) -> None:
         async with self._lock:
-            if self.purifier is not None and self.purifier.needed(create):
-                await self.purifier.request(create, requester)
+            server = next((serve for accepts, serve in self._request_servers
+                           if accepts(create)), None)
+            if server is not None:
+                await server(create, requester)
                 return
             actions = list(self.end.request(create, self.ctx.now()))
             for a in actions:
@@ -462,7 +502,7 @@ class LinkService:
 
     def _log_shed(self) -> None:
         """A warning (rate-limited) when this end shed pairs to bound its unacknowledged
-        EXPIREs (``pairs_shed_total``, :meth:`.LinkEnd._bound_unacked`)."""
+        EXPIREs (``pairs_shed_total``; ``LinkEnd``'s bound on unacknowledged ranges)."""
         shed = self.end.total("pairs_shed_total")
         if shed == self._shed_logged:
             return
@@ -556,8 +596,8 @@ class LinkService:
             t["herald_age_s"] = max(0.0, self.ctx.now() - self._last_herald)
         if self.memory is not None:
             t = {**t, **self.memory.telemetry()}
-        if self.purifier is not None:
-            t = {**t, **self.purifier.telemetry()}
+        for part in self._telemetry_parts:
+            t = {**t, **part()}   # type: ignore[typeddict-item]
         if lat.size:
             t["herald_latency_ms_p50"] = float(np.percentile(lat, 50))
             t["herald_latency_ms_p99"] = float(np.percentile(lat, 99))
@@ -641,21 +681,9 @@ class LinkRouter:
             await found[1].on_peer_message(msg, found[0])
 
     async def _on_proto(self, topic: Topic, msg: Envelope) -> None:
-        """PURIFY / PURIFY_RES of a link's purification (:mod:`qnode.daemon.klink.purification`)."""
-        found = self._peer_message(msg)
-        if found is None:
-            return
-        parsed, service = found
-        purifier = service.purifier
-        if purifier is None:
-            self.count("unknown_link", msg, f"no purification on link {service.link!r}")
-            return
-        if isinstance(parsed, Purify) and not purifier.leader:
-            await purifier.on_purify(parsed)
-        elif isinstance(parsed, PurifyResult) and purifier.leader:
-            purifier.on_result(parsed)
-        else:
-            self.count("not_a_proto_message", msg, f"{parsed.TYPE} is not for this end")
+        """PURIFY / PURIFY_RES of a link's purification (:mod:`qnode.daemon.klink.purification`),
+        to the handler its purifier registered."""
+        await self._on_ll(topic, msg)
 
     async def _on_cmd(self, topic: Topic, msg: Envelope) -> None:
         if msg.type != "CREATE":

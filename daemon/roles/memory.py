@@ -58,6 +58,7 @@ class MemoryRole:
         self.health_checks = dict(self.calibrations)
         self.pool: QubitPool | None = None
         self.swappers: list[Swapper] = []
+        self.purifiers: dict[str, Purifier] = {}   # link -> its purifier
         self.path_ends: list[PathEnd] = []
         if mem.qdevice is not None:
             self._bind_qubits(mem.qdevice)
@@ -75,15 +76,14 @@ class MemoryRole:
             read(device)
         self.calibrations[qdevice] = calibrate
         for s in self.services:
-            s.memory = LinkMemory(s.link, pool, test_fraction=mem.test_fraction,
-                                  readout_error=mem.readout_error, t1_s=mem.t1_s,
-                                  t2_s=mem.t2_s, prior_fidelity=mem.fidelity,
-                                  min_tests=mem.min_tests)
+            memory = LinkMemory(s.link, pool, test_fraction=mem.test_fraction,
+                                readout_error=mem.readout_error, t1_s=mem.t1_s,
+                                t2_s=mem.t2_s, prior_fidelity=mem.fidelity,
+                                min_tests=mem.min_tests)
+            s.attach_memory(memory)
             s.hold_s = mem.delivered_hold_s
-            s.end.deliverable = s.deliverable
             if mem.purification != "off":
-                s.purifier = Purifier(self.ctx, s, s.memory, mem)
-                s.listeners.append(s.purifier.poke)
+                self.purifiers[s.link] = Purifier(self.ctx, s, memory, mem)
 
     def _paths(self) -> None:
         cfg = self.ctx.config
@@ -109,7 +109,6 @@ class MemoryRole:
                 service = by_link[path.links[path.ends.index(cfg.id)]]
                 assert service.memory is not None
                 end = PathEnd(self.ctx, path, service, service.memory, mem)
-                service.swap_handler = end.on_swap_result
                 self.router.add_path(end)
                 self.path_ends.append(end)
 
@@ -125,8 +124,8 @@ class MemoryRole:
             out[f"{s.link}:tick"] = self._ticker(s)
             if s.memory is not None:
                 out[f"{s.link}:qubits"] = self._qubit_worker(s)
-            if s.purifier is not None:
-                out[f"{s.link}:purify"] = s.purifier.run
+            if s.link in self.purifiers:
+                out[f"{s.link}:purify"] = self.purifiers[s.link].run
         for sw in self.swappers:
             out[f"{sw.path.id}:swap"] = sw.run
         for end in self.path_ends:

@@ -125,8 +125,10 @@ class MemoryLinkStore:
 
 def link_context(node: str, bus: Any, store: MemoryLinkStore | None = None) -> Any:
     """What a :class:`~qnode.daemon.klink.service.LinkService` needs of its node, without a
-    node: ``bus`` (anything with ``publish``), a :class:`MemoryLinkStore`, stores run at once."""
-    import collections
+    node: ``bus`` (anything with ``publish``; handlers it is given with ``on`` are kept in
+    ``ctx.handlers``), a :class:`MemoryLinkStore`, stores run at once, and the node's shared
+    objects made on first use as :meth:`~qnode.daemon.runtime.context.NodeContext.shared` makes
+    them (so a refused message is counted in the real link router's ``rejected``)."""
     import types
 
     from qnode.daemon.bus.topics import Topics
@@ -134,10 +136,16 @@ def link_context(node: str, bus: Any, store: MemoryLinkStore | None = None) -> A
     async def persist(fn: Callable[[], None]) -> None:
         fn()
 
-    return types.SimpleNamespace(
+    made: dict[Any, Any] = {}
+    handlers: dict[str, Any] = {}
+    if not hasattr(bus, "on"):
+        bus.on = lambda kind, handler: handlers.__setitem__(kind, handler)
+    ctx = types.SimpleNamespace(
         node=node, now=time.monotonic, store=store or MemoryLinkStore(), persist=persist,
-        bus=bus, topics=Topics("t", node),
-        router=types.SimpleNamespace(rejected=collections.Counter()))
+        bus=bus, topics=Topics("t", node), handlers=handlers)
+    ctx.shared = lambda kind: made[kind] if kind in made else made.setdefault(kind, kind(ctx))
+    ctx.shared_if_made = made.get
+    return ctx
 
 
 class Daemon:

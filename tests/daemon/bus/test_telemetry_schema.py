@@ -163,8 +163,9 @@ def _record_of_memory_node() -> Telemetry:
     async def build() -> Telemetry:
         ctx = link_context("alice", _Bus())
         svc = await _k_end(ctx, "alice-rep", "rep")
-        svc.memory = _memory("alice-rep")
-        purifier = svc.purifier = Purifier(ctx, svc, svc.memory, MEM)
+        svc.attach_memory(_memory("alice-rep"))
+        assert svc.memory is not None
+        purifier = Purifier(ctx, svc, svc.memory, MEM)
         purifier.last_plan = purifier.plan(0.95)
         assert purifier.last_plan is not None
         purifier.delivered_fidelity.append(0.96)
@@ -172,7 +173,7 @@ def _record_of_memory_node() -> Telemetry:
         end = PathEnd(ctx, path, svc, svc.memory, MEM)
         end.delivered_fidelity.append(0.8)
         other = await _k_end(link_context("alice", _Bus()), "rep-carol", "carol")
-        other.memory = _memory("rep-carol")
+        other.attach_memory(_memory("rep-carol"))
         swapper = Swapper(ctx, path, (svc, other), (svc.memory, other.memory), MEM)
         swapper.outcomes["01"] += 1
         swapper.last_fidelity = 0.85
