@@ -43,6 +43,9 @@ setup(
         "aiomqtt>=2.0",       # MQTT for the daemon: the maintained successor of asyncio-mqtt
         "prometheus-client>=0.20",  # the Prometheus project's own client: the metrics endpoint
         "cryptography>=42",   # Ed25519 identity keys (node signatures): PyCA's OpenSSL binding
+        # the application protocol's messages are JSON Schemas (validation, the AsyncAPI
+        # document, the docs' tables): the reference validator of the JSON Schema project
+        "jsonschema>=4.18",
     ],
     extras_require={
         # `qnode demo`: an embedded MQTT broker and the report's plots
@@ -60,6 +63,7 @@ setup(
             "mypy>=1.10",
             "types-cffi>=1.16",
             "types-pyserial>=3.5",
+            "types-jsonschema>=4.18",
             # the import rules (.importlinter): rooms import downwards, pure rooms stay pure;
             # grimp (its graph library) also serves tests/check_architecture.py
             "import-linter>=2.1",

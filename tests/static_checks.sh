@@ -29,6 +29,7 @@ MYPY_TARGETS=(
     -p qnode.daemon.runtime
     -p qnode.daemon.klink
     -p qnode.daemon.acquisition
+    -p qnode.daemon.apps
     -p qnode.daemon.roles
     -m qnode.daemon.node
     -m qnode.daemon.cli

@@ -231,6 +231,30 @@ class Histogram(TypedDict):
     counts: list[int]
 
 
+class LatencyHistogram(TypedDict):
+    """Cumulative counts of seconds at or below each bucket's bound (as Prometheus keeps)."""
+
+    buckets: dict[str, int]               # upper bound (s, as text) -> count
+    count: int
+    sum: float                            # s
+
+
+class AppsTelemetry(TypedDict, total=False):
+    """The application service (qnode.daemon.apps)."""
+
+    requests_waiting: int                 # in this node's allocator queues (both ends' requests)
+    requests_live: int                    # made here, not yet ended
+    requests_total: dict[str, int]        # ended here, by outcome (done, error, expired, ...)
+    requests_refused_total: dict[str, int]  # ERRORs by code
+    pairs_delivered_total: dict[str, int]   # per application of this node
+    listening: dict[str, str]             # purpose id -> application
+    request_first_pair_seconds: LatencyHistogram   # request -> its first PAIR
+    request_done_seconds: LatencyHistogram         # request -> DONE
+    pairs_after_end_total: int            # pairs that came for a request already ended here
+    pairs_unclaimed_total: int            # pairs for a purpose nobody listened on any more
+    gives_failed_total: int               # GIVEs of pairs this end no longer held
+
+
 class Telemetry(TypedDict, total=False):
     v: int                      # SCHEMA_VERSION
     node: str
@@ -267,6 +291,7 @@ class Telemetry(TypedDict, total=False):
     link_rejected: dict[str, int]         # link-layer messages refused after the envelope
     #                                       checks, by reason (bad_herald, bad_body, ...)
     bus: BusTelemetry
+    apps: AppsTelemetry
 
 
 #: The envelope ``type`` of a telemetry message (docs/integrators/mqtt-contract.md).

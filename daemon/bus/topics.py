@@ -12,10 +12,14 @@ under its own prefix.
 ``ll/<peer>``       link-layer messages from the node to ``peer``                node
 ``proto/<peer>``    purification / swap messages from the node to ``peer``       node
 ``tags/<link>``     the node's time tags for the counter of M-type ``link``       node
+``req/<node>``      an application's requests to ``node``                        application
+``app/<app>``       the node's replies to application ``app``                    node
 ==================  ==========================================================  =========
 
 The node segment of a topic names its publisher (the broker's ACL lets a node publish only under
-its own prefix), so a message's ``sender`` must equal it.
+its own prefix, and an application only its requests), so a message's ``sender`` must equal it.
+An application's name is a node segment like a node's: ``req`` topics live under the
+application's own prefix, ``qnet/v1/<network>/<application>/req/<node>``.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import re
 
 VERSION_SEGMENT = "v1"
 NODE_KINDS = ("status", "telemetry", "cmd")
-ARG_KINDS = ("reply", "herald", "ll", "proto", "tags")
+ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "req", "app")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -83,6 +87,14 @@ class Topics:
 
     def tags(self, link: str) -> str:
         return f"{self.root}/tags/{_check('link', link)}"
+
+    def app(self, application: str) -> str:
+        """Where this node replies to ``application``."""
+        return f"{self.root}/app/{_check('application', application)}"
+
+    def requests_to(self, node: str) -> str:
+        """Where this publisher (an application) sends its requests to ``node``."""
+        return f"{self.root}/req/{_check('node', node)}"
 
     def ll(self, peer: str) -> str:
         return f"{self.root}/ll/{_check('peer', peer)}"

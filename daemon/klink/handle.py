@@ -15,14 +15,38 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from qnode.daemon.linklayer import Create, LinkEnd, Message
 from qnode.daemon.runtime.context import NodeContext
 
-M = TypeVar("M", bound=Message)
+
+@dataclass(frozen=True)
+class Routed:
+    """A message of a layer above for ``topic`` (an application's reply), handed to
+    :meth:`LinkHandle.send` with the link's own: it is published after the store that covers the
+    change it reports, like everything else the link sends."""
+
+    topic: str
+    message: Any   # anything with ``TYPE`` and ``to_dict()``
+
+
+class ToPeer(Protocol):
+    """A message of a layer above for the link's peer (the application service's GIVE): sent
+    on ``ll/<peer>``, signed with the link key, after the store like the link layer's own."""
+
+    TYPE: ClassVar[str]
+    TO_PEER: ClassVar[bool]
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+#: what a link service sends for its helpers and the layers above
+Outgoing = Message | Routed | ToPeer
+M = TypeVar("M")
 #: a handler of one kind of peer message: what it returns is stored, then sent
-PeerHandler = Callable[[Any], Awaitable[Iterable[Message]]]
+PeerHandler = Callable[[Any], Awaitable[Iterable["Outgoing"]]]
 
 
 class LinkHandle(Protocol):
@@ -46,15 +70,17 @@ class LinkHandle(Protocol):
         """The link end changed (caller holds :attr:`lock`): store it lazily."""
         ...
 
-    async def send(self, actions: Iterable[Message]) -> None:
-        """Store, then send, what a change of the link end returned (caller holds :attr:`lock`)."""
+    async def send(self, actions: Iterable[Outgoing]) -> None:
+        """Store, then send, what a change of the link end returned (caller holds :attr:`lock`):
+        messages to the peer (the link layer's, and any that says ``TO_PEER``), answers to
+        requesters, and :class:`Routed` messages to their topics."""
         ...
 
     async def expire_pair(self, seq: int) -> None:
         """EXPIRE pair ``seq`` to the peer (caller holds :attr:`lock`)."""
         ...
 
-    def on_message(self, kind: type[M], handler: Callable[[M], Awaitable[Iterable[Message]]],
+    def on_message(self, kind: type[M], handler: Callable[[M], Awaitable[Iterable[Outgoing]]],
                    *, locked: bool = True) -> None:
         """Send the peer's messages of ``kind`` to ``handler`` (under :attr:`lock` when
         ``locked``; what it returns is stored, then sent)."""

@@ -27,7 +27,7 @@ import numpy as np
 from qnode.daemon.bus.client import BusOverloaded
 from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.topics import Topic
-from qnode.daemon.klink.handle import M, PeerHandler
+from qnode.daemon.klink.handle import M, Outgoing, PeerHandler, Routed
 from qnode.daemon.linklayer import (
     SEQ_MOD,
     Create,
@@ -118,7 +118,7 @@ class LinkService:
         self._persisted_at = 0.0
         self._full_saved = False
         #: what calls returned and is not yet sent: it waits for the store that covers it
-        self._outbox: list[Message] = []
+        self._outbox: list[Outgoing] = []
         self._lock = asyncio.Lock()
         #: the link's qubits, when the node binds pairs to a QDevice
         # (:mod:`qnode.daemon.klink.memory`)
@@ -156,14 +156,15 @@ class LinkService:
         self._ignored_log_at = -STALE_LOG_S
         self._heralds_at_last = self.end.total("heralds_accepted_total")
 
-    def on_message(self, kind: type[M], handler: Callable[[M], Awaitable[Iterable[Message]]],
+    def on_message(self, kind: type[M], handler: Callable[[M], Awaitable[Iterable[Outgoing]]],
                    *, locked: bool = True) -> None:
         """Send the peer's messages of ``kind`` to ``handler``: with ``locked``, it runs under
         :attr:`lock` and what it returns is stored, then sent (:meth:`send`); otherwise it takes
         the lock itself. One handler per kind; a kind nobody registered is refused and counted
         (``not_a_peer_message``)."""
         if kind in self._handlers:
-            raise ValueError(f"link {self.link}: {kind.TYPE} already has a handler")
+            name = getattr(kind, "TYPE", kind.__name__)
+            raise ValueError(f"link {self.link}: {name} already has a handler")
         self._handlers[kind] = (handler, locked)
 
     def serve_requests(self, accepts: Callable[[Create], bool],
@@ -213,7 +214,7 @@ class LinkService:
         lazily, as an in-order herald batch is."""
         self._dirty = True
 
-    async def send(self, actions: Iterable[Message]) -> None:
+    async def send(self, actions: Iterable[Outgoing]) -> None:
         """Store and send what a change of the link end returned (caller holds :attr:`lock`;
         from a message handler, both happen at the end of the bus's burst: see :meth:`_commit`)."""
         await self._commit(actions)
@@ -440,7 +441,7 @@ class LinkService:
         return list(self.end.expire_abs(lo, hi, now))
 
     # ------------------------------------------------------------------ output
-    async def _commit(self, actions: Iterable[Message]) -> None:
+    async def _commit(self, actions: Iterable[Outgoing]) -> None:
         """Persist the link end, then send: peer messages on ll/<peer>, answers to requesters.
 
         Write-ahead where it matters: nothing is sent before a store that covers the change that
@@ -475,6 +476,9 @@ class LinkService:
         for m in to_peer:
             self._publish(topics.ll(self.peer), m, sign_with=self.peer)
         for m in up:
+            if isinstance(m, Routed):
+                self._publish(m.topic, m.message)
+                continue
             if isinstance(m, Ok):
                 m = self._aged(m)
             cid = getattr(m, "create_id", None)
@@ -620,11 +624,19 @@ class LinkRouter:
         self._servers: list[tuple[Callable[[Create], bool], CreateServer]] = []
         self._fallback: CreateServer | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
+        #: message types of the layers above that travel between link ends (type -> class
+        #: with ``from_dict`` and a ``link`` field), besides the link layer's own
+        self._peer_types: dict[str, Any] = {}
         self._rlog = RateLimitedLog(log)
         ctx.bus.on("herald", self._on_herald)
         ctx.bus.on("ll", self._on_ll)
         ctx.bus.on("proto", self._on_proto)
         ctx.bus.on("cmd", self._on_cmd)
+
+    def add_peer_types(self, types: Mapping[str, Any]) -> None:
+        """Parse peer messages of ``types`` (type -> class) too: a layer above (the application
+        service) then registers their handlers with each link's :meth:`LinkService.on_message`."""
+        self._peer_types.update(types)
 
     def add(self, service: LinkService) -> LinkService:
         self.services[service.link] = service
@@ -664,7 +676,9 @@ class LinkRouter:
         """Parse a message from a link's peer and find its link; counted and None if either
         fails (the sender must be the link's peer)."""
         try:
-            parsed = message_from_dict({**msg.body, "type": msg.type})
+            cls = self._peer_types.get(msg.type)
+            parsed = (cls.from_dict({**msg.body, "type": msg.type}) if cls is not None
+                      else message_from_dict({**msg.body, "type": msg.type}))
         except ValueError as exc:
             self.count("bad_body", msg, str(exc))
             return None

@@ -35,7 +35,7 @@ import math
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -919,11 +919,16 @@ def message_from_dict(d: Mapping[str, Any]) -> Message:
     return MESSAGE_TYPES[t].from_dict(d)
 
 
-def split_actions(actions: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+_A = TypeVar("_A")
+
+
+def split_actions(actions: Iterable[_A]) -> tuple[list[_A], list[_A]]:
     """(up, to_peer): Ack/Ok/Err go to the requesting layer, Expire/ExpireAck/Epoch to the
-    peer."""
-    up: list[Message] = []
-    peer: list[Message] = []
+    peer, and so does a message of a layer above that says ``TO_PEER`` (the application
+    service's GIVE), in the order given."""
+    up: list[_A] = []
+    peer: list[_A] = []
     for a in actions:
-        (peer if isinstance(a, (Expire, ExpireAck, Epoch)) else up).append(a)
+        to_peer = isinstance(a, (Expire, ExpireAck, Epoch)) or getattr(a, "TO_PEER", False)
+        (peer if to_peer else up).append(a)
     return up, peer

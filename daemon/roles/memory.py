@@ -23,6 +23,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from qnode.daemon.apps.pools import LinkPool
+from qnode.daemon.apps.service import AppService
 from qnode.daemon.klink.memory import LinkMemory, QubitPool
 from qnode.daemon.klink.purification import Purifier
 from qnode.daemon.klink.service import LinkRouter, LinkService
@@ -63,6 +65,12 @@ class MemoryRole:
         if mem.qdevice is not None:
             self._bind_qubits(mem.qdevice)
         self._paths()
+        self.apps: AppService | None = None
+        if ctx.config.service is not None:
+            feeding = {lid for p in ctx.config.paths for lid in p.links}
+            pools = [LinkPool(s, s.memory, ctx.node) for s in self.services
+                     if s.memory is not None and s.link not in feeding]
+            self.apps = AppService(ctx, ctx.config.service, pools)
 
     def _bind_qubits(self, qdevice: str) -> None:
         mem = self.ctx.config.memory
@@ -130,6 +138,8 @@ class MemoryRole:
             out[f"{sw.path.id}:swap"] = sw.run
         for end in self.path_ends:
             out[f"{end.path.id}:end"] = self._path_ticker(end)
+        if self.apps is not None:
+            out["apps"] = self.apps.run
         return out
 
     @staticmethod
@@ -174,3 +184,5 @@ class MemoryRole:
         paths.update({end.path.id: end.telemetry() for end in self.path_ends})
         if paths:
             record["paths"] = paths
+        if self.apps is not None:
+            record["apps"] = self.apps.telemetry()

@@ -126,6 +126,17 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     min_pump_mw = 0.0             # the powers the FEU may choose from
     max_pump_mw = 200.0
 
+    [service]                     # the application service (qnode.daemon.apps), with one or more
+                                  #   [applications.<name>] tables
+    max_waiting = 10000           # requests waiting per pool, of all applications
+    max_per_application = 1000    # requests waiting per pool, of one application
+    listeners_every_s = 5.0       # how often the purposes listened on are told to link peers (s)
+
+    [applications.keyapp]         # an application this node serves: its broker user name (not a
+                                  #   node id)
+    weight = 1.0                  # its share of pairs against the other applications (> 0)
+    purposes = [7]                # the purpose ids it may LISTEN on (receive the far end's pairs)
+
     [thresholds]                  # when the node reports itself degraded
     max_qber = 0.11
     min_visibility = 0.9
@@ -237,6 +248,25 @@ class Thresholds:
 class MetricsConfig:
     prometheus_port: int = 9108
     telemetry_interval_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplicationConfig:
+    """``[applications.<name>]``: a program this node serves."""
+
+    name: str
+    weight: float = 1.0              # its share of pairs against the others (> 0)
+    purposes: tuple[int, ...] = ()   # purpose ids it may LISTEN on
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """``[service]`` and ``[applications]``: the application service (qnode.daemon.apps)."""
+
+    applications: Mapping[str, ApplicationConfig]
+    max_waiting: int = 10_000
+    max_per_application: int = 1000
+    listeners_every_s: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,6 +431,8 @@ class NodeConfig:
     identity_key_file: Path | None = None
     #: the network's public identity keys, ``<node>.pub`` (verifies heralds)
     trust_dir: Path | None = None
+    #: the application service, when the node serves any application
+    service: ServiceConfig | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -508,7 +540,8 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         raise ConfigError(path, "(syntax)", f"nesting too deep: more than {MAX_DEPTH} levels of "
                                             f"tables and arrays")
     top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "paths",
-                                  "thresholds", "metrics", *ROLE_TABLES})
+                                  "thresholds", "metrics", "service", "applications",
+                                  *ROLE_TABLES})
     if not top.has("node"):
         raise top.fail("node", "the [node] table is required")
     if not top.has("broker"):
@@ -560,7 +593,8 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         paths=_paths(path, raw.get("paths", []), node_id, links),
         analyzer=_analyzer(path, raw.get("analyzer", {}), instruments)
         if "analyzer" in roles else None,
-        source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None)
+        source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None,
+        service=_service(path, raw.get("service"), raw.get("applications"), node_id, links))
     # heralds carry their station's identity signature: the station signs, the ends verify
     if "herald" in roles and identity_key_file is None:
         raise node.fail("identity_key_file", "a herald station signs its heralds with its "
@@ -589,6 +623,51 @@ ROLE_TABLES = ("herald", "memory", "analyzer", "source")
 
 #: the deepest nesting of tables and arrays a config may have (the real ones use 4)
 MAX_DEPTH = 32
+
+
+def _service(path: str, raw: object, apps: object, node_id: str,
+             links: tuple[LinkConfig, ...]) -> ServiceConfig | None:
+    """``[service]`` and ``[applications.<name>]``; None when no application is configured."""
+    if apps is None:
+        if raw is not None:
+            raise ConfigError(path, "service", "configures the application service, but no "
+                                               "[applications.<name>] table names one")
+        return None
+    if not isinstance(apps, dict) or not apps:
+        raise ConfigError(path, "applications", "must hold one [applications.<name>] table "
+                                                "per application")
+    nodes = {node_id} | {lc.peer for lc in links} | {lc.herald for lc in links if lc.herald}
+    out: dict[str, ApplicationConfig] = {}
+    for name, table in apps.items():
+        key = f"applications.{name}"
+        if not _NAME.match(name):
+            raise ConfigError(path, key, "an application's name may use only letters, digits, "
+                                         "'-' and '_' (1-64): it is its broker user name")
+        if name in nodes:
+            raise ConfigError(path, key, f"{name!r} is a node of this network: an application "
+                                         f"needs a name (broker user) of its own")
+        r = _Reader(path, key, table, {"weight", "purposes"})
+        purposes = r.table.get("purposes", [])
+        if (not isinstance(purposes, list) or len(purposes) > 1024 or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 0xFFFF
+                for p in purposes)):
+            raise r.fail("purposes", f"must be a list of purpose ids in [0, 65535], got "
+                                     f"{purposes!r}")
+        out[name] = ApplicationConfig(name, r.number("weight", 1.0, 1e-3, 1000.0),
+                                      tuple(purposes))
+    taken: dict[int, str] = {}
+    for a in out.values():
+        for p in a.purposes:
+            if p in taken:
+                raise ConfigError(path, f"applications.{a.name}.purposes",
+                                  f"purpose {p} is already {taken[p]!r}'s: one listener per "
+                                  f"purpose")
+            taken[p] = a.name
+    s = _Reader(path, "service", raw if raw is not None else {},
+                {"max_waiting", "max_per_application", "listeners_every_s"})
+    return ServiceConfig(out, s.integer("max_waiting", 10_000, 1, 1_000_000),
+                         s.integer("max_per_application", 1000, 1, 1_000_000),
+                         s.number("listeners_every_s", 5.0, 0.1, 3600))
 
 
 def _too_deep(value: object, limit: int) -> bool:

@@ -86,7 +86,9 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  test_fraction: float = 0.1, min_tests: int = 300, qubits_per_link: int = 2,
                  purification: str = "dejmps",
                  purification_schedule: str = "pumping", memory_t1_s: float = 5.0,
-                 memory_t2_s: float = 2.0, memory_readout_error: float = 0.005) -> NetworkPlan:
+                 memory_t2_s: float = 2.0, memory_readout_error: float = 0.005,
+                 paths: bool = True, delivered_hold_s: float = 0.1,
+                 extra: dict[str, str] | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
     ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
@@ -96,7 +98,9 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     memories keep every pair in the link layer alone (their QDevices are only supervised).
     ``qubits_per_link``, ``purification``, ``purification_schedule``: ``[memory]``'s;
     ``memory_t1_s``/``memory_t2_s``/``memory_readout_error``: the QDevices' calibration (a
-    bench variant's)."""
+    bench variant's). ``paths``: the repeater swaps for the path alice–bob (else its links
+    serve their own pairs); ``delivered_hold_s``: ``[memory]``'s; ``extra``: more config text
+    per node name (e.g. its ``[applications.<name>]`` tables)."""
     keys = workdir / "keys"
     keys.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -139,13 +143,16 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                    f"gate_depolarising_2q = 0.999\n"
                    f"gate_depolarising_1q = 0.999\npurification = {_toml_str(purification)}\n"
                    f"purification_schedule = {_toml_str(purification_schedule)}\n"
-                   f"\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
-                   f"repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
+                   f"delivered_hold_s = {delivered_hold_s}\n")
+    if quantum_memory and paths:
+        memory += ("\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
+                   "repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
     memory += "\n"
     plan = NetworkPlan()
 
     def add(name: str, roles: list[str], text: str) -> None:
-        plan.nodes[name] = NodePlan(name, tuple(roles), head(name, roles) + text)
+        more = (extra or {}).get(name, "")
+        plan.nodes[name] = NodePlan(name, tuple(roles), head(name, roles) + text + more)
 
     for station, link, ends in (("herald1", "alice-repeater", ("alice", "repeater")),
                                 ("herald2", "repeater-bob", ("repeater", "bob"))):

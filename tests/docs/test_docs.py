@@ -99,6 +99,29 @@ def test_config_reference_check_mode_passes() -> None:
     assert _generator().main(["--check"]) == 0
 
 
+# --------------------------------------------------------------------------- application messages
+
+def test_application_messages_page_is_generated_from_the_message_classes() -> None:
+    """docs/integrators/application-messages.md is what docs/gen_app_messages.py renders from
+    the classes the node validates with; every message and field is on it."""
+    name = "qnode_docs_gen_app_messages"
+    spec = importlib.util.spec_from_file_location(name, DOCS / "gen_app_messages.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    sys.modules[name] = gen
+    spec.loader.exec_module(gen)
+    page = (DOCS / "integrators" / "application-messages.md").read_text(encoding="utf-8")
+    assert page == gen.render(), (
+        "docs/integrators/application-messages.md is stale: run .venv/bin/python "
+        "docs/gen_app_messages.py > docs/integrators/application-messages.md")
+    from qnode.daemon.apps.peer import PEER_TYPES
+    from qnode.daemon.apps.protocol import REPLY_TYPES, REQUEST_TYPES, message_schema
+    for cls in [*REQUEST_TYPES.values(), *REPLY_TYPES.values(), *PEER_TYPES.values()]:
+        assert f"### `{cls.TYPE}`" in page, cls.TYPE
+        for field in message_schema(cls)["properties"]:
+            assert field == "type" or f"| `{field}` |" in page, (cls.TYPE, field)
+
+
 # --------------------------------------------------------------------------- messages
 
 def _message_sections() -> dict[str, str]:

@@ -140,6 +140,8 @@ def link_context(node: str, bus: Any, store: MemoryLinkStore | None = None) -> A
     handlers: dict[str, Any] = {}
     if not hasattr(bus, "on"):
         bus.on = lambda kind, handler: handlers.__setitem__(kind, handler)
+    if not hasattr(bus, "subscribe"):
+        bus.subscribe = lambda topic_filter: None
     ctx = types.SimpleNamespace(
         node=node, now=time.monotonic, store=store or MemoryLinkStore(), persist=persist,
         bus=bus, topics=Topics("t", node), handlers=handlers)

@@ -2,12 +2,12 @@
 Prometheus exporter reads and each one the node's producers put in a record. A field added to a
 producer or to the exporter without its declaration (type, unit) fails here.
 
-The producers run for real, in process: a K end with qubits and purification that accepted
-heralds, a repeater's swapper and a path end, an M counter's polarisation compensator, the bus's
-counters and a source with a fidelity model. Whole nodes' records are checked where the tests
-make them: tests/system/test_demo.py (stations, memories with qubits and purification, a
-repeater, a source, analyzers), tests/system/test_source_create.py (a source serving CREATEs),
-tests/daemon/acquisition/test_faults.py (an analyzer node in process) and
+The producers run for real, in process: a K end with qubits and purification that accepted heralds,
+a repeater's swapper and a path end, the application service, an M counter's polarisation
+compensator, the bus's counters and a source with a fidelity model. Whole nodes' records are checked
+where the tests make them: tests/system/test_demo.py (stations, memories with qubits and
+purification, a repeater, a source, analyzers), tests/system/test_source_create.py (a source serving
+CREATEs), tests/daemon/acquisition/test_faults.py (an analyzer node in process) and
 tests/daemon/acquisition/test_cross_node_counting.py (an M counter's figures).
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from qnode.daemon.acquisition.polarisation_control import Measurement, PolarisationController
+from qnode.daemon.apps.pools import LinkPool
+from qnode.daemon.apps.service import AppService
 from qnode.daemon.bus.client import NodeBus
 from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.telemetry import (
@@ -41,9 +43,11 @@ from qnode.daemon.quantum import estimators as est
 from qnode.daemon.quantum.feu import FidelityEstimationUnit
 from qnode.daemon.roles.source import SourceRole
 from qnode.daemon.runtime.config import (
+    ApplicationConfig,
     CompensationConfig,
     MemoryConfig,
     PathConfig,
+    ServiceConfig,
     SourceConfig,
 )
 from qnode.daemon.tools.metrics import TelemetryCollector
@@ -183,8 +187,17 @@ def _record_of_memory_node() -> Telemetry:
                     "tests_per_basis", "purify_plan_pairs_per_output",
                     "purify_delivered_fidelity_mean"):
             assert key in link, key  # every optional branch of these producers ran
+        apps = AppService(ctx, ServiceConfig({"keyapp": ApplicationConfig("keyapp",
+                                                                          purposes=(7,))}),
+                          [LinkPool(svc, svc.memory, "alice")])
+        apps.listening[7] = "keyapp"
+        apps.first_pair_s.observe(0.02)
+        apps.done_s.observe(0.5)
+        apps.outcomes["done"] += 1
+        apps.refused["bad_request"] += 1
+        apps.pairs_delivered["keyapp"] += 3
         return {"node": "alice", "roles": ["memory"], "t": time.time(), "uptime_s": 1.0,
-                "links": {"alice-rep": link},
+                "apps": apps.telemetry(), "links": {"alice-rep": link},
                 "paths": {"alice-carol": end.telemetry(), "rep-x": swapper.telemetry()},
                 "bus": NodeBus(Topics("t", "alice"), "127.0.0.1").metrics()}
 

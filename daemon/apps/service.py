@@ -1,0 +1,454 @@
+"""The application service of a node: requests in, pairs out, both ends told.
+
+Applications configured in ``[applications.<name>]`` send :mod:`~qnode.daemon.apps.protocol`
+messages on ``<application>/req/<node>`` and read replies on ``<node>/app/<application>``. Their
+pairs come from pools (:mod:`~qnode.daemon.apps.pools`): today the node's K links whose pairs
+live in qubits and that feed no path. Per pool, the end whose node id sorts first allocates
+(decision record 0008 in ``docs/``):
+
+- a request made at the allocator joins its :class:`~qnode.daemon.apps.scheduler.FairQueue`; one
+  made at the other end is answered ``ACCEPTED`` there and forwarded (``SERVE``);
+- each pair that can be given goes to the request the scheduler picks; the allocator takes it
+  out of its inventory and sends ``GIVE`` (stored first, then sent, with the replies to its own
+  applications); the other end takes the same pair on ``GIVE``;
+- each end tells its application: the requester gets ``PAIR`` with its ``request_id``, the far
+  end's application listening on the request's purpose gets ``PAIR`` with the requester's name;
+- the end where the request was made gives its one terminal reply: ``DONE`` after the last pair,
+  ``EXPIRED`` at its deadline, ``CANCELLED``, or ``ERROR`` with a code and a reason.
+
+A message that is not a valid request is answered with ``ERROR bad_request`` when it names a
+request id, and counted and logged (rate-limited, no traceback) either way; nothing changes.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from qnode.daemon.apps.peer import PEER_TYPES, Give, Listeners, Serve, ServeEnd, Withdraw
+from qnode.daemon.apps.pools import LinkPool, Taken
+from qnode.daemon.apps.protocol import (
+    REQUEST_ID_PATTERN,
+    Accepted,
+    AppMessage,
+    Cancel,
+    Cancelled,
+    Done,
+    Error,
+    ErrorCode,
+    Expired,
+    Listen,
+    Listening,
+    Pair,
+    Request,
+    Unlisten,
+    parse_request,
+)
+from qnode.daemon.apps.scheduler import FairQueue, QueueFull, RequestKey, Waiting
+from qnode.daemon.bus.envelope import Message as Envelope
+from qnode.daemon.bus.telemetry import AppsTelemetry, LatencyHistogram
+from qnode.daemon.bus.topics import Topic
+from qnode.daemon.klink.handle import Routed
+from qnode.daemon.klink.service import LinkRouter
+from qnode.daemon.logs import RateLimitedLog
+from qnode.daemon.runtime.config import ServiceConfig
+from qnode.daemon.runtime.context import NodeContext
+
+log = logging.getLogger("qnode.apps")
+
+#: how often deadlines are checked and pools looked at without a wake-up (s)
+TICK_S = 0.1
+#: latency histogram buckets (s): request → first pair, request → done
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+@dataclass
+class Live:
+    """A request made at this node, until its terminal reply."""
+
+    application: str
+    request: Request
+    pool: LinkPool
+    arrived: float                 # monotonic s
+    deadline: float                # monotonic s
+    delivered: int = 0
+
+
+@dataclass
+class Histogram:
+    """A cumulative histogram of seconds with :data:`LATENCY_BUCKETS_S` (as Prometheus keeps)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, s: float) -> None:
+        self.count += 1
+        self.total += s
+        for i, b in enumerate(LATENCY_BUCKETS_S):
+            if s <= b:
+                self.counts[i] += 1
+
+    def as_dict(self) -> LatencyHistogram:
+        return {"buckets": dict(zip((str(b) for b in LATENCY_BUCKETS_S), self.counts,
+                                    strict=True)),
+                "count": self.count, "sum": round(self.total, 6)}
+
+
+class AppService:
+    """The node's application service over ``pools`` (see the module docstring)."""
+
+    def __init__(self, ctx: NodeContext, config: ServiceConfig, pools: list[LinkPool]):
+        self.ctx, self.config = ctx, config
+        self.pools = {p.remote: p for p in pools}
+        self.queues = {p.id: FairQueue(self._weight, max_waiting=config.max_waiting,
+                                       max_per_application=config.max_per_application)
+                       for p in pools if p.allocator}
+        self.live: dict[tuple[str, str], Live] = {}
+        self.listening: dict[int, str] = {}              # purpose -> application here
+        self.peer_listening: dict[str, dict[int, str]] = {p.id: {} for p in pools}
+        self._weights: dict[tuple[str, str], float] = {}  # peer applications' (from SERVE)
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.pairs_delivered: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.first_pair_s = Histogram()
+        self.done_s = Histogram()
+        self._rlog = RateLimitedLog(log)
+        self._wake = asyncio.Event()
+        router = ctx.shared(LinkRouter)
+        router.add_peer_types(PEER_TYPES)
+        for p in pools:
+            s = p.service
+            s.on_message(Listeners, self._listeners_handler(p))
+            if p.allocator:
+                s.on_message(Serve, self._serve_handler(p))
+                s.on_message(Withdraw, self._withdraw_handler(p))
+            else:
+                s.on_message(Give, self._give_handler(p))
+                s.on_message(ServeEnd, self._serve_end_handler(p))
+            s.listeners.append(self._wake.set)
+        ctx.bus.on("req", self._on_request)
+        ctx.bus.subscribe(f"qnet/v1/{ctx.topics.network}/+/req/{ctx.node}")
+
+    # ------------------------------------------------------------------ helpers
+    def _weight(self, app: tuple[str, str]) -> float:
+        if app[0] == self.ctx.node:
+            a = self.config.applications.get(app[1])
+            return a.weight if a is not None else 1.0
+        return self._weights.get(app, 1.0)
+
+    def _reply(self, application: str, msg: AppMessage) -> Routed:
+        return Routed(self.ctx.topics.app(application), msg)
+
+    def _publish(self, application: str, msg: AppMessage) -> None:
+        """Reply now (no link state changed with it)."""
+        self.ctx.bus.publish(self.ctx.topics.app(application), msg.TYPE, msg.to_dict())
+
+    def _refuse(self, application: str, request_id: str | None, code: ErrorCode,
+                reason: str, fidelity_estimate: float | None = None) -> None:
+        self.refused[code.value] += 1
+        self.outcomes["error"] += 1
+        self._rlog(f"refused:{code.value}", logging.WARNING,
+                   "apps: refused %s's request %s: %s (%s)", application, request_id, reason,
+                   code.value, application=application, request_id=request_id,
+                   code=code.value)
+        self._publish(application, Error(code, reason[:500], request_id,
+                                         fidelity_estimate=fidelity_estimate))
+
+    # ------------------------------------------------------------------ requests
+    async def _on_request(self, topic: Topic, msg: Envelope) -> None:
+        application = msg.sender
+        raw_id = msg.body.get("request_id")
+        request_id = raw_id if isinstance(raw_id, str) and _ID.fullmatch(raw_id) else None
+        if topic.arg != self.ctx.node:
+            return   # not addressed to this node (a wildcard we did not ask for)
+        if application not in self.config.applications:
+            self._refuse(application, request_id, ErrorCode.NOT_AUTHORISED,
+                         f"{application!r} is not an application of {self.ctx.node} "
+                         f"(its config lists {len(self.config.applications)})")
+            return
+        try:
+            parsed = parse_request({**msg.body, "type": msg.type})
+        except ValueError as exc:
+            self._refuse(application, request_id, ErrorCode.BAD_REQUEST, str(exc))
+            return
+        if isinstance(parsed, Request):
+            await self._request(application, parsed)
+        elif isinstance(parsed, Cancel):
+            await self._cancel(application, parsed.request_id, cancelled=True)
+        elif isinstance(parsed, Listen):
+            self._listen(application, parsed.purpose, True)
+        elif isinstance(parsed, Unlisten):
+            self._listen(application, parsed.purpose, False)
+
+    async def _request(self, application: str, req: Request) -> None:
+        key = (application, req.request_id)
+        if key in self.live:
+            self._refuse(application, req.request_id, ErrorCode.DUPLICATE_REQUEST,
+                         f"request id {req.request_id!r} is in use by a live request")
+            return
+        pool = self.pools.get(req.remote)
+        if pool is None:
+            self._refuse(application, req.request_id, ErrorCode.UNKNOWN_REMOTE,
+                         f"{self.ctx.node} has no pool of pairs with {req.remote!r} (K links "
+                         f"with qubits to: {sorted(self.pools) or 'none'})")
+            return
+        if req.kind != "keep":
+            self._refuse(application, req.request_id, ErrorCode.UNSUPPORTED,
+                         f"kind {req.kind!r}: the pairs of link {pool.id} are kept in qubits; "
+                         f"measure them there")
+            return
+        listener = self.peer_listening[pool.id].get(req.purpose)
+        if listener is None:
+            self._refuse(application, req.request_id, ErrorCode.NO_LISTENER,
+                         f"no application at {pool.remote} listens on purpose {req.purpose}")
+            return
+        estimate = pool.estimate()
+        if req.min_fidelity > estimate:
+            self._refuse(application, req.request_id, ErrorCode.FIDELITY_UNREACHABLE,
+                         f"min_fidelity {req.min_fidelity:g} is above the fidelity of link "
+                         f"{pool.id}'s fresh pairs ({estimate:.4f})", round(estimate, 6))
+            return
+        now = self.ctx.now()
+        live = Live(application, req, pool, now, now + req.timeout_s)
+        s = pool.service
+        async with s.lock:
+            if pool.allocator:
+                w = Waiting((self.ctx.node, application, req.request_id), req.priority,
+                            req.min_fidelity, req.pairs, live.deadline, context=req)
+                try:
+                    self.queues[pool.id].add(w)
+                except QueueFull as exc:
+                    self._refuse(application, req.request_id, ErrorCode.QUEUE_FULL, str(exc))
+                    return
+                self.live[key] = live
+                queued = len(self.queues[pool.id])
+                self._publish(application, Accepted(req.request_id, queued, round(estimate, 6)))
+                await s.send(self._serve(pool))
+            else:
+                self.live[key] = live
+                weight = self._weight((self.ctx.node, application))
+                self._publish(application, Accepted(req.request_id, 1, round(estimate, 6)))
+                await s.send([Serve(pool.id, application, req.request_id, req.pairs,
+                                    req.purpose, req.min_fidelity, req.timeout_s, req.priority,
+                                    weight)])
+
+    async def _cancel(self, application: str, request_id: str, *, cancelled: bool) -> None:
+        live = self.live.get((application, request_id))
+        if live is None:
+            self._refuse(application, request_id, ErrorCode.UNKNOWN_REQUEST,
+                         f"no live request {request_id!r} of {application} here")
+            return
+        pool = live.pool
+        async with pool.service.lock:
+            out = self._end(live, "cancelled")
+            if not pool.allocator:
+                out.append(Withdraw(pool.id, application, request_id))
+            await pool.service.send(out)
+
+    def _end(self, live: Live, outcome: str, code: ErrorCode | None = None,
+             reason: str = "") -> list[Any]:
+        """Terminal reply for ``live`` (caller holds its pool's lock): out of ``self.live`` and
+        its pool's queue; the reply to send after the store."""
+        key = (live.application, live.request.request_id)
+        self.live.pop(key, None)
+        q = self.queues.get(live.pool.id)
+        if q is not None:
+            q.remove((self.ctx.node, *key))
+        rid, n = live.request.request_id, live.delivered
+        self.outcomes[outcome] += 1
+        msg: AppMessage
+        if outcome == "done":
+            msg = Done(rid, n)
+            self.done_s.observe(self.ctx.now() - live.arrived)
+        elif outcome == "expired":
+            msg = Expired(rid, n)
+        elif outcome == "cancelled":
+            msg = Cancelled(rid, n)
+        else:
+            assert code is not None
+            msg = Error(code, reason[:500], rid, n)
+        log.info("apps: %s's request %s %s after %d of %d pairs", live.application, rid,
+                 outcome, n, live.request.pairs,
+                 extra={"application": live.application, "request_id": rid,
+                        "outcome": outcome, "pairs": n})
+        return [self._reply(live.application, msg)]
+
+    def _listen(self, application: str, purpose: int, on: bool) -> None:
+        allowed = self.config.applications[application].purposes
+        if purpose not in allowed:
+            self._refuse(application, None, ErrorCode.NOT_AUTHORISED,
+                         f"purpose {purpose} is not {application}'s (its config allows "
+                         f"{list(allowed)})")
+            return
+        if on:
+            self.listening[purpose] = application
+        elif self.listening.get(purpose) == application:
+            del self.listening[purpose]
+        self._publish(application, Listening(purpose, on))
+        self._announce()
+
+    # ------------------------------------------------------------------ allocation
+    def _serve(self, pool: LinkPool) -> list[Any]:
+        """Give what can be given now (allocator; caller holds the pool's lock): the GIVEs and
+        this end's replies, to be sent after the store."""
+        queue = self.queues[pool.id]
+        out: list[Any] = []
+        if not len(queue):
+            return out
+        now = self.ctx.now()
+        for seq, fidelity in pool.offers(now):
+            w = queue.pick(fidelity)
+            if w is None:
+                continue
+            taken = pool.take(seq, now)
+            if taken is None:
+                continue
+            last = queue.served(w)
+            origin, application, rid = w.key
+            req: Request | Serve = w.context  # type: ignore[assignment]
+            out.append(Give(pool.id, seq, origin, application, rid, req.purpose, w.delivered,
+                            last))
+            out += self._delivered(pool, taken, origin, application, rid, req.purpose, last)
+            if not len(queue):
+                break
+        return out
+
+    def _delivered(self, pool: LinkPool, taken: Taken, origin: str, application: str,
+                   rid: str, purpose: int, last: bool) -> list[Any]:
+        """Replies at this end for a pair of ``origin``'s request (allocator or not)."""
+        out: list[Any] = []
+        now = self.ctx.now()
+        if origin == self.ctx.node:
+            live = self.live.get((application, rid))
+            if live is None:   # it ended here meanwhile (deadline, CANCEL): the pair is lost
+                self.counts["pairs_after_end_total"] += 1
+                return out
+            live.delivered += 1
+            if live.delivered == 1:
+                self.first_pair_s.observe(now - live.arrived)
+            self.pairs_delivered[application] += 1
+            out.append(self._reply(application, Pair(
+                pool.id, taken.seq, pool.remote, purpose, taken.bell_state, taken.fidelity,
+                "keep", rid, taken.qubit, taken.hold_ms, index=live.delivered)))
+            if last or live.delivered >= live.request.pairs:
+                out += self._end(live, "done")
+        else:
+            listener = self.listening.get(purpose)
+            if listener is None:
+                self.counts["pairs_unclaimed_total"] += 1
+                return out
+            self.pairs_delivered[listener] += 1
+            out.append(self._reply(listener, Pair(
+                pool.id, taken.seq, pool.remote, purpose, taken.bell_state, taken.fidelity,
+                "keep", None, taken.qubit, taken.hold_ms, remote_application=application)))
+        return out
+
+    # ------------------------------------------------------------------ peer messages
+    def _serve_handler(self, pool: LinkPool) -> Any:
+        async def on_serve(m: Serve) -> list[Any]:
+            key: RequestKey = (pool.remote, m.application, m.request_id)
+            queue = self.queues[pool.id]
+            if key in queue:
+                return []
+            self._weights[(pool.remote, m.application)] = m.weight
+            try:
+                queue.add(Waiting(key, m.priority, m.min_fidelity, m.pairs,
+                                  self.ctx.now() + m.timeout_s, context=m))
+            except QueueFull as exc:
+                return [ServeEnd(pool.id, m.application, m.request_id,
+                                 ErrorCode.QUEUE_FULL.value, str(exc), 0)]
+            return self._serve(pool)
+        return on_serve
+
+    def _withdraw_handler(self, pool: LinkPool) -> Any:
+        async def on_withdraw(m: Withdraw) -> list[Any]:
+            self.queues[pool.id].remove((pool.remote, m.application, m.request_id))
+            return []
+        return on_withdraw
+
+    def _give_handler(self, pool: LinkPool) -> Any:
+        async def on_give(m: Give) -> list[Any]:
+            taken = pool.take(m.seq, self.ctx.now())
+            if taken is None:
+                self.counts["gives_failed_total"] += 1
+                self._rlog("give_failed", logging.WARNING,
+                           "apps: GIVE of pair %d of %s, which is not held here", m.seq, m.link,
+                           link=m.link, seq=m.seq)
+                return []
+            return self._delivered(pool, taken, m.origin, m.application, m.request_id,
+                                   m.purpose, m.last)
+        return on_give
+
+    def _serve_end_handler(self, pool: LinkPool) -> Any:
+        async def on_serve_end(m: ServeEnd) -> list[Any]:
+            live = self.live.get((m.application, m.request_id))
+            if live is None:
+                return []
+            return self._end(live, "error", ErrorCode(m.code), m.reason)
+        return on_serve_end
+
+    def _listeners_handler(self, pool: LinkPool) -> Any:
+        async def on_listeners(m: Listeners) -> list[Any]:
+            self.peer_listening[pool.id] = {int(p): a for p, a in m.purposes.items()}
+            return []
+        return on_listeners
+
+    def _announce(self) -> None:
+        """Tell every pool's other end which purposes are listened on here."""
+        purposes = {str(p): a for p, a in sorted(self.listening.items())}
+        for pool in self.pools.values():
+            msg = Listeners(pool.id, purposes)
+            self.ctx.bus.publish(self.ctx.topics.ll(pool.remote), msg.TYPE, msg.to_dict(),
+                                 sign_with=pool.remote)
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self) -> None:
+        """Deadlines, pairs that became deliverable, and the periodic LISTENERS."""
+        next_announce = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            now = self.ctx.now()
+            if now >= next_announce:
+                self._announce()
+                next_announce = now + self.config.listeners_every_s
+            for pool in self.pools.values():
+                async with pool.service.lock:
+                    out: list[Any] = []
+                    now = self.ctx.now()
+                    for live in [v for v in self.live.values() if v.pool is pool]:
+                        if live.deadline <= now:
+                            out += self._end(live, "expired")
+                            if not pool.allocator:
+                                out.append(Withdraw(pool.id, live.application,
+                                                    live.request.request_id))
+                    if pool.allocator:
+                        self.queues[pool.id].expired(now)   # the other end's: it replies
+                        out += self._serve(pool)
+                    if out:
+                        await pool.service.send(out)
+
+    def telemetry(self) -> AppsTelemetry:
+        """The ``apps`` part of the node's telemetry."""
+        return {
+            "requests_waiting": sum(len(q) for q in self.queues.values()),
+            "requests_live": len(self.live),
+            "requests_total": dict(self.outcomes),
+            "requests_refused_total": dict(self.refused),
+            "pairs_delivered_total": dict(self.pairs_delivered),
+            "listening": {str(p): a for p, a in sorted(self.listening.items())},
+            "request_first_pair_seconds": self.first_pair_s.as_dict(),
+            "request_done_seconds": self.done_s.as_dict(),
+            "pairs_after_end_total": self.counts["pairs_after_end_total"],
+            "pairs_unclaimed_total": self.counts["pairs_unclaimed_total"],
+            "gives_failed_total": self.counts["gives_failed_total"],
+        }

@@ -1,0 +1,259 @@
+"""The application service end to end (qnode.daemon.apps) on the link alice – herald1 –
+repeater of the demo bench, over mosquitto, with the link's pairs in QDevice qubits and no path.
+
+Three programs written from docs/integrators/applications.md with paho-mqtt alone (no qnode
+code) play applications: ``alice-app`` and ``alice-other`` at alice, ``rep-app`` at the
+repeater. They show that:
+
+- a request at alice (the link's allocator) is served at both ends: alice-app receives each
+  pair with its request id, the repeater's application listening on the purpose receives the
+  same pair ids, Bell states and hold times, and the bench's registry oracle confirms that the
+  two qubits are each other's partners;
+- a request made at the repeater (forwarded to alice) is served the same way, both ends told;
+- a request the pairs cannot serve (the link's estimate, which pairs no longer have by
+  delivery) waits without blocking another application's request, and ends in CANCELLED; a
+  fidelity above the estimate is refused at once;
+- every bad request gets exactly one terminal reply with a code and a reason: zero pairs, a bad
+  name, an unknown remote, a duplicate request id, an application the node does not serve, a
+  purpose it may not listen on, an expired deadline; and the daemons keep running.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import queue
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from qnode.daemon.quantum.bell_states import BELL_STATES
+from qnode.daemon.tools.demo import DemoNetwork
+
+from support.mosquitto import Mosquitto
+from support.oracle import Truth, telemetry_until, undo_decay
+
+NODES = ("herald1", "alice", "repeater")
+LINK = "alice-repeater"
+NETWORK = "demo"
+APPS = {
+    "alice": "[applications.alice-app]\nweight = 1.0\npurposes = [9]\n\n"
+             "[applications.alice-other]\nweight = 1.0\n",
+    "repeater": "[applications.rep-app]\nweight = 1.0\npurposes = [7]\n",
+}
+TERMINAL = {"DONE", "ERROR", "EXPIRED", "CANCELLED"}
+
+
+class App:
+    """An application as the integrators' guide describes it: paho-mqtt, JSON envelopes
+    ``{"v": 1, "type", "sender", "id", "ts", "body"}`` on ``qnet/v1/<network>/<me>/req/<node>``,
+    replies on ``qnet/v1/<network>/<node>/app/<me>``."""
+
+    def __init__(self, name: str, port: int):
+        self.name = name
+        self.replies: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.ids = itertools.count(1)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"qnet/v1/{NETWORK}/+/app/{name}", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, m: Any) -> None:
+        env = json.loads(m.payload)
+        self.replies.put((env["type"], env["body"]))
+
+    def send(self, node: str, type_: str, body: dict[str, Any]) -> None:
+        env = {"v": 1, "type": type_, "sender": self.name, "id": next(self.ids),
+               "ts": time.time(), "body": body}
+        self.client.publish(f"qnet/v1/{NETWORK}/{self.name}/req/{node}", json.dumps(env), qos=1)
+
+    def next(self, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+        return self.replies.get(timeout=timeout_s)
+
+    def until(self, request_id: str, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
+        """Every reply of ``request_id`` up to its terminal one (others are kept for later)."""
+        out, others = [], []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                t, body = self.next(max(0.1, deadline - time.monotonic()))
+                if body.get("request_id") == request_id:
+                    out.append((t, body))
+                    if t in TERMINAL:
+                        return out
+                else:
+                    others.append((t, body))
+        except queue.Empty:
+            raise AssertionError(f"{self.name}: no terminal reply for {request_id!r}: "
+                                 f"{out}") from None
+        finally:
+            for o in others:
+                self.replies.put(o)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _pairs_for(app: App, n: int, timeout_s: float = 60.0) -> list[dict]:
+    """The next ``n`` PAIRs ``app`` receives as a listener (no request id)."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n:
+        t, body = app.next(max(0.1, deadline - time.monotonic()))
+        if t == "PAIR" and body.get("request_id") is None:
+            got.append(body)
+    return got
+
+
+def _ask(app: App, node: str, rid: str, **fields: Any) -> list[tuple[str, dict]]:
+    """Send REQUEST ``rid`` and return its replies; a no_listener refusal (the peer's LISTENERS
+    not yet arrived) is retried under a fresh id for up to 30 s."""
+    for attempt in range(60):
+        this = rid if attempt == 0 else f"{rid}.{attempt}"
+        app.send(node, "REQUEST", {"request_id": this, **fields})
+        replies = app.until(this)
+        if not (replies[-1][0] == "ERROR" and replies[-1][1]["code"] == "no_listener"):
+            return replies
+        time.sleep(0.5)
+    return replies
+
+
+def _link_ready(latest: dict[str, dict]) -> bool:
+    return all(latest.get(n, {}).get("links", {}).get(LINK, {}).get("fidelity_source")
+               == "tests" for n in ("alice", "repeater"))
+
+
+@pytest.mark.asyncio
+async def test_applications_get_pairs_at_both_ends_fairly_and_every_request_ends_once(tmp_path):
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
+                          tmp_path / "logs", nodes=NODES, paths=False, max_pair_age_s=3.0,
+                          delivered_hold_s=1.0, qubits_per_link=3, min_tests=100,
+                          extra=APPS)
+        apps: list[App] = []
+        try:
+            await asyncio.to_thread(net.start)
+            truth = Truth(net.addresses["qdevice-truth"])
+            before = await telemetry_until(broker.port, _link_ready, 240)
+            estimate = before["alice"]["links"][LINK]["fidelity_estimate"]
+            alice_app, other, rep_app = (App(n, broker.port)
+                                         for n in ("alice-app", "alice-other", "rep-app"))
+            mallory = App("mallory", broker.port)
+            apps = [alice_app, other, rep_app, mallory]
+            result = await asyncio.to_thread(_scenario, net, truth, estimate, alice_app, other,
+                                             rep_app, mallory)
+            after = await telemetry_until(
+                broker.port, lambda t: t.get("alice", {}).get("apps", {}).get(
+                    "requests_total", {}).get("done", 0) >= 1, 20)
+            truth.close()
+        finally:
+            for a in apps:
+                a.close()
+            await asyncio.to_thread(net.close)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    print(f"link estimate {estimate:.4f}; {result}; alice apps telemetry {after['alice']['apps']}")
+
+
+def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, other: App,
+              rep_app: App, mallory: App) -> dict[str, Any]:
+    # listeners: the repeater's application on purpose 7, alice's on 9
+    rep_app.send("repeater", "LISTEN", {"purpose": 7})
+    assert rep_app.next() == ("LISTENING", {"type": "LISTENING", "purpose": 7, "active": True})
+    alice_app.send("alice", "LISTEN", {"purpose": 9})
+    assert alice_app.next()[0] == "LISTENING"
+
+    # 1. at alice, the allocator: both ends told, the same pairs
+    replies = _ask(alice_app, "alice", "r1", remote="repeater", pairs=5, purpose=7,
+                   timeout_s=60)
+    delivered_at = time.time()
+    kinds = [t for t, _ in replies]
+    assert kinds[0] == "ACCEPTED" and kinds[-1] == "DONE" and kinds.count("PAIR") == 5, replies
+    mine = [b for t, b in replies if t == "PAIR"]
+    theirs = _pairs_for(rep_app, 5)
+    assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs]
+    assert [p["bell_state"] for p in mine] == [p["bell_state"] for p in theirs]
+    assert {p["remote_application"] for p in theirs} == {"alice-app"}
+    assert [p["index"] for p in mine] == [1, 2, 3, 4, 5]
+    assert all(p["hold_ms"] >= 900 for p in mine + theirs)
+    # the last pair's two qubits are each other's partner (the others may be reused by now),
+    # and its fidelity is the true one at delivery (the memories' decay since undone)
+    reading = truth.read("alice", mine[-1]["qubit"])
+    partner, weights = reading.pair()
+    assert partner == f"repeater:{theirs[-1]['qubit']}", (partner, theirs[-1])
+    lag = max(0.0, time.time() - delivered_at)
+    true_f = undo_decay(weights, lag)[BELL_STATES.index(mine[-1]["bell_state"])]
+    assert abs(true_f - mine[-1]["fidelity"]) <= 0.02, (true_f, mine[-1], lag)
+
+    # 2. at the repeater (not the allocator): forwarded, both ends told
+    replies = _ask(rep_app, "repeater", "r2", remote="alice", pairs=3, purpose=9, timeout_s=60)
+    assert [t for t, _ in replies][-1] == "DONE", replies
+    mine2 = [b for t, b in replies if t == "PAIR"]
+    theirs2 = _pairs_for(alice_app, 3)
+    assert [p["pair_id"] for p in mine2] == [p["pair_id"] for p in theirs2]
+    assert {p["remote_application"] for p in theirs2} == {"rep-app"}
+
+    # 3. head of line: a request no pair meets by delivery (the link's estimate itself: a
+    # pair has decayed below it by the time both ends hold it) waits; another application's
+    # request is served meanwhile
+    hard = estimate
+    for attempt in range(20):    # the estimate moves as test pairs come in: take it as it is
+        rid = f"hard.{attempt}"
+        other.send("alice", "REQUEST", {"request_id": rid, "remote": "repeater",
+                                        "pairs": 1000, "purpose": 7, "min_fidelity": hard,
+                                        "timeout_s": 120})
+        t, body = other.next()
+        if t == "ACCEPTED":
+            break
+        assert t == "ERROR" and body["code"] == "fidelity_unreachable", body
+        hard = body["fidelity_estimate"]
+    assert t == "ACCEPTED", body
+    replies = _ask(alice_app, "alice", "easy", remote="repeater", pairs=2, purpose=7,
+                   timeout_s=60)
+    assert [t for t, _ in replies][-1] == "DONE", replies
+    other.send("alice", "CANCEL", {"request_id": rid})
+    hard_replies = other.until(rid)
+    assert hard_replies[-1][0] == "CANCELLED", hard_replies
+    above = _ask(other, "alice", "above", remote="repeater", pairs=1, purpose=7,
+                 min_fidelity=min(1.0, estimate + 0.02))
+    assert above[-1][0] == "ERROR" and above[-1][1]["code"] == "fidelity_unreachable", above
+
+    # 4. bad requests: one terminal reply each, with a code and a reason
+    bad = {
+        "zero": ({"remote": "repeater", "pairs": 0, "purpose": 7}, "bad_request"),
+        "name": ({"remote": "rep.eater", "pairs": 1, "purpose": 7}, "bad_request"),
+        "nowhere": ({"remote": "bob", "pairs": 1, "purpose": 7}, "unknown_remote"),
+        "nobody": ({"remote": "repeater", "pairs": 1, "purpose": 8}, "no_listener"),
+    }
+    codes = {}
+    for rid, (fields, _) in bad.items():
+        alice_app.send("alice", "REQUEST", {"request_id": rid, **fields})
+        (t, body), = alice_app.until(rid)
+        assert t == "ERROR" and body["reason"], body
+        codes[rid] = body["code"]
+    assert codes == {rid: code for rid, (_, code) in bad.items()}, codes
+    alice_app.send("alice", "REQUEST", {"request_id": "long", "remote": "repeater",
+                                        "pairs": 100_000, "purpose": 7, "min_fidelity": hard,
+                                        "timeout_s": 2})
+    alice_app.send("alice", "REQUEST", {"request_id": "long", "remote": "repeater", "pairs": 1,
+                                        "purpose": 7})
+    long_replies = alice_app.until("long")     # the duplicate's ERROR ends the first wait
+    assert long_replies[-1][0] == "ERROR" and \
+        long_replies[-1][1]["code"] == "duplicate_request", long_replies
+    long_replies = alice_app.until("long")     # then the first one's deadline
+    assert long_replies[-1][0] == "EXPIRED", long_replies
+    mallory.send("alice", "REQUEST", {"request_id": "m1", "remote": "repeater", "pairs": 1,
+                                      "purpose": 7})
+    t, body = mallory.next()
+    assert t == "ERROR" and body["code"] == "not_authorised", body
+    other.send("alice", "LISTEN", {"purpose": 9})
+    t, body = other.next()
+    assert t == "ERROR" and body["code"] == "not_authorised", body
+    return {"pairs": [(p["pair_id"], p["fidelity"]) for p in mine], "last_true": true_f,
+            "listener_fidelities": [p["fidelity"] for p in theirs], "hard": hard,
+            "codes": codes}
