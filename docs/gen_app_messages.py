@@ -94,8 +94,8 @@ def render() -> str:
     lines += ["### Error codes", "", "| code | meaning |", "|---|---|"]
     lines += [f"| `{c.value}` | {_code_meaning(p, c)} |" for c in p.ErrorCode]
     lines += ["", "## Between the two ends of a pool", "",
-              "Published by a node on `ll/<peer>`, signed with the link key like the link "
-              "layer's messages (see [The MQTT contract](mqtt-contract.md)); applications never "
+              "Published by a node on `qnet/v1/<network>/<node>/svc/<peer>`, signed with its "
+              "identity key (see [The MQTT contract](mqtt-contract.md)); applications never "
               "see them.", ""]
     for cls in peer.PEER_TYPES.values():
         lines += _table(cls, p.message_schema)

@@ -2,9 +2,8 @@
 in ``docs/``): the allocator (the end whose node id sorts first) gives each pair to one
 request and tells the other end.
 
-They travel on the link's ``ll/<peer>`` topic, signed with the link key like the link layer's
-own messages, and each names its ``link`` (the pool) so the link router hands it to that link's
-service:
+They travel on ``svc/<peer>``, signed with the sender's identity key (the two ends of a path
+share no link key), and each names its ``link``: the pool, a link or path id:
 
 - ``LISTENERS``: the purpose ids this end's applications listen on (sent on every change and
   every few seconds: the latest replaces what came before);
@@ -32,10 +31,10 @@ from qnode.daemon.apps.protocol import (
 
 
 class PeerMessage(AppMessage):
-    """A message between the two ends of a pool (sent to the link's peer)."""
+    """A message between the two ends of a pool (on ``svc/<peer>``)."""
 
-    TO_PEER: ClassVar[bool] = True
     DIRECTION: ClassVar[str] = "peer"
+    link: str   # the pool: a link or path id (each subclass declares the field)
 
 
 _LINK = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
@@ -49,7 +48,7 @@ class Listeners(PeerMessage):
     """LISTENERS: the purposes this end's applications listen on, and which application."""
 
     TYPE: ClassVar[str] = "LISTENERS"
-    link: str = spec(_LINK, "the pool (link id)")
+    link: str = spec(_LINK, "the pool (a link or path id)")
     purposes: dict[str, str] = spec(
         {"type": "object", "maxProperties": 1024,
          "propertyNames": {"pattern": r"^(0|[1-9][0-9]{0,4})$"},
@@ -62,7 +61,7 @@ class Serve(PeerMessage):
     """SERVE: the other end's application asks for pairs of this pool (for the allocator)."""
 
     TYPE: ClassVar[str] = "SERVE"
-    link: str = spec(_LINK, "the pool (link id)")
+    link: str = spec(_LINK, "the pool (a link or path id)")
     application: str = spec(_NAME, "the requesting application (at the sender)")
     request_id: str = spec(_REQUEST_ID, "its request id")
     pairs: int = spec({"type": "integer", "minimum": 1, "maximum": 100_000}, "pairs asked for")
@@ -83,7 +82,7 @@ class Withdraw(PeerMessage):
     """WITHDRAW: the sender's request ended there (deadline, CANCEL): stop serving it."""
 
     TYPE: ClassVar[str] = "WITHDRAW"
-    link: str = spec(_LINK, "the pool (link id)")
+    link: str = spec(_LINK, "the pool (a link or path id)")
     application: str = spec(_NAME, "the requesting application")
     request_id: str = spec(_REQUEST_ID, "its request id")
 
@@ -94,9 +93,9 @@ class Give(PeerMessage):
     ``application``; the receiving end takes it and tells its application."""
 
     TYPE: ClassVar[str] = "GIVE"
-    link: str = spec(_LINK, "the pool (link id)")
+    link: str = spec(_LINK, "the pool (a link or path id)")
     seq: int = spec({"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
-                    "the pair's sequence number on the link")
+                    "the pair's id in the pool: a link's sequence number, a path's pair id")
     origin: str = spec(_NAME, "the node where the request was made")
     application: str = spec(_NAME, "the requesting application")
     request_id: str = spec(_REQUEST_ID, "its request id")
@@ -112,7 +111,7 @@ class ServeEnd(PeerMessage):
     ``reason``) after ``pairs`` pairs."""
 
     TYPE: ClassVar[str] = "SERVE_END"
-    link: str = spec(_LINK, "the pool (link id)")
+    link: str = spec(_LINK, "the pool (a link or path id)")
     application: str = spec(_NAME, "the requesting application")
     request_id: str = spec(_REQUEST_ID, "its request id")
     code: str = spec({"enum": [c.value for c in ErrorCode]}, "why")

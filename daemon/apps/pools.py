@@ -1,16 +1,30 @@
 """Pools of pairs as the application service sees them: what can be given now, and taking one.
 
-A :class:`LinkPool` is one K link whose pairs live in qubits (``[memory].qdevice``): a pair can
-be given once both ends hold it and enough of its time is left (the link service's
-``deliverable``); its fidelity is the link's estimate in the pair's frame with both halves
-decayed since binding. Every call is made with the link's lock held.
+Two kinds, one interface (:class:`Pool`):
+
+- :class:`LinkPool`: a K link whose pairs live in qubits (``[memory].qdevice``) and that feeds no
+  path. A pair can be given once both ends hold it and enough of its time is left (the link
+  service's ``deliverable``); its fidelity is the link's estimate in the pair's frame with both
+  halves decayed since binding. Taking a pair changes the link end, so what is sent about it
+  waits for the link's store (:meth:`LinkPool.send`).
+- :class:`PathPool`: the end-to-end pairs of a path at one of its ends (the repeater's swaps,
+  :class:`~qnode.daemon.klink.swapping.PathEnd`). A pair can be given while at least
+  ``[memory].delivered_hold_s`` is left before its cut-off; its fidelity is the path end's
+  estimate. Path pairs are not stored, so replies leave at once.
+
+Every call but :meth:`Pool.send` is made with the pool's :attr:`Pool.lock` held.
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
+from qnode.daemon.klink.handle import Routed
 from qnode.daemon.klink.memory import LinkMemory
 from qnode.daemon.klink.service import LinkService
+from qnode.daemon.klink.swapping import CUTOFF_GUARD_S, PathEnd
 from qnode.daemon.linklayer import hold_ms
 
 
@@ -18,53 +32,136 @@ from qnode.daemon.linklayer import hold_ms
 class Taken:
     """A pair taken out of a pool for an application."""
 
-    seq: int
+    pair_id: int             # the link's sequence number, or the path's pair id
     bell_state: str          # in the pool's frame (the same at both ends)
     fidelity: float          # estimated, at taking
     qubit: int
     hold_ms: int | None      # the qubit is the application's this long (ms; None: unbounded)
 
 
+class Pool(Protocol):
+    """What the application service needs of a pool of pairs shared with one other node."""
+
+    id: str                  # the link or path id
+    remote: str              # the node at the other end
+    allocator: bool          # this end gives the pairs (its node id sorts first)
+    kind: str                # "link" | "path"
+    #: called when pairs may have become available
+    listeners: list[Callable[[], None]]
+
+    @property
+    def lock(self) -> asyncio.Lock: ...
+
+    def estimate(self) -> float | None:
+        """The fidelity fresh pairs have now (None: not known yet)."""
+        ...
+
+    def offers(self, now: float) -> list[tuple[int, float]]:
+        """``(pair_id, fidelity)`` of every pair that may be given now, the best first."""
+        ...
+
+    def take(self, pair_id: int, now: float) -> Taken | None:
+        """Take pair ``pair_id`` for an application; None if it is not held here."""
+        ...
+
+    async def send(self, out: Iterable[Routed]) -> None:
+        """Publish ``out`` (caller holds the lock), after the store that covers any pair taken."""
+        ...
+
+
 class LinkPool:
     """The pairs of K link ``service`` held in ``memory``'s qubits. ``node`` is this node: the
     allocator is the end whose id sorts first."""
+
+    kind = "link"
 
     def __init__(self, service: LinkService, memory: LinkMemory, node: str):
         self.service, self.memory = service, memory
         self.id, self.remote = service.link, service.peer
         self.allocator = node < service.peer
+        self.listeners = service.listeners
 
-    def estimate(self) -> float:
-        """The fidelity of the link's fresh pairs now (its test-pair estimate)."""
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self.service.lock
+
+    def estimate(self) -> float | None:
         return float(self.service.end.goodness)
 
     def offers(self, now: float) -> list[tuple[int, float]]:
-        """``(seq, fidelity)`` of every pair that may be given now, the freshest (best) first:
-        an application gets the best pair there is, and the oldest ones, which the link's
-        cut-off expires anyway, are the ones left over (the link layer's own CREATEs are
-        served oldest first, as the EGP does)."""
+        """The freshest (best) first: an application gets the best pair there is, and the oldest
+        ones, which the link's cut-off expires anyway, are left over (the link layer's own
+        CREATEs are served oldest first, as the EGP does)."""
         out: list[tuple[int, float]] = []
         for seq in reversed(self.service.end.live_seqs().tolist()):
             b = self.memory.bound.get(seq)
             if b is None or not self.service.deliverable(seq):
                 continue
-            state = self.memory.state_of(b, now, halves=2)
-            out.append((seq, state.fidelity(b.bell_state)))
+            out.append((seq, self.memory.pair_state(b, now).fidelity(b.bell_state)))
         return out
 
-    def take(self, seq: int, now: float) -> Taken | None:
-        """Take pair ``seq`` out of the link's inventory (without telling the peer: the GIVE
-        does) and hold its qubit for the application; None if it is not held here."""
-        bound = self.memory.take(seq)
+    def take(self, pair_id: int, now: float) -> Taken | None:
+        """Out of the link's inventory (without telling the peer: the GIVE does), the qubit
+        held for the application for ``[memory].delivered_hold_s``."""
+        bound = self.memory.take(pair_id)
         if bound is None:
             return None
-        if not self.service.end.consume([seq]):
+        if not self.service.end.consume([pair_id]):
             self.memory.give_back(bound.qubit)
             return None
         hold = self.service.hold_s
         self.memory.give_back(bound.qubit)
         self.memory.hold(bound.qubit, now + hold)
         self.service.changed()
-        state = self.memory.state_of(bound, now, halves=2)
-        return Taken(seq, bound.bell_state, round(state.fidelity(bound.bell_state), 6),
+        state = self.memory.pair_state(bound, now)
+        return Taken(pair_id, bound.bell_state, round(state.fidelity(bound.bell_state), 6),
                      bound.qubit, hold_ms(hold))
+
+    async def send(self, out: Iterable[Routed]) -> None:
+        await self.service.send(out)
+
+
+class PathPool:
+    """The end-to-end pairs of path end ``end`` at this node."""
+
+    kind = "path"
+
+    def __init__(self, end: PathEnd, node: str):
+        self.end = end
+        self.id, self.remote = end.path.id, end.remote
+        self.allocator = node < end.remote
+        self.listeners = end.listeners
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self.end.service.lock
+
+    def estimate(self) -> float | None:
+        return self.end.last_fidelity
+
+    def offers(self, now: float) -> list[tuple[int, float]]:
+        hold = self.end.mem.delivered_hold_s
+        out = []
+        for pid, pair in self.end.pairs.items():
+            if self.end.cutoff_at(pair, now) - now >= hold:
+                out.append((pid, self.end.estimate(pair, now).fidelity(pair.bell_state)))
+        out.sort(key=lambda o: -o[1])
+        return out
+
+    def take(self, pair_id: int, now: float) -> Taken | None:
+        """Out of the path end's pairs; the qubit is the application's until the pair's
+        cut-off (the far end keeps its copy until then), plus a guard time."""
+        pair = self.end.pairs.pop(pair_id, None)
+        if pair is None:
+            return None
+        cutoff = self.end.cutoff_at(pair, now)
+        self.end.memory.hold(pair.qubit, cutoff + CUTOFF_GUARD_S)
+        self.end.counts["pairs_delivered_total"] += 1
+        fidelity = round(self.end.estimate(pair, now).fidelity(pair.bell_state), 6)
+        self.end.delivered_fidelity.append(fidelity)
+        return Taken(pair_id, pair.bell_state, fidelity, pair.qubit, hold_ms(cutoff - now))
+
+    async def send(self, out: Iterable[Routed]) -> None:
+        bus = self.end.ctx.bus
+        for r in out:
+            bus.publish(r.topic, r.message.TYPE, r.message.to_dict())

@@ -2,9 +2,10 @@
 
 Applications configured in ``[applications.<name>]`` send :mod:`~qnode.daemon.apps.protocol`
 messages on ``<application>/req/<node>`` and read replies on ``<node>/app/<application>``. Their
-pairs come from pools (:mod:`~qnode.daemon.apps.pools`): today the node's K links whose pairs
-live in qubits and that feed no path. Per pool, the end whose node id sorts first allocates
-(decision record 0008 in ``docs/``):
+pairs come from pools (:mod:`~qnode.daemon.apps.pools`): the node's K links whose pairs live in
+qubits and that feed no path, and the paths it ends. The two ends of a pool speak the
+:mod:`~qnode.daemon.apps.peer` messages on ``svc/<peer>``, signed with their identity keys. Per
+pool, the end whose node id sorts first allocates (decision record 0008 in ``docs/``):
 
 - a request made at the allocator joins its :class:`~qnode.daemon.apps.scheduler.FairQueue`; one
   made at the other end is answered ``ACCEPTED`` there and forwarded (``SERVE``);
@@ -26,10 +27,17 @@ import collections
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
-from qnode.daemon.apps.peer import PEER_TYPES, Give, Listeners, Serve, ServeEnd, Withdraw
-from qnode.daemon.apps.pools import LinkPool, Taken
+from qnode.daemon.apps.peer import (
+    PEER_TYPES,
+    Give,
+    Listeners,
+    PeerMessage,
+    Serve,
+    ServeEnd,
+    Withdraw,
+)
+from qnode.daemon.apps.pools import Pool, Taken
 from qnode.daemon.apps.protocol import (
     REQUEST_ID_PATTERN,
     Accepted,
@@ -52,7 +60,6 @@ from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.telemetry import AppsTelemetry, LatencyHistogram
 from qnode.daemon.bus.topics import Topic
 from qnode.daemon.klink.handle import Routed
-from qnode.daemon.klink.service import LinkRouter
 from qnode.daemon.logs import RateLimitedLog
 from qnode.daemon.runtime.config import ServiceConfig
 from qnode.daemon.runtime.context import NodeContext
@@ -61,6 +68,8 @@ log = logging.getLogger("qnode.apps")
 
 #: how often deadlines are checked and pools looked at without a wake-up (s)
 TICK_S = 0.1
+#: how long a GIVE for a path pair this end has not received yet waits for its SWAP_RES (s)
+GIVE_WAIT_S = 1.0
 #: latency histogram buckets (s): request → first pair, request → done
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ID = re.compile(REQUEST_ID_PATTERN)
@@ -72,7 +81,7 @@ class Live:
 
     application: str
     request: Request
-    pool: LinkPool
+    pool: Pool
     arrived: float                 # monotonic s
     deadline: float                # monotonic s
     delivered: int = 0
@@ -102,38 +111,37 @@ class Histogram:
 class AppService:
     """The node's application service over ``pools`` (see the module docstring)."""
 
-    def __init__(self, ctx: NodeContext, config: ServiceConfig, pools: list[LinkPool]):
+    def __init__(self, ctx: NodeContext, config: ServiceConfig, pools: list[Pool]):
         self.ctx, self.config = ctx, config
-        self.pools = {p.remote: p for p in pools}
+        self.pools: dict[str, Pool] = {}           # remote node -> pool (a link before a path)
+        for p in sorted(pools, key=lambda p: p.kind != "link"):
+            self.pools.setdefault(p.remote, p)
+        self.by_id = {p.id: p for p in self.pools.values()}
         self.queues = {p.id: FairQueue(self._weight, max_waiting=config.max_waiting,
                                        max_per_application=config.max_per_application)
                        for p in pools if p.allocator}
         self.live: dict[tuple[str, str], Live] = {}
         self.listening: dict[int, str] = {}              # purpose -> application here
         self.peer_listening: dict[str, dict[int, str]] = {p.id: {} for p in pools}
+        #: GIVEs of path pairs whose SWAP_RES has not come yet: (pool, pair id) -> (GIVE, when)
+        self._early: dict[tuple[str, int], tuple[Give, float]] = {}
         self._weights: dict[tuple[str, str], float] = {}  # peer applications' (from SERVE)
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.refused: collections.Counter[str] = collections.Counter()
         self.pairs_delivered: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
+        self.refused_peer: collections.Counter[str] = collections.Counter()
         self.first_pair_s = Histogram()
         self.done_s = Histogram()
         self._rlog = RateLimitedLog(log)
         self._wake = asyncio.Event()
-        router = ctx.shared(LinkRouter)
-        router.add_peer_types(PEER_TYPES)
-        for p in pools:
-            s = p.service
-            s.on_message(Listeners, self._listeners_handler(p))
-            if p.allocator:
-                s.on_message(Serve, self._serve_handler(p))
-                s.on_message(Withdraw, self._withdraw_handler(p))
-            else:
-                s.on_message(Give, self._give_handler(p))
-                s.on_message(ServeEnd, self._serve_end_handler(p))
-            s.listeners.append(self._wake.set)
+        for p in self.pools.values():
+            p.listeners.append(self._wake.set)
+        base = f"qnet/v1/{ctx.topics.network}/+"
         ctx.bus.on("req", self._on_request)
-        ctx.bus.subscribe(f"qnet/v1/{ctx.topics.network}/+/req/{ctx.node}")
+        ctx.bus.subscribe(f"{base}/req/{ctx.node}")
+        ctx.bus.on("svc", self._on_peer)
+        ctx.bus.subscribe(f"{base}/svc/{ctx.node}")
 
     # ------------------------------------------------------------------ helpers
     def _weight(self, app: tuple[str, str]) -> float:
@@ -144,6 +152,9 @@ class AppService:
 
     def _reply(self, application: str, msg: AppMessage) -> Routed:
         return Routed(self.ctx.topics.app(application), msg)
+
+    def _to_peer(self, pool: Pool, msg: PeerMessage) -> Routed:
+        return Routed(self.ctx.topics.svc(pool.remote), msg)
 
     def _publish(self, application: str, msg: AppMessage) -> None:
         """Reply now (no link state changed with it)."""
@@ -209,15 +220,15 @@ class AppService:
                          f"no application at {pool.remote} listens on purpose {req.purpose}")
             return
         estimate = pool.estimate()
-        if req.min_fidelity > estimate:
+        if estimate is not None and req.min_fidelity > estimate:
             self._refuse(application, req.request_id, ErrorCode.FIDELITY_UNREACHABLE,
-                         f"min_fidelity {req.min_fidelity:g} is above the fidelity of link "
+                         f"min_fidelity {req.min_fidelity:g} is above the fidelity of {pool.kind} "
                          f"{pool.id}'s fresh pairs ({estimate:.4f})", round(estimate, 6))
             return
         now = self.ctx.now()
         live = Live(application, req, pool, now, now + req.timeout_s)
-        s = pool.service
-        async with s.lock:
+        shown = None if estimate is None else round(estimate, 6)
+        async with pool.lock:
             if pool.allocator:
                 w = Waiting((self.ctx.node, application, req.request_id), req.priority,
                             req.min_fidelity, req.pairs, live.deadline, context=req)
@@ -228,15 +239,15 @@ class AppService:
                     return
                 self.live[key] = live
                 queued = len(self.queues[pool.id])
-                self._publish(application, Accepted(req.request_id, queued, round(estimate, 6)))
-                await s.send(self._serve(pool))
+                self._publish(application, Accepted(req.request_id, queued, shown))
+                await pool.send(self._serve(pool))
             else:
                 self.live[key] = live
                 weight = self._weight((self.ctx.node, application))
-                self._publish(application, Accepted(req.request_id, 1, round(estimate, 6)))
-                await s.send([Serve(pool.id, application, req.request_id, req.pairs,
-                                    req.purpose, req.min_fidelity, req.timeout_s, req.priority,
-                                    weight)])
+                self._publish(application, Accepted(req.request_id, 1, shown))
+                await pool.send([self._to_peer(pool, Serve(
+                    pool.id, application, req.request_id, req.pairs, req.purpose,
+                    req.min_fidelity, req.timeout_s, req.priority, weight))])
 
     async def _cancel(self, application: str, request_id: str, *, cancelled: bool) -> None:
         live = self.live.get((application, request_id))
@@ -245,14 +256,14 @@ class AppService:
                          f"no live request {request_id!r} of {application} here")
             return
         pool = live.pool
-        async with pool.service.lock:
+        async with pool.lock:
             out = self._end(live, "cancelled")
             if not pool.allocator:
-                out.append(Withdraw(pool.id, application, request_id))
-            await pool.service.send(out)
+                out.append(self._to_peer(pool, Withdraw(pool.id, application, request_id)))
+            await pool.send(out)
 
     def _end(self, live: Live, outcome: str, code: ErrorCode | None = None,
-             reason: str = "") -> list[Any]:
+             reason: str = "") -> list[Routed]:
         """Terminal reply for ``live`` (caller holds its pool's lock): out of ``self.live`` and
         its pool's queue; the reply to send after the store."""
         key = (live.application, live.request.request_id)
@@ -294,11 +305,11 @@ class AppService:
         self._announce()
 
     # ------------------------------------------------------------------ allocation
-    def _serve(self, pool: LinkPool) -> list[Any]:
+    def _serve(self, pool: Pool) -> list[Routed]:
         """Give what can be given now (allocator; caller holds the pool's lock): the GIVEs and
         this end's replies, to be sent after the store."""
         queue = self.queues[pool.id]
-        out: list[Any] = []
+        out: list[Routed] = []
         if not len(queue):
             return out
         now = self.ctx.now()
@@ -312,17 +323,17 @@ class AppService:
             last = queue.served(w)
             origin, application, rid = w.key
             req: Request | Serve = w.context  # type: ignore[assignment]
-            out.append(Give(pool.id, seq, origin, application, rid, req.purpose, w.delivered,
-                            last))
+            out.append(self._to_peer(pool, Give(pool.id, seq, origin, application, rid,
+                                                req.purpose, w.delivered, last)))
             out += self._delivered(pool, taken, origin, application, rid, req.purpose, last)
             if not len(queue):
                 break
         return out
 
-    def _delivered(self, pool: LinkPool, taken: Taken, origin: str, application: str,
-                   rid: str, purpose: int, last: bool) -> list[Any]:
+    def _delivered(self, pool: Pool, taken: Taken, origin: str, application: str,
+                   rid: str, purpose: int, last: bool) -> list[Routed]:
         """Replies at this end for a pair of ``origin``'s request (allocator or not)."""
-        out: list[Any] = []
+        out: list[Routed] = []
         now = self.ctx.now()
         if origin == self.ctx.node:
             live = self.live.get((application, rid))
@@ -334,7 +345,7 @@ class AppService:
                 self.first_pair_s.observe(now - live.arrived)
             self.pairs_delivered[application] += 1
             out.append(self._reply(application, Pair(
-                pool.id, taken.seq, pool.remote, purpose, taken.bell_state, taken.fidelity,
+                pool.id, taken.pair_id, pool.remote, purpose, taken.bell_state, taken.fidelity,
                 "keep", rid, taken.qubit, taken.hold_ms, index=live.delivered)))
             if last or live.delivered >= live.request.pairs:
                 out += self._end(live, "done")
@@ -345,67 +356,110 @@ class AppService:
                 return out
             self.pairs_delivered[listener] += 1
             out.append(self._reply(listener, Pair(
-                pool.id, taken.seq, pool.remote, purpose, taken.bell_state, taken.fidelity,
+                pool.id, taken.pair_id, pool.remote, purpose, taken.bell_state, taken.fidelity,
                 "keep", None, taken.qubit, taken.hold_ms, remote_application=application)))
         return out
 
     # ------------------------------------------------------------------ peer messages
-    def _serve_handler(self, pool: LinkPool) -> Any:
-        async def on_serve(m: Serve) -> list[Any]:
-            key: RequestKey = (pool.remote, m.application, m.request_id)
-            queue = self.queues[pool.id]
-            if key in queue:
-                return []
-            self._weights[(pool.remote, m.application)] = m.weight
-            try:
-                queue.add(Waiting(key, m.priority, m.min_fidelity, m.pairs,
-                                  self.ctx.now() + m.timeout_s, context=m))
-            except QueueFull as exc:
-                return [ServeEnd(pool.id, m.application, m.request_id,
-                                 ErrorCode.QUEUE_FULL.value, str(exc), 0)]
-            return self._serve(pool)
-        return on_serve
+    async def _on_peer(self, topic: Topic, msg: Envelope) -> None:
+        """A message of the other end of one of this node's pools (identity-signed: the bus
+        verified the sender)."""
+        cls = PEER_TYPES.get(msg.type)
+        if cls is None:
+            self._bad_peer("unknown_type", msg, f"{msg.type[:40]!r} is not a service message")
+            return
+        try:
+            m = cls.from_dict({**msg.body, "type": msg.type})
+        except ValueError as exc:
+            self._bad_peer("bad_body", msg, str(exc))
+            return
+        pool = self.by_id.get(m.link)
+        if pool is None or pool.remote != msg.sender:
+            self._bad_peer("unknown_pool", msg, f"no pool {m.link!r} with {msg.sender} here")
+            return
+        async with pool.lock:
+            if isinstance(m, Listeners):
+                self.peer_listening[pool.id] = {int(p): a for p, a in m.purposes.items()}
+                out: list[Routed] = []
+            elif isinstance(m, Serve) and pool.allocator:
+                out = self._on_serve(pool, m)
+            elif isinstance(m, Withdraw) and pool.allocator:
+                self.queues[pool.id].remove((pool.remote, m.application, m.request_id))
+                out = []
+            elif isinstance(m, Give) and not pool.allocator:
+                out = self._on_give(pool, m)
+            elif isinstance(m, ServeEnd) and not pool.allocator:
+                live = self.live.get((m.application, m.request_id))
+                out = [] if live is None else self._end(live, "error", ErrorCode(m.code),
+                                                        m.reason)
+            else:
+                self._bad_peer("wrong_end", msg, f"{msg.type} is not for the "
+                                                 f"{'allocator' if pool.allocator else 'other'}"
+                                                 f" end of {pool.id}")
+                return
+            if out:
+                await pool.send(out)
 
-    def _withdraw_handler(self, pool: LinkPool) -> Any:
-        async def on_withdraw(m: Withdraw) -> list[Any]:
-            self.queues[pool.id].remove((pool.remote, m.application, m.request_id))
+    def _bad_peer(self, reason: str, msg: Envelope, detail: str) -> None:
+        self.refused_peer[reason] += 1
+        self._rlog(f"peer:{reason}", logging.WARNING, "apps: refused %s from %s: %s",
+                   msg.type[:40], msg.sender, detail[:300], reason=reason, sender=msg.sender)
+
+    def _on_serve(self, pool: Pool, m: Serve) -> list[Routed]:
+        key: RequestKey = (pool.remote, m.application, m.request_id)
+        queue = self.queues[pool.id]
+        if key in queue:
             return []
-        return on_withdraw
+        self._weights[(pool.remote, m.application)] = m.weight
+        try:
+            queue.add(Waiting(key, m.priority, m.min_fidelity, m.pairs,
+                              self.ctx.now() + m.timeout_s, context=m))
+        except QueueFull as exc:
+            return [self._to_peer(pool, ServeEnd(pool.id, m.application, m.request_id,
+                                                 ErrorCode.QUEUE_FULL.value, str(exc), 0))]
+        return self._serve(pool)
 
-    def _give_handler(self, pool: LinkPool) -> Any:
-        async def on_give(m: Give) -> list[Any]:
-            taken = pool.take(m.seq, self.ctx.now())
-            if taken is None:
+    def _on_give(self, pool: Pool, m: Give) -> list[Routed]:
+        now = self.ctx.now()
+        taken = pool.take(m.seq, now)
+        if taken is None:
+            if pool.kind == "path":   # the repeater's SWAP_RES to this end may still come
+                self._early[(pool.id, m.seq)] = (m, now)
+                return []
+            self.counts["gives_failed_total"] += 1
+            self._rlog("give_failed", logging.WARNING,
+                       "apps: GIVE of pair %d of %s, which is not held here", m.seq, m.link,
+                       link=m.link, seq=m.seq)
+            return []
+        return self._delivered(pool, taken, m.origin, m.application, m.request_id, m.purpose,
+                               m.last)
+
+    def _early_gives(self, pool: Pool, now: float) -> list[Routed]:
+        """GIVEs that came before their path pair: applied once it is here, dropped (counted)
+        after :data:`GIVE_WAIT_S`."""
+        out: list[Routed] = []
+        for key, (m, at) in list(self._early.items()):
+            if key[0] != pool.id:
+                continue
+            taken = pool.take(m.seq, now)
+            if taken is not None:
+                del self._early[key]
+                out += self._delivered(pool, taken, m.origin, m.application, m.request_id,
+                                       m.purpose, m.last)
+            elif now - at > GIVE_WAIT_S:
+                del self._early[key]
                 self.counts["gives_failed_total"] += 1
                 self._rlog("give_failed", logging.WARNING,
-                           "apps: GIVE of pair %d of %s, which is not held here", m.seq, m.link,
+                           "apps: GIVE of pair %d of %s: the pair never came", m.seq, m.link,
                            link=m.link, seq=m.seq)
-                return []
-            return self._delivered(pool, taken, m.origin, m.application, m.request_id,
-                                   m.purpose, m.last)
-        return on_give
-
-    def _serve_end_handler(self, pool: LinkPool) -> Any:
-        async def on_serve_end(m: ServeEnd) -> list[Any]:
-            live = self.live.get((m.application, m.request_id))
-            if live is None:
-                return []
-            return self._end(live, "error", ErrorCode(m.code), m.reason)
-        return on_serve_end
-
-    def _listeners_handler(self, pool: LinkPool) -> Any:
-        async def on_listeners(m: Listeners) -> list[Any]:
-            self.peer_listening[pool.id] = {int(p): a for p, a in m.purposes.items()}
-            return []
-        return on_listeners
+        return out
 
     def _announce(self) -> None:
         """Tell every pool's other end which purposes are listened on here."""
         purposes = {str(p): a for p, a in sorted(self.listening.items())}
         for pool in self.pools.values():
             msg = Listeners(pool.id, purposes)
-            self.ctx.bus.publish(self.ctx.topics.ll(pool.remote), msg.TYPE, msg.to_dict(),
-                                 sign_with=pool.remote)
+            self.ctx.bus.publish(self.ctx.topics.svc(pool.remote), msg.TYPE, msg.to_dict())
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
@@ -422,20 +476,22 @@ class AppService:
                 self._announce()
                 next_announce = now + self.config.listeners_every_s
             for pool in self.pools.values():
-                async with pool.service.lock:
-                    out: list[Any] = []
+                async with pool.lock:
+                    out: list[Routed] = []
                     now = self.ctx.now()
                     for live in [v for v in self.live.values() if v.pool is pool]:
                         if live.deadline <= now:
                             out += self._end(live, "expired")
                             if not pool.allocator:
-                                out.append(Withdraw(pool.id, live.application,
-                                                    live.request.request_id))
+                                out.append(self._to_peer(pool, Withdraw(
+                                    pool.id, live.application, live.request.request_id)))
                     if pool.allocator:
                         self.queues[pool.id].expired(now)   # the other end's: it replies
                         out += self._serve(pool)
+                    elif self._early:
+                        out += self._early_gives(pool, now)
                     if out:
-                        await pool.service.send(out)
+                        await pool.send(out)
 
     def telemetry(self) -> AppsTelemetry:
         """The ``apps`` part of the node's telemetry."""
@@ -451,4 +507,5 @@ class AppService:
             "pairs_after_end_total": self.counts["pairs_after_end_total"],
             "pairs_unclaimed_total": self.counts["pairs_unclaimed_total"],
             "gives_failed_total": self.counts["gives_failed_total"],
+            "peer_rejected_total": dict(self.refused_peer),
         }

@@ -90,7 +90,7 @@ Handler = Callable[[Topic, Message], Awaitable[None]]
 SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags"})
 #: Topic kinds only their node may say: signed with its identity key when it has one, and, with
 #: a trust store, accepted only so signed (see :mod:`qnode.daemon.bus.identity`).
-NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry"})
+NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry", "svc"})
 STATUS_TYPE = "status"
 
 

@@ -252,7 +252,8 @@ class AppsTelemetry(TypedDict, total=False):
     request_done_seconds: LatencyHistogram         # request -> DONE
     pairs_after_end_total: int            # pairs that came for a request already ended here
     pairs_unclaimed_total: int            # pairs for a purpose nobody listened on any more
-    gives_failed_total: int               # GIVEs of pairs this end no longer held
+    gives_failed_total: int               # GIVEs of pairs this end no longer held (or never got)
+    peer_rejected_total: dict[str, int]   # service messages of other nodes refused, by reason
 
 
 class Telemetry(TypedDict, total=False):

@@ -12,6 +12,7 @@ under its own prefix.
 ``ll/<peer>``       link-layer messages from the node to ``peer``                node
 ``proto/<peer>``    purification / swap messages from the node to ``peer``       node
 ``tags/<link>``     the node's time tags for the counter of M-type ``link``       node
+``svc/<peer>``      the application service's messages to ``peer``               node
 ``req/<node>``      an application's requests to ``node``                        application
 ``app/<app>``       the node's replies to application ``app``                    node
 ==================  ==========================================================  =========
@@ -28,7 +29,7 @@ import re
 
 VERSION_SEGMENT = "v1"
 NODE_KINDS = ("status", "telemetry", "cmd")
-ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "req", "app")
+ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "svc", "req", "app")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -95,6 +96,10 @@ class Topics:
     def requests_to(self, node: str) -> str:
         """Where this publisher (an application) sends its requests to ``node``."""
         return f"{self.root}/req/{_check('node', node)}"
+
+    def svc(self, peer: str) -> str:
+        """The application service's messages to ``peer``, the other end of a pool."""
+        return f"{self.root}/svc/{_check('peer', peer)}"
 
     def ll(self, peer: str) -> str:
         return f"{self.root}/ll/{_check('peer', peer)}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from qnode.daemon.linklayer import Create, LinkEnd, Message
 from qnode.daemon.runtime.context import NodeContext
@@ -32,18 +32,8 @@ class Routed:
     message: Any   # anything with ``TYPE`` and ``to_dict()``
 
 
-class ToPeer(Protocol):
-    """A message of a layer above for the link's peer (the application service's GIVE): sent
-    on ``ll/<peer>``, signed with the link key, after the store like the link layer's own."""
-
-    TYPE: ClassVar[str]
-    TO_PEER: ClassVar[bool]
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
 #: what a link service sends for its helpers and the layers above
-Outgoing = Message | Routed | ToPeer
+Outgoing = Message | Routed
 M = TypeVar("M")
 #: a handler of one kind of peer message: what it returns is stored, then sent
 PeerHandler = Callable[[Any], Awaitable[Iterable["Outgoing"]]]
@@ -72,8 +62,8 @@ class LinkHandle(Protocol):
 
     async def send(self, actions: Iterable[Outgoing]) -> None:
         """Store, then send, what a change of the link end returned (caller holds :attr:`lock`):
-        messages to the peer (the link layer's, and any that says ``TO_PEER``), answers to
-        requesters, and :class:`Routed` messages to their topics."""
+        messages to the peer, answers to requesters, and :class:`Routed` messages to their
+        topics."""
         ...
 
     async def expire_pair(self, seq: int) -> None:

@@ -55,7 +55,7 @@ from qnode.daemon.linklayer import (
     seq_diff,
     seq_lt,
 )
-from qnode.daemon.quantum.bell_diagonal import BellDiagonal, age
+from qnode.daemon.quantum.bell_diagonal import BellDiagonal, age, age_halves
 from qnode.daemon.quantum.estimators import (
     BELL_SIGNS,
     Estimate,
@@ -321,6 +321,20 @@ class LinkMemory:
             state = age(state, now - b.bound_at, t1_s=self.t1_s, t2_s=self.t2_s,
                         halves=2 if halves == 2 else 1)
         return state
+
+    def pair_state(self, b: Bound, now: float) -> BellDiagonal:
+        """Absolute Bell weights of bound pair ``b`` now, both halves decayed: this end's since
+        its bind, the peer's since the peer's (its HELD time; this end's bind time while no
+        HELD came). The ends bind a pair at different moments — the one that binds first has
+        its half decaying longer — and the state is exact for a Bell-diagonal pair
+        (:func:`~qnode.daemon.quantum.bell_diagonal.age_halves`)."""
+        rel, _ = self.tomography.estimate()
+        state = rel.relabel(b.bell_state)
+        if self.t1_s <= 0:
+            return state
+        own = max(0.0, now - b.bound_at)
+        peer = self.peer_age(b.seq) if b.seq in self.peer_held else own
+        return age_halves(state, own, peer, t1_s=self.t1_s, t2_s=self.t2_s)
 
     # ------------------------------------------------------------------ heralds
     def note_new(self, first: int, count: int) -> None:

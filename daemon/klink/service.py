@@ -549,7 +549,7 @@ class LinkService:
             if bound is not None:
                 now = self.ctx.now()
                 memory.hold(bound.qubit, now + self.hold_s)
-                state = memory.state_of(bound, now, halves=2)
+                state = memory.pair_state(bound, now)
                 return dataclasses.replace(ok, goodness=round(state.fidelity(ok.bell_state), 6),
                                            qubit=bound.qubit, hold_ms=hold_ms(self.hold_s))
         if self.t1_s <= 0 or ok.tpe != "K":
@@ -624,19 +624,11 @@ class LinkRouter:
         self._servers: list[tuple[Callable[[Create], bool], CreateServer]] = []
         self._fallback: CreateServer | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
-        #: message types of the layers above that travel between link ends (type -> class
-        #: with ``from_dict`` and a ``link`` field), besides the link layer's own
-        self._peer_types: dict[str, Any] = {}
         self._rlog = RateLimitedLog(log)
         ctx.bus.on("herald", self._on_herald)
         ctx.bus.on("ll", self._on_ll)
         ctx.bus.on("proto", self._on_proto)
         ctx.bus.on("cmd", self._on_cmd)
-
-    def add_peer_types(self, types: Mapping[str, Any]) -> None:
-        """Parse peer messages of ``types`` (type -> class) too: a layer above (the application
-        service) then registers their handlers with each link's :meth:`LinkService.on_message`."""
-        self._peer_types.update(types)
 
     def add(self, service: LinkService) -> LinkService:
         self.services[service.link] = service
@@ -676,9 +668,7 @@ class LinkRouter:
         """Parse a message from a link's peer and find its link; counted and None if either
         fails (the sender must be the link's peer)."""
         try:
-            cls = self._peer_types.get(msg.type)
-            parsed = (cls.from_dict({**msg.body, "type": msg.type}) if cls is not None
-                      else message_from_dict({**msg.body, "type": msg.type}))
+            parsed = message_from_dict({**msg.body, "type": msg.type})
         except ValueError as exc:
             self.count("bad_body", msg, str(exc))
             return None

@@ -34,6 +34,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
@@ -245,6 +246,10 @@ class PathEnd:
         self.counts: PathEndCounts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
                                       "pairs_discarded_total": 0, "swap_orphaned_total": 0}
         self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
+        #: called after a pair arrived (the application service's allocator or follower)
+        self.listeners: list[Callable[[], None]] = []
+        #: the fidelity of the last pair at its arrival (an estimate of what fresh pairs have)
+        self.last_fidelity: float | None = None
         service.on_message(SwapResult, self._on_swap_result)
 
     def estimate(self, pair: PathPair, now: float) -> BellDiagonal:
@@ -277,7 +282,11 @@ class PathEnd:
                                            BellDiagonal(msg.weights), bound.bound_at,
                                            msg.remote_age_s, now - latency)
         self.counts["pairs_received_total"] += 1
+        pair = self.pairs[msg.pair_id]
+        self.last_fidelity = self.estimate(pair, now).fidelity(pair.bell_state)
         self._serve(now)
+        for notify in self.listeners:
+            notify()
 
     async def request(self, create: Create, requester: str) -> None:
         now = self.ctx.now()
@@ -298,7 +307,7 @@ class PathEnd:
             pick = None
             for pid, pair in self.pairs.items():
                 # the far end drops its copy at the cut-off: leave the application its hold
-                if self._cutoff_at(pair, now) - now < self.mem.delivered_hold_s:
+                if self.cutoff_at(pair, now) - now < self.mem.delivered_hold_s:
                     continue
                 state = self.estimate(pair, now)
                 if state.fidelity(pair.bell_state) >= create.min_fidelity:
@@ -312,18 +321,18 @@ class PathEnd:
             self._reply(who, Ok(cid, self.path.id, pid, pair.bell_state, goodness,
                                 create.purpose_id, self.remote, "K",
                                 int(time.monotonic_ns() * 1000), qubit=pair.qubit,
-                                hold_ms=hold_ms(self._cutoff_at(pair, now) - now)))
+                                hold_ms=hold_ms(self.cutoff_at(pair, now) - now)))
             self.counts["pairs_delivered_total"] += 1
             self.delivered_fidelity.append(goodness)
             # the far end keeps its copy until the cut-off: so does this qubit (+ a guard)
-            self.memory.hold(pair.qubit, self._cutoff_at(pair, now) + CUTOFF_GUARD_S)
+            self.memory.hold(pair.qubit, self.cutoff_at(pair, now) + CUTOFF_GUARD_S)
             n += 1
             if n >= create.number:
                 self._requests.pop(0)
             else:
                 self._requests[0] = (cid, create, who, t0, n)
 
-    def _cutoff_at(self, pair: PathPair, now: float) -> float:
+    def cutoff_at(self, pair: PathPair, now: float) -> float:
         """When ``pair`` reaches the cut-off (monotonic s; inf without one): its older half
         is then ``max_pair_age_s`` old."""
         cutoff = self.mem.max_pair_age_s
@@ -338,7 +347,7 @@ class PathEnd:
         milliseconds, may still hand its copy to an application until its own cut-off."""
         now = self.ctx.now()
         for pid, pair in list(self.pairs.items()):
-            if self._cutoff_at(pair, now) < now:
+            if self.cutoff_at(pair, now) < now:
                 del self.pairs[pid]
                 self.memory.hold(pair.qubit, now + CUTOFF_GUARD_S)
                 self.counts["pairs_discarded_total"] += 1

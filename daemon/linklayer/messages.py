@@ -923,12 +923,10 @@ _A = TypeVar("_A")
 
 
 def split_actions(actions: Iterable[_A]) -> tuple[list[_A], list[_A]]:
-    """(up, to_peer): Ack/Ok/Err go to the requesting layer, Expire/ExpireAck/Epoch to the
-    peer, and so does a message of a layer above that says ``TO_PEER`` (the application
-    service's GIVE), in the order given."""
+    """(up, to_peer): Ack/Ok/Err (and anything else) go to the requesting layer,
+    Expire/ExpireAck/Epoch to the peer."""
     up: list[_A] = []
     peer: list[_A] = []
     for a in actions:
-        to_peer = isinstance(a, (Expire, ExpireAck, Epoch)) or getattr(a, "TO_PEER", False)
-        (peer if to_peer else up).append(a)
+        (peer if isinstance(a, (Expire, ExpireAck, Epoch)) else up).append(a)
     return up, peer

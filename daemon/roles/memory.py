@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from qnode.daemon.apps.pools import LinkPool
+from qnode.daemon.apps.pools import LinkPool, PathPool, Pool
 from qnode.daemon.apps.service import AppService
 from qnode.daemon.klink.memory import LinkMemory, QubitPool
 from qnode.daemon.klink.purification import Purifier
@@ -68,8 +68,9 @@ class MemoryRole:
         self.apps: AppService | None = None
         if ctx.config.service is not None:
             feeding = {lid for p in ctx.config.paths for lid in p.links}
-            pools = [LinkPool(s, s.memory, ctx.node) for s in self.services
-                     if s.memory is not None and s.link not in feeding]
+            pools: list[Pool] = [LinkPool(s, s.memory, ctx.node) for s in self.services
+                                 if s.memory is not None and s.link not in feeding]
+            pools += [PathPool(end, ctx.node) for end in self.path_ends]
             self.apps = AppService(ctx, ctx.config.service, pools)
 
     def _bind_qubits(self, qdevice: str) -> None:

@@ -595,6 +595,21 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         if "analyzer" in roles else None,
         source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None,
         service=_service(path, raw.get("service"), raw.get("applications"), node_id, links))
+    # the application service's messages between the ends of a pool carry identity signatures
+    if cfg.service is not None:
+        if identity_key_file is None or trust_dir is None:
+            raise node.fail("identity_key_file", "the application service signs its messages "
+                                                 "to the other end of each pool with the node's "
+                                                 "identity key and checks theirs: set "
+                                                 "node.identity_key_file and node.trust_dir")
+        remotes = [(f"links[{i}].peer", lc.peer) for i, lc in enumerate(links) if lc.type == "K"]
+        remotes += [(f"paths[{i}].ends", p.ends[1 - p.ends.index(node_id)])
+                    for i, p in enumerate(cfg.paths) if node_id in p.ends]
+        for key, remote in remotes:
+            if remote not in trust:
+                raise ConfigError(path, key, f"the application service checks {remote!r}'s "
+                                             f"identity signature: put {remote}.pub in "
+                                             f"node.trust_dir")
     # heralds carry their station's identity signature: the station signs, the ends verify
     if "herald" in roles and identity_key_file is None:
         raise node.fail("identity_key_file", "a herald station signs its heralds with its "

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -52,7 +53,8 @@ from qnode.daemon.bus.telemetry import (
 )
 
 PREFIX = "qnode_"
-_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily, InfoMetricFamily)
+_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily, InfoMetricFamily,
+                   HistogramMetricFamily)
 
 
 def _number(value: object) -> float | None:
@@ -341,6 +343,22 @@ class _Families:
             fam = self._get(CounterMetricFamily, name, doc, tuple(labels))
             fam.add_metric(list(labels.values()), value)
 
+    def histogram(self, name: str, doc: str, labels: dict[str, str],
+                  hist: Mapping[str, Any]) -> None:
+        """A cumulative histogram from telemetry's ``{"buckets": {bound: count}, "count",
+        "sum"}`` (bounds in s); nothing when it is malformed."""
+        buckets = _mapping(hist.get("buckets"))
+        count, total = _number(hist.get("count")), _number(hist.get("sum"))
+        try:
+            bounds = sorted((float(b), _number(c)) for b, c in buckets.items())
+        except ValueError:
+            return
+        if count is None or total is None or any(c is None for _, c in bounds):
+            return
+        fam = self._get(HistogramMetricFamily, name, doc, tuple(labels))
+        fam.add_metric(list(labels.values()),
+                       [(f"{b:g}", c) for b, c in bounds] + [("+Inf", count)], total)
+
     def info(self, name: str, doc: str, labels: dict[str, str], info: dict[str, str]) -> None:
         fam = self._get(InfoMetricFamily, name, doc, tuple(labels))
         fam.add_metric(list(labels.values()), info)
@@ -394,6 +412,45 @@ def _node_metrics(fam: _Families, node: str, rec: Telemetry) -> None:
     for path, pt in sorted(_mapping(rec.get("paths")).items()):
         _path_metrics(fam, {**lab, "path": str(path)}, _mapping(pt))
     _bus_metrics(fam, lab, _mapping(rec.get("bus")))
+    _apps_metrics(fam, lab, _mapping(rec.get("apps")))
+
+
+def _apps_metrics(fam: _Families, lab: dict[str, str], apps: Mapping[str, Any]) -> None:
+    """The application service (docs/integrators/applications.md)."""
+    if not apps:
+        return
+    fam.gauge("apps_requests_waiting", "Requests waiting in this node's allocator queues "
+              "(both ends' requests).", lab, _number(apps.get("requests_waiting")))
+    fam.gauge("apps_requests_live", "Requests made at this node that have not ended.", lab,
+              _number(apps.get("requests_live")))
+    for outcome, n in sorted(_mapping(apps.get("requests_total")).items()):
+        fam.counter("apps_requests_total", "Requests made at this node that ended, by outcome "
+                    "(done, expired, cancelled, error).", {**lab, "outcome": str(outcome)},
+                    _number(n))
+    for code, n in sorted(_mapping(apps.get("requests_refused_total")).items()):
+        fam.counter("apps_requests_errors_total", "Requests that ended in ERROR, by code.",
+                    {**lab, "code": str(code)}, _number(n))
+    for app, n in sorted(_mapping(apps.get("pairs_delivered_total")).items()):
+        fam.counter("apps_pairs_delivered_total", "Pairs delivered to each application of "
+                    "this node (as requester or listener).", {**lab, "application": str(app)},
+                    _number(n))
+    for key, name, doc in (
+            ("request_first_pair_seconds", "apps_request_first_pair_seconds",
+             "Time from a request's arrival to its first pair (s)."),
+            ("request_done_seconds", "apps_request_done_seconds",
+             "Time from a request's arrival to DONE (s).")):
+        fam.histogram(name, doc, lab, _mapping(apps.get(key)))
+    for key, name, doc in (
+            ("pairs_after_end_total", "apps_pairs_after_end_total",
+             "Pairs that came for a request that had already ended here (lost)."),
+            ("pairs_unclaimed_total", "apps_pairs_unclaimed_total",
+             "Pairs for a purpose nobody listened on any more (lost)."),
+            ("gives_failed_total", "apps_gives_failed_total",
+             "GIVEs of pairs this end did not hold (or never got).")):
+        fam.counter(name, doc, lab, _number(apps.get(key)))
+    for reason, n in sorted(_mapping(apps.get("peer_rejected_total")).items()):
+        fam.counter("apps_peer_messages_rejected_total", "Service messages of other nodes "
+                    "refused, by reason.", {**lab, "reason": str(reason)}, _number(n))
 
 
 def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) -> None:

@@ -122,9 +122,14 @@ def _ask(app: App, node: str, rid: str, **fields: Any) -> list[tuple[str, dict]]
     return replies
 
 
+#: wait for both ends' test-pair estimates to have this standard error before asking
+SIGMA_TARGET = 0.005
+
+
 def _link_ready(latest: dict[str, dict]) -> bool:
-    return all(latest.get(n, {}).get("links", {}).get(LINK, {}).get("fidelity_source")
-               == "tests" for n in ("alice", "repeater"))
+    links = [latest.get(n, {}).get("links", {}).get(LINK, {}) for n in ("alice", "repeater")]
+    return all(t.get("fidelity_source") == "tests"
+               and t.get("fidelity_sigma", 1.0) <= SIGMA_TARGET for t in links)
 
 
 @pytest.mark.asyncio
@@ -132,8 +137,7 @@ async def test_applications_get_pairs_at_both_ends_fairly_and_every_request_ends
     with Mosquitto(tmp_path / "mosquitto") as broker:
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=NODES, paths=False, max_pair_age_s=3.0,
-                          delivered_hold_s=1.0, qubits_per_link=3, min_tests=100,
-                          extra=APPS)
+                          delivered_hold_s=1.0, qubits_per_link=3, extra=APPS)
         apps: list[App] = []
         try:
             await asyncio.to_thread(net.start)
@@ -188,7 +192,9 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     assert partner == f"repeater:{theirs[-1]['qubit']}", (partner, theirs[-1])
     lag = max(0.0, time.time() - delivered_at)
     true_f = undo_decay(weights, lag)[BELL_STATES.index(mine[-1]["bell_state"])]
-    assert abs(true_f - mine[-1]["fidelity"]) <= 0.02, (true_f, mine[-1], lag)
+    # the estimate's own error (3σ) and a few ms of time-stamp scatter (0.005)
+    assert abs(true_f - mine[-1]["fidelity"]) <= 3 * SIGMA_TARGET + 0.005, (
+        true_f, mine[-1], lag)
 
     # 2. at the repeater (not the allocator): forwarded, both ends told
     replies = _ask(rep_app, "repeater", "r2", remote="alice", pairs=3, purpose=9, timeout_s=60)
@@ -238,8 +244,7 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
         codes[rid] = body["code"]
     assert codes == {rid: code for rid, (_, code) in bad.items()}, codes
     alice_app.send("alice", "REQUEST", {"request_id": "long", "remote": "repeater",
-                                        "pairs": 100_000, "purpose": 7, "min_fidelity": hard,
-                                        "timeout_s": 2})
+                                        "pairs": 100_000, "purpose": 7, "timeout_s": 2})
     alice_app.send("alice", "REQUEST", {"request_id": "long", "remote": "repeater", "pairs": 1,
                                         "purpose": 7})
     long_replies = alice_app.until("long")     # the duplicate's ERROR ends the first wait
@@ -257,3 +262,67 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     return {"pairs": [(p["pair_id"], p["fidelity"]) for p in mine], "last_true": true_f,
             "listener_fidelities": [p["fidelity"] for p in theirs], "hard": hard,
             "codes": codes}
+
+
+CHAIN = ("herald1", "herald2", "alice", "repeater", "bob")
+CHAIN_APPS = {
+    "alice": "[applications.alice-app]\nweight = 1.0\npurposes = [9]\n",
+    "bob": "[applications.bob-app]\nweight = 1.0\npurposes = [7]\n",
+}
+
+
+def _path_pairs_arrive(latest: dict[str, dict]) -> bool:
+    return all(latest.get(n, {}).get("paths", {}).get("alice-bob", {}).get(
+        "pairs_received_total", 0) > 0 for n in ("alice", "bob"))
+
+
+@pytest.mark.asyncio
+async def test_end_to_end_pairs_of_a_path_reach_both_ends_applications(tmp_path):
+    """The path alice – repeater – bob as a pool: alice (the allocator) gives each swapped pair
+    to a request and tells bob over ``svc/bob`` (identity-signed; the ends share no link key);
+    both applications get the same pair ids, and the oracle finds alice's qubit entangled with
+    bob's. A request made at bob is forwarded to alice and served the same way."""
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
+                          tmp_path / "logs", nodes=CHAIN, max_pair_age_s=2.0,
+                          delivered_hold_s=0.3, extra=CHAIN_APPS)
+        apps: list[App] = []
+        try:
+            await asyncio.to_thread(net.start)
+            truth = Truth(net.addresses["qdevice-truth"])
+            await telemetry_until(broker.port, _path_pairs_arrive, 240)
+            alice_app, bob_app = App("alice-app", broker.port), App("bob-app", broker.port)
+            apps = [alice_app, bob_app]
+            result = await asyncio.to_thread(_path_scenario, truth, alice_app, bob_app)
+            truth.close()
+        finally:
+            for a in apps:
+                a.close()
+            await asyncio.to_thread(net.close)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    print(f"path pairs: {result}")
+
+
+def _path_scenario(truth: Truth, alice_app: App, bob_app: App) -> dict[str, Any]:
+    bob_app.send("bob", "LISTEN", {"purpose": 7})
+    assert bob_app.next()[0] == "LISTENING"
+    alice_app.send("alice", "LISTEN", {"purpose": 9})
+    assert alice_app.next()[0] == "LISTENING"
+    replies = _ask(alice_app, "alice", "p1", remote="bob", pairs=5, purpose=7, timeout_s=60)
+    assert [t for t, _ in replies][-1] == "DONE", replies
+    mine = [b for t, b in replies if t == "PAIR"]
+    partner, _ = truth.read("alice", mine[-1]["qubit"]).pair()
+    theirs = _pairs_for(bob_app, 5)
+    assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs]
+    assert [p["bell_state"] for p in mine] == [p["bell_state"] for p in theirs]
+    assert {p["pool"] for p in mine + theirs} == {"alice-bob"}
+    assert partner == f"bob:{theirs[-1]['qubit']}", (partner, theirs[-1])
+    replies = _ask(bob_app, "bob", "p2", remote="alice", pairs=3, purpose=9, timeout_s=60)
+    assert [t for t, _ in replies][-1] == "DONE", replies
+    mine2 = [b for t, b in replies if t == "PAIR"]
+    theirs2 = _pairs_for(alice_app, 3)
+    assert [p["pair_id"] for p in mine2] == [p["pair_id"] for p in theirs2]
+    return {"alice": [(p["pair_id"], p["fidelity"]) for p in mine],
+            "bob": [(p["pair_id"], p["fidelity"]) for p in theirs]}

@@ -25,6 +25,7 @@ from qnode.daemon.apps.service import AppService
 from qnode.daemon.bus.client import NodeBus
 from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.telemetry import (
+    AppsTelemetry,
     BusTelemetry,
     InstrumentHealth,
     LinkTelemetry,
@@ -56,7 +57,8 @@ from support.daemon_harness import link_context
 
 #: where each part of a record is declared
 SCHEMA: dict[str, type] = {"node": Telemetry, "link": LinkTelemetry, "path": PathTelemetry,
-                           "bus": BusTelemetry, "instrument": InstrumentHealth}
+                           "bus": BusTelemetry, "instrument": InstrumentHealth,
+                           "apps": AppsTelemetry}
 
 
 def declared(cls: type) -> set[str]:
@@ -92,7 +94,7 @@ def exporter_reads() -> dict[str, set[str]]:
     record = Reads(seen["node"], node="alice", roles=["memory"],
                    links={"alice-bob": Reads(seen["link"])},
                    paths={"alice-carol": Reads(seen["path"])},
-                   bus=Reads(seen["bus"]),
+                   bus=Reads(seen["bus"]), apps=Reads(seen["apps"], requests_live=1),
                    instruments={"tagger": Reads(seen["instrument"])})
     collector = TelemetryCollector()
     collector.update(record)  # type: ignore[arg-type]
@@ -108,6 +110,7 @@ def test_every_field_the_exporter_reads_is_declared() -> None:
             "qber_y_ci_high", "polarisation_state", "purify_role"} <= seen["link"]
     assert {"role", "ends", "remote", "swaps_total"} <= seen["path"]
     assert {"rejected", "connected"} <= seen["bus"] and seen["instrument"]
+    assert {"requests_waiting", "request_done_seconds", "pairs_delivered_total"} <= seen["apps"]
     missing = {part: sorted(keys - declared(SCHEMA[part])) for part, keys in seen.items()}
     assert not any(missing.values()), f"exported but not in the schema: {missing}"
 

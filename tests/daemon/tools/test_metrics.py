@@ -403,3 +403,41 @@ def test_every_counter_of_memory_purification_and_paths_is_exported() -> None:
     assert counts(MemoryCounts) <= link
     assert counts(PurifyCounts) <= link
     assert counts(SwapCounts) | counts(PathEndCounts) <= {f for f, *_ in metrics._PATH_COUNTERS}
+
+
+def test_application_service_metrics_with_latency_histograms(exporter: PrometheusExporter) -> None:
+    """The ``apps`` part: gauges, counters by outcome, code and application, and the two
+    latency histograms as Prometheus histograms (cumulative buckets, +Inf = count, sum)."""
+    from qnode.daemon.apps.service import Histogram
+
+    first, done = Histogram(), Histogram()
+    for s in (0.004, 0.03, 0.03, 0.7):
+        first.observe(s)
+    done.observe(2.0)
+    exporter.update({"node": "alice", "roles": ["memory"], "apps": {
+        "requests_waiting": 3, "requests_live": 2, "requests_total": {"done": 5, "expired": 1},
+        "requests_refused_total": {"no_listener": 2}, "pairs_delivered_total": {"keyapp": 40},
+        "request_first_pair_seconds": first.as_dict(), "request_done_seconds": done.as_dict(),
+        "pairs_after_end_total": 0, "pairs_unclaimed_total": 1, "gives_failed_total": 0,
+        "peer_rejected_total": {"unknown_pool": 4}}})
+    with urllib.request.urlopen(exporter.url, timeout=10) as resp:
+        text = resp.read().decode()
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert types["qnode_apps_request_first_pair_seconds"] == "histogram"
+    samples = scrape(exporter)
+    node = {"node": "alice"}
+    assert value(samples, "qnode_apps_requests_waiting", **node) == 3
+    assert value(samples, "qnode_apps_requests_total", outcome="expired", **node) == 1
+    assert value(samples, "qnode_apps_requests_errors_total", code="no_listener", **node) == 2
+    assert value(samples, "qnode_apps_pairs_delivered_total", application="keyapp", **node) == 40
+    assert value(samples, "qnode_apps_request_first_pair_seconds_bucket", le="0.005",
+                 **node) == 1
+    assert value(samples, "qnode_apps_request_first_pair_seconds_bucket", le="0.05",
+                 **node) == 3
+    assert value(samples, "qnode_apps_request_first_pair_seconds_bucket", le="+Inf",
+                 **node) == 4
+    assert value(samples, "qnode_apps_request_first_pair_seconds_count", **node) == 4
+    assert value(samples, "qnode_apps_request_first_pair_seconds_sum", **node) == \
+        pytest.approx(0.764)
+    assert value(samples, "qnode_apps_peer_messages_rejected_total", reason="unknown_pool",
+                 **node) == 4
