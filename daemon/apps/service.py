@@ -19,6 +19,10 @@ pool, the end whose node id sorts first allocates (decision record 0008 in ``doc
 
 A message that is not a valid request is answered with ``ERROR bad_request`` when it names a
 request id, and counted and logged (rate-limited, no traceback) either way; nothing changes.
+
+The requests made here are stored (SQLite, ``app_requests``) before ``ACCEPTED`` goes out and
+forgotten before their terminal reply does; a node that restarts answers each request it had
+accepted with ``ERROR unavailable``, so a request still ends in exactly one terminal reply.
 """
 from __future__ import annotations
 
@@ -123,6 +127,8 @@ class AppService:
         self.live: dict[tuple[str, str], Live] = {}
         self.listening: dict[int, str] = {}              # purpose -> application here
         self.peer_listening: dict[str, dict[int, str]] = {p.id: {} for p in pools}
+        #: changes to the stored requests not yet written (see :meth:`_store`)
+        self._unstored: list[tuple[str, str, int, int] | tuple[str, str]] = []
         #: GIVEs of path pairs whose SWAP_RES has not come yet: (pool, pair id) -> (GIVE, when)
         self._early: dict[tuple[str, int], tuple[Give, float]] = {}
         self._weights: dict[tuple[str, str], float] = {}  # peer applications' (from SERVE)
@@ -155,6 +161,21 @@ class AppService:
 
     def _to_peer(self, pool: Pool, msg: PeerMessage) -> Routed:
         return Routed(self.ctx.topics.svc(pool.remote), msg)
+
+    async def _store(self) -> None:
+        """Write the changes to the stored requests made so far (before the replies they
+        cover: writes run in call order on the node's writer thread, so a link's own store
+        queued after this one also lands after it)."""
+        if self._unstored:
+            changes, self._unstored = self._unstored, []
+            store = self.ctx.store
+            await self.ctx.persist(lambda: store.apply_app_requests(changes))
+
+    async def _send(self, pool: Pool, out: list[Routed]) -> None:
+        """Store, then send ``out`` (caller holds the pool's lock)."""
+        await self._store()
+        if out:
+            await pool.send(out)
 
     def _publish(self, application: str, msg: AppMessage) -> None:
         """Reply now (no link state changed with it)."""
@@ -238,14 +259,18 @@ class AppService:
                     self._refuse(application, req.request_id, ErrorCode.QUEUE_FULL, str(exc))
                     return
                 self.live[key] = live
+                self._unstored.append((application, req.request_id, req.pairs, 0))
+                await self._store()
                 queued = len(self.queues[pool.id])
                 self._publish(application, Accepted(req.request_id, queued, shown))
-                await pool.send(self._serve(pool))
+                await self._send(pool, self._serve(pool))
             else:
                 self.live[key] = live
+                self._unstored.append((application, req.request_id, req.pairs, 0))
+                await self._store()
                 weight = self._weight((self.ctx.node, application))
                 self._publish(application, Accepted(req.request_id, 1, shown))
-                await pool.send([self._to_peer(pool, Serve(
+                await self._send(pool, [self._to_peer(pool, Serve(
                     pool.id, application, req.request_id, req.pairs, req.purpose,
                     req.min_fidelity, req.timeout_s, req.priority, weight))])
 
@@ -260,7 +285,7 @@ class AppService:
             out = self._end(live, "cancelled")
             if not pool.allocator:
                 out.append(self._to_peer(pool, Withdraw(pool.id, application, request_id)))
-            await pool.send(out)
+            await self._send(pool, out)
 
     def _end(self, live: Live, outcome: str, code: ErrorCode | None = None,
              reason: str = "") -> list[Routed]:
@@ -268,6 +293,7 @@ class AppService:
         its pool's queue; the reply to send after the store."""
         key = (live.application, live.request.request_id)
         self.live.pop(key, None)
+        self._unstored.append(key)
         q = self.queues.get(live.pool.id)
         if q is not None:
             q.remove((self.ctx.node, *key))
@@ -341,6 +367,7 @@ class AppService:
                 self.counts["pairs_after_end_total"] += 1
                 return out
             live.delivered += 1
+            self._unstored.append((application, rid, live.request.pairs, live.delivered))
             if live.delivered == 1:
                 self.first_pair_s.observe(now - live.arrived)
             self.pairs_delivered[application] += 1
@@ -397,8 +424,7 @@ class AppService:
                                                  f"{'allocator' if pool.allocator else 'other'}"
                                                  f" end of {pool.id}")
                 return
-            if out:
-                await pool.send(out)
+            await self._send(pool, out)
 
     def _bad_peer(self, reason: str, msg: Envelope, detail: str) -> None:
         self.refused_peer[reason] += 1
@@ -463,7 +489,9 @@ class AppService:
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
-        """Deadlines, pairs that became deliverable, and the periodic LISTENERS."""
+        """Deadlines, pairs that became deliverable, and the periodic LISTENERS; first, the
+        requests a previous run accepted end in ``ERROR unavailable``."""
+        await self._orphans()
         next_announce = 0.0
         while True:
             try:
@@ -490,8 +518,23 @@ class AppService:
                         out += self._serve(pool)
                     elif self._early:
                         out += self._early_gives(pool, now)
-                    if out:
-                        await pool.send(out)
+                    await self._send(pool, out)
+
+    async def _orphans(self) -> None:
+        """The terminal reply of each request stored by a previous run of this node."""
+        store = self.ctx.store
+        rows = await asyncio.to_thread(store.load_app_requests)
+        self._unstored += [(application, rid) for application, rid, _, _ in rows]
+        await self._store()
+        for application, rid, pairs, delivered in rows:
+            self.outcomes["error"] += 1
+            self.refused[ErrorCode.UNAVAILABLE.value] += 1
+            log.warning("apps: %s's request %s was live when the node stopped: answered "
+                        "ERROR unavailable", application, rid,
+                        extra={"application": application, "request_id": rid})
+            self._publish(application, Error(
+                ErrorCode.UNAVAILABLE, f"{self.ctx.node} restarted while serving the request "
+                f"({delivered} of {pairs} pairs delivered before); ask again", rid, delivered))
 
     def telemetry(self) -> AppsTelemetry:
         """The ``apps`` part of the node's telemetry."""

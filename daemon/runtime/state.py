@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS link_runs (
     PRIMARY KEY (link, first_seq));
 CREATE TABLE IF NOT EXISTS dedup (
     sender TEXT PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS app_requests (
+    application TEXT NOT NULL, request_id TEXT NOT NULL, pairs INTEGER NOT NULL,
+    delivered INTEGER NOT NULL, PRIMARY KEY (application, request_id));
 """
 
 
@@ -227,6 +230,28 @@ class StateStore:
         with self.transaction():
             self._db.execute("INSERT INTO meta VALUES ('next_id', ?) ON CONFLICT(key) DO UPDATE "
                              "SET value=excluded.value", (str(next_id),))
+
+    # -- the application service's live requests (qnode.daemon.apps.service)
+    def apply_app_requests(self, changes: list[tuple[str, str, int, int] | tuple[str, str]]
+                           ) -> None:
+        """Apply, in order, ``(application, request_id, pairs, delivered)`` (a live request,
+        inserted or updated) and ``(application, request_id)`` (it ended: removed)."""
+        with self.transaction():
+            for c in changes:
+                if len(c) == 4:
+                    self._db.execute(
+                        "INSERT INTO app_requests VALUES (?, ?, ?, ?) ON CONFLICT(application, "
+                        "request_id) DO UPDATE SET delivered=excluded.delivered", c)
+                else:
+                    self._db.execute("DELETE FROM app_requests WHERE application=? AND "
+                                     "request_id=?", c)
+
+    def load_app_requests(self) -> list[tuple[str, str, int, int]]:
+        """The live requests stored: (application, request_id, pairs, delivered)."""
+        with self._lock:
+            rows = self._db.execute("SELECT application, request_id, pairs, delivered FROM "
+                                    "app_requests ORDER BY application, request_id").fetchall()
+        return [(str(a), str(r), int(p), int(d)) for a, r, p, d in rows]
 
     # -- de-duplication windows (see qnode.daemon.bus.envelope.Deduplicator)
     def save_dedup(self, snapshot: Mapping[str, tuple[int, int]]) -> None:

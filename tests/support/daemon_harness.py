@@ -109,6 +109,17 @@ class MemoryLinkStore:
 
     def __init__(self) -> None:
         self.links: dict[str, dict[str, Any]] = {}
+        self.app_requests: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def apply_app_requests(self, changes: list[tuple[Any, ...]]) -> None:
+        for c in changes:
+            if len(c) == 4:
+                self.app_requests[(c[0], c[1])] = (c[2], c[3])
+            else:
+                self.app_requests.pop((c[0], c[1]), None)
+
+    def load_app_requests(self) -> list[tuple[str, str, int, int]]:
+        return [(a, r, p, d) for (a, r), (p, d) in sorted(self.app_requests.items())]
 
     def load_links(self) -> dict[str, dict[str, Any]]:
         return json.loads(json.dumps(self.links))

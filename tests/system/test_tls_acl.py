@@ -213,3 +213,51 @@ async def test_unsigned_commands_cannot_poison_the_replay_window(tmp_path):
         assert await expected_seq(net.broker.port, net.observer, "bob", 150) == 150
         rejected = (await net.telemetry("alice"))["bus"]["rejected"]
         assert rejected.get("stale", 0) == 0
+
+
+@pytest.mark.asyncio
+async def test_applications_read_only_their_own_replies_and_post_only_as_themselves(tmp_path):
+    """The application service's channels through the shipped ACL, with certificates for two
+    applications and two nodes: each application receives only the replies addressed to it
+    (even subscribed to every application's), only the addressed node reads a request, and an
+    application cannot post a request under another's name (the broker denies it, so the node
+    never sees it). One connection per identity: the broker makes the certificate's CN the
+    client id, so a second connection of the same identity would take the first one's place."""
+    net = Network(tmp_path)
+    names = ("app1", "app2", "alice", "bob")
+    got: dict[str, set[str]] = {n: set() for n in names}
+
+    async def collect(name: str, client: aiomqtt.Client) -> None:
+        async for m in client.messages:
+            got[name].add(str(m.topic))
+
+    with net.broker:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {n: await stack.enter_async_context(aiomqtt.Client(
+                "127.0.0.1", net.broker.port, tls_context=tls(net.pki, n), identifier=n))
+                for n in names}
+            for c in clients.values():
+                # every reply and request topic, not only its own: the ACL filters what it gets
+                for f in ("qnet/v1/t/+/status", "qnet/v1/t/+/app/+", "qnet/v1/t/+/req/+"):
+                    await c.subscribe(f, qos=1)
+            tasks = [asyncio.create_task(collect(n, c)) for n, c in clients.items()]
+            try:
+                for app in ("app1", "app2"):
+                    await clients["alice"].publish(f"qnet/v1/t/alice/app/{app}", b"{}", qos=1)
+                await clients["alice"].publish("qnet/v1/t/alice/status", b"{}", qos=1)
+                await clients["app1"].publish("qnet/v1/t/app1/req/alice", b"{}", qos=1)
+                await clients["app1"].publish("qnet/v1/t/app2/req/alice", b"{}", qos=1)  # denied
+                want = {"app1": {"qnet/v1/t/alice/app/app1", "qnet/v1/t/alice/status"},
+                        "app2": {"qnet/v1/t/alice/app/app2", "qnet/v1/t/alice/status"},
+                        "alice": {"qnet/v1/t/alice/status", "qnet/v1/t/app1/req/alice"},
+                        "bob": {"qnet/v1/t/alice/status"}}
+                async with asyncio.timeout(30):
+                    while any(not want[n] <= got[n] for n in names):
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(1.0)   # anything the ACL let through by mistake is here now
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        assert got == want, got
+        assert "Denied PUBLISH from app1" in net.broker.log_tail(400)

@@ -1,0 +1,103 @@
+"""The application service in process (qnode.daemon.apps.service) on one K link end with a
+memory: a request is stored before ACCEPTED and forgotten before its terminal reply, a node that
+restarted answers every request it had accepted with ERROR unavailable (so each request still
+ends in exactly one terminal reply), and refusals are answered with a code and counted."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from qnode.daemon.apps.pools import LinkPool
+from qnode.daemon.apps.service import AppService
+from qnode.daemon.bus.envelope import Message as Envelope
+from qnode.daemon.bus.topics import parse_topic
+from qnode.daemon.klink.memory import LinkMemory, QubitPool
+from qnode.daemon.klink.service import LinkService
+from qnode.daemon.runtime.config import ApplicationConfig, ServiceConfig
+
+from support.daemon_harness import MemoryLinkStore, link_context
+
+APPS = ServiceConfig({"keyapp": ApplicationConfig("keyapp", purposes=(7,)),
+                      "other": ApplicationConfig("other")})
+
+
+class _Bus:
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def defer_until_idle(self, work: Any) -> bool:
+        return False
+
+    def publish(self, topic: str, type: str, body: Any, **kw: Any) -> bool:
+        self.sent.append((topic, type, dict(body)))
+        return True
+
+    def replies(self, app: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(t, b) for topic, t, b in self.sent if topic.endswith(f"/app/{app}")]
+
+
+def _service(store: MemoryLinkStore | None = None) -> tuple[AppService, Any]:
+    ctx = link_context("alice", _Bus(), store)
+    svc = LinkService(ctx, "ab", "bob", "K", goodness=0.9)
+    svc.attach_memory(LinkMemory("ab", QubitPool("qmem", lambda: None, {}),  # type: ignore
+                                 test_fraction=0.1, readout_error=0.005, t1_s=5.0, t2_s=2.0,
+                                 prior_fidelity=0.9))
+    return AppService(ctx, APPS, [LinkPool(svc, svc.memory, "alice")]), ctx
+
+
+async def _ask(apps: AppService, app: str, type_: str, body: dict[str, Any]) -> None:
+    msg = Envelope(type_, app, int(time.time_ns()), body, time.time())
+    await apps._on_request(parse_topic(f"qnet/v1/t/{app}/req/alice"), msg)  # noqa: SLF001
+
+
+@pytest.mark.asyncio
+async def test_a_request_is_stored_while_live_and_a_restart_answers_it_unavailable():
+    store = MemoryLinkStore()
+    apps, ctx = _service(store)
+    apps.peer_listening["ab"] = {7: "bobapp"}
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "r1", "remote": "bob", "pairs": 3,
+                                           "purpose": 7, "min_fidelity": 0.5})
+    assert [t for t, _ in ctx.bus.replies("keyapp")] == ["ACCEPTED"]
+    assert store.load_app_requests() == [("keyapp", "r1", 3, 0)]
+    # the node "restarts": a new service on the same store answers r1 and forgets it
+    again, ctx2 = _service(store)
+    await again._orphans()  # noqa: SLF001
+    (t, body), = ctx2.bus.replies("keyapp")
+    assert t == "ERROR" and body["code"] == "unavailable" and body["request_id"] == "r1"
+    assert store.load_app_requests() == []
+    # the first service's CANCEL forgets it too, before its terminal reply
+    await _ask(apps, "keyapp", "CANCEL", {"request_id": "r1"})
+    assert [t for t, _ in ctx.bus.replies("keyapp")] == ["ACCEPTED", "CANCELLED"]
+
+
+@pytest.mark.asyncio
+async def test_refusals_are_answered_with_a_code_counted_and_change_nothing():
+    apps, ctx = _service()
+    cases = [
+        ("mallory", "REQUEST", {"request_id": "m", "remote": "bob", "pairs": 1, "purpose": 7},
+         "not_authorised"),
+        ("keyapp", "REQUEST", {"request_id": "a", "remote": "bob", "pairs": 0, "purpose": 7},
+         "bad_request"),
+        ("keyapp", "REQUEST", {"request_id": "b", "remote": "carol", "pairs": 1, "purpose": 7},
+         "unknown_remote"),
+        ("keyapp", "REQUEST", {"request_id": "c", "remote": "bob", "pairs": 1, "purpose": 7},
+         "no_listener"),
+        ("keyapp", "REQUEST", {"request_id": "d", "remote": "bob", "pairs": 1, "purpose": 7,
+                               "kind": "measure"}, "unsupported"),
+        ("keyapp", "CANCEL", {"request_id": "zz"}, "unknown_request"),
+        ("other", "LISTEN", {"purpose": 7}, "not_authorised"),
+        ("keyapp", "NONSENSE", {"request_id": "e"}, "bad_request"),
+    ]
+    for app, type_, body, code in cases:
+        await _ask(apps, app, type_, body)
+        t, reply = ctx.bus.replies(app)[-1]
+        assert (t, reply["code"]) == ("ERROR", code), (body, reply)
+        assert reply["reason"]
+    assert sum(apps.refused.values()) == len(cases)
+    assert apps.live == {} and apps.queues["ab"].waiting_per_application() == {}
+    await asyncio.sleep(0)
