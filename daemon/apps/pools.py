@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from qnode.daemon.bus.client import BusOverloaded
 from qnode.daemon.klink.handle import Routed
 from qnode.daemon.klink.memory import LinkMemory
 from qnode.daemon.klink.service import LinkService
@@ -93,11 +94,10 @@ class LinkPool:
         ones, which the link's cut-off expires anyway, are left over (the link layer's own
         CREATEs are served oldest first, as the EGP does)."""
         out: list[tuple[int, float]] = []
-        for seq in reversed(self.service.end.live_seqs().tolist()):
-            b = self.memory.bound.get(seq)
-            if b is None or not self.service.deliverable(seq):
-                continue
-            out.append((seq, self.memory.pair_state(b, now).fidelity(b.bell_state)))
+        # the bound pairs (a few per qubit), not the link's whole inventory
+        for b in sorted(self.memory.bound.values(), key=lambda b: -b.bound_at):
+            if self.service.deliverable(b.seq):
+                out.append((b.seq, self.memory.pair_state(b, now).fidelity(b.bell_state)))
         return out
 
     def take(self, pair_id: int, now: float) -> Taken | None:
@@ -162,6 +162,11 @@ class PathPool:
         return Taken(pair_id, pair.bell_state, fidelity, pair.qubit, hold_ms(cutoff - now))
 
     async def send(self, out: Iterable[Routed]) -> None:
+        """Publish at once (path pairs are not stored); a full outgoing queue is counted in the
+        path end's telemetry (``send_overloaded_total``), never raised."""
         bus = self.end.ctx.bus
         for r in out:
-            bus.publish(r.topic, r.message.TYPE, r.message.to_dict())
+            try:
+                bus.publish(r.topic, r.message.TYPE, r.message.to_dict())
+            except BusOverloaded:
+                self.end.counts["send_overloaded_total"] += 1

@@ -60,6 +60,7 @@ from qnode.daemon.apps.protocol import (
     parse_request,
 )
 from qnode.daemon.apps.scheduler import FairQueue, QueueFull, RequestKey, Waiting
+from qnode.daemon.bus.client import BusOverloaded
 from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.telemetry import AppsTelemetry, LatencyHistogram
 from qnode.daemon.bus.topics import Topic
@@ -123,10 +124,10 @@ class AppService:
         self.by_id = {p.id: p for p in self.pools.values()}
         self.queues = {p.id: FairQueue(self._weight, max_waiting=config.max_waiting,
                                        max_per_application=config.max_per_application)
-                       for p in pools if p.allocator}
+                       for p in self.pools.values() if p.allocator}
         self.live: dict[tuple[str, str], Live] = {}
         self.listening: dict[int, str] = {}              # purpose -> application here
-        self.peer_listening: dict[str, dict[int, str]] = {p.id: {} for p in pools}
+        self.peer_listening: dict[str, dict[int, str]] = {p.id: {} for p in self.pools.values()}
         #: changes to the stored requests not yet written (see :meth:`_store`)
         self._unstored: list[tuple[str, str, int, int] | tuple[str, str]] = []
         #: GIVEs of path pairs whose SWAP_RES has not come yet: (pool, pair id) -> (GIVE, when)
@@ -178,8 +179,14 @@ class AppService:
             await pool.send(out)
 
     def _publish(self, application: str, msg: AppMessage) -> None:
-        """Reply now (no link state changed with it)."""
-        self.ctx.bus.publish(self.ctx.topics.app(application), msg.TYPE, msg.to_dict())
+        """Reply now (no link state changed with it); a full outgoing queue is counted and
+        logged, never raised into a handler."""
+        try:
+            self.ctx.bus.publish(self.ctx.topics.app(application), msg.TYPE, msg.to_dict())
+        except BusOverloaded as exc:
+            self.counts["replies_overloaded_total"] += 1
+            self._rlog("overloaded", logging.WARNING, "apps: %s to %s not sent: %s", msg.TYPE,
+                       application, exc, application=application)
 
     def _refuse(self, application: str, request_id: str | None, code: ErrorCode,
                 reason: str, fidelity_estimate: float | None = None) -> None:
@@ -309,6 +316,7 @@ class AppService:
             msg = Cancelled(rid, n)
         else:
             assert code is not None
+            self.refused[code.value] += 1
             msg = Error(code, reason[:500], rid, n)
         log.info("apps: %s's request %s %s after %d of %d pairs", live.application, rid,
                  outcome, n, live.request.pairs,
@@ -550,5 +558,6 @@ class AppService:
             "pairs_after_end_total": self.counts["pairs_after_end_total"],
             "pairs_unclaimed_total": self.counts["pairs_unclaimed_total"],
             "gives_failed_total": self.counts["gives_failed_total"],
+            "replies_overloaded_total": self.counts["replies_overloaded_total"],
             "peer_rejected_total": dict(self.refused_peer),
         }

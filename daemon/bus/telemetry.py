@@ -198,6 +198,7 @@ class PathTelemetry(TypedDict, total=False):
     pairs_delivered_total: int  # ... delivered to applications
     pairs_discarded_total: int  # ... discarded at the cut-off before delivery
     swap_orphaned_total: int    # swap results for a link pair not held here (dropped)
+    send_overloaded_total: int  # replies not sent: the bus's outgoing queue was full
     pairs_held: int             # end-to-end pairs held, not yet delivered
     delivered_fidelity_mean: float  # of the last (up to 1000) pairs delivered (0..1)
 
@@ -254,6 +255,7 @@ class AppsTelemetry(TypedDict, total=False):
     pairs_unclaimed_total: int            # pairs for a purpose nobody listened on any more
     gives_failed_total: int               # GIVEs of pairs this end no longer held (or never got)
     peer_rejected_total: dict[str, int]   # service messages of other nodes refused, by reason
+    replies_overloaded_total: int         # replies not sent: the bus's outgoing queue was full
 
 
 class Telemetry(TypedDict, total=False):

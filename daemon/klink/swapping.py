@@ -230,6 +230,7 @@ class PathEndCounts(TypedDict):
     pairs_delivered_total: int
     pairs_discarded_total: int
     swap_orphaned_total: int
+    send_overloaded_total: int
 
 
 class PathEnd:
@@ -244,7 +245,8 @@ class PathEnd:
         self.create_ids = CreateIdAllocator()
         self._requests: list[tuple[int, Create, str, float, int]] = []  # cid, create, who, t, n
         self.counts: PathEndCounts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
-                                      "pairs_discarded_total": 0, "swap_orphaned_total": 0}
+                                      "pairs_discarded_total": 0, "swap_orphaned_total": 0,
+                                      "send_overloaded_total": 0}
         self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
         #: called after a pair arrived (the application service's allocator or follower)
         self.listeners: list[Callable[[], None]] = []

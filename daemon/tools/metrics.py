@@ -265,6 +265,8 @@ _PATH_COUNTERS: tuple[_Field, ...] = (
      "End-to-end pairs discarded at the cut-off before delivery.", 1.0),
     ("swap_orphaned_total", "path_swap_results_orphaned_total",
      "Swap results for a link pair not held here (dropped).", 1.0),
+    ("send_overloaded_total", "path_send_overloaded_total",
+     "Replies about the path's pairs not sent: the bus's outgoing queue was full.", 1.0),
 )
 #: NodeBus.metrics() keys -> (metric name, help); counters unless noted in _BUS_GAUGES
 _BUS_COUNTERS = {
@@ -446,7 +448,9 @@ def _apps_metrics(fam: _Families, lab: dict[str, str], apps: Mapping[str, Any]) 
             ("pairs_unclaimed_total", "apps_pairs_unclaimed_total",
              "Pairs for a purpose nobody listened on any more (lost)."),
             ("gives_failed_total", "apps_gives_failed_total",
-             "GIVEs of pairs this end did not hold (or never got).")):
+             "GIVEs of pairs this end did not hold (or never got)."),
+            ("replies_overloaded_total", "apps_replies_overloaded_total",
+             "Replies to applications not sent: the bus's outgoing queue was full.")):
         fam.counter(name, doc, lab, _number(apps.get(key)))
     for reason, n in sorted(_mapping(apps.get("peer_rejected_total")).items()):
         fam.counter("apps_peer_messages_rejected_total", "Service messages of other nodes "
