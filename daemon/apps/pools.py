@@ -57,6 +57,11 @@ class Pool(Protocol):
         """The fidelity fresh pairs have now (None: not known yet)."""
         ...
 
+    def supplied(self) -> int:
+        """Pairs that have become available to give so far (a counter: its rate is the pool's
+        supply, pairs/s)."""
+        ...
+
     def offers(self, now: float) -> list[tuple[int, float]]:
         """``(pair_id, fidelity)`` of every pair that may be given now, the best first."""
         ...
@@ -88,6 +93,10 @@ class LinkPool:
 
     def estimate(self) -> float | None:
         return float(self.service.end.goodness)
+
+    def supplied(self) -> int:
+        """Pairs bound to qubits (only those can be given)."""
+        return int(self.memory.counts["bound_total"])
 
     def offers(self, now: float) -> list[tuple[int, float]]:
         """The freshest (best) first: an application gets the best pair there is, and the oldest
@@ -138,6 +147,10 @@ class PathPool:
 
     def estimate(self) -> float | None:
         return self.end.last_fidelity
+
+    def supplied(self) -> int:
+        """End-to-end pairs received from the repeater's swaps."""
+        return int(self.end.counts["pairs_received_total"])
 
     def offers(self, now: float) -> list[tuple[int, float]]:
         hold = self.end.mem.delivered_hold_s

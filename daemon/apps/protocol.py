@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_REMOTE = "unknown_remote"        # no link or path from this node to that node
     UNSUPPORTED = "unsupported"              # e.g. measure-directly pairs over a path
     FIDELITY_UNREACHABLE = "fidelity_unreachable"  # above what the pool and purification give
+    RATE_UNREACHABLE = "rate_unreachable"    # more pairs than the pool supplies before the deadline
     NO_LISTENER = "no_listener"              # nobody at the far end listens on the purpose
     QUEUE_FULL = "queue_full"                # the application's queue (or the node's) is full
     PAIRS_LOST = "pairs_lost"                # a delivered pair was expired before it was taken

@@ -75,6 +75,11 @@ log = logging.getLogger("qnode.apps")
 TICK_S = 0.1
 #: how long a GIVE for a path pair this end has not received yet waits for its SWAP_RES (s)
 GIVE_WAIT_S = 1.0
+#: a pool's supply (pairs/s) is measured over this long (s) before admission uses it
+SUPPLY_WINDOW_S = 10.0
+#: admission refuses a request for more than this many times what the pool supplies before
+#: its deadline (with nothing else waiting): generous, as the supply varies
+SUPPLY_MARGIN = 2.0
 #: latency histogram buckets (s): request → first pair, request → done
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ID = re.compile(REQUEST_ID_PATTERN)
@@ -142,6 +147,9 @@ class AppService:
         self.done_s = Histogram()
         self._rlog = RateLimitedLog(log)
         self._wake = asyncio.Event()
+        #: (monotonic s, pool.supplied()) samples per pool over SUPPLY_WINDOW_S
+        self._supply: dict[str, collections.deque[tuple[float, int]]] = {
+            p.id: collections.deque() for p in self.pools.values()}
         for p in self.pools.values():
             p.listeners.append(self._wake.set)
         base = f"qnet/v1/{ctx.topics.network}/+"
@@ -252,6 +260,13 @@ class AppService:
             self._refuse(application, req.request_id, ErrorCode.FIDELITY_UNREACHABLE,
                          f"min_fidelity {req.min_fidelity:g} is above the fidelity of {pool.kind} "
                          f"{pool.id}'s fresh pairs ({estimate:.4f})", round(estimate, 6))
+            return
+        supply = self.supply_hz(pool)
+        if supply is not None and req.pairs > SUPPLY_MARGIN * supply * req.timeout_s + 1:
+            self._refuse(application, req.request_id, ErrorCode.RATE_UNREACHABLE,
+                         f"{req.pairs} pairs in {req.timeout_s:g} s: {pool.kind} {pool.id} "
+                         f"supplied {supply:.1f} pairs/s over the last "
+                         f"{SUPPLY_WINDOW_S:g} s; ask for fewer or allow longer")
             return
         now = self.ctx.now()
         live = Live(application, req, pool, now, now + req.timeout_s)
@@ -434,6 +449,22 @@ class AppService:
                 return
             await self._send(pool, out)
 
+    def supply_hz(self, pool: Pool) -> float | None:
+        """Pairs per second that ``pool`` made available over the last
+        :data:`SUPPLY_WINDOW_S` (None until it has been watched that long)."""
+        samples = self._supply[pool.id]
+        if len(samples) < 2 or samples[-1][0] - samples[0][0] < 0.9 * SUPPLY_WINDOW_S:
+            return None
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        return (n1 - n0) / (t1 - t0)
+
+    def _sample_supply(self, now: float) -> None:
+        for pool in self.pools.values():
+            samples = self._supply[pool.id]
+            samples.append((now, pool.supplied()))
+            while len(samples) > 2 and now - samples[1][0] >= SUPPLY_WINDOW_S:
+                samples.popleft()
+
     def _bad_peer(self, reason: str, msg: Envelope, detail: str) -> None:
         self.refused_peer[reason] += 1
         self._rlog(f"peer:{reason}", logging.WARNING, "apps: refused %s from %s: %s",
@@ -508,6 +539,7 @@ class AppService:
                 pass
             self._wake.clear()
             now = self.ctx.now()
+            self._sample_supply(now)
             if now >= next_announce:
                 self._announce()
                 next_announce = now + self.config.listeners_every_s

@@ -63,7 +63,7 @@ class App:
 
     def _on_message(self, client: Any, userdata: Any, m: Any) -> None:
         env = json.loads(m.payload)
-        self.replies.put((env["type"], env["body"]))
+        self.replies.put((env["type"], {**env["body"], "_ts": env["ts"]}))
 
     def send(self, node: str, type_: str, body: dict[str, Any]) -> None:
         env = {"v": 1, "type": type_, "sender": self.name, "id": next(self.ids),
@@ -72,6 +72,20 @@ class App:
 
     def next(self, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
         return self.replies.get(timeout=timeout_s)
+
+    def first(self, request_id: str, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+        """The first reply of ``request_id`` (others are kept for later)."""
+        others = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                t, body = self.next(max(0.1, deadline - time.monotonic()))
+                if body.get("request_id") == request_id:
+                    return t, body
+                others.append((t, body))
+        finally:
+            for o in others:
+                self.replies.put(o)
 
     def until(self, request_id: str, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
         """Every reply of ``request_id`` up to its terminal one (others are kept for later)."""
@@ -126,6 +140,26 @@ def _ask(app: App, node: str, rid: str, **fields: Any) -> list[tuple[str, dict]]
 SIGMA_TARGET = 0.005
 
 
+def _unservable(app: App, rid: str, estimate: float, timeout_s: float,
+                pairs: int) -> tuple[str, float]:
+    """An ACCEPTED request no pair can serve: ``pairs`` at the link's own estimate (a pair
+    has decayed below it by the time both ends hold it). The estimate moves as test pairs come
+    in: a refusal says what it is now, and the request is made again with that. Returns the
+    request id accepted and the fidelity asked."""
+    hard = estimate
+    for attempt in range(20):
+        this = f"{rid}.{attempt}"
+        app.send("alice", "REQUEST", {"request_id": this, "remote": "repeater", "pairs": pairs,
+                                      "purpose": 7, "min_fidelity": hard,
+                                      "timeout_s": timeout_s})
+        t, body = app.first(this)
+        if t == "ACCEPTED":
+            return this, hard
+        assert t == "ERROR" and body["code"] == "fidelity_unreachable", body
+        hard = body["fidelity_estimate"]
+    raise AssertionError(f"{rid}: never accepted")
+
+
 def _link_ready(latest: dict[str, dict]) -> bool:
     links = [latest.get(n, {}).get("links", {}).get(LINK, {}) for n in ("alice", "repeater")]
     return all(t.get("fidelity_source") == "tests"
@@ -168,14 +202,14 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
               rep_app: App, mallory: App) -> dict[str, Any]:
     # listeners: the repeater's application on purpose 7, alice's on 9
     rep_app.send("repeater", "LISTEN", {"purpose": 7})
-    assert rep_app.next() == ("LISTENING", {"type": "LISTENING", "purpose": 7, "active": True})
+    t, body = rep_app.next()
+    assert (t, body["purpose"], body["active"]) == ("LISTENING", 7, True), body
     alice_app.send("alice", "LISTEN", {"purpose": 9})
     assert alice_app.next()[0] == "LISTENING"
 
     # 1. at alice, the allocator: both ends told, the same pairs
     replies = _ask(alice_app, "alice", "r1", remote="repeater", pairs=5, purpose=7,
                    timeout_s=60)
-    delivered_at = time.time()
     kinds = [t for t, _ in replies]
     assert kinds[0] == "ACCEPTED" and kinds[-1] == "DONE" and kinds.count("PAIR") == 5, replies
     mine = [b for t, b in replies if t == "PAIR"]
@@ -186,15 +220,15 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     assert [p["index"] for p in mine] == [1, 2, 3, 4, 5]
     assert all(p["hold_ms"] >= 900 for p in mine + theirs)
     # the last pair's two qubits are each other's partner (the others may be reused by now),
-    # and its fidelity is the true one at delivery (the memories' decay since undone)
+    # and its fidelity is the true one at delivery (the memories' decay since undone). Single
+    # pairs scatter: 40 pairs on a host loaded by other runs gave reported − true = +0.007 ±
+    # 0.018 (sd), worst 0.062; the bound catches a missing decay or a wrong frame (≥ 0.2).
     reading = truth.read("alice", mine[-1]["qubit"])
     partner, weights = reading.pair()
     assert partner == f"repeater:{theirs[-1]['qubit']}", (partner, theirs[-1])
-    lag = max(0.0, time.time() - delivered_at)
+    lag = max(0.0, time.time() - mine[-1]["_ts"])   # since the node sent the PAIR
     true_f = undo_decay(weights, lag)[BELL_STATES.index(mine[-1]["bell_state"])]
-    # the estimate's own error (3σ) and a few ms of time-stamp scatter (0.005)
-    assert abs(true_f - mine[-1]["fidelity"]) <= 3 * SIGMA_TARGET + 0.005, (
-        true_f, mine[-1], lag)
+    assert abs(true_f - mine[-1]["fidelity"]) <= 0.1, (true_f, mine[-1], lag)
 
     # 2. at the repeater (not the allocator): forwarded, both ends told
     replies = _ask(rep_app, "repeater", "r2", remote="alice", pairs=3, purpose=9, timeout_s=60)
@@ -207,18 +241,7 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     # 3. head of line: a request no pair meets by delivery (the link's estimate itself: a
     # pair has decayed below it by the time both ends hold it) waits; another application's
     # request is served meanwhile
-    hard = estimate
-    for attempt in range(20):    # the estimate moves as test pairs come in: take it as it is
-        rid = f"hard.{attempt}"
-        other.send("alice", "REQUEST", {"request_id": rid, "remote": "repeater",
-                                        "pairs": 1000, "purpose": 7, "min_fidelity": hard,
-                                        "timeout_s": 120})
-        t, body = other.next()
-        if t == "ACCEPTED":
-            break
-        assert t == "ERROR" and body["code"] == "fidelity_unreachable", body
-        hard = body["fidelity_estimate"]
-    assert t == "ACCEPTED", body
+    rid, hard = _unservable(other, "hard", estimate, 120, 100)
     replies = _ask(alice_app, "alice", "easy", remote="repeater", pairs=2, purpose=7,
                    timeout_s=60)
     assert [t for t, _ in replies][-1] == "DONE", replies
@@ -243,15 +266,20 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
         assert t == "ERROR" and body["reason"], body
         codes[rid] = body["code"]
     assert codes == {rid: code for rid, (_, code) in bad.items()}, codes
-    alice_app.send("alice", "REQUEST", {"request_id": "long", "remote": "repeater",
-                                        "pairs": 100_000, "purpose": 7, "timeout_s": 2})
-    alice_app.send("alice", "REQUEST", {"request_id": "long", "remote": "repeater", "pairs": 1,
-                                        "purpose": 7})
-    long_replies = alice_app.until("long")     # the duplicate's ERROR ends the first wait
+    # a request no pair serves ends at its deadline; while it lives, its id is taken
+    long_id, _ = _unservable(other, "long", hard, 2, 3)
+    other.send("alice", "REQUEST", {"request_id": long_id, "remote": "repeater", "pairs": 1,
+                                    "purpose": 7})
+    long_replies = other.until(long_id)     # the duplicate's ERROR ends the first wait
     assert long_replies[-1][0] == "ERROR" and \
         long_replies[-1][1]["code"] == "duplicate_request", long_replies
-    long_replies = alice_app.until("long")     # then the first one's deadline
+    long_replies = other.until(long_id)     # then the first one's deadline
     assert long_replies[-1][0] == "EXPIRED", long_replies
+    # more pairs than the link supplies before the deadline: refused at once
+    other.send("alice", "REQUEST", {"request_id": "flood", "remote": "repeater",
+                                    "pairs": 100_000, "purpose": 7, "timeout_s": 1})
+    t, body = other.first("flood")
+    assert t == "ERROR" and body["code"] == "rate_unreachable", body
     mallory.send("alice", "REQUEST", {"request_id": "m1", "remote": "repeater", "pairs": 1,
                                       "purpose": 7})
     t, body = mallory.next()

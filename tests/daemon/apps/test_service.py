@@ -101,3 +101,29 @@ async def test_refusals_are_answered_with_a_code_counted_and_change_nothing():
     assert sum(apps.refused.values()) == len(cases)
     assert apps.live == {} and apps.queues["ab"].waiting_per_application() == {}
     await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_admission_refuses_more_pairs_than_the_pool_supplies_before_the_deadline():
+    """With 2 pairs/s supplied over the last 10 s, 100 pairs in 10 s cannot be had (refused at
+    once, the supply named), 30 can (within the 2× margin); before 10 s of watching, nothing
+    is refused for the rate."""
+    apps, ctx = _service()
+    apps.peer_listening["ab"] = {7: "bobapp"}
+    pool = apps.pools["bob"]
+    memory = pool.memory  # type: ignore[attr-defined]
+    apps._sample_supply(100.0)  # noqa: SLF001
+    assert apps.supply_hz(pool) is None
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "early", "remote": "bob",
+                                           "pairs": 1000, "purpose": 7, "timeout_s": 10})
+    assert ctx.bus.replies("keyapp")[-1][0] == "ACCEPTED"
+    memory.counts["bound_total"] += 20
+    apps._sample_supply(110.0)  # noqa: SLF001
+    assert apps.supply_hz(pool) == pytest.approx(2.0)
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "many", "remote": "bob", "pairs": 100,
+                                           "purpose": 7, "timeout_s": 10})
+    t, body = ctx.bus.replies("keyapp")[-1]
+    assert (t, body["code"]) == ("ERROR", "rate_unreachable") and "2.0 pairs/s" in body["reason"]
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "some", "remote": "bob", "pairs": 30,
+                                           "purpose": 7, "timeout_s": 10})
+    assert ctx.bus.replies("keyapp")[-1][0] == "ACCEPTED"
