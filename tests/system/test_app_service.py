@@ -123,13 +123,14 @@ def _pairs_for(app: App, n: int, timeout_s: float = 60.0) -> list[dict]:
     return got
 
 
-def _ask(app: App, node: str, rid: str, **fields: Any) -> list[tuple[str, dict]]:
+def _ask(app: App, node: str, rid: str, wait_s: float = 60.0,
+         **fields: Any) -> list[tuple[str, dict]]:
     """Send REQUEST ``rid`` and return its replies; a no_listener refusal (the peer's LISTENERS
     not yet arrived) is retried under a fresh id for up to 30 s."""
     for attempt in range(60):
         this = rid if attempt == 0 else f"{rid}.{attempt}"
         app.send(node, "REQUEST", {"request_id": this, **fields})
-        replies = app.until(this)
+        replies = app.until(this, wait_s)
         if not (replies[-1][0] == "ERROR" and replies[-1][1]["code"] == "no_listener"):
             return replies
         time.sleep(0.5)
@@ -234,7 +235,7 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     replies = _ask(rep_app, "repeater", "r2", remote="alice", pairs=3, purpose=9, timeout_s=60)
     assert [t for t, _ in replies][-1] == "DONE", replies
     mine2 = [b for t, b in replies if t == "PAIR"]
-    theirs2 = _pairs_for(alice_app, 3)
+    theirs2 = _pairs_for(alice_app, 3, 120)
     assert [p["pair_id"] for p in mine2] == [p["pair_id"] for p in theirs2]
     assert {p["remote_application"] for p in theirs2} == {"rep-app"}
 
@@ -338,16 +339,19 @@ def _path_scenario(truth: Truth, alice_app: App, bob_app: App) -> dict[str, Any]
     assert bob_app.next()[0] == "LISTENING"
     alice_app.send("alice", "LISTEN", {"purpose": 9})
     assert alice_app.next()[0] == "LISTENING"
-    replies = _ask(alice_app, "alice", "p1", remote="bob", pairs=5, purpose=7, timeout_s=60)
+    # path pairs come at a few per second, much fewer on a loaded host: generous deadlines
+    replies = _ask(alice_app, "alice", "p1", wait_s=300, remote="bob", pairs=5, purpose=7,
+                   timeout_s=240)
     assert [t for t, _ in replies][-1] == "DONE", replies
     mine = [b for t, b in replies if t == "PAIR"]
     partner, _ = truth.read("alice", mine[-1]["qubit"]).pair()
-    theirs = _pairs_for(bob_app, 5)
+    theirs = _pairs_for(bob_app, 5, 120)
     assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs]
     assert [p["bell_state"] for p in mine] == [p["bell_state"] for p in theirs]
     assert {p["pool"] for p in mine + theirs} == {"alice-bob"}
     assert partner == f"bob:{theirs[-1]['qubit']}", (partner, theirs[-1])
-    replies = _ask(bob_app, "bob", "p2", remote="alice", pairs=3, purpose=9, timeout_s=60)
+    replies = _ask(bob_app, "bob", "p2", wait_s=300, remote="alice", pairs=3, purpose=9,
+                   timeout_s=240)
     assert [t for t, _ in replies][-1] == "DONE", replies
     mine2 = [b for t, b in replies if t == "PAIR"]
     theirs2 = _pairs_for(alice_app, 3)
