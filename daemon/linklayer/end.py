@@ -1132,14 +1132,29 @@ class LinkEnd:
                 for cid in touched]
 
     def _age_out(self) -> list[Message]:
-        """Window rule: pairs more than ``max_pair_age`` numbers behind ``expected`` are expired
-        (and the peer told) so a pair id is never reused while its pair exists; expired records
-        that old are forgotten. When it fires, pairs more than ``max_pair_age − window_slack``
-        behind go too. A run cut at the front is not stored again for that alone: a stored run
-        reaching below the window is cut on restore."""
+        """Window rule: when a held (live or delivered) pair is more than ``max_pair_age``
+        numbers behind ``expected``, it is expired (and the peer told) so a pair id is never
+        reused while its pair exists, and pairs more than ``max_pair_age − window_slack`` behind
+        go with it; records that old are forgotten. Expired records alone do not fire the rule:
+        they are forgotten (runs of them wholly behind the window, or any run of them once they
+        are many), and whether an end still has one must not change what it expires — the ends
+        forget at different moments, and they must fire alike. A run cut at the front is not
+        stored again for that alone: a stored run reaching below the window is cut on
+        restore."""
         self._forget_expired_runs()
         floor = self._exp - self.max_pair_age
-        if self._head >= len(self._runs) or self._runs[self._head].start >= floor:
+        head = self._head
+        while head < len(self._runs) and self._runs[head].n_gone == len(self._runs[head]) \
+                and self._runs[head].start + len(self._runs[head]) <= floor:
+            run = self._runs[head]   # all expired, all behind the window: forget it
+            run.removed = True
+            if run.stored_as is not None:
+                self._deleted.append(run.stored_as)
+            head += 1
+        self._head = head
+        if head >= len(self._runs) or self._runs[head].start >= floor:
+            return []
+        if not self._held_below(floor):
             return []
         floor += self.window_slack
         first_alive = last_alive = None
@@ -1180,6 +1195,17 @@ class LinkEnd:
             del self._runs[:head], self._starts[:head]
             self._head = 0
         return out
+
+    def _held_below(self, floor: int) -> bool:
+        """Whether a live or delivered pair has an absolute number below ``floor``."""
+        for ri in range(self._head, len(self._runs)):
+            run = self._runs[ri]
+            if run.start >= floor:
+                return False
+            if run.n_gone < len(run) and bool(
+                    np.any(run.status[:floor - run.start] != _EXPIRED)):
+                return True
+        return False
 
     def _forget_expired_runs(self) -> None:
         """Forget the runs whose every pair expired (and delete their stored rows), once they

@@ -231,7 +231,8 @@ class Oracle:
         return [Err(cid, ErrCode.EXPIRE, self.link, lo, hi, origin) for cid in touched]
 
     def _age_out(self) -> list[Message]:
-        oldest = next(iter(self._records), None)
+        # the window fires on the oldest *held* pair; expired records alone do not fire it
+        oldest = next((s for s, r in self._records.items() if r.status != "expired"), None)
         if oldest is None or seq_diff(self._expected, oldest) <= self.max_pair_age:
             return []
         aged: list[PairRecord] = []
