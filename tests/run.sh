@@ -24,6 +24,22 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
 fi
 
+# The AsyncAPI CLI: tests/static_checks.sh validates docs/integrators/asyncapi.yaml with it.
+# Installed once into tests/asyncapi/node_modules, pinned by tests/asyncapi/package-lock.json
+# (again when the lock file is newer than the install).
+NPM_DIR=tests/asyncapi
+if [ ! -x $NPM_DIR/node_modules/.bin/asyncapi ] \
+        || [ $NPM_DIR/package-lock.json -nt $NPM_DIR/node_modules/.package-lock.json ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "error: npm not found. The static checks validate docs/integrators/asyncapi.yaml" \
+             "with the AsyncAPI CLI (@asyncapi/cli): install Node.js >= 20 with npm, then" \
+             "run: npm ci --prefix tests/asyncapi" >&2
+        exit 1
+    fi
+    echo "== installing the AsyncAPI CLI (npm ci --prefix tests/asyncapi: a few minutes, once)"
+    npm ci --prefix $NPM_DIR --loglevel=error
+fi
+
 echo "== static checks"
 bash tests/static_checks.sh
 

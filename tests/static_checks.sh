@@ -33,12 +33,13 @@ MYPY_TARGETS=(
     -p qnode.daemon.roles
     -m qnode.daemon.node
     -m qnode.daemon.cli
+    -p qnode.client
 )
 echo "== mypy ${MYPY_TARGETS[*]}"
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 mkdir "$tree/qnode"
-for d in daemon drivers native hal_sim; do ln -s "$ROOT/$d" "$tree/qnode/$d"; done
+for d in daemon drivers native hal_sim client; do ln -s "$ROOT/$d" "$tree/qnode/$d"; done
 (cd "$tree" && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/mypy.ini" \
     --cache-dir "$ROOT/.mypy_cache" --python-executable "$ROOT/.venv/bin/python" \
     "${MYPY_TARGETS[@]}")
@@ -49,3 +50,21 @@ for d in daemon drivers native hal_sim; do ln -s "$ROOT/$d" "$tree/qnode/$d"; do
 echo "== mkdocs build --strict"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --config-file "$ROOT/mkdocs.yml" \
     --site-dir "$tree/site"
+
+# The AsyncAPI document of the MQTT contract (docs/integrators/asyncapi.yaml): generated from the
+# code by docs/gen_asyncapi.py (stale: fail), then validated by the official AsyncAPI CLI (the
+# spec's JSON Schema, the references, the payload schemas, the CLI's ruleset; warnings fail
+# too). tests/run.sh installs the CLI pinned by tests/asyncapi/package-lock.json. Its usage
+# metrics and update check are off (a config file in the temporary tree, an environment flag).
+echo "== asyncapi validate docs/integrators/asyncapi.yaml"
+.venv/bin/python docs/gen_asyncapi.py --check
+ASYNCAPI=tests/asyncapi/node_modules/.bin/asyncapi
+if [ ! -x "$ASYNCAPI" ]; then
+    echo "error: the AsyncAPI CLI is not installed ($ASYNCAPI): run" \
+         "npm ci --prefix tests/asyncapi (Node.js >= 20; tests/run.sh does)" >&2
+    exit 1
+fi
+echo '{"analyticsEnabled":"false","infoMessageShown":"true","userID":"qnode-ci"}' \
+    > "$tree/asyncapi-analytics.json"
+ASYNCAPI_METRICS_CONFIG_PATH="$tree/asyncapi-analytics.json" ASYNCAPI_SKIP_NEW_VERSION_CHECK=true \
+    "$ASYNCAPI" validate --fail-severity warn docs/integrators/asyncapi.yaml
