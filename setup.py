@@ -12,6 +12,7 @@ SUBPACKAGES = {
     "qnode.hal_sim": "hal_sim",
     "qnode.drivers": "drivers",
     "qnode.daemon": "daemon",
+    "qnode.client": "client",
 }
 
 # every subpackage of the mapped folders (daemon/quantum -> qnode.daemon.quantum, ...)

@@ -90,6 +90,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _cmd_request(args: argparse.Namespace) -> int:
+    """Ask a node for pairs as an application; one JSON line per event (qnode.client.cli)."""
+    from qnode.client.cli import request_main  # the client, only when asked for
+
+    return request_main(args)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    """Receive the pairs requested on a purpose as an application (qnode.client.cli)."""
+    from qnode.client.cli import listen_main
+
+    return listen_main(args)
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``qnode request`` and ``qnode listen`` share: where the network is and who
+    the application is (declared here so that the parser never imports the client)."""
+    parser.add_argument("--connection", metavar="FILE",
+                        help="a connection file (default ./qnode-demo.json, as written by "
+                             "`qnode demo --serve`)")
+    parser.add_argument("--app", required=True, metavar="NAME", help="the application's name")
+    parser.add_argument("--node", help="the node to talk to (default: the application's node "
+                                       "in the connection file)")
+    parser.add_argument("--broker", help="mqtt://host[:port] or mqtts://...: instead of a "
+                                         "connection file (with --network and --node)")
+    parser.add_argument("--network", help="with --broker: the network's name")
+    parser.add_argument("--username", help="with --broker: MQTT user name (password from "
+                                           "$QNODE_MQTT_PASSWORD)")
+    parser.add_argument("--ca-file", help="with --broker mqtts://: the CA certificate")
+    parser.add_argument("--client-cert", help="with --broker mqtts://: client certificate")
+    parser.add_argument("--client-key", help="with --broker mqtts://: client key")
+    parser.add_argument("--reply-timeout", type=float, default=10.0, metavar="S",
+                        help="how long the node may stay silent (default 10 s)")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Serve a simulated bench until SIGTERM/SIGINT: this process becomes
     ``python -m qnode.hal_sim bench`` (exec, so the pid and signals stay the caller's). The
@@ -136,12 +171,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="a whole simulated network with a live view and a report")
-    demo.add_argument("--duration", type=float, default=60.0, metavar="S")
-    demo.add_argument("--report", default="qnode-demo-report", metavar="DIR")
+    demo.add_argument("--duration", type=float, default=None, metavar="S",
+                      help="run this long (default 60 s; with --serve: until interrupted)")
+    demo.add_argument("--report", default="qnode-demo-report", metavar="DIR",
+                      help="the report (with --serve: the daemons' logs only)")
     demo.add_argument("--broker", default=None,
                       help="mqtt://host:port of a broker to use instead of the embedded one")
-    demo.add_argument("--keep", action="store_true", help="keep the generated configs")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the generated configs (their keys and ports are gone once the "
+                           "demo ends: to connect to the network, use --serve)")
+    demo.add_argument("--serve", action="store_true",
+                      help="serve the network with applications until SIGINT/SIGTERM and write "
+                           "a connection file for `qnode request`/`listen` and qnode.client")
+    demo.add_argument("--connection", default="qnode-demo.json", metavar="FILE",
+                      help="with --serve: the connection file (default ./qnode-demo.json)")
     demo.set_defaults(func=_cmd_demo)
+
+    request = sub.add_parser("request", help="ask a node for entangled pairs as an application "
+                                             "(JSON lines)")
+    _client_arguments(request)
+    request.add_argument("--remote", required=True, help="the node at the other end")
+    request.add_argument("--pairs", type=int, required=True, help="how many pairs")
+    request.add_argument("--min-fidelity", type=float, default=0.0, metavar="F",
+                         help="the least fidelity at delivery, 0-1 (default 0)")
+    request.add_argument("--timeout-s", type=float, default=10.0, metavar="S",
+                         help="the request's deadline (default 10 s)")
+    request.add_argument("--purpose", type=int, default=0,
+                         help="the purpose id the far end's application listens on (default 0)")
+    request.add_argument("--priority", type=int, default=4, help="0 (first) to 7 (default 4)")
+    request.add_argument("--kind", choices=("keep", "measure"), default="keep")
+    request.add_argument("--request-id", help="default: generated")
+    request.set_defaults(func=_cmd_request)
+
+    listen = sub.add_parser("listen", help="receive the pairs requested on a purpose, as an "
+                                           "application (JSON lines)")
+    _client_arguments(listen)
+    listen.add_argument("--purpose", type=int, required=True, help="the purpose id")
+    listen.add_argument("--count", type=int, default=None, metavar="N",
+                        help="stop after N pairs (default: at SIGINT/SIGTERM)")
+    listen.set_defaults(func=_cmd_listen)
     return parser
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import grimp
 
-PACKAGES = ("qnode.native", "qnode.drivers", "qnode.hal_sim", "qnode.daemon")
+PACKAGES = ("qnode.native", "qnode.drivers", "qnode.hal_sim", "qnode.daemon", "qnode.client")
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = {"qnode.native": "native", "qnode.drivers": "drivers", "qnode.hal_sim": "hal_sim",
-          "qnode.daemon": "daemon"}
+          "qnode.daemon": "daemon", "qnode.client": "client"}
 
 
 def cycles(graph: grimp.ImportGraph) -> list[list[str]]:

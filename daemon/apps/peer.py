@@ -11,7 +11,9 @@ share no link key), and each names its ``link``: the pool, a link or path id:
 - ``WITHDRAW``: the other end's request ended there (deadline, CANCEL): drop it;
 - ``GIVE``: the allocator gave pair ``seq`` to a request (stored before it is sent); the other
   end takes the pair out of its inventory and tells its application;
-- ``SERVE_END``: the allocator ended the other end's request (done, or refused with a code).
+- ``SERVE_END``: the allocator ended the other end's request (done, or refused with a code);
+- ``HOLDS``: the path pairs the other end now holds (the repeater told each end in its own
+  SWAP_RES; the allocator gives only pairs both ends hold, as a link's HELD does for its pairs).
 
 Pure: no I/O.
 """
@@ -119,5 +121,17 @@ class ServeEnd(PeerMessage):
     pairs: int = spec({"type": "integer", "minimum": 0}, "pairs given before the end")
 
 
+@dataclass(frozen=True)
+class Holds(PeerMessage):
+    """HOLDS: end-to-end pairs of path ``link`` the sender received since its last HOLDS."""
+
+    TYPE: ClassVar[str] = "HOLDS"
+    link: str = spec(_LINK, "the pool (a path id)")
+    pair_ids: list[int] = spec({"type": "array", "maxItems": 1024,
+                                "items": {"type": "integer", "minimum": 0,
+                                          "maximum": 0xFFFFFFFF}},
+                               "the path's pair ids now held at the sender")
+
+
 PEER_TYPES: dict[str, type[PeerMessage]] = {
-    m.TYPE: m for m in (Listeners, Serve, Withdraw, Give, ServeEnd)}
+    m.TYPE: m for m in (Listeners, Serve, Withdraw, Give, ServeEnd, Holds)}

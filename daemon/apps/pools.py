@@ -17,6 +17,7 @@ Every call but :meth:`Pool.send` is made with the pool's :attr:`Pool.lock` held.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -131,15 +132,37 @@ class LinkPool:
 
 
 class PathPool:
-    """The end-to-end pairs of path end ``end`` at this node."""
+    """The end-to-end pairs of path end ``end`` at this node. The repeater tells each end of a
+    swap in its own SWAP_RES, so an end cannot know the other holds a pair until it says so
+    (``HOLDS``): the allocator offers only pairs the other end :meth:`confirm` ed, and the
+    other end reports the pairs it received (:meth:`unannounced`)."""
 
     kind = "path"
+    #: pair ids remembered as confirmed by the other end (the oldest are forgotten beyond)
+    MAX_CONFIRMED = 4096
 
     def __init__(self, end: PathEnd, node: str):
         self.end = end
         self.id, self.remote = end.path.id, end.remote
         self.allocator = node < end.remote
         self.listeners = end.listeners
+        self._confirmed: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._announced: set[int] = set()
+
+    def confirm(self, pair_ids: Iterable[int]) -> None:
+        """The other end holds ``pair_ids`` (its HOLDS)."""
+        for pid in pair_ids:
+            self._confirmed[pid] = None
+        while len(self._confirmed) > self.MAX_CONFIRMED:
+            self._confirmed.popitem(last=False)
+
+    def unannounced(self) -> list[int]:
+        """The pairs received here that the other end has not been told of yet (then they
+        count as told)."""
+        held = set(self.end.pairs)
+        new = sorted(held - self._announced)
+        self._announced = (self._announced & held) | set(new)
+        return new
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -156,7 +179,7 @@ class PathPool:
         hold = self.end.mem.delivered_hold_s
         out = []
         for pid, pair in self.end.pairs.items():
-            if self.end.cutoff_at(pair, now) - now >= hold:
+            if pid in self._confirmed and self.end.cutoff_at(pair, now) - now >= hold:
                 out.append((pid, self.end.estimate(pair, now).fidelity(pair.bell_state)))
         out.sort(key=lambda o: -o[1])
         return out

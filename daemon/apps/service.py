@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 from qnode.daemon.apps.peer import (
     PEER_TYPES,
     Give,
+    Holds,
     Listeners,
     PeerMessage,
     Serve,
     ServeEnd,
     Withdraw,
 )
-from qnode.daemon.apps.pools import Pool, Taken
+from qnode.daemon.apps.pools import PathPool, Pool, Taken
 from qnode.daemon.apps.protocol import (
     REQUEST_ID_PATTERN,
     Accepted,
@@ -262,7 +263,8 @@ class AppService:
                          f"{pool.id}'s fresh pairs ({estimate:.4f})", round(estimate, 6))
             return
         supply = self.supply_hz(pool)
-        if supply is not None and req.pairs > SUPPLY_MARGIN * supply * req.timeout_s + 1:
+        # no supply at all says the pool is starting or down, not how fast it will be
+        if supply and req.pairs > SUPPLY_MARGIN * supply * req.timeout_s + 1:
             self._refuse(application, req.request_id, ErrorCode.RATE_UNREACHABLE,
                          f"{req.pairs} pairs in {req.timeout_s:g} s: {pool.kind} {pool.id} "
                          f"supplied {supply:.1f} pairs/s over the last "
@@ -438,6 +440,9 @@ class AppService:
                 out = []
             elif isinstance(m, Give) and not pool.allocator:
                 out = self._on_give(pool, m)
+            elif isinstance(m, Holds) and pool.allocator and isinstance(pool, PathPool):
+                pool.confirm(m.pair_ids)
+                out = self._serve(pool)
             elif isinstance(m, ServeEnd) and not pool.allocator:
                 live = self.live.get((m.application, m.request_id))
                 out = [] if live is None else self._end(live, "error", ErrorCode(m.code),
@@ -556,8 +561,13 @@ class AppService:
                     if pool.allocator:
                         self.queues[pool.id].expired(now)   # the other end's: it replies
                         out += self._serve(pool)
-                    elif self._early:
-                        out += self._early_gives(pool, now)
+                    else:
+                        if isinstance(pool, PathPool):
+                            new = pool.unannounced()
+                            for k in range(0, len(new), 1024):
+                                out.append(self._to_peer(pool, Holds(pool.id, new[k:k + 1024])))
+                        if self._early:
+                            out += self._early_gives(pool, now)
                     await self._send(pool, out)
 
     async def _orphans(self) -> None:

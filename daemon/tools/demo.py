@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -300,8 +301,12 @@ class DaemonProcess:
 # ---------------------------------------------------------------------------- the run
 
 async def _watch(broker_url: str, network: str, duration_s: float, recorder: Any,
-                 view: Any, procs: list[DaemonProcess]) -> dict[str, Mapping[str, Any]]:
-    """Collect telemetry for ``duration_s``; returns the latest record per node."""
+                 view: Any, procs: list[DaemonProcess], *, stop: asyncio.Event | None = None,
+                 on_tick: Callable[[dict[str, Mapping[str, Any]]], None] | None = None,
+                 ) -> dict[str, Mapping[str, Any]]:
+    """Collect telemetry for ``duration_s`` (s; or until ``stop`` is set); returns the latest
+    record per node. ``recorder``: None records nothing; ``on_tick(latest)`` is called once a
+    second."""
     import aiomqtt
 
     from qnode.daemon.bus.envelope import MessageRejected, decode
@@ -322,16 +327,29 @@ async def _watch(broker_url: str, network: str, duration_s: float, recorder: Any
                 except (ValueError, MessageRejected):
                     continue
                 latest[topic.node] = msg.body
-                recorder.add(msg.body)
+                if recorder is not None:
+                    recorder.add(msg.body)
 
         task = asyncio.create_task(receive())
         try:
-            while time.monotonic() < end:
-                await asyncio.sleep(1.0)
-                view.update(latest, remaining_s=end - time.monotonic())
+            while time.monotonic() < end and not (stop is not None and stop.is_set()):
+                if stop is None:
+                    await asyncio.sleep(1.0)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await stop.wait()
+                    if stop.is_set():
+                        break
+                if math.isfinite(end):
+                    view.update(latest, remaining_s=end - time.monotonic())
+                else:
+                    view.update(latest)
                 dead = [p.node.name for p in procs if p.proc and p.proc.poll() is not None]
                 if dead:
                     raise RuntimeError(f"daemon(s) exited early: {dead}; see their logs")
+                if on_tick is not None:
+                    on_tick(latest)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -436,13 +454,201 @@ async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None =
     return summary
 
 
+# ---------------------------------------------------------------------------- --serve
+
+#: the applications ``qnode demo --serve`` configures: name -> (its node, the purposes it may
+#: listen on). alice and bob share the path alice-bob; the repeater's links feed the path.
+SERVE_APPLICATIONS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "alice-app": ("alice", (9,)),
+    "alice-other": ("alice", ()),
+    "bob-app": ("bob", (7,)),
+}
+#: plan_network options of the served network: an application's qubit is its for 0.3 s
+SERVE_PLAN: dict[str, Any] = {"delivered_hold_s": 0.3}
+#: how long --serve waits for every node to be ready and the path's pairs to flow before it
+#: writes the connection file anyway (s)
+SERVE_READY_TIMEOUT_S = 180.0
+#: the connection file's format (qnode.client.connection reads it; the daemon does not import
+#: the client, so the few lines that write it are here)
+CONNECTION_FORMAT = 1
+
+
+def applications_config(apps: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, str]:
+    """``[applications.<name>]`` tables per node (``plan_network``'s ``extra``) for ``apps``
+    (name -> (node, purposes))."""
+    out: dict[str, str] = {}
+    for name, (node, purposes) in apps.items():
+        out[node] = (out.get(node, "") + f"\n[applications.{name}]\nweight = 1.0\n"
+                     f"purposes = {json.dumps(list(purposes))}\n")
+    return out
+
+
+def connection_record(broker_url: str, network: str, nodes: list[str],
+                      apps: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+    """The connection file's content (docs/integrators/client.md): the broker, the network,
+    its nodes and its applications, whose broker user name is their name (the embedded
+    broker takes anyone; another broker needs the credentials filled in)."""
+    return {"qnode_connection": CONNECTION_FORMAT,
+            "broker": {"url": broker_url, "ca_file": None},
+            "network": network, "nodes": sorted(nodes),
+            "applications": {name: {"node": node, "purposes": list(purposes),
+                                    "username": name, "password": None,
+                                    "client_cert": None, "client_key": None}
+                             for name, (node, purposes) in sorted(apps.items())},
+            "description": "qnode demo --serve: a simulated network; alice and bob share the "
+                           "path alice-bob (over the repeater)",
+            "pid": os.getpid(), "created": time.time()}
+
+
+def _write_private(path: Path, record: Mapping[str, Any]) -> None:
+    """Write JSON ``record`` to ``path`` atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _owner_pid(path: Path) -> int | None:
+    """The pid a connection file names, or None (no file, not one, no pid)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        pid = json.loads(path.read_text()).get("pid")
+        return pid if isinstance(pid, int) else None
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _serving(latest: Mapping[str, Mapping[str, Any]], nodes: list[str]) -> bool:
+    """Every node ready (or degraded), the memories' link estimates from test pairs (not the
+    configured prior), and the path's pairs at both of its ends."""
+    if any(latest.get(n, {}).get("state") not in ("ready", "degraded") for n in nodes):
+        return False
+    for n in ("alice", "repeater", "bob"):
+        links = latest.get(n, {}).get("links", {}) if n in nodes else {}
+        if any(t.get("fidelity_source") != "tests" for t in links.values()):
+            return False
+    return all(latest.get(end, {}).get("paths", {}).get("alice-bob", {}).get(
+        "pairs_received_total", 0) > 0 for end in ("alice", "bob") if end in nodes)
+
+
+async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = None,
+                     duration_s: float | None = None,
+                     ready_timeout_s: float = SERVE_READY_TIMEOUT_S) -> dict[str, int | None]:
+    """``qnode demo --serve``: the demo network with :data:`SERVE_APPLICATIONS` until SIGINT or
+    SIGTERM (or ``duration_s``, s); the connection file is written to ``connection`` once the
+    network serves (or after ``ready_timeout_s``, s) and removed at the end. Returns the
+    daemons' exit codes."""
+    pid = _owner_pid(connection)
+    if pid is not None and pid != os.getpid() and _alive(pid):
+        raise RuntimeError(f"{connection} belongs to a running qnode demo --serve (pid {pid}): "
+                           f"stop it, or pass another --connection")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    work = Path(tempfile.mkdtemp(prefix="qnode-demo-"))
+    broker = None
+    written = False
+    net: DemoNetwork | None = None
+    try:
+        if broker_url is None:
+            broker = await EmbeddedBroker().start()
+            broker_url = broker.url
+        net = DemoNetwork(work, broker_url, log_dir,
+                          extra=applications_config(SERVE_APPLICATIONS), **SERVE_PLAN)
+        print(f"qnode demo --serve: broker {broker_url}; starting the simulated instruments ...",
+              flush=True)
+        await asyncio.to_thread(net.start)
+        nodes = list(net.daemons)
+        print(f"qnode demo --serve: {len(nodes)} daemons started ({', '.join(nodes)}); the "
+              f"connection file comes once they serve; SIGINT/SIGTERM (Ctrl-C) stops",
+              flush=True)
+        ready_by = time.monotonic() + ready_timeout_s
+        from qnode.daemon.tools.liveview import LiveView
+
+        view = LiveView()
+        view.note = "starting"
+
+        def publish(latest: dict[str, Mapping[str, Any]]) -> None:
+            nonlocal written
+            if written:
+                return
+            serving = _serving(latest, nodes)
+            if not serving and time.monotonic() < ready_by:
+                return
+            assert broker_url is not None
+            _write_private(connection, connection_record(broker_url, NETWORK, nodes,
+                                                         SERVE_APPLICATIONS))
+            written = True
+            view.note = f"serving: {connection}"
+            note = "" if serving else " (not every node is ready yet: see the live view)"
+            print(f"qnode demo --serve: serving{note}; connection file {connection.resolve()}; "
+                  f"configs in {work / 'configs'}; logs in {log_dir}", flush=True)
+
+        try:
+            await _watch(broker_url, NETWORK, math.inf if duration_s is None else duration_s,
+                         None, view, list(net.daemons.values()), stop=stop, on_tick=publish)
+        finally:
+            view.close()
+    finally:
+        if written and _owner_pid(connection) == os.getpid():
+            connection.unlink(missing_ok=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if net is not None:
+            await asyncio.to_thread(net.close)
+        if broker is not None:
+            await broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("qnode demo --serve: stopped" + ("; connection file removed" if written else ""),
+          flush=True)
+    return net.exit_codes
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    if args.keep:
+        print("qnode demo: --keep is for the timed demo; with --serve the configs are live (in "
+              "the folder it prints) while it runs", file=sys.stderr)
+        return 2
+    try:
+        codes = asyncio.run(serve_demo(Path(args.connection), Path(args.report) / "logs",
+                                       args.broker, args.duration))
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, OSError) as exc:
+        print(f"qnode demo: {exc}", file=sys.stderr)
+        return 1
+    bad = {n: c for n, c in codes.items() if c != 0}
+    if bad:
+        print(f"qnode demo: daemons exited with errors: {bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from qnode.daemon.logs import setup_logging
 
     setup_logging("WARNING")
+    if getattr(args, "serve", False):
+        return _serve_main(args)
     report = Path(args.report)
+    duration = 60.0 if args.duration is None else args.duration
     try:
-        summary = asyncio.run(run_demo(args.duration, report, args.broker, args.keep))
+        summary = asyncio.run(run_demo(duration, report, args.broker, args.keep))
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:

@@ -352,14 +352,14 @@ class _Families:
         buckets = _mapping(hist.get("buckets"))
         count, total = _number(hist.get("count")), _number(hist.get("sum"))
         try:
-            bounds = sorted((float(b), _number(c)) for b, c in buckets.items())
+            read = sorted((float(b), _number(c)) for b, c in buckets.items())
         except ValueError:
             return
-        if count is None or total is None or any(c is None for _, c in bounds):
+        bounds = [(f"{b:g}", c) for b, c in read if c is not None]
+        if count is None or total is None or len(bounds) != len(read):
             return
         fam = self._get(HistogramMetricFamily, name, doc, tuple(labels))
-        fam.add_metric(list(labels.values()),
-                       [(f"{b:g}", c) for b, c in bounds] + [("+Inf", count)], total)
+        fam.add_metric(list(labels.values()), [*bounds, ("+Inf", count)], total)
 
     def info(self, name: str, doc: str, labels: dict[str, str], info: dict[str, str]) -> None:
         fam = self._get(InfoMetricFamily, name, doc, tuple(labels))
