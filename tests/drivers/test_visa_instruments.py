@@ -50,7 +50,8 @@ def itc(server, **kw) -> Itc4001:
 
 def test_itc_normal_use_tec_first_then_ld_and_reverse(itc_server):
     sim = itc_server.device
-    with itc(itc_server) as dev:
+    # no timeout is wanted here: a reply timeout a host loaded by other processes keeps
+    with itc(itc_server, timeout_s=2.0) as dev:
         ident = dev.identify()
         assert (ident.manufacturer, ident.model) == ("Thorlabs", "ITC4001")
         assert not dev.interlock_tripped and not dev.keylock_tripped

@@ -19,8 +19,8 @@ import numpy as np
 from qnode.daemon.bus.envelope import decode
 from qnode.daemon.bus.topics import parse_topic
 from qnode.daemon.linklayer import LinkEnd
-from qnode.daemon.runtime.state import StateStore
-from qnode.daemon.tools.demo import DemoNetwork
+from qnode.daemon.runtime.state import StateError, StateStore
+from qnode.daemon.tools.demo import STATIONS, DemoNetwork
 
 from support.mosquitto import Mosquitto
 
@@ -51,6 +51,22 @@ def _link_state(state_dir, link: str) -> LinkEnd:
     return end
 
 
+def _settle(net: DemoNetwork, timeout_s: float = 60.0) -> None:
+    """Stop the nodes that herald, then wait until both ends of every link have stored the
+    same expected number (what was in flight is applied; a loaded host may need seconds)."""
+    net.stop(STATIONS)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if all(_link_state(net.state_dir(a), link).expected_seq
+                   == _link_state(net.state_dir(b), link).expected_seq
+                   for link, (a, b) in LINKS.items()):
+                return
+        except (KeyError, OSError, StateError):   # not stored yet, or the store busy
+            pass
+        time.sleep(0.2)
+
+
 def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     with Mosquitto(tmp_path / "mosquitto") as broker:
         # no cut-off: every heralded pair stays, so the inventories are a strong check
@@ -69,7 +85,8 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
                  f"mqtt://127.0.0.1:{broker.port}", "--network", "demo", "--wait", "2"],
                 capture_output=True, text=True, timeout=60)
         finally:
-            net.close(settle_s=2.0)
+            _settle(net)
+            net.close(settle_s=0.0)
         truth = net.truth()
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
                      for p in sorted((tmp_path / "logs").glob("*.log")))
