@@ -44,6 +44,7 @@ MARGIN_PS = 2_000_000        # 2 µs kept back from the newest common time (wind
 MAX_BUFFER_S = 5.0           # a stream waits at most this long for the other (then: dropped)
 PHI_PLUS, PSI_PLUS = 0, 2    # BELL_STATES codes
 SPAN_LOG_LEN = 4096          # counted spans kept for windows (~ 3 min at 20 spans/s)
+LEAD_LOG_LEN = 64            # chunk arrivals kept per stream for the first offset guess
 
 
 @dataclass(frozen=True)
@@ -316,18 +317,29 @@ class CrossNodeCounter:
         self.span_log: collections.deque[tuple[int, int, np.ndarray, np.ndarray]] = (
             collections.deque(maxlen=SPAN_LOG_LEN))
         self._span_lock = threading.Lock()
+        # per chunk: its end time (tagger clock) minus its arrival here (host monotonic clock),
+        # both ps; the largest is the chunk that waited least on its way
+        self._own_lead: collections.deque[int] = collections.deque(maxlen=LEAD_LOG_LEN)
+        self._peer_lead: collections.deque[int] = collections.deque(maxlen=LEAD_LOG_LEN)
 
     # ---------------------------------------------------------------- input
-    def add_own(self, block: TagBlock, t_end_ps: int) -> None:
+    def add_own(self, block: TagBlock, t_end_ps: int, received_s: float | None = None) -> None:
+        """Own tags, complete up to ``t_end_ps`` (own clock, ps); ``received_s``: when the chunk
+        arrived (host monotonic clock, s), which places the two streams for the first
+        alignment when they did not start together."""
         self.own.append(block[block["type"] == 0])
         self.own_end = max(self.own_end, t_end_ps)
+        if received_s is not None:
+            self._own_lead.append(t_end_ps - round(received_s * 1e12))
 
     def add_peer(self, times: np.ndarray, channels: np.ndarray, t_end_ps: int,
-                 layout: BasisLayout | Sequence[int] | Sequence[Sequence[int]]) -> None:
+                 layout: BasisLayout | Sequence[int] | Sequence[Sequence[int]],
+                 received_s: float | None = None) -> None:
         """Peer tags (peer clock) and the peer's layout (a :class:`BasisLayout`, or its outcome
         channels: one pair, or one pair per basis, angles then Z 0°, X 22.5°). Peer basis j,
         outcome k is renumbered to ``PEER_BASE + 2j + k``; other channels are dropped. A new
-        layout restarts the per-setting counts (they would mix settings otherwise)."""
+        layout restarts the per-setting counts (they would mix settings otherwise).
+        ``received_s``: as in :meth:`add_own`."""
         if not isinstance(layout, BasisLayout):
             layout = BasisLayout.make(layout)
         if not 1 <= layout.n <= MAX_BASES:
@@ -350,6 +362,8 @@ class CrossNodeCounter:
         self.peer.append((times, channels))
         self.peer_end = max(self.peer_end, t_end_ps)
         self.peer_tags += times.size
+        if received_s is not None:
+            self._peer_lead.append(t_end_ps - round(received_s * 1e12))
 
     # ---------------------------------------------------------------- work
     def process(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -411,12 +425,15 @@ class CrossNodeCounter:
                   else np.empty(0, np.int64))
         if own_t.size < 100 or peer_t.size < 100:
             return False
-        if own_t[-1] - own_t[0] < self.align_ps or peer_t[-1] - peer_t[0] < self.align_ps:
+        hint = self._offset_hint(own_t, peer_t)
+        # the correlation needs align_s of tag time that both streams cover
+        overlap = min(int(own_t[-1]), int(peer_t[-1]) - hint) - max(int(own_t[0]),
+                                                                   int(peer_t[0]) - hint)
+        if overlap < self.align_ps:
             return False
         span = max(self.align_ps // 4, 50_000_000_000)  # ≥ 50 ms per early/late span
         try:
-            est = find_offset_and_drift(own_t, peer_t, span_ps=span,
-                                        offset_hint_ps=int(peer_t[0]) - int(own_t[0]))
+            est = find_offset_and_drift(own_t, peer_t, span_ps=span, offset_hint_ps=hint)
         except AlignmentError as exc:
             self.alignment_error = str(exc)
             log.warning("clock alignment failed, retrying with newer data: %s", exc)
@@ -428,6 +445,15 @@ class CrossNodeCounter:
         self.tracker = DriftTracker(est, tracking_window_ps=max(1000, self.window_ps))
         self.processed_to = int(own_t[0]) - 1
         return True
+
+    def _offset_hint(self, own_t: np.ndarray, peer_t: np.ndarray) -> int:
+        """First guess of the peer clock's offset (peer − own, ps): the difference of the
+        streams' least-delayed chunk leads (tag time minus arrival time), good to the network's
+        jitter, well inside the correlation's unambiguous range (268 ms). Without arrival times,
+        the first tags of both streams are taken to be simultaneous."""
+        if self._own_lead and self._peer_lead:
+            return max(self._peer_lead) - max(self._own_lead)
+        return int(peer_t[0]) - int(own_t[0])
 
     def _trim(self, keep_ps: int) -> None:
         if self.own:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +180,7 @@ class AnalyzerRole:
                         continue
                     if self.counter:
                         assert self.counting is not None
-                        self.counting.add_own(block, events.t_end_ps)
+                        self.counting.add_own(block, events.t_end_ps, time.monotonic())
                         await self._count()
                     else:
                         body = tagwire.encode(block, link=self.link.id,
@@ -220,7 +221,7 @@ class AnalyzerRole:
             log.warning("rejected TAGS from %s: %s", msg.sender, exc,
                         extra={"link": self.link.id, "sender": msg.sender, "error": str(exc)})
             return
-        self.counting.add_peer(times, channels, t_end, layout)
+        self.counting.add_peer(times, channels, t_end, layout, time.monotonic())
         await self._count()
 
     async def _count(self) -> None:

@@ -77,6 +77,39 @@ def test_counter_aligns_tracks_and_counts_what_the_simulator_registered():
     assert abs((peak * 100 - 5000) + 50) <= 200
 
 
+@pytest.mark.parametrize("late", ["bob", "alice"])
+def test_streams_that_start_apart_align_at_the_first_try(late):
+    """One end starts streaming 0.3 s after the other (more than half the correlation's
+    268 ms unambiguous range): the chunks' arrival times place the streams, so the first
+    alignment finds the true offset instead of failing on first tags that are not
+    simultaneous."""
+    bob_clock = Clock(offset_ps=3_210_987_654, drift_ppm=2.5)
+    link = Link(CWSource(4e5), BellDiagonalState.werner(VISIBILITY),
+                (simple_node("alice", (1, 2), length_km=1.0, **DETECTOR),
+                 simple_node("bob", (3, 4), length_km=2.0, clock=bob_clock, **DETECTOR)))
+    sim = PhotonStreamSimulator(link, seed=11)
+    counter = CrossNodeCounter((1, 2), window_ps=1000, align_s=0.5)
+    start_ps = 300_000_000_000
+    host_s = 1234.5                  # the host's monotonic clock when alice's tagger read 0
+    for i, chunk in enumerate(sim.stream(2_000_000_000_000)):
+        a, b = chunk.blocks["alice"], chunk.blocks["bob"]
+        if not a.size or not b.size:
+            continue
+        arrival = host_s + int(a["time"][-1]) * 1e-12 + 0.002 * (i % 5)   # network jitter
+        if late != "alice" or a["time"][0] >= start_ps:
+            counter.add_own(a, int(a["time"][-1]), arrival)
+        if late != "bob" or a["time"][0] >= start_ps:
+            counter.add_peer(b["time"], b["channel"], int(b["time"][-1]), (3, 4), arrival)
+        counter.process()
+    assert counter.alignment_error == ""
+    assert counter.tracker is not None
+    alice_delay = sim.truth.channel_delay_ps["alice"][1]
+    truth_offset = sim.time_difference_ps("alice", 1, "bob", 3,
+                                          counter.processed_to - alice_delay)
+    assert abs(counter.tracker.offset_at(counter.processed_to) - truth_offset) <= 20
+    assert counter.counts.sum() > 1000
+
+
 def test_hostile_tags_bodies_are_refused_with_the_field_named():
     import base64
     import zlib
