@@ -8,21 +8,29 @@
         async for pair in node.create_keep("bob", pairs=5, purpose=7, timeout_s=30):
             print(pair.pair_id, pair.bell_state, pair.fidelity, pair.qubit, pair.hold_ms)
 
-:class:`BlockingClient` is the same for scripts without an event loop. Of qnode, the client
-imports only the application protocol's message classes (:mod:`qnode.daemon.apps.protocol`).
+:meth:`NodeClient.operate` runs gates (:mod:`qnode.client.gates`) on a delivered pair's half,
+and :meth:`NodeClient.send_data` / :meth:`NodeClient.receive_data` carry classical messages
+between applications. :class:`BlockingClient` is the same for scripts without an event loop.
+Of qnode, the client imports only the application protocol's message classes
+(:mod:`qnode.daemon.apps.protocol`).
 """
+from qnode.client import gates
 from qnode.client.blocking import BlockingClient, BlockingPairs
 from qnode.client.connection import (
     ApplicationInfo,
     ConnectionFileError,
     ConnectionInfo,
 )
+from qnode.client.gates import AUX, PAIR
 from qnode.client.node import NodeClient, PairListener, PairStream
 from qnode.client.results import (
     Acceptance,
     ClientError,
     ConnectionLost,
+    DataMessage,
+    NoData,
     NoReply,
+    Operation,
     Outcome,
     Pair,
     RequestCancelled,
@@ -31,6 +39,8 @@ from qnode.client.results import (
 )
 
 __all__ = [
+    "AUX",
+    "PAIR",
     "Acceptance",
     "ApplicationInfo",
     "BlockingClient",
@@ -39,8 +49,11 @@ __all__ = [
     "ConnectionFileError",
     "ConnectionInfo",
     "ConnectionLost",
+    "DataMessage",
+    "NoData",
     "NoReply",
     "NodeClient",
+    "Operation",
     "Outcome",
     "Pair",
     "PairListener",
@@ -48,4 +61,5 @@ __all__ = [
     "RequestCancelled",
     "RequestError",
     "RequestExpired",
+    "gates",
 ]

@@ -16,12 +16,12 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from qnode.client.connection import ConnectionInfo
 from qnode.client.node import NodeClient, PairListener, PairStream
-from qnode.client.results import Acceptance, Outcome, Pair
+from qnode.client.results import Acceptance, DataMessage, Operation, Outcome, Pair
 
 T = TypeVar("T")
 
@@ -145,6 +145,25 @@ class BlockingClient:
     def receive(self, purpose: int) -> BlockingPairs:
         """As :meth:`~qnode.client.node.NodeClient.receive`."""
         return BlockingPairs(self, self.client.receive(purpose))
+
+
+    # ------------------------------------------------------------------ operations, DATA
+    def operate(self, pair: Pair | tuple[str, int], ops: Sequence[Mapping[str, Any]], *,
+                release: bool = False, timeout_s: float | None = None) -> Operation:
+        """As :meth:`~qnode.client.node.NodeClient.operate`: the node's
+        :class:`~qnode.client.results.Operation`, or its error raised."""
+        return self.run(self.client.operate(pair, ops, release=release, timeout_s=timeout_s))
+
+    def send_data(self, application: str, data: Mapping[str, Any]) -> None:
+        """As :meth:`~qnode.client.node.NodeClient.send_data` (returns once the broker has
+        it)."""
+        self.run(self.client.send_data(application, data))
+
+    def receive_data(self, timeout_s: float | None = None) -> DataMessage:
+        """As :meth:`~qnode.client.node.NodeClient.receive_data`: the oldest DATA not read yet,
+        waiting up to ``timeout_s`` (s; None: no limit);
+        :class:`~qnode.client.results.NoData` after that."""
+        return self.run(self.client.receive_data(timeout_s))
 
 
 class BlockingPairs:

@@ -31,6 +31,17 @@ What it does, and no more (docs/integrators/applications.md is the protocol):
 - the node's silence is an error too (:class:`~qnode.client.results.NoReply`): nothing within
   ``reply_timeout_s`` (s) of a request or LISTEN, or no terminal reply by the request's
   ``timeout_s`` plus ``reply_timeout_s``;
+- an OPERATE (:meth:`NodeClient.operate`) runs gates on this end's half of a delivered pair:
+  it waits for its one reply, ``RESULT`` (an :class:`~qnode.client.results.Operation`) or
+  ``ERROR`` (:class:`~qnode.client.results.RequestError`), for at most its ``timeout_s`` (s)
+  (:class:`~qnode.client.results.NoReply`);
+- applications talk to each other with ``DATA`` (:meth:`NodeClient.send_data`, published on
+  ``qnet/v1/<network>/<application>/to/<receiver>``); a second subscription, to
+  ``qnet/v1/<network>/+/to/<application>``, collects what others send this one, kept for
+  :meth:`NodeClient.data` / :meth:`NodeClient.receive_data` in a bounded buffer
+  (``max_buffered``; the oldest dropped, counted in :attr:`NodeClient.discarded`). A DATA
+  whose envelope's sender is not the topic's (the broker lets only that application publish
+  there), or that is malformed or too large, is ignored and counted;
 - no reconnection: a lost connection ends every iterator with
   :class:`~qnode.client.results.ConnectionLost`.
 
@@ -51,7 +62,7 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,7 +73,10 @@ from qnode.client.results import (
     Acceptance,
     ClientError,
     ConnectionLost,
+    DataMessage,
+    NoData,
     NoReply,
+    Operation,
     Outcome,
     Pair,
     RequestCancelled,
@@ -70,15 +84,19 @@ from qnode.client.results import (
     RequestExpired,
 )
 from qnode.daemon.apps.protocol import (
+    MAX_DATA_BYTES,
     NAME_PATTERN,
     Accepted,
     Cancelled,
+    Data,
     Done,
     Error,
     Expired,
     Listening,
+    Operate,
     Pair as PairMessage,  # the client's Pair is qnode.client.results.Pair
     Request,
+    Result,
     parse_reply,
 )
 
@@ -92,7 +110,22 @@ DEFAULT_MAX_BUFFERED = 1000
 RECENT = 4096
 #: the longest :meth:`NodeClient.close` waits for the node to confirm CANCELs and UNLISTENs (s)
 CLOSE_WAIT_S = 5.0
+#: DATA messages longer than this are ignored unread: room for ``data`` of MAX_DATA_BYTES
+#: (compact UTF-8) written with every character escaped (``\uXXXX``, as ``json.dumps``
+#: does by default), and the envelope
+MAX_DATA_PAYLOAD_BYTES = 6 * MAX_DATA_BYTES + 1024
 _NAME = re.compile(NAME_PATTERN)
+
+
+def data_size(data: Mapping[str, Any]) -> int:
+    """The size of ``data`` as compact UTF-8 JSON (bytes), the measure of
+    :data:`~qnode.daemon.apps.protocol.MAX_DATA_BYTES`; ValueError if it is not JSON (a
+    non-finite number, an object JSON cannot hold)."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"data is not JSON: {exc}") from exc
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _pair(m: PairMessage) -> Pair:
@@ -154,6 +187,42 @@ class _Listen(_Buffer):
         self.stopped = asyncio.Event()
 
 
+class _Operation:
+    """An OPERATE sent through this client, until its one reply (or its deadline)."""
+
+    def __init__(self, message: Operate):
+        self.message = message
+        self.meas = sum(1 for op in message.ops if op.get("gate") == "meas")
+        self.changed = asyncio.Event()
+        self.result: Operation | None = None
+        self.error: ClientError | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+class _Inbox:
+    """DATA from other applications waiting for a reader (at most ``limit``: the oldest go
+    first)."""
+
+    def __init__(self, limit: int):
+        self.messages: collections.deque[DataMessage] = collections.deque()
+        self.limit = limit
+        self.changed = asyncio.Event()
+        self.received = 0
+        self.dropped = 0
+        self.error: ClientError | None = None      # the broker refused the subscription
+
+    def push(self, message: DataMessage) -> None:
+        self.received += 1
+        if len(self.messages) >= self.limit:
+            self.messages.popleft()
+            self.dropped += 1
+        self.messages.append(message)
+        self.changed.set()
+
+
 class Session:
     """The state one :class:`NodeClient` shares with its iterators: the MQTT connection, the
     live requests and listeners, and the routing of replies (internal: use the client)."""
@@ -162,8 +231,10 @@ class Session:
                  max_buffered: int, url: str):
         base = f"qnet/v1/{network}"
         self.application, self.node, self.url = application, node, url
+        self.base = base
         self.reply_topic = f"{base}/{node}/app/{application}"
         self.request_topic = f"{base}/{application}/req/{node}"
+        self.data_topic = f"{base}/+/to/{application}"
         self.reply_timeout_s, self.max_buffered = reply_timeout_s, max_buffered
         self.mqtt: aiomqtt.Client | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -173,6 +244,8 @@ class Session:
         self.discarded = 0
         self.requests: dict[str, _Request] = {}
         self.listens: dict[int, _Listen] = {}
+        self.operations: dict[str, _Operation] = {}
+        self.inbox = _Inbox(max_buffered)
         self._handshake: _Listen | None = None      # the LISTEN/UNLISTEN awaiting its answer
         self._listen_lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -188,13 +261,14 @@ class Session:
             raise RuntimeError("the client is not connected: use `async with NodeClient(...)`")
         return self.mqtt
 
-    async def send(self, type_: str, body: dict[str, Any]) -> None:
-        """Publish one request envelope (QoS 1; returns once the broker has it)."""
+    async def send(self, type_: str, body: dict[str, Any], topic: str | None = None) -> None:
+        """Publish one envelope to the node (or to ``topic``) (QoS 1; returns once the broker
+        has it)."""
         client = self.check_open()
         env = {"v": 1, "type": type_, "sender": self.application, "id": next(self._ids),
                "ts": time.time(), "body": body}
         try:
-            await client.publish(self.request_topic, json.dumps(env), qos=1)
+            await client.publish(topic or self.request_topic, json.dumps(env), qos=1)
         except aiomqtt.MqttError as exc:
             raise ConnectionLost(f"publishing {type_}: {exc}") from exc
 
@@ -217,7 +291,7 @@ class Session:
             loop.call_soon_threadsafe(fn, *args)
 
     @staticmethod
-    async def wait(buf: _Buffer, deadline: float | None) -> bool:
+    async def wait(buf: _Buffer | _Operation | _Inbox, deadline: float | None) -> bool:
         """Wait for news on ``buf`` until ``deadline`` (monotonic s; None: no limit); False if
         the deadline passed. (``asyncio.timeout``, not ``wait_for``: Python 3.11's
         ``wait_for`` loses a cancellation that comes as the event is set.)"""
@@ -237,7 +311,7 @@ class Session:
     async def start_request(self, req: _Request) -> None:
         self.check_open()
         rid = req.request.request_id
-        if rid in self.requests:
+        if rid in self.requests or rid in self.operations:
             raise ValueError(f"request id {rid!r} is in use by a live request of this client")
         self.requests[rid] = req
         req.sent_at = time.monotonic()
@@ -295,6 +369,142 @@ class Session:
             req.changed.clear()
             if req.ended or not await self.wait(req, deadline):
                 break
+
+    # ------------------------------------------------------------------ operations
+    async def operate(self, op: _Operation, timeout_s: float) -> Operation:
+        """Send the OPERATE and wait up to ``timeout_s`` (s) for its RESULT (returned) or
+        ERROR (raised as :class:`RequestError`); :class:`NoReply` after that."""
+        self.check_open()
+        rid = op.message.request_id
+        if rid in self.requests or rid in self.operations:
+            raise ValueError(f"request id {rid!r} is in use by a live request of this client")
+        self.operations[rid] = op
+        try:
+            await self.send("OPERATE", {k: v for k, v in op.message.to_dict().items()
+                                        if k != "type"})
+            deadline = time.monotonic() + timeout_s
+            while not op.ended:
+                op.changed.clear()
+                if op.ended:
+                    break
+                if not await self.wait(op, deadline):
+                    op.error = NoReply(f"{self.node} sent no RESULT to OPERATE {rid!r} on "
+                                       f"pair {op.message.pool}/{op.message.pair_id} within "
+                                       f"{timeout_s:g} s")
+        except ClientError as exc:
+            if op.error is None:
+                op.error = exc
+        finally:
+            # ended, timed out or cancelled: a late reply counts as after_end
+            self._forget_operation(rid, op)
+        if op.error is not None:
+            raise op.error
+        assert op.result is not None
+        return op.result
+
+    def _forget_operation(self, rid: str, op: _Operation) -> None:
+        if self.operations.get(rid) is op:
+            del self.operations[rid]
+            self._ended[rid] = None
+            if len(self._ended) > RECENT:
+                self._ended.popitem(last=False)
+
+    def _on_result(self, m: Result) -> None:
+        op = self.operations.get(m.request_id)
+        if op is None:
+            return self._ignore("after_end" if m.request_id in self._ended
+                                else "unknown_request", m.request_id)
+        if op.ended:
+            return self._ignore("after_end", m.request_id)
+        if (m.pool, m.pair_id) != (op.message.pool, op.message.pair_id) or \
+                len(m.outcomes) != op.meas:
+            return self._ignore("mismatch", f"RESULT {m.request_id}: {m.pool}/{m.pair_id} "
+                                            f"with {len(m.outcomes)} outcomes")
+        op.result = Operation(m.request_id, m.pool, m.pair_id, tuple(m.outcomes), m.released,
+                              m.hold_ms, m.fidelity)
+        op.changed.set()
+
+    def _on_operation_error(self, op: _Operation, m: Error) -> None:
+        rid = op.message.request_id
+        if op.ended:
+            return self._ignore("after_end", rid)
+        op.error = RequestError(m.code.value, m.reason, pairs=0, request_id=rid,
+                                fidelity_estimate=m.fidelity_estimate)
+        op.changed.set()
+
+    # ------------------------------------------------------------------ DATA
+    async def send_data(self, application: str, data: Mapping[str, Any]) -> None:
+        """Publish ``data`` to ``application`` as DATA (QoS 1); ValueError before anything is
+        sent if it is not a JSON object of at most MAX_DATA_BYTES bytes."""
+        if not isinstance(application, str) or not _NAME.match(application):
+            raise ValueError(f"application {application!r} may use only letters, digits, "
+                             f"'-' and '_' (1-64)")
+        if not isinstance(data, Mapping):
+            raise ValueError(f"data: expected a JSON object (a dict), got "
+                             f"{type(data).__name__}")
+        size = data_size(data)
+        if size > MAX_DATA_BYTES:
+            raise ValueError(f"data: {size} bytes of JSON, more than the {MAX_DATA_BYTES} "
+                             f"DATA may carry")
+        body = json.loads(json.dumps(dict(data), allow_nan=False))   # a plain copy
+        if not isinstance(body, dict):     # a Mapping json cannot hold as an object
+            raise ValueError("data: expected a JSON object")
+        Data.from_dict({"type": "DATA", "data": body})
+        await self.send("DATA", {"data": body}, f"{self.base}/{self.application}/to/"
+                                                 f"{application}")
+
+    async def receive_data(self, deadline: float | None) -> DataMessage:
+        """The oldest DATA not read yet, waiting until ``deadline`` (monotonic s; None: no
+        limit) for one; :class:`NoData` after it. Messages read before the connection ended
+        are still handed out; then its error."""
+        box = self.inbox
+        while True:
+            box.changed.clear()
+            if box.messages:
+                return box.messages.popleft()
+            if box.error is not None:
+                raise box.error
+            if self.lost is not None:
+                raise self.lost
+            if self.mqtt is None:
+                raise RuntimeError("the client is not connected: use `async with "
+                                   "NodeClient(...)`")
+            if not await self.wait(box, deadline):
+                raise NoData(f"no DATA for {self.application} came in time")
+
+    def _data_sender(self, topic: str) -> str | None:
+        """The sender segment of a DATA topic of this application's, else None."""
+        head, tail = f"{self.base}/", f"/to/{self.application}"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        sender = topic[len(head):len(topic) - len(tail)]
+        return sender if _NAME.match(sender) else None
+
+    def _on_data(self, sender: str, payload: bytes) -> None:
+        """Keep one DATA from ``sender`` (the topic's sender segment) for the reader, or ignore
+        and count it (``data_*`` reasons)."""
+        if len(payload) > MAX_DATA_PAYLOAD_BYTES:
+            return self._ignore("data_oversized", sender)
+        if self._seen(payload):
+            return self._ignore("data_duplicate", sender)
+        try:
+            env = json.loads(payload)
+        except (ValueError, RecursionError):
+            return self._ignore("data_not_json", sender)
+        if not isinstance(env, dict) or env.get("v") != 1 or env.get("type") != "DATA" or \
+                not isinstance(env.get("body"), dict):
+            return self._ignore("data_bad_envelope", sender)
+        if env.get("sender") != sender:
+            return self._ignore("data_wrong_sender", f"{str(env.get('sender'))[:64]} on "
+                                                     f"{sender}'s topic")
+        try:
+            msg = Data.from_dict({**env["body"], "type": "DATA"})
+            size = data_size(msg.data)
+        except (ValueError, RecursionError) as exc:
+            return self._ignore("data_bad", str(exc))
+        if size > MAX_DATA_BYTES:
+            return self._ignore("data_oversized", sender)
+        self.inbox.push(DataMessage(sender, msg.data))
 
     # ------------------------------------------------------------------ listeners
     async def listen(self, lst: _Listen) -> None:
@@ -399,6 +609,11 @@ class Session:
                 req.error = error
                 req.changed.set()
         self.requests.clear()
+        for op in list(self.operations.values()):
+            if not op.ended:
+                op.error = error
+                op.changed.set()
+        self.inbox.changed.set()        # a reader waiting for DATA learns of ``lost``
         for lst in list(self.listens.values()):
             if lst.error is None:
                 lst.error = error
@@ -409,20 +624,30 @@ class Session:
 
     def _ignore(self, reason: str, detail: str = "") -> None:
         self.ignored[reason] += 1
-        log.debug("ignored a reply (%s) %s", reason, detail[:200])
+        log.debug("ignored a message (%s) %s", reason, detail[:200])
 
-    def dispatch(self, topic: str, payload: bytes) -> None:
-        """Route one reply to its iterator; ignore (and count) anything else."""
-        if topic != self.reply_topic:
-            return self._ignore("wrong_topic", topic)
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return self._ignore("oversized")
+    def _seen(self, payload: bytes) -> bool:
+        """Whether ``payload`` came lately (a QoS-1 duplicate); remembers it."""
         digest = hashlib.blake2b(payload, digest_size=16).digest()
         if digest in self._recent:
-            return self._ignore("duplicate")
+            return True
         self._recent[digest] = None
         if len(self._recent) > RECENT:
             self._recent.popitem(last=False)
+        return False
+
+    def dispatch(self, topic: str, payload: bytes) -> None:
+        """Route one reply to its iterator or operation, one DATA to the inbox; ignore (and
+        count) anything else."""
+        if topic != self.reply_topic:
+            sender = self._data_sender(topic)
+            if sender is None:
+                return self._ignore("wrong_topic", topic)
+            return self._on_data(sender, payload)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return self._ignore("oversized")
+        if self._seen(payload):
+            return self._ignore("duplicate")
         try:
             env = json.loads(payload)
         except (ValueError, RecursionError):
@@ -441,6 +666,10 @@ class Session:
             self._on_pair(msg)
         elif isinstance(msg, Listening):
             self._on_listening(msg)
+        elif isinstance(msg, Result):
+            self._on_result(msg)
+        elif isinstance(msg, Error) and msg.request_id in self.operations:
+            self._on_operation_error(self.operations[msg.request_id], msg)
         elif isinstance(msg, Error) and msg.request_id is None:
             lst = self._handshake
             if lst is None:
@@ -565,6 +794,8 @@ class NodeClient:
         #: where the node replies to this application; where its requests go
         self.reply_topic = self._session.reply_topic
         self.request_topic = self._session.request_topic
+        #: where other applications' DATA to this one comes from (a topic filter)
+        self.data_topic = self._session.data_topic
         self._reader: asyncio.Task[None] | None = None
         self._rid_prefix = secrets.token_hex(3)
         self._rids = itertools.count(1)
@@ -584,10 +815,16 @@ class NodeClient:
     # ------------------------------------------------------------------ what it counts
     @property
     def ignored(self) -> collections.Counter[str]:
-        """Replies ignored, by reason: ``not_json``, ``bad_envelope``, ``bad_reply`` (fails
-        the protocol's schema), ``duplicate`` (QoS 1 sent it twice), ``wrong_sender``,
-        ``unknown_request``, ``after_end`` (a reply to a request that had ended, e.g. the
-        refusal of a CANCEL that crossed its DONE), ``not_listening``, ``unexpected``."""
+        """Messages ignored, by reason. Replies: ``not_json``, ``bad_envelope``,
+        ``bad_reply`` (fails the protocol's schema), ``duplicate`` (QoS 1 sent it twice),
+        ``wrong_sender``, ``oversized``, ``unknown_request``, ``after_end`` (a reply to a
+        request or an OPERATE that had ended, e.g. the refusal of a CANCEL that crossed its
+        DONE, or a RESULT after its ``timeout_s``), ``mismatch`` (a RESULT naming another pair
+        than its OPERATE's, or with another number of outcomes than its ``meas`` gates),
+        ``not_listening``, ``unexpected``. DATA: ``data_not_json``, ``data_bad_envelope``,
+        ``data_wrong_sender`` (the envelope's sender is not the topic's), ``data_bad`` (fails
+        the DATA schema), ``data_oversized`` (``data`` over
+        :data:`~qnode.daemon.apps.protocol.MAX_DATA_BYTES`), ``data_duplicate``."""
         return self._session.ignored
 
     @property
@@ -598,8 +835,19 @@ class NodeClient:
     @property
     def discarded(self) -> int:
         """Pairs that came after their iterator was left (before the node had the CANCEL or
-        UNLISTEN)."""
-        return self._session.discarded
+        UNLISTEN), and DATA messages dropped unread because ``max_buffered`` newer ones
+        waited."""
+        return self._session.discarded + self._session.inbox.dropped
+
+    @property
+    def data_received(self) -> int:
+        """DATA messages from other applications accepted into the buffer (read or not)."""
+        return self._session.inbox.received
+
+    @property
+    def data_waiting(self) -> int:
+        """DATA messages in the buffer, not read yet."""
+        return len(self._session.inbox.messages)
 
     @property
     def connected(self) -> bool:
@@ -624,8 +872,11 @@ class NodeClient:
         return ctx
 
     async def connect(self) -> None:
-        """Connect and subscribe to the replies; :class:`ConnectionLost` if the broker cannot
-        be reached, :class:`ClientError` ``not_authorised`` if it refuses the subscription."""
+        """Connect and subscribe to the replies and to the DATA of other applications
+        (:attr:`data_topic`); :class:`ConnectionLost` if the broker cannot be reached,
+        :class:`ClientError` ``not_authorised`` if it refuses the replies' subscription. A
+        refused DATA subscription (a broker whose ACL predates DATA) does not fail the
+        connection: :meth:`receive_data` raises that ``not_authorised`` instead."""
         if self._session.mqtt is not None or self._closed:
             raise RuntimeError("a NodeClient connects once")
         client = aiomqtt.Client(self.host, self.port, username=self.username,
@@ -638,17 +889,22 @@ class NodeClient:
         except (aiomqtt.MqttError, OSError) as exc:
             raise ConnectionLost(f"cannot connect to {self.broker_url}: {exc}") from exc
         try:
-            granted = await client.subscribe(self.reply_topic, qos=1)
+            granted = await client.subscribe([(self.reply_topic, 1), (self.data_topic, 1)])
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
             raise ConnectionLost(f"subscribing to {self.reply_topic}: {exc}") from exc
         codes = [c if isinstance(c, int) else int(c.value) for c in granted]
-        if any(c >= 0x80 for c in codes):
+        if not codes or codes[0] >= 0x80:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
             raise ClientError("not_authorised", f"the broker refused {self.application}'s "
                                                 f"subscription to {self.reply_topic}")
+        if len(codes) < 2 or codes[1] >= 0x80:
+            self._session.inbox.error = ClientError(
+                "not_authorised", f"the broker refused {self.application}'s subscription to "
+                                  f"{self.data_topic}: it receives no DATA")
+            log.warning("%s", self._session.inbox.error.reason)
         self._session.loop = asyncio.get_running_loop()
         self._session.mqtt = client
         self._reader = asyncio.create_task(self._session.read(client),
@@ -713,6 +969,85 @@ class NodeClient:
         Request.from_dict(req.to_dict())      # ValueError naming the field, as the node would
         return PairStream(self._session, _Request(req, self.max_buffered))
 
+    def _fresh_request_id(self) -> str:
+        """A request id no live request or OPERATE of this client has."""
+        s = self._session
+        while True:
+            rid = f"{self._rid_prefix}-{next(self._rids)}"
+            if rid not in s.requests and rid not in s.operations:
+                return rid
+
+    # ------------------------------------------------------------------ operations
+    async def operate(self, pair: Pair | tuple[str, int], ops: Sequence[Mapping[str, Any]], *,
+                      release: bool = False, timeout_s: float | None = None) -> Operation:
+        """Run the gates ``ops`` (:mod:`qnode.client.gates` makes them; at most
+        :data:`~qnode.daemon.apps.protocol.MAX_OPS`, in order, in one batch) on this end's half
+        of ``pair`` — a :class:`~qnode.client.results.Pair` of kind ``keep`` delivered to this
+        application and still held (see its ``hold_left_s()``), or its ``(pool, pair_id)`` —
+        with the node's scratch qubit; ``release``: give the qubit back after the gates (a
+        measured pair qubit is given back anyway). Returns the node's
+        :class:`~qnode.client.results.Operation` (one outcome per ``meas`` gate); raises its
+        ``ERROR`` as :class:`~qnode.client.results.RequestError` (``unknown_pair``: not held
+        by this application, or its hold ran out; ``bad_request``, ``unavailable``, ...), or
+        :class:`~qnode.client.results.NoReply` when no reply came within ``timeout_s`` (s;
+        default the client's ``reply_timeout_s``). ValueError before anything is sent for
+        arguments out of the protocol's range."""
+        if isinstance(pair, Pair):
+            pool, pair_id = pair.pool, pair.pair_id
+        elif isinstance(pair, tuple) and len(pair) == 2:
+            pool, pair_id = pair
+        else:
+            raise ValueError(f"pair {pair!r}: expected a qnode.client.Pair or a (pool, "
+                             f"pair_id) tuple")
+        if timeout_s is None:
+            timeout_s = self.reply_timeout_s
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or \
+                not timeout_s > 0 or timeout_s == float("inf"):
+            raise ValueError(f"timeout_s {timeout_s!r}: expected a number of seconds > 0")
+        if isinstance(ops, str | bytes | Mapping) or not isinstance(ops, Sequence):
+            raise ValueError("ops: expected a list of gates (qnode.client.gates)")
+        gates = []
+        for i, op in enumerate(ops):
+            if not isinstance(op, Mapping):
+                raise ValueError(f"OPERATE.ops.{i}: expected a gate (a dict), got "
+                                 f"{type(op).__name__}")
+            gates.append(dict(op))
+        message = Operate(self._fresh_request_id(), pool, pair_id, gates, release)
+        Operate.from_dict(message.to_dict())   # ValueError naming the field, as the node would
+        return await self._session.operate(_Operation(message), float(timeout_s))
+
+    # ------------------------------------------------------------------ DATA
+    async def send_data(self, application: str, data: Mapping[str, Any]) -> None:
+        """Send ``data``, a JSON object of at most
+        :data:`~qnode.daemon.apps.protocol.MAX_DATA_BYTES` bytes (as compact UTF-8 JSON), to
+        the application ``application`` as ``DATA`` (QoS 1: returns once the broker has it;
+        whether anyone reads it is not known here). ValueError, before anything is sent, for
+        a bad name, a non-object, or data that is not JSON or too large."""
+        await self._session.send_data(application, data)
+
+    async def receive_data(self, timeout_s: float | None = None) -> DataMessage:
+        """The oldest ``DATA`` from another application not read yet (as a
+        :class:`~qnode.client.results.DataMessage`), waiting up to ``timeout_s`` (s; None: no
+        limit) for one to come; :class:`~qnode.client.results.NoData` (a ``TimeoutError``)
+        after that. Messages are kept from :meth:`connect` on, whether anyone reads or not
+        (at most ``max_buffered``: the oldest are dropped, counted in :attr:`discarded`).
+        :class:`~qnode.client.results.ConnectionLost` once the connection ended and the kept
+        messages are read; :class:`ClientError` ``not_authorised`` if the broker refused the
+        DATA subscription."""
+        if timeout_s is not None and not timeout_s >= 0:
+            raise ValueError(f"timeout_s {timeout_s!r}: expected a number of seconds >= 0")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return await self._session.receive_data(deadline)
+
+    async def data(self) -> AsyncIterator[DataMessage]:
+        """Every ``DATA`` from other applications, as it comes (see :meth:`receive_data`): an
+        async iterator that ends only with the connection (raising its
+        :class:`~qnode.client.results.ConnectionLost`). Several readers share the messages:
+        each goes to one."""
+        while True:
+            yield await self._session.receive_data(None)
+
+    # ------------------------------------------------------------------ listeners
     def receive(self, purpose: int) -> PairListener:
         """Listen on ``purpose`` (an id the node's config allows this application): an
         iterator of the pairs the far ends' applications request on it. LISTEN is sent when it

@@ -93,7 +93,12 @@ def render() -> str:
         lines += _table(cls, p.message_schema)
     lines += ["### Error codes", "", "| code | meaning |", "|---|---|"]
     lines += [f"| `{c.value}` | {_code_meaning(p, c)} |" for c in p.ErrorCode]
-    lines += ["", "## Between the two ends of a pool", "",
+    lines += ["", "## Application → application", "",
+              "Published by an application on `qnet/v1/<network>/<application>/to/<receiver>`; "
+              "only the receiver may read it (the shipped ACL), and nodes never do.", ""]
+    for cls in p.DATA_TYPES.values():
+        lines += _table(cls, p.message_schema)
+    lines += ["## Between the two ends of a pool", "",
               "Published by a node on `qnet/v1/<network>/<node>/svc/<peer>`, signed with its "
               "identity key (see [The MQTT contract](mqtt-contract.md)); applications never "
               "see them.", ""]

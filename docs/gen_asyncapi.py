@@ -102,10 +102,11 @@ PARAMETERS: dict[str, str] = {
     "peer": "The node the messages are for (the other end of a link or pool).",
     "application": "An application's name (a node segment like a node's: they share one "
                    "namespace).",
+    "receiver": "The application a DATA message is for.",
 }
 PARAMETER_EXAMPLES: dict[str, list[str]] = {
     "network": ["lab"], "node": ["alice"], "requester": ["prog"], "link": ["alice-bob"],
-    "peer": ["bob"], "application": ["keyapp"]}
+    "peer": ["bob"], "application": ["keyapp"], "receiver": ["bob-app"]}
 
 _LL = "link-layer"
 
@@ -189,6 +190,14 @@ def _channels() -> tuple[Channel, ...]:
                 "`qnet/v1/<network>/+/app/<application>`.",
                 (("send", "sendApplicationReply", "Answer an application (the other side "
                                                   "receives)."),)),
+        Channel("to", "Messages between applications", "an application", "application",
+                "receiver", tuple(p.DATA_TYPES), 1, False,
+                "none (the broker authenticated the sender; its ACL lets only the receiver "
+                "read)",
+                "Classical messages from one application to another (e.g. a teleportation's "
+                "two bits). Nodes neither send nor read them, so this document, written from a "
+                "node's side, has no operation on it; the receiver subscribes to "
+                "`qnet/v1/<network>/+/to/<receiver>`.", ()),
     )
 
 
@@ -371,6 +380,8 @@ def body_schemas() -> dict[str, dict[str, Any]]:
         out[mtype] = app_body_schema(cls, type_required=False)
     for mtype, cls in app_protocol.REPLY_TYPES.items():
         out[mtype] = app_body_schema(cls, type_required=True)
+    for mtype, cls in app_protocol.DATA_TYPES.items():
+        out[mtype] = app_body_schema(cls, type_required=False)
     for mtype, pcls in app_peer.PEER_TYPES.items():
         out[mtype] = app_body_schema(pcls, type_required=True)
     return out
@@ -416,12 +427,13 @@ def _message_tag(channel: Channel) -> str:
     return {"status": "node state", "telemetry": "node state", "cmd": _LL, "reply": _LL,
             "herald": _LL, "ll": _LL, "proto": _LL, "tags": "time tags",
             "svc": "application service", "req": "applications",
-            "app": "applications"}[channel.kind]
+            "app": "applications", "to": "applications"}[channel.kind]
 
 
 def _message_summary(mtype: str) -> str:
     for cls in (ll_messages.MESSAGE_TYPES.get(mtype), app_protocol.REQUEST_TYPES.get(mtype),
-                app_protocol.REPLY_TYPES.get(mtype), app_peer.PEER_TYPES.get(mtype)):
+                app_protocol.REPLY_TYPES.get(mtype), app_peer.PEER_TYPES.get(mtype),
+                app_protocol.DATA_TYPES.get(mtype)):
         if cls is not None:
             return _first_paragraph(cls)
     return ""
@@ -441,7 +453,7 @@ def _check_tree() -> None:
     if len(carried) != len(set(carried)):
         raise ValueError("a message type is on two channels")
     for group in (ll_messages.MESSAGE_TYPES, app_protocol.REQUEST_TYPES,
-                  app_protocol.REPLY_TYPES, app_peer.PEER_TYPES):
+                  app_protocol.REPLY_TYPES, app_peer.PEER_TYPES, app_protocol.DATA_TYPES):
         lost = sorted(set(group) - set(carried))
         if lost:
             raise ValueError(f"message types on no channel: {lost}")

@@ -39,6 +39,9 @@ class Taken:
     fidelity: float          # estimated, at taking
     qubit: int
     hold_ms: int | None      # the qubit is the application's this long (ms; None: unbounded)
+    #: the pair's estimated fidelity to ``bell_state`` at a later monotonic time (s), both
+    #: halves decaying by the node's memory model (for an OPERATE's RESULT)
+    fidelity_at: Callable[[float], float] | None = None
 
 
 class Pool(Protocol):
@@ -48,6 +51,8 @@ class Pool(Protocol):
     remote: str              # the node at the other end
     allocator: bool          # this end gives the pairs (its node id sorts first)
     kind: str                # "link" | "path"
+    #: the link memory whose qubits hold this end's halves (and the applications' holds)
+    memory: LinkMemory
     #: called when pairs may have become available
     listeners: list[Callable[[], None]]
 
@@ -123,9 +128,10 @@ class LinkPool:
         self.memory.give_back(bound.qubit)
         self.memory.hold(bound.qubit, now + hold)
         self.service.changed()
-        state = self.memory.pair_state(bound, now)
-        return Taken(pair_id, bound.bell_state, round(state.fidelity(bound.bell_state), 6),
-                     bound.qubit, hold_ms(hold))
+        def fidelity_at(t: float) -> float:
+            return round(self.memory.pair_state(bound, t).fidelity(bound.bell_state), 6)
+        return Taken(pair_id, bound.bell_state, fidelity_at(now), bound.qubit, hold_ms(hold),
+                     fidelity_at)
 
     async def send(self, out: Iterable[Routed]) -> None:
         await self.service.send(out)
@@ -144,6 +150,7 @@ class PathPool:
     def __init__(self, end: PathEnd, node: str):
         self.end = end
         self.id, self.remote = end.path.id, end.remote
+        self.memory = end.memory
         self.allocator = node < end.remote
         self.listeners = end.listeners
         self._confirmed: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -193,9 +200,12 @@ class PathPool:
         cutoff = self.end.cutoff_at(pair, now)
         self.end.memory.hold(pair.qubit, cutoff + CUTOFF_GUARD_S)
         self.end.counts["pairs_delivered_total"] += 1
-        fidelity = round(self.end.estimate(pair, now).fidelity(pair.bell_state), 6)
+        def fidelity_at(t: float) -> float:
+            return round(self.end.estimate(pair, t).fidelity(pair.bell_state), 6)
+        fidelity = fidelity_at(now)
         self.end.delivered_fidelity.append(fidelity)
-        return Taken(pair_id, pair.bell_state, fidelity, pair.qubit, hold_ms(cutoff - now))
+        return Taken(pair_id, pair.bell_state, fidelity, pair.qubit, hold_ms(cutoff - now),
+                     fidelity_at)
 
     async def send(self, out: Iterable[Routed]) -> None:
         """Publish at once (path pairs are not stored); a full outgoing queue is counted in the

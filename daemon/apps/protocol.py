@@ -39,6 +39,10 @@ MAX_PAIRS = 100_000
 #: the longest deadline a request may give (s)
 MAX_TIMEOUT_S = 86_400.0
 PRIORITIES = 8           # 0 is served first
+#: the most gates one OPERATE may carry
+MAX_OPS = 64
+#: the largest JSON object an application may send another (DATA ``data``), in bytes
+MAX_DATA_BYTES = 16_384
 
 
 class ErrorCode(enum.StrEnum):
@@ -56,6 +60,7 @@ class ErrorCode(enum.StrEnum):
     QUEUE_FULL = "queue_full"                # the application's queue (or the node's) is full
     PAIRS_LOST = "pairs_lost"                # a delivered pair was expired before it was taken
     UNAVAILABLE = "unavailable"              # the node cannot serve now (link down, restarting)
+    UNKNOWN_PAIR = "unknown_pair"            # OPERATE on a pair the application does not hold
 
 
 def spec(schema: Mapping[str, Any], doc: str, *, default: Any = dataclasses.MISSING,
@@ -217,6 +222,62 @@ class Unlisten(AppMessage):
     purpose: int = spec(_PURPOSE, "the purpose id")
 
 
+_QUBIT_REF = {"enum": ["pair", "aux"],
+              "description": "pair: this end's half of the pair; aux: a scratch qubit of the "
+                             "node, in |0> at its first use and freed when the OPERATE ends"}
+_ANGLE = {"type": "number", "minimum": -4 * math.pi, "maximum": 4 * math.pi}
+#: one gate of an OPERATE (QDEVICE/1 instructions in application terms)
+GATE_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"type": "object", "description": "R_axis(angle) = exp(-i angle sigma_axis / 2)",
+     "properties": {"gate": {"const": "rot"}, "qubit": _QUBIT_REF,
+                    "axis": {"enum": ["X", "Y", "Z"]}, "angle_rad": _ANGLE},
+     "required": ["gate", "qubit", "axis", "angle_rad"], "additionalProperties": False},
+    {"type": "object", "description": "Hadamard, or a Pauli gate (up to a global phase)",
+     "properties": {"gate": {"enum": ["h", "x", "y", "z"]}, "qubit": _QUBIT_REF},
+     "required": ["gate", "qubit"], "additionalProperties": False},
+    {"type": "object", "description": "CNOT (control and target differ)",
+     "properties": {"gate": {"const": "cnot"}, "control": _QUBIT_REF, "target": _QUBIT_REF},
+     "required": ["gate", "control", "target"], "additionalProperties": False},
+    {"type": "object", "description": "measure in a basis (0 = the +1 eigenstate); a measured "
+                                      "pair qubit is consumed, a measured aux is back in |0>",
+     "properties": {"gate": {"const": "meas"}, "qubit": _QUBIT_REF,
+                    "basis": {"enum": ["Z", "X", "Y"]}},
+     "required": ["gate", "qubit", "basis"], "additionalProperties": False},
+]}
+
+
+@dataclass(frozen=True)
+class Operate(AppMessage):
+    """OPERATE: run gates on this end's half of a pair the node delivered to the application
+    (a ``PAIR`` of kind keep, while its hold lasts), with one scratch qubit; answered by
+    ``RESULT`` with the measurement outcomes, or ``ERROR``. A measurement of the pair's qubit,
+    or ``release``, ends the application's hold of it."""
+
+    TYPE: ClassVar[str] = "OPERATE"
+    DIRECTION: ClassVar[str] = "request"
+    request_id: str = spec(_REQUEST_ID, "chosen by the application; echoed in the reply")
+    pool: str = spec(_NAME, "the pool of the pair (its PAIR's pool)")
+    pair_id: int = spec({"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
+                        "the pair (its PAIR's pair_id)")
+    ops: list[dict[str, Any]] = spec({"type": "array", "items": GATE_SCHEMA, "minItems": 0,
+                                      "maxItems": MAX_OPS},
+                                     "the gates, run in order in one batch on the QDevice")
+    release: bool = spec({"type": "boolean"}, "give the qubit back after the gates (a "
+                                              "measured pair qubit is given back anyway)",
+                         default=False)
+
+
+@dataclass(frozen=True)
+class Data(AppMessage):
+    """DATA: a classical message from one application to another (e.g. a teleportation's two
+    bits), on ``<sender>/to/<receiver>``; the network carries it and does not read it."""
+
+    TYPE: ClassVar[str] = "DATA"
+    DIRECTION: ClassVar[str] = "application"
+    data: dict[str, Any] = spec({"type": "object"}, f"any JSON object (at most "
+                                                    f"{MAX_DATA_BYTES} bytes)")
+
+
 # ------------------------------------------------------------------ node → application
 
 @dataclass(frozen=True)
@@ -334,12 +395,36 @@ class Cancelled(AppMessage):
     pairs: int = spec(_COUNT, "pairs delivered before the cancel")
 
 
+@dataclass(frozen=True)
+class Result(AppMessage):
+    """RESULT: the gates of an OPERATE ran (its one reply unless ``ERROR``)."""
+
+    TYPE: ClassVar[str] = "RESULT"
+    DIRECTION: ClassVar[str] = "reply"
+    request_id: str = spec(_REQUEST_ID, "the OPERATE")
+    pool: str = spec(_NAME, "the pool of the pair")
+    pair_id: int = spec({"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}, "the pair")
+    outcomes: list[int] = spec({"type": "array", "items": {"enum": [0, 1]}},
+                               "one outcome per meas gate, in order (0 = the +1 eigenstate)")
+    released: bool = spec({"type": "boolean"}, "the qubit is no longer the application's")
+    hold_ms: int | None = spec({"type": ["integer", "null"], "minimum": 0},
+                               "how long the qubit stays the application's (absent once "
+                               "released)", default=None, unit="ms")
+    fidelity: float | None = spec(
+        {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "the pair's estimated fidelity to its Bell state when the device answered: the "
+        "delivered estimate aged by the node's memory model (T1, T2) to that moment, both "
+        "halves decaying (what the pair was worth to these gates)", default=None)
+
+
 REQUEST_TYPES: dict[str, type[AppMessage]] = {
-    m.TYPE: m for m in (Request, Cancel, Listen, Unlisten)}
+    m.TYPE: m for m in (Request, Cancel, Listen, Unlisten, Operate)}
 REPLY_TYPES: dict[str, type[AppMessage]] = {
-    m.TYPE: m for m in (Accepted, Listening, Pair, Done, Error, Expired, Cancelled)}
+    m.TYPE: m for m in (Accepted, Listening, Pair, Done, Error, Expired, Cancelled, Result)}
+#: what applications send each other (on ``<sender>/to/<receiver>``; nodes never read it)
+DATA_TYPES: dict[str, type[AppMessage]] = {Data.TYPE: Data}
 #: the replies that end a request: exactly one per request
-TERMINAL_TYPES = frozenset({"DONE", "ERROR", "EXPIRED", "CANCELLED"})
+TERMINAL_TYPES = frozenset({"DONE", "ERROR", "EXPIRED", "CANCELLED", "RESULT"})
 
 
 def parse_request(d: Any) -> AppMessage:

@@ -29,9 +29,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qnode.daemon.apps.operations import check_gates, run_gates
 from qnode.daemon.apps.peer import (
     PEER_TYPES,
     Give,
@@ -55,8 +58,10 @@ from qnode.daemon.apps.protocol import (
     Expired,
     Listen,
     Listening,
+    Operate,
     Pair,
     Request,
+    Result,
     Unlisten,
     parse_request,
 )
@@ -66,6 +71,8 @@ from qnode.daemon.bus.envelope import Message as Envelope
 from qnode.daemon.bus.telemetry import AppsTelemetry, LatencyHistogram
 from qnode.daemon.bus.topics import Topic
 from qnode.daemon.klink.handle import Routed
+from qnode.daemon.klink.memory import LinkMemory
+from qnode.daemon.linklayer import hold_ms
 from qnode.daemon.logs import RateLimitedLog
 from qnode.daemon.runtime.config import ServiceConfig
 from qnode.daemon.runtime.context import NodeContext
@@ -83,6 +90,10 @@ SUPPLY_WINDOW_S = 10.0
 SUPPLY_MARGIN = 2.0
 #: latency histogram buckets (s): request → first pair, request → done
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: OPERATEs of one application running at once (more are refused: queue_full)
+MAX_OPERATIONS_PER_APPLICATION = 8
+#: ended holdings whose reason an OPERATE's ERROR can still give
+GONE_REMEMBERED = 4096
 _ID = re.compile(REQUEST_ID_PATTERN)
 
 
@@ -96,6 +107,23 @@ class Live:
     arrived: float                 # monotonic s
     deadline: float                # monotonic s
     delivered: int = 0
+
+
+@dataclass
+class Holding:
+    """A delivered pair whose qubit is ``application``'s until ``until`` (monotonic s)."""
+
+    application: str
+    pool: Pool
+    pair_id: int
+    qubit: int
+    memory: LinkMemory
+    generation: int          # the QDevice's generation at delivery (a reset loses the qubit)
+    delivered: float         # monotonic s
+    until: float
+    #: the pair's estimated fidelity at a monotonic time (s) (:attr:`Taken.fidelity_at`)
+    fidelity_at: Callable[[float], float] | None = None
+    busy: bool = False       # an OPERATE on it is running
 
 
 @dataclass
@@ -132,6 +160,14 @@ class AppService:
                                        max_per_application=config.max_per_application)
                        for p in self.pools.values() if p.allocator}
         self.live: dict[tuple[str, str], Live] = {}
+        #: (application, pool id, pair id) -> its delivered pair's qubit
+        self.holding: dict[tuple[str, str, int], Holding] = {}
+        #: why recent holdings ended (for the ERROR of a late OPERATE), the oldest forgotten
+        self._gone: collections.OrderedDict[tuple[str, str, int], str] = (
+            collections.OrderedDict())
+        self.operations: collections.Counter[str] = collections.Counter()
+        self._running: collections.Counter[str] = collections.Counter()   # per application
+        self._tasks: set[asyncio.Task[None]] = set()
         self.listening: dict[int, str] = {}              # purpose -> application here
         self.peer_listening: dict[str, dict[int, str]] = {p.id: {} for p in self.pools.values()}
         #: changes to the stored requests not yet written (see :meth:`_store`)
@@ -233,6 +269,8 @@ class AppService:
             self._listen(application, parsed.purpose, True)
         elif isinstance(parsed, Unlisten):
             self._listen(application, parsed.purpose, False)
+        elif isinstance(parsed, Operate):
+            self._operate(application, parsed)
 
     async def _request(self, application: str, req: Request) -> None:
         key = (application, req.request_id)
@@ -396,6 +434,7 @@ class AppService:
             if live.delivered == 1:
                 self.first_pair_s.observe(now - live.arrived)
             self.pairs_delivered[application] += 1
+            self._hold(application, pool, taken, now)
             out.append(self._reply(application, Pair(
                 pool.id, taken.pair_id, pool.remote, purpose, taken.bell_state, taken.fidelity,
                 "keep", rid, taken.qubit, taken.hold_ms, index=live.delivered)))
@@ -407,10 +446,111 @@ class AppService:
                 self.counts["pairs_unclaimed_total"] += 1
                 return out
             self.pairs_delivered[listener] += 1
+            self._hold(listener, pool, taken, now)
             out.append(self._reply(listener, Pair(
                 pool.id, taken.pair_id, pool.remote, purpose, taken.bell_state, taken.fidelity,
                 "keep", None, taken.qubit, taken.hold_ms, remote_application=application)))
         return out
+
+    # ------------------------------------------------------------------ operations
+    def _hold(self, application: str, pool: Pool, taken: Taken, now: float) -> None:
+        until = math.inf if taken.hold_ms is None else now + taken.hold_ms / 1000.0
+        key = (application, pool.id, taken.pair_id)
+        self._gone.pop(key, None)
+        self.holding[key] = Holding(application, pool, taken.pair_id, taken.qubit, pool.memory,
+                                    pool.memory.pool.generation, now, until, taken.fidelity_at)
+
+    def _operate(self, application: str, op: Operate) -> None:
+        """Check an OPERATE and start it (its RESULT or ERROR goes out when it ends)."""
+        try:
+            check_gates(op.ops)
+        except ValueError as exc:
+            self._operation_refused(application, op, ErrorCode.BAD_REQUEST, str(exc))
+            return
+        key = (application, op.pool, op.pair_id)
+        h = self.holding.get(key)
+        now = self.ctx.now()
+        why = None
+        if h is None:
+            why = self._gone.get(key, "was not delivered to it")
+        elif h.generation != h.memory.pool.generation:
+            why = "was lost: the QDevice was reset since its delivery"
+        elif h.until <= now and not h.busy:
+            why = f"is no longer held: its hold ended {now - h.until:.3f} s ago"
+        if h is None or why is not None:
+            if h is not None and not h.busy:
+                self._drop_holding(key, why or "")
+            self._operation_refused(application, op, ErrorCode.UNKNOWN_PAIR,
+                                    f"pair {op.pair_id} of {op.pool} is not {application}'s: "
+                                    f"it {why}")
+            return
+        if h.busy:
+            self._operation_refused(application, op, ErrorCode.BAD_REQUEST,
+                                    f"an OPERATE on pair {op.pair_id} of {op.pool} is running; "
+                                    f"send the next after its reply")
+            return
+        if self._running[application] >= MAX_OPERATIONS_PER_APPLICATION:
+            self._operation_refused(application, op, ErrorCode.QUEUE_FULL,
+                                    f"{application} has {MAX_OPERATIONS_PER_APPLICATION} "
+                                    f"OPERATEs running; wait for their replies")
+            return
+        h.busy = True
+        self._running[application] += 1
+        h.memory.rehold(h.qubit, math.inf)    # no pair is bound into it while the gates run
+        task = asyncio.ensure_future(self._run_operation(key, h, op))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_operation(self, key: tuple[str, str, int], h: Holding, op: Operate) -> None:
+        application = h.application
+        try:
+            outcomes = await h.memory.pool.call(run_gates, h.qubit, op.ops)
+        except Exception as exc:  # noqa: BLE001 - any failure of the device ends the operation
+            h.memory.release(h.qubit)      # its state is unknown now: not the application's
+            self._drop_holding(key, "was given back when the QDevice failed an OPERATE")
+            self._operation_refused(application, op, ErrorCode.UNAVAILABLE,
+                                    f"the QDevice failed the gates ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]}); the pair's qubit is given back")
+            return
+        finally:
+            h.busy = False
+            self._running[application] -= 1
+        now = self.ctx.now()
+        fidelity = None if h.fidelity_at is None else h.fidelity_at(now)
+        measured = any(g["gate"] == "meas" and g["qubit"] == "pair" for g in op.ops)
+        released = measured or op.release or h.until <= now
+        if released:
+            h.memory.release(h.qubit)
+            self._drop_holding(key, "was measured" if measured else "was released")
+        else:
+            h.memory.rehold(h.qubit, h.until)
+        self.operations["result"] += 1
+        self._publish(application, Result(op.request_id, op.pool, op.pair_id, outcomes,
+                                          released, None if released else hold_ms(h.until - now),
+                                          fidelity))
+
+    def _operation_refused(self, application: str, op: Operate, code: ErrorCode,
+                           reason: str) -> None:
+        self.operations[code.value] += 1
+        self._rlog(f"operate:{code.value}", logging.WARNING,
+                   "apps: refused %s's OPERATE %s: %s (%s)", application, op.request_id, reason,
+                   code.value, application=application, request_id=op.request_id,
+                   code=code.value)
+        self._publish(application, Error(code, reason[:500], op.request_id))
+
+    def _drop_holding(self, key: tuple[str, str, int], why: str) -> None:
+        """Forget a holding; why it ended is kept a while for a later OPERATE's ERROR."""
+        self.holding.pop(key, None)
+        self._gone[key] = why
+        while len(self._gone) > GONE_REMEMBERED:
+            self._gone.popitem(last=False)
+
+    def _forget_holdings(self, now: float) -> None:
+        """Drop the holdings whose hold ended (the memory gave their qubits back)."""
+        for key, h in list(self.holding.items()):
+            if h.until <= now and not h.busy:
+                self._drop_holding(key, f"is no longer held: its hold ended at "
+                                        f"{h.until - h.delivered:.3f} s after delivery")
 
     # ------------------------------------------------------------------ peer messages
     async def _on_peer(self, topic: Topic, msg: Envelope) -> None:
@@ -545,6 +685,7 @@ class AppService:
             self._wake.clear()
             now = self.ctx.now()
             self._sample_supply(now)
+            self._forget_holdings(now)
             if now >= next_announce:
                 self._announce()
                 next_announce = now + self.config.listeners_every_s
@@ -602,4 +743,6 @@ class AppService:
             "gives_failed_total": self.counts["gives_failed_total"],
             "replies_overloaded_total": self.counts["replies_overloaded_total"],
             "peer_rejected_total": dict(self.refused_peer),
+            "operations_total": dict(self.operations),
+            "pairs_held": len(self.holding),
         }

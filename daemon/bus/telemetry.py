@@ -256,6 +256,8 @@ class AppsTelemetry(TypedDict, total=False):
     gives_failed_total: int               # GIVEs of pairs this end no longer held (or never got)
     peer_rejected_total: dict[str, int]   # service messages of other nodes refused, by reason
     replies_overloaded_total: int         # replies not sent: the bus's outgoing queue was full
+    operations_total: dict[str, int]      # OPERATEs ended: "result", or the ERROR's code
+    pairs_held: int                       # delivered pairs whose qubit is an application's now
 
 
 class Telemetry(TypedDict, total=False):

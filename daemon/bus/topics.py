@@ -20,7 +20,8 @@ under its own prefix.
 The node segment of a topic names its publisher (the broker's ACL lets a node publish only under
 its own prefix, and an application only its requests), so a message's ``sender`` must equal it.
 An application's name is a node segment like a node's: ``req`` topics live under the
-application's own prefix, ``qnet/v1/<network>/<application>/req/<node>``.
+application's own prefix, ``qnet/v1/<network>/<application>/req/<node>``, and so do its classical
+messages to another application, ``qnet/v1/<network>/<application>/to/<other application>``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import re
 
 VERSION_SEGMENT = "v1"
 NODE_KINDS = ("status", "telemetry", "cmd")
-ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "svc", "req", "app")
+ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "svc", "req", "app", "to")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -96,6 +97,10 @@ class Topics:
     def requests_to(self, node: str) -> str:
         """Where this publisher (an application) sends its requests to ``node``."""
         return f"{self.root}/req/{_check('node', node)}"
+
+    def to(self, application: str) -> str:
+        """Where this publisher (an application) sends ``DATA`` to ``application``."""
+        return f"{self.root}/to/{_check('application', application)}"
 
     def svc(self, peer: str) -> str:
         """The application service's messages to ``peer``, the other end of a pool."""

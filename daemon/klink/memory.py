@@ -304,6 +304,21 @@ class LinkMemory:
         self.lent.add(qubit)
         self._held.append((until, qubit))
 
+    def held_until(self, qubit: int) -> float | None:
+        """When the hold of ``qubit`` ends (monotonic s), or None if it is not held."""
+        return next((u for u, q in self._held if q == qubit), None)
+
+    def rehold(self, qubit: int, until: float) -> None:
+        """Move the end of ``qubit``'s hold to ``until`` (monotonic s; e.g. past an
+        application's running gates, so no new pair is bound into it meanwhile)."""
+        self._held = [(until if q == qubit else u, q) for u, q in self._held]
+
+    def release(self, qubit: int) -> None:
+        """End the hold of ``qubit`` now: it goes back to the pool."""
+        if any(q == qubit for _, q in self._held):
+            self._held = [h for h in self._held if h[1] != qubit]
+            self.give_back(qubit)
+
     def tick(self, now: float) -> None:
         """Held qubits whose time is up go back to the pool."""
         if self._held:

@@ -463,8 +463,9 @@ SERVE_APPLICATIONS: dict[str, tuple[str, tuple[int, ...]]] = {
     "alice-other": ("alice", ()),
     "bob-app": ("bob", (7,)),
 }
-#: plan_network options of the served network: an application's qubit is its for 0.3 s
-SERVE_PLAN: dict[str, Any] = {"delivered_hold_s": 0.3}
+#: plan_network options of the served network: an application's qubit is its for 1 s (enough
+#: for a teleportation's two round trips and a DATA between the applications)
+SERVE_PLAN: dict[str, Any] = {"delivered_hold_s": 1.0}
 #: how long --serve waits for every node to be ready and the path's pairs to flow before it
 #: writes the connection file anyway (s)
 SERVE_READY_TIMEOUT_S = 180.0
@@ -484,11 +485,13 @@ def applications_config(apps: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict
 
 
 def connection_record(broker_url: str, network: str, nodes: list[str],
-                      apps: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+                      apps: Mapping[str, tuple[str, tuple[int, ...]]],
+                      truth: str | None = None) -> dict[str, Any]:
     """The connection file's content (docs/integrators/client.md): the broker, the network,
     its nodes and its applications, whose broker user name is their name (the embedded
-    broker takes anyone; another broker needs the credentials filled in)."""
-    return {"qnode_connection": CONNECTION_FORMAT,
+    broker takes anyone; another broker needs the credentials filled in); ``truth``: the
+    simulator's registry oracle (``simulator.truth``, for examples that compare with it)."""
+    return {"simulator": {"truth": truth}, "qnode_connection": CONNECTION_FORMAT,
             "broker": {"url": broker_url, "ca_file": None},
             "network": network, "nodes": sorted(nodes),
             "applications": {name: {"node": node, "purposes": list(purposes),
@@ -591,8 +594,9 @@ async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = N
             if not serving and time.monotonic() < ready_by:
                 return
             assert broker_url is not None
-            _write_private(connection, connection_record(broker_url, NETWORK, nodes,
-                                                         SERVE_APPLICATIONS))
+            _write_private(connection, connection_record(
+                broker_url, NETWORK, nodes, SERVE_APPLICATIONS,
+                net.addresses.get("qdevice-truth") if net is not None else None))
             written = True
             view.note = f"serving: {connection}"
             note = "" if serving else " (not every node is ready yet: see the live view)"

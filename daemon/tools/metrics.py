@@ -452,6 +452,12 @@ def _apps_metrics(fam: _Families, lab: dict[str, str], apps: Mapping[str, Any]) 
             ("replies_overloaded_total", "apps_replies_overloaded_total",
              "Replies to applications not sent: the bus's outgoing queue was full.")):
         fam.counter(name, doc, lab, _number(apps.get(key)))
+    for outcome, n in sorted(_mapping(apps.get("operations_total")).items()):
+        fam.counter("apps_operations_total", "Applications' OPERATEs on their qubits that "
+                    "ended, by outcome (result, or the ERROR's code).",
+                    {**lab, "outcome": str(outcome)}, _number(n))
+    fam.gauge("apps_pairs_held", "Delivered pairs whose qubit an application holds now.", lab,
+              _number(apps.get("pairs_held")))
     for reason, n in sorted(_mapping(apps.get("peer_rejected_total")).items()):
         fam.counter("apps_peer_messages_rejected_total", "Service messages of other nodes "
                     "refused, by reason.", {**lab, "reason": str(reason)}, _number(n))

@@ -210,6 +210,23 @@ class PairRegistry:
                                        ) from None
             return self.pair_truth(key)
 
+    def device_state_truth(self, device: str, qubit: int) -> np.ndarray:
+        """Ground truth for tests: the Bloch vector (⟨X⟩, ⟨Y⟩, ⟨Z⟩) of qubit ``qubit`` of the
+        attached device ``device`` now (its reduced state, its pending decay applied first)."""
+        with self.lock:
+            touch = self._devices.get(device)
+            key = (device, int(qubit))
+            if device not in self._devices or key not in self._where:
+                raise QDeviceFault(ERR_QUBIT, f"{device} has no qubit {qubit}")
+            if touch is not None:
+                try:
+                    touch(int(qubit))
+                except KeyError:
+                    raise QDeviceFault(ERR_QUBIT, f"{device} qubit {qubit} is not allocated"
+                                       ) from None
+            dm = self.state([key])
+            return np.array([dm.expectation(p) for p in "XYZ"])
+
     def bound_for(self, key: QubitKey) -> float | None:
         """Real seconds since ``key`` was last bound to a heralded pair (its last ``ENT``), or
         None if it never was. Tests use it to tell the pair a node handed out from a later

@@ -17,8 +17,9 @@ class RegistryOracle(WireDevice):
     twin's TCP port serves one client, its node): ``SIM:PAIR? <device> <q>`` answers as a twin's
     ``SIM:PAIR? <q>`` (:mod:`qnode.hal_sim.twins.qdevice`); ``SIM:BOUND? <device> <q>``: the real
     seconds since the qubit's last ``ENT`` (``-`` if none: a test that reads a delivered pair late
-    learns that the qubit holds a newer pair); ``*IDN?``. Simulator-only: no real memory has them,
-    and the daemon never uses them."""
+    learns that the qubit holds a newer pair); ``SIM:STATE? <device> <q>``: the qubit's Bloch
+    vector ``<x> <y> <z>`` now (9 decimals; a teleported state's truth); ``*IDN?``.
+    Simulator-only: no real memory has them, and the daemon never uses them."""
 
     reply_terminator = b"\n"
 
@@ -33,11 +34,17 @@ class RegistryOracle(WireDevice):
         if tokens[:1] == ["*IDN?"]:
             return b"QNODE,QDEVICE-SIM-TRUTH,registry,1.0\n"
         query = tokens[0].upper() if tokens else ""
-        if (len(tokens) != 3 or query not in ("SIM:PAIR?", "SIM:BOUND?")
+        if (len(tokens) != 3 or query not in ("SIM:PAIR?", "SIM:BOUND?", "SIM:STATE?")
                 or not wire.QUBIT_ID.fullmatch(tokens[2])):
             return _err(wire.ERR_SYNTAX, "usage: SIM:PAIR? <device> <qubit> | "
-                                    "SIM:BOUND? <device> <qubit>")
+                                    "SIM:BOUND? <device> <qubit> | SIM:STATE? <device> <qubit>")
         device, qubit = tokens[1], int(tokens[2])
+        if query == "SIM:STATE?":
+            try:
+                bloch = self.registry.device_state_truth(device, qubit)
+            except QDeviceFault as fault:
+                return _err(fault.code, fault.text)
+            return (" ".join(f"{v:.9f}" for v in bloch) + "\n").encode("ascii")
         if query == "SIM:BOUND?":
             bound = self.registry.bound_for((device, qubit))
             return ("-\n" if bound is None else f"{bound:.6f}\n").encode("ascii")

@@ -22,13 +22,16 @@ import yaml
 
 from qnode.daemon.apps.peer import PEER_TYPES, Give, Listeners
 from qnode.daemon.apps.protocol import (
+    DATA_TYPES,
     REPLY_TYPES,
     REQUEST_TYPES,
     Done,
     Error,
     ErrorCode,
+    Operate,
     Pair,
     Request,
+    Result,
     message_schema as app_message_schema,
 )
 from qnode.daemon.bus import tagwire, telemetry
@@ -119,8 +122,8 @@ def test_every_message_type_is_a_message_of_one_channel() -> None:
     messages = _doc()["components"]["messages"]
     on_channels = [m for c in _doc()["channels"].values() for m in c["messages"]]
     assert len(on_channels) == len(set(on_channels)) == len(messages)
-    expected = [*MESSAGE_TYPES, *REQUEST_TYPES, *REPLY_TYPES, *PEER_TYPES, "TAGS", "status",
-                "telemetry"]
+    expected = [*MESSAGE_TYPES, *REQUEST_TYPES, *REPLY_TYPES, *PEER_TYPES, *DATA_TYPES, "TAGS",
+                "status", "telemetry"]
     assert sorted(messages) == sorted(expected)
     for mtype in expected:
         assert mtype in on_channels, mtype
@@ -138,9 +141,9 @@ def test_link_layer_bodies_are_the_message_classes(mtype: str) -> None:
     assert body == {k: v for k, v in want.items() if k != "$schema"}
 
 
-@pytest.mark.parametrize("mtype", [*REQUEST_TYPES, *REPLY_TYPES, *PEER_TYPES])
+@pytest.mark.parametrize("mtype", [*REQUEST_TYPES, *REPLY_TYPES, *PEER_TYPES, *DATA_TYPES])
 def test_application_bodies_are_the_message_classes(mtype: str) -> None:
-    cls = {**REQUEST_TYPES, **REPLY_TYPES, **PEER_TYPES}[mtype]
+    cls = {**REQUEST_TYPES, **REPLY_TYPES, **PEER_TYPES, **DATA_TYPES}[mtype]
     body = _payload(mtype)["properties"]["body"]
     want = app_message_schema(cls)
     assert list(body["properties"]) == list(want["properties"])
@@ -148,7 +151,7 @@ def test_application_bodies_are_the_message_classes(mtype: str) -> None:
         if name != "type":
             assert body["properties"][name] == prop, (mtype, name)
     # applications may leave "type" out of what they send; the node always writes it
-    assert ("type" in body["required"]) == (mtype not in REQUEST_TYPES)
+    assert ("type" in body["required"]) == (mtype not in REQUEST_TYPES | DATA_TYPES)
 
 
 def test_the_telemetry_body_follows_the_typed_dicts() -> None:
@@ -200,6 +203,7 @@ def test_the_node_topics_are_their_channels() -> None:
                         (t.reply("prog"), "reply"), (t.herald("ab"), "herald"),
                         (t.tags("m"), "tags"), (t.app("keyapp"), "app"),
                         (t.requests_to("bob"), "req"), (t.svc("bob"), "svc"),
+                        (t.to("bob-app"), "to"),
                         (t.ll("bob"), "ll"), (t.proto("bob"), "proto")):
         assert channel_of(topic).key == kind == parse_topic(topic).kind
     assert channel_of(t.requests_to("bob")).parameters == {
@@ -227,7 +231,8 @@ def test_operations_name_their_channels_messages() -> None:
             for ref in op["reply"]["messages"]:
                 assert ref["$ref"].startswith(reply_ref + "/messages/"), op_id
         assert channel is doc["channels"][channel_ref.rsplit("/", 1)[1]]
-    assert operated == set(doc["channels"])
+    # every channel but the applications' own (nodes neither send nor read DATA)
+    assert operated == set(doc["channels"]) - {"to"}
     actions = {(op["channel"]["$ref"].rsplit("/", 1)[1], op["action"])
                for op in doc["operations"].values()}
     # a node receives what applications and programs send, and answers them
@@ -329,6 +334,12 @@ def _good() -> list[tuple[str, bytes]]:
         _wire(f"{N}/alice/app/keyapp", "DONE", Done("k-1", 3).to_dict()),
         _wire(f"{N}/alice/app/keyapp", "ERROR", Error(ErrorCode.NO_LISTENER, "nobody",
                                                       "k-3").to_dict()),
+        _wire(f"{N}/keyapp/req/alice", "OPERATE", Operate(
+            "op-1", "ab", 4312, [{"gate": "h", "qubit": "aux"},
+                                 {"gate": "cnot", "control": "aux", "target": "pair"},
+                                 {"gate": "meas", "qubit": "pair", "basis": "Z"}]).to_dict()),
+        _wire(f"{N}/alice/app/keyapp", "RESULT", Result("op-1", "ab", 4312, [1], True).to_dict()),
+        _wire(f"{N}/keyapp/to/bobapp", "DATA", {"data": {"pair_id": 4312, "m": [0, 1]}}),
     ]
 
 

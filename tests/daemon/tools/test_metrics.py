@@ -419,7 +419,8 @@ def test_application_service_metrics_with_latency_histograms(exporter: Prometheu
         "requests_refused_total": {"no_listener": 2}, "pairs_delivered_total": {"keyapp": 40},
         "request_first_pair_seconds": first.as_dict(), "request_done_seconds": done.as_dict(),
         "pairs_after_end_total": 0, "pairs_unclaimed_total": 1, "gives_failed_total": 0,
-        "peer_rejected_total": {"unknown_pool": 4}}})
+        "peer_rejected_total": {"unknown_pool": 4},
+        "operations_total": {"result": 7, "unknown_pair": 1}, "pairs_held": 2}})
     with urllib.request.urlopen(exporter.url, timeout=10) as resp:
         text = resp.read().decode()
     types = {f.name: f.type for f in text_string_to_metric_families(text)}
@@ -441,3 +442,5 @@ def test_application_service_metrics_with_latency_histograms(exporter: Prometheu
         pytest.approx(0.764)
     assert value(samples, "qnode_apps_peer_messages_rejected_total", reason="unknown_pool",
                  **node) == 4
+    assert value(samples, "qnode_apps_operations_total", outcome="unknown_pair", **node) == 1
+    assert value(samples, "qnode_apps_pairs_held", **node) == 2
