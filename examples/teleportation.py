@@ -53,6 +53,9 @@ from qnode.client import NodeClient, Pair, RequestError, gates
 from qnode.client.connection import ConnectionInfo
 
 PURPOSE = 7
+#: pairs asked for in one request (the node refuses at once what its path cannot supply
+#: within the request's timeout: a long run asks in rounds)
+BATCH = 50
 #: how long alice waits for bob's turn of a state after its DATA (s)
 BOB_WAIT_S = 10.0
 #: the Pauli that takes Φ+ to each Bell state (on either half, up to a phase)
@@ -232,8 +235,9 @@ async def teleport(alice: NodeClient, bob: NodeClient, trials: int, *, remote: s
             while len(done) < trials and sum(lost.values()) <= trials:
                 pending.clear()
                 try:
-                    async for pair in alice.create_keep(remote, pairs=trials - len(done),
-                                                        purpose=PURPOSE, timeout_s=timeout_s):
+                    ask = min(BATCH, trials - len(done))
+                    async for pair in alice.create_keep(remote, pairs=ask, purpose=PURPOSE,
+                                                        timeout_s=timeout_s):
                         theta = math.acos(1 - 2 * rng.random())
                         phi = 2 * math.pi * rng.random()
                         try:

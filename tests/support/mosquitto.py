@@ -7,6 +7,13 @@ and a log file to read when something goes wrong.
         broker.stop()                        # SIGTERM: mosquitto saves its database and exits
         broker.start()                       # the same port, the same database
 
+With a contract tap, everything the daemons under test publish is checked against the AsyncAPI
+contract (tests/support/contract.py) when the ``with`` block ends without an exception:
+
+    with Mosquitto(tmp_path) as broker:
+        broker.tap("t", ("alice", "bob"))    # before the daemons start
+        ...                                  # the test; __exit__: tap.assert_clean()
+
 Not a test module: the MQTT tests import it by its bare name (tests/ is on sys.path).
 """
 from __future__ import annotations
@@ -19,7 +26,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from support.contract import ContractTap
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -72,6 +84,7 @@ class Mosquitto:
             f"max_queued_messages {max_queued_messages}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.taps: list[ContractTap] = []
 
     @property
     def running(self) -> bool:
@@ -128,9 +141,40 @@ class Mosquitto:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
+    def tap(self, network: str,
+            publishers: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+            **options: Any) -> ContractTap:
+        """A :class:`~support.contract.ContractTap` on this broker judging what ``publishers``
+        (the daemons under test) publish on ``network``; :meth:`__exit__` checks it
+        (:meth:`check_taps`) when the block ends without an exception, and closes it."""
+        from support.contract import ContractTap
+
+        tap = ContractTap(self.port, network=network, publishers=publishers, host=self.host,
+                          **options)
+        self.taps.append(tap)
+        return tap
+
+    def check_taps(self) -> None:
+        """``assert_clean`` every tap (its summary printed), then close them."""
+        try:
+            for tap in self.taps:
+                print(f"contract tap {tap.name}: {tap.assert_clean()}")
+        finally:
+            self.close_taps()
+
+    def close_taps(self) -> None:
+        taps, self.taps = self.taps, []
+        for tap in taps:
+            tap.close()
+
     def __enter__(self) -> Mosquitto:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.check_taps()
+        finally:
+            self.close_taps()
+            self.stop()

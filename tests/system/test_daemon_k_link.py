@@ -92,6 +92,7 @@ async def _telemetry(port: int, node: str, timeout_s: float = 10.0) -> dict:
 async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(tmp_path):
     broker = Mosquitto(tmp_path / "mosquitto")
     broker.start()
+    broker.tap("t", ("alice", "bob"))   # hostile input is the station's: not judged
     cfg = _configs(tmp_path, broker.port)
     alice, bob = Daemon(cfg["alice"]).start(), Daemon(cfg["bob"]).start()
     station = HeraldStation([LINK])
@@ -151,10 +152,12 @@ async def test_both_ends_agree_after_losses_hostile_input_and_a_broker_restart(t
         assert rejected.get("oversized", 0) >= 1 and rejected.get("bad_signature", 0) >= 1
         assert tel["link_rejected"].get("bad_herald", 0) >= 1   # signed, but not a HERALD
         assert alice.proc.poll() is None and bob.proc.poll() is None  # still running
+        broker.check_taps()       # across the restart too (the tap's session is persistent)
     finally:
         await bus.close()
         await runner
         codes = (alice.stop(), bob.stop())
+        broker.close_taps()
         broker.stop()
     assert codes == (0, 0), alice.log()[-2000:] + bob.log()[-2000:]
     seq_a, inv_a = _inventory(tmp_path / "state" / "alice")
@@ -194,6 +197,7 @@ def test_the_watchdog_is_withheld_while_the_broker_is_unreachable(tmp_path):
     broker = Mosquitto(tmp_path / "mosquitto")
     broker.start()
     try:
+        broker.tap("t", ("alice",))
         cfg = _configs(tmp_path, broker.port)["alice"]
         cfg.write_text(cfg.read_text().replace("keepalive_s = 5\n",
                                                "keepalive_s = 5\nmax_offline_s = 1\n"))
@@ -222,15 +226,18 @@ def test_the_watchdog_is_withheld_while_the_broker_is_unreachable(tmp_path):
                     time.sleep(0.2)
                 assert pings_after(seen) > 0  # heard the broker again: pinging again
                 assert d.log().count("withholding the watchdog") == 1
+            broker.check_taps()
         finally:
             stop.set()
             collector.join()
     finally:
+        broker.close_taps()
         broker.stop()
 
 
 def test_notify_protocol_ready_watchdog_and_stopping(tmp_path):
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("alice",))
         cfg = _configs(tmp_path, broker.port)
         notify = NotifySocket(tmp_path / "notify.sock")
         d = Daemon(cfg["alice"], env={"NOTIFY_SOCKET": str(notify.path),
@@ -258,6 +265,7 @@ async def test_a_node_killed_and_restarted_resumes_and_its_peer_agrees(tmp_path,
     """SIGKILL (no goodbye, the last second of state maybe unsaved), heralds while it is away,
     then a restart: "resume" keeps the pairs, "expire_all" drops them at both ends."""
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("alice", "bob"))   # bob's last will (SIGKILL) included
         cfg = _configs(tmp_path, broker.port, restart_policy=policy)
         alice, bob = Daemon(cfg["alice"]).start(), Daemon(cfg["bob"]).start()
         try:
@@ -304,6 +312,7 @@ async def test_the_prometheus_endpoint_of_a_running_daemon(tmp_path):
 
     port = free_port()
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("alice", "bob"))
         cfg = _configs(tmp_path, broker.port, prometheus_port=port)
         with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
             await asyncio.to_thread(alice.wait_for_log, "node ready")
@@ -332,6 +341,7 @@ async def test_create_requests_on_cmd_are_answered_on_reply(tmp_path):
     from qnode.daemon.linklayer import Create
 
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("alice", "bob"))   # the malformed CREATE is the app's: not judged
         cfg = _configs(tmp_path, broker.port)
         with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
             await asyncio.to_thread(alice.wait_for_log, "node ready")
@@ -380,6 +390,7 @@ def test_an_instrument_that_never_comes_up_is_named_and_the_node_exits_non_zero(
     from support.mosquitto import free_port
 
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("n",))             # what it says before it gives up
         cfg = node_config(
             tmp_path / "n.toml", node="n", roles=["memory"], broker_port=broker.port,
             state_dir=tmp_path / "state",
@@ -405,6 +416,7 @@ async def test_an_ok_carries_the_fidelity_aged_from_herald_to_delivery(tmp_path)
         return age(st, t, t1_s=10.0, t2_s=1.0, halves=2).fidelity("psi-")
 
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("alice", "bob"))
         cfg = _configs(tmp_path, broker.port, t1_t2_s=(10.0, 1.0))
         with Daemon(cfg["alice"]) as alice, Daemon(cfg["bob"]) as bob:
             await asyncio.to_thread(alice.wait_for_log, "node ready")

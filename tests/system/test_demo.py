@@ -2,19 +2,64 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
 
 from qnode.daemon.bus.telemetry import unknown_fields
 from qnode.daemon.tools.report import read_records
 
+from support.contract import ContractTap
+
+
+def _demo(*args: str, timeout_s: float) -> tuple[subprocess.CompletedProcess, ContractTap]:
+    """``qnode demo`` with a contract tap on its embedded broker: the demo prints the broker's
+    URL before it starts the network, so the tap connects before any daemon. The broker ends
+    with the demo, so the tap is judged on what it received (no marker round trip; the
+    daemons have all exited by then). Every publisher on the demo's network is one of its
+    daemons (no application runs)."""
+    proc = subprocess.Popen([sys.executable, "-m", "qnode.daemon.cli", "demo", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: list[str] = []
+    err: list[str] = []
+    url = threading.Event()
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout, stderr = proc.stdout, proc.stderr
+
+    def read_out() -> None:
+        for line in stdout:
+            out.append(line)
+            if "broker mqtt://" in line:
+                url.set()
+    readers = [threading.Thread(target=read_out),
+               threading.Thread(target=lambda: err.extend(stderr))]
+    for r in readers:
+        r.start()
+    tap = None
+    try:
+        found = re.search(r"broker mqtt://[^:]+:(\d+)", "".join(out)) if url.wait(60) else None
+        assert found, "".join(out) + "".join(err)
+        tap = ContractTap(int(found.group(1)), network="demo", persistent=False)  # amqtt
+        code = proc.wait(timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for r in readers:
+            r.join(10)
+        if tap is not None:
+            tap.wait_disconnected(30)   # the broker has gone: what it sent is judged
+            tap.close()
+    return subprocess.CompletedProcess(proc.args, code, "".join(out), "".join(err)), tap
+
 
 def test_the_demo_runs_the_network_and_writes_a_report_that_matches_the_truth(tmp_path):
     report = tmp_path / "report"
-    run = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "demo", "--duration", "12",
-                          "--report", str(report)], capture_output=True, text=True, timeout=240)
+    run, tap = _demo("--duration", "12", "--report", str(report), timeout_s=240)
     logs = "\n".join(p.read_text()[-1500:] for p in (report / "logs").glob("*.log"))
     assert run.returncode == 0, run.stdout + run.stderr + logs
+    print(f"contract tap: {tap.assert_clean(flush=False)}")    # all 8 daemons' messages
     assert "report in" in run.stdout and "nodes 8 (8 ready)" in run.stdout  # the live view
     for name in ("g2.png", "rates.png", "fidelity.png", "summary.json", "telemetry.jsonl"):
         assert (report / name).stat().st_size > 1000, name

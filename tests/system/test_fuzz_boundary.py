@@ -45,6 +45,7 @@ from qnode.daemon.linklayer import (
 from qnode.daemon.node import Node
 from qnode.daemon.runtime.config import load_config
 
+from support.contract import ContractTap
 from support.daemon_harness import identity, node_config, write_key
 from support.mosquitto import Mosquitto
 
@@ -193,6 +194,7 @@ class RunningNode:
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.error: BaseException | None = None
         self.station: NodeSigner | None = None
+        self.tap: ContractTap | None = None
 
     def _main(self) -> None:
         try:
@@ -227,9 +229,16 @@ def alice(tmp_path: Path, broker: Mosquitto) -> Iterator[RunningNode]:
         state_dir=tmp_path / "state",
         body=f"[memory]\ncapacity = 1000\nmax_pair_age_s = 0\n\n[[links]]\nid = \"{LINK}\"\n"
              f"peer = \"bob\"\ntype = \"K\"\nherald = \"station\"\nhmac_key_file = \"{key}\"\n")
-    with RunningNode(config) as node:
-        node.station = identity(tmp_path, "station")
-        yield node
+    # what alice answers the fuzz (EXPIRE_ACKs, replies, ...) crosses the broker: the tap judges
+    # it; the fuzz itself is delivered in process and never reaches the broker
+    tap = broker.tap("t", ("alice",))
+    try:
+        with RunningNode(config) as node:
+            node.station = identity(tmp_path, "station")
+            node.tap = tap
+            yield node
+    finally:
+        broker.close_taps()
 
 
 class Escapes(logging.Handler):
@@ -293,6 +302,9 @@ def test_generated_messages_never_escape_the_boundary(alice: RunningNode) -> Non
                      signer=alice.station)
     alice.call(bus.deliver(f"qnet/v1/t/station/herald/{LINK}", genuine))
     assert end.expected_seq == seq_add(before, 3)
+    assert alice.tap is not None
+    summary = alice.tap.assert_clean()
     print(f"fuzz: {sent} messages ({delivering:.1f} s delivering), {metrics['received']} "
           f"reached handlers, rejected "
-          f"{dict(metrics['rejected'])}, link expected_seq {before} -> {end.expected_seq}")
+          f"{dict(metrics['rejected'])}, link expected_seq {before} -> {end.expected_seq}; "
+          f"contract tap: {summary}")

@@ -875,6 +875,7 @@ async def test_daemons_follow_a_station_that_lost_its_state(tmp_path, bob_away):
     from support.mosquitto import Mosquitto
 
     with Mosquitto(tmp_path / "mosquitto") as broker:
+        broker.tap("t", ("alice", "bob"))   # the contract: checked at the end
         cfg = _configs(tmp_path, broker.port)
         alice, bob = Daemon(cfg["alice"]).start(), Daemon(cfg["bob"]).start()
         st = _DaemonStation(broker.port, tmp_path)

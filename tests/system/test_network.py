@@ -73,6 +73,7 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", max_pair_age_s=0, capacity=0,
                           quantum_memory=False)
+        broker.tap("demo", lambda: net.daemons)   # the contract: checked at the end
         try:
             net.start()
             records = asyncio.run(_watch(broker.port, RUN_S))
@@ -96,7 +97,7 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     assert all(r[-1]["state"] == "ready" for r in records.values())
     assert all(r[-1]["role_restarts_total"] == 0 for r in records.values()), logs
     # the memories' QDevices are supervised instruments, read over QDEVICE/1
-    for node, n in (("alice", 4), ("repeater", 8), ("bob", 4)):
+    for node, n in (("alice", 6), ("repeater", 10), ("bob", 6)):   # 2 for gates
         last = records[node][-1]
         assert {i["state"] for i in last["instruments"].values()} == {"ready"}
         assert last["memory_qubits"] == n and last["memory_qubits_free"] == n

@@ -192,6 +192,7 @@ async def _purification_run(tmp_path, bench: Path, protocol: str, schedule: str,
                           memory_t1_s=T1_S, memory_t2_s=T2_S,
                           memory_readout_error=readout_error, purification=protocol,
                           purification_schedule=schedule)
+        broker.tap("demo", lambda: net.daemons)   # the contract: checked at the end
         try:
             await asyncio.to_thread(net.start)
             truth = Truth(net.addresses["qdevice-truth"])

@@ -90,8 +90,15 @@ async def _telemetry(port: int, node: str, until, timeout_s: float = 10.0) -> di
     raise AssertionError("unreachable")
 
 
+@pytest.fixture
+def tap(broker):
+    """The contract tap on the broker (the hostile CREATEs are the app's: not judged)."""
+    yield broker.tap("t", ("source",))
+    broker.close_taps()
+
+
 @pytest.mark.asyncio
-async def test_a_source_daemon_chooses_the_pump_power_for_a_create(tmp_path, broker):
+async def test_a_source_daemon_chooses_the_pump_power_for_a_create(tmp_path, broker, tap):
     (tmp_path / "bench.toml").write_text(BENCH)
     key_file = tmp_path / "m-ab.key"
     write_key(key_file, KEY)
@@ -157,6 +164,7 @@ async def test_a_source_daemon_chooses_the_pump_power_for_a_create(tmp_path, bro
             assert src.proc.poll() is None                  # alive after all of it
             code = src.stop()
         log = src.log()
+        broker.check_taps()
     assert code == 0, log[-3000:]
     assert ack.type == "ACK" and isinstance(ack.body["create_id"], int)
     assert power == pytest.approx(chosen, abs=1e-3)          # the twin emits what was chosen

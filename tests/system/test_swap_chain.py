@@ -138,6 +138,7 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=CHAIN, max_pair_age_s=1.0,
                           test_fraction=TEST_FRACTION, bench=bench)
+        broker.tap("demo", lambda: net.daemons)   # the contract: checked at the end
         failure = None
         try:
             await asyncio.to_thread(net.start)

@@ -25,6 +25,7 @@ from qnode.daemon.linklayer import HeraldStation
 
 from support import REPO
 from support.certs import Pki
+from support.contract import ContractTap
 from support.daemon_harness import Daemon, identity, node_config, running, write_key
 from support.mosquitto import Mosquitto
 
@@ -87,6 +88,12 @@ class Network:
         self.heralded = 0
         self.observer = tls(self.pki, "observer")
 
+    def tap(self) -> ContractTap:
+        """The contract tap on the broker (checked when its block ends): a certified client
+        whose CN the ACL lets read every node's channels and publish its marker."""
+        return self.broker.tap("t", ("alice", "bob"), tls=tls(self.pki, "contract-tap"),
+                               name="contract-tap")
+
     def bus(self) -> NodeBus:
         return NodeBus(Topics("t", "station"), "127.0.0.1", self.broker.port,
                        tls=tls(self.pki, "station"), keys={LINK: KEY},
@@ -122,6 +129,7 @@ async def ready(*daemons: Daemon) -> None:
 async def test_tls_client_certificates_and_the_acl_keep_impostors_out(tmp_path):
     net = Network(tmp_path)
     with net.broker, Daemon(net.configs["alice"]) as alice, Daemon(net.configs["bob"]) as bob:
+        net.tap()
         await ready(alice, bob)
         async with running(net.bus()) as bus:
             assert await net.herald(bus) == 50
@@ -158,6 +166,7 @@ async def test_a_certified_client_cannot_take_over_a_nodes_session(tmp_path):
     replaces a client's id by its certificate's CN: mallory's connections are mallory's."""
     net = Network(tmp_path)
     with net.broker, Daemon(net.configs["alice"]) as alice, Daemon(net.configs["bob"]) as bob:
+        net.tap()
         await ready(alice, bob)
         before = (await net.telemetry("alice"))["bus"]
         stolen = 0
@@ -193,6 +202,8 @@ async def test_unsigned_commands_cannot_poison_the_replay_window(tmp_path):
     traffic never touches the windows of signed traffic, and nothing of it is stored."""
     net = Network(tmp_path)
     with net.broker, Daemon(net.configs["alice"]) as alice, Daemon(net.configs["bob"]) as bob:
+        # the poison claims bob's name: not bob's message, so not judged
+        net.tap().ignore("qnet/v1/t/alice/cmd")
         await ready(alice, bob)
         async with running(net.bus()) as bus:
             assert await net.herald(bus) == 50
@@ -221,8 +232,12 @@ async def test_applications_read_only_their_own_replies_and_post_only_as_themsel
     applications and two nodes: each application receives only the replies addressed to it
     (even subscribed to every application's), only the addressed node reads a request, and an
     application cannot post a request under another's name (the broker denies it, so the node
-    never sees it). One connection per identity: the broker makes the certificate's CN the
-    client id, so a second connection of the same identity would take the first one's place."""
+    never sees it). The same holds for DATA between applications (``to/<application>``): only
+    the addressee reads it, and nobody sends it in another's name. One connection per
+    identity: the broker makes the certificate's CN the client id, so a second connection of
+    the same identity would take the first one's place."""
+    # No contract tap: no daemon runs here, and every payload is a b"{}" placeholder sent (in
+    # the nodes' and applications' names) only to see where the ACL lets it go.
     net = Network(tmp_path)
     names = ("app1", "app2", "alice", "bob")
     got: dict[str, set[str]] = {n: set() for n in names}
@@ -238,7 +253,8 @@ async def test_applications_read_only_their_own_replies_and_post_only_as_themsel
                 for n in names}
             for c in clients.values():
                 # every reply and request topic, not only its own: the ACL filters what it gets
-                for f in ("qnet/v1/t/+/status", "qnet/v1/t/+/app/+", "qnet/v1/t/+/req/+"):
+                for f in ("qnet/v1/t/+/status", "qnet/v1/t/+/app/+", "qnet/v1/t/+/req/+",
+                          "qnet/v1/t/+/to/+"):
                     await c.subscribe(f, qos=1)
             tasks = [asyncio.create_task(collect(n, c)) for n, c in clients.items()]
             try:
@@ -247,8 +263,13 @@ async def test_applications_read_only_their_own_replies_and_post_only_as_themsel
                 await clients["alice"].publish("qnet/v1/t/alice/status", b"{}", qos=1)
                 await clients["app1"].publish("qnet/v1/t/app1/req/alice", b"{}", qos=1)
                 await clients["app1"].publish("qnet/v1/t/app2/req/alice", b"{}", qos=1)  # denied
-                want = {"app1": {"qnet/v1/t/alice/app/app1", "qnet/v1/t/alice/status"},
-                        "app2": {"qnet/v1/t/alice/app/app2", "qnet/v1/t/alice/status"},
+                await clients["app1"].publish("qnet/v1/t/app1/to/app2", b"{}", qos=1)
+                await clients["app2"].publish("qnet/v1/t/app1/to/app2", b"{}", qos=1)  # denied
+                await clients["alice"].publish("qnet/v1/t/alice/to/app1", b"{}", qos=1)
+                want = {"app1": {"qnet/v1/t/alice/app/app1", "qnet/v1/t/alice/status",
+                                 "qnet/v1/t/alice/to/app1"},
+                        "app2": {"qnet/v1/t/alice/app/app2", "qnet/v1/t/alice/status",
+                                 "qnet/v1/t/app1/to/app2"},
                         "alice": {"qnet/v1/t/alice/status", "qnet/v1/t/app1/req/alice"},
                         "bob": {"qnet/v1/t/alice/status"}}
                 async with asyncio.timeout(30):
@@ -261,3 +282,4 @@ async def test_applications_read_only_their_own_replies_and_post_only_as_themsel
                 await asyncio.gather(*tasks, return_exceptions=True)
         assert got == want, got
         assert "Denied PUBLISH from app1" in net.broker.log_tail(400)
+        assert "Denied PUBLISH from app2" in net.broker.log_tail(400)
