@@ -198,34 +198,29 @@ class PairRegistry:
         with self.lock:
             if device not in self._devices:
                 raise QDeviceFault(ERR_QUBIT, f"no device {device!r} is attached")
-            touch = self._devices[device]
-            key = (device, int(qubit))
-            if key not in self._where:
-                raise QDeviceFault(ERR_QUBIT, f"{device} has no qubit {qubit}")
-            if touch is not None:
-                try:
-                    touch(int(qubit))
-                except KeyError:
-                    raise QDeviceFault(ERR_QUBIT, f"{device} qubit {qubit} is not allocated"
-                                       ) from None
-            return self.pair_truth(key)
+            return self.pair_truth(self._touched_key(device, qubit))
 
     def device_state_truth(self, device: str, qubit: int) -> np.ndarray:
         """Ground truth for tests: the Bloch vector (⟨X⟩, ⟨Y⟩, ⟨Z⟩) of qubit ``qubit`` of the
         attached device ``device`` now (its reduced state, its pending decay applied first)."""
         with self.lock:
-            touch = self._devices.get(device)
-            key = (device, int(qubit))
-            if device not in self._devices or key not in self._where:
-                raise QDeviceFault(ERR_QUBIT, f"{device} has no qubit {qubit}")
-            if touch is not None:
-                try:
-                    touch(int(qubit))
-                except KeyError:
-                    raise QDeviceFault(ERR_QUBIT, f"{device} qubit {qubit} is not allocated"
-                                       ) from None
-            dm = self.state([key])
+            dm = self.state([self._touched_key(device, qubit)])
             return np.array([dm.expectation(p) for p in "XYZ"])
+
+    def _touched_key(self, device: str, qubit: int) -> QubitKey:
+        """The key of ``device``'s qubit ``qubit`` with that device's pending decay applied to
+        it. Call with :attr:`lock` held."""
+        key = (device, int(qubit))
+        if device not in self._devices or key not in self._where:
+            raise QDeviceFault(ERR_QUBIT, f"{device} has no qubit {qubit}")
+        touch = self._devices[device]
+        if touch is not None:
+            try:
+                touch(int(qubit))
+            except KeyError:
+                raise QDeviceFault(ERR_QUBIT, f"{device} qubit {qubit} is not allocated"
+                                   ) from None
+        return key
 
     def bound_for(self, key: QubitKey) -> float | None:
         """Real seconds since ``key`` was last bound to a heralded pair (its last ``ENT``), or
