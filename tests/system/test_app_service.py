@@ -177,6 +177,7 @@ async def test_applications_get_pairs_at_both_ends_fairly_and_every_request_ends
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=NODES, paths=False, max_pair_age_s=3.0,
                           delivered_hold_s=1.0, qubits_per_link=3, extra=APPS)
+        broker.tap(NETWORK, lambda: net.daemons)   # the contract: checked at the end
         apps: list[App] = []
         try:
             await asyncio.to_thread(net.start)
@@ -377,6 +378,7 @@ async def test_end_to_end_pairs_of_a_path_reach_both_ends_applications(tmp_path)
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=CHAIN, max_pair_age_s=2.0,
                           delivered_hold_s=1.0, extra=CHAIN_APPS)
+        broker.tap(NETWORK, lambda: net.daemons)   # the contract: checked at the end
         apps: list[App] = []
         try:
             await asyncio.to_thread(net.start)
