@@ -38,12 +38,17 @@ DETECTOR = dict(efficiency=0.6, dark_count_rate_hz=200.0, dead_time_ps=20_000, j
 VISIBILITY = 0.94
 
 
-def test_counter_aligns_tracks_and_counts_what_the_simulator_registered():
+def _simulator(seed: int) -> PhotonStreamSimulator:
+    """A Werner-state M link: alice 1 km, bob 2 km with a clock 3.2 ms off drifting 2.5 ppm."""
     bob_clock = Clock(offset_ps=3_210_987_654, drift_ppm=2.5)
     link = Link(CWSource(4e5), BellDiagonalState.werner(VISIBILITY),
                 (simple_node("alice", (1, 2), length_km=1.0, **DETECTOR),
                  simple_node("bob", (3, 4), length_km=2.0, clock=bob_clock, **DETECTOR)))
-    sim = PhotonStreamSimulator(link, seed=5)
+    return PhotonStreamSimulator(link, seed=seed)
+
+
+def test_counter_aligns_tracks_and_counts_what_the_simulator_registered():
+    sim = _simulator(seed=5)
     counter = CrossNodeCounter((1, 2), window_ps=1000, align_s=0.5)
     codes = []
     for i, chunk in enumerate(sim.stream(3_000_000_000_000)):  # 3 s
@@ -83,11 +88,7 @@ def test_streams_that_start_apart_align_at_the_first_try(late):
     268 ms unambiguous range): the chunks' arrival times place the streams, so the first
     alignment finds the true offset instead of failing on first tags that are not
     simultaneous."""
-    bob_clock = Clock(offset_ps=3_210_987_654, drift_ppm=2.5)
-    link = Link(CWSource(4e5), BellDiagonalState.werner(VISIBILITY),
-                (simple_node("alice", (1, 2), length_km=1.0, **DETECTOR),
-                 simple_node("bob", (3, 4), length_km=2.0, clock=bob_clock, **DETECTOR)))
-    sim = PhotonStreamSimulator(link, seed=11)
+    sim = _simulator(seed=11)
     counter = CrossNodeCounter((1, 2), window_ps=1000, align_s=0.5)
     start_ps = 300_000_000_000
     host_s = 1234.5                  # the host's monotonic clock when alice's tagger read 0
