@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "a connection file for `qnode request`/`listen` and qnode.client")
     demo.add_argument("--connection", default="qnode-demo.json", metavar="FILE",
                       help="with --serve: the connection file (default ./qnode-demo.json)")
+    demo.add_argument("--m-link", default="key", choices=("key", "bell"),
+                      help="with --serve: the M link's analyzer settings: key (Z and X at both "
+                           "ends, default) or bell (CHSH settings at analyzer-b: a Bell test)")
     demo.set_defaults(func=_cmd_demo)
 
     request = sub.add_parser("request", help="ask a node for entangled pairs as an application "

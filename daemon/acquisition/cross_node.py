@@ -193,7 +193,8 @@ def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
       E(a1,b1)| (a = own, b = peer, E with outcome 0 = +1; accidental-subtracted,
       :func:`~.estimators.chsh_from_counts`). For Φ+ (E = cos(α − β) at Bloch angles α, β) it
       is 2√2 at own α = 0, π/2 (HWP 0°, 22.5°: Z, X) and peer β = π/4, −π/4 (HWP 11.25°,
-      −11.25°).
+      −11.25°). ``chsh_s_raw``, ``chsh_s_raw_err``: the same from the raw coincidences, the
+      accidentals kept (what a test without any subtraction claims; below ``chsh_s``).
     """
     out: dict[str, Any] = {}
     c = np.asarray(counts, float)
@@ -260,6 +261,9 @@ def link_figures(counts: np.ndarray, accidentals: np.ndarray, own: BasisLayout,
                 s = est.chsh_from_counts(rows, accs)
                 if math.isfinite(s.value):
                     out["chsh_s"], out["chsh_s_err"] = s.value, s.sigma
+                raw = est.chsh_from_counts(rows)
+                if math.isfinite(raw.value):
+                    out["chsh_s_raw"], out["chsh_s_raw_err"] = raw.value, raw.sigma
     return out
 
 

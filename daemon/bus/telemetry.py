@@ -168,8 +168,10 @@ class LinkTelemetry(LinkMemoryTelemetry, PurificationTelemetry, PolarisationTele
     accidental_rate_hz: float   # from the displaced window, per second of tag time
     car: float                  # coincidence-to-accidental ratio
     visibility: float           # mean over the bases of the signed correlation (0..1)
-    chsh_s: float               # CHSH S (local bound 2, Tsirelson 2√2)
+    chsh_s: float               # CHSH S, accidentals subtracted (local bound 2, Tsirelson 2√2)
     chsh_s_err: float           # its standard error
+    chsh_s_raw: float           # CHSH S of the raw coincidences (accidentals kept)
+    chsh_s_raw_err: float       # its standard error
     secret_fraction: float      # BBM92 asymptotic 1 − f·h(Q_Z) − h(Q_X), bits per sifted bit
     sifted_key_rate_hz: float   # matched-basis coincidences (Z–Z, X–X) per second of tag time
     offset_ps: float            # peer clock − own clock, from the alignment servo

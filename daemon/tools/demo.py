@@ -71,9 +71,34 @@ class NetworkPlan:
             node.path.write_text(node.text)
 
 
+#: the M link's analyzer settings (HWP angles, deg, of analyzer-b's two arms; analyzer-a
+#: measures Z and X, HWP 0° and 22.5°): ``key`` Z and X as well (BBM92: QBERs, key fraction);
+#: ``bell`` HWP ±11.25° (Bloch angles ±π/4), where Φ+ gives CHSH S = 2√2·V
+M_LINK_SETTINGS: dict[str, tuple[float, float]] = {"key": (0.0, 22.5), "bell": (11.25, -11.25)}
+
+
 def bench_config_path() -> Path:
     """The demo network's bench file, shipped with the package."""
     return Path(str(resources.files("qnode.hal_sim") / "benches" / BENCH_FILE))
+
+
+def write_bench_variant(directory: Path, m_link: str) -> Path:
+    """The demo's bench file with analyzer-b's arms at :data:`M_LINK_SETTINGS` ``[m_link]``,
+    written into ``directory``."""
+    text = bench_config_path().read_text()
+    head, sep, tail = text.partition('name = "analyzer-b"')
+    z, x = M_LINK_SETTINGS[m_link]
+    arms = ('analyzers = [{name = "z", channels = [1, 2], angle_deg = 0.0},\n'
+            '             {name = "x", channels = [3, 4], angle_deg = 22.5}]')
+    if not sep or arms not in tail:
+        raise RuntimeError(f"{bench_config_path()}: analyzer-b's arms are not where expected")
+    # the names stay: the ELL14's options name the arm it turns ("x")
+    tail = tail.replace(arms, f'analyzers = [{{name = "z", channels = [1, 2], angle_deg = {z}}},'
+                              f'\n             {{name = "x", channels = [3, 4], '
+                              f'angle_deg = {x}}}]', 1)
+    path = directory / f"network-{m_link}.toml"
+    path.write_text(head + sep + tail)
+    return path
 
 
 def _toml_str(s: str | Path) -> str:
@@ -88,7 +113,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  purification: str = "dejmps",
                  purification_schedule: str = "pumping", memory_t1_s: float = 5.0,
                  memory_t2_s: float = 2.0, memory_readout_error: float = 0.005,
-                 paths: bool = True, delivered_hold_s: float = 0.1,
+                 paths: bool = True, delivered_hold_s: float = 0.1, m_link: str = "key",
                  extra: dict[str, str] | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
@@ -100,8 +125,12 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     ``qubits_per_link``, ``purification``, ``purification_schedule``: ``[memory]``'s;
     ``memory_t1_s``/``memory_t2_s``/``memory_readout_error``: the QDevices' calibration (a
     bench variant's). ``paths``: the repeater swaps for the path alice–bob (else its links
-    serve their own pairs); ``delivered_hold_s``: ``[memory]``'s; ``extra``: more config text
-    per node name (e.g. its ``[applications.<name>]`` tables)."""
+    serve their own pairs); ``delivered_hold_s``: ``[memory]``'s; ``m_link``: the M link's
+    settings (a key of :data:`M_LINK_SETTINGS`; the bench must match, see
+    :func:`write_bench_variant`); ``extra``: more config text per node name (e.g. its
+    ``[applications.<name>]`` tables)."""
+    if m_link not in M_LINK_SETTINGS:
+        raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
     keys = workdir / "keys"
     keys.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -176,10 +205,11 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"
         f"[source]\npump_power_mw = 40.0\noven_temperature_c = 35.0\n")
     for name, peer in (("analyzer-a", "analyzer-b"), ("analyzer-b", "analyzer-a")):
+        arms = M_LINK_SETTINGS["key" if name == "analyzer-a" else m_link]
         add(name, ["analyzer"], tagger(f"{name}-tagger", [1, 2, 3, 4])
             + f"[instruments.hwp]\nkind = \"elliptec\"\n"
               f"address = {_toml_str(addresses[f'{name}-hwp'])}\n\n"
-              f"[analyzer]\nchannels = [1, 2, 3, 4]\nbases = [\"Z\", \"X\"]\n"
+              f"[analyzer]\nchannels = [1, 2, 3, 4]\nangles_deg = {json.dumps(list(arms))}\n"
               f"window_ps = 1000\n"
               f"align_s = 1.0\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n\n"
               f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
@@ -361,8 +391,9 @@ STATIONS = ("herald1", "herald2", "analyzer-a")  # nodes that herald: stopped fi
 
 
 class DemoNetwork:
-    """The bench (``bench``: a variant of the demo's bench file) and one daemon per node (or
-    per node of ``nodes``), under ``workdir`` (configs, keys, state, truth); logs in
+    """The bench (``bench``: a variant of the demo's bench file; by default the shipped one, or
+    for ``m_link`` other than ``key`` its :func:`write_bench_variant`) and one daemon per node
+    (or per node of ``nodes``), under ``workdir`` (configs, keys, state, truth); logs in
     ``log_dir``. ``plan_options`` go to :func:`plan_network`."""
 
     def __init__(self, workdir: Path, broker_url: str, log_dir: Path, *,
@@ -380,6 +411,9 @@ class DemoNetwork:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        m_link = self.plan_options.get("m_link", "key")
+        if m_link != "key" and self.bench.config == bench_config_path():
+            self.bench.config = write_bench_variant(self.workdir, m_link)
         addresses = self.addresses = self.bench.start()
         plan = plan_network(addresses, self.broker_url, self.workdir, **self.plan_options)
         plan.write(self.workdir / "configs")
@@ -486,12 +520,16 @@ def applications_config(apps: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict
 
 def connection_record(broker_url: str, network: str, nodes: list[str],
                       apps: Mapping[str, tuple[str, tuple[int, ...]]],
-                      truth: str | None = None) -> dict[str, Any]:
+                      truth: str | None = None,
+                      truth_file: Path | None = None) -> dict[str, Any]:
     """The connection file's content (docs/integrators/client.md): the broker, the network,
     its nodes and its applications, whose broker user name is their name (the embedded
     broker takes anyone; another broker needs the credentials filled in); ``truth``: the
-    simulator's registry oracle (``simulator.truth``, for examples that compare with it)."""
-    return {"simulator": {"truth": truth}, "qnode_connection": CONNECTION_FORMAT,
+    simulator's registry oracle (``simulator.truth``) and ``truth_file`` the bench's truth
+    file (``simulator.truth_file``), for examples that compare with them."""
+    return {"simulator": {"truth": truth,
+                          "truth_file": None if truth_file is None else str(truth_file)},
+            "qnode_connection": CONNECTION_FORMAT,
             "broker": {"url": broker_url, "ca_file": None},
             "network": network, "nodes": sorted(nodes),
             "applications": {name: {"node": node, "purposes": list(purposes),
@@ -550,11 +588,12 @@ def _serving(latest: Mapping[str, Mapping[str, Any]], nodes: list[str]) -> bool:
 
 async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = None,
                      duration_s: float | None = None,
-                     ready_timeout_s: float = SERVE_READY_TIMEOUT_S) -> dict[str, int | None]:
+                     ready_timeout_s: float = SERVE_READY_TIMEOUT_S,
+                     m_link: str = "key") -> dict[str, int | None]:
     """``qnode demo --serve``: the demo network with :data:`SERVE_APPLICATIONS` until SIGINT or
     SIGTERM (or ``duration_s``, s); the connection file is written to ``connection`` once the
-    network serves (or after ``ready_timeout_s``, s) and removed at the end. Returns the
-    daemons' exit codes."""
+    network serves (or after ``ready_timeout_s``, s) and removed at the end. ``m_link``: the M
+    link's settings (:data:`M_LINK_SETTINGS`). Returns the daemons' exit codes."""
     pid = _owner_pid(connection)
     if pid is not None and pid != os.getpid() and _alive(pid):
         raise RuntimeError(f"{connection} belongs to a running qnode demo --serve (pid {pid}): "
@@ -571,7 +610,7 @@ async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = N
         if broker_url is None:
             broker = await EmbeddedBroker().start()
             broker_url = broker.url
-        net = DemoNetwork(work, broker_url, log_dir,
+        net = DemoNetwork(work, broker_url, log_dir, m_link=m_link,
                           extra=applications_config(SERVE_APPLICATIONS), **SERVE_PLAN)
         print(f"qnode demo --serve: broker {broker_url}; starting the simulated instruments ...",
               flush=True)
@@ -596,7 +635,8 @@ async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = N
             assert broker_url is not None
             _write_private(connection, connection_record(
                 broker_url, NETWORK, nodes, SERVE_APPLICATIONS,
-                net.addresses.get("qdevice-truth") if net is not None else None))
+                net.addresses.get("qdevice-truth") if net is not None else None,
+                work / "truth.json"))
             written = True
             view.note = f"serving: {connection}"
             note = "" if serving else " (not every node is ready yet: see the live view)"
@@ -630,7 +670,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         return 2
     try:
         codes = asyncio.run(serve_demo(Path(args.connection), Path(args.report) / "logs",
-                                       args.broker, args.duration))
+                                       args.broker, args.duration, m_link=args.m_link))
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, OSError) as exc:
@@ -649,6 +689,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     if getattr(args, "serve", False):
         return _serve_main(args)
+    if getattr(args, "m_link", "key") != "key":
+        print("qnode demo: --m-link is for --serve (the timed demo's report shows the key "
+              "settings' figures)", file=sys.stderr)
+        return 2
     report = Path(args.report)
     duration = 60.0 if args.duration is None else args.duration
     try:

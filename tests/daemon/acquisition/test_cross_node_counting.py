@@ -237,6 +237,10 @@ def test_chsh_on_the_m_link_gives_2_sqrt2_v_within_2_sigma():
     s, err = t["chsh_s"], t["chsh_s_err"]
     assert abs(s - 2 * math.sqrt(2) * v) <= 2 * err, (s, err)
     assert s > 2 + 10 * err and err < 0.01
+    # without the subtraction the uncorrelated accidentals scale every E by (1 − their share)
+    share = counter.accidentals.sum() / counter.counts.sum()
+    raw, raw_err = t["chsh_s_raw"], t["chsh_s_raw_err"]
+    assert raw < s and abs(raw - s * (1 - share)) <= 3 * raw_err + 0.002, (raw, s, share)
     # the peer measures no Pauli basis: no QBER, no key, no fidelity from QBERs
     assert not {"qber_z", "qber_x", "secret_fraction", "fidelity_estimate"} & set(t)
 

@@ -60,3 +60,12 @@ def test_keygen_makes_a_key_pair_a_node_and_its_peers_accept(tmp_path):
     again = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "keygen", "alice", "--dir",
                             str(tmp_path / "ids")], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "not overwriting" in again.stderr
+
+
+def test_demo_m_link_settings_are_for_serve_only():
+    out = subprocess.run([*QNODE, "demo", "--m-link", "bell", "--duration", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--m-link is for --serve" in out.stderr, out.stderr
+    out = subprocess.run([*QNODE, "demo", "--serve", "--m-link", "chsh"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "invalid choice: 'chsh'" in out.stderr, out.stderr
