@@ -175,6 +175,24 @@ class QDevice(Driver):
             raise ValueError(f"time_ps must be an integer in [0, 1e19), got {time_ps!r}")
         return self._query(f"{wire.ENT} {_qid(qubit)} {link} T{int(time_ps)}", wire.BELL)
 
+    def emit(self, qubit: int, channel: str) -> int:
+        """``EMIT <q> <channel>``: send the qubit's state down the quantum channel ``channel``;
+        the photon's number (the receiver absorbs it by that number). The qubit is left in
+        |0⟩. DeviceError code 8 when no such channel starts at this device."""
+        if not wire.LINK.fullmatch(channel):
+            raise ValueError(f"channel must be 1-64 of [A-Za-z0-9_.:-], got {channel!r}")
+        return int(self._query(f"{wire.EMIT} {_qid(qubit)} {channel}", wire.UINT))
+
+    def absorb(self, qubit: int, channel: str, photon: int) -> None:
+        """``ABSORB <q> <channel> <n>``: store photon ``photon`` of ``channel`` in the qubit.
+        DeviceError code 5 when it did not arrive (lost on the way, or taken), 8 when no such
+        channel ends at this device."""
+        if not wire.LINK.fullmatch(channel):
+            raise ValueError(f"channel must be 1-64 of [A-Za-z0-9_.:-], got {channel!r}")
+        if isinstance(photon, bool) or int(photon) != photon or photon < 0:
+            raise ValueError(f"photon must be an integer >= 0, got {photon!r}")
+        self._ok(f"{wire.ABSORB} {_qid(qubit)} {channel} {int(photon)}")
+
     def age_ns(self, qubit: int) -> int:
         """``AGE? <q>``: ns since the qubit's state was prepared or loaded."""
         return int(self._query(f"{wire.AGE} {_qid(qubit)}", wire.UINT))

@@ -60,6 +60,18 @@ request                                reply
                                        (or it is older than the device remembers), ``ERR 6`` as
                                        above. ``INFO`` then shows ``SEQ=T<ps>``, the herald's
                                        own time
+``EMIT <q> <channel>``                 ``<n>``: q's state leaves on photon number ``<n>`` of the
+                                       quantum channel ``<channel>`` (integers from 0, per
+                                       channel); q stays allocated, in |0⟩, age 0, no pair
+                                       bound (as after ``MEAS``). The photon may be lost on the
+                                       way, which the sender does not learn. ``ERR 8`` when no
+                                       channel of that name starts at this device.
+                                       ``<channel>``: as ``<link>``
+``ABSORB <q> <channel> <n>``           ``OK``: q now holds photon ``<n>`` of ``<channel>`` (q's
+                                       previous state is discarded; age 0, no pair bound).
+                                       ``ERR 5`` when that photon did not arrive (lost, absorbed
+                                       already, never sent, or older than the channel keeps),
+                                       ``ERR 8`` when no channel of that name ends here
 ``TIME?``                              ``<ns>``: the device clock
 ``AGE? <q>``                           ``<ns>``: time since q's state was prepared (ALLOC,
                                        INIT, MEAS) or loaded (ENT)
@@ -75,8 +87,16 @@ costs one round trip, which is what lets a memory measure hundreds of test pairs
 
 Error codes: 1 unknown command (or empty line), 2 bad arguments (count, number form, axis,
 basis, link name, control = target), 3 no free qubit, 4 qubit not allocated (or out of range),
-5 no such heralded pair, 6 pair halves taken (or this qubit holds the other half already),
-7 out of resources (the gate would entangle more qubits than the device holds), 9 internal error.
+5 no such heralded pair (or photon), 6 pair halves taken (or this qubit holds the other half
+already), 7 out of resources (the gate would entangle more qubits than the device holds), 8 no
+such quantum channel at this device, 9 internal error.
+
+**Quantum channels.** ``EMIT``/``ABSORB`` move a qubit's state from one device to another, as a
+memory that maps its qubit onto a photon sends it down a fibre to a memory that stores it
+(memory–photon state transfer). A channel runs one way, from one device to one other; what it
+does to the state on the way (loss, depolarising) is the channel's, configured where the
+devices are. Superdense coding needs it: the sender encodes two bits on its half of a pair and
+sends that half to the holder of the other half, who decodes both with a Bell-state measurement.
 
 Commands change state and are not idempotent: after a timeout (reply lost) the caller does not
 know whether a command ran; ``INFO``/``QUBITS?`` tell, ``INIT`` restores a known state.
@@ -112,9 +132,11 @@ MEAS = "MEAS"
 ENT = "ENT"
 AGE = "AGE?"
 INFO = "INFO"
+EMIT = "EMIT"
+ABSORB = "ABSORB"
 #: Every command word and its number of arguments.
 ARITY: dict[str, int] = {IDN: 0, RST: 0, QUBITS: 0, TIME: 0, ALLOC: 0, FREE: 1, INIT: 1,
-                         ROT: 3, CNOT: 2, MEAS: 2, ENT: 3, AGE: 1, INFO: 1}
+                         ROT: 3, CNOT: 2, MEAS: 2, ENT: 3, AGE: 1, INFO: 1, EMIT: 2, ABSORB: 3}
 
 #: Rotation axes of ``ROT`` and measurement bases of ``MEAS`` (basis 0 = the +1 eigenstate).
 AXES = ("X", "Y", "Z")
@@ -131,6 +153,7 @@ ERR_QUBIT = 4         # qubit id not allocated or out of range
 ERR_NO_PAIR = 5       # ENT for a pair that was not heralded (or has expired)
 ERR_PAIR_TAKEN = 6    # ENT for a pair whose halves are both bound, or bound here already
 ERR_RESOURCE = 7      # the gate would entangle more qubits than the device holds
+ERR_NO_CHANNEL = 8    # EMIT/ABSORB on a quantum channel that does not start/end at this device
 ERR_INTERNAL = 9      # a bug in the device: said, never silent
 
 # ------------------------------------------------------------------ token and reply forms

@@ -39,6 +39,11 @@ within the tolerance. Such pairs are light records (time, λ, announced state) u
 any half not yet bound) and answer ``ERR 5`` — about 20 s of station time at the demo's
 3.2 k heralds/s.
 
+Quantum channels (:meth:`PairRegistry.add_channel`): a one-way channel between two attached
+devices moves a qubit's state (``EMIT`` on one, ``ABSORB`` on the other): on the way the qubit
+is a key of its own (``("#photon", channel, n)``), lost with probability 1 − transmission
+(traced out) and depolarised as configured; at most ``max_in_flight`` wait per channel.
+
 Ground truth for tests: :meth:`PairRegistry.state` (any keys, across devices) and
 :meth:`PairRegistry.pair_truth`, whose wire form is :func:`truth_reply` (the simulator-only
 ``SIM:PAIR?`` of the twin and of :class:`~qnode.hal_sim.twins.registry_oracle.RegistryOracle`).
@@ -51,12 +56,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from qnode.drivers import qdevice_protocol as wire
-from qnode.drivers.qdevice_protocol import ERR_NO_PAIR, ERR_PAIR_TAKEN, ERR_QUBIT, ERR_RESOURCE
+from qnode.drivers.qdevice_protocol import (
+    ERR_NO_CHANNEL,
+    ERR_NO_PAIR,
+    ERR_PAIR_TAKEN,
+    ERR_QUBIT,
+    ERR_RESOURCE,
+)
 
 from ..physics.density_matrix import BELL_STATES, DensityMatrix
 
@@ -85,6 +96,19 @@ class _Register:
 class _Pair:
     announced: str
     bound: int = 0
+
+
+@dataclass
+class _Channel:
+    """A one-way quantum channel between two devices: its photons in flight by number."""
+
+    source: str
+    target: str
+    transmission: float
+    depolarising: float
+    max_in_flight: int
+    sent: int = 0
+    flying: OrderedDict[int, QubitKey] = field(default_factory=OrderedDict)
 
 
 class _Timed:
@@ -182,6 +206,7 @@ class PairRegistry:
         self._bound: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._remember = int(remember_bound)
         self._bound_at: dict[QubitKey, float] = {}   # time.monotonic() of each key's last bind
+        self._channels: dict[str, _Channel] = {}
 
     # ------------------------------------------------------------------ heralds
     def attach(self, device: str, touch: Callable[[int], None] | None = None) -> None:
@@ -408,14 +433,76 @@ class PairRegistry:
                                                f"{label} already")
         if key in self._where:
             self.discard(key)
-        reg = self._where.pop(half)
-        reg.keys[reg.keys.index(half)] = key
-        self._where[key] = reg
+        self._rename(half, key)
         self._bound_at[key] = time.monotonic()
         pair.bound += 1
         if pair.bound == 2:
             del self._pairs[pid]
         return pair.announced
+
+    # ------------------------------------------------------------------ quantum channels
+    def add_channel(self, name: str, source: str, target: str, *, transmission: float = 1.0,
+                    depolarising: float = 0.0, max_in_flight: int = 1024) -> None:
+        """A one-way quantum channel ``name`` from device ``source`` to device ``target``: a
+        photon arrives with probability ``transmission`` (0..1; else it is lost: traced out,
+        its partners keep their reduced state) and is depolarised on the way with probability
+        ``depolarising`` (ρ → (1 − p)·ρ + p·I/2 on its qubit). At most ``max_in_flight``
+        photons wait to be absorbed; the oldest is dropped beyond that."""
+        if not 0.0 <= transmission <= 1.0 or not 0.0 <= depolarising <= 1.0:
+            raise ValueError(f"channel {name!r}: transmission and depolarising must be in "
+                             f"[0, 1], got {transmission!r}, {depolarising!r}")
+        if int(max_in_flight) < 1:
+            raise ValueError(f"channel {name!r}: max_in_flight must be >= 1, got "
+                             f"{max_in_flight!r}")
+        with self.lock:
+            if name in self._channels:
+                raise ValueError(f"a channel named {name!r} exists already")
+            self._channels[name] = _Channel(source, target, float(transmission),
+                                            float(depolarising), int(max_in_flight))
+
+    def emit(self, device: str, key: QubitKey, channel: str) -> int:
+        """``key``'s state leaves ``device`` on ``channel`` as its next photon (whose number is
+        returned); ``key`` leaves the registry (the caller re-adds it in |0⟩). QDeviceFault
+        ERR_NO_CHANNEL when the channel does not start at ``device``."""
+        with self.lock:
+            ch = self._channels.get(channel)
+            if ch is None or ch.source != device:
+                raise QDeviceFault(ERR_NO_CHANNEL, f"no channel {channel} starts at {device}")
+            n = ch.sent
+            ch.sent += 1
+            photon = ("#photon", channel, n)
+            self._rename(key, photon)
+            if self.rng.random() >= ch.transmission:
+                self.discard(photon)
+                return n
+            if ch.depolarising > 0.0:
+                reg = self._where[photon]
+                reg.dm.depolarize([reg.keys.index(photon)], ch.depolarising)
+            ch.flying[n] = photon
+            while len(ch.flying) > ch.max_in_flight:
+                _, old = ch.flying.popitem(last=False)
+                self.discard(old)
+            return n
+
+    def absorb(self, device: str, key: QubitKey, channel: str, n: int) -> None:
+        """``key`` (its own state traced out) now holds photon ``n`` of ``channel``.
+        QDeviceFault ERR_NO_CHANNEL when the channel does not end at ``device``, ERR_NO_PAIR
+        when that photon is not waiting (lost, absorbed, never sent, dropped)."""
+        with self.lock:
+            ch = self._channels.get(channel)
+            if ch is None or ch.target != device:
+                raise QDeviceFault(ERR_NO_CHANNEL, f"no channel {channel} ends at {device}")
+            photon = ch.flying.pop(int(n), None)
+            if photon is None:
+                raise QDeviceFault(ERR_NO_PAIR, f"photon {n} of {channel} did not arrive")
+            if key in self._where:
+                self.discard(key)
+            self._rename(photon, key)
+
+    def _rename(self, old: QubitKey, new: QubitKey) -> None:
+        reg = self._where.pop(old)
+        reg.keys[reg.keys.index(old)] = new
+        self._where[new] = reg
 
     # ------------------------------------------------------------------ qubits
     def add_qubit(self, key: QubitKey) -> None:

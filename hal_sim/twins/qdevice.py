@@ -27,7 +27,8 @@ devices with different clocks.
 
 **Shared state.** Qubits of different nodes get entangled by heralding, so their joint state
 lives in a :class:`~qnode.hal_sim.twins.pair_registry.PairRegistry` shared by the twins
-(``registry``), which also holds the heralded pairs that ``ENT`` binds; see its module.
+(``registry``), which also holds the heralded pairs that ``ENT`` binds and the quantum channels
+that ``EMIT`` and ``ABSORB`` use; see its module.
 
 Ground truth for tests: :meth:`QDeviceTwin.state` (reduced state of some of its qubits), and on
 the wire the simulator-only query ``SIM:PAIR? <q>`` (not part of QDEVICE/1; a real device cannot
@@ -297,6 +298,28 @@ class QDeviceTwin(WireDevice):
         self._slots[qi] = _Slot(now, now, link, int(seq), bell)
         return bell
 
+    def _emit(self, q: str, channel: str) -> str:
+        qi = self._qubit(q)
+        if not wire.LINK.fullmatch(channel):
+            raise QDeviceFault(wire.ERR_SYNTAX, "channel must be 1-64 of [A-Za-z0-9_.:-]")
+        self._touch(qi)
+        n = self.registry.emit(self.name, self.key(qi), channel)
+        self.registry.add_qubit(self.key(qi))   # the qubit stays, in |0⟩
+        now = self._now()
+        self._slots[qi] = _Slot(now, now)
+        return str(n)
+
+    def _absorb(self, q: str, channel: str, n: str) -> str:
+        qi = self._qubit(q)
+        if not wire.LINK.fullmatch(channel):
+            raise QDeviceFault(wire.ERR_SYNTAX, "channel must be 1-64 of [A-Za-z0-9_.:-]")
+        if not wire.UINT.fullmatch(n):
+            raise QDeviceFault(wire.ERR_SYNTAX, "photon number must be a non-negative integer")
+        self.registry.absorb(self.name, self.key(qi), channel, int(n))
+        now = self._now()
+        self._slots[qi] = _Slot(now, now)
+        return wire.OK
+
     def _age(self, q: str) -> str:
         qi = self._qubit(q)
         return str(max(0, self._now() - self._slots[qi].loaded_ns))
@@ -353,7 +376,7 @@ _COMMANDS: dict[str, tuple[str, int]] = {
         (wire.IDN, "_idn"), (wire.RST, "_rst"), (wire.QUBITS, "_qubits"), (wire.TIME, "_time"),
         (wire.ALLOC, "_alloc"), (wire.FREE, "_free"), (wire.INIT, "_init"), (wire.ROT, "_rot"),
         (wire.CNOT, "_cnot"), (wire.MEAS, "_meas"), (wire.ENT, "_ent"), (wire.AGE, "_age"),
-        (wire.INFO, "_info"))}
+        (wire.INFO, "_info"), (wire.EMIT, "_emit"), (wire.ABSORB, "_absorb"))}
 _COMMANDS[SIM_PAIR] = ("_sim_pair", 1)
 
 
