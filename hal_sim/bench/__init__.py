@@ -92,7 +92,11 @@ parameter g (``gate_depolarising_1q``, ``gate_depolarising_2q``; their earlier n
 ``gate_fidelity_1q``, ``gate_fidelity_2q`` are read as g) or as the average gate fidelity
 (``gate_average_fidelity_1q``, ``gate_average_fidelity_2q``; 1 − F_avg = (1 − g)/2 for one qubit,
 3/4·(1 − g) for two, :mod:`qnode.drivers.qdevice_noise`), at most one key per gate, plus ``seed``
-(readout errors). The twin is named after its node. All qdevices of the bench share one
+(readout errors) and ``channels``, the quantum channels that start at it (``EMIT``/``ABSORB``):
+tables ``{name, to, length_km, loss_db_per_km = 0.2, efficiency = 1.0, depolarising = 0.0}``,
+transmission efficiency · 10^(−loss·length/10)
+(:func:`~qnode.hal_sim.bench.memories.channel_transmission`). The twin is named after its node.
+All qdevices of the bench share one
 :class:`~qnode.hal_sim.twins.pair_registry.PairRegistry`
 (:meth:`~qnode.hal_sim.bench.runtime.Bench.pair_registry`); whenever the bench steps that link's
 simulator it files every herald of the chunk's truth under its station time

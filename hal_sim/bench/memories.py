@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
+from qnode.drivers import qdevice_protocol as wire
 from qnode.drivers.qdevice_noise import (
     KEYS as GATE_NOISE_KEYS,
     depolarising_parameter,
@@ -17,6 +19,7 @@ from qnode.drivers.qdevice_noise import (
     min_average_fidelity,
 )
 
+from ..twins.pair_registry import PairRegistry
 from ..twins.qdevice import QDeviceConfig, QDeviceTwin
 from ..twins.registry_oracle import RegistryOracle
 from .context import BenchContext
@@ -31,7 +34,8 @@ def qdevice_twin(bench: BenchContext, key: str, *, link: str | list[str] | None 
                  gate_fidelity_1q: float | None = None,
                  gate_depolarising_2q: float | None = None,
                  gate_average_fidelity_2q: float | None = None,
-                 gate_fidelity_2q: float | None = None) -> QDeviceTwin:
+                 gate_fidelity_2q: float | None = None,
+                 channels: list[dict[str, Any]] | None = None) -> QDeviceTwin:
     """A :class:`~qnode.hal_sim.twins.qdevice.QDeviceTwin` named ``node``, the memory of ``node``
     on the K link ``link`` (or on each of a list of K links: a repeater), sharing the bench's
     :class:`~qnode.hal_sim.twins.pair_registry.PairRegistry`, where every step of those links'
@@ -40,7 +44,12 @@ def qdevice_twin(bench: BenchContext, key: str, *, link: str | list[str] | None 
     The gate noise of the k-qubit gates is given as the depolarising parameter g
     (``gate_depolarising_<k>q``, or by its earlier name ``gate_fidelity_<k>q``) or as the average
     gate fidelity (``gate_average_fidelity_<k>q``), at most one of them
-    (:mod:`qnode.drivers.qdevice_noise`); default g = 1, noiseless."""
+    (:mod:`qnode.drivers.qdevice_noise`); default g = 1, noiseless.
+
+    ``channels``: the quantum channels that start here (:func:`channel_transmission`), each a
+    table ``{name, to, length_km, loss_db_per_km = 0.2, efficiency = 1.0, depolarising = 0.0}``:
+    ``to`` the node whose qdevice absorbs its photons, ``efficiency`` both memory–photon
+    interfaces' together."""
     okey = f"{key}.options"
     g1 = _depolarising(bench.path, okey, 1, {
         "gate_depolarising_1q": gate_depolarising_1q,
@@ -86,6 +95,8 @@ def qdevice_twin(bench: BenchContext, key: str, *, link: str | list[str] | None 
     assert isinstance(node, str)   # an end of every link named
     registry = bench.pair_registry()
     twin = QDeviceTwin(config, name=node, registry=registry, seed=seed)
+    for i, table in enumerate(channels or []):
+        _add_channel(bench.path, f"{okey}.channels[{i}]", registry, node, table)
     for rt in runtimes:
         rt.file_heralds_in(registry)
         rt.qdevices[node] = key
@@ -109,6 +120,48 @@ def _depolarising(path: str, okey: str, n_qubits: int, given: dict[str, float | 
         raise config_error(path, f"{okey}.{key}",
                            f"must be a number in [{lo:g}, 1], got {value!r}")
     return depolarising_parameter(value, n_qubits) if average else float(value)
+
+
+CHANNEL_KEYS = frozenset({"name", "to", "length_km", "loss_db_per_km", "efficiency",
+                          "depolarising"})
+
+
+def channel_transmission(length_km: float, loss_db_per_km: float, efficiency: float) -> float:
+    """The probability that a photon sent down a fibre of ``length_km`` (km) with
+    ``loss_db_per_km`` (dB/km) is stored at the far end, given both interfaces' ``efficiency``:
+    η = efficiency · 10^(−loss · length / 10)."""
+    return efficiency * 10 ** (-loss_db_per_km * length_km / 10)
+
+
+def _add_channel(path: str, where: str, registry: PairRegistry, node: str, table: Any) -> None:
+    if not isinstance(table, dict):
+        raise config_error(path, where, f"must be a table, got {table!r}")
+    unknown = sorted(set(table) - CHANNEL_KEYS)
+    if unknown:
+        raise config_error(path, f"{where}.{unknown[0]}",
+                           f"unknown key; the keys are {', '.join(sorted(CHANNEL_KEYS))}")
+    name, to = table.get("name"), table.get("to")
+    for field, value in (("name", name), ("to", to)):
+        if not isinstance(value, str) or not wire.LINK.fullmatch(value):
+            raise config_error(path, f"{where}.{field}",
+                               f"must be 1-64 of [A-Za-z0-9_.:-], got {value!r}")
+    if to == node:
+        raise config_error(path, f"{where}.to", f"a channel runs to another node than {node!r}")
+    numbers = {}
+    for field, default, hi in (("length_km", None, 1e5), ("loss_db_per_km", 0.2, 100.0),
+                               ("efficiency", 1.0, 1.0), ("depolarising", 0.0, 1.0)):
+        value = table.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 <= value <= hi:
+            raise config_error(path, f"{where}.{field}", f"must be a number in [0, {hi:g}], "
+                                                         f"got {value!r}")
+        numbers[field] = float(value)
+    try:
+        registry.add_channel(name, node, to, transmission=channel_transmission(
+            numbers["length_km"], numbers["loss_db_per_km"], numbers["efficiency"]),
+            depolarising=numbers["depolarising"])
+    except ValueError as exc:
+        raise config_error(path, f"{where}.name", str(exc)) from None
 
 
 def qdevice_truth(bench: BenchContext, key: str) -> RegistryOracle:

@@ -227,3 +227,52 @@ def test_qdevice_gate_noise_given_twice_names_both_keys():
                              r"give one of .*not gate_depolarising_2q and "
                              r"gate_average_fidelity_2q"):
         bench.Bench(bench.parse(text, "q.toml"), "q.toml")
+
+
+# ------------------------------------------------------------------ quantum channels
+
+_CHANNEL = "channels = [{name = 'qc', to = 'b', length_km = 10.0, efficiency = 0.5%s}]\n"
+
+
+def _channel_bench(extra: str = "") -> bench.Bench:
+    text = (_K + _Q.format(i=0) + "link = 'k'\nnode = 'a'\nseed = 1\n" + _CHANNEL % extra
+            + _Q.format(i=1) + "link = 'k'\nnode = 'b'\nseed = 2\n")
+    return bench.Bench(bench.parse(text, "q.toml"), "q.toml")
+
+
+def test_a_qdevice_channel_loses_photons_as_the_fibre_and_the_interfaces_say():
+    from qnode.hal_sim.bench.memories import channel_transmission
+
+    eta = channel_transmission(10.0, 0.2, 0.5)
+    assert eta == pytest.approx(0.5 * 10 ** -0.2)          # 2 dB of fibre, then half stored
+    b = _channel_bench()
+    a, z = b.devices["q0"], b.devices["q1"]
+    assert a.handle(b"ALLOC") == b"0\n" and z.handle(b"ALLOC") == b"0\n"
+    n, arrived = 800, 0
+    for _ in range(n):
+        sent = a.handle(b"EMIT 0 qc").strip()
+        reply = z.handle(b"ABSORB 0 qc " + sent)
+        assert reply == b"OK\n" or reply.startswith(f"ERR {ERR_NO_PAIR} ".encode()), reply
+        arrived += reply == b"OK\n"
+    sigma = math.sqrt(n * eta * (1 - eta))
+    assert abs(arrived - n * eta) <= 5 * sigma, (arrived, n * eta)
+    assert z.handle(b"EMIT 0 qc").startswith(b"ERR 8 ")       # one way: a to b
+
+
+@pytest.mark.parametrize("extra, key", [
+    (", colour = 1", "channels[0].colour"),
+    (", depolarising = 1.5", "channels[0].depolarising"),
+    (", depolarising = -0.1", "channels[0].depolarising"),
+    (", loss_db_per_km = true", "channels[0].loss_db_per_km"),
+])
+def test_bad_channel_options_name_the_key(extra, key):
+    with pytest.raises(bench.BenchConfigError,
+                       match=re.escape(f"q.toml: instrument[0].options.{key}")):
+        _channel_bench(extra)
+    text = _K + _Q.format(i=0) + "link = 'k'\nnode = 'a'\n"
+    for table, field in (("{name = 'qc', to = 'a', length_km = 1.0}", "to"),
+                         ("{name = 'q c', to = 'b', length_km = 1.0}", "name"),
+                         ("{name = 'qc', to = 'b'}", "length_km")):
+        with pytest.raises(bench.BenchConfigError,
+                           match=re.escape(f"instrument[0].options.channels[0].{field}")):
+            bench.Bench(bench.parse(text + f"channels = [{table}]\n", "q.toml"), "q.toml")
