@@ -9,12 +9,16 @@ A gate acts on :data:`PAIR`, this end's half of the pair, or :data:`AUX`, a scra
 the node (in ``|0>`` at its first use in an OPERATE, freed when the OPERATE ends). Angles are in
 radians, within ±4π; ``rot(q, axis, angle)`` is ``exp(-i angle sigma_axis / 2)``. A ``meas``
 gives one outcome (0: the +1 eigenstate of its basis); measuring :data:`PAIR` consumes the
-pair's qubit. Every function checks its arguments (ValueError naming what is wrong) and returns
-a new dict.
+pair's qubit. ``send`` sends a qubit's state to another node over the quantum channel between
+the nodes (the RESULT's ``photons`` numbers it; a sent :data:`PAIR` is consumed too), and
+``receive``, the first gate of an OPERATE at that node, loads :data:`AUX` with it (superdense
+coding). Every function checks its arguments (ValueError naming what is wrong) and returns a
+new dict.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 #: this end's half of the pair
@@ -26,6 +30,7 @@ AXES = ("X", "Y", "Z")
 BASES = ("Z", "X", "Y")
 #: the largest rotation angle magnitude the protocol takes (rad)
 MAX_ANGLE_RAD = 4 * math.pi
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Gate = dict[str, Any]
 
@@ -87,3 +92,27 @@ def meas(qubit: str, basis: str = "Z") -> Gate:
     in ``|0>``."""
     return {"gate": "meas", "qubit": _qubit("qubit", qubit),
             "basis": _letter("basis", basis, BASES)}
+
+
+def _node(what: str, node: object) -> str:
+    if not isinstance(node, str) or not _NODE.fullmatch(node):
+        raise ValueError(f"{what} {node!r}: expected a node id (letters, digits, - and _)")
+    return node
+
+
+def send(qubit: str, to: str) -> Gate:
+    """Send ``qubit``'s state to node ``to`` over the quantum channel from this node to it:
+    one photon number in the RESULT's ``photons``, which the receiver's :func:`receive` names.
+    The photon may be lost on the way; a sent :data:`PAIR` is consumed, a sent :data:`AUX` is
+    back in ``|0>``."""
+    return {"gate": "send", "qubit": _qubit("qubit", qubit), "to": _node("to", to)}
+
+
+def receive(from_node: str, photon: int) -> Gate:
+    """Load :data:`AUX` with photon ``photon`` (a sender's RESULT ``photons`` entry) of the
+    quantum channel from node ``from_node``. It must be the OPERATE's first gate; if the photon
+    did not arrive the OPERATE ends in ``ERROR photon_lost`` and nothing ran."""
+    if isinstance(photon, bool) or not isinstance(photon, int) or not 0 <= photon < 2**63:
+        raise ValueError(f"photon {photon!r}: expected an integer >= 0")
+    return {"gate": "receive", "qubit": AUX, "from": _node("from_node", from_node),
+            "photon": photon}

@@ -193,6 +193,7 @@ class _Operation:
     def __init__(self, message: Operate):
         self.message = message
         self.meas = sum(1 for op in message.ops if op.get("gate") == "meas")
+        self.sends = sum(1 for op in message.ops if op.get("gate") == "send")
         self.changed = asyncio.Event()
         self.result: Operation | None = None
         self.error: ClientError | None = None
@@ -417,11 +418,11 @@ class Session:
         if op.ended:
             return self._ignore("after_end", m.request_id)
         if (m.pool, m.pair_id) != (op.message.pool, op.message.pair_id) or \
-                len(m.outcomes) != op.meas:
+                len(m.outcomes) != op.meas or len(m.photons or ()) != op.sends:
             return self._ignore("mismatch", f"RESULT {m.request_id}: {m.pool}/{m.pair_id} "
                                             f"with {len(m.outcomes)} outcomes")
         op.result = Operation(m.request_id, m.pool, m.pair_id, tuple(m.outcomes), m.released,
-                              m.hold_ms, m.fidelity)
+                              m.hold_ms, m.fidelity, tuple(m.photons or ()))
         op.changed.set()
 
     def _on_operation_error(self, op: _Operation, m: Error) -> None:

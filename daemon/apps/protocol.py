@@ -61,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     PAIRS_LOST = "pairs_lost"                # a delivered pair was expired before it was taken
     UNAVAILABLE = "unavailable"              # the node cannot serve now (link down, restarting)
     UNKNOWN_PAIR = "unknown_pair"            # OPERATE on a pair the application does not hold
+    PHOTON_LOST = "photon_lost"              # OPERATE's receive: the photon did not arrive
 
 
 def spec(schema: Mapping[str, Any], doc: str, *, default: Any = dataclasses.MISSING,
@@ -243,6 +244,18 @@ GATE_SCHEMA: dict[str, Any] = {"oneOf": [
      "properties": {"gate": {"const": "meas"}, "qubit": _QUBIT_REF,
                     "basis": {"enum": ["Z", "X", "Y"]}},
      "required": ["gate", "qubit", "basis"], "additionalProperties": False},
+    {"type": "object", "description": "send the qubit's state to node 'to' over the quantum "
+                                      "channel between them; RESULT.photons gets its photon "
+                                      "number. A sent pair qubit is consumed, a sent aux is "
+                                      "back in |0>",
+     "properties": {"gate": {"const": "send"}, "qubit": _QUBIT_REF, "to": _NAME},
+     "required": ["gate", "qubit", "to"], "additionalProperties": False},
+    {"type": "object", "description": "load aux with photon 'photon' of the quantum channel "
+                                      "from node 'from' (the first gate of its OPERATE; "
+                                      "ERROR photon_lost, nothing done, if it did not arrive)",
+     "properties": {"gate": {"const": "receive"}, "qubit": {"const": "aux"}, "from": _NAME,
+                    "photon": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
+     "required": ["gate", "qubit", "from", "photon"], "additionalProperties": False},
 ]}
 
 
@@ -415,6 +428,10 @@ class Result(AppMessage):
         "the pair's estimated fidelity to its Bell state when the device answered: the "
         "delivered estimate aged by the node's memory model (T1, T2) to that moment, both "
         "halves decaying (what the pair was worth to these gates)", default=None)
+    photons: list[int] | None = spec(
+        {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
+        "one photon number per send gate, in order (the receiver's receive names it)",
+        default=None)
 
 
 REQUEST_TYPES: dict[str, type[AppMessage]] = {

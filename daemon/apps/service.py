@@ -34,7 +34,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qnode.daemon.apps.operations import check_gates, run_gates
+from qnode.daemon.apps.operations import (
+    NO_CHANNELS,
+    Channels,
+    PhotonLost,
+    check_gates,
+    run_gates,
+)
 from qnode.daemon.apps.peer import (
     PEER_TYPES,
     Give,
@@ -148,9 +154,11 @@ class Histogram:
 
 
 class AppService:
-    """The node's application service over ``pools`` (see the module docstring)."""
+    """The node's application service over ``pools`` (see the module docstring); ``channels``:
+    the quantum channels of the node's QDevice, for OPERATE's send and receive."""
 
-    def __init__(self, ctx: NodeContext, config: ServiceConfig, pools: list[Pool]):
+    def __init__(self, ctx: NodeContext, config: ServiceConfig, pools: list[Pool],
+                 channels: Channels = NO_CHANNELS):
         self.ctx, self.config = ctx, config
         self.pools: dict[str, Pool] = {}           # remote node -> pool (a link before a path)
         for p in sorted(pools, key=lambda p: p.kind != "link"):
@@ -166,6 +174,8 @@ class AppService:
         self._gone: collections.OrderedDict[tuple[str, str, int], str] = (
             collections.OrderedDict())
         self.operations: collections.Counter[str] = collections.Counter()
+        #: the quantum channels of this node's QDevice, by the node at their other end
+        self.channels = channels
         self._running: collections.Counter[str] = collections.Counter()   # per application
         self._tasks: set[asyncio.Task[None]] = set()
         self.listening: dict[int, str] = {}              # purpose -> application here
@@ -463,7 +473,7 @@ class AppService:
     def _operate(self, application: str, op: Operate) -> None:
         """Check an OPERATE and start it (its RESULT or ERROR goes out when it ends)."""
         try:
-            check_gates(op.ops)
+            check_gates(op.ops, self.channels)
         except ValueError as exc:
             self._operation_refused(application, op, ErrorCode.BAD_REQUEST, str(exc))
             return
@@ -504,7 +514,12 @@ class AppService:
     async def _run_operation(self, key: tuple[str, str, int], h: Holding, op: Operate) -> None:
         application = h.application
         try:
-            outcomes = await h.memory.pool.call(run_gates, h.qubit, op.ops)
+            outcomes, photons = await h.memory.pool.call(run_gates, h.qubit, op.ops,
+                                                         self.channels)
+        except PhotonLost as exc:   # nothing ran: the pair stays the application's
+            h.memory.rehold(h.qubit, h.until)
+            self._operation_refused(application, op, ErrorCode.PHOTON_LOST, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - any failure of the device ends the operation
             h.memory.release(h.qubit)      # its state is unknown now: not the application's
             self._drop_holding(key, "was given back when the QDevice failed an OPERATE")
@@ -517,17 +532,17 @@ class AppService:
             self._running[application] -= 1
         now = self.ctx.now()
         fidelity = None if h.fidelity_at is None else h.fidelity_at(now)
-        measured = any(g["gate"] == "meas" and g["qubit"] == "pair" for g in op.ops)
-        released = measured or op.release or h.until <= now
+        _, consumed = check_gates(op.ops, self.channels)
+        released = consumed or op.release or h.until <= now
         if released:
             h.memory.release(h.qubit)
-            self._drop_holding(key, "was measured" if measured else "was released")
+            self._drop_holding(key, "was measured or sent" if consumed else "was released")
         else:
             h.memory.rehold(h.qubit, h.until)
         self.operations["result"] += 1
         self._publish(application, Result(op.request_id, op.pool, op.pair_id, outcomes,
                                           released, None if released else hold_ms(h.until - now),
-                                          fidelity))
+                                          fidelity, photons or None))
 
     def _operation_refused(self, application: str, op: Operate, code: ErrorCode,
                            reason: str) -> None:

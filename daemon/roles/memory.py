@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from qnode.daemon.apps.operations import Channels
 from qnode.daemon.apps.pools import LinkPool, PathPool, Pool
 from qnode.daemon.apps.service import AppService
 from qnode.daemon.klink.memory import LinkMemory, QubitPool
@@ -71,7 +72,10 @@ class MemoryRole:
             pools: list[Pool] = [LinkPool(s, s.memory, ctx.node) for s in self.services
                                  if s.memory is not None and s.link not in feeding]
             pools += [PathPool(end, ctx.node) for end in self.path_ends]
-            self.apps = AppService(ctx, ctx.config.service, pools)
+            qcs, me = ctx.config.quantum_channels, ctx.node
+            self.apps = AppService(ctx, ctx.config.service, pools, Channels(
+                out={c.target: c.id for c in qcs if c.source == me},
+                into={c.source: c.id for c in qcs if c.target == me}))
 
     def _bind_qubits(self, qdevice: str) -> None:
         mem = self.ctx.config.memory

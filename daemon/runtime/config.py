@@ -78,6 +78,12 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     repeater = "repeater"
     links = ["alice-repeater", "repeater-bob"]   # the repeater's link with ends[0], ends[1]
 
+    [[quantum_channels]]          # a one-way channel between two nodes' QDevices (the same
+                                  #   table on both): applications send qubits over it
+    id = "qc-alice-repeater"      # the QDevices' EMIT/ABSORB name the channel by it
+    from = "alice"                # the node whose QDevice sends (OPERATE's send gate)
+    to = "repeater"               # the node whose QDevice receives (OPERATE's receive gate)
+
     [analyzer]                    # role analyzer (M-type links)
     tagger = "tagger"
     channels = [1, 2]             # one basis: the detectors of outcome 0 and outcome 1; or
@@ -342,6 +348,16 @@ class PathConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantumChannelConfig:
+    """``[[quantum_channels]]``: the one-way quantum channel ``id`` from node ``source``'s
+    QDevice to node ``target``'s (the file's ``from`` and ``to``)."""
+
+    id: str
+    source: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
 class CompensationConfig:
     """``[analyzer].compensator`` and ``compensate*``: the polarisation compensator of an
     analyzer end and its controller (:mod:`qnode.daemon.acquisition.polarisation_control`).
@@ -433,6 +449,8 @@ class NodeConfig:
     trust_dir: Path | None = None
     #: the application service, when the node serves any application
     service: ServiceConfig | None = None
+    #: quantum channels that start or end at this node's QDevice
+    quantum_channels: tuple[QuantumChannelConfig, ...] = ()
 
     @property
     def topic_prefix(self) -> str:
@@ -540,8 +558,8 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         raise ConfigError(path, "(syntax)", f"nesting too deep: more than {MAX_DEPTH} levels of "
                                             f"tables and arrays")
     top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "paths",
-                                  "thresholds", "metrics", "service", "applications",
-                                  *ROLE_TABLES})
+                                  "quantum_channels", "thresholds", "metrics", "service",
+                                  "applications", *ROLE_TABLES})
     if not top.has("node"):
         raise top.fail("node", "the [node] table is required")
     if not top.has("broker"):
@@ -594,7 +612,11 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         analyzer=_analyzer(path, raw.get("analyzer", {}), instruments)
         if "analyzer" in roles else None,
         source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None,
-        service=_service(path, raw.get("service"), raw.get("applications"), node_id, links))
+        service=_service(path, raw.get("service"), raw.get("applications"), node_id, links),
+        quantum_channels=_quantum_channels(path, raw.get("quantum_channels", []), node_id))
+    if cfg.quantum_channels and (cfg.memory is None or cfg.memory.qdevice is None):
+        raise top.fail("quantum_channels", "a quantum channel joins QDevices: this node needs "
+                                           "[memory].qdevice")
     # the application service's messages between the ends of a pool carry identity signatures
     if cfg.service is not None:
         if identity_key_file is None or trust_dir is None:
@@ -891,6 +913,30 @@ def _paths(path: str, raw: object, node_id: str,
                 raise r.fail("links", f"link {via[k]!r} must be this node's K link with "
                                       f"{repeater!r}")
         out.append(PathConfig(pid, (ends[0], ends[1]), repeater, (via[0], via[1])))
+    return tuple(out)
+
+
+def _quantum_channels(path: str, raw: object, node_id: str) -> tuple[QuantumChannelConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(path, "quantum_channels",
+                          "must be an array of [[quantum_channels]] tables")
+    out: list[QuantumChannelConfig] = []
+    for i, table in enumerate(raw):
+        r = _Reader(path, f"quantum_channels[{i}]", table, {"id", "from", "to"})
+        cid = r.string("id", pattern=_NAME)
+        source = r.string("from", pattern=_NAME)
+        target = r.string("to", pattern=_NAME)
+        if source == target:
+            raise r.fail("to", f"a channel joins two nodes, got {source!r} twice")
+        if node_id not in (source, target):
+            raise r.fail("from", f"neither end ({source!r}, {target!r}) is this node "
+                                 f"({node_id!r})")
+        for c in out:
+            if c.id == cid:
+                raise r.fail("id", f"{cid!r} names quantum_channels[{out.index(c)}] already")
+            if (c.source, c.target) == (source, target):
+                raise r.fail("to", f"a second channel from {source!r} to {target!r}")
+        out.append(QuantumChannelConfig(cid, source, target))
     return tuple(out)
 
 

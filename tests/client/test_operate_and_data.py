@@ -48,7 +48,7 @@ from qnode.client import (
     RequestError,
     gates,
 )
-from qnode.daemon.apps.protocol import MAX_DATA_BYTES
+from qnode.daemon.apps.protocol import MAX_DATA_BYTES, Operate
 
 from support import REPO
 from support.certs import Pki
@@ -168,6 +168,17 @@ def test_the_gate_builders_make_the_protocols_gates_and_check_their_arguments():
         gates.cnot(PAIR, PAIR)
     with pytest.raises(ValueError, match="basis"):
         gates.meas(PAIR, "W")
+    assert gates.send(PAIR, "bob") == {"gate": "send", "qubit": "pair", "to": "bob"}
+    assert gates.receive("alice", 7) == {"gate": "receive", "qubit": "aux", "from": "alice",
+                                         "photon": 7}
+    with pytest.raises(ValueError, match="to"):
+        gates.send(PAIR, "bob/x")
+    for photon in (-1, True, 1.5, 2**63):
+        with pytest.raises(ValueError, match="photon"):
+            gates.receive("alice", photon)    # type: ignore[arg-type]
+    for g in (gates.send(AUX, "n-1"), gates.receive("n_2", 0)):   # what the node accepts
+        assert Operate.from_dict({"type": "OPERATE", "request_id": "r", "pool": "p",
+                                  "pair_id": 0, "ops": [g]}).ops == [g]
 
 
 @pytest.mark.asyncio

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qnode.daemon.apps.operations import check_gates, commands, run_gates
+from qnode.daemon.apps.operations import Channels, PhotonLost, check_gates, commands, run_gates
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.drivers.errors import DeviceError
 from qnode.drivers.qdevice import QDevice
@@ -62,8 +62,8 @@ def test_teleportation_gates_carry_random_states_exactly(bell):
                 assert alice.entangle(qa, "ab", seq) == bell
                 bob.entangle(qb, "ab", seq)
                 theta, phi = math.acos(1 - 2 * rng.random()), 2 * math.pi * rng.random()
-                m1, m2 = run_gates(alice, qa, tele.alice_gates(theta, phi))
-                assert run_gates(bob, qb, tele.correction_gates(bell, m1, m2)) == []
+                (m1, m2), _ = run_gates(alice, qa, tele.alice_gates(theta, phi))
+                assert run_gates(bob, qb, tele.correction_gates(bell, m1, m2)) == ([], [])
                 assert _bloch(twins["bob"], qb) == pytest.approx(tele.bloch_of(theta, phi),
                                                                  abs=1e-9)
                 # the oracle's truth, as the example reads it over the wire
@@ -72,7 +72,7 @@ def test_teleportation_gates_carry_random_states_exactly(bell):
                 assert [float(v) for v in reply] == pytest.approx(
                     list(tele.bloch_of(theta, phi)), abs=1e-8)
                 # the verifier's rotation back to |0>: outcome 0 every time
-                assert run_gates(bob, qb, tele.verify_gates(theta, phi)) == [0]
+                assert run_gates(bob, qb, tele.verify_gates(theta, phi)) == ([0], [])
             assert twins["alice"].allocated == [qa]      # the scratch qubit was freed
         finally:
             alice.close()
@@ -94,11 +94,20 @@ def test_commands_are_qdevice_instructions():
 @pytest.mark.parametrize("ops, what", [
     ([{"gate": "cnot", "control": "aux", "target": "aux"}], "control and target"),
     ([{"gate": "meas", "qubit": "pair", "basis": "Z"}, {"gate": "h", "qubit": "pair"}],
-     "measured before"),
+     "measured or sent before"),
+    ([{"gate": "send", "qubit": "pair", "to": "bob"}], "no quantum channel to 'bob'"),
+    ([{"gate": "x", "qubit": "pair"},
+      {"gate": "receive", "qubit": "aux", "from": "alice", "photon": 0}],
+     "receive must be the first gate"),
+    ([{"gate": "receive", "qubit": "aux", "from": "carol", "photon": 0}],
+     "no quantum channel from 'carol'"),
+    ([{"gate": "send", "qubit": "pair", "to": "dave"}, {"gate": "x", "qubit": "pair"}],
+     "measured or sent before"),
 ])
 def test_gates_that_cannot_run_are_refused_naming_the_gate(ops, what):
+    channels = Channels(out={"dave": "qc-ad"}, into={"alice": "qc-ba"})
     with pytest.raises(ValueError, match=what):
-        check_gates(ops)
+        check_gates(ops, channels)
 
 
 def test_a_device_refusal_is_raised_and_the_scratch_qubit_freed():
@@ -118,3 +127,72 @@ def test_a_device_refusal_is_raised_and_the_scratch_qubit_freed():
                 run_gates(device, q, [{"gate": "h", "qubit": "aux"}])
         finally:
             device.close()
+
+
+def _superdense_devices(transmission: float):
+    registry = PairRegistry(seed=4)
+    clock = ManualClock()
+    twins = {n: QDeviceTwin(QDeviceConfig(n_qubits=3), name=n, registry=registry, clock=clock,
+                            seed=i) for i, n in enumerate(("alice", "bob"))}
+    registry.add_channel("qc-ab", "alice", "bob", transmission=transmission)
+    return registry, twins
+
+
+ALICE_CHANNELS = Channels(out={"bob": "qc-ab"})
+BOB_CHANNELS = Channels(into={"alice": "qc-ab"})
+
+
+def test_superdense_coding_gates_carry_two_bits_per_pair_exactly():
+    """Alice encodes k = 2x + z as X^x Z^z on her half of Φ+ and sends it; bob receives it into
+    aux and Bell-measures aux with his half (CNOT, X and Z measurements): k every time, on
+    noiseless devices; the scratch qubit is freed."""
+    registry, twins = _superdense_devices(1.0)
+    assert commands([{"gate": "send", "qubit": "pair", "to": "bob"}], {"pair": 2},
+                    ALICE_CHANNELS) == ["EMIT 2 qc-ab"]
+    with twins["alice"].server() as sa, twins["bob"].server() as sb:
+        alice, bob = QDevice(sa.address), QDevice(sb.address)
+        try:
+            qa, qb = alice.alloc(), bob.alloc()
+            for seq, k in enumerate([0, 1, 2, 3, 3, 1]):
+                registry.herald("ab", seq, (1, 0, 0, 0), announced="phi+")
+                alice.entangle(qa, "ab", seq)
+                bob.entangle(qb, "ab", seq)
+                x, z = divmod(k, 2)
+                encode = ([{"gate": "z", "qubit": "pair"}] if z else []) + \
+                    ([{"gate": "x", "qubit": "pair"}] if x else [])
+                outcomes, photons = run_gates(alice, qa, encode + [
+                    {"gate": "send", "qubit": "pair", "to": "bob"}], ALICE_CHANNELS)
+                assert outcomes == [] and photons == [seq]
+                decoded, sent = run_gates(bob, qb, [
+                    {"gate": "receive", "qubit": "aux", "from": "alice", "photon": photons[0]},
+                    {"gate": "cnot", "control": "aux", "target": "pair"},
+                    {"gate": "meas", "qubit": "aux", "basis": "X"},
+                    {"gate": "meas", "qubit": "pair", "basis": "Z"}], BOB_CHANNELS)
+                assert sent == [] and 2 * decoded[1] + decoded[0] == k
+            assert twins["bob"].allocated == [qb] and twins["alice"].allocated == [qa]
+        finally:
+            alice.close()
+            bob.close()
+
+
+def test_a_lost_photon_runs_nothing_and_leaves_the_pair():
+    registry, twins = _superdense_devices(0.0)
+    with twins["alice"].server() as sa, twins["bob"].server() as sb:
+        alice, bob = QDevice(sa.address), QDevice(sb.address)
+        try:
+            qa, qb = alice.alloc(), bob.alloc()
+            registry.herald("ab", 0, (0.9, 0.05, 0.03, 0.02), announced="phi+")
+            alice.entangle(qa, "ab", 0)
+            bob.entangle(qb, "ab", 0)
+            _, photons = run_gates(alice, qa, [{"gate": "send", "qubit": "pair", "to": "bob"}],
+                                   ALICE_CHANNELS)
+            before = twins["bob"].state(qb).matrix.copy()
+            with pytest.raises(PhotonLost, match="photon 0 from alice did not arrive"):
+                run_gates(bob, qb, [
+                    {"gate": "receive", "qubit": "aux", "from": "alice", "photon": photons[0]},
+                    {"gate": "meas", "qubit": "pair", "basis": "Z"}], BOB_CHANNELS)
+            assert np.allclose(twins["bob"].state(qb).matrix, before, atol=1e-12)
+            assert twins["bob"].allocated == [qb]         # the scratch qubit was freed
+        finally:
+            alice.close()
+            bob.close()

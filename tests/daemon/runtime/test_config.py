@@ -311,3 +311,37 @@ def test_two_names_for_one_gates_noise_are_refused_naming_both(keys):
 def test_gate_noise_out_of_range_names_the_key(key, value, allowed):
     with pytest.raises(ConfigError, match=rf"memory.{key}: must be a number in {allowed}"):
         parse_config(MINIMAL + f"[memory]\n{key} = {value}\n")
+
+
+QDEVICE_NODE = MINIMAL + ('[instruments.qmem]\nkind = "qdevice"\naddress = "127.0.0.1:9"\n'
+                          '[memory]\nqdevice = "qmem"\n')
+
+
+def _channel(cid: str, source: str, target: str) -> str:
+    return f'[[quantum_channels]]\nid = "{cid}"\nfrom = "{source}"\nto = "{target}"\n'
+
+
+def test_quantum_channels_start_or_end_at_this_node():
+    cfg = parse_config(QDEVICE_NODE + _channel("qc-1", "n1", "n2") + _channel("qc-2", "n3", "n1"))
+    assert [(c.id, c.source, c.target) for c in cfg.quantum_channels] == [
+        ("qc-1", "n1", "n2"), ("qc-2", "n3", "n1")]
+    assert parse_config(QDEVICE_NODE).quantum_channels == ()
+
+
+@pytest.mark.parametrize("text, key, problem", [
+    (QDEVICE_NODE + _channel("qc", "n2", "n3"), "quantum_channels[0].from", "neither end"),
+    (QDEVICE_NODE + _channel("qc", "n1", "n1"), "quantum_channels[0].to", "twice"),
+    (QDEVICE_NODE + _channel("q/c", "n1", "n2"), "quantum_channels[0].id", "letters, digits"),
+    (QDEVICE_NODE + _channel("qc", "n1", "n2") + _channel("qc", "n2", "n1"),
+     "quantum_channels[1].id", "names quantum_channels[0] already"),
+    (QDEVICE_NODE + _channel("qc", "n1", "n2") + _channel("qd", "n1", "n2"),
+     "quantum_channels[1].to", "a second channel from 'n1' to 'n2'"),
+    (QDEVICE_NODE + '[[quantum_channels]]\nid = "qc"\nfrom = "n1"\n',
+     "quantum_channels[0].to", "is required"),
+    (MINIMAL + _channel("qc", "n1", "n2"), "quantum_channels", "needs [memory].qdevice"),
+])
+def test_quantum_channel_mistakes_name_the_key(text, key, problem):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "q.toml")
+    assert err.value.key == key, str(err.value)
+    assert problem in str(err.value)
