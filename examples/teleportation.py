@@ -43,13 +43,15 @@ import asyncio
 import json
 import math
 import random
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qnode.client import NodeClient, Pair, RequestError, gates
+from pair_protocol import run_pairs
+from simulator_truth import Truth, simulator_truth
+
+from qnode.client import NodeClient, Pair, gates
 from qnode.client.connection import ConnectionInfo
 
 PURPOSE = 7
@@ -106,32 +108,6 @@ class Report:
         return out
 
 
-class Truth:
-    """The simulator's registry oracle (``SIM:STATE? <device> <qubit>``): hal_sim only."""
-
-    def __init__(self, address: str):
-        host, port = address.removeprefix("socket://").rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=5)
-        self.buf = b""
-
-    def bloch(self, device: str, qubit: int) -> tuple[float, float, float]:
-        self.sock.sendall(f"SIM:STATE? {device} {qubit}\n".encode())
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("the truth oracle closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        text = line.decode()
-        if text.startswith("ERR"):
-            raise RuntimeError(f"truth oracle: {text}")
-        x, y, z = (float(v) for v in text.split())
-        return x, y, z
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def bloch_of(theta: float, phi: float) -> tuple[float, float, float]:
     """The Bloch vector of R_Z(φ) R_Y(θ)|0⟩."""
     return (math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta))
@@ -170,104 +146,36 @@ async def teleport(alice: NodeClient, bob: NodeClient, trials: int, *, remote: s
     rng = random.Random(seed)
     started = time.monotonic()
     done: dict[int, Trial] = {}
-    lost: dict[str, int] = {}
-    pending: dict[int, float] = {}    # pair id -> when alice sent its DATA (monotonic s)
-    bob_pairs: dict[int, Pair] = {}
     alice_fidelity: dict[int, float | None] = {}   # pair id -> F in alice's RESULT
 
-    def count_lost(why: str, n: int = 1) -> None:
-        lost[why] = lost.get(why, 0) + n
-    notes: dict[int, dict[str, Any]] = {}
-    wake = asyncio.Event()
-
-    async def bob_side() -> None:
-        async with bob.receive(PURPOSE) as pairs:
-            async def take_pairs() -> None:
-                async for p in pairs:
-                    bob_pairs[p.pair_id] = p
-                    wake.set()
-            async def take_notes() -> None:
-                async for m in bob.data():
-                    if m.sender == alice.application:
-                        notes[int(m.data["pair_id"])] = m.data
-                        wake.set()
-            readers = [asyncio.ensure_future(take_pairs()), asyncio.ensure_future(take_notes())]
-            ready.set()
-            try:
-                while True:
-                    await wake.wait()
-                    wake.clear()
-                    for pid in [k for k in notes if k in bob_pairs]:
-                        note, pair = notes.pop(pid), bob_pairs.pop(pid)
-                        await bob_turn(pair, note)
-            finally:
-                for r in readers:
-                    r.cancel()
-                await asyncio.gather(*readers, return_exceptions=True)
+    async def alice_turn(pair: Pair) -> dict[str, Any]:
+        theta = math.acos(1 - 2 * rng.random())
+        phi = 2 * math.pi * rng.random()
+        res = await alice.operate(pair, alice_gates(theta, phi))
+        m1, m2 = res.outcomes
+        alice_fidelity[pair.pair_id] = res.fidelity
+        # theta and phi are for the verifier only: a real receiver is not told the state
+        return {"m1": m1, "m2": m2, "theta": theta, "phi": phi}
 
     async def bob_turn(pair: Pair, note: dict[str, Any]) -> None:
         t = Trial(pair.pair_id, pair.bell_state, pair.fidelity, note["theta"], note["phi"],
                   alice_fidelity.pop(pair.pair_id, None))
-        try:
-            fix = correction_gates(pair.bell_state, note["m1"], note["m2"])
-            if truth is not None:
-                await bob.operate(pair, fix)
-                assert pair.qubit is not None
-                r = truth.bloch(bob_node, pair.qubit)
-                n = bloch_of(t.theta, t.phi)
-                t.truth = (1 + sum(a * b for a, b in zip(r, n, strict=True))) / 2
-                fix = []
-            result = await bob.operate(pair, fix + verify_gates(t.theta, t.phi))
-            t.success = 1 - result.outcomes[-1]
-            t.bob_fidelity = result.fidelity
-        except Exception as exc:  # noqa: BLE001 - counted, reported, the run goes on
-            count_lost(f"bob_{type(exc).__name__}")
-            return
-        finally:
-            pending.pop(t.pair_id, None)
+        fix = correction_gates(pair.bell_state, note["m1"], note["m2"])
+        if truth is not None:
+            await bob.operate(pair, fix)
+            assert pair.qubit is not None
+            r = truth.bloch(bob_node, pair.qubit)
+            n = bloch_of(t.theta, t.phi)
+            t.truth = (1 + sum(a * b for a, b in zip(r, n, strict=True))) / 2
+            fix = []
+        result = await bob.operate(pair, fix + verify_gates(t.theta, t.phi))
+        t.success = 1 - result.outcomes[-1]
+        t.bob_fidelity = result.fidelity
         done[t.pair_id] = t
 
-    ready = asyncio.Event()
-    bob_task = asyncio.ensure_future(bob_side())
-    await ready.wait()
-    try:
-        async with asyncio.timeout(timeout_s):
-            while len(done) < trials and sum(lost.values()) <= trials:
-                pending.clear()
-                try:
-                    ask = min(BATCH, trials - len(done))
-                    async for pair in alice.create_keep(remote, pairs=ask, purpose=PURPOSE,
-                                                        timeout_s=timeout_s):
-                        theta = math.acos(1 - 2 * rng.random())
-                        phi = 2 * math.pi * rng.random()
-                        try:
-                            res = await alice.operate(pair, alice_gates(theta, phi))
-                        except Exception as exc:  # noqa: BLE001 - counted, the run goes on
-                            count_lost(f"alice_{type(exc).__name__}")
-                            continue
-                        m1, m2 = res.outcomes
-                        alice_fidelity[pair.pair_id] = res.fidelity
-                        pending[pair.pair_id] = time.monotonic()
-                        await alice.send_data(bob.application, {
-                            "pair_id": pair.pair_id, "m1": m1, "m2": m2,
-                            # for the verifier only: a real receiver is not told the state
-                            "theta": theta, "phi": phi})
-                except RequestError as exc:
-                    if exc.code != "no_listener":   # bob's LISTEN has not reached alice yet
-                        raise
-                    await asyncio.sleep(0.5)
-                # bob's turns of this round: done, failed, or never come (the pair or the
-                # DATA lost) within BOB_WAIT_S
-                while pending and not bob_task.done():
-                    if time.monotonic() - max(pending.values()) > BOB_WAIT_S:
-                        count_lost("bob_missed", len(pending))
-                        break
-                    await asyncio.sleep(0.05)
-                if bob_task.done():
-                    bob_task.result()       # its error, if it ended with one
-    finally:
-        bob_task.cancel()
-        await asyncio.gather(bob_task, return_exceptions=True)
+    lost = await run_pairs(alice, bob, trials, remote=remote, purpose=PURPOSE,
+                           sender_turn=alice_turn, receiver_turn=bob_turn, batch=BATCH,
+                           wait_s=BOB_WAIT_S, timeout_s=timeout_s)
     return summarise(list(done.values()), time.monotonic() - started, lost)
 
 
@@ -298,7 +206,7 @@ def worked_fidelity(t: Trial) -> float:
 
 async def main_async(args: argparse.Namespace) -> Report:
     info = ConnectionInfo.load(args.connection)
-    truth_address = args.truth or _simulator_truth(args.connection)
+    truth_address = args.truth or simulator_truth(args.connection)
     truth = Truth(truth_address) if truth_address and not args.no_truth else None
     try:
         async with NodeClient.from_connection(info, args.alice_app) as alice, \
@@ -309,13 +217,6 @@ async def main_async(args: argparse.Namespace) -> Report:
     finally:
         if truth is not None:
             truth.close()
-
-
-def _simulator_truth(path: str) -> str | None:
-    """The truth oracle a ``qnode demo --serve`` connection file names (``simulator.truth``)."""
-    with open(path, encoding="utf-8") as f:
-        sim = json.load(f).get("simulator")
-    return sim.get("truth") if isinstance(sim, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,12 +194,17 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         return (f"[instruments.{name}]\nkind = \"qdevice\"\n"
                 f"address = {_toml_str(addresses[bench_name])}\n\n")
 
+    def channels(*ends: str) -> str:   # the bench's quantum channels from alice's memory
+        return "".join(f"[[quantum_channels]]\nid = \"qc-alice-{to}\"\nfrom = \"alice\"\n"
+                       f"to = \"{to}\"\n\n" for to in ends) if quantum_memory else ""
+
     add("alice", ["memory"], memory + qdevice("qmem", "alice-qdevice")
-        + k_link("alice-repeater", "repeater", "herald1"))
+        + k_link("alice-repeater", "repeater", "herald1") + channels("repeater", "bob"))
     add("repeater", ["repeater"], memory + qdevice("qmem", "repeater-qdevice")
-        + k_link("alice-repeater", "alice", "herald1") + k_link("repeater-bob", "bob", "herald2"))
+        + k_link("alice-repeater", "alice", "herald1") + k_link("repeater-bob", "bob", "herald2")
+        + channels("repeater"))
     add("bob", ["memory"], memory + qdevice("qmem", "bob-qdevice")
-        + k_link("repeater-bob", "repeater", "herald2"))
+        + k_link("repeater-bob", "repeater", "herald2") + channels("bob"))
     add("source", ["source"],
         f"[instruments.pump]\nkind = \"ibeam\"\naddress = {_toml_str(addresses['pump'])}\n\n"
         f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"

@@ -30,6 +30,8 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "teleportation.py"
 
 
 def _example():
+    if str(EXAMPLE.parent) not in sys.path:     # as when run as a script: its sibling modules
+        sys.path.insert(0, str(EXAMPLE.parent))
     spec = importlib.util.spec_from_file_location("teleportation_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
