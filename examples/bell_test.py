@@ -40,17 +40,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
-import ssl
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiomqtt
+from node_telemetry import telemetry
 
 from qnode.client.connection import ConnectionInfo
 
@@ -118,7 +117,7 @@ def link_figures(payload: bytes, link: str = LINK) -> dict[str, Any] | None:
     return t
 
 
-def simulator_truth(truth_file: str | None, link: str = LINK) -> tuple[float, float] | None:
+def m_link_truth(truth_file: str | None, link: str = LINK) -> tuple[float, float] | None:
     """(S, V) of ``link`` in the bench's truth file, or None."""
     if not truth_file:
         return None
@@ -129,36 +128,20 @@ def simulator_truth(truth_file: str | None, link: str = LINK) -> tuple[float, fl
         return None
 
 
-def _tls(info: ConnectionInfo, application: str | None) -> ssl.SSLContext | None:
-    if urlsplit(info.broker_url).scheme != "mqtts":
-        return None
-    ctx = ssl.create_default_context(cafile=info.ca_file)
-    if application is not None:
-        app = info.application(application)
-        if app.client_cert:
-            ctx.load_cert_chain(app.client_cert, app.client_key)
-    return ctx
-
-
 async def read_chsh(info: ConnectionInfo, *, sigma: float, timeout_s: float,
                     application: str | None = None) -> tuple[dict[str, Any], int, float]:
     """The counter's telemetry until its ``chsh_s_err`` ≤ ``sigma``: (the link's figures,
     records read, seconds). Every client may read telemetry (the shipped ACL)."""
-    url = urlsplit(info.broker_url)
-    app = info.application(application) if application is not None else None
     started = time.monotonic()
     records = bad = 0
     last: dict[str, Any] | None = None
-    async with aiomqtt.Client(url.hostname or "localhost", url.port or 1883,
-                              username=app.username if app else None,
-                              password=app.password if app else None,
-                              tls_context=_tls(info, application)) as client:
-        await client.subscribe(f"qnet/v1/{info.network}/{COUNTER}/telemetry", qos=1)
-        try:
-            async with asyncio.timeout(timeout_s):
-                async for message in client.messages:
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with contextlib.aclosing(telemetry(info, COUNTER,
+                                                     application=application)) as payloads:
+                async for payload in payloads:
                     try:
-                        t = link_figures(bytes(message.payload))   # type: ignore[arg-type]
+                        t = link_figures(payload)
                     except BadRecord as exc:
                         bad += 1
                         print(f"skipped a telemetry message: {exc}", file=sys.stderr)
@@ -170,13 +153,13 @@ async def read_chsh(info: ConnectionInfo, *, sigma: float, timeout_s: float,
                     print(f"  S = {t['chsh_s']:.4f} ± {t['chsh_s_err']:.4f}", file=sys.stderr)
                     if t["chsh_s_err"] <= sigma:
                         break
-        except TimeoutError:
-            if last is None:
-                raise RuntimeError(f"no CHSH figures from {COUNTER} in {timeout_s:.0f} s "
-                                   f"({records} records, {bad} unreadable): are its settings "
-                                   f"a Bell test's (qnode demo --serve --m-link bell)?") from None
-            print(f"σ ≤ {sigma} not reached in {timeout_s:.0f} s: reporting the last record",
-                  file=sys.stderr)
+    except TimeoutError:
+        if last is None:
+            raise RuntimeError(f"no CHSH figures from {COUNTER} in {timeout_s:.0f} s "
+                               f"({records} records, {bad} unreadable): are its settings "
+                               f"a Bell test's (qnode demo --serve --m-link bell)?") from None
+        print(f"σ ≤ {sigma} not reached in {timeout_s:.0f} s: reporting the last record",
+              file=sys.stderr)
     assert last is not None
     return last, records, time.monotonic() - started
 
@@ -214,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 timeout_s=args.timeout_s,
                                                 application=args.application))
     r = report(t, records, seconds, visibility=args.visibility,
-               truth=simulator_truth(truth_file))
+               truth=m_link_truth(truth_file))
     print("\n".join(r.lines()))
     print(json.dumps(asdict(r)))
     return 0

@@ -22,6 +22,9 @@ qubit sent (Bowen, PRA 63, 022302 (2001)). Dense coding beats sending one bit pe
 when 2 − H(λ) > 1 (a Werner pair needs F > 0.81); a linear-optics Bell-state measurement
 decodes at most log2 3 = 1.585 bits (Mattle et al., PRL 76, 4656 (1996)). Set beside:
 
+* the figure the network reports for a link's pairs: ``dense_coding_bits`` in the sender's
+  link telemetry, 2 − H(λ) of the link's state estimated from its test pairs (at delivery; a
+  path reports none);
 * the capacity from the pair's reported fidelity, as if the pair were Werner (the sender's
   RESULT: the estimate aged to when it sent; the channel's depolarising is not in it);
 * with the simulator's truth, the capacity of the true state of each pair just before it was
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -46,6 +50,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from node_telemetry import telemetry
 from pair_protocol import run_pairs
 from simulator_truth import Truth, simulator_truth
 
@@ -113,6 +118,7 @@ class Report:
     sigma: float                  # its standard error
     bits_per_pair: float          # bits_per_qubit × arrived / pairs
     capacity_reported: float      # mean 2 − H of Werner pairs of the reported F
+    capacity_network: float | None  # the link's dense_coding_bits (its telemetry), if any
     capacity_truth: float | None  # mean 2 − H(λ) of the true states at decoding
     z_truth: float | None         # (bits_per_qubit − capacity_truth)/σ
     linear_optics_bits: float     # log2 3
@@ -128,6 +134,9 @@ class Report:
                f"  bits per consumed pair   {self.bits_per_pair:.4f}",
                f"  2 − H, reported F        {self.capacity_reported:.4f}  (Werner pairs of "
                f"the F when sent)"]
+        if self.capacity_network is not None:
+            out.append(f"  2 − H(λ), the link's     {self.capacity_network:.4f}  (its estimate "
+                       f"from test pairs, at delivery)")
         if self.capacity_truth is not None and self.z_truth is not None:
             out.append(f"  2 − H(λ), simulator      {self.capacity_truth:.4f}  "
                        f"({self.z_truth:+.2f} σ)")
@@ -154,15 +163,18 @@ def decode_gates(sender_node: str, photon: int) -> list[dict[str, Any]]:
 
 async def superdense(sender: NodeClient, receiver: NodeClient, pairs: int, *, remote: str,
                      sender_node: str, receiver_node: str, truth: Truth | None = None,
-                     seed: int | None = None, timeout_s: float = 600.0) -> Report:
+                     seed: int | None = None, timeout_s: float = 600.0,
+                     info: ConnectionInfo | None = None) -> Report:
     """Send ``pairs`` random two-bit messages from ``sender``'s application to
-    ``receiver``'s, one pair each."""
+    ``receiver``'s, one pair each (``info``: to read the link's reported figure)."""
+    pools: set[str] = set()
     rng = random.Random(seed)
     started = time.monotonic()
     done: dict[int, Trial] = {}
     sent: dict[int, Trial] = {}
 
     async def sender_turn(pair: Pair) -> dict[str, Any]:
+        pools.add(pair.pool)
         t = Trial(pair.pair_id, pair.bell_state, rng.randrange(4))
         res = await sender.operate(pair, encode(t.message, receiver_node))
         t.fidelity = res.fidelity if res.fidelity is not None else pair.fidelity
@@ -192,10 +204,35 @@ async def superdense(sender: NodeClient, receiver: NodeClient, pairs: int, *, re
     lost = await run_pairs(sender, receiver, pairs, remote=remote, purpose=PURPOSE,
                            sender_turn=sender_turn, receiver_turn=receiver_turn, batch=BATCH,
                            wait_s=RECEIVER_WAIT_S, timeout_s=timeout_s)
-    return summarise(list(done.values()), time.monotonic() - started, lost)
+    network = None
+    if info is not None and pools:
+        network = await reported_capacity(info, sender_node, pools.pop())
+    return summarise(list(done.values()), time.monotonic() - started, lost, network)
 
 
-def summarise(trials: list[Trial], seconds: float, lost: dict[str, int]) -> Report:
+async def reported_capacity(info: ConnectionInfo, node: str, pool: str,
+                            timeout_s: float = 10.0) -> float | None:
+    """``dense_coding_bits`` of link ``pool`` in ``node``'s latest telemetry (None for a path,
+    or when the node says nothing in ``timeout_s``)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with contextlib.aclosing(telemetry(info, node)) as payloads:
+                async for payload in payloads:
+                    try:
+                        links = json.loads(payload)["body"]["links"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if isinstance(links, dict) and isinstance(links.get(pool), dict):
+                        bits = links[pool].get("dense_coding_bits")
+                        return float(bits) if isinstance(bits, int | float) else None
+                    return None
+    except TimeoutError:
+        return None
+    return None
+
+
+def summarise(trials: list[Trial], seconds: float, lost: dict[str, int],
+              network: float | None = None) -> Report:
     if not trials:
         raise RuntimeError(f"no message was sent (lost: {lost})")
     counts = [[0] * 4 for _ in range(4)]
@@ -210,7 +247,7 @@ def summarise(trials: list[Trial], seconds: float, lost: dict[str, int]) -> Repo
     truth = sum(true) / len(true) if true else None
     return Report(len(trials), arrived, sum(counts[k][k] for k in range(4)), bits, sigma,
                   bits * arrived / len(trials),
-                  sum(reported) / len(reported) if reported else math.nan, truth,
+                  sum(reported) / len(reported) if reported else math.nan, network, truth,
                   None if truth is None or not math.isfinite(sigma) else (bits - truth) / sigma,
                   LINEAR_OPTICS_BITS, counts, seconds, lost)
 
@@ -226,7 +263,8 @@ async def main_async(args: argparse.Namespace) -> Report:
                 NodeClient.from_connection(info, args.receiver_app) as receiver:
             return await superdense(sender, receiver, args.pairs, remote=receiver_node,
                                     sender_node=sender_node, receiver_node=receiver_node,
-                                    truth=truth, seed=args.seed, timeout_s=args.timeout_s)
+                                    truth=truth, seed=args.seed, timeout_s=args.timeout_s,
+                                    info=info)
     finally:
         if truth is not None:
             truth.close()

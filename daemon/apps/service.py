@@ -518,7 +518,9 @@ class AppService:
                                                          self.channels)
         except PhotonLost as exc:   # nothing ran: the pair stays the application's
             h.memory.rehold(h.qubit, h.until)
-            self._operation_refused(application, op, ErrorCode.PHOTON_LOST, str(exc))
+            # a fibre loses most photons: physics, not a fault (counted, logged as INFO)
+            self._operation_refused(application, op, ErrorCode.PHOTON_LOST, str(exc),
+                                    logging.INFO)
             return
         except Exception as exc:  # noqa: BLE001 - any failure of the device ends the operation
             h.memory.release(h.qubit)      # its state is unknown now: not the application's
@@ -545,9 +547,9 @@ class AppService:
                                           fidelity, photons or None))
 
     def _operation_refused(self, application: str, op: Operate, code: ErrorCode,
-                           reason: str) -> None:
+                           reason: str, level: int = logging.WARNING) -> None:
         self.operations[code.value] += 1
-        self._rlog(f"operate:{code.value}", logging.WARNING,
+        self._rlog(f"operate:{code.value}", level,
                    "apps: refused %s's OPERATE %s: %s (%s)", application, op.request_id, reason,
                    code.value, application=application, request_id=op.request_id,
                    code=code.value)

@@ -78,6 +78,8 @@ class LinkMemoryTelemetry(QberTelemetry, total=False):
     tests_per_basis: list[int]  # matched test pairs per basis: X, Y, Z
     fidelity_estimate: float    # of new pairs, from the test pairs or the prior (0..1)
     fidelity_source: str        # "tests" (the estimate) | "prior" ([memory].fidelity)
+    dense_coding_bits: float    # 2 − H(λ) of the estimated state: bits per qubit sent in
+    #                             superdense coding (> 1 only with entanglement to spare)
     fidelity_sigma: float       # standard error of fidelity_estimate (0..1)
 
 

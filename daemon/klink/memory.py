@@ -55,7 +55,12 @@ from qnode.daemon.linklayer import (
     seq_diff,
     seq_lt,
 )
-from qnode.daemon.quantum.bell_diagonal import BellDiagonal, age, age_halves
+from qnode.daemon.quantum.bell_diagonal import (
+    BellDiagonal,
+    age,
+    age_halves,
+    dense_coding_capacity,
+)
 from qnode.daemon.quantum.estimators import (
     BELL_SIGNS,
     Estimate,
@@ -551,6 +556,8 @@ class LinkMemory:
             "fidelity_source": "tests" if self.tomography.ready else "prior"}
         if not math.isnan(sigma):
             t["fidelity_sigma"] = sigma
+        if self.tomography.ready:   # what a pair carries in dense coding: 2 − H(λ) of the estimate
+            t["dense_coding_bits"] = dense_coding_capacity(rel)
         tomo = self.tomography
         if tomo.n.sum():
             t["tests_per_basis"] = tomo.n.tolist()

@@ -156,6 +156,9 @@ _LINK_GAUGES: tuple[_Field, ...] = (
      "Qubits holding a pair of this link now (bound at this end).", 1.0),
     ("fidelity_sigma", "link_fidelity_standard_error_ratio",
      "Standard error of the link's fidelity estimate from test pairs (0..1).", 1.0),
+    ("dense_coding_bits", "link_dense_coding_bits",
+     "Dense-coding capacity 2 - H(lambda) of the link's estimated state (bits per qubit sent).",
+     1.0),
     # purification (klink.purification.Purifier)
     ("purify_pairs_held", "link_purify_pairs_held",
      "Pairs stored for purification now (outputs of rounds, not yet delivered).", 1.0),

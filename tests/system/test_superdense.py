@@ -78,4 +78,8 @@ async def test_superdense_coding_over_link_pairs_carries_what_the_pairs_allow(tm
     assert r["capacity_truth"] is not None, r
     assert abs(r["bits_per_qubit"] - r["capacity_truth"]) <= 3 * r["sigma"] + 0.1, r
     assert r["bits_per_pair"] == pytest.approx(r["bits_per_qubit"] * arrived / n)
+    # the network's own figure: 2 − H(λ) of the link's estimate from test pairs, at delivery
+    # (pairs only lose from there to the decoding; the estimate has a σ of a few 0.01)
+    assert r["capacity_network"] is not None, r
+    assert r["capacity_truth"] - 0.15 <= r["capacity_network"] <= 2.0, r
     assert r["correct"] > arrived / 4 + 3 * math.sqrt(arrived * 3 / 16), r   # not guessing

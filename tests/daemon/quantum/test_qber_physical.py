@@ -201,6 +201,29 @@ def test_k_link_memory_qber_is_shown_and_exported_clamped():
 
 def test_k_link_memory_reports_the_clamped_qber_itself():
     lt = k_link_memory_telemetry()
+    # the QBERs clamp to 0: the state is Φ+ itself, which carries 2 bits per qubit sent
+    assert lt["dense_coding_bits"] == pytest.approx(2.0, abs=1e-9)
+    assert scrape({"node": "alice", "roles": ["memory"], "t": 1.7e9, "uptime_s": 1.0,
+                   "links": {"alice-rep": lt}})[
+        ("qnode_link_dense_coding_bits", frozenset({"node": "alice", "link": "alice-rep"}.items()))
+    ] == pytest.approx(2.0, abs=1e-9)
     for b in ("x", "y", "z"):
         assert lt[f"qber_{b}"] == 0.0 and lt[f"qber_{b}_raw"] < 0
         assert 0.0 <= lt[f"qber_{b}_ci_low"] <= lt[f"qber_{b}_ci_high"] <= 1.0
+
+
+def test_k_link_memory_reports_the_dense_coding_capacity_of_its_estimate():
+    """QBERs X 5 %, Y 15 %, Z 10 % (300 test pairs each, no read-out error) make λ = (0.85,
+    0.05, 0.10, 0) relative to Φ+ (Q_Z = λΨ+ + λΨ−, Q_X = λΦ− + λΨ−, Q_Y = λΦ− + λΨ+): the
+    memory reports 2 − H(λ) of it; before every basis has its tests, nothing."""
+    mem = LinkMemory("alice-rep", QubitPool("qd", lambda: None, {}), test_fraction=0.1,  # type: ignore[arg-type, return-value]
+                     readout_error=0.0, t1_s=5.0, t2_s=2.0, prior_fidelity=0.9)
+    assert "dense_coding_bits" not in mem.telemetry()
+    for basis, errors in (("X", 15), ("Y", 45), ("Z", 30)):
+        sign = est.BELL_SIGNS["phi+"][est.BASES.index(basis)]
+        for i in range(300):
+            same = (i >= errors) == (sign > 0)
+            mem.tomography.add(basis, "phi+", 0, 0 if same else 1, 0.0, 0.0)
+    lam = (0.85, 0.05, 0.10, 0.0)
+    h = -sum(x * math.log2(x) for x in lam if x > 0)
+    assert mem.telemetry()["dense_coding_bits"] == pytest.approx(2 - h, abs=1e-9)
