@@ -32,7 +32,7 @@ teleported state's true fidelity.
 Run it against ``qnode demo --serve`` (its connection file names the broker, the applications
 and the simulator's truth)::
 
-    python examples/teleportation.py --connection qnode-connection.json --trials 100
+    python examples/teleportation.py --connection qnode-demo.json --trials 100
 
 The last line printed is a JSON report.
 """
@@ -221,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--connection", default="qnode-connection.json",
+    p.add_argument("--connection", default="qnode-demo.json",
                    help="the connection file of qnode demo --serve")
     p.add_argument("--trials", type=int, default=100, help="states to teleport")
     p.add_argument("--alice-app", default="alice-app")
