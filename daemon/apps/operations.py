@@ -102,7 +102,8 @@ def run_gates(device: Any, pair_qubit: int, ops: Sequence[Mapping[str, Any]],
               channels: Channels = NO_CHANNELS) -> tuple[list[int], list[int]]:
     """Run ``ops`` on ``device`` (a :class:`~qnode.drivers.qdevice.QDevice`, on its thread):
     the outcomes of the ``meas`` gates and the photon numbers of the ``send`` gates, in order.
-    :class:`PhotonLost` when a receive's photon did not arrive (no other gate ran);
+    :class:`PhotonLost` when a receive's photon did not arrive (no other gate ran; nor when
+    the device refuses the receive otherwise, which raises its DeviceError);
     :class:`~qnode.drivers.errors.DeviceError` when the device refuses a command (the first
     refusal; the gates after it ran or not, as the batch says) or has no free qubit for
     ``aux``."""
@@ -114,9 +115,11 @@ def run_gates(device: Any, pair_qubit: int, ops: Sequence[Mapping[str, Any]],
         replies: list[Any] = []
         if ops and ops[0]["gate"] == "receive":
             first = device.batch(lines[:1])
-            if isinstance(first[0], DeviceError) and first[0].code == wire.ERR_NO_PAIR:
-                raise PhotonLost(f"photon {ops[0]['photon']} from {ops[0]['from']} did not "
-                                 f"arrive")
+            if isinstance(first[0], DeviceError):   # nothing else runs on an empty aux
+                if first[0].code == wire.ERR_NO_PAIR:
+                    raise PhotonLost(f"photon {ops[0]['photon']} from {ops[0]['from']} did "
+                                     f"not arrive")
+                raise first[0]
             replies += first
             lines_left = lines[1:]
         else:

@@ -195,6 +195,16 @@ def test_a_lost_photon_runs_nothing_and_leaves_the_pair():
                     {"gate": "meas", "qubit": "pair", "basis": "Z"}], BOB_CHANNELS)
             assert np.allclose(twins["bob"].state(qb).matrix, before, atol=1e-12)
             assert twins["bob"].allocated == [qb]         # the scratch qubit was freed
+            # a channel the device does not have (a config that names another): its error,
+            # and again nothing else ran
+            with pytest.raises(DeviceError) as err:
+                run_gates(bob, qb, [
+                    {"gate": "receive", "qubit": "aux", "from": "alice", "photon": 0},
+                    {"gate": "meas", "qubit": "pair", "basis": "Z"}],
+                    Channels(into={"alice": "qc-elsewhere"}))
+            assert err.value.code == 8
+            assert np.allclose(twins["bob"].state(qb).matrix, before, atol=1e-12)
+            assert twins["bob"].allocated == [qb]
         finally:
             alice.close()
             bob.close()
