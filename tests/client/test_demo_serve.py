@@ -5,6 +5,8 @@ cleanly and removes the file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -50,9 +52,11 @@ def test_demo_serve_writes_a_connection_file_that_the_client_uses(tmp_path: Path
     connection = tmp_path / "qnode-demo.json"
     out_path = tmp_path / "serve.out"
     with open(out_path, "w") as out:
+        # its own process group: if the test fails, the daemons and the bench it started go
+        # with it instead of loading the host for every later test
         proc = subprocess.Popen(_qnode("demo", "--serve", "--connection", str(connection),
                                        "--report", str(tmp_path / "report")),
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while not connection.exists():
@@ -82,9 +86,15 @@ def test_demo_serve_writes_a_connection_file_that_the_client_uses(tmp_path: Path
         proc.send_signal(signal.SIGINT)
         code = proc.wait(WAIT_S)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:            # a failure above: stop it as Ctrl-C would
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)   # whatever of its group is left
+        proc.wait()
     text = out_path.read_text()
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}"
                      for p in sorted((tmp_path / "report" / "logs").glob("*.log")))

@@ -1,8 +1,11 @@
 """`qnode demo` as the README runs it: embedded amqtt broker, eight daemons, the report."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +23,8 @@ def _demo(*args: str, timeout_s: float) -> tuple[subprocess.CompletedProcess, Co
     daemons have all exited by then). Every publisher on the demo's network is one of its
     daemons (no application runs)."""
     proc = subprocess.Popen([sys.executable, "-m", "qnode.daemon.cli", "demo", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)   # a failure kills its daemons too
     out: list[str] = []
     err: list[str] = []
     url = threading.Event()
@@ -44,7 +48,8 @@ def _demo(*args: str, timeout_s: float) -> tuple[subprocess.CompletedProcess, Co
         code = proc.wait(timeout_s)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for r in readers:
             r.join(10)
