@@ -473,7 +473,7 @@ class AppService:
     def _operate(self, application: str, op: Operate) -> None:
         """Check an OPERATE and start it (its RESULT or ERROR goes out when it ends)."""
         try:
-            check_gates(op.ops, self.channels)
+            _, consumes_pair = check_gates(op.ops, self.channels)
         except ValueError as exc:
             self._operation_refused(application, op, ErrorCode.BAD_REQUEST, str(exc))
             return
@@ -507,11 +507,12 @@ class AppService:
         h.busy = True
         self._running[application] += 1
         h.memory.rehold(h.qubit, math.inf)    # no pair is bound into it while the gates run
-        task = asyncio.ensure_future(self._run_operation(key, h, op))
+        task = asyncio.ensure_future(self._run_operation(key, h, op, consumes_pair))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_operation(self, key: tuple[str, str, int], h: Holding, op: Operate) -> None:
+    async def _run_operation(self, key: tuple[str, str, int], h: Holding, op: Operate,
+                             consumed: bool) -> None:
         application = h.application
         try:
             outcomes, photons = await h.memory.pool.call(run_gates, h.qubit, op.ops,
@@ -534,7 +535,6 @@ class AppService:
             self._running[application] -= 1
         now = self.ctx.now()
         fidelity = None if h.fidelity_at is None else h.fidelity_at(now)
-        _, consumed = check_gates(op.ops, self.channels)
         released = consumed or op.release or h.until <= now
         if released:
             h.memory.release(h.qubit)
