@@ -9,7 +9,8 @@ link whose photons are less indistinguishable — then for a fidelity no plan re
 (ERR UNSUPP). The bench's memories here live 60 s / 20 s (T1/T2), see :data:`T1_S`.
 For every pair delivered, the bench's registry oracle gives the true state of alice's qubit and
 its partner: purification must raise the true fidelity, the reported fidelity must be the true
-one (±0.005 on average, ±0.015 per pair, but for the rare pair a misread check kept), the
+one (on average within 3σ of the link estimate, at least ±0.005; ±0.015 per pair, but for the
+rare pair a misread check kept), the
 rounds must succeed as often as their predicted probabilities say, and the link pairs spent
 per delivered pair must be what the plan predicted.
 """
@@ -272,7 +273,12 @@ def _check_run(run: Run, label: str, gain: float) -> tuple[np.ndarray, float]:
     assert good.mean() >= run.target - 0.003 and good.mean() > raw_true.mean() + gain, pairs
     assert (reported >= run.target).all()
     diff = (reported - true_f)[~misread]
-    assert abs(diff.mean()) <= 0.005 and np.abs(diff).max() <= 0.015, pairs
+    # Every pair of a run is estimated from the same test pairs, so the mean diff is one draw
+    # of the link estimate's error carried through the rounds (about one for one here), not an
+    # average over PURIFIED: a CI run at σ 0.0025 had the link 2.4σ low (raw pairs reported
+    # 0.0063 below their truth, purified ones 0.0061).
+    mean_bound = max(0.005, 3 * est["fidelity_sigma"])
+    assert abs(diff.mean()) <= mean_bound and np.abs(diff).max() <= 0.015, pairs
     # rounds kept as often as their predicted probabilities say (3 sigma)
     sd = math.sqrt(max(expected * (1 - expected / max(rounds, 1)), 1.0))
     assert abs(kept - expected) <= 3 * sd, (kept, expected, rounds)
