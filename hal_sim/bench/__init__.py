@@ -38,6 +38,11 @@ File format::
     clock_offset_ps = 0     #   clock_offset_ps, clock_drift_ppm (the node's tagger clock)
     # optional: this fibre's polarisation drift (default none), see "Polarisation drift" below
     polarisation_drift = {walk_rad_per_sqrt_s = 0.01, steps = [{at_s = 20.0, angle_deg = 40.0}]}
+    [link.node.eavesdropper]  # optional, one node per link: intercept-resend on this fibre
+    fraction = 0.5          # of this node's photons she measures and resends (0-1)
+    bases = ["Z", "X"]      # her bases (default): "Z", "X", "Y" or Bloch vectors [x, y, z]
+    from_s = 30.0           # active in [from_s, until_s) of emission time (s; default from 0,
+    until_s = 60.0          #   no end)
 
     [[link]]                # a K link: a heralding station between two memory nodes
     name = "alice-repeater"
@@ -79,6 +84,20 @@ front of the node's analyzers: a fixed HWP and the ELL14's HWP, R_Y(4θ)
 step at run time; the truth file's ``polarisation`` block holds each fibre's rotation, the
 compensators' angles, the relative rotation of the two photons and the true per-basis visibility
 (see :func:`~qnode.hal_sim.bench.truth.m_link_truth`).
+
+**Eavesdropper (M links).** A node's ``eavesdropper`` table (``[link.node.eavesdropper]`` after
+that ``[[link.node]]``, or an inline ``eavesdropper = {...}``) puts an intercept–resend attack on
+its fibre, at the source end (:mod:`qnode.hal_sim.physics.eavesdropper`): she takes a fraction
+``fraction`` (required, 0–1) of that node's photons, measures each in a basis drawn from ``bases``
+(default ``["Z", "X"]``; "Z", "X", "Y" or Bloch vectors [x, y, z], normalised) with probabilities
+``weights`` (one number ≥ 0 per basis, normalised; default equal) and resends what she found. She
+is active from ``from_s`` (s of simulated emission time; default 0) until ``until_s`` (s, after
+``from_s``; default: no end), switched exactly at those times. With Z and X at ½ and a Werner
+state of visibility V she adds f·V/4 to the QBER of each basis: Q = (1 − V·(1 − f/2))/2.
+:meth:`~qnode.hal_sim.bench.links.LinkRuntime.eavesdrop` switches her on (with a fraction, 0 for
+off) at run time from the next slice, replacing the file's schedule; the truth file's
+``eavesdropper`` block holds her node, the fraction now, her bases and the QBER she adds per
+basis.
 
 Instruments of a "service" kind (time taggers, systems with several ports) serve themselves and
 print one address per port (``tagger.scpi``, ``tagger.dlt``).

@@ -9,7 +9,8 @@ memories files every herald its simulator yields in the bench's
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from ..physics.clock import Clock
 from ..physics.coupling import PolarisationCoupling, waveplate_analyzer_vector
 from ..physics.detector import Detector
+from ..physics.eavesdropper import Eavesdropper
 from ..physics.heralding import HeraldingSimulator
 from ..physics.link import Link, Node, simple_node
 from ..physics.optics import Fibre
@@ -81,6 +83,30 @@ class LinkRuntime:
             pc.drift(node).advance_to(max(sim.time_ps * 1e-12, pc.drift(node).time_s))
             return float(pc.step(node, angle_deg, axis))
         return self.fanout.locked(step)
+
+    def eavesdrop(self, node: str, fraction: float,
+                  bases: Sequence[str | Sequence[float]] = ("Z", "X"),
+                  weights: Sequence[float] | None = None) -> float:
+        """Switch an intercept–resend eavesdropper on ``node``'s fibre on, taking ``fraction``
+        (0–1) of its photons, measured in ``bases`` ("Z"/"X"/"Y" or Bloch vectors) with
+        probabilities ``weights`` (default equal), from the simulator's next slice on until
+        further notice; ``fraction = 0`` switches her off. It replaces any eavesdropper of the
+        file (and its schedule). Returns that slice's start (s of simulated emission time)."""
+        if not isinstance(self.spec, LinkSpec):
+            raise ValueError(f"{self.spec.name!r} is a K link: no fibre to listen on")
+        if node not in self.spec.streaming_nodes:
+            raise ValueError(f"no node {node!r} in link {self.spec.name!r}; it has "
+                             f"{list(self.spec.streaming_nodes)}")
+
+        def switch(sim: Any) -> float:
+            t_s = sim.time_ps * 1e-12
+            while round(t_s * 1e12) > sim.time_ps:   # from_s must not round past the slice start
+                t_s = math.nextafter(t_s, 0.0)
+            sim.set_eavesdropper(Eavesdropper(node, fraction, tuple(bases),
+                                              None if weights is None else tuple(weights),
+                                              from_s=t_s))
+            return t_s
+        return float(self.fanout.locked(switch))
 
     def file_heralds_in(self, registry: PairRegistry) -> None:
         """From now on every step of this K link's simulator files its heralds in ``registry`` (a
@@ -147,6 +173,8 @@ def build_simulator(spec: LinkSpec | KLinkSpec) -> Any:
                               det(a.channels[1])) for a in n.analyzers], clock)
 
     nodes = (node(spec.nodes[0]), node(spec.nodes[1]))
+    eve = next((n.eavesdropper for n in spec.nodes if n.eavesdropper is not None), None)
     return PhotonStreamSimulator(
-        Link(CWSource(spec.pair_rate_hz), BellDiagonalState.werner(spec.visibility), nodes),
+        Link(CWSource(spec.pair_rate_hz), BellDiagonalState.werner(spec.visibility), nodes,
+             eve),
         seed=spec.seed, slice_ps=int(round(spec.slice_ms * 1e9)))

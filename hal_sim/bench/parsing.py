@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..physics.detector import Detector
+from ..physics.eavesdropper import BASIS_AXES, Eavesdropper
 from ..physics.heralding import HeraldingLink
 from ..physics.optics import Fibre
 from ..physics.polarisation import PolarisationDrift, PolarisationStep
@@ -170,7 +171,7 @@ def _parse_m_link(t: _Table, name: str) -> LinkSpec:
     nodes = t.raw.get("node", [])
     if not isinstance(nodes, list) or len(nodes) != 2:
         raise t.fail("node", f"list exactly two [[{t.key.split('[')[0]}.node]] tables")
-    specs = []
+    specs: list[NodeSpec] = []
     for i, n in enumerate(nodes):
         nt = _Table(t.path, f"{t.key}.node[{i}]", n, _NODE_KEYS)
         analyzers = _parse_analyzers(nt)
@@ -180,12 +181,16 @@ def _parse_m_link(t: _Table, name: str) -> LinkSpec:
         channels = (tuple(c for a in analyzers for c in a.channels) if analyzers
                     else nt.channels("channels", 2))
         drift, drift_seed = _parse_drift(nt)
+        eve = _parse_eavesdropper(nt)
+        if eve is not None and any(s.eavesdropper is not None for s in specs):
+            raise nt.fail("eavesdropper", "an eavesdropper listens on one node's fibre only; "
+                                          f"{t.key}.node[0] has one already")
         specs.append(NodeSpec(
             nt.name("name"), channels,
             nt.number("length_km", 0.0, 0, 1e4), nt.number("efficiency", 0.8, 0, 1),
             nt.number("dark_count_rate_hz", 100.0, 0, 1e9), nt.number("jitter_ps", 30.0, 0, 1e6),
             nt.integer("clock_offset_ps", 0, -10**15, 10**15),
-            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4), analyzers, drift, drift_seed))
+            nt.number("clock_drift_ppm", 0.0, -1e4, 1e4), analyzers, drift, drift_seed, eve))
     if specs[0].name == specs[1].name:
         raise config_error(t.path, f"{t.key}.node[1].name", f"{specs[0].name!r} is used twice")
     return LinkSpec(rate, vis, seed, (specs[0], specs[1]), name, brightness, t.key,
@@ -233,6 +238,53 @@ def _parse_drift(nt: _Table) -> tuple[Any, int | None]:
     drift = PolarisationDrift(t.number("walk_rad_per_sqrt_s", 0.0, 0, 100), walk_axis,
                               tuple(steps), t.number("grid_s", 0.01, 1e-6, 60))
     return drift, seed
+
+
+_EVE_KEYS = {"fraction", "bases", "weights", "from_s", "until_s"}
+
+
+def _parse_eavesdropper(nt: _Table) -> Eavesdropper | None:
+    """A node's ``eavesdropper = {fraction, bases, weights, from_s, until_s}`` (or
+    ``[link.node.eavesdropper]``): intercept–resend on its fibre, or None."""
+    raw = nt.raw.get("eavesdropper")
+    if raw is None:
+        return None
+    t = _Table(nt.path, f"{nt.key}.eavesdropper", raw, _EVE_KEYS)
+    if "fraction" not in t.raw:
+        raise t.fail("fraction", "is required: the fraction of the node's photons she "
+                                 "intercepts, a number in [0, 1]")
+    fraction = t.number("fraction", 0.0, 0, 1)
+    raw_bases = t.raw.get("bases", ["Z", "X"])
+    if not isinstance(raw_bases, list) or not raw_bases:
+        raise t.fail("bases", f"must be a non-empty list of bases, each \"Z\", \"X\", \"Y\" "
+                              f"or a Bloch vector [x, y, z], got {raw_bases!r}")
+    bases: list[str | tuple[float, float, float]] = []
+    for j, b in enumerate(raw_bases):
+        if isinstance(b, str) and b.upper() in BASIS_AXES:
+            bases.append(b.upper())
+        elif (isinstance(b, list) and len(b) == 3
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                      and math.isfinite(x) for x in b)
+              and math.hypot(*b) >= 1e-12):
+            bases.append((float(b[0]), float(b[1]), float(b[2])))
+        else:
+            raise t.fail(f"bases[{j}]", "must be \"Z\", \"X\", \"Y\" or a Bloch vector [x, y, z] "
+                                        f"(three numbers, not all zero), got {b!r}")
+    weights = t.raw.get("weights")
+    if weights is not None and (
+            not isinstance(weights, list) or len(weights) != len(bases)
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       and math.isfinite(x) and x >= 0 for x in weights)
+            or sum(weights) <= 0):
+        raise t.fail("weights", f"must be {len(bases)} numbers >= 0 (one per basis, not all 0), "
+                                f"got {weights!r}")
+    from_s = t.number("from_s", 0.0, 0, 1e9)
+    until_s = t.number("until_s", 0.0, 0, 1e9) if "until_s" in t.raw else None
+    if until_s is not None and until_s <= from_s:
+        raise t.fail("until_s", f"must be after from_s ({from_s:g} s), got {until_s:g}")
+    return Eavesdropper(nt.name("name"), fraction, tuple(bases),
+                        None if weights is None else tuple(float(x) for x in weights),
+                        from_s, until_s)
 
 
 def _parse_analyzers(nt: _Table) -> tuple[AnalyzerSpec, ...]:

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ..physics.eavesdropper import Eavesdropper
 from ..physics.heralding import HeraldingLink
 from ..physics.polarisation import PolarisationDrift
 
@@ -57,7 +58,8 @@ class NodeSpec:
 
     ``analyzers`` empty: one analyzer "a" measuring H/V on ``channels`` (+, −). Otherwise a
     50:50 beam splitter picks one of ``analyzers`` (a passive basis choice) and
-    ``channels`` lists all their detectors."""
+    ``channels`` lists all their detectors. ``eavesdropper``: an intercept–resend eavesdropper
+    on this node's fibre (at most one node of a link has one)."""
 
     name: str
     channels: tuple[int, ...]
@@ -70,6 +72,7 @@ class NodeSpec:
     analyzers: tuple[AnalyzerSpec, ...] = ()
     polarisation_drift: PolarisationDrift | None = None   # None: the fibre does not drift
     polarisation_seed: int | None = None
+    eavesdropper: Eavesdropper | None = None               # None: nobody listens on the fibre
 
 
 class _LinkNaming:

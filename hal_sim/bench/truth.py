@@ -36,23 +36,25 @@ def _axis(vec: Any) -> tuple[str, int] | None:
     return None
 
 
-def _setting_truth(sim: Any, spec: LinkSpec) -> dict[str, float]:
-    """``qber_z``/``qber_x``/``chsh_s`` of the analyzers as set now (see :func:`m_link_truth`)."""
+def _setting_truth(sim: Any, spec: LinkSpec, eavesdropper: bool = True) -> dict[str, float]:
+    """``qber_z``/``qber_x``/``chsh_s`` of the analyzers as set now (see :func:`m_link_truth`);
+    ``eavesdropper=False``: as they would be without the eavesdropper."""
     a_node, b_node = sim.link.nodes
-    corr = sim.link.state.correlation_matrix
+    corr = sim.correlation_matrix if eavesdropper else sim.link.state.correlation_matrix
     if not any(n.analyzers for n in spec.nodes):   # one H/V analyzer per node: as before
         return {"qber_z": (1 - abs(float(corr[2, 2]))) / 2,
                 "qber_x": (1 - abs(float(corr[0, 0]))) / 2}
     vectors = getattr(sim, "_vectors", {})
     va = vectors.get(a_node.name, [a.vector for a in a_node.analyzers])
     vb = vectors.get(b_node.name, [a.vector for a in b_node.analyzers])
+    expected = sim.expected_correlations(eavesdropper)
     out: dict[str, float] = {}
-    for basis, vis in _basis_visibility(sim, va, vb).items():
+    for basis, vis in _basis_visibility(sim, va, vb, expected).items():
         out[f"qber_{basis.lower()}"] = (1 - vis) / 2
     if len(va) == 2 and len(vb) == 2:
         names_a = [x.name for x in a_node.analyzers]
         names_b = [x.name for x in b_node.analyzers]
-        e = [[sim.truth.expected_correlation[(x, y)] for y in names_b] for x in names_a]
+        e = [[expected[(x, y)] for y in names_b] for x in names_a]
         ideal = [[sum(float(va[i][m]) * _PHI_PLUS_T[m] * float(vb[j][m]) for m in range(3))
                   for j in range(2)] for i in range(2)]
 
@@ -63,12 +65,16 @@ def _setting_truth(sim: Any, spec: LinkSpec) -> dict[str, float]:
     return out
 
 
-def _basis_visibility(sim: Any, va: Any, vb: Any) -> dict[str, float]:
+def _basis_visibility(sim: Any, va: Any, vb: Any,
+                      expected: dict[tuple[str, str], float] | None = None) -> dict[str, float]:
     """Per Pauli basis both nodes measure (an analyzer at ±Z or ±X as set, before the fibres):
     s_b·σ_a·σ_b·E of those two analyzers, E with the fibres' rotations (the simulator's
     expected correlation), σ = ±1 the analyzers' orientation, s_b Φ+'s sign of the basis: the
-    visibility V_b = 1 − 2·Q_b the daemon measures in that basis."""
+    visibility V_b = 1 − 2·Q_b the daemon measures in that basis. ``expected``: the E per
+    analyzer pair to use (default the simulator's now)."""
     a_node, b_node = sim.link.nodes
+    if expected is None:
+        expected = sim.truth.expected_correlation
     out: dict[str, float] = {}
     for basis, k in (("Z", 2), ("X", 0)):
         pa = [(an.name, ax[1]) for an, ax in zip(a_node.analyzers, map(_axis, va), strict=True)
@@ -77,8 +83,7 @@ def _basis_visibility(sim: Any, va: Any, vb: Any) -> dict[str, float]:
               if ax is not None and ax[0] == basis]
         if pa and pb:
             (na, sa), (nb, sb) = pa[0], pb[0]
-            e = sim.truth.expected_correlation[(na, nb)]
-            out[basis] = _PHI_PLUS_T[k] * sa * sb * float(e)
+            out[basis] = _PHI_PLUS_T[k] * sa * sb * float(expected[(na, nb)])
     return out
 
 
@@ -99,10 +104,29 @@ def _polarisation_truth(sim: Any, spec: LinkSpec, polarisation: Any) -> dict[str
     return out
 
 
+def _eavesdropper_truth(sim: Any, spec: LinkSpec) -> dict[str, Any]:
+    """The ``eavesdropper`` block of :func:`m_link_truth`."""
+    eve = sim.eavesdropper
+    now = _setting_truth(sim, spec)
+    clean = _setting_truth(sim, spec, eavesdropper=False)
+    return {"node": eve.node, "fraction": sim.eavesdropper_fraction,
+            "configured_fraction": float(eve.fraction), "bases": eve.labels,
+            "basis_probabilities": list(eve.probabilities), "from_s": eve.from_s,
+            "until_s": eve.until_s,
+            "qber_added": {k[len("qber_"):].upper(): now[k] - clean[k]
+                           for k in ("qber_z", "qber_x") if k in now and k in clean}}
+
+
+def _phi_plus_fidelity(corr: Any) -> float:
+    """⟨Φ+|ρ|Φ+⟩ = (1 + T_xx − T_yy + T_zz)/4 of a state with zero local Bloch vectors."""
+    return float((1.0 + corr[0, 0] - corr[1, 1] + corr[2, 2]) / 4.0)
+
+
 def m_link_truth(sim: Any, spec: LinkSpec, polarisation: Any = None) -> dict[str, Any]:
     """Truth of an M link. Top level (telemetry names): ``pair_rate_hz`` (now),
     ``coincidence_rate_hz`` = B·η_a·η_b (true pairs registered at both ends per second, before
-    dead time), ``visibility`` (Werner V), ``fidelity_estimate`` = ⟨Φ+|ρ|Φ+⟩; ``qber_z`` /
+    dead time), ``visibility`` (Werner V), ``fidelity_estimate`` = ⟨Φ+|ρ|Φ+⟩ of the pairs as the
+    nodes receive them (after the eavesdropper, if she is active); ``qber_z`` /
     ``qber_x``: nodes with one H/V analyzer: (1 − |T_zz|)/2, (1 − |T_xx|)/2 of the state; nodes
     with declared ``analyzers``: (1 − s_b·T_bb)/2 against Φ+ (s = +1 in Z and X), present when
     both nodes have an analyzer in that basis (Bloch vector ±Z, ±X as set now); ``chsh_s``
@@ -117,7 +141,14 @@ def m_link_truth(sim: Any, spec: LinkSpec, polarisation: Any = None) -> dict[str
     level stays the source's Werner V). ``detail``: pairs emitted / both detected / registered
     at both ends, singles and dark counts per node and channel, the expected correlation E of
     the analyzers as set now ("node:analyzer|node:analyzer"), arm efficiencies, each node's
-    clock (offset ps, drift ppm) and channel delays (ps, fibre + detector + clock offset)."""
+    clock (offset ps, drift ppm) and channel delays (ps, fibre + detector + clock offset).
+    ``eavesdropper`` (links with one, configured or triggered): her ``node``, the ``fraction``
+    of its photons she intercepts now (0 outside her schedule), ``configured_fraction``,
+    ``bases`` ("Z"/"X"/"Y" or [x, y, z]) and ``basis_probabilities``, ``from_s``/``until_s``,
+    and ``qber_added`` per basis ("Z", "X"): the true QBER now minus the QBER without her, as
+    above (for a Werner state and her bases Z, X at ½: f·V/4;
+    :mod:`qnode.hal_sim.physics.eavesdropper`). The QBERs, S and ``fidelity_estimate`` above
+    include her; ``visibility`` and ``state_weights`` stay the source's."""
     t = sim.truth
     a, b = (n.name for n in sim.link.nodes)
     rate = float(getattr(sim.link.source, "pair_rate_hz", float("nan")))
@@ -130,7 +161,7 @@ def m_link_truth(sim: Any, spec: LinkSpec, polarisation: Any = None) -> dict[str
         "coincidence_rate_hz": rate * t.arm_efficiency(a) * t.arm_efficiency(b),
         "visibility": spec.visibility,
         **_setting_truth(sim, spec),
-        "fidelity_estimate": state.fidelity("phi+"),
+        "fidelity_estimate": _phi_plus_fidelity(sim.correlation_matrix),
         "detail": {
             "duration_ps": t.duration_ps, "pairs_emitted": t.pairs_emitted,
             "pairs_both_detected": t.pairs_both_detected,
@@ -146,7 +177,9 @@ def m_link_truth(sim: Any, spec: LinkSpec, polarisation: Any = None) -> dict[str
                                  for n, per in t.channel_delay_ps.items()},
             "state_weights": dict(state.weights)},
         **({} if polarisation is None
-           else {"polarisation": _polarisation_truth(sim, spec, polarisation)})}
+           else {"polarisation": _polarisation_truth(sim, spec, polarisation)}),
+        **({} if sim.eavesdropper is None
+           else {"eavesdropper": _eavesdropper_truth(sim, spec)})}
 
 
 def k_link_truth(sim: Any) -> dict[str, Any]:

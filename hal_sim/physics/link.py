@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .clock import Clock
 from .detector import Detector
+from .eavesdropper import Eavesdropper
 from .optics import Fibre
 from .polarisation import Analyzer, BellDiagonalState
 from .source import CWSource, PulsedSource
@@ -45,11 +46,14 @@ class Node:
 
 @dataclass(frozen=True)
 class Link:
-    """Source, pair state and the two nodes it feeds (``nodes[0]`` gets the 'a' photon)."""
+    """Source, pair state and the two nodes it feeds (``nodes[0]`` gets the 'a' photon), and
+    optionally an intercept–resend :class:`~qnode.hal_sim.physics.eavesdropper.Eavesdropper` on
+    one node's fibre."""
 
     source: CWSource | PulsedSource
     state: BellDiagonalState
     nodes: tuple[Node, Node]
+    eavesdropper: Eavesdropper | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(self.nodes))
@@ -58,6 +62,15 @@ class Link:
         if self.nodes[0].name == self.nodes[1].name:
             raise ValueError(
                 f"Link.nodes must have distinct names, got {self.nodes[0].name!r} twice")
+        eve = self.eavesdropper
+        if eve is not None:
+            if not isinstance(eve, Eavesdropper):
+                raise ValueError(f"Link.eavesdropper must be an Eavesdropper or None, got "
+                                 f"{type(eve).__name__}")
+            names = [n.name for n in self.nodes]
+            if eve.node not in names:
+                raise ValueError(f"Link.eavesdropper.node must be one of the link's nodes "
+                                 f"{names}, got {eve.node!r}")
 
 
 def simple_node(name: str, channels: tuple[int, int], *, basis_vector=(0.0, 0.0, 1.0),

@@ -13,6 +13,11 @@ How a step works (one emission slice [t0, t1) of ``slice_ps``):
    dark counts in [previous H, H), sorted, passed through the dead-time filter (chained across
    chunks), mapped through the node's clock and merged across channels into one TagBlock.
 
+An :class:`~qnode.hal_sim.physics.eavesdropper.Eavesdropper` (``Link.eavesdropper``) replaces the
+state's correlation matrix T by the attacked one (M·T or T·M, see that module) while she is
+active; a step is split at her switch-on/off times so that she acts from exactly that emission
+time.
+
 Pair ids follow both-clicking pairs through the dead-time filter, so the truth knows exactly which
 pairs were registered at both ends. Memory is bounded by the slice: pending buffers hold at most
 about one slice of tags plus the jitter clip.
@@ -20,6 +25,7 @@ about one slice of tags plus the jitter clip.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ from qnode.native import SimRandom, TagBlock, merge_channels, route_pairs
 from .. import _validate as v
 from .channel import DARK_ID, DetectorChannel
 from .clock import ClockModel
+from .eavesdropper import Eavesdropper, attacked_correlation
 from .link import Link, Node
 from .optics import check_rotation
 from .polarisation import BellDiagonalState
@@ -84,6 +91,8 @@ class PhotonStreamSimulator:
                         for node in link.nodes}
         self._rotations = {node.name: node.fibre.rotation_matrix for node in link.nodes}
         self._state = link.state
+        self._eve_fraction = (0.0 if link.eavesdropper is None
+                              else link.eavesdropper.fraction_at_ps(0))
         self._vectors = {node.name: [np.array(a.vector) for a in node.analyzers]
                          for node in link.nodes}
         self._t = 0
@@ -121,6 +130,7 @@ class PhotonStreamSimulator:
     def set_state(self, state: BellDiagonalState) -> None:
         """Change the pair state from the next slice on."""
         self._state = state
+        self.link = dataclasses.replace(self.link, state=state)
         self._build_classes()
 
     def set_source(self, source: CWSource | PulsedSource) -> None:
@@ -130,6 +140,58 @@ class PhotonStreamSimulator:
             raise ValueError(f"set_source: expected a CWSource or PulsedSource, got "
                              f"{type(source).__name__}")
         self.link = dataclasses.replace(self.link, source=source)
+
+    def set_eavesdropper(self, eavesdropper: Eavesdropper | None) -> None:
+        """Put an intercept–resend eavesdropper on a node's fibre (None: remove her), replacing
+        any earlier one, from the next slice on; her ``from_s``/``until_s`` schedule counts in
+        the run's emission time, so ``from_s`` <= :attr:`time_ps` switches her on now."""
+        self.link = dataclasses.replace(self.link, eavesdropper=eavesdropper)  # validates
+        self._update_eavesdropper(self._t, force=True)
+
+    @property
+    def eavesdropper(self) -> Eavesdropper | None:
+        """The configured eavesdropper (active or not), if any."""
+        return self.link.eavesdropper
+
+    @property
+    def eavesdropper_fraction(self) -> float:
+        """The fraction of her node's photons the eavesdropper intercepts now (0 when there is
+        none or she is outside her schedule)."""
+        return self._eve_fraction
+
+    @property
+    def correlation_matrix(self) -> np.ndarray:
+        """T of the pairs as the nodes receive them now (3×3, (X, Y, Z), before the fibres'
+        rotations): the state's, after the eavesdropper's channel while she is active."""
+        T = self._state.correlation_matrix
+        eve = self.link.eavesdropper
+        if eve is None or self._eve_fraction == 0.0:
+            return T
+        side = self.nodes.index(eve.node)
+        return attacked_correlation(T, eve.matrix(self._eve_fraction), side)
+
+    def expected_correlations(self, eavesdropper: bool = True) -> dict[tuple[str, str], float]:
+        """E = (R_a·a)ᵀ·T·(R_b·b) per (analyzer of node 0, analyzer of node 1) name pair under the
+        current configuration; ``eavesdropper=False``: as if there were none."""
+        T = self.correlation_matrix if eavesdropper else self._state.correlation_matrix
+        a_node, b_node = self.link.nodes
+        E = self._correlations(T)
+        return {(an.name, bn.name): float(E[i, j])
+                for i, an in enumerate(a_node.analyzers) for j, bn in enumerate(b_node.analyzers)}
+
+    def _correlations(self, T: np.ndarray) -> np.ndarray:
+        a_node, b_node = self.link.nodes
+        va = [self._rotations[a_node.name] @ x for x in self._vectors[a_node.name]]
+        vb = [self._rotations[b_node.name] @ x for x in self._vectors[b_node.name]]
+        return np.array([[float(x @ T @ y) for y in vb] for x in va])
+
+    def _update_eavesdropper(self, t_ps: int, force: bool = False) -> None:
+        """Set the eavesdropper's fraction for emission from ``t_ps`` (ps) on."""
+        eve = self.link.eavesdropper
+        f = 0.0 if eve is None else eve.fraction_at_ps(t_ps)
+        if force or f != self._eve_fraction:
+            self._eve_fraction = f
+            self._build_classes()
 
     def set_detector(self, node: str, channel: int, *, efficiency: float | None = None,
                      dark_count_rate_hz: float | None = None) -> None:
@@ -208,7 +270,6 @@ class PhotonStreamSimulator:
           P(lost, o_b) likewise; the last class is 'lost on both sides'.
         """
         a_node, b_node = self.link.nodes
-        T = self._state.correlation_matrix
 
         def outcomes(node: Node):
             w = np.array([an.weight for an in node.analyzers])
@@ -222,9 +283,7 @@ class PhotonStreamSimulator:
 
         oa, ob = outcomes(a_node), outcomes(b_node)
         ta, tb = a_node.fibre.transmission, b_node.fibre.transmission
-        va = [self._rotations[a_node.name] @ x for x in self._vectors[a_node.name]]
-        vb = [self._rotations[b_node.name] @ x for x in self._vectors[b_node.name]]
-        E = np.array([[float(x @ T @ y) for y in vb] for x in va])
+        E = self._correlations(self.correlation_matrix)
         self.truth.expected_correlation = {
             (an.name, bn.name): float(E[i, j])
             for i, an in enumerate(a_node.analyzers) for j, bn in enumerate(b_node.analyzers)}
@@ -264,8 +323,18 @@ class PhotonStreamSimulator:
         if self._flushed:
             raise RuntimeError("PhotonStreamSimulator: the run was flushed; make a new simulator")
         t0, t1 = self._t, self._t + self.slice_ps
-        truth = self._emit(t0, t1)
+        eve = self.link.eavesdropper
+        cuts = [t for t in (eve.switch_times_ps() if eve else ()) if t0 < t < t1]
+        bounds = [t0, *cuts, t1]
+        truth = self._emit(t0, bounds[1])
+        for a, b in itertools.pairwise(bounds[1:]):   # she switches within the slice
+            self._update_eavesdropper(a)
+            part = self._emit(a, b)
+            truth.emission_end_ps = b
+            truth.pairs_emitted += part.pairs_emitted
+            truth.pairs_both_detected += part.pairs_both_detected
         self._t = t1
+        self._update_eavesdropper(t1)
         horizons = {name: t1 + min(c.delay_ps - c.clip_ps for c in chans)
                     for name, chans in self._channels.items()}
         return self._finalize(truth, horizons)
