@@ -47,6 +47,12 @@ setup(
         # the application protocol's messages are JSON Schemas (validation, the AsyncAPI
         # document, the docs' tables): the reference validator of the JSON Schema project
         "jsonschema>=4.18",
+        # key post-processing: syndrome decoding of LDPC codes by belief propagation (C++ core),
+        # the maintained decoder library of the error-correction field (Roffe et al.)
+        "ldpc>=2.3",
+        # ETSI GS QKD 014 key delivery: the established asyncio HTTP server (and client), with
+        # TLS from the standard library's ssl
+        "aiohttp>=3.9",
     ],
     extras_require={
         # `qnode demo`: an embedded MQTT broker and the report's plots

@@ -22,6 +22,8 @@ MYPY_TARGETS=(
     -p qnode.native
     -p qnode.drivers
     -p qnode.daemon.quantum
+    -p qnode.daemon.qkd
+    -p qnode.daemon.kme
     -p qnode.daemon.linklayer
     -p qnode.daemon.bus
     -p qnode.daemon.tools
