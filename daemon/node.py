@@ -32,6 +32,7 @@ from qnode.daemon.bus.identity import NodeSigner, TrustStore
 from qnode.daemon.bus.telemetry import SCHEMA_VERSION, Telemetry
 from qnode.daemon.bus.topics import Topics
 from qnode.daemon.klink.service import LinkRouter
+from qnode.daemon.kme.service import KmeService
 from qnode.daemon.runtime.config import NodeConfig
 from qnode.daemon.runtime.context import LeasedIds, NodeContext, Role, read_keys, tls_context
 from qnode.daemon.runtime.instruments import driver_factory
@@ -125,6 +126,8 @@ class Node:
             for name, task in role.tasks().items():
                 sup.add_task(f"{role.name}:{name}", task)
         sup.add_task("keys", keys.watch)  # key rotation: files are re-read when they change
+        if cfg.kme is not None:
+            sup.add_task("kme", ctx.shared(KmeService).run)
         sup.add_task("telemetry", self._telemetry_loop)
         sup.add_task("persist", self._persist_loop)
         interval = watchdog_interval_s()
@@ -246,6 +249,9 @@ class Node:
                 log.exception("role %s failed to close", role.name, extra={"role": role.name})
         assert self.ctx is not None
         await asyncio.to_thread(self.ctx.close)
+        kme = self.ctx.shared_if_made(KmeService)
+        if kme is not None:
+            kme.close()
         store.save_dedup(dedup.snapshot())
         log.info("node stopped", extra={"node": self.config.id})
 
@@ -287,6 +293,9 @@ class Node:
         if router is not None:
             record["link_rejected"] = dict(router.rejected)
         record["bus"] = self.ctx.bus.metrics()
+        kme = self.ctx.shared_if_made(KmeService)
+        if kme is not None:
+            record["kme"] = kme.telemetry()
         return record
 
     async def _telemetry_loop(self) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_MODULE = "qnode.daemon.runtime.config"
+KME_MODULE = "qnode.daemon.runtime.kme_config"
 KEYS_MODULE = "qnode.daemon.bus.keys"
 INSTRUMENTS_MODULE = "qnode.daemon.runtime.instruments"
 KINDS_MODULE = "qnode.drivers.kinds"
@@ -809,6 +810,17 @@ def render() -> str:
             for text, labels in checks.items():
                 w(f"- {', '.join(dict.fromkeys(labels))}: {_cell(text)}")
             w("")
+    kme = importlib.import_module(KME_MODULE)
+    w("## `[kme]`")
+    w("")
+    w(f"The node's key management entity: ETSI GS QKD 014 key delivery from its key store "
+      f"([Keys for encryptors](../integrators/key-delivery.md)). Read by `{KME_MODULE}`; its "
+      "layout:")
+    w("")
+    w("```toml")
+    w(textwrap.dedent(inspect.getdoc(kme).split("::", 1)[1].split("\n\n", 2)[1]).rstrip())
+    w("```")
+    w("")
     w("## Annotated example")
     w("")
     w(f"Every key in one file, as `{CONFIG_MODULE}` documents it (a node uses only the tables "

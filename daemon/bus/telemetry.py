@@ -264,6 +264,19 @@ class AppsTelemetry(TypedDict, total=False):
     pairs_held: int                       # delivered pairs whose qubit is an application's now
 
 
+class KmeTelemetry(TypedDict, total=False):
+    """The node's KME (``[kme]``; docs/integrators/key-delivery.md), under ``kme``."""
+
+    kme_id: str
+    port: int                             # the HTTPS port it listens on (0 before it does)
+    keys_added_total: int                 # keys post-processing put into the store
+    keys_delivered_total: int             # keys handed to SAEs (enc_keys and dec_keys)
+    keys_dropped_total: int               # keys refused: the store held max_key_count
+    keys_refused_total: dict[str, int]    # takes the store refused, by reason
+    requests_total: dict[str, int]        # requests served, by endpoint
+    requests_rejected_total: dict[str, int]  # requests refused, by reason
+
+
 class Telemetry(TypedDict, total=False):
     v: int                      # SCHEMA_VERSION
     node: str
@@ -298,6 +311,7 @@ class Telemetry(TypedDict, total=False):
     role_restarts_total: int
     paths: dict[str, PathTelemetry]       # [[paths]]: the repeater's swaps, an end's pairs
     link_rejected: dict[str, int]         # link-layer messages refused after the envelope
+    kme: KmeTelemetry                     # the node's key delivery ([kme])
     #                                       checks, by reason (bad_herald, bad_body, ...)
     bus: BusTelemetry
     apps: AppsTelemetry

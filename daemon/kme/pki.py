@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from qnode.daemon.kme.config import ID_RE
+from qnode.daemon.runtime.kme_config import ID_RE
 
 
 @dataclasses.dataclass(frozen=True)

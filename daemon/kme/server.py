@@ -34,9 +34,9 @@ from typing import Any
 
 from aiohttp import web
 
-from qnode.daemon.kme.config import KmeConfig
 from qnode.daemon.kme.store import Key, KeysExhausted, KeyStore, KeyStoreError
 from qnode.daemon.logs import RateLimitedLog
+from qnode.daemon.runtime.kme_config import KmeConfig
 
 log = logging.getLogger("qnode.kme")
 

@@ -167,6 +167,7 @@ from qnode.daemon.bus.keys import KeyFileError, read_key_file
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.daemon.quantum.estimators import full_window_ps
 from qnode.daemon.quantum.feu import FidelityEstimationUnit
+from qnode.daemon.runtime.kme_config import KmeConfig
 from qnode.drivers.kinds import KINDS, kinds_for
 from qnode.drivers.qdevice_noise import (
     KEYS as GATE_NOISE_KEYS,
@@ -451,6 +452,8 @@ class NodeConfig:
     service: ServiceConfig | None = None
     #: quantum channels that start or end at this node's QDevice
     quantum_channels: tuple[QuantumChannelConfig, ...] = ()
+    #: the key management entity: ETSI GS QKD 014 key delivery from the node's key store
+    kme: KmeConfig | None = None
 
     @property
     def topic_prefix(self) -> str:
@@ -559,7 +562,7 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
                                             f"tables and arrays")
     top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "paths",
                                   "quantum_channels", "thresholds", "metrics", "service",
-                                  "applications", *ROLE_TABLES})
+                                  "applications", "kme", *ROLE_TABLES})
     if not top.has("node"):
         raise top.fail("node", "the [node] table is required")
     if not top.has("broker"):
@@ -613,7 +616,8 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         if "analyzer" in roles else None,
         source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None,
         service=_service(path, raw.get("service"), raw.get("applications"), node_id, links),
-        quantum_channels=_quantum_channels(path, raw.get("quantum_channels", []), node_id))
+        quantum_channels=_quantum_channels(path, raw.get("quantum_channels", []), node_id),
+        kme=_kme(path, raw["kme"], node_id) if "kme" in raw else None)
     if cfg.quantum_channels and (cfg.memory is None or cfg.memory.qdevice is None):
         raise top.fail("quantum_channels", "a quantum channel joins QDevices: this node needs "
                                            "[memory].qdevice")
@@ -963,6 +967,20 @@ def basis_label(angle_deg: float) -> str:
     """The label of a setting: "Z" or "X" for a Pauli basis, else "<angle>deg"."""
     p = pauli_of_angle(angle_deg)
     return p[0] if p is not None else f"{angle_deg:g}deg"
+
+
+def _kme(path: str, raw: object, node_id: str) -> KmeConfig:
+    """``[kme]`` (:class:`~.kme_config.KmeConfig`, which names the key in its errors)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "kme", f"must be a table, got {type(raw).__name__}")
+    try:
+        return KmeConfig.from_table(raw, node_id)
+    except ValueError as exc:
+        text = str(exc)   # "kme.<key> <problem>", "kme: <problem>" or "<problem>"
+        if text.startswith("kme."):
+            key, _, text = text.partition(" ")
+            raise ConfigError(path, key.rstrip(":"), text) from None
+        raise ConfigError(path, "kme", text.removeprefix("kme: ")) from None
 
 
 def _analyzer(path: str, raw: object,

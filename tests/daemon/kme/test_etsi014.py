@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qnode.daemon.kme.config import KmeConfig
 from qnode.daemon.kme.pki import DemoPki, write_demo_pki
 from qnode.daemon.kme.server import MAX_BODY_BYTES, KmeServer
 from qnode.daemon.kme.store import KeyStore
+from qnode.daemon.runtime.kme_config import KmeConfig
 
 from support.certs import Pki
 

@@ -345,3 +345,38 @@ def test_quantum_channel_mistakes_name_the_key(text, key, problem):
         parse_config(text, "q.toml")
     assert err.value.key == key, str(err.value)
     assert problem in str(err.value)
+
+
+# ------------------------------------------------------------------ keys and the KME
+
+KME = """[kme]
+listen = "127.0.0.1:0"
+cert = "kme.crt"
+key = "kme.key"
+ca = "ca.crt"
+store = "keys.sqlite"
+saes = [{id = "sae-b", node = "b"}, {id = "sae-c", node = "c"}]
+"""
+
+
+def _kme_node(tmp_path, kme: str = KME) -> str:
+    return ('[node]\nid = "c"\nnetwork = "net"\nroles = ["memory"]\n'
+            '[broker]\nurl = "mqtt://127.0.0.1"\n' + kme)
+
+
+def test_the_kme_is_read():
+    cfg = parse_config(_kme_node(None))
+    assert cfg.kme is not None and cfg.kme.port == 0 and cfg.kme.kme_id == "kme-c"
+    assert cfg.kme.local_saes() == ["sae-c"] and cfg.kme.node_of("sae-b") == "b"
+    assert parse_config(MINIMAL).kme is None
+
+
+@pytest.mark.parametrize("kme, match", [
+    (KME.replace('listen = "127.0.0.1:0"', 'listen = "nowhere"'), r"kme.listen: must be"),
+    (KME.replace("saes = ", "sas = "), r"kme: unknown key\(s\) sas"),
+    (KME.replace('store = "keys.sqlite"\n', ""), r"kme.store: is required"),
+    (KME.replace('listen = "127.0.0.1:0"', "listen = 5"), r"kme.listen: must be a string"),
+])
+def test_a_bad_kme_table_names_the_key(kme, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(_kme_node(None, kme))
