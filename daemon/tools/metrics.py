@@ -422,6 +422,26 @@ def _node_metrics(fam: _Families, node: str, rec: Telemetry) -> None:
         _path_metrics(fam, {**lab, "path": str(path)}, _mapping(pt))
     _bus_metrics(fam, lab, _mapping(rec.get("bus")))
     _apps_metrics(fam, lab, _mapping(rec.get("apps")))
+    _kme_metrics(fam, lab, _mapping(rec.get("kme")))
+
+
+def _kme_metrics(fam: _Families, lab: dict[str, str], kme: Mapping[str, Any]) -> None:
+    """The node's KME (docs/integrators/key-delivery.md)."""
+    if not kme:
+        return
+    for key, doc in (("keys_added_total", "Keys post-processing put into the key store."),
+                     ("keys_delivered_total", "Keys handed to SAEs (enc_keys and dec_keys)."),
+                     ("keys_dropped_total", "Keys refused: the store held max_key_count.")):
+        fam.counter(f"kme_{key}", doc, lab, _number(kme.get(key)))
+    for label, key, name, doc in (
+            ("endpoint", "requests_total", "kme_requests_total",
+             "ETSI GS QKD 014 requests served, by endpoint."),
+            ("reason", "requests_rejected_total", "kme_requests_rejected_total",
+             "ETSI GS QKD 014 requests refused, by reason."),
+            ("reason", "keys_refused_total", "kme_keys_refused_total",
+             "Key takes the store refused, by reason.")):
+        for value, count in sorted(_mapping(kme.get(key)).items()):
+            fam.counter(name, doc, {**lab, label: str(value)}, _number(count))
 
 
 def _apps_metrics(fam: _Families, lab: dict[str, str], apps: Mapping[str, Any]) -> None:

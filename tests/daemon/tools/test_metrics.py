@@ -444,3 +444,25 @@ def test_application_service_metrics_with_latency_histograms(exporter: Prometheu
                  **node) == 4
     assert value(samples, "qnode_apps_operations_total", outcome="unknown_pair", **node) == 1
     assert value(samples, "qnode_apps_pairs_held", **node) == 2
+
+
+def test_kme_metrics(exporter: PrometheusExporter) -> None:
+    """The ``kme`` part (docs/integrators/key-delivery.md): key counters, requests by endpoint
+    and refusals by reason; a record without it exports none."""
+    exporter.update({"node": "alice", "roles": ["analyzer"], "kme": {
+        "kme_id": "kme-alice", "port": 8443, "keys_added_total": 120,
+        "keys_delivered_total": 7, "keys_dropped_total": 2,
+        "keys_refused_total": {"already_delivered": 1},
+        "requests_total": {"enc_keys": 3, "status": 1},
+        "requests_rejected_total": {"unknown_sae": 4}}})
+    samples = scrape(exporter)
+    node = {"node": "alice"}
+    assert value(samples, "qnode_kme_keys_added_total", **node) == 120
+    assert value(samples, "qnode_kme_keys_delivered_total", **node) == 7
+    assert value(samples, "qnode_kme_keys_dropped_total", **node) == 2
+    assert value(samples, "qnode_kme_requests_total", endpoint="enc_keys", **node) == 3
+    assert value(samples, "qnode_kme_requests_rejected_total", reason="unknown_sae", **node) == 4
+    assert value(samples, "qnode_kme_keys_refused_total", reason="already_delivered",
+                 **node) == 1
+    exporter.update({"node": "alice", "roles": ["analyzer"]})
+    assert not [k for k in scrape(exporter) if k[0].startswith("qnode_kme")]
