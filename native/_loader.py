@@ -1,6 +1,8 @@
 """Loads the compiled extension ``qnode.native._qcore`` and says clearly when it is missing."""
 from __future__ import annotations
 
+from typing import Any
+
 BUILD_HINT = (
     "qnode's native coincidence core (qnode.native._qcore) is not built. Build it by installing "
     "the checkout: `pip install -e .` (or `pip install .`), which needs gcc and the Python headers "
@@ -36,3 +38,21 @@ def require():
     if lib is None:
         raise NativeCoreMissing(f"{BUILD_HINT} Import error: {IMPORT_ERROR}")
     return ffi, lib
+
+
+def pointer(ctype: str, arr: Any) -> Any:
+    """A cffi pointer of ``ctype`` to numpy array ``arr``'s data (NULL when it is empty)."""
+    ffi, _ = require()
+    return ffi.cast(ctype, arr.ctypes.data) if arr.size else ffi.NULL
+
+
+def raise_for(rc: int, what: str) -> None:
+    """Raise the Python error of a C core return code ``rc`` from ``what``."""
+    _, lib = require()
+    if rc == lib.QN_ENOMEM:
+        raise MemoryError(f"{what}: out of memory")
+    if rc == lib.QN_EARG:
+        raise ValueError(f"{what}: invalid arguments")
+    if rc == lib.QN_ECAPACITY:
+        raise RuntimeError(f"{what}: output buffer too small (a bug in qnode.native)")
+    raise RuntimeError(f"{what}: error code {rc}")

@@ -17,22 +17,14 @@ from .tags import TAG_DTYPE, TagBlock
 _ffi, _lib = _loader.require()
 
 
-def _ptr(ctype: str, arr: np.ndarray):
-    return _ffi.cast(ctype, arr.ctypes.data) if arr.size else _ffi.NULL
+_ptr = _loader.pointer
 
 
 def _tags_ptr(block: TagBlock):
     return _ffi.cast("qn_tag *", block.ctypes.data) if block.size else _ffi.NULL
 
 
-def _raise_for(rc: int, what: str) -> None:
-    if rc == _lib.QN_ENOMEM:
-        raise MemoryError(f"{what}: out of memory")
-    if rc == _lib.QN_EARG:
-        raise ValueError(f"{what}: invalid arguments")
-    if rc == _lib.QN_ECAPACITY:
-        raise RuntimeError(f"{what}: output buffer too small (a bug in qnode.native)")
-    raise RuntimeError(f"{what}: error code {rc}")
+_raise_for = _loader.raise_for
 
 
 def _stats(raw) -> StreamStats:
@@ -341,3 +333,99 @@ def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> n
 def sum_times(block: TagBlock) -> int:
     """Sum of the time field: the memory-bandwidth baseline of the benchmarks."""
     return int(_lib.qn_sum_times(_tags_ptr(block), block.size))
+
+
+# ------------------------------------------------------------------ Rice-coded times
+
+#: times are int64 ps below 2**62 (the streams' range; qnode.native._cross checks it too)
+TIME_LIMIT_PS = 1 << 62
+RICE_MAX_K = 48
+"""Largest Rice parameter k (the coder's limit; mean gaps up to ~2**48 ps need no more)."""
+
+
+def rice_parameter(times_ps: np.ndarray) -> int:
+    """The Rice parameter for sorted times (ps): k = max(0, floor(log2(mean_gap * ln 2))), the
+    optimum for geometric gaps of that mean (Gallager & van Voorhis 1975; Kiely 2004, IPN PR
+    42-159, eq. 12), clipped to [0, 48]. 0 for fewer than two times."""
+    n = int(np.size(times_ps))
+    if n < 2:
+        return 0
+    mean = (int(times_ps[-1]) - int(times_ps[0])) / (n - 1)
+    x = mean * 0.6931471805599453
+    return 0 if x < 1.0 else min(int(np.floor(np.log2(x))), RICE_MAX_K)
+
+
+def rice_encode(times_ps: np.ndarray, k: int) -> bytes:
+    """The gaps of sorted times in [0, 2**62) ps as a Rice code with parameter ``k`` (format:
+    ``qcore.h``, ``qn_rice_encode``; the first time is not in it). ValueError for unsorted or
+    out-of-range times or k."""
+    t = _int64_array("times_ps", times_ps)
+    if not 0 <= int(k) <= RICE_MAX_K:
+        raise ValueError(f"rice_encode: k must be in [0, {RICE_MAX_K}], got {k}")
+    cap = int(_lib.qn_rice_bound(t.size))
+    out = np.empty(cap, np.uint8)
+    n_out = _ffi.new("int64_t *")
+    bad = _ffi.new("int64_t *")
+    rc = _lib.qn_rice_encode(_ptr("int64_t *", t), t.size, int(k), _ptr("uint8_t *", out), cap,
+                             n_out, bad)
+    if rc == _lib.QN_EORDER:
+        raise ValueError(f"rice_encode: times are not sorted at index {bad[0]}")
+    if rc == _lib.QN_EARG:
+        raise ValueError(f"rice_encode: time {bad[0]} is outside [0, 2**62) ps")
+    if rc != _lib.QN_OK:
+        _raise_for(rc, "qn_rice_encode")
+    return out[: n_out[0]].tobytes()
+
+
+def rice_decode(data: bytes, n: int, t0_ps: int, k: int) -> np.ndarray:
+    """Inverse of :func:`rice_encode`: ``n`` times from the first ``t0_ps`` and the coded gaps.
+    ValueError when ``data`` does not hold exactly n - 1 gaps (short, extra bytes, non-zero
+    padding, a non-canonical escape) or a time leaves [0, 2**62). Allocates n int64 only after
+    checking that ``data`` is long enough for them (n - 1 <= 8*len(data)/(k + 1))."""
+    if not 0 <= int(k) <= RICE_MAX_K:
+        raise ValueError(f"rice_decode: k must be in [0, {RICE_MAX_K}], got {k}")
+    if not 0 <= int(t0_ps) < TIME_LIMIT_PS:
+        raise ValueError(f"rice_decode: t0 must be in [0, 2**62) ps, got {t0_ps}")
+    n, buf = int(n), bytes(data)
+    if n < 0 or (n == 0 and buf) or (n > 1 and n - 1 > 8 * len(buf) // (int(k) + 1)):
+        raise ValueError(f"rice_decode: {len(buf)} bytes cannot hold {max(n - 1, 0)} gaps "
+                         f"at k = {k}")
+    out = np.empty(n, np.int64)
+    bad = _ffi.new("int64_t *")
+    rc = _lib.qn_rice_decode(_ffi.from_buffer("uint8_t[]", buf) if buf else _ffi.NULL, len(buf),
+                             n, int(t0_ps), int(k), _ptr("int64_t *", out), bad)
+    if rc == _lib.QN_EFORMAT:
+        raise ValueError(f"rice_decode: malformed stream at bit {bad[0]} (expected exactly "
+                         f"{max(n - 1, 0)} gaps in {len(buf)} bytes, times in [0, 2**62))")
+    if rc != _lib.QN_OK:
+        _raise_for(rc, "qn_rice_decode")
+    return out
+
+
+def b85encode(data: bytes) -> str:
+    """``base64.b85encode(data).decode()``, in C (the stdlib's is pure Python, ~13 ns/byte)."""
+    buf = bytes(data)
+    cap = 5 * ((len(buf) + 3) // 4)
+    out = np.empty(max(cap, 1), np.uint8)
+    n_out = _ffi.new("int64_t *")
+    rc = _lib.qn_b85_encode(_ffi.from_buffer("uint8_t[]", buf) if buf else _ffi.NULL, len(buf),
+                            _ptr("uint8_t *", out), cap, n_out)
+    if rc != _lib.QN_OK:
+        _raise_for(rc, "qn_b85_encode")
+    return out[: n_out[0]].tobytes().decode("ascii")
+
+
+def b85decode(text: str | bytes) -> bytes:
+    """``base64.b85decode``, in C, for what ``b85encode`` writes; ValueError for a character
+    outside the RFC 1924 alphabet, a group above 2**32 - 1 or a one-character final group."""
+    raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    out = np.empty(max(len(raw), 1), np.uint8)
+    n_out = _ffi.new("int64_t *")
+    bad = _ffi.new("int64_t *")
+    rc = _lib.qn_b85_decode(_ffi.from_buffer("uint8_t[]", raw) if raw else _ffi.NULL, len(raw),
+                            _ptr("uint8_t *", out), len(raw), n_out, bad)
+    if rc == _lib.QN_EFORMAT:
+        raise ValueError(f"bad base85 at character {bad[0]}")
+    if rc != _lib.QN_OK:
+        _raise_for(rc, "qn_b85_decode")
+    return out[: n_out[0]].tobytes()

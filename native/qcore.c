@@ -1319,3 +1319,829 @@ int64_t qn_sum_times(const qn_tag *tags, int64_t n) {
     for (int64_t i = 0; i < n; i++) s += (uint64_t)tags[i].time;
     return (int64_t)s;
 }
+
+/* ---------------------------------------------------------------- Rice-coded time streams */
+
+#define QN_TIME_LIMIT ((int64_t)1 << 62) /* times are in [0, 2**62) */
+#define RICE_QMAX 32                     /* q >= RICE_QMAX: escape (32 zeros, then 64 raw bits) */
+#define RICE_KMAX 48
+
+/* Worst case: every gap escaped (32 + 64 bits = 12 bytes), plus 8 bytes of store slack. */
+int64_t qn_rice_bound(int64_t n) {
+    if (n < 0) n = 0;
+    return 12 * (n > 0 ? n - 1 : 0) + 16;
+}
+
+static inline void store64le(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); /* gcc merges into one store */
+}
+
+static inline uint64_t load64le(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Bit writer: acc holds nbits < 8 pending bits after every flush; out has 8 bytes of slack. */
+typedef struct {
+    uint8_t *out;
+    int64_t pos;
+    uint64_t acc;
+    int nbits;
+} bitw;
+
+static inline void bw_flush(bitw *w) {
+    store64le(w->out + w->pos, w->acc);
+    w->pos += w->nbits >> 3;
+    w->acc = (w->nbits >> 3) >= 8 ? 0 : w->acc >> (w->nbits & ~7);
+    w->nbits &= 7;
+}
+
+/* v < 2**n, n <= 56; flushes afterwards. */
+static inline void bw_put(bitw *w, uint64_t v, int n) {
+    w->acc |= v << w->nbits;
+    w->nbits += n;
+    bw_flush(w);
+}
+
+int qn_rice_encode(const int64_t *times, int64_t n, int32_t k, uint8_t *out, int64_t capacity,
+                   int64_t *out_len, int64_t *bad) {
+    *out_len = 0;
+    *bad = -1;
+    if (n < 0 || k < 0 || k > RICE_KMAX || capacity < qn_rice_bound(n)) return QN_EARG;
+    for (int64_t i = 0; i < n; i++) {
+        if (times[i] < 0 || times[i] >= QN_TIME_LIMIT) { *bad = i; return QN_EARG; }
+        if (i && times[i] < times[i - 1]) { *bad = i; return QN_EORDER; }
+    }
+    bitw w = {out, 0, 0, 0};
+    const uint64_t mask = ((uint64_t)1 << k) - 1;
+    for (int64_t i = 1; i < n; i++) {
+        const uint64_t g = (uint64_t)(times[i] - times[i - 1]);
+        const uint64_t q = g >> k;
+        if (LIKELY(q < RICE_QMAX && q + 1 + (uint64_t)k <= 56)) { /* q zeros, 1, k bits */
+            bw_put(&w, ((((g & mask) << 1) | 1u) << q), (int)q + 1 + k);
+        } else if (q < RICE_QMAX) {
+            w.nbits += (int)q;                             /* q <= 31: nbits stays <= 38 */
+            bw_put(&w, 1u, 1);
+            bw_put(&w, g & mask, k);
+        } else {
+            w.nbits += RICE_QMAX;
+            bw_flush(&w);
+            bw_put(&w, g & 0xFFFFFFFFu, 32);
+            bw_put(&w, g >> 32, 32);
+        }
+    }
+    if (w.nbits) store64le(out + w.pos, w.acc), w.pos++; /* the padded last byte */
+    *out_len = w.pos;
+    return QN_OK;
+}
+
+/* The 64 bits from byte `byte` on, zeros beyond len: never reads outside buf[0, len). */
+static inline uint64_t br_peek(const uint8_t *buf, int64_t len, uint64_t byte) {
+    if (LIKELY(byte + 8 <= (uint64_t)len)) return load64le(buf + byte);
+    uint64_t v = 0;
+    for (uint64_t i = 0; i < 8 && byte + i < (uint64_t)len; i++) v |= (uint64_t)buf[byte + i] << (8 * i);
+    return v;
+}
+
+/* At least 57 bits from bit position pos on (bits beyond the buffer read as zero). */
+static inline uint64_t br_bits(const uint8_t *buf, int64_t len, uint64_t pos) {
+    return br_peek(buf, len, pos >> 3) >> (pos & 7);
+}
+
+int qn_rice_decode(const uint8_t *buf, int64_t len, int64_t n, int64_t t0, int32_t k,
+                   int64_t *out, int64_t *bad) {
+    *bad = -1;
+    if (n < 0 || len < 0 || k < 0 || k > RICE_KMAX || t0 < 0 || t0 >= QN_TIME_LIMIT) return QN_EARG;
+    if (n == 0) return len == 0 ? QN_OK : (*bad = 0, QN_EFORMAT);
+    /* Every gap takes at least k + 1 bits: a shorter buffer cannot hold them (also bounds pos). */
+    if (len > (INT64_MAX >> 4) || (uint64_t)(n - 1) > ((uint64_t)len * 8) / (uint64_t)(k + 1)) {
+        *bad = 0;
+        return QN_EFORMAT;
+    }
+    const uint64_t limit = (uint64_t)len * 8, mask = ((uint64_t)1 << k) - 1;
+    uint64_t pos = 0;
+    int64_t t = t0;
+    out[0] = t0;
+    for (int64_t i = 1; i < n; i++) {
+        uint64_t w = br_bits(buf, len, pos), g;
+        const int q = w ? __builtin_ctzll(w) : 64;
+        if (LIKELY(q < RICE_QMAX && q + 1 + k <= 57)) {
+            g = ((uint64_t)q << k) | ((w >> (q + 1)) & mask);
+            pos += (uint64_t)(q + 1 + k);
+        } else if (q < RICE_QMAX) {
+            pos += (uint64_t)q + 1;
+            g = ((uint64_t)q << k) | (br_bits(buf, len, pos) & mask);
+            pos += (uint64_t)k;
+        } else {
+            pos += RICE_QMAX;
+            g = br_bits(buf, len, pos) & 0xFFFFFFFFu;
+            g |= (br_bits(buf, len, pos + 32) & 0xFFFFFFFFu) << 32;
+            pos += 64;
+            if (UNLIKELY((g >> k) < RICE_QMAX)) { *bad = (int64_t)pos; return QN_EFORMAT; }
+        }
+        /* pos grows by at most 96 bits a gap; it cannot wrap. Past the end: short stream. */
+        if (UNLIKELY(pos > limit || g >= (uint64_t)(QN_TIME_LIMIT - t))) {
+            *bad = (int64_t)pos;
+            return QN_EFORMAT;
+        }
+        t += (int64_t)g;
+        out[i] = t;
+    }
+    /* exactly the bytes the gaps need, and zero padding */
+    if ((pos + 7) >> 3 != (uint64_t)len || ((pos & 7) && (buf[len - 1] >> (pos & 7)))) {
+        *bad = (int64_t)pos;
+        return QN_EFORMAT;
+    }
+    return QN_OK;
+}
+
+/* ---------------------------------------------------------------- cross-node pairs */
+
+#define XP_MAX_REACH ((int64_t)1 << 40) /* |window|, |shift|, histogram edges: ~1.1 s */
+#define XP_MAX_RATE 2e-4                 /* 200 ppm: the mapping stays monotonic (see below) */
+
+struct qn_xpairs {
+    int64_t w, shift, hlo, bw, nbins;
+    int32_t with_acc;
+    int64_t reach_hi, reach_lo; /* pairs have reach_lo <= dt <= reach_hi over all windows */
+    /* own tags not settled yet: own_t[0, own_n), own_c; own_first = index of own_t[0] */
+    int64_t *own_t;
+    int32_t *own_c;
+    int64_t own_n, own_cap, own_first;
+    /* peer tags still needed: raw (peer clock) and mapped; peer_first = index of peer_raw[0] */
+    int64_t *peer_raw, *peer_map;
+    int64_t peer_n, peer_cap, peer_first;
+    /* absolute peer indices: the next candidate of the pairing, accidental and histogram scans */
+    int64_t pc, pa, ph;
+    int64_t own_seen, peer_seen, own_done;
+    int64_t own_last, peer_last; /* newest time seen (or declared end), INT64_MIN: none */
+    int32_t have_own, have_peer;
+};
+
+void qn_xpairs_free(qn_xpairs *p) {
+    if (!p) return;
+    free(p->own_t);
+    free(p->own_c);
+    free(p->peer_raw);
+    free(p->peer_map);
+    free(p);
+}
+
+int qn_xpairs_new(qn_xpairs **out, int64_t window, int32_t with_acc, int64_t acc_shift,
+                  int64_t hist_lo, int64_t bin_width, int64_t n_bins) {
+    *out = NULL;
+    if (window < 0 || window > XP_MAX_REACH) return QN_EARG;
+    if (with_acc && (acc_shift > XP_MAX_REACH || acc_shift < -XP_MAX_REACH)) return QN_EARG;
+    if (n_bins < 0 || n_bins > (1 << 24)) return QN_EARG;
+    if (n_bins && (bin_width < 1 || bin_width > XP_MAX_REACH || hist_lo < -XP_MAX_REACH ||
+                   hist_lo > XP_MAX_REACH || hist_lo + n_bins * bin_width > 2 * XP_MAX_REACH))
+        return QN_EARG;
+    qn_xpairs *p = calloc(1, sizeof *p);
+    if (!p) return QN_ENOMEM;
+    p->w = window;
+    p->with_acc = with_acc != 0;
+    p->shift = p->with_acc ? acc_shift : 0;
+    p->nbins = n_bins;
+    p->bw = n_bins ? bin_width : 1;
+    p->hlo = n_bins ? hist_lo : 0;
+    p->reach_hi = window;
+    p->reach_lo = -window;
+    if (p->with_acc) {
+        if (p->shift + window > p->reach_hi) p->reach_hi = p->shift + window;
+        if (p->shift - window < p->reach_lo) p->reach_lo = p->shift - window;
+    }
+    if (n_bins) {
+        if (p->hlo + n_bins * p->bw - 1 > p->reach_hi) p->reach_hi = p->hlo + n_bins * p->bw - 1;
+        if (p->hlo < p->reach_lo) p->reach_lo = p->hlo;
+    }
+    p->own_last = p->peer_last = INT64_MIN;
+    *out = p;
+    return QN_OK;
+}
+
+/* np.rint: round half to even (the default rounding mode); exact for |x| < 2**51 by the
+ * 1.5 * 2**52 trick, which keeps the hot loop free of a libm call. */
+static inline double xp_rint(double x) {
+    if (LIKELY(fabs(x) < 0x1p51)) {
+        /* not folded to x: without -ffast-math the compiler keeps IEEE semantics */
+        return (x + 0x1.8p52) - 0x1.8p52;
+    }
+    return nearbyint(x);
+}
+
+/* qnode.native.align._to_a, operation for operation (so it rounds the same in every case):
+ * u = t_b - (base + ref); corr = rint((dev + rate * double(u)) / (1 + rate)); t_a = u - corr + ref.
+ * The ranges checked in xp_clock_ok keep every step inside int64. With |rate| <= 2e-4 the map is
+ * non-decreasing except where float rounding of huge u or dev could put a tag 1 ps before its
+ * predecessor; the caller then gives it its predecessor's mapped time (so does the reference). */
+static inline int64_t xp_map(const qn_clock *c, int64_t base_ref, double den, int64_t b) {
+    const int64_t u = b - base_ref;
+    const double x = (c->dev + c->rate * (double)u) / den;
+    return u - (int64_t)xp_rint(x) + c->ref;
+}
+
+static int xp_clock_ok(const qn_clock *c) {
+    const int64_t lim60 = (int64_t)1 << 60;
+    return c->base >= -lim60 && c->base <= lim60 && c->ref >= -lim60 && c->ref < QN_TIME_LIMIT &&
+           isfinite(c->dev) && fabs(c->dev) <= 0x1p53 && isfinite(c->rate) &&
+           fabs(c->rate) <= XP_MAX_RATE;
+}
+
+static int64_t xp_new_cap(int64_t cap, int64_t need) {
+    int64_t c = cap ? cap : 1024;
+    while (c < need) c *= 2;
+    return c;
+}
+
+/* Buffers grow here, before the scans (never inside them). */
+static int xp_reserve_own(qn_xpairs *p, int64_t need) {
+    if (need <= p->own_cap) return QN_OK;
+    const int64_t c = xp_new_cap(p->own_cap, need);
+    int64_t *t = realloc(p->own_t, (size_t)c * sizeof *t);
+    if (!t) return QN_ENOMEM;
+    p->own_t = t;
+    int32_t *ch = realloc(p->own_c, (size_t)c * sizeof *ch);
+    if (!ch) return QN_ENOMEM;
+    p->own_c = ch;
+    p->own_cap = c;
+    return QN_OK;
+}
+
+static int xp_reserve_peer(qn_xpairs *p, int64_t need) {
+    if (need <= p->peer_cap) return QN_OK;
+    const int64_t c = xp_new_cap(p->peer_cap, need);
+    int64_t *r = realloc(p->peer_raw, (size_t)c * sizeof *r);
+    if (!r) return QN_ENOMEM;
+    p->peer_raw = r;
+    int64_t *m = realloc(p->peer_map, (size_t)c * sizeof *m);
+    if (!m) return QN_ENOMEM;
+    p->peer_map = m;
+    p->peer_cap = c;
+    return QN_OK;
+}
+
+static int xp_check(const int64_t *t, int64_t n, int64_t last, int have, int64_t *bad) {
+    int64_t prev = have ? last : 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (UNLIKELY(t[i] < 0 || t[i] >= QN_TIME_LIMIT)) { bad[1] = i; return QN_EARG; }
+        if (UNLIKELY(t[i] < prev)) { bad[1] = i; return QN_EORDER; }
+        prev = t[i];
+    }
+    return QN_OK;
+}
+
+int64_t qn_xpairs_capacity(const qn_xpairs *p, int64_t n_own, int64_t n_peer) {
+    const int64_t a = p->own_n + n_own, b = p->peer_n + n_peer; /* one-to-one: at most min */
+    return a < b ? a : b;
+}
+
+void qn_xpairs_counters(const qn_xpairs *p, int64_t *c) {
+    c[0] = p->own_seen;
+    c[1] = p->peer_seen;
+    c[2] = p->own_done;
+    c[3] = p->own_n;
+    c[4] = p->peer_n;
+    c[5] = p->peer_first;
+}
+
+int qn_xpairs_process(qn_xpairs *p, const int64_t *own_t, const int32_t *own_c, int64_t n_own,
+                      int64_t own_end, const int64_t *peer_t, int64_t n_peer, int64_t peer_end,
+                      const qn_clock *clock, qn_xpair *pairs, int64_t capacity, int64_t *n_pairs,
+                      int64_t *accidentals, int64_t *hist, int64_t *bad) {
+    *n_pairs = 0;
+    *accidentals = 0;
+    bad[0] = bad[1] = -1;
+    if (n_own < 0 || n_peer < 0 || !xp_clock_ok(clock)) return QN_EARG;
+    if (own_end != INT64_MIN && (own_end < 0 || own_end > QN_TIME_LIMIT)) return QN_EARG;
+    if (peer_end != INT64_MIN && (peer_end < 0 || peer_end > QN_TIME_LIMIT)) return QN_EARG;
+    /* validate everything before consuming anything */
+    int rc;
+    bad[0] = 0;
+    if ((rc = xp_check(own_t, n_own, p->own_last, p->have_own, bad)) != QN_OK) return rc;
+    bad[0] = 1;
+    if ((rc = xp_check(peer_t, n_peer, p->peer_last, p->have_peer, bad)) != QN_OK) return rc;
+    bad[0] = -1;
+    if (capacity < qn_xpairs_capacity(p, n_own, n_peer)) return QN_ECAPACITY;
+    if ((rc = xp_reserve_own(p, p->own_n + n_own)) != QN_OK) return rc;
+    if ((rc = xp_reserve_peer(p, p->peer_n + n_peer)) != QN_OK) return rc;
+    /* append */
+    if (n_own) {
+        memcpy(p->own_t + p->own_n, own_t, (size_t)n_own * sizeof(int64_t));
+        if (own_c) memcpy(p->own_c + p->own_n, own_c, (size_t)n_own * sizeof(int32_t));
+        else memset(p->own_c + p->own_n, 0, (size_t)n_own * sizeof(int32_t));
+        p->own_n += n_own;
+        p->own_seen += n_own;
+        p->own_last = own_t[n_own - 1];
+        p->have_own = 1;
+    }
+    if (own_end != INT64_MIN && (!p->have_own || own_end > p->own_last)) {
+        p->own_last = own_end;
+        p->have_own = 1;
+    }
+    if (n_peer) {
+        memcpy(p->peer_raw + p->peer_n, peer_t, (size_t)n_peer * sizeof(int64_t));
+        p->peer_n += n_peer;
+        p->peer_seen += n_peer;
+        p->peer_last = peer_t[n_peer - 1];
+        p->have_peer = 1;
+    }
+    if (peer_end != INT64_MIN && (!p->have_peer || peer_end > p->peer_last)) {
+        p->peer_last = peer_end;
+        p->have_peer = 1;
+    }
+    /* map every buffered peer tag through this call's model */
+    const int64_t base_ref = clock->base + clock->ref;
+    const double den = 1.0 + clock->rate;
+    int64_t *restrict m = p->peer_map;
+    const int64_t *restrict raw = p->peer_raw;
+    const int64_t np_ = p->peer_n;
+    int64_t prev_m = INT64_MIN;
+    for (int64_t j = 0; j < np_; j++) {
+        int64_t v = xp_map(clock, base_ref, den, raw[j]);
+        if (UNLIKELY(v < prev_m)) v = prev_m; /* see xp_map: kept non-decreasing */
+        m[j] = prev_m = v;
+    }
+    /* own tags settle when a + reach_hi < the mapped newest peer time (every later peer tag maps
+     * at or after it); peer_end = QN_TIME_LIMIT settles all */
+    int64_t settle = 0;
+    if (p->have_peer) {
+        const int64_t known = p->peer_last >= QN_TIME_LIMIT ? INT64_MAX
+                              : xp_map(clock, base_ref, den, p->peer_last);
+        const int64_t lim = known == INT64_MAX ? INT64_MAX : known - p->reach_hi;
+        int64_t lo = 0, hi = p->own_n; /* first own index with time >= lim */
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (p->own_t[mid] < lim) lo = mid + 1;
+            else hi = mid;
+        }
+        settle = lo;
+    }
+    /* the scans, on indices relative to the buffer */
+    const int64_t first = p->peer_first;
+    int64_t pc = p->pc - first, pa = p->pa - first, ph = p->ph - first;
+    const int64_t w = p->w, sh_lo = p->shift - w, sh_hi = p->shift + w;
+    const int64_t hlo = p->hlo, bw = p->bw, hspan = p->nbins * p->bw;
+    const int64_t *restrict at = p->own_t;
+    const int32_t *restrict ac = p->own_c;
+    int64_t np_out = 0, acc = 0;
+    for (int64_t i = 0; i < settle; i++) {
+        const int64_t a = at[i];
+        /* pairing: the earliest unused peer tag with |dt| <= w */
+        while (pc < np_ && m[pc] < a - w) pc++;
+        if (pc < np_ && m[pc] <= a + w) {
+            qn_xpair *o = &pairs[np_out++];
+            o->own = p->own_first + i;
+            o->peer = first + pc;
+            o->dt = m[pc] - a;
+            o->channel = ac[i];
+            o->reserved = 0;
+            pc++;
+        }
+        if (p->with_acc) {
+            while (pa < np_ && m[pa] < a + sh_lo) pa++;
+            if (pa < np_ && m[pa] <= a + sh_hi) { acc++; pa++; }
+        }
+        if (hspan) {
+            while (ph < np_ && m[ph] < a + hlo) ph++;
+            for (int64_t j = ph; j < np_; j++) {
+                const int64_t d = m[j] - a - hlo;
+                if (d >= hspan) break;
+                hist[d / bw]++;
+            }
+        }
+    }
+    /* drop the settled own tags */
+    if (settle) {
+        memmove(p->own_t, p->own_t + settle, (size_t)(p->own_n - settle) * sizeof(int64_t));
+        memmove(p->own_c, p->own_c + settle, (size_t)(p->own_n - settle) * sizeof(int32_t));
+        p->own_n -= settle;
+        p->own_first += settle;
+        p->own_done += settle;
+    }
+    /* advance the scans to the next own tag (or the own stream's newest time): exactly what its
+     * turn would do, so the peer tags behind all of them can go */
+    if (p->own_n || p->have_own) {
+        const int64_t a = p->own_n ? p->own_t[0] : p->own_last;
+        while (pc < np_ && m[pc] < a - w) pc++;
+        if (p->with_acc) while (pa < np_ && m[pa] < a + sh_lo) pa++;
+        if (hspan) while (ph < np_ && m[ph] < a + hlo) ph++;
+    }
+    int64_t drop = pc;
+    if (p->with_acc && pa < drop) drop = pa;
+    if (hspan && ph < drop) drop = ph;
+    if (drop > 0) {
+        memmove(p->peer_raw, p->peer_raw + drop, (size_t)(np_ - drop) * sizeof(int64_t));
+        p->peer_n -= drop;
+        p->peer_first += drop;
+    }
+    p->pc = first + pc;
+    p->pa = first + pa;
+    p->ph = first + ph;
+    *n_pairs = np_out;
+    *accidentals = acc;
+    return QN_OK;
+}
+
+/* ---------------------------------------------------------------- base85 (RFC 1924 alphabet) */
+
+static const char B85_ALPHABET[86] =
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
+
+int qn_b85_encode(const uint8_t *in, int64_t n, uint8_t *out, int64_t cap, int64_t *out_len) {
+    *out_len = 0;
+    if (n < 0 || cap < 5 * ((n + 3) / 4)) return QN_EARG;
+    int64_t o = 0;
+    for (int64_t i = 0; i < n; i += 4) {
+        const int64_t r = n - i < 4 ? n - i : 4;
+        uint32_t v = 0;
+        for (int64_t j = 0; j < 4; j++) v = (v << 8) | (j < r ? in[i + j] : 0u);
+        uint8_t d[5];
+        for (int j = 4; j >= 0; j--) {
+            d[j] = (uint8_t)B85_ALPHABET[v % 85];
+            v /= 85;
+        }
+        const int64_t keep = r < 4 ? r + 1 : 5;
+        for (int64_t j = 0; j < keep; j++) out[o++] = d[j];
+    }
+    *out_len = o;
+    return QN_OK;
+}
+
+int qn_b85_decode(const uint8_t *in, int64_t n, uint8_t *out, int64_t cap, int64_t *out_len,
+                  int64_t *bad) {
+    static int8_t lut[256];
+    static int lut_ready = 0;
+    *out_len = 0;
+    *bad = -1;
+    if (n < 0 || cap < n) return QN_EARG;
+    if (!lut_ready) { /* idempotent: racing threads write the same values */
+        for (int i = 0; i < 256; i++) lut[i] = -1;
+        for (int i = 0; i < 85; i++) lut[(uint8_t)B85_ALPHABET[i]] = (int8_t)i;
+        lut_ready = 1;
+    }
+    if (n % 5 == 1) { *bad = n - 1; return QN_EFORMAT; }
+    int64_t o = 0;
+    for (int64_t i = 0; i < n; i += 5) {
+        const int64_t c = n - i < 5 ? n - i : 5;
+        uint64_t v = 0;
+        for (int64_t j = 0; j < 5; j++) {
+            int d = 84; /* padding: '~' */
+            if (j < c) {
+                d = lut[in[i + j]];
+                if (UNLIKELY(d < 0)) { *bad = i + j; return QN_EFORMAT; }
+            }
+            v = v * 85 + (uint64_t)d;
+        }
+        if (UNLIKELY(v > 0xFFFFFFFFu)) { *bad = i; return QN_EFORMAT; }
+        const int64_t keep = c < 5 ? c - 1 : 4;
+        for (int64_t j = 0; j < keep; j++) out[o++] = (uint8_t)(v >> (24 - 8 * j));
+    }
+    *out_len = o;
+    return QN_OK;
+}
+
+/* ---------------------------------------------------------------- LDPC syndrome decoder */
+/* Belief propagation in the log domain with the layered (row-serial) schedule (Hocevar, IEEE
+ * SiPS 2004) and the sum-product check rule in its phi form (Gallager 1963; MacKay and Neal
+ * 1996; Kschischang, Frey, Loeliger 2001): for check j with syndrome bit s_j and extrinsic inputs
+ * t_k = L[v_k] - R[j,k],
+ *     R[j,k] = (-1)^(s_j + #{i != k : t_i < 0}) * phi(sum_{i != k} phi(|t_i|)),
+ *     phi(x) = -ln tanh(x/2) = ln((e^x + 1)/(e^x - 1)),  phi(phi(x)) = x,
+ * then L[v_k] = t_k + R[j,k] at once (the next row sees the update). LLR convention: positive
+ * means "bit = 0 more likely" (ln(P(0)/P(1))). phi is evaluated on |x| clamped to
+ * [LD_XMIN, LD_XMAX] either exactly (double, libm) or from a table of 64 chords per octave
+ * indexed by the float's exponent and top six mantissa bits (max error ~3e-5 absolute near 0,
+ * ~1e-5 relative elsewhere). The sum excluding the input with the largest phi (the weakest
+ * input) is accumulated directly (per lane: rest += min(max, f), max = max(max, f)), so the
+ * message to that edge does not lose precision by cancellation in S - phi_max; ties need no care
+ * (S - phi_k is then that same sum). Channel LLRs are clipped to +-LD_LMAX; the posteriors are
+ * not clipped (a saturated posterior corrupts the extrinsic t = L - R of the layered schedule and
+ * cost frames that flooding decodes), but stay finite: |R| <= phi(LD_XMIN) ~ 17.3, so
+ * |L| <= LD_LMAX + 17.3 * (column weight).
+ * Kernels: scalar (any CPU), AVX2+FMA (8 edges per step, gathers; chosen at run time) and the
+ * exact one (libm phi, scalar; for validation). */
+#define LD_OCT_LO (-24)                 /* table covers x in [2^-24, 2^6) */
+#define LD_OCT_HI 6
+#define LD_PER_OCT_BITS 6               /* 64 chords per octave */
+#define LD_TAB ((LD_OCT_HI - LD_OCT_LO) << LD_PER_OCT_BITS)
+#define LD_TAB_BASE ((uint32_t)(127 + LD_OCT_LO) << LD_PER_OCT_BITS)
+#define LD_XMIN 0x1p-24f
+#define LD_XMAX 63.99f
+#define LD_LMAX 50.0f
+#define LD_MAX_DIM 0x7fffffff
+#define LD_KERNEL_AUTO 0
+#define LD_KERNEL_SCALAR 1
+#define LD_KERNEL_EXACT 2
+
+struct qn_ldpc {
+    int64_t m, n, nnz;
+    int32_t max_row;
+    int32_t kernel;   /* LD_KERNEL_*, AUTO resolved at construction to SCALAR or 3 (AVX2) */
+    int64_t scratch;  /* max_row rounded up to 8, plus 8 */
+    int64_t *rp;      /* m + 1 row offsets */
+    int32_t *col;     /* nnz (+ 8 zero padding) column indices */
+    float c0[LD_TAB]; /* chord i: phi(x) ~ c0[i] + c1[i] x */
+    float c1[LD_TAB];
+};
+
+/* A decode call's state, in the caller's workspace (so one decoder serves several threads). */
+typedef struct {
+    float *r;         /* nnz + 8 check-to-variable messages */
+    float *l;         /* n posterior LLRs */
+    float *t;         /* scratch: extrinsic inputs of the current row */
+    float *f;         /* scratch: phi(|t|) */
+} ld_work;
+
+static double ld_phi_exact(double x) { return log1p(2.0 / expm1(x)); }
+
+static inline float ld_clamp(float x) {
+    x = x < LD_XMIN ? LD_XMIN : x;
+    return x > LD_XMAX ? LD_XMAX : x;
+}
+
+/* phi from the chord table; x already clamped to [LD_XMIN, LD_XMAX]. */
+static inline float ld_phi_tab(const qn_ldpc *d, float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    const uint32_t i = (b >> (23 - LD_PER_OCT_BITS)) - LD_TAB_BASE;
+    return d->c0[i] + d->c1[i] * x;
+}
+
+static inline float ld_phi(const qn_ldpc *d, float x, int exact) {
+    return exact ? (float)ld_phi_exact((double)x) : ld_phi_tab(d, x);
+}
+
+void qn_ldpc_free(qn_ldpc *d) {
+    if (!d) return;
+    free(d->rp);
+    free(d->col);
+    free(d);
+}
+
+int qn_ldpc_new(qn_ldpc **out, int64_t m, int64_t n, const int64_t *indptr,
+                const int32_t *indices, int32_t kernel) {
+    *out = NULL;
+    if (m < 1 || n < 1 || m > LD_MAX_DIM || n > LD_MAX_DIM || !indptr) return QN_EARG;
+    if (kernel < LD_KERNEL_AUTO || kernel > LD_KERNEL_EXACT) return QN_EARG;
+    const int64_t nnz = indptr[m];
+    if (indptr[0] != 0 || nnz < 0 || nnz > LD_MAX_DIM || (nnz > 0 && !indices)) return QN_EARG;
+    int64_t max_row = 0;
+    for (int64_t j = 0; j < m; j++) {
+        const int64_t deg = indptr[j + 1] - indptr[j];
+        if (deg < 0 || indptr[j + 1] > nnz) return QN_EARG;
+        if (deg > max_row) max_row = deg;
+    }
+    for (int64_t e = 0; e < nnz; e++)
+        if (indices[e] < 0 || indices[e] >= n) return QN_EARG;
+    qn_ldpc *d = calloc(1, sizeof *d);
+    if (!d) return QN_ENOMEM;
+    d->m = m;
+    d->n = n;
+    d->nnz = nnz;
+    d->max_row = (int32_t)max_row;
+    d->kernel = kernel == LD_KERNEL_AUTO ? LD_KERNEL_SCALAR : kernel;
+#ifdef QN_HAVE_AVX2
+    if (kernel == LD_KERNEL_AUTO && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma"))
+        d->kernel = 3;
+#endif
+    d->scratch = (max_row + 7) / 8 * 8 + 8;
+    d->rp = malloc(sizeof(int64_t) * (size_t)(m + 1));
+    d->col = malloc(sizeof(int32_t) * (size_t)(nnz + 8));  /* + 8: masked vector tails */
+    int32_t *seen = malloc(sizeof(int32_t) * (size_t)n); /* duplicate check: last row per column */
+    if (!d->rp || !d->col || !seen) {
+        free(seen);
+        qn_ldpc_free(d);
+        return QN_ENOMEM;
+    }
+    memcpy(d->rp, indptr, sizeof(int64_t) * (size_t)(m + 1));
+    if (nnz) memcpy(d->col, indices, sizeof(int32_t) * (size_t)nnz);
+    memset(d->col + nnz, 0, sizeof(int32_t) * 8);
+    for (int64_t v = 0; v < n; v++) seen[v] = -1;
+    for (int64_t j = 0; j < m; j++) {
+        for (int64_t e = indptr[j]; e < indptr[j + 1]; e++) {
+            if (seen[indices[e]] == (int32_t)j) { /* a repeated entry in one row */
+                free(seen);
+                qn_ldpc_free(d);
+                return QN_EARG;
+            }
+            seen[indices[e]] = (int32_t)j;
+        }
+    }
+    free(seen);
+    /* chord i spans [x_i, x_{i+1}), x_i the float with bits (i + base) << (23 - bits) */
+    for (int32_t i = 0; i < LD_TAB; i++) {
+        const int e = LD_OCT_LO + (i >> LD_PER_OCT_BITS);
+        const double x0 = ldexp(1.0 + (double)(i & ((1 << LD_PER_OCT_BITS) - 1)) /
+                                          (double)(1 << LD_PER_OCT_BITS), e);
+        const double x1 = x0 + ldexp(1.0, e - LD_PER_OCT_BITS);
+        const double y0 = ld_phi_exact(x0), y1 = ld_phi_exact(x1);
+        const double c1 = (y1 - y0) / (x1 - x0);
+        d->c0[i] = (float)(y0 - c1 * x0);
+        d->c1[i] = (float)c1;
+    }
+    *out = d;
+    return QN_OK;
+}
+
+void qn_ldpc_shape(const qn_ldpc *d, int64_t *out) {
+    out[0] = d->m;
+    out[1] = d->n;
+    out[2] = d->nnz;
+    out[3] = d->max_row;
+    out[4] = d->kernel;
+}
+
+int64_t qn_ldpc_work_size(const qn_ldpc *d) { return d->nnz + 8 + d->n + 2 * d->scratch; }
+
+/* Does the hard decision (L < 0 -> 1) satisfy every check? */
+static int ld_syndrome_ok(const qn_ldpc *d, const float *l, const uint8_t *s) {
+    for (int64_t j = 0; j < d->m; j++) {
+        uint32_t par = s[j];
+        for (int64_t e = d->rp[j]; e < d->rp[j + 1]; e++) par ^= (uint32_t)(l[d->col[e]] < 0.0f);
+        if (par) return 0;
+    }
+    return 1;
+}
+
+/* One layered iteration over all rows (scalar); returns the number of rows whose check was
+ * satisfied by the hard decisions right after the row's own update. */
+static inline int64_t ld_iterate(const qn_ldpc *restrict d, const ld_work *w, const uint8_t *restrict s, int exact) {
+    const int64_t *restrict rp = d->rp;
+    const int32_t *restrict col = d->col;
+    float *restrict r = w->r;
+    float *restrict l = w->l;
+    float *restrict tt = w->t;
+    float *restrict ff = w->f;
+    int64_t sat = 0;
+    for (int64_t j = 0; j < d->m; j++) {
+        const int64_t b = rp[j];
+        const int64_t deg = rp[j + 1] - b;
+        const int32_t *restrict cj = col + b;
+        float *restrict rj = r + b;
+        uint32_t par = s[j];
+        float rest = 0.0f, fmax = 0.0f;
+        for (int64_t k = 0; k < deg; k++) {
+            const float t = l[cj[k]] - rj[k];
+            const float f = ld_phi(d, ld_clamp(fabsf(t)), exact);
+            tt[k] = t;
+            ff[k] = f;
+            par ^= (uint32_t)(t < 0.0f);
+            rest += f < fmax ? f : fmax;
+            fmax = f > fmax ? f : fmax;
+        }
+        const float total = rest + fmax;
+        uint32_t hard = s[j];
+        for (int64_t k = 0; k < deg; k++) {
+            const float arg = ff[k] == fmax ? rest : total - ff[k];
+            const float mag = ld_phi(d, ld_clamp(arg), exact);
+            const float t = tt[k];
+            const float msg = (par ^ (uint32_t)(t < 0.0f)) ? -mag : mag;
+            const float post = t + msg;
+            rj[k] = msg;
+            l[cj[k]] = post;
+            hard ^= (uint32_t)(post < 0.0f);
+        }
+        sat += hard == 0;
+    }
+    return sat;
+}
+
+static int64_t ld_iterate_tab(const qn_ldpc *d, const ld_work *w, const uint8_t *s) {
+    return ld_iterate(d, w, s, 0);
+}
+static int64_t ld_iterate_exact(const qn_ldpc *d, const ld_work *w, const uint8_t *s) {
+    return ld_iterate(d, w, s, 1);
+}
+
+#ifdef QN_HAVE_AVX2
+#define LD_AVX __attribute__((target("avx2,fma")))
+
+LD_AVX static inline __m256 ld_phi8(const qn_ldpc *d, __m256 x) {
+    const __m256i i = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(x),
+                                                         23 - LD_PER_OCT_BITS),
+                                       _mm256_set1_epi32((int)LD_TAB_BASE));
+    return _mm256_fmadd_ps(_mm256_i32gather_ps(d->c1, i, 4), x,
+                           _mm256_i32gather_ps(d->c0, i, 4));
+}
+
+LD_AVX static inline __m256 ld_clamp8(__m256 x) {
+    return _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LD_XMIN)), _mm256_set1_ps(LD_XMAX));
+}
+
+LD_AVX static inline float ld_hsum8(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+LD_AVX static inline __m256 ld_hmax8(__m256 v) {
+    v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+    v = _mm256_max_ps(v, _mm256_permute_ps(v, 0x4e));
+    return _mm256_max_ps(v, _mm256_permute_ps(v, 0xb1));
+}
+
+LD_AVX static int64_t ld_iterate_avx2(const qn_ldpc *restrict d, const ld_work *w, const uint8_t *restrict s) {
+    const int64_t *restrict rp = d->rp;
+    const int32_t *restrict col = d->col;
+    float *restrict r = w->r;
+    float *restrict l = w->l;
+    float *restrict tt = w->t;
+    float *restrict ff = w->f;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int64_t sat = 0;
+    for (int64_t j = 0; j < d->m; j++) {
+        const int64_t b = rp[j];
+        const int64_t deg = rp[j + 1] - b;
+        const int32_t *restrict cj = col + b;
+        float *restrict rj = r + b;
+        uint32_t par = s[j];
+        __m256 rest = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
+        for (int64_t k = 0; k < deg; k += 8) {
+            const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(deg - k)), lane);
+            const __m256i ci = _mm256_maskload_epi32(cj + k, live);
+            const __m256 lg = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), l, ci,
+                                                       _mm256_castsi256_ps(live), 4);
+            const __m256 t = _mm256_sub_ps(lg, _mm256_maskload_ps(rj + k, live));
+            __m256 f = ld_phi8(d, ld_clamp8(_mm256_andnot_ps(sign, t)));
+            f = _mm256_and_ps(f, _mm256_castsi256_ps(live));
+            _mm256_storeu_ps(tt + k, t);
+            _mm256_storeu_ps(ff + k, f);
+            par ^= (uint32_t)__builtin_popcount((unsigned)_mm256_movemask_ps(t));
+            rest = _mm256_add_ps(rest, _mm256_min_ps(mx, f));
+            mx = _mm256_max_ps(mx, f);
+        }
+        /* the row maximum, and the sum of everything but one instance of it */
+        const __m256 fmax = ld_hmax8(mx);
+        const unsigned at = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(mx, fmax, _CMP_EQ_OQ));
+        const __m256i first = _mm256_set1_epi32(__builtin_ctz(at | 0x100u));
+        const __m256 others = _mm256_andnot_ps(
+            _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, first)), mx);
+        const float rest1 = ld_hsum8(_mm256_add_ps(rest, others));
+        const __m256 vrest = _mm256_set1_ps(rest1);
+        const __m256 total = _mm256_add_ps(vrest, fmax);
+        const __m256 vpar = (par & 1u) ? sign : _mm256_setzero_ps();
+        uint32_t hard = s[j];
+        for (int64_t k = 0; k < deg; k += 8) {
+            const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(deg - k)), lane);
+            const __m256 f = _mm256_loadu_ps(ff + k);
+            const __m256 t = _mm256_loadu_ps(tt + k);
+            const __m256 arg = _mm256_blendv_ps(_mm256_sub_ps(total, f), vrest,
+                                                _mm256_cmp_ps(f, fmax, _CMP_EQ_OQ));
+            const __m256 mag = ld_phi8(d, ld_clamp8(arg));
+            const __m256 msg = _mm256_xor_ps(mag, _mm256_and_ps(sign, _mm256_xor_ps(t, vpar)));
+            const __m256 post = _mm256_add_ps(t, msg);
+            _mm256_maskstore_ps(rj + k, live, msg);
+            const unsigned neg = (unsigned)_mm256_movemask_ps(
+                _mm256_and_ps(post, _mm256_castsi256_ps(live)));
+            hard ^= (uint32_t)__builtin_popcount(neg);
+            float pv[8];
+            _mm256_storeu_ps(pv, post);
+            const int64_t nl = deg - k < 8 ? deg - k : 8;
+            for (int64_t q = 0; q < nl; q++) l[cj[k + q]] = pv[q];
+        }
+        sat += (hard & 1u) == 0;
+    }
+    return sat;
+}
+#endif
+
+int qn_ldpc_decode(const qn_ldpc *d, float *work, int64_t work_size, const uint8_t *syndrome,
+                   const double *llr, int32_t max_iter, uint8_t *error, int32_t *converged,
+                   int32_t *iterations) {
+    *converged = 0;
+    *iterations = 0;
+    if (max_iter < 0 || work_size < qn_ldpc_work_size(d)) return QN_EARG;
+    const ld_work w = {work, work + d->nnz + 8, work + d->nnz + 8 + d->n,
+                       work + d->nnz + 8 + d->n + d->scratch};
+    for (int64_t j = 0; j < d->m; j++)
+        if (syndrome[j] > 1) return QN_EARG;
+    for (int64_t v = 0; v < d->n; v++)
+        if (isnan(llr[v])) return QN_EARG;
+    for (int64_t v = 0; v < d->n; v++) {
+        const double x = llr[v];
+        w.l[v] = (float)(x > LD_LMAX ? LD_LMAX : x < -LD_LMAX ? -LD_LMAX : x);
+    }
+    memset(w.r, 0, sizeof(float) * (size_t)(d->nnz + 8));
+    int ok = ld_syndrome_ok(d, w.l, syndrome);
+    int32_t it = 0;
+    while (!ok && it < max_iter) {
+        int64_t sat;
+#ifdef QN_HAVE_AVX2
+        if (d->kernel == 3)
+            sat = ld_iterate_avx2(d, &w, syndrome);
+        else
+#endif
+            sat = d->kernel == LD_KERNEL_EXACT ? ld_iterate_exact(d, &w, syndrome)
+                                               : ld_iterate_tab(d, &w, syndrome);
+        it++;
+        if (sat == d->m) ok = ld_syndrome_ok(d, w.l, syndrome);
+    }
+    for (int64_t v = 0; v < d->n; v++) error[v] = (uint8_t)(w.l[v] < 0.0f);
+    *converged = ok;
+    *iterations = it;
+    return QN_OK;
+}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _api, _spec
+from . import _api, _cross, _spec
 from ._spec import CLUSTER_DTYPE, NFoldResult, StreamStats
 from .tags import TAG_DTYPE, TagBlock, TagType
 
@@ -338,3 +338,138 @@ def pair_deltas(a_ps: np.ndarray, b_ps: np.ndarray, lo_ps: int, hi_ps: int) -> n
 def sum_times(block: TagBlock) -> int:
     """Reference of :func:`qnode.native.sum_times` (wraps around like int64 in C)."""
     return int(block["time"].sum(dtype=np.int64))
+
+
+# ------------------------------------------------------------------ cross-node pairs
+
+def _greedy(lo: np.ndarray, hi: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The one-to-one rule on candidate ranges: own tag i may take peer tags [lo[i], hi[i]) (both
+    non-decreasing); it takes the first not taken. Returns (own positions that paired, their
+    peer positions, the next free peer position)."""
+    cand = np.flatnonzero(hi > np.maximum(lo, start))  # no candidate: only moves the scan
+    own, peer = [], []
+    ptr = start
+    for i in cand.tolist():
+        p = max(ptr, int(lo[i]))
+        if p < hi[i]:
+            own.append(i)
+            peer.append(p)
+            ptr = p + 1
+        else:
+            ptr = p
+    if lo.size:
+        ptr = max(ptr, int(lo[-1]))
+    return np.array(own, np.int64), np.array(peer, np.int64), ptr
+
+
+class _NumpyCrossPairs:
+    """Reference of the C ``qn_xpairs`` engine: the same streaming rules (see
+    ``qnode.native._cross``), written with ``searchsorted`` over the buffered streams."""
+
+    def __init__(self, setup: _cross.CrossSetup):
+        self._s = setup
+        self._lo, self._hi = setup.reach
+        self._own_t = np.empty(0, np.int64)
+        self._own_c = np.empty(0, np.int32)
+        self._own_first = 0
+        self._peer = np.empty(0, np.int64)
+        self._peer_first = 0
+        self._pc = self._pa = self._ph = 0          # absolute peer indices
+        self._own_last: int | None = None
+        self._peer_last: int | None = None
+        self._seen = [0, 0]
+        self._done = 0
+
+    @staticmethod
+    def _check(name: str, t: np.ndarray, last: int | None) -> None:
+        prev = np.concatenate(([last if last is not None else 0], t[:-1]))
+        bad = np.flatnonzero((t < 0) | (t >= _cross.TIME_LIMIT_PS) | (t < prev))
+        if bad.size:
+            i = int(bad[0])
+            raise _cross.order_error(name, i, int(t[i]), int(prev[i]) if (i or last is not None)
+                                     else None)
+
+    def process(self, own_t: np.ndarray, own_c: np.ndarray, own_end: int, peer_t: np.ndarray,
+                peer_end: int, clock: _cross.PeerClock) -> tuple[np.ndarray, int, np.ndarray, int]:
+        s = self._s
+        self._check("own", own_t, self._own_last)
+        self._check("peer", peer_t, self._peer_last)
+        for k, (t, end) in enumerate(((own_t, own_end), (peer_t, peer_end))):
+            last = self._own_last if k == 0 else self._peer_last
+            if t.size:
+                last = int(t[-1])
+            if end != _cross.NO_END and (last is None or end > last):
+                last = end
+            if k == 0:
+                self._own_last = last
+            else:
+                self._peer_last = last
+            self._seen[k] += t.size
+        self._own_t = np.concatenate((self._own_t, own_t))
+        self._own_c = np.concatenate((self._own_c, own_c))
+        self._peer = np.concatenate((self._peer, peer_t))
+        model = clock.model()
+        m = np.maximum.accumulate(model.to_a(self._peer)) if self._peer.size else self._peer
+        if self._peer_last is None:
+            n_settle = 0
+        elif self._peer_last >= _cross.TIME_LIMIT_PS:
+            n_settle = self._own_t.size
+        else:
+            known = int(model.to_a(np.array([self._peer_last], np.int64))[0])
+            n_settle = int(np.searchsorted(self._own_t, known - self._hi, side="left"))
+        a = self._own_t[:n_settle]
+        first = self._peer_first
+        w = s.window
+        # pairs
+        o, p, pc = _greedy(np.searchsorted(m, a - w, side="left"),
+                           np.searchsorted(m, a + w, side="right"), self._pc - first)
+        pairs = np.zeros(o.size, _cross.CROSS_PAIR_DTYPE)
+        pairs["own"] = self._own_first + o
+        pairs["peer"] = first + p
+        pairs["dt"] = m[p] - a[o]
+        pairs["channel"] = self._own_c[:n_settle][o]
+        acc, pa = 0, self._pa - first
+        if s.with_acc:
+            oa, _, pa = _greedy(np.searchsorted(m, a + s.shift - w, side="left"),
+                                np.searchsorted(m, a + s.shift + w, side="right"), pa)
+            acc = int(oa.size)
+        hist = np.zeros(s.n_bins, np.int64)
+        ph = self._ph - first
+        if s.n_bins:
+            lo = np.maximum(np.searchsorted(m, a + s.hist_lo, side="left"), ph)
+            hi = np.searchsorted(m, a + s.hist_lo + s.n_bins * s.bin_width, side="left")
+            n = np.maximum(hi - lo, 0)
+            owner = np.repeat(np.arange(a.size), n)
+            within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            d = m[np.repeat(lo, n) + within] - a[owner]
+            hist += np.bincount((d - s.hist_lo) // s.bin_width, minlength=s.n_bins)
+            if a.size:
+                ph = int(max(ph, lo[-1]))
+        self._own_t, self._own_c = self._own_t[n_settle:], self._own_c[n_settle:]
+        self._own_first += n_settle
+        self._done += n_settle
+        # move the scans to the next own tag's turn, then drop the peer tags behind all of them
+        if self._own_t.size or self._own_last is not None:
+            nxt = int(self._own_t[0]) if self._own_t.size else self._own_last
+            assert nxt is not None
+            pc = max(pc, int(np.searchsorted(m, nxt - w, side="left")))
+            if s.with_acc:
+                pa = max(pa, int(np.searchsorted(m, nxt + s.shift - w, side="left")))
+            if s.n_bins:
+                ph = max(ph, int(np.searchsorted(m, nxt + s.hist_lo, side="left")))
+        drop = min([pc] + ([pa] if s.with_acc else []) + ([ph] if s.n_bins else []))
+        self._peer = self._peer[drop:]
+        self._peer_first += drop
+        self._pc, self._pa, self._ph = first + pc, first + pa, first + ph
+        return pairs, acc, hist, n_settle
+
+    def counters(self) -> tuple[int, int, int, int, int]:
+        return (self._seen[0], self._seen[1], self._done, int(self._own_t.size),
+                int(self._peer.size))
+
+
+class CrossPairs(_cross.CrossPairs):
+    __doc__ = _cross.CrossPairs.__doc__
+
+    def _make_engine(self, setup: _cross.CrossSetup) -> _NumpyCrossPairs:
+        return _NumpyCrossPairs(setup)
