@@ -1,0 +1,117 @@
+"""LDPC syndrome decoders on the reconciliation codes: the C core's layered sum-product decoder
+(qnode.native.LdpcDecoder) against the ``ldpc`` package's product-sum BpDecoder (flooding
+schedule, Roffe et al.), on the same frames in the same run.
+
+For each QBER Q: the plan :func:`qnode.daemon.qkd.reconcile.choose_plan` makes for one frame
+(default efficiency target, or --efficiency), its first frame's layout (key bits BSC(Q),
+punctured bits unknown: p = 0.5, shortened bits p = 1e-12), random error patterns (seeded
+numpy). Per decoder: wall time per frame, ns per edge per iteration (time / (edges ·
+iterations summed over frames)), sifted Mbit/s per core (key bits per frame / time per frame),
+mean iterations, frame error rate (not converged, or converged to a word other than the true
+error pattern: counted apart as ``wrong``), and the C decoder's speed-up per frame.
+
+    python benchmarks/ldpc_decoder.py [--frames 20] [--frame 32768] [--qbers 0.01,0.03,0.05,0.08]
+                                      [--kernels auto,scalar] [--efficiency F]
+
+Prints figures; asserts nothing. Timing is single-threaded wall time (time.perf_counter).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from ldpc import BpDecoder
+
+from qnode.daemon.qkd import reconcile as rc
+from qnode.native.ldpc import LdpcDecoder
+
+
+def frames_for(q: float, frame: int, count: int, efficiency: float | None, seed: int):
+    """(H, channel error probabilities, key bit count, [(true e, syndrome)] × count)."""
+    n = int(rc.FILL * frame)
+    plan = rc.choose_plan(q, n, frame=frame, efficiency=efficiency)
+    code = plan.code()
+    free = frame - plan.key_lengths()[0]
+    punct, key = code.puncture[:plan.punctured], code.puncture[free:]
+    channel = np.full(frame, 1e-12)
+    channel[key] = q
+    channel[punct] = 0.5
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        e = np.zeros(frame, dtype=np.uint8)
+        e[key] = rng.random(key.size) < q
+        e[punct] = rng.integers(0, 2, punct.size)
+        out.append((e, ((code.h @ e) & 1).astype(np.uint8)))
+    return code.h, channel, key.size, out
+
+
+def measure(decode, frames, edges: int, n_key: int) -> dict[str, float]:
+    """decode(syndrome) -> (e, converged, iterations); figures over the frames."""
+    total_t, total_it, fail, wrong, its = 0.0, 0, 0, 0, []
+    for e, s in frames:
+        t0 = time.perf_counter()
+        d, converged, iterations = decode(s)
+        total_t += time.perf_counter() - t0
+        total_it += iterations
+        its.append(iterations)
+        if not converged:
+            fail += 1
+        elif not np.array_equal(d, e):
+            wrong += 1
+    return {"ms": total_t / len(frames) * 1e3,
+            "ns_edge_it": total_t / max(total_it, 1) / edges * 1e9,
+            "mbps": n_key * len(frames) / total_t / 1e6,
+            "iters": float(np.mean(its)), "fer": (fail + wrong) / len(frames),
+            "wrong": wrong}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--frame", type=int, default=rc.DEFAULT_FRAME)
+    ap.add_argument("--qbers", default="0.01,0.03,0.05,0.08")
+    ap.add_argument("--kernels", default="auto", help="C kernels: auto, scalar, exact")
+    ap.add_argument("--efficiency", type=float, default=None,
+                    help="f_EC target of the plan (default: the plan's own)")
+    ap.add_argument("--max-iter", type=int, default=rc.MAX_ITER)
+    ap.add_argument("--no-ldpc", action="store_true", help="skip the ldpc package's decoder")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    print(f"frame {args.frame} bits, {args.frames} frames per line, max {args.max_iter} "
+          f"iterations; ldpc = ldpc.BpDecoder product_sum (flooding); C = "
+          f"qnode.native.LdpcDecoder (layered sum-product)")
+    print(f"{'Q':>5} {'decoder':>10} {'edges':>7} {'key bits':>8} {'ms/frame':>9} "
+          f"{'ns/edge-it':>10} {'Mbit/s':>7} {'iters':>6} {'FER':>5} {'wrong':>5} "
+          f"{'speed-up':>8}")
+    for q in (float(x) for x in args.qbers.split(",")):
+        h, channel, n_key, frames = frames_for(q, args.frame, args.frames, args.efficiency,
+                                               args.seed)
+        edges = int(h.nnz)
+        rows: list[tuple[str, dict[str, float]]] = []
+        if not args.no_ldpc:
+            ref = BpDecoder(h, error_rate=0.05, max_iter=args.max_iter, bp_method="product_sum",
+                            schedule="parallel", input_vector_type="syndrome")
+            ref.error_channel = channel
+
+            def ldpc_decode(s: np.ndarray, ref: BpDecoder = ref):
+                d = ref.decode(s)
+                return d, bool(ref.converge), int(ref.iter)
+
+            rows.append(("ldpc", measure(ldpc_decode, frames, edges, n_key)))
+        llr = np.log1p(-channel) - np.log(channel)
+        for kernel in args.kernels.split(","):
+            dec = LdpcDecoder(h, kernel=kernel)
+            rows.append((f"C {dec.kernel}", measure(
+                lambda s, dec=dec, llr=llr: dec.decode_llr(s, llr, args.max_iter), frames, edges,
+                n_key)))
+        base = rows[0][1]["ms"] if not args.no_ldpc else float("nan")
+        for name, r in rows:
+            print(f"{q:5.3f} {name:>10} {edges:7d} {n_key:8d} {r['ms']:9.2f} "
+                  f"{r['ns_edge_it']:10.2f} {r['mbps']:7.3f} {r['iters']:6.1f} {r['fer']:5.2f} "
+                  f"{int(r['wrong']):5d} {base / r['ms']:8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
