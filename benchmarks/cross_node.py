@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from coincidence import paired_times  # benchmarks/coincidence.py (run from this folder)
 
 from qnode import native
 from qnode.native import TAG_DTYPE, PeerClock
@@ -47,24 +48,6 @@ def make_streams(seconds: float, rate_mcps: float, fraction: float, seed: int = 
                                   rng.integers(0, span, n - k)]).clip(0))
     peer = CLOCK.model().to_b(np.concatenate([src, rng.integers(0, span, n - k)]))
     return own, rng.integers(0, 4, n).astype(np.int32), np.sort(peer)
-
-
-def paired_times(run: Callable[[], object], baseline: Callable[[], object],
-                 repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds per run of ``run`` and ``baseline``, timed alternately after one untimed run of
-    each (as benchmarks/coincidence.py)."""
-    run()
-    baseline()
-    times, base = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        baseline()
-        t1 = time.perf_counter()
-        run()
-        t2 = time.perf_counter()
-        base.append(t1 - t0)
-        times.append(t2 - t1)
-    return times, base
 
 
 def cross_run(own: np.ndarray, chans: np.ndarray, peer: np.ndarray,
