@@ -54,6 +54,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(node.run())
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:   # found at start-up: the key store of [kme]
+        print(f"qnode: config error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the log has the traceback; systemd restarts on failure
         logging.getLogger("qnode.node").exception("node failed: %s", exc)
         print(f"qnode: {config.id}: {exc}", file=sys.stderr)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 from qnode.daemon.kme.server import KmeServer
 from qnode.daemon.kme.store import KeyStore
+from qnode.daemon.runtime.config import ConfigError
 
 if TYPE_CHECKING:
     from qnode.daemon.bus.telemetry import KmeTelemetry
@@ -29,8 +31,12 @@ class KmeService:
         if cfg is None:
             raise ValueError(f"{ctx.config.path}: [kme] is not configured")
         self.config = cfg
-        self.store = KeyStore(cfg.store, ctx.node, key_size_bits=cfg.key_size_bits,
-                              max_key_count=cfg.max_key_count)
+        try:
+            self.store = KeyStore(cfg.store, ctx.node, key_size_bits=cfg.key_size_bits,
+                                  max_key_count=cfg.max_key_count)
+        except (ValueError, OSError, sqlite3.Error) as exc:
+            # another node's store, another key size, a file that is not a store
+            raise ConfigError(ctx.config.path, "kme.store", str(exc)) from None
         self.server = KmeServer(cfg, self.store)
 
     async def run(self) -> None:

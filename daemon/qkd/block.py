@@ -61,13 +61,12 @@ ABORT_REASONS = ("qber_above_threshold", "too_few_bits", "decoding_failed",
 class KeyParams:
     """A link's post-processing settings: ``qber_threshold`` (abort above it, before or after
     error correction), ``eps_sec``/``eps_cor`` (per block), ``min_bits`` (a block smaller than
-    this is not processed), ``key_size_bits`` (the unit keys are cut into for the key store)."""
+    this is not processed) and the error correction's (below)."""
 
     qber_threshold: float = 0.11
     eps_sec: float = EPS_SEC
     eps_cor: float = EPS_COR
     min_bits: int = 10_000
-    key_size_bits: int = 256
     #: the f_EC the first decoding of a chunk aims at, and the share of n·h(Q) each further
     #: round reveals (blind reconciliation; docs/physicists/error-correction.md)
     ec_start_efficiency: float = 1.13
@@ -86,9 +85,14 @@ class KeyParams:
                 raise ValueError(f"{name} must lie in (0, 1e-3), got {value}")
         if self.min_bits < 2:
             raise ValueError(f"min_bits must be >= 2, got {self.min_bits}")
-        if self.key_size_bits <= 0 or self.key_size_bits % 8:
-            raise ValueError(f"key_size_bits must be a positive multiple of 8, got "
-                             f"{self.key_size_bits}")
+        if not 1.0 <= self.ec_start_efficiency <= 2.0:
+            raise ValueError(f"ec_start_efficiency must lie in [1, 2], got "
+                             f"{self.ec_start_efficiency}")
+        if not 0.0 < self.ec_step_efficiency <= 0.5:
+            raise ValueError(f"ec_step_efficiency must lie in (0, 0.5], got "
+                             f"{self.ec_step_efficiency}")
+        if not 0 <= self.ec_max_rounds <= 1000:
+            raise ValueError(f"ec_max_rounds must lie in [0, 1000], got {self.ec_max_rounds}")
 
 
 @dataclass(frozen=True)

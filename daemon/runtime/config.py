@@ -157,6 +157,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -974,13 +975,29 @@ def _kme(path: str, raw: object, node_id: str) -> KmeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(path, "kme", f"must be a table, got {type(raw).__name__}")
     try:
-        return KmeConfig.from_table(raw, node_id)
+        kme = KmeConfig.from_table(raw, node_id)
     except ValueError as exc:
         text = str(exc)   # "kme.<key> <problem>", "kme: <problem>" or "<problem>"
         if text.startswith("kme."):
             key, _, text = text.partition(" ")
             raise ConfigError(path, key.rstrip(":"), text) from None
         raise ConfigError(path, "kme", text.removeprefix("kme: ")) from None
+    for key in ("cert", "key", "ca"):
+        file = getattr(kme, key)
+        if not file.is_file() or not os.access(file, os.R_OK):
+            raise ConfigError(path, f"kme.{key}", f"{str(file)!r} is not a readable file")
+    try:   # the server's TLS files, as the KME will load them at start
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(kme.cert, kme.key)
+        tls.load_verify_locations(cafile=kme.ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(path, "kme.cert", f"the KME's certificate, key and CA do not load: "
+                                            f"{exc}") from None
+    folder = kme.store.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(path, "kme.store", f"the folder {str(folder)!r} of the key store "
+                                             f"does not exist or this user cannot write it")
+    return kme
 
 
 def _analyzer(path: str, raw: object,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import ssl
+import subprocess
+import sys
 import uuid
 
 import aiohttp
@@ -58,3 +60,22 @@ async def test_a_node_serves_its_keys_through_its_kme(tmp_path):
         assert "key=" not in node.log() and "AQEB" not in node.log()
     with KeyStore(store_path, "a") as store:        # delivered once: one key is left
         assert store.count("b", "a") == 1
+
+
+def test_a_key_store_of_another_node_stops_the_start_with_a_config_error(tmp_path):
+    """A user's mistake (the store file of another node) is one line naming the key, exit 2,
+    no traceback."""
+    pki = write_demo_pki(tmp_path / "pki", saes=["sae-a"])
+    store_path = tmp_path / "keys.sqlite"
+    KeyStore(store_path, "b").close()
+    config = node_config(
+        tmp_path / "a.toml", node="a", roles=["memory"], broker_port=1,
+        state_dir=tmp_path / "state",
+        body=(f'[kme]\nlisten = "127.0.0.1:0"\ncert = "{pki.server_cert}"\n'
+              f'key = "{pki.server_key}"\nca = "{pki.ca}"\nstore = "{store_path}"\n'
+              'saes = [{id = "sae-a", node = "a"}]\n'))
+    run = subprocess.run([sys.executable, "-m", "qnode.daemon.cli", "run", "--config",
+                          str(config)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "config error" in run.stderr and "kme.store" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr + run.stdout

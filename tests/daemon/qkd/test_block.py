@@ -208,3 +208,11 @@ def test_no_key_material_in_reprs():
     a, _ = _run(lead, follow, 0.02)
     text = repr(a) + repr(lead)
     assert ", key=" not in text and ", bits=" not in text and "array" not in text, text
+
+
+@pytest.mark.parametrize("field, value", [
+    ("qber_threshold", 0.6), ("eps_sec", 0.1), ("min_bits", 1), ("ec_start_efficiency", 0.9),
+    ("ec_step_efficiency", 0.0), ("ec_max_rounds", -1)])
+def test_bad_key_params_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        KeyParams(**{field: value})

@@ -11,6 +11,7 @@ import pytest
 
 from qnode.daemon.bus.identity import keygen
 from qnode.daemon.bus.keys import write_key_file
+from qnode.daemon.kme.pki import write_demo_pki
 from qnode.daemon.runtime.config import ConfigError, load_config, parse_config, prepare_state_dir
 
 from support import REPO
@@ -360,12 +361,18 @@ saes = [{id = "sae-b", node = "b"}, {id = "sae-c", node = "c"}]
 
 
 def _kme_node(tmp_path, kme: str = KME) -> str:
+    pki = write_demo_pki(tmp_path / "pki", saes=["sae-b"])
+    for name, source in (("kme.crt", pki.server_cert), ("kme.key", pki.server_key),
+                         ("ca.crt", pki.ca)):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    kme = (kme.replace('"kme.', f'"{tmp_path}/kme.').replace('"ca.crt"', f'"{tmp_path}/ca.crt"')
+           .replace('"keys.sqlite"', f'"{tmp_path}/keys.sqlite"'))
     return ('[node]\nid = "c"\nnetwork = "net"\nroles = ["memory"]\n'
             '[broker]\nurl = "mqtt://127.0.0.1"\n' + kme)
 
 
-def test_the_kme_is_read():
-    cfg = parse_config(_kme_node(None))
+def test_the_kme_is_read(tmp_path):
+    cfg = parse_config(_kme_node(tmp_path))
     assert cfg.kme is not None and cfg.kme.port == 0 and cfg.kme.kme_id == "kme-c"
     assert cfg.kme.local_saes() == ["sae-c"] and cfg.kme.node_of("sae-b") == "b"
     assert parse_config(MINIMAL).kme is None
@@ -376,7 +383,13 @@ def test_the_kme_is_read():
     (KME.replace("saes = ", "sas = "), r"kme: unknown key\(s\) sas"),
     (KME.replace('store = "keys.sqlite"\n', ""), r"kme.store: is required"),
     (KME.replace('listen = "127.0.0.1:0"', "listen = 5"), r"kme.listen: must be a string"),
+    (KME.replace('ca = "ca.crt"', 'ca = "/nowhere/ca.crt"'),
+     r"kme.ca: '/nowhere/ca.crt' is not a readable file"),
+    (KME.replace('key = "kme.key"', 'key = "ca.crt"'),
+     r"kme.cert: the KME's certificate, key and CA do not load"),
+    (KME.replace('store = "keys.sqlite"', 'store = "/nonexistent/dir/keys.sqlite"'),
+     r"kme.store: the folder '/nonexistent/dir' of the key store does not exist"),
 ])
-def test_a_bad_kme_table_names_the_key(kme, match):
+def test_a_bad_kme_table_names_the_key(tmp_path, kme, match):
     with pytest.raises(ConfigError, match=match):
-        parse_config(_kme_node(None, kme))
+        parse_config(_kme_node(tmp_path, kme))
