@@ -3,7 +3,8 @@
 Both ends of an M link hold the same block of sifted events: for each, the basis both measured
 in (Z or X, equal after sifting) and their own outcome bit, already mapped so that the ideal
 source gives equal bits (:class:`SiftedBlock`). The **leader** (the link's counter) and the
-**follower** exchange these messages per block, carried as signed link messages by the daemon:
+**follower** exchange these messages per block (JSON bodies, for the link's signed peer messages;
+the analyzer does not carry them yet, see docs/physicists/keys.md):
 
 1. ``KEY_OFFER`` (leader → follower): the block cut into chunks of one code frame each
    (:mod:`.reconcile`), the error-correction plan of each chunk chosen for the estimated QBER,
