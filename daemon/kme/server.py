@@ -102,14 +102,9 @@ class KmeServer:
     # -- life ------------------------------------------------------------------------------
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The server's TLS context: TLS ≥ 1.2, its certificate, client certificates
-        required and verified against ``config.ca``."""
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.config.cert, self.config.key)
-        ctx.load_verify_locations(cafile=self.config.ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+        """The server's TLS context: its config's
+        :meth:`~qnode.daemon.runtime.kme_config.KmeConfig.server_ssl_context`."""
+        return self.config.server_ssl_context()
 
     async def start(self) -> None:
         """Listen on ``config.host:config.port`` (HTTPS)."""

@@ -191,7 +191,9 @@ def _unb64(body: Mapping[str, Any], name: str, max_bytes: int) -> bytes:
         raise BlockMessageError(f"{name}: not base64") from exc
 
 
-def _int(body: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+def body_int(body: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+    """Field ``name`` of a message body: an integer (not a bool) in [lo, hi], else
+    :class:`BlockMessageError`."""
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise BlockMessageError(f"{name}: expected an integer in [{lo}, {hi}]")
@@ -233,6 +235,11 @@ def chunk_sizes(n: int) -> list[int]:
 def _bounds(sizes: list[int]) -> list[tuple[int, int]]:
     ends = np.cumsum([0, *sizes])
     return [(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def _syndromes(plans: list[reconcile.Plan], syndrome: np.ndarray) -> list[np.ndarray]:
+    """The concatenated syndrome of ``plans`` cut into one per plan."""
+    return [syndrome[a:z] for a, z in _bounds([p.syndrome_bits() for p in plans])]
 
 
 def _pack_bits(bits: np.ndarray) -> str:
@@ -359,7 +366,7 @@ class BlockLeader:
         n_z, n_x = b.counts()
         leak_ec = self.leak_ec()
         leak = _disclosed(b.n, leak_ec, p.eps_cor)
-        errors = (_int(reply, "errors_z", 0, n_z), _int(reply, "errors_x", 0, n_x))
+        errors = (body_int(reply, "errors_z", 0, n_z), body_int(reply, "errors_x", 0, n_x))
         tag = _unb64(reply, "tag", 64)
         if tag != verification_tag(b.bits, self._verify_seed, p.eps_cor):
             return self._abort_msg("verification_failed", errors)
@@ -418,7 +425,7 @@ class BlockFollower:
         n_z, n_x = b.counts()
         try:
             _block_id(offer, b.block_id)
-            if _int(offer, "n", 0, b.n) != b.n or _int(offer, "n_x", 0, b.n) != n_x:
+            if body_int(offer, "n", 0, b.n) != b.n or body_int(offer, "n_x", 0, b.n) != n_x:
                 raise BlockMessageError("n/n_x: the offer is for another block")
             plans = offer.get("plans")
             if not isinstance(plans, list) or not 0 < len(plans) <= self.MAX_CHUNKS:
@@ -428,7 +435,7 @@ class BlockFollower:
             parsed = [reconcile.Plan.from_dict(p) for p in plans]
             if sum(p.n for p in parsed) != b.n:
                 raise BlockMessageError("plans: the chunks do not add up to the block")
-            m = _int(offer, "syndrome_bits", 1, 1 << 24)
+            m = body_int(offer, "syndrome_bits", 1, 1 << 24)
             if m != sum(p.syndrome_bits() for p in parsed):
                 raise BlockMessageError("syndrome_bits: not the plans' syndromes")
             syndrome = _unpack_bits(offer, "syndrome", m)
@@ -443,8 +450,7 @@ class BlockFollower:
             # ValueError: a plan the codes refuse (hostile or from another version)
             return self._refuse()
         self._qber, self.plans = float(qber), parsed
-        cuts = np.cumsum([0, *(p.syndrome_bits() for p in self.plans)])
-        self._syndromes = [syndrome[a:z] for a, z in zip(cuts[:-1], cuts[1:], strict=True)]
+        self._syndromes = _syndromes(self.plans, syndrome)
         self.rounds = [0] * len(self.plans)
         self._spent = [0] * len(self.plans)
         self._revealed = [None] * len(self.plans)
@@ -455,7 +461,7 @@ class BlockFollower:
         """The ``KEY_REPLY`` after the leader revealed more padding of the failed chunks."""
         try:
             _block_id(body, self.block.block_id)
-            if _int(body, "round", 1, 1 << 20) != self._reveals + 1:
+            if body_int(body, "round", 1, 1 << 20) != self._reveals + 1:
                 raise BlockMessageError("round: not the next round")
             waiting = {c for c, d in enumerate(self._decoded) if d is None}
             chunks = _chunk_list(body, "chunks", waiting) if body.get("chunks") else []
@@ -468,7 +474,7 @@ class BlockFollower:
                 raise BlockMessageError("chunks: no rounds left")
             if any(self.rounds[c] < self.plans[c].max_rounds() for c in replanned):
                 raise BlockMessageError("replanned: a chunk with rounds left")
-            n = _int(body, "revealed_bits", 0, 1 << 24)
+            n = body_int(body, "revealed_bits", 0, 1 << 24)
             if n != sum(sizes):
                 raise BlockMessageError("revealed_bits: not what those chunks reveal")
             bits = _unpack_bits(body, "revealed", n)
@@ -499,12 +505,10 @@ class BlockFollower:
         plans = [reconcile.Plan.from_dict(p) for p in raw]
         if [p.n for p in plans] != [self.plans[c].n for c in replanned]:
             raise BlockMessageError("plans: not the chunks' lengths")
-        m = _int(body, "syndrome_bits", 1, 1 << 24)
+        m = body_int(body, "syndrome_bits", 1, 1 << 24)
         if m != sum(p.syndrome_bits() for p in plans):
             raise BlockMessageError("syndrome_bits: not the plans' syndromes")
-        syndrome = _unpack_bits(body, "syndrome", m)
-        cuts = np.cumsum([0, *(p.syndrome_bits() for p in plans)])
-        return plans, [syndrome[a:z] for a, z in zip(cuts[:-1], cuts[1:], strict=True)]
+        return plans, _syndromes(plans, _unpack_bits(body, "syndrome", m))
 
     def _decode(self, chunks: Any) -> dict[str, Any]:
         b = self.block
@@ -542,7 +546,7 @@ class BlockFollower:
                 return _abort(b, str(reason), errors=self._errors, leak_ec=leak_ec, leak=leak)
             if self._corrected is None:
                 raise BlockMessageError("a key announced for a block this end did not correct")
-            length = _int(msg, "length", 1, b.n)
+            length = body_int(msg, "length", 1, b.n)
             seed = _unb64(msg, "amplify_seed", SEED_BYTES)
             if len(seed) != SEED_BYTES:
                 raise BlockMessageError("amplify_seed: wrong length")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from qnode.daemon.qkd.block import BlockMessageError, SiftedBlock, X, Z
+from qnode.daemon.qkd.block import BlockMessageError, SiftedBlock, X, Z, body_int
 
 #: the follower's basis code for a tag it no longer holds (the event is dropped at both ends)
 LOST = 2
@@ -65,13 +65,6 @@ def _unpack(body: Mapping[str, Any], name: str, dtype: str, n: int) -> np.ndarra
     if len(raw) != size or d.unconsumed_tail:
         raise BlockMessageError(f"{name}: expected {n} values")
     return np.frombuffer(raw, dtype).copy()
-
-
-def _count(body: Mapping[str, Any], name: str, hi: int) -> int:
-    v = body.get(name)
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
-        raise BlockMessageError(f"{name}: expected an integer in [0, {hi}]")
-    return v
 
 
 @dataclass
@@ -159,7 +152,7 @@ class KeyLeader:
         """The follower's answer: the events measured in the same basis join the sifted key."""
         if body.get("session") != str(self.session):
             raise BlockMessageError("session: not this session's")
-        seq = _count(body, "seq", 1 << 62)
+        seq = body_int(body, "seq", 0, 1 << 62)
         mine = self._pending.get(seq)
         if mine is None:
             raise BlockMessageError(f"seq: no SIFT {seq} waiting")
@@ -211,7 +204,7 @@ class KeyFollower:
             uuid.UUID(str(session))
         except ValueError:
             raise BlockMessageError("session: expected a UUID") from None
-        seq = _count(body, "seq", 1 << 62)
+        seq = body_int(body, "seq", 0, 1 << 62)
         if session != self.session:
             if seq != 0:
                 raise BlockMessageError(f"seq: a new session starts at 0, got {seq}")
@@ -220,8 +213,8 @@ class KeyFollower:
             self.sessions += 1
         if seq != self.next_seq:
             raise BlockMessageError(f"seq: expected {self.next_seq}, got {seq}")
-        n = _count(body, "n", MAX_SIFT_EVENTS)
-        first = _count(body, "first", 1 << 62)
+        n = body_int(body, "n", 0, MAX_SIFT_EVENTS)
+        first = body_int(body, "first", 0, 1 << 62)
         gaps = _unpack(body, "gaps", "<u4", max(n - 1, 0)).astype(np.int64)
         theirs = _unpack(body, "bases", "u1", n)
         if n and (gaps.min(initial=1) < 1 or theirs.max() > X):
@@ -243,8 +236,8 @@ class KeyFollower:
         """This end's block for a leader's offer (its ``session``, ``start`` and ``n``)."""
         if offer.get("session") != self.session:
             raise BlockMessageError("session: not this session's")
-        start = _count(offer, "start", 1 << 62)
-        n = _count(offer, "n", self.sifted.max_bits)
+        start = body_int(offer, "start", 0, 1 << 62)
+        n = body_int(offer, "n", 0, self.sifted.max_bits)
         block_id = offer.get("block")
         try:
             bid = uuid.UUID(str(block_id))

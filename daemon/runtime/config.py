@@ -987,9 +987,7 @@ def _kme(path: str, raw: object, node_id: str) -> KmeConfig:
         if not file.is_file() or not os.access(file, os.R_OK):
             raise ConfigError(path, f"kme.{key}", f"{str(file)!r} is not a readable file")
     try:   # the server's TLS files, as the KME will load them at start
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(kme.cert, kme.key)
-        tls.load_verify_locations(cafile=kme.ca)
+        kme.server_ssl_context()
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(path, "kme.cert", f"the KME's certificate, key and CA do not load: "
                                             f"{exc}") from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import ssl
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -153,6 +154,17 @@ class KmeConfig:
                    store=_path(table, "store"), saes=_saes(table.get("saes")),
                    kme_ids=kme_ids, key_size_bits=key_size_bits,
                    max_key_count=max_key_count, max_key_per_request=max_per_request)
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """The KME's TLS context: TLS ≥ 1.2, its certificate, client certificates required and
+        verified against ``ca`` (:class:`ssl.SSLError` or ValueError when the files do not
+        load)."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.load_verify_locations(cafile=self.ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     def node_of(self, sae: str) -> str | None:
         """The node hosting SAE ``sae``, or None for an SAE not in ``saes``."""
