@@ -39,6 +39,7 @@ from qnode.daemon.apps import peer as app_peer, protocol as app_protocol
 from qnode.daemon.bus import envelope, tagwire, telemetry, topics
 from qnode.daemon.bus.client import STATUS_TYPE
 from qnode.daemon.linklayer import messages as ll_messages, schema as ll_schema
+from qnode.daemon.qkd import messages as key_messages
 
 DOCUMENT = Path(__file__).resolve().parent / "integrators" / "asyncapi.yaml"
 ASYNCAPI_VERSION = "3.0.0"
@@ -160,11 +161,22 @@ def _channels() -> tuple[Channel, ...]:
                  ("receive", "receivePurification", "Take the peer's rounds (subscribed as "
                                                     "`qnet/v1/<network>/+/proto/<self>`)."))),
         Channel("tags", "Time tags", "an M link's streaming analyzer", "node", "link",
-                ("TAGS",), 1, False, "the link key (`sig`)",
+                ("TAGS", "TIMES"), 1, False, "the link key (`sig`)",
                 "An M link analyzer's time tags, one message per tagger chunk, for the link's "
-                "counter.",
+                "counter: TAGS (times and channels) on a link that delivers pairs, TIMES "
+                "(detection times only) on a link that makes keys.",
                 (("send", "sendTags", "As the streaming analyzer: stream this end's tags."),
                  ("receive", "receiveTags", "As the counter: take the peer's tags."))),
+        Channel("key", "Key post-processing", "either analyzer of an M link that makes keys",
+                "node", "link", tuple(key_messages.message_schemas())[1:], 1, False,
+                "the link key (`sig`)",
+                "Sifting and blocks between the two ends of a key link, in lock step: the "
+                "counter (leader) sends SIFT, KEY_SAMPLE, KEY_OFFER, KEY_REVEAL and KEY_FINISH, "
+                "the streamer (follower) answers SIFTED, KEY_SAMPLED and KEY_REPLY. Bases, "
+                "syndromes, error counts and hashes travel; outcomes and keys never do.",
+                (("send", "sendKey", "Lead or follow the link's key session."),
+                 ("receive", "receiveKey", "Take the other end's key messages (subscribed as "
+                                           "`qnet/v1/<network>/<peer>/key/<link>`)."))),
         Channel("svc", "Application service between pool ends", "the node", "node", "peer",
                 tuple(peer.PEER_TYPES), 1, False, "the node's identity key (`nodesig`)",
                 "The application service's messages to the other end of a pool (a link or "
@@ -376,6 +388,7 @@ def body_schemas() -> dict[str, dict[str, Any]]:
     for mtype, s in ll_schema.message_schemas().items():
         out[mtype] = draft07(s, mtype)
     out["TAGS"] = tags_schema()
+    out.update(key_messages.message_schemas())
     for mtype, cls in app_protocol.REQUEST_TYPES.items():
         out[mtype] = app_body_schema(cls, type_required=False)
     for mtype, cls in app_protocol.REPLY_TYPES.items():
@@ -425,7 +438,7 @@ def _ref(*parts: str) -> dict[str, str]:
 
 def _message_tag(channel: Channel) -> str:
     return {"status": "node state", "telemetry": "node state", "cmd": _LL, "reply": _LL,
-            "herald": _LL, "ll": _LL, "proto": _LL, "tags": "time tags",
+            "herald": _LL, "ll": _LL, "proto": _LL, "tags": "time tags", "key": "keys",
             "svc": "application service", "req": "applications",
             "app": "applications", "to": "applications"}[channel.kind]
 
@@ -481,8 +494,8 @@ def _info() -> dict[str, Any]:
             "Operations are a node's: `send` is what a node publishes, `receive` what it "
             "subscribes to. On `req/<node>` the publisher is an application, and on `cmd` "
             "any program: the node receives."),
-        "tags": [{"name": t} for t in ("node state", _LL, "time tags", "application service",
-                                       "applications")],
+        "tags": [{"name": t} for t in ("node state", _LL, "time tags", "keys",
+                                       "application service", "applications")],
     }
 
 

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from qnode.daemon.acquisition.clock_acquisition import AlignmentError, ClockAcquisition
 from qnode.daemon.quantum import estimators as est
 from qnode.daemon.quantum.estimators import car as car_estimate
 from qnode.daemon.runtime.config import basis_label as _label, pauli_of_angle
 from qnode.native import TAG_DTYPE, Coincidences, NFold, merge_channels, pair_deltas
-from qnode.native.align import AlignmentError, find_offset_and_drift
 from qnode.native.tracking import DriftTracker
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ MARGIN_PS = 2_000_000        # 2 µs kept back from the newest common time (wind
 MAX_BUFFER_S = 5.0           # a stream waits at most this long for the other (then: dropped)
 PHI_PLUS, PSI_PLUS = 0, 2    # BELL_STATES codes
 SPAN_LOG_LEN = 4096          # counted spans kept for windows (~ 3 min at 20 spans/s)
-LEAD_LOG_LEN = 64            # chunk arrivals kept per stream for the first offset guess
 
 
 @dataclass(frozen=True)
@@ -316,15 +315,11 @@ class CrossNodeCounter:
         self.singles_b = 0
         self.g2 = np.zeros(2 * G2_HALF_RANGE_PS // G2_BIN_PS, np.int64)
         self._last: dict[str, float] = {}
-        self.alignment_error = ""
+        self.clock = ClockAcquisition(align_s, window_ps)
         # (start, end, counts, accidentals) of each counted span; read from the event loop
         self.span_log: collections.deque[tuple[int, int, np.ndarray, np.ndarray]] = (
             collections.deque(maxlen=SPAN_LOG_LEN))
         self._span_lock = threading.Lock()
-        # per chunk: its end time (tagger clock) minus its arrival here (host monotonic clock),
-        # both ps; the largest is the chunk that waited least on its way
-        self._own_lead: collections.deque[int] = collections.deque(maxlen=LEAD_LOG_LEN)
-        self._peer_lead: collections.deque[int] = collections.deque(maxlen=LEAD_LOG_LEN)
 
     # ---------------------------------------------------------------- input
     def add_own(self, block: TagBlock, t_end_ps: int, received_s: float | None = None) -> None:
@@ -333,8 +328,7 @@ class CrossNodeCounter:
         alignment when they did not start together."""
         self.own.append(block[block["type"] == 0])
         self.own_end = max(self.own_end, t_end_ps)
-        if received_s is not None:
-            self._own_lead.append(t_end_ps - round(received_s * 1e12))
+        self.clock.note_own(t_end_ps, received_s)
 
     def add_peer(self, times: np.ndarray, channels: np.ndarray, t_end_ps: int,
                  layout: BasisLayout | Sequence[int] | Sequence[Sequence[int]],
@@ -366,8 +360,7 @@ class CrossNodeCounter:
         self.peer.append((times, channels))
         self.peer_end = max(self.peer_end, t_end_ps)
         self.peer_tags += times.size
-        if received_s is not None:
-            self._peer_lead.append(t_end_ps - round(received_s * 1e12))
+        self.clock.note_peer(t_end_ps, received_s)
 
     # ---------------------------------------------------------------- work
     def process(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -427,37 +420,21 @@ class CrossNodeCounter:
         own_t = np.concatenate([b["time"] for b in self.own]) if self.own else np.empty(0, int)
         peer_t = (np.concatenate([t for t, _ in self.peer]) if self.peer
                   else np.empty(0, np.int64))
-        if own_t.size < 100 or peer_t.size < 100:
-            return False
-        hint = self._offset_hint(own_t, peer_t)
-        # the correlation needs align_s of tag time that both streams cover
-        overlap = min(int(own_t[-1]), int(peer_t[-1]) - hint) - max(int(own_t[0]),
-                                                                   int(peer_t[0]) - hint)
-        if overlap < self.align_ps:
-            return False
-        span = max(self.align_ps // 4, 50_000_000_000)  # ≥ 50 ms per early/late span
         try:
-            est = find_offset_and_drift(own_t, peer_t, span_ps=span, offset_hint_ps=hint)
-        except AlignmentError as exc:
-            self.alignment_error = str(exc)
-            log.warning("clock alignment failed, retrying with newer data: %s", exc)
+            tracker = self.clock.acquire(own_t, peer_t)
+        except AlignmentError:
             self._trim(keep_ps=self.align_ps)
             return False
-        log.info("peer clock found: offset %d ps, drift %.3f ppm (%.0f sigma)", est.offset_ps,
-                 est.drift_ppm, est.significance, extra={"offset_ps": est.offset_ps,
-                                                         "drift_ppm": est.drift_ppm})
-        self.tracker = DriftTracker(est, tracking_window_ps=max(1000, self.window_ps))
+        if tracker is None:
+            return False
+        self.tracker = tracker
         self.processed_to = int(own_t[0]) - 1
         return True
 
-    def _offset_hint(self, own_t: np.ndarray, peer_t: np.ndarray) -> int:
-        """First guess of the peer clock's offset (peer − own, ps): the difference of the
-        streams' least-delayed chunk leads (tag time minus arrival time), good to the network's
-        jitter, well inside the correlation's unambiguous range (268 ms). Without arrival times,
-        the first tags of both streams are taken to be simultaneous."""
-        if self._own_lead and self._peer_lead:
-            return max(self._peer_lead) - max(self._own_lead)
-        return int(peer_t[0]) - int(own_t[0])
+    @property
+    def alignment_error(self) -> str:
+        """Why the last clock alignment failed ("" once found)."""
+        return self.clock.error
 
     def _trim(self, keep_ps: int) -> None:
         if self.own:

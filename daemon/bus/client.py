@@ -87,7 +87,7 @@ log = logging.getLogger("qnode.bus")
 Handler = Callable[[Topic, Message], Awaitable[None]]
 
 #: Topic kinds whose messages change state: they must be signed with the link key.
-SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags"})
+SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags", "key"})
 #: Topic kinds only their node may say: signed with its identity key when it has one, and, with
 #: a trust store, accepted only so signed (see :mod:`qnode.daemon.bus.identity`).
 NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry", "svc"})

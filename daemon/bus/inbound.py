@@ -11,8 +11,9 @@ exhaust memory nor crowd out another:
 class      topic kinds                when the class is full
 ========== ========================== =====================================================
 control    ``ll``, ``proto``, ``cmd``, the new message is dropped and counted. The link layer
-           ``reply``                  resends what must arrive (EXPIRE until acknowledged);
-                                      a requester whose CREATE was dropped times out.
+           ``reply``, ``key``         resends what must arrive (EXPIRE until acknowledged);
+                                      a requester whose CREATE was dropped times out; a key
+                                      session that misses a message starts a new session.
 bulk       ``herald``, ``tags``       the new message is dropped and counted. A link end that
                                       misses a herald batch sees the gap in the station's
                                       numbering and expires those pairs at both ends
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 #: topic kind (the fifth topic segment) -> class
 KIND_CLASS = {"ll": "control", "proto": "control", "cmd": "control", "reply": "control",
+              "key": "control",
               "herald": "bulk", "tags": "bulk", "status": "info", "telemetry": "info"}
 #: classes whose oldest message makes room for a new one; the others drop the new one
 DROP_OLDEST = frozenset({"info"})

@@ -123,8 +123,33 @@ class PolarisationTelemetry(TypedDict, total=False):
     recalibration_s: float      # the last recalibration: drop detected → locked (wall s)
 
 
+class KeyTelemetry(TypedDict, total=False):
+    """An M link that makes keys (:meth:`qnode.daemon.roles.key_link.KeyLink.telemetry`), at
+    either end; the QBERs (``qber_z``/``qber_x``) are the exact error fractions of the latest
+    block that gave a key."""
+
+    key_state: str              # acquiring | sifting | producing | stopped
+    key_stop_reason: str        # why the latest block gave no key ("" while producing)
+    key_blocks_total: int       # blocks finished, with or without a key
+    key_aborts_total: dict[str, int]  # blocks without a key, by reason
+    key_secret_bits_total: int  # secret bits made
+    key_units_total: int        # keys (key_size_bits each) stored
+    key_sifted_bits_total: int  # sifted bits that went into blocks
+    key_disclosed_bits_total: int  # bits disclosed by error correction and verification
+    key_rate_bps: float         # secret bits per wall second since the last record
+    key_f_ec: float             # error-correction efficiency of the latest keyed block
+    key_secret_fraction: float  # secret bits per sifted bit of that block
+    key_sample_qber_z: float    # error fraction of the latest block's sample, Z basis
+    key_sample_qber_x: float    # ... X basis
+    key_session_restarts_total: int  # sessions given up (no answer, a message that did not fit)
+    key_messages_rejected_total: int  # key messages refused
+    key_messages_dropped_total: int  # key messages dropped: the session was too far behind
+    key_sifted_pending_bits: int  # sifted bits waiting for a block
+    key_sifted_dropped_bits_total: int  # sifted bits dropped: blocks did not keep up
+
+
 class LinkTelemetry(LinkMemoryTelemetry, PurificationTelemetry, PolarisationTelemetry,
-                    total=False):
+                    KeyTelemetry, total=False):
     """One link end's figures, under ``links.<link id>``: the link layer's (both kinds), a K
     station's, an M counter's and, from the bases, a K end's memory and purification and an M
     counter's polarisation compensator."""
@@ -325,6 +350,8 @@ INSTRUMENT_STATES = ("offline", "connecting", "calibrating", "ready", "degraded"
 TRACKER_STATES = ("LOCKED", "HOLDOVER", "LOST", "ACQUIRING")
 #: An M link's polarisation compensator (:mod:`qnode.daemon.acquisition.polarisation_control`).
 POLARISATION_STATES = ("referencing", "locked", "calibrating", "unlocked")
+#: An M link that makes keys (:mod:`qnode.daemon.roles.key_link`).
+KEY_STATES = ("acquiring", "sifting", "producing", "stopped")
 _REQUIRED = ("node", "roles", "t", "uptime_s")
 
 

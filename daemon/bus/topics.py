@@ -12,6 +12,7 @@ under its own prefix.
 ``ll/<peer>``       link-layer messages from the node to ``peer``                node
 ``proto/<peer>``    purification / swap messages from the node to ``peer``       node
 ``tags/<link>``     the node's time tags for the counter of M-type ``link``       node
+``key/<link>``      key post-processing of M-type ``link`` (sifting, blocks)      node
 ``svc/<peer>``      the application service's messages to ``peer``               node
 ``req/<node>``      an application's requests to ``node``                        application
 ``app/<app>``       the node's replies to application ``app``                    node
@@ -30,7 +31,7 @@ import re
 
 VERSION_SEGMENT = "v1"
 NODE_KINDS = ("status", "telemetry", "cmd")
-ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "svc", "req", "app", "to")
+ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "key", "svc", "req", "app", "to")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -89,6 +90,10 @@ class Topics:
 
     def tags(self, link: str) -> str:
         return f"{self.root}/tags/{_check('link', link)}"
+
+    def key(self, link: str) -> str:
+        """Key post-processing messages of M link ``link`` to its other end."""
+        return f"{self.root}/key/{_check('link', link)}"
 
     def app(self, application: str) -> str:
         """Where this node replies to ``application``."""

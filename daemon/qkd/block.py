@@ -3,8 +3,9 @@
 Both ends of an M link hold the same block of sifted events: for each, the basis both measured
 in (Z or X, equal after sifting) and their own outcome bit, already mapped so that the ideal
 source gives equal bits (:class:`SiftedBlock`). The **leader** (the link's counter) and the
-**follower** exchange these messages per block (JSON bodies, for the link's signed peer messages;
-the analyzer does not carry them yet, see docs/physicists/keys.md):
+**follower** exchange these messages per block (JSON bodies on the link's signed ``key/<link>``
+messages, after the sample of :mod:`.estimate`; :mod:`qnode.daemon.roles.key_link` carries
+them):
 
 1. ``KEY_OFFER`` (leader → follower): the block cut into chunks of one code frame each
    (:mod:`.reconcile`), the error-correction plan of each chunk chosen for the estimated QBER,
@@ -76,6 +77,9 @@ class KeyParams:
     ec_max_rounds: int = 24
     #: the code draw both ends use
     code_seed: int = 1
+    #: bits of each block disclosed to estimate its QBER first (:mod:`.estimate`; at most an
+    #: eighth of the block)
+    sample_bits: int = 8192
 
     def __post_init__(self) -> None:
         if not 0.0 < self.qber_threshold < 0.5:
@@ -92,6 +96,8 @@ class KeyParams:
         if not 0.0 < self.ec_step_efficiency <= 0.5:
             raise ValueError(f"ec_step_efficiency must lie in (0, 0.5], got "
                              f"{self.ec_step_efficiency}")
+        if not 0 <= self.sample_bits <= 1 << 20:
+            raise ValueError(f"sample_bits must lie in [0, 2**20], got {self.sample_bits}")
         if not 0 <= self.ec_max_rounds <= 1000:
             raise ValueError(f"ec_max_rounds must lie in [0, 1000], got {self.ec_max_rounds}")
 
@@ -242,11 +248,14 @@ def _syndromes(plans: list[reconcile.Plan], syndrome: np.ndarray) -> list[np.nda
     return [syndrome[a:z] for a, z in _bounds([p.syndrome_bits() for p in plans])]
 
 
-def _pack_bits(bits: np.ndarray) -> str:
+def pack_bits(bits: np.ndarray) -> str:
+    """0/1 bits (uint8) as base64 of their packed bytes."""
     return _b64(np.packbits(bits).tobytes())
 
 
-def _unpack_bits(body: Mapping[str, Any], name: str, n: int) -> np.ndarray:
+def unpack_bits(body: Mapping[str, Any], name: str, n: int) -> np.ndarray:
+    """``n`` bits from field ``name`` (:func:`pack_bits`); :class:`BlockMessageError` if it
+    does not hold exactly that many."""
     packed = _unb64(body, name, (n + 7) // 8)
     if len(packed) != (n + 7) // 8:
         raise BlockMessageError(f"{name}: expected {n} bits")
@@ -306,7 +315,7 @@ class BlockLeader:
         self._verify_seed = secrets.token_bytes(SEED_BYTES)
         return {"block": str(b.block_id), "n": b.n, "n_x": n_x, "qber": q,
                 "plans": [plan.to_dict() for plan in self.plans],
-                "syndrome_bits": int(syndrome.size), "syndrome": _pack_bits(syndrome),
+                "syndrome_bits": int(syndrome.size), "syndrome": pack_bits(syndrome),
                 "verify_seed": _b64(self._verify_seed)}, None
 
     def on_reply(self, reply: Mapping[str, Any]
@@ -340,12 +349,12 @@ class BlockLeader:
         bits = np.concatenate(revealed) if revealed else np.zeros(0, np.uint8)
         body = {"block": str(b.block_id), "round": self.reveals,
                 "chunks": [c for c in failed if c not in replanned],
-                "revealed_bits": int(bits.size), "revealed": _pack_bits(bits)}
+                "revealed_bits": int(bits.size), "revealed": pack_bits(bits)}
         if replanned:
             syndrome = np.concatenate(syndromes)
             body.update({"replanned": replanned,
                          "plans": [self.plans[c].to_dict() for c in replanned],
-                         "syndrome_bits": int(syndrome.size), "syndrome": _pack_bits(syndrome)})
+                         "syndrome_bits": int(syndrome.size), "syndrome": pack_bits(syndrome)})
         return "reveal", body, None
 
     def _replan(self, c: int) -> np.ndarray:
@@ -438,7 +447,7 @@ class BlockFollower:
             m = body_int(offer, "syndrome_bits", 1, 1 << 24)
             if m != sum(p.syndrome_bits() for p in parsed):
                 raise BlockMessageError("syndrome_bits: not the plans' syndromes")
-            syndrome = _unpack_bits(offer, "syndrome", m)
+            syndrome = unpack_bits(offer, "syndrome", m)
             self._seed = _unb64(offer, "verify_seed", SEED_BYTES)
             if len(self._seed) != SEED_BYTES:
                 raise BlockMessageError("verify_seed: wrong length")
@@ -477,7 +486,7 @@ class BlockFollower:
             n = body_int(body, "revealed_bits", 0, 1 << 24)
             if n != sum(sizes):
                 raise BlockMessageError("revealed_bits: not what those chunks reveal")
-            bits = _unpack_bits(body, "revealed", n)
+            bits = unpack_bits(body, "revealed", n)
             new_plans, new_syndromes = self._new_plans(body, replanned)
         except (BlockMessageError, ValueError):
             return self._refuse()
@@ -508,7 +517,7 @@ class BlockFollower:
         m = body_int(body, "syndrome_bits", 1, 1 << 24)
         if m != sum(p.syndrome_bits() for p in plans):
             raise BlockMessageError("syndrome_bits: not the plans' syndromes")
-        return plans, _syndromes(plans, _unpack_bits(body, "syndrome", m))
+        return plans, _syndromes(plans, unpack_bits(body, "syndrome", m))
 
     def _decode(self, chunks: Any) -> dict[str, Any]:
         b = self.block

@@ -53,6 +53,8 @@ FILL = 0.92
 #: instead of 100 kept f_EC (1.145) and raised throughput by 40 %.
 MAX_ITER = 50
 QBER_MIN, QBER_MAX = 1e-3, 0.15
+#: blind rounds a plan leaves room for in its punctured bits (when blind rounds are asked for)
+BLIND_ROOM_STEPS = 6
 _SURE = 1e-12  # channel error probability of a shortened (known) bit
 _UNKNOWN = 0.5  # ... of a punctured bit
 
@@ -184,12 +186,19 @@ def choose_plan(qber_estimate: float, n: int, *, frame: int | None = None,
     f = target_efficiency(q, frame) if efficiency is None else efficiency
     want = f * n_frame * _h(q)  # syndrome bits minus punctured bits, per frame
     free = frame - n_frame
+    # the least punctured code that fits, with room for BLIND_ROOM_STEPS blind rounds: a code
+    # with (almost) nothing punctured has nothing to reveal, and a frame it fails is re-planned
+    # one-way at a far higher leak
+    room = BLIND_ROOM_STEPS * round(step_efficiency * n_frame * _h(q))
     best: tuple[int, int] | None = None
-    for fam in range(len(FAMILY)):
-        m = round(frame * (1.0 - FAMILY[fam].design_rate()))
-        p = round(m - want)
-        if 0 <= p <= free and (best is None or p < best[1]):
-            best = (fam, p)
+    for least in (room, 0):
+        for fam in range(len(FAMILY)):
+            m = round(frame * (1.0 - FAMILY[fam].design_rate()))
+            p = round(m - want)
+            if least <= p <= free and (best is None or p < best[1]):
+                best = (fam, p)
+        if best is not None:
+            break
     if best is None:
         # outside the family's range: the code closest to the wanted leak, clamped puncturing
         fam = min(range(len(FAMILY)), key=lambda i: abs(

@@ -13,8 +13,10 @@ the ideal source gives equal bits (:func:`key_bit_flips`). Outcomes never leave 
 session's sifted sequence and its length) and offers it (:mod:`.block`); the follower cuts the
 same bits from its own sequence. A session has a random id; the follower drops what it holds
 when a new session starts (a restarted leader), and each end keeps at most ``max_pending_bits``
-sifted bits (beyond that the oldest are dropped and counted; the leader then restarts the
-session, since the two sequences may no longer agree).
+sifted bits (beyond that the oldest are dropped and counted). The leader's drops decide: a block
+names its start, and the follower drops what lies before it; the follower should hold more than
+the leader (it appends before the leader does), or a block may start before what it still has
+and the session restarts.
 """
 from __future__ import annotations
 
@@ -104,6 +106,19 @@ class SiftedSequence:
         self.start += n
         self.size -= n
         return SiftedBlock(block_id, bases[:n], bits[:n])
+
+    def skip_to(self, start: int) -> None:
+        """Drop (and count) the bits before sifted index ``start`` (the leader dropped them:
+        its pending bits overflowed)."""
+        if not self.start <= start <= self.end:
+            raise BlockMessageError(f"block start {start} is outside the sifted bits held "
+                                    f"[{self.start}, {self.end})")
+        gone = start - self.start
+        if gone:
+            bases, bits = np.concatenate(self.bases), np.concatenate(self.bits)
+            self.bases, self.bits = [bases[gone:]], [bits[gone:]]
+            self.start, self.size = start, self.size - gone
+            self.dropped_bits += gone
 
     def clear(self, start: int = 0) -> None:
         self.start, self.size, self.bases, self.bits = start, 0, [], []
@@ -245,4 +260,6 @@ class KeyFollower:
             raise BlockMessageError("block: expected a UUID") from None
         if bid != uuid.uuid5(uuid.UUID(self.session), str(start)):
             raise BlockMessageError("block: not this session's id for that start")
+        if start > self.sifted.start:
+            self.sifted.skip_to(start)
         return self.sifted.take(start, n, bid)

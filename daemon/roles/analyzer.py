@@ -63,6 +63,7 @@ import numpy as np
 from qnode.daemon.acquisition.cross_node import (
     G2_BIN_PS,
     G2_HALF_RANGE_PS,
+    BasisLayout,
     CrossNodeCounter,
     parse_layout,
 )
@@ -71,6 +72,7 @@ from qnode.daemon.acquisition.polarisation_control import CounterMeter, Polarisa
 from qnode.daemon.bus import tagwire
 from qnode.daemon.klink.service import LinkRouter, LinkService
 from qnode.daemon.linklayer import HeraldStation, new_epoch
+from qnode.daemon.roles.key_link import KeyLink
 from qnode.daemon.runtime.instruments import make_tagger
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from qnode.daemon.bus.telemetry import Telemetry
     from qnode.daemon.bus.topics import Topic
     from qnode.daemon.runtime.context import NodeContext
+    from qnode.native import TagBlock
 
 log = logging.getLogger("qnode.analyzer")
 
@@ -98,9 +101,14 @@ class AnalyzerRole:
                              f"link, found {len(links)}")
         self.link = links[0]
         self.counter = ctx.node < self.link.peer
-        self.service = ctx.shared(LinkRouter).add(LinkService(
-            ctx, self.link.id, self.link.peer, "M", goodness=0.5, capacity=cfg.capacity,
-            max_pair_age_s=cfg.max_pair_age_s))
+        # key mode: the link makes keys (roles.key_link), not pairs: no link layer, no heralds
+        self.keys: KeyLink | None = None
+        if cfg.keys is not None:
+            self.keys = KeyLink(ctx, self.link, cfg, BasisLayout.make(
+                cfg.channels, cfg.angles_deg, cfg.bases), leader=self.counter)
+        self.service = None if self.keys is not None else ctx.shared(LinkRouter).add(
+            LinkService(ctx, self.link.id, self.link.peer, "M", goodness=0.5,
+                        capacity=cfg.capacity, max_pair_age_s=cfg.max_pair_age_s))
         self.calibrations: dict[str, Callable[[Any], None]] = {}
         if cfg.waveplate is not None:
             self.calibrations[cfg.waveplate] = lambda d: d.move_absolute_deg(cfg.angle_deg)
@@ -111,7 +119,12 @@ class AnalyzerRole:
         self.sent_tags = 0
         self.unsent_tags = 0
         self._count_lock = asyncio.Lock()  # own chunks and peer messages both trigger counting
-        if self.counter:
+        if self.keys is not None:
+            if self.counter:
+                ctx.bus.subscribe(f"qnet/v1/{ctx.config.network}/{self.link.peer}/tags/"
+                                  f"{self.link.id}")
+                ctx.bus.on("tags", self._on_times)
+        elif self.counter:
             self.counting = CrossNodeCounter(cfg.channels, cfg.window_ps, cfg.align_s,
                                              angles_deg=cfg.angles_deg, labels=cfg.bases,
                                              source_state=cfg.source_state)
@@ -137,11 +150,17 @@ class AnalyzerRole:
                          self.link.peer, extra={"link": self.link.id, "peer": self.link.peer})
 
     def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        async def tick() -> None:
-            await self.service.start()
-            await self.service.tick_loop()
-        tasks: dict[str, Callable[[], Awaitable[None]]] = {
-            "acquire": self._acquire, f"{self.link.id}:tick": tick}
+        tasks: dict[str, Callable[[], Awaitable[None]]] = {"acquire": self._acquire}
+        if self.keys is not None:
+            tasks[f"{self.link.id}:keys"] = self.keys.run
+        else:
+            service = self.service
+            assert service is not None
+
+            async def tick() -> None:
+                await service.start()
+                await service.tick_loop()
+            tasks[f"{self.link.id}:tick"] = tick
         if self.controller is not None:
             tasks["polarisation"] = self.controller.run
         return tasks
@@ -178,7 +197,9 @@ class AnalyzerRole:
                     block = events.block
                     if block is None:
                         continue
-                    if self.counter:
+                    if self.keys is not None:
+                        await self._key_chunk(block, events.t_end_ps, events.chunk_index)
+                    elif self.counter:
                         assert self.counting is not None
                         self.counting.add_own(block, events.t_end_ps, time.monotonic())
                         await self._count()
@@ -187,17 +208,31 @@ class AnalyzerRole:
                                               chunk=events.chunk_index,
                                               extra={"t_end_ps": events.t_end_ps,
                                                      **self.tags_header()})
-                        if self.ctx.bus.pending > MAX_TAGS_BACKLOG:
-                            # the broker is away or slow: a chunk the counter gets late is
-                            # worth less than memory; drop it (counted), do not queue GBs
-                            self.unsent_tags += body["n"]
-                            continue
-                        self.sent_tags += body["n"]
-                        self.ctx.bus.publish(self.ctx.topics.tags(self.link.id), "TAGS", body,
-                                             sign_with=self.link.peer)
+                        self._send_tags("TAGS", body)
         finally:
             self.pipeline = None
             await asyncio.to_thread(tagger.close)
+
+    def _send_tags(self, type_: str, body: dict[str, Any]) -> None:
+        if self.ctx.bus.pending > MAX_TAGS_BACKLOG:
+            # the broker is away or slow: a chunk the counter gets late is worth less than
+            # memory; drop it (counted), do not queue GBs
+            self.unsent_tags += body["n"]
+            return
+        self.sent_tags += body["n"]
+        self.ctx.bus.publish(self.ctx.topics.tags(self.link.id), type_, body,
+                             sign_with=self.link.peer)
+
+    async def _key_chunk(self, block: TagBlock, t_end_ps: int, chunk: int) -> None:
+        """Key mode: the counter pairs its chunk with the peer's times and sifts; the streamer
+        sends the chunk's times (its outcomes stay here)."""
+        keys = self.keys
+        assert keys is not None
+        if self.counter:
+            keys.add_own(block, t_end_ps, time.monotonic())
+            await keys.count()
+        else:
+            self._send_tags("TIMES", keys.times_body(block, t_end_ps, chunk))
 
     def tags_header(self) -> dict[str, Any]:
         """The layout fields of this end's ``TAGS`` messages (see :func:`parse_layout`)."""
@@ -205,6 +240,22 @@ class AnalyzerRole:
                 "bases": list(self.cfg.bases), "angles_deg": list(self.cfg.angles_deg)}
 
     # ------------------------------------------------------------------ peer tags (counter)
+    async def _on_times(self, topic: Topic, msg: Envelope) -> None:
+        """Key mode: the streamer's detection times."""
+        keys = self.keys
+        assert keys is not None and keys.counter is not None
+        if topic.arg != self.link.id or msg.sender != self.link.peer or msg.type != "TIMES":
+            keys.counter.rejected += 1
+            return
+        try:
+            keys.add_peer(msg.body, time.monotonic())
+        except ValueError as exc:
+            keys.counter.rejected += 1
+            log.warning("rejected TIMES from %s: %s", msg.sender, exc,
+                        extra={"link": self.link.id, "sender": msg.sender, "error": str(exc)})
+            return
+        await keys.count()
+
     async def _on_tags(self, topic: Topic, msg: Envelope) -> None:
         assert self.counting is not None
         if topic.arg != self.link.id or msg.sender != self.link.peer:
@@ -232,7 +283,7 @@ class AnalyzerRole:
                 await self._herald(*result)
 
     async def _herald(self, codes: np.ndarray, times: np.ndarray) -> None:
-        assert self.counting is not None
+        assert self.counting is not None and self.service is not None
         link = self.link.id
         if codes.size:
             self.station.successes(link, codes, times)
@@ -243,9 +294,20 @@ class AnalyzerRole:
 
     # ------------------------------------------------------------------ life cycle, telemetry
     async def close(self) -> None:
-        await self.service.persist()
+        if self.service is not None:
+            await self.service.persist()
 
     def fill_telemetry(self, record: Telemetry, interval_s: float) -> None:
+        p = self.pipeline
+        if p is not None:
+            self.ingest.fill(record, p.stats, interval_s)
+        if self.keys is not None:
+            lt = self.keys.telemetry(interval_s)
+            if not self.counter:
+                lt["unmatched_tags_total"] = self.unsent_tags
+            record["links"][self.link.id] = lt
+            return
+        assert self.service is not None
         t = self.service.telemetry(interval_s)
         if self.counting is not None:
             t.update(self.counting.telemetry(interval_s))
@@ -264,8 +326,5 @@ class AnalyzerRole:
             t.pop("fidelity_estimate", None)  # the counter measures it; this end cannot
             t["unmatched_tags_total"] = self.unsent_tags
         record["links"][self.link.id] = t
-        p = self.pipeline
-        if p is not None:
-            self.ingest.fill(record, p.stats, interval_s)
 
 

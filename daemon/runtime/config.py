@@ -165,6 +165,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qnode.daemon.bus.keys import KeyFileError, read_key_file
+from qnode.daemon.qkd.block import KeyParams
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.daemon.quantum.estimators import full_window_ps
 from qnode.daemon.quantum.feu import FidelityEstimationUnit
@@ -402,12 +403,28 @@ class AnalyzerConfig:
     angles_deg: tuple[float, ...] = (0.0,)
     source_state: str = "phi+"
     compensation: CompensationConfig | None = None
+    keys: KeysConfig | None = None
 
     @property
     def basis_channels(self) -> tuple[tuple[int, int], ...]:
         """(outcome 0, outcome 1) channel per basis."""
         c = self.channels
         return tuple((c[i], c[i + 1]) for i in range(0, len(c), 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeysConfig:
+    """``[analyzer.keys]``: the link makes secret keys (BBM92) instead of delivering pairs.
+
+    ``block_bits``: sifted bits per post-processing block; ``params``: the block's settings
+    (QBER threshold, ε_sec, ε_cor, the sample); ``max_tag_age_s``: how long the streaming end
+    keeps its own outcomes for sifting (s); ``block_timeout_s``: a block that takes longer is
+    given up and the session restarts (s)."""
+
+    block_bits: int = 1 << 20
+    params: KeyParams = KeyParams()
+    max_tag_age_s: float = 30.0
+    block_timeout_s: float = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -619,6 +636,9 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         service=_service(path, raw.get("service"), raw.get("applications"), node_id, links),
         quantum_channels=_quantum_channels(path, raw.get("quantum_channels", []), node_id),
         kme=_kme(path, raw["kme"], node_id) if "kme" in raw else None)
+    if cfg.analyzer is not None and cfg.analyzer.keys is not None and cfg.kme is None:
+        raise ConfigError(path, "analyzer.keys", "the link's keys go to the node's key store: "
+                                                 "configure [kme]")
     if cfg.quantum_channels and (cfg.memory is None or cfg.memory.qdevice is None):
         raise top.fail("quantum_channels", "a quantum channel joins QDevices: this node needs "
                                            "[memory].qdevice")
@@ -1002,7 +1022,7 @@ def _analyzer(path: str, raw: object,
               instruments: Mapping[str, InstrumentConfig]) -> AnalyzerConfig:
     r = _Reader(path, "analyzer", raw,
                 {"tagger", "channels", "window_ps", "waveplate", "angle_deg", "angles_deg",
-                 "bases", "source_state", "align_s", "capacity", "max_pair_age_s",
+                 "bases", "source_state", "align_s", "capacity", "max_pair_age_s", "keys",
                  *COMPENSATION_KEYS})
     tagger = _instrument_ref(r, "tagger", instruments, TAGGER_KINDS)
     assert tagger is not None
@@ -1057,7 +1077,29 @@ def _analyzer(path: str, raw: object,
                           r.number("max_pair_age_s", 1.0, 0, 86400),
                           tuple(labels), tuple(angles),
                           r.string("source_state", "phi+", choices=SOURCE_STATES),
-                          _compensation(r, instruments, waveplate))
+                          _compensation(r, instruments, waveplate),
+                          _keys(path, r.table["keys"], labels) if r.has("keys") else None)
+
+
+def _keys(path: str, raw: object, labels: list[str]) -> KeysConfig:
+    """``[analyzer.keys]``."""
+    r = _Reader(path, "analyzer.keys", raw,
+                {"block_bits", "qber_threshold", "eps_sec", "eps_cor", "sample_bits",
+                 "max_tag_age_s", "block_timeout_s"})
+    if sorted(labels) != ["X", "Z"]:
+        raise ConfigError(path, "analyzer.keys", f"keys need an analyzer of the Z and X bases "
+                          f"(4 channels; BBM92), got bases {labels}")
+    block_bits = r.integer("block_bits", 1 << 20, 1 << 14, 1 << 22)
+    try:
+        params = KeyParams(qber_threshold=r.number("qber_threshold", 0.11, 0.001, 0.25),
+                           eps_sec=r.number("eps_sec", 1e-10, 1e-30, 1e-4),
+                           eps_cor=r.number("eps_cor", 1e-15, 1e-30, 1e-4),
+                           sample_bits=r.integer("sample_bits", 8192, 256, 1 << 20),
+                           min_bits=block_bits // 2)
+    except ValueError as exc:
+        raise ConfigError(path, "analyzer.keys", str(exc)) from None
+    return KeysConfig(block_bits, params, r.number("max_tag_age_s", 30.0, 1.0, 3600.0),
+                      r.number("block_timeout_s", 120.0, 5.0, 3600.0))
 
 
 COMPENSATION_KEYS = ("compensator", "compensator_angle_deg", "compensate",

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from qnode.daemon.bus.identity import keygen
 from qnode.daemon.bus.keys import write_key_file
+from qnode.daemon.kme.pki import DemoPki, write_demo_pki
 
 log = logging.getLogger("qnode.demo")
 
@@ -114,6 +115,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  purification_schedule: str = "pumping", memory_t1_s: float = 5.0,
                  memory_t2_s: float = 2.0, memory_readout_error: float = 0.005,
                  paths: bool = True, delivered_hold_s: float = 0.1, m_link: str = "key",
+                 keys: bool = False, key_block_bits: int = 1 << 18,
+                 pump_power_mw: float = 40.0,
                  extra: dict[str, str] | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
@@ -127,15 +130,18 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     bench variant's). ``paths``: the repeater swaps for the path alice–bob (else its links
     serve their own pairs); ``delivered_hold_s``: ``[memory]``'s; ``m_link``: the M link's
     settings (a key of :data:`M_LINK_SETTINGS`; the bench must match, see
-    :func:`write_bench_variant`); ``extra``: more config text per node name (e.g. its
+    :func:`write_bench_variant`); ``keys``: the M link makes keys (``[analyzer.keys]``, blocks
+    of ``key_block_bits``) into each analyzer's key store, served by its KME (``[kme]``, the
+    demo PKI of :func:`demo_key_pki` under ``workdir/pki``); ``pump_power_mw``: the source's
+    set point (2500 pairs/s per mW); ``extra``: more config text per node name (e.g. its
     ``[applications.<name>]`` tables)."""
     if m_link not in M_LINK_SETTINGS:
         raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
-    keys = workdir / "keys"
-    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+    link_keys = workdir / "keys"
+    link_keys.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def key(link: str) -> Path:
-        p = keys / f"{link}.key"
+        p = link_keys / f"{link}.key"
         if not p.exists():
             write_key_file(p, secrets.token_hex(32))  # 0600 from creation
         return p
@@ -208,7 +214,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     add("source", ["source"],
         f"[instruments.pump]\nkind = \"ibeam\"\naddress = {_toml_str(addresses['pump'])}\n\n"
         f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"
-        f"[source]\npump_power_mw = 40.0\noven_temperature_c = 35.0\n")
+        f"[source]\npump_power_mw = {pump_power_mw}\noven_temperature_c = 35.0\n")
     for name, peer in (("analyzer-a", "analyzer-b"), ("analyzer-b", "analyzer-a")):
         arms = M_LINK_SETTINGS["key" if name == "analyzer-a" else m_link]
         add(name, ["analyzer"], tagger(f"{name}-tagger", [1, 2, 3, 4])
@@ -217,9 +223,38 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
               f"[analyzer]\nchannels = [1, 2, 3, 4]\nangles_deg = {json.dumps(list(arms))}\n"
               f"window_ps = 1000\n"
               f"align_s = 1.0\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n\n"
-              f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
+            + (key_tables(name, workdir, key_block_bits) if keys else "")
+            + f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
               f"hmac_key_file = {_toml_str(key('m-ab'))}\n")
     return plan
+
+
+#: the demo's applications of keys: one SAE at each analyzer (ETSI GS QKD 014)
+KEY_SAES = {"sae-a": "analyzer-a", "sae-b": "analyzer-b"}
+
+
+def demo_key_pki(workdir: Path) -> DemoPki:
+    """The demo's KME certificates and the :data:`KEY_SAES`' client certificates, written into
+    ``workdir/pki`` once (the same files for every node of the run)."""
+    folder = workdir / "pki"
+    if (folder / "ca.crt").exists():
+        return DemoPki(ca=folder / "ca.crt", server_cert=folder / "kme.crt",
+                       server_key=folder / "kme.key",
+                       clients={s: (folder / f"{s}.crt", folder / f"{s}.key") for s in KEY_SAES})
+    return write_demo_pki(folder, saes=list(KEY_SAES))
+
+
+def key_tables(node: str, workdir: Path, block_bits: int) -> str:
+    """``[analyzer.keys]`` and ``[kme]`` of analyzer ``node`` in the demo."""
+    pki = demo_key_pki(workdir)
+    store = workdir / "state" / node / "keys.sqlite"
+    store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    saes = ", ".join(f"{{id = {_toml_str(s)}, node = {_toml_str(n)}}}"
+                     for s, n in KEY_SAES.items())
+    return (f"[analyzer.keys]\nblock_bits = {block_bits}\n\n"
+            f"[kme]\nlisten = \"127.0.0.1:0\"\ncert = {_toml_str(pki.server_cert)}\n"
+            f"key = {_toml_str(pki.server_key)}\nca = {_toml_str(pki.ca)}\n"
+            f"store = {_toml_str(store)}\nsaes = [{saes}]\n\n")
 
 
 # ---------------------------------------------------------------------------- processes

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from qnode.daemon.bus.telemetry import (
     INSTRUMENT_STATES,
+    KEY_STATES,
     NODE_STATES,
     POLARISATION_STATES,
     QBER_BASES,
@@ -51,6 +52,7 @@ from qnode.daemon.bus.telemetry import (
     Telemetry,
     link_qber,
 )
+from qnode.daemon.qkd.block import ABORT_REASONS
 
 PREFIX = "qnode_"
 _Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily, InfoMetricFamily,
@@ -144,6 +146,16 @@ _LINK_GAUGES: tuple[_Field, ...] = (
      "key).", 1.0),
     ("sifted_key_rate_hz", "link_sifted_key_rate_hertz",
      "Matched-basis (Z-Z, X-X) coincidences per second of tag time (1/s).", 1.0),
+    # an M link that makes keys (roles.key_link)
+    ("key_rate_bps", "link_key_rate_bits_per_second",
+     "Secret key bits made per second (wall clock, since the previous record).", 1.0),
+    ("key_f_ec", "link_key_error_correction_efficiency_ratio",
+     "Error-correction efficiency f_EC of the latest block that gave a key: bits disclosed per "
+     "n*h(QBER) (1 = the Shannon limit).", 1.0),
+    ("key_secret_fraction", "link_key_secret_fraction",
+     "Secret bits per sifted bit of the latest block that gave a key.", 1.0),
+    ("key_sifted_pending_bits", "link_key_sifted_pending_bits",
+     "Sifted bits waiting for a block.", 1.0),
     # polarisation compensation (M counter)
     ("visibility_reference", "link_polarisation_reference_visibility_ratio",
      "Visibility the polarisation compensator keeps, measured when it locked (0..1).", 1.0),
@@ -205,6 +217,23 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
     ("unmatched_tags_total", "link_unmatched_tags_total",
      "Time tags dropped because the other stream was not there (counter: waited > 5 s; "
      "streamer: the broker backlog was full).", 1.0),
+    ("key_blocks_total", "link_key_blocks_total",
+     "Key blocks finished, with or without a key.", 1.0),
+    ("key_secret_bits_total", "link_key_secret_bits_total", "Secret key bits made.", 1.0),
+    ("key_units_total", "link_key_units_total", "Keys stored in the node's key store.", 1.0),
+    ("key_sifted_bits_total", "link_key_sifted_bits_total",
+     "Sifted bits that went into key blocks.", 1.0),
+    ("key_disclosed_bits_total", "link_key_disclosed_bits_total",
+     "Bits disclosed by error correction, verification and the error counts.", 1.0),
+    ("key_sifted_dropped_bits_total", "link_key_sifted_dropped_bits_total",
+     "Sifted bits dropped because blocks did not keep up.", 1.0),
+    ("key_session_restarts_total", "link_key_session_restarts_total",
+     "Key sessions given up and started again (the other end stopped answering, or a message "
+     "did not fit).", 1.0),
+    ("key_messages_rejected_total", "link_key_messages_rejected_total",
+     "Key messages refused.", 1.0),
+    ("key_messages_dropped_total", "link_key_messages_dropped_total",
+     "Key messages dropped because the session was too far behind.", 1.0),
     ("recalibrations_total", "link_polarisation_recalibrations_total",
      "Polarisation recalibrations that locked the compensator again.", 1.0),
     # K end with qubits (klink.memory.LinkMemory.counts)
@@ -525,6 +554,20 @@ def _link_metrics(fam: _Families, lab: dict[str, str], lt: Mapping[str, Any]) ->
     fam.state("link_fidelity_source", "1 for where the link's fidelity estimate comes from: "
               "test pairs (tests) or the configured prior.", lab, FIDELITY_SOURCES,
               lt.get("fidelity_source"))
+    fam.state("link_key_state", "1 for the key session's current state (stopped: the latest "
+              "block gave no key; see qnode_link_key_blocks_aborted_total).", lab, KEY_STATES,
+              lt.get("key_state"))
+    aborts = _mapping(lt.get("key_aborts_total"))
+    reasons = sorted({*ABORT_REASONS, *aborts}) if "key_state" in lt else sorted(aborts)
+    for reason in reasons:   # every reason from 0 on a key link: increase() sees the first
+        n = aborts.get(reason, 0)
+        fam.counter("link_key_blocks_aborted_total", "Key blocks that gave no key, by reason "
+                    "(qber_above_threshold: the sample's QBER is above the threshold, e.g. an "
+                    "eavesdropper).", {**lab, "reason": str(reason)}, _number(n))
+    for basis in ("z", "x"):
+        fam.gauge("link_key_sample_qber_ratio", "Error fraction of the latest key block's "
+                  "disclosed sample, per basis (0..1).", {**lab, "basis": basis.upper()},
+                  _number(lt.get(f"key_sample_qber_{basis}")))
     fam.state("link_polarisation_state", "1 for the polarisation compensator's current state "
               "(calibrating: searching the compensator angle).", lab, POLARISATION_STATES,
               lt.get("polarisation_state"))
