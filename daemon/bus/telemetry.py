@@ -134,6 +134,8 @@ class KeyTelemetry(TypedDict, total=False):
     key_aborts_total: dict[str, int]  # blocks without a key, by reason
     key_secret_bits_total: int  # secret bits made
     key_units_total: int        # keys (key_size_bits each) stored
+    key_units_waiting: int      # keys held until the other end confirms it stored its copies
+    key_units_dropped_total: int  # ... dropped: the other end never confirmed
     key_sifted_bits_total: int  # sifted bits that went into blocks
     key_disclosed_bits_total: int  # bits disclosed by error correction and verification
     key_rate_bps: float         # secret bits per wall second since the last record

@@ -183,6 +183,11 @@ class BlockMessageError(ValueError):
     ``reason`` and aborts the block; never shows key material)."""
 
 
+class StaleMessage(BlockMessageError):
+    """A message of a session or block that is over here (e.g. an answer that crossed a
+    restart): refused and counted, nothing else changes."""
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -284,6 +289,7 @@ class BlockLeader:
         self._verify_seed = b""
         self.reveals = 0
         self.qber_plan = 0.0
+        self._chunk_qber: list[float] = []   # the QBER each chunk's plan is for
 
     def leak_ec(self) -> int:
         """Bits error correction disclosed so far (syndromes and revealed padding, of the plans
@@ -311,6 +317,7 @@ class BlockLeader:
             self._padding.append(pad)
             self.rounds.append(0)
             self._spent.append(0)
+            self._chunk_qber.append(q)
         syndrome = np.concatenate(syndromes)
         self._verify_seed = secrets.token_bytes(SEED_BYTES)
         return {"block": str(b.block_id), "n": b.n, "n_x": n_x, "qber": q,
@@ -359,12 +366,14 @@ class BlockLeader:
 
     def _replan(self, c: int) -> np.ndarray:
         """A chunk whose blind rounds are used up gets a new plan, one-way at the codes'
-        measured margin for a QBER a quarter above the estimate, with fresh padding; what the
-        old plan disclosed stays counted. Returns the new syndrome."""
+        measured margin for a QBER a quarter above the one its last plan was for (so a chunk
+        that fails again asks for more each time), with fresh padding; what the old plan
+        disclosed stays counted. Returns the new syndrome."""
         self._spent[c] += self.plans[c].leak_bits(self.rounds[c])
-        plan = reconcile.choose_plan(min(1.25 * self.qber_plan, reconcile.QBER_MAX),
-                                     self.plans[c].n, step_efficiency=self.params.
-                                     ec_step_efficiency, seed=self.params.code_seed)
+        self._chunk_qber[c] = min(1.25 * self._chunk_qber[c], reconcile.QBER_MAX)
+        plan = reconcile.choose_plan(self._chunk_qber[c], self.plans[c].n,
+                                     step_efficiency=self.params.ec_step_efficiency,
+                                     seed=self.params.code_seed)
         lo, hi = _bounds([pl.n for pl in self.plans])[c]
         self.plans[c], self.rounds[c] = plan, 0
         self._padding[c] = reconcile.draw_padding(plan)

@@ -112,29 +112,45 @@ def _check_degrees(edges: int, m: int, dc: float) -> np.ndarray:
 
 def _bad_edges(rows: np.ndarray, cols: np.ndarray, m: int, n: int) -> np.ndarray:
     """Indices of edges to move: the second and later copies of a double edge, and for each
-    pair of checks sharing two or more variables (a 4-cycle), one shared edge of the pair."""
+    pair of checks sharing two or more variables (a 4-cycle), one shared edge of the pair: the
+    edge (later check, highest shared variable) (nodes are sorted by degree, so never a
+    degree-2 chain edge)."""
     key = rows.astype(np.int64) * n + cols
     order = np.argsort(key, kind="stable")
+    sorted_keys = key[order]
     dup = np.zeros(rows.size, dtype=bool)
-    dup[order[1:][key[order[1:]] == key[order[:-1]]]] = True
+    dup[order[1:][sorted_keys[1:] == sorted_keys[:-1]]] = True
+    # every pair of checks (a < b) that share a variable v, as (a·m + b, v): from each
+    # variable's sorted distinct checks, the pairs k apart for k = 1, 2, ...
     ok = ~dup
-    h = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.int32), (rows[ok], cols[ok])),
-                      shape=(m, n))
-    overlap = sp.triu(h @ h.T, k=1).tocoo()
-    sel = overlap.data >= 2
-    c1, c2 = overlap.row[sel], overlap.col[sel]
-    bad: list[int] = np.flatnonzero(dup).tolist()
-    if c1.size:
-        indptr, indices = h.indptr, h.indices
-        sorted_keys = key[order]
-        for a, b in zip(c1.tolist(), c2.tolist(), strict=True):
-            shared = np.intersect1d(indices[indptr[a]:indptr[a + 1]],
-                                    indices[indptr[b]:indptr[b + 1]], assume_unique=True)
-            # move the edge (b, v) of the highest-degree shared variable v (nodes are sorted by
-            # degree), never a degree-2 chain edge
-            k = np.searchsorted(sorted_keys, b * n + int(shared[-1]))
-            bad.append(int(order[k]))
-    return np.unique(np.array(bad, dtype=np.int64))
+    hc = sp.csc_matrix((np.ones(int(ok.sum()), dtype=np.int32), (rows[ok], cols[ok])),
+                       shape=(m, n))
+    hc.sort_indices()
+    indptr, checks = hc.indptr, hc.indices.astype(np.int64)
+    var_of = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    ends = indptr[1:][var_of]
+    pair_keys, pair_vars = [], []
+    pos = np.arange(checks.size, dtype=np.int64)
+    for k in range(1, int(np.diff(indptr).max(initial=0))):
+        sel = pos[pos + k < ends]
+        if not sel.size:
+            break
+        pair_keys.append(checks[sel] * m + checks[sel + k])
+        pair_vars.append(var_of[sel])
+    bad = [np.flatnonzero(dup)]
+    if pair_keys:
+        both = np.concatenate(pair_keys) * n + np.concatenate(pair_vars)  # < m²·n < 2⁶³
+        both.sort()                           # by pair, then variable ascending
+        pk, pv = both // n, both % n
+        last = np.ones(pk.size, dtype=bool)   # the last entry of each pair: its highest v
+        last[:-1] = pk[1:] != pk[:-1]
+        first = np.ones(pk.size, dtype=bool)
+        first[1:] = pk[1:] != pk[:-1]
+        shared2 = last & ~first               # pairs that share two or more variables
+        b, v = pk[shared2] % m, pv[shared2]
+        k_idx = np.searchsorted(sorted_keys, b * n + v)
+        bad.append(order[k_idx])
+    return np.unique(np.concatenate(bad).astype(np.int64))
 
 
 @dataclass(frozen=True)

@@ -98,4 +98,9 @@ def message_schemas() -> dict[str, dict[str, Any]]:
                                "errors_x": _COUNT, "leak": _COUNT, "leak_ec": _COUNT,
                                "amplify_seed": _B64,
                                "abort": {"enum": list(ABORT_REASONS)}}, required=["block"]),
+        "KEY_STORED": _obj("KEY_STORED", "The follower stored the block's keys that the leader "
+                           "masters (the leader may store and hand out the block's keys now).",
+                           {"block": block}),
+        "KEY_COMMIT": _obj("KEY_COMMIT", "The leader stored the block's keys (the follower may "
+                           "store the ones it masters now).", {"block": block}),
     }

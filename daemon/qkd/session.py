@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from qnode.daemon.qkd.block import BlockMessageError, SiftedBlock, X, Z, body_int
+from qnode.daemon.qkd.block import BlockMessageError, SiftedBlock, StaleMessage, X, Z, body_int
 
 #: the follower's basis code for a tag it no longer holds (the event is dropped at both ends)
 LOST = 2
@@ -166,7 +166,7 @@ class KeyLeader:
     def on_sifted(self, body: Mapping[str, Any]) -> None:
         """The follower's answer: the events measured in the same basis join the sifted key."""
         if body.get("session") != str(self.session):
-            raise BlockMessageError("session: not this session's")
+            raise StaleMessage("session: not this session's")
         seq = body_int(body, "seq", 0, 1 << 62)
         mine = self._pending.get(seq)
         if mine is None:

@@ -14,11 +14,18 @@ coincidences and cuts blocks. The streamer is the **follower**: it sends its tim
                                            ← KEY_REPLY   (decoded, or the chunks that failed)
     KEY_REVEAL   (more padding)            →             (while chunks fail)
     KEY_FINISH   (length, seed | abort)    →
+                                           ← KEY_STORED  (the follower stored the keys the
+                                                          leader masters)
+    KEY_COMMIT                             →             (the leader stored all of them; the
+                                                          follower stores those it masters)
 
 :mod:`qnode.daemon.qkd` does the work (on a worker thread); this module moves the messages, keeps
 one block in flight, restarts the session when the other end stops answering
 (``block_timeout_s``), stores each block's key units (master alternating between the ends by
-unit index, so both ends' applications can start a key) and reports the link's figures. Every
+unit index, so both ends' applications can start a key) and reports the link's figures. A key
+enters its master's store only after the other end has stored it (the ``KEY_STORED`` /
+``KEY_COMMIT`` round): an application that takes a key at the master (``enc_keys``) finds it
+at the other end (``dec_keys``) at once. Every
 message is signed with the link's HMAC key (the pre-shared authentication key; see
 docs/physicists/keys.md for what that assumes). Key material is never logged.
 """
@@ -40,6 +47,7 @@ from qnode.daemon.acquisition.key_counter import KeyCounter, KeyEvents, KeyTagLo
 from qnode.daemon.bus import timewire
 from qnode.daemon.bus.telemetry import LinkTelemetry, qber_fields
 from qnode.daemon.kme.service import KmeService
+from qnode.daemon.kme.store import KeyStore
 from qnode.daemon.logs import RateLimitedLog
 from qnode.daemon.qkd import estimate
 from qnode.daemon.qkd.block import (
@@ -49,6 +57,7 @@ from qnode.daemon.qkd.block import (
     BlockMessageError,
     BlockResult,
     SiftedBlock,
+    StaleMessage,
 )
 from qnode.daemon.qkd.session import KeyFollower, KeyLeader, key_bit_flips
 from qnode.daemon.quantum import estimators as est
@@ -67,8 +76,15 @@ log = logging.getLogger("qnode.keys")
 MAX_INBOX = 2000
 #: SIFT messages without an answer before the leader gives the session up
 MAX_UNANSWERED_SIFTS = 256
-LEADER_TYPES = frozenset({"SIFTED", "KEY_SAMPLED", "KEY_REPLY"})
-FOLLOWER_TYPES = frozenset({"SIFT", "KEY_SAMPLE", "KEY_OFFER", "KEY_REVEAL", "KEY_FINISH"})
+LEADER_TYPES = frozenset({"SIFTED", "KEY_SAMPLED", "KEY_REPLY", "KEY_STORED"})
+FOLLOWER_TYPES = frozenset({"SIFT", "KEY_SAMPLE", "KEY_OFFER", "KEY_REVEAL", "KEY_FINISH",
+                            "KEY_COMMIT"})
+#: blocks whose keys wait for the other end's KEY_STORED / KEY_COMMIT (then: dropped, counted)
+MAX_UNCOMMITTED = 16
+
+
+#: a key unit on its way into the store: (master node, key id, material)
+_Unit = tuple[str, uuid.UUID, bytes]
 
 
 @dataclass
@@ -129,6 +145,10 @@ class KeyFigures:
             for basis, q, n in (("Z", r.qber_z, r.n_z), ("X", r.qber_x, r.n_x)):
                 if n and math.isfinite(q):
                     t.update(qber_fields(basis, est.physical_qber(round(q * n), n)))
+            # as the Bell-test counter reports them: V_b = 1 − 2Q_b, F ≥ 1 − Q_Z − Q_X
+            t["visibility"] = 1.0 - r.qber_z - r.qber_x
+            t["fidelity_estimate"] = max(0.0, 1.0 - r.qber_z - r.qber_x)
+            t["fidelity_method"] = "two_basis_bound"
         q_z, q_x = self.sample_qber
         if math.isfinite(q_z):
             t["key_sample_qber_z"] = q_z
@@ -138,21 +158,25 @@ class KeyFigures:
 
 
 class KeyLink:
-    """The key session of this node's end of M link ``link`` (module docstring)."""
+    """The key session of this node's end of M link ``link`` (module docstring); its keys go
+    into ``store`` (default: the node's KME's)."""
 
     def __init__(self, ctx: NodeContext, link: LinkConfig, cfg: AnalyzerConfig,
-                 layout: BasisLayout, *, leader: bool):
+                 layout: BasisLayout, *, leader: bool, store: KeyStore | None = None):
         assert cfg.keys is not None
         self.ctx, self.link, self.keys = ctx, link, cfg.keys
         self.params = cfg.keys.params
         self.leader = leader
-        self.store = ctx.shared(KmeService).store
+        self.store = store if store is not None else ctx.shared(KmeService).store
         self.inbox: asyncio.Queue[tuple[str, Mapping[str, Any]]] = asyncio.Queue(MAX_INBOX)
         self.figures = KeyFigures()
         self.rejected: collections.Counter[str] = collections.Counter()
         self.dropped_messages = 0
         self.restarts = 0
         self.active: _Active | None = None
+        # block id -> (the keys this end stores once the other end has, since when)
+        self.uncommitted: dict[str, tuple[list[_Unit], float]] = {}
+        self.uncommitted_dropped = 0
         self._sifted_s = time.monotonic()   # the latest SIFTED, or a SIFT sent with none waiting
         self._rlog = RateLimitedLog(log, 10.0)
         self._count_lock = asyncio.Lock()
@@ -203,11 +227,11 @@ class KeyLink:
         return timewire.encode(times, link=self.link.id, chunk=chunk, t_end_ps=t_end_ps,
                                extra={"first_index": first})
 
-    def add_own(self, block: TagBlock, t_end_ps: int, received_s: float) -> None:
+    def add_own(self, block: TagBlock, t_end_ps: int, received_s: float | None = None) -> None:
         assert self.counter is not None
         self.counter.add_own(block, t_end_ps, received_s)
 
-    def add_peer(self, body: Mapping[str, Any], received_s: float) -> None:
+    def add_peer(self, body: Mapping[str, Any], received_s: float | None = None) -> None:
         """(Leader) a ``TIMES`` body; ValueError naming the field for a bad one."""
         assert self.counter is not None
         times = timewire.decode(body)
@@ -242,13 +266,24 @@ class KeyLink:
             try:
                 await (self._lead_message(type_, body) if self.leader
                        else self._follow_message(type_, body))
+            except StaleMessage as exc:
+                self._reject("stale", f"{type_}: {exc}")
             except BlockMessageError as exc:
                 self._reject("protocol", f"{type_}: {exc}")
-                if self.leader:
-                    self._restart(f"{type_} did not fit: {exc}")
-                else:
-                    self.active = None
+                self._give_up(f"{type_} did not fit: {exc}")
+            except Exception as exc:   # a bug, not the peer's: say where, keep the session alive
+                self.rejected["error"] += 1
+                self._rlog("error", logging.ERROR, "key message %s of %s broke its handler",
+                           type_, self.link.id, exc_info=exc, link=self.link.id)
+                self._give_up(f"{type_} broke its handler")
             self._check_stall()
+
+    def _give_up(self, why: str) -> None:
+        """The session cannot go on as it is: the leader starts a new one. The follower keeps
+        what it holds: the leader decides (a block the follower cannot follow is refused in its
+        reply; a SIFT it could not answer ends in the leader's timeout)."""
+        if self.leader:
+            self._restart(why)
 
     def _check_stall(self) -> None:
         if not self.leader or self.lead is None:
@@ -280,14 +315,16 @@ class KeyLink:
             await self._on_sampled(body)
         elif type_ == "KEY_REPLY":
             await self._on_reply(body)
+        elif type_ == "KEY_STORED":
+            self._commit(body)
+            self._send("KEY_COMMIT", {"block": str(body.get("block"))})
         if self.active is None:
             self._next_block()
 
     def _active_block(self, body: Mapping[str, Any]) -> _Active:
         a = self.active
         if a is None or body.get("block") != str(a.block_id):
-            raise BlockMessageError(f"block: {body.get('block')!r:.60} is not the block in "
-                                    f"flight")
+            raise StaleMessage(f"block: {body.get('block')!r:.60} is not the block in flight")
         a.last_s = time.monotonic()
         return a
 
@@ -374,7 +411,12 @@ class KeyLink:
             reason = body.get("abort")
             if reason is not None and reason not in ABORT_REASONS:
                 raise BlockMessageError("abort: unknown reason")
-            self._record(await asyncio.to_thread(a.follower.finish, body))
+            result = await asyncio.to_thread(a.follower.finish, body)
+            self._record(result)
+            if result.reason is None:
+                self._send("KEY_STORED", {"block": str(result.block_id)})
+        elif type_ == "KEY_COMMIT":
+            self._commit(body)
 
     # ------------------------------------------------------------------ results
     def _record(self, r: BlockResult) -> None:
@@ -387,19 +429,48 @@ class KeyLink:
                        r.block_id, self.link.id, r.reason, r.qber_z, r.qber_x, r.n,
                        reason=r.reason, **extra)
             return
-        units = r.key_units(self.store.key_size_bits)
         me, peer = self.ctx.node, self.link.peer
         leader_node, follower_node = (me, peer) if self.leader else (peer, me)
-        stored = 0
-        for parity, master in ((0, leader_node), (1, follower_node)):
-            mine = units[parity::2]
-            if mine:
-                stored += self.store.add(self.link.id, peer, master, mine)
-        self.figures.units += stored
+        # unit i is mastered by the leader for even i, by the follower for odd i. The follower
+        # stores the leader's now and its own at KEY_COMMIT; the leader stores all of them at
+        # KEY_STORED (module docstring)
+        units = [(leader_node if i % 2 == 0 else follower_node, key_id, material)
+                 for i, (key_id, material) in enumerate(r.key_units(self.store.key_size_bits))]
+        now = [] if self.leader else [u for u in units if u[0] == leader_node]
+        self._store(now)
+        self._hold(str(r.block_id), [u for u in units if u not in now])
         log.info("key block %s of %s: %d secret bits from %d sifted (QBER Z %.4f, X %.4f, "
-                 "f_EC %.3f), %d keys stored", r.block_id, self.link.id, r.length, r.n,
-                 r.qber_z, r.qber_x, r.f_ec, stored,
-                 extra={**extra, "length": r.length, "f_ec": round(r.f_ec, 4), "keys": stored})
+                 "f_EC %.3f), %d keys", r.block_id, self.link.id, r.length, r.n, r.qber_z,
+                 r.qber_x, r.f_ec, len(units),
+                 extra={**extra, "length": r.length, "f_ec": round(r.f_ec, 4),
+                        "keys": len(units)})
+
+    def _hold(self, block: str, units: list[_Unit]) -> None:
+        """Keep ``units`` until the other end has stored its copies (bounded)."""
+        if not units:
+            return
+        while len(self.uncommitted) >= MAX_UNCOMMITTED:
+            oldest = next(iter(self.uncommitted))
+            self.uncommitted_dropped += len(self.uncommitted.pop(oldest)[0])
+            log.warning("keys of block %s of %s dropped: %s never confirmed storing them",
+                        oldest, self.link.id, self.link.peer,
+                        extra={"link": self.link.id, "block": oldest})
+        self.uncommitted[block] = (units, time.monotonic())
+
+    def _commit(self, body: Mapping[str, Any]) -> None:
+        """The other end stored its copies of a block's keys: store what was held for it."""
+        held = self.uncommitted.pop(str(body.get("block")), None)
+        if held is None:
+            raise StaleMessage(f"block: {body.get('block')!r:.60} holds no keys here")
+        self._store(held[0])
+
+    def _store(self, units: list[_Unit]) -> None:
+        """Put (master, key id, material) units of this link into the key store."""
+        by_master: dict[str, list[tuple[uuid.UUID, bytes]]] = {}
+        for master, key_id, material in units:
+            by_master.setdefault(master, []).append((key_id, material))
+        for master, keys in by_master.items():
+            self.figures.units += self.store.add(self.link.id, self.link.peer, master, keys)
 
     # ------------------------------------------------------------------ telemetry
     @property
@@ -416,7 +487,9 @@ class KeyLink:
                   "role": "counter" if self.leader else "end", "key_state": self.state,
                   "key_session_restarts_total": self.restarts,
                   "key_messages_rejected_total": sum(self.rejected.values()),
-                  "key_messages_dropped_total": self.dropped_messages})
+                  "key_messages_dropped_total": self.dropped_messages,
+                  "key_units_waiting": sum(len(u) for u, _ in self.uncommitted.values()),
+                  "key_units_dropped_total": self.uncommitted_dropped})
         session = self.lead if self.lead is not None else self.follow
         assert session is not None
         t["key_sifted_pending_bits"] = session.sifted.size

@@ -64,6 +64,7 @@ class NodePlan:
 @dataclass
 class NetworkPlan:
     nodes: dict[str, NodePlan] = field(default_factory=dict)
+    kmes: dict[str, str] = field(default_factory=dict)   # node -> its KME's https URL
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -223,7 +224,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
               f"[analyzer]\nchannels = [1, 2, 3, 4]\nangles_deg = {json.dumps(list(arms))}\n"
               f"window_ps = 1000\n"
               f"align_s = 1.0\ncapacity = {capacity}\nmax_pair_age_s = {max_pair_age_s}\n\n"
-            + (key_tables(name, workdir, key_block_bits) if keys else "")
+            + (key_tables(name, workdir, key_block_bits, plan) if keys else "")
             + f"[[links]]\nid = \"m-ab\"\npeer = {_toml_str(peer)}\ntype = \"M\"\n"
               f"hmac_key_file = {_toml_str(key('m-ab'))}\n")
     return plan
@@ -244,15 +245,18 @@ def demo_key_pki(workdir: Path) -> DemoPki:
     return write_demo_pki(folder, saes=list(KEY_SAES))
 
 
-def key_tables(node: str, workdir: Path, block_bits: int) -> str:
-    """``[analyzer.keys]`` and ``[kme]`` of analyzer ``node`` in the demo."""
+def key_tables(node: str, workdir: Path, block_bits: int, plan: NetworkPlan) -> str:
+    """``[analyzer.keys]`` and ``[kme]`` of analyzer ``node`` in the demo; its KME's URL into
+    ``plan.kmes`` (a free port now, for the connection file)."""
     pki = demo_key_pki(workdir)
+    port = free_port()
+    plan.kmes[node] = f"https://127.0.0.1:{port}"
     store = workdir / "state" / node / "keys.sqlite"
     store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     saes = ", ".join(f"{{id = {_toml_str(s)}, node = {_toml_str(n)}}}"
                      for s, n in KEY_SAES.items())
     return (f"[analyzer.keys]\nblock_bits = {block_bits}\n\n"
-            f"[kme]\nlisten = \"127.0.0.1:0\"\ncert = {_toml_str(pki.server_cert)}\n"
+            f"[kme]\nlisten = \"127.0.0.1:{port}\"\ncert = {_toml_str(pki.server_cert)}\n"
             f"key = {_toml_str(pki.server_key)}\nca = {_toml_str(pki.ca)}\n"
             f"store = {_toml_str(store)}\nsaes = [{saes}]\n\n")
 
@@ -447,6 +451,7 @@ class DemoNetwork:
         self.daemons: dict[str, DaemonProcess] = {}
         self.exit_codes: dict[str, int | None] = {}
         self.addresses: dict[str, str] = {}
+        self.kmes: dict[str, str] = {}
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -457,6 +462,7 @@ class DemoNetwork:
         addresses = self.addresses = self.bench.start()
         plan = plan_network(addresses, self.broker_url, self.workdir, **self.plan_options)
         plan.write(self.workdir / "configs")
+        self.kmes = plan.kmes
         self.daemons = {n.name: DaemonProcess(n, self.log_dir) for n in plan.nodes.values()
                         if self.nodes is None or n.name in self.nodes}
         for d in self.daemons.values():
@@ -487,6 +493,12 @@ class DemoNetwork:
         self.bench.stop()
 
 
+#: plan_network options of the demo's M link: it makes keys (the analyzers' KMEs serve them),
+#: with the source at twice the working point so that a block of 2¹⁷ sifted bits comes every
+#: few seconds
+DEMO_KEYS: dict[str, Any] = {"keys": True, "key_block_bits": 1 << 17, "pump_power_mw": 80.0}
+
+
 async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None = None,
                    keep: bool = False) -> dict[str, Any]:
     from qnode.daemon.tools.liveview import LiveView
@@ -498,7 +510,7 @@ async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None =
     if broker_url is None:
         broker = await EmbeddedBroker().start()
         broker_url = broker.url
-    net = DemoNetwork(work, broker_url, report_dir / "logs")
+    net = DemoNetwork(work, broker_url, report_dir / "logs", **DEMO_KEYS)
     latest: dict[str, Mapping[str, Any]] = {}
     try:
         print(f"qnode demo: broker {broker_url}; starting the simulated instruments ...",
@@ -558,15 +570,30 @@ def applications_config(apps: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict
     return out
 
 
+def kme_record(workdir: Path, kmes: Mapping[str, str]) -> dict[str, Any] | None:
+    """The connection file's ``kme`` block: each analyzer's KME URL (ETSI GS QKD 014 under
+    ``/api/v1/keys/``), the CA that signs the KMEs' certificates, and the demo SAEs with their
+    node and client certificate (None without KMEs)."""
+    if not kmes:
+        return None
+    pki = demo_key_pki(workdir)
+    return {"ca_file": str(pki.ca), "nodes": dict(sorted(kmes.items())),
+            "saes": {sae: {"node": node, "client_cert": str(pki.clients[sae][0]),
+                           "client_key": str(pki.clients[sae][1])}
+                     for sae, node in sorted(KEY_SAES.items())}}
+
+
 def connection_record(broker_url: str, network: str, nodes: list[str],
                       apps: Mapping[str, tuple[str, tuple[int, ...]]],
                       truth: str | None = None,
-                      truth_file: Path | None = None) -> dict[str, Any]:
+                      truth_file: Path | None = None,
+                      kme: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The connection file's content (docs/integrators/client.md): the broker, the network,
     its nodes and its applications, whose broker user name is their name (the embedded
     broker takes anyone; another broker needs the credentials filled in); ``truth``: the
     simulator's registry oracle (``simulator.truth``) and ``truth_file`` the bench's truth
-    file (``simulator.truth_file``), for examples that compare with them."""
+    file (``simulator.truth_file``), for examples that compare with them; ``kme``: the key
+    delivery (:func:`kme_record`)."""
     return {"simulator": {"truth": truth,
                           "truth_file": None if truth_file is None else str(truth_file)},
             "qnode_connection": CONNECTION_FORMAT,
@@ -576,6 +603,7 @@ def connection_record(broker_url: str, network: str, nodes: list[str],
                                     "username": name, "password": None,
                                     "client_cert": None, "client_key": None}
                              for name, (node, purposes) in sorted(apps.items())},
+            **({"kme": dict(kme)} if kme else {}),
             "description": "qnode demo --serve: a simulated network; alice and bob share the "
                            "path alice-bob (over the repeater)",
             "pid": os.getpid(), "created": time.time()}
@@ -651,7 +679,8 @@ async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = N
             broker = await EmbeddedBroker().start()
             broker_url = broker.url
         net = DemoNetwork(work, broker_url, log_dir, m_link=m_link,
-                          extra=applications_config(SERVE_APPLICATIONS), **SERVE_PLAN)
+                          extra=applications_config(SERVE_APPLICATIONS), **SERVE_PLAN,
+                          **(DEMO_KEYS if m_link == "key" else {}))
         print(f"qnode demo --serve: broker {broker_url}; starting the simulated instruments ...",
               flush=True)
         await asyncio.to_thread(net.start)
@@ -676,7 +705,7 @@ async def serve_demo(connection: Path, log_dir: Path, broker_url: str | None = N
             _write_private(connection, connection_record(
                 broker_url, NETWORK, nodes, SERVE_APPLICATIONS,
                 net.addresses.get("qdevice-truth") if net is not None else None,
-                work / "truth.json"))
+                work / "truth.json", kme_record(work, net.kmes) if net is not None else None))
             written = True
             view.note = f"serving: {connection}"
             note = "" if serving else " (not every node is ready yet: see the live view)"

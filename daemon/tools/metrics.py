@@ -156,6 +156,8 @@ _LINK_GAUGES: tuple[_Field, ...] = (
      "Secret bits per sifted bit of the latest block that gave a key.", 1.0),
     ("key_sifted_pending_bits", "link_key_sifted_pending_bits",
      "Sifted bits waiting for a block.", 1.0),
+    ("key_units_waiting", "link_key_units_waiting",
+     "Keys held until the other end confirms it stored its copies.", 1.0),
     # polarisation compensation (M counter)
     ("visibility_reference", "link_polarisation_reference_visibility_ratio",
      "Visibility the polarisation compensator keeps, measured when it locked (0..1).", 1.0),
@@ -221,6 +223,8 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
      "Key blocks finished, with or without a key.", 1.0),
     ("key_secret_bits_total", "link_key_secret_bits_total", "Secret key bits made.", 1.0),
     ("key_units_total", "link_key_units_total", "Keys stored in the node's key store.", 1.0),
+    ("key_units_dropped_total", "link_key_units_dropped_total",
+     "Keys dropped because the other end never confirmed storing its copies.", 1.0),
     ("key_sifted_bits_total", "link_key_sifted_bits_total",
      "Sifted bits that went into key blocks.", 1.0),
     ("key_disclosed_bits_total", "link_key_disclosed_bits_total",

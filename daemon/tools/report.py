@@ -13,6 +13,11 @@ writes, next to it:
   ``1 − qber_z`` of M-type link ends, over the run (``qber_z`` inside its physical range
   [0, 1], as :func:`~qnode.daemon.bus.telemetry.link_qber` reads it); the true values as dashed
   lines when ``truth`` is given;
+* ``keys.png``: M links that make keys: the secret key rate, the QBER per basis (of the latest
+  keyed block, exact; of each block's sample, dotted) beside the truth and the abort threshold,
+  the secret bits per sifted bit beside the asymptotic BBM92 fraction 1 − h(Q_Z) − h(Q_X) of the
+  true QBERs (error correction at the Shannon limit, infinite blocks), and f_EC beside 1 (the
+  Shannon limit);
 * ``summary.json``: per node and link end, the final counters (``*_total``), the mean and final
   value of every other numeric figure, the truth side by side, and the list of files. For a
   QBER the mean of ``qber_<b>_raw`` is the unbiased one: ``qber_<b>`` is clamped at 0, so its
@@ -42,12 +47,13 @@ from typing import Any
 
 from qnode.daemon.bus.envelope import Message
 from qnode.daemon.bus.topics import Topic
+from qnode.daemon.qkd.finite_key import asymptotic_fraction
 from qnode.daemon.quantum.estimators import clamp_qber
 from qnode.daemon.tools.liveview import link_kind, mapping, num
 
 JSONL = "telemetry.jsonl"
 SUMMARY = "summary.json"
-G2_PNG, RATES_PNG, FIDELITY_PNG = "g2.png", "rates.png", "fidelity.png"
+G2_PNG, RATES_PNG, FIDELITY_PNG, KEYS_PNG = "g2.png", "rates.png", "fidelity.png", "keys.png"
 #: Node fields that describe, not measure: left out of the numeric summary.
 _NOT_FIGURES = frozenset({"v", "t"})
 
@@ -347,6 +353,42 @@ def _plot_fidelity(path: Path, records: list[dict[str, Any]], t0: float,
     return True
 
 
+def _plot_keys(path: Path, records: list[dict[str, Any]], t0: float,
+               link_truth: Mapping[str, Mapping[str, Any]]) -> bool:
+    rate = _series(records, "key_rate_bps", ("M",), t0, lambda r: r * 1e-3)
+    if not rate:
+        return False
+    links = {link for _, link in rate}
+    truth = {k: v for k, v in link_truth.items() if k in links}
+    fig, axes = _new_figure(4)
+    colors: dict[str, Any] = {}
+    _plot_series(axes[0], rate, colors)
+    _finish(axes[0], "M links: secret key rate", "kbit/s")
+    for basis, style in (("z", "-"), ("x", "--")):
+        _plot_series(axes[1], _series(records, f"qber_{basis}", ("M",), t0), colors, style,
+                     f" QBER {basis.upper()}")
+        _plot_series(axes[1], _series(records, f"key_sample_qber_{basis}", ("M",), t0), colors,
+                     ":", f" sample QBER {basis.upper()}")
+        _truth_lines(axes[1], truth, f"qber_{basis}", colors, what=f"QBER {basis.upper()}",
+                     style="-.")
+    axes[1].axhline(0.11, color="k", linewidth=0.8, linestyle=":", label="abort threshold")
+    _finish(axes[1], "QBER: latest keyed block, and each block's sample", "QBER")
+    _plot_series(axes[2], _series(records, "key_secret_fraction", ("M",), t0), colors)
+    for link, values in sorted(truth.items()):
+        qz, qx = num(values.get("qber_z")), num(values.get("qber_x"))
+        if qz is not None and qx is not None:
+            axes[2].axhline(max(asymptotic_fraction(qz, qx), 0.0), linestyle="--",
+                            color=colors.setdefault(link, f"C{len(colors) % 10}"),
+                            label=f"1 − h(Q_Z) − h(Q_X) of the true QBERs: {link}")
+    _finish(axes[2], "secret bits per sifted bit", "fraction")
+    _plot_series(axes[3], _series(records, "key_f_ec", ("M",), t0), colors)
+    axes[3].axhline(1.0, color="k", linewidth=0.8, linestyle="--", label="Shannon limit")
+    _finish(axes[3], "error-correction efficiency f_EC", "f_EC")
+    axes[-1].set_xlabel("time (s)")
+    fig.savefig(path, format="png")
+    return True
+
+
 # -- the report -------------------------------------------------------------------------------
 
 #: The summary's own top-level keys (``summary_extra`` may not replace them).
@@ -426,6 +468,10 @@ def write_report(report_dir: str | os.PathLike[str], *, truth: dict[str, Any] | 
         written.append(FIDELITY_PNG)
     else:
         skipped_plots[FIDELITY_PNG] = "no link reported fidelity_estimate, visibility or qber_z"
+    if _plot_keys(report_dir / KEYS_PNG, records, t0, _link_truth(truth)):
+        written.append(KEYS_PNG)
+    else:
+        skipped_plots[KEYS_PNG] = "no M link made keys (key_rate_bps)"
     summary["files"] = [*written, SUMMARY]
     summary["plots_skipped"] = skipped_plots
     _merge_extra(summary, summary_extra)

@@ -1,17 +1,22 @@
 """``qnode demo --serve`` as a user runs it: the simulated network with applications until
 SIGINT, a connection file once it serves, which the client takes as it is to get pairs over the
-path alice – repeater – bob; a second server refuses the same file; SIGINT stops everything
-cleanly and removes the file."""
+path alice – repeater – bob, and a key consumer to take the M link's keys from both analyzers'
+KMEs (ETSI GS QKD 014, the demo SAEs' certificates); a second server refuses the same file;
+SIGINT stops everything cleanly and removes the file."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import aiohttp
 
 from qnode.client import ConnectionInfo, NodeClient, Pair, PairStream, RequestError
 
@@ -48,6 +53,31 @@ async def _pairs_over_the_path(info: ConnectionInfo) -> tuple[list[Pair], list[P
     return mine, far
 
 
+async def _keys_from_both_kmes(kme: dict) -> bool:
+    """The connection file's KMEs and SAEs, as a key consumer takes them: sae-a takes a key at
+    analyzer-a (enc_keys), sae-b the same key by id at analyzer-b (dec_keys)."""
+    def tls(sae: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=kme["ca_file"])
+        ctx.load_cert_chain(kme["saes"][sae]["client_cert"], kme["saes"][sae]["client_key"])
+        return ctx
+    a = f"{kme['nodes'][kme['saes']['sae-a']['node']]}/api/v1/keys/sae-b"
+    b = f"{kme['nodes'][kme['saes']['sae-b']['node']]}/api/v1/keys/sae-a"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        for _ in range(120):          # the link's first block may still be on its way
+            async with http.get(f"{a}/status", ssl=tls("sae-a")) as r:
+                if (await r.json())["stored_key_count"] > 0:
+                    break
+            await asyncio.sleep(1.0)
+        async with http.post(f"{a}/enc_keys", json={"number": 1}, ssl=tls("sae-a")) as r:
+            enc = await r.json()
+            assert r.status == 200, enc
+        async with http.post(f"{b}/dec_keys", json={"key_IDs": [
+                {"key_ID": enc["keys"][0]["key_ID"]}]}, ssl=tls("sae-b")) as r:
+            dec = await r.json()
+            assert r.status == 200, dec
+    return dec["keys"][0]["key"] == enc["keys"][0]["key"]
+
+
 def test_demo_serve_writes_a_connection_file_that_the_client_uses(tmp_path: Path):
     connection = tmp_path / "qnode-demo.json"
     out_path = tmp_path / "serve.out"
@@ -74,6 +104,7 @@ def test_demo_serve_writes_a_connection_file_that_the_client_uses(tmp_path: Path
                                 capture_output=True, text=True, timeout=WAIT_S)
         assert second.returncode == 1 and "belongs to a running" in second.stderr
 
+        assert asyncio.run(_keys_from_both_kmes(json.loads(connection.read_text())["kme"]))
         mine, far = asyncio.run(_pairs_over_the_path(info))
         assert len(mine) == 3 and {p.pool for p in mine} == {"alice-bob"}
         assert all(p.remote == "bob" and p.qubit is not None for p in mine)

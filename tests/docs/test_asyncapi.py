@@ -51,6 +51,7 @@ from qnode.daemon.linklayer.messages import (
     Purify,
     SwapResult,
 )
+from qnode.daemon.qkd.messages import message_schemas as key_message_schemas
 from qnode.native import tag_block
 
 from support import REPO
@@ -123,7 +124,7 @@ def test_every_message_type_is_a_message_of_one_channel() -> None:
     on_channels = [m for c in _doc()["channels"].values() for m in c["messages"]]
     assert len(on_channels) == len(set(on_channels)) == len(messages)
     expected = [*MESSAGE_TYPES, *REQUEST_TYPES, *REPLY_TYPES, *PEER_TYPES, *DATA_TYPES, "TAGS",
-                "status", "telemetry"]
+                *key_message_schemas(), "status", "telemetry"]
     assert sorted(messages) == sorted(expected)
     for mtype in expected:
         assert mtype in on_channels, mtype
@@ -295,8 +296,67 @@ OK = Ok(7, "ab", 4312, "psi+", 0.93, 7, "bob", goodness_time_ps=1_000_000, qubit
 N = "qnet/v1/lab"
 
 
+def _key_bodies() -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, topic kind, body) of every key-link message, as the two ends' code makes them:
+    a block of 2¹⁴ sifted bits planned for 1 % that holds 5 %, so that chunks fail and the
+    leader reveals."""
+    import numpy as np
+
+    from qnode.daemon.bus import timewire
+    from qnode.daemon.qkd import estimate
+    from qnode.daemon.qkd.block import BlockFollower, BlockLeader, KeyParams
+    from qnode.daemon.qkd.session import KeyFollower, KeyLeader
+
+    rng = np.random.default_rng(5)
+    n = 1 << 15
+    bases = rng.integers(0, 2, n).astype(np.uint8)
+    bits = rng.integers(0, 2, n).astype(np.uint8)
+    theirs = bits ^ (rng.random(n) < 0.05).astype(np.uint8)
+    index = np.arange(n, dtype=np.int64) * 3
+    lead = KeyLeader(1 << 14)
+    follow = KeyFollower(lambda i: (bases[i // 3], theirs[i // 3]), (False, False),
+                         max_pending_bits=1 << 16)
+    sift = lead.sift(index, bases, bits)
+    sifted = follow.on_sift(sift)
+    lead.on_sifted(sifted)
+    start, block = lead.next_block()
+    sample, rest = estimate.split(block, 1024)
+    sample_msg = {"session": str(lead.session), "start": start, "n": block.n,
+                  "block": str(block.block_id), **estimate.sample_message(sample)}
+    f_sample, f_rest = estimate.split(follow.block(sample_msg), 1024)
+    sampled = {"block": str(block.block_id), **estimate.compare(f_sample, sample_msg)}
+    params = KeyParams(min_bits=1000)
+    leader, follower = BlockLeader(rest, params, 0.01), BlockFollower(f_rest, params)
+    offer, _ = leader.offer()
+    out = [("TIMES", "tags", timewire.encode(np.array([5, 900, 7000]), link="m-ab", chunk=2,
+                                             t_end_ps=8000, extra={"first_index": 40})),
+           ("SIFT", "key", sift), ("SIFTED", "key", sifted), ("KEY_SAMPLE", "key", sample_msg),
+           ("KEY_SAMPLED", "key", sampled), ("KEY_OFFER", "key", offer)]
+    reply, _ = follower.on_offer(offer)
+    while True:
+        out.append(("KEY_REPLY", "key", reply))
+        kind, body, _ = leader.on_reply(reply)
+        out.append(("KEY_REVEAL" if kind == "reveal" else "KEY_FINISH", "key", body))
+        if kind == "finish":
+            break
+        reply, _ = follower.on_reveal(body)
+    out.append(("KEY_FINISH", "key", {"block": str(block.block_id),
+                                      "abort": "qber_above_threshold"}))
+    # the store round of qnode.daemon.roles.key_link
+    out += [(t, "key", {"block": str(block.block_id)}) for t in ("KEY_STORED", "KEY_COMMIT")]
+    assert {t for t, _, _ in out} == set(key_message_schemas()), "a message never made"
+    return out
+
+
+#: the key messages the streaming analyzer (analyzer-b, the follower) sends; the rest are the
+#: counter's (analyzer-a, the leader)
+_FOLLOWER_SENDS = ("TIMES", "SIFTED", "KEY_SAMPLED", "KEY_REPLY", "KEY_STORED")
+
+
 def _good() -> list[tuple[str, bytes]]:
     return [
+        *(_wire(f"{N}/analyzer-{'b' if t in _FOLLOWER_SENDS else 'a'}/{kind}/m-ab", t, body,
+                key=KEY) for t, kind, body in _key_bodies()),
         _wire(f"{N}/alice/status", "status", {"state": "starting", "roles": ["memory"]},
               signed=True),
         _wire(f"{N}/alice/status", "status", {"state": "ready", "roles": ["memory"],

@@ -69,7 +69,8 @@ def test_the_demo_runs_the_network_and_writes_a_report_that_matches_the_truth(tm
     assert run.returncode == 0, run.stdout + run.stderr + logs
     print(f"contract tap: {tap.assert_clean(flush=False)}")    # all 8 daemons' messages
     assert "report in" in run.stdout and "nodes 8 (8 ready)" in run.stdout  # the live view
-    for name in ("g2.png", "rates.png", "fidelity.png", "summary.json", "telemetry.jsonl"):
+    for name in ("g2.png", "rates.png", "fidelity.png", "keys.png", "summary.json",
+                 "telemetry.jsonl"):
         assert (report / name).stat().st_size > 1000, name
         if name.endswith(".png"):
             assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -87,4 +88,10 @@ def test_the_demo_runs_the_network_and_writes_a_report_that_matches_the_truth(tm
         assert abs(rate["mean"] - rate["truth"]) < 0.15 * rate["truth"], (link, rate)
     m = summary["nodes"]["analyzer-a"]["links"]["m-ab"]["truth"]
     assert abs(m["visibility"]["final"] - m["visibility"]["truth"]) < 0.02, m["visibility"]
+    # the M link makes keys: both ends the same secret bits, each basis' QBER the truth's
+    for node in ("analyzer-a", "analyzer-b"):
+        keys = summary["nodes"][node]["links"]["m-ab"]
+        assert keys["totals"]["key_secret_bits_total"] > 10_000, keys["totals"]
+        for basis in ("qber_z", "qber_x"):
+            assert abs(keys["final"][basis] - m[basis]["truth"]) < 0.01, (node, basis, m)
     assert abs(summary["g2"]["peak_delay_ns"]) < 0.3

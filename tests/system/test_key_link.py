@@ -109,24 +109,30 @@ async def test_the_analyzers_make_identical_keys_and_serve_them_over_etsi_014(tm
                     assert r.status == 200, dec
             assert [k["key"] for k in dec["keys"]] == [k["key"] for k in enc["keys"]]
             assert len({k["key"] for k in enc["keys"]}) == 2
-            # Eve: Q = (1 − V·(1 − f/2))/2 = 0.2625 at f = 1; the sample sees it, no key
+            # Eve: Q = (1 − V·(1 − f/2))/2 = 0.2625 at f = 1; the sample sees it, no key. The
+            # first block she touches may hold bits from before her; two blocks later the
+            # samples are hers alone
             stopped = await telemetry_until(broker.port, _eve_stopped_keys, 300)
             blocks = [t["key_blocks_total"] for t in _links(stopped)]
-            for t in _links(stopped):
-                assert t["key_state"] == "stopped", t
-                assert t["key_sample_qber_z"] > 0.2 and t["key_sample_qber_x"] > 0.2, t
-                assert t["key_aborts_total"]["qber_above_threshold"] >= 1, t
             units = [t["key_units_total"] for t in _links(stopped)]
             later = await telemetry_until(
                 broker.port, lambda latest: all(t.get("key_blocks_total", 0) >= 2 + s for t, s in
                                                 zip(_links(latest), blocks, strict=True)), 120)
+            for t in _links(later):
+                assert t["key_state"] == "stopped", t
+                assert t["key_stop_reason"] == "qber_above_threshold", t
+                assert t["key_sample_qber_z"] > 0.2 and t["key_sample_qber_x"] > 0.2, t
+                assert t["key_aborts_total"]["qber_above_threshold"] >= 3, t
             assert [t["key_units_total"] for t in _links(later)] == units   # no key since
         finally:
             await asyncio.to_thread(net.close)
-    # every key both ends stored is the same, bit for bit, under the same id and master
+    # every key both ends stored is the same, bit for bit, under the same id and master; the
+    # two stores differ only by the keys of the last block, whose store round the stop cut
     keys_a, keys_b = (_stored(work / "state" / n / "keys.sqlite") for n in ("analyzer-a",
                                                                             "analyzer-b"))
-    assert len(keys_a) > 100 and keys_a == keys_b
+    common = keys_a.keys() & keys_b.keys()
+    assert len(common) > 100 and all(keys_a[k] == keys_b[k] for k in common)
+    assert len(keys_a.keys() ^ keys_b.keys()) <= BLOCK_BITS // 256, (len(keys_a), len(keys_b))
     for name in ("analyzer-a", "analyzer-b"):
         text = (tmp_path / "logs" / f"{name}.log").read_text()
         assert "Traceback" not in text

@@ -15,44 +15,22 @@ from qnode.daemon.bus import timewire
 from qnode.daemon.qkd import estimate
 from qnode.daemon.qkd.block import BlockFollower, BlockLeader, KeyParams
 from qnode.daemon.qkd.session import LOST, KeyFollower, KeyLeader, key_bit_flips
-from qnode.hal_sim import (
-    Analyzer,
-    BellDiagonalState,
-    Clock,
-    CWSource,
-    Detector,
-    Fibre,
-    Link,
-    Node,
-    PhotonStreamSimulator,
-)
-from qnode.hal_sim.physics.coupling import waveplate_analyzer_vector
+from qnode.hal_sim import BellDiagonalState
 from qnode.native import merge_channels
 
-from support.keys import exchange, wire
+from support.keys import bbm92_link, exchange, wire
 
-DETECTOR = dict(efficiency=0.6, dark_count_rate_hz=200.0, dead_time_ps=20_000, jitter_ps=30.0)
 WINDOW_PS = 300
 STATE = BellDiagonalState({"phi+": 0.9, "phi-": 0.02, "psi+": 0.05, "psi-": 0.03})
 OWN = BasisLayout.make((1, 2, 3, 4))
 PEER = BasisLayout.make((5, 6, 7, 8))
 
 
-def _node(name: str, channels: tuple[int, ...], km: float, clock: Clock | None = None) -> Node:
-    return Node(name, Fibre(km), [
-        Analyzer(f"b{i}", waveplate_analyzer_vector(angle), Detector(channels[2 * i], **DETECTOR),
-                 Detector(channels[2 * i + 1], **DETECTOR))
-        for i, angle in enumerate((0.0, 22.5))], clock or Clock())
-
-
 def _run(seed: int, seconds: float = 3.0, lose_chunk: int | None = None,
          state: BellDiagonalState = STATE):
     """alice counts, bob streams TIMES (his clock ms off, 2.5 ppm fast). (sifted events as
     (leader bases, leader bits, follower bases, follower bits), counter, bob's log)."""
-    link = Link(CWSource(4e5), state, (_node("alice", (1, 2, 3, 4), 1.0),
-                                       _node("bob", (5, 6, 7, 8), 2.0,
-                                             Clock(offset_ps=3_210_987_654, drift_ppm=2.5))))
-    sim = PhotonStreamSimulator(link, seed=seed)
+    sim = bbm92_link(state, seed)
     counter = KeyCounter(OWN, WINDOW_PS, align_s=0.5)
     log = KeyTagLog(PEER)
     got, end = [], 0
