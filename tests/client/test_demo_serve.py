@@ -20,6 +20,8 @@ import aiohttp
 
 from qnode.client import ConnectionInfo, NodeClient, Pair, PairStream, RequestError
 
+from support.certs import sae_context
+
 WAIT_S = 60.0
 
 
@@ -57,9 +59,8 @@ async def _keys_from_both_kmes(kme: dict) -> bool:
     """The connection file's KMEs and SAEs, as a key consumer takes them: sae-a takes a key at
     analyzer-a (enc_keys), sae-b the same key by id at analyzer-b (dec_keys)."""
     def tls(sae: str) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=kme["ca_file"])
-        ctx.load_cert_chain(kme["saes"][sae]["client_cert"], kme["saes"][sae]["client_key"])
-        return ctx
+        return sae_context(kme["ca_file"], kme["saes"][sae]["client_cert"],
+                           kme["saes"][sae]["client_key"])
     a = f"{kme['nodes'][kme['saes']['sae-a']['node']]}/api/v1/keys/sae-b"
     b = f"{kme['nodes'][kme['saes']['sae-b']['node']]}/api/v1/keys/sae-a"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -63,3 +64,11 @@ class Pki:
         if acl is not None:
             lines.append(f"acl_file {acl}")
         return "\n".join(lines) + "\n"
+
+
+def sae_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """A TLS client context for an SAE: trusts the KMEs' ``ca`` and presents ``cert``/``key``
+    (its client certificate names it)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx

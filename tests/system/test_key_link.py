@@ -20,6 +20,7 @@ import pytest
 
 from qnode.daemon.tools.demo import DemoNetwork, bench_config_path, demo_key_pki
 
+from support.certs import sae_context
 from support.mosquitto import Mosquitto
 from support.oracle import telemetry_until
 
@@ -69,9 +70,7 @@ def _kme_port(log: str) -> int:
 
 
 def _client(pki, sae: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=pki.ca)
-    ctx.load_cert_chain(*pki.clients[sae])
-    return ctx
+    return sae_context(pki.ca, *pki.clients[sae])
 
 
 @pytest.mark.asyncio

@@ -14,14 +14,13 @@ import pytest
 from qnode.daemon.kme.pki import write_demo_pki
 from qnode.daemon.kme.store import KeyStore
 
+from support.certs import sae_context
 from support.daemon_harness import Daemon, node_config
 from support.mosquitto import Mosquitto
 
 
 def _client(pki, sae: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=pki.ca)
-    ctx.load_cert_chain(*pki.clients[sae])
-    return ctx
+    return sae_context(pki.ca, *pki.clients[sae])
 
 
 @pytest.mark.asyncio
