@@ -104,6 +104,7 @@ class KeyCounter:
         self.fed_to = -1             # own clock: what went into the pair engine
         self.started_ps = -1         # own clock: the first tag fed
         self._peer_fed = 0           # peer tags given to the engine
+        self._peer_next = 0          # the peer's stream index after the newest tag received
         self._segments: collections.deque[tuple[int, int]] = collections.deque(
             maxlen=SEGMENTS_KEPT)    # (engine index, stream index) of each peer piece fed
         self.own_tags = 0
@@ -127,15 +128,14 @@ class KeyCounter:
         """The peer's detection times (sorted, peer clock) whose first is the peer's tag
         ``first_index`` in its stream; complete up to ``t_end_ps``. ValueError when the stream
         goes back (an index or a time before what came already)."""
-        if self._peer:
-            t_prev, i_prev = self._peer[-1]
-            if first_index < i_prev + t_prev.size:
-                raise ValueError(f"first_index {first_index}: the peer's stream went back "
-                                 f"(expected at least {i_prev + t_prev.size})")
+        if first_index < self._peer_next:
+            raise ValueError(f"first_index {first_index}: the peer's stream went back "
+                             f"(expected at least {self._peer_next})")
         if times.size and times[0] < self.peer_end:
             raise ValueError(f"t0_ps {int(times[0])}: before the end of the previous chunk "
                              f"({self.peer_end})")
         self._peer.append((times, first_index))
+        self._peer_next = first_index + times.size
         self.peer_end = max(self.peer_end, t_end_ps)
         self.peer_tags += times.size
         self.clock.note_peer(t_end_ps, received_s)

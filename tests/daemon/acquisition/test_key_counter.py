@@ -135,3 +135,15 @@ def test_streams_to_identical_keys_through_sifting_the_sample_and_a_block():
           f"{mine.f_ec:.3f}, {mine.length} secret bits")
     assert mine.length > 5000 and np.array_equal(mine.key, theirs.key)
     assert mine.key_units(256) == theirs.key_units(256)
+
+
+def test_a_peer_stream_that_goes_back_is_refused_and_changes_nothing():
+    counter = KeyCounter(OWN, WINDOW_PS, align_s=0.5)
+    counter.add_peer(np.array([100, 200, 300], np.int64), 10, 400)
+    for times, first, field in ((np.array([500], np.int64), 12, "first_index"),
+                                (np.array([350], np.int64), 13, "t0_ps")):
+        with pytest.raises(ValueError, match=field):
+            counter.add_peer(times, first, 600)
+    assert counter.peer_tags == 3 and counter.peer_end == 400
+    counter.add_peer(np.array([450], np.int64), 20, 600)    # a gap: chunks lost on the way
+    assert counter.peer_tags == 4
