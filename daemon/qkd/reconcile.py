@@ -54,7 +54,7 @@ FILL = 0.92
 MAX_ITER = 50
 QBER_MIN, QBER_MAX = 1e-3, 0.15
 #: blind rounds a plan leaves room for in its punctured bits (when blind rounds are asked for)
-BLIND_ROOM_STEPS = 6
+BLIND_ROOM_STEPS = 2
 _SURE = 1e-12  # channel error probability of a shortened (known) bit
 _UNKNOWN = 0.5  # ... of a punctured bit
 
