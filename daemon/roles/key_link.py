@@ -259,7 +259,10 @@ class KeyLink:
         """The role task: handle the peer's key messages in order; give up a stalled session."""
         while True:
             try:
-                type_, body = await asyncio.wait_for(self.inbox.get(), timeout=1.0)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the queue hands out an item, and the task never ends
+                async with asyncio.timeout(1.0):
+                    type_, body = await self.inbox.get()
             except TimeoutError:
                 self._check_stall()
                 continue

@@ -109,7 +109,10 @@ async def test_both_ends_store_the_same_keys_and_shrug_off_bad_messages(tmp_path
                 await alice.count()
                 if i == 20:
                     await _hostile(alice, bob)
+                stalled = time.monotonic() + 60
                 while alice.lead.waiting > 4:     # real time: a chunk every 50 ms, not faster
+                    assert time.monotonic() < stalled, (i, alice.telemetry(1.0),
+                                                        bob.telemetry(1.0), bob.rejected)
                     await asyncio.sleep(0.005)
             deadline = time.monotonic() + 120
             while (alice.figures.blocks < 3 or bob.figures.blocks < 3 or alice.uncommitted
