@@ -48,7 +48,12 @@ def records() -> list[Telemetry]:
             "state": "ready" if i < N - 1 else "degraded", "ingest_mtags_s": 0.8,
             "links": {"alice-bob": {"type": "M", "peer": "alice", "role": "counter",
                                     "coincidence_rate_hz": 1490.0, "qber_z": float("nan"),
-                                    "pairs_delivered_total": 1490 * i}}}))
+                                    "pairs_delivered_total": 1490 * i,
+                                    # an end that makes keys (roles.key_link)
+                                    "key_state": "producing", "key_rate_bps": 1e4 + 100 * i,
+                                    "key_f_ec": 1.15, "key_secret_fraction": 0.5,
+                                    "key_sample_qber_z": 0.021, "key_sample_qber_x": 0.029,
+                                    "key_secret_bits_total": 10_000 * i}}}))
         out.append(validate({
             "node": "station", "roles": ["herald"], "t": t + 0.5, "uptime_s": 11.0 + i,
             "state": "ready",
@@ -83,13 +88,13 @@ def test_report_files_and_summary(tmp_path: Path) -> None:
     record_all(tmp_path, recs)
     summary = write_report(tmp_path, truth=TRUTH, summary_extra={"network": "demo"})
 
-    for name in ("g2.png", "rates.png", "fidelity.png"):
+    for name in ("g2.png", "rates.png", "fidelity.png", "keys.png"):
         assert_png(tmp_path / name)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == summary
     assert summary["status"] == "ok" and summary["network"] == "demo"
     assert summary["files"] == ["telemetry.jsonl", "g2.png", "rates.png", "fidelity.png",
-                                "summary.json"]
+                                "keys.png", "summary.json"]
     assert summary["plots_skipped"] == {}
     assert summary["records"] == 3 * N and summary["skipped_lines"] == 0
     assert summary["t_start"] == T0 and summary["duration_s"] == pytest.approx(N - 1 + 0.5)
@@ -173,7 +178,7 @@ def test_plots_without_data_are_skipped_not_faked(tmp_path: Path) -> None:
                           for i in range(3)])
     summary = write_report(tmp_path)
     assert summary["files"] == ["telemetry.jsonl", "summary.json"]
-    assert set(summary["plots_skipped"]) == {"g2.png", "rates.png", "fidelity.png"}
+    assert set(summary["plots_skipped"]) == {"g2.png", "rates.png", "fidelity.png", "keys.png"}
     assert summary["nodes"]["src"]["mean"]["source_brightness_hz"] == 1e6
     assert summary["nodes"]["src"]["links"] == {}
 
