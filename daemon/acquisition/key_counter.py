@@ -21,6 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qnode.daemon.acquisition.clock_acquisition import AlignmentError, ClockAcquisition
+from qnode.daemon.acquisition.cross_node import (  # the Bell-test counter's, the same here
+    ACCIDENTAL_SHIFT_PS,
+    G2_BIN_PS,
+    G2_HALF_RANGE_PS,
+    MARGIN_PS,
+    MAX_BUFFER_S,
+)
 from qnode.daemon.qkd.block import X, Z
 from qnode.daemon.qkd.session import LOST
 from qnode.native import CrossPairs
@@ -30,11 +37,6 @@ if TYPE_CHECKING:
     from qnode.native import TagBlock
     from qnode.native.tracking import DriftTracker
 
-MAX_BUFFER_S = 5.0           # a stream waits at most this long for the other (then: dropped)
-MARGIN_PS = 2_000_000        # 2 µs kept back from the newest common time (window + jitter)
-ACCIDENTAL_SHIFT_PS = 20_000
-G2_HALF_RANGE_PS = 5_000
-G2_BIN_PS = 100
 SEGMENTS_KEPT = 4096         # peer chunks remembered for index translation (minutes of chunks)
 
 

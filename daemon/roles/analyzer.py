@@ -67,10 +67,6 @@ from qnode.daemon.acquisition.cross_node import (
     CrossNodeCounter,
     parse_layout,
 )
-from qnode.daemon.acquisition.key_counter import (
-    G2_BIN_PS as KEY_G2_BIN_PS,
-    G2_HALF_RANGE_PS as KEY_G2_HALF_RANGE_PS,
-)
 from qnode.daemon.acquisition.pipeline import AcquisitionPipeline, IngestMeter
 from qnode.daemon.acquisition.polarisation_control import CounterMeter, PolarisationController
 from qnode.daemon.bus import tagwire
@@ -312,7 +308,7 @@ class AnalyzerRole:
             record["links"][self.link.id] = lt
             g2 = self.keys.counter.pairs.g2 if self.keys.counter is not None else None
             if g2 is not None:
-                record["g2"] = {"bin_ps": KEY_G2_BIN_PS, "first_bin_ps": -KEY_G2_HALF_RANGE_PS,
+                record["g2"] = {"bin_ps": G2_BIN_PS, "first_bin_ps": -G2_HALF_RANGE_PS,
                                 "counts": [int(x) for x in g2]}
             return
         assert self.service is not None

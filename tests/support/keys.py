@@ -2,8 +2,11 @@
 two-basis M link (not a test module; the tests and benchmarks/qkd_postprocessing.py use it)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from qnode.daemon.qkd.block import BlockFollower, BlockLeader, BlockResult
@@ -63,3 +66,10 @@ def bbm92_link(state: Any, seed: int, rate_hz: float = 4e5) -> Any:
         node("alice", (1, 2, 3, 4), 1.0),
         node("bob", (5, 6, 7, 8), 2.0, Clock(offset_ps=3_210_987_654, drift_ppm=2.5))))
     return PhotonStreamSimulator(link, seed=seed)
+
+
+def stored_keys(path: Path) -> dict[str, tuple[str, bytes]]:
+    """key id -> (master node, material) of a key store, read as the file is."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {k: (m, bytes(v)) for k, m, v in
+                db.execute("SELECT key_id, master_node, material FROM keys")}

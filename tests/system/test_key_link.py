@@ -8,9 +8,7 @@ reason in both ends' telemetry."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import sqlite3
 import ssl
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 from qnode.daemon.tools.demo import DemoNetwork, bench_config_path, demo_key_pki
 
 from support.certs import sae_context
+from support.keys import stored_keys
 from support.mosquitto import Mosquitto
 from support.oracle import telemetry_until
 
@@ -56,13 +55,6 @@ def _links(latest: dict[str, dict]) -> list[dict[str, Any]]:
 def _enough_key(latest: dict[str, dict]) -> bool:
     return all(t.get("key_sifted_bits_total", 0) >= SIFTED_GOAL
                and t.get("key_units_total", 0) > 0 for t in _links(latest))
-
-
-def _stored(path: Path) -> dict[str, tuple[str, bytes]]:
-    """key id -> (master node, material) of a key store (read as the files are)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return {k: (m, bytes(v)) for k, m, v in
-                db.execute("SELECT key_id, master_node, material FROM keys")}
 
 
 def _kme_port(log: str) -> int:
@@ -129,7 +121,7 @@ async def test_the_analyzers_make_identical_keys_and_serve_them_over_etsi_014(tm
             await asyncio.to_thread(net.close)
     # every key both ends stored is the same, bit for bit, under the same id and master; the
     # two stores differ only by the keys of the last block, whose store round the stop cut
-    keys_a, keys_b = (_stored(work / "state" / n / "keys.sqlite") for n in ("analyzer-a",
+    keys_a, keys_b = (stored_keys(work / "state" / n / "keys.sqlite") for n in ("analyzer-a",
                                                                             "analyzer-b"))
     common = keys_a.keys() & keys_b.keys()
     assert len(common) > 100 and all(keys_a[k] == keys_b[k] for k in common)

@@ -6,12 +6,9 @@ coming."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import sqlite3
 import time
 import types
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +22,7 @@ from qnode.daemon.runtime.config import AnalyzerConfig, KeysConfig, LinkConfig
 from qnode.hal_sim import BellDiagonalState
 
 from support.daemon_harness import link_context
-from support.keys import bbm92_link, wire
+from support.keys import bbm92_link, stored_keys, wire
 
 STATE = BellDiagonalState({"phi+": 0.97, "phi-": 0.01, "psi+": 0.01, "psi-": 0.01})
 KEYS = KeysConfig(block_bits=1 << 15, params=KeyParams(min_bits=1 << 13, sample_bits=4096))
@@ -62,12 +59,6 @@ def _end(node: str, peer: str, leader: bool, channels: tuple[int, ...], net: _Wi
                   leader=leader, store=store)
     net.ends[node] = end
     return end
-
-
-def _stored(path: Path) -> dict[str, tuple[str, bytes]]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return {k: (m, bytes(v)) for k, m, v in
-                db.execute("SELECT key_id, master_node, material FROM keys")}
 
 
 async def _hostile(alice: KeyLink, bob: KeyLink) -> None:
@@ -129,6 +120,6 @@ async def test_both_ends_store_the_same_keys_and_shrug_off_bad_messages(tmp_path
     assert alice.rejected["unexpected"] == 2 and alice.rejected["stale"] >= 1, alice.rejected
     assert sum(bob.rejected.values()) >= 5, bob.rejected
     assert ta["key_session_restarts_total"] == 0      # stale and foreign messages are not fatal
-    keys_a, keys_b = _stored(tmp_path / "a.sqlite"), _stored(tmp_path / "b.sqlite")
+    keys_a, keys_b = stored_keys(tmp_path / "a.sqlite"), stored_keys(tmp_path / "b.sqlite")
     assert len(keys_a) >= 40 and keys_a == keys_b
     assert {m for m, _ in keys_a.values()} == {"alice", "bob"}   # both ends master some
