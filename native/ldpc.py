@@ -159,21 +159,43 @@ class LdpcDecoder:
             llr = np.log1p(-p) - np.log(p)  # p = 0: +inf, p = 1: -inf (clipped in C)
         return self.decode_llr(syndrome, llr, max_iter)
 
-    def decode_llr(self, syndrome: Any, llr: Any,
-                   max_iter: int = 100) -> tuple[np.ndarray, bool, int]:
+    def workspace(self) -> np.ndarray:
+        """A fresh workspace for :meth:`decode_llr` (float32; its contents are the decoder's
+        state after a call, which ``resume`` continues from)."""
+        return np.zeros(self._work_size, dtype=np.float32)
+
+    def decode_llr(self, syndrome: Any, llr: Any, max_iter: int = 100, patience: int = 0, *,
+                   work: np.ndarray | None = None,
+                   resume: bool = False) -> tuple[np.ndarray, bool, int]:
         """As :meth:`decode` with channel log-likelihood ratios ln(P(e_v = 0)/P(e_v = 1))
-        (dimensionless, ±inf allowed and clipped to ±50, NaN rejected)."""
+        (dimensionless, ±inf allowed and clipped to ±50, NaN rejected). ``patience`` > 0 gives
+        up (not converged) once the count of unsatisfied checks has not reached a new low for
+        that many iterations in a row; 0 runs to convergence or ``max_iter``.
+
+        ``work`` (from :meth:`workspace`) keeps the messages after the call; ``resume=True``
+        continues from them instead of starting afresh: the same ``syndrome`` as that call,
+        ``llr`` the channel LLRs now (e.g. with bits revealed since), counted in
+        ``iterations`` from 0 again."""
         s = self._syndrome(syndrome)
         x = self._vector("llr", llr)
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) \
-                or not 0 <= max_iter < 2**31:
-            raise ValueError(f"max_iter must be an integer in [0, 2^31), got {max_iter!r}")
+        for name, value in (("max_iter", max_iter), ("patience", patience)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) \
+                    or not 0 <= value < 2**31:
+                raise ValueError(f"{name} must be an integer in [0, 2^31), got {value!r}")
         e = np.empty(self.n, dtype=np.uint8)
-        work = np.empty(self._work_size, dtype=np.float32)
+        if work is None:
+            if resume:
+                raise ValueError("resume needs the work array of the call to continue")
+            work = np.empty(self._work_size, dtype=np.float32)
+        elif (not isinstance(work, np.ndarray) or work.dtype != np.float32
+              or work.shape != (self._work_size,) or not work.flags.c_contiguous
+              or not work.flags.writeable):
+            raise ValueError("work must come from this decoder's workspace()")
         conv, iters = _ffi.new("int32_t *"), _ffi.new("int32_t *")
         rc = _lib.qn_ldpc_decode(self._d, _ffi.cast("float *", work.ctypes.data), work.size,
                                  _ffi.cast("uint8_t *", s.ctypes.data),
                                  _ffi.cast("double *", x.ctypes.data), int(max_iter),
+                                 int(patience), int(bool(resume)),
                                  _ffi.cast("uint8_t *", e.ctypes.data), conv, iters)
         if rc != _lib.QN_OK:
             raise ValueError(f"qn_ldpc_decode: invalid arguments (code {rc})")

@@ -1953,7 +1953,10 @@ void qn_ldpc_shape(const qn_ldpc *d, int64_t *out) {
     out[4] = d->kernel;
 }
 
-int64_t qn_ldpc_work_size(const qn_ldpc *d) { return d->nnz + 8 + d->n + 2 * d->scratch; }
+/* r (nnz + 8), l (n), the channel LLRs of the last call (n), two row scratches */
+int64_t qn_ldpc_work_size(const qn_ldpc *d) {
+    return d->nnz + 8 + 2 * d->n + 2 * d->scratch;
+}
 
 /* Does the hard decision (L < 0 -> 1) satisfy every check? */
 static int ld_syndrome_ok(const qn_ldpc *d, const float *l, const uint8_t *s) {
@@ -2110,25 +2113,29 @@ LD_AVX static int64_t ld_iterate_avx2(const qn_ldpc *restrict d, const ld_work *
 #endif
 
 int qn_ldpc_decode(const qn_ldpc *d, float *work, int64_t work_size, const uint8_t *syndrome,
-                   const double *llr, int32_t max_iter, uint8_t *error, int32_t *converged,
-                   int32_t *iterations) {
+                   const double *llr, int32_t max_iter, int32_t patience, int32_t resume,
+                   uint8_t *error, int32_t *converged, int32_t *iterations) {
     *converged = 0;
     *iterations = 0;
-    if (max_iter < 0 || work_size < qn_ldpc_work_size(d)) return QN_EARG;
-    const ld_work w = {work, work + d->nnz + 8, work + d->nnz + 8 + d->n,
-                       work + d->nnz + 8 + d->n + d->scratch};
+    if (max_iter < 0 || patience < 0 || work_size < qn_ldpc_work_size(d)) return QN_EARG;
+    float *channel = work + d->nnz + 8 + d->n;
+    const ld_work w = {work, work + d->nnz + 8, channel + d->n, channel + d->n + d->scratch};
     for (int64_t j = 0; j < d->m; j++)
         if (syndrome[j] > 1) return QN_EARG;
     for (int64_t v = 0; v < d->n; v++)
         if (isnan(llr[v])) return QN_EARG;
     for (int64_t v = 0; v < d->n; v++) {
         const double x = llr[v];
-        w.l[v] = (float)(x > LD_LMAX ? LD_LMAX : x < -LD_LMAX ? -LD_LMAX : x);
+        const float c = (float)(x > LD_LMAX ? LD_LMAX : x < -LD_LMAX ? -LD_LMAX : x);
+        /* resume: the posterior keeps the check messages and takes the channel's change */
+        w.l[v] = resume ? w.l[v] + (c - channel[v]) : c;
+        channel[v] = c;
     }
-    memset(w.r, 0, sizeof(float) * (size_t)(d->nnz + 8));
+    if (!resume) memset(w.r, 0, sizeof(float) * (size_t)(d->nnz + 8));
     int ok = ld_syndrome_ok(d, w.l, syndrome);
-    int32_t it = 0;
-    while (!ok && it < max_iter) {
+    int32_t it = 0, since_best = 0;
+    int64_t best_unsat = d->m + 1;
+    while (!ok && it < max_iter && (patience == 0 || since_best < patience)) {
         int64_t sat;
 #ifdef QN_HAVE_AVX2
         if (d->kernel == 3)
@@ -2139,6 +2146,12 @@ int qn_ldpc_decode(const qn_ldpc *d, float *work, int64_t work_size, const uint8
                                                : ld_iterate_tab(d, &w, syndrome);
         it++;
         if (sat == d->m) ok = ld_syndrome_ok(d, w.l, syndrome);
+        if (d->m - sat < best_unsat) {
+            best_unsat = d->m - sat;
+            since_best = 0;
+        } else {
+            since_best++;
+        }
     }
     for (int64_t v = 0; v < d->n; v++) error[v] = (uint8_t)(w.l[v] < 0.0f);
     *converged = ok;

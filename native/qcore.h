@@ -181,10 +181,14 @@ int64_t qn_ldpc_work_size(const qn_ldpc *d);
  * QN_EARG); error: n bytes out (the hard decision, also when not
  * converged); *converged = 1 when H error = syndrome; *iterations run (0 when the channel's hard
  * decision already satisfies it). Stops at the first iteration whose hard decision satisfies
- * the syndrome, or after max_iter >= 0 iterations. */
+ * the syndrome, after max_iter >= 0 iterations, or (patience > 0) when the count of
+ * unsatisfied checks has not reached a new low for patience iterations in a row: a frame
+ * stuck at that point seldom converges later (patience 0: no such stop). resume != 0 continues
+ * from the messages a previous call left in work (same decoder, same syndrome): the posteriors
+ * take only the change of the channel LLRs, e.g. bits revealed since. */
 int qn_ldpc_decode(const qn_ldpc *d, float *work, int64_t work_size, const uint8_t *syndrome,
-                   const double *llr, int32_t max_iter, uint8_t *error, int32_t *converged,
-                   int32_t *iterations);
+                   const double *llr, int32_t max_iter, int32_t patience, int32_t resume,
+                   uint8_t *error, int32_t *converged, int32_t *iterations);
 void qn_ldpc_free(qn_ldpc *d);
 /* CDEF-END */
 

@@ -19,7 +19,7 @@ import scipy.sparse as sp  # type: ignore[import-untyped]
 from ldpc import BpDecoder
 
 from qnode import native
-from qnode.daemon.qkd import reconcile as rc
+from qnode.daemon.qkd import ldpc_codes, reconcile as rc
 from qnode.native.ldpc import KERNELS, LdpcDecoder
 
 SURE, UNKNOWN = 1e-12, 0.5
@@ -39,8 +39,7 @@ def _frame_setup(q: float, frame: int, efficiency: float | None = None,
     n = int(rc.FILL * frame)
     plan = rc.choose_plan(q, n, frame=frame, efficiency=efficiency, seed=seed)
     code = plan.code()
-    free = frame - plan.key_lengths()[0]
-    punct, key = code.puncture[:plan.punctured], np.sort(code.puncture[free:])
+    punct, key = rc.frame_layout(plan, 0)
     channel = np.full(frame, SURE)
     channel[key] = q
     channel[punct] = UNKNOWN
@@ -289,3 +288,81 @@ def test_bad_inputs_raise_value_error() -> None:
         LdpcDecoder(np.ones(4, dtype=np.uint8))
     with pytest.raises(ValueError, match="kernel"):
         LdpcDecoder(HAMMING, kernel="fast")
+
+
+def test_resume_continues_the_same_iterations() -> None:
+    """Stopping after a few iterations and resuming with the same channel gives exactly what one
+    longer call gives (the workspace is the whole decoder state)."""
+    h, channel, key, punct = _frame_setup(0.03, 1 << 13, efficiency=1.4)
+    dec = LdpcDecoder(h)
+    rng = np.random.default_rng(3)
+    llr = np.log1p(-channel) - np.log(channel)
+    for _ in range(20):  # a frame that converges, in more than a few iterations
+        e, s = _draw(rng, h, 0.03, key, punct)
+        whole, ok_whole, it_whole = dec.decode_llr(s, llr, 60)
+        if ok_whole and it_whole > 4:
+            break
+    assert ok_whole and np.array_equal(whole, e) and it_whole > 4
+    work = dec.workspace()
+    _, ok_first, it_first = dec.decode_llr(s, llr, 3, work=work)
+    assert not ok_first and it_first == 3
+    rest, ok_rest, it_rest = dec.decode_llr(s, llr, 60, work=work, resume=True)
+    assert ok_rest and np.array_equal(rest, whole) and it_first + it_rest == it_whole
+
+
+def test_resume_takes_revealed_bits() -> None:
+    """A frame that fails with its padding unknown decodes when resumed with part of the padding
+    now known (the blind round of reconcile)."""
+    # the 4 % code in a 2^13 frame, punctured down to f = 1.0 at Q = 3 %; all padding known
+    # brings it to f = 1.41
+    frame, n = 1 << 13, int(rc.FILL * (1 << 13))
+    fam = next(i for i, d in enumerate(ldpc_codes.FAMILY) if d.design_qber == 0.04)
+    m = ldpc_codes.parity_check(fam, frame, 1).m
+    h_q = -(0.03 * np.log2(0.03) + 0.97 * np.log2(0.97))  # binary entropy, bits
+    plan = rc.Plan(n=n, family=fam, frame=frame, seed=1, frames=1,
+                   punctured=m - round(n * h_q))
+    punct, key = rc.frame_layout(plan, 0)
+    h = plan.code().h
+    channel = np.full(frame, SURE)
+    channel[key], channel[punct] = 0.03, UNKNOWN
+    dec = LdpcDecoder(h)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        e, s = _draw(rng, h, 0.03, key, punct)
+        llr = np.log1p(-channel) - np.log(channel)
+        work = dec.workspace()
+        if dec.decode_llr(s, llr, 50, 10, work=work)[1]:
+            continue
+        known = llr.copy()
+        known[punct] = np.where(e[punct] == 1, -50.0, 50.0)
+        d, ok, _ = dec.decode_llr(s, known, 50, work=work, resume=True)
+        assert ok and np.array_equal(d, e)
+        return
+    pytest.fail("no frame failed at f = 1.0")
+
+
+def test_patience_gives_up_on_a_hopeless_frame() -> None:
+    """Far above the code's QBER the count of unsatisfied checks stalls: with patience the
+    decoder stops early, without it it runs to max_iter."""
+    h, channel, key, punct = _frame_setup(0.02, 1 << 13)
+    dec = LdpcDecoder(h)
+    e, s = _draw(np.random.default_rng(9), h, 0.15, key, punct)
+    llr = np.log1p(-channel) - np.log(channel)
+    _, ok, its = dec.decode_llr(s, llr, 200)
+    assert not ok and its == 200
+    _, ok, its = dec.decode_llr(s, llr, 200, patience=8)
+    assert not ok and 8 <= its < 200
+
+
+def test_workspace_misuse_raises() -> None:
+    h, channel, key, punct = _frame_setup(0.03, 1 << 13)
+    dec = LdpcDecoder(h)
+    e, s = _draw(np.random.default_rng(1), h, 0.03, key, punct)
+    llr = np.log1p(-channel) - np.log(channel)
+    with pytest.raises(ValueError, match="resume"):
+        dec.decode_llr(s, llr, 10, resume=True)
+    for bad in (np.zeros(10, np.float32), dec.workspace().astype(np.float64)):
+        with pytest.raises(ValueError, match="workspace"):
+            dec.decode_llr(s, llr, 10, work=bad)
+    with pytest.raises(ValueError, match="patience"):
+        dec.decode_llr(s, llr, 10, patience=-1)
