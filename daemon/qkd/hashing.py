@@ -10,9 +10,10 @@ the seed. That one property serves twice:
 * **privacy amplification** — the leftover hash lemma turns a block with enough smooth
   min-entropy into ``m`` = ℓ nearly uniform bits (ℓ from :mod:`.finite_key`).
 
-T·x is a slice of the convolution of ``seed`` and x, computed with real FFTs in float64: every
-sum is an integer of at most n, and the transforms' rounding error stays far below 1/2 for the
-blocks used here (the tests check the products bit for bit against exact ones up to 4·10⁶ bits).
+T·x is a slice of the (circular) convolution of ``seed`` and x, computed with real FFTs in
+float64 (or, for a short tag, one float32 matrix-vector product): every sum is an integer of at
+most n, and the rounding error stays far below 1/2 for the blocks used here (the tests check
+the products bit for bit against exact ones up to 4·10⁶ bits).
 :func:`expand_seed` turns a short public seed into the n + m − 1 bits with SHAKE-256 (FIPS 202),
 so that a block's messages carry 32 bytes instead of a second block; the choice of the hash is
 then pseudo-random (docs/physicists/keys.md states the assumption).
@@ -23,6 +24,7 @@ import hashlib
 import math
 
 import numpy as np
+import scipy.fft  # type: ignore[import-untyped]
 
 #: Bytes of the public seed a hash is expanded from (:func:`expand_seed`).
 SEED_BYTES = 32
@@ -71,14 +73,20 @@ def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, m: int, *,
     if s.size != n + m - 1:
         raise ValueError(f"a {m} x {n} Toeplitz matrix needs {n + m - 1} seed bits, got {s.size}")
     if method == "direct" or (method == "auto" and m <= DIRECT_MAX_BITS):
-        # y_i = sum_j r[m - 1 - i + j] x_j with r the reversed seed: one dot product per bit
-        r, xf = s[::-1].astype(np.float64), x.astype(np.float64)
-        sums = [np.dot(r[m - 1 - i:m - 1 - i + n], xf) for i in range(m)]
+        # y_i = sum_j r[m - 1 - i + j] x_j with r the reversed seed: the rows of r's sliding
+        # windows times x, one matrix-vector product. Every partial sum is an integer <= n, so
+        # float32 is exact up to 2^24 bits
+        dtype = np.float32 if n <= 1 << 24 else np.float64
+        r, xf = s[::-1].astype(dtype), x.astype(dtype)
+        sums = (np.lib.stride_tricks.sliding_window_view(r, n) @ xf)[::-1]
         return (np.rint(sums).astype(np.int64) & 1).astype(np.uint8)
-    # y_i = sum_j s[i - j + n - 1] x_j = (s * x)[i + n - 1], the full convolution's middle
-    size = 1 << math.ceil(math.log2(s.size + n - 1))
-    conv = np.fft.irfft(np.fft.rfft(s.astype(np.float64), size)
-                        * np.fft.rfft(x.astype(np.float64), size), size)
+    # y_i = sum_j s[i - j + n - 1] x_j = (s * x)[i + n - 1]. A circular convolution of any
+    # length L >= n + m - 1 gives it: the seed index i - j + n - 1 lies in [0, n + m - 2] for
+    # every term, so nothing wraps; L is the next length with small prime factors (a third of
+    # the power of two that holds the full linear convolution)
+    size = scipy.fft.next_fast_len(n + m - 1, real=True)
+    conv = scipy.fft.irfft(scipy.fft.rfft(s.astype(np.float64), size)
+                           * scipy.fft.rfft(x.astype(np.float64), size), size)
     return (np.rint(conv[n - 1:n - 1 + m]).astype(np.int64) & 1).astype(np.uint8)
 
 
