@@ -32,8 +32,7 @@ def frames_for(q: float, frame: int, count: int, efficiency: float | None, seed:
     n = int(rc.FILL * frame)
     plan = rc.choose_plan(q, n, frame=frame, efficiency=efficiency)
     code = plan.code()
-    free = frame - plan.key_lengths()[0]
-    punct, key = code.puncture[:plan.punctured], code.puncture[free:]
+    punct, key = rc.frame_layout(plan, 0)
     channel = np.full(frame, 1e-12)
     channel[key] = q
     channel[punct] = 0.5

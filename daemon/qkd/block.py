@@ -71,8 +71,8 @@ class KeyParams:
     min_bits: int = 10_000
     #: the f_EC the first decoding of a chunk aims at, and the share of n·h(Q) each further
     #: round reveals (blind reconciliation; docs/physicists/error-correction.md)
-    ec_start_efficiency: float = 1.13
-    ec_step_efficiency: float = 0.02
+    ec_start_efficiency: float = 1.08
+    ec_step_efficiency: float = 0.015
     #: reveal rounds per block at most (a channel far worse than estimated ends sooner)
     ec_max_rounds: int = 24
     #: the code draw both ends use
@@ -235,10 +235,27 @@ def _disclosed(n: int, leak_ec: int, eps_cor: float) -> int:
     return leak_ec + verification_bits(eps_cor) + 2 * _count_bits(n)
 
 
+#: a chunk should fill at least this share of its frame with key bits: the syndrome of a frame
+#: has the same length however few key bits it carries, so a sparsely filled frame reaches a
+#: given leak per key bit only with a higher-rate code or more punctured bits
+MIN_FRAME_FILL = 0.75
+
+
 def chunk_sizes(n: int) -> list[int]:
-    """A block of ``n`` bits cut into chunks of one code frame each (as equal as possible)."""
-    cap = int(reconcile.FILL * reconcile.DEFAULT_FRAME)
-    k = max(1, math.ceil(n / cap))
+    """A block of ``n`` bits cut into chunks of one code frame each (as equal as possible): in
+    the longest frame up to :data:`reconcile.DEFAULT_FRAME` that the chunks fill to at least
+    :data:`MIN_FRAME_FILL` (longer frames decode closer to the Shannon limit), else in the
+    frame they fill best."""
+    frames = [f for f in reconcile.FRAMES if 1 << 13 <= f <= reconcile.DEFAULT_FRAME]
+
+    def count(frame: int) -> int:
+        return max(1, math.ceil(n / (reconcile.FILL * frame)))
+
+    def fill(frame: int) -> float:
+        return n / count(frame) / frame
+
+    good = [f for f in frames if fill(f) >= MIN_FRAME_FILL]
+    k = count(max(good) if good else max(frames, key=lambda f: (fill(f), f)))
     base, extra = divmod(n, k)
     return [base + (1 if i < extra else 0) for i in range(k)]
 
@@ -415,8 +432,11 @@ class BlockFollower:
     then :meth:`finish`. A message that does not fit makes this end answer ``ok: false`` and
     end with a ``protocol_error`` result (the leader then aborts)."""
 
-    #: at most this many chunks in one block (2²² bits in frames of 2¹⁵)
+    #: at most this many chunks in one block (2²² bits take 36 chunks of 2¹⁷-bit frames)
     MAX_CHUNKS = 256
+    #: bytes of decoder messages kept for failed chunks' next blind round (about 4 MB per
+    #: 2¹⁷-bit frame); chunks beyond it start their next round afresh
+    MAX_KEPT_BYTES = 64 << 20
 
     def __init__(self, block: SiftedBlock, params: KeyParams):
         self.block, self.params = block, params
@@ -426,6 +446,7 @@ class BlockFollower:
         self._syndromes: list[np.ndarray] = []
         self._revealed: list[np.ndarray | None] = []
         self._decoded: list[np.ndarray | None] = []
+        self._states: list[np.ndarray | None] = []
         self._qber = 0.0
         self._seed = b""
         self._errors = (0, 0)
@@ -473,6 +494,7 @@ class BlockFollower:
         self._spent = [0] * len(self.plans)
         self._revealed = [None] * len(self.plans)
         self._decoded = [None] * len(self.plans)
+        self._states = [None] * len(self.plans)
         return self._decode(range(len(self.plans))), None
 
     def on_reveal(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], BlockResult | None]:
@@ -508,7 +530,7 @@ class BlockFollower:
         for c, plan, syndrome in zip(replanned, new_plans, new_syndromes, strict=True):
             self._spent[c] += self.plans[c].leak_bits(self.rounds[c])
             self.plans[c], self.rounds[c], self._revealed[c] = plan, 0, None
-            self._syndromes[c] = syndrome
+            self._syndromes[c], self._states[c] = syndrome, None
         return self._decode(sorted(chunks + replanned)), None
 
     def _new_plans(self, body: Mapping[str, Any], replanned: list[int]
@@ -533,9 +555,15 @@ class BlockFollower:
         bounds = _bounds([p.n for p in self.plans])
         for c in chunks:
             lo, hi = bounds[c]
+            # a failed chunk keeps its decoder's messages for the next round (bounded)
+            fits = (self._states[c] is not None
+                    or sum(st.nbytes for st in self._states if st is not None)
+                    < self.MAX_KEPT_BYTES)
+            states = [self._states[c]]
             self._decoded[c] = reconcile.correct(self.plans[c], b.bits[lo:hi],
                                                  self._syndromes[c], self._qber,
-                                                 revealed=self._revealed[c])
+                                                 revealed=self._revealed[c], states=states)
+            self._states[c] = states[0] if self._decoded[c] is None and fits else None
         failed = [c for c, d in enumerate(self._decoded) if d is None]
         if failed:
             return {"block": str(b.block_id), "round": self._reveals, "failed": failed}

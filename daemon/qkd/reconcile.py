@@ -39,11 +39,14 @@ import numpy as np
 from qnode.daemon.qkd.ldpc_codes import FAMILY, Code, parity_check
 from qnode.native.ldpc import LdpcDecoder
 
-PLAN_VERSION = 1
+#: 2: the density-evolution code family and its construction; a peer on another version builds
+#: other matrices, so its plans are refused instead of failing to decode
+PLAN_VERSION = 2
 #: Frame lengths (bits) a plan may use; both ends must accept the leader's choice.
 FRAMES = (1 << 12, 1 << 13, 1 << 14, 1 << 15, 1 << 16, 1 << 17)
-#: Default frame for long blocks: efficiency grows with the frame, decoder speed per bit falls.
-DEFAULT_FRAME = 1 << 15
+#: Default frame for long blocks: efficiency grows with the frame (the codes' finite-length
+#: loss shrinks), decoder memory grows with it.
+DEFAULT_FRAME = 1 << 17
 #: At most this fraction of a frame carries key bits (the rest is punctured or shortened).
 FILL = 0.92
 #: Decoder settings: sum-product (layered, qnode.native.LdpcDecoder). Normalised min-sum lost
@@ -52,9 +55,15 @@ FILL = 0.92
 #: frame that fails, common in blind rounds, costs all of them; at 3 % on 2²⁰-bit blocks 50
 #: instead of 100 kept f_EC (1.145) and raised throughput by 40 %.
 MAX_ITER = 50
+#: give a frame up once its count of unsatisfied checks has not reached a new low for this many
+#: iterations (qnode.native.LdpcDecoder ``patience``): a frame that fails, common in blind
+#: rounds, then costs about this many iterations instead of MAX_ITER
+PATIENCE = 10
 QBER_MIN, QBER_MAX = 1e-3, 0.15
-#: blind rounds a plan leaves room for in its punctured bits (when blind rounds are asked for)
+#: blind rounds a plan leaves room for in its punctured bits (when blind rounds are asked for),
+#: at least; and how far above the start efficiency its padding should reach, at most
 BLIND_ROOM_STEPS = 2
+BLIND_REACH = 0.10
 _SURE = 1e-12  # channel error probability of a shortened (known) bit
 _UNKNOWN = 0.5  # ... of a punctured bit
 
@@ -68,14 +77,16 @@ def _h(q: float) -> float:
 
 def target_efficiency(qber: float, frame: int) -> float:
     """The f_EC a one-way plan aims at for an estimated ``qber`` in a ``frame``-bit frame: the
-    smallest f at which the codes decoded with a frame error rate of a few per cent in
-    ``benchmarks/qkd_reconcile.py`` (measured; larger at low QBER and in short frames)."""
+    smallest f at which the codes decoded with a frame error rate of about 5 % (measured with
+    ``benchmarks/ldpc_decoder.py``-style runs of 16–24 frames; larger at low QBER and in short
+    frames)."""
     q = min(max(qber, 0.005), 0.11)
-    # measured (qber, f) for a 2^15 frame: docs/physicists/error-correction.md
-    qs, fs = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.11), (1.45, 1.30, 1.20, 1.17, 1.15, 1.13, 1.13)
+    # measured (qber, f) for a 2^17 frame: docs/physicists/error-correction.md
+    qs, fs = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.11), (1.30, 1.24, 1.14, 1.12, 1.09, 1.08, 1.12)
     f = float(np.interp(q, qs, fs))
-    # shorter frames: a larger margin (finite-length loss grows roughly as N^-1/2)
-    return f + 0.8 * (f - 1.0) * (math.sqrt(DEFAULT_FRAME / frame) - 1.0)
+    # shorter frames: a larger margin (finite-length loss grows roughly as N^-1/2; 0.42 fits
+    # the 5 % points measured at 3 % in frames of 2^15 (1.17) and 2^14 (1.22))
+    return f + 0.42 * (f - 1.0) * (math.sqrt((1 << 17) / frame) - 1.0)
 
 
 @dataclass(frozen=True)
@@ -188,15 +199,28 @@ def choose_plan(qber_estimate: float, n: int, *, frame: int | None = None,
     free = frame - n_frame
     # the least punctured code that fits, with room for BLIND_ROOM_STEPS blind rounds: a code
     # with (almost) nothing punctured has nothing to reveal, and a frame it fails is re-planned
-    # one-way at a far higher leak
-    room = BLIND_ROOM_STEPS * round(step_efficiency * n_frame * _h(q))
+    # one-way at a far higher leak. A code that would need more punctured bits than the frame
+    # has free positions starts above the asked leak, with the frame's free bits punctured; it
+    # is taken when no code leaves the room at the asked leak, the one closest to it.
+    room = 0
+    if step_efficiency > 0:
+        # padding to reveal up to the one-way target of this frame length (short frames need
+        # more), at least BLIND_ROOM_STEPS steps, at most BLIND_REACH above the start: more
+        # would force a heavily punctured lower-rate code on the first round where the target
+        # is far (at 1 %, f = 1.24)
+        reach = min(target_efficiency(q, frame) - f, BLIND_REACH) * n_frame * _h(q)
+        room = max(BLIND_ROOM_STEPS * round(step_efficiency * n_frame * _h(q)), round(reach))
     best: tuple[int, int] | None = None
+    best_key: tuple[int, int] | None = None
     for least in (room, 0):
         for fam in range(len(FAMILY)):
             m = round(frame * (1.0 - FAMILY[fam].design_rate()))
-            p = round(m - want)
-            if least <= p <= free and (best is None or p < best[1]):
-                best = (fam, p)
+            p = min(round(m - want), free)
+            if p < least:
+                continue
+            key = (m - p, p)  # the leak first (never below the asked one), then puncturing
+            if best_key is None or key < best_key:
+                best, best_key = (fam, p), key
         if best is not None:
             break
     if best is None:
@@ -229,13 +253,28 @@ def _as_bits(name: str, bits: np.ndarray, length: int) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
-def _layout(plan: Plan, code: Code, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(punctured positions, key positions) of one frame; the shortened ones are the rest."""
-    n_key = plan.key_lengths()[frame_index]
-    free = plan.frame - n_key
-    punct = code.puncture[:plan.punctured]
-    key = np.sort(code.puncture[free:])
+@functools.lru_cache(maxsize=64)
+def _positions(family: int, frame: int, seed: int, n_key: int,
+               punctured: int) -> tuple[np.ndarray, np.ndarray]:
+    """(punctured positions in revealing order, key positions ascending) of a frame layout,
+    read-only: the first ``punctured`` of the code's untainted puncturing order, then the
+    shortened ones drawn from the others in the code's random shortening order, and the rest
+    carry key bits."""
+    code = parity_check(family, frame, seed)
+    punct = code.puncture[:punctured]
+    rest = code.shorten[~np.isin(code.shorten, punct)]
+    key = np.sort(rest[frame - n_key - punctured:])
+    punct.setflags(write=False)
+    key.setflags(write=False)
     return punct, key
+
+
+def frame_layout(plan: Plan, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(punctured positions, key positions) of one frame of ``plan`` (read-only int64 arrays;
+    the shortened positions are the rest): key bit i of the frame sits at position
+    ``key[i]``, padding bit j at ``punctured[j]`` (the last ones are revealed first)."""
+    return _positions(plan.family, plan.frame, plan.seed, plan.key_lengths()[frame_index],
+                      plan.punctured)
 
 
 def draw_padding(plan: Plan, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -262,7 +301,7 @@ def syndrome(plan: Plan, bits: np.ndarray, padding: np.ndarray | None = None) ->
     out = np.empty((plan.frames, code.m), dtype=np.uint8)
     start = 0
     for i, n_key in enumerate(plan.key_lengths()):
-        punct, key = _layout(plan, code, i)
+        punct, key = frame_layout(plan, i)
         word = np.zeros(plan.frame, dtype=np.uint8)
         word[key] = x[start:start + n_key]
         word[punct] = pad[i]
@@ -292,8 +331,7 @@ def _channel_llr(family: int, frame: int, seed: int, q: float, n_key: int, punct
                  revealed: int) -> np.ndarray:
     """Channel LLRs ln((1 − p)/p) of one frame layout (read-only): key bits p = q, unrevealed
     punctured bits p = 0.5 (LLR 0), shortened and revealed ones p = 1e-12."""
-    order = parity_check(family, frame, seed).puncture  # as _layout
-    punct, key = order[:punctured], order[frame - n_key:]
+    punct, key = _positions(family, frame, seed, n_key, punctured)
     channel = np.full(frame, _SURE)
     channel[key] = q
     channel[punct[:punctured - revealed]] = _UNKNOWN
@@ -303,18 +341,24 @@ def _channel_llr(family: int, frame: int, seed: int, q: float, n_key: int, punct
 
 
 def correct(plan: Plan, bits: np.ndarray, syndrome: np.ndarray, qber_estimate: float,
-            revealed: np.ndarray | None = None) -> np.ndarray | None:
+            revealed: np.ndarray | None = None,
+            states: list[np.ndarray | None] | None = None) -> np.ndarray | None:
     """Bob's bits corrected to Alice's (uint8, n), or None when belief propagation did not
     reach a word with Alice's syndrome in some frame.
 
     ``syndrome``: Alice's (:func:`syndrome`); ``qber_estimate``: the error probability the
     decoder assumes for key bits; ``revealed``: Alice's disclosures so far (:func:`reveal`),
-    None in the first round."""
+    None in the first round. ``states``: one entry per frame, to carry the decoder's messages
+    from round to round: None entries get a fresh workspace, and a frame whose entry is set
+    from an earlier call with this plan and syndrome resumes from it (a revealed bit only
+    changes its channel LLR, so the frame picks up where it stopped)."""
     code = plan.code()
     x = _as_bits("bits", bits, plan.n)
     s = _as_bits("syndrome", syndrome, plan.syndrome_bits()).reshape(plan.frames, code.m)
     if not (math.isfinite(qber_estimate) and 0.0 <= qber_estimate < 0.5):
         raise ValueError(f"qber_estimate must lie in [0, 0.5), got {qber_estimate}")
+    if states is not None and len(states) != plan.frames:
+        raise ValueError(f"states must have one entry per frame ({plan.frames})")
     q = min(max(qber_estimate, QBER_MIN), 0.49)
     k = 0
     if revealed is not None:
@@ -329,14 +373,25 @@ def correct(plan: Plan, bits: np.ndarray, syndrome: np.ndarray, qber_estimate: f
     out = np.empty(plan.n, dtype=np.uint8)
     start = 0
     for i, n_key in enumerate(plan.key_lengths()):
-        punct, key = _layout(plan, code, i)
+        punct, key = frame_layout(plan, i)
         llr = _channel_llr(plan.family, plan.frame, plan.seed, q, n_key, plan.punctured, k)
+        if k:
+            # the word Bob decodes keeps 0 at every punctured position, so the syndrome
+            # difference stays that of the first round; a revealed bit is then an error bit
+            # known for sure: its LLR carries the revealed value
+            llr = llr.copy()
+            llr[punct[plan.punctured - k:]] *= 1.0 - 2.0 * rev[i]
         word = np.zeros(plan.frame, dtype=np.uint8)
         word[key] = x[start:start + n_key]
-        if k:
-            word[punct[plan.punctured - k:]] = rev[i]
         diff = s[i] ^ ((code.h @ word) & 1)
-        err, converged, _ = dec.decode_llr(diff, llr, MAX_ITER)
+        if states is None:
+            err, converged, _ = dec.decode_llr(diff, llr, MAX_ITER, PATIENCE)
+        else:
+            resume = states[i] is not None
+            if states[i] is None:
+                states[i] = dec.workspace()
+            err, converged, _ = dec.decode_llr(diff, llr, MAX_ITER, PATIENCE, work=states[i],
+                                               resume=resume)
         if not converged:
             return None
         out[start:start + n_key] = x[start:start + n_key] ^ err[key]

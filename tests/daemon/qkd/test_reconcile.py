@@ -48,7 +48,7 @@ def test_blind_rounds_give_identical_keys(q: float, f_bound: float) -> None:
 def test_one_way_large_block_over_several_frames() -> None:
     rng = np.random.default_rng(5)
     n = 100_000
-    plan = rc.choose_plan(0.03, n, efficiency=1.25)
+    plan = rc.choose_plan(0.03, n, frame=1 << 15, efficiency=1.25)
     assert plan.frames > 1 and sum(plan.key_lengths()) == n
     xa, xb, q_true = _pair(rng, n, 0.03)
     s = rc.syndrome(plan, xa)
@@ -59,20 +59,21 @@ def test_one_way_large_block_over_several_frames() -> None:
 
 
 def test_efficiency_at_three_percent() -> None:
-    """Blind reconciliation in 2^15-bit frames: measured f_EC 1.12–1.16 per block (mean 1.14;
-    the goal 1.10 is not reached); asserted mean ≤ 1.17 over these blocks."""
+    """Blind reconciliation in 2^17-bit frames from the key blocks' start (f = 1.08, steps of
+    1.5 % of n·h(Q)): measured f_EC 1.08–1.11 per frame (the goal is 1.10); asserted mean
+    ≤ 1.12 over these frames."""
     rng = np.random.default_rng(33)
-    n = int(rc.FILL * (1 << 15))
-    plan = rc.choose_plan(0.03, n, frame=1 << 15, efficiency=1.06, step_efficiency=0.02)
+    n = int(rc.FILL * (1 << 17))
+    plan = rc.choose_plan(0.03, n, frame=1 << 17, efficiency=1.08, step_efficiency=0.015)
     effs, wrong = [], 0
-    for _ in range(4):
+    for _ in range(3):
         xa, xb, q_true = _pair(rng, n, 0.03)
         out, rounds = _blind(plan, xa, xb, 0.03, rng)
         assert out is not None
         wrong += int(not np.array_equal(out, xa))
         effs.append(rc.efficiency(plan.leak_bits(rounds), n, q_true))
     assert wrong == 0
-    assert float(np.mean(effs)) <= 1.17
+    assert float(np.mean(effs)) <= 1.12, effs
 
 
 def test_failure_is_none_not_a_wrong_key() -> None:
