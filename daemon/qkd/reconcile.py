@@ -233,8 +233,8 @@ def choose_plan(qber_estimate: float, n: int, *, frame: int | None = None,
     code = parity_check(fam, frame, seed)
     p = min(p, code.untainted, code.m - 1)
     step = 0
-    if step_efficiency > 0:
-        step = max(1, min(p, round(step_efficiency * n_frame * _h(q))))
+    if step_efficiency > 0:  # nothing punctured (p = 0): nothing to reveal, one-way
+        step = min(p, max(1, round(step_efficiency * n_frame * _h(q))))
     return Plan(n=n, family=fam, frame=frame, seed=seed, frames=frames, punctured=p, step=step)
 
 

@@ -45,6 +45,18 @@ def test_blind_rounds_give_identical_keys(q: float, f_bound: float) -> None:
         assert rc.efficiency(plan.leak_bits(rounds), n, q_true) <= f_bound
 
 
+def test_every_qber_and_length_gets_a_valid_plan() -> None:
+    """Over the whole QBER range a chunk's plan can be asked for (re-plans escalate the QBER up
+    to QBER_MAX), with and without blind rounds, choose_plan returns a plan that validates
+    (a plan with nothing punctured once had step 1 > punctured 0 and raised in the leader)."""
+    for n in (7_000, 26_215):
+        for q in np.linspace(0.0, 0.2, 41):
+            for step in (0.0, 0.015, 0.05):
+                plan = rc.choose_plan(float(q), n, step_efficiency=step)
+                assert 0 <= plan.step <= plan.punctured
+                assert plan.leak_bits(plan.max_rounds()) >= plan.leak_bits(0)
+
+
 def test_one_way_large_block_over_several_frames() -> None:
     rng = np.random.default_rng(5)
     n = 100_000
