@@ -9,10 +9,17 @@ domain:
   decoding of LDPC codes", IEEE SiPS 2004; converges in about half the iterations of flooding);
 * sum-product check rule, R = ±φ(Σ φ(|t_i|)) with φ(x) = −ln tanh(x/2) (Gallager 1963; MacKay
   and Neal 1996; Kschischang, Frey, Loeliger, IEEE Trans. Inf. Theory 47, 2001), the sign
-  flipped for checks with s_j = 1; φ from a table of 64 chords per octave (absolute error
-  ≤ ~3e-5), or exactly (``kernel="exact"``, libm, slower: for validation); the table kernel
-  runs 8 edges per step with AVX2 gathers when the CPU has AVX2 and FMA (``kernel="auto"``),
-  else scalar (``kernel="scalar"``);
+  flipped for checks with s_j = 1. Kernels (:data:`KERNELS`; "auto" takes the widest this CPU
+  runs, :func:`supported_kernels`):
+
+  - "avx512": 16 edges a step; φ by a degree-5 polynomial per octave of x, its coefficients
+    picked from registers by two-source permutes instead of loaded by gathers (absolute error
+    ≤ 2.1e-5); two consecutive checks that share no bit run side by side, which gives the
+    serial result and overlaps their chains of reductions;
+  - "avx2": 8 edges a step, φ from a table of 64 chords per octave by gathers (≤ 3.4e-5);
+  - "scalar": the same table, one edge at a time (any CPU);
+  - "exact": φ by libm, slower: for validation;
+
 * early stop at the first iteration whose hard decision satisfies the syndrome; posteriors
   finite: channel LLRs are clipped to ±50, check messages to ±17.3 (no infinities).
 
@@ -30,7 +37,19 @@ from . import _loader
 _ffi, _lib = _loader.require()
 
 #: Kernel names LdpcDecoder accepts (their index is the C core's kernel code).
-KERNELS = ("auto", "scalar", "exact")
+KERNELS = ("auto", "scalar", "exact", "avx2", "avx512")
+
+
+def supported_kernels() -> tuple[str, ...]:
+    """The :data:`KERNELS` this CPU and this build of the C core run ("auto", "scalar" and
+    "exact" always; "avx2" with AVX2 and FMA, "avx512" with AVX-512F, unless the core was built
+    with ``-DQN_NO_AVX2`` / ``-DQN_NO_AVX512``)."""
+    return tuple(k for i, k in enumerate(KERNELS) if _lib.qn_ldpc_supports(i) == 1)
+
+
+def built_kernels() -> tuple[str, ...]:
+    """The :data:`KERNELS` this build of the C core has, whether or not this CPU runs them."""
+    return tuple(k for i, k in enumerate(KERNELS) if _lib.qn_ldpc_supports(i) >= 0)
 
 
 def _int_array(name: str, value: Any) -> np.ndarray:
@@ -49,8 +68,9 @@ class LdpcDecoder:
 
     ``h``: the m × n parity-check matrix, a scipy.sparse matrix/array or a dense 0/1 array
     (entries must be 0 or 1; no empty matrix). ``kernel``: one of :data:`KERNELS`: "auto"
-    (the fastest this CPU runs), "scalar" (table φ, no SIMD), "exact" (φ by libm, slower).
-    See :meth:`from_csr` for raw CSR arrays."""
+    (the fastest this CPU runs), "avx512", "avx2", "scalar" (table φ, no SIMD), "exact" (φ by
+    libm, slower); a kernel the CPU or build cannot run raises ValueError. See
+    :meth:`from_csr` for raw CSR arrays."""
 
     def __init__(self, h: Any, *, kernel: str = "auto") -> None:
         if hasattr(h, "tocsr"):
@@ -111,6 +131,9 @@ class LdpcDecoder:
                               if self._indices.size else _ffi.NULL, KERNELS.index(kernel))
         if rc == _lib.QN_ENOMEM:
             raise MemoryError("qn_ldpc_new: out of memory")
+        if rc == _lib.QN_EUNSUPPORTED:
+            raise ValueError(f"kernel {kernel!r}: this CPU (or this build of the C core) "
+                             "cannot run it; see supported_kernels()")
         if rc != _lib.QN_OK:
             raise ValueError("malformed CSR: a column appears twice in one row")
         self._d = _ffi.gc(out[0], _lib.qn_ldpc_free)
@@ -118,8 +141,8 @@ class LdpcDecoder:
         _lib.qn_ldpc_shape(self._d, shape)
         #: rows (checks), columns (bits), edges (ones in H), largest row weight
         self.m, self.n, self.edges, self.max_row_weight = (int(x) for x in shape[0:4])
-        #: the kernel in use: "scalar", "exact" or "avx2"
-        self.kernel = ("auto", "scalar", "exact", "avx2")[shape[4]]
+        #: the kernel in use: "scalar", "exact", "avx2" or "avx512"
+        self.kernel = KERNELS[shape[4]]
         self._work_size = int(_lib.qn_ldpc_work_size(self._d))
 
     def _syndrome(self, syndrome: Any) -> np.ndarray:
@@ -158,6 +181,15 @@ class LdpcDecoder:
         with np.errstate(divide="ignore"):
             llr = np.log1p(-p) - np.log(p)  # p = 0: +inf, p = 1: -inf (clipped in C)
         return self.decode_llr(syndrome, llr, max_iter)
+
+    def phi(self, x: Any) -> np.ndarray:
+        """φ(x) = −ln tanh(x/2) as this decoder's kernel computes it (float32; x clamped to
+        [2⁻²⁴, 64) first, as in decoding): for checking each kernel against libm."""
+        v = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1))
+        out = np.empty_like(v)
+        _lib.qn_ldpc_phi(self._d, _ffi.cast("float *", v.ctypes.data),
+                         _ffi.cast("float *", out.ctypes.data), v.size)
+        return out
 
     def workspace(self) -> np.ndarray:
         """A fresh workspace for :meth:`decode_llr` (float32; its contents are the decoder's

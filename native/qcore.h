@@ -57,7 +57,8 @@ enum {
     QN_EORDER = -2,     /* a record's time is earlier than the previous record's */
     QN_EARG = -3,
     QN_ECAPACITY = -4,  /* an output buffer is too small */
-    QN_EFORMAT = -5     /* a coded stream is malformed (Rice decoder) */
+    QN_EFORMAT = -5,    /* a coded stream is malformed (Rice decoder) */
+    QN_EUNSUPPORTED = -6 /* the CPU (or this build) lacks the instruction set asked for */
 };
 
 int qn_pairs_new(qn_pairs **out, int32_t n_channels, const int32_t *channels, const int64_t *delays,
@@ -166,13 +167,23 @@ void qn_xpairs_free(qn_xpairs *p);
 /* LDPC syndrome decoder (qnode.native.LdpcDecoder): layered sum-product belief propagation for
  * H e = s over GF(2). H is m x n in CSR form: indptr (m + 1 entries, indptr[0] = 0,
  * non-decreasing), indices (indptr[m] column indices in [0, n), no repeat within a row). kernel:
- * 0 the fastest this CPU runs (AVX2 when present, else scalar), 1 scalar (phi from the table),
- * 2 exact (phi by libm; for validation, slower). QN_EARG on a malformed matrix. */
+ * 0 the fastest this CPU runs (AVX-512, else AVX2, else scalar), 1 scalar (phi from the chord
+ * table), 2 exact (phi by libm; for validation, slower), 3 AVX2 (8 edges a step, table phi by
+ * gathers), 4 AVX-512 (16 edges a step, phi by a per-octave polynomial whose coefficients come
+ * from in-register permutes). QN_EARG on a malformed matrix, QN_EUNSUPPORTED for a kernel this
+ * CPU or build cannot run. */
 typedef struct qn_ldpc qn_ldpc;
 int qn_ldpc_new(qn_ldpc **out, int64_t m, int64_t n, const int64_t *indptr,
                 const int32_t *indices, int32_t kernel);
-/* out[0..4]: m, n, edges, largest row weight, kernel in use (1 scalar, 2 exact, 3 AVX2). */
+/* out[0..4]: m, n, edges, largest row weight, kernel in use (1 scalar, 2 exact, 3 AVX2,
+ * 4 AVX-512). */
 void qn_ldpc_shape(const qn_ldpc *d, int64_t *out);
+/* phi(x) = -ln tanh(x / 2) for n values as the decoder's kernel computes it (x clamped to the
+ * kernel's range first): for tests of each kernel's phi against libm. */
+void qn_ldpc_phi(const qn_ldpc *d, const float *x, float *out, int64_t n);
+/* 1 when this CPU and build run the kernel (codes as for qn_ldpc_new), 0 when the build has it
+ * but the CPU lacks its instructions, -1 when the build left it out (-DQN_NO_AVX2/512). */
+int qn_ldpc_supports(int32_t kernel);
 /* Floats of workspace a decode call needs (the decoder itself is read-only after construction,
  * so threads may share it, each with its own workspace). */
 int64_t qn_ldpc_work_size(const qn_ldpc *d);

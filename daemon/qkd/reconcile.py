@@ -320,10 +320,15 @@ def reveal(plan: Plan, padding: np.ndarray, rounds: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(padding, dtype=np.uint8)[:, plan.punctured - k:])
 
 
+#: the C decoder's kernel (qnode.native.ldpc.KERNELS): "auto" takes the widest the CPU runs;
+#: benchmarks set another to compare kernels in one run
+DECODER_KERNEL = "auto"
+
+
 @functools.lru_cache(maxsize=16)
-def _decoder(family: int, frame: int, seed: int) -> LdpcDecoder:
-    """The C core's decoder of a code, built once."""
-    return LdpcDecoder(parity_check(family, frame, seed).h)
+def _decoder(family: int, frame: int, seed: int, kernel: str) -> LdpcDecoder:
+    """The C core's decoder of a code, built once per kernel."""
+    return LdpcDecoder(parity_check(family, frame, seed).h, kernel=kernel)
 
 
 @functools.lru_cache(maxsize=64)
@@ -369,7 +374,7 @@ def correct(plan: Plan, bits: np.ndarray, syndrome: np.ndarray, qber_estimate: f
                              f"r <= {plan.max_rounds()}, got {rev.shape}")
         rev = _as_bits("revealed", rev.reshape(-1), rev.size).reshape(rev.shape)
         k = rev.size // plan.frames
-    dec = _decoder(plan.family, plan.frame, plan.seed)
+    dec = _decoder(plan.family, plan.frame, plan.seed, DECODER_KERNEL)
     out = np.empty(plan.n, dtype=np.uint8)
     start = 0
     for i, n_key in enumerate(plan.key_lengths()):
