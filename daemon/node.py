@@ -76,7 +76,8 @@ class Node:
         self._stop.set()
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see runtime/waiting.py
+            await self._ready.wait()
 
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
@@ -244,7 +245,8 @@ class Node:
             await bus_task
         for role in self.roles:
             try:
-                await asyncio.wait_for(role.close(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await role.close()
             except Exception:
                 log.exception("role %s failed to close", role.name, extra={"role": role.name})
         assert self.ctx is not None

@@ -366,7 +366,8 @@ class AcquisitionPipeline:
             if reader is not None:
                 reader.join(timeout_s)
 
-        await asyncio.wait_for(asyncio.to_thread(_join), timeout_s + 1.0)
+        async with asyncio.timeout(timeout_s + 1.0):
+            await asyncio.to_thread(_join)
         if reader is not None and reader.is_alive():
             log.warning("acquisition: tagger %r did not end %.1f s after close()",
                         self.tagger, timeout_s)

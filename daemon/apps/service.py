@@ -82,6 +82,7 @@ from qnode.daemon.linklayer import hold_ms
 from qnode.daemon.logs import RateLimitedLog
 from qnode.daemon.runtime.config import ServiceConfig
 from qnode.daemon.runtime.context import NodeContext
+from qnode.daemon.runtime.waiting import wait_event
 
 log = logging.getLogger("qnode.apps")
 
@@ -695,10 +696,7 @@ class AppService:
         await self._orphans()
         next_announce = 0.0
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, TICK_S)
             self._wake.clear()
             now = self.ctx.now()
             self._sample_supply(now)

@@ -256,11 +256,13 @@ class NodeBus:
                 "dropped_incoming": dict(self.inbound.dropped)}
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see runtime/waiting.py
+            await self._connected.wait()
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Wait until the broker acknowledged every state-changing message published so far."""
-        await asyncio.wait_for(self._drained.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._drained.wait()
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -392,7 +394,8 @@ class NodeBus:
             # in lockstep
             wait = delay * (0.5 + 0.5 * random.random())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._stop.wait()
             delay = min(delay * 2, self.reconnect_max_s)
         log.info("mqtt bus of %s stopped", self.topics.node)
 
@@ -446,9 +449,10 @@ class NodeBus:
         disconnect)."""
         self._status_fields = {"state": "offline"}
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            await asyncio.wait_for(client.publish(
-                self.topics.status, self._payload_status(self._status_fields), qos=1,
-                retain=True), timeout_s or self.connect_timeout_s)
+            async with asyncio.timeout(timeout_s or self.connect_timeout_s):
+                await client.publish(self.topics.status,
+                                     self._payload_status(self._status_fields), qos=1,
+                                     retain=True)
 
     async def _subscribe_now(self, client: aiomqtt.Client, filters: list[str]) -> None:
         if not filters:
@@ -627,6 +631,7 @@ class NodeBus:
                         extra={"pending": self.pending})
         self._stop.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._finished.wait(), self.connect_timeout_s + 1.0)
+            async with asyncio.timeout(self.connect_timeout_s + 1.0):
+                await self._finished.wait()
         for task in list(self._bg):
             task.cancel()

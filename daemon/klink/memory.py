@@ -67,6 +67,7 @@ from qnode.daemon.quantum.estimators import (
     bell_diagonal_from_qber,
     physical_qber,
 )
+from qnode.daemon.runtime.waiting import wait_event
 from qnode.drivers.errors import DeviceError, InstrumentError
 
 if TYPE_CHECKING:
@@ -372,10 +373,7 @@ class LinkMemory:
         (test pairs measured and free qubits bound in **one** batched QDevice round trip,
         made outside the link's lock), then EXPIRE the rest and send HELD."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, 0.5)
             self._wake.clear()
             if self._pending:
                 await self._process(service)

@@ -93,6 +93,7 @@ from qnode.daemon.quantum.bell_diagonal import (
     parity_check,
     purify,
 )
+from qnode.daemon.runtime.waiting import wait_event
 from qnode.drivers.errors import InstrumentError
 
 if TYPE_CHECKING:
@@ -429,10 +430,7 @@ class Purifier:
     async def run(self) -> None:
         """Serve requests (the leader's rounds) and apply the cut-off, until cancelled."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.05)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, 0.05)
             self._wake.clear()
             async with self.service.lock:
                 self.tick()
@@ -498,7 +496,8 @@ class Purifier:
         self.ctx.bus.publish(self.ctx.topics.proto(self.peer), msg.TYPE, msg.to_dict(),
                              sign_with=self.peer)
         try:
-            res = await asyncio.wait_for(fut, ROUND_TIMEOUT_S)
+            async with asyncio.timeout(ROUND_TIMEOUT_S):
+                res = await fut
         except TimeoutError:
             res = None
         finally:

@@ -59,6 +59,7 @@ from qnode.daemon.quantum.bell_diagonal import (
     pauli_frame,
     swap,
 )
+from qnode.daemon.runtime.waiting import wait_event
 from qnode.drivers.errors import InstrumentError
 
 if TYPE_CHECKING:
@@ -127,10 +128,7 @@ class Swapper:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.2)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, 0.2)
             self._wake.clear()
             while await self._swap_once():
                 pass

@@ -212,7 +212,8 @@ async def collect(host: str, port: int, network: str, *, wait_s: float = 3.0,
                 raise BrokerUnreachable(f"the broker at {host}:{port} refused the "
                                         f"subscriptions {filters} (ACL?)")
             try:
-                await asyncio.wait_for(listen(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await listen()
             except TimeoutError:
                 pass
     except aiomqtt.MqttError as exc:
