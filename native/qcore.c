@@ -1848,7 +1848,7 @@ int qn_b85_decode(const uint8_t *in, int64_t n, uint8_t *out, int64_t cap, int64
 struct qn_ldpc {
     int64_t m, n, nnz;
     int32_t max_row;
-    int32_t kernel;   /* LD_KERNEL_*, AUTO resolved at construction to SCALAR or 3 (AVX2) */
+    int32_t kernel;   /* LD_KERNEL_*, AUTO resolved at construction to the widest the CPU runs */
     int64_t scratch;  /* max_row rounded up to 8, plus 8 */
     int64_t *rp;      /* m + 1 row offsets */
     int32_t *near;    /* m: the last row before j that shares a column with row j, or -1 */
