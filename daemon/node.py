@@ -24,7 +24,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qnode.daemon.bus.client import NodeBus
 from qnode.daemon.bus.envelope import Deduplicator
@@ -32,13 +32,15 @@ from qnode.daemon.bus.identity import NodeSigner, TrustStore
 from qnode.daemon.bus.telemetry import SCHEMA_VERSION, Telemetry
 from qnode.daemon.bus.topics import Topics
 from qnode.daemon.klink.service import LinkRouter
-from qnode.daemon.kme.service import KmeService
 from qnode.daemon.runtime.config import NodeConfig
 from qnode.daemon.runtime.context import LeasedIds, NodeContext, Role, read_keys, tls_context
 from qnode.daemon.runtime.instruments import driver_factory
 from qnode.daemon.runtime.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from qnode.daemon.runtime.state import StateStore
 from qnode.daemon.runtime.supervisor import InstrumentState, ManagedInstrument, Supervisor
+
+if TYPE_CHECKING:
+    from qnode.daemon.kme.service import KmeService
 
 log = logging.getLogger("qnode.node")
 
@@ -63,6 +65,9 @@ class Node:
         self.state = "starting"
         self.started = time.monotonic()
         self._stop = asyncio.Event()
+        #: the key delivery service, on a node with [kme] only: it brings aiohttp (0.1 s and
+        #: some MB of import), which the other nodes never load
+        self._kme: KmeService | None = None
         self._ready = asyncio.Event()
         self.ctx: NodeContext | None = None
         self._last_telemetry = time.monotonic()
@@ -128,7 +133,9 @@ class Node:
                 sup.add_task(f"{role.name}:{name}", task)
         sup.add_task("keys", keys.watch)  # key rotation: files are re-read when they change
         if cfg.kme is not None:
-            sup.add_task("kme", ctx.shared(KmeService).run)
+            from qnode.daemon.kme.service import KmeService
+            self._kme = ctx.shared(KmeService)
+            sup.add_task("kme", self._kme.run)
         sup.add_task("telemetry", self._telemetry_loop)
         sup.add_task("persist", self._persist_loop)
         interval = watchdog_interval_s()
@@ -251,9 +258,8 @@ class Node:
                 log.exception("role %s failed to close", role.name, extra={"role": role.name})
         assert self.ctx is not None
         await asyncio.to_thread(self.ctx.close)
-        kme = self.ctx.shared_if_made(KmeService)
-        if kme is not None:
-            kme.close()
+        if self._kme is not None:
+            self._kme.close()
         store.save_dedup(dedup.snapshot())
         log.info("node stopped", extra={"node": self.config.id})
 
@@ -295,9 +301,8 @@ class Node:
         if router is not None:
             record["link_rejected"] = dict(router.rejected)
         record["bus"] = self.ctx.bus.metrics()
-        kme = self.ctx.shared_if_made(KmeService)
-        if kme is not None:
-            record["kme"] = kme.telemetry()
+        if self._kme is not None:
+            record["kme"] = self._kme.telemetry()
         return record
 
     async def _telemetry_loop(self) -> None:

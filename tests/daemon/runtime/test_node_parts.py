@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 
 import numpy as np
 
@@ -51,3 +53,13 @@ def test_log_lines_carry_the_extra_fields_quoted():
     assert line.startswith("<4>WARNING qnode.test.logs ")
     assert 'msg="link a-b degraded"' in line and 'error="no reply x=1"' in line
     assert "link=a-b" in line
+
+
+def test_a_node_without_key_delivery_does_not_load_the_http_server() -> None:
+    """aiohttp (about 0.1 s and some MB to import) comes only with [kme]: importing the node
+    in a fresh interpreter leaves it and the KME service unloaded."""
+    probe = ("import sys, qnode.daemon.node; print(sorted(m for m in "
+             "('aiohttp', 'qnode.daemon.kme.service') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == "[]", out
