@@ -33,7 +33,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +43,8 @@ from qnode.daemon.qkd import reconcile
 from qnode.daemon.qkd.block import BlockFollower, BlockLeader, BlockResult, KeyParams, SiftedBlock
 from qnode.daemon.qkd.finite_key import asymptotic_fraction, binary_entropy
 from qnode.native.ldpc import supported_kernels
+
+T = TypeVar("T")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.keys import wire  # noqa: E402
@@ -95,11 +99,11 @@ def run(q: float, total_bits: int, block_bits: int, seed: int, params: KeyParams
     sifted = secret = 0
     identical = True
     # a daemon builds its codes and decoders once (cached); a first block, not counted, does it
-    warm = _one_block(*_draw(np.random.default_rng(seed + 10_000), block_bits, q), params, q)
+    warm_blocks = _draw(np.random.default_rng(seed + 10_000), block_bits, q)
+    warm = _one_block(*warm_blocks, params, q)
     compare_s = 0.0
     if compare:
-        _with_kernel(compare, _one_block, *_draw(np.random.default_rng(seed + 10_000),
-                                                  block_bits, q), params, q)
+        _with_kernel(compare, _one_block, *warm_blocks, params, q)
     for i in range(blocks):
         t0 = time.process_time()
         lead_block, follow_block = _draw(rng, block_bits, q)
@@ -154,7 +158,7 @@ def run(q: float, total_bits: int, block_bits: int, seed: int, params: KeyParams
     return identical
 
 
-def _with_kernel(kernel: str, fn, *args):  # type: ignore[no-untyped-def]
+def _with_kernel(kernel: str, fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) with the decoders of ``kernel``."""
     before, reconcile.DECODER_KERNEL = reconcile.DECODER_KERNEL, kernel
     try:

@@ -1867,7 +1867,8 @@ typedef struct {
     float *l;         /* n posterior LLRs */
     float *t;         /* scratch: extrinsic inputs of the current row */
     float *f;         /* scratch: phi(|t|) */
-    float *rows;      /* LD_GROUP pairs of the same, for rows run side by side (AVX-512) */
+    float *rows;      /* LD_GROUP pairs (t, f) of scratches, for rows run side by side (AVX-512);
+                       * the first pair is t and f */
 } ld_work;
 
 static double ld_phi_exact(double x) { return log1p(2.0 / expm1(x)); }
@@ -2029,9 +2030,9 @@ void qn_ldpc_shape(const qn_ldpc *d, int64_t *out) {
     out[4] = d->kernel;
 }
 
-/* r (nnz + 8), l (n), the channel LLRs of the last call (n), 2 + 2 LD_GROUP row scratches */
+/* r (nnz + 8), l (n), the channel LLRs of the last call (n), 2 LD_GROUP row scratches */
 int64_t qn_ldpc_work_size(const qn_ldpc *d) {
-    return d->nnz + 8 + 2 * d->n + (2 + 2 * LD_GROUP) * d->scratch;
+    return d->nnz + 8 + 2 * d->n + 2 * LD_GROUP * d->scratch;
 }
 
 /* Does the hard decision (L < 0 -> 1) satisfy every check? */
@@ -2363,7 +2364,7 @@ int qn_ldpc_decode(const qn_ldpc *d, float *work, int64_t work_size, const uint8
     if (max_iter < 0 || patience < 0 || work_size < qn_ldpc_work_size(d)) return QN_EARG;
     float *channel = work + d->nnz + 8 + d->n;
     float *rows = channel + d->n;
-    const ld_work w = {work, work + d->nnz + 8, rows, rows + d->scratch, rows + 2 * d->scratch};
+    const ld_work w = {work, work + d->nnz + 8, rows, rows + d->scratch, rows};
     for (int64_t j = 0; j < d->m; j++)
         if (syndrome[j] > 1) return QN_EARG;
     for (int64_t v = 0; v < d->n; v++)
