@@ -67,8 +67,8 @@ NOTES: dict[tuple[str, str], str] = {
                                             "fidelity F_avg of its single-qubit rotations, read "
                                             "as g = 1 − 2·(1 − F_avg)",
     ("paths", "id"): "the path's id: the `link` of the end-to-end pairs' OKs",
-    ("paths", "ends"): "the two end nodes of the path",
-    ("paths", "repeater"): "the node that swaps the pairs of the two links",
+    ("paths", "ends"): "instead of `nodes`, for a path through one repeater: its two end nodes",
+    ("paths", "repeater"): "instead of `nodes`, with `ends`: the one repeater",
     ("analyzer", "tagger"): "the time tagger (an instrument of a tagger kind) of this analyzer",
     ("analyzer", "max_pair_age_s"): "cut-off of the delivered-pair inventory (s), as in "
                                     "`[memory]` (0: never)",

@@ -279,10 +279,12 @@ class NodeBus:
 
     def publish(self, topic: str, type: str, body: Mapping[str, Any], *,
                 state_changing: bool = True, retain: bool = False,
-                sign_with: bytes | str | None = None) -> Message:
+                sign_with: bytes | str | None = None, node_sign: bool = False) -> Message:
         """Publish ``body`` as a message of ``type`` on ``topic``; never blocks.
 
-        ``sign_with``: an HMAC key, or the name of one in ``keys`` (the peer or link). A
+        ``sign_with``: an HMAC key, or the name of one in ``keys`` (the peer or link);
+        ``node_sign``: also sign with this node's identity key (always on the kinds only this
+        node may say, e.g. heralds; on ``ll`` for a peer this node shares no key with). A
         state-changing message is queued until the broker acknowledged it (see the module
         docstring); :class:`BusOverloaded` if the queue is full. Telemetry is sent at QoS 0
         when connected and otherwise dropped (counted)."""
@@ -290,7 +292,8 @@ class NodeBus:
             raise BusOverloaded(f"{self.pending} messages wait for the broker "
                                 f"(max_queue={self.max_queue})")
         msg, payload = self.envelope(type, body, sign_with=sign_with,
-                                     node_sign=topic_kind(topic) in NODE_SIGNED_KINDS)
+                                     node_sign=node_sign
+                                     or topic_kind(topic) in NODE_SIGNED_KINDS)
         self.published += 1
         if state_changing:
             self._enqueue(topic, payload, retain)

@@ -222,13 +222,17 @@ class PathTelemetry(TypedDict, total=False):
     swaps_total: int            # Bell-state measurements done
     swaps_failed_total: int     # ... that failed on the QDevice
     bsm_outcomes: dict[str, int]  # Bell-state measurement outcome ("00".."11") -> count
-    fidelity_estimate: float    # of the latest swapped end-to-end pair, at the BSM (0..1)
+    fidelity_estimate: float    # of the pair its latest swap joined, at the BSM (0..1)
     # end
     remote: str                 # the path's other end
-    pairs_received_total: int   # end-to-end pairs received from the repeater's swaps
+    pairs_received_total: int   # end-to-end pairs assembled from the repeaters' swaps
     pairs_delivered_total: int  # ... delivered to applications
     pairs_discarded_total: int  # ... discarded at the cut-off before delivery
+    chains_incomplete_total: int  # link pairs whose chain of swaps did not complete in time
+    chains_waiting: int         # link pairs taken for a path, waiting for the rest of the chain
     swap_orphaned_total: int    # swap results for a link pair not held here (dropped)
+    swap_reports_refused_total: int  # swap results not of this path's repeaters or links
+    swap_reports_evicted_total: int  # reports dropped unassembled: the assembler was full
     send_overloaded_total: int  # replies not sent: the bus's outgoing queue was full
     pairs_held: int             # end-to-end pairs held, not yet delivered
     delivered_fidelity_mean: float  # of the last (up to 1000) pairs delivered (0..1)

@@ -42,6 +42,7 @@ from qnode.daemon.linklayer import (
     LinkEnd,
     Message,
     Ok,
+    SwapResult,
     TestOutcomes,
     hold_ms,
     message_from_dict,
@@ -125,7 +126,7 @@ class LinkService:
         self.memory: LinkMemory | None = None
         #: the handler of each kind of message from the peer (:meth:`on_message`): the link
         # end's own (EXPIRE, EXPIRE_ACK, EPOCH) and what the helpers register — the memory's
-        # TEST and HELD, a path end's SWAP_RES, the purifier's PURIFY or PURIFY_RES
+        # TEST and HELD, the purifier's PURIFY or PURIFY_RES (SWAP_RES goes to the path end)
         self._handlers: dict[type[Any], tuple[PeerHandler, bool]] = {}
         self.on_message(Expire, lambda m: self._end_call(self.end.on_expire, m))
         self.on_message(ExpireAck, lambda m: self._end_call(self.end.on_expire_ack, m))
@@ -620,6 +621,7 @@ class LinkRouter:
         self.ctx = ctx
         self.services: dict[str, LinkService] = {}
         self.paths: dict[str, PathEnd] = {}     # remote end of a path -> this end
+        self.path_ends: dict[str, PathEnd] = {}  # path id -> this end
         self._refusals = CreateIdAllocator()    # create ids of CREATEs refused outright
         self._servers: list[tuple[Callable[[Create], bool], CreateServer]] = []
         self._fallback: CreateServer | None = None
@@ -647,6 +649,7 @@ class LinkRouter:
     def add_path(self, end: PathEnd) -> PathEnd:
         """Serve CREATEs for pairs with ``end.remote`` from the path end ``end``."""
         self.paths[end.remote] = end
+        self.path_ends[end.path.id] = end
         return end
 
     def count(self, reason: str, msg: Envelope, detail: str) -> None:
@@ -664,14 +667,17 @@ class LinkRouter:
             return
         await service.on_herald(msg)
 
-    def _peer_message(self, msg: Envelope) -> tuple[Message, LinkService] | None:
-        """Parse a message from a link's peer and find its link; counted and None if either
-        fails (the sender must be the link's peer)."""
+    def _parse(self, msg: Envelope) -> Message | None:
         try:
-            parsed = message_from_dict({**msg.body, "type": msg.type})
+            return message_from_dict({**msg.body, "type": msg.type})
         except ValueError as exc:
             self.count("bad_body", msg, str(exc))
             return None
+
+    def _peer_message(self, msg: Envelope, parsed: Message) -> tuple[Message,
+                                                                      LinkService] | None:
+        """Find the link of a message from a link's peer; counted and None if it fails (the
+        sender must be the link's peer)."""
         service = self.services.get(getattr(parsed, "link", ""))
         if service is None or service.peer != msg.sender:
             self.count("unknown_link", msg, f"no link {getattr(parsed, 'link', '')!r} with "
@@ -680,9 +686,28 @@ class LinkRouter:
         return parsed, service
 
     async def _on_ll(self, topic: Topic, msg: Envelope) -> None:
-        found = self._peer_message(msg)
+        parsed = self._parse(msg)
+        if isinstance(parsed, SwapResult):
+            await self._on_swap_result(msg, parsed)
+            return
+        found = self._peer_message(msg, parsed) if parsed is not None else None
         if found is not None:
             await found[1].on_peer_message(msg, found[0])
+
+    async def _on_swap_result(self, msg: Envelope, parsed: SwapResult) -> None:
+        """A repeater's SWAP_RES, to this node's end of its path: from a link neighbour signed
+        with the link key, from a repeater further on with its identity key (the bus checked
+        the signature; the path end checks that the sender is the path's repeater at that
+        hop)."""
+        end = self.path_ends.get(parsed.path)
+        if end is None:
+            self.count("unknown_path", msg, f"no path {parsed.path!r} ends here")
+            return
+        if not (msg.signed or msg.node_signed):
+            self.count("unsigned", msg, "a SWAP_RES must be signed")
+            return
+        async with end.service.lock:
+            await end.on_swap_result(parsed, msg.sender)
 
     async def _on_proto(self, topic: Topic, msg: Envelope) -> None:
         """PURIFY / PURIFY_RES of a link's purification (:mod:`qnode.daemon.klink.purification`),

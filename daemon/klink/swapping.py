@@ -1,32 +1,38 @@
-"""End-to-end pairs over a path ``ends[0] – repeater – ends[1]`` (config ``[[paths]]``).
+"""End-to-end pairs over a path ``nodes[0] – repeaters … – nodes[H]`` (config ``[[paths]]``),
+through any number of repeaters (docs/developers/decisions/0010-chains-of-repeaters.md).
 
-**At the repeater** (:class:`Swapper`). As soon as both of the path's links hold a pair in a qubit
-that the end at the other side holds too (its HELD came: each end binds by itself and EXPIREs what
-it could not bind, so a pair the repeater bound may be gone at the end), the oldest of each goes
-through a Bell-state measurement on the QDevice
-(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both pairs leave the links' inventories
-(consumed at both ends: the SWAP_RES says so) and each end gets a
-:class:`~qnode.daemon.linklayer.messages.SwapResult` on its link's ``ll`` topic, signed with that
-link's key: the raw outcome c, the end pair's Bell state in the Pauli frame a ⊕ b ⊕ c (the frame is
-tracked, not corrected: docs/physicists/memories-and-swapping.md), and the repeater's estimate of
-the end pair at the BSM — :func:`~qnode.daemon.quantum.bell_diagonal.swap` of the two links'
-estimates, each with the repeater's half decayed since binding, with the device's CNOT fidelity and
-read-out error — plus how long the *other* end's half had waited (from that end's HELD, which
-carries its bind time).
+**At a repeater** (:class:`Swapper`). As soon as both of its links on the path hold a pair in a
+qubit that the node at the other side holds too (its HELD came: each end binds by itself and
+EXPIREs what it could not bind, so a pair the repeater bound may be gone at the other side),
+the oldest of each goes through a Bell-state measurement on the QDevice
+(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both pairs leave the links'
+inventories (consumed at both ends of each link: the report says so) and both ends of the path
+get a :class:`~qnode.daemon.linklayer.messages.SwapResult`: which pair of each link it joined,
+the raw outcome, each pair's announced Bell state and estimate at binding, how long the
+repeater stored its halves and how long the links' other ends had stored theirs, and the
+repeater's memory and measurement errors. It is signed with the link key when the end is the
+repeater's link neighbour, else with the repeater's identity key. No repeater waits for another.
 
-**At an end** (:class:`PathEnd`). A SWAP_RES turns the end's link pair into a path pair held in
-the same qubit. Its estimate at any later time adds this end's half's decay since it was bound
-and the other end's half's decay since *it* was bound (``remote_age_s`` at the BSM plus the
-time since): the Bell weights of the memory's T1/T2 decay of both halves, exact for a
-Bell-diagonal pair (:func:`decay`; both ends' memories are assumed alike).
+**At an end** (:class:`PathEnd`). A report of the repeater next to this end takes this end's
+link pair out of its link (it is now part of a path pair); the reports of all repeaters are put
+together by :class:`~qnode.daemon.klink.chain.ChainAssembler`, and a complete chain becomes a
+path pair in the same qubit: its Bell state in the Pauli frame (the XOR of every link state and
+outcome: tracked, not corrected, docs/physicists/memories-and-swapping.md), its weights at the
+measurements (:func:`~qnode.daemon.klink.chain.compose`), and the age of the far end's half.
+Its estimate at any later time adds this end's half's decay since it was bound and the far
+end's half's decay since *it* was bound: the Bell weights of the memory's T1/T2 decay of both
+halves, exact for a Bell-diagonal pair (:func:`decay`; both ends' memories are assumed alike).
+The pair id is the sequence number of its pair on the first link: the same at both ends.
+A link pair whose chain does not complete by the cut-off (a repeater further on failed or
+dropped its pair) is discarded, and its qubit reused a guard time later.
+
 A CREATE whose ``remote_node`` is the other end is served from the path's pairs, oldest first,
-with OKs on ``reply/<requester>``: ``link`` = the path id, ``seq`` = the pair id (the same at
-both ends), the frame's Bell state, the estimate now, and the qubit. Each end serves its own
-applications; a delivered qubit is the application's until the pair's cut-off (the far end
-may deliver its copy until then). A pair is delivered only while at least
-``[memory].delivered_hold_s`` is left before its cut-off, so both ends' applications have their
-halves that long; path pairs older than ``max_pair_age_s`` are discarded, and their qubits
-reused a guard time later.
+with OKs on ``reply/<requester>``: ``link`` = the path id, ``seq`` = the pair id, the frame's
+Bell state, the estimate now, and the qubit. Each end serves its own applications; a delivered
+qubit is the application's until the pair's cut-off (the far end may deliver its copy until
+then). A pair is delivered only while at least ``[memory].delivered_hold_s`` is left before its
+cut-off, so both ends' applications have their halves that long; path pairs older than
+``max_pair_age_s`` are discarded, and their qubits reused a guard time later.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
+from qnode.daemon.klink.chain import Chain, ChainAssembler, HopReport, compose, compose_frame
 from qnode.daemon.linklayer import (
     BELL_STATES,
     Ack,
@@ -45,7 +52,6 @@ from qnode.daemon.linklayer import (
     CreateIdAllocator,
     Err,
     ErrCode,
-    Message,
     Ok,
     SwapResult,
     hold_ms,
@@ -56,8 +62,7 @@ from qnode.daemon.quantum.bell_diagonal import (
     PauliChannel,
     age_halves,
     apply_channels,
-    pauli_frame,
-    swap,
+    bell,
 )
 from qnode.daemon.runtime.waiting import wait_event
 from qnode.drivers.errors import InstrumentError
@@ -117,6 +122,8 @@ class Swapper:
                  LinkHandle], memories: tuple[LinkMemory, LinkMemory], mem: MemoryConfig):
         self.ctx, self.path, self.services, self.memories = ctx, path, services, memories
         self.mem = mem
+        #: this repeater's place on the path (nodes[hop]); services: its left and right link
+        self.hop = path.nodes.index(ctx.node)
         self._wake = asyncio.Event()
         self.counts: SwapCounts = {"swaps_total": 0, "swaps_failed_total": 0}
         self.outcomes: collections.Counter[str] = collections.Counter()
@@ -169,35 +176,37 @@ class Swapper:
     def _announce(self, b1: Bound, b2: Bound, outcome: str, bsm_at: float, m1: LinkMemory,
                   m2: LinkMemory) -> None:
         """SWAP_RES to both ends for the BSM of ``b1``, ``b2`` that ran at ``bsm_at``
-        (monotonic s): the repeater's halves decayed up to then, the ends' ages at then."""
-        frame = pauli_frame(b1.bell_state, b2.bell_state, outcome)
-        a = m1.state_of(b1, bsm_at)              # the repeater's half decayed
-        b = m2.state_of(b2, bsm_at)
-        end_pair = swap(a, b, gate_fidelity=self.mem.gate_fidelity_2q,
-                        meas_fidelity=1.0 - self.mem.readout_error).relabel(outcome)
-        weights = tuple(round(w, 9) for w in end_pair.coefficients)
-        weights = tuple(w / sum(weights) for w in weights)
-        pair_id = self.ctx.bus.ids() & 0xFFFFFFFF
-        # how long the ends' halves had waited at the BSM: from their HELD times
+        (monotonic s): the link pairs' estimates at binding, this repeater's halves' storage
+        and its link neighbours' halves' ages at the BSM."""
         since = max(0.0, time.monotonic() - bsm_at)
-        age1 = max(0.0, m1.peer_age(b1.seq) - since)
-        age2 = max(0.0, m2.peer_age(b2.seq) - since)
-        bsm_time = time.time() - since
-        bell = BELL_STATES[int(frame)]
+        mem = self.mem
+        msg = SwapResult(
+            self.path.id, self.hop, self.services[0].link, b1.seq, self.services[1].link,
+            b2.seq, outcome, _bell_name(b1.bell_state), _bell_name(b2.bell_state),
+            _weights(m1.state_of(b1, b1.bound_at)), _weights(m2.state_of(b2, b2.bound_at)),
+            max(0.0, bsm_at - b1.bound_at), max(0.0, bsm_at - b2.bound_at),
+            max(0.0, m1.peer_age(b1.seq) - since), max(0.0, m2.peer_age(b2.seq) - since),
+            mem.t1_s if mem.t1_s > 0 else 0.0, mem.t2_s if mem.t1_s > 0 else 0.0,
+            mem.gate_fidelity_2q, 1.0 - mem.readout_error, time.time() - since)
+        report = report_of(msg)
+        joined = compose((report,))
+        frame = BELL_STATES[int(compose_frame((report,)))]
         self.counts["swaps_total"] += 1
         self.outcomes[outcome] += 1
-        self.last_fidelity = end_pair.fidelity(bell)
-        ends = self.path.ends
-        for k, (service, bound, remote, remote_age) in enumerate((
-                (self.services[0], b1, ends[1], age2), (self.services[1], b2, ends[0], age1))):
-            msg = SwapResult(self.path.id, service.link, bound.seq, pair_id, outcome, bell,
-                             weights, remote, remote_age, bsm_time)  # type: ignore[arg-type]
-            self.ctx.bus.publish(self.ctx.topics.ll(ends[k]), msg.TYPE, msg.to_dict(),
-                                 sign_with=ends[k])
-        log.info("path %s: swapped %s %d + %s %d -> pair %d %s (BSM %s), F %.4f",
-                 self.path.id, self.services[0].link, b1.seq, self.services[1].link, b2.seq,
-                 pair_id, bell, outcome, self.last_fidelity,
-                 extra={"path": self.path.id, "pair_id": pair_id, "bell_state": bell,
+        self.last_fidelity = joined.fidelity(frame)
+        neighbours = {s.peer for s in self.services}
+        for end in self.path.ends:
+            if end in neighbours:
+                self.ctx.bus.publish(self.ctx.topics.ll(end), msg.TYPE, msg.to_dict(),
+                                     sign_with=end)
+            else:   # no link key with a far end: the repeater's identity signature
+                self.ctx.bus.publish(self.ctx.topics.ll(end), msg.TYPE, msg.to_dict(),
+                                     node_sign=True)
+        log.info("path %s: swapped %s %d + %s %d (BSM %s), joined F %.4f", self.path.id,
+                 self.services[0].link, b1.seq, self.services[1].link, b2.seq, outcome,
+                 self.last_fidelity,
+                 extra={"path": self.path.id, "hop": self.hop, "left_seq": b1.seq,
+                        "right_seq": b2.seq, "outcome": outcome,
                         "fidelity": round(self.last_fidelity, 5)})
 
     def telemetry(self) -> PathTelemetry:
@@ -208,16 +217,46 @@ class Swapper:
         return t
 
 
+def _bell_name(value: BellLike) -> str:
+    return BELL_STATES[int(bell(value))]
+
+
+def _weights(state: BellDiagonal) -> tuple[float, float, float, float]:
+    """Absolute Bell weights for the wire: rounded to 1e-9, summing to 1."""
+    w = tuple(round(x, 9) for x in state.coefficients)
+    total = sum(w)
+    return tuple(x / total for x in w)  # type: ignore[return-value]
+
+
+def report_of(msg: SwapResult) -> HopReport:
+    """The :class:`~qnode.daemon.klink.chain.HopReport` a SWAP_RES carries."""
+    return HopReport(
+        msg.hop, (msg.left_link, msg.left_seq), (msg.right_link, msg.right_seq),
+        bell(msg.outcome), bell(msg.left_bell), bell(msg.right_bell),
+        BellDiagonal(msg.left_weights), BellDiagonal(msg.right_weights), msg.left_wait_s,
+        msg.right_wait_s, msg.left_age_s, msg.right_age_s, msg.t1_s, msg.t2_s,
+        msg.gate_fidelity, msg.meas_fidelity, msg.time)
+
+
 @dataclass
 class PathPair:
     pair_id: int
     seq: int                 # this end's pair on its link
     qubit: int
     bell_state: str          # in the Pauli frame
-    weights: BellDiagonal    # at the BSM (absolute), repeater halves and BSM errors included
+    weights: BellDiagonal    # after the measurements (absolute), the ends' halves not decayed
     own_bound_at: float      # monotonic s
-    remote_age_s: float      # the other half's wait at the BSM
-    bsm_at: float            # monotonic s, this end's view of the BSM time
+    remote_age_s: float      # the far end's half's age at its neighbour's measurement
+    bsm_at: float            # monotonic s, this end's view of that measurement's time
+
+
+@dataclass
+class _Waiting:
+    """This end's link pair, taken out of its link by its neighbour's report, until the rest
+    of its chain comes."""
+
+    qubit: int
+    bound_at: float          # monotonic s
 
 
 class PathEndCounts(TypedDict):
@@ -227,8 +266,15 @@ class PathEndCounts(TypedDict):
     pairs_received_total: int
     pairs_delivered_total: int
     pairs_discarded_total: int
+    chains_incomplete_total: int
     swap_orphaned_total: int
+    swap_reports_refused_total: int
     send_overloaded_total: int
+
+
+#: without a cut-off (``max_pair_age_s`` ≤ 0), a link pair waits this long (s) for the rest
+#: of its chain
+CHAIN_WAIT_S = 10.0
 
 
 class PathEnd:
@@ -237,20 +283,25 @@ class PathEnd:
     def __init__(self, ctx: NodeContext, path: PathConfig, service: LinkHandle,
                  memory: LinkMemory, mem: MemoryConfig):
         self.ctx, self.path, self.service, self.memory, self.mem = ctx, path, service, memory, mem
-        me = path.ends.index(ctx.node)
-        self.remote = path.ends[1 - me]
+        #: 0 at the first node, else the last; the far end; the reporter next to this end
+        self.side = 0 if path.nodes[0] == ctx.node else len(path.nodes) - 1
+        self.remote = path.nodes[-1] if self.side == 0 else path.nodes[0]
+        self.neighbour_hop = 1 if self.side == 0 else len(path.nodes) - 2
+        self.assembler = ChainAssembler(path.links)
+        self.waiting: dict[int, _Waiting] = {}     # this end's link seq -> its pair
         self.pairs: collections.OrderedDict[int, PathPair] = collections.OrderedDict()
         self.create_ids = CreateIdAllocator()
         self._requests: list[tuple[int, Create, str, float, int]] = []  # cid, create, who, t, n
         self.counts: PathEndCounts = {"pairs_received_total": 0, "pairs_delivered_total": 0,
-                                      "pairs_discarded_total": 0, "swap_orphaned_total": 0,
+                                      "pairs_discarded_total": 0, "chains_incomplete_total": 0,
+                                      "swap_orphaned_total": 0,
+                                      "swap_reports_refused_total": 0,
                                       "send_overloaded_total": 0}
         self.delivered_fidelity: collections.deque[float] = collections.deque(maxlen=1000)
         #: called after a pair arrived (the application service's allocator or follower)
         self.listeners: list[Callable[[], None]] = []
         #: the fidelity of the last pair at its arrival (an estimate of what fresh pairs have)
         self.last_fidelity: float | None = None
-        service.on_message(SwapResult, self._on_swap_result)
 
     def estimate(self, pair: PathPair, now: float) -> BellDiagonal:
         """Absolute Bell weights of ``pair`` now (module docstring)."""
@@ -259,30 +310,62 @@ class PathEnd:
                                     pair.remote_age_s + since), self.mem.t1_s, self.mem.t2_s,
                      frame="phi+")   # the weights are absolute (the frame is not corrected)
 
-    async def _on_swap_result(self, msg: SwapResult) -> list[Message]:
-        await self.on_swap_result(msg)
-        return []
+    def refuse(self, sender: str, msg: SwapResult) -> str | None:
+        """Why a SWAP_RES from ``sender`` is not this path's (None: it is)."""
+        if msg.path != self.path.id:
+            return f"path {msg.path!r} is not {self.path.id!r}"
+        if not 1 <= msg.hop < len(self.path.nodes) - 1 or self.path.nodes[msg.hop] != sender:
+            return f"{sender!r} is not the repeater at hop {msg.hop} of path {self.path.id!r}"
+        return self.assembler.check(report_of(msg))
 
-    async def on_swap_result(self, msg: SwapResult) -> None:
-        """Called by the link service, under its lock, for the repeater's SWAP_RES."""
-        now = self.ctx.now()
-        bound = self.memory.take(msg.seq)
+    async def on_swap_result(self, msg: SwapResult, sender: str) -> None:
+        """A repeater's SWAP_RES; the caller holds the link service's lock."""
+        why = self.refuse(sender, msg)
+        if why is not None:
+            self.counts["swap_reports_refused_total"] += 1
+            log.warning("path %s: SWAP_RES from %s refused: %s", self.path.id, sender, why,
+                        extra={"path": self.path.id, "sender": sender, "reason": why})
+            return
+        report = report_of(msg)
+        if report.hop == self.neighbour_hop:
+            mine = report.left if self.side == 0 else report.right
+            if not self._take(mine[1]):
+                return
+        chain = self.assembler.add(report)
+        if chain is not None:
+            self._arrived(chain)
+
+    def _take(self, seq: int) -> bool:
+        """Take this end's link pair ``seq`` out of its link for its chain; False (counted)
+        if it is not held here."""
+        bound = self.memory.take(seq)
         if bound is None or bound.generation != self.memory.pool.generation:
             self.counts["swap_orphaned_total"] += 1
             if bound is not None:
                 self.memory.give_back(bound.qubit)
             log.warning("path %s: SWAP_RES for pair %d of %s, which is not held here",
-                        self.path.id, msg.seq, msg.link,
-                        extra={"path": self.path.id, "link": msg.link, "seq": msg.seq})
-            return
-        self.service.end.consume([msg.seq])
+                        self.path.id, seq, self.service.link,
+                        extra={"path": self.path.id, "link": self.service.link, "seq": seq})
+            return False
+        self.service.end.consume([seq])
         self.service.changed()
-        latency = max(0.0, time.time() - msg.time)
-        self.pairs[msg.pair_id] = PathPair(msg.pair_id, msg.seq, bound.qubit, msg.bell_state,
-                                           BellDiagonal(msg.weights), bound.bound_at,
-                                           msg.remote_age_s, now - latency)
+        self.waiting[seq] = _Waiting(bound.qubit, bound.bound_at)
+        return True
+
+    def _arrived(self, chain: Chain) -> None:
+        now = self.ctx.now()
+        mine = chain.first if self.side == 0 else chain.last
+        own = self.waiting.pop(mine[1], None)
+        if own is None:   # refused or discarded meanwhile: the chain has no qubit here
+            self.counts["swap_orphaned_total"] += 1
+            return
+        far = chain.reports[-1] if self.side == 0 else chain.reports[0]
+        remote_age = far.right_age_s if self.side == 0 else far.left_age_s
+        bsm_at = now - max(0.0, time.time() - far.time)
+        pair = PathPair(chain.pair_id, mine[1], own.qubit, BELL_STATES[int(chain.frame())],
+                        chain.state(), own.bound_at, remote_age, bsm_at)
+        self.pairs[pair.pair_id] = pair
         self.counts["pairs_received_total"] += 1
-        pair = self.pairs[msg.pair_id]
         self.last_fidelity = self.estimate(pair, now).fidelity(pair.bell_state)
         self._serve(now)
         for notify in self.listeners:
@@ -351,6 +434,13 @@ class PathEnd:
                 del self.pairs[pid]
                 self.memory.hold(pair.qubit, now + CUTOFF_GUARD_S)
                 self.counts["pairs_discarded_total"] += 1
+        wait = self.mem.max_pair_age_s if self.mem.max_pair_age_s > 0 else CHAIN_WAIT_S
+        for seq, w in list(self.waiting.items()):
+            if now - w.bound_at > wait:   # the rest of its chain did not come in time
+                del self.waiting[seq]
+                self.memory.hold(w.qubit, now + CUTOFF_GUARD_S)
+                self.counts["chains_incomplete_total"] += 1
+        self.assembler.expire(time.time() - wait - CUTOFF_GUARD_S)
         for req in list(self._requests):
             cid, create, who, t0, _ = req
             if create.max_time_ms > 0 and now - t0 >= create.max_time_ms / 1000.0:
@@ -360,7 +450,8 @@ class PathEnd:
 
     def telemetry(self) -> PathTelemetry:
         t: PathTelemetry = {"role": "end", "remote": self.remote, **self.counts,
-                            "pairs_held": len(self.pairs)}
+                            "pairs_held": len(self.pairs), "chains_waiting": len(self.waiting),
+                            "swap_reports_evicted_total": self.assembler.evicted}
         if self.delivered_fidelity:
             t["delivered_fidelity_mean"] = sum(self.delivered_fidelity) / len(
                 self.delivered_fidelity)

@@ -730,6 +730,8 @@ class Herald(_Message):
 
 #: Test-pair bases and outcomes are strings of one character per pair; at most this many pairs.
 MAX_TESTS = 4096
+#: the most links a path may have (``[[paths]]``: at most MAX_HOPS − 1 repeaters)
+MAX_HOPS = 64
 
 
 @dataclass(frozen=True)
@@ -796,48 +798,67 @@ class Held(_Message):
 
 @dataclass(frozen=True)
 class SwapResult(_Message):
-    """SWAP_RES (repeater → each end of a path): the repeater's Bell-state measurement joined
-    this end's pair ``seq`` on ``link`` with ``remote_node``'s pair on the path's other link.
+    """SWAP_RES (repeater → both ends of a path): the repeater at place ``hop`` of ``path``
+    (node ``nodes[hop]``) joined pair ``left_seq`` of ``left_link`` (towards ``nodes[0]``) and
+    pair ``right_seq`` of ``right_link`` by a Bell-state measurement with result ``outcome``
+    (qnode.daemon.klink.chain: each end puts the reports of one end-to-end pair together).
 
-    ``pair_id``: the end-to-end pair's number on ``path`` (the same at both ends).
-    ``outcome``: the raw BSM result; ``bell_state``: the end pair's state in the Pauli frame,
-    a ⊕ b ⊕ outcome (docs/physicists/memories-and-swapping.md), which the ends track instead of
-    correcting. ``weights``: the repeater's estimate of the end pair (absolute Bell weights
-    [Φ+, Φ−, Ψ+, Ψ−]) at the BSM, its own two halves' decay and the BSM's errors included; the
-    ends add their halves' decay.
-    ``remote_age_s``: how long the other end's half had been stored at the BSM (s), as the
-    repeater saw it; ``time``: Unix time of the BSM (s)."""
+    Per side: ``*_bell`` the pair's announced Bell state; ``*_weights`` the link's estimate of
+    it at binding (absolute Bell weights [Φ+, Φ−, Ψ+, Ψ−]); ``*_wait_s`` how long the
+    repeater stored its half until the measurement (s); ``*_age_s`` how long the link's other
+    end had stored its half by then (s, from its HELD). ``t1_s``/``t2_s``: the repeater's
+    memory (s; ``t1_s`` = 0: no decay model); ``gate_fidelity``: the measurement's two-qubit
+    gate (depolarising parameter); ``meas_fidelity``: per-bit read-out fidelity; ``time``:
+    Unix time of the measurement (s)."""
 
     TYPE: ClassVar[str] = "SWAP_RES"
     path: str
-    link: str
-    seq: int
-    pair_id: int
+    hop: int
+    left_link: str
+    left_seq: int
+    right_link: str
+    right_seq: int
     outcome: str
-    bell_state: str
-    weights: tuple[float, float, float, float]
-    remote_node: str
-    remote_age_s: float
+    left_bell: str
+    right_bell: str
+    left_weights: tuple[float, float, float, float]
+    right_weights: tuple[float, float, float, float]
+    left_wait_s: float
+    right_wait_s: float
+    left_age_s: float
+    right_age_s: float
+    t1_s: float
+    t2_s: float
+    gate_fidelity: float
+    meas_fidelity: float
     time: float
 
     def __post_init__(self) -> None:
         c = "SwapResult"
         check_str(c, "path", self.path)
-        check_str(c, "link", self.link)
-        check_seq(c, "seq", self.seq)
-        check_int(c, "pair_id", self.pair_id, 0, 0xFFFFFFFF)
+        check_int(c, "hop", self.hop, 1, MAX_HOPS - 1)
+        for side in ("left", "right"):
+            check_str(c, f"{side}_link", getattr(self, f"{side}_link"))
+            check_seq(c, f"{side}_seq", getattr(self, f"{side}_seq"))
+            check_choice(c, f"{side}_bell", getattr(self, f"{side}_bell"), BELL_STATES)
+            name = f"{side}_weights"
+            w = getattr(self, name)
+            if isinstance(w, list):
+                object.__setattr__(self, name, w := tuple(w))
+            if (not isinstance(w, tuple) or len(w) != 4
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                               and math.isfinite(x) and 0.0 <= x <= 1.0 for x in w)
+                    or abs(math.fsum(w) - 1.0) > 1e-6):
+                raise bad(c, name, "4 probabilities summing to 1", w)
+            for field in ("wait_s", "age_s"):
+                check_float(c, f"{side}_{field}", getattr(self, f"{side}_{field}"), 0.0)
         check_choice(c, "outcome", self.outcome, BELL_STATES)
-        check_choice(c, "bell_state", self.bell_state, BELL_STATES)
-        w = self.weights
-        if isinstance(w, list):
-            object.__setattr__(self, "weights", w := tuple(w))
-        if (not isinstance(w, tuple) or len(w) != 4
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                           and math.isfinite(x) and 0.0 <= x <= 1.0 for x in w)
-                or abs(math.fsum(w) - 1.0) > 1e-6):
-            raise bad(c, "weights", "4 probabilities summing to 1", w)
-        check_str(c, "remote_node", self.remote_node)
-        check_float(c, "remote_age_s", self.remote_age_s, 0.0)
+        check_float(c, "t1_s", self.t1_s, 0.0)
+        check_float(c, "t2_s", self.t2_s, 0.0)
+        if self.t1_s > 0 and not 0 < self.t2_s <= 2 * self.t1_s:
+            raise bad(c, "t2_s", f"0 < T2 <= 2 T1 = {2 * self.t1_s}", self.t2_s)
+        check_float(c, "gate_fidelity", self.gate_fidelity, 0.0, 1.0)
+        check_float(c, "meas_fidelity", self.meas_fidelity, 0.0, 1.0)
         check_float(c, "time", self.time, 0.0)
 
 

@@ -104,14 +104,15 @@ class MemoryRole:
         assert mem is not None
         by_link = {s.link: s for s in self.services}
         for i, path in enumerate(cfg.paths):
-            if cfg.id != path.repeater and cfg.id not in path.ends:
+            if cfg.id not in path.nodes:
                 continue
             if self.pool is None:
-                raise ConfigError(cfg.path, f"paths[{i}]", "a path's repeater and ends need "
+                raise ConfigError(cfg.path, f"paths[{i}]", "a path's repeaters and ends need "
                                                            "their pairs in qubits: set "
                                                            "[memory].qdevice")
-            if cfg.id == path.repeater:
-                pair = (by_link[path.links[0]], by_link[path.links[1]])
+            k = path.nodes.index(cfg.id)
+            if cfg.id in path.repeaters:
+                pair = (by_link[path.links[k - 1]], by_link[path.links[k]])
                 m0, m1 = pair[0].memory, pair[1].memory
                 assert m0 is not None and m1 is not None
                 swapper = Swapper(self.ctx, path, pair, (m0, m1), mem)
@@ -119,7 +120,7 @@ class MemoryRole:
                     s.listeners.append(swapper.poke)
                 self.swappers.append(swapper)
             else:
-                service = by_link[path.links[path.ends.index(cfg.id)]]
+                service = by_link[path.links[0 if k == 0 else -1]]
                 assert service.memory is not None
                 end = PathEnd(self.ctx, path, service, service.memory, mem)
                 self.router.add_path(end)

@@ -72,11 +72,10 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     purification_schedule = "pumping"  # "bbpssw" or "off"; "pumping" or "recurrence"
     purification_max_rounds = 4   #   (qnode.daemon.klink.purification); more rounds: ERR UNSUPP
 
-    [[paths]]                     # end-to-end pairs alice-bob through a repeater's swaps
-    id = "alice-bob"              #   (the same table on the ends and the repeater)
-    ends = ["alice", "bob"]
-    repeater = "repeater"
-    links = ["alice-repeater", "repeater-bob"]   # the repeater's link with ends[0], ends[1]
+    [[paths]]                     # end-to-end pairs alice-bob through the repeaters' swaps
+    id = "alice-bob"              #   (the same table on the ends and every repeater)
+    nodes = ["alice", "r1", "r2", "bob"]   # the ends first and last, the repeaters in order
+    links = ["alice-r1", "r1-r2", "r2-bob"]   # links[k] joins nodes[k] and nodes[k + 1]
 
     [[quantum_channels]]          # a one-way channel between two nodes' QDevices (the same
                                   #   table on both): applications send qubits over it
@@ -165,6 +164,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qnode.daemon.bus.keys import KeyFileError, read_key_file
+from qnode.daemon.linklayer.messages import MAX_HOPS
 from qnode.daemon.qkd.block import KeyParams
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.daemon.quantum.estimators import full_window_ps
@@ -341,13 +341,22 @@ class MemoryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PathConfig:
-    """``[[paths]]``: an end-to-end pair service between ``ends`` through ``repeater``, which
-    swaps pairs of ``links`` (the link with ``ends[0]`` first)."""
+    """``[[paths]]``: an end-to-end pair service along ``nodes`` (the two ends first and last,
+    the repeaters between them, in order), whose consecutive nodes are joined by the K links
+    ``links`` (``links[k]`` between ``nodes[k]`` and ``nodes[k + 1]``). The file names either
+    ``nodes`` or, for one repeater, ``ends`` and ``repeater``."""
 
     id: str
-    ends: tuple[str, str]
-    repeater: str
-    links: tuple[str, str]
+    nodes: tuple[str, ...]
+    links: tuple[str, ...]
+
+    @property
+    def ends(self) -> tuple[str, str]:
+        return self.nodes[0], self.nodes[-1]
+
+    @property
+    def repeaters(self) -> tuple[str, ...]:
+        return self.nodes[1:-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -657,6 +666,26 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
                 raise ConfigError(path, key, f"the application service checks {remote!r}'s "
                                              f"identity signature: put {remote}.pub in "
                                              f"node.trust_dir")
+    # a repeater that is not an end's link neighbour reports its swaps to that end under its
+    # identity signature (docs/developers/decisions/0010-chains-of-repeaters.md)
+    for i, p in enumerate(cfg.paths):
+        if node_id in p.repeaters:
+            k = p.nodes.index(node_id)
+            if (k > 1 or k < len(p.nodes) - 2) and identity_key_file is None:
+                raise node.fail("identity_key_file", f"this node repeats for path {p.id!r} "
+                                                     f"and signs its swap reports to ends it "
+                                                     f"has no link with: set "
+                                                     f"node.identity_key_file")
+        elif node_id in p.ends:
+            k = p.nodes.index(node_id)
+            far = [n for j, n in enumerate(p.nodes[1:-1], 1) if abs(j - k) > 1]
+            for n in far:
+                if n not in trust:
+                    where = "trust_dir" if trust_dir is not None else "trust_dir (missing)"
+                    raise ConfigError(path, f"paths[{i}].nodes",
+                                      f"repeater {n!r} reports its swaps on path {p.id!r} "
+                                      f"under its identity signature: put {n}.pub in "
+                                      f"node.{where}")
     # heralds carry their station's identity signature: the station signs, the ends verify
     if "herald" in roles and identity_key_file is None:
         raise node.fail("identity_key_file", "a herald station signs its heralds with its "
@@ -915,29 +944,44 @@ def _paths(path: str, raw: object, node_id: str,
         raise ConfigError(path, "paths", "must be an array of [[paths]] tables")
     out: list[PathConfig] = []
     for i, table in enumerate(raw):
-        r = _Reader(path, f"paths[{i}]", table, {"id", "ends", "repeater", "links"})
+        r = _Reader(path, f"paths[{i}]", table, {"id", "nodes", "ends", "repeater", "links"})
         pid = r.string("id", pattern=_NAME)
-        ends = r.table.get("ends")
-        if (not isinstance(ends, list) or len(ends) != 2
-                or not all(isinstance(e, str) for e in ends) or ends[0] == ends[1]):
-            raise r.fail("ends", f"must be two different node ids, got {ends!r}")
-        repeater = r.string("repeater", pattern=_NAME)
+        if r.has("nodes"):
+            for key in ("ends", "repeater"):
+                if r.has(key):
+                    raise r.fail(key, "give either nodes, or ends and repeater, not both")
+            nodes = r.table.get("nodes")
+            if (not isinstance(nodes, list) or not 3 <= len(nodes) <= MAX_HOPS + 1
+                    or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in nodes)
+                    or len(set(nodes)) != len(nodes)):
+                raise r.fail("nodes", f"must be 3 to {MAX_HOPS + 1} different node ids, the "
+                                      f"ends first and last, got {nodes!r}")
+        else:
+            ends = r.table.get("ends")
+            if (not isinstance(ends, list) or len(ends) != 2
+                    or not all(isinstance(e, str) for e in ends) or ends[0] == ends[1]):
+                raise r.fail("ends", f"must be two different node ids, got {ends!r}")
+            repeater = r.string("repeater", pattern=_NAME)
+            if repeater in ends:
+                raise r.fail("repeater", f"must not be an end, got {repeater!r}")
+            nodes = [ends[0], repeater, ends[1]]
+        hops = len(nodes) - 1
         via = r.table.get("links")
-        if (not isinstance(via, list) or len(via) != 2
-                or not all(isinstance(x, str) for x in via)):
-            raise r.fail("links", f"must be the two link ids the repeater joins, got {via!r}")
+        if (not isinstance(via, list) or len(via) != hops
+                or not all(isinstance(x, str) for x in via) or len(set(via)) != hops):
+            raise r.fail("links", f"must be the {hops} different link ids joining the path's "
+                                  f"consecutive nodes, got {via!r}")
         mine = {lc.id: lc for lc in links}
-        if node_id == repeater:
-            for k, lid in enumerate(via):
-                if lid not in mine or mine[lid].type != "K" or mine[lid].peer != ends[k]:
-                    raise r.fail("links", f"link {lid!r} must be a K link of this node with "
-                                          f"{ends[k]!r}")
-        elif node_id in ends:
-            k = ends.index(node_id)
-            if via[k] not in mine or mine[via[k]].peer != repeater:
-                raise r.fail("links", f"link {via[k]!r} must be this node's K link with "
-                                      f"{repeater!r}")
-        out.append(PathConfig(pid, (ends[0], ends[1]), repeater, (via[0], via[1])))
+        if node_id in nodes:
+            k = nodes.index(node_id)
+            for j in (k - 1, k):   # the links on this node's sides
+                if 0 <= j < hops:
+                    peer = nodes[j + 1] if j == k else nodes[j]
+                    if via[j] not in mine or mine[via[j]].type != "K" \
+                            or mine[via[j]].peer != peer:
+                        raise r.fail("links", f"link {via[j]!r} must be a K link of this node "
+                                              f"with {peer!r}")
+        out.append(PathConfig(pid, tuple(nodes), tuple(via)))
     return tuple(out)
 
 

@@ -285,8 +285,10 @@ FIDELITY_SOURCES = ("prior", "tests")
 #: ``paths`` entries: a repeater's Swapper.telemetry() and an end's PathEnd.telemetry()
 _PATH_GAUGES: tuple[_Field, ...] = (
     ("fidelity_estimate", "path_swap_fidelity_ratio",
-     "The repeater's fidelity estimate of the latest swapped end-to-end pair, at the Bell-state "
-     "measurement (0..1).", 1.0),
+     "The repeater's fidelity estimate of the pair its latest swap made of its two link pairs, "
+     "at the Bell-state measurement (with one repeater: the end-to-end pair) (0..1).", 1.0),
+    ("chains_waiting", "path_chains_waiting",
+     "Link pairs taken for a path, waiting for the rest of their chain of swaps.", 1.0),
     ("pairs_held", "path_pairs_held", "End-to-end pairs held at this end, not yet delivered.",
      1.0),
     ("delivered_fidelity_mean", "path_delivered_fidelity_mean_ratio",
@@ -298,13 +300,19 @@ _PATH_COUNTERS: tuple[_Field, ...] = (
     ("swaps_failed_total", "path_swaps_failed_total",
      "Bell-state measurements that failed on the QDevice (both link pairs expired).", 1.0),
     ("pairs_received_total", "path_pairs_received_total",
-     "End-to-end pairs received from the repeater's swaps.", 1.0),
+     "End-to-end pairs assembled from the repeaters' swaps.", 1.0),
     ("pairs_delivered_total", "path_pairs_delivered_total",
      "End-to-end pairs delivered to applications.", 1.0),
     ("pairs_discarded_total", "path_pairs_discarded_total",
      "End-to-end pairs discarded at the cut-off before delivery.", 1.0),
+    ("chains_incomplete_total", "path_chains_incomplete_total",
+     "Link pairs taken for a path whose chain of swaps did not complete in time.", 1.0),
     ("swap_orphaned_total", "path_swap_results_orphaned_total",
      "Swap results for a link pair not held here (dropped).", 1.0),
+    ("swap_reports_refused_total", "path_swap_reports_refused_total",
+     "Swap results refused: not from the path's repeater at that hop, or not its links.", 1.0),
+    ("swap_reports_evicted_total", "path_swap_reports_evicted_total",
+     "Swap results dropped before their chain completed: the end's store was full.", 1.0),
     ("send_overloaded_total", "path_send_overloaded_total",
      "Replies about the path's pairs not sent: the bus's outgoing queue was full.", 1.0),
 )

@@ -375,7 +375,8 @@ def _good() -> list[tuple[str, bytes]]:
         _wire(f"{N}/alice/ll/bob", "EXPIRE", Expire("ab", 1, 5, "alice", 0, 0).to_dict(),
               key=KEY),
         _wire(f"{N}/rep/ll/alice", "SWAP_RES", SwapResult(
-            "a-c", "a-rep", 5, 9, "phi+", "psi-", (0.9, 0.05, 0.03, 0.02), "carol", 0.01,
+            "a-c", 1, "a-rep", 5, "rep-c", 9, "phi+", "psi-", "phi+", (0.9, 0.05, 0.03, 0.02),
+            (0.02, 0.03, 0.05, 0.9), 0.002, 0.001, 0.004, 0.01, 0.5, 0.4, 0.999, 0.995,
             1765000000.0).to_dict(), key=KEY),
         _wire(f"{N}/alice/proto/bob", "PURIFY", Purify(
             "ab", 1, "dejmps", 10, 11, "", "X", 0, 1765000000.0).to_dict(), key=KEY),

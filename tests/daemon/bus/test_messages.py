@@ -256,3 +256,20 @@ def test_during_a_key_rotation_either_key_verifies():
 def test_a_surrogate_pair_is_one_character_and_passes():
     m = decode(encode(msg()).replace(b'"psi+"', b'"\\ud83d\\ude00"'), LL)
     assert m.body["bell"] == "\U0001f600"
+
+
+def test_an_ll_message_from_a_node_without_a_link_key_needs_its_identity_signature():
+    """A far repeater shares no link key with a path end: its SWAP_RES carries only its
+    identity signature, which must verify against the end's trust store; without it, or
+    forged, the message is refused as unsigned or badly signed."""
+    from qnode.daemon.bus.identity import NodeSigner, TrustStore
+
+    alice, mallory = NodeSigner.generate(), NodeSigner.generate()
+    trust = TrustStore({"alice": alice.public_key()})
+    m = decode(encode(msg(), signer=alice), LL, key=None, require_signature=True, trust=trust)
+    assert m.node_signed and not m.signed
+    for payload, reason in ((encode(msg()), "unsigned"),
+                            (encode(msg(), signer=mallory), "bad_signature")):
+        with pytest.raises(MessageRejected) as err:
+            decode(payload, LL, key=None, require_signature=True, trust=trust)
+        assert err.value.reason == reason

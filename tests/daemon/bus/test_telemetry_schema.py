@@ -176,7 +176,7 @@ def _record_of_memory_node() -> Telemetry:
         purifier.last_plan = purifier.plan(0.95)
         assert purifier.last_plan is not None
         purifier.delivered_fidelity.append(0.96)
-        path = PathConfig("alice-carol", ("alice", "carol"), "rep", ("alice-rep", "rep-carol"))
+        path = PathConfig("alice-carol", ("alice", "rep", "carol"), ("alice-rep", "rep-carol"))
         end = PathEnd(ctx, path, svc, svc.memory, MEM)
         end.delivered_fidelity.append(0.8)
         other = await _k_end(link_context("alice", _Bus()), "rep-carol", "carol")

@@ -1,6 +1,6 @@
 """A link service dispatches each kind of peer message to the one handler registered for it:
 the link end's own (EXPIRE, EXPIRE_ACK, EPOCH), and what its helpers register (the memory's TEST
-and HELD, a path end's SWAP_RES, the purifier's PURIFY at the follower or PURIFY_RES at the
+and HELD, the purifier's PURIFY at the follower or PURIFY_RES at the
 leader). A kind nobody here handles is refused, counted by the node's link router, and changes
 nothing; a second handler for one kind is a programming error."""
 from __future__ import annotations
@@ -19,7 +19,6 @@ from qnode.daemon.linklayer import (
     Held,
     Purify,
     PurifyResult,
-    SwapResult,
     TestOutcomes,
 )
 from qnode.daemon.runtime.config import MemoryConfig
@@ -63,8 +62,7 @@ def _service(node: str, peer: str) -> tuple[LinkService, Any]:
 @pytest.mark.asyncio
 async def test_a_kind_nobody_registered_is_refused_counted_and_changes_nothing():
     svc, ctx = _service("alice", "bob")
-    swap = SwapResult("ac", "ab", 3, 1, "phi+", "phi+", (0.9, 0.05, 0.03, 0.02), "carol", 0.0,
-                      time.time())
+    swap = Purify("ab", 0, "dejmps", 10, 11, "", "X", 0, time.time())   # no purifier here
     def state() -> dict[str, Any]:   # the snapshot's generation counts the snapshots taken
         return {k: v for k, v in svc.end.snapshot().items() if k != "generation"}
     before = state()

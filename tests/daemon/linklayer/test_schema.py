@@ -17,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 from qnode.daemon.linklayer import messages, schema as ll_schema, sequence
 from qnode.daemon.linklayer.messages import (
+    MAX_HOPS,
     MESSAGE_TYPES,
     Ack,
     Create,
@@ -64,8 +65,9 @@ def _herald(n: int, *, first: int = 4000, step: int = 700, epoch: bool = False,
 CREATE = Create("bob", 0.9, 0.0, 7, 10)
 OK = Ok(7, "ab", 4312, "psi+", 0.93, 7, "bob", goodness_time_ps=1_000_000)
 OK_M = Ok(7, "ab", 12, "psi-", 0.0, 1, "bob", tpe="M", outcome=1, basis="ZR-")
-SWAP = SwapResult("alice-bob", "alice-repeater", 4312, 0, "phi+", "psi-",
-                  (0.9, 0.05, 0.03, 0.02), "bob", 0.0125, 1765000000.5)
+SWAP = SwapResult("alice-bob", 1, "alice-repeater", 4312, "repeater-bob", 977, "phi+", "psi-",
+                  "phi+", (0.03, 0.02, 0.05, 0.9), (0.9, 0.05, 0.03, 0.02), 0.004, 0.0012,
+                  0.0125, 0.0031, 0.5, 0.4, 0.999, 0.995, 1765000000.5)
 PURIFY = Purify("ab", 0, "dejmps", 10, 11, "", "X", 0, 1765000000.0)
 HERALD = Herald.from_entries("ab", 12, (HeraldEntry(4000, "psi+", 1_000_000),
                                         HeraldEntry(4001, "psi-", 1_700_000),
@@ -100,7 +102,8 @@ MESSAGES: list[Any] = [
                  "1" * messages.MAX_TESTS, readout_error=0.02),
     Held("ab", (5,), (1765000000.25,)), Held("ab", (5, 6, 7), (1.0, 2, 3.5)),
     SWAP,
-    SwapResult("p", "l", SEQ_TOP, 0xFFFFFFFF, "psi+", "phi+", (1, 0, 0, 0), "bob", 0, 0),
+    SwapResult("p", MAX_HOPS - 1, "l", SEQ_TOP, "m", 0, "psi+", "phi+", "psi-", (1, 0, 0, 0),
+               (0, 0, 0, 1), 0, 0, 0, 0, 0, 0, 0, 0, 0),
     PURIFY,
     Purify("ab", 0xFFFFFFFF, "bbpssw", SEQ_TOP, 0, "XY", "YX", 1, 0.0),
     PurifyResult("ab", 3, "0", 1.0), PurifyResult("ab", 3, "-", 1765000000.0),
@@ -239,9 +242,13 @@ REFUSED: list[tuple[str, str, dict[str, Any]]] = [
     _bad("TESTS too many", TESTS, seqs=[1] * (messages.MAX_TESTS + 1)),
     _bad("HELD none", Held("ab", (1,), (1.0,)), seqs=[], times=[]),
     _bad("HELD negative time", Held("ab", (1,), (1.0,)), times=[-1.0]),
-    _bad("SWAP_RES three weights", SWAP, weights=[0.5, 0.25, 0.25]),
-    _bad("SWAP_RES weight above 1", SWAP, weights=[1.5, -0.5, 0, 0]),
+    _bad("SWAP_RES three weights", SWAP, left_weights=[0.5, 0.25, 0.25]),
+    _bad("SWAP_RES weight above 1", SWAP, right_weights=[1.5, -0.5, 0, 0]),
     _bad("SWAP_RES outcome", SWAP, outcome="00"),
+    _bad("SWAP_RES hop 0", SWAP, hop=0),
+    _bad("SWAP_RES negative wait", SWAP, left_wait_s=-0.001),
+    _bad("SWAP_RES bell", SWAP, right_bell="bell"),
+    _bad("SWAP_RES gate fidelity above 1", SWAP, gate_fidelity=1.5),
     _bad("PURIFY protocol", PURIFY, protocol="recurrence"),
     _bad("PURIFY axes", PURIFY, kept_axes="XZ"),
     _bad("PURIFY round", PURIFY, round=2**32),
@@ -268,7 +275,7 @@ BEYOND_THE_SCHEMA: list[tuple[str, str, dict[str, Any]]] = [
     _bad("next_seq", HERALD, next_seq=HERALD.next_seq + 1),
     _bad("bell length", HERALD, bell="AAAA"),
     _bad("one basis per pair", TESTS, bases="XY"),
-    _bad("weights sum", SWAP, weights=[0.5, 0.5, 0.5, 0.5]),
+    _bad("weights sum", SWAP, left_weights=[0.5, 0.5, 0.5, 0.5]),
     _bad("the same pair twice", PURIFY, sacrificed=10),
 ]
 
