@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from qnode.daemon.bus.identity import keygen
 from qnode.daemon.bus.keys import write_key_file
 from qnode.daemon.kme.pki import DemoPki, write_demo_pki
+from qnode.daemon.tools.topology import DEMO_CHAIN, Chain
 
 log = logging.getLogger("qnode.demo")
 
@@ -117,7 +118,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  memory_t2_s: float = 2.0, memory_readout_error: float = 0.005,
                  paths: bool = True, delivered_hold_s: float = 0.1, m_link: str = "key",
                  keys: bool = False, key_block_bits: int = 1 << 18,
-                 pump_power_mw: float = 40.0,
+                 pump_power_mw: float = 40.0, chain: Chain = DEMO_CHAIN,
                  extra: dict[str, str] | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
@@ -134,8 +135,11 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     :func:`write_bench_variant`); ``keys``: the M link makes keys (``[analyzer.keys]``, blocks
     of ``key_block_bits``) into each analyzer's key store, served by its KME (``[kme]``, the
     demo PKI of :func:`demo_key_pki` under ``workdir/pki``); ``pump_power_mw``: the source's
-    set point (2500 pairs/s per mW); ``extra``: more config text per node name (e.g. its
-    ``[applications.<name>]`` tables)."""
+    set point (2500 pairs/s per mW); ``chain``: the memory nodes, alice – repeater – bob or
+    a longer :class:`~qnode.daemon.tools.topology.Chain` (the bench must have its links,
+    stations and QDevices: :func:`~qnode.daemon.tools.topology.write_chain_bench`, which has
+    no M link: the source and the analyzers are planned with the demo's chain only);
+    ``extra``: more config text per node name (e.g. its ``[applications.<name>]`` tables)."""
     if m_link not in M_LINK_SETTINGS:
         raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
     link_keys = workdir / "keys"
@@ -182,8 +186,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                    f"purification_schedule = {_toml_str(purification_schedule)}\n"
                    f"delivered_hold_s = {delivered_hold_s}\n")
     if quantum_memory and paths:
-        memory += ("\n[[paths]]\nid = \"alice-bob\"\nends = [\"alice\", \"bob\"]\n"
-                   "repeater = \"repeater\"\nlinks = [\"alice-repeater\", \"repeater-bob\"]\n")
+        memory += (f"\n[[paths]]\nid = \"alice-bob\"\nnodes = {json.dumps(list(chain.nodes))}\n"
+                   f"links = {json.dumps(list(chain.links))}\n")
     memory += "\n"
     plan = NetworkPlan()
 
@@ -191,27 +195,32 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         more = (extra or {}).get(name, "")
         plan.nodes[name] = NodePlan(name, tuple(roles), head(name, roles) + text + more)
 
-    for station, link, ends in (("herald1", "alice-repeater", ("alice", "repeater")),
-                                ("herald2", "repeater-bob", ("repeater", "bob"))):
+    for k, (station, link) in enumerate(zip(chain.stations, chain.links, strict=True)):
+        ends = chain.nodes[k:k + 2]
         add(station, ["herald"], tagger(f"{station}-tagger", [1, 2, 3, 4])
             + f"[herald]\nlink = {_toml_str(link)}\nends = {json.dumps(list(ends))}\n"
               f"channels = [1, 2, 3, 4]\nwindow_ps = 2000\n"
               f"hmac_key_file = {_toml_str(key(link))}\n")
+
     def qdevice(name: str, bench_name: str) -> str:
         return (f"[instruments.{name}]\nkind = \"qdevice\"\n"
                 f"address = {_toml_str(addresses[bench_name])}\n\n")
 
-    def channels(*ends: str) -> str:   # the bench's quantum channels from alice's memory
+    def channels(node: str) -> str:   # the demo bench's quantum channels from alice's memory
+        ends = {"alice": ("repeater", "bob"), "repeater": ("repeater",), "bob": ("bob",)}
+        if not quantum_memory or chain != DEMO_CHAIN:
+            return ""
         return "".join(f"[[quantum_channels]]\nid = \"qc-alice-{to}\"\nfrom = \"alice\"\n"
-                       f"to = \"{to}\"\n\n" for to in ends) if quantum_memory else ""
+                       f"to = \"{to}\"\n\n" for to in ends[node])
 
-    add("alice", ["memory"], memory + qdevice("qmem", "alice-qdevice")
-        + k_link("alice-repeater", "repeater", "herald1") + channels("repeater", "bob"))
-    add("repeater", ["repeater"], memory + qdevice("qmem", "repeater-qdevice")
-        + k_link("alice-repeater", "alice", "herald1") + k_link("repeater-bob", "bob", "herald2")
-        + channels("repeater"))
-    add("bob", ["memory"], memory + qdevice("qmem", "bob-qdevice")
-        + k_link("repeater-bob", "repeater", "herald2") + channels("bob"))
+    for k, node in enumerate(chain.nodes):
+        links = "".join(k_link(chain.links[j], chain.nodes[j + 1 if j == k else j],
+                               chain.stations[j])
+                        for j in (k - 1, k) if 0 <= j < len(chain.links))
+        add(node, ["repeater" if node in chain.repeaters else "memory"],
+            memory + qdevice("qmem", f"{node}-qdevice") + links + channels(node))
+    if chain != DEMO_CHAIN:   # a chain's bench has no M link
+        return plan
     add("source", ["source"],
         f"[instruments.pump]\nkind = \"ibeam\"\naddress = {_toml_str(addresses['pump'])}\n\n"
         f"[instruments.oven]\nkind = \"tc200\"\naddress = {_toml_str(addresses['oven'])}\n\n"
@@ -487,7 +496,7 @@ class DemoNetwork:
     def close(self, settle_s: float = 1.0) -> None:
         """Stop the nodes that herald first, let the ends apply what is in flight, then the
         rest and the bench."""
-        self.stop(STATIONS)
+        self.stop((*STATIONS, *(n for n, d in self.daemons.items() if "herald" in d.node.roles)))
         time.sleep(settle_s)
         self.stop(tuple(self.daemons))
         self.bench.stop()

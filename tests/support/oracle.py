@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qnode.daemon.bus.client import NodeBus
 from qnode.daemon.bus.envelope import Message, decode
-from qnode.daemon.bus.topics import parse_topic
+from qnode.daemon.bus.topics import Topics, parse_topic
+from qnode.daemon.linklayer import Create
 from qnode.daemon.quantum.bell_diagonal import PauliChannel
 
 
@@ -117,3 +119,75 @@ async def telemetry_until(port: int, done, timeout_s: float) -> dict[str, dict]:
         pass
     links = {n: r.get("links") for n, r in latest.items()}
     raise AssertionError(f"telemetry never showed the condition: {json.dumps(links)[:3000]}")
+
+
+async def ask_pairs(port: int, truth: Truth, pairs: int, *, per_pair_s: float = 30.0,
+                    all_s: float = 60.0) -> tuple[list[dict], list[tuple[str, np.ndarray]],
+                                                  list[dict], list[float]]:
+    """A program on the demo network: bob asks for ``pairs`` end-to-end pairs with alice at
+    once; alice asks for one at a time and the oracle reads each one's true state as soon as
+    its OK arrives (a pair decays by ~4e-4 per ms at these fidelities, so the truth is read
+    within milliseconds of the estimate). ``per_pair_s``/``all_s``: how long alice's next OK
+    and all of bob's may take (s).
+    Returns alice's OKs read and their truths, bob's OKs, and for alice's pairs read too late
+    the seconds after their OK at which their qubits held newer pairs."""
+    oks: list[dict] = []
+    truths: list[tuple[str, np.ndarray]] = []
+    bob_oks: list[dict] = []
+    unread: list[float] = []
+    alice_ok: asyncio.Queue = asyncio.Queue()
+    bob_done = asyncio.Event()
+
+    async def on_reply(topic, msg) -> None:
+        if msg.type != "OK":
+            assert msg.type == "ACK", (msg.type, msg.body)
+            return
+        if msg.sender == "alice":
+            try:
+                reading = await asyncio.to_thread(truth.read, "alice", msg.body["qubit"])
+                late = reading.rebound_after(msg)
+                if late is None:
+                    partner, w = reading.pair()
+            except AssertionError as exc:
+                alice_ok.put_nowait(f"alice's OK {msg.body}, but the oracle: {exc}")
+                return
+            if late is not None:          # read too late: the qubit holds a newer pair
+                unread.append(late)
+                alice_ok.put_nowait("")
+                return
+            lag = max(0.0, time.time() - msg.ts)
+            truths.append((partner, undo_decay(w, lag)))
+            oks.append(msg.body)
+            alice_ok.put_nowait("")
+        else:
+            bob_oks.append(msg.body)
+            if len(bob_oks) >= pairs:
+                bob_done.set()
+
+    app = NodeBus(Topics("demo", "app"), "127.0.0.1", port)
+    app.on("reply", on_reply)
+    app.subscribe("qnet/v1/demo/+/reply/app")
+    runner = asyncio.create_task(app.run())
+    try:
+        await app.wait_connected(10)
+        app.publish("qnet/v1/demo/bob/cmd", "CREATE",
+                    Create("alice", 0.0, 0, 7, pairs).to_dict())
+        for k in range(pairs):
+            app.publish("qnet/v1/demo/alice/cmd", "CREATE", Create("bob", 0.0, 0, 7, 1).to_dict())
+            try:
+                async with asyncio.timeout(per_pair_s):
+                    failure = await alice_ok.get()
+            except TimeoutError:
+                raise AssertionError(f"alice's pair {k + 1} of {pairs}: no OK in {per_pair_s} s "
+                                     f"(bob has {len(bob_oks)})") from None
+            assert not failure, failure
+        try:
+            async with asyncio.timeout(all_s):
+                await bob_done.wait()
+        except TimeoutError:
+            raise AssertionError(f"bob has {len(bob_oks)} of {pairs} pairs after {all_s} s"
+                                 ) from None
+    finally:
+        await app.close()
+        await runner
+    return oks, truths, bob_oks, unread

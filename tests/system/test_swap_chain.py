@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import numpy as np
 import pytest
 
-from qnode.daemon.bus.client import NodeBus
-from qnode.daemon.bus.topics import Topics
-from qnode.daemon.linklayer import BELL_STATES, Create
+from qnode.daemon.linklayer import BELL_STATES
 from qnode.daemon.quantum.bell_diagonal import xor_convolve
 from qnode.daemon.tools.demo import DemoNetwork, bench_config_path
 
 from support.mosquitto import Mosquitto
-from support.oracle import Truth, telemetry_until, undo_decay
+from support.oracle import Truth, ask_pairs, telemetry_until
 
 CHAIN = ("herald1", "herald2", "alice", "repeater", "bob")
 LINKS = {"alice": "alice-repeater", "bob": "repeater-bob"}
@@ -61,72 +58,6 @@ def _estimates_ready(latest: dict[str, dict]) -> bool:
     return True
 
 
-async def _ask(port: int, truth: Truth) -> tuple[list[dict], list[tuple[str, np.ndarray]],
-                                                  list[dict], list[float]]:
-    """Bob asks for PAIRS end-to-end pairs at once; alice asks for one at a time and the
-    oracle reads each one's true state as soon as its OK arrives (a pair decays by ~4e-4 per
-    ms at these fidelities, so the truth is read within milliseconds of the estimate).
-    Returns alice's OKs read and their truths, bob's OKs, and for alice's pairs read too late
-    the seconds after their OK at which their qubits held newer pairs."""
-    oks: list[dict] = []
-    truths: list[tuple[str, np.ndarray]] = []
-    bob_oks: list[dict] = []
-    unread: list[float] = []
-    alice_ok: asyncio.Queue = asyncio.Queue()
-    bob_done = asyncio.Event()
-
-    async def on_reply(topic, msg) -> None:
-        if msg.type != "OK":
-            assert msg.type == "ACK", (msg.type, msg.body)
-            return
-        if msg.sender == "alice":
-            try:
-                reading = await asyncio.to_thread(truth.read, "alice", msg.body["qubit"])
-                late = reading.rebound_after(msg)
-                if late is None:
-                    partner, w = reading.pair()
-            except AssertionError as exc:
-                alice_ok.put_nowait(f"alice's OK {msg.body}, but the oracle: {exc}")
-                return
-            if late is not None:          # read too late: the qubit holds a newer pair
-                unread.append(late)
-                alice_ok.put_nowait("")
-                return
-            lag = max(0.0, time.time() - msg.ts)
-            truths.append((partner, undo_decay(w, lag)))
-            oks.append(msg.body)
-            alice_ok.put_nowait("")
-        else:
-            bob_oks.append(msg.body)
-            if len(bob_oks) >= PAIRS:
-                bob_done.set()
-
-    app = NodeBus(Topics("demo", "app"), "127.0.0.1", port)
-    app.on("reply", on_reply)
-    app.subscribe("qnet/v1/demo/+/reply/app")
-    runner = asyncio.create_task(app.run())
-    try:
-        await app.wait_connected(10)
-        app.publish("qnet/v1/demo/bob/cmd", "CREATE",
-                    Create("alice", 0.0, 0, 7, PAIRS).to_dict())
-        for k in range(PAIRS):
-            app.publish("qnet/v1/demo/alice/cmd", "CREATE", Create("bob", 0.0, 0, 7, 1).to_dict())
-            try:
-                failure = await asyncio.wait_for(alice_ok.get(), 30)
-            except TimeoutError:
-                raise AssertionError(f"alice's pair {k + 1} of {PAIRS}: no OK in 30 s "
-                                     f"(bob has {len(bob_oks)})") from None
-            assert not failure, failure
-        try:
-            await asyncio.wait_for(bob_done.wait(), 60)
-        except TimeoutError:
-            raise AssertionError(f"bob has {len(bob_oks)} of {PAIRS} pairs after 60 s") from None
-    finally:
-        await app.close()
-        await runner
-    return oks, truths, bob_oks, unread
-
-
 @pytest.mark.asyncio
 async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
     text = bench_config_path().read_text()
@@ -144,7 +75,7 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
             await asyncio.to_thread(net.start)
             truth = Truth(net.addresses["qdevice-truth"])
             before = await telemetry_until(broker.port, _estimates_ready, ESTIMATE_WAIT_S)
-            oks, truths, bob_oks, unread = await _ask(broker.port, truth)
+            oks, truths, bob_oks, unread = await ask_pairs(broker.port, truth, PAIRS)
             after = await telemetry_until(
                 broker.port, lambda t: "paths" in t.get("repeater", {}), 20)
             truth.close()

@@ -1,0 +1,105 @@
+"""End to end through two repeaters, over mosquitto: alice – r1 – r2 – bob, three herald
+stations, seven ``qnode run`` daemons and one hal_sim bench (qnode.daemon.tools.topology).
+
+Each repeater swaps on its own and reports to both ends; r1 and r2 each reach one end only
+through their identity signature. A program asks both ends for end-to-end pairs: both must
+receive the same pair ids in the same frames, alice's qubit must be entangled with bob's
+(the bench's registry oracle), and the reported fidelity must be the truth on average. The
+fidelity goal of the issue (±0.01 of the truth on average) is checked here with the link
+estimates at σ ≤ 0.003 (three links, 12 pairs, to keep the suite short).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from qnode.daemon.linklayer import BELL_STATES
+from qnode.daemon.quantum.bell_diagonal import xor_convolve
+from qnode.daemon.tools.demo import DemoNetwork
+from qnode.daemon.tools.topology import chain, write_chain_bench
+
+from support.mosquitto import Mosquitto
+from support.oracle import Truth, ask_pairs, telemetry_until
+
+CHAIN = chain(2)
+SIGMA_TARGET = 0.003
+ESTIMATE_WAIT_S = 600
+ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.15
+PAIRS = 12
+
+
+def over_bsm_errors(weights: np.ndarray, swaps: int) -> np.ndarray:
+    """The truth averaged over what the ends cannot know of ``swaps`` Bell-state
+    measurements: each one's read-out errors (0.5 % per bit) and CNOT depolarisation (0.1 %),
+    as the reported goodness is (test_swap_chain: one swap)."""
+    eta, g = 1.0 - 0.005, 0.999
+    for _ in range(swaps):
+        weights = xor_convolve(weights, (eta * eta, eta * (1 - eta), eta * (1 - eta),
+                                         (1 - eta) ** 2))
+        weights = g * weights + (1.0 - g) / 4.0
+    return weights
+
+
+def _estimates_ready(latest: dict[str, dict]) -> bool:
+    for k, link in enumerate(CHAIN.links):
+        for node in CHAIN.nodes[k:k + 2]:
+            t = latest.get(node, {}).get("links", {}).get(link, {})
+            if t.get("fidelity_source") != "tests" or t.get("fidelity_sigma", 1.0) > SIGMA_TARGET:
+                return False
+    return True
+
+
+@pytest.mark.asyncio
+async def test_pairs_through_two_repeaters_are_the_same_at_both_ends_and_true(tmp_path):
+    bench = write_chain_bench(tmp_path, CHAIN, attempt_rate_hz=ATTEMPT_RATE_HZ)
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
+                          tmp_path / "logs", bench=bench, chain=CHAIN, max_pair_age_s=1.0,
+                          test_fraction=TEST_FRACTION)
+        failure = None
+        try:
+            await asyncio.to_thread(net.start)
+            assert set(net.daemons) == {*CHAIN.nodes, *CHAIN.stations}
+            truth = Truth(net.addresses["qdevice-truth"])
+            before = await telemetry_until(broker.port, _estimates_ready, ESTIMATE_WAIT_S)
+            oks, truths, bob_oks, unread = await ask_pairs(broker.port, truth, PAIRS,
+                                                           per_pair_s=60, all_s=120)
+            after = await telemetry_until(
+                broker.port, lambda t: all("paths" in t.get(r, {}) for r in CHAIN.repeaters),
+                20)
+            truth.close()
+        except AssertionError as exc:
+            failure = exc
+        finally:
+            await asyncio.to_thread(net.close)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert failure is None, f"{failure}\n{logs}"
+    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    for r in CHAIN.repeaters:
+        assert after[r]["paths"]["alice-bob"]["swaps_total"] > 0
+    # the same pairs at both ends: ids and frames
+    common = {o["seq"]: o["bell_state"] for o in oks}.items() & {
+        o["seq"]: o["bell_state"] for o in bob_oks}.items()
+    assert len(common) >= PAIRS // 2, (len(common), oks, bob_oks)
+    assert len(unread) <= 2, unread                 # at most two read too late
+    assert {p.split(":")[0] for p, _ in truths} == {"bob"}   # alice's qubit: bob's partner
+    reported = np.array([o["goodness"] for o in oks])
+    true_f = np.array([over_bsm_errors(w, 2)[BELL_STATES.index(o["bell_state"])]
+                       for o, (_, w) in zip(oks, truths, strict=True)])
+    # a misread BSM leaves the pair one Pauli off its frame (about 2 % of pairs): its truth is
+    # then far below the estimate (pairs that waited long are near 0.5 anyway: not a criterion)
+    flipped = reported - true_f > 0.2
+    assert flipped.sum() <= 2, list(zip(reported, true_f, strict=True))
+    diff = reported[~flipped] - true_f[~flipped]
+    links = {link: before[CHAIN.nodes[k]]["links"][link]["fidelity_estimate"]
+             for k, link in enumerate(CHAIN.links)}
+    print(f"link estimates {links}; delivered {len(oks)}: reported {reported.mean():.4f} "
+          f"true {true_f.mean():.4f}, mean diff {diff.mean():+.4f}, max |diff| "
+          f"{np.abs(diff).max():.4f}")
+    assert abs(diff.mean()) <= 0.01, list(zip(reported, true_f, strict=True))
+    assert np.abs(diff).max() <= 0.03, list(zip(reported, true_f, strict=True))
+    # two swaps cost more than one: below every link
+    assert true_f.mean() < min(links.values())
