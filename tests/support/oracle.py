@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,8 @@ from qnode.daemon.bus.client import NodeBus
 from qnode.daemon.bus.envelope import Message, decode
 from qnode.daemon.bus.topics import Topics, parse_topic
 from qnode.daemon.linklayer import Create
-from qnode.daemon.quantum.bell_diagonal import PauliChannel
+from qnode.daemon.quantum.bell_diagonal import PauliChannel, xor_convolve
+from qnode.daemon.tools.topology import Chain
 
 
 def undo_decay(weights: np.ndarray, wait_s: float, t1_s: float = 5.0,
@@ -27,6 +29,20 @@ def undo_decay(weights: np.ndarray, wait_s: float, t1_s: float = 5.0,
     ch = PauliChannel.from_t1_t2(wait_s, t1_s, t2_s).probabilities
     conv = np.array([[ch[i ^ j] for j in range(4)] for i in range(4)])   # λ' = conv @ λ
     return np.linalg.solve(conv, np.linalg.solve(conv, weights))
+
+
+def over_bsm_errors(weights: np.ndarray, swaps: int = 1) -> np.ndarray:
+    """A pair's true Bell weights averaged over what the daemons cannot know of its ``swaps``
+    swaps: each Bell-state measurement's read-out errors (the bench's 0.5 % per bit: a misread
+    bit leaves the pair one Pauli off its frame) and its CNOT's depolarisation (0.1 %). The
+    reported goodness is this expectation (:func:`~qnode.daemon.quantum.bell_diagonal.swap`
+    with the devices' calibration), so it is what a single pair's truth is compared with."""
+    eta, g = 1.0 - 0.005, 0.999
+    for _ in range(swaps):
+        weights = xor_convolve(weights, (eta * eta, eta * (1 - eta), eta * (1 - eta),
+                                         (1 - eta) ** 2))
+        weights = g * weights + (1.0 - g) / 4.0
+    return weights
 
 
 #: Clock slack (s) of the hold check: a node's hold starts a moment before it sends the OK.
@@ -121,14 +137,29 @@ async def telemetry_until(port: int, done, timeout_s: float) -> dict[str, dict]:
     raise AssertionError(f"telemetry never showed the condition: {json.dumps(links)[:3000]}")
 
 
+def estimates_ready(c: Chain, sigma: float) -> Callable[[dict[str, dict]], bool]:
+    """For :func:`telemetry_until`: both ends of every link of chain ``c`` estimate its
+    fidelity from test pairs, with a standard error of at most ``sigma``."""
+    def done(latest: dict[str, dict]) -> bool:
+        for k, link in enumerate(c.links):
+            for node in c.nodes[k:k + 2]:
+                t = latest.get(node, {}).get("links", {}).get(link, {})
+                if t.get("fidelity_source") != "tests" or t.get("fidelity_sigma", 1.0) > sigma:
+                    return False
+        return True
+    return done
+
+
 async def ask_pairs(port: int, truth: Truth, pairs: int, *, per_pair_s: float = 30.0,
-                    all_s: float = 60.0) -> tuple[list[dict], list[tuple[str, np.ndarray]],
-                                                  list[dict], list[float]]:
+                    all_s: float = 60.0, latencies: list[float] | None = None
+                    ) -> tuple[list[dict], list[tuple[str, np.ndarray]], list[dict],
+                               list[float]]:
     """A program on the demo network: bob asks for ``pairs`` end-to-end pairs with alice at
     once; alice asks for one at a time and the oracle reads each one's true state as soon as
     its OK arrives (a pair decays by ~4e-4 per ms at these fidelities, so the truth is read
     within milliseconds of the estimate). ``per_pair_s``/``all_s``: how long alice's next OK
-    and all of bob's may take (s).
+    and all of bob's may take (s); ``latencies``: gets the time from each of alice's CREATEs
+    to its OK (s).
     Returns alice's OKs read and their truths, bob's OKs, and for alice's pairs read too late
     the seconds after their OK at which their qubits held newer pairs."""
     oks: list[dict] = []
@@ -137,12 +168,14 @@ async def ask_pairs(port: int, truth: Truth, pairs: int, *, per_pair_s: float = 
     unread: list[float] = []
     alice_ok: asyncio.Queue = asyncio.Queue()
     bob_done = asyncio.Event()
+    ok_at: list[float] = []
 
     async def on_reply(topic, msg) -> None:
         if msg.type != "OK":
             assert msg.type == "ACK", (msg.type, msg.body)
             return
         if msg.sender == "alice":
+            ok_at.append(time.monotonic())
             try:
                 reading = await asyncio.to_thread(truth.read, "alice", msg.body["qubit"])
                 late = reading.rebound_after(msg)
@@ -173,6 +206,7 @@ async def ask_pairs(port: int, truth: Truth, pairs: int, *, per_pair_s: float = 
         app.publish("qnet/v1/demo/bob/cmd", "CREATE",
                     Create("alice", 0.0, 0, 7, pairs).to_dict())
         for k in range(pairs):
+            asked = time.monotonic()
             app.publish("qnet/v1/demo/alice/cmd", "CREATE", Create("bob", 0.0, 0, 7, 1).to_dict())
             try:
                 async with asyncio.timeout(per_pair_s):
@@ -181,6 +215,8 @@ async def ask_pairs(port: int, truth: Truth, pairs: int, *, per_pair_s: float = 
                 raise AssertionError(f"alice's pair {k + 1} of {pairs}: no OK in {per_pair_s} s "
                                      f"(bob has {len(bob_oks)})") from None
             assert not failure, failure
+            if latencies is not None:
+                latencies.append(ok_at[-1] - asked)
         try:
             async with asyncio.timeout(all_s):
                 await bob_done.wait()

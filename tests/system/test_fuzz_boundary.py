@@ -63,7 +63,9 @@ def seeds() -> list[tuple[str, str, dict[str, Any], str]]:
     bob = [
         Expire(LINK, 0, 3, "bob"), ExpireAck(LINK, 5, 0, 3),
         Held(LINK, (0, 1), (0.5, 0.75)), TestOutcomes(LINK, (2,), "Z", "1", 0.01),
-        SwapResult("p", LINK, 1, 7, "phi+", "psi+", (0.9, 0.05, 0.03, 0.02), "carol", 0.1, 1.0),
+        SwapResult("p", 1, LINK, 1, "x-carol", 7, "phi+", "psi+", "phi+",
+                   (0.9, 0.05, 0.03, 0.02), (0.9, 0.05, 0.03, 0.02), 0.1, 0.1, 0.2, 0.2, 5.0,
+                   2.0, 0.999, 0.995, 1.0),
         Purify(LINK, 1, "dejmps", 0, 1, "X", "X", 1, 1.0), PurifyResult(LINK, 1, "1", 1.0),
     ]
     out = [(f"qnet/v1/t/station/herald/{LINK}", "station", herald.to_dict(), herald.TYPE)]

@@ -16,39 +16,23 @@ import numpy as np
 import pytest
 
 from qnode.daemon.linklayer import BELL_STATES
-from qnode.daemon.quantum.bell_diagonal import xor_convolve
 from qnode.daemon.tools.demo import DemoNetwork
 from qnode.daemon.tools.topology import chain, write_chain_bench
 
 from support.mosquitto import Mosquitto
-from support.oracle import Truth, ask_pairs, telemetry_until
+from support.oracle import (
+    Truth,
+    ask_pairs,
+    estimates_ready,
+    over_bsm_errors,
+    telemetry_until,
+)
 
 CHAIN = chain(2)
 SIGMA_TARGET = 0.003
 ESTIMATE_WAIT_S = 600
 ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.15
 PAIRS = 12
-
-
-def over_bsm_errors(weights: np.ndarray, swaps: int) -> np.ndarray:
-    """The truth averaged over what the ends cannot know of ``swaps`` Bell-state
-    measurements: each one's read-out errors (0.5 % per bit) and CNOT depolarisation (0.1 %),
-    as the reported goodness is (test_swap_chain: one swap)."""
-    eta, g = 1.0 - 0.005, 0.999
-    for _ in range(swaps):
-        weights = xor_convolve(weights, (eta * eta, eta * (1 - eta), eta * (1 - eta),
-                                         (1 - eta) ** 2))
-        weights = g * weights + (1.0 - g) / 4.0
-    return weights
-
-
-def _estimates_ready(latest: dict[str, dict]) -> bool:
-    for k, link in enumerate(CHAIN.links):
-        for node in CHAIN.nodes[k:k + 2]:
-            t = latest.get(node, {}).get("links", {}).get(link, {})
-            if t.get("fidelity_source") != "tests" or t.get("fidelity_sigma", 1.0) > SIGMA_TARGET:
-                return False
-    return True
 
 
 @pytest.mark.asyncio
@@ -63,7 +47,8 @@ async def test_pairs_through_two_repeaters_are_the_same_at_both_ends_and_true(tm
             await asyncio.to_thread(net.start)
             assert set(net.daemons) == {*CHAIN.nodes, *CHAIN.stations}
             truth = Truth(net.addresses["qdevice-truth"])
-            before = await telemetry_until(broker.port, _estimates_ready, ESTIMATE_WAIT_S)
+            before = await telemetry_until(broker.port, estimates_ready(CHAIN, SIGMA_TARGET),
+                                           ESTIMATE_WAIT_S)
             oks, truths, bob_oks, unread = await ask_pairs(broker.port, truth, PAIRS,
                                                            per_pair_s=60, all_s=120)
             after = await telemetry_until(

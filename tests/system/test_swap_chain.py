@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from qnode.daemon.linklayer import BELL_STATES
-from qnode.daemon.quantum.bell_diagonal import xor_convolve
 from qnode.daemon.tools.demo import DemoNetwork, bench_config_path
 
 from support.mosquitto import Mosquitto
-from support.oracle import Truth, ask_pairs, telemetry_until
+from support.oracle import Truth, ask_pairs, over_bsm_errors, telemetry_until
 
 CHAIN = ("herald1", "herald2", "alice", "repeater", "bob")
 LINKS = {"alice": "alice-repeater", "bob": "repeater-bob"}
@@ -36,17 +35,6 @@ ESTIMATE_WAIT_S = 600
 #: keep up, nearly every test pair is matched and σ reaches 0.002 in about 2.5 min.
 ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.15
 PAIRS = 40
-
-
-def over_bsm_errors(weights: np.ndarray) -> np.ndarray:
-    """A pair's true Bell weights averaged over what the daemon cannot know of its swap: the
-    BSM's read-out errors (0.5 % per bit: a misread bit leaves the pair one Pauli off its
-    frame) and the CNOT's depolarisation (0.1 %). The reported goodness is this expectation
-    (:func:`~qnode.daemon.quantum.bell_diagonal.swap` with the devices' calibration), so it is
-    what a single pair's truth is compared with."""
-    eta, g = 1.0 - 0.005, 0.999
-    mixed = xor_convolve(weights, (eta * eta, eta * (1 - eta), eta * (1 - eta), (1 - eta) ** 2))
-    return g * mixed + (1.0 - g) / 4.0
 
 
 def _estimates_ready(latest: dict[str, dict]) -> bool:
