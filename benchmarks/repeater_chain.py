@@ -50,7 +50,8 @@ async def run_chain(repeaters: int, pairs: int, sigma: float, rate_hz: float,
     latencies: list[float] = []
     with Mosquitto(work / "mosquitto") as broker:
         net = DemoNetwork(work / "net", f"mqtt://127.0.0.1:{broker.port}", work / "logs",
-                          bench=bench, chain=c, max_pair_age_s=1.0, test_fraction=0.15)
+                          bench=bench, chain=c, max_pair_age_s=1.0, test_fraction=0.15,
+                          with_m_link=False)
         try:
             t0 = time.monotonic()
             await asyncio.to_thread(net.start)

@@ -119,6 +119,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  paths: bool = True, delivered_hold_s: float = 0.1, m_link: str = "key",
                  keys: bool = False, key_block_bits: int = 1 << 18,
                  pump_power_mw: float = 40.0, chain: Chain = DEMO_CHAIN,
+                 with_m_link: bool | None = None,
                  extra: dict[str, str] | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
@@ -137,9 +138,10 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     demo PKI of :func:`demo_key_pki` under ``workdir/pki``); ``pump_power_mw``: the source's
     set point (2500 pairs/s per mW); ``chain``: the memory nodes, alice – repeater – bob or
     a longer :class:`~qnode.daemon.tools.topology.Chain` (the bench must have its links,
-    stations and QDevices: :func:`~qnode.daemon.tools.topology.write_chain_bench`, which has
-    no M link: the source and the analyzers are planned with the demo's chain only);
-    ``extra``: more config text per node name (e.g. its ``[applications.<name>]`` tables)."""
+    stations and QDevices: :func:`~qnode.daemon.tools.topology.write_chain_bench`);
+    ``with_m_link``: plan the M link's source and analyzers (the demo's bench has them, a
+    chain's bench has not; default: with the demo's chain only); ``extra``: more config text
+    per node name (e.g. its ``[applications.<name>]`` tables)."""
     if m_link not in M_LINK_SETTINGS:
         raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
     link_keys = workdir / "keys"
@@ -219,7 +221,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                         for j in (k - 1, k) if 0 <= j < len(chain.links))
         add(node, ["repeater" if node in chain.repeaters else "memory"],
             memory + qdevice("qmem", f"{node}-qdevice") + links + channels(node))
-    if chain != DEMO_CHAIN:   # a chain's bench has no M link
+    if not (chain == DEMO_CHAIN if with_m_link is None else with_m_link):
         return plan
     add("source", ["source"],
         f"[instruments.pump]\nkind = \"ibeam\"\naddress = {_toml_str(addresses['pump'])}\n\n"

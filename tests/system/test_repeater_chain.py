@@ -41,7 +41,7 @@ async def test_pairs_through_two_repeaters_are_the_same_at_both_ends_and_true(tm
     with Mosquitto(tmp_path / "mosquitto") as broker:
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", bench=bench, chain=CHAIN, max_pair_age_s=1.0,
-                          test_fraction=TEST_FRACTION)
+                          test_fraction=TEST_FRACTION, with_m_link=False)
         failure = None
         try:
             await asyncio.to_thread(net.start)

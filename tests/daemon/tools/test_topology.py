@@ -23,10 +23,10 @@ def test_the_bench_and_the_configs_of_a_chain_name_the_same_links(tmp_path, repe
     assert {f"{n}-qdevice" for n in c.nodes} | {f"{s}-tagger" for s in c.stations} \
         | {"qdevice-truth"} == names
     addresses: defaultdict[str, str] = defaultdict(lambda: "socket://127.0.0.1:9")
-    plan = plan_network(addresses, "mqtt://127.0.0.1:1883", tmp_path, chain=c)
+    plan = plan_network(addresses, "mqtt://127.0.0.1:1883", tmp_path, chain=c,
+                        with_m_link=False)
     plan.write(tmp_path / "configs")
-    assert set(plan.nodes) == {*c.nodes, *c.stations} if c != DEMO_CHAIN else \
-        {*c.nodes, *c.stations} <= set(plan.nodes)
+    assert set(plan.nodes) == {*c.nodes, *c.stations}
     for node in c.nodes:
         cfg = load_config(tmp_path / "configs" / f"{node}.toml")
         (path,) = cfg.paths
@@ -36,6 +36,14 @@ def test_the_bench_and_the_configs_of_a_chain_name_the_same_links(tmp_path, repe
         herald = load_config(tmp_path / "configs" / f"{station}.toml").herald
         assert herald is not None and herald.link == c.links[k]
         assert tuple(herald.ends) == c.nodes[k:k + 2]
+
+
+def test_the_demo_chain_plans_the_m_link_unless_told_not_to(tmp_path):
+    addresses: defaultdict[str, str] = defaultdict(lambda: "socket://127.0.0.1:9")
+    demo = plan_network(addresses, "mqtt://127.0.0.1:1883", tmp_path)
+    assert {"source", "analyzer-a", "analyzer-b"} <= set(demo.nodes)
+    bare = plan_network(addresses, "mqtt://127.0.0.1:1883", tmp_path, with_m_link=False)
+    assert set(bare.nodes) == {*DEMO_CHAIN.nodes, *DEMO_CHAIN.stations}
 
 
 def test_a_chain_needs_a_repeater():
