@@ -946,6 +946,8 @@ def _paths(path: str, raw: object, node_id: str,
     for i, table in enumerate(raw):
         r = _Reader(path, f"paths[{i}]", table, {"id", "nodes", "ends", "repeater", "links"})
         pid = r.string("id", pattern=_NAME)
+        if any(p.id == pid for p in out):
+            raise r.fail("id", f"{pid!r} is used by another path")
         if r.has("nodes"):
             for key in ("ends", "repeater"):
                 if r.has(key):

@@ -79,6 +79,13 @@ def test_a_broken_path_is_one_line(tmp_path, table, error):
         parse_config(_node(tmp_path, "r2", path=f'[[paths]]\nid = "a-b"\n{table}\n'))
 
 
+def test_two_paths_may_not_share_an_id(tmp_path):
+    table = (f'[[paths]]\nid = "a-b"\nnodes = {CHAIN!r}\nlinks = {LINKS!r}\n'
+             .replace("'", '"'))
+    with pytest.raises(ConfigError, match=r"paths\[1\].id: 'a-b' is used by another path"):
+        parse_config(_node(tmp_path, "r2", path=table * 2))
+
+
 def test_far_repeaters_sign_with_their_identity_and_the_ends_must_trust_them(tmp_path):
     """r2 has a link with neither end: it signs its reports with its identity key. The ends
     check them with r2's public key (and a's with r3's, b's with r1's)."""
