@@ -39,6 +39,7 @@ simulator's density matrices in the tests).
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,23 +122,24 @@ def compose_frame(reports: Sequence[HopReport]) -> Bell:
     return Bell(frame)
 
 
+def _half(r: HopReport | None, side: str) -> tuple[float, float, float]:
+    """(storage time, T1, T2) in s of the half repeater ``r`` stored on its ``side`` of the
+    link; no decay for an end's half (None: the end decays it itself) or a repeater without a
+    decay model."""
+    if r is None or r.t1_s <= 0:
+        return 0.0, math.inf, math.inf
+    wait = r.left_wait_s if side == "left" else r.right_wait_s
+    return max(0.0, wait), r.t1_s, r.t2_s
+
+
 def _stored(state: BellDiagonal, left: HopReport | None, right: HopReport | None
             ) -> BellDiagonal:
-    """A link pair's state with the halves stored at the repeaters ``left`` (its ``right``
-    side) and ``right`` (its ``left`` side) decayed; None: an end's half, left alone."""
-    waits = (left.right_wait_s if left is not None else 0.0,
-             right.left_wait_s if right is not None else 0.0)
-    modelled = [r is not None and r.t1_s > 0 for r in (left, right)]
-    if not any(m and w > 0 for m, w in zip(modelled, waits, strict=True)):
+    """A link pair's state with the halves stored at the repeaters ``left`` (on its right
+    side) and ``right`` (on its left side) decayed."""
+    a, b = _half(left, "right"), _half(right, "left")
+    if a[0] == 0.0 and b[0] == 0.0:
         return state
-    inf = float("inf")
-    t1 = tuple(r.t1_s if m and r is not None else inf for r, m in zip((left, right), modelled,
-                                                                      strict=True))
-    t2 = tuple(r.t2_s if m and r is not None else inf for r, m in zip((left, right), modelled,
-                                                                      strict=True))
-    return age_halves(state, max(0.0, waits[0]) if modelled[0] else 0.0,
-                      max(0.0, waits[1]) if modelled[1] else 0.0,
-                      t1_s=(t1[0], t1[1]), t2_s=(t2[0], t2[1]))
+    return age_halves(state, a[0], b[0], t1_s=(a[1], b[1]), t2_s=(a[2], b[2]))
 
 
 def compose(reports: Sequence[HopReport]) -> BellDiagonal:
