@@ -56,6 +56,7 @@ from qnode.daemon.linklayer import (
     SwapResult,
     hold_ms,
 )
+from qnode.daemon.logs import RateLimitedLog
 from qnode.daemon.quantum.bell_diagonal import (
     BellDiagonal,
     BellLike,
@@ -288,6 +289,7 @@ class PathEnd:
         self.remote = path.nodes[-1] if self.side == 0 else path.nodes[0]
         self.neighbour_hop = 1 if self.side == 0 else len(path.nodes) - 2
         self.assembler = ChainAssembler(path.links)
+        self._rlog = RateLimitedLog(log)   # refused and orphaned reports come from outside
         self.waiting: dict[int, _Waiting] = {}     # this end's link seq -> its pair
         self.pairs: collections.OrderedDict[int, PathPair] = collections.OrderedDict()
         self.create_ids = CreateIdAllocator()
@@ -323,8 +325,9 @@ class PathEnd:
         why = self.refuse(sender, msg)
         if why is not None:
             self.counts["swap_reports_refused_total"] += 1
-            log.warning("path %s: SWAP_RES from %s refused: %s", self.path.id, sender, why,
-                        extra={"path": self.path.id, "sender": sender, "reason": why})
+            self._rlog("refused", logging.WARNING, "path %s: SWAP_RES from %s refused: %s",
+                       self.path.id, sender, why[:300], path=self.path.id, sender=sender,
+                       reason=why[:300])
             return
         report = report_of(msg)
         if report.hop == self.neighbour_hop:
@@ -343,9 +346,10 @@ class PathEnd:
             self.counts["swap_orphaned_total"] += 1
             if bound is not None:
                 self.memory.give_back(bound.qubit)
-            log.warning("path %s: SWAP_RES for pair %d of %s, which is not held here",
-                        self.path.id, seq, self.service.link,
-                        extra={"path": self.path.id, "link": self.service.link, "seq": seq})
+            self._rlog("orphaned", logging.WARNING,
+                       "path %s: SWAP_RES for pair %d of %s, which is not held here",
+                       self.path.id, seq, self.service.link, path=self.path.id,
+                       link=self.service.link, seq=seq)
             return False
         self.service.end.consume([seq])
         self.service.changed()
