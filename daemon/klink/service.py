@@ -370,9 +370,18 @@ class LinkService:
                 await self.ctx.persist(lazy)
 
     async def persist(self) -> None:
-        """Store the link end now (at shutdown)."""
+        """Store the link end now (at shutdown), and log where it stopped: the figures both
+        ends of a link must agree on after a clean stop."""
         async with self._lock:
             await self._persist_now()
+            stats = self.end.stats()
+        log.info("link %s: end stored at expected_seq %d", self.link, stats["expected_seq"],
+                 extra={"link": self.link, "peer": self.peer,
+                        **{k: stats[k] for k in (
+                            "expected_seq", "pairs_live", "seqs_skipped_total",
+                            "heralds_stale_total", "epoch_batches_ignored_total",
+                            "epoch_conflicts_total", "expires_unacked")},
+                        "epoch": self.end.epoch, "epoch_agreed": self.end.epoch_agreed})
 
     async def _persist_now(self) -> None:
         """Store what changed since the last store and wait for it (caller holds :attr:`lock`)."""

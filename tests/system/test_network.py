@@ -67,6 +67,14 @@ def _settle(net: DemoNetwork, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def _link_story(log_dir, link: str) -> str:
+    """Every line of every daemon's log that names ``link``: its epochs, EXPIREs and the
+    figures each end stored at its stop (what a disagreement needs explaining with)."""
+    return "\n".join(f"{p.stem}: {line[:400]}" for p in sorted(log_dir.glob("*.log"))
+                     for line in p.read_text(errors="replace").splitlines()
+                     if f"link={link}" in line)
+
+
 def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     with Mosquitto(tmp_path / "mosquitto") as broker:
         # no cut-off: every heralded pair stays, so the inventories are a strong check
@@ -110,7 +118,8 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
     # 1. both ends of every link hold exactly the same pairs
     for link, (a, b) in LINKS.items():
         end_a, end_b = _link_state(net.state_dir(a), link), _link_state(net.state_dir(b), link)
-        assert end_a.expected_seq == end_b.expected_seq > 1000, link
+        assert end_a.expected_seq == end_b.expected_seq > 1000, (
+            link, end_a.expected_seq, end_b.expected_seq, _link_story(tmp_path / "logs", link))
         assert end_a.inventory() == end_b.inventory(), link
         assert len(end_a.inventory()) > 1000, link
 
