@@ -178,8 +178,9 @@ MAX_RESEND_S = 16.0
 class PairRecord:
     """One pair of the inventory (a view; the inventory itself is columnar). ``status``: "live"
     (in memory, not OK'd; possibly reserved by ``create_id`` for a non-consecutive request),
-    "delivered" (OK'd under ``create_id``), "expired" (gone; kept until it ages out of the
-    window, for the record). ``time_ps``: detection time (ps)."""
+    "delivered" (OK'd under ``create_id``, or without one: taken by :meth:`LinkEnd.consume`,
+    e.g. a test pair or a pair a repeater swapped), "expired" (gone; kept until it ages out of
+    the window, for the record). ``time_ps``: detection time (ps)."""
 
     seq: int
     bell_state: str
@@ -1345,10 +1346,8 @@ class LinkEnd:
             if not isinstance(m, list) or len(m) != 3:
                 raise bad(where, f"marks[{k}]", "[status, create_id, length]", m)
             check_choice(w, "status", m[0], PAIR_STATUSES)
-            if m[1] is not None:
+            if m[1] is not None:   # delivered without one: consumed (test or swapped pairs)
                 check_int(w, "create_id", m[1], 0, 0xFFFF)
-            elif m[0] == "delivered":
-                raise bad(w, "create_id", "a create id for delivered pairs", m[1])
             check_int(w, "length", m[2], 1, n)
             st.append(PAIR_STATUSES.index(m[0]))
             ci.append(_NO_CID if m[1] is None else m[1])
