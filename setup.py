@@ -5,6 +5,8 @@ The design card fixes the top-level folders (daemon/ drivers/ native/ hal_sim/);
 package (there is no ``qnode/__init__.py``). The cffi extension ``qnode.native._qcore`` is built
 from ``native/qcore.c`` for both ``pip install .`` and ``pip install -e .``.
 """
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 SUBPACKAGES = {
@@ -31,6 +33,10 @@ setup(
     package_dir=SUBPACKAGES,
     package_data={"qnode.native": ["qcore.c", "qcore.h"],
                   "qnode.hal_sim": ["benches/*.toml", "sims/*.yaml"]},
+    # the broker, bridge and unit files an operator installs (qnode bridge-config reads the
+    # bridge file from here when qnode is not run from a checkout)
+    data_files=[("share/qnode/systemd", sorted(str(p) for p in Path("systemd").iterdir()
+                                               if p.is_file()))],
     setup_requires=["cffi>=1.16"],
     cffi_modules=["native/build_qcore.py:ffibuilder"],
     install_requires=[

@@ -107,6 +107,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     return listen_main(args)
 
 
+def _cmd_bridge_config(args: argparse.Namespace) -> int:
+    from qnode.daemon.tools.bridges import run
+
+    return run(args)
+
+
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
     """The options ``qnode request`` and ``qnode listen`` share: where the network is and who
     the application is (declared here so that the parser never imports the client)."""
@@ -192,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --serve: the M link's analyzer settings: key (Z and X at both "
                            "ends, default) or bell (CHSH settings at analyzer-b: a Bell test)")
     demo.set_defaults(func=_cmd_demo)
+
+    bridge = sub.add_parser("bridge-config", help="plan the mosquitto bridges of a network "
+                                                  "spread over sites (docs/operators/"
+                                                  "bridged-sites.md)")
+    bridge.add_argument("--sites", required=True, help="the sites file (TOML)")
+    bridge.add_argument("--configs", required=True, nargs="+", metavar="FILE",
+                        help="every node's config file")
+    bridge.add_argument("--out", default=".", help="where to write the files (default .)")
+    bridge.set_defaults(func=_cmd_bridge_config)
 
     request = sub.add_parser("request", help="ask a node for entangled pairs as an application "
                                              "(JSON lines)")

@@ -120,7 +120,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  keys: bool = False, key_block_bits: int = 1 << 18,
                  pump_power_mw: float = 40.0, chain: Chain = DEMO_CHAIN,
                  with_m_link: bool | None = None,
-                 extra: dict[str, str] | None = None) -> NetworkPlan:
+                 extra: dict[str, str] | None = None,
+                 brokers: Mapping[str, str] | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
     ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
@@ -141,7 +142,9 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     stations and QDevices: :func:`~qnode.daemon.tools.topology.write_chain_bench`);
     ``with_m_link``: plan the M link's source and analyzers (the demo's bench has them, a
     chain's bench has not; default: with the demo's chain only); ``extra``: more config text
-    per node name (e.g. its ``[applications.<name>]`` tables)."""
+    per node name (e.g. its ``[applications.<name>]`` tables); ``brokers``: another broker URL
+    for some nodes (a site's broker: :mod:`~qnode.daemon.tools.bridges`), ``broker_url`` for
+    the rest."""
     if m_link not in M_LINK_SETTINGS:
         raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
     link_keys = workdir / "keys"
@@ -162,7 +165,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                 f"roles = {json.dumps(roles)}\nstate_dir = {_toml_str(workdir / 'state' / name)}"
                 f"\nidentity_key_file = {_toml_str(identities / f'{name}.key')}\n"
                 f"trust_dir = {_toml_str(identities)}"
-                f"\n\n[broker]\nurl = {_toml_str(broker_url)}\nkeepalive_s = 10\n\n"
+                f"\n\n[broker]\nurl = {_toml_str((brokers or {}).get(name, broker_url))}\n"
+                f"keepalive_s = 10\n\n"
                 f"[metrics]\nprometheus_port = 0\ntelemetry_interval_s = {telemetry_interval_s}"
                 f"\n\n")
 
@@ -465,6 +469,13 @@ class DemoNetwork:
         self.kmes: dict[str, str] = {}
 
     def start(self) -> None:
+        """:meth:`prepare`, then :meth:`launch`."""
+        self.prepare()
+        self.launch()
+
+    def prepare(self) -> list[Path]:
+        """Start the bench and write the node configs (under ``workdir/configs``); returns
+        their paths (e.g. to plan a site's broker bridge from them before :meth:`launch`)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         m_link = self.plan_options.get("m_link", "key")
@@ -476,6 +487,10 @@ class DemoNetwork:
         self.kmes = plan.kmes
         self.daemons = {n.name: DaemonProcess(n, self.log_dir) for n in plan.nodes.values()
                         if self.nodes is None or n.name in self.nodes}
+        return [d.node.path for d in self.daemons.values() if d.node.path is not None]
+
+    def launch(self) -> None:
+        """Start one daemon per planned node (after :meth:`prepare`)."""
         for d in self.daemons.values():
             d.start()
 

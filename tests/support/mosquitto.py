@@ -56,7 +56,8 @@ class Mosquitto:
 
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  executable: str | None = None, listener_options: str = "",
-                 allow_anonymous: bool = True, max_queued_messages: int = 100_000):
+                 allow_anonymous: bool = True, max_queued_messages: int = 100_000,
+                 global_options: str = "", more: str = ""):
         exe = executable or find_mosquitto()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install "
@@ -73,6 +74,7 @@ class Mosquitto:
             # Started as root, mosquitto would drop to user "mosquitto" and could not write its
             # database and log here; as anyone else the option is ignored.
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            f"{global_options}"
             f"listener {self.port} 127.0.0.1\n"
             f"{listener_options}"
             f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
@@ -82,6 +84,7 @@ class Mosquitto:
             "log_type all\n"
             "connection_messages true\n"
             f"max_queued_messages {max_queued_messages}\n"
+            f"{more}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.taps: list[ContractTap] = []
@@ -92,6 +95,8 @@ class Mosquitto:
 
     # ``listener_options``: lines for the listener (TLS files, ``acl_file``, ...), e.g. from
     # tests/support/certs.py; ``allow_anonymous`` False with them for a broker like a deployment's.
+    # ``global_options``: lines before any listener (``per_listener_settings``); ``more``: lines
+    # at the end (another listener, a bridge).
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the broker and return once its port accepts connections."""
