@@ -10,8 +10,9 @@ the addressee rather than the publisher, from the nodes' own configs:
   command topic ``<node>/cmd``;
 * for each link a node ends: its heralds ``+/herald/<link>``, time tags ``+/tags/<link>`` and
   key post-processing ``+/key/<link>``;
-* to everyone (small, and read by operators and applications anywhere): ``+/status``,
-  ``+/telemetry``, ``+/reply/+``, ``+/app/+``, ``+/to/+``.
+* to each application listed at a site: ``+/reply/<app>``, ``+/app/<app>``, ``+/to/<app>``
+  (and ``+/reply/<node>`` to each node);
+* to everyone (small, and read by operators anywhere): ``+/status``, ``+/telemetry``.
 
 A site's bridge takes *in* what its own nodes need and sends *out* what the other sites' nodes
 need; a topic both need goes both ways (mosquitto's ``try_private`` keeps a message from
@@ -37,7 +38,7 @@ from qnode.daemon.bus.topics import VERSION_SEGMENT
 from qnode.daemon.runtime.config import ConfigError, NodeConfig, load_config
 
 #: Topics every site takes in and sends out, below ``qnet/v1/<network>/``.
-BROADCAST = ("+/status", "+/telemetry", "+/reply/+", "+/app/+", "+/to/+")
+BROADCAST = ("+/status", "+/telemetry")
 #: Options of the shipped bridge file that :func:`bridge_conf` sets per site.
 PER_SITE = ("connection", "address", "remote_clientid", "local_clientid", "bridge_cafile",
             "bridge_certfile", "bridge_keyfile")
@@ -118,15 +119,19 @@ def load_sites(path: str | Path) -> Sites:
     return Sites(str(network), str(hub), sites)
 
 
-def needs(network: str, configs: Iterable[NodeConfig]) -> set[str]:
-    """The topic filters that the nodes of ``configs`` (one site's) take in."""
+def needs(network: str, configs: Iterable[NodeConfig], applications: Iterable[str] = ()
+          ) -> set[str]:
+    """The topic filters that the nodes of ``configs`` and the ``applications`` of one site
+    take in."""
     base = f"qnet/{VERSION_SEGMENT}/{network}"
     out = {f"{base}/{t}" for t in BROADCAST}
     for c in configs:
-        out |= {f"{base}/+/{kind}/{c.id}" for kind in ("ll", "proto", "svc", "req")}
+        out |= {f"{base}/+/{kind}/{c.id}" for kind in ("ll", "proto", "svc", "req", "reply")}
         out.add(f"{base}/{c.id}/cmd")
         for link in c.links:
             out |= {f"{base}/+/{kind}/{link.id}" for kind in ("herald", "tags", "key")}
+    for app in applications:
+        out |= {f"{base}/+/{kind}/{app}" for kind in ("reply", "app", "to")}
     return out
 
 
@@ -139,7 +144,7 @@ def bridge_topics(sites: Sites, configs: Mapping[str, NodeConfig], site: str
     missing = [n for s in sites.sites.values() for n in s.nodes if n not in configs]
     if missing:
         raise ValueError(f"no config for node(s) {', '.join(sorted(missing))}")
-    wanted = {name: needs(sites.network, [configs[n] for n in s.nodes])
+    wanted = {name: needs(sites.network, [configs[n] for n in s.nodes], s.applications)
               for name, s in sites.sites.items()}
     inside = wanted[site]
     outside = set().union(*(w for name, w in wanted.items() if name != site))

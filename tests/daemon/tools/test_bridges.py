@@ -63,12 +63,16 @@ def test_only_what_the_other_site_needs_crosses(configs):
     # the crossing link's heralds go both ways (an end at each site); a link inside site a
     # is only ever sent out, so site a's station batches of it never come to b
     assert topics[f"{B}/+/herald/rb"] == "both" and topics[f"{B}/+/herald/ar"] == "out"
-    # status, telemetry and replies to applications: everywhere
-    for t in ("+/status", "+/telemetry", "+/reply/+", "+/app/+", "+/to/+"):
+    # status and telemetry everywhere; an application's replies and messages to its site
+    for t in ("+/status", "+/telemetry"):
         assert topics[f"{B}/{t}"] == "both", t
+    for kind in ("reply", "app", "to"):
+        assert topics[f"{B}/+/{kind}/app"] == "out" and topics[f"{B}/+/{kind}/kms-b"] == "in"
+    assert not any(f.endswith("/+") for f in topics)     # nothing to anyone else's
     # a station takes in only what is addressed to it (commands)
     assert {f: d for f, d in topics.items() if "h2" in f} == {
-        **{f"{B}/+/{k}/h2": "in" for k in ("ll", "proto", "svc", "req")}, f"{B}/h2/cmd": "in"}
+        **{f"{B}/+/{k}/h2": "in" for k in ("ll", "proto", "svc", "req", "reply")},
+        f"{B}/h2/cmd": "in"}
 
 
 def test_the_hub_acl_lets_the_bridge_write_only_its_sites_prefixes(configs):
