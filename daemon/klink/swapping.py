@@ -312,24 +312,25 @@ class PathEnd:
                                     pair.remote_age_s + since), self.mem.t1_s, self.mem.t2_s,
                      frame="phi+")   # the weights are absolute (the frame is not corrected)
 
-    def refuse(self, sender: str, msg: SwapResult) -> str | None:
-        """Why a SWAP_RES from ``sender`` is not this path's (None: it is)."""
+    def refuse(self, sender: str, msg: SwapResult, report: HopReport) -> str | None:
+        """Why a SWAP_RES from ``sender`` (``report``: its :func:`report_of`) is not this
+        path's (None: it is)."""
         if msg.path != self.path.id:
             return f"path {msg.path!r} is not {self.path.id!r}"
         if not 1 <= msg.hop < len(self.path.nodes) - 1 or self.path.nodes[msg.hop] != sender:
             return f"{sender!r} is not the repeater at hop {msg.hop} of path {self.path.id!r}"
-        return self.assembler.check(report_of(msg))
+        return self.assembler.check(report)
 
     async def on_swap_result(self, msg: SwapResult, sender: str) -> None:
         """A repeater's SWAP_RES; the caller holds the link service's lock."""
-        why = self.refuse(sender, msg)
+        report = report_of(msg)
+        why = self.refuse(sender, msg, report)
         if why is not None:
             self.counts["swap_reports_refused_total"] += 1
             self._rlog("refused", logging.WARNING, "path %s: SWAP_RES from %s refused: %s",
                        self.path.id, sender, why[:300], path=self.path.id, sender=sender,
                        reason=why[:300])
             return
-        report = report_of(msg)
         if report.hop == self.neighbour_hop:
             mine = report.left if self.side == 0 else report.right
             if not self._take(mine[1]):
