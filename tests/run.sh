@@ -43,5 +43,23 @@ fi
 echo "== static checks"
 bash tests/static_checks.sh
 
-echo "== running the test suite"
-exec .venv/bin/python -m pytest "$@"
+# With only options (e.g. -q), the suite runs in two parts: everything but tests/system on
+# QNODE_TEST_WORKERS processes (pytest-xdist; default 2, the CI machine's cores), then the
+# system tests one at a time (each runs a network of daemons that needs the cores to itself).
+# Anything else (a path, -k EXPR) is one plain pytest run.
+only_options=1
+for arg in "$@"; do
+    case "$arg" in -*) ;; *) only_options=0 ;; esac
+done
+if [ "$only_options" -eq 0 ]; then
+    echo "== running the tests asked for"
+    exec .venv/bin/python -m pytest "$@"
+fi
+echo "== running the unit and integration tests (${QNODE_TEST_WORKERS:-2} workers)"
+unit=0
+.venv/bin/python -m pytest -n "${QNODE_TEST_WORKERS:-2}" --ignore=tests/system "$@" || unit=$?
+echo "== running the system tests (one at a time)"
+system=0
+.venv/bin/python -m pytest tests/system "$@" || system=$?
+echo "== unit and integration: exit $unit; system: exit $system"
+[ "$unit" -eq 0 ] && [ "$system" -eq 0 ]
