@@ -983,7 +983,16 @@ def _paths(path: str, raw: object, node_id: str,
                             or mine[via[j]].peer != peer:
                         raise r.fail("links", f"link {via[j]!r} must be a K link of this node "
                                               f"with {peer!r}")
-        out.append(PathConfig(pid, tuple(nodes), tuple(via)))
+        new = PathConfig(pid, tuple(nodes), tuple(via))
+        if node_id in new.ends:
+            # both ends must serve a request from the same path (the pair ids are that path's);
+            # choosing between paths needs the ends to agree, which nothing does yet
+            for p in out:
+                if node_id in p.ends and set(p.ends) == set(new.ends):
+                    raise r.fail("nodes", f"a second path between {new.ends[0]!r} and "
+                                          f"{new.ends[1]!r} (path {p.id!r} is one): a node "
+                                          "ends one path per remote node")
+        out.append(new)
     return tuple(out)
 
 

@@ -86,6 +86,17 @@ def test_two_paths_may_not_share_an_id(tmp_path):
         parse_config(_node(tmp_path, "r2", path=table * 2))
 
 
+def test_an_end_ends_one_path_per_remote(tmp_path):
+    """Both ends must serve a request from the same path (its pair ids): until they agree on
+    a choice, an end takes one path per remote node; a repeater may repeat for several."""
+    table = "".join(f'[[paths]]\nid = "{pid}"\nnodes = {CHAIN!r}\nlinks = {LINKS!r}\n'
+                    .replace("'", '"') for pid in ("a-b", "a-b-2"))
+    with pytest.raises(ConfigError, match=r"paths\[1\].nodes: a second path between 'a' and "
+                                          r"'b' \(path 'a-b' is one\)"):
+        parse_config(_node(tmp_path, "a", trust=("r2", "r3"), path=table))
+    assert len(parse_config(_node(tmp_path, "r2", path=table)).paths) == 2
+
+
 def test_far_repeaters_sign_with_their_identity_and_the_ends_must_trust_them(tmp_path):
     """r2 has a link with neither end: it signs its reports with its identity key. The ends
     check them with r2's public key (and a's with r3's, b's with r1's)."""
