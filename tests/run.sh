@@ -43,15 +43,19 @@ fi
 echo "== static checks"
 bash tests/static_checks.sh
 
-# With only options (e.g. -q), the suite runs in two parts: everything but tests/system on
-# QNODE_TEST_WORKERS processes (pytest-xdist; default 2, the CI machine's cores), then the
-# system tests one at a time (each runs a network of daemons that needs the cores to itself).
-# Anything else (a path, -k EXPR) is one plain pytest run.
-only_options=1
+# Unless the arguments choose tests (a path, a node id, -k or -m), the suite runs in two parts:
+# everything but tests/system on QNODE_TEST_WORKERS processes (pytest-xdist; default 2, the CI
+# machine's cores), then the system tests one at a time (each runs a network of daemons that
+# needs the cores to itself). Arguments choosing tests make it one plain pytest run.
+chosen=0
 for arg in "$@"; do
-    case "$arg" in -*) ;; *) only_options=0 ;; esac
+    case "$arg" in
+        -k|-m|-k?*|-m?*) chosen=1 ;;
+        -*) ;;
+        *) if [ -e "${arg%%::*}" ]; then chosen=1; fi ;;
+    esac
 done
-if [ "$only_options" -eq 0 ]; then
+if [ "$chosen" -eq 1 ]; then
     echo "== running the tests asked for"
     exec .venv/bin/python -m pytest "$@"
 fi
