@@ -16,15 +16,13 @@ and after the run both ends of each link hold exactly the same pairs.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import aiomqtt
 import numpy as np
 import pytest
 
-from qnode.daemon.linklayer import BELL_STATES, LinkEnd
-from qnode.daemon.runtime.state import StateError, StateStore
+from qnode.daemon.linklayer import BELL_STATES
 from qnode.daemon.tools.bridges import Site, Sites, bridge_conf, hub_acl, load_configs
 from qnode.daemon.tools.demo import DemoNetwork, bench_config_path
 from qnode.daemon.tools.topology import DEMO_CHAIN
@@ -34,6 +32,7 @@ from support.certs import Pki
 from support.delay_proxy import DelayProxy
 from support.mosquitto import Mosquitto, free_port
 from support.oracle import Truth, ask_pairs, estimates_ready, over_bsm_errors, telemetry_until
+from support.stored import settle, stored_end
 
 SITE_A, SITE_B = ("herald1", "alice", "repeater"), ("herald2", "bob")
 LINKS = {"alice-repeater": ("alice", "repeater"), "repeater-bob": ("repeater", "bob")}
@@ -44,29 +43,6 @@ PAIRS = 10
 #: both links' attempt rate: as test_swap_chain's (the bench's QDevices keep up)
 ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.3
 SIGMA_TARGET = 0.004
-
-
-def _link_state(state_dir, link: str) -> LinkEnd:
-    with StateStore(state_dir / "qnode.sqlite") as store:
-        end, _ = LinkEnd.restore(store.load_links()[link], now=0.0)
-    return end
-
-
-def _settle(net: DemoNetwork, timeout_s: float = 60.0) -> bool:
-    """Stop the herald stations, then wait until both ends of each link stored the same
-    expected number."""
-    net.stop(("herald1", "herald2"))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if all(_link_state(net.state_dir(a), link).expected_seq
-                   == _link_state(net.state_dir(b), link).expected_seq
-                   for link, (a, b) in LINKS.items()):
-                return True
-        except (KeyError, OSError, StateError):
-            pass
-        time.sleep(0.2)
-    return False
 
 
 async def _bridge_up(port: int, timeout_s: float = 30.0) -> None:
@@ -130,16 +106,17 @@ async def test_pairs_cross_a_bridged_broker_and_survive_its_restart(tmp_path):
                     before = await telemetry_until(
                         port_a, estimates_ready(DEMO_CHAIN, SIGMA_TARGET), 600)
                     phases.append(await ask_pairs(port_a, truth, PAIRS))
-                    oks: list[float] = []
-                    restart = _restart_after(site_b, oks, 3)
+                    ok_times: list[float] = []     # one entry per OK of alice's
+                    restart = _restart_after(site_b, ok_times, 3)
                     phases.append(await ask_pairs(port_a, truth, PAIRS, per_pair_s=60,
-                                                  all_s=120, latencies=oks))
+                                                  all_s=120, latencies=ok_times))
                     restarted = await restart
                     truth.close()
                 except AssertionError as exc:
                     failure = exc
                 finally:
-                    settled = await asyncio.to_thread(_settle, net)
+                    settled = await asyncio.to_thread(settle, net, ("herald1", "herald2"),
+                                                      LINKS)
                     await asyncio.to_thread(net.close)
                 bridge_log = site_b.log_tail(400)
     finally:
@@ -195,6 +172,6 @@ async def test_pairs_cross_a_bridged_broker_and_survive_its_restart(tmp_path):
     # nothing used at one end and dropped at the other: both ends of each link hold the same
     assert settled, "the ends of a link did not agree within 60 s of the stations' stop"
     for link, (a, b) in LINKS.items():
-        end_a, end_b = _link_state(net.state_dir(a), link), _link_state(net.state_dir(b), link)
+        end_a, end_b = stored_end(net.state_dir(a), link), stored_end(net.state_dir(b), link)
         assert end_a.expected_seq == end_b.expected_seq, link
         assert end_a.inventory() == end_b.inventory(), link

@@ -18,11 +18,10 @@ import numpy as np
 
 from qnode.daemon.bus.envelope import decode
 from qnode.daemon.bus.topics import parse_topic
-from qnode.daemon.linklayer import LinkEnd
-from qnode.daemon.runtime.state import StateError, StateStore
 from qnode.daemon.tools.demo import STATIONS, DemoNetwork
 
 from support.mosquitto import Mosquitto
+from support.stored import settle, stored_end
 
 RUN_S = 15.0
 LINKS = {"alice-repeater": ("alice", "repeater"), "repeater-bob": ("repeater", "bob"),
@@ -43,28 +42,6 @@ async def _watch(port: int, seconds: float) -> dict[str, list[dict]]:
             pass
         assert time.monotonic() >= end - 0.5
     return records
-
-
-def _link_state(state_dir, link: str) -> LinkEnd:
-    with StateStore(state_dir / "qnode.sqlite") as store:
-        end, _ = LinkEnd.restore(store.load_links()[link], now=0.0)
-    return end
-
-
-def _settle(net: DemoNetwork, timeout_s: float = 60.0) -> None:
-    """Stop the nodes that herald, then wait until both ends of every link have stored the
-    same expected number (what was in flight is applied; a loaded host may need seconds)."""
-    net.stop(STATIONS)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if all(_link_state(net.state_dir(a), link).expected_seq
-                   == _link_state(net.state_dir(b), link).expected_seq
-                   for link, (a, b) in LINKS.items()):
-                return
-        except (KeyError, OSError, StateError):   # not stored yet, or the store busy
-            pass
-        time.sleep(0.2)
 
 
 def _link_story(log_dir, link: str) -> str:
@@ -94,7 +71,7 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
                  f"mqtt://127.0.0.1:{broker.port}", "--network", "demo", "--wait", "2"],
                 capture_output=True, text=True, timeout=60)
         finally:
-            _settle(net)
+            settle(net, STATIONS, LINKS)
             net.close(settle_s=0.0)
         truth = net.truth()
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
@@ -117,7 +94,7 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
 
     # 1. both ends of every link hold exactly the same pairs
     for link, (a, b) in LINKS.items():
-        end_a, end_b = _link_state(net.state_dir(a), link), _link_state(net.state_dir(b), link)
+        end_a, end_b = stored_end(net.state_dir(a), link), stored_end(net.state_dir(b), link)
         assert end_a.expected_seq == end_b.expected_seq > 1000, (
             link, end_a.expected_seq, end_b.expected_seq, _link_story(tmp_path / "logs", link))
         assert end_a.inventory() == end_b.inventory(), link
