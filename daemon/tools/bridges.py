@@ -28,6 +28,7 @@ topics. Command line: ``qnode bridge-config``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,10 @@ from qnode.daemon.runtime.config import ConfigError, NodeConfig, load_config
 
 #: Topics every site takes in and sends out, below ``qnet/v1/<network>/``.
 BROADCAST = ("+/status", "+/telemetry")
+#: A site's, node's, application's or network's name (a topic segment)
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: host:port of a broker (a name, an IPv4 address or a bracketed IPv6 one)
+ADDRESS = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 #: Options of the shipped bridge file that :func:`bridge_conf` sets per site.
 PER_SITE = ("connection", "address", "remote_clientid", "local_clientid", "bridge_cafile",
             "bridge_certfile", "bridge_keyfile")
@@ -72,6 +77,17 @@ class Sites:
     sites: Mapping[str, Site]
 
     def __post_init__(self) -> None:
+        # every name lands in mosquitto's config and ACL files: one line each, nothing else
+        for what, name in (("network", self.network), *(
+                (f"sites.{s.name}", n) for s in self.sites.values()
+                for n in (s.name, *s.nodes, *s.applications))):
+            if not NAME.fullmatch(name):
+                raise ValueError(f"{what}: {name!r} is not a name (letters, digits, _ and -, "
+                                 "at most 64)")
+        for s in self.sites.values():
+            if s.address is not None and not ADDRESS.fullmatch(s.address):
+                raise ValueError(f"sites.{s.name}.address: expected host:port, got "
+                                 f"{s.address!r}")
         if self.hub not in self.sites:
             raise ValueError(f"hub: {self.hub!r} is not one of the sites {sorted(self.sites)}")
         seen: dict[str, str] = {}
@@ -83,12 +99,6 @@ class Sites:
         if self.sites[self.hub].address is None:
             raise ValueError(f"sites.{self.hub}.address: the hub's broker needs one "
                              "(host:port of its TLS listener)")
-
-    def site_of(self, node: str) -> str:
-        for site in self.sites.values():
-            if node in site.nodes:
-                return site.name
-        raise KeyError(node)
 
 
 def load_sites(path: str | Path) -> Sites:
@@ -113,10 +123,17 @@ def load_sites(path: str | Path) -> Sites:
         if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
             raise ValueError(f"{path}: sites.{name}.applications: expected a list of names")
         address = t.get("address")
-        if address is not None and (not isinstance(address, str) or ":" not in address):
+        if address is not None and not isinstance(address, str):
             raise ValueError(f"{path}: sites.{name}.address: expected host:port")
-        sites[name] = Site(name, tuple(str(n) for n in t["nodes"]), tuple(apps), address)
-    return Sites(str(network), str(hub), sites)
+        if not all(isinstance(n, str) for n in t["nodes"]):
+            raise ValueError(f"{path}: sites.{name}.nodes: expected a list of node ids")
+        sites[name] = Site(name, tuple(t["nodes"]), tuple(apps), address)
+    if not isinstance(network, str) or not isinstance(hub, str):
+        raise ValueError(f"{path}: network and hub: expected names")
+    try:
+        return Sites(network, hub, sites)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def needs(network: str, configs: Iterable[NodeConfig], applications: Iterable[str] = ()

@@ -112,6 +112,15 @@ def test_the_bridge_conf_keeps_the_shipped_options_and_fills_in_the_site(configs
     ('network = "t"\nhub = "a"\n[sites.a]\nnodes = ["x"]\naddress = "nohost"\n', "host:port"),
     ('network = "t"\n[sites.a]\nnodes = ["x"]\n', "missing key 'hub'"),
     ('network = \n', "sites.toml"),
+    # names and addresses land in mosquitto's files: no second line through them
+    ('network = "t"\nhub = "a"\n[sites.a]\nnodes = ["x\\ntopic # both 1"]\naddress = "h:1"\n',
+     r"sites.a: 'x\\ntopic # both 1' is not a name"),
+    ('network = "t"\nhub = "a"\n[sites.a]\nnodes = ["x"]\napplications = ["a b"]\n'
+     'address = "h:1"\n', "'a b' is not a name"),
+    ('network = "t"\nhub = "a"\n[sites.a]\nnodes = ["x"]\naddress = "h:1\\nuser admin"\n',
+     "sites.a.address: expected host:port"),
+    ('network = "t #"\nhub = "a"\n[sites.a]\nnodes = ["x"]\naddress = "h:1"\n',
+     "network: 't #' is not a name"),
 ])
 def test_a_bad_sites_file_is_refused_naming_the_key(tmp_path, text, message):
     path = tmp_path / "sites.toml"
