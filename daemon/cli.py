@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "a connection file for `qnode request`/`listen` and qnode.client")
     demo.add_argument("--connection", default="qnode-demo.json", metavar="FILE",
                       help="with --serve: the connection file (default ./qnode-demo.json)")
+    demo.add_argument("--topology", metavar="FILE",
+                      help="run this network instead of the demo's: a chain of repeaters "
+                           "(examples/topologies/*.toml)")
     demo.add_argument("--m-link", default="key", choices=("key", "bell"),
                       help="with --serve: the M link's analyzer settings: key (Z and X at both "
                            "ends, default) or bell (CHSH settings at analyzer-b: a Bell test)")

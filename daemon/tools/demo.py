@@ -44,7 +44,13 @@ from urllib.parse import urlsplit
 from qnode.daemon.bus.identity import keygen
 from qnode.daemon.bus.keys import write_key_file
 from qnode.daemon.kme.pki import DemoPki, write_demo_pki
-from qnode.daemon.tools.topology import DEMO_CHAIN, Chain
+from qnode.daemon.tools.topology import (
+    DEMO_CHAIN,
+    Chain,
+    Topology,
+    load_topology,
+    write_chain_bench,
+)
 
 log = logging.getLogger("qnode.demo")
 
@@ -526,7 +532,9 @@ DEMO_KEYS: dict[str, Any] = {"keys": True, "key_block_bits": 1 << 17, "pump_powe
 
 
 async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None = None,
-                   keep: bool = False) -> dict[str, Any]:
+                   keep: bool = False, topology: Topology | None = None) -> dict[str, Any]:
+    """The timed demo: the demo's network (or ``topology``'s chain) for ``duration_s`` with a
+    live view, then the report in ``report_dir``; returns its summary."""
     from qnode.daemon.tools.liveview import LiveView
     from qnode.daemon.tools.report import Recorder, write_report
 
@@ -536,7 +544,12 @@ async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None =
     if broker_url is None:
         broker = await EmbeddedBroker().start()
         broker_url = broker.url
-    net = DemoNetwork(work, broker_url, report_dir / "logs", **DEMO_KEYS)
+    if topology is None:
+        net = DemoNetwork(work, broker_url, report_dir / "logs", **DEMO_KEYS)
+    else:
+        net = DemoNetwork(work, broker_url, report_dir / "logs", chain=topology.chain,
+                          bench=write_chain_bench(work, topology.chain, **topology.bench),
+                          with_m_link=False)
     latest: dict[str, Mapping[str, Any]] = {}
     try:
         print(f"qnode demo: broker {broker_url}; starting the simulated instruments ...",
@@ -783,15 +796,26 @@ def main(args: argparse.Namespace) -> int:
 
     setup_logging("WARNING")
     if getattr(args, "serve", False):
+        if getattr(args, "topology", None) is not None:
+            print("qnode demo: --topology is for the timed demo (--serve serves the demo's "
+                  "network)", file=sys.stderr)
+            return 2
         return _serve_main(args)
     if getattr(args, "m_link", "key") != "key":
         print("qnode demo: --m-link is for --serve (the timed demo's report shows the key "
               "settings' figures)", file=sys.stderr)
         return 2
+    topology = None
+    if getattr(args, "topology", None) is not None:
+        try:
+            topology = load_topology(args.topology)
+        except ValueError as exc:
+            print(f"qnode demo: --topology: {exc}", file=sys.stderr)
+            return 2
     report = Path(args.report)
     duration = 60.0 if args.duration is None else args.duration
     try:
-        summary = asyncio.run(run_demo(duration, report, args.broker, args.keep))
+        summary = asyncio.run(run_demo(duration, report, args.broker, args.keep, topology))
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:

@@ -18,8 +18,9 @@ writes, next to it:
   the secret bits per sifted bit beside the asymptotic BBM92 fraction 1 − h(Q_Z) − h(Q_X) of the
   true QBERs (error correction at the Shannon limit, infinite blocks), and f_EC beside 1 (the
   Shannon limit);
-* ``summary.json``: per node and link end, the final counters (``*_total``), the mean and final
-  value of every other numeric figure, the truth side by side, and the list of files. For a
+* ``summary.json``: per node, link end and path (a path's ends and repeaters), the final
+  counters (``*_total``), the mean and final value of every other numeric figure, the truth
+  side by side, and the list of files. For a
   QBER the mean of ``qber_<b>_raw`` is the unbiased one: ``qber_<b>`` is clamped at 0, so its
   mean is high when the QBER is near 0.
 
@@ -209,6 +210,13 @@ def summarize(records: list[dict[str, Any]], truth: Mapping[str, Any] | None = N
             "final_state": _last_str(recs, "state"),
             "first_t": recs[0]["t"], "last_t": recs[-1]["t"],
             **_figures(recs, _NOT_FIGURES), "links": link_summaries}
+        paths: dict[str, list[Mapping[str, Any]]] = {}
+        for rec in recs:
+            for pid, pt in mapping(rec.get("paths")).items():
+                paths.setdefault(str(pid), []).append(mapping(pt))
+        if paths:   # a path's ends and repeaters: pairs assembled and delivered, swaps
+            nodes[node]["paths"] = {pid: {"records": len(series), **_figures(series)}
+                                    for pid, series in sorted(paths.items())}
     t0, t1 = records[0]["t"], records[-1]["t"]
     return {"status": "ok", "records": len(records), "t_start": t0, "t_end": t1,
             "duration_s": t1 - t0, "nodes": nodes,

@@ -8,10 +8,19 @@ heralded by its own station ``herald<k>`` (k = 1 … N + 1). The bench gives eve
 link physics (10 km of fibre on each side, 0.2 dB/km, 85 % detectors, indistinguishability
 0.92), every memory node a QDevice with the demo's calibration (T1 5 s, T2 2 s, gates 0.999,
 read-out 0.005) and the registry oracle ``qdevice-truth``.
+
+A topology file (``qnode demo --topology FILE``; shipped ones in ``examples/topologies/``) names
+such a chain and its links' attempt rate::
+
+    [chain]
+    repeaters = 4              # 1 to MAX_DEMO_REPEATERS
+    attempt_rate_hz = 3e5      # per link, 1e3 to 1e7 (the demo's links: 1e6)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -81,3 +90,44 @@ def write_chain_bench(directory: Path, c: Chain, **options: float | int) -> Path
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(chain_bench_text(c, **options))  # type: ignore[arg-type]
     return path
+
+
+#: the longest chain a topology file may ask for (2N + 3 daemons on one host)
+MAX_DEMO_REPEATERS = 16
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A topology file's network: the chain and the bench options of its links."""
+
+    chain: Chain
+    bench: dict[str, float] = field(default_factory=dict)
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read a topology file (module docstring); ValueError naming the file and key."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    unknown = set(data) - {"chain"}
+    if unknown or not isinstance(data.get("chain"), dict):
+        raise ValueError(f"{path}: expected one [chain] table"
+                         + (f", not {', '.join(sorted(unknown))}" if unknown else ""))
+    table = data["chain"]
+    extra = set(table) - {"repeaters", "attempt_rate_hz"}
+    if extra:
+        raise ValueError(f"{path}: chain: unknown key(s) {', '.join(sorted(extra))}")
+    n = table.get("repeaters")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_DEMO_REPEATERS:
+        raise ValueError(f"{path}: chain.repeaters: expected an integer from 1 to "
+                         f"{MAX_DEMO_REPEATERS}, got {n!r}")
+    bench: dict[str, float] = {}
+    if "attempt_rate_hz" in table:
+        rate = table["attempt_rate_hz"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) \
+                or not math.isfinite(rate) or not 1e3 <= rate <= 1e7:
+            raise ValueError(f"{path}: chain.attempt_rate_hz: expected 1e3 to 1e7 attempts/s, "
+                             f"got {rate!r}")
+        bench["attempt_rate_hz"] = float(rate)
+    return Topology(chain(n), bench)

@@ -42,7 +42,11 @@ def records() -> list[Telemetry]:
                               "herald_rate_hz": 80.0 + 2 * i, "heralds_total": 80 * i,
                               "pairs_delivered_total": 70 * i, "pairs_live": i % 4,
                               "fidelity_estimate": 0.90 + 0.005 * (i % 2)},
-            }}))
+            },
+            # alice ends a path through the repeater
+            "paths": {"alice-bob": {"role": "end", "remote": "bob",
+                                    "pairs_received_total": 3 * i, "pairs_held": i % 2,
+                                    "delivered_fidelity_mean": 0.8}}}))
         out.append(validate({
             "node": "bob", "roles": ["analyzer"], "t": t + 0.25, "uptime_s": 9.0 + i,
             "state": "ready" if i < N - 1 else "degraded", "ingest_mtags_s": 0.8,
@@ -118,8 +122,12 @@ def test_report_files_and_summary(tmp_path: Path) -> None:
     assert ar["mean"]["fidelity_estimate"] == pytest.approx(0.9025)
     assert ar["truth"]["fidelity_estimate"]["truth"] == 0.92
 
+    path = alice["paths"]["alice-bob"]
+    assert path["records"] == N and path["totals"]["pairs_received_total"] == 3 * (N - 1)
+    assert path["mean"]["delivered_fidelity_mean"] == pytest.approx(0.8)
+
     bob = summary["nodes"]["bob"]
-    assert bob["final_state"] == "degraded"
+    assert bob["final_state"] == "degraded" and "paths" not in bob
     assert bob["links"]["alice-bob"]["totals"]["pairs_delivered_total"] == 1490 * (N - 1)
     assert "qber_z" not in bob["links"]["alice-bob"]["mean"]  # NaN all along: no figure
     station = summary["nodes"]["station"]["links"]["alice-rep"]

@@ -7,10 +7,19 @@ from collections import defaultdict
 
 import pytest
 
+from qnode.daemon.cli import main as cli_main
 from qnode.daemon.runtime.config import load_config
 from qnode.daemon.tools.demo import plan_network
-from qnode.daemon.tools.topology import DEMO_CHAIN, chain, chain_bench_text, write_chain_bench
+from qnode.daemon.tools.topology import (
+    DEMO_CHAIN,
+    chain,
+    chain_bench_text,
+    load_topology,
+    write_chain_bench,
+)
 from qnode.hal_sim import bench
+
+from support import REPO
 
 
 @pytest.mark.parametrize("repeaters", [1, 2, 4])
@@ -50,3 +59,37 @@ def test_a_chain_needs_a_repeater():
     with pytest.raises(ValueError, match="at least one repeater"):
         chain(0)
     assert chain(1) == DEMO_CHAIN and "r1" not in chain_bench_text(DEMO_CHAIN)
+
+
+def test_the_shipped_topology_is_a_chain_of_four_repeaters():
+    t = load_topology(REPO / "examples" / "topologies" / "chain-4-repeaters.toml")
+    assert t.chain == chain(4) and t.bench == {"attempt_rate_hz": 3e5}
+    # what the demo writes for it is a bench hal_sim takes
+    assert bench.parse(chain_bench_text(t.chain, **t.bench), "chain").links
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("[chain]\nrepeaters = 0\n", r"chain.repeaters: expected an integer from 1 to 16, got 0"),
+    ("[chain]\nrepeaters = 17\n", r"from 1 to 16, got 17"),
+    ("[chain]\nrepeaters = true\n", r"got True"),
+    ("[chain]\nrepeaters = 2\nattempt_rate_hz = nan\n", r"chain.attempt_rate_hz: expected"),
+    ("[chain]\nrepeaters = 2\nattempt_rate_hz = 1e9\n", r"1e3 to 1e7 attempts/s"),
+    ("[chain]\nrepeaters = 2\nstations = 3\n", r"chain: unknown key\(s\) stations"),
+    ("[mesh]\nnodes = 10\n", r"expected one \[chain\] table, not mesh"),
+    ("chain = 4\n", r"expected one \[chain\] table"),
+    ("[chain\n", r"topo.toml: "),
+])
+def test_a_bad_topology_file_is_one_line(tmp_path, text, error):
+    path = tmp_path / "topo.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=error):
+        load_topology(path)
+
+
+def test_the_demo_refuses_a_bad_topology_before_starting_anything(tmp_path, capsys):
+    path = tmp_path / "topo.toml"
+    path.write_text("[chain]\nrepeaters = 99\n")
+    assert cli_main(["demo", "--topology", str(path), "--report", str(tmp_path / "r")]) == 2
+    assert "--topology: " in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert cli_main(["demo", "--serve", "--topology", str(path)]) == 2
+    assert "--topology is for the timed demo" in capsys.readouterr().err
