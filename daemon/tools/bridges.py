@@ -161,6 +161,11 @@ def bridge_topics(sites: Sites, configs: Mapping[str, NodeConfig], site: str
     missing = [n for s in sites.sites.values() for n in s.nodes if n not in configs]
     if missing:
         raise ValueError(f"no config for node(s) {', '.join(sorted(missing))}")
+    other = sorted(n for s in sites.sites.values() for n in s.nodes
+                   if configs[n].network != sites.network)
+    if other:
+        raise ValueError(f"node(s) {', '.join(other)} are of another network than "
+                         f"{sites.network!r}")
     wanted = {name: needs(sites.network, [configs[n] for n in s.nodes], s.applications)
               for name, s in sites.sites.items()}
     inside = wanted[site]
@@ -221,9 +226,15 @@ def load_configs(paths: Iterable[Path]) -> dict[str, NodeConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``qnode bridge-config``: ``bridge-<site>.conf`` for every site but the hub and
+    ``hub-bridges.acl`` into ``args.out``; 2 with one line on stderr for a bad file."""
     try:
         sites = load_sites(args.sites)
         configs = load_configs(Path(p) for p in args.configs)
+        placed = {n for s in sites.sites.values() for n in s.nodes}
+        if set(configs) - placed:
+            raise ValueError(f"node(s) {', '.join(sorted(set(configs) - placed))} are at no "
+                             "site of the sites file")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         acl = []

@@ -141,3 +141,13 @@ def test_the_command_writes_each_sites_bridge_and_the_hubs_acl(tmp_path, configs
     assert "user bridge-b" in (tmp_path / "out" / "hub-bridges.acl").read_text()
     assert cli_main([*argv[:-1]]) == 2            # bob's config missing
     assert "no config for node(s) bob" in capsys.readouterr().err
+    (tmp_path / "sites.toml").write_text(
+        'network = "t"\nhub = "a"\n[sites.a]\nnodes = ["alice"]\naddress = "hub.lab:8883"\n'
+        '[sites.b]\nnodes = ["bob"]\n')
+    assert cli_main(argv) == 2                    # the repeater is at no site
+    assert "node(s) repeater are at no site" in capsys.readouterr().err
+    (tmp_path / "sites.toml").write_text(
+        'network = "other"\nhub = "a"\n[sites.a]\nnodes = ["alice", "repeater"]\n'
+        'address = "hub.lab:8883"\n[sites.b]\nnodes = ["bob"]\n')
+    assert cli_main(argv) == 2
+    assert "are of another network than 'other'" in capsys.readouterr().err
