@@ -65,9 +65,6 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-asyncio>=0.23",
-            # tests/run.sh runs the tests outside tests/system on both cores (217 s instead of
-            # 400 s on the 2-core CI machine); the system tests stay one at a time
-            "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "pyvisa-sim>=0.7",  # VISA drivers against pyvisa-sim YAML (the @sim backend)
             # the independent truth of the C core's LDPC decoder (tests/native/

@@ -43,27 +43,5 @@ fi
 echo "== static checks"
 bash tests/static_checks.sh
 
-# Unless the arguments choose tests (a path, a node id, -k or -m), the suite runs in two parts:
-# everything but tests/system on QNODE_TEST_WORKERS processes (pytest-xdist; default 2, the CI
-# machine's cores), then the system tests one at a time (each runs a network of daemons that
-# needs the cores to itself). Arguments choosing tests make it one plain pytest run.
-chosen=0
-for arg in "$@"; do
-    case "$arg" in
-        -k|-m|-k?*|-m?*) chosen=1 ;;
-        -*) ;;
-        *) if [ -e "${arg%%::*}" ]; then chosen=1; fi ;;
-    esac
-done
-if [ "$chosen" -eq 1 ]; then
-    echo "== running the tests asked for"
-    exec .venv/bin/python -m pytest "$@"
-fi
-echo "== running the unit and integration tests (${QNODE_TEST_WORKERS:-2} workers)"
-unit=0
-.venv/bin/python -m pytest -n "${QNODE_TEST_WORKERS:-2}" --ignore=tests/system "$@" || unit=$?
-echo "== running the system tests (one at a time)"
-system=0
-.venv/bin/python -m pytest tests/system "$@" || system=$?
-echo "== unit and integration: exit $unit; system: exit $system"
-[ "$unit" -eq 0 ] && [ "$system" -eq 0 ]
+echo "== running the test suite"
+exec .venv/bin/python -m pytest "$@"
