@@ -38,9 +38,6 @@ from support.oracle import Truth, telemetry_until, undo_decay
 NODES = ("herald1", "alice", "repeater")
 LINK = "alice-repeater"
 SIGMA_TARGET = 0.0025
-#: Share of the link's pairs measured as test pairs: the estimate reaches SIGMA_TARGET sooner
-#: with more of them (the runs mostly waited for it), and purification still has pairs to spare.
-TEST_FRACTION = 0.3
 RAW, PURIFIED = 20, 40
 #: A purified pair whose true fidelity is this far below its estimate was kept by a misread
 #: check: about (1 − p)·2e of rounds (e the read-out error), ~1e-3 of the pumping runs' rounds
@@ -192,7 +189,7 @@ async def _purification_run(tmp_path, bench: Path, protocol: str, schedule: str,
     with Mosquitto(tmp_path / "mosquitto") as broker:
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", nodes=NODES, max_pair_age_s=0.5,
-                          test_fraction=TEST_FRACTION, qubits_per_link=3, bench=bench,
+                          test_fraction=0.1, qubits_per_link=3, bench=bench,
                           memory_t1_s=T1_S, memory_t2_s=T2_S,
                           memory_readout_error=readout_error, purification=protocol,
                           purification_schedule=schedule)
