@@ -58,6 +58,9 @@ setup(
         # ETSI GS QKD 014 key delivery: the established asyncio HTTP server (and client), with
         # TLS from the standard library's ssl
         "aiohttp>=3.9",
+        # routing over the advertised topology (k loop-free routes by Yen's algorithm): the
+        # field's graph library, also what SeQUeNCe's routing uses
+        "networkx>=3.1",
     ],
     extras_require={
         # `qnode demo`: an embedded MQTT broker and the report's plots
@@ -80,6 +83,7 @@ setup(
             "types-cffi>=1.16",
             "types-pyserial>=3.5",
             "types-jsonschema>=4.18",
+            "types-networkx>=3.1",
             # the import rules (.importlinter): rooms import downwards, pure rooms stay pure;
             # grimp (its graph library) also serves tests/check_architecture.py
             "import-linter>=2.1",

@@ -40,6 +40,8 @@ from qnode.daemon.bus import envelope, tagwire, telemetry, topics
 from qnode.daemon.bus.client import STATUS_TYPE
 from qnode.daemon.linklayer import messages as ll_messages, schema as ll_schema
 from qnode.daemon.qkd import messages as key_messages
+from qnode.daemon.routing import advert
+from qnode.daemon.routing.advert import TopologyAdvert
 
 DOCUMENT = Path(__file__).resolve().parent / "integrators" / "asyncapi.yaml"
 ASYNCAPI_VERSION = "3.0.0"
@@ -126,6 +128,15 @@ def _channels() -> tuple[Channel, ...]:
                 "The node's periodic figures (every `[metrics] telemetry_interval_s`), retained "
                 "and best effort (QoS 0, dropped while disconnected).",
                 (("send", "sendTelemetry", "Publish this node's telemetry record."),)),
+        Channel("topo", "Topology advert", "the node", "node", None, (TopologyAdvert.TYPE,), 1,
+                True, "the node's identity key (`nodesig`)",
+                "The node's K links as it measures them (state, fidelity, pair rate, free "
+                "qubits), retained, every `[routing] advert_interval_s`; memory nodes read "
+                "everyone's to build the graph they route on (docs/operators/routing.md). A "
+                "clean stop publishes one without links.",
+                (("send", "sendTopo", "Publish this node's links' measured state (retained)."),
+                 ("receive", "receiveTopo", "Take another node's advert into the graph (its "
+                                            "identity signature required)."))),
         Channel("cmd", "Requests to a node", "anyone (a program)", "node", None, ("CREATE",),
                 1, False, "the link key of a source that has one (`sig`), else none",
                 "Requests for pairs to the node named in the topic (the only topic whose node "
@@ -148,9 +159,12 @@ def _channels() -> tuple[Channel, ...]:
                  ("receive", "receiveHerald", "As a link end: take the station's (or counter's) "
                                               "batches."))),
         Channel("ll", "Link-layer messages", "the node", "node", "peer",
-                ("EXPIRE", "EXPIRE_ACK", "EPOCH", "TESTS", "HELD", "SWAP_RES"), 1, False,
-                "the link key (`sig`)",
-                "Between the two ends of a link, and from a repeater to a path's ends.",
+                ("EXPIRE", "EXPIRE_ACK", "EPOCH", "TESTS", "HELD", "SWAP_RES", "PATH",
+                 "PATH_REQ"), 1, False,
+                "the link key (`sig`); from a node that shares no link key with the addressee "
+                "(a far repeater, a path's first node), its identity key (`nodesig`)",
+                "Between the two ends of a link, from a repeater to a path's ends, and a "
+                "routed path's setup from its first node to the others.",
                 (("send", "sendLinkLayer", "Tell a peer what this end did."),
                  ("receive", "receiveLinkLayer", "Take a peer's link-layer messages (subscribed "
                                                  "as `qnet/v1/<network>/+/ll/<self>`)."))),
@@ -381,6 +395,47 @@ def tags_schema() -> dict[str, Any]:
     }
 
 
+def topo_schema() -> dict[str, Any]:
+    """The body of ``TOPO`` (:class:`qnode.daemon.routing.advert.TopologyAdvert`)."""
+    unit = {"type": "number", "minimum": 0, "maximum": 1}
+    link = {
+        "type": "object",
+        "properties": {
+            "link": {"type": "string", "minLength": 1, "description": "the K link"},
+            "peer": {"type": "string", "minLength": 1, "description": "its other end"},
+            "state": {"type": "string", "enum": list(advert.LINK_STATES),
+                      "description": "up, degraded (prior estimate, or no agreed epoch), "
+                                     f"down (no herald batch for {advert.DOWN_AFTER_S:g} s)"},
+            "fidelity": {**unit, "description": "the estimate of new pairs' fidelity"},
+            "sigma": {"anyOf": [unit, {"type": "null"}],
+                      "description": "its standard error (null while it is the prior)"},
+            "rate_hz": {"type": "number", "minimum": 0, "maximum": advert.MAX_RATE_HZ,
+                        "description": "pairs bound into qubits at this end per second"},
+            "free_qubits": {"type": "integer", "minimum": 0,
+                            "description": "storage qubits free now"},
+            "qubits": {"type": "integer", "minimum": 0,
+                       "description": "storage qubits of the link"},
+        },
+        "required": ["link", "peer", "state", "fidelity", "sigma", "rate_hz", "free_qubits",
+                     "qubits"],
+        "additionalProperties": False,
+    }
+    return {
+        "title": advert.TopologyAdvert.TYPE,
+        "description": _first_paragraph(advert.TopologyAdvert),
+        "type": "object",
+        "properties": {
+            "time": {"type": "number", "minimum": 0,
+                     "description": "when it was made (Unix s): receivers keep the newest"},
+            "ttl_s": {"type": "number", "minimum": 0.1, "maximum": advert.MAX_TTL_S,
+                      "description": "receivers forget it this long after time (s)"},
+            "links": {"type": "array", "items": link, "maxItems": advert.MAX_LINKS},
+        },
+        "required": ["time", "ttl_s", "links"],
+        "additionalProperties": False,
+    }
+
+
 def body_schemas() -> dict[str, dict[str, Any]]:
     """The body schema (draft-07) of every message type on the bus, by envelope ``type``."""
     out: dict[str, dict[str, Any]] = {STATUS_TYPE: status_schema(),
@@ -388,6 +443,7 @@ def body_schemas() -> dict[str, dict[str, Any]]:
     for mtype, s in ll_schema.message_schemas().items():
         out[mtype] = draft07(s, mtype)
     out["TAGS"] = tags_schema()
+    out[advert.TopologyAdvert.TYPE] = topo_schema()
     out.update(key_messages.message_schemas())
     for mtype, cls in app_protocol.REQUEST_TYPES.items():
         out[mtype] = app_body_schema(cls, type_required=False)
@@ -437,9 +493,9 @@ def _ref(*parts: str) -> dict[str, str]:
 
 
 def _message_tag(channel: Channel) -> str:
-    return {"status": "node state", "telemetry": "node state", "cmd": _LL, "reply": _LL,
-            "herald": _LL, "ll": _LL, "proto": _LL, "tags": "time tags", "key": "keys",
-            "svc": "application service", "req": "applications",
+    return {"status": "node state", "telemetry": "node state", "topo": "routing", "cmd": _LL,
+            "reply": _LL, "herald": _LL, "ll": _LL, "proto": _LL, "tags": "time tags",
+            "key": "keys", "svc": "application service", "req": "applications",
             "app": "applications", "to": "applications"}[channel.kind]
 
 

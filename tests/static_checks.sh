@@ -32,6 +32,7 @@ MYPY_TARGETS=(
     -p qnode.daemon.klink
     -p qnode.daemon.acquisition
     -p qnode.daemon.apps
+    -p qnode.daemon.routing
     -p qnode.daemon.roles
     -m qnode.daemon.node
     -m qnode.daemon.cli

@@ -90,7 +90,11 @@ Handler = Callable[[Topic, Message], Awaitable[None]]
 SIGNED_KINDS = frozenset({"ll", "proto", "herald", "tags", "key"})
 #: Topic kinds only their node may say: signed with its identity key when it has one, and, with
 #: a trust store, accepted only so signed (see :mod:`qnode.daemon.bus.identity`).
-NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry", "svc"})
+NODE_SIGNED_KINDS = frozenset({"herald", "status", "telemetry", "svc", "topo"})
+#: Topic kinds whose retained messages carry their own freshness (a time the receiver orders
+#: them by): a retained copy delivered again after a reconnect or a restart is not a replay, so
+#: the replay window does not judge them (nor do they move it).
+SELF_FRESH_KINDS = frozenset({"topo"})
 STATUS_TYPE = "status"
 
 
@@ -596,7 +600,8 @@ class NodeBus:
                          require_signature=topic.kind in self.signed_kinds,
                          trust=self.trust, require_node_signature=(
                              self.trust is not None and topic.kind in NODE_SIGNED_KINDS),
-                         dedup=self.dedup, recent=self.recent, max_bytes=self.max_bytes)
+                         dedup=None if topic.kind in SELF_FRESH_KINDS else self.dedup,
+                         recent=self.recent, max_bytes=self.max_bytes)
         except MessageRejected as exc:
             self._reject(exc.reason, topic_str, exc.detail)
             return

@@ -19,7 +19,7 @@ bulk       ``herald``, ``tags``       the new message is dropped and counted. A 
                                       numbering and expires those pairs at both ends
                                       (explicitly, never silently).
 info       ``status``, ``telemetry``, the *oldest* queued message of the class is dropped: a
-           anything else              newer status supersedes it.
+           ``topo``, anything else    newer status supersedes it.
 ========== ========================== =====================================================
 
 One instance lives as long as the bus, across reconnects, so nothing already acknowledged to
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 #: topic kind (the fifth topic segment) -> class
 KIND_CLASS = {"ll": "control", "proto": "control", "cmd": "control", "reply": "control",
               "key": "control",
-              "herald": "bulk", "tags": "bulk", "status": "info", "telemetry": "info"}
+              "herald": "bulk", "tags": "bulk", "status": "info", "telemetry": "info",
+              "topo": "info"}
 #: classes whose oldest message makes room for a new one; the others drop the new one
 DROP_OLDEST = frozenset({"info"})
 #: (messages, bytes) each class may hold

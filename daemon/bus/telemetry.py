@@ -69,6 +69,11 @@ class LinkMemoryTelemetry(QberTelemetry, total=False):
     and the test-pair estimate of the link's state (QBERs of X, Y and Z)."""
 
     qubits_bound: int           # qubits holding a pair of this link now
+    qubits_free: int            # storage qubits a new pair may be bound into now
+    qubits_taken: int           # storage qubits handed on with their pair (a swap, a path
+    #                             pair, a purification round) and not back yet
+    qubits_held: int            # ... of those, delivered or discarded pairs' qubits waiting
+    #                             for their hold (an application's, a cut-off's guard) to end
     bound_total: int            # link pairs bound into a qubit here
     bind_failed_total: int      # binds the QDevice refused
     tests_total: int            # test pairs measured here
@@ -308,6 +313,61 @@ class KmeTelemetry(TypedDict, total=False):
     requests_rejected_total: dict[str, int]  # requests refused, by reason
 
 
+class RouteTelemetry(TypedDict, total=False):
+    """One destination's route (:class:`qnode.daemon.routing.graph.Route`), or why none."""
+
+    nodes: list[str]            # this node first, the destination last
+    links: list[str]            # links[k] joins nodes[k] and nodes[k + 1]
+    fidelity: float             # predicted end-to-end fidelity (Werner links, ideal swaps; 0..1)
+    rate_hz: float              # predicted rate: the slowest link's pairs bound per second
+    candidates: int             # loop-free routes considered ([routing].k_routes at most)
+    error: str                  # instead of the above: why no route meets [routing].min_fidelity
+
+
+class RoutedPath(TypedDict, total=False):
+    """One routed path through or ending at the node."""
+
+    nodes: list[str]            # the installer first
+    links: list[str]
+    state: str                  # active | draining (removed; its pairs kept to their cut-off)
+    installer: str
+
+
+class Reroute(TypedDict, total=False):
+    """The installer's last re-route of a path."""
+
+    old: list[str]              # the broken path's nodes
+    new: list[str]              # the new path's nodes
+    reason: str                 # e.g. "link r1-r2 lost"
+    at: float                   # Unix s
+    evidence_age_s: float       # since an end first reported the lost link (s; null: unknown)
+    switch_ms: float            # choosing and installing the new path here (ms)
+
+
+class RoutedPathTelemetry(TypedDict, total=False):
+    """Routed paths (:meth:`qnode.daemon.routing.paths.PathManager.telemetry`)."""
+
+    installed_total: int        # paths installed here (as installer, repeater or far end)
+    removed_total: int
+    rerouted_total: int         # paths this node moved to another route (as installer)
+    refused_total: dict[str, int]   # PATHs and waiting CREATEs refused, by reason
+    creates_waiting: int        # CREATEs waiting for the other end's PATH
+    paths: dict[str, RoutedPath]    # path id -> the path (32 at most)
+    last_reroute: Reroute
+
+
+class RoutingTelemetry(TypedDict, total=False):
+    """A memory node's routing (:meth:`qnode.daemon.routing.service.RoutingService.telemetry`)."""
+
+    nodes_known: int            # nodes whose advert is held (this one too)
+    links_known: int            # links both ends advertise up or degraded
+    adverts_sent_total: int
+    adverts_refused_total: dict[str, int]   # by reason: unsigned, bad_body, future, ...
+    route_changes_total: int    # changes of any destination's chosen route
+    routes: dict[str, RouteTelemetry]       # destination -> its route (the nearest 32)
+    routed: RoutedPathTelemetry             # the routed paths through or ending here
+
+
 class Telemetry(TypedDict, total=False):
     v: int                      # SCHEMA_VERSION
     node: str
@@ -346,6 +406,7 @@ class Telemetry(TypedDict, total=False):
     #                                       checks, by reason (bad_herald, bad_body, ...)
     bus: BusTelemetry
     apps: AppsTelemetry
+    routing: RoutingTelemetry             # memory nodes: adverts and routes ([routing])
 
 
 #: The envelope ``type`` of a telemetry message (docs/integrators/mqtt-contract.md).

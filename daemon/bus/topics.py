@@ -6,6 +6,7 @@ under its own prefix.
 ==================  ==========================================================  =========
 ``status``          the node's state (retained; the last will says ``offline``)  node
 ``telemetry``       periodic metrics                                             node
+``topo``            the node's measured links, for routing (retained, signed)    node
 ``cmd``             requests to the node                                         anyone
 ``reply/<who>``     the node's replies to requester ``who``                       node
 ``herald/<link>``   a herald station's per-chunk batch of successes on a link    station
@@ -30,7 +31,7 @@ import dataclasses
 import re
 
 VERSION_SEGMENT = "v1"
-NODE_KINDS = ("status", "telemetry", "cmd")
+NODE_KINDS = ("status", "telemetry", "topo", "cmd")
 ARG_KINDS = ("reply", "herald", "ll", "proto", "tags", "key", "svc", "req", "app", "to")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -77,6 +78,16 @@ class Topics:
     @property
     def telemetry(self) -> str:
         return f"{self.root}/telemetry"
+
+    @property
+    def topo(self) -> str:
+        """The node's topology advertisement (qnode.daemon.routing)."""
+        return f"{self.root}/topo"
+
+    @property
+    def topo_all(self) -> str:
+        """Every node's topology advertisement (a subscription filter)."""
+        return f"qnet/{VERSION_SEGMENT}/{self.network}/+/topo"
 
     @property
     def cmd(self) -> str:

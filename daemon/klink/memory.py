@@ -550,7 +550,9 @@ class LinkMemory:
     def telemetry(self) -> LinkMemoryTelemetry:
         rel, sigma = self.tomography.estimate()
         t: LinkMemoryTelemetry = {
-            **self.counts, "qubits_bound": len(self.bound), "fidelity_estimate": rel.fidelity(),
+            **self.counts, "qubits_bound": len(self.bound), "qubits_free": len(self.free_qubits()),
+            "qubits_taken": len(self.lent), "qubits_held": len({q for _, q in self._held}),
+            "fidelity_estimate": rel.fidelity(),
             "fidelity_source": "tests" if self.tomography.ready else "prior"}
         if not math.isnan(sigma):
             t["fidelity_sigma"] = sigma

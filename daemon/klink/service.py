@@ -42,6 +42,8 @@ from qnode.daemon.linklayer import (
     LinkEnd,
     Message,
     Ok,
+    PathRequest,
+    PathSetup,
     SwapResult,
     TestOutcomes,
     hold_ms,
@@ -62,6 +64,8 @@ log = logging.getLogger("qnode.link")
 
 #: Answers one parsed CREATE; the envelope tells the requester and whether it was signed.
 CreateServer = Callable[[Create, Envelope], Awaitable[None]]
+#: what takes a routed path's PATH or PATH_REQ (identity-signed: the router checked)
+PathHandler = Callable[[Envelope, PathSetup | PathRequest], Awaitable[None]]
 
 TICK_S = 0.1
 LAZY_PERSIST_S = 0.1
@@ -292,6 +296,11 @@ class LinkService:
         async with self._lock:
             await self._commit(self._startup)
             self._startup = []
+
+    def herald_age_s(self) -> float | None:
+        """Seconds since the last herald batch of the link (a station's heartbeat counts), or
+        None before the first."""
+        return None if self._last_herald is None else max(0.0, self.ctx.now() - self._last_herald)
 
     async def on_herald(self, msg: Envelope) -> None:
         received = self.ctx.now()
@@ -606,8 +615,9 @@ class LinkService:
         }
         if self.end.epoch is not None:
             t["station_epoch"] = self.end.epoch
-        if self._last_herald is not None:
-            t["herald_age_s"] = max(0.0, self.ctx.now() - self._last_herald)
+        age = self.herald_age_s()
+        if age is not None:
+            t["herald_age_s"] = age
         if self.memory is not None:
             t = {**t, **self.memory.telemetry()}
         for part in self._telemetry_parts:
@@ -634,6 +644,7 @@ class LinkRouter:
         self._refusals = CreateIdAllocator()    # create ids of CREATEs refused outright
         self._servers: list[tuple[Callable[[Create], bool], CreateServer]] = []
         self._fallback: CreateServer | None = None
+        self._path_handler: PathHandler | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
         self._rlog = RateLimitedLog(log)
         ctx.bus.on("herald", self._on_herald)
@@ -660,6 +671,25 @@ class LinkRouter:
         self.paths[end.remote] = end
         self.path_ends[end.path.id] = end
         return end
+
+    def drop_path(self, end: PathEnd, *, reports_too: bool) -> None:
+        """Serve no more CREATEs from ``end`` (its remote's CREATEs go to another path end,
+        or none); with ``reports_too``, its repeaters' SWAP_RES are not its either."""
+        if self.paths.get(end.remote) is end:
+            del self.paths[end.remote]
+        if reports_too and self.path_ends.get(end.path.id) is end:
+            del self.path_ends[end.path.id]
+
+    def serve_unplaced(self, server: CreateServer) -> None:
+        """Let ``server`` answer the CREATEs nothing here can place (no link, path or server
+        takes them), instead of the router's ERR UNSUPP (routed paths: a CREATE for a node
+        further away)."""
+        self._fallback = server
+
+    def serve_paths(self, handler: PathHandler) -> None:
+        """Hand PATH and PATH_REQ (routed paths' setup, :mod:`qnode.daemon.routing.paths`) to
+        ``handler(envelope, message)``; without one they are counted as ``unknown_path``."""
+        self._path_handler = handler
 
     def count(self, reason: str, msg: Envelope, detail: str) -> None:
         """Count (by reason, reported as ``link_rejected``) and log a refused message (at most
@@ -698,6 +728,15 @@ class LinkRouter:
         parsed = self._parse(msg)
         if isinstance(parsed, SwapResult):
             await self._on_swap_result(msg, parsed)
+            return
+        if isinstance(parsed, PathSetup | PathRequest):
+            if self._path_handler is None:
+                self.count("unknown_path", msg, "this node routes no paths")
+            elif not msg.node_signed:
+                self.count("unsigned", msg, f"a {parsed.TYPE} must carry its sender's "
+                                            f"identity signature")
+            else:
+                await self._path_handler(msg, parsed)
             return
         found = self._peer_message(msg, parsed) if parsed is not None else None
         if found is not None:

@@ -386,6 +386,17 @@ class PathEnd:
         self._requests.append((cid, create, requester, now, 0))
         self._serve(now)
 
+    def hand_over(self, other: PathEnd) -> int:
+        """Give this end's waiting CREATEs (their create ids and the pairs still owed) to
+        ``other``, an end of another path to the same remote (a re-route), which serves them
+        from its pairs; returns how many. This end keeps its pairs until their cut-off, and
+        its repeaters' reports: its held pairs are delivered by neither end."""
+        moved, self._requests = self._requests, []
+        other._requests.extend(moved)    # noqa: SLF001 (the same class)
+        if moved:
+            other._serve(self.ctx.now())  # noqa: SLF001
+        return len(moved)
+
     def _reply(self, requester: str, m: Ack | Ok | Err) -> None:
         self.ctx.bus.publish(self.ctx.topics.reply(requester), m.TYPE, m.to_dict())
 

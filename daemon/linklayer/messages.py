@@ -862,6 +862,68 @@ class SwapResult(_Message):
         check_float(c, "time", self.time, 0.0)
 
 
+#: a node, link or path name on the wire (the topic segment rule: no '/', '+', '#')
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+#: the longest time a path may be kept without a refresh (s)
+MAX_PATH_TTL_S = 3600.0
+
+
+def _check_name(c: str, name: str, v: Any) -> None:
+    if not isinstance(v, str) or not 0 < len(v) <= 64 or not set(v) <= _NAME_CHARS:
+        raise bad(c, name, "a name of 1 to 64 letters, digits, '_' or '-'", v)
+
+
+@dataclass(frozen=True)
+class PathSetup(_Message):
+    """PATH (a path's first node → every other node of it): keep path ``path`` along
+    ``nodes`` (the ends first and last) over ``links`` (``links[k]`` joins ``nodes[k]`` and
+    ``nodes[k + 1]``) for ``ttl_s`` more seconds, from Unix time ``time``; ``ttl_s`` = 0 removes
+    it. The first node is the end whose id sorts first: it chose the route
+    (:mod:`qnode.daemon.routing.paths`) and refreshes the path before it lapses. Identity-signed.
+    """
+
+    TYPE: ClassVar[str] = "PATH"
+    path: str
+    nodes: tuple[str, ...]
+    links: tuple[str, ...]
+    ttl_s: float
+    time: float
+
+    def __post_init__(self) -> None:
+        c = "PathSetup"
+        _check_name(c, "path", self.path)
+        for name in ("nodes", "links"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.nodes, tuple) or not 3 <= len(self.nodes) <= MAX_HOPS + 1:
+            raise bad(c, "nodes", f"a list of 3 to {MAX_HOPS + 1} node ids", self.nodes)
+        for n in self.nodes:
+            _check_name(c, "nodes", n)
+        if len(set(self.nodes)) != len(self.nodes):
+            raise bad(c, "nodes", "different node ids", self.nodes)
+        if not isinstance(self.links, tuple) or len(self.links) != len(self.nodes) - 1:
+            raise bad(c, "links", f"{len(self.nodes) - 1} link ids", self.links)
+        for link in self.links:
+            _check_name(c, "links", link)
+        if len(set(self.links)) != len(self.links):
+            raise bad(c, "links", "different link ids", self.links)
+        check_float(c, "ttl_s", self.ttl_s, 0.0, MAX_PATH_TTL_S)
+        check_float(c, "time", self.time, 0.0)
+
+
+@dataclass(frozen=True)
+class PathRequest(_Message):
+    """PATH_REQ (an end → the other end, whose id sorts first): route a path between us whose
+    pairs can reach ``min_fidelity``; a CREATE for the sender's pairs with the other end waits
+    for the PATH that follows."""
+
+    TYPE: ClassVar[str] = "PATH_REQ"
+    min_fidelity: float
+
+    def __post_init__(self) -> None:
+        check_float("PathRequest", "min_fidelity", self.min_fidelity, 0.0, 1.0)
+
+
 PURIFICATION_PROTOCOLS = ("dejmps", "bbpssw")
 #: A pair's bilateral rotations in a round
 # (``qnode.daemon.quantum.bell_diagonal.BILATERAL_ROTATIONS``):
@@ -924,10 +986,11 @@ class PurifyResult(_Message):
 
 
 Message = (Create | Ack | Ok | Err | Expire | ExpireAck | Epoch | Herald | TestOutcomes | Held
-           | SwapResult | Purify | PurifyResult)
+           | SwapResult | Purify | PurifyResult | PathSetup | PathRequest)
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls for cls in (Create, Ack, Ok, Err, Expire, ExpireAck, Epoch, Herald,
-                              TestOutcomes, Held, SwapResult, Purify, PurifyResult)}
+                              TestOutcomes, Held, SwapResult, Purify, PurifyResult, PathSetup,
+                              PathRequest)}
 
 
 def message_from_dict(d: Mapping[str, Any]) -> Message:

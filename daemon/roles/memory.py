@@ -30,6 +30,8 @@ from qnode.daemon.klink.memory import LinkMemory, QubitPool
 from qnode.daemon.klink.purification import Purifier
 from qnode.daemon.klink.service import LinkRouter, LinkService
 from qnode.daemon.klink.swapping import PathEnd, Swapper
+from qnode.daemon.routing.paths import PathManager
+from qnode.daemon.routing.service import LinkReporter, RoutingService
 from qnode.daemon.runtime.config import ConfigError
 
 if TYPE_CHECKING:
@@ -66,6 +68,15 @@ class MemoryRole:
         if mem.qdevice is not None:
             self._bind_qubits(mem.qdevice)
         self._paths()
+        #: adverts and routes, on a node whose pairs live in qubits and who can sign and check
+        #: identity signatures
+        self.routing: RoutingService | None = None
+        self.routed: PathManager | None = None
+        if self.pool is not None and ctx.bus.signer is not None and ctx.bus.trust is not None:
+            self.routing = RoutingService(ctx, ctx.config.routing, LinkReporter(self.services))
+            self.routed = PathManager(ctx, self.routing, self.router,
+                                      {s.link: s for s in self.services if s.memory is not None},
+                                      mem, ctx.config.routing)
         self.apps: AppService | None = None
         if ctx.config.service is not None:
             feeding = {lid for p in ctx.config.paths for lid in p.links}
@@ -146,6 +157,10 @@ class MemoryRole:
             out[f"{end.path.id}:end"] = self._path_ticker(end)
         if self.apps is not None:
             out["apps"] = self.apps.run
+        if self.routing is not None:
+            out["routing"] = self.routing.run
+        if self.routed is not None:
+            out["routed-paths"] = self.routed.run
         return out
 
     @staticmethod
@@ -172,6 +187,10 @@ class MemoryRole:
         return run
 
     async def close(self) -> None:
+        if self.routed is not None:
+            await self.routed.close()
+        if self.routing is not None:
+            await self.routing.close()
         for s in self.services:
             await s.persist()
 
@@ -188,7 +207,13 @@ class MemoryRole:
             record["memory_qubits_free"] = sum(f for _, f in self.qubits.values())
         paths: dict[str, PathTelemetry] = {sw.path.id: sw.telemetry() for sw in self.swappers}
         paths.update({end.path.id: end.telemetry() for end in self.path_ends})
+        if self.routed is not None:
+            paths.update(self.routed.path_telemetry())
         if paths:
             record["paths"] = paths
         if self.apps is not None:
             record["apps"] = self.apps.telemetry()
+        if self.routing is not None:
+            record["routing"] = self.routing.telemetry()
+            if self.routed is not None:
+                record["routing"]["routed"] = self.routed.telemetry()

@@ -77,6 +77,16 @@ is wrong, so a lab host finds a typo before the daemon touches an instrument. Ex
     nodes = ["alice", "r1", "r2", "bob"]   # the ends first and last, the repeaters in order
     links = ["alice-r1", "r1-r2", "r2-bob"]   # links[k] joins nodes[k] and nodes[k + 1]
 
+    [routing]                     # memory nodes with an identity key: topology adverts and routes
+                                  #   (qnode.daemon.routing)
+    advert_interval_s = 2.0       # how often the node advertises its links' measured state (s)
+    advert_ttl_s = 6.0            # receivers forget an advert this long after it was made (s): a
+                                  #   node that stops advertising leaves the graph then
+    k_routes = 3                  # candidate routes computed per destination
+    min_fidelity = 0.5            # the fidelity the routes shown in telemetry must predict
+    paths_to = ["bob"]            # keep a routed path to these nodes from the start (without
+                                  #   it, a path is routed at the first CREATE for a far node)
+
     [[quantum_channels]]          # a one-way channel between two nodes' QDevices (the same
                                   #   table on both): applications send qubits over it
     id = "qc-alice-repeater"      # the QDevices' EMIT/ABSORB name the channel by it
@@ -257,6 +267,19 @@ class Thresholds:
 class MetricsConfig:
     prometheus_port: int = 9108
     telemetry_interval_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingConfig:
+    """``[routing]``: topology adverts and routes (:mod:`qnode.daemon.routing`); s, and the
+    fidelity (0..1) a route shown in telemetry must predict."""
+
+    advert_interval_s: float = 2.0
+    advert_ttl_s: float = 6.0
+    k_routes: int = 3
+    min_fidelity: float = 0.5
+    #: nodes this one keeps a routed path to from the start (qnode.daemon.routing.paths)
+    paths_to: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,6 +504,8 @@ class NodeConfig:
     quantum_channels: tuple[QuantumChannelConfig, ...] = ()
     #: the key management entity: ETSI GS QKD 014 key delivery from the node's key store
     kme: KmeConfig | None = None
+    #: topology adverts and routes (memory nodes with an identity key and a trust store)
+    routing: RoutingConfig = RoutingConfig()
 
     @property
     def topic_prefix(self) -> str:
@@ -589,7 +614,7 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
                                             f"tables and arrays")
     top = _Reader(path, "", raw, {"node", "broker", "instruments", "links", "paths",
                                   "quantum_channels", "thresholds", "metrics", "service",
-                                  "applications", "kme", *ROLE_TABLES})
+                                  "applications", "kme", "routing", *ROLE_TABLES})
     if not top.has("node"):
         raise top.fail("node", "the [node] table is required")
     if not top.has("broker"):
@@ -621,6 +646,10 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
                  {"prometheus_port", "telemetry_interval_s"})
     metrics = MetricsConfig(me.integer("prometheus_port", 9108, 0, 65535),
                             me.number("telemetry_interval_s", 5.0, 0.1, 3600))
+    routing = _routing(path, raw.get("routing", {}))
+    if "routing" in raw and not {"memory", "repeater"} & set(roles):
+        raise top.fail("routing", "routes join memory nodes: node.roles lists neither memory "
+                                  "nor repeater")
 
     for role in roles:
         for needed in ROLE_NEEDS.get(role, ()):
@@ -644,7 +673,7 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
         source=_source(path, raw.get("source", {}), instruments) if "source" in roles else None,
         service=_service(path, raw.get("service"), raw.get("applications"), node_id, links),
         quantum_channels=_quantum_channels(path, raw.get("quantum_channels", []), node_id),
-        kme=_kme(path, raw["kme"], node_id) if "kme" in raw else None)
+        kme=_kme(path, raw["kme"], node_id) if "kme" in raw else None, routing=routing)
     if cfg.analyzer is not None and cfg.analyzer.keys is not None and cfg.kme is None:
         raise ConfigError(path, "analyzer.keys", "the link's keys go to the node's key store: "
                                                  "configure [kme]")
@@ -711,6 +740,25 @@ def parse_config(text: str, path: str = "<config>") -> NodeConfig:
 
 
 ROLE_TABLES = ("herald", "memory", "analyzer", "source")
+
+
+def _routing(path: str, table: object) -> RoutingConfig:
+    r = _Reader(path, "routing", table, {"advert_interval_s", "advert_ttl_s", "k_routes",
+                                         "min_fidelity", "paths_to"})
+    interval = r.number("advert_interval_s", 2.0, 0.1, 600)
+    ttl = r.number("advert_ttl_s", 3 * interval, 0.1, 3600)
+    if ttl <= interval:
+        raise r.fail("advert_ttl_s", f"must be longer than advert_interval_s ({interval:g} s), "
+                                     f"or every advert expires before the next one comes; got "
+                                     f"{ttl:g}")
+    paths_to = r.table.get("paths_to", [])
+    if (not isinstance(paths_to, list) or len(paths_to) > 64
+            or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in paths_to)
+            or len(set(paths_to)) != len(paths_to)):
+        raise r.fail("paths_to", f"must be a list of up to 64 different node ids, got "
+                                 f"{paths_to!r}")
+    return RoutingConfig(interval, ttl, r.integer("k_routes", 3, 1, 16),
+                         r.number("min_fidelity", 0.5, 0.25, 1.0), tuple(paths_to))
 
 #: the deepest nesting of tables and arrays a config may have (the real ones use 4)
 MAX_DEPTH = 32

@@ -12,7 +12,8 @@ the addressee rather than the publisher, from the nodes' own configs:
   key post-processing ``+/key/<link>``;
 * to each application listed at a site: ``+/reply/<app>``, ``+/app/<app>``, ``+/to/<app>``
   (and ``+/reply/<node>`` to each node);
-* to everyone (small, and read by operators anywhere): ``+/status``, ``+/telemetry``.
+* to everyone (small, and read by operators anywhere): ``+/status``, ``+/telemetry``, and the
+  routing adverts ``+/topo`` (every memory node builds its graph from all of them).
 
 A site's bridge takes *in* what its own nodes need and sends *out* what the other sites' nodes
 need; a topic both need goes both ways (mosquitto's ``try_private`` keeps a message from
@@ -39,7 +40,7 @@ from qnode.daemon.bus.topics import VERSION_SEGMENT
 from qnode.daemon.runtime.config import ConfigError, NodeConfig, load_config
 
 #: Topics every site takes in and sends out, below ``qnet/v1/<network>/``.
-BROADCAST = ("+/status", "+/telemetry")
+BROADCAST = ("+/status", "+/telemetry", "+/topo")
 #: A site's, node's, application's or network's name (a topic segment)
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: host:port of a broker (a name, an IPv4 address or a bracketed IPv6 one)

@@ -47,7 +47,10 @@ from qnode.daemon.kme.pki import DemoPki, write_demo_pki
 from qnode.daemon.tools.topology import (
     DEMO_CHAIN,
     Chain,
+    Mesh,
+    Network,
     Topology,
+    links_of,
     load_topology,
     write_chain_bench,
 )
@@ -124,7 +127,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  memory_t2_s: float = 2.0, memory_readout_error: float = 0.005,
                  paths: bool = True, delivered_hold_s: float = 0.1, m_link: str = "key",
                  keys: bool = False, key_block_bits: int = 1 << 18,
-                 pump_power_mw: float = 40.0, chain: Chain = DEMO_CHAIN,
+                 pump_power_mw: float = 40.0, chain: Network = DEMO_CHAIN,
                  with_m_link: bool | None = None,
                  extra: dict[str, str] | None = None,
                  brokers: Mapping[str, str] | None = None) -> NetworkPlan:
@@ -144,8 +147,10 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     of ``key_block_bits``) into each analyzer's key store, served by its KME (``[kme]``, the
     demo PKI of :func:`demo_key_pki` under ``workdir/pki``); ``pump_power_mw``: the source's
     set point (2500 pairs/s per mW); ``chain``: the memory nodes, alice – repeater – bob or
-    a longer :class:`~qnode.daemon.tools.topology.Chain` (the bench must have its links,
-    stations and QDevices: :func:`~qnode.daemon.tools.topology.write_chain_bench`);
+    a longer :class:`~qnode.daemon.tools.topology.Chain`, or a
+    :class:`~qnode.daemon.tools.topology.Mesh` (no ``[[paths]]``: its ends keep a routed path
+    to each other, ``[routing] paths_to``; the bench must have its links, stations and
+    QDevices: :func:`~qnode.daemon.tools.topology.write_chain_bench`);
     ``with_m_link``: plan the M link's source and analyzers (the demo's bench has them, a
     chain's bench has not; default: with the demo's chain only); ``extra``: more config text
     per node name (e.g. its ``[applications.<name>]`` tables); ``brokers``: another broker URL
@@ -197,7 +202,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                    f"gate_depolarising_1q = 0.999\npurification = {_toml_str(purification)}\n"
                    f"purification_schedule = {_toml_str(purification_schedule)}\n"
                    f"delivered_hold_s = {delivered_hold_s}\n")
-    if quantum_memory and paths:
+    if quantum_memory and paths and isinstance(chain, Chain):
         memory += (f"\n[[paths]]\nid = \"alice-bob\"\nnodes = {json.dumps(list(chain.nodes))}\n"
                    f"links = {json.dumps(list(chain.links))}\n")
     memory += "\n"
@@ -207,8 +212,7 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         more = (extra or {}).get(name, "")
         plan.nodes[name] = NodePlan(name, tuple(roles), head(name, roles) + text + more)
 
-    for k, (station, link) in enumerate(zip(chain.stations, chain.links, strict=True)):
-        ends = chain.nodes[k:k + 2]
+    for station, link, ends in zip(chain.stations, chain.links, chain.edges, strict=True):
         add(station, ["herald"], tagger(f"{station}-tagger", [1, 2, 3, 4])
             + f"[herald]\nlink = {_toml_str(link)}\nends = {json.dumps(list(ends))}\n"
               f"channels = [1, 2, 3, 4]\nwindow_ps = 2000\n"
@@ -218,6 +222,12 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         return (f"[instruments.{name}]\nkind = \"qdevice\"\n"
                 f"address = {_toml_str(addresses[bench_name])}\n\n")
 
+    def routed(node: str) -> str:   # a mesh's ends keep a routed path to each other
+        if not (quantum_memory and isinstance(chain, Mesh) and node in chain.ends):
+            return ""
+        other = chain.ends[1] if node == chain.ends[0] else chain.ends[0]
+        return f"[routing]\npaths_to = [{_toml_str(other)}]\n\n"
+
     def channels(node: str) -> str:   # the demo bench's quantum channels from alice's memory
         ends = {"alice": ("repeater", "bob"), "repeater": ("repeater",), "bob": ("bob",)}
         if not quantum_memory or chain != DEMO_CHAIN:
@@ -225,12 +235,12 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         return "".join(f"[[quantum_channels]]\nid = \"qc-alice-{to}\"\nfrom = \"alice\"\n"
                        f"to = \"{to}\"\n\n" for to in ends[node])
 
-    for k, node in enumerate(chain.nodes):
-        links = "".join(k_link(chain.links[j], chain.nodes[j + 1 if j == k else j],
-                               chain.stations[j])
-                        for j in (k - 1, k) if 0 <= j < len(chain.links))
+    for node in chain.nodes:
+        links = "".join(k_link(link, peer, station)
+                        for link, peer, station in links_of(chain, node))
         add(node, ["repeater" if node in chain.repeaters else "memory"],
-            memory + qdevice("qmem", f"{node}-qdevice") + links + channels(node))
+            memory + qdevice("qmem", f"{node}-qdevice") + links + channels(node)
+            + routed(node))
     if not (chain == DEMO_CHAIN if with_m_link is None else with_m_link):
         return plan
     add("source", ["source"],
@@ -547,8 +557,8 @@ async def run_demo(duration_s: float, report_dir: Path, broker_url: str | None =
     if topology is None:
         net = DemoNetwork(work, broker_url, report_dir / "logs", **DEMO_KEYS)
     else:
-        net = DemoNetwork(work, broker_url, report_dir / "logs", chain=topology.chain,
-                          bench=write_chain_bench(work, topology.chain, **topology.bench),
+        net = DemoNetwork(work, broker_url, report_dir / "logs", chain=topology.network,
+                          bench=write_chain_bench(work, topology.network, **topology.bench),
                           with_m_link=False)
     latest: dict[str, Mapping[str, Any]] = {}
     try:

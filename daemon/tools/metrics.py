@@ -168,6 +168,13 @@ _LINK_GAUGES: tuple[_Field, ...] = (
     # K end with qubits (klink.memory.LinkMemory)
     ("qubits_bound", "link_memory_qubits_bound",
      "Qubits holding a pair of this link now (bound at this end).", 1.0),
+    ("qubits_free", "link_memory_qubits_free",
+     "Storage qubits of this link a new pair may be bound into now.", 1.0),
+    ("qubits_taken", "link_memory_qubits_taken",
+     "Storage qubits handed on with their pair (swap, path pair, purification) and not back "
+     "yet; includes the held ones.", 1.0),
+    ("qubits_held", "link_memory_qubits_held",
+     "Storage qubits of delivered or discarded pairs waiting for their hold to end.", 1.0),
     ("fidelity_sigma", "link_fidelity_standard_error_ratio",
      "Standard error of the link's fidelity estimate from test pairs (0..1).", 1.0),
     ("dense_coding_bits", "link_dense_coding_bits",
@@ -464,6 +471,33 @@ def _node_metrics(fam: _Families, node: str, rec: Telemetry) -> None:
     _bus_metrics(fam, lab, _mapping(rec.get("bus")))
     _apps_metrics(fam, lab, _mapping(rec.get("apps")))
     _kme_metrics(fam, lab, _mapping(rec.get("kme")))
+    _routing_metrics(fam, lab, _mapping(rec.get("routing")))
+
+
+def _routing_metrics(fam: _Families, lab: dict[str, str], routing: Mapping[str, Any]) -> None:
+    """A memory node's routing (docs/operators/routing.md)."""
+    if not routing:
+        return
+    fam.gauge("routing_nodes_known", "Nodes whose topology advert this node holds.", lab,
+              _number(routing.get("nodes_known")))
+    fam.gauge("routing_links_known", "Links both ends advertise up or degraded.", lab,
+              _number(routing.get("links_known")))
+    fam.counter("routing_route_changes_total", "Changes of the route to any destination.", lab,
+                _number(routing.get("route_changes_total")))
+    fam.counter("routing_adverts_sent_total", "Topology adverts this node published.", lab,
+                _number(routing.get("adverts_sent_total")))
+    for reason, n in sorted(_mapping(routing.get("adverts_refused_total")).items()):
+        fam.counter("routing_adverts_refused_total", "Topology adverts of other nodes refused, "
+                    "by reason.", {**lab, "reason": str(reason)}, _number(n))
+    for dst, route in sorted(_mapping(routing.get("routes")).items()):
+        route = _mapping(route)
+        rlab = {**lab, "destination": str(dst)}
+        fam.gauge("routing_route_hops", "Links of the route to the destination (0: none).",
+                  rlab, float(len(route["links"])) if isinstance(route.get("links"), list)
+                  else 0.0)
+        fam.gauge("routing_route_predicted_fidelity_ratio", "Predicted end-to-end fidelity of "
+                  "the route to the destination (Werner links, ideal swaps; 0..1).", rlab,
+                  _number(route.get("fidelity")))
 
 
 def _kme_metrics(fam: _Families, lab: dict[str, str], kme: Mapping[str, Any]) -> None:

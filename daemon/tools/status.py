@@ -260,6 +260,41 @@ def _singles(rec: Mapping[str, Any]) -> str:
                       for ch, v in sorted(mapping(rec.get("singles_hz")).items()))
 
 
+def _routes(rec: Mapping[str, Any]) -> list[str]:
+    """The node's routes (telemetry ``routing``): one line per destination."""
+    routing = mapping(rec.get("routing"))
+    lines = []
+    for dst, route in sorted(mapping(routing.get("routes")).items()):
+        route = mapping(route)
+        if "error" in route:
+            lines.append(f"  route        to {dst}: none ({str(route['error'])[:120]})")
+            continue
+        nodes = route.get("nodes")
+        path = ">".join(str(n) for n in nodes) if isinstance(nodes, list) else MISSING
+        f, rate = num(route.get("fidelity")), route.get("rate_hz")
+        lines.append(f"  route        to {dst}: {path} (predicted F "
+                     f"{MISSING if f is None else f'{f:.3f}'}, {fmt_si(rate, 'Hz')}, "
+                     f"{fmt_count(route.get('candidates'))} candidates)")
+    routed = mapping(routing.get("routed"))
+    for pid, path in sorted(mapping(routed.get("paths")).items()):
+        path = mapping(path)
+        nodes = path.get("nodes")
+        lines.append(f"  routed path  {pid}: "
+                     f"{'>'.join(str(n) for n in nodes) if isinstance(nodes, list) else MISSING}"
+                     f" ({path.get('state', MISSING)}, installed by "
+                     f"{path.get('installer', MISSING)})")
+    if num(routed.get("rerouted_total")):
+        last = mapping(routed.get("last_reroute"))
+        lines.append(f"  re-routes    {fmt_count(routed.get('rerouted_total'))}, the last: "
+                     f"{str(last.get('reason', MISSING))[:120]}")
+    changes = num(routing.get("route_changes_total"))
+    if routing:
+        lines.append(f"  routing      {fmt_count(routing.get('nodes_known'))} nodes, "
+                     f"{fmt_count(routing.get('links_known'))} links known · "
+                     f"{fmt_count(changes)} route changes")
+    return lines
+
+
 def format_node(view: NodeView, now: float) -> list[str]:
     """One node's block."""
     head = f"{view.node}  {view.state.upper()}"
@@ -285,6 +320,7 @@ def format_node(view: NodeView, now: float) -> list[str]:
         if _singles(rec):
             lines.append(f"  singles      {_singles(rec)}")
         lines.extend(link_table(rec.get("links")))
+        lines.extend(_routes(rec))
     return lines
 
 

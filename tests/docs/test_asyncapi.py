@@ -52,6 +52,7 @@ from qnode.daemon.linklayer.messages import (
     SwapResult,
 )
 from qnode.daemon.qkd.messages import message_schemas as key_message_schemas
+from qnode.daemon.routing.advert import LinkAdvert, TopologyAdvert
 from qnode.native import tag_block
 
 from support import REPO
@@ -124,7 +125,7 @@ def test_every_message_type_is_a_message_of_one_channel() -> None:
     on_channels = [m for c in _doc()["channels"].values() for m in c["messages"]]
     assert len(on_channels) == len(set(on_channels)) == len(messages)
     expected = [*MESSAGE_TYPES, *REQUEST_TYPES, *REPLY_TYPES, *PEER_TYPES, *DATA_TYPES, "TAGS",
-                *key_message_schemas(), "status", "telemetry"]
+                *key_message_schemas(), "status", "telemetry", "TOPO"]
     assert sorted(messages) == sorted(expected)
     for mtype in expected:
         assert mtype in on_channels, mtype
@@ -200,7 +201,8 @@ def test_every_topic_kind_is_a_channel(kind: str) -> None:
 
 def test_the_node_topics_are_their_channels() -> None:
     t = Topics("lab", "alice")
-    for topic, kind in ((t.status, "status"), (t.telemetry, "telemetry"), (t.cmd, "cmd"),
+    for topic, kind in ((t.status, "status"), (t.telemetry, "telemetry"), (t.topo, "topo"),
+                        (t.cmd, "cmd"),
                         (t.reply("prog"), "reply"), (t.herald("ab"), "herald"),
                         (t.tags("m"), "tags"), (t.app("keyapp"), "app"),
                         (t.requests_to("bob"), "req"), (t.svc("bob"), "svc"),
@@ -363,6 +365,10 @@ def _good() -> list[tuple[str, bytes]]:
                                               "links": ["ab"]}, signed=True),
         _wire(f"{N}/alice/status", "status", {"state": "offline"}, signed=True),
         _wire(f"{N}/alice/telemetry", "telemetry", _telemetry_record(), signed=True),
+        _wire(f"{N}/alice/topo", "TOPO", TopologyAdvert(time.time(), 6.0, (
+            LinkAdvert("alice-bob", "bob", "up", 0.93, 0.002, 240.0, 1, 2),
+            LinkAdvert("alice-r", "r", "degraded", 0.9, None, 0.0, 2, 2))).to_dict(),
+            signed=True),
         _wire(f"{N}/alice/cmd", "CREATE", Create("alice", 0.9, 0, 7, 10).to_dict(), "prog"),
         _wire(f"{N}/source/cmd", "CREATE", Create("bob", 0.5, 10, 1, 1, tpe="M").to_dict(),
               "prog", key=KEY),
@@ -456,6 +462,10 @@ REFUSED: list[tuple[str, str, Any, str]] = [
      _env("DONE", {"request_id": "k-1", "pairs": 3}), "'type' is a required"),
     ("a status of no state", f"{N}/alice/status", _env("status", {"state": "sleeping"}),
      "body.state"),
+    ("an advert of an unknown link state", f"{N}/alice/topo",
+     _env("TOPO", {"time": 1.0, "ttl_s": 6.0, "links": [{
+         "link": "ab", "peer": "bob", "state": "great", "fidelity": 0.9, "sigma": None,
+         "rate_hz": 1.0, "free_qubits": 1, "qubits": 2}]}), "body.links.0.state"),
     ("a telemetry record without its node", f"{N}/alice/telemetry",
      _env("telemetry", {"roles": [], "t": 1.0, "uptime_s": 1.0}), "'node'"),
     ("a mistyped telemetry field", f"{N}/alice/telemetry",

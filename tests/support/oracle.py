@@ -17,7 +17,7 @@ from qnode.daemon.bus.envelope import Message, decode
 from qnode.daemon.bus.topics import Topics, parse_topic
 from qnode.daemon.linklayer import Create
 from qnode.daemon.quantum.bell_diagonal import PauliChannel, xor_convolve
-from qnode.daemon.tools.topology import Chain
+from qnode.daemon.tools.topology import Network
 
 
 def undo_decay(weights: np.ndarray, wait_s: float, t1_s: float = 5.0,
@@ -137,12 +137,38 @@ async def telemetry_until(port: int, done, timeout_s: float) -> dict[str, dict]:
     raise AssertionError(f"telemetry never showed the condition: {json.dumps(links)[:3000]}")
 
 
-def estimates_ready(c: Chain, sigma: float) -> Callable[[dict[str, dict]], bool]:
-    """For :func:`telemetry_until`: both ends of every link of chain ``c`` estimate its
-    fidelity from test pairs, with a standard error of at most ``sigma``."""
+async def qubit_story(port: int, nodes: tuple[str, ...], wait_s: float = 10.0) -> str:
+    """For a failure message: each of ``nodes``' links' qubit accounting (bound, free, taken,
+    held) and its paths' counters, from its next telemetry (a stalled chain shows where its
+    qubits went)."""
+    try:
+        latest = await telemetry_until(port, lambda t: all(n in t for n in nodes), wait_s)
+    except AssertionError as exc:
+        return f"no telemetry from every node: {exc}"[:2000]
+    keys = ("qubits_bound", "qubits_free", "qubits_taken", "qubits_held", "pairs_live",
+            "bound_total", "heralds_total")
+    story = {n: {"links": {link: {k: t.get(k) for k in keys}
+                           for link, t in latest[n].get("links", {}).items()},
+                 "paths": latest[n].get("paths")} for n in nodes}
+    return f"qubits and paths: {json.dumps(story)}"
+
+
+def composed_sigma(links: list[tuple[float, float]]) -> float:
+    """Standard error of an end-to-end fidelity composed from links of (fidelity, σ): with
+    F = (1 + 3·∏wᵢ)/4 and wᵢ = (4Fᵢ − 1)/3, ∂F/∂Fᵢ = ∏_{j≠i} wⱼ. Every pair of a run shares
+    the links' estimates, so a run's mean reported − true fidelity scatters by this much
+    around the model's bias, however many pairs it has."""
+    w = [(4 * f - 1) / 3 for f, _ in links]
+    return float(np.sqrt(sum((np.prod(w[:i] + w[i + 1:]) * s) ** 2
+                             for i, (_, s) in enumerate(links))))
+
+
+def estimates_ready(c: Network, sigma: float) -> Callable[[dict[str, dict]], bool]:
+    """For :func:`telemetry_until`: both ends of every link of chain or mesh ``c`` estimate
+    its fidelity from test pairs, with a standard error of at most ``sigma``."""
     def done(latest: dict[str, dict]) -> bool:
-        for k, link in enumerate(c.links):
-            for node in c.nodes[k:k + 2]:
+        for link, ends in zip(c.links, c.edges, strict=True):
+            for node in ends:
                 t = latest.get(node, {}).get("links", {}).get(link, {})
                 if t.get("fidelity_source") != "tests" or t.get("fidelity_sigma", 1.0) > sigma:
                     return False

@@ -5,8 +5,9 @@ shared pair registry); five ``qnode run`` daemons bind heralded pairs to qubits,
 pairs for each link's fidelity estimate, and the repeater swaps. A program asks alice and bob
 for end-to-end pairs; for every pair alice delivers, the bench's registry oracle
 (``SIM:PAIR?``, simulator only) gives the true state of alice's qubit and its partner — which
-must be bob's — and the reported fidelity must be the true one within ±0.005 on average and
-within ±0.01 for nine pairs in ten (all but one within ±0.02, that one within ±0.03).
+must be bob's — and the reported fidelity must be the true one on average within three
+standard errors of the links' composed estimate (under ±0.01), and within ±0.01 for nine
+pairs in ten (all but one within ±0.02, that one within ±0.03).
 """
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ from qnode.daemon.linklayer import BELL_STATES
 from qnode.daemon.tools.demo import DemoNetwork, bench_config_path
 
 from support.mosquitto import Mosquitto
-from support.oracle import Truth, ask_pairs, over_bsm_errors, telemetry_until
+from support.oracle import (
+    Truth,
+    ask_pairs,
+    composed_sigma,
+    over_bsm_errors,
+    qubit_story,
+    telemetry_until,
+)
 
 CHAIN = ("herald1", "herald2", "alice", "repeater", "bob")
 LINKS = {"alice": "alice-repeater", "bob": "repeater-bob"}
@@ -69,7 +77,7 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
                 broker.port, lambda t: "paths" in t.get("repeater", {}), 20)
             truth.close()
         except AssertionError as exc:
-            failure = exc
+            failure = f"{exc}\n{await qubit_story(broker.port, ('alice', 'repeater', 'bob'))}"
         finally:
             await asyncio.to_thread(net.close)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}"
@@ -113,7 +121,12 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
     # pair within ±0.01 but for the scatter of a few ms in the time stamps of a loaded host.
     good = np.abs(diff[~flipped])
     pairs = list(zip(reported, true_f, strict=True))
-    assert abs(diff[~flipped].mean()) <= 0.005, pairs
+    # The mean is off by the links' estimate errors, which every pair shares: 3σ of the
+    # composed estimate (≤ 0.0085 at σ 0.002 per link), plus 0.001 of model bias. A fixed
+    # 0.005 is 1.9σ, a false failure in ~6 % of runs (one seen: −0.0066 at σ_e2e 0.0025).
+    # The bound is below the issue's ±0.01 whenever the links reach SIGMA_TARGET.
+    sigma = composed_sigma([(e["fidelity_estimate"], e["fidelity_sigma"]) for e in est.values()])
+    assert abs(diff[~flipped].mean()) <= min(3 * sigma + 0.001, 0.01), (sigma, pairs)
     # Binds and BSMs are stamped by the device (the reply's arrival less its AGE? of the
     # qubit), so a late event loop no longer ages a pair. One pair in about 40 still strays:
     # 0.0296 was seen on a fresh clone while other simulations loaded both cores (before the

@@ -123,6 +123,11 @@ async def test_a_chain_that_does_not_complete_is_discarded_at_the_cut_off():
     a.tick()
     assert not a.waiting and a.counts["chains_incomplete_total"] == 1
     assert a.memory.held_until(0) == pytest.approx(clock.t + CUTOFF_GUARD_S)
+    t = a.memory.telemetry()    # the qubit is accounted for: taken, and held for the guard
+    assert (t["qubits_bound"], t["qubits_taken"], t["qubits_held"]) == (1, 1, 1)
+    a.memory.tick(clock.t + CUTOFF_GUARD_S)
+    t = a.memory.telemetry()
+    assert (t["qubits_bound"], t["qubits_taken"], t["qubits_held"]) == (1, 0, 0)
     # the rest of the chain arriving late finds no qubit here: counted, nothing made
     await a.on_swap_result(_report(2, 70, 40, "phi+"), "r2")
     assert not a.pairs and a.counts["pairs_received_total"] == 0

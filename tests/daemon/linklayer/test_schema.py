@@ -30,6 +30,8 @@ from qnode.daemon.linklayer.messages import (
     Herald,
     HeraldEntry,
     Ok,
+    PathRequest,
+    PathSetup,
     Purify,
     PurifyResult,
     SwapResult,
@@ -107,6 +109,10 @@ MESSAGES: list[Any] = [
     PURIFY,
     Purify("ab", 0xFFFFFFFF, "bbpssw", SEQ_TOP, 0, "XY", "YX", 1, 0.0),
     PurifyResult("ab", 3, "0", 1.0), PurifyResult("ab", 3, "-", 1765000000.0),
+    PathSetup("alice-bob-r17", ("alice", "r1", "r2", "bob"), ("a-r1", "r1-r2", "r2-b"), 6.0,
+              1765000000.5),
+    PathSetup("p", ("a", "b", "c"), ("x", "y"), 0.0, 0.0),
+    PathRequest(0.0), PathRequest(0.95),
     # heralds: heartbeats (empty, with and without epoch), one success (dt_bytes 0), and
     # batches whose deltas need 1, 2, 4 and 8 bytes
     Herald.from_entries("ab", 0, (), 4000),

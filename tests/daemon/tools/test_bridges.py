@@ -63,8 +63,9 @@ def test_only_what_the_other_site_needs_crosses(configs):
     # the crossing link's heralds go both ways (an end at each site); a link inside site a
     # is only ever sent out, so site a's station batches of it never come to b
     assert topics[f"{B}/+/herald/rb"] == "both" and topics[f"{B}/+/herald/ar"] == "out"
-    # status and telemetry everywhere; an application's replies and messages to its site
-    for t in ("+/status", "+/telemetry"):
+    # status, telemetry and routing adverts everywhere; an application's replies and
+    # messages to its site
+    for t in ("+/status", "+/telemetry", "+/topo"):
         assert topics[f"{B}/{t}"] == "both", t
     for kind in ("reply", "app", "to"):
         assert topics[f"{B}/+/{kind}/app"] == "out" and topics[f"{B}/+/{kind}/kms-b"] == "in"

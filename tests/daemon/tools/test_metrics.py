@@ -466,3 +466,26 @@ def test_kme_metrics(exporter: PrometheusExporter) -> None:
                  **node) == 1
     exporter.update({"node": "alice", "roles": ["analyzer"]})
     assert not [k for k in scrape(exporter) if k[0].startswith("qnode_kme")]
+
+
+def test_routing_metrics(exporter: PrometheusExporter) -> None:
+    """The ``routing`` part (docs/operators/routing.md): what the node knows, route changes,
+    refused adverts by reason, and per destination the route's hops (0: none) and predicted
+    fidelity."""
+    exporter.update({"node": "alice", "roles": ["memory"], "routing": {
+        "nodes_known": 5, "links_known": 4, "adverts_sent_total": 31,
+        "adverts_refused_total": {"unsigned": 2}, "route_changes_total": 3, "routes": {
+            "bob": {"nodes": ["alice", "r1", "bob"], "links": ["a-r1", "r1-b"],
+                    "fidelity": 0.87, "rate_hz": 120.0, "candidates": 2},
+            "carol": {"error": "no route", "candidates": 0}}}})
+    samples = scrape(exporter)
+    node = {"node": "alice"}
+    assert value(samples, "qnode_routing_nodes_known", **node) == 5
+    assert value(samples, "qnode_routing_links_known", **node) == 4
+    assert value(samples, "qnode_routing_route_changes_total", **node) == 3
+    assert value(samples, "qnode_routing_adverts_sent_total", **node) == 31
+    assert value(samples, "qnode_routing_adverts_refused_total", reason="unsigned", **node) == 2
+    assert value(samples, "qnode_routing_route_hops", destination="bob", **node) == 2
+    assert value(samples, "qnode_routing_route_hops", destination="carol", **node) == 0
+    assert value(samples, "qnode_routing_route_predicted_fidelity_ratio", destination="bob",
+                 **node) == pytest.approx(0.87)

@@ -358,3 +358,30 @@ async def test_status_of_signing_daemons_over_mosquitto(broker: Mosquitto, tmp_p
     # the clean close leaves a signed offline status: still believed
     views = await collect(broker.host, broker.port, NET, wait_s=1.0, trust=trust)
     assert views["alice"].status_state == "offline"
+
+
+def test_a_memory_nodes_routes_are_listed() -> None:
+    """The routing part of the telemetry: a route per destination (or why there is none),
+    and what the node knows of the network."""
+    routing = {"nodes_known": 4, "links_known": 3, "adverts_sent_total": 40,
+               "adverts_refused_total": {}, "route_changes_total": 2, "routes": {
+                   "bob": {"nodes": ["alice", "r1", "bob"], "links": ["a-r1", "r1-b"],
+                           "fidelity": 0.8712, "rate_hz": 240.0, "candidates": 2},
+                   "carol": {"error": "no route meets fidelity 0.500", "candidates": 1}},
+               "routed": {"installed_total": 2, "removed_total": 1, "rerouted_total": 1,
+                          "refused_total": {}, "creates_waiting": 0,
+                          "paths": {"alice-bob-r9": {"nodes": ["alice", "r1", "bob"],
+                                                     "links": ["a-r1", "r1-b"],
+                                                     "state": "active", "installer": "alice"}},
+                          "last_reroute": {"old": ["alice", "r2", "bob"],
+                                           "new": ["alice", "r1", "bob"],
+                                           "reason": "link r2-b lost", "at": T}}}
+    views = Views(NET)
+    views.add(f"qnet/v1/{NET}/alice/telemetry",
+              envelope("alice", telemetry(routing=routing), msg_id=3))
+    text = format_status(views, T + 1)
+    assert "route        to bob: alice>r1>bob (predicted F 0.871, 240 Hz, 2 candidates)" in text
+    assert "route        to carol: none (no route meets fidelity 0.500)" in text
+    assert "routing      4 nodes, 3 links known · 2 route changes" in text
+    assert "routed path  alice-bob-r9: alice>r1>bob (active, installed by alice)" in text
+    assert "re-routes    1, the last: link r2-b lost" in text

@@ -1,0 +1,1 @@
+"""Routing: topology adverts, the graph they describe, and routes through it."""
