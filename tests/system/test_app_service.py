@@ -37,6 +37,7 @@ from qnode.daemon.tools.demo import DemoNetwork, connection_record
 
 from support.mosquitto import Mosquitto
 from support.oracle import Truth, telemetry_until, undo_decay
+from support.runs import log_tails
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("herald1", "alice", "repeater")
@@ -198,8 +199,7 @@ async def test_applications_get_pairs_at_both_ends_fairly_and_every_request_ends
             for a in apps:
                 a.close()
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    logs = log_tails(tmp_path / "logs")
     assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
     print(f"link estimate {estimate:.4f}; {result}; alice apps telemetry {after['alice']['apps']}")
 
@@ -397,8 +397,7 @@ async def test_end_to_end_pairs_of_a_path_reach_both_ends_applications(tmp_path)
             for a in apps:
                 a.close()
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    logs = log_tails(tmp_path / "logs")
     assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
     print(f"path pairs: {result}")
     _check_teleportation(teleported)

@@ -32,6 +32,7 @@ from support.certs import Pki
 from support.delay_proxy import DelayProxy
 from support.mosquitto import Mosquitto, free_port
 from support.oracle import Truth, ask_pairs, estimates_ready, over_bsm_errors, telemetry_until
+from support.runs import assert_ran_clean
 from support.stored import settle, stored_end
 
 SITE_A, SITE_B = ("herald1", "alice", "repeater"), ("herald2", "bob")
@@ -121,10 +122,7 @@ async def test_pairs_cross_a_bridged_broker_and_survive_its_restart(tmp_path):
                 bridge_log = site_b.log_tail(400)
     finally:
         await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert failure is None, f"{failure}\n{logs}"
-    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    assert_ran_clean(net, failure, tmp_path / "logs")
     # site b's broker went down mid-phase with the bridge, and pairs flowed after it was back
     # (through the delaying proxy: a second connection)
     print(f"site b's broker restarted after alice's OK {restarted[0]} of {PAIRS}, back by OK "

@@ -24,6 +24,7 @@ from qnode.daemon.tools.topology import Mesh, write_chain_bench
 
 from support.mosquitto import Mosquitto
 from support.oracle import Truth, ask_pairs, estimates_ready, telemetry_until
+from support.runs import assert_ran_clean
 
 MESH = Mesh((("alice", "r1"), ("r1", "bob"), ("alice", "r2"), ("r2", "bob")), ("alice", "bob"))
 SIGMA_TARGET = 0.006
@@ -100,10 +101,7 @@ async def test_a_path_whose_link_fails_moves_to_the_other_route(tmp_path):
             failure = exc
         finally:
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert failure is None, f"{failure}\n{logs}"
-    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    assert_ran_clean(net, failure, tmp_path / "logs")
     reroute = _routed(after)["last_reroute"]
     print(f"path {old_id} {old['nodes']} -> {new_id} {new['nodes']}; {station} stopped: "
           f"re-routed after {t_moved - t_stop:.1f} s (telemetry every 1 s), first pair over "

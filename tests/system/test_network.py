@@ -21,6 +21,7 @@ from qnode.daemon.bus.topics import parse_topic
 from qnode.daemon.tools.demo import STATIONS, DemoNetwork
 
 from support.mosquitto import Mosquitto
+from support.runs import log_tails
 from support.stored import settle, stored_end
 
 RUN_S = 15.0
@@ -74,8 +75,7 @@ def test_a_whole_network_agrees_and_measures_what_the_simulator_did(tmp_path):
             settle(net, STATIONS, LINKS)
             net.close(settle_s=0.0)
         truth = net.truth()
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    logs = log_tails(tmp_path / "logs", 1500)
     assert net.exit_codes and all(c == 0 for c in net.exit_codes.values()), \
         f"{net.exit_codes}\n{logs}"
     assert set(records) == set(net.daemons), (set(net.daemons) - set(records), logs)

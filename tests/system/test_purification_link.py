@@ -34,6 +34,7 @@ from qnode.daemon.tools.demo import DemoNetwork, bench_config_path
 
 from support.mosquitto import Mosquitto
 from support.oracle import Truth, telemetry_until, undo_decay
+from support.runs import log_tails
 
 NODES = ("herald1", "alice", "repeater")
 LINK = "alice-repeater"
@@ -208,8 +209,7 @@ async def _purification_run(tmp_path, bench: Path, protocol: str, schedule: str,
             truth.close()
         finally:
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    logs = log_tails(tmp_path / "logs")
     assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
     assert len(pure.oks) + len(pure.late) == PURIFIED and len(raw.oks) + len(raw.late) == RAW, (
         raw.types, pure.types, logs)

@@ -31,6 +31,7 @@ from support.oracle import (
     over_bsm_errors,
     telemetry_until,
 )
+from support.runs import assert_ran_clean
 
 CHAIN = chain(2)
 SIGMA_TARGET = 0.003
@@ -82,10 +83,7 @@ async def test_pairs_through_two_repeaters_are_the_same_at_both_ends_and_true(tm
             failure = exc
         finally:
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert failure is None, f"{failure}\n{logs}"
-    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    assert_ran_clean(net, failure, tmp_path / "logs")
     for r in CHAIN.repeaters:
         assert after[r]["paths"]["alice-bob"]["swaps_total"] > 0
     # the same pairs at both ends: ids and frames

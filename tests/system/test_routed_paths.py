@@ -30,6 +30,7 @@ from support.oracle import (
     over_bsm_errors,
     telemetry_until,
 )
+from support.runs import assert_ran_clean
 
 CHAIN = chain(2)
 SIGMA_TARGET = 0.004
@@ -74,10 +75,7 @@ async def test_a_request_for_a_far_node_is_routed_installed_and_served(tmp_path)
             failure = exc
         finally:
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert failure is None, f"{failure}\n{logs}"
-    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    assert_ran_clean(net, failure, tmp_path / "logs")
     routed = _routed(after)
     (pid, path), = routed["paths"].items()
     print(f"routed path {pid}: {path}; alice {routed}; bob "

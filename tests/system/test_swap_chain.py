@@ -29,6 +29,7 @@ from support.oracle import (
     qubit_story,
     telemetry_until,
 )
+from support.runs import assert_ran_clean
 
 CHAIN = ("herald1", "herald2", "alice", "repeater", "bob")
 LINKS = {"alice": "alice-repeater", "bob": "repeater-bob"}
@@ -80,10 +81,7 @@ async def test_end_to_end_pairs_report_the_simulators_fidelity(tmp_path):
             failure = f"{exc}\n{await qubit_story(broker.port, ('alice', 'repeater', 'bob'))}"
         finally:
             await asyncio.to_thread(net.close)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert failure is None, f"{failure}\n{logs}"
-    assert all(c == 0 for c in net.exit_codes.values()), (net.exit_codes, logs)
+    assert_ran_clean(net, failure, tmp_path / "logs", 4000)
 
     reported = np.array([o["goodness"] for o in oks])
     true_f = np.array([over_bsm_errors(w)[BELL_STATES.index(o["bell_state"])]
