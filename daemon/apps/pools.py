@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +44,8 @@ class Taken:
     #: the pair's estimated fidelity to ``bell_state`` at a later monotonic time (s), both
     #: halves decaying by the node's memory model (for an OPERATE's RESULT)
     fidelity_at: Callable[[float], float] | None = None
+    #: the memory whose qubit holds it, when not the pool's (a routed path's previous end)
+    memory: LinkMemory | None = None
 
 
 class Pool(Protocol):
@@ -194,18 +198,7 @@ class PathPool:
     def take(self, pair_id: int, now: float) -> Taken | None:
         """Out of the path end's pairs; the qubit is the application's until the pair's
         cut-off (the far end keeps its copy until then), plus a guard time."""
-        pair = self.end.pairs.pop(pair_id, None)
-        if pair is None:
-            return None
-        cutoff = self.end.cutoff_at(pair, now)
-        self.end.memory.hold(pair.qubit, cutoff + CUTOFF_GUARD_S)
-        self.end.counts["pairs_delivered_total"] += 1
-        def fidelity_at(t: float) -> float:
-            return round(self.end.estimate(pair, t).fidelity(pair.bell_state), 6)
-        fidelity = fidelity_at(now)
-        self.end.delivered_fidelity.append(fidelity)
-        return Taken(pair_id, pair.bell_state, fidelity, pair.qubit, hold_ms(cutoff - now),
-                     fidelity_at)
+        return _take_from(self.end, pair_id, now)
 
     async def send(self, out: Iterable[Routed]) -> None:
         """Publish at once (path pairs are not stored); a full outgoing queue is counted in the
@@ -216,3 +209,75 @@ class PathPool:
                 bus.publish(r.topic, r.message.TYPE, r.message.to_dict())
             except BusOverloaded:
                 self.end.counts["send_overloaded_total"] += 1
+
+
+def _take_from(end: PathEnd, pair_id: int, now: float) -> Taken | None:
+    """Pair ``pair_id`` out of path end ``end`` (:meth:`PathPool.take`)."""
+    pair = end.pairs.pop(pair_id, None)
+    if pair is None:
+        return None
+    cutoff = end.cutoff_at(pair, now)
+    end.memory.hold(pair.qubit, cutoff + CUTOFF_GUARD_S)
+    end.counts["pairs_delivered_total"] += 1
+
+    def fidelity_at(t: float) -> float:
+        return round(end.estimate(pair, t).fidelity(pair.bell_state), 6)
+    fidelity = fidelity_at(now)
+    end.delivered_fidelity.append(fidelity)
+    return Taken(pair_id, pair.bell_state, fidelity, pair.qubit, hold_ms(cutoff - now),
+                 fidelity_at, end.memory)
+
+
+def routed_pool_id(a: str, b: str) -> str:
+    """The pool id both ends give the routed paths between nodes ``a`` and ``b``:
+    ``route-<first>-<second>`` in sorted order, or ``route-<hash>`` when that is longer than a
+    name may be (64)."""
+    lo, hi = sorted((a, b))
+    pid = f"route-{lo}-{hi}"
+    if len(pid) <= 64:
+        return pid
+    return "route-" + hashlib.sha256(f"{lo}\0{hi}".encode()).hexdigest()[:24]
+
+
+class RoutedPool(PathPool):
+    """The pairs between this node and ``end.remote`` over routed paths
+    (:mod:`qnode.daemon.routing.paths`): one pool id at both ends (:func:`routed_pool_id`)
+    however often the path moves, so the requests waiting in it, and the other end's, stay.
+    :meth:`use` moves it to the new path's end; a GIVE for a pair of a previous path that
+    crossed the move (the two ends move one message apart) still finds its pair there."""
+
+    #: previous paths' ends a GIVE may still name a pair of
+    MAX_PREVIOUS = 4
+
+    def __init__(self, end: PathEnd, node: str):
+        super().__init__(end, node)
+        self.id = routed_pool_id(node, end.remote)
+        self._previous: collections.deque[PathEnd] = collections.deque(
+            maxlen=self.MAX_PREVIOUS)
+
+    async def use(self, end: PathEnd) -> None:
+        """Serve from ``end`` (the path moved): under both ends' link locks (in link order),
+        so no call of the application service sees half a move."""
+        if end is self.end:
+            return
+        locks = [s.lock for s in sorted({self.end.service, end.service}, key=lambda s: s.link)]
+        async with contextlib.AsyncExitStack() as stack:
+            for lock in locks:
+                await stack.enter_async_context(lock)
+            for notify in self.listeners:
+                if notify not in end.listeners:
+                    end.listeners.append(notify)
+            self._previous.append(self.end)
+            self.end, self.memory, self.listeners = end, end.memory, end.listeners
+            self._announced = set()
+        for notify in self.listeners:
+            notify()
+
+    def take(self, pair_id: int, now: float) -> Taken | None:
+        """From the current path's end, else from a previous one's (see the class)."""
+        taken = _take_from(self.end, pair_id, now)
+        for old in reversed(self._previous):
+            if taken is not None:
+                break
+            taken = _take_from(old, pair_id, now)
+        return taken

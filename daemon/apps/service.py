@@ -206,6 +206,23 @@ class AppService:
         ctx.bus.on("svc", self._on_peer)
         ctx.bus.subscribe(f"{base}/svc/{ctx.node}")
 
+    def add_pool(self, pool: Pool) -> bool:
+        """Serve requests for ``pool.remote`` from ``pool`` too, from now on (a routed path's
+        pool, :class:`~qnode.daemon.apps.pools.RoutedPool`); False, and nothing changes, when
+        a link or a configured path serves that node already."""
+        if pool.remote in self.pools or pool.id in self.by_id:
+            return False
+        self.pools[pool.remote] = self.by_id[pool.id] = pool
+        if pool.allocator:
+            self.queues[pool.id] = FairQueue(
+                self._weight, max_waiting=self.config.max_waiting,
+                max_per_application=self.config.max_per_application)
+        self.peer_listening[pool.id] = {}
+        self._supply[pool.id] = collections.deque()
+        pool.listeners.append(self._wake.set)
+        self._wake.set()
+        return True
+
     # ------------------------------------------------------------------ helpers
     def _weight(self, app: tuple[str, str]) -> float:
         if app[0] == self.ctx.node:
@@ -292,8 +309,9 @@ class AppService:
         pool = self.pools.get(req.remote)
         if pool is None:
             self._refuse(application, req.request_id, ErrorCode.UNKNOWN_REMOTE,
-                         f"{self.ctx.node} has no pool of pairs with {req.remote!r} (K links "
-                         f"with qubits to: {sorted(self.pools) or 'none'})")
+                         f"{self.ctx.node} has no pool of pairs with {req.remote!r} (pools "
+                         f"with: {sorted(self.pools) or 'none'}; a node further away is "
+                         f"served over a routed path: [routing] paths_to)")
             return
         if req.kind != "keep":
             self._refuse(application, req.request_id, ErrorCode.UNSUPPORTED,
@@ -468,8 +486,9 @@ class AppService:
         until = math.inf if taken.hold_ms is None else now + taken.hold_ms / 1000.0
         key = (application, pool.id, taken.pair_id)
         self._gone.pop(key, None)
-        self.holding[key] = Holding(application, pool, taken.pair_id, taken.qubit, pool.memory,
-                                    pool.memory.pool.generation, now, until, taken.fidelity_at)
+        memory = taken.memory or pool.memory
+        self.holding[key] = Holding(application, pool, taken.pair_id, taken.qubit, memory,
+                                    memory.pool.generation, now, until, taken.fidelity_at)
 
     def _operate(self, application: str, op: Operate) -> None:
         """Check an OPERATE and start it (its RESULT or ERROR goes out when it ends)."""

@@ -144,7 +144,10 @@ class Swapper:
     async def _swap_once(self) -> bool:
         s1, s2 = self.services
         m1, m2 = self.memories
-        async with s1.lock, s2.lock:
+        # the two links' locks in one order for every path through this node (sorted by link
+        # id): two paths crossing it in opposite directions must not each hold one and wait
+        first, second = sorted((s1, s2), key=lambda s: s.link)
+        async with first.lock, second.lock:
             m1.release_gone(s1.end)
             m2.release_gone(s2.end)
             c1, c2 = m1.confirmed(), m2.confirmed()

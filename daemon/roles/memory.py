@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from qnode.daemon.apps.operations import Channels
-from qnode.daemon.apps.pools import LinkPool, PathPool, Pool
+from qnode.daemon.apps.pools import LinkPool, PathPool, Pool, RoutedPool
 from qnode.daemon.apps.service import AppService
 from qnode.daemon.klink.memory import LinkMemory, QubitPool
 from qnode.daemon.klink.purification import Purifier
@@ -87,6 +87,22 @@ class MemoryRole:
             self.apps = AppService(ctx, ctx.config.service, pools, Channels(
                 out={c.target: c.id for c in qcs if c.source == me},
                 into={c.source: c.id for c in qcs if c.target == me}))
+        #: remote node -> the pool of the routed paths to it (the application service's)
+        self.routed_pools: dict[str, RoutedPool] = {}
+        if self.routed is not None and self.apps is not None:
+            self.routed.on_end.append(self._routed_pool)
+
+    async def _routed_pool(self, end: PathEnd) -> None:
+        """A routed path's end was installed here: the application service serves its remote
+        from it (a new pool, or the pool moved to it)."""
+        assert self.apps is not None
+        pool = self.routed_pools.get(end.remote)
+        if pool is not None:
+            await pool.use(end)
+            return
+        pool = RoutedPool(end, self.ctx.node)
+        if self.apps.add_pool(pool):    # not when a link or a configured path serves it
+            self.routed_pools[end.remote] = pool
 
     def _bind_qubits(self, qdevice: str) -> None:
         mem = self.ctx.config.memory

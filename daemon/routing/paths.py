@@ -23,9 +23,10 @@ its pairs' cut-off (``[memory].max_pair_age_s`` and a guard) but serves no reque
 in flight on the dead route are discarded at each end's cut-off. Each change is logged, counted
 and in the telemetry (``routing.paths``), with the time since the broken link's evidence.
 
-The CREATEs of a routed path are the link layer's (each end serves its own requester from the
-path's pairs, as on a configured path); the application service's pools over routed paths come
-with a later change.
+A routed path serves the link layer's CREATEs (each end its own requester, as on a configured
+path) and the application service: one pool per remote node
+(:class:`~qnode.daemon.apps.pools.RoutedPool`, ``on_end``) that moves with the path, so both
+ends' applications get the same pairs across a re-route.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -133,6 +135,8 @@ class PathManager:
         self._rlog = RateLimitedLog(log)
         self._slowlog = RateLimitedLog(log, 30.0)   # "no route yet": once per 30 s and remote
         self._running = False
+        #: called with each path end installed here (the application service's pools)
+        self.on_end: list[Callable[[PathEnd], Awaitable[None]]] = []
         router.serve_paths(self.on_message)
         router.serve_unplaced(self.on_create)
 
@@ -289,6 +293,8 @@ class PathManager:
                 previous.hand_over(end)
             for w in self.waiting.pop(end.remote, []):
                 self._spawn(self._serve_waiting(end, w))
+            for hook in self.on_end:
+                self._spawn(hook(end))
         self.local[path.id] = lp
         self.counts.installed += 1
         if self._running:

@@ -260,6 +260,11 @@ def _singles(rec: Mapping[str, Any]) -> str:
                       for ch, v in sorted(mapping(rec.get("singles_hz")).items()))
 
 
+def _joined(nodes: object) -> str:
+    """A route's nodes as ``a>b>c``."""
+    return ">".join(str(n) for n in nodes) if isinstance(nodes, list) else MISSING
+
+
 def _routes(rec: Mapping[str, Any]) -> list[str]:
     """The node's routes (telemetry ``routing``): one line per destination."""
     routing = mapping(rec.get("routing"))
@@ -269,19 +274,15 @@ def _routes(rec: Mapping[str, Any]) -> list[str]:
         if "error" in route:
             lines.append(f"  route        to {dst}: none ({str(route['error'])[:120]})")
             continue
-        nodes = route.get("nodes")
-        path = ">".join(str(n) for n in nodes) if isinstance(nodes, list) else MISSING
         f, rate = num(route.get("fidelity")), route.get("rate_hz")
-        lines.append(f"  route        to {dst}: {path} (predicted F "
+        lines.append(f"  route        to {dst}: {_joined(route.get('nodes'))} (predicted F "
                      f"{MISSING if f is None else f'{f:.3f}'}, {fmt_si(rate, 'Hz')}, "
                      f"{fmt_count(route.get('candidates'))} candidates)")
     routed = mapping(routing.get("routed"))
-    for pid, path in sorted(mapping(routed.get("paths")).items()):
-        path = mapping(path)
-        nodes = path.get("nodes")
-        lines.append(f"  routed path  {pid}: "
-                     f"{'>'.join(str(n) for n in nodes) if isinstance(nodes, list) else MISSING}"
-                     f" ({path.get('state', MISSING)}, installed by "
+    for pid, found in sorted(mapping(routed.get("paths")).items()):
+        path = mapping(found)
+        lines.append(f"  routed path  {pid}: {_joined(path.get('nodes'))} "
+                     f"({path.get('state', MISSING)}, installed by "
                      f"{path.get('installer', MISSING)})")
     if num(routed.get("rerouted_total")):
         last = mapping(routed.get("last_reroute"))

@@ -20,21 +20,19 @@ repeater. They show that:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import queue
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from qnode.daemon.quantum.bell_states import BELL_STATES
 from qnode.daemon.tools.demo import DemoNetwork, connection_record
 
+from support.apps import App, ask, pairs_for
 from support.mosquitto import Mosquitto
 from support.oracle import Truth, telemetry_until, undo_decay
 from support.runs import log_tails
@@ -48,98 +46,6 @@ APPS = {
              "[applications.alice-other]\nweight = 1.0\n",
     "repeater": "[applications.rep-app]\nweight = 1.0\npurposes = [7]\n",
 }
-TERMINAL = {"DONE", "ERROR", "EXPIRED", "CANCELLED", "RESULT"}
-
-
-class App:
-    """An application as the integrators' guide describes it: paho-mqtt, JSON envelopes
-    ``{"v": 1, "type", "sender", "id", "ts", "body"}`` on ``qnet/v1/<network>/<me>/req/<node>``,
-    replies on ``qnet/v1/<network>/<node>/app/<me>``."""
-
-    def __init__(self, name: str, port: int):
-        self.name = name
-        self.replies: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        self.ids = itertools.count(1)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"qnet/v1/{NETWORK}/+/app/{name}", qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, client: Any, userdata: Any, m: Any) -> None:
-        env = json.loads(m.payload)
-        self.replies.put((env["type"], {**env["body"], "_ts": env["ts"]}))
-
-    def send(self, node: str, type_: str, body: dict[str, Any]) -> None:
-        env = {"v": 1, "type": type_, "sender": self.name, "id": next(self.ids),
-               "ts": time.time(), "body": body}
-        self.client.publish(f"qnet/v1/{NETWORK}/{self.name}/req/{node}", json.dumps(env), qos=1)
-
-    def next(self, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
-        return self.replies.get(timeout=timeout_s)
-
-    def first(self, request_id: str, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
-        """The first reply of ``request_id`` (others are kept for later)."""
-        others = []
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                t, body = self.next(max(0.1, deadline - time.monotonic()))
-                if body.get("request_id") == request_id:
-                    return t, body
-                others.append((t, body))
-        finally:
-            for o in others:
-                self.replies.put(o)
-
-    def until(self, request_id: str, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
-        """Every reply of ``request_id`` up to its terminal one (others are kept for later)."""
-        out, others = [], []
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                t, body = self.next(max(0.1, deadline - time.monotonic()))
-                if body.get("request_id") == request_id:
-                    out.append((t, body))
-                    if t in TERMINAL:
-                        return out
-                else:
-                    others.append((t, body))
-        except queue.Empty:
-            raise AssertionError(f"{self.name}: no terminal reply for {request_id!r}: "
-                                 f"{out}") from None
-        finally:
-            for o in others:
-                self.replies.put(o)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def _pairs_for(app: App, n: int, timeout_s: float = 60.0) -> list[dict]:
-    """The next ``n`` PAIRs ``app`` receives as a listener (no request id)."""
-    got: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n:
-        t, body = app.next(max(0.1, deadline - time.monotonic()))
-        if t == "PAIR" and body.get("request_id") is None:
-            got.append(body)
-    return got
-
-
-def _ask(app: App, node: str, rid: str, wait_s: float = 60.0,
-         **fields: Any) -> list[tuple[str, dict]]:
-    """Send REQUEST ``rid`` and return its replies; a no_listener refusal (the peer's LISTENERS
-    not yet arrived) is retried under a fresh id for up to 30 s."""
-    for attempt in range(60):
-        this = rid if attempt == 0 else f"{rid}.{attempt}"
-        app.send(node, "REQUEST", {"request_id": this, **fields})
-        replies = app.until(this, wait_s)
-        if not (replies[-1][0] == "ERROR" and replies[-1][1]["code"] == "no_listener"):
-            return replies
-        time.sleep(0.5)
-    return replies
 
 
 #: wait for both ends' test-pair estimates to have this standard error before asking
@@ -214,12 +120,12 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     assert alice_app.next()[0] == "LISTENING"
 
     # 1. at alice, the allocator: both ends told, the same pairs
-    replies = _ask(alice_app, "alice", "r1", remote="repeater", pairs=5, purpose=7,
+    replies = ask(alice_app, "alice", "r1", remote="repeater", pairs=5, purpose=7,
                    timeout_s=60)
     kinds = [t for t, _ in replies]
     assert kinds[0] == "ACCEPTED" and kinds[-1] == "DONE" and kinds.count("PAIR") == 5, replies
     mine = [b for t, b in replies if t == "PAIR"]
-    theirs = _pairs_for(rep_app, 5)
+    theirs = pairs_for(rep_app, 5)
     assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs]
     assert [p["bell_state"] for p in mine] == [p["bell_state"] for p in theirs]
     assert {p["remote_application"] for p in theirs} == {"alice-app"}
@@ -237,10 +143,10 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     assert abs(true_f - mine[-1]["fidelity"]) <= 0.1, (true_f, mine[-1], lag)
 
     # 2. at the repeater (not the allocator): forwarded, both ends told
-    replies = _ask(rep_app, "repeater", "r2", remote="alice", pairs=3, purpose=9, timeout_s=60)
+    replies = ask(rep_app, "repeater", "r2", remote="alice", pairs=3, purpose=9, timeout_s=60)
     assert [t for t, _ in replies][-1] == "DONE", replies
     mine2 = [b for t, b in replies if t == "PAIR"]
-    theirs2 = _pairs_for(alice_app, 3, 120)
+    theirs2 = pairs_for(alice_app, 3, 120)
     assert [p["pair_id"] for p in mine2] == [p["pair_id"] for p in theirs2]
     assert {p["remote_application"] for p in theirs2} == {"rep-app"}
 
@@ -248,13 +154,13 @@ def _scenario(net: DemoNetwork, truth: Truth, estimate: float, alice_app: App, o
     # pair has decayed below it by the time both ends hold it) waits; another application's
     # request is served meanwhile
     rid, hard = _unservable(other, "hard", estimate, 120, 100)
-    replies = _ask(alice_app, "alice", "easy", remote="repeater", pairs=2, purpose=7,
+    replies = ask(alice_app, "alice", "easy", remote="repeater", pairs=2, purpose=7,
                    timeout_s=60)
     assert [t for t, _ in replies][-1] == "DONE", replies
     other.send("alice", "CANCEL", {"request_id": rid})
     hard_replies = other.until(rid)
     assert hard_replies[-1][0] == "CANCELLED", hard_replies
-    above = _ask(other, "alice", "above", remote="repeater", pairs=1, purpose=7,
+    above = ask(other, "alice", "above", remote="repeater", pairs=1, purpose=7,
                  min_fidelity=min(1.0, estimate + 0.02))
     assert above[-1][0] == "ERROR" and above[-1][1]["code"] == "fidelity_unreachable", above
 
@@ -314,12 +220,12 @@ def _operations(alice_app: App, rep_app: App, other: App) -> dict[str, Any]:
     meas_z = [{"gate": "meas", "qubit": "pair", "basis": "Z"}]
     def one_pair(rid: str) -> tuple[dict, dict]:
         """A pair for alice-app and the repeater's listener (each holds it for 1 s)."""
-        replies = _ask(alice_app, "alice", rid, remote="repeater", pairs=1, purpose=7,
+        replies = ask(alice_app, "alice", rid, remote="repeater", pairs=1, purpose=7,
                        timeout_s=60)
         assert [t for t, _ in replies][-1] == "DONE", replies
         (mine,) = (b for t, b in replies if t == "PAIR")
         for _ in range(1000):   # the listener's PAIRs of the requests before come first
-            (theirs,) = _pairs_for(rep_app, 1)
+            (theirs,) = pairs_for(rep_app, 1)
             if theirs["pair_id"] == mine["pair_id"]:
                 return mine, theirs
         raise AssertionError(f"the listener never got pair {mine['pair_id']}")
@@ -449,21 +355,21 @@ def _path_scenario(truth: Truth, alice_app: App, bob_app: App) -> dict[str, Any]
     alice_app.send("alice", "LISTEN", {"purpose": 9})
     assert alice_app.next()[0] == "LISTENING"
     # path pairs come at a few per second, much fewer on a loaded host: generous deadlines
-    replies = _ask(alice_app, "alice", "p1", wait_s=300, remote="bob", pairs=5, purpose=7,
+    replies = ask(alice_app, "alice", "p1", wait_s=300, remote="bob", pairs=5, purpose=7,
                    timeout_s=240)
     assert [t for t, _ in replies][-1] == "DONE", replies
     mine = [b for t, b in replies if t == "PAIR"]
     partner, _ = truth.read("alice", mine[-1]["qubit"]).pair()
-    theirs = _pairs_for(bob_app, 5, 120)
+    theirs = pairs_for(bob_app, 5, 120)
     assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs]
     assert [p["bell_state"] for p in mine] == [p["bell_state"] for p in theirs]
     assert {p["pool"] for p in mine + theirs} == {"alice-bob"}
     assert partner == f"bob:{theirs[-1]['qubit']}", (partner, theirs[-1])
-    replies = _ask(bob_app, "bob", "p2", wait_s=300, remote="alice", pairs=3, purpose=9,
+    replies = ask(bob_app, "bob", "p2", wait_s=300, remote="alice", pairs=3, purpose=9,
                    timeout_s=240)
     assert [t for t, _ in replies][-1] == "DONE", replies
     mine2 = [b for t, b in replies if t == "PAIR"]
-    theirs2 = _pairs_for(alice_app, 3)
+    theirs2 = pairs_for(alice_app, 3)
     assert [p["pair_id"] for p in mine2] == [p["pair_id"] for p in theirs2]
     return {"alice": [(p["pair_id"], p["fidelity"]) for p in mine],
             "bob": [(p["pair_id"], p["fidelity"]) for p in theirs]}

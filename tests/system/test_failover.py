@@ -5,12 +5,15 @@
 
 four herald stations and eight ``qnode run`` daemons; no config names a path. alice keeps a
 routed path to bob (``[routing] paths_to``): it routes one from the nodes' adverts and installs
-it. A program gets pairs over it; then the herald station of the path's second link is stopped.
-Its ends advertise the link down, alice moves the path to the other route (a new path id,
-installed at the other repeater and at bob; the old one removed), and the program's next pairs
-come over the new route: the same ids at both ends, alice's qubit entangled with bob's (the
-bench's registry oracle). The time from the stop to the re-route and to the first pair over the
-new route is printed (not asserted: timing on a loaded host is no test).
+it. Two applications use it through the application service: ``alice-app`` asks alice for pairs
+with bob, ``bob-app`` listens at bob. After a first request, a second one is made and the herald
+station of the path's second link is stopped while it is served. The link's ends advertise it
+down, alice moves the path to the other route (a new path id, installed at the other repeater
+and at bob, the old one removed), and the request goes on over the new route: it ends DONE, and
+bob-app gets every pair alice-app got — the same ids and Bell states, none used at one end and
+dropped at the other — with alice's qubit entangled with bob's (the bench's registry oracle).
+The time from the stop to the re-route is printed (not asserted: timing on a loaded host is no
+test).
 """
 from __future__ import annotations
 
@@ -22,14 +25,18 @@ import pytest
 from qnode.daemon.tools.demo import DemoNetwork
 from qnode.daemon.tools.topology import Mesh, write_chain_bench
 
+from support.apps import App, ask, pairs_for
 from support.mosquitto import Mosquitto
-from support.oracle import Truth, ask_pairs, estimates_ready, telemetry_until
+from support.oracle import Truth, estimates_ready, telemetry_until
 from support.runs import assert_ran_clean
 
 MESH = Mesh((("alice", "r1"), ("r1", "bob"), ("alice", "r2"), ("r2", "bob")), ("alice", "bob"))
 SIGMA_TARGET = 0.006
 ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.3
-PAIRS = 6
+APPS = {"alice": "\n[applications.alice-app]\nweight = 1.0\npurposes = []\n",
+        "bob": "\n[applications.bob-app]\nweight = 1.0\npurposes = [7]\n"}
+POOL = "route-alice-bob"
+BEFORE, ACROSS = 3, 6      # pairs of the request before the failure, and across it
 
 
 def _routed(latest: dict[str, dict], node: str = "alice") -> dict:
@@ -48,15 +55,29 @@ def _active(latest: dict[str, dict]) -> tuple[str, dict] | None:
     return (pid, p) if swaps > 0 else None
 
 
+def _both_ends(alice_app: App, bob_app: App, rid: str, pairs: int, truth: Truth,
+               before_reply: float = 300.0) -> tuple[list[dict], list[dict], str]:
+    """alice-app's request ``rid`` for ``pairs`` pairs with bob (purpose 7), sent earlier:
+    its replies to the terminal one, bob-app's PAIRs as the listener, and the partner of
+    alice's last qubit (the registry oracle, read at once)."""
+    replies = alice_app.until(rid, before_reply)
+    assert replies[-1][0] == "DONE", replies
+    mine = [b for t, b in replies if t == "PAIR"]
+    partner, _ = truth.read("alice", mine[-1]["qubit"]).pair()
+    return mine, pairs_for(bob_app, pairs, 120), partner
+
+
 @pytest.mark.asyncio
-async def test_a_path_whose_link_fails_moves_to_the_other_route(tmp_path):
+async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_pairs(
+        tmp_path):
     bench = write_chain_bench(tmp_path, MESH, attempt_rate_hz=ATTEMPT_RATE_HZ)
     with Mosquitto(tmp_path / "mosquitto") as broker:
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
                           tmp_path / "logs", bench=bench, chain=MESH, max_pair_age_s=1.0,
-                          test_fraction=TEST_FRACTION, with_m_link=False)
+                          test_fraction=TEST_FRACTION, with_m_link=False, extra=APPS)
         broker.tap("demo", lambda: net.daemons)   # the contract: checked at the end
         failure = None
+        alice_app = bob_app = None
         try:
             await asyncio.to_thread(net.start)
             truth = Truth(net.addresses["qdevice-truth"])
@@ -64,9 +85,21 @@ async def test_a_path_whose_link_fails_moves_to_the_other_route(tmp_path):
             first = _active(await telemetry_until(broker.port, _active, 60))
             assert first is not None
             old_id, old = first
-            oks1, truths1, bob1, _ = await ask_pairs(broker.port, truth, PAIRS, per_pair_s=60,
-                                                     all_s=120)
-            # the station of the path's second link (its repeater - bob) stops
+            alice_app, bob_app = App("alice-app", broker.port), App("bob-app", broker.port)
+            bob_app.send("bob", "LISTEN", {"purpose": 7})
+            assert bob_app.next()[0] == "LISTENING"
+            # a first request over the first route
+            replies = await asyncio.to_thread(
+                ask, alice_app, "alice", "f1", 300, remote="bob", pairs=BEFORE, purpose=7,
+                timeout_s=240)
+            assert replies[-1][0] == "DONE", replies
+            mine1 = [b for t, b in replies if t == "PAIR"]
+            partner1, _ = truth.read("alice", mine1[-1]["qubit"]).pair()
+            theirs1 = await asyncio.to_thread(pairs_for, bob_app, BEFORE, 120)
+            # the second is made, then the station of the path's second link stops
+            alice_app.send("alice", "REQUEST", {"request_id": "f2", "remote": "bob",
+                                                "pairs": ACROSS, "purpose": 7,
+                                                "timeout_s": 240})
             dead = old["links"][1]
             station = MESH.stations[MESH.links.index(dead)]
             t_stop = time.monotonic()
@@ -80,13 +113,9 @@ async def test_a_path_whose_link_fails_moves_to_the_other_route(tmp_path):
             second = _active(after)
             assert second is not None
             new_id, new = second
-            latencies: list[float] = []
-            t_ask = time.monotonic()
-            oks2, truths2, bob2, _ = await ask_pairs(broker.port, truth, PAIRS, per_pair_s=60,
-                                                     all_s=120, latencies=latencies)
-            t_first = t_ask + latencies[0]
-            # bob serves from the new path, the old one draining there or gone; the old
-            # route's repeater no longer swaps for it (removed there)
+            mine2, theirs2, partner2 = await asyncio.to_thread(
+                _both_ends, alice_app, bob_app, "f2", ACROSS, truth)
+            t_done = time.monotonic()
 
             def bob_moved(latest: dict[str, dict]) -> bool:
                 paths = _routed(latest, "bob").get("paths", {})
@@ -95,29 +124,31 @@ async def test_a_path_whose_link_fails_moves_to_the_other_route(tmp_path):
                         and paths.get(old_id, {}).get("state", "draining") == "draining"
                         and "routed" in repeater
                         and old_id not in repeater["routed"].get("paths", {}))
+            # bob serves from the new path, the old one draining there or gone; the old
+            # route's repeater no longer swaps for it (removed there)
             end = await telemetry_until(broker.port, bob_moved, 30)
             truth.close()
         except AssertionError as exc:
             failure = exc
         finally:
+            for app in (alice_app, bob_app):
+                if app is not None:
+                    app.close()
             await asyncio.to_thread(net.close)
     assert_ran_clean(net, failure, tmp_path / "logs")
     reroute = _routed(after)["last_reroute"]
     print(f"path {old_id} {old['nodes']} -> {new_id} {new['nodes']}; {station} stopped: "
-          f"re-routed after {t_moved - t_stop:.1f} s (telemetry every 1 s), first pair over "
-          f"the new route {t_first - t_stop:.1f} s after the stop; alice's record {reroute}")
+          f"re-routed after {t_moved - t_stop:.1f} s (telemetry every 1 s), the request "
+          f"across it done {t_done - t_stop:.1f} s after the stop; alice's record {reroute}; "
+          f"pairs across: {[(p['pair_id'], p['fidelity']) for p in mine2]}")
     assert dead not in new["links"] and new["nodes"][0] == "alice" and new["nodes"][-1] == "bob"
     assert set(new["nodes"]) & set(old["nodes"]) == {"alice", "bob"}   # the other route
     assert dead in reroute["reason"] and reroute["old"] == old["nodes"]
     assert _routed(after)["rerouted_total"] == 1
-    # before: over the first path; after: over the second, at both ends, the same pairs
-    assert {o["link"] for o in oks1 + bob1} == {old_id}
-    assert {o["link"] for o in oks2 + bob2} == {new_id}
-    # (each end serves its own requester from the pairs it holds, as on a configured path:
-    # alice asks one at a time, bob for all at once, so some of their pairs differ)
-    common = [{o["seq"]: o["bell_state"] for o in oks}.items() & {
-        o["seq"]: o["bell_state"] for o in bob_oks}.items()
-        for oks, bob_oks in ((oks1, bob1), (oks2, bob2))]
-    assert all(common) and sum(map(len, common)) >= PAIRS, (common, oks1, bob1, oks2, bob2)
-    assert {p.split(":")[0] for p, _ in truths1 + truths2} == {"bob"}
+    # one pool at both ends across the move; each pair alice-app got, bob-app got too
+    for mine, theirs, partner in ((mine1, theirs1, partner1), (mine2, theirs2, partner2)):
+        assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs], (mine, theirs)
+        assert [p["bell_state"] for p in mine] == [p["bell_state"] for p in theirs]
+        assert {p["pool"] for p in mine + theirs} == {POOL}
+        assert partner == f"bob:{theirs[-1]['qubit']}", (partner, theirs[-1])
     assert end["bob"]["routing"]["routed"]["paths"][new_id]["installer"] == "alice"
