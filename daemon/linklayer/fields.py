@@ -45,6 +45,17 @@ def check_str(cls: str, name: str, v: Any) -> None:
         raise bad(cls, name, "a non-empty string", v)
 
 
+#: the characters of a node, link or path name (a topic segment: no '/', '+', '#')
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_name(cls: str, name: str, v: Any) -> None:
+    """A node, link or path name: 1 to 64 letters, digits, '_' or '-' (what a topic segment
+    and a config id may be)."""
+    if not isinstance(v, str) or not 0 < len(v) <= 64 or not set(v) <= NAME_CHARS:
+        raise bad(cls, name, "a name of 1 to 64 letters, digits, '_' or '-'", v)
+
+
 def check_choice(cls: str, name: str, v: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if not isinstance(v, str) or v not in choices:

@@ -50,6 +50,7 @@ from qnode.daemon.linklayer.fields import (
     check_float,
     check_int,
     check_laps,
+    check_name,
     check_seq,
     check_str,
     int_array,
@@ -862,15 +863,8 @@ class SwapResult(_Message):
         check_float(c, "time", self.time, 0.0)
 
 
-#: a node, link or path name on the wire (the topic segment rule: no '/', '+', '#')
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 #: the longest time a path may be kept without a refresh (s)
 MAX_PATH_TTL_S = 3600.0
-
-
-def _check_name(c: str, name: str, v: Any) -> None:
-    if not isinstance(v, str) or not 0 < len(v) <= 64 or not set(v) <= _NAME_CHARS:
-        raise bad(c, name, "a name of 1 to 64 letters, digits, '_' or '-'", v)
 
 
 @dataclass(frozen=True)
@@ -891,20 +885,20 @@ class PathSetup(_Message):
 
     def __post_init__(self) -> None:
         c = "PathSetup"
-        _check_name(c, "path", self.path)
+        check_name(c, "path", self.path)
         for name in ("nodes", "links"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if not isinstance(self.nodes, tuple) or not 3 <= len(self.nodes) <= MAX_HOPS + 1:
             raise bad(c, "nodes", f"a list of 3 to {MAX_HOPS + 1} node ids", self.nodes)
         for n in self.nodes:
-            _check_name(c, "nodes", n)
+            check_name(c, "nodes", n)
         if len(set(self.nodes)) != len(self.nodes):
             raise bad(c, "nodes", "different node ids", self.nodes)
         if not isinstance(self.links, tuple) or len(self.links) != len(self.nodes) - 1:
             raise bad(c, "links", f"{len(self.nodes) - 1} link ids", self.links)
         for link in self.links:
-            _check_name(c, "links", link)
+            check_name(c, "links", link)
         if len(set(self.links)) != len(self.links):
             raise bad(c, "links", "different link ids", self.links)
         check_float(c, "ttl_s", self.ttl_s, 0.0, MAX_PATH_TTL_S)

@@ -14,6 +14,11 @@ end that serves end-to-end pairs (:class:`~qnode.daemon.klink.swapping.PathEnd`)
 the pairs are the link layer's alone, with the fidelity ``[memory].fidelity`` aged with
 ``t1_s``/``t2_s``.
 
+With an identity key and the network's public keys, the node also advertises its links'
+measured state and keeps routes to every other node (:mod:`qnode.daemon.routing`), and serves
+CREATEs and applications' requests for nodes no link or ``[[paths]]`` reaches over routed
+paths, installed and moved by the end whose id sorts first (:mod:`qnode.daemon.routing.paths`).
+
 QDevices are supervised like any instrument: calibration and the health check read ``QUBITS?``
 (capacity, free), reported as ``memory_qubits``/``memory_qubits_free``.
 """

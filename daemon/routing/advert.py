@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from qnode.daemon.linklayer.fields import bad, check_choice, check_float, check_int, check_str
+from qnode.daemon.linklayer.fields import bad, check_choice, check_float, check_int, check_name
 
 #: a link's state as its end sees it: ``up`` (heralds arrive and the estimate is from test
 #: pairs), ``degraded`` (heralds arrive, but the estimate is still the configured prior, or the
@@ -54,8 +54,8 @@ class LinkAdvert:
 
     def __post_init__(self) -> None:
         c = "LinkAdvert"
-        check_str(c, "link", self.link)
-        check_str(c, "peer", self.peer)
+        check_name(c, "link", self.link)    # both end up in PATH messages and topics
+        check_name(c, "peer", self.peer)
         check_choice(c, "state", self.state, LINK_STATES)
         check_float(c, "fidelity", self.fidelity, 0.0, 1.0)
         if self.sigma is not None:

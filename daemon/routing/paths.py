@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from qnode.daemon.bus.client import BusOverloaded
 from qnode.daemon.klink.swapping import CHAIN_WAIT_S, CUTOFF_GUARD_S, PathEnd, Swapper
 from qnode.daemon.linklayer import (
+    MAX_HOPS,
     Create,
     CreateIdAllocator,
     Err,
@@ -259,6 +260,11 @@ class PathManager:
             return None
         if route.hops < 2:
             return None      # a neighbour: its link serves it
+        if route.hops > MAX_HOPS:
+            self._slowlog(f"toolong:{remote}", logging.WARNING, "routing: no path to %s: the "
+                          "best route has %d links, a path at most %d", remote, route.hops,
+                          MAX_HOPS, remote=remote)
+            return None
         return self._install_mine(route, need)
 
     def _install_mine(self, route: Route, need: float) -> LocalPath:
@@ -390,7 +396,7 @@ class PathManager:
         reason, since = why
         route, no_route = self.routing.route_for(remote, old.need)
         t0 = time.monotonic()
-        if route is None or route.nodes == old.path.nodes or route.hops < 2:
+        if route is None or route.nodes == old.path.nodes or not 2 <= route.hops <= MAX_HOPS:
             self._rlog(f"broken:{old.path.id}", logging.WARNING,
                        "routing: path %s is broken (%s) and no other route serves it: %s",
                        old.path.id, reason, no_route, path=old.path.id, reason=reason)

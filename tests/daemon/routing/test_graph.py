@@ -163,6 +163,9 @@ def test_an_advert_round_trips():
     {"time": NOW, "ttl_s": 6.0, "links": [{**_link("x", "b").to_dict(), "rate_hz": "fast"}]},
     {"time": NOW, "ttl_s": 6.0, "links": [{**_link("x", "b").to_dict(), "sigma": True}]},
     {"time": NOW, "ttl_s": 6.0, "links": [{**_link("x", "b").to_dict(), "peer": ""}]},
+    {"time": NOW, "ttl_s": 6.0, "links": [{**_link("x", "b").to_dict(), "peer": "b/c"}]},
+    {"time": NOW, "ttl_s": 6.0, "links": [{**_link("x", "b").to_dict(), "link": "x+"}]},
+    {"time": NOW, "ttl_s": 6.0, "links": [{**_link("x", "b").to_dict(), "link": "l" * 65}]},
     {"time": NOW, "ttl_s": 6.0, "links": [["x", "b"]]},
 ])
 def test_a_hostile_advert_is_a_value_error_naming_the_field(body):
