@@ -362,6 +362,7 @@ class RoutingTelemetry(TypedDict, total=False):
     nodes_known: int            # nodes whose advert is held (this one too)
     links_known: int            # links both ends advertise up or degraded
     adverts_sent_total: int
+    adverts_overloaded_total: int           # not sent: the bus's outgoing queue was full
     adverts_refused_total: dict[str, int]   # by reason: unsigned, bad_body, future, ...
     route_changes_total: int    # changes of any destination's chosen route
     routes: dict[str, RouteTelemetry]       # destination -> its route (the nearest 32)

@@ -224,6 +224,7 @@ class RoutingService:
         t: RoutingTelemetry = {
             "nodes_known": len(self.view.adverts), "links_known": len(self.view.edges(now)),
             "adverts_sent_total": self.adverts_sent,
+            "adverts_overloaded_total": self.adverts_overloaded,
             "adverts_refused_total": dict(self.refused),
             "route_changes_total": self.route_changes, "routes": {}}
         for dst, (best, why, cands) in list(self.routes.items())[:MAX_TELEMETRY_ROUTES]:

@@ -27,9 +27,12 @@ from qnode.daemon.tools.topology import Mesh, write_chain_bench
 
 from support.apps import App, ask, pairs_for
 from support.mosquitto import Mosquitto
-from support.oracle import Truth, estimates_ready, telemetry_until
+from support.oracle import Truth, estimates_ready, qubit_story, telemetry_until
 from support.runs import assert_ran_clean
 
+#: the demo's cut-off (2 s), not the 1 s of the chain tests that judge each pair's fidelity: in
+#: one fresh-clone run at 1 s the path's swaps fell to a few per minute (most found a half
+#: already expired at an end) and a request of 3 pairs expired with none
 MESH = Mesh((("alice", "r1"), ("r1", "bob"), ("alice", "r2"), ("r2", "bob")), ("alice", "bob"))
 SIGMA_TARGET = 0.006
 ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.3
@@ -73,7 +76,7 @@ async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_
     bench = write_chain_bench(tmp_path, MESH, attempt_rate_hz=ATTEMPT_RATE_HZ)
     with Mosquitto(tmp_path / "mosquitto") as broker:
         net = DemoNetwork(tmp_path / "work", f"mqtt://127.0.0.1:{broker.port}",
-                          tmp_path / "logs", bench=bench, chain=MESH, max_pair_age_s=1.0,
+                          tmp_path / "logs", bench=bench, chain=MESH, max_pair_age_s=2.0,
                           test_fraction=TEST_FRACTION, with_m_link=False, extra=APPS)
         broker.tap("demo", lambda: net.daemons)   # the contract: checked at the end
         failure = None
@@ -129,7 +132,7 @@ async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_
             end = await telemetry_until(broker.port, bob_moved, 30)
             truth.close()
         except AssertionError as exc:
-            failure = exc
+            failure = f"{exc}\n{await qubit_story(broker.port, MESH.nodes)}"
         finally:
             for app in (alice_app, bob_app):
                 if app is not None:

@@ -439,3 +439,31 @@ async def test_deferred_work_runs_once_after_a_burst(broker: Mosquitto) -> None:
         await asyncio.wait_for(until(lambda: len(flushes) == 2), TIMEOUT_S)
         assert flushes == [50, 51]
     assert not bob.defer_until_idle(flush)
+
+
+@pytest.mark.asyncio
+async def test_a_retained_advert_delivered_again_is_no_replay() -> None:
+    """Routing adverts (``topo``) are retained and come again after every reconnect: they
+    carry their own time (the receiver keeps the newest), so the replay window lets a copy
+    through uncounted, as it does not for telemetry. Their identity signature is still
+    required."""
+    from qnode.daemon.bus.identity import NodeSigner, TrustStore
+
+    key = NodeSigner.generate()
+    bob = NodeBus(BOB, "127.0.0.1", 1, trust=TrustStore({"alice": key.public_key()}))
+    inbox = Inbox()
+    bob.on("topo", inbox)
+    bob.on("telemetry", inbox)
+    advert = encode(Message("TOPO", "alice", 7, {"time": 1.0, "ttl_s": 6.0, "links": []}),
+                    signer=key)
+    for _ in range(3):
+        await bob.deliver(ALICE.topo, advert)
+    assert len(inbox.items) == 3 and not bob.rejected
+    record = encode(Message("telemetry", "alice", 8, {"node": "alice"}), signer=key)
+    await bob.deliver(ALICE.telemetry, record)
+    await bob.deliver(ALICE.telemetry, record)
+    assert len(inbox.items) == 4 and bob.rejected == {"duplicate": 1}
+    await bob.deliver(ALICE.topo, encode(Message("TOPO", "alice", 9, {"time": 2.0,
+                                                                     "ttl_s": 6.0,
+                                                                     "links": []})))
+    assert len(inbox.items) == 4 and bob.rejected["unsigned"] == 1
