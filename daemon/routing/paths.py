@@ -397,9 +397,10 @@ class PathManager:
         route, no_route = self.routing.route_for(remote, old.need)
         t0 = time.monotonic()
         if route is None or route.nodes == old.path.nodes or not 2 <= route.hops <= MAX_HOPS:
-            self._rlog(f"broken:{old.path.id}", logging.WARNING,
-                       "routing: path %s is broken (%s) and no other route serves it: %s",
-                       old.path.id, reason, no_route, path=old.path.id, reason=reason)
+            # every interval while it lasts: one line per 30 s is enough at 3 a.m.
+            self._slowlog(f"broken:{old.path.id}", logging.WARNING,
+                          "routing: path %s is broken (%s) and no other route serves it: %s",
+                          old.path.id, reason, no_route, path=old.path.id, reason=reason)
             self._refresh(old)
             return
         new = self._install_mine(route, old.need)
