@@ -43,9 +43,10 @@ def _routed(latest: dict[str, dict]) -> dict:
 
 
 def _swapped(latest: dict[str, dict]) -> bool:
-    """Both repeaters report swaps for the routed path alice installed."""
+    """Both repeaters report swaps for the routed path alice installed, and every node's
+    telemetry has come (the checks below read bob's and the repeaters' too)."""
     paths = _routed(latest).get("paths", {})
-    if len(paths) != 1:
+    if len(paths) != 1 or not all("routing" in latest.get(n, {}) for n in CHAIN.nodes):
         return False
     (pid,) = paths
     return all(latest.get(r, {}).get("paths", {}).get(pid, {}).get("swaps_total", 0) > 0
