@@ -254,6 +254,12 @@ class RoutedPool(PathPool):
         self.id = routed_pool_id(node, end.remote)
         self._previous: collections.deque[PathEnd] = collections.deque(
             maxlen=self.MAX_PREVIOUS)
+        self._supplied_before = 0    # pairs the previous paths' ends had received at the move
+
+    def supplied(self) -> int:
+        """End-to-end pairs received over every path this pool served from (a counter across
+        moves: each path end counts from 0)."""
+        return self._supplied_before + super().supplied()
 
     async def use(self, end: PathEnd) -> None:
         """Serve from ``end`` (the path moved): under both ends' link locks (in link order),
@@ -267,6 +273,7 @@ class RoutedPool(PathPool):
             for notify in self.listeners:
                 if notify not in end.listeners:
                     end.listeners.append(notify)
+            self._supplied_before = self.supplied()
             self._previous.append(self.end)
             self.end, self.memory, self.listeners = end, end.memory, end.listeners
             self._announced = set()

@@ -127,3 +127,35 @@ async def test_admission_refuses_more_pairs_than_the_pool_supplies_before_the_de
     await _ask(apps, "keyapp", "REQUEST", {"request_id": "some", "remote": "bob", "pairs": 30,
                                            "purpose": 7, "timeout_s": 10})
     assert ctx.bus.replies("keyapp")[-1][0] == "ACCEPTED"
+
+
+class _PathEndStandIn:
+    """What a RoutedPool reads of a routing PathEnd: its path id, remote, memory, listeners,
+    counters and link service (its lock)."""
+
+    class _Service:
+        def __init__(self, link: str):
+            self.link, self.lock = link, asyncio.Lock()
+
+    def __init__(self, pid: str, link: str, received: int):
+        self.path = type("P", (), {"id": pid})()
+        self.remote, self.memory, self.listeners = "bob", None, []
+        self.counts = {"pairs_received_total": received}
+        self.service = self._Service(link)
+
+
+@pytest.mark.asyncio
+async def test_a_routed_pools_supply_counts_on_across_a_move():
+    """Each path end counts its pairs from 0; the pool's counter (whose rate a request's
+    rate check reads) goes on across the move instead of falling back (a request right after
+    a re-route was refused for a supply of -1 pairs/s)."""
+    from qnode.daemon.apps.pools import RoutedPool
+    old = _PathEndStandIn("alice-bob-r1", "alice-r1", 40)
+    pool = RoutedPool(old, "alice")  # type: ignore[arg-type]
+    assert pool.id == "route-alice-bob" and pool.supplied() == 40
+    new = _PathEndStandIn("alice-bob-r2", "alice-r2", 0)
+    await pool.use(new)  # type: ignore[arg-type]
+    assert pool.supplied() == 40
+    new.counts["pairs_received_total"] = 3
+    old.counts["pairs_received_total"] = 41     # the old path's last pair: not offered here
+    assert pool.supplied() == 43
