@@ -16,9 +16,11 @@ from .links import LinkRuntime
 
 
 class BenchContext(Protocol):
-    """A bench being built. ``path``: its file (errors name it)."""
+    """A bench being built. ``path``: its file (errors name it); ``links``: its links by name
+    (all built before any instrument)."""
 
     path: str
+    links: dict[str, LinkRuntime]
 
     def link_runtime(self, key: str, link: object) -> LinkRuntime:
         """The link named ``link`` (``None``: the bench's only link); errors name ``key``."""

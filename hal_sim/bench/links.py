@@ -108,6 +108,14 @@ class LinkRuntime:
             return t_s
         return float(self.fanout.locked(switch))
 
+    def set_indistinguishability(self, vis: float) -> None:
+        """This K link's HOM visibility V (0..1) from its simulator's next slice on (true
+        heralds then have F = (1+V)/2): degrade a link of a running network, or repair it
+        (:meth:`~qnode.hal_sim.physics.heralding.HeraldingSimulator.set_indistinguishability`)."""
+        if not isinstance(self.spec, KLinkSpec):
+            raise ValueError(f"{self.spec.name!r} is an M link: no two-photon interference")
+        self.fanout.locked(lambda sim: sim.set_indistinguishability(vis))
+
     def file_heralds_in(self, registry: PairRegistry) -> None:
         """From now on every step of this K link's simulator files its heralds in ``registry`` (a
         :class:`~qnode.hal_sim.twins.pair_registry.PairRegistry`; see

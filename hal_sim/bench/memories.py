@@ -167,5 +167,5 @@ def _add_channel(path: str, where: str, registry: PairRegistry, node: str, table
 def qdevice_truth(bench: BenchContext, key: str) -> RegistryOracle:
     """The :class:`~qnode.hal_sim.twins.registry_oracle.RegistryOracle` of the bench's pair
     registry: the true state of any pair its qdevices hold, for tests (``SIM:PAIR? <device>
-    <q>``)."""
-    return RegistryOracle(bench.pair_registry())
+    <q>``), and the control of its K links' interference (``SIM:VIS <link> <V>``)."""
+    return RegistryOracle(bench.pair_registry(), bench.links)

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -425,14 +425,7 @@ class HeraldingSimulator:
                                    np.random.default_rng(next(seeds))) for d in link.detectors]
         self._eta = np.array([d.efficiency for d in link.detectors])
         self._delays = np.array([d.delay_ps for d in link.detectors], np.int64)
-        vis = link.indistinguishability
-        # Two-photon configurations: (first detector, second detector or -1 when bunched), weight
-        configs = [((0, 3), 1 / 8), ((1, 2), 1 / 8), ((0, 1), 1 / 8), ((2, 3), 1 / 8),
-                   ((0, 2), (1 - vis) / 8), ((1, 3), (1 - vis) / 8)]
-        configs += [((i, -1), (1 + vis) / 16) for i in range(4)]
-        self._pair_det = np.array([c for c, _ in configs], np.int64)
-        self._pair_cdf = np.cumsum([w for _, w in configs])
-        self._pair_cdf /= self._pair_cdf[-1]
+        self._interference(link.indistinguishability)
         self._k = 0                 # next attempt index
         self._horizon = 0
         self._flushed = False
@@ -443,6 +436,25 @@ class HeraldingSimulator:
                                     photons_arrived={e: 0 for e in link.ends},
                                     singles={c: 0 for c in link.channels},
                                     dark_counts={c: 0 for c in link.channels})
+
+    def _interference(self, vis: float) -> None:
+        # Two-photon configurations: (first detector, second detector or -1 when bunched), weight
+        configs = [((0, 3), 1 / 8), ((1, 2), 1 / 8), ((0, 1), 1 / 8), ((2, 3), 1 / 8),
+                   ((0, 2), (1 - vis) / 8), ((1, 3), (1 - vis) / 8)]
+        configs += [((i, -1), (1 + vis) / 16) for i in range(4)]
+        self._pair_det = np.array([c for c, _ in configs], np.int64)
+        self._pair_cdf = np.cumsum([w for _, w in configs])
+        self._pair_cdf /= self._pair_cdf[-1]
+
+    def set_indistinguishability(self, vis: float) -> None:
+        """The photons' HOM visibility V (0..1) from the next attempt drawn on: a degraded (or
+        repaired) interference, e.g. a source's spectrum drifting. True heralds from then on
+        have F = (1+V)/2, recorded per herald; :attr:`expected` and the run truth's become the
+        new link's."""
+        link = replace(self.link, indistinguishability=vis)   # validates V
+        self._interference(vis)
+        self.link, self.expected = link, herald_expectation(link)
+        self.truth.expected = self.expected
 
     # ------------------------------------------------------------------ configuration
 

@@ -140,6 +140,25 @@ def test_true_heralds_carry_the_fidelity_of_the_indistinguishability(main_run):
     assert sim.truth.state_is_announced == same
 
 
+def test_a_visibility_changed_mid_run_sets_the_fidelity_of_the_heralds_after_it():
+    """set_indistinguishability(0.5) between slices: heralds before keep F = 0.95, those
+    after have F = 0.75 (recorded, and the drawn states within 3σ); a bad V changes nothing."""
+    sim = HeraldingSimulator(main_link(), seed=9, slice_ps=100_000_000)
+    before = np.concatenate([sim.step().truth.heralds for _ in range(10)])
+    sim.set_indistinguishability(0.5)
+    assert sim.link.indistinguishability == 0.5 and sim.expected.fidelity_true == 0.75
+    assert sim.truth.expected is sim.expected
+    after = np.concatenate([sim.step().truth.heralds for _ in range(10)])
+    for heralds, f in ((before, 0.95), (after, 0.75)):
+        true = heralds[heralds["true"]]
+        assert np.all(true["fidelity"] == f)
+        same = int(np.count_nonzero(true["state"] == true["announced"]))
+        within_3_sigma(same, f * true.size, math.sqrt(true.size * f * (1 - f)))
+    with pytest.raises(ValueError, match="indistinguishability"):
+        sim.set_indistinguishability(1.5)
+    assert sim.link.indistinguishability == 0.5
+
+
 def test_false_heralds_from_dark_counts_match_the_derived_rate(dark_run):
     sim, _, heralds, _ = dark_run
     link, e, n = sim.link, sim.expected, sim.truth.attempts

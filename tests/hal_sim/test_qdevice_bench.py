@@ -146,6 +146,22 @@ def test_memories_bind_station_heralds_by_time_with_the_truths_fidelity(tmp_path
 
 # ------------------------------------------------------------------ the registry by time
 
+def test_the_truth_wire_sets_a_k_links_visibility_and_refuses_bad_requests():
+    """``SIM:VIS <link> <V>`` on the registry oracle: the link's simulator takes V (its true
+    heralds then F = (1+V)/2); a bad link, value or form is an error line and changes nothing."""
+    with bench.Bench.from_file(NETWORK) as b:
+        oracle = b.devices["qdevice-truth"]
+        sim = b.links[LINK].fanout.locked(lambda s: s)
+        v0 = sim.link.indistinguishability
+        for bad in (f"SIM:VIS {LINK}", f"SIM:VIS {LINK} 1.2", f"SIM:VIS {LINK} nan",
+                    f"SIM:VIS {LINK} x", "SIM:VIS nowhere 0.5", f"SIM:VIS {LINK} 0.5 1"):
+            reply = oracle.handle(bad.encode())
+            assert reply.startswith(b"ERR"), (bad, reply)
+            assert sim.link.indistinguishability == v0
+        assert oracle.handle(f"SIM:VIS {LINK} 0.5".encode()) == b"OK\n"
+        assert sim.link.indistinguishability == 0.5 and sim.expected.fidelity_true == 0.75
+
+
 def test_registry_binds_by_herald_time_within_the_tolerance_and_forgets_old_heralds():
     reg = PairRegistry(seed=1, time_horizon=16)
     a = QDeviceTwin(name="a", registry=reg)

@@ -112,6 +112,13 @@ class Truth:
         fields = pair.split()
         return Reading(fields[0], np.array([float(x) for x in fields[1:]]), None, between)
 
+    def set_visibility(self, link: str, visibility: float) -> None:
+        """K link ``link``'s HOM visibility from its simulator's next slice on (``SIM:VIS``):
+        true heralds then have F = (1 + V) / 2."""
+        self.sock.sendall(f"SIM:VIS {link} {visibility}\n".encode())
+        reply = self._line()
+        assert reply == "OK", reply
+
     def close(self) -> None:
         self.sock.close()
 
