@@ -80,7 +80,9 @@ class LinkMemoryTelemetry(QberTelemetry, total=False):
     tests_matched_total: int    # ... and matched with the peer's outcome
     tests_failed_total: int     # test pairs without an outcome (the QDevice batch failed)
     tests_skipped_total: int    # test pairs over a batch's limit, not measured
-    tests_per_basis: list[int]  # matched test pairs per basis: X, Y, Z
+    tests_per_basis: list[int]  # matched test pairs per basis: X, Y, Z (since the last restart)
+    estimate_restarts_total: int  # the estimate restarted: a segment of tests differed from
+    #                               those before it (the link changed; absent until the first)
     fidelity_estimate: float    # of new pairs, from the test pairs or the prior (0..1)
     fidelity_source: str        # "tests" (the estimate) | "prior" ([memory].fidelity)
     dense_coding_bits: float    # 2 − H(λ) of the estimated state: bits per qubit sent in

@@ -130,7 +130,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  pump_power_mw: float = 40.0, chain: Network = DEMO_CHAIN,
                  with_m_link: bool | None = None,
                  extra: dict[str, str] | None = None,
-                 brokers: Mapping[str, str] | None = None) -> NetworkPlan:
+                 brokers: Mapping[str, str] | None = None,
+                 route_min_fidelity: float | None = None) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
     ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
@@ -155,7 +156,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     chain's bench has not; default: with the demo's chain only); ``extra``: more config text
     per node name (e.g. its ``[applications.<name>]`` tables); ``brokers``: another broker URL
     for some nodes (a site's broker: :mod:`~qnode.daemon.tools.bridges`), ``broker_url`` for
-    the rest."""
+    the rest; ``route_min_fidelity``: a mesh's ends' ``[routing] min_fidelity`` (the fidelity
+    their routed path must predict; default the config's)."""
     if m_link not in M_LINK_SETTINGS:
         raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
     link_keys = workdir / "keys"
@@ -226,7 +228,9 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         if not (quantum_memory and isinstance(chain, Mesh) and node in chain.ends):
             return ""
         other = chain.ends[1] if node == chain.ends[0] else chain.ends[0]
-        return f"[routing]\npaths_to = [{_toml_str(other)}]\n\n"
+        need = ("" if route_min_fidelity is None
+                else f"min_fidelity = {float(route_min_fidelity)!r}\n")
+        return f"[routing]\npaths_to = [{_toml_str(other)}]\n{need}\n"
 
     def channels(node: str) -> str:   # the demo bench's quantum channels from alice's memory
         ends = {"alice": ("repeater", "bob"), "repeater": ("repeater",), "bob": ("bob",)}

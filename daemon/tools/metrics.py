@@ -255,6 +255,9 @@ _LINK_COUNTERS: tuple[_Field, ...] = (
      "Test pairs measured here for the fidelity estimate.", 1.0),
     ("tests_matched_total", "link_memory_test_pairs_matched_total",
      "Test pairs measured here and matched with the peer's outcome in the same basis.", 1.0),
+    ("estimate_restarts_total", "link_fidelity_estimate_restarts_total",
+     "Times the link's fidelity estimate restarted because a segment of test pairs differed "
+     "from those before it (the link changed).", 1.0),
     ("tests_failed_total", "link_memory_test_measurements_failed_total",
      "Test pairs without an outcome (the QDevice batch failed).", 1.0),
     ("tests_skipped_total", "link_memory_test_pairs_skipped_total",

@@ -58,17 +58,13 @@ def test_capped_batches_at_both_ends_measure_the_same_test_pairs():
     assert split_test_picks(candidates[:10]) == (candidates[:10], [])
 
 
-@pytest.mark.parametrize("announced", ["phi+", "psi-"])
-def test_tomography_recovers_the_state_through_readout_errors(announced):
-    """Outcomes drawn from a known state relative to the announced one, flipped by each end's
-    read-out error: the corrected estimate is within 4σ of the truth."""
-    rng = np.random.default_rng(7)
-    rel = np.array([0.93, 0.04, 0.02, 0.01])       # relative to the announced state
-    e_a, e_b = 0.01, 0.02
-    tomo = LinkTomography(0.5, min_tests=100)
+def _feed(tomo: LinkTomography, rng: np.random.Generator, rel, announced: str, n: int,
+          e_a: float = 0.01, e_b: float = 0.02) -> None:
+    """``n`` matched test outcomes of pairs drawn from ``rel`` (weights relative to the
+    announced state), in a random basis, flipped by each end's read-out error."""
     absolute = BellDiagonal(tuple(rel)).relabel(announced).as_array()
     signs = np.array([BELL_SIGNS[k] for k in ("phi+", "phi-", "psi+", "psi-")])
-    for _ in range(30_000):
+    for _ in range(n):
         state = rng.choice(4, p=absolute)
         b = rng.integers(3)
         corr = signs[state][b]
@@ -77,9 +73,38 @@ def test_tomography_recovers_the_state_through_readout_errors(announced):
         m_a ^= int(rng.random() < e_a)
         m_b ^= int(rng.random() < e_b)
         tomo.add("XYZ"[b], announced, m_a, m_b, e_a, e_b)
+
+
+@pytest.mark.parametrize("announced", ["phi+", "psi-"])
+def test_tomography_recovers_the_state_through_readout_errors(announced):
+    """Outcomes drawn from a known state relative to the announced one, flipped by each end's
+    read-out error: the corrected estimate is within 4σ of the truth, and a steady link never
+    restarts it."""
+    rel = np.array([0.93, 0.04, 0.02, 0.01])       # relative to the announced state
+    tomo = LinkTomography(0.5, min_tests=100)
+    _feed(tomo, np.random.default_rng(7), rel, announced, 30_000)
     est, sigma = tomo.estimate()
     assert abs(est.fidelity() - rel[0]) < 4 * sigma, (est, sigma)
     assert sigma < 0.005
+    assert tomo.restarts == 0 and tomo.n.sum() == 30_000
+
+
+def test_tomography_follows_a_link_that_degrades():
+    """30 000 tests at F 0.93, then the interference degrades (F 0.78: weight to the other Ψ,
+    as a lower HOM visibility does): the first segment after the change restarts the estimate,
+    which is then the new state's within 4σ; the restart names the basis and both fractions."""
+    rng = np.random.default_rng(11)
+    tomo = LinkTomography(0.5, min_tests=100, segment_tests=500)
+    _feed(tomo, rng, [0.93, 0.04, 0.02, 0.01], "psi-", 30_000)
+    assert tomo.restarts == 0
+    # 0.15 of weight moves to another Bell state: two bases' error fractions rise by 0.15
+    _feed(tomo, rng, [0.78, 0.04, 0.17, 0.01], "psi-", 3 * 2 * 500 + 300)
+    assert tomo.restarts == 1, tomo.changed
+    assert tomo.changed is not None and tomo.changed["after"] > tomo.changed["before"] + 0.05
+    # the tests since the restart: the segment that caught the change and those after it
+    assert tomo.n.sum() < 3 * 2 * 500 + 300 + 3 * 600
+    est, sigma = tomo.estimate()
+    assert abs(est.fidelity() - 0.78) < 4 * sigma, (est.fidelity(), sigma)
 
 
 def test_a_batch_is_one_round_trip_and_a_failed_ent_is_reported_per_pair():
