@@ -4,8 +4,10 @@ through any number of repeaters (docs/developers/decisions/0010-chains-of-repeat
 **At a repeater** (:class:`Swapper`). As soon as both of its links on the path hold a pair in a
 qubit that the node at the other side holds too (its HELD came: each end binds by itself and
 EXPIREs what it could not bind, so a pair the repeater bound may be gone at the other side),
-the oldest of each goes through a Bell-state measurement on the QDevice
-(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`). Both pairs leave the links'
+the newest of each goes through a Bell-state measurement on the QDevice
+(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`), if the path pair they make would
+still have ``delivered_hold_s`` + :data:`SWAP_MARGIN_S` before its cut-off (older pairs wait
+for theirs). Both pairs leave the links'
 inventories (consumed at both ends of each link: the report says so) and both ends of the path
 get a :class:`~qnode.daemon.linklayer.messages.SwapResult`: which pair of each link it joined,
 the raw outcome, each pair's announced Bell state and estimate at binding, how long the
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +156,12 @@ class Swapper:
             c1, c2 = m1.confirmed(), m2.confirmed()
             if not c1 or not c2:
                 return False
-            b1, b2 = c1[0], c2[0]
+            # the newest of each: the path pair then lives longest. The oldest (the rule until
+            # 2026-12) joined a pair about to reach its cut-off to a fresh one: the ends
+            # discarded the path pair at once, or had dropped their half before the report came
+            b1, b2 = c1[-1], c2[-1]
+            if self._life_left(b1, b2, m1, m2) < self.mem.delivered_hold_s + SWAP_MARGIN_S:
+                return False     # nothing fresher yet: the next bound pair pokes again
             m1.take(b1.seq)
             m2.take(b2.seq)
             try:
@@ -176,6 +184,16 @@ class Swapper:
             # the BSM's time is the device's (its reply less its AGE?), not when this task woke
             self._announce(b1, b2, outcome, bsm_at, m1, m2)
         return True
+
+    def _life_left(self, b1: Bound, b2: Bound, m1: LinkMemory, m2: LinkMemory) -> float:
+        """Seconds until the path pair of ``b1`` and ``b2`` would reach the cut-off (its
+        oldest half ``max_pair_age_s`` old; inf without one)."""
+        cutoff = self.mem.max_pair_age_s
+        if cutoff <= 0:
+            return math.inf
+        now = time.monotonic()
+        return cutoff - max(now - b1.bound_at, now - b2.bound_at, m1.peer_age(b1.seq),
+                            m2.peer_age(b2.seq))
 
     def _announce(self, b1: Bound, b2: Bound, outcome: str, bsm_at: float, m1: LinkMemory,
                   m2: LinkMemory) -> None:
@@ -275,6 +293,10 @@ class PathEndCounts(TypedDict):
     swap_reports_refused_total: int
     send_overloaded_total: int
 
+
+#: life (s) a path pair must have left beyond ``[memory].delivered_hold_s`` for a repeater to
+#: make it: its report's way to the ends, and theirs to each other (HOLDS)
+SWAP_MARGIN_S = 0.1
 
 #: without a cut-off (``max_pair_age_s`` ≤ 0), a link pair waits this long (s) for the rest
 #: of its chain
