@@ -51,7 +51,7 @@ from qnode.daemon.apps.peer import (
     ServeEnd,
     Withdraw,
 )
-from qnode.daemon.apps.pools import PathPool, Pool, Taken
+from qnode.daemon.apps.pools import PathPool, Pool, RoutedPool, Taken
 from qnode.daemon.apps.protocol import (
     REQUEST_ID_PATTERN,
     Accepted,
@@ -95,6 +95,11 @@ SUPPLY_WINDOW_S = 10.0
 #: admission refuses a request for more than this many times what the pool supplies before
 #: its deadline (with nothing else waiting): generous, as the supply varies
 SUPPLY_MARGIN = 2.0
+#: a request for a node reached only over a routed path waits this long (s) for the path
+ROUTE_WAIT_S = 15.0
+#: requests waiting for a routed path, per remote node, and remote nodes waited for
+MAX_UNROUTED = 64
+MAX_UNROUTED_REMOTES = 16
 #: latency histogram buckets (s): request → first pair, request → done
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: OPERATEs of one application running at once (more are refused: queue_full)
@@ -188,6 +193,14 @@ class AppService:
         self._weights: dict[tuple[str, str], float] = {}  # peer applications' (from SERVE)
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.refused: collections.Counter[str] = collections.Counter()
+        #: asks routing for a path to a node no pool serves (remote, min_fidelity): None when
+        #: one is coming, else why none can (the memory role's: routing.paths.PathManager.want)
+        self.route: Callable[[str, float], str | None] | None = None
+        #: requests for a remote whose routed path is coming: remote -> (application, request,
+        #: since, monotonic s)
+        self._unrouted: dict[str, list[tuple[str, Request, float]]] = {}
+        #: pools whose other end's LISTENERS came (a new pool's requests wait for them)
+        self._heard: set[str] = set()
         self.pairs_delivered: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
         self.refused_peer: collections.Counter[str] = collections.Counter()
@@ -220,6 +233,8 @@ class AppService:
         self.peer_listening[pool.id] = {}
         self._supply[pool.id] = collections.deque()
         pool.listeners.append(self._wake.set)
+        if not pool.allocator:
+            self._announce(pool)   # the installer's pool came first: it answers (_on_peer)
         self._wake.set()
         return True
 
@@ -307,11 +322,8 @@ class AppService:
                          f"request id {req.request_id!r} is in use by a live request")
             return
         pool = self.pools.get(req.remote)
-        if pool is None:
-            self._refuse(application, req.request_id, ErrorCode.UNKNOWN_REMOTE,
-                         f"{self.ctx.node} has no pool of pairs with {req.remote!r} (pools "
-                         f"with: {sorted(self.pools) or 'none'}; a node further away is "
-                         f"served over a routed path: [routing] paths_to)")
+        if pool is None or (isinstance(pool, RoutedPool) and pool.id not in self._heard):
+            self._await_route(application, req)
             return
         if req.kind != "keep":
             self._refuse(application, req.request_id, ErrorCode.UNSUPPORTED,
@@ -364,6 +376,57 @@ class AppService:
                 await self._send(pool, [self._to_peer(pool, Serve(
                     pool.id, application, req.request_id, req.pairs, req.purpose,
                     req.min_fidelity, req.timeout_s, req.priority, weight))])
+
+    def _await_route(self, application: str, req: Request) -> None:
+        """A request for a node no pool serves yet: routing is asked for a path, and the
+        request waits for its pool (at most ``ROUTE_WAIT_S``; :meth:`_resume_routed`), or is
+        refused at once with why no path can serve it."""
+        waiting = self._unrouted.get(req.remote, [])
+        if any(a == application and r.request_id == req.request_id for a, r, _ in waiting):
+            self._refuse(application, req.request_id, ErrorCode.DUPLICATE_REQUEST,
+                         f"request id {req.request_id!r} is in use by a waiting request")
+            return
+        if req.remote in self.pools:
+            why: str | None = None         # the pool is there, its other end not heard yet
+        elif self.route is None:
+            why = ("this node does not route (routing needs [memory].qdevice, an identity key "
+                   "and the network's public keys)")
+        elif req.remote == self.ctx.node:
+            why = "that is this node"
+        else:
+            why = self.route(req.remote, req.min_fidelity)
+        if why is None and len(waiting) >= MAX_UNROUTED:
+            why = f"{MAX_UNROUTED} requests wait for a path to it already"
+        if why is None and req.remote not in self._unrouted \
+                and len(self._unrouted) >= MAX_UNROUTED_REMOTES:
+            why = f"requests wait for paths to {MAX_UNROUTED_REMOTES} nodes already"
+        if why is not None:
+            self._refuse(application, req.request_id, ErrorCode.UNKNOWN_REMOTE,
+                         f"{self.ctx.node} has no pool of pairs with {req.remote!r} (pools "
+                         f"with: {sorted(self.pools) or 'none'}) and no path to it: {why}")
+            return
+        self._unrouted.setdefault(req.remote, []).append((application, req, self.ctx.now()))
+        self.counts["requests_awaiting_route_total"] += 1
+
+    async def _resume_routed(self, now: float) -> None:
+        """The waiting requests whose routed pool has come (and heard its other end) go on as
+        if just made; those that waited ``ROUTE_WAIT_S`` are refused."""
+        for remote, waiting in list(self._unrouted.items()):
+            pool = self.pools.get(remote)
+            ready = pool is not None and (not isinstance(pool, RoutedPool)
+                                          or pool.id in self._heard)
+            if ready:
+                del self._unrouted[remote]
+                for application, req, _ in waiting:
+                    await self._request(application, req)
+                continue
+            for item in [w for w in waiting if now - w[2] > ROUTE_WAIT_S]:
+                waiting.remove(item)
+                self._refuse(item[0], item[1].request_id, ErrorCode.UNKNOWN_REMOTE,
+                             f"no path to {remote!r} came within {ROUTE_WAIT_S:g} s "
+                             f"(routing: {self.ctx.node}'s log says why)")
+            if not waiting:
+                del self._unrouted[remote]
 
     async def _cancel(self, application: str, request_id: str, *, cancelled: bool) -> None:
         live = self.live.get((application, request_id))
@@ -610,6 +673,9 @@ class AppService:
             if isinstance(m, Listeners):
                 self.peer_listening[pool.id] = {int(p): a for p, a in m.purposes.items()}
                 out: list[Routed] = []
+                if pool.id not in self._heard:   # first word from a new pool: answer at once
+                    self._heard.add(pool.id)
+                    self._announce(pool)
             elif isinstance(m, Serve) and pool.allocator:
                 out = self._on_serve(pool, m)
             elif isinstance(m, Withdraw) and pool.allocator:
@@ -701,10 +767,10 @@ class AppService:
                            link=m.link, seq=m.seq)
         return out
 
-    def _announce(self) -> None:
-        """Tell every pool's other end which purposes are listened on here."""
+    def _announce(self, only: Pool | None = None) -> None:
+        """Tell every pool's other end (or ``only``'s) which purposes are listened on here."""
         purposes = {str(p): a for p, a in sorted(self.listening.items())}
-        for pool in self.pools.values():
+        for pool in self.pools.values() if only is None else (only,):
             msg = Listeners(pool.id, purposes)
             self.ctx.bus.publish(self.ctx.topics.svc(pool.remote), msg.TYPE, msg.to_dict())
 
@@ -720,6 +786,8 @@ class AppService:
             now = self.ctx.now()
             self._sample_supply(now)
             self._forget_holdings(now)
+            if self._unrouted:
+                await self._resume_routed(now)
             if now >= next_announce:
                 self._announce()
                 next_announce = now + self.config.listeners_every_s

@@ -96,6 +96,7 @@ class MemoryRole:
         self.routed_pools: dict[str, RoutedPool] = {}
         if self.routed is not None and self.apps is not None:
             self.routed.on_end.append(self._routed_pool)
+            self.apps.route = self.routed.want   # a request for a far node routes a path
 
     async def _routed_pool(self, end: PathEnd) -> None:
         """A routed path's end was installed here: the application service serves its remote

@@ -210,6 +210,27 @@ class PathManager:
             return
         self._route_to(sender, m.min_fidelity)
 
+    # ------------------------------------------------------------------ wanted
+    def want(self, remote: str, min_fidelity: float) -> str | None:
+        """A path to ``remote`` is wanted (an application's request for a node no pool of
+        this node serves): installed here by the installer, else asked of it (PATH_REQ, at
+        most once an advert interval). None when a path is coming (its end arrives through
+        :attr:`on_end`), else why no path can serve it."""
+        need = max(min_fidelity, self.cfg.min_fidelity)
+        route, why = self.routing.route_for(remote, need)
+        if route is None:
+            return why
+        if route.hops < 2:
+            return f"{remote} is a neighbour: its link serves it once the link is up"
+        if route.hops > MAX_HOPS:
+            return f"the best route has {route.hops} links, a path at most {MAX_HOPS}"
+        if self.ctx.node < remote:
+            self._route_to(remote, need)
+        elif self.ctx.now() - self._asked.get(remote, -math.inf) > self.cfg.advert_interval_s:
+            self._asked[remote] = self.ctx.now()
+            self._publish(remote, PathRequest(need))
+        return None
+
     # ------------------------------------------------------------------ CREATE
     async def on_create(self, create: Create, msg: Envelope) -> None:
         """A CREATE that no link or path of this node serves (the router's fallback)."""

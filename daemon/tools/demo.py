@@ -131,7 +131,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
                  with_m_link: bool | None = None,
                  extra: dict[str, str] | None = None,
                  brokers: Mapping[str, str] | None = None,
-                 route_min_fidelity: float | None = None) -> NetworkPlan:
+                 route_min_fidelity: float | None = None,
+                 standing_path: bool = True) -> NetworkPlan:
     """Node configs for the demo network given the bench's ``addresses`` (``bench
     --json`` rows by name). Link keys are fresh random files under ``workdir/keys``.
     ``max_pair_age_s``/``capacity``: the memories' cut-off and size (0: none).
@@ -157,7 +158,9 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
     per node name (e.g. its ``[applications.<name>]`` tables); ``brokers``: another broker URL
     for some nodes (a site's broker: :mod:`~qnode.daemon.tools.bridges`), ``broker_url`` for
     the rest; ``route_min_fidelity``: a mesh's ends' ``[routing] min_fidelity`` (the fidelity
-    their routed path must predict; default the config's)."""
+    their routed path must predict; default the config's); ``standing_path``: a mesh's ends
+    keep a routed path to each other from the start (``paths_to``; else the first request
+    routes it)."""
     if m_link not in M_LINK_SETTINGS:
         raise ValueError(f"m_link: expected one of {', '.join(M_LINK_SETTINGS)}, got {m_link!r}")
     link_keys = workdir / "keys"
@@ -230,7 +233,8 @@ def plan_network(addresses: dict[str, str], broker_url: str, workdir: Path, *,
         other = chain.ends[1] if node == chain.ends[0] else chain.ends[0]
         need = ("" if route_min_fidelity is None
                 else f"min_fidelity = {float(route_min_fidelity)!r}\n")
-        return f"[routing]\npaths_to = [{_toml_str(other)}]\n{need}\n"
+        standing = f"paths_to = [{_toml_str(other)}]\n" if standing_path else ""
+        return f"[routing]\n{standing}{need}\n"
 
     def channels(node: str) -> str:   # the demo bench's quantum channels from alice's memory
         ends = {"alice": ("repeater", "bob"), "repeater": ("repeater",), "bob": ("bob",)}

@@ -23,9 +23,17 @@ import time
 import pytest
 
 from qnode.daemon.tools.demo import DemoNetwork
-from qnode.daemon.tools.topology import Mesh, write_chain_bench
+from qnode.daemon.tools.topology import write_chain_bench
 
-from support.apps import App, ask, pairs_for
+from support.meshes import (
+    APPS,
+    POOL,
+    TWO_ROUTES,
+    active_path,
+    listening_apps,
+    routed,
+    served_at_both_ends,
+)
 from support.mosquitto import Mosquitto
 from support.oracle import Truth, estimates_ready, qubit_story, telemetry_until
 from support.runs import assert_ran_clean
@@ -33,41 +41,10 @@ from support.runs import assert_ran_clean
 #: the demo's cut-off (2 s), not the 1 s of the chain tests that judge each pair's fidelity: in
 #: one fresh-clone run at 1 s the path's swaps fell to a few per minute (most found a half
 #: already expired at an end) and a request of 3 pairs expired with none
-MESH = Mesh((("alice", "r1"), ("r1", "bob"), ("alice", "r2"), ("r2", "bob")), ("alice", "bob"))
+MESH = TWO_ROUTES
 SIGMA_TARGET = 0.006
 ATTEMPT_RATE_HZ, TEST_FRACTION = 3e5, 0.3
-APPS = {"alice": "\n[applications.alice-app]\nweight = 1.0\npurposes = []\n",
-        "bob": "\n[applications.bob-app]\nweight = 1.0\npurposes = [7]\n"}
-POOL = "route-alice-bob"
 BEFORE, ACROSS = 3, 6      # pairs of the request before the failure, and across it
-
-
-def _routed(latest: dict[str, dict], node: str = "alice") -> dict:
-    return latest.get(node, {}).get("routing", {}).get("routed", {})
-
-
-def _active(latest: dict[str, dict]) -> tuple[str, dict] | None:
-    """alice's active path to bob, once its repeater has swapped for it."""
-    found = [(pid, p) for pid, p in _routed(latest).get("paths", {}).items()
-             if p.get("state") == "active"]
-    if len(found) != 1:
-        return None
-    pid, p = found[0]
-    repeater = p["nodes"][1]
-    swaps = latest.get(repeater, {}).get("paths", {}).get(pid, {}).get("swaps_total", 0)
-    return (pid, p) if swaps > 0 else None
-
-
-def _both_ends(alice_app: App, bob_app: App, rid: str, pairs: int, truth: Truth,
-               before_reply: float = 300.0) -> tuple[list[dict], list[dict], str]:
-    """alice-app's request ``rid`` for ``pairs`` pairs with bob (purpose 7), sent earlier:
-    its replies to the terminal one, bob-app's PAIRs as the listener, and the partner of
-    alice's last qubit (the registry oracle, read at once)."""
-    replies = alice_app.until(rid, before_reply)
-    assert replies[-1][0] == "DONE", replies
-    mine = [b for t, b in replies if t == "PAIR"]
-    partner, _ = truth.read("alice", mine[-1]["qubit"]).pair()
-    return mine, pairs_for(bob_app, pairs, 120), partner
 
 
 @pytest.mark.asyncio
@@ -85,20 +62,13 @@ async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_
             await asyncio.to_thread(net.start)
             truth = Truth(net.addresses["qdevice-truth"])
             await telemetry_until(broker.port, estimates_ready(MESH, SIGMA_TARGET), 600)
-            first = _active(await telemetry_until(broker.port, _active, 60))
+            first = active_path(await telemetry_until(broker.port, active_path, 60))
             assert first is not None
             old_id, old = first
-            alice_app, bob_app = App("alice-app", broker.port), App("bob-app", broker.port)
-            bob_app.send("bob", "LISTEN", {"purpose": 7})
-            assert bob_app.next()[0] == "LISTENING"
+            alice_app, bob_app = listening_apps(broker.port)
             # a first request over the first route
-            replies = await asyncio.to_thread(
-                ask, alice_app, "alice", "f1", 300, remote="bob", pairs=BEFORE, purpose=7,
-                timeout_s=240)
-            assert replies[-1][0] == "DONE", replies
-            mine1 = [b for t, b in replies if t == "PAIR"]
-            partner1, _ = truth.read("alice", mine1[-1]["qubit"]).pair()
-            theirs1 = await asyncio.to_thread(pairs_for, bob_app, BEFORE, 120)
+            mine1, theirs1, partner1 = await asyncio.to_thread(
+                served_at_both_ends, alice_app, bob_app, truth, "f1", BEFORE)
             # the second is made, then the station of the path's second link stops
             alice_app.send("alice", "REQUEST", {"request_id": "f2", "remote": "bob",
                                                 "pairs": ACROSS, "purpose": 7,
@@ -109,19 +79,19 @@ async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_
             await asyncio.to_thread(net.stop, [station])
 
             def moved(latest: dict[str, dict]) -> bool:
-                now = _active(latest)
+                now = active_path(latest)
                 return now is not None and now[0] != old_id
             after = await telemetry_until(broker.port, moved, 120)
             t_moved = time.monotonic()
-            second = _active(after)
+            second = active_path(after)
             assert second is not None
             new_id, new = second
             mine2, theirs2, partner2 = await asyncio.to_thread(
-                _both_ends, alice_app, bob_app, "f2", ACROSS, truth)
+                served_at_both_ends, alice_app, bob_app, truth, "f2", ACROSS, sent=True)
             t_done = time.monotonic()
 
             def bob_moved(latest: dict[str, dict]) -> bool:
-                paths = _routed(latest, "bob").get("paths", {})
+                paths = routed(latest, "bob").get("paths", {})
                 repeater = latest.get(old["nodes"][1], {}).get("routing", {})
                 return (paths.get(new_id, {}).get("state") == "active"
                         and paths.get(old_id, {}).get("state", "draining") == "draining"
@@ -139,7 +109,7 @@ async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_
                     app.close()
             await asyncio.to_thread(net.close)
     assert_ran_clean(net, failure, tmp_path / "logs")
-    reroute = _routed(after)["last_reroute"]
+    reroute = routed(after)["last_reroute"]
     print(f"path {old_id} {old['nodes']} -> {new_id} {new['nodes']}; {station} stopped: "
           f"re-routed after {t_moved - t_stop:.1f} s (telemetry every 1 s), the request "
           f"across it done {t_done - t_stop:.1f} s after the stop; alice's record {reroute}; "
@@ -147,7 +117,7 @@ async def test_a_path_whose_link_fails_moves_and_both_applications_get_the_same_
     assert dead not in new["links"] and new["nodes"][0] == "alice" and new["nodes"][-1] == "bob"
     assert set(new["nodes"]) & set(old["nodes"]) == {"alice", "bob"}   # the other route
     assert dead in reroute["reason"] and reroute["old"] == old["nodes"]
-    assert _routed(after)["rerouted_total"] == 1
+    assert routed(after)["rerouted_total"] == 1
     # one pool at both ends across the move; each pair alice-app got, bob-app got too
     for mine, theirs, partner in ((mine1, theirs1, partner1), (mine2, theirs2, partner2)):
         assert [p["pair_id"] for p in mine] == [p["pair_id"] for p in theirs], (mine, theirs)

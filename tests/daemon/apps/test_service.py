@@ -137,11 +137,13 @@ class _PathEndStandIn:
         def __init__(self, link: str):
             self.link, self.lock = link, asyncio.Lock()
 
-    def __init__(self, pid: str, link: str, received: int):
+    def __init__(self, pid: str, link: str, received: int, remote: str = "bob"):
         self.path = type("P", (), {"id": pid})()
-        self.remote, self.memory, self.listeners = "bob", None, []
+        self.remote, self.memory, self.listeners = remote, None, []
         self.counts = {"pairs_received_total": received}
         self.service = self._Service(link)
+        self.last_fidelity, self.pairs = None, {}
+        self.mem = type("M", (), {"delivered_hold_s": 0.1})()
 
 
 @pytest.mark.asyncio
@@ -159,3 +161,50 @@ async def test_a_routed_pools_supply_counts_on_across_a_move():
     new.counts["pairs_received_total"] = 3
     old.counts["pairs_received_total"] = 41     # the old path's last pair: not offered here
     assert pool.supplied() == 43
+
+
+@pytest.mark.asyncio
+async def test_a_request_for_a_far_node_waits_for_its_routed_path_or_is_refused_with_why():
+    """No pool serves carol: routing is asked for a path (the request's min_fidelity), the
+    request waits, and goes on (ACCEPTED) once carol's pool is there and its other end has
+    spoken (LISTENERS); a node routing cannot reach is refused at once with routing's reason;
+    a path that does not come within ROUTE_WAIT_S ends the request with unknown_remote."""
+    from qnode.daemon.apps.peer import Listeners
+    from qnode.daemon.apps.pools import RoutedPool
+    from qnode.daemon.apps.service import ROUTE_WAIT_S
+    apps, ctx = _service()
+    asked: list[tuple[str, float]] = []
+
+    def route(remote: str, min_fidelity: float) -> str | None:
+        asked.append((remote, min_fidelity))
+        return None if remote in ("carol", "erin") else "no route: dave is not in the graph"
+    apps.route = route
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "r1", "remote": "carol", "pairs": 2,
+                                           "purpose": 7, "min_fidelity": 0.8})
+    assert ctx.bus.replies("keyapp") == [] and asked == [("carol", 0.8)]
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "r2", "remote": "dave", "pairs": 1,
+                                           "purpose": 7})
+    t, body = ctx.bus.replies("keyapp")[-1]
+    assert (t, body["code"]) == ("ERROR", "unknown_remote") and "dave is not in" in body["reason"]
+    # the path comes: carol's pool, its other end not heard yet: r1 still waits
+    pool = RoutedPool(_PathEndStandIn("alice-carol-r1", "ab", 0, "carol"),  # type: ignore
+                      "alice")
+    assert apps.add_pool(pool)
+    await apps._resume_routed(ctx.now())  # noqa: SLF001
+    assert len(ctx.bus.replies("keyapp")) == 1
+    # carol's LISTENERS: heard (and answered at once), r1 goes on
+    listeners = Listeners(pool.id, {"7": "carolapp"})
+    await apps._on_peer(parse_topic("qnet/v1/t/carol/svc/alice"),  # noqa: SLF001
+                        Envelope(listeners.TYPE, "carol", 1, listeners.to_dict(), time.time()))
+    assert any(topic.endswith("/svc/carol") and t == "LISTENERS"
+               for topic, t, _ in ctx.bus.sent)
+    await apps._resume_routed(ctx.now())  # noqa: SLF001
+    t, body = ctx.bus.replies("keyapp")[-1]
+    assert t == "ACCEPTED" and body["request_id"] == "r1", body
+    # erin's path never comes
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "r3", "remote": "erin", "pairs": 1,
+                                           "purpose": 7})
+    await apps._resume_routed(ctx.now() + ROUTE_WAIT_S + 1)  # noqa: SLF001
+    t, body = ctx.bus.replies("keyapp")[-1]
+    assert (t, body["code"], body["request_id"]) == ("ERROR", "unknown_remote", "r3")
+    assert apps._unrouted == {}  # noqa: SLF001
