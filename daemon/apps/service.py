@@ -406,7 +406,7 @@ class AppService:
                          f"with: {sorted(self.pools) or 'none'}) and no path to it: {why}")
             return
         self._unrouted.setdefault(req.remote, []).append((application, req, self.ctx.now()))
-        self.counts["requests_awaiting_route_total"] += 1
+        self.counts["requests_routed_total"] += 1
 
     async def _resume_routed(self, now: float) -> None:
         """The waiting requests whose routed pool has come (and heard its other end) go on as
@@ -834,6 +834,8 @@ class AppService:
         return {
             "requests_waiting": sum(len(q) for q in self.queues.values()),
             "requests_live": len(self.live),
+            "requests_awaiting_route": sum(len(w) for w in self._unrouted.values()),
+            "requests_routed_total": self.counts["requests_routed_total"],
             "requests_total": dict(self.outcomes),
             "requests_refused_total": dict(self.refused),
             "pairs_delivered_total": dict(self.pairs_delivered),

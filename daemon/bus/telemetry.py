@@ -287,6 +287,10 @@ class AppsTelemetry(TypedDict, total=False):
 
     requests_waiting: int                 # in this node's allocator queues (both ends' requests)
     requests_live: int                    # made here, not yet ended
+    requests_awaiting_route: int          # made here for a node no pool serves yet: waiting for
+    #                                       the routed path routing was asked for
+    requests_routed_total: int            # requests that waited for a routed path (then served
+    #                                       from it or refused)
     requests_total: dict[str, int]        # ended here, by outcome (done, error, expired, ...)
     requests_refused_total: dict[str, int]  # ERRORs by code
     pairs_delivered_total: dict[str, int]   # per application of this node

@@ -530,6 +530,9 @@ def _apps_metrics(fam: _Families, lab: dict[str, str], apps: Mapping[str, Any]) 
               "(both ends' requests).", lab, _number(apps.get("requests_waiting")))
     fam.gauge("apps_requests_live", "Requests made at this node that have not ended.", lab,
               _number(apps.get("requests_live")))
+    fam.gauge("apps_requests_awaiting_route", "Requests for a node no pool serves yet, "
+              "waiting for the routed path routing was asked for.", lab,
+              _number(apps.get("requests_awaiting_route")))
     for outcome, n in sorted(_mapping(apps.get("requests_total")).items()):
         fam.counter("apps_requests_total", "Requests made at this node that ended, by outcome "
                     "(done, expired, cancelled, error).", {**lab, "outcome": str(outcome)},
@@ -555,7 +558,9 @@ def _apps_metrics(fam: _Families, lab: dict[str, str], apps: Mapping[str, Any]) 
             ("gives_failed_total", "apps_gives_failed_total",
              "GIVEs of pairs this end did not hold (or never got)."),
             ("replies_overloaded_total", "apps_replies_overloaded_total",
-             "Replies to applications not sent: the bus's outgoing queue was full.")):
+             "Replies to applications not sent: the bus's outgoing queue was full."),
+            ("requests_routed_total", "apps_requests_routed_total",
+             "Requests that waited for a routed path to their remote node.")):
         fam.counter(name, doc, lab, _number(apps.get(key)))
     for outcome, n in sorted(_mapping(apps.get("operations_total")).items()):
         fam.counter("apps_operations_total", "Applications' OPERATEs on their qubits that "

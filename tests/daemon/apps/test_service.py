@@ -182,6 +182,8 @@ async def test_a_request_for_a_far_node_waits_for_its_routed_path_or_is_refused_
     await _ask(apps, "keyapp", "REQUEST", {"request_id": "r1", "remote": "carol", "pairs": 2,
                                            "purpose": 7, "min_fidelity": 0.8})
     assert ctx.bus.replies("keyapp") == [] and asked == [("carol", 0.8)]
+    t = apps.telemetry()
+    assert t["requests_awaiting_route"] == 1 and t["requests_routed_total"] == 1
     await _ask(apps, "keyapp", "REQUEST", {"request_id": "r2", "remote": "dave", "pairs": 1,
                                            "purpose": 7})
     t, body = ctx.bus.replies("keyapp")[-1]
@@ -208,3 +210,5 @@ async def test_a_request_for_a_far_node_waits_for_its_routed_path_or_is_refused_
     t, body = ctx.bus.replies("keyapp")[-1]
     assert (t, body["code"], body["request_id"]) == ("ERROR", "unknown_remote", "r3")
     assert apps._unrouted == {}  # noqa: SLF001
+    t = apps.telemetry()
+    assert t["requests_awaiting_route"] == 0 and t["requests_routed_total"] == 2

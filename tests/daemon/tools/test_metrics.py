@@ -216,6 +216,7 @@ def quantum_record() -> Telemetry:
                 # klink.memory.LinkMemory.telemetry()
                 "bound_total": 500, "bind_failed_total": 7, "tests_total": 300,
                 "tests_matched_total": 250, "tests_failed_total": 2, "qubits_bound": 3,
+                "estimate_restarts_total": 1,
                 "fidelity_source": "tests", "fidelity_sigma": 0.0125, "qber_x": 0.03,
                 "qber_y": 0.04, "qber_z": 0.02, "tests_per_basis": [250, 80, 90, 80],
                 # purification.Purifier.telemetry(); purify_inputs_aborted_total left out
@@ -272,6 +273,7 @@ def test_memory_purification_path_and_source_metrics(exporter: PrometheusExporte
     assert value(s, "qnode_link_memory_bind_failures_total", **k) == 7
     assert value(s, "qnode_link_memory_test_pairs_measured_total", **k) == 300
     assert value(s, "qnode_link_memory_test_pairs_matched_total", **k) == 250
+    assert value(s, "qnode_link_fidelity_estimate_restarts_total", **k) == 1
     assert value(s, "qnode_link_memory_test_measurements_failed_total", **k) == 2
 
     # purification
@@ -416,6 +418,7 @@ def test_application_service_metrics_with_latency_histograms(exporter: Prometheu
     done.observe(2.0)
     exporter.update({"node": "alice", "roles": ["memory"], "apps": {
         "requests_waiting": 3, "requests_live": 2, "requests_total": {"done": 5, "expired": 1},
+        "requests_awaiting_route": 1, "requests_routed_total": 6,
         "requests_refused_total": {"no_listener": 2}, "pairs_delivered_total": {"keyapp": 40},
         "request_first_pair_seconds": first.as_dict(), "request_done_seconds": done.as_dict(),
         "pairs_after_end_total": 0, "pairs_unclaimed_total": 1, "gives_failed_total": 0,
@@ -428,6 +431,8 @@ def test_application_service_metrics_with_latency_histograms(exporter: Prometheu
     samples = scrape(exporter)
     node = {"node": "alice"}
     assert value(samples, "qnode_apps_requests_waiting", **node) == 3
+    assert value(samples, "qnode_apps_requests_awaiting_route", **node) == 1
+    assert value(samples, "qnode_apps_requests_routed_total", **node) == 6
     assert value(samples, "qnode_apps_requests_total", outcome="expired", **node) == 1
     assert value(samples, "qnode_apps_requests_errors_total", code="no_listener", **node) == 2
     assert value(samples, "qnode_apps_pairs_delivered_total", application="keyapp", **node) == 40
