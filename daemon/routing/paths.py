@@ -226,10 +226,17 @@ class PathManager:
             return f"the best route has {route.hops} links, a path at most {MAX_HOPS}"
         if self.ctx.node < remote:
             self._route_to(remote, need)
-        elif self.ctx.now() - self._asked.get(remote, -math.inf) > self.cfg.advert_interval_s:
-            self._asked[remote] = self.ctx.now()
-            self._publish(remote, PathRequest(need))
+        else:
+            self._ask_installer(remote, need)
         return None
+
+    def _ask_installer(self, remote: str, need: float) -> None:
+        """PATH_REQ to ``remote``, the installer of a path to it (at most once an advert
+        interval)."""
+        now = self.ctx.now()
+        if now - self._asked.get(remote, -math.inf) > self.cfg.advert_interval_s:
+            self._asked[remote] = now
+            self._publish(remote, PathRequest(need))
 
     # ------------------------------------------------------------------ CREATE
     async def on_create(self, create: Create, msg: Envelope) -> None:
@@ -249,8 +256,7 @@ class PathManager:
         route, why = self.routing.route_for(remote, max(create.min_fidelity,
                                                         self.cfg.min_fidelity))
         if route is None:   # the installer could not route it either: say so now
-            self._slowlog(f"noroute:{remote}", logging.WARNING, "routing: no path to %s: %s",
-                          remote, why, remote=remote, reason=why)
+            self._no_route(remote, why)
             self._err(msg.sender, ErrCode.UNSUPP)
             return
         queue = self.waiting.setdefault(remote, [])
@@ -259,9 +265,11 @@ class PathManager:
             self._err(msg.sender, ErrCode.UNSUPP)
             return
         queue.append(_Waiting(create, msg.sender, self.ctx.now()))
-        if self.ctx.now() - self._asked.get(remote, -math.inf) > self.cfg.advert_interval_s:
-            self._asked[remote] = self.ctx.now()
-            self._publish(remote, PathRequest(max(create.min_fidelity, 0.0)))
+        self._ask_installer(remote, max(create.min_fidelity, 0.0))
+
+    def _no_route(self, remote: str, why: str) -> None:
+        self._slowlog(f"noroute:{remote}", logging.WARNING, "routing: no path to %s: %s",
+                      remote, why, remote=remote, reason=why)
 
     def _err(self, requester: str, code: ErrCode) -> None:
         cid = self.create_ids.setdefault("", CreateIdAllocator()).allocate()
@@ -276,8 +284,7 @@ class PathManager:
         need = max(min_fidelity, self.cfg.min_fidelity)
         route, why = self.routing.route_for(remote, need)
         if route is None:
-            self._slowlog(f"noroute:{remote}", logging.WARNING, "routing: no path to %s: %s",
-                          remote, why, remote=remote, reason=why)
+            self._no_route(remote, why)
             return None
         if route.hops < 2:
             return None      # a neighbour: its link serves it
@@ -390,9 +397,8 @@ class PathManager:
                 continue
             if self.ctx.node < remote:
                 self._route_to(remote, self.cfg.min_fidelity)
-            elif now - self._asked.get(remote, -math.inf) > self.cfg.advert_interval_s:
-                self._asked[remote] = now
-                self._publish(remote, PathRequest(self.cfg.min_fidelity))
+            else:
+                self._ask_installer(remote, self.cfg.min_fidelity)
         for remote, lp in list(self.mine.items()):
             broken = self.routing.check(lp.path, lp.need)
             if broken is not None:
