@@ -4,10 +4,11 @@ through any number of repeaters (docs/developers/decisions/0010-chains-of-repeat
 **At a repeater** (:class:`Swapper`). As soon as both of its links on the path hold a pair in a
 qubit that the node at the other side holds too (its HELD came: each end binds by itself and
 EXPIREs what it could not bind, so a pair the repeater bound may be gone at the other side),
-the newest of each goes through a Bell-state measurement on the QDevice
-(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`), if the path pair they make would
-still have ``delivered_hold_s`` + :data:`SWAP_MARGIN_S` before its cut-off (older pairs wait
-for theirs). Both pairs leave the links'
+one of each goes through a Bell-state measurement on the QDevice
+(:meth:`qnode.drivers.qdevice.QDevice.bell_measurement`): of the pairs young enough that the
+path pair would still have ``delivered_hold_s`` + :data:`SWAP_MARGIN_S` before its cut-off,
+the newest on a link to a path end and the oldest on a link to another repeater (both
+repeaters of that link must pick the same pair; :meth:`Swapper._pick`). Both pairs leave the links'
 inventories (consumed at both ends of each link: the report says so) and both ends of the path
 get a :class:`~qnode.daemon.linklayer.messages.SwapResult`: which pair of each link it joined,
 the raw outcome, each pair's announced Bell state and estimate at binding, how long the
@@ -41,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,15 +153,10 @@ class Swapper:
         async with first.lock, second.lock:
             m1.release_gone(s1.end)
             m2.release_gone(s2.end)
-            c1, c2 = m1.confirmed(), m2.confirmed()
-            if not c1 or not c2:
-                return False
-            # the newest of each: the path pair then lives longest. The oldest (the rule until
-            # 2026-12) joined a pair about to reach its cut-off to a fresh one: the ends
-            # discarded the path pair at once, or had dropped their half before the report came
-            b1, b2 = c1[-1], c2[-1]
-            if self._life_left(b1, b2, m1, m2) < self.mem.delivered_hold_s + SWAP_MARGIN_S:
-                return False     # nothing fresher yet: the next bound pair pokes again
+            now = time.monotonic()
+            b1, b2 = self._pick(0, m1, now), self._pick(1, m2, now)
+            if b1 is None or b2 is None:
+                return False     # the next bound pair pokes again
             m1.take(b1.seq)
             m2.take(b2.seq)
             try:
@@ -185,15 +180,25 @@ class Swapper:
             self._announce(b1, b2, outcome, bsm_at, m1, m2)
         return True
 
-    def _life_left(self, b1: Bound, b2: Bound, m1: LinkMemory, m2: LinkMemory) -> float:
-        """Seconds until the path pair of ``b1`` and ``b2`` would reach the cut-off (its
-        oldest half ``max_pair_age_s`` old; inf without one)."""
+    def _pick(self, side: int, m: LinkMemory, now: float) -> Bound | None:
+        """The confirmed pair of link ``side`` (0: towards ``nodes[hop - 1]``) to swap, among
+        those whose halves are young enough that the path pair would still have
+        ``delivered_hold_s`` + :data:`SWAP_MARGIN_S` before its cut-off (a path pair lives as
+        long as its oldest half): next to a path end the newest (the end only follows the
+        report, and the freshest pair decays least), between two repeaters the oldest, the
+        choice the repeater at the link's other end makes too (each must join the same pair
+        of the link, or both chains break). Swapping the oldest everywhere, as before,
+        joined pairs about to expire to fresh ones: the ends discarded the result at once,
+        or had dropped their half before the report came."""
         cutoff = self.mem.max_pair_age_s
-        if cutoff <= 0:
-            return math.inf
-        now = time.monotonic()
-        return cutoff - max(now - b1.bound_at, now - b2.bound_at, m1.peer_age(b1.seq),
-                            m2.peer_age(b2.seq))
+        need = self.mem.delivered_hold_s + SWAP_MARGIN_S
+        usable = [b for b in m.confirmed()
+                  if cutoff <= 0 or cutoff - max(now - b.bound_at, m.peer_age(b.seq)) >= need]
+        if not usable:
+            return None
+        neighbour = self.hop - 1 if side == 0 else self.hop + 1
+        at_end = neighbour in (0, len(self.path.nodes) - 1)
+        return usable[-1] if at_end else usable[0]
 
     def _announce(self, b1: Bound, b2: Bound, outcome: str, bsm_at: float, m1: LinkMemory,
                   m2: LinkMemory) -> None:
