@@ -196,8 +196,8 @@ class AppService:
         #: asks routing for a path to a node no pool serves (remote, min_fidelity): None when
         #: one is coming, else why none can (the memory role's: routing.paths.PathManager.want)
         self.route: Callable[[str, float], str | None] | None = None
-        #: requests for a remote whose routed path is coming: remote -> (application, request,
-        #: since, monotonic s)
+        #: requests for a remote whose routed path is coming: remote -> [(application, request,
+        #: since when: monotonic s)]
         self._unrouted: dict[str, list[tuple[str, Request, float]]] = {}
         #: pools whose other end's LISTENERS came (a new pool's requests wait for them)
         self._heard: set[str] = set()
@@ -420,16 +420,33 @@ class AppService:
                 for application, req, _ in waiting:
                     await self._request(application, req)
                 continue
+            why = (f"no path to {remote!r} came within {ROUTE_WAIT_S:g} s (routing: "
+                   f"{self.ctx.node}'s log says why)" if pool is None else
+                   f"the path to {remote!r} is up, but its application service did not answer "
+                   f"within {ROUTE_WAIT_S:g} s")
             for item in [w for w in waiting if now - w[2] > ROUTE_WAIT_S]:
                 waiting.remove(item)
-                self._refuse(item[0], item[1].request_id, ErrorCode.UNKNOWN_REMOTE,
-                             f"no path to {remote!r} came within {ROUTE_WAIT_S:g} s "
-                             f"(routing: {self.ctx.node}'s log says why)")
+                self._refuse(item[0], item[1].request_id, ErrorCode.UNKNOWN_REMOTE, why)
             if not waiting:
                 del self._unrouted[remote]
 
+    def _unpark(self, application: str, request_id: str) -> bool:
+        """Forget the request waiting for a routed path, if there is one."""
+        for remote, waiting in list(self._unrouted.items()):
+            for item in waiting:
+                if item[0] == application and item[1].request_id == request_id:
+                    waiting.remove(item)
+                    if not waiting:
+                        del self._unrouted[remote]
+                    return True
+        return False
+
     async def _cancel(self, application: str, request_id: str, *, cancelled: bool) -> None:
         live = self.live.get((application, request_id))
+        if live is None and self._unpark(application, request_id):
+            self.outcomes["cancelled"] += 1
+            self._publish(application, Cancelled(request_id, 0))
+            return
         if live is None:
             self._refuse(application, request_id, ErrorCode.UNKNOWN_REQUEST,
                          f"no live request {request_id!r} of {application} here")

@@ -210,5 +210,12 @@ async def test_a_request_for_a_far_node_waits_for_its_routed_path_or_is_refused_
     t, body = ctx.bus.replies("keyapp")[-1]
     assert (t, body["code"], body["request_id"]) == ("ERROR", "unknown_remote", "r3")
     assert apps._unrouted == {}  # noqa: SLF001
+    # a waiting request's CANCEL ends it at once
+    await _ask(apps, "keyapp", "REQUEST", {"request_id": "r4", "remote": "erin", "pairs": 1,
+                                           "purpose": 7})
+    await _ask(apps, "keyapp", "CANCEL", {"request_id": "r4"})
+    t, body = ctx.bus.replies("keyapp")[-1]
+    assert (t, body["request_id"], body["pairs"]) == ("CANCELLED", "r4", 0)
+    assert apps._unrouted == {}  # noqa: SLF001
     t = apps.telemetry()
-    assert t["requests_awaiting_route"] == 0 and t["requests_routed_total"] == 2
+    assert t["requests_awaiting_route"] == 0 and t["requests_routed_total"] == 3
