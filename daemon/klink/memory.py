@@ -177,8 +177,9 @@ class LinkTomography:
     segments of ``segment_tests`` per basis; when a segment's raw error fraction in some basis
     differs from that of the tests before it by more than :attr:`CHANGE_Z` standard errors of
     the difference, the estimate restarts from that segment (:attr:`restarts`, :attr:`changed`).
-    At z = 5 a steady link restarts about once in 10⁶ segments; a drop of the fidelity from
-    0.95 to 0.80 (X and Y error fractions up by 0.15) is caught in the first segment after it.
+    At z = 5 a steady link restarts about once in 600 000 segments (three bases, two-sided);
+    a drop of the fidelity from 0.95 to 0.80 (X and Y error fractions up by 0.15) is caught
+    in the first whole segment after it.
     """
 
     #: standard errors of the difference between a segment and the tests before it that count

@@ -82,6 +82,9 @@ async def test_a_path_moves_off_a_link_whose_measured_fidelity_drops(tmp_path):
             old_id, old = first
             degraded = old["links"][1]
             ends = MESH.edges[MESH.links.index(degraded)]
+            unchanged = await telemetry_until(
+                broker.port, lambda t: all("fidelity_sigma" in _link(t, n, degraded)
+                                           for n in ends), 30)
             truth.set_visibility(degraded, DEGRADED_VISIBILITY)
             t_change = time.monotonic()
 
@@ -116,16 +119,21 @@ async def test_a_path_moves_off_a_link_whose_measured_fidelity_drops(tmp_path):
     print(f"first request: routed and served in {t_first - t_ask:.1f} s; path {old_id} "
           f"{old['nodes']} -> {new_id} {new['nodes']}; {degraded} at V "
           f"{DEGRADED_VISIBILITY}: estimates restarted {t_restart - t_change:.1f} s after the "
-          f"change ({ {n: round(s['fidelity_estimate'], 3) for n, s in seen.items()} }), path "
+          f"change ({ {n: round(s['fidelity_estimate'], 3) for n, s in seen.items()} }, before "
+          f"{ {n: round(_link(unchanged, n, degraded)['fidelity_estimate'], 3) for n in ends} }"
+          f"), path "
           f"moved {t_moved - t_change:.1f} s after it; alice's record {reroute}; pairs after: "
           f"{[(p['pair_id'], p['fidelity']) for p in mine]}")
     assert degraded not in new["links"] and new["nodes"][0] == "alice"
     assert new["nodes"][-1] == "bob" and set(new["nodes"]) & set(old["nodes"]) == {"alice", "bob"}
     assert "predicted fidelity" in reroute["reason"] and reroute["old"] == old["nodes"]
     assert routed(after)["rerouted_total"] == 1
-    # the degraded link's ends measured the change: their estimates are well below the others'
+    # the degraded link's ends measured the change. The segment that restarted an estimate
+    # may hold tests from before the change too, but to reach z 5 at least a third are from
+    # after it (X and Y error fractions up by 0.26): the estimate fell by 0.08 or more
     for n, s in seen.items():
-        assert s["fidelity_estimate"] < 0.85, (n, s)
+        was = _link(unchanged, n, degraded)["fidelity_estimate"]
+        assert s["fidelity_estimate"] < was - 0.04, (n, was, s)
     # the new route's links were never restarted
     for k, link in enumerate(new["links"]):
         for n in new["nodes"][k:k + 2]:
